@@ -1,0 +1,38 @@
+"""toolkit: chunk-safe parallel Zarr writes and aligned reads for xarray and dask.
+
+Every write is planned (:func:`plan_write`), validated, turned into one dask graph
+in which each task owns whole stored objects (chunks, or shards), and executed
+(:func:`to_zarr`). Reads (:func:`open_zarr`) are chunked in whole write units.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from toolkit import errors
+from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
+from toolkit.read import iter_chunks, map_chunks, open_zarr
+from toolkit.write import WriteReport, execute, to_zarr
+
+from toolkit import accessor as _accessor  # noqa: F401,E402  (registers ds.toolkit)
+
+try:
+    __version__ = version("toolkit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "DEFAULT_MAX_TASK_BYTES",
+    "VariablePlan",
+    "WritePlan",
+    "WriteReport",
+    "WriteTask",
+    "__version__",
+    "errors",
+    "execute",
+    "iter_chunks",
+    "map_chunks",
+    "open_zarr",
+    "plan_write",
+    "to_zarr",
+]

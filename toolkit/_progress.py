@@ -1,0 +1,59 @@
+"""Progress for long work: tqdm (``tqdm.auto``: a bar in a terminal, a widget in
+Jupyter) under dask's local schedulers; distributed's own progress bar when a
+client is active."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dask.callbacks import Callback
+from dask.delayed import Delayed
+
+
+def active_client() -> Any | None:
+    """The current ``distributed`` client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+class _TqdmCallback(Callback):
+    """Advance a tqdm bar each time a task whose key starts with ``prefix`` ends."""
+
+    def __init__(self, total: int, desc: str, prefix: str) -> None:
+        super().__init__()
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, unit="task", leave=True)
+        self._prefix = prefix
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith(self._prefix):
+            self._bar.update(1)
+
+    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+        self._bar.close()
+
+
+def compute_with_progress(
+    obj: Delayed, *, total: int, desc: str, prefix: str, enabled: bool = True
+) -> Any:
+    """Compute ``obj`` on the active scheduler, showing progress if ``enabled``."""
+    client = active_client()
+    if client is not None:
+        future = client.compute(obj)
+        if enabled:
+            from distributed import progress
+
+            progress(future)
+        return future.result()
+    if not enabled:
+        return obj.compute()
+    with _TqdmCallback(total, desc, prefix):
+        return obj.compute()

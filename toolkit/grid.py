@@ -1,0 +1,286 @@
+"""Pure chunk-grid arithmetic: no I/O, no dask, no zarr.
+
+Vocabulary
+----------
+*write unit*
+    The smallest stored object a writer replaces whole: the zarr chunk, or the
+    shard when the array is sharded (zarr v3). Two writers touching one unit
+    race, so every unit must belong to exactly one task.
+*offset*
+    Where the data being written starts inside the stored array along an axis
+    (a region's start, or the old length of an array being appended to).
+*task chunks*
+    The chunking of the data being written, one block per write task.
+
+All positions called *local* are relative to the data being written; *absolute*
+positions are indices in the stored array. Every function works per axis; a
+multi-dimensional grid is the Cartesian product of its axes, which is why
+validation per axis is a proof for the whole grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "AxisOwnership",
+    "RegularGrid",
+    "axis_ownership",
+    "edges",
+    "misaligned_edges",
+    "regroup",
+    "snap_axis",
+    "split_axis",
+    "units_touched",
+]
+
+Chunks = tuple[tuple[int, ...], ...]
+
+
+def edges(chunks: Sequence[int]) -> np.ndarray:
+    """Cumulative block edges ``[0, c0, c0 + c1, ..., sum(chunks)]`` as int64."""
+    out = np.zeros(len(chunks) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(chunks, dtype=np.int64), out=out[1:])
+    return out
+
+
+def _from_edges(e: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.diff(e))
+
+
+def misaligned_edges(chunks: Sequence[int], unit: int, offset: int = 0) -> np.ndarray:
+    """Local interior edges of ``chunks`` that fall inside a write unit.
+
+    An empty result means every block owns whole units (apart from the partial
+    units at the very start and end of the written range, which the first and
+    last block own alone).
+    """
+    e = edges(chunks)[1:-1]
+    return e[(e + offset) % unit != 0]
+
+
+def units_touched(start: int, stop: int, unit: int) -> range:
+    """Indices of the units of size ``unit`` that absolute ``[start, stop)`` touches."""
+    if stop <= start:
+        return range(start // unit, start // unit)
+    return range(start // unit, -(-stop // unit))
+
+
+@dataclass(frozen=True, slots=True)
+class RegularGrid:
+    """A regular grid over ``shape`` with blocks of ``step``; the last block of
+    each axis may be ragged (shorter).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The array shape.
+    step : tuple of int
+        The block shape (a zarr chunk or shard shape).
+    """
+
+    shape: tuple[int, ...]
+    step: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != len(self.step):
+            raise ValueError(f"shape {self.shape} and step {self.step} differ in length")
+        if any(s < 1 for s in self.step):
+            raise ValueError(f"block sizes must be >= 1, got {self.step}")
+
+    @property
+    def nblocks(self) -> tuple[int, ...]:
+        """Number of blocks along each axis."""
+        return tuple(-(-n // s) for n, s in zip(self.shape, self.step, strict=True))
+
+    def block_slices(self, index: Sequence[int]) -> tuple[slice, ...]:
+        """The absolute slices of the block at ``index`` (ragged at the end)."""
+        return tuple(
+            slice(i * s, min((i + 1) * s, n))
+            for i, s, n in zip(index, self.step, self.shape, strict=True)
+        )
+
+    def touched(self, region: Sequence[slice]) -> tuple[range, ...]:
+        """Block index ranges along each axis that ``region`` touches."""
+        out = []
+        for sl, s, n in zip(region, self.step, self.shape, strict=True):
+            start, stop, _ = sl.indices(n)
+            out.append(units_touched(start, stop, s))
+        return tuple(out)
+
+    def is_whole(self, region: Sequence[slice]) -> bool:
+        """Whether ``region`` covers only whole blocks (ragged last blocks count
+        as whole when the region reaches the end of the array)."""
+        for sl, s, n in zip(region, self.step, self.shape, strict=True):
+            start, stop, _ = sl.indices(n)
+            if start % s or (stop % s and stop != n):
+                return False
+        return True
+
+
+def snap_axis(chunks: Sequence[int], unit: int, offset: int = 0) -> tuple[int, ...]:
+    """Move every straddling block edge to the nearest unit boundary.
+
+    Edges already on a unit boundary are kept, so aligned blocks stay as they
+    are; edges inside a unit move to its nearer end (ties go to the start), which
+    merges blocks smaller than a unit and keeps every block near its original
+    size. The first and last block absorb the partial units at the ends.
+    """
+    e = edges(chunks)
+    length = int(e[-1])
+    inner = e[1:-1] + offset
+    rem = inner % unit
+    snapped = np.where(2 * rem <= unit, inner - rem, inner - rem + unit) - offset
+    snapped = snapped[(snapped > 0) & (snapped < length)]
+    new = np.unique(np.concatenate(([0], snapped, [length]))) if length else np.array([0])
+    if length == 0:
+        return tuple(int(c) for c in chunks) or (0,)
+    return _from_edges(new)
+
+
+def split_axis(
+    chunks: Sequence[int], unit: int, offset: int = 0, max_len: int | None = None
+) -> tuple[int, ...]:
+    """Split blocks longer than ``max_len`` at unit boundaries.
+
+    Each piece is as long as possible without exceeding ``max_len``; a piece is
+    never cut inside a unit, so when ``max_len`` is below one unit the pieces are
+    single units. Blocks already short enough are left untouched.
+    """
+    if max_len is None:
+        return tuple(chunks)
+    out: list[int] = []
+    start = 0
+    for c in chunks:
+        stop = start + c
+        pos = start
+        while stop - pos > max_len:
+            a = pos + offset
+            first = (a // unit + 1) * unit  # first boundary strictly after pos
+            last = ((pos + max_len + offset) // unit) * unit  # furthest allowed
+            cut = max(first, last) - offset
+            if cut >= stop:
+                break
+            out.append(cut - pos)
+            pos = cut
+        out.append(stop - pos)
+        start = stop
+    return tuple(out)
+
+
+def regroup(
+    chunks: Sequence[Sequence[int]],
+    units: Sequence[int],
+    offsets: Sequence[int] | None = None,
+    *,
+    itemsize: int = 1,
+    max_bytes: int | None = None,
+) -> Chunks:
+    """Regroup a chunking minimally so that every block owns whole write units.
+
+    Parameters
+    ----------
+    chunks : sequence of sequence of int
+        The source (dask) chunking, per axis.
+    units : sequence of int
+        The write-unit size per axis (zarr chunk, or shard when sharded).
+    offsets : sequence of int, optional
+        Absolute position of the data's first element per axis.
+    itemsize : int
+        Bytes per element, for the memory target.
+    max_bytes : int, optional
+        Target for the bytes of one block. Blocks are split (at unit boundaries
+        only) along the axis with the most units per block until they fit, or
+        until they are single units.
+
+    Returns
+    -------
+    tuple of tuple of int
+        The task chunking. Aligned source edges are always kept.
+    """
+    offsets = offsets if offsets is not None else [0] * len(units)
+    out = [snap_axis(c, u, o) for c, u, o in zip(chunks, units, offsets, strict=True)]
+    if max_bytes is None:
+        return tuple(out)
+    exhausted: set[int] = set()
+    while True:
+        ext = [max(c) if c else 0 for c in out]
+        if itemsize * math.prod(ext) <= max_bytes:
+            break
+        # Split along the axis whose largest block spans the most units.
+        splittable = [
+            i for i in range(len(out)) if i not in exhausted and ext[i] > units[i]
+        ]
+        if not splittable:
+            break
+        axis = max(splittable, key=lambda i: ext[i] / units[i])
+        other = itemsize * math.prod(e for j, e in enumerate(ext) if j != axis)
+        allowed = max(1, max_bytes // max(other, 1))
+        new = split_axis(out[axis], units[axis], offsets[axis], allowed)
+        if new == out[axis]:
+            exhausted.add(axis)
+        out[axis] = new
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AxisOwnership:
+    """Which units each block of one axis owns.
+
+    Attributes
+    ----------
+    first, stop : numpy.ndarray
+        Per block, the absolute index range ``[first, stop)`` of units it touches.
+    full : numpy.ndarray
+        Per block, how many of those units it covers completely (the others
+        need a read-modify-write of existing values).
+    """
+
+    first: np.ndarray
+    stop: np.ndarray
+    full: np.ndarray
+
+    @property
+    def count(self) -> np.ndarray:
+        """Units touched per block."""
+        return self.stop - self.first
+
+    def disjoint(self) -> bool:
+        """True when no unit is touched by two blocks of this axis."""
+        return bool(np.all(self.stop[:-1] <= self.first[1:]))
+
+
+def axis_ownership(
+    chunks: Sequence[int], unit: int, offset: int, array_len: int
+) -> AxisOwnership:
+    """Map each block of one axis to the units it touches.
+
+    Parameters
+    ----------
+    chunks : sequence of int
+        Block lengths of the data being written along this axis.
+    unit : int
+        Write-unit length.
+    offset : int
+        Absolute start of the data in the stored array.
+    array_len : int
+        Length of the stored array along this axis after the write; the last
+        unit may be ragged, and covering it up to ``array_len`` counts as whole.
+    """
+    e = edges(chunks) + offset
+    a, b = e[:-1], e[1:]
+    first = a // unit
+    stop = -(-b // unit)
+    stop = np.where(b > a, stop, first)
+    # A unit is whole when the block covers [j*unit, min((j+1)*unit, array_len)).
+    head_partial = (a % unit != 0) & (b > a)
+    unit_end = np.minimum((stop) * unit, array_len)
+    tail_partial = (b < unit_end) & (b > a)
+    count = stop - first
+    partial = head_partial.astype(np.int64) + tail_partial.astype(np.int64)
+    partial = np.where((count == 1) & head_partial & tail_partial, 1, partial)
+    return AxisOwnership(first=first, stop=stop, full=count - np.minimum(partial, count))

@@ -1,0 +1,922 @@
+"""Write plans: a frozen, inspectable description of a write, made before any byte
+is written.
+
+:func:`plan_write` reads only metadata (and index coordinates for
+``region="auto"``), checks every input against the store, and returns a
+:class:`WritePlan`. Every error it raises leaves the store byte-identical.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import Counter
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.abc.store import Store
+
+from toolkit import grid
+from toolkit._render import html_table, text_table
+from toolkit.errors import (
+    AppendError,
+    EncodingError,
+    ExistingStoreError,
+    PlanError,
+    RegionError,
+    UnsafePlanError,
+)
+from toolkit.storage import StoreLike, describe_store, resolve_store
+
+__all__ = [
+    "DEFAULT_MAX_TASK_BYTES",
+    "VariablePlan",
+    "WritePlan",
+    "WriteTask",
+    "plan_write",
+]
+
+DEFAULT_MAX_TASK_BYTES = 256 * 2**20
+"""Default memory target for the data one write task holds (256 MiB)."""
+
+WriteMode = Literal["w", "w-", "a", "a-", "r+"]
+_MODES = ("w", "w-", "a", "a-", "r+")
+_LAYOUT_KEYS = {"chunks", "shards", "preferred_chunks"}
+_ZARR_KEYS = {
+    "compressors",
+    "compressor",
+    "filters",
+    "serializer",
+    "fill_value",
+    "write_empty_chunks",
+    "chunk_key_encoding",
+    "dimension_separator",
+    "object_codec",
+}
+_CF_KEYS = {
+    "dtype",
+    "units",
+    "calendar",
+    "scale_factor",
+    "add_offset",
+    "_FillValue",
+    "missing_value",
+    "_Unsigned",
+}
+_VALID_ENCODING = _LAYOUT_KEYS | _ZARR_KEYS | _CF_KEYS
+# zarr's default async concurrency: how many units one task encodes at once.
+_ZARR_CONCURRENCY = 10
+
+
+def _mib(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.1f} MiB"
+    if n >= 2**10:
+        return f"{n / 2**10:.1f} KiB"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    """One write task: the block of data it writes and the units it owns.
+
+    Attributes
+    ----------
+    variable : str
+        Variable name.
+    index : tuple of int
+        Block index in the task grid.
+    region : tuple of slice
+        Absolute slices in the stored array.
+    units : tuple of range
+        Per axis, the write-unit indices this task owns.
+    nunits, npartial : int
+        Units owned, and how many of them need a read-modify-write.
+    nbytes : int
+        Bytes of the block (uncompressed).
+    requests : int
+        Expected store requests (one PUT per unit, one GET per partial unit).
+    """
+
+    variable: str
+    index: tuple[int, ...]
+    region: tuple[slice, ...]
+    units: tuple[range, ...]
+    nunits: int
+    npartial: int
+    nbytes: int
+    requests: int
+
+
+@dataclass(frozen=True)
+class VariablePlan:
+    """The plan for one variable: layout, source chunks and task grid.
+
+    Attributes
+    ----------
+    name : str
+        Variable name.
+    dims : tuple of str
+        Dimension names, in stored order.
+    dtype : numpy.dtype
+        Stored dtype (after CF encoding).
+    shape : tuple of int
+        Shape of the data written.
+    array_shape : tuple of int
+        Shape of the stored array once the write is done.
+    offset : tuple of int
+        Absolute position of the data's first element in the stored array.
+    chunks, shards : tuple of int
+        Zarr chunk shape, and shard shape (None when not sharded).
+    source_chunks : tuple of tuple of int
+        The dask chunks of the input.
+    task_chunks : tuple of tuple of int
+        The regrouped chunks: one block per write task.
+    new : bool
+        Whether the write creates this array.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    array_shape: tuple[int, ...]
+    offset: tuple[int, ...]
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    source_chunks: tuple[tuple[int, ...], ...]
+    task_chunks: tuple[tuple[int, ...], ...]
+    new: bool
+
+    @property
+    def write_unit(self) -> tuple[int, ...]:
+        """The stored object a task replaces whole: the shard, else the chunk."""
+        return self.shards or self.chunks
+
+    @cached_property
+    def _ownership(self) -> tuple[grid.AxisOwnership, ...]:
+        return tuple(
+            grid.axis_ownership(c, u, o, n)
+            for c, u, o, n in zip(
+                self.task_chunks, self.write_unit, self.offset, self.array_shape, strict=True
+            )
+        )
+
+    @property
+    def ntasks(self) -> int:
+        """Number of write tasks."""
+        return math.prod(len(c) for c in self.task_chunks)
+
+    @property
+    def nunits(self) -> int:
+        """Write units touched (each by exactly one task)."""
+        # Sum over the Cartesian task grid of a product = product of per-axis sums.
+        return math.prod(int(o.count.sum()) for o in self._ownership)
+
+    @property
+    def npartial(self) -> int:
+        """Units that need a read-modify-write (partly covered by the data)."""
+        return self.nunits - math.prod(int(o.full.sum()) for o in self._ownership)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes written."""
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def requests(self) -> int:
+        """Expected data requests: a PUT per unit, a GET per partial unit."""
+        return self.nunits + self.npartial
+
+    @property
+    def unit_nbytes(self) -> int:
+        """Uncompressed bytes of one whole write unit."""
+        return math.prod(self.write_unit) * self.dtype.itemsize
+
+    @property
+    def max_task_nbytes(self) -> int:
+        """Bytes of the largest task block."""
+        return math.prod(max(c) for c in self.task_chunks) * self.dtype.itemsize
+
+    @property
+    def peak_memory(self) -> int:
+        """Projected peak memory of the largest task: its block, the encoded
+        units in flight, and the existing units it reads to merge into."""
+        per_axis = [int(o.count.max()) for o in self._ownership]
+        partial = [int((o.count - o.full).max()) for o in self._ownership]
+        units_in_flight = min(math.prod(per_axis), _ZARR_CONCURRENCY)
+        rmw = min(math.prod(per_axis), sum(p > 0 for p in partial) * 2) if any(partial) else 0
+        return self.max_task_nbytes + (units_in_flight + rmw) * self.unit_nbytes
+
+    def tasks(self) -> Iterator[WriteTask]:
+        """Every write task, in C order of the task grid (lazily)."""
+        own = self._ownership
+        axes_edges = [grid.edges(c) for c in self.task_chunks]
+        ranges = [range(len(c)) for c in self.task_chunks]
+        for index in np.ndindex(*[len(r) for r in ranges]):
+            region = tuple(
+                slice(int(e[i]) + o, int(e[i + 1]) + o)
+                for e, i, o in zip(axes_edges, index, self.offset, strict=True)
+            )
+            units = tuple(
+                range(int(a.first[i]), int(a.stop[i])) for a, i in zip(own, index, strict=True)
+            )
+            nunits = math.prod(len(u) for u in units)
+            full = math.prod(int(a.full[i]) for a, i in zip(own, index, strict=True))
+            nbytes = math.prod(s.stop - s.start for s in region) * self.dtype.itemsize
+            yield WriteTask(
+                self.name, index, region, units, nunits, nunits - full, nbytes,
+                2 * nunits - full,
+            )
+
+    def validate(self, max_task_bytes: int) -> None:
+        """Prove that no write unit belongs to two tasks and that tasks fit.
+
+        The task grid is a Cartesian product, so unit ownership is disjoint for
+        the whole array if and only if it is disjoint along every axis.
+
+        Raises
+        ------
+        UnsafePlanError
+            If a unit is shared, the blocks do not cover the data, or one write
+            unit alone exceeds ``max_task_bytes``.
+        """
+        for axis, (c, n) in enumerate(zip(self.task_chunks, self.shape, strict=True)):
+            if sum(c) != n:
+                raise UnsafePlanError(
+                    f"{self.name!r}: task chunks along {self.dims[axis]!r} sum to {sum(c)}, "
+                    f"not the data length {n}"
+                )
+            bad = grid.misaligned_edges(c, self.write_unit[axis], self.offset[axis])
+            if bad.size or not self._ownership[axis].disjoint():
+                raise UnsafePlanError(
+                    f"{self.name!r}: task edges {bad.tolist()} along {self.dims[axis]!r} "
+                    f"split write units of {self.write_unit[axis]}: two tasks would "
+                    "write the same stored object"
+                )
+        if self.unit_nbytes > max_task_bytes:
+            kind = "shard" if self.shards else "chunk"
+            raise UnsafePlanError(
+                f"{self.name!r}: one {kind} of shape {self.write_unit} is "
+                f"{_mib(self.unit_nbytes)}, over max_task_bytes={_mib(max_task_bytes)}, "
+                f"and a {kind} is the smallest unit one task can write. Use smaller "
+                f"{kind}s in `encoding`, or pass max_task_bytes={self.unit_nbytes} or more."
+            )
+
+    def _row(self) -> dict[str, str]:
+        return {
+            "variable": self.name + ("" if self.new else " (existing)"),
+            "shape": "×".join(map(str, self.shape)),
+            "dtype": str(self.dtype),
+            "chunks": "×".join(map(str, self.chunks)),
+            "shards": "×".join(map(str, self.shards)) if self.shards else "-",
+            "dask chunks": str(math.prod(len(c) for c in self.source_chunks)),
+            "tasks": str(self.ntasks),
+            "units": f"{self.nunits}" + (f" ({self.npartial} merge)" if self.npartial else ""),
+            "bytes": _mib(self.nbytes),
+            "requests": str(self.requests),
+            "peak/task": _mib(self.peak_memory),
+        }
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """A validated-before-writing description of one write.
+
+    Build it with :func:`plan_write`; run it with :func:`toolkit.execute` (or
+    call :func:`toolkit.to_zarr`, which does both).
+
+    Attributes
+    ----------
+    target : str
+        A secret-free description of the store.
+    mode : str
+        Resolved write mode.
+    zarr_format : int
+        2 or 3.
+    append_dim : str or None
+        The dimension appended to.
+    region : dict of str to slice, or None
+        The resolved (explicit) region.
+    variables : tuple of VariablePlan
+        The variables written by parallel tasks.
+    eager : tuple of str
+        Small in-memory variables (coordinates) written with the metadata.
+    max_task_bytes : int
+        The memory target per task.
+    metadata_requests : int
+        Expected metadata requests (arrays and group written before the data).
+    """
+
+    target: str
+    mode: str
+    zarr_format: int
+    append_dim: str | None
+    region: Mapping[str, slice] | None
+    variables: tuple[VariablePlan, ...]
+    eager: tuple[str, ...]
+    max_task_bytes: int
+    metadata_requests: int
+    group: str | None = None
+    consolidated: bool | None = None
+    write_empty_chunks: bool | None = None
+    dataset: xr.Dataset = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    store: Store = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    encoding: Mapping[str, Mapping[str, Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def ntasks(self) -> int:
+        """Write tasks in all."""
+        return sum(v.ntasks for v in self.variables)
+
+    @property
+    def nunits(self) -> int:
+        """Write units in all."""
+        return sum(v.nunits for v in self.variables)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes written by tasks."""
+        return sum(v.nbytes for v in self.variables)
+
+    @property
+    def requests(self) -> int:
+        """Expected store requests, data and metadata."""
+        return self.metadata_requests + sum(v.requests for v in self.variables)
+
+    @property
+    def peak_memory(self) -> int:
+        """Projected peak memory of the largest task."""
+        return max((v.peak_memory for v in self.variables), default=0)
+
+    def __getitem__(self, name: str) -> VariablePlan:
+        for v in self.variables:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    def tasks(self) -> Iterator[WriteTask]:
+        """Every write task of every variable."""
+        for v in self.variables:
+            yield from v.tasks()
+
+    def validate(self) -> WritePlan:
+        """Check the plan; return it unchanged, or raise :class:`UnsafePlanError`."""
+        for v in self.variables:
+            v.validate(self.max_task_bytes)
+        return self
+
+    def _summary(self) -> str:
+        what = f"mode={self.mode!r}, zarr_format={self.zarr_format}"
+        if self.append_dim:
+            what += f", append_dim={self.append_dim!r}"
+        if self.region:
+            what += ", region={" + ", ".join(
+                f"{k}: {s.start}:{s.stop}" for k, s in self.region.items()
+            ) + "}"
+        return (
+            f"WritePlan → {self.target} ({what}): {self.ntasks} tasks, {self.nunits} "
+            f"write units, {_mib(self.nbytes)}, ~{self.requests} requests, "
+            f"peak ~{_mib(self.peak_memory)}/task (target {_mib(self.max_task_bytes)})"
+        )
+
+    def __repr__(self) -> str:
+        lines = [self._summary()]
+        rows = [v._row() for v in self.variables]
+        if rows:
+            lines.append(text_table(rows))
+        if self.eager:
+            lines.append("written with the metadata: " + ", ".join(self.eager))
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        body = html_table([v._row() for v in self.variables])
+        eager = (
+            f"<p>Written with the metadata: {', '.join(self.eager)}</p>" if self.eager else ""
+        )
+        return f"<div><p><b>{_escape(self._summary())}</b></p>{body}{eager}</div>"
+
+
+def _escape(s: str) -> str:
+    import html
+
+    return html.escape(s)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class _Existing:
+    """What the target store already holds (metadata only)."""
+
+    zarr_format: int
+    arrays: Mapping[str, zarr.Array]
+    dims: Mapping[str, tuple[str, ...]]
+
+    def sizes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, arr in self.arrays.items():
+            for d, n in zip(self.dims[name], arr.shape, strict=True):
+                out.setdefault(d, n)
+        return out
+
+
+def _array_dims(arr: zarr.Array) -> tuple[str, ...]:
+    names = getattr(arr.metadata, "dimension_names", None)
+    if names:
+        return tuple(str(n) for n in names)
+    dims = arr.attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(dims, list):
+        return tuple(str(d) for d in dims)
+    return tuple(f"dim_{i}" for i in range(arr.ndim))
+
+
+def _open_existing(store: Store, group: str | None) -> _Existing | None:
+    ro = store if store.read_only else store.with_read_only(True)
+    try:
+        g = zarr.open_group(store=ro, path=group or "", mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        return None
+    arrays = {name: a for name, a in g.arrays() if isinstance(a, zarr.Array)}
+    return _Existing(
+        zarr_format=g.metadata.zarr_format,
+        arrays=arrays,
+        dims={k: _array_dims(a) for k, a in arrays.items()},
+    )
+
+
+def _store_is_empty(store: Store, group: str | None) -> bool:
+    from zarr.core.sync import sync
+
+    prefix = (group or "").strip("/")
+    return bool(sync(store.is_empty(prefix + "/" if prefix else "")))
+
+
+def _resolve_mode(
+    mode: str | None, append_dim: Hashable | None, region: object
+) -> WriteMode:
+    if mode is not None and mode not in _MODES:
+        raise PlanError(f"mode must be one of {_MODES}, got {mode!r}")
+    if append_dim is not None and region is not None:
+        raise PlanError("append_dim and region cannot be used together; pick one")
+    if mode is None:
+        return "a" if append_dim is not None else "r+" if region is not None else "w-"
+    if append_dim is not None and mode not in ("a", "a-"):
+        raise PlanError(f"append_dim needs mode='a' or 'a-', got mode={mode!r}")
+    if region is not None and mode not in ("a", "r+"):
+        raise PlanError(f"region needs mode='r+' or 'a', got mode={mode!r}")
+    return mode  # type: ignore[return-value]
+
+
+def _mode_of(sizes: tuple[int, ...]) -> int:
+    """The most common chunk size (the ragged last chunk counts only if alone)."""
+    body = sizes[:-1] if len(sizes) > 1 else sizes
+    return max(Counter(body).most_common(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def _check_encoding(
+    ds: xr.Dataset, encoding: Mapping[Hashable, Mapping[str, Any]] | None, zarr_format: int
+) -> dict[Hashable, dict[str, Any]]:
+    encoding = dict(encoding or {})
+    for name, enc in encoding.items():
+        if name not in ds.variables:
+            close = difflib.get_close_matches(str(name), [str(k) for k in ds.variables], 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise EncodingError(f"encoding names {name!r}, which is not in the dataset{hint}")
+        if not isinstance(enc, Mapping):
+            raise EncodingError(f"encoding[{name!r}] must be a dict, got {type(enc).__name__}")
+        unknown = set(enc) - _VALID_ENCODING
+        if unknown:
+            raise EncodingError(
+                f"encoding[{name!r}] has unknown keys {sorted(unknown)}; valid keys are "
+                f"{sorted(_VALID_ENCODING)}"
+            )
+        ndim = ds[name].ndim
+        for key in ("chunks", "shards"):
+            val = enc.get(key)
+            if val is None:
+                continue
+            if isinstance(val, int):
+                val = (val,) * ndim
+            if (
+                not isinstance(val, tuple | list)
+                or len(val) != ndim
+                or not all(isinstance(x, int | np.integer) and x > 0 for x in val)
+            ):
+                raise EncodingError(
+                    f"encoding[{name!r}][{key!r}] must be {ndim} positive integers "
+                    f"(one per dim of {ds[name].dims}), got {enc[key]!r}"
+                )
+        if enc.get("shards") is not None:
+            if zarr_format != 3:
+                raise EncodingError(
+                    f"encoding[{name!r}] asks for shards, which need zarr_format=3"
+                )
+            if enc.get("chunks") is None:
+                raise EncodingError(
+                    f"encoding[{name!r}] gives 'shards' without 'chunks'; give both, "
+                    "with each shard a whole multiple of the chunk"
+                )
+    out: dict[Hashable, dict[str, Any]] = {}
+    for name, enc in encoding.items():
+        e = dict(enc)
+        for key in ("chunks", "shards"):
+            if isinstance(e.get(key), int):
+                e[key] = (e[key],) * ds[name].ndim
+            if e.get(key) is not None:
+                e[key] = tuple(int(x) for x in e[key])
+        if e.get("shards") and any(s % c for s, c in zip(e["shards"], e["chunks"], strict=True)):
+            raise EncodingError(
+                f"encoding[{name!r}]: shards {e['shards']} must be whole multiples of "
+                f"chunks {e['chunks']}"
+            )
+        out[name] = e
+    return out
+
+
+def _stored_dtype(var: xr.Variable, enc: Mapping[str, Any]) -> np.dtype[Any]:
+    if "dtype" in enc:
+        return np.dtype(enc["dtype"])
+    if var.dtype.kind in "mM":
+        return np.dtype("int64")
+    if var.dtype.kind in "OUS":
+        return np.dtype("O")
+    return var.dtype
+
+
+def _resolve_region(
+    ds: xr.Dataset,
+    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"],
+    existing: _Existing,
+    store: Store,
+    group: str | None,
+) -> dict[str, slice]:
+    sizes = existing.sizes()
+    if region == "auto":
+        region = dict.fromkeys(ds.dims, "auto")
+    if not isinstance(region, Mapping):
+        raise RegionError(f"region must be a dict of dim -> slice or 'auto', got {region!r}")
+    out: dict[str, slice] = {}
+    auto_index: xr.Dataset | None = None
+    for dim, sl in region.items():
+        if dim not in ds.dims:
+            raise RegionError(
+                f"region names dimension {dim!r}, which the dataset does not have "
+                f"(it has {list(ds.dims)})"
+            )
+        if dim not in sizes:
+            raise RegionError(
+                f"region names dimension {dim!r}, which the store does not have "
+                f"(it has {sorted(sizes)}); write the dataset first with mode='w'"
+            )
+        if isinstance(sl, str) and sl == "auto":
+            if dim not in ds.indexes:
+                out[str(dim)] = slice(0, ds.sizes[dim])
+                continue
+            if auto_index is None:
+                auto_index = xr.open_zarr(
+                    store.with_read_only(True) if not store.read_only else store,
+                    group=group,
+                    chunks=None,
+                    consolidated=False,
+                )
+            if dim not in auto_index.indexes:
+                raise RegionError(
+                    f"region={{{dim!r}: 'auto'}} needs a {dim!r} coordinate in the store; "
+                    "give an explicit slice instead"
+                )
+            idx = auto_index.indexes[dim].get_indexer(ds.indexes[dim])
+            if (idx < 0).any():
+                missing = ds.indexes[dim][idx < 0][:5].tolist()
+                raise RegionError(
+                    f"region={{{dim!r}: 'auto'}}: values {missing} of the dataset's {dim!r} "
+                    "are not in the store; to add new values use append_dim"
+                )
+            if (np.diff(idx) != 1).any():
+                raise RegionError(
+                    f"region={{{dim!r}: 'auto'}}: the dataset's {dim!r} values are not one "
+                    "contiguous, increasing run of the store's; sort the dataset or split "
+                    "the write"
+                )
+            out[str(dim)] = slice(int(idx[0]), int(idx[-1]) + 1)
+            continue
+        if not isinstance(sl, slice) or sl.step not in (None, 1):
+            raise RegionError(
+                f"region[{dim!r}] must be a slice with step 1 (or 'auto'), got {sl!r}"
+            )
+        start, stop = sl.start or 0, sizes[dim] if sl.stop is None else sl.stop
+        if not (0 <= start <= stop <= sizes[dim]):
+            raise RegionError(
+                f"region[{dim!r}] = {start}:{stop} is out of bounds for the stored "
+                f"dimension of length {sizes[dim]}"
+            )
+        if stop - start != ds.sizes[dim]:
+            raise RegionError(
+                f"region[{dim!r}] = {start}:{stop} has length {stop - start}, but the "
+                f"dataset's {dim!r} has length {ds.sizes[dim]}; use "
+                f"region={{{dim!r}: slice({start}, {start + ds.sizes[dim]})}}"
+            )
+        out[str(dim)] = slice(int(start), int(stop))
+    unrelated = [str(k) for k, v in ds.variables.items() if not set(out) & set(v.dims)]
+    unrelated = [k for k in unrelated if k not in ds.indexes]
+    if unrelated:
+        raise RegionError(
+            f"variables {unrelated} share no dimension with region {list(out)}, so a "
+            f"region write cannot place them; write ds.drop_vars({unrelated!r})"
+        )
+    return out
+
+
+def plan_write(
+    ds: xr.Dataset,
+    store: StoreLike,
+    *,
+    mode: WriteMode | None = None,
+    append_dim: Hashable | None = None,
+    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
+    zarr_format: int | None = None,
+    consolidated: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    group: str | None = None,
+    write_empty_chunks: bool | None = None,
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+) -> WritePlan:
+    """Plan a write of ``ds`` to ``store`` without writing anything.
+
+    Parameters take the names and meanings of :meth:`xarray.Dataset.to_zarr`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The data; dask-backed variables may have any chunking.
+    store : str, os.PathLike or zarr Store
+        Target path, URL or store.
+    mode : {"w", "w-", "a", "a-", "r+"}, optional
+        As in xarray: ``"w-"`` by default, ``"a"`` with ``append_dim``, ``"r+"``
+        with ``region``.
+    append_dim : str, optional
+        Dimension to append along.
+    region : dict or "auto", optional
+        Where in existing arrays to write; slices or ``"auto"`` per dim.
+    encoding : dict, optional
+        Per variable: ``chunks``, ``shards``, ``compressors``, ``fill_value``, CF
+        keys (``dtype``, ``units``, ``scale_factor``, ...).
+    zarr_format : {2, 3}, optional
+        Zarr format of a new store (default zarr's, 3); must match an existing one.
+    consolidated : bool, optional
+        Write consolidated metadata (as xarray).
+    storage_options : dict, optional
+        fsspec options for URLs.
+    group : str, optional
+        Group path inside the store.
+    write_empty_chunks : bool, optional
+        Passed to zarr.
+    max_task_bytes : int
+        Memory target per write task (default 256 MiB).
+
+    Returns
+    -------
+    WritePlan
+
+    Raises
+    ------
+    toolkit.errors.PlanError
+        (or a subclass) on any invalid input; nothing is written.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"plan_write needs an xarray.Dataset, got {type(ds).__name__}")
+    if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
+        raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
+    mode = _resolve_mode(mode, append_dim, region)
+    zstore = resolve_store(store, storage_options=storage_options)
+    existing = None if mode == "w" else _open_existing(zstore, group)
+
+    if mode == "w-" and not _store_is_empty(zstore, group):
+        raise ExistingStoreError(
+            f"{describe_store(zstore)} already holds data and mode='w-' never overwrites; "
+            "use mode='w' to replace it, mode='a' to add variables, or append_dim/region"
+        )
+    if mode == "r+" and existing is None:
+        raise PlanError(
+            f"mode='r+' needs an existing Zarr group at {describe_store(zstore)}; "
+            "create it first with mode='w-'"
+        )
+    if region is not None and existing is None:
+        raise RegionError(
+            f"region writes need an existing Zarr group at {describe_store(zstore)}"
+        )
+    if zarr_format is not None and zarr_format not in (2, 3):
+        raise PlanError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    if existing is not None and zarr_format is not None and zarr_format != existing.zarr_format:
+        raise PlanError(
+            f"the store holds zarr_format={existing.zarr_format} but zarr_format="
+            f"{zarr_format} was asked for; drop zarr_format or use mode='w'"
+        )
+    fmt = existing.zarr_format if existing is not None else (
+        zarr_format or int(zarr.config.get("default_zarr_format"))
+    )
+    user_enc = _check_encoding(ds, encoding, fmt)
+
+    resolved_region: dict[str, slice] | None = None
+    if region is not None:
+        assert existing is not None
+        resolved_region = _resolve_region(ds, region, existing, zstore, group)
+        ds = ds.drop_vars(list(ds.indexes))  # indexes are never rewritten by a region write
+
+    if append_dim is not None and append_dim not in ds.dims:
+        raise AppendError(
+            f"append_dim={append_dim!r} is not a dimension of the dataset "
+            f"(it has {list(ds.dims)})"
+        )
+    if append_dim is not None and existing is not None and existing.arrays:
+        if append_dim not in existing.sizes():
+            raise AppendError(
+                f"append_dim={append_dim!r} is not a dimension of the store "
+                f"(it has {sorted(existing.sizes())})"
+            )
+    appending = append_dim is not None and existing is not None and bool(existing.arrays)
+    if append_dim is not None and not appending:
+        mode = "w-"  # appending to nothing creates the store, as xarray does
+
+    decoded_existing: xr.Dataset | None = None
+    if existing is not None and existing.arrays and mode in ("a", "a-", "r+"):
+        ro = zstore if zstore.read_only else zstore.with_read_only(True)
+        decoded_existing = xr.open_zarr(ro, group=group, chunks=None, consolidated=False)
+
+    plans: list[VariablePlan] = []
+    eager: list[str] = []
+    enc_out: dict[Hashable, dict[str, Any]] = {}
+    sizes = existing.sizes() if existing is not None else {}
+    for name, var in ds.variables.items():
+        sname = str(name)
+        enc = user_enc.get(name, {})
+        is_existing = (
+            existing is not None and mode != "w" and sname in existing.arrays
+        )
+        if mode == "r+" and not is_existing:
+            new_names = [str(k) for k in ds.variables if existing and str(k) not in existing.arrays]
+            raise PlanError(
+                f"mode='r+' cannot create variables {new_names}; use mode='a' to add "
+                "variables, or drop them"
+            )
+        if is_existing:
+            assert existing is not None
+            arr = existing.arrays[sname]
+            stored_dims = existing.dims[sname]
+            if set(stored_dims) != set(var.dims) or len(stored_dims) != var.ndim:
+                raise (AppendError if appending else PlanError)(
+                    f"{sname!r} has dims {var.dims} but the stored array has "
+                    f"{stored_dims}; rename or transpose to match"
+                )
+            var = var.transpose(*stored_dims)
+            for key in ("chunks", "shards"):
+                stored = arr.chunks if key == "chunks" else arr.shards
+                if key in enc and enc[key] is not None and tuple(enc[key]) != tuple(
+                    stored if stored is not None else ()
+                ):
+                    raise EncodingError(
+                        f"encoding[{sname!r}][{key!r}] = {enc[key]} contradicts the existing "
+                        f"array's {key} {stored}; drop {key!r} from encoding, or rewrite "
+                        "the array with mode='w'"
+                    )
+            other = set(enc) - {"chunks", "shards"}
+            if other:
+                raise EncodingError(
+                    f"encoding[{sname!r}] sets {sorted(other)}, but {sname!r} already exists "
+                    "and keeps its stored encoding; drop them, or use mode='w'"
+                )
+            if mode == "a-" and appending and append_dim not in var.dims:
+                continue  # 'a-' leaves variables without the append dim alone
+            assert decoded_existing is not None
+            old = decoded_existing.variables[sname]
+            _check_dtype(sname, old.dtype, var.dtype, appending)
+            offset = [0] * var.ndim
+            array_shape = list(arr.shape)
+            for i, d in enumerate(stored_dims):
+                if appending and d == append_dim:
+                    offset[i] = arr.shape[i]
+                    array_shape[i] = arr.shape[i] + var.shape[i]
+                elif resolved_region and d in resolved_region:
+                    offset[i] = resolved_region[d].start
+                elif var.shape[i] != arr.shape[i]:
+                    err = AppendError if appending else (RegionError if resolved_region else PlanError)
+                    raise err(
+                        f"{sname!r} has {d}={var.shape[i]} but the stored array has "
+                        f"{d}={arr.shape[i]}; only "
+                        + (f"{append_dim!r} may differ when appending" if appending
+                           else "dims in `region` may differ" if resolved_region
+                           else "equal shapes can be overwritten (or use mode='w')")
+                    )
+            chunks, shards = tuple(arr.chunks), arr.shards
+            dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype("O")
+            new = False
+        else:
+            if appending and append_dim in var.dims:
+                raise AppendError(
+                    f"{sname!r} is not in the store but has the append dimension "
+                    f"{append_dim!r}; write it first (mode='a' without append_dim), or drop it"
+                )
+            if resolved_region is not None:
+                raise RegionError(
+                    f"{sname!r} is not in the store; a region write only fills existing "
+                    "arrays. Create it first with mode='a' (no region), or drop it"
+                )
+            for d, n in zip(var.dims, var.shape, strict=True):
+                if mode in ("a", "a-") and d in sizes and sizes[d] != n:
+                    raise PlanError(
+                        f"new variable {sname!r} has {d}={n} but the store's {d!r} has "
+                        f"length {sizes[d]}; dimensions must agree"
+                    )
+            offset = [0] * var.ndim
+            array_shape = list(var.shape)
+            dtype = _stored_dtype(var, {**var.encoding, **enc})
+            shards = enc.get("shards")
+            chunks = enc.get("chunks")
+            new = True
+        is_dask = var.chunks is not None
+        small = var.size == 0 or (not is_dask and (name in ds.coords or var.ndim == 0))
+        if new:
+            if chunks is None and is_dask:
+                chunks = tuple(_mode_of(c) for c in var.chunks)
+            elif chunks is None and not small:
+                from zarr.core.chunk_grids import guess_chunks
+
+                chunks = tuple(guess_chunks(var.shape, max(dtype.itemsize, 1)))
+            layout = {k: v for k, v in enc.items() if k in _ZARR_KEYS | _CF_KEYS}
+            if chunks is not None:
+                layout["chunks"] = tuple(int(c) for c in chunks)
+            if shards is not None:
+                layout["shards"] = tuple(int(s) for s in shards)
+            enc_out[name] = layout
+        if small:
+            eager.append(sname)
+            continue
+        assert chunks is not None
+        source_chunks = var.chunks if is_dask else tuple((n,) for n in var.shape)
+        assert source_chunks is not None
+        unit = tuple(shards or chunks)
+        task_chunks = grid.regroup(
+            source_chunks, unit, offset, itemsize=max(dtype.itemsize, 1),
+            max_bytes=max_task_bytes,
+        )
+        plans.append(
+            VariablePlan(
+                name=sname,
+                dims=tuple(str(d) for d in var.dims),
+                dtype=dtype,
+                shape=tuple(var.shape),
+                array_shape=tuple(array_shape),
+                offset=tuple(offset),
+                chunks=tuple(int(c) for c in chunks),
+                shards=tuple(int(s) for s in shards) if shards else None,
+                source_chunks=tuple(tuple(c) for c in source_chunks),
+                task_chunks=task_chunks,
+                new=new,
+            )
+        )
+
+    # The xarray metadata pass writes each new array's metadata, the group's, and a
+    # consolidated copy; appends also rewrite the resized arrays' metadata.
+    meta = sum(v.new for v in plans) + len(eager) + 1 + bool(consolidated)
+    meta += sum(1 for v in plans if not v.new and appending)
+    return WritePlan(
+        target=describe_store(zstore),
+        mode=mode,
+        zarr_format=fmt,
+        append_dim=str(append_dim) if appending else None,
+        region=resolved_region,
+        variables=tuple(plans),
+        eager=tuple(eager),
+        max_task_bytes=max_task_bytes,
+        metadata_requests=meta,
+        group=group,
+        consolidated=consolidated,
+        write_empty_chunks=write_empty_chunks,
+        dataset=ds,
+        store=zstore,
+        encoding=enc_out,
+    )
+
+
+def _check_dtype(name: str, old: np.dtype[Any], new: np.dtype[Any], appending: bool) -> None:
+    """Refuse a write whose values the stored dtype cannot hold."""
+    ok = (
+        (old.kind in "biuf" and new.kind in "biuf" and np.can_cast(new, old, "same_kind"))
+        or (old.kind == "c" and new.kind in "biufc")
+        or (old.kind == new.kind and old.kind in "mMb")
+        or (old.kind in "OUS" and new.kind in "OUS")
+    )
+    if not ok:
+        raise (AppendError if appending else PlanError)(
+            f"{name!r} is stored as {old} but the data is {new}, which it cannot hold "
+            f"without losing values; cast it first, e.g. ds[{name!r}].astype({str(old)!r})"
+        )

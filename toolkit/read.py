@@ -1,0 +1,263 @@
+"""Aligned reads: dask chunks in whole write units, and bounded-parallel streaming.
+
+:func:`open_zarr` gives each variable dask chunks that are whole multiples of its
+write unit (the shard, else the chunk), near a target size, so no two tasks fetch
+the same stored object and each task fetches its objects in one concurrent zarr
+call. :func:`iter_chunks` and :func:`map_chunks` stream blocks with a bounded
+number in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from toolkit._progress import active_client
+from toolkit.plan import _open_existing
+from toolkit.storage import StoreLike, describe_store, resolve_store
+
+__all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]
+
+DEFAULT_READ_TASK_BYTES = 128 * 2**20
+"""Default target size of one read task (128 MiB)."""
+
+T = TypeVar("T")
+Block = Any
+
+
+def aligned_chunks(
+    shape: Sequence[int], unit: Sequence[int], itemsize: int, target_bytes: int
+) -> tuple[tuple[int, ...], ...]:
+    """Dask chunks in whole units of ``unit``, each block near ``target_bytes``.
+
+    Blocks grow from the last (fastest-varying) axis outward, so that a block is
+    as contiguous as possible; a unit larger than the target is one block.
+    """
+    mult = [1] * len(shape)
+    nunits = [max(1, -(-n // u)) for n, u in zip(shape, unit, strict=True)]
+    block = itemsize * math.prod(min(u, n) for u, n in zip(unit, shape, strict=True))
+    for axis in reversed(range(len(shape))):
+        if block * nunits[axis] <= target_bytes:
+            mult[axis] = nunits[axis]
+            block *= nunits[axis]
+            continue
+        mult[axis] = max(1, target_bytes // max(block, 1))
+        break
+    out = []
+    for n, u, m in zip(shape, unit, mult, strict=True):
+        step = u * m
+        sizes = [step] * (n // step) + ([n % step] if n % step else [])
+        out.append(tuple(sizes) or (0,))
+    return tuple(out)
+
+
+def open_zarr(
+    store: StoreLike,
+    *,
+    group: str | None = None,
+    consolidated: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    target_task_bytes: int = DEFAULT_READ_TASK_BYTES,
+    **open_kwargs: Any,
+) -> xr.Dataset:
+    """Open a Zarr store lazily, chunked in whole write units.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr Store
+        Path, URL or store.
+    group : str, optional
+        Group inside the store.
+    consolidated : bool, optional
+        As in :func:`xarray.open_zarr`.
+    storage_options : dict, optional
+        fsspec options for URLs.
+    target_task_bytes : int
+        Target size of one read task (default 128 MiB).
+    **open_kwargs
+        Passed to :func:`xarray.open_zarr` (``decode_times``, ``drop_variables``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed; task names are ``toolkit-read-<variable>``.
+    """
+    if "chunks" in open_kwargs:
+        raise TypeError(
+            "toolkit.open_zarr chooses chunks aligned to the store; use "
+            "target_task_bytes to make them larger or smaller, or xarray.open_zarr"
+        )
+    zstore = resolve_store(store, storage_options=storage_options)
+    existing = _open_existing(zstore, group)
+    if existing is None:
+        raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
+    ds = xr.open_dataset(
+        zstore, engine="zarr", group=group, consolidated=consolidated, chunks=None,
+        cache=False, **open_kwargs,
+    )
+    token = tokenize(describe_store(zstore), group, target_task_bytes)
+    out = {}
+    for name, var in ds.variables.items():
+        if name in ds.indexes:
+            continue
+        arr = existing.arrays.get(str(name))
+        if arr is None or var.ndim == 0:
+            continue
+        unit = arr.shards or arr.chunks
+        chunks = aligned_chunks(var.shape, unit, var.dtype.itemsize, target_task_bytes)
+        out[name] = var.chunk(
+            dict(zip(var.dims, chunks, strict=True)),
+            name=f"toolkit-read-{name}-{tokenize(token, name, chunks)}",
+        )
+    return ds.assign(**{str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
+        **{str(k): v for k, v in out.items() if k in ds.coords}
+    )
+
+
+def _as_dask(obj: xr.DataArray | da.Array) -> da.Array:
+    data = obj.data if isinstance(obj, xr.DataArray) else obj
+    if not isinstance(data, da.Array):
+        raise TypeError(
+            f"iter_chunks needs a dask-backed DataArray or a dask array, got "
+            f"{type(data).__name__}; open it with toolkit.open_zarr or call .chunk()"
+        )
+    return data
+
+
+def _block_getter(obj: xr.DataArray | da.Array, index: tuple[int, ...]) -> Any:
+    data = _as_dask(obj)
+    if isinstance(obj, da.Array):
+        return data.blocks[index]
+    e = [np.cumsum((0, *c)) for c in data.chunks]
+    sel = {d: slice(int(e[a][i]), int(e[a][i + 1])) for a, (d, i) in enumerate(zip(obj.dims, index, strict=True))}
+    return obj.isel(sel)
+
+
+def _run(
+    obj: xr.DataArray | da.Array,
+    func: Callable[[Block], T] | None,
+    *,
+    ordered: bool,
+    filter: Callable[[tuple[int, ...]], bool] | None,
+    max_inflight: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[tuple[tuple[int, ...], Any]]:
+    data = _as_dask(obj)
+    indices = [i for i in np.ndindex(*data.numblocks) if filter is None or filter(i)]
+    total = len(indices)
+    limit = max_inflight or max(2, (os.cpu_count() or 2) * 2)
+    if limit < 1:
+        raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+    client = active_client()
+
+    def local(index: tuple[int, ...]) -> Any:
+        block = _block_getter(obj, index).compute(scheduler="synchronous")
+        return func(block) if func is not None else block
+
+    pending: collections.OrderedDict[Any, tuple[int, ...]] = collections.OrderedDict()
+    todo = iter(indices)
+    done = 0
+    executor = cf.ThreadPoolExecutor(limit, thread_name_prefix="toolkit-read") if client is None else None
+    try:
+        def submit() -> bool:
+            index = next(todo, None)
+            if index is None:
+                return False
+            if client is None:
+                assert executor is not None
+                pending[executor.submit(local, index)] = index
+            else:
+                fut = client.compute(_block_getter(obj, index))
+                if func is not None:
+                    fut = client.submit(func, fut)
+                pending[fut] = index
+            return True
+
+        while len(pending) < limit and submit():
+            pass
+        while pending:
+            if ordered:
+                fut = next(iter(pending))
+            elif client is None:
+                finished, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                fut = next(f for f in pending if f in finished)
+            else:
+                from distributed import wait
+
+                finished = wait(list(pending), return_when="FIRST_COMPLETED").done
+                fut = next(f for f in pending if f in finished)
+            index = pending.pop(fut)
+            result = fut.result()
+            submit()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            yield index, result
+    finally:
+        for fut in pending:
+            fut.cancel()
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def iter_chunks(
+    obj: xr.DataArray | da.Array,
+    *,
+    ordered: bool = True,
+    filter: Callable[[tuple[int, ...]], bool] | None = None,
+    max_inflight: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[tuple[int, ...], Any]]:
+    """Stream ``(block_index, block)`` pairs with at most ``max_inflight`` in flight.
+
+    Parameters
+    ----------
+    obj : xarray.DataArray or dask.array.Array
+        Dask-backed data (e.g. a variable of :func:`open_zarr`).
+    ordered : bool
+        Yield in C order of the block grid (True) or as blocks arrive (False).
+    filter : callable, optional
+        ``filter(block_index) -> bool``; blocks for which it is False are skipped
+        without being read.
+    max_inflight : int, optional
+        Blocks being fetched at once (default twice the CPU count). Memory is
+        bounded by this many blocks.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each block.
+
+    Yields
+    ------
+    tuple
+        ``(index, block)``: a DataArray with its coordinates for DataArray input,
+        else a numpy array.
+    """
+    yield from _run(obj, None, ordered=ordered, filter=filter, max_inflight=max_inflight,
+                    progress=progress)
+
+
+def map_chunks(
+    func: Callable[[Block], T],
+    obj: xr.DataArray | da.Array,
+    *,
+    ordered: bool = True,
+    filter: Callable[[tuple[int, ...]], bool] | None = None,
+    max_inflight: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[tuple[int, ...], T]]:
+    """Like :func:`iter_chunks`, yielding ``(block_index, func(block))``.
+
+    ``func`` runs where the block was read (a pool thread, or a worker when a
+    ``distributed`` client is active), so only its results travel.
+    """
+    yield from _run(obj, func, ordered=ordered, filter=filter, max_inflight=max_inflight,
+                    progress=progress)
+
