@@ -725,6 +725,11 @@ def plan_write(
         zarr_format or int(zarr.config.get("default_zarr_format"))
     )
     user_enc = _check_encoding(ds, encoding, fmt)
+    # Layout comes from `encoding`, the existing array or the plan, never from a
+    # source's leftover encoding (a netCDF's chunksizes, another store's shards).
+    ds = ds.copy(deep=False)
+    for var in ds.variables.values():
+        var.encoding = {k: v for k, v in var.encoding.items() if k not in _LAYOUT_KEYS}
 
     resolved_region: dict[str, slice] | None = None
     if region is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import time
+import warnings
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -137,7 +138,10 @@ def _write_metadata(plan: WritePlan) -> list[WriteSource]:
     )
     ds = zstore._validate_and_autodetect_region(ds)
     writer = _CapturingWriter()
-    dump_to_store(ds, zstore, writer, encoding=dict(plan.encoding))
+    with warnings.catch_warnings():
+        # zarr warns that v3 consolidated metadata is an extension; xarray chose it.
+        warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
+        dump_to_store(ds, zstore, writer, encoding=dict(plan.encoding))
     out = []
     for vp in plan.variables:
         source, target = writer.captured[vp.name]
