@@ -30,6 +30,7 @@ __all__ = [
     "AxisOwnership",
     "RegularGrid",
     "axis_ownership",
+    "default_chunks",
     "edges",
     "misaligned_edges",
     "regroup",
@@ -284,3 +285,18 @@ def axis_ownership(
     partial = head_partial.astype(np.int64) + tail_partial.astype(np.int64)
     partial = np.where((count == 1) & head_partial & tail_partial, 1, partial)
     return AxisOwnership(first=first, stop=stop, full=count - np.minimum(partial, count))
+
+
+def default_chunks(
+    shape: Sequence[int], itemsize: int, target_bytes: int = 4 * 2**20
+) -> tuple[int, ...]:
+    """A chunk shape of at most ``target_bytes`` for data with no chunking of its own.
+
+    Halves the longest axis (ties: the first) until the chunk fits, which keeps
+    chunks near cubic, like zarr's own guess.
+    """
+    out = [max(1, n) for n in shape]
+    while itemsize * math.prod(out) > target_bytes and max(out) > 1:
+        axis = out.index(max(out))
+        out[axis] = -(-out[axis] // 2)
+    return tuple(out)

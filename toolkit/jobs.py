@@ -20,6 +20,7 @@ from zarr.core.sync import sync
 
 from toolkit._render import text_table
 from toolkit.errors import PlanError
+from toolkit.grid import default_chunks
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, _mib, _open_existing, plan_write
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.storage import StoreLike, describe_store, resolve_store
@@ -52,10 +53,8 @@ def _layout(
     var: xr.Variable, chunks: Mapping[Hashable, int], shards: Mapping[Hashable, int]
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """Target chunks (and shards) of one variable for :func:`copy`."""
-    from zarr.core.chunk_grids import guess_chunks
-
     preferred = var.encoding.get("preferred_chunks") or {}
-    guess = guess_chunks(var.shape, max(var.dtype.itemsize, 1))
+    guess = default_chunks(var.shape, max(var.dtype.itemsize, 1))
     out = []
     for i, (d, n) in enumerate(zip(var.dims, var.shape, strict=True)):
         c = chunks.get(d, preferred.get(d, guess[i]))

@@ -698,6 +698,7 @@ def plan_write(
         raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
     mode = _resolve_mode(mode, append_dim, region)
     zstore = resolve_store(store, storage_options=storage_options)
+    _check_store_reachable(zstore)
     existing = None if mode == "w" else _open_existing(zstore, group)
 
     if mode == "w-" and not _store_is_empty(zstore, group):
@@ -853,10 +854,14 @@ def plan_write(
             if chunks is None and is_dask:
                 chunks = tuple(_mode_of(c) for c in var.chunks)
             elif chunks is None and not small:
-                from zarr.core.chunk_grids import guess_chunks
-
-                chunks = tuple(guess_chunks(var.shape, max(dtype.itemsize, 1)))
-            layout = {k: v for k, v in enc.items() if k in _ZARR_KEYS | _CF_KEYS}
+                chunks = grid.default_chunks(var.shape, max(dtype.itemsize, 1))
+            # xarray replaces a variable's encoding with the one it is given, so keep
+            # the variable's own CF encoding; codecs come only from the caller (a
+            # source's codecs may not exist in the target's zarr format).
+            inherited = {
+                k: v for k, v in var.encoding.items() if k in _CF_KEYS | {"fill_value"}
+            }
+            layout = {**inherited, **{k: v for k, v in enc.items() if k not in _LAYOUT_KEYS}}
             if chunks is not None:
                 layout["chunks"] = tuple(int(c) for c in chunks)
             if shards is not None:
@@ -910,6 +915,20 @@ def plan_write(
         store=zstore,
         encoding=enc_out,
     )
+
+
+def _check_store_reachable(store: Store) -> None:
+    """Refuse a process-local store when tasks run in other processes."""
+    from zarr.storage import MemoryStore
+
+    from toolkit._progress import active_client
+
+    if isinstance(store, MemoryStore) and active_client() is not None:
+        raise PlanError(
+            "a zarr MemoryStore lives in this process, but a distributed client is active "
+            "and its workers would each write to their own copy (the data would be lost). "
+            "Write to a directory or object store, or close the client to use local threads"
+        )
 
 
 def _check_dtype(name: str, old: np.dtype[Any], new: np.dtype[Any], appending: bool) -> None:

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from zarr.storage import LocalStore, MemoryStore
+
+# Hypothesis: bounded, deterministic in CI.
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=300, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def snapshot(store: object) -> dict[str, str]:
+    """Every key of a store and a hash of its bytes (directory or memory store)."""
+    if isinstance(store, str | Path):
+        root = Path(store)
+        if not root.exists():
+            return {}
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()
+        }
+    if isinstance(store, MemoryStore):
+        return {k: hashlib.sha256(v.to_bytes()).hexdigest() for k, v in store._store_dict.items()}
+    if isinstance(store, LocalStore):
+        return snapshot(store.root)
+    raise TypeError(type(store))
+
+
+def make_dataset(
+    nt: int = 50, ny: int = 12, nx: int = 10, chunks: dict[str, int] | None = None,
+    seed: int = 0, t0: str = "2000-01-01",
+) -> xr.Dataset:
+    """Two float variables and one int variable, with NaNs, datetime coordinate."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((nt, ny, nx)).astype("f4")
+    a[rng.random(a.shape) < 0.1] = np.nan
+    b = rng.standard_normal((nt, ny)).astype("f8")
+    c = rng.integers(-1000, 1000, (nt, nx)).astype("i4")
+    ds = xr.Dataset(
+        {
+            "a": (("time", "y", "x"), a, {"units": "K"}),
+            "b": (("time", "y"), b),
+            "c": (("time", "x"), c),
+        },
+        coords={
+            "time": pd.date_range(t0, periods=nt, freq="D"),
+            "y": np.arange(ny) * 1.5,
+            "x": np.arange(nx),
+        },
+        attrs={"title": "test"},
+    )
+    return ds.chunk(chunks) if chunks else ds
+
+
+@pytest.fixture(params=["directory", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    if request.param == "directory":
+        return str(tmp_path / "store.zarr")
+    return MemoryStore()
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[object]:
+    """A LocalCluster of 2 worker processes (2 threads each), shared by the session."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+        silence_logs=40,
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(local_cluster: object) -> Iterator[object]:
+    """A client of the shared cluster, the default only for the test using it."""
+    from distributed import Client
+
+    with Client(local_cluster) as client:  # type: ignore[arg-type]
+        yield client
+
+
+@pytest.fixture
+def threads8() -> Iterator[None]:
+    with dask.config.set(scheduler="threads", num_workers=8):
+        yield
+
+
+def read_back(store: object) -> xr.Dataset:
+    return xr.open_zarr(store, consolidated=False).load()  # type: ignore[arg-type]
+
+
+__all__ = ["make_dataset", "read_back", "snapshot", "zarr"]

@@ -1,0 +1,138 @@
+"""Grid arithmetic against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from toolkit import grid
+
+chunks_1d = st.lists(st.integers(1, 40), min_size=1, max_size=25)
+
+
+def brute_unit_owner(task_chunks, unit, offset):
+    """Map unit id -> set of task ids, element by element."""
+    owners: dict[int, set[int]] = {}
+    pos = 0
+    for t, c in enumerate(task_chunks):
+        for p in range(pos, pos + c):
+            owners.setdefault((offset + p) // unit, set()).add(t)
+        pos += c
+    return owners
+
+
+@given(chunks_1d, st.integers(1, 30), st.integers(0, 100))
+def test_snap_axis_owns_units_and_keeps_aligned_edges(chunks, unit, offset):
+    out = grid.snap_axis(chunks, unit, offset)
+    assert sum(out) == sum(chunks)
+    assert all(c > 0 for c in out)
+    assert all(len(ts) == 1 for ts in brute_unit_owner(out, unit, offset).values())
+    src = set(grid.edges(chunks).tolist())
+    new = set(grid.edges(out).tolist())
+    aligned = {e for e in src if (e + offset) % unit == 0}
+    assert aligned <= new
+    assert grid.misaligned_edges(out, unit, offset).size == 0
+
+
+@given(chunks_1d, st.integers(1, 30), st.integers(0, 100))
+def test_snap_axis_is_identity_on_aligned_input(chunks, unit, offset):
+    aligned = grid.snap_axis(chunks, unit, offset)
+    assert grid.snap_axis(aligned, unit, offset) == aligned
+
+
+@given(chunks_1d, st.integers(1, 30), st.integers(0, 100), st.integers(1, 200))
+def test_split_axis_respects_units_and_length(chunks, unit, offset, max_len):
+    base = grid.snap_axis(chunks, unit, offset)
+    out = grid.split_axis(base, unit, offset, max_len)
+    assert sum(out) == sum(chunks)
+    assert set(grid.edges(base).tolist()) <= set(grid.edges(out).tolist())
+    assert grid.misaligned_edges(out, unit, offset).size == 0
+    pos = 0
+    for c in out:
+        # too long only if it could not be cut: no unit boundary strictly inside
+        inner = [p for p in range(pos + 1, pos + c) if (p + offset) % unit == 0]
+        assert c <= max_len or not inner or (inner[0] - pos) > max_len
+        pos += c
+
+
+@given(
+    st.lists(st.tuples(chunks_1d, st.integers(1, 12), st.integers(0, 30)), min_size=1, max_size=3),
+    st.sampled_from([1, 2, 4, 8]),
+    st.integers(1, 5000),
+)
+def test_regroup_nd(axes, itemsize, max_bytes):
+    chunks = [a[0] for a in axes]
+    units = [a[1] for a in axes]
+    offsets = [a[2] for a in axes]
+    out = grid.regroup(chunks, units, offsets, itemsize=itemsize, max_bytes=max_bytes)
+    for c, o, u, off in zip(chunks, out, units, offsets):
+        assert sum(o) == sum(c)
+        assert all(len(t) == 1 for t in brute_unit_owner(o, u, off).values())
+    block = itemsize * np.prod([max(o) for o in out])
+    if itemsize * np.prod(units) <= max_bytes:
+        # One write unit fits the target, so every task must.
+        assert block <= max_bytes
+    snapped = [grid.snap_axis(c, u, off) for c, u, off in zip(chunks, units, offsets)]
+    if itemsize * np.prod([max(s) for s in snapped]) <= max_bytes:
+        assert list(out) == snapped  # nothing split that did not need it
+
+
+@given(chunks_1d, st.integers(1, 30), st.integers(0, 60), st.integers(0, 60))
+def test_axis_ownership_matches_brute_force(chunks, unit, offset, tail):
+    length = sum(chunks)
+    array_len = offset + length + tail
+    own = grid.axis_ownership(chunks, unit, offset, array_len)
+    pos = offset
+    for t, c in enumerate(chunks):
+        touched = sorted({p // unit for p in range(pos, pos + c)})
+        full = [
+            j for j in touched
+            if all(pos <= p < pos + c for p in range(j * unit, min((j + 1) * unit, array_len)))
+        ]
+        assert (own.first[t], own.stop[t]) == (touched[0], touched[-1] + 1)
+        assert own.full[t] == len(full)
+        pos += c
+
+
+@given(st.integers(0, 200), st.integers(0, 200), st.integers(1, 30))
+def test_units_touched(a, b, unit):
+    start, stop = min(a, b), max(a, b)
+    assert list(grid.units_touched(start, stop, unit)) == sorted({p // unit for p in range(start, stop)})
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 50), st.integers(1, 12)), min_size=1, max_size=3),
+    st.data(),
+)
+def test_regular_grid_touched_and_whole(dims, data):
+    shape = tuple(d[0] for d in dims)
+    step = tuple(d[1] for d in dims)
+    g = grid.RegularGrid(shape, step)
+    region = []
+    for n in shape:
+        a = data.draw(st.integers(0, n))
+        b = data.draw(st.integers(a, n))
+        region.append(slice(a, b))
+    assume(all(s.stop > s.start for s in region))
+    touched = g.touched(region)
+    for r, sl, s in zip(touched, region, step):
+        assert list(r) == sorted({p // s for p in range(sl.start, sl.stop)})
+    mask = np.zeros(shape, bool)
+    mask[tuple(region)] = True
+    whole = all(
+        mask[g.block_slices(idx)].all()
+        for idx in np.ndindex(*[len(r) for r in touched])
+        for idx in [tuple(r[i] for r, i in zip(touched, idx))]
+    )
+    assert g.is_whole(region) == whole
+    assert g.nblocks == tuple(-(-n // s) for n, s in zip(shape, step))
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=4), st.sampled_from([1, 4, 8]),
+       st.integers(1, 2**22))
+def test_default_chunks_fit_the_target(shape, itemsize, target):
+    out = grid.default_chunks(shape, itemsize, target)
+    assert len(out) == len(shape)
+    assert all(1 <= c <= max(n, 1) for c, n in zip(out, shape))
+    assert itemsize * np.prod(out) <= target or all(c == 1 for c in out)

@@ -1,0 +1,171 @@
+"""Write plans: hypothesis against brute force, reprs, and plan properties."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
+from zarr.storage import MemoryStore
+
+import toolkit
+from toolkit.errors import UnsafePlanError
+
+
+def split(n: int, parts: list[int]) -> tuple[int, ...]:
+    """Turn random part sizes into a chunking of n."""
+    out, left = [], n
+    for p in parts:
+        if left <= 0:
+            break
+        out.append(min(p, left))
+        left -= out[-1]
+    if left:
+        out.append(left)
+    return tuple(out)
+
+
+@st.composite
+def plan_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = [draw(st.integers(1, 24)) for _ in range(ndim)]
+    chunks = [draw(st.integers(1, 8)) for _ in range(ndim)]
+    sharded = draw(st.booleans())
+    shards = [c * draw(st.integers(1, 3)) for c in chunks] if sharded else None
+    kind = draw(st.sampled_from(["new", "region", "append"]))
+    extra = [draw(st.integers(0, 10)) for _ in range(ndim)]
+    dask_chunks = [split(n, draw(st.lists(st.integers(1, 9), min_size=1, max_size=8)))
+                   for n in shape]
+    return shape, chunks, shards, kind, extra, dask_chunks
+
+
+def _var(shape, dask_chunks, fill=1.0):
+    dims = [f"d{i}" for i in range(len(shape))]
+    data = da.full(shape, fill, dtype="f4", chunks=dask_chunks)
+    return xr.Dataset({"v": (dims, data)})
+
+
+@given(plan_cases())
+def test_plan_owns_every_unit_once_and_covers_every_element(case):
+    shape, chunks, shards, kind, extra, dask_chunks = case
+    store = MemoryStore()
+    enc = {"v": {"chunks": tuple(chunks), **({"shards": tuple(shards)} if shards else {})}}
+    if kind == "new":
+        plan = toolkit.plan_write(_var(shape, dask_chunks), store, encoding=enc)
+        offset = [0] * len(shape)
+        array_shape = shape
+    elif kind == "region":
+        array_shape = [n + e for n, e in zip(shape, extra)]
+        toolkit.to_zarr(_var(array_shape, array_shape, 0.0), store, encoding=enc, progress=False)
+        offset = [e // 2 for e in extra]
+        region = {f"d{i}": slice(o, o + n) for i, (o, n) in enumerate(zip(offset, shape))}
+        plan = toolkit.plan_write(_var(shape, dask_chunks), store, region=region)
+    else:
+        n0 = extra[0] + 1
+        first = [n0, *shape[1:]]
+        toolkit.to_zarr(_var(first, first, 0.0), store, encoding=enc, progress=False)
+        plan = toolkit.plan_write(_var(shape, dask_chunks), store, append_dim="d0")
+        offset = [n0] + [0] * (len(shape) - 1)
+        array_shape = [n0 + shape[0], *shape[1:]]
+    plan.validate()
+    vp = plan["v"]
+    unit = shards or chunks
+    assert vp.write_unit == tuple(unit)
+    assert vp.offset == tuple(offset) and vp.array_shape == tuple(array_shape)
+
+    covered = np.zeros(shape, dtype=int)
+    owner: dict[tuple[int, ...], int] = {}
+    tasks = list(vp.tasks())
+    for t, task in enumerate(tasks):
+        local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(task.region, offset))
+        covered[local] += 1
+        brute = set(np.ndindex(*[s.stop - s.start for s in task.region]))
+        units = {tuple((s.start + i) // u for s, i, u in zip(task.region, idx, unit))
+                 for idx in brute}
+        assert units == {
+            tuple(r[i] for r, i in zip(task.units, idx))
+            for idx in np.ndindex(*[len(r) for r in task.units])
+        }
+        for u in units:
+            assert u not in owner, f"unit {u} owned by tasks {owner[u]} and {t}"
+            owner[u] = t
+    assert (covered == 1).all()
+    assert vp.nunits == len(owner) == sum(t.nunits for t in tasks)
+    # A unit needs a merge when the data covers only part of its valid extent.
+    written = np.zeros(array_shape, bool)
+    written[tuple(slice(o, o + n) for o, n in zip(offset, shape))] = True
+    partial = 0
+    for u in owner:
+        sl = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(u, unit, array_shape))
+        partial += not written[sl].all()
+    assert vp.npartial == partial == sum(t.npartial for t in tasks)
+    assert vp.requests == vp.nunits + vp.npartial
+    assert vp.ntasks == len(tasks)
+    assert vp.nbytes == math.prod(shape) * 4
+
+
+def test_aligned_dask_chunks_are_kept():
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((100, 40), chunks=(20, 40), dtype="f8"))})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10, 40)}})
+    assert plan["v"].task_chunks == ((20,) * 5, (40,))
+
+
+def test_misaligned_chunks_snap_to_nearest_shard_boundary():
+    ds = xr.Dataset({"v": (("t",), da.zeros(100, chunks=7, dtype="f8"))})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (5,), "shards": (10,)}})
+    assert plan["v"].task_chunks == ((10,) * 10,)
+    assert plan["v"].source_chunks == ((7,) * 14 + (2,),)
+
+
+def test_memory_target_splits_at_unit_boundaries():
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((400, 1000), chunks=(400, 1000), dtype="f8"))})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10, 100)}},
+                              max_task_bytes=100 * 1000 * 8)
+    vp = plan["v"]
+    assert vp.max_task_nbytes <= 100 * 1000 * 8
+    assert all(c % 10 == 0 for c in vp.task_chunks[0])
+    assert vp.ntasks > 1
+
+
+def test_unit_over_memory_target_fails_validation_naming_the_fix():
+    ds = xr.Dataset({"v": (("t",), da.zeros(1000, chunks=500, dtype="f8"))})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (500,)}},
+                              max_task_bytes=1000)
+    with pytest.raises(UnsafePlanError, match=r"smaller chunks.*max_task_bytes=4000"):
+        plan.validate()
+
+
+def test_plan_is_frozen_and_renders():
+    ds = xr.Dataset({"v": (("t",), da.zeros(100, chunks=7, dtype="f8"))},
+                    coords={"t": np.arange(100)})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10,)}})
+    with pytest.raises(AttributeError):
+        plan.mode = "w"  # type: ignore[misc]
+    text = repr(plan)
+    assert "WritePlan" in text and "v" in text and "tasks" in text
+    assert "written with the metadata: t" in text
+    html = plan._repr_html_()
+    assert html.startswith("<div>") and "<table" in html and "<td" in html
+
+
+def test_plan_does_not_touch_the_source_encoding():
+    ds = xr.Dataset({"v": (("t",), da.zeros(10, chunks=5, dtype="f8"))})
+    ds["v"].encoding.update(chunks=(3,), preferred_chunks={"t": 3})
+    toolkit.plan_write(ds, MemoryStore())
+    assert ds["v"].encoding["chunks"] == (3,)
+
+
+def test_plan_of_100k_chunks_is_fast():
+    import time
+
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((100_000, 10), chunks=(1, 10), dtype="f4"))})
+    t0 = time.perf_counter()
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (1, 10)}})
+    plan.validate()
+    assert plan.ntasks == 100_000
+    # Generous bound: only catches accidental quadratic work.
+    assert time.perf_counter() - t0 < 30
