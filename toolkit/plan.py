@@ -858,14 +858,13 @@ def plan_write(
             # xarray replaces a variable's encoding with the one it is given, so keep
             # the variable's own CF encoding; codecs come only from the caller (a
             # source's codecs may not exist in the target's zarr format).
-            inherited = {
-                k: v for k, v in var.encoding.items() if k in _CF_KEYS | {"fill_value"}
-            }
+            inherited = {k: v for k, v in var.encoding.items() if k in _CF_KEYS}
             layout = {**inherited, **{k: v for k, v in enc.items() if k not in _LAYOUT_KEYS}}
             if chunks is not None:
                 layout["chunks"] = tuple(int(c) for c in chunks)
             if shards is not None:
                 layout["shards"] = tuple(int(s) for s in shards)
+            _check_with_xarray(sname, var, layout, fmt)
             enc_out[name] = layout
         if small:
             eager.append(sname)
@@ -915,6 +914,22 @@ def plan_write(
         store=zstore,
         encoding=enc_out,
     )
+
+
+def _check_with_xarray(
+    name: str, var: xr.Variable, encoding: Mapping[str, Any], zarr_format: int
+) -> None:
+    """Run xarray's own encoding checks now, so they cannot fail mid-write."""
+    from xarray.backends.zarr import extract_zarr_variable_encoding
+
+    probe = var.copy(deep=False)
+    probe.encoding = {k: v for k, v in encoding.items() if k not in _CF_KEYS}
+    try:
+        extract_zarr_variable_encoding(
+            probe, raise_on_invalid=True, name=name, zarr_format=zarr_format
+        )
+    except (ValueError, TypeError) as e:
+        raise EncodingError(f"encoding[{name!r}]: {e}") from e
 
 
 def _check_store_reachable(store: Store) -> None:

@@ -1,0 +1,132 @@
+"""Aligned reads and bounded-parallel streaming."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import make_dataset
+from hypothesis import given
+from hypothesis import strategies as st
+
+import toolkit
+from toolkit.read import aligned_chunks
+from toolkit.storage import CountingStore, resolve_store
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 300), st.integers(1, 40)), min_size=1, max_size=3),
+    st.sampled_from([1, 4, 8]),
+    st.integers(1, 10**6),
+)
+def test_aligned_chunks_are_whole_units_near_target(dims, itemsize, target):
+    shape = [d[0] for d in dims]
+    unit = [d[1] for d in dims]
+    chunks = aligned_chunks(shape, unit, itemsize, target)
+    for c, n, u in zip(chunks, shape, unit):
+        assert sum(c) == n
+        assert all(x % u == 0 for x in c[:-1])  # only the array's end may be ragged
+    unit_bytes = itemsize * np.prod([min(u, n) for u, n in zip(unit, shape)])
+    block = itemsize * np.prod([max(c) for c in chunks])
+    assert block <= max(target, unit_bytes)
+
+
+@pytest.fixture
+def written(tmp_path):
+    ds = make_dataset(nt=60, chunks={"time": 7})
+    path = tmp_path / "r.zarr"
+    toolkit.to_zarr(ds, path, encoding={"a": {"chunks": (4, 6, 5), "shards": (8, 12, 10)},
+                                        "b": {"chunks": (5, 6)}}, progress=False)
+    return path, ds.compute()
+
+
+def test_open_zarr_chunks_are_whole_write_units(written):
+    path, ds = written
+    back = toolkit.open_zarr(path, target_task_bytes=8 * 12 * 10 * 4 * 3)
+    assert back.a.data.chunks[0] == (24, 24, 12)
+    assert all(c % 6 == 0 for c in back.b.data.chunks[1])
+    assert back.a.data.name.startswith("toolkit-read-a-")
+    xr.testing.assert_identical(back.compute(), ds)
+
+
+def test_open_zarr_reads_each_object_once(written):
+    path, ds = written
+    counting = CountingStore(resolve_store(path))
+    back = toolkit.open_zarr(counting, target_task_bytes=8 * 12 * 10 * 4)
+    before = counting.counts.gets
+    back.a.compute(scheduler="threads")
+    # 60 steps / 8 per shard = 8 shards; a shard read is its index plus its chunks.
+    gets = counting.counts.gets - before
+    nshards, chunks_per_shard = 8, 2 * 2 * 2
+    assert gets <= nshards * (1 + chunks_per_shard)
+
+
+def test_open_zarr_refuses_chunks_and_missing_store(tmp_path, written):
+    path, _ = written
+    with pytest.raises(TypeError, match="target_task_bytes"):
+        toolkit.open_zarr(path, chunks={})
+    with pytest.raises(FileNotFoundError):
+        toolkit.open_zarr(tmp_path / "nothing.zarr")
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_iter_chunks_yields_every_block_once(written, ordered):
+    path, ds = written
+    back = toolkit.open_zarr(path, target_task_bytes=8 * 12 * 10 * 4)
+    seen = {}
+    progress = []
+    for index, block in toolkit.iter_chunks(back.a, ordered=ordered, max_inflight=3,
+                                            progress=lambda d, t: progress.append((d, t))):
+        assert isinstance(block, xr.DataArray)
+        seen[index] = block
+    nblocks = back.a.data.numblocks
+    assert set(seen) == set(np.ndindex(*nblocks))
+    if ordered:
+        assert list(seen) == list(np.ndindex(*nblocks))
+    assert progress[-1] == (len(seen), len(seen))
+    rebuilt = xr.combine_by_coords([b.to_dataset() for b in seen.values()])
+    xr.testing.assert_identical(rebuilt.a, ds.a)
+
+
+def test_iter_chunks_bounds_blocks_in_flight(written):
+    path, _ = written
+    back = toolkit.open_zarr(path, target_task_bytes=4 * 12 * 10 * 4)
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow(block):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        import time
+
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+        return float(block.sum())
+
+    out = dict(toolkit.map_chunks(slow, back.a, max_inflight=2, ordered=False))
+    assert peak[0] <= 2
+    assert len(out) == np.prod(back.a.data.numblocks)
+    assert np.isclose(sum(out.values()), float(back.a.sum()))
+
+
+def test_iter_chunks_filter_skips_blocks(written):
+    path, ds = written
+    back = toolkit.open_zarr(path, target_task_bytes=8 * 12 * 10 * 4)
+    got = [i for i, _ in toolkit.iter_chunks(back.a.data, filter=lambda i: i[0] % 2 == 0)]
+    assert got and all(i[0] % 2 == 0 for i in got)
+
+
+def test_iter_chunks_needs_dask(written):
+    with pytest.raises(TypeError, match="dask-backed"):
+        list(toolkit.iter_chunks(xr.DataArray(np.zeros(3))))
+
+
+@pytest.mark.cluster
+def test_map_chunks_on_cluster(written, cluster_client):
+    path, ds = written
+    back = toolkit.open_zarr(path)
+    total = sum(v for _, v in toolkit.map_chunks(lambda b: float(b.sum()), back.b))
+    assert np.isclose(total, float(ds.b.sum()))
