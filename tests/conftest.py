@@ -11,13 +11,16 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from zarr.storage import LocalStore, MemoryStore
 
 # Hypothesis: bounded, deterministic in CI.
 from hypothesis import HealthCheck, settings
+from zarr.storage import LocalStore, MemoryStore
 
 settings.register_profile(
-    "ci", max_examples=150, deadline=None, derandomize=True,
+    "ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=300, deadline=None)
@@ -32,7 +35,8 @@ def snapshot(store: object) -> dict[str, str]:
             return {}
         return {
             str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
         }
     if isinstance(store, MemoryStore):
         return {k: hashlib.sha256(v.to_bytes()).hexdigest() for k, v in store._store_dict.items()}
@@ -42,8 +46,12 @@ def snapshot(store: object) -> dict[str, str]:
 
 
 def make_dataset(
-    nt: int = 50, ny: int = 12, nx: int = 10, chunks: dict[str, int] | None = None,
-    seed: int = 0, t0: str = "2000-01-01",
+    nt: int = 50,
+    ny: int = 12,
+    nx: int = 10,
+    chunks: dict[str, int] | None = None,
+    seed: int = 0,
+    t0: str = "2000-01-01",
 ) -> xr.Dataset:
     """Two float variables and one int variable, with NaNs, datetime coordinate."""
     rng = np.random.default_rng(seed)
@@ -80,7 +88,10 @@ def local_cluster() -> Iterator[object]:
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=":0",
         silence_logs=40,
     ) as cluster:
         yield cluster

@@ -12,8 +12,12 @@ from conftest import make_dataset
 
 
 def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -27,8 +31,17 @@ def netcdf(tmp_path):
 def test_copy_netcdf_to_sharded_zarr_and_inspect(tmp_path, netcdf):
     src, ds = netcdf
     dst = tmp_path / "dst.zarr"
-    r = run("copy", str(src), str(dst), "--chunks", "time=4", "y=6", "--shards", "time=12",
-            "--no-progress")
+    r = run(
+        "copy",
+        str(src),
+        str(dst),
+        "--chunks",
+        "time=4",
+        "y=6",
+        "--shards",
+        "time=12",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert "WriteReport" in r.stdout
     back = xr.open_zarr(dst)
@@ -49,8 +62,18 @@ def test_copy_zarr_to_zarr_v2_with_workers(tmp_path):
     src = tmp_path / "a.zarr"
     ds.to_zarr(src)
     dst = tmp_path / "b.zarr"
-    r = run("copy", str(src), str(dst), "--chunks", "time=9", "--zarr-format", "2",
-            "--workers", "2", "--no-progress")
+    r = run(
+        "copy",
+        str(src),
+        str(dst),
+        "--chunks",
+        "time=9",
+        "--zarr-format",
+        "2",
+        "--workers",
+        "2",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     assert "dashboard:" in r.stdout
     xr.testing.assert_identical(xr.open_zarr(dst).compute(), ds.compute())

@@ -45,8 +45,13 @@ def test_region_out_of_bounds(existing):
 
 def test_region_length_mismatch(existing):
     store, ds = existing
-    refused(store, errors.RegionError, r"has length 5.*slice\(0, 10\)",
-            ds.isel(time=slice(0, 10)), region={"time": slice(0, 5)})
+    refused(
+        store,
+        errors.RegionError,
+        r"has length 5.*slice\(0, 10\)",
+        ds.isel(time=slice(0, 10)),
+        region={"time": slice(0, 5)},
+    )
 
 
 def test_region_unknown_dim(existing):
@@ -56,19 +61,25 @@ def test_region_unknown_dim(existing):
 
 def test_region_with_step(existing):
     store, ds = existing
-    refused(store, errors.RegionError, "step 1", ds.isel(time=slice(0, 25)),
-            region={"time": slice(0, 50, 2)})
+    refused(
+        store,
+        errors.RegionError,
+        "step 1",
+        ds.isel(time=slice(0, 25)),
+        region={"time": slice(0, 50, 2)},
+    )
 
 
 def test_region_variable_without_region_dims(existing):
     store, ds = existing
     piece = ds.isel(time=slice(0, 10)).assign(z=("x", np.arange(10)))
-    refused(store, errors.RegionError, r"drop_vars\(\['z'\]\)", piece,
-            region={"time": slice(0, 10)})
+    refused(
+        store, errors.RegionError, r"drop_vars\(\['z'\]\)", piece, region={"time": slice(0, 10)}
+    )
 
 
 def test_region_auto_with_unknown_values(existing):
-    store, ds = existing
+    store, _ds = existing
     piece = make_dataset(nt=5, t0="1990-01-01")
     refused(store, errors.RegionError, "not in the store", piece, region="auto")
 
@@ -76,54 +87,68 @@ def test_region_auto_with_unknown_values(existing):
 def test_region_new_variable(existing):
     store, ds = existing
     piece = ds.isel(time=slice(0, 10)).assign(new=lambda d: d.a * 2)
-    refused(store, errors.PlanError, "cannot create variables", piece,
-            region={"time": slice(0, 10)})
+    refused(
+        store, errors.PlanError, "cannot create variables", piece, region={"time": slice(0, 10)}
+    )
 
 
 def test_append_mismatched_dims(existing):
-    store, ds = existing
+    store, _ds = existing
     bad = make_dataset(nt=5, t0="2001-01-01").rename({"x": "lon"})
     refused(store, errors.AppendError, "dims", bad, append_dim="time")
 
 
 def test_append_mismatched_dtype(existing):
-    store, ds = existing
+    store, _ds = existing
     bad = make_dataset(nt=5, t0="2001-01-01")
     bad["c"] = bad["c"].astype("f8") + 0.5  # floats into an int32 array
-    refused(store, errors.AppendError, r"stored as int32.*astype\('int32'\)", bad,
-            append_dim="time")
+    refused(
+        store, errors.AppendError, r"stored as int32.*astype\('int32'\)", bad, append_dim="time"
+    )
 
 
 def test_append_mismatched_other_dim(existing):
-    store, ds = existing
+    store, _ds = existing
     bad = make_dataset(nt=5, nx=11, t0="2001-01-01")
     refused(store, errors.AppendError, "x=11", bad, append_dim="time")
 
 
 def test_append_dim_not_in_store(existing):
-    store, ds = existing
+    store, _ds = existing
     bad = make_dataset(nt=5).expand_dims("member")
     refused(store, errors.AppendError, "not a dimension of the store", bad, append_dim="member")
 
 
 def test_append_new_variable_with_append_dim(existing):
-    store, ds = existing
+    store, _ds = existing
     bad = make_dataset(nt=5, t0="2001-01-01").assign(extra=lambda d: d.b * 2)
     refused(store, errors.AppendError, "'extra' is not in the store", bad, append_dim="time")
 
 
 def test_append_encoding_contradicts_existing(existing):
-    store, ds = existing
+    store, _ds = existing
     more = make_dataset(nt=5, t0="2001-01-01")
-    refused(store, errors.EncodingError, r"contradicts the existing array's chunks \(5, 6, 5\)",
-            more, append_dim="time", encoding={"a": {"chunks": (10, 6, 5)}})
+    refused(
+        store,
+        errors.EncodingError,
+        r"contradicts the existing array's chunks \(5, 6, 5\)",
+        more,
+        append_dim="time",
+        encoding={"a": {"chunks": (10, 6, 5)}},
+    )
 
 
 def test_encoding_on_existing_variable(existing):
-    store, ds = existing
+    store, _ds = existing
     more = make_dataset(nt=5, t0="2001-01-01")
-    refused(store, errors.EncodingError, "already exists", more, append_dim="time",
-            encoding={"a": {"compressors": None}})
+    refused(
+        store,
+        errors.EncodingError,
+        "already exists",
+        more,
+        append_dim="time",
+        encoding={"a": {"compressors": None}},
+    )
 
 
 def test_mode_w_minus_on_existing_store(existing):
@@ -133,8 +158,13 @@ def test_mode_w_minus_on_existing_store(existing):
 
 def test_mode_r_plus_new_variables(existing):
     store, ds = existing
-    refused(store, errors.PlanError, r"cannot create variables \['new'\]",
-            ds.assign(new=ds.a * 2), mode="r+")
+    refused(
+        store,
+        errors.PlanError,
+        r"cannot create variables \['new'\]",
+        ds.assign(new=ds.a * 2),
+        mode="r+",
+    )
 
 
 def test_overwrite_with_other_shape(existing):
@@ -144,10 +174,17 @@ def test_overwrite_with_other_shape(existing):
 
 def test_unknown_option(existing):
     store, ds = existing
-    refused(store, toolkit.write.UnknownOptionError, "always writes chunk-safe", ds, mode="w",
-            safe_chunks=False)
-    refused(store, toolkit.write.UnknownOptionError, "did you mean 'append_dim'", ds,
-            apend_dim="time")
+    refused(
+        store,
+        toolkit.write.UnknownOptionError,
+        "always writes chunk-safe",
+        ds,
+        mode="w",
+        safe_chunks=False,
+    )
+    refused(
+        store, toolkit.write.UnknownOptionError, "did you mean 'append_dim'", ds, apend_dim="time"
+    )
 
 
 def test_invalid_mode(existing):
@@ -157,14 +194,26 @@ def test_invalid_mode(existing):
 
 def test_append_dim_and_region_together(existing):
     store, ds = existing
-    refused(store, errors.PlanError, "cannot be used together", ds, append_dim="time",
-            region={"time": slice(0, 50)})
+    refused(
+        store,
+        errors.PlanError,
+        "cannot be used together",
+        ds,
+        append_dim="time",
+        region={"time": slice(0, 50)},
+    )
 
 
 def test_zarr_format_mismatch(existing):
     store, ds = existing
-    refused(store, errors.PlanError, "zarr_format=3", ds.isel(time=slice(0, 5)),
-            append_dim="time", zarr_format=2)
+    refused(
+        store,
+        errors.PlanError,
+        "zarr_format=3",
+        ds.isel(time=slice(0, 5)),
+        append_dim="time",
+        zarr_format=2,
+    )
 
 
 @pytest.mark.parametrize(
@@ -187,8 +236,12 @@ def test_bad_encoding_on_new_store(tmp_path, encoding, match):
 def test_shards_with_zarr_format_2(tmp_path):
     path = tmp_path / "v2.zarr"
     with pytest.raises(errors.EncodingError, match="zarr_format=3"):
-        toolkit.to_zarr(make_dataset(chunks={"time": 10}), path, zarr_format=2,
-                        encoding={"a": {"chunks": (4, 6, 5), "shards": (8, 6, 5)}})
+        toolkit.to_zarr(
+            make_dataset(chunks={"time": 10}),
+            path,
+            zarr_format=2,
+            encoding={"a": {"chunks": (4, 6, 5), "shards": (8, 6, 5)}},
+        )
     assert not path.exists()
 
 
@@ -202,7 +255,7 @@ def test_unit_over_memory_target(tmp_path):
 
 def test_rejected_append_does_not_resize(existing):
     """xarray resizes arrays before some append checks fail; toolkit checks first."""
-    store, ds = existing
+    store, _ds = existing
     more = make_dataset(nt=5, t0="2001-01-01")
     more["c"] = more["c"].astype("f8") + 0.5
     with pytest.raises(errors.AppendError):
@@ -213,6 +266,10 @@ def test_rejected_append_does_not_resize(existing):
 def test_encoding_xarray_rejects_is_refused_at_plan_time(tmp_path):
     path = tmp_path / "v2.zarr"
     with pytest.raises(errors.EncodingError, match="fill_value"):
-        toolkit.to_zarr(make_dataset(chunks={"time": 10}), path, zarr_format=2,
-                        encoding={"a": {"fill_value": 0.0}})
+        toolkit.to_zarr(
+            make_dataset(chunks={"time": 10}),
+            path,
+            zarr_format=2,
+            encoding={"a": {"fill_value": 0.0}},
+        )
     assert not path.exists()

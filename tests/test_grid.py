@@ -87,7 +87,8 @@ def test_axis_ownership_matches_brute_force(chunks, unit, offset, tail):
     for t, c in enumerate(chunks):
         touched = sorted({p // unit for p in range(pos, pos + c)})
         full = [
-            j for j in touched
+            j
+            for j in touched
             if all(pos <= p < pos + c for p in range(j * unit, min((j + 1) * unit, array_len)))
         ]
         assert (own.first[t], own.stop[t]) == (touched[0], touched[-1] + 1)
@@ -98,7 +99,9 @@ def test_axis_ownership_matches_brute_force(chunks, unit, offset, tail):
 @given(st.integers(0, 200), st.integers(0, 200), st.integers(1, 30))
 def test_units_touched(a, b, unit):
     start, stop = min(a, b), max(a, b)
-    assert list(grid.units_touched(start, stop, unit)) == sorted({p // unit for p in range(start, stop)})
+    assert list(grid.units_touched(start, stop, unit)) == sorted(
+        {p // unit for p in range(start, stop)}
+    )
 
 
 @given(
@@ -129,8 +132,11 @@ def test_regular_grid_touched_and_whole(dims, data):
     assert g.nblocks == tuple(-(-n // s) for n, s in zip(shape, step))
 
 
-@given(st.lists(st.integers(0, 5000), min_size=1, max_size=4), st.sampled_from([1, 4, 8]),
-       st.integers(1, 2**22))
+@given(
+    st.lists(st.integers(0, 5000), min_size=1, max_size=4),
+    st.sampled_from([1, 4, 8]),
+    st.integers(1, 2**22),
+)
 def test_default_chunks_fit_the_target(shape, itemsize, target):
     out = grid.default_chunks(shape, itemsize, target)
     assert len(out) == len(shape)

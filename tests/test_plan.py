@@ -38,8 +38,9 @@ def plan_cases(draw):
     shards = [c * draw(st.integers(1, 3)) for c in chunks] if sharded else None
     kind = draw(st.sampled_from(["new", "region", "append"]))
     extra = [draw(st.integers(0, 10)) for _ in range(ndim)]
-    dask_chunks = [split(n, draw(st.lists(st.integers(1, 9), min_size=1, max_size=8)))
-                   for n in shape]
+    dask_chunks = [
+        split(n, draw(st.lists(st.integers(1, 9), min_size=1, max_size=8))) for n in shape
+    ]
     return shape, chunks, shards, kind, extra, dask_chunks
 
 
@@ -84,8 +85,9 @@ def test_plan_owns_every_unit_once_and_covers_every_element(case):
         local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(task.region, offset))
         covered[local] += 1
         brute = set(np.ndindex(*[s.stop - s.start for s in task.region]))
-        units = {tuple((s.start + i) // u for s, i, u in zip(task.region, idx, unit))
-                 for idx in brute}
+        units = {
+            tuple((s.start + i) // u for s, i, u in zip(task.region, idx, unit)) for idx in brute
+        }
         assert units == {
             tuple(r[i] for r, i in zip(task.units, idx))
             for idx in np.ndindex(*[len(r) for r in task.units])
@@ -123,8 +125,9 @@ def test_misaligned_chunks_snap_to_nearest_shard_boundary():
 
 def test_memory_target_splits_at_unit_boundaries():
     ds = xr.Dataset({"v": (("t", "x"), da.zeros((400, 1000), chunks=(400, 1000), dtype="f8"))})
-    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10, 100)}},
-                              max_task_bytes=100 * 1000 * 8)
+    plan = toolkit.plan_write(
+        ds, MemoryStore(), encoding={"v": {"chunks": (10, 100)}}, max_task_bytes=100 * 1000 * 8
+    )
     vp = plan["v"]
     assert vp.max_task_nbytes <= 100 * 1000 * 8
     assert all(c % 10 == 0 for c in vp.task_chunks[0])
@@ -133,15 +136,17 @@ def test_memory_target_splits_at_unit_boundaries():
 
 def test_unit_over_memory_target_fails_validation_naming_the_fix():
     ds = xr.Dataset({"v": (("t",), da.zeros(1000, chunks=500, dtype="f8"))})
-    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (500,)}},
-                              max_task_bytes=1000)
+    plan = toolkit.plan_write(
+        ds, MemoryStore(), encoding={"v": {"chunks": (500,)}}, max_task_bytes=1000
+    )
     with pytest.raises(UnsafePlanError, match=r"smaller chunks.*max_task_bytes=4000"):
         plan.validate()
 
 
 def test_plan_is_frozen_and_renders():
-    ds = xr.Dataset({"v": (("t",), da.zeros(100, chunks=7, dtype="f8"))},
-                    coords={"t": np.arange(100)})
+    ds = xr.Dataset(
+        {"v": (("t",), da.zeros(100, chunks=7, dtype="f8"))}, coords={"t": np.arange(100)}
+    )
     plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10,)}})
     with pytest.raises(AttributeError):
         plan.mode = "w"  # type: ignore[misc]

@@ -37,8 +37,12 @@ def test_aligned_chunks_are_whole_units_near_target(dims, itemsize, target):
 def written(tmp_path):
     ds = make_dataset(nt=60, chunks={"time": 7})
     path = tmp_path / "r.zarr"
-    toolkit.to_zarr(ds, path, encoding={"a": {"chunks": (4, 6, 5), "shards": (8, 12, 10)},
-                                        "b": {"chunks": (5, 6)}}, progress=False)
+    toolkit.to_zarr(
+        ds,
+        path,
+        encoding={"a": {"chunks": (4, 6, 5), "shards": (8, 12, 10)}, "b": {"chunks": (5, 6)}},
+        progress=False,
+    )
     return path, ds.compute()
 
 
@@ -52,7 +56,7 @@ def test_open_zarr_chunks_are_whole_write_units(written):
 
 
 def test_open_zarr_reads_each_object_once(written):
-    path, ds = written
+    path, _ds = written
     counting = CountingStore(resolve_store(path))
     back = toolkit.open_zarr(counting, target_task_bytes=8 * 12 * 10 * 4)
     before = counting.counts.gets
@@ -77,8 +81,9 @@ def test_iter_chunks_yields_every_block_once(written, ordered):
     back = toolkit.open_zarr(path, target_task_bytes=8 * 12 * 10 * 4)
     seen = {}
     progress = []
-    for index, block in toolkit.iter_chunks(back.a, ordered=ordered, max_inflight=3,
-                                            progress=lambda d, t: progress.append((d, t))):
+    for index, block in toolkit.iter_chunks(
+        back.a, ordered=ordered, max_inflight=3, progress=lambda d, t: progress.append((d, t))
+    ):
         assert isinstance(block, xr.DataArray)
         seen[index] = block
     nblocks = back.a.data.numblocks
@@ -113,7 +118,7 @@ def test_iter_chunks_bounds_blocks_in_flight(written):
 
 
 def test_iter_chunks_filter_skips_blocks(written):
-    path, ds = written
+    path, _ds = written
     back = toolkit.open_zarr(path, target_task_bytes=8 * 12 * 10 * 4)
     got = [i for i, _ in toolkit.iter_chunks(back.a.data, filter=lambda i: i[0] % 2 == 0)]
     assert got and all(i[0] % 2 == 0 for i in got)

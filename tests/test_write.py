@@ -17,7 +17,11 @@ LAYOUTS = {
     # name: (dask chunks, zarr chunks, shards)
     "aligned": ({"time": 10, "y": 6, "x": 10}, {"time": 5, "y": 6, "x": 10}, None),
     "misaligned": ({"time": 7, "y": 5, "x": 3}, {"time": 4, "y": 6, "x": 4}, None),
-    "sharded": ({"time": 7, "y": 5, "x": 3}, {"time": 4, "y": 3, "x": 5}, {"time": 12, "y": 6, "x": 10}),
+    "sharded": (
+        {"time": 7, "y": 5, "x": 3},
+        {"time": 4, "y": 3, "x": 5},
+        {"time": 12, "y": 6, "x": 10},
+    ),
 }
 
 
@@ -37,8 +41,13 @@ def test_round_trip(store, threads8, layout, zarr_format):
     if shards and zarr_format == 2:
         pytest.skip("shards need zarr format 3")
     ds = make_dataset(chunks=dchunks)
-    report = toolkit.to_zarr(ds, store, encoding=encoding_for(ds, zchunks, shards),
-                             zarr_format=zarr_format, progress=False)
+    report = toolkit.to_zarr(
+        ds,
+        store,
+        encoding=encoding_for(ds, zchunks, shards),
+        zarr_format=zarr_format,
+        progress=False,
+    )
     back = read_back(store)
     xr.testing.assert_identical(back, ds.compute())
     assert report.tasks == report.plan.ntasks
@@ -74,8 +83,9 @@ def test_region_writes_with_partial_units(store, threads8):
     expected = ds.compute()
     # Regions whose edges fall inside chunks, written with misaligned dask chunks.
     for start, stop in [(3, 17), (17, 18), (18, 50), (0, 1)]:
-        piece = (make_dataset(seed=start + 1).isel(time=slice(start, stop))
-                 .chunk({"time": 3, "x": 7}))
+        piece = (
+            make_dataset(seed=start + 1).isel(time=slice(start, stop)).chunk({"time": 3, "x": 7})
+        )
         toolkit.to_zarr(piece, store, region={"time": slice(start, stop)}, progress=False)
         for v in ("a", "b", "c"):
             expected[v][start:stop] = piece[v].values
@@ -85,8 +95,9 @@ def test_region_writes_with_partial_units(store, threads8):
 
 def test_region_auto(store):
     ds = make_dataset(chunks={"time": 10})
-    toolkit.to_zarr(ds, store, encoding=encoding_for(ds, {"time": 4, "y": 6, "x": 10}, None),
-                    progress=False)
+    toolkit.to_zarr(
+        ds, store, encoding=encoding_for(ds, {"time": 4, "y": 6, "x": 10}, None), progress=False
+    )
     piece = make_dataset(seed=7).isel(time=slice(9, 23)).chunk({"time": 5})
     report = toolkit.to_zarr(piece, store, region="auto", progress=False)
     assert report.plan.region == {"time": slice(9, 23), "y": slice(0, 12), "x": slice(0, 10)}
@@ -98,8 +109,10 @@ def test_region_auto(store):
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_appends_onto_partial_last_unit(store, threads8, zarr_format):
     enc_shards = {"shards": (12, 12, 10)} if zarr_format == 3 else {}
-    pieces = [make_dataset(nt=n, seed=i, t0=f"20{i:02d}-01-01", chunks={"time": c})
-              for i, (n, c) in enumerate([(13, 5), (7, 3), (1, 1), (30, 11)])]
+    pieces = [
+        make_dataset(nt=n, seed=i, t0=f"20{i:02d}-01-01", chunks={"time": c})
+        for i, (n, c) in enumerate([(13, 5), (7, 3), (1, 1), (30, 11)])
+    ]
     enc = {"a": {"chunks": (4, 6, 5), **enc_shards}}
     toolkit.to_zarr(pieces[0], store, encoding=enc, zarr_format=zarr_format, progress=False)
     for p in pieces[1:]:
@@ -112,8 +125,9 @@ def test_appends_onto_partial_last_unit(store, threads8, zarr_format):
 def test_append_creates_missing_store(store):
     ds = make_dataset(nt=9, chunks={"time": 4})
     toolkit.to_zarr(ds, store, append_dim="time", progress=False)
-    toolkit.to_zarr(make_dataset(nt=5, seed=3, t0="2001-01-01"), store, append_dim="time",
-                    progress=False)
+    toolkit.to_zarr(
+        make_dataset(nt=5, seed=3, t0="2001-01-01"), store, append_dim="time", progress=False
+    )
     assert read_back(store).sizes["time"] == 14
 
 
@@ -134,8 +148,13 @@ def test_mode_w_replaces_and_a_adds(store):
 
 def test_numpy_variables_are_written_in_parallel_tasks(store):
     ds = make_dataset()  # not dask-backed at all
-    report = toolkit.to_zarr(ds, store, encoding={"a": {"chunks": (5, 12, 10)}},
-                             max_task_bytes=5 * 12 * 10 * 4 * 2, progress=False)
+    report = toolkit.to_zarr(
+        ds,
+        store,
+        encoding={"a": {"chunks": (5, 12, 10)}},
+        max_task_bytes=5 * 12 * 10 * 4 * 2,
+        progress=False,
+    )
     assert report.plan["a"].ntasks == 5
     xr.testing.assert_identical(read_back(store), ds)
 
@@ -170,8 +189,7 @@ def test_accessor(store):
 
 
 def test_report_renders(tmp_path):
-    report = toolkit.to_zarr(make_dataset(chunks={"time": 7}), tmp_path / "r.zarr",
-                             progress=False)
+    report = toolkit.to_zarr(make_dataset(chunks={"time": 7}), tmp_path / "r.zarr", progress=False)
     assert "WriteReport" in repr(report) and "tasks / units" in repr(report)
     assert "<table" in report._repr_html_()
     assert report.nbytes == report.plan.nbytes and report.stored_bytes > 0
@@ -188,8 +206,7 @@ def test_round_trip_on_local_cluster(tmp_path, cluster_client):
     dchunks, zchunks, shards = LAYOUTS["sharded"]
     ds = make_dataset(nt=120, chunks=dchunks)
     path = tmp_path / "cluster.zarr"
-    report = toolkit.to_zarr(ds, path, encoding=encoding_for(ds, zchunks, shards),
-                             progress=False)
+    report = toolkit.to_zarr(ds, path, encoding=encoding_for(ds, zchunks, shards), progress=False)
     assert report.units == report.plan.nunits
     piece = make_dataset(nt=120, seed=9).isel(time=slice(31, 77)).chunk({"time": 5})
     toolkit.to_zarr(piece, path, region={"time": slice(31, 77)}, progress=False)

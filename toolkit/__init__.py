@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.write import WriteReport, execute, to_zarr
-
-from toolkit import accessor as _accessor  # noqa: F401,E402  (registers ds.toolkit)
 
 try:
     __version__ = version("toolkit")

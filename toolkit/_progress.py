@@ -1,6 +1,8 @@
-"""Progress for long work: tqdm (``tqdm.auto``: a bar in a terminal, a widget in
-Jupyter) under dask's local schedulers; distributed's own progress bar when a
-client is active."""
+"""Progress for long work.
+
+tqdm (``tqdm.auto``: a bar in a terminal, a widget in Jupyter) under dask's local
+schedulers; distributed's own progress bar when a client is active.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class _TqdmCallback(Callback):
     """Advance a tqdm bar each time a task whose key starts with ``prefix`` ends."""
 
     def __init__(self, total: int, desc: str, prefix: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, unit="task", leave=True)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 
-_STYLE = (
-    "border-collapse:collapse;font-family:monospace;font-size:12px;"
-    "text-align:right"
-)
+_STYLE = "border-collapse:collapse;font-family:monospace;font-size:12px;text-align:right"
 
 
 def text_table(rows: Sequence[Mapping[str, str]]) -> str:
@@ -22,8 +19,7 @@ def text_table(rows: Sequence[Mapping[str, str]]) -> str:
     for r in rows:
         lines.append(
             "  ".join(
-                r[c].ljust(width[c]) if i == 0 else r[c].rjust(width[c])
-                for i, c in enumerate(cols)
+                r[c].ljust(width[c]) if i == 0 else r[c].rjust(width[c]) for i, c in enumerate(cols)
             )
         )
     return "\n".join(lines)

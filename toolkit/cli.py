@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 __all__ = ["main"]
 
 
-def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[Hashable, int]:
+    out: dict[Hashable, int] = {}
     for item in items or []:
         for part in item.split(","):
             dim, sep, n = part.partition("=")
@@ -27,25 +27,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("copy", help="rewrite a dataset (zarr, netCDF) into a chunk-aligned Zarr store")
+    c = sub.add_parser(
+        "copy", help="rewrite a dataset (zarr, netCDF) into a chunk-aligned Zarr store"
+    )
     c.add_argument("src", help="source: a Zarr store or a file xarray opens")
     c.add_argument("dst", help="target Zarr store (path or URL)")
     c.add_argument("--chunks", nargs="+", metavar="DIM=N", help="target chunk length per dim")
-    c.add_argument("--shards", nargs="+", metavar="DIM=N",
-                   help="target shard length per dim (zarr format 3)")
+    c.add_argument(
+        "--shards", nargs="+", metavar="DIM=N", help="target shard length per dim (zarr format 3)"
+    )
     c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     c.add_argument("--overwrite", action="store_true", help="replace an existing target")
     c.add_argument("--max-task-mib", type=int, default=256, help="memory target per task")
-    c.add_argument("--workers", type=int, default=0,
-                   help="run on a LocalCluster of this many worker processes (default: threads)")
+    c.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run on a LocalCluster of this many worker processes (default: threads)",
+    )
     c.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="print variables, shapes, chunk/shard layout and sizes")
     i.add_argument("store")
     i.add_argument("--group", default=None)
 
-    d = sub.add_parser("demo", help="generate a sample dataset, write it on a LocalCluster, "
-                                    "read it back and verify")
+    d = sub.add_parser(
+        "demo",
+        help="generate a sample dataset, write it on a LocalCluster, read it back and verify",
+    )
     d.add_argument("--size", default="200MB", help="dataset size, e.g. 200MB, 2GB (default 200MB)")
     d.add_argument("--out", default=None, help="keep the store here (default: a temp dir)")
     d.add_argument("--workers", type=int, default=2, help="worker processes (0: local threads)")
@@ -67,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if client is not None:
                     print(f"dashboard: {client.dashboard_link}")
                 report = jobs.copy(
-                    args.src, args.dst,
+                    args.src,
+                    args.dst,
                     chunks=_dim_sizes(args.chunks, "--chunks"),
                     shards=_dim_sizes(args.shards, "--shards"),
                     zarr_format=args.zarr_format,
@@ -81,8 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(jobs.inspect(args.store, group=args.group))
             return 0
         ok = jobs.demo(
-            size=args.size, out=args.out, workers=args.workers,
-            threads_per_worker=args.threads_per_worker, zarr_format=args.zarr_format,
+            size=args.size,
+            out=args.out,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            zarr_format=args.zarr_format,
             progress=not args.no_progress,
         )
         return 0 if ok else 1

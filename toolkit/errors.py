@@ -45,8 +45,11 @@ class ExistingStoreError(PlanError, FileExistsError):
 
 
 class UnsafePlanError(PlanError):
-    """A plan failed validation: a write unit would be owned by two tasks, or a
-    task would exceed its memory budget."""
+    """A plan failed validation.
+
+    A write unit would be owned by two tasks, or a task would exceed its memory
+    budget.
+    """
 
 
 class WriteError(ToolkitError, RuntimeError):

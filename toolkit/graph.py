@@ -29,8 +29,17 @@ from toolkit.storage import CountingStore, RequestCounts, rebind
 
 __all__ = ["WriteSource", "build_write_graph", "write_block"]
 
-_STAT_KEYS = ("tasks", "units", "nbytes", "gets", "sets", "deletes", "lists",
-              "bytes_read", "bytes_written")
+_STAT_KEYS = (
+    "tasks",
+    "units",
+    "nbytes",
+    "gets",
+    "sets",
+    "deletes",
+    "lists",
+    "bytes_read",
+    "bytes_written",
+)
 
 
 @dataclass(frozen=True)
@@ -43,13 +52,13 @@ class WriteSource:
         The variable's plan.
     data : dask.array.Array
         The encoded values (as xarray would store them), any chunking.
-    target : zarr.Array
+    target : zarr.Array[Any]
         The created or opened array, bound to the plain (unwrapped) store.
     """
 
     plan: VariablePlan
     data: da.Array
-    target: zarr.Array
+    target: zarr.Array[Any]
 
 
 def _safe(name: str) -> str:
@@ -57,7 +66,7 @@ def _safe(name: str) -> str:
 
 
 def write_block(
-    block: np.ndarray, target: zarr.Array, region: tuple[slice, ...], nunits: int
+    block: np.ndarray, target: zarr.Array[Any], region: tuple[slice, ...], nunits: int
 ) -> dict[str, int]:
     """Write one task's block: whole units, one concurrent zarr call.
 

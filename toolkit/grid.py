@@ -61,7 +61,8 @@ def misaligned_edges(chunks: Sequence[int], unit: int, offset: int = 0) -> np.nd
     last block own alone).
     """
     e = edges(chunks)[1:-1]
-    return e[(e + offset) % unit != 0]
+    bad: np.ndarray = e[(e + offset) % unit != 0]
+    return bad
 
 
 def units_touched(start: int, stop: int, unit: int) -> range:
@@ -73,8 +74,9 @@ def units_touched(start: int, stop: int, unit: int) -> range:
 
 @dataclass(frozen=True, slots=True)
 class RegularGrid:
-    """A regular grid over ``shape`` with blocks of ``step``; the last block of
-    each axis may be ragged (shorter).
+    """A regular grid over ``shape`` with blocks of ``step``.
+
+    The last block of each axis may be ragged (shorter).
 
     Parameters
     ----------
@@ -114,8 +116,10 @@ class RegularGrid:
         return tuple(out)
 
     def is_whole(self, region: Sequence[slice]) -> bool:
-        """Whether ``region`` covers only whole blocks (ragged last blocks count
-        as whole when the region reaches the end of the array)."""
+        """Whether ``region`` covers only whole blocks.
+
+        Ragged last blocks count as whole when the region reaches the array's end.
+        """
         for sl, s, n in zip(region, self.step, self.shape, strict=True):
             start, stop, _ = sl.indices(n)
             if start % s or (stop % s and stop != n):
@@ -213,9 +217,7 @@ def regroup(
         if itemsize * math.prod(ext) <= max_bytes:
             break
         # Split along the axis whose largest block spans the most units.
-        splittable = [
-            i for i in range(len(out)) if i not in exhausted and ext[i] > units[i]
-        ]
+        splittable = [i for i in range(len(out)) if i not in exhausted and ext[i] > units[i]]
         if not splittable:
             break
         axis = max(splittable, key=lambda i: ext[i] / units[i])
@@ -248,16 +250,15 @@ class AxisOwnership:
     @property
     def count(self) -> np.ndarray:
         """Units touched per block."""
-        return self.stop - self.first
+        out: np.ndarray = self.stop - self.first
+        return out
 
     def disjoint(self) -> bool:
         """True when no unit is touched by two blocks of this axis."""
         return bool(np.all(self.stop[:-1] <= self.first[1:]))
 
 
-def axis_ownership(
-    chunks: Sequence[int], unit: int, offset: int, array_len: int
-) -> AxisOwnership:
+def axis_ownership(chunks: Sequence[int], unit: int, offset: int, array_len: int) -> AxisOwnership:
     """Map each block of one axis to the units it touches.
 
     Parameters

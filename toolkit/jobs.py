@@ -1,5 +1,8 @@
-"""The main jobs: copy any dataset into a chunk-aligned Zarr store, inspect a
-store, and the self-contained demo (the embedded default)."""
+"""The main jobs.
+
+Copy any dataset into a chunk-aligned Zarr store, inspect a store, and the
+self-contained demo (the embedded default).
+"""
 
 from __future__ import annotations
 
@@ -31,11 +34,21 @@ __all__ = ["copy", "demo", "demo_dataset", "inspect", "parse_size"]
 
 def parse_size(text: str) -> int:
     """Parse ``"200MB"``, ``"1.5GiB"``, ``"4096"`` into bytes."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
     t = text.strip().lower().replace(" ", "")
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     if not num or unit not in units:
         raise ValueError(f"cannot read {text!r} as a size; write e.g. 200MB or 1.5GiB")
     return int(float(num) * units[unit])
@@ -133,13 +146,21 @@ def copy(
         c, s = _layout(var, chunks, shards)
         encoding[name] = {"chunks": c, **({"shards": s} if s else {})}
         unit = s or c
-        read = aligned_chunks(var.shape, unit, var.dtype.itemsize,
-                              min(max_task_bytes // 2, DEFAULT_READ_TASK_BYTES))
+        read = aligned_chunks(
+            var.shape, unit, var.dtype.itemsize, min(max_task_bytes // 2, DEFAULT_READ_TASK_BYTES)
+        )
         chunked[name] = var.chunk(dict(zip(var.dims, read, strict=True)))
-    ds = lazy.assign(**{str(k): v for k, v in chunked.items() if k in lazy.data_vars})
-    ds = ds.assign_coords(**{str(k): v for k, v in chunked.items() if k in lazy.coords})
-    plan = plan_write(ds, dst, mode=mode, encoding=encoding, zarr_format=zarr_format,
-                      max_task_bytes=max_task_bytes, storage_options=storage_options)
+    ds = lazy.assign({str(k): v for k, v in chunked.items() if k in lazy.data_vars})
+    ds = ds.assign_coords({str(k): v for k, v in chunked.items() if k in lazy.coords})
+    plan = plan_write(
+        ds,
+        dst,
+        mode=mode,
+        encoding=encoding,
+        zarr_format=zarr_format,
+        max_task_bytes=max_task_bytes,
+        storage_options=storage_options,
+    )
     report = execute(plan, progress=progress)
     assert isinstance(report, WriteReport)
     return report
@@ -168,17 +189,19 @@ def inspect(store: StoreLike, *, group: str | None = None) -> str:
         total_raw += raw
         total_stored += stored
         codecs = [type(c).__name__.removesuffix("Codec") for c in arr.compressors]
-        rows.append({
-            "variable": name,
-            "dims": ",".join(existing.dims[name]),
-            "shape": "×".join(map(str, arr.shape)),
-            "dtype": str(arr.dtype),
-            "chunks": "×".join(map(str, arr.chunks)),
-            "shards": "×".join(map(str, arr.shards)) if arr.shards else "-",
-            "compressors": ",".join(codecs) or "-",
-            "size": _mib(raw),
-            "stored": _mib(stored),
-        })
+        rows.append(
+            {
+                "variable": name,
+                "dims": ",".join(existing.dims[name]),
+                "shape": "×".join(map(str, arr.shape)),
+                "dtype": str(arr.dtype),
+                "chunks": "×".join(map(str, arr.chunks)),
+                "shards": "×".join(map(str, arr.shards)) if arr.shards else "-",
+                "compressors": ",".join(codecs) or "-",
+                "size": _mib(raw),
+                "stored": _mib(stored),
+            }
+        )
     head = (
         f"{describe_store(zstore)}  zarr_format={existing.zarr_format}  "
         f"{len(rows)} arrays, {_mib(total_raw)} ({_mib(total_stored)} stored)"
@@ -208,12 +231,17 @@ def demo_dataset(nbytes: int = 200 * 10**6, *, seed: int = 0) -> xr.Dataset:
     diurnal = 4 * da.sin(2 * np.pi * hours / 24 + lo.astype("f4"))
     t2m = base + diurnal + rng.standard_normal((nt, 180, 360), chunks=chunks, dtype="f4")
     precip = da.maximum(rng.gamma(0.4, 2.0, (nt, 180, 360), chunks=chunks), 0).astype("f4")
-    wind = da.hypot(*(rng.standard_normal((nt, 180, 360), chunks=chunks, dtype="f4")
-                      for _ in range(2))) * 5
+    wind = (
+        da.hypot(
+            *(rng.standard_normal((nt, 180, 360), chunks=chunks, dtype="f4") for _ in range(2))
+        )
+        * 5
+    )
     mask = da.from_array(land, chunks=chunks[1:])
 
     def masked(x: da.Array) -> da.Array:
-        return da.where(mask[None], np.float32(np.nan), x).astype("f4")
+        out: da.Array = da.where(mask[None], np.float32(np.nan), x).astype("f4")
+        return out
 
     dims = ("time", "lat", "lon")
     return xr.Dataset(
@@ -222,8 +250,11 @@ def demo_dataset(nbytes: int = 200 * 10**6, *, seed: int = 0) -> xr.Dataset:
             "precip": (dims, masked(precip), {"units": "mm h-1", "long_name": "precipitation"}),
             "wind_speed": (dims, masked(wind), {"units": "m s-1", "long_name": "10 m wind"}),
         },
-        coords={"time": time_, "lat": ("lat", lat, {"units": "degrees_north"}),
-                "lon": ("lon", lon, {"units": "degrees_east"})},
+        coords={
+            "time": time_,
+            "lat": ("lat", lat, {"units": "degrees_north"}),
+            "lon": ("lon", lon, {"units": "degrees_east"}),
+        },
         attrs={"title": "toolkit demo dataset", "source": "synthetic, toolkit.jobs.demo_dataset"},
     )
 
@@ -235,8 +266,12 @@ def _cluster(workers: int, threads: int) -> Iterator[Any]:
     if workers <= 0:
         yield None
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -299,11 +334,11 @@ def demo(
             ]
             ok = bool(all(bool(x) for x in da.compute(*[s.data for s in same])))
             ok = ok and bool((back.time.values == ds.time.values).all())
-            echo(f"read back and compared {len(same)} variables in "
-                 f"{time.perf_counter() - t0:.1f} s: "
-                 + ("all values equal" if ok else "MISMATCH"))
+            echo(
+                f"read back and compared {len(same)} variables in "
+                f"{time.perf_counter() - t0:.1f} s: " + ("all values equal" if ok else "MISMATCH")
+            )
         return ok
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-

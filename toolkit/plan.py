@@ -1,5 +1,6 @@
-"""Write plans: a frozen, inspectable description of a write, made before any byte
-is written.
+"""Write plans: a frozen, inspectable description of a write.
+
+A plan is made before any byte is written.
 
 :func:`plan_write` reads only metadata (and index coordinates for
 ``region="auto"``), checks every input against the store, and returns a
@@ -207,8 +208,11 @@ class VariablePlan:
 
     @property
     def peak_memory(self) -> int:
-        """Projected peak memory of the largest task: its block, the encoded
-        units in flight, and the existing units it reads to merge into."""
+        """Projected peak memory of the largest task.
+
+        Its block, the encoded units in flight, and the existing units it reads
+        to merge into.
+        """
         per_axis = [int(o.count.max()) for o in self._ownership]
         partial = [int((o.count - o.full).max()) for o in self._ownership]
         units_in_flight = min(math.prod(per_axis), _ZARR_CONCURRENCY)
@@ -232,7 +236,13 @@ class VariablePlan:
             full = math.prod(int(a.full[i]) for a, i in zip(own, index, strict=True))
             nbytes = math.prod(s.stop - s.start for s in region) * self.dtype.itemsize
             yield WriteTask(
-                self.name, index, region, units, nunits, nunits - full, nbytes,
+                self.name,
+                index,
+                region,
+                units,
+                nunits,
+                nunits - full,
+                nbytes,
                 2 * nunits - full,
             )
 
@@ -329,7 +339,11 @@ class WritePlan:
     write_empty_chunks: bool | None = None
     dataset: xr.Dataset = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     store: Store = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
-    encoding: Mapping[str, Mapping[str, Any]] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    encoding: Mapping[Hashable, Mapping[str, Any]] = field(
+        repr=False,
+        compare=False,
+        default=None,  # type: ignore[arg-type]
+    )
 
     @property
     def ntasks(self) -> int:
@@ -378,9 +392,11 @@ class WritePlan:
         if self.append_dim:
             what += f", append_dim={self.append_dim!r}"
         if self.region:
-            what += ", region={" + ", ".join(
-                f"{k}: {s.start}:{s.stop}" for k, s in self.region.items()
-            ) + "}"
+            what += (
+                ", region={"
+                + ", ".join(f"{k}: {s.start}:{s.stop}" for k, s in self.region.items())
+                + "}"
+            )
         return (
             f"WritePlan → {self.target} ({what}): {self.ntasks} tasks, {self.nunits} "
             f"write units, {_mib(self.nbytes)}, ~{self.requests} requests, "
@@ -398,9 +414,7 @@ class WritePlan:
 
     def _repr_html_(self) -> str:
         body = html_table([v._row() for v in self.variables])
-        eager = (
-            f"<p>Written with the metadata: {', '.join(self.eager)}</p>" if self.eager else ""
-        )
+        eager = f"<p>Written with the metadata: {', '.join(self.eager)}</p>" if self.eager else ""
         return f"<div><p><b>{_escape(self._summary())}</b></p>{body}{eager}</div>"
 
 
@@ -418,7 +432,7 @@ class _Existing:
     """What the target store already holds (metadata only)."""
 
     zarr_format: int
-    arrays: Mapping[str, zarr.Array]
+    arrays: Mapping[str, zarr.Array[Any]]
     dims: Mapping[str, tuple[str, ...]]
 
     def sizes(self) -> dict[str, int]:
@@ -429,7 +443,7 @@ class _Existing:
         return out
 
 
-def _array_dims(arr: zarr.Array) -> tuple[str, ...]:
+def _array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
     names = getattr(arr.metadata, "dimension_names", None)
     if names:
         return tuple(str(n) for n in names)
@@ -460,9 +474,7 @@ def _store_is_empty(store: Store, group: str | None) -> bool:
     return bool(sync(store.is_empty(prefix + "/" if prefix else "")))
 
 
-def _resolve_mode(
-    mode: str | None, append_dim: Hashable | None, region: object
-) -> WriteMode:
+def _resolve_mode(mode: str | None, append_dim: Hashable | None, region: object) -> WriteMode:
     if mode is not None and mode not in _MODES:
         raise PlanError(f"mode must be one of {_MODES}, got {mode!r}")
     if append_dim is not None and region is not None:
@@ -517,9 +529,7 @@ def _check_encoding(
                 )
         if enc.get("shards") is not None:
             if zarr_format != 3:
-                raise EncodingError(
-                    f"encoding[{name!r}] asks for shards, which need zarr_format=3"
-                )
+                raise EncodingError(f"encoding[{name!r}] asks for shards, which need zarr_format=3")
             if enc.get("chunks") is None:
                 raise EncodingError(
                     f"encoding[{name!r}] gives 'shards' without 'chunks'; give both, "
@@ -543,13 +553,12 @@ def _check_encoding(
 
 
 def _stored_dtype(var: xr.Variable, enc: Mapping[str, Any]) -> np.dtype[Any]:
-    if "dtype" in enc:
-        return np.dtype(enc["dtype"])
-    if var.dtype.kind in "mM":
-        return np.dtype("int64")
-    if var.dtype.kind in "OUS":
-        return np.dtype("O")
-    return var.dtype
+    out: np.dtype[Any] = np.dtype(enc["dtype"]) if "dtype" in enc else var.dtype
+    if "dtype" not in enc and var.dtype.kind in "mM":
+        out = np.dtype("int64")
+    elif "dtype" not in enc and var.dtype.kind in "OUS":
+        out = np.dtype("O")
+    return out
 
 
 def _resolve_region(
@@ -712,9 +721,7 @@ def plan_write(
             "create it first with mode='w-'"
         )
     if region is not None and existing is None:
-        raise RegionError(
-            f"region writes need an existing Zarr group at {describe_store(zstore)}"
-        )
+        raise RegionError(f"region writes need an existing Zarr group at {describe_store(zstore)}")
     if zarr_format is not None and zarr_format not in (2, 3):
         raise PlanError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if existing is not None and zarr_format is not None and zarr_format != existing.zarr_format:
@@ -722,8 +729,10 @@ def plan_write(
             f"the store holds zarr_format={existing.zarr_format} but zarr_format="
             f"{zarr_format} was asked for; drop zarr_format or use mode='w'"
         )
-    fmt = existing.zarr_format if existing is not None else (
-        zarr_format or int(zarr.config.get("default_zarr_format"))
+    fmt = (
+        existing.zarr_format
+        if existing is not None
+        else (zarr_format or int(zarr.config.get("default_zarr_format")))
     )
     user_enc = _check_encoding(ds, encoding, fmt)
     # Layout comes from `encoding`, the existing array or the plan, never from a
@@ -740,15 +749,18 @@ def plan_write(
 
     if append_dim is not None and append_dim not in ds.dims:
         raise AppendError(
-            f"append_dim={append_dim!r} is not a dimension of the dataset "
-            f"(it has {list(ds.dims)})"
+            f"append_dim={append_dim!r} is not a dimension of the dataset (it has {list(ds.dims)})"
         )
-    if append_dim is not None and existing is not None and existing.arrays:
-        if append_dim not in existing.sizes():
-            raise AppendError(
-                f"append_dim={append_dim!r} is not a dimension of the store "
-                f"(it has {sorted(existing.sizes())})"
-            )
+    if (
+        append_dim is not None
+        and existing is not None
+        and existing.arrays
+        and append_dim not in existing.sizes()
+    ):
+        raise AppendError(
+            f"append_dim={append_dim!r} is not a dimension of the store "
+            f"(it has {sorted(existing.sizes())})"
+        )
     appending = append_dim is not None and existing is not None and bool(existing.arrays)
     if append_dim is not None and not appending:
         mode = "w-"  # appending to nothing creates the store, as xarray does
@@ -765,9 +777,7 @@ def plan_write(
     for name, var in ds.variables.items():
         sname = str(name)
         enc = user_enc.get(name, {})
-        is_existing = (
-            existing is not None and mode != "w" and sname in existing.arrays
-        )
+        is_existing = existing is not None and mode != "w" and sname in existing.arrays
         if mode == "r+" and not is_existing:
             new_names = [str(k) for k in ds.variables if existing and str(k) not in existing.arrays]
             raise PlanError(
@@ -786,8 +796,10 @@ def plan_write(
             var = var.transpose(*stored_dims)
             for key in ("chunks", "shards"):
                 stored = arr.chunks if key == "chunks" else arr.shards
-                if key in enc and enc[key] is not None and tuple(enc[key]) != tuple(
-                    stored if stored is not None else ()
+                if (
+                    key in enc
+                    and enc[key] is not None
+                    and tuple(enc[key]) != tuple(stored if stored is not None else ())
                 ):
                     raise EncodingError(
                         f"encoding[{sname!r}][{key!r}] = {enc[key]} contradicts the existing "
@@ -814,15 +826,24 @@ def plan_write(
                 elif resolved_region and d in resolved_region:
                     offset[i] = resolved_region[d].start
                 elif var.shape[i] != arr.shape[i]:
-                    err = AppendError if appending else (RegionError if resolved_region else PlanError)
+                    err = (
+                        AppendError
+                        if appending
+                        else (RegionError if resolved_region else PlanError)
+                    )
                     raise err(
                         f"{sname!r} has {d}={var.shape[i]} but the stored array has "
                         f"{d}={arr.shape[i]}; only "
-                        + (f"{append_dim!r} may differ when appending" if appending
-                           else "dims in `region` may differ" if resolved_region
-                           else "equal shapes can be overwritten (or use mode='w')")
+                        + (
+                            f"{append_dim!r} may differ when appending"
+                            if appending
+                            else "dims in `region` may differ"
+                            if resolved_region
+                            else "equal shapes can be overwritten (or use mode='w')"
+                        )
                     )
-            chunks, shards = tuple(arr.chunks), arr.shards
+            chunks: tuple[int, ...] | None = tuple(arr.chunks)
+            shards = arr.shards
             dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype("O")
             new = False
         else:
@@ -836,11 +857,11 @@ def plan_write(
                     f"{sname!r} is not in the store; a region write only fills existing "
                     "arrays. Create it first with mode='a' (no region), or drop it"
                 )
-            for d, n in zip(var.dims, var.shape, strict=True):
-                if mode in ("a", "a-") and d in sizes and sizes[d] != n:
+            for dim, n in zip(var.dims, var.shape, strict=True):
+                if mode in ("a", "a-") and dim in sizes and sizes[str(dim)] != n:
                     raise PlanError(
-                        f"new variable {sname!r} has {d}={n} but the store's {d!r} has "
-                        f"length {sizes[d]}; dimensions must agree"
+                        f"new variable {sname!r} has {dim}={n} but the store's {dim!r} has "
+                        f"length {sizes[str(dim)]}; dimensions must agree"
                     )
             offset = [0] * var.ndim
             array_shape = list(var.shape)
@@ -851,7 +872,7 @@ def plan_write(
         is_dask = var.chunks is not None
         small = var.size == 0 or (not is_dask and (name in ds.coords or var.ndim == 0))
         if new:
-            if chunks is None and is_dask:
+            if chunks is None and var.chunks is not None:
                 chunks = tuple(_mode_of(c) for c in var.chunks)
             elif chunks is None and not small:
                 chunks = grid.default_chunks(var.shape, max(dtype.itemsize, 1))
@@ -874,7 +895,10 @@ def plan_write(
         assert source_chunks is not None
         unit = tuple(shards or chunks)
         task_chunks = grid.regroup(
-            source_chunks, unit, offset, itemsize=max(dtype.itemsize, 1),
+            source_chunks,
+            unit,
+            offset,
+            itemsize=max(dtype.itemsize, 1),
             max_bytes=max_task_bytes,
         )
         plans.append(
@@ -926,7 +950,7 @@ def _check_with_xarray(
     probe.encoding = {k: v for k, v in encoding.items() if k not in _CF_KEYS}
     try:
         extract_zarr_variable_encoding(
-            probe, raise_on_invalid=True, name=name, zarr_format=zarr_format
+            probe, raise_on_invalid=True, name=name, zarr_format=3 if zarr_format == 3 else 2
         )
     except (ValueError, TypeError) as e:
         raise EncodingError(f"encoding[{name!r}]: {e}") from e

@@ -101,8 +101,13 @@ def open_zarr(
     if existing is None:
         raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
     ds = xr.open_dataset(
-        zstore, engine="zarr", group=group, consolidated=consolidated, chunks=None,
-        cache=False, **open_kwargs,
+        zstore,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
+        engine="zarr",
+        group=group,
+        consolidated=consolidated,
+        chunks=None,
+        cache=False,
+        **open_kwargs,
     )
     token = tokenize(describe_store(zstore), group, target_task_bytes)
     out = {}
@@ -118,8 +123,8 @@ def open_zarr(
             dict(zip(var.dims, chunks, strict=True)),
             name=f"toolkit-read-{name}-{tokenize(token, name, chunks)}",
         )
-    return ds.assign(**{str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
-        **{str(k): v for k, v in out.items() if k in ds.coords}
+    return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
+        {str(k): v for k, v in out.items() if k in ds.coords}
     )
 
 
@@ -138,11 +143,14 @@ def _block_getter(obj: xr.DataArray | da.Array, index: tuple[int, ...]) -> Any:
     if isinstance(obj, da.Array):
         return data.blocks[index]
     e = [np.cumsum((0, *c)) for c in data.chunks]
-    sel = {d: slice(int(e[a][i]), int(e[a][i + 1])) for a, (d, i) in enumerate(zip(obj.dims, index, strict=True))}
+    sel = {
+        d: slice(int(e[a][i]), int(e[a][i + 1]))
+        for a, (d, i) in enumerate(zip(obj.dims, index, strict=True))
+    }
     return obj.isel(sel)
 
 
-def _run(
+def _run[T](
     obj: xr.DataArray | da.Array,
     func: Callable[[Block], T] | None,
     *,
@@ -166,8 +174,11 @@ def _run(
     pending: collections.OrderedDict[Any, tuple[int, ...]] = collections.OrderedDict()
     todo = iter(indices)
     done = 0
-    executor = cf.ThreadPoolExecutor(limit, thread_name_prefix="toolkit-read") if client is None else None
+    executor = (
+        cf.ThreadPoolExecutor(limit, thread_name_prefix="toolkit-read") if client is None else None
+    )
     try:
+
         def submit() -> bool:
             index = next(todo, None)
             if index is None:
@@ -240,11 +251,12 @@ def iter_chunks(
         ``(index, block)``: a DataArray with its coordinates for DataArray input,
         else a numpy array.
     """
-    yield from _run(obj, None, ordered=ordered, filter=filter, max_inflight=max_inflight,
-                    progress=progress)
+    yield from _run(
+        obj, None, ordered=ordered, filter=filter, max_inflight=max_inflight, progress=progress
+    )
 
 
-def map_chunks(
+def map_chunks[T](
     func: Callable[[Block], T],
     obj: xr.DataArray | da.Array,
     *,
@@ -258,6 +270,6 @@ def map_chunks(
     ``func`` runs where the block was read (a pool thread, or a worker when a
     ``distributed`` client is active), so only its results travel.
     """
-    yield from _run(obj, func, ordered=ordered, filter=filter, max_inflight=max_inflight,
-                    progress=progress)
-
+    yield from _run(
+        obj, func, ordered=ordered, filter=filter, max_inflight=max_inflight, progress=progress
+    )

@@ -11,21 +11,19 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, override
 
 import zarr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-__all__ = ["RequestCounts", "CountingStore", "resolve_store", "describe_store"]
+__all__ = ["CountingStore", "RequestCounts", "describe_store", "resolve_store"]
 
 StoreLike = str | os.PathLike[str] | Store
 
 
-def resolve_store(
-    store: StoreLike, *, storage_options: Mapping[str, Any] | None = None
-) -> Store:
+def resolve_store(store: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> Store:
     """Turn a path, URL or zarr ``Store`` into a zarr ``Store``.
 
     Parameters
@@ -117,11 +115,13 @@ class CountingStore(WrapperStore[Store]):
         self.counts.add(gets=1, bytes_read=len(buf) if buf is not None else 0)
         return buf
 
+    @override
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         return self._got(await self._store.get(key, prototype, byte_range))
 
+    @override
     def get_sync(
         self,
         key: str,
@@ -131,6 +131,7 @@ class CountingStore(WrapperStore[Store]):
     ) -> Buffer | None:
         return self._got(super().get_sync(key, prototype=prototype, byte_range=byte_range))
 
+    @override
     async def get_partial_values(
         self,
         prototype: BufferPrototype,
@@ -141,44 +142,53 @@ class CountingStore(WrapperStore[Store]):
             self._got(buf)
         return out
 
+    @override
     async def exists(self, key: str) -> bool:
         self.counts.add(gets=1)
         return await self._store.exists(key)
 
+    @override
     async def set(self, key: str, value: Buffer) -> None:
         self.counts.add(sets=1, bytes_written=len(value))
         await self._store.set(key, value)
 
+    @override
     def set_sync(self, key: str, value: Buffer) -> None:
         self.counts.add(sets=1, bytes_written=len(value))
         super().set_sync(key, value)
 
+    @override
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         self.counts.add(sets=1, bytes_written=len(value))
         await self._store.set_if_not_exists(key, value)
 
+    @override
     async def delete(self, key: str) -> None:
         self.counts.add(deletes=1)
         await self._store.delete(key)
 
+    @override
     def delete_sync(self, key: str) -> None:
         self.counts.add(deletes=1)
         super().delete_sync(key)
 
+    @override
     def list(self) -> AsyncIterator[str]:
         self.counts.add(lists=1)
         return self._store.list()
 
+    @override
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         self.counts.add(lists=1)
         return self._store.list_prefix(prefix)
 
+    @override
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
         self.counts.add(lists=1)
         return self._store.list_dir(prefix)
 
 
-def rebind(array: zarr.Array, store: Store) -> zarr.Array:
+def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
     """The same array (metadata, path, config) reading and writing through ``store``.
 
     No request is made: the metadata already in ``array`` is reused.

@@ -84,10 +84,15 @@ class WriteReport:
             {"": "target", "value": self.target},
             {"": "variables", "value": ", ".join(self.variables) or "-"},
             {"": "tasks / units", "value": f"{self.tasks} / {self.units}"},
-            {"": "bytes", "value": f"{_mib(self.nbytes)} ({_mib(self.stored_bytes)} stored, "
-                                   f"{ratio:.2f}x)"},
-            {"": "time", "value": f"{self.seconds:.2f} s ({self.metadata_seconds:.2f} s "
-                                  f"metadata), {_mib(self.throughput)}/s"},
+            {
+                "": "bytes",
+                "value": f"{_mib(self.nbytes)} ({_mib(self.stored_bytes)} stored, {ratio:.2f}x)",
+            },
+            {
+                "": "time",
+                "value": f"{self.seconds:.2f} s ({self.metadata_seconds:.2f} s "
+                f"metadata), {_mib(self.throughput)}/s",
+            },
             {"": "requests", "value": req or "-"},
         ]
 
@@ -105,14 +110,14 @@ class _CapturingWriter(ArrayWriter):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.captured: dict[str, tuple[da.Array, zarr.Array]] = {}
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.captured: dict[str, tuple[da.Array, zarr.Array[Any]]] = {}
 
     def add(self, source: Any, target: Any, region: Any = None) -> None:
         if isinstance(source, da.Array):
             self.captured[target.basename] = (source, target)
         else:
-            super().add(source, target, region)
+            super().add(source, target, region)  # type: ignore[no-untyped-call]
 
 
 def _write_metadata(plan: WritePlan) -> list[WriteSource]:
@@ -175,14 +180,19 @@ def execute(
     sources = _write_metadata(plan)
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources)
-    report = delayed(_report, pure=True)(graph, plan, t0, meta_seconds,
-                                         dask_key_name=f"toolkit-report-{graph.key}")
+    report: Delayed = delayed(_report, pure=True)(
+        graph, plan, t0, meta_seconds, dask_key_name=f"toolkit-report-{graph.key}"
+    )
     if not compute:
         return report
-    return compute_with_progress(  # type: ignore[no-any-return]
-        report, total=plan.ntasks, desc="toolkit write", prefix="toolkit-write-",
+    result: WriteReport = compute_with_progress(
+        report,
+        total=plan.ntasks,
+        desc="toolkit write",
+        prefix="toolkit-write-",
         enabled=progress,
     )
+    return result
 
 
 def _report(stats: Mapping[str, float], plan: WritePlan, t0: float, meta: float) -> WriteReport:
@@ -237,7 +247,9 @@ def to_zarr(
         Data to write.
     store : str, os.PathLike or zarr Store
         Target path, URL or store.
-    mode, append_dim, region, encoding, zarr_format, consolidated, storage_options, group, write_empty_chunks
+    mode, append_dim, region, encoding, zarr_format, consolidated : optional
+        As in :meth:`xarray.Dataset.to_zarr`.
+    storage_options, group, write_empty_chunks : optional
         As in :meth:`xarray.Dataset.to_zarr`.
     compute : bool
         If False, return a ``Delayed`` writing the data (metadata is written now).
@@ -265,15 +277,33 @@ def to_zarr(
             msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UnknownOptionError("to_zarr() got unknown options: " + "; ".join(msgs))
     plan = plan_write(
-        ds, store, mode=mode, append_dim=append_dim, region=region, encoding=encoding,
-        zarr_format=zarr_format, consolidated=consolidated, storage_options=storage_options,
-        group=group, write_empty_chunks=write_empty_chunks, max_task_bytes=max_task_bytes,
+        ds,
+        store,
+        mode=mode,
+        append_dim=append_dim,
+        region=region,
+        encoding=encoding,
+        zarr_format=zarr_format,
+        consolidated=consolidated,
+        storage_options=storage_options,
+        group=group,
+        write_empty_chunks=write_empty_chunks,
+        max_task_bytes=max_task_bytes,
     )
     return execute(plan, compute=compute, progress=progress)
 
 
 _OPTIONS = [
-    "mode", "append_dim", "region", "encoding", "zarr_format", "consolidated",
-    "storage_options", "group", "write_empty_chunks", "compute", "max_task_bytes", "progress",
+    "mode",
+    "append_dim",
+    "region",
+    "encoding",
+    "zarr_format",
+    "consolidated",
+    "storage_options",
+    "group",
+    "write_empty_chunks",
+    "compute",
+    "max_task_bytes",
+    "progress",
 ]
-
