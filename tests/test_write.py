@@ -244,3 +244,18 @@ def test_memory_store_round_trip_preserves_cf_encoding():
 def test_memory_store_with_distributed_client_is_refused(cluster_client):
     with pytest.raises(toolkit.errors.PlanError, match="MemoryStore"):
         toolkit.to_zarr(make_dataset(chunks={"time": 7}), MemoryStore(), progress=False)
+
+
+def test_graph_never_gathers_the_source(tmp_path):
+    """Only write tasks consume source chunks; nothing collects the whole dataset
+    (an earlier version let dask finalize the source into the report task)."""
+    src = da.zeros((40, 6), chunks=(7, 6)) + 1
+    ds = xr.Dataset({"v": (("t", "x"), src)})
+    delayed = toolkit.to_zarr(
+        ds, tmp_path / "g.zarr", compute=False, encoding={"v": {"chunks": (5, 6)}}
+    )
+    source_layers = set(src.__dask_graph__().layers)
+    extra = set(delayed.__dask_graph__().layers) - source_layers
+    assert {n.split("-")[0] for n in extra} <= {"toolkit", "rechunk"}, extra
+    delayed.compute()
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "g.zarr").v.values, 1.0)

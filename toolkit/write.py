@@ -10,6 +10,7 @@ whole write units.
 from __future__ import annotations
 
 import difflib
+import functools
 import time
 import warnings
 from collections.abc import Hashable, Mapping
@@ -19,7 +20,8 @@ from typing import Any, Literal
 import dask.array as da
 import xarray as xr
 import zarr
-from dask.delayed import Delayed, delayed
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 
@@ -180,9 +182,11 @@ def execute(
     sources = _write_metadata(plan)
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources)
-    report: Delayed = delayed(_report, pure=True)(
-        graph, plan, t0, meta_seconds, dask_key_name=f"toolkit-report-{graph.key}"
-    )
+    # Built by hand: dask's delayed() would traverse the plan, find the source
+    # dataset in it and compute all of it again just to hand it to the report.
+    key = f"toolkit-report-{graph.key}"
+    task = (functools.partial(_report, plan=plan, t0=t0, meta=meta_seconds), graph.key)
+    report = Delayed(key, HighLevelGraph.from_collections(key, {key: task}, [graph]), layer=key)
     if not compute:
         return report
     result: WriteReport = compute_with_progress(

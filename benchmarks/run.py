@@ -1,0 +1,195 @@
+"""toolkit benchmark suite: side-by-side ratios against the incumbent, in one run.
+
+    ./dev bench                      # everything, ~1 GiB, 3 repeats, prints tables
+    ./dev bench --size 256MiB --repeat 1 --only write
+    ./dev bench --report benchmarks/results/latest.md
+
+Every figure is a median of ``--repeat`` runs, measured in the same process on the
+same data, so ratios hold on any machine; absolute seconds are for context only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+import toolkit
+from toolkit.jobs import parse_size
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+@dataclass
+class Row:
+    case: str
+    method: str
+    seconds: float
+    note: str = ""
+
+
+def timed(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fresh(path: Path) -> Callable[[], None]:
+    return lambda: shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_write(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
+    """~nbytes of float32 to a local directory store, zstd (zarr's default)."""
+    ny, nx = 512, 512
+    nt = max(16, nbytes // (ny * nx * 4) // 16 * 16)
+    rng = np.random.default_rng(0)
+    # Smooth field plus noise: compresses like real data (not like pure noise).
+    base = np.sin(np.linspace(0, 20, ny * nx, dtype="f4")).reshape(ny, nx)
+    values = (base[None] + 0.1 * rng.standard_normal((nt, ny, nx), dtype="f4")).round(3)
+    size = values.nbytes
+    zchunks = (16, 256, 256)  # 4 MiB chunks
+    aligned = xr.Dataset({"v": (("t", "y", "x"), da.from_array(values, chunks=(64, 512, 512)))})
+    mis = xr.Dataset({"v": (("t", "y", "x"), da.from_array(values, chunks=(50, 300, 512)))})
+    enc = {"v": {"chunks": zchunks}}
+    out = tmp / "w.zarr"
+    rows = []
+
+    def floor() -> None:
+        # Raw chunk-sized files, no encoding, 2 threads: the local write floor.
+        out.mkdir(parents=True)
+        flat = values.reshape(-1)
+        step = int(np.prod(zchunks))
+
+        def put(i: int) -> None:
+            (out / f"c{i}").write_bytes(flat[i * step : (i + 1) * step].tobytes())
+
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(put, range(-(-flat.size // step))))
+
+    def zarr_alone() -> None:
+        arr = zarr.create_array(out, shape=values.shape, chunks=zchunks, dtype="f4")
+        arr[:] = values
+
+    def xarray_aligned() -> None:
+        aligned.to_zarr(out, encoding=enc, mode="w")
+
+    def xarray_misaligned() -> None:
+        mis.to_zarr(out, encoding=enc, mode="w", align_chunks=True)
+
+    def tk(ds: xr.Dataset) -> Callable[[], None]:
+        return lambda: toolkit.to_zarr(ds, out, mode="w", encoding=enc, progress=False)
+
+    case = f"write {size / 2**30:.2f} GiB local"
+    rows.append(Row(case, "floor: raw chunk files", timed(floor, repeat, fresh(out))))
+    rows.append(Row(case, "zarr alone (arr[:] = numpy)", timed(zarr_alone, repeat, fresh(out))))
+    rows.append(
+        Row(case + ", aligned", "xarray to_zarr", timed(xarray_aligned, repeat, fresh(out)))
+    )
+    rows.append(Row(case + ", aligned", "toolkit", timed(tk(aligned), repeat, fresh(out))))
+    rows.append(
+        Row(
+            case + ", misaligned",
+            "xarray align_chunks=True",
+            timed(xarray_misaligned, repeat, fresh(out)),
+        )
+    )
+    rows.append(Row(case + ", misaligned", "toolkit", timed(tk(mis), repeat, fresh(out))))
+    got = xr.open_zarr(out).v.values
+    assert np.array_equal(got, values), "toolkit's misaligned write read back different values"
+    return rows
+
+
+def bench_graph(tmp: Path, nchunks: int, repeat: int) -> list[Row]:
+    """Client-side time before the first byte: plan + metadata + graph build."""
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((nchunks, 8), chunks=(1, 8), dtype="f4"))})
+    enc = {"v": {"chunks": (1, 8)}}
+    out = tmp / "g.zarr"
+
+    def xr_build() -> None:
+        ds.to_zarr(out, encoding=enc, mode="w", compute=False)
+
+    def tk_build() -> None:
+        toolkit.to_zarr(ds, out, encoding=enc, mode="w", compute=False)
+
+    case = f"plan+graph, {nchunks // 1000}k chunks"
+    return [
+        Row(case, "xarray to_zarr(compute=False)", timed(xr_build, repeat, fresh(out))),
+        Row(case, "toolkit to_zarr(compute=False)", timed(tk_build, repeat, fresh(out))),
+    ]
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
+    tk = {
+        r.case.split(", ")[0] + (", " + r.case.split(", ")[1] if ", " in r.case else ""): r
+        for r in rows
+        if r.method == "toolkit" or r.method.startswith("toolkit ")
+    }
+    for r in rows:
+        ref = tk.get(r.case)
+        if ref is None:  # floor rows: compare with the aligned toolkit row of the case
+            ref = next((v for k, v in tk.items() if k.startswith(r.case)), None)
+        ratio = f"{r.seconds / ref.seconds:.2f}x" if ref is not None else ""
+        lines.append(f"| {r.case} | {r.method} | {r.seconds:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    pk = ", ".join(f"{p} {version(p)}" for p in ("dask", "distributed", "xarray", "zarr", "numpy"))
+    return (
+        f"{datetime.date.today()} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"Python {platform.python_version()} · {pk} · toolkit {toolkit.__version__}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
+    p.add_argument("--only", choices=("write", "graph"), default=None)
+    p.add_argument("--report", default=None, help="also write a Markdown report here")
+    args = p.parse_args(argv)
+    rows: list[Row] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp,
+        dask.config.set(scheduler="threads"),
+    ):
+        if args.only in (None, "write"):
+            rows += bench_write(Path(tmp), parse_size(args.size), args.repeat)
+        if args.only in (None, "graph"):
+            for n in (int(x) for x in args.chunks.split(",")):
+                rows += bench_graph(Path(tmp), n, args.repeat if n <= 10_000 else 1)
+    text = f"toolkit benchmarks — {machine()}\n\n{table(rows)}\n"
+    print(text)
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(f"# {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
