@@ -82,6 +82,13 @@ class RequestCounts:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def __getstate__(self) -> dict[str, int]:
+        return self.as_dict()  # the lock stays behind; a copy gets its own
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (picklable, for task results)."""
         return {

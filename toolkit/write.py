@@ -183,10 +183,13 @@ def execute(
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources)
     # Built by hand: dask's delayed() would traverse the plan, find the source
-    # dataset in it and compute all of it again just to hand it to the report.
+    # dataset in it, and gather all of it into one task just to hand it over.
     key = f"toolkit-report-{graph.key}"
     task = (functools.partial(_report, plan=plan, t0=t0, meta=meta_seconds), graph.key)
-    report = Delayed(key, HighLevelGraph.from_collections(key, {key: task}, [graph]), layer=key)
+    base = graph.__dask_graph__()
+    assert isinstance(base, HighLevelGraph)
+    hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})
+    report = Delayed(key, hlg, layer=key)
     if not compute:
         return report
     result: WriteReport = compute_with_progress(
