@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import time
 import warnings
 from collections.abc import Hashable, Mapping
@@ -280,7 +281,8 @@ def to_zarr(
             if k in _XARRAY_ONLY:
                 msgs.append(f"{k!r}: {_XARRAY_ONLY[k]}")
                 continue
-            close = difflib.get_close_matches(k, _OPTIONS, 1)
+            options = [p for p in inspect.signature(to_zarr).parameters if p != "unknown"]
+            close = difflib.get_close_matches(k, options, 1)
             msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UnknownOptionError("to_zarr() got unknown options: " + "; ".join(msgs))
     plan = plan_write(
@@ -298,19 +300,3 @@ def to_zarr(
         max_task_bytes=max_task_bytes,
     )
     return execute(plan, compute=compute, progress=progress)
-
-
-_OPTIONS = [
-    "mode",
-    "append_dim",
-    "region",
-    "encoding",
-    "zarr_format",
-    "consolidated",
-    "storage_options",
-    "group",
-    "write_empty_chunks",
-    "compute",
-    "max_task_bytes",
-    "progress",
-]
