@@ -174,3 +174,18 @@ def test_plan_of_100k_chunks_is_fast():
     assert plan.ntasks == 100_000
     # Generous bound: only catches accidental quadratic work.
     assert time.perf_counter() - t0 < 30
+
+
+def test_html_repr_draws_tasks_units_and_dask_chunks():
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((100, 60), chunks=(7, 25), dtype="f4"))})
+    plan = toolkit.plan_write(
+        ds, MemoryStore(), encoding={"v": {"chunks": (5, 30), "shards": (10, 60)}}
+    )
+    html = plan._repr_html_()
+    assert html.count("<svg") == 1
+    vp = plan["v"]
+    task_edges = sum(len(c) - 1 for c in vp.task_chunks)
+    dask_edges = sum(len(c) - 1 for c in vp.source_chunks)
+    assert html.count("stroke='#111'") == task_edges == 9
+    assert html.count("stroke='#999'") == dask_edges
+    assert html.count("stroke='#1f77b4'") == 9  # shard edges: 9 along t, none along x

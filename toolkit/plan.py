@@ -23,7 +23,7 @@ import zarr
 from zarr.abc.store import Store
 
 from toolkit import grid
-from toolkit._render import html_table, text_table
+from toolkit._render import grid_svg, html_table, text_table
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -280,6 +280,38 @@ class VariablePlan:
                 f"{kind}s in `encoding`, or pass max_task_bytes={self.unit_nbytes} or more."
             )
 
+    def _svg(self) -> str:
+        """Two axes: tasks (black), write units (dashed blue), dask chunks (grey).
+
+        The axes shown are those where regrouping happened, then those with the
+        most write units.
+        """
+        if not self.shape:
+            return ""
+        rank = sorted(
+            range(len(self.shape)),
+            key=lambda a: (
+                self.source_chunks[a] != self.task_chunks[a],
+                self.shape[a] / self.write_unit[a],
+            ),
+            reverse=True,
+        )
+        axes = sorted(rank[:2])
+
+        def inner(chunks: tuple[int, ...]) -> list[int]:
+            return [int(e) for e in grid.edges(chunks)[1:-1]]
+
+        def unit_edges(a: int) -> list[int]:
+            u, o, n = self.write_unit[a], self.offset[a], self.shape[a]
+            return [k * u - o for k in range(o // u + 1, -(-(o + n) // u)) if 0 < k * u - o < n]
+
+        layers = [
+            ([inner(self.task_chunks[a]) for a in axes], "#111", 2.5, ""),
+            ([unit_edges(a) for a in axes], "#1f77b4", 1.2, "4 3"),
+            ([inner(self.source_chunks[a]) for a in axes], "#999", 0.7, ""),
+        ]
+        return grid_svg([self.shape[a] for a in axes], layers, labels=[self.dims[a] for a in axes])
+
     def _row(self) -> dict[str, str]:
         return {
             "variable": self.name + ("" if self.new else " (existing)"),
@@ -415,7 +447,19 @@ class WritePlan:
     def _repr_html_(self) -> str:
         body = html_table([v._row() for v in self.variables])
         eager = f"<p>Written with the metadata: {', '.join(self.eager)}</p>" if self.eager else ""
-        return f"<div><p><b>{_escape(self._summary())}</b></p>{body}{eager}</div>"
+        pictures = "".join(
+            f"<figure style='display:inline-block;margin:4px 12px'>{v._svg()}"
+            f"<figcaption style='font-size:11px'>{_escape(v.name)}</figcaption></figure>"
+            for v in self.variables[:4]
+        )
+        legend = (
+            "<p style='font-size:11px'>black: write tasks · dashed blue: write units "
+            "(shards, else chunks) · grey: dask chunks</p>"
+        )
+        return (
+            f"<div><p><b>{_escape(self._summary())}</b></p>{body}{eager}"
+            f"{pictures}{legend if pictures else ''}</div>"
+        )
 
 
 def _escape(s: str) -> str:
