@@ -1,0 +1,283 @@
+"""Real servers for testing object-store code.
+
+An S3-compatible server and a fault-injecting proxy in front of it, both on
+127.0.0.1.
+
+Nothing here mocks a client: requests travel over real sockets through the
+proxy to moto's S3 server, so retries, throttling and dropped connections are
+exercised exactly as against a cloud store.
+
+Example
+-------
+>>> from toolkit.testing import FaultProxy, S3Server
+>>> with S3Server() as s3, FaultProxy(s3.endpoint_url, latency=0.02, rate=100) as proxy:
+...     s3.create_bucket("data")
+...     opts = s3.storage_options(proxy.url)
+...     # toolkit.to_zarr(ds, "s3://data/x.zarr", storage_options=opts)
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+__all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+}
+_SLOWDOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_INTERNAL = (
+    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+
+
+class S3Server:
+    """moto's S3 server in a thread on 127.0.0.1, on a free port.
+
+    Use as a context manager; :attr:`endpoint_url` is where it listens.
+    """
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint_url = ""
+
+    def __enter__(self) -> Self:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()
+
+    def client(self, endpoint_url: str | None = None) -> Any:
+        """A botocore S3 client for the server (or for a proxy in front of it)."""
+        import botocore.session
+
+        return botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=endpoint_url or self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def create_bucket(self, name: str) -> None:
+        """Create a bucket (directly on the server, bypassing any proxy)."""
+        self.client().create_bucket(Bucket=name)
+
+    def storage_options(self, endpoint_url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """fsspec/s3fs options reaching the server, or a proxy at ``endpoint_url``."""
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "endpoint_url": endpoint_url or self.endpoint_url,
+            "client_kwargs": {"region_name": "us-east-1"},
+            "skip_instance_cache": True,
+            **extra,
+        }
+
+
+@dataclass
+class ProxyCounts:
+    """What the proxy did, by kind."""
+
+    requests: int = 0
+    forwarded: int = 0
+    throttled: int = 0
+    resets: int = 0
+    errors: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, method: str | None = None, **kw: int) -> None:
+        """Thread-safe increments."""
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+            if method is not None:
+                self.by_method[method] = self.by_method.get(method, 0) + 1
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.capacity = rate, burst
+        self.tokens, self.stamp = burst, time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 that forwards to ``target`` and injects faults.
+
+    Parameters
+    ----------
+    target : str
+        ``http://host:port`` of the server behind it.
+    latency : float
+        Seconds added before every forwarded request.
+    rate : float, optional
+        Requests per second allowed (token bucket); above it the proxy answers
+        ``503 SlowDown`` as S3 does (no body for HEAD).
+    burst : float, optional
+        Bucket size (default: one second's worth of ``rate``).
+    reset_prob, error_prob : float
+        Probability that a request's connection is reset without an answer, or
+        that it is answered ``500 InternalError`` (neither reaches the server).
+    seed : int
+        Seed of the fault draws.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        latency: float = 0.0,
+        rate: float | None = None,
+        burst: float | None = None,
+        reset_prob: float = 0.0,
+        error_prob: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        parts = urlsplit(target)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.latency = latency
+        self.bucket = _TokenBucket(rate, burst or max(rate, 1.0)) if rate else None
+        self.reset_prob, self.error_prob = reset_prob, error_prob
+        self.counts = ProxyCounts()
+        self._random = random.Random(seed)
+        self._random_lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _draw(self) -> float:
+        with self._random_lock:
+            return self._random.random()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return bytes(out)
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                if not any(k.lower() == "content-length" for k, _ in headers):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _handle(self) -> None:
+                body = self._body()
+                proxy.counts.add(self.command, requests=1)
+                if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
+                    proxy.counts.add(resets=1)
+                    # RST instead of FIN: the client sees "connection reset by peer".
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if proxy.error_prob and proxy._draw() < proxy.error_prob:
+                    proxy.counts.add(errors=1)
+                    self._reply(500, _INTERNAL, [("Content-Type", "application/xml")])
+                    return
+                if proxy.bucket is not None and not proxy.bucket.take():
+                    proxy.counts.add(throttled=1)
+                    self._reply(503, _SLOWDOWN, [("Content-Type", "application/xml")])
+                    return
+                if proxy.latency:
+                    time.sleep(proxy.latency)
+                conn = http.client.HTTPConnection(*proxy.target, timeout=60)
+                try:
+                    headers = {
+                        k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP
+                    }
+                    if body or self.command in ("PUT", "POST"):
+                        headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body or None, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+                    if self.command != "HEAD":
+                        out = [(k, v) for k, v in out if k.lower() != "content-length"]
+                    proxy.counts.add(forwarded=1)
+                    self._reply(resp.status, data, out)
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        return Handler
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, daemon=True, name="toolkit-fault-proxy"
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
