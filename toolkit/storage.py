@@ -60,7 +60,20 @@ def describe_store(store: Store) -> str:
 
 
 @dataclass
-class RequestCounts:
+class Counters:
+    """Integer counters that many threads increment."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **kw: int) -> None:
+        """Thread-safe increment of the named counters."""
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass
+class RequestCounts(Counters):
     """Requests a wrapper saw, by kind, and the bytes they moved."""
 
     gets: int = 0
@@ -69,18 +82,11 @@ class RequestCounts:
     lists: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def total(self) -> int:
         """All requests."""
         return self.gets + self.sets + self.deletes + self.lists
-
-    def add(self, **kw: int) -> None:
-        """Thread-safe increment of the named counters."""
-        with self._lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
 
     def __getstate__(self) -> dict[str, int]:
         return self.as_dict()  # the lock stays behind; a copy gets its own

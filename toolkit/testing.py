@@ -30,6 +30,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from toolkit.storage import Counters
+
 __all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
 
 _HOP_BY_HOP = {
@@ -101,8 +103,8 @@ class S3Server:
 
 
 @dataclass
-class ProxyCounts:
-    """What the proxy did, by kind."""
+class ProxyCounts(Counters):
+    """What the proxy did, by kind and by HTTP method."""
 
     requests: int = 0
     forwarded: int = 0
@@ -110,15 +112,11 @@ class ProxyCounts:
     resets: int = 0
     errors: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, method: str | None = None, **kw: int) -> None:
-        """Thread-safe increments."""
+    def count_method(self, method: str) -> None:
+        """One more request of HTTP ``method``."""
         with self._lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
-            if method is not None:
-                self.by_method[method] = self.by_method.get(method, 0) + 1
+            self.by_method[method] = self.by_method.get(method, 0) + 1
 
 
 class _TokenBucket:
@@ -222,7 +220,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                proxy.counts.add(self.command, requests=1)
+                proxy.counts.add(requests=1)
+                proxy.counts.count_method(self.command)
                 if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
                     proxy.counts.add(resets=1)
                     # RST instead of FIN: the client sees "connection reset by peer".
