@@ -137,14 +137,13 @@ def snap_axis(chunks: Sequence[int], unit: int, offset: int = 0) -> tuple[int, .
     """
     e = edges(chunks)
     length = int(e[-1])
+    if length == 0:
+        return tuple(int(c) for c in chunks) or (0,)
     inner = e[1:-1] + offset
     rem = inner % unit
     snapped = np.where(2 * rem <= unit, inner - rem, inner - rem + unit) - offset
     snapped = snapped[(snapped > 0) & (snapped < length)]
-    new = np.unique(np.concatenate(([0], snapped, [length]))) if length else np.array([0])
-    if length == 0:
-        return tuple(int(c) for c in chunks) or (0,)
-    return _from_edges(new)
+    return _from_edges(np.unique(np.concatenate(([0], snapped, [length]))))
 
 
 def split_axis(

@@ -10,6 +10,7 @@ A plan is made before any byte is written.
 from __future__ import annotations
 
 import difflib
+import html
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
@@ -449,7 +450,7 @@ class WritePlan:
         eager = f"<p>Written with the metadata: {', '.join(self.eager)}</p>" if self.eager else ""
         pictures = "".join(
             f"<figure style='display:inline-block;margin:4px 12px'>{v._svg()}"
-            f"<figcaption style='font-size:11px'>{_escape(v.name)}</figcaption></figure>"
+            f"<figcaption style='font-size:11px'>{html.escape(v.name)}</figcaption></figure>"
             for v in self.variables[:4]
         )
         legend = (
@@ -457,15 +458,9 @@ class WritePlan:
             "(shards, else chunks) · grey: dask chunks</p>"
         )
         return (
-            f"<div><p><b>{_escape(self._summary())}</b></p>{body}{eager}"
+            f"<div><p><b>{html.escape(self._summary())}</b></p>{body}{eager}"
             f"{pictures}{legend if pictures else ''}</div>"
         )
-
-
-def _escape(s: str) -> str:
-    import html
-
-    return html.escape(s)
 
 
 # --------------------------------------------------------------------------- planning

@@ -130,9 +130,9 @@ def _write_metadata(plan: WritePlan) -> list[WriteSource]:
     # they are written in parallel like the rest.
     for vp in plan.variables:
         var = ds.variables[vp.name].transpose(*vp.dims)
-        if var.chunks is None or var.dims != ds.variables[vp.name].dims:
-            chunks = dict(zip(vp.dims, vp.task_chunks, strict=True)) if var.chunks is None else {}
-            ds = ds.assign({vp.name: var.chunk(chunks) if chunks else var})
+        if var.chunks is None:
+            var = var.chunk(dict(zip(vp.dims, vp.task_chunks, strict=True)))
+        ds = ds.assign({vp.name: var})
     zstore = get_writable_zarr_store(
         plan.store,
         mode=plan.mode,  # type: ignore[arg-type]
