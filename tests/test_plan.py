@@ -108,6 +108,8 @@ def test_plan_owns_every_unit_once_and_covers_every_element(case):
     assert vp.requests == vp.nunits + vp.npartial
     assert vp.ntasks == len(tasks)
     assert vp.nbytes == math.prod(shape) * 4
+    # The projection bounds every task's block plus the units it must read to merge.
+    assert vp.peak_memory >= max(t.nbytes + t.npartial * vp.unit_nbytes for t in tasks)
 
 
 def test_aligned_dask_chunks_are_kept():

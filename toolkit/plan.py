@@ -214,11 +214,12 @@ class VariablePlan:
         Its block, the encoded units in flight, and the existing units it reads
         to merge into.
         """
-        per_axis = [int(o.count.max()) for o in self._ownership]
-        partial = [int((o.count - o.full).max()) for o in self._ownership]
-        units_in_flight = min(math.prod(per_axis), _ZARR_CONCURRENCY)
-        rmw = min(math.prod(per_axis), sum(p > 0 for p in partial) * 2) if any(partial) else 0
-        return self.max_task_nbytes + (units_in_flight + rmw) * self.unit_nbytes
+        most = math.prod(int(o.count.max()) for o in self._ownership)
+        # A task merges count - full units; over the Cartesian task grid this is at
+        # most (largest counts) - (smallest fulls), a cheap and safe upper bound.
+        merges = most - math.prod(int(o.full.min()) for o in self._ownership)
+        in_flight = min(most, _ZARR_CONCURRENCY)
+        return self.max_task_nbytes + (in_flight + merges) * self.unit_nbytes
 
     def tasks(self) -> Iterator[WriteTask]:
         """Every write task, in C order of the task grid (lazily)."""
