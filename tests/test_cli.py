@@ -103,6 +103,7 @@ def test_demo_writes_reads_and_verifies(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "dashboard: http://" in r.stdout
     assert "all values equal" in r.stdout
+    assert "Traceback" not in r.stderr, r.stderr  # e.g. a cluster that fails to shut down
     back = xr.open_zarr(out)
     assert set(back.data_vars) == {"t2m", "precip", "wind_speed"}
     assert back.t2m.encoding["shards"] == (48, 180, 360)
