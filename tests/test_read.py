@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import toolkit
 from toolkit.read import aligned_chunks
-from toolkit.storage import CountingStore, resolve_store
+from toolkit.storage import MetricsStore, resolve_store
 
 
 @given(
@@ -57,12 +57,12 @@ def test_open_zarr_chunks_are_whole_write_units(written):
 
 def test_open_zarr_reads_each_object_once(written):
     path, _ds = written
-    counting = CountingStore(resolve_store(path))
+    counting = MetricsStore(resolve_store(path))
     back = toolkit.open_zarr(counting, target_task_bytes=8 * 12 * 10 * 4)
-    before = counting.counts.gets
+    before = counting.metrics.gets
     back.a.compute(scheduler="threads")
     # 60 steps / 8 per shard = 8 shards; a shard read is its index plus its chunks.
-    gets = counting.counts.gets - before
+    gets = counting.metrics.gets - before
     nshards, chunks_per_shard = 8, 2 * 2 * 2
     assert gets <= nshards * (1 + chunks_per_shard)
 

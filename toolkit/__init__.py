@@ -11,8 +11,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
+from toolkit.metrics import IOMetrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
+from toolkit.throttle import Throttle
 from toolkit.write import WriteReport, execute, to_zarr
 
 try:
@@ -22,6 +24,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "DEFAULT_MAX_TASK_BYTES",
+    "IOMetrics",
+    "Throttle",
     "VariablePlan",
     "WritePlan",
     "WriteReport",

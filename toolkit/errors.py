@@ -8,12 +8,21 @@ the store is left byte-identical.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 __all__ = [
     "AppendError",
     "EncodingError",
     "ExistingStoreError",
+    "IncompleteStoreError",
     "PlanError",
     "RegionError",
+    "StoreAccessError",
+    "StoreError",
+    "StoreRequestError",
+    "StoreThrottledError",
+    "StoreUnavailableError",
     "ToolkitError",
     "UnsafePlanError",
     "WriteError",
@@ -53,4 +62,57 @@ class UnsafePlanError(PlanError):
 
 
 class WriteError(ToolkitError, RuntimeError):
-    """Writing failed after planning succeeded; the message says what landed."""
+    """Writing failed after planning succeeded; the message says what landed.
+
+    Attributes
+    ----------
+    record : mapping or None
+        When the data phase failed, per variable: units planned, units written,
+        the index of every missing unit and the errors
+        (``{"a": {"units": 64, "written": 53, "missing": [[7, 0], ...],
+        "errors": [...]}}``). The same record stays in the store under
+        ``.toolkit/writes/``.
+    """
+
+    def __init__(self, message: str, record: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the record when the error crosses processes (distributed pickles it).
+        return (type(self), (str(self), self.record))
+
+
+class StoreError(ToolkitError, OSError):
+    """A store request failed for good."""
+
+
+class StoreThrottledError(StoreError):
+    """The store kept answering "slow down" (503 SlowDown, 429) past the retry budget."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """Retryable failures (500s, dropped connections, timeouts) outlasted the retry budget."""
+
+
+class StoreAccessError(StoreError, PermissionError):
+    """The store refused access (403): credentials or permissions are wrong."""
+
+
+class StoreRequestError(StoreError):
+    """The store rejected a request as malformed or unknown (4xx other than 403/404/429)."""
+
+
+class IncompleteStoreError(ToolkitError, ValueError):
+    """A store holds the record of a write that did not finish: parts are missing.
+
+    Reading it would return fill values where data was meant to be. Attribute
+    ``records`` holds the unfinished writes' records.
+    """
+
+    def __init__(self, message: str, records: Sequence[Mapping[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.records = list(records or [])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.records))

@@ -10,36 +10,31 @@ enumerating the tasks.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
 import re
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
-from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from toolkit import grid
+from toolkit.metrics import IOMetrics, publish
 from toolkit.plan import VariablePlan, WritePlan
-from toolkit.storage import CountingStore, RequestCounts, rebind
+from toolkit.storage import MetricsStore, find_wrapper, rebind, redact, wrap_store
+from toolkit.throttle import Throttle
 
-__all__ = ["WriteSource", "build_write_graph", "write_block"]
+__all__ = ["WriteIO", "WriteSource", "build_write_graph", "unit_key", "write_block"]
 
-_STAT_KEYS = (
-    "tasks",
-    "units",
-    "nbytes",
-    "gets",
-    "sets",
-    "deletes",
-    "lists",
-    "bytes_read",
-    "bytes_written",
-)
+_STAT_KEYS = ("tasks", "units", "nbytes")
 
 
 @dataclass(frozen=True)
@@ -61,35 +56,158 @@ class WriteSource:
     target: zarr.Array[Any]
 
 
+@dataclass(frozen=True)
+class WriteIO:
+    """How every task of one write reaches the store (small; shipped once).
+
+    Attributes
+    ----------
+    token : str
+        The write's identity: tasks of a failed write stop early.
+    throttle : Throttle or None
+        This process's share of the budget (already split among workers).
+    concurrency : int
+        Requests one task keeps in flight (zarr's ``async.concurrency``).
+    distributed : bool
+        Whether the tasks run on a ``distributed`` cluster (the abort signal
+        then goes through a cluster-wide event).
+    """
+
+    token: str
+    throttle: Throttle | None
+    concurrency: int
+    distributed: bool
+
+
+_ABORTED: set[str] = set()
+_CONCURRENCY_LOCK = threading.Lock()
+_CONCURRENCY_USERS = 0
+_CONCURRENCY_SAVED: Any = None
+
+
+@contextlib.contextmanager
+def _zarr_concurrency(n: int) -> Iterator[None]:
+    """Raise zarr's per-call concurrency while any write task of this process runs.
+
+    zarr's config is process-global; a reference count keeps concurrent tasks
+    from restoring it under each other's feet.
+    """
+    global _CONCURRENCY_USERS, _CONCURRENCY_SAVED
+    with _CONCURRENCY_LOCK:
+        if _CONCURRENCY_USERS == 0:
+            _CONCURRENCY_SAVED = zarr.config.get("async.concurrency")
+            zarr.config.set({"async.concurrency": max(n, int(_CONCURRENCY_SAVED))})
+        _CONCURRENCY_USERS += 1
+    try:
+        yield
+    finally:
+        with _CONCURRENCY_LOCK:
+            _CONCURRENCY_USERS -= 1
+            if _CONCURRENCY_USERS == 0:
+                zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
+
+
+def _abort_event(token: str) -> Any:
+    from distributed import Event
+
+    return Event(f"toolkit-abort-{token}")
+
+
+def _aborted(io: WriteIO) -> bool:
+    if io.token in _ABORTED:
+        return True
+    if io.distributed:
+        with contextlib.suppress(Exception):  # not in a worker (tests calling directly)
+            return bool(_abort_event(io.token).is_set())
+    return False
+
+
+def _abort(io: WriteIO) -> None:
+    _ABORTED.add(io.token)
+    if io.distributed:
+        with contextlib.suppress(Exception):
+            _abort_event(io.token).set()
+
+
+def unit_key(target: zarr.Array[Any], unit: tuple[int, ...]) -> str:
+    """The store key of one write unit (chunk, or shard) of ``target``."""
+    key = target.metadata.encode_chunk_key(unit)
+    return f"{target.path}/{key}" if target.path else key
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.]+", "_", name)[:60] or "var"
 
 
 def write_block(
-    block: np.ndarray, target: zarr.Array[Any], region: tuple[slice, ...], nunits: int
-) -> dict[str, int]:
+    block: np.ndarray,
+    target: zarr.Array[Any],
+    region: tuple[slice, ...],
+    units: tuple[tuple[int, int], ...],
+    io: WriteIO,
+) -> dict[str, Any]:
     """Write one task's block: whole units, one concurrent zarr call.
 
-    Returns the task's measured figures (requests by kind, bytes) so that the
-    report holds what really happened, wherever the task ran.
+    Never raises for a store failure. Instead it stops every request of its
+    own, waits until none is in flight, and returns which of its units were
+    written and which are missing. The write's last task then raises with the
+    record of the whole write, and nothing of it is still running by then.
+    Returns the task's measured figures (requests, bytes, latency, retries).
     """
-    counts = RequestCounts()
-    rebind(target, CountingStore(target.store, counts))[region] = block
-    return {"tasks": 1, "units": nunits, "nbytes": int(block.nbytes), **counts.as_dict()}
+    nunits = math.prod(b - a for a, b in units)
+    out: dict[str, Any] = {
+        "variable": target.basename,
+        "tasks": 1,
+        "units": nunits,
+        "nbytes": int(block.nbytes),
+        "error": None,
+    }
+    every = list(itertools.product(*(range(a, b) for a, b in units)))
+    if _aborted(io):
+        out.update(units=0, nbytes=0, missing=every, written=[], skipped=True, io={})
+        return out
+    metrics = IOMetrics()
+    stack = wrap_store(target.store, io.throttle, metrics, track_keys=True)
+    gate = find_wrapper(stack, MetricsStore)
+    assert gate is not None
+    try:
+        with _zarr_concurrency(io.concurrency):
+            rebind(target, stack)[region] = block
+    except Exception as e:
+        gate.abort()
+        gate.wait_idle(timeout=120)
+        _abort(io)
+        written = gate.written or set()
+        done = [u for u in every if unit_key(target, u) in written]
+        out.update(
+            units=len(done),
+            written=done,
+            missing=[u for u in every if unit_key(target, u) not in written],
+            error=f"{type(e).__name__}: {redact(str(e), target.store)}",
+            error_type=type(e).__name__,
+        )
+    out["io"] = metrics.as_dict()
+    publish(out["io"])
+    return out
 
 
-def summarize(results: Sequence[Mapping[str, int]], started: float) -> dict[str, float]:
+def summarize(results: Sequence[Mapping[str, Any]], started: float) -> dict[str, Any]:
     """Add up the figures of every write task (runs as the graph's last task)."""
-    out: dict[str, float] = dict.fromkeys(_STAT_KEYS, 0)
+    out: dict[str, Any] = dict.fromkeys(_STAT_KEYS, 0)
+    failures: list[Mapping[str, Any]] = []
     for r in results:
         for k in _STAT_KEYS:
             out[k] += r[k]
+        if "missing" in r:
+            failures.append(r)
+    out["io"] = IOMetrics.merged(r["io"] for r in results).as_dict()
+    out["failures"] = failures
     out["finished"] = time.time()
     out["started"] = started
     return out
 
 
-def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource]) -> Delayed:
+def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource], io: WriteIO) -> Delayed:
     """One graph writing every variable of ``plan``; computes to the summed figures.
 
     Parameters
@@ -98,11 +216,16 @@ def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource]) -> Delaye
         A validated plan.
     sources : sequence of WriteSource
         One per planned variable.
+    io : WriteIO
+        How the tasks reach the store.
     """
     layers: dict[str, Any] = {}
     deps: dict[str, set[str]] = {}
     write_keys: list[tuple[Any, ...]] = []
-    token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources])
+    token = io.token
+    iokey = f"toolkit-io-{token}"
+    layers[iokey] = {iokey: io}
+    deps[iokey] = set()
     for src in sources:
         vp = src.plan
         data = src.data
@@ -120,20 +243,17 @@ def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource]) -> Delaye
         deps[tkey] = set()
         own = vp._ownership
         axis_edges = [grid.edges(c) + o for c, o in zip(vp.task_chunks, vp.offset, strict=True)]
-        counts = [o.count for o in own]
         layer: dict[Any, Any] = {}
         for idx in np.ndindex(*data.numblocks):
             region = tuple(
                 slice(int(e[i]), int(e[i + 1])) for e, i in zip(axis_edges, idx, strict=True)
             )
-            nunits = 1
-            for c, i in zip(counts, idx, strict=True):
-                nunits *= int(c[i])
+            units = tuple((int(a.first[i]), int(a.stop[i])) for a, i in zip(own, idx, strict=True))
             key = (name, *idx)
-            layer[key] = (write_block, (data.name, *idx), tkey, region, nunits)
+            layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey)
             write_keys.append(key)
         layers[name] = layer
-        deps[name] = {data.name, tkey}
+        deps[name] = {data.name, tkey, iokey}
 
     fin = f"toolkit-finalize-{token}"
     layers[fin] = {fin: (summarize, list(write_keys), time.time())}

@@ -33,7 +33,8 @@ from toolkit.errors import (
     RegionError,
     UnsafePlanError,
 )
-from toolkit.storage import StoreLike, describe_store, resolve_store
+from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
+from toolkit.throttle import Throttle, resolve_throttle
 
 __all__ = [
     "DEFAULT_MAX_TASK_BYTES",
@@ -357,6 +358,8 @@ class WritePlan:
         The memory target per task.
     metadata_requests : int
         Expected metadata requests (arrays and group written before the data).
+    throttle : Throttle or None
+        The request budget in force (``None``: unthrottled, e.g. local paths).
     """
 
     target: str
@@ -371,6 +374,7 @@ class WritePlan:
     group: str | None = None
     consolidated: bool | None = None
     write_empty_chunks: bool | None = None
+    throttle: Throttle | None = None
     dataset: xr.Dataset = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     store: Store = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     encoding: Mapping[Hashable, Mapping[str, Any]] = field(
@@ -435,6 +439,7 @@ class WritePlan:
             f"WritePlan → {self.target} ({what}): {self.ntasks} tasks, {self.nunits} "
             f"write units, {_mib(self.nbytes)}, ~{self.requests} requests, "
             f"peak ~{_mib(self.peak_memory)}/task (target {_mib(self.max_task_bytes)})"
+            + (f", {_throttle_text(self.throttle)}" if self.throttle else "")
         )
 
     def __repr__(self) -> str:
@@ -462,6 +467,10 @@ class WritePlan:
             f"<div><p><b>{html.escape(self._summary())}</b></p>{body}{eager}"
             f"{pictures}{legend if pictures else ''}</div>"
         )
+
+
+def _throttle_text(t: Throttle) -> str:
+    return "throttle " + " ".join(f"{k}={v}" for k, v in t._row().items() if v not in ("∞",))
 
 
 # --------------------------------------------------------------------------- planning
@@ -698,6 +707,7 @@ def plan_write(
     group: str | None = None,
     write_empty_chunks: bool | None = None,
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
 ) -> WritePlan:
     """Plan a write of ``ds`` to ``store`` without writing anything.
 
@@ -731,6 +741,9 @@ def plan_write(
         Passed to zarr.
     max_task_bytes : int
         Memory target per write task (default 256 MiB).
+    throttle : Throttle, False or None
+        Request budget for the store: ``None`` takes the URL's defaults
+        (:meth:`Throttle.for_url`; none for local paths), ``False`` none.
 
     Returns
     -------
@@ -746,8 +759,13 @@ def plan_write(
     if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
         raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
     mode = _resolve_mode(mode, append_dim, region)
-    zstore = resolve_store(store, storage_options=storage_options)
-    _check_store_reachable(zstore)
+    policy = resolve_throttle(
+        throttle, describe_store(store) if isinstance(store, Store) else str(store)
+    )
+    plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+    _check_store_reachable(plain)
+    # Planning reads metadata through the same budget and retries as the write.
+    zstore = wrap_store(plain, policy)
     existing = None if mode == "w" else _open_existing(zstore, group)
 
     if mode == "w-" and not _store_is_empty(zstore, group):
@@ -974,8 +992,9 @@ def plan_write(
         group=group,
         consolidated=consolidated,
         write_empty_chunks=write_empty_chunks,
+        throttle=policy,
         dataset=ds,
-        store=zstore,
+        store=plain,
         encoding=enc_out,
     )
 

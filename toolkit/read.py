@@ -13,17 +13,22 @@ import collections
 import concurrent.futures as cf
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from zarr.abc.store import Store
 
 from toolkit._progress import active_client
+from toolkit.errors import IncompleteStoreError
+from toolkit.journal import read_records
 from toolkit.plan import _open_existing
-from toolkit.storage import StoreLike, describe_store, resolve_store
+from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
+from toolkit.throttle import Throttle, cluster_share, resolve_throttle
 
 __all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]
 
@@ -67,9 +72,16 @@ def open_zarr(
     consolidated: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
     target_task_bytes: int = DEFAULT_READ_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
+    incomplete: Literal["raise", "warn", "ignore"] = "raise",
     **open_kwargs: Any,
 ) -> xr.Dataset:
     """Open a Zarr store lazily, chunked in whole write units.
+
+    Reads go through toolkit's store stack: the throttle's budget (split
+    among the workers of an active ``distributed`` client), its retries, and
+    I/O metrics. The metrics add up per process, and :func:`toolkit.io_metrics`
+    gathers them.
 
     Parameters
     ----------
@@ -83,6 +95,14 @@ def open_zarr(
         fsspec options for URLs.
     target_task_bytes : int
         Target size of one read task (default 128 MiB).
+    throttle : Throttle, False or None
+        Request budget: ``None`` takes the URL's defaults (none for local
+        paths), ``False`` none.
+    incomplete : {"raise", "warn", "ignore"}
+        What to do when the store holds the record of an unfinished write
+        (failed, or still running): raise
+        :class:`~toolkit.errors.IncompleteStoreError` (default), warn, or
+        read anyway. Missing units read as fill values.
     **open_kwargs
         Passed to :func:`xarray.open_zarr` (``decode_times``, ``drop_variables``, ...).
 
@@ -96,10 +116,19 @@ def open_zarr(
             "toolkit.open_zarr chooses chunks aligned to the store; use "
             "target_task_bytes to make them larger or smaller, or xarray.open_zarr"
         )
-    zstore = resolve_store(store, storage_options=storage_options)
+    if incomplete not in ("raise", "warn", "ignore"):
+        raise ValueError(f"incomplete= must be 'raise', 'warn' or 'ignore', got {incomplete!r}")
+    policy = resolve_throttle(
+        throttle, describe_store(store) if isinstance(store, Store) else str(store)
+    )
+    plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+    scope = describe_store(plain)
+    zstore = wrap_store(plain, cluster_share(policy), scope=scope)
     existing = _open_existing(zstore, group)
     if existing is None:
-        raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
+        raise FileNotFoundError(f"no Zarr group at {scope}")
+    if incomplete != "ignore":
+        _check_complete(zstore, group, scope, incomplete)
     ds = xr.open_dataset(
         zstore,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
         engine="zarr",
@@ -109,7 +138,7 @@ def open_zarr(
         cache=False,
         **open_kwargs,
     )
-    token = tokenize(describe_store(zstore), group, target_task_bytes)
+    token = tokenize(scope, group, target_task_bytes)
     out = {}
     for name, var in ds.variables.items():
         if name in ds.indexes:
@@ -126,6 +155,31 @@ def open_zarr(
     return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
         {str(k): v for k, v in out.items() if k in ds.coords}
     )
+
+
+def _check_complete(store: Store, group: str | None, scope: str, how: str) -> None:
+    records = read_records(store, group)
+    if not records:
+        return
+    parts = []
+    for r in records:
+        missing = {k: len(v["missing"]) for k, v in (r.get("units") or {}).items() if v["missing"]}
+        if r.get("state") == "failed":
+            parts.append(
+                f"a write started {r.get('started')} failed with "
+                + ", ".join(f"{n} units of {k!r}" for k, n in missing.items())
+                + " missing"
+            )
+        else:
+            parts.append(f"a write started {r.get('started')} has not finished (or was killed)")
+    msg = (
+        f"{scope} is incomplete: " + "; ".join(parts) + ". Missing parts would read as fill "
+        "values. Rerun the write, or read anyway with incomplete='warn' or 'ignore'. "
+        "The records are under .toolkit/writes/ (toolkit.journal.clear_records removes them)."
+    )
+    if how == "raise":
+        raise IncompleteStoreError(msg, records)
+    warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def _as_dask(obj: xr.DataArray | da.Array) -> da.Array:

@@ -7,23 +7,71 @@ the others.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import errno
 import os
+import random
+import re
 import threading
-from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, override
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, Self, TypeVar, override
 
 import zarr
-from zarr.abc.store import ByteRequest, Store
+from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-__all__ = ["CountingStore", "RequestCounts", "describe_store", "resolve_store"]
+from toolkit.errors import (
+    StoreAccessError,
+    StoreRequestError,
+    StoreThrottledError,
+    StoreUnavailableError,
+    ToolkitError,
+)
+from toolkit.metrics import IOMetrics, process_metrics
+from toolkit.throttle import (
+    Budget,
+    RequestKind,
+    Throttle,
+    _status_and_code,
+    budget_for,
+    classify_error,
+)
+
+__all__ = [
+    "FaultStore",
+    "InterceptStore",
+    "MetricsStore",
+    "RequestAborted",
+    "RetryStore",
+    "ThrottleStore",
+    "describe_store",
+    "redact",
+    "resolve_store",
+    "wrap_store",
+]
+
+T = TypeVar("T")
 
 StoreLike = str | os.PathLike[str] | Store
 
 
-def resolve_store(store: StoreLike, *, storage_options: Mapping[str, Any] | None = None) -> Store:
+def resolve_store(
+    store: StoreLike,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    throttle: Throttle | None = None,
+) -> Store:
     """Turn a path, URL or zarr ``Store`` into a zarr ``Store``.
 
     Parameters
@@ -33,6 +81,12 @@ def resolve_store(store: StoreLike, *, storage_options: Mapping[str, Any] | None
         returned as it is.
     storage_options : mapping, optional
         Passed to fsspec for URLs; refused for local paths and store instances.
+    throttle : Throttle, optional
+        The policy toolkit will apply. For S3 URLs it sets defaults that the
+        caller's ``storage_options`` override: one GET per read, with no HEAD
+        first (``max_concurrency=1``); botocore's own retries off, since
+        toolkit's retries count every attempt against the budget; and a
+        connection pool as large as the in-flight cap.
     """
     if isinstance(store, Store):
         if storage_options:
@@ -40,10 +94,22 @@ def resolve_store(store: StoreLike, *, storage_options: Mapping[str, Any] | None
         return store
     path = os.fspath(store)
     if "://" in path and not path.startswith("file://"):
-        return FsspecStore.from_url(path, storage_options=dict(storage_options or {}))
+        opts = dict(storage_options or {})
+        if throttle is not None and path.split("://", 1)[0] in ("s3", "s3a"):
+            opts = _s3_defaults(opts, throttle)
+        return FsspecStore.from_url(path, storage_options=opts)
     if storage_options:
         raise TypeError("storage_options apply to URLs only, not to a local path")
     return LocalStore(path.removeprefix("file://"))
+
+
+def _s3_defaults(opts: dict[str, Any], throttle: Throttle) -> dict[str, Any]:
+    opts.setdefault("max_concurrency", 1)
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("retries", {"total_max_attempts": 1})
+    config.setdefault("max_pool_connections", max(10, throttle.max_inflight))
+    opts["config_kwargs"] = config
+    return opts
 
 
 def describe_store(store: Store) -> str:
@@ -59,80 +125,286 @@ def describe_store(store: Store) -> str:
     return f"<{type(store).__name__}>"
 
 
-@dataclass
-class Counters:
-    """Integer counters that many threads increment."""
-
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **kw: int) -> None:
-        """Thread-safe increment of the named counters."""
-        with self._lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
+# --------------------------------------------------------------------------- wrappers
 
 
-@dataclass
-class RequestCounts(Counters):
-    """Requests a wrapper saw, by kind, and the bytes they moved."""
-
-    gets: int = 0
-    sets: int = 0
-    deletes: int = 0
-    lists: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-
-    @property
-    def total(self) -> int:
-        """All requests."""
-        return self.gets + self.sets + self.deletes + self.lists
-
-    def __getstate__(self) -> dict[str, int]:
-        return self.as_dict()  # the lock stays behind; a copy gets its own
-
-    def __setstate__(self, state: dict[str, int]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict (picklable, for task results)."""
-        return {
-            "gets": self.gets,
-            "sets": self.sets,
-            "deletes": self.deletes,
-            "lists": self.lists,
-            "bytes_read": self.bytes_read,
-            "bytes_written": self.bytes_written,
-        }
+async def _collect(it: AsyncIterator[str]) -> list[str]:
+    return [k async for k in it]
 
 
-class CountingStore(WrapperStore[Store]):
-    """Counts requests and bytes passing through to the wrapped store.
+def _nbytes(result: Any) -> int:
+    if isinstance(result, Buffer):
+        return len(result)
+    if isinstance(result, list):
+        return sum(len(b) for b in result if isinstance(b, Buffer))
+    return 0
 
-    Both zarr's async methods and its synchronous fast paths are counted, so the
-    figures are exact whichever path zarr takes.
+
+_KIND_OF: dict[str, RequestKind] = {
+    "get": "read",
+    "exists": "read",
+    "set": "write",
+    "set_if_not_exists": "write",
+    "delete": "write",
+    "delete_dir": "write",
+    "list": "list",
+    "list_prefix": "list",
+    "list_dir": "list",
+    "is_empty": "list",
+}
+_COUNTER_OF = {
+    "get": "gets",
+    "exists": "gets",
+    "set": "sets",
+    "set_if_not_exists": "sets",
+    "delete": "deletes",
+    "delete_dir": "deletes",
+    "list": "lists",
+    "list_prefix": "lists",
+    "list_dir": "lists",
+    "is_empty": "lists",
+}
+
+
+class RequestAborted(ToolkitError, RuntimeError):
+    """A request was not sent because its write had already failed."""
+
+
+class InterceptStore(WrapperStore[Store]):
+    """Base of toolkit's wrappers: every request passes through one hook, :meth:`_call`.
+
+    Every zarr entry point (gets, partial and ranged reads, sets, deletes,
+    listings, ``delete_dir``) becomes one ``_call(op, key, fn)`` per request.
+    A subclass then only has to say what happens around a request. Listings are
+    collected, so that a retried listing never yields a key twice. Synchronous
+    fast paths are turned off, so that nothing bypasses the hook.
     """
 
-    def __init__(self, store: Store, counts: RequestCounts | None = None) -> None:
-        super().__init__(store)
-        self.counts = counts if counts is not None else RequestCounts()
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        return await fn()
 
-    def _with_store(self, store: Store) -> CountingStore:
-        return type(self)(store, self.counts)
+    def _with_store(self, store: Store) -> Self:
+        clone = copy.copy(self)
+        clone._store = store
+        return clone
 
-    def __repr__(self) -> str:
-        return f"CountingStore({describe_store(self._store)})"
-
-    def _got(self, buf: Buffer | None) -> Buffer | None:
-        self.counts.add(gets=1, bytes_read=len(buf) if buf is not None else 0)
-        return buf
+    @property
+    def _supports_sync_io(self) -> bool:
+        return False
 
     @override
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
-        return self._got(await self._store.get(key, prototype, byte_range))
+        return await self._call("get", key, lambda: self._store.get(key, prototype, byte_range))
+
+    @override
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+    @override
+    async def get_ranges(
+        self,
+        key: str,
+        byte_ranges: Sequence[ByteRequest | None],
+        *,
+        prototype: BufferPrototype,
+        max_concurrency: int | None = None,
+        max_gap_bytes: int | None = None,
+        max_coalesced_bytes: int | None = None,
+    ) -> AsyncIterator[Sequence[tuple[int, Buffer | None]]]:
+        # zarr's base implementation coalesces ranges over self.get: each fetch is hooked.
+        given = {
+            "max_concurrency": max_concurrency,
+            "max_gap_bytes": max_gap_bytes,
+            "max_coalesced_bytes": max_coalesced_bytes,
+        }
+        kw: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+        async for group in Store.get_ranges(self, key, byte_ranges, prototype=prototype, **kw):
+            yield group
+
+    @override
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        async for item in Store._get_many(self, requests):
+            yield item
+
+    @override
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        await asyncio.gather(*(self.set(k, v) for k, v in values))
+
+    @override
+    async def exists(self, key: str) -> bool:
+        return await self._call("exists", key, lambda: self._store.exists(key))
+
+    @override
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._call("set", key, lambda: self._store.set(key, value), len(value))
+
+    @override
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self._call(
+            "set_if_not_exists", key, lambda: self._store.set_if_not_exists(key, value), len(value)
+        )
+
+    @override
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, lambda: self._store.delete(key))
+
+    @override
+    async def delete_dir(self, prefix: str) -> None:
+        await self._call("delete_dir", prefix, lambda: self._store.delete_dir(prefix))
+
+    @override
+    async def is_empty(self, prefix: str) -> bool:
+        return await self._call("is_empty", prefix, lambda: self._store.is_empty(prefix))
+
+    @override
+    async def clear(self) -> None:
+        await self._call("delete_dir", "", lambda: self._store.clear())
+
+    async def _listing(
+        self, op: str, prefix: str, it: Callable[[], AsyncIterator[str]]
+    ) -> AsyncIterator[str]:
+        for key in await self._call(op, prefix, lambda: _collect(it())):
+            yield key
+
+    @override
+    def list(self) -> AsyncIterator[str]:
+        return self._listing("list", "", self._store.list)
+
+    @override
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return self._listing("list_prefix", prefix, lambda: self._store.list_prefix(prefix))
+
+    @override
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return self._listing("list_dir", prefix, lambda: self._store.list_dir(prefix))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe_store(self._store)})"
+
+
+class MetricsStore(InterceptStore):
+    """Counts every request, its bytes, latency and outcome into an :class:`IOMetrics`.
+
+    Placed next to the real store, it sees every attempt, retries included, as
+    the store would count them. With ``track_keys``, the keys written or
+    deleted successfully are collected (a write's record of what landed).
+    Unlike the other wrappers, it keeps zarr's synchronous fast paths for local
+    stores, and counts those too.
+
+    Parameters
+    ----------
+    store : Store
+        The store to measure.
+    metrics : IOMetrics, optional
+        Where to count (a new one by default).
+    track_keys : bool
+        Collect successfully written keys in :attr:`written`.
+    scope : str, optional
+        Count into this process's running totals for ``scope``
+        (:func:`toolkit.metrics.process_metrics`) instead; a copy unpickled in
+        another process counts into that process's totals.
+
+    Being innermost, it is also the gate of a failing write: after
+    :meth:`abort`, nothing more is sent (requests raise ``RequestAborted``), and
+    :meth:`wait_idle` waits until no request is still at the store.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: IOMetrics | None = None,
+        *,
+        track_keys: bool = False,
+        scope: str | None = None,
+    ) -> None:
+        super().__init__(store)
+        self.scope = scope
+        if scope is not None:
+            metrics = process_metrics(scope)
+        self.metrics = metrics if metrics is not None else IOMetrics()
+        self.written: set[str] | None = set() if track_keys else None
+        self._init_gate()
+
+    def _init_gate(self) -> None:
+        self._idle = threading.Condition()
+        self._inflight = 0
+        self._aborted = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_idle", "_inflight")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._idle = threading.Condition()
+        self._inflight = 0
+        if self.scope is not None:
+            self.metrics = process_metrics(self.scope)
+
+    def _with_store(self, store: Store) -> Self:
+        clone = type(self)(store, self.metrics, track_keys=self.written is not None)
+        clone.scope = self.scope
+        return clone
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        return _store_supports_sync_io(self._store)
+
+    def abort(self) -> None:
+        """Send nothing more: every later request raises ``RequestAborted``."""
+        with self._idle:
+            self._aborted = True
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no request is in flight; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    def _enter(self, op: str, key: str) -> None:
+        with self._idle:
+            if self._aborted:
+                raise RequestAborted(f"{op} {key!r} not sent: the write was aborted")
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        self._enter(op, key)
+        t0 = time.perf_counter()
+        try:
+            result = await fn()
+        except BaseException as e:
+            self._done(op, key, size, None, t0, e)
+            raise
+        finally:
+            self._leave()
+        self._done(op, key, size, result, t0, None)
+        return result
+
+    def _done(
+        self, op: str, key: str, size: int, result: Any, t0: float, exc: BaseException | None
+    ) -> None:
+        m = self.metrics
+        m.observe(time.perf_counter() - t0)
+        counts: dict[str, float] = {_COUNTER_OF[op]: 1}
+        if exc is None:
+            counts["bytes_read"] = _nbytes(result)
+            counts["bytes_written"] = size
+            if self.written is not None and op in ("set", "set_if_not_exists", "delete"):
+                self.written.add(key)
+        elif isinstance(exc, Exception):
+            counts["throttled" if classify_error(exc) == "throttled" else "errors"] = 1
+        m.add(**counts)
 
     @override
     def get_sync(
@@ -142,63 +414,322 @@ class CountingStore(WrapperStore[Store]):
         prototype: BufferPrototype | None = None,
         byte_range: ByteRequest | None = None,
     ) -> Buffer | None:
-        return self._got(super().get_sync(key, prototype=prototype, byte_range=byte_range))
-
-    @override
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        out = await self._store.get_partial_values(prototype, key_ranges)
-        for buf in out:
-            self._got(buf)
-        return out
-
-    @override
-    async def exists(self, key: str) -> bool:
-        self.counts.add(gets=1)
-        return await self._store.exists(key)
-
-    @override
-    async def set(self, key: str, value: Buffer) -> None:
-        self.counts.add(sets=1, bytes_written=len(value))
-        await self._store.set(key, value)
+        return self._sync(
+            "get",
+            key,
+            0,
+            lambda: WrapperStore.get_sync(self, key, prototype=prototype, byte_range=byte_range),
+        )
 
     @override
     def set_sync(self, key: str, value: Buffer) -> None:
-        self.counts.add(sets=1, bytes_written=len(value))
-        super().set_sync(key, value)
-
-    @override
-    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        self.counts.add(sets=1, bytes_written=len(value))
-        await self._store.set_if_not_exists(key, value)
-
-    @override
-    async def delete(self, key: str) -> None:
-        self.counts.add(deletes=1)
-        await self._store.delete(key)
+        self._sync("set", key, len(value), lambda: WrapperStore.set_sync(self, key, value))
 
     @override
     def delete_sync(self, key: str) -> None:
-        self.counts.add(deletes=1)
-        super().delete_sync(key)
+        self._sync("delete", key, 0, lambda: WrapperStore.delete_sync(self, key))
 
-    @override
-    def list(self) -> AsyncIterator[str]:
-        self.counts.add(lists=1)
-        return self._store.list()
+    def _sync(self, op: str, key: str, size: int, fn: Callable[[], T]) -> T:
+        self._enter(op, key)
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        except BaseException as e:
+            self._done(op, key, size, None, t0, e)
+            raise
+        finally:
+            self._leave()
+        self._done(op, key, size, out, t0, None)
+        return out
 
-    @override
-    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        self.counts.add(lists=1)
-        return self._store.list_prefix(prefix)
 
-    @override
-    def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        self.counts.add(lists=1)
-        return self._store.list_dir(prefix)
+class ThrottleStore(InterceptStore):
+    """Keeps requests within a :class:`~toolkit.Throttle`'s rates and in-flight cap.
+
+    The enforcing state (:class:`toolkit.throttle.Budget`) is shared by every
+    wrapper of the process with the same policy and store. It is not pickled:
+    a copy in another process joins that process's budget. Throttling answers
+    passing back through it slow the budget down (adaptive mode).
+
+    Parameters
+    ----------
+    store : Store
+        The store to protect.
+    policy : Throttle
+        Rates, in-flight cap and adaptation.
+    metrics : IOMetrics, optional
+        Where to add the time spent waiting for the budget.
+    """
+
+    def __init__(self, store: Store, policy: Throttle, metrics: IOMetrics | None = None) -> None:
+        super().__init__(store)
+        self.policy = policy
+        self.metrics = metrics
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.policy, self.metrics)
+
+    @property
+    def budget(self) -> Budget:
+        """The budget of this process for the policy and store."""
+        return budget_for(self.policy, describe_store(self._store))
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        kind = _KIND_OF[op]
+        budget = self.budget
+        async with budget.semaphore():
+            wait = budget.reserve(kind)
+            if wait > 0:
+                if self.metrics is not None:
+                    self.metrics.add(wait_seconds=wait)
+                await asyncio.sleep(wait)
+            try:
+                return await fn()
+            except Exception as e:
+                if classify_error(e) == "throttled":
+                    budget.throttled(kind)
+                raise
+
+
+class RetryStore(InterceptStore):
+    """Retries throttled and transient failures with jittered exponential backoff.
+
+    Throttling answers (503 SlowDown, 429), 500/502/504, dropped connections
+    and timeouts are retried, up to ``policy.max_retries`` times and within
+    ``policy.max_retry_seconds`` per request. Final errors are raised at once:
+    403 as :class:`~toolkit.errors.StoreAccessError`, other 4xx as
+    :class:`~toolkit.errors.StoreRequestError`. When the retries run out, the
+    error is :class:`~toolkit.errors.StoreThrottledError` or
+    :class:`~toolkit.errors.StoreUnavailableError`, naming the store and the fix.
+
+    Wrapped around an fsspec S3 store, it turns s3fs's own retries off, so that
+    throttling stays visible to the budget and the retry time stays bounded.
+    """
+
+    def __init__(self, store: Store, policy: Throttle, metrics: IOMetrics | None = None) -> None:
+        super().__init__(store)
+        self.policy = policy
+        self.metrics = metrics
+        self._init_local()
+
+    def _init_local(self) -> None:
+        self._random = random.Random()
+        _quiet_fsspec_retries(self._store)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_random"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_local()  # s3fs's retries are per instance: quiet them again here
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.policy, self.metrics)
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        p = self.policy
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except Exception as e:
+                verdict = classify_error(e)
+                attempt += 1
+                delay = p.backoff(attempt, self._random.random())
+                spent = time.monotonic() - start
+                if (
+                    verdict == "fatal"
+                    or attempt > p.max_retries
+                    or spent + delay > p.max_retry_seconds
+                ):
+                    if self.metrics is not None:
+                        self.metrics.add(failed=1)
+                    if isinstance(e, RequestAborted):
+                        raise
+                    raise self._final(op, key, e, verdict, attempt, spent) from e
+                if self.metrics is not None:
+                    self.metrics.add(retries=1, backoff_seconds=delay)
+                await asyncio.sleep(delay)
+
+    def _final(
+        self, op: str, key: str, e: Exception, verdict: str, attempts: int, spent: float
+    ) -> Exception:
+        where = f"{describe_store(self._store)}/{key}".rstrip("/")
+        p = self.policy
+        if verdict == "throttled":
+            return StoreThrottledError(
+                f"{where}: the store kept answering 'slow down' (503 SlowDown / 429) to {op}; "
+                f"gave up after {attempts} attempts in {spent:.1f} s (max_retries="
+                f"{p.max_retries}, max_retry_seconds={p.max_retry_seconds:g}). Lower the "
+                "request rate, e.g. throttle=toolkit.Throttle(write_rate=..., read_rate=...), "
+                "or allow more time with max_retry_seconds"
+            )
+        if verdict == "transient":
+            return StoreUnavailableError(
+                f"{where}: {op} failed {attempts} times in {spent:.1f} s with retryable errors "
+                f"(last: {type(e).__name__}: {redact(str(e), self._store)}); the store or the "
+                "network is unavailable. Check the endpoint, or raise max_retries / "
+                "max_retry_seconds in toolkit.Throttle"
+            )
+        status, _ = _status_and_code(e)
+        if isinstance(e, PermissionError) or status == 403:
+            return StoreAccessError(
+                f"{where}: access denied (403) to {op}; check the credentials and the "
+                "bucket policy in storage_options"
+            )
+        if status is not None and 400 <= status < 500 and status != 404:
+            return StoreRequestError(
+                f"{where}: the store rejected {op} as invalid (HTTP {status}): "
+                f"{redact(str(e), self._store)}"
+            )
+        return e
+
+
+class FaultStore(InterceptStore):
+    """Injects latency and failures, for testing pipelines against a bad store.
+
+    Parameters
+    ----------
+    store : Store
+        The store behind the faults.
+    latency : float
+        Seconds added to every request.
+    throttle_prob : float
+        Probability of a throttling answer (``OSError(EBUSY)``, as s3fs raises
+        for 503 SlowDown); the request does not reach the store.
+    error_prob : float
+        Probability of a server error (HTTP 500); the request does not reach
+        the store.
+    reset_prob : float
+        Probability that the connection drops *after* the request reached the
+        store (``ConnectionResetError``): it may have landed, and the answer
+        was lost.
+    seed : int, optional
+        Seed of the draws.
+    match : str, optional
+        A regular expression: only requests whose key it matches (``re.search``)
+        are faulted, e.g. ``r"/c/"`` for the chunks of a zarr 3 array.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        latency: float = 0.0,
+        throttle_prob: float = 0.0,
+        error_prob: float = 0.0,
+        reset_prob: float = 0.0,
+        seed: int | None = None,
+        match: str | None = None,
+    ) -> None:
+        super().__init__(store)
+        self.latency = latency
+        self.throttle_prob, self.error_prob, self.reset_prob = throttle_prob, error_prob, reset_prob
+        self.seed = seed
+        self.match = re.compile(match) if match else None
+        self._random = random.Random(seed)
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        if self.match is not None and not self.match.search(key):
+            return await fn()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        draw = self._random.random()
+        if draw < self.throttle_prob:
+            raise _InjectedFault(errno.EBUSY, "Please reduce your request rate. (injected)", 503)
+        draw -= self.throttle_prob
+        if draw < self.error_prob:
+            raise _InjectedFault(errno.EIO, "We encountered an internal error. (injected)", 500)
+        result = await fn()
+        if self._random.random() < self.reset_prob:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (injected)")
+        return result
+
+
+class _InjectedFault(OSError):
+    def __init__(self, code: int, message: str, status: int) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
+def _quiet_fsspec_retries(store: Store) -> None:
+    """Turn s3fs's own retry loop off (toolkit's RetryStore retries instead)."""
+    base = unwrap(store)
+    fs = getattr(base, "fs", None)
+    if isinstance(base, FsspecStore) and fs is not None and hasattr(fs, "retries"):
+        fs.retries = 1
+
+
+def unwrap(store: Store) -> Store:
+    """The innermost store below any wrappers."""
+    while isinstance(store, WrapperStore):
+        store = store._store
+    return store
+
+
+def redact(text: str, store: Store | None = None) -> str:
+    """``text`` with credentials, signatures and tokens removed.
+
+    Removes the values of secret-looking ``storage_options`` of ``store``
+    (keys, secrets, tokens, passwords) and any signed-URL query parameters.
+    """
+    secrets: list[str] = []
+    base = unwrap(store) if store is not None else None
+    opts = getattr(getattr(base, "fs", None), "storage_options", None) or {}
+
+    def walk(d: Mapping[str, Any]) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v)
+            elif isinstance(v, str) and _SECRET_KEY.search(k) and len(v) >= 4:
+                secrets.append(v)
+
+    walk(opts)
+    for s in sorted(secrets, key=len, reverse=True):
+        text = text.replace(s, "***")
+    text = _SIGNED.sub(r"\1=***", text)
+    return _USERINFO.sub(r"\1***@", text)
+
+
+_SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|signature", re.I)
+_SIGNED = re.compile(
+    r"((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|"
+    r"X-Goog-Credential|sig|se|sp|sv|AWSAccessKeyId|Signature|Expires))=[^&\s\"']+",
+    re.I,
+)
+_USERINFO = re.compile(r"(\w+://)[^/\s@:]+(?::[^/\s@]*)?@")
+
+
+def wrap_store(
+    store: Store,
+    policy: Throttle | None,
+    metrics: IOMetrics | None = None,
+    *,
+    track_keys: bool = False,
+    scope: str | None = None,
+) -> Store:
+    """Toolkit's stack around ``store``: retries, then the budget, then metrics.
+
+    The budget sits inside the retries, so that every attempt spends from it;
+    the metrics sit next to the store, so that they see every attempt and time
+    the store alone. Without a policy (local paths), only metrics. ``scope``
+    counts into per-process running totals (see :class:`MetricsStore`).
+    """
+    measured = MetricsStore(store, metrics, track_keys=track_keys, scope=scope)
+    if policy is None:
+        return measured
+    return RetryStore(ThrottleStore(measured, policy, measured.metrics), policy, measured.metrics)
+
+
+def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:
+    """The first wrapper of type ``kind`` in a stack, or None."""
+    while True:
+        if isinstance(store, kind):
+            return store
+        if not isinstance(store, WrapperStore):
+            return None
+        store = store._store
 
 
 def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from toolkit.storage import Counters
+from toolkit.metrics import Counters
 
 __all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
 

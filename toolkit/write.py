@@ -9,29 +9,36 @@ whole write units.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import inspect
 import time
 import warnings
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import dask.array as da
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 
-from toolkit._progress import compute_with_progress
+from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
 from toolkit.errors import ToolkitError, WriteError
-from toolkit.graph import WriteSource, build_write_graph
+from toolkit.graph import WriteIO, WriteSource, build_write_graph
+from toolkit.journal import WriteJournal
+from toolkit.metrics import IOMetrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, _mib, plan_write
-from toolkit.storage import StoreLike, rebind
+from toolkit.storage import StoreLike, rebind, wrap_store
+from toolkit.throttle import Throttle, cluster_share
+
+_DEFAULT_CONCURRENCY = 10  # zarr's own default, for unthrottled stores
 
 __all__ = ["UnknownOptionError", "WriteReport", "execute", "to_zarr"]
 
@@ -60,6 +67,10 @@ class WriteReport:
         Wall time in all, and of it the metadata phase.
     requests : dict
         Data requests measured by kind (gets, sets, deletes, lists).
+    io : IOMetrics
+        Everything the store stack measured for the data and metadata phases:
+        requests by kind (every attempt), bytes, latency histogram, throttling
+        answers, errors, retries, time backing off and waiting for the budget.
     plan : WritePlan
         The plan that ran.
     """
@@ -73,7 +84,8 @@ class WriteReport:
     seconds: float
     metadata_seconds: float
     requests: Mapping[str, int]
-    plan: WritePlan = field(repr=False, compare=False)
+    io: IOMetrics = field(repr=False, compare=False, default_factory=IOMetrics)
+    plan: WritePlan = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
     @property
     def throughput(self) -> float:
@@ -81,7 +93,6 @@ class WriteReport:
         return self.nbytes / self.seconds if self.seconds > 0 else float("inf")
 
     def _rows(self) -> list[dict[str, str]]:
-        req = ", ".join(f"{k} {v}" for k, v in self.requests.items() if v)
         ratio = self.nbytes / self.stored_bytes if self.stored_bytes else float("nan")
         return [
             {"": "target", "value": self.target},
@@ -96,7 +107,7 @@ class WriteReport:
                 "value": f"{self.seconds:.2f} s ({self.metadata_seconds:.2f} s "
                 f"metadata), {_mib(self.throughput)}/s",
             },
-            {"": "requests", "value": req or "-"},
+            *({"": k, "value": v} for k, v in self.io.summary().items()),
         ]
 
     def __repr__(self) -> str:
@@ -123,7 +134,7 @@ class _CapturingWriter(ArrayWriter):
             super().add(source, target, region)  # type: ignore[no-untyped-call]
 
 
-def _write_metadata(plan: WritePlan) -> list[WriteSource]:
+def _write_metadata(plan: WritePlan, metrics: IOMetrics) -> list[WriteSource]:
     """Create or resize arrays and write small variables, through xarray."""
     ds = plan.dataset
     # In-memory data variables become dask arrays chunked as their tasks, so that
@@ -134,7 +145,7 @@ def _write_metadata(plan: WritePlan) -> list[WriteSource]:
             var = var.chunk(dict(zip(vp.dims, vp.task_chunks, strict=True)))
         ds = ds.assign({vp.name: var})
     zstore = get_writable_zarr_store(
-        plan.store,
+        wrap_store(plan.store, plan.throttle, metrics),
         mode=plan.mode,  # type: ignore[arg-type]
         group=plan.group,
         consolidated=plan.consolidated,
@@ -168,6 +179,11 @@ def execute(
 ) -> WriteReport | Delayed:
     """Run a plan: validate it, write metadata, then the data graph.
 
+    While the data is being written, the store holds a record of the write
+    under ``.toolkit/writes/``. It is removed when the write succeeds. When the
+    write fails, it is rewritten with the units written and missing, and
+    :func:`toolkit.open_zarr` refuses to read the store until it is cleared.
+
     Parameters
     ----------
     plan : WritePlan
@@ -177,16 +193,47 @@ def execute(
         the data and computes to the :class:`WriteReport`.
     progress : bool
         Show a progress bar (tqdm, or distributed's when a client is active).
+
+    Raises
+    ------
+    toolkit.errors.WriteError
+        When the data phase failed; ``err.record`` says which write units of
+        which variables were written and which are missing. No request of the
+        write is still running when it is raised.
     """
     plan.validate()
     t0 = time.time()
-    sources = _write_metadata(plan)
+    meta_io = IOMetrics()
+    sources = _write_metadata(plan, meta_io)
+    token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+    client = active_client()
+    share = cluster_share(plan.throttle)
+    io = WriteIO(
+        token=token,
+        throttle=share,
+        concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
+        distributed=client is not None,
+    )
+    journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
+    if sources:
+        journal.begin(plan, meta_io)
     meta_seconds = time.time() - t0
-    graph = build_write_graph(plan, sources)
+    graph = build_write_graph(plan, sources, io)
     # Built by hand: dask's delayed() would traverse the plan, find the source
     # dataset in it, and gather all of it into one task just to hand it over.
+    light = replace(plan, dataset=xr.Dataset())
     key = f"toolkit-report-{graph.key}"
-    task = (functools.partial(_report, plan=plan, t0=t0, meta=meta_seconds), graph.key)
+    task = (
+        functools.partial(
+            _report,
+            plan=light,
+            t0=t0,
+            meta=meta_seconds,
+            meta_io=meta_io.as_dict(),
+            journal=journal if sources else None,
+        ),
+        graph.key,
+    )
     base = graph.__dask_graph__()
     assert isinstance(base, HighLevelGraph)
     hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})
@@ -203,19 +250,73 @@ def execute(
     return result
 
 
-def _report(stats: Mapping[str, float], plan: WritePlan, t0: float, meta: float) -> WriteReport:
+def _report(
+    stats: Mapping[str, Any],
+    plan: WritePlan,
+    t0: float,
+    meta: float,
+    meta_io: Mapping[str, Any],
+    journal: WriteJournal | None,
+) -> WriteReport:
+    io = IOMetrics.merged([stats["io"], meta_io])
+    if stats["failures"]:
+        record = _record(plan, stats)
+        if journal is not None:
+            with contextlib.suppress(Exception):  # the error below matters more
+                journal.fail(record, io)
+        raise WriteError(_failure_message(plan, record, io), record)
+    if journal is not None:
+        journal.done(io)
     return WriteReport(
         target=plan.target,
         variables=tuple(v.name for v in plan.variables),
         tasks=int(stats["tasks"]),
         units=int(stats["units"]),
         nbytes=int(stats["nbytes"]),
-        stored_bytes=int(stats["bytes_written"]),
+        stored_bytes=int(stats["io"]["bytes_written"]),
         seconds=time.time() - t0,
         metadata_seconds=meta,
-        requests={k: int(stats[k]) for k in ("gets", "sets", "deletes", "lists")},
+        requests={k: int(stats["io"][k]) for k in ("gets", "sets", "deletes", "lists")},
+        io=io,
         plan=plan,
     )
+
+
+def _record(plan: WritePlan, stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Per variable: units planned and written, and every missing unit's index.
+
+    A unit not listed as missing was written (a failed task lists its own
+    written and missing units; the other tasks wrote all theirs).
+    """
+    out: dict[str, Any] = {
+        v.name: {"units": v.nunits, "written": v.nunits, "missing": [], "errors": []}
+        for v in plan.variables
+    }
+    for f in stats["failures"]:
+        v = out[f["variable"]]
+        v["missing"].extend(list(u) for u in f["missing"])
+        v["written"] -= len(f["missing"])
+        if f.get("error") and f["error"] not in v["errors"]:
+            v["errors"].append(f["error"])
+    for v in out.values():
+        v["missing"].sort()
+    return out
+
+
+def _failure_message(plan: WritePlan, record: Mapping[str, Any], io: IOMetrics) -> str:
+    missing = sum(len(v["missing"]) for v in record.values())
+    errors = [e for v in record.values() for e in v["errors"]]
+    lines = [
+        f"writing {plan.target} failed: {missing} of {plan.nunits} write units are missing "
+        f"({', '.join(f'{k}: {len(v["missing"])}' for k, v in record.items() if v['missing'])}).",
+        f"Cause: {errors[0] if errors else 'unknown'}",
+        f"Requests: {io.total} sent, {io.throttled} throttled, {io.errors} failed, "
+        f"{io.retries} retried.",
+        "No request of this write is still running. The record of written and missing "
+        "units is in err.record and in the store under .toolkit/writes/; readers refuse "
+        "the store until the write is redone (rerun it) or the record is cleared.",
+    ]
+    return "\n".join(lines)
 
 
 _XARRAY_ONLY = {
@@ -240,6 +341,7 @@ def to_zarr(
     write_empty_chunks: bool | None = None,
     compute: bool = True,
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
     **unknown: Any,
 ) -> WriteReport | Delayed:
@@ -263,6 +365,9 @@ def to_zarr(
         If False, return a ``Delayed`` writing the data (metadata is written now).
     max_task_bytes : int
         Memory target per task.
+    throttle : Throttle, False or None
+        Request budget, retries and in-flight cap for the store (cluster-wide):
+        ``None`` takes the URL's defaults (none for local paths), ``False`` none.
     progress : bool
         Show progress.
 
@@ -274,6 +379,9 @@ def to_zarr(
     ------
     toolkit.errors.PlanError
         Before anything is written, on any invalid input.
+    toolkit.errors.WriteError
+        When the data could not be written; ``err.record`` lists the units
+        written and missing.
     """
     if unknown:
         msgs = []
@@ -298,5 +406,6 @@ def to_zarr(
         group=group,
         write_empty_chunks=write_empty_chunks,
         max_task_bytes=max_task_bytes,
+        throttle=throttle,
     )
     return execute(plan, compute=compute, progress=progress)

@@ -1,0 +1,218 @@
+"""I/O metrics: what the store wrappers saw, mergeable across tasks and processes.
+
+:class:`IOMetrics` counts requests by kind, bytes, throttling answers, errors,
+retries and time spent waiting or backing off, and keeps a log-bucketed latency
+histogram, so that percentiles survive merging. Each write task carries its
+own and returns it as a plain dict; the report adds them up. A process also
+keeps running totals per store (:func:`process_metrics`). Under
+``distributed``, tasks publish their figures through distributed's fine
+performance metrics, so they appear on the dashboard.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["Counters", "IOMetrics", "process_metrics", "publish"]
+
+# Quarter-octave latency buckets from 50 µs: bucket i holds [edge(i-1), edge(i)).
+_LAT_MIN = 50e-6
+_LAT_BUCKETS = 96  # up to ~50 s × 2^4
+
+
+def _bucket(seconds: float) -> int:
+    if seconds <= _LAT_MIN:
+        return 0
+    return min(_LAT_BUCKETS - 1, 1 + int(4 * math.log2(seconds / _LAT_MIN)))
+
+
+def _edge(i: int) -> float:
+    return float(_LAT_MIN * 2.0 ** (i / 4))
+
+
+@dataclass
+class Counters:
+    """Integer counters that many threads increment."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **kw: float) -> None:
+        """Thread-safe increment of the named counters."""
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()  # a copy gets its own lock
+
+
+@dataclass
+class IOMetrics(Counters):
+    """Requests a store stack made and what happened to them.
+
+    Attributes
+    ----------
+    gets, sets, deletes, lists : int
+        Requests sent, by kind (``gets`` includes existence checks). Every
+        attempt counts, retries included, as the store would count them.
+    bytes_read, bytes_written : int
+        Payload bytes moved.
+    throttled : int
+        Throttling answers (503 SlowDown, 429).
+    errors : int
+        Other failed attempts (500s, resets, timeouts, final errors).
+    retries : int
+        Attempts repeated after a retryable error.
+    backoff_seconds : float
+        Time slept between retries.
+    wait_seconds : float
+        Time requests waited for the rate budget before being sent.
+    failed : int
+        Requests that failed for good (retries exhausted, or a final error).
+    latency : list of int
+        Histogram of request latencies (quarter-octave buckets from 50 µs).
+    """
+
+    gets: int = 0
+    sets: int = 0
+    deletes: int = 0
+    lists: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    throttled: int = 0
+    errors: int = 0
+    retries: int = 0
+    backoff_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    failed: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * _LAT_BUCKETS)
+
+    @property
+    def total(self) -> int:
+        """All requests sent."""
+        return self.gets + self.sets + self.deletes + self.lists
+
+    def observe(self, seconds: float) -> None:
+        """Record one request's latency."""
+        b = _bucket(seconds)
+        with self._lock:
+            self.latency[b] += 1
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile ``q`` in [0, 100] (the upper edge of its bucket), seconds."""
+        n = sum(self.latency)
+        if n == 0:
+            return float("nan")
+        rank = max(1, math.ceil(q / 100 * n))
+        seen = 0
+        for i, c in enumerate(self.latency):
+            seen += c
+            if seen >= rank:
+                return _edge(i)
+        return _edge(_LAT_BUCKETS - 1)  # pragma: no cover - rank <= n
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain, picklable dict (task results travel as these)."""
+        with self._lock:
+            out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            out["latency"] = list(self.latency)
+            return out
+
+    @classmethod
+    def merged(cls, parts: Iterable[Mapping[str, Any] | IOMetrics]) -> IOMetrics:
+        """The sum of many metrics (dicts from :meth:`as_dict`, or instances)."""
+        out = cls()
+        for p in parts:
+            d = p.as_dict() if isinstance(p, IOMetrics) else p
+            for f in fields(cls):
+                if f.name in ("_lock", "latency") or f.name not in d:
+                    continue
+                setattr(out, f.name, getattr(out, f.name) + d[f.name])
+            for i, c in enumerate(d.get("latency", ())):
+                out.latency[i] += c
+        return out
+
+    def merge(self, other: Mapping[str, Any] | IOMetrics) -> None:
+        """Add ``other`` into this one."""
+        m = IOMetrics.merged([other])
+        with self._lock:
+            for f in fields(self):
+                if f.name == "_lock":
+                    continue
+                if f.name == "latency":
+                    self.latency = [a + b for a, b in zip(self.latency, m.latency, strict=True)]
+                else:
+                    setattr(self, f.name, getattr(self, f.name) + getattr(m, f.name))
+
+    def summary(self) -> dict[str, str]:
+        """Human-readable figures, for reports."""
+        req = ", ".join(
+            f"{k} {v}"
+            for k, v in (
+                ("GET", self.gets),
+                ("PUT", self.sets),
+                ("DELETE", self.deletes),
+                ("LIST", self.lists),
+            )
+            if v
+        )
+        lat = (
+            f"p50 {self.percentile(50) * 1e3:.1f} ms, p99 {self.percentile(99) * 1e3:.1f} ms"
+            if sum(self.latency)
+            else "-"
+        )
+        return {
+            "requests": req or "-",
+            "latency": lat,
+            "throttled / errors": f"{self.throttled} / {self.errors}",
+            "retries": f"{self.retries} ({self.backoff_seconds:.2f} s backing off)",
+            "waited for budget": f"{self.wait_seconds:.2f} s",
+        }
+
+
+_PROCESS: dict[str, IOMetrics] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_metrics(scope: str) -> IOMetrics:
+    """The running totals of this process for one store (``scope``), created on first use."""
+    with _PROCESS_LOCK:
+        m = _PROCESS.get(scope)
+        if m is None:
+            m = _PROCESS[scope] = IOMetrics()
+        return m
+
+
+def publish(metrics: Mapping[str, Any]) -> None:
+    """Report a task's I/O figures to distributed's fine performance metrics.
+
+    A no-op outside a distributed task. The figures appear on the dashboard's
+    "Fine Performance Metrics" page under the ``toolkit-io`` activity.
+    """
+    try:
+        from distributed.metrics import context_meter
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return
+    for label, unit in (
+        ("gets", "count"),
+        ("sets", "count"),
+        ("deletes", "count"),
+        ("lists", "count"),
+        ("throttled", "count"),
+        ("retries", "count"),
+        ("bytes_read", "bytes"),
+        ("bytes_written", "bytes"),
+        ("backoff_seconds", "seconds"),
+        ("wait_seconds", "seconds"),
+    ):
+        value = metrics.get(label, 0)
+        if value:
+            context_meter.digest_metric(("toolkit-io", label), value, unit)

@@ -1,0 +1,408 @@
+"""Request budgets for object stores: rates, requests in flight, retries.
+
+Object stores meter requests, not bytes: S3 answers ``503 SlowDown`` above
+about 3,500 writes and 5,500 reads per second per prefix, and GCS and Azure do
+the same with 429 or 503. Nothing in dask, zarr or fsspec limits the request
+*rate*, so :class:`Throttle` does. It is a frozen, picklable policy. The store
+wrappers in :mod:`toolkit.storage` apply it, and the state that enforces it
+(:class:`Budget`) lives once per process.
+
+Cluster-wide budgets are *split*: under a ``distributed`` client, each call
+divides the rates and the in-flight cap by the number of worker processes
+(:meth:`Throttle.share`). The split costs no coordination traffic and has no
+single point of failure. It follows the worker count at every call, and the
+adaptive mode corrects whatever drift remains (for example, a worker that
+joins while a write runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import math
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from dask.base import tokenize
+
+__all__ = [
+    "Budget",
+    "ErrorClass",
+    "RequestKind",
+    "Throttle",
+    "budget_for",
+    "classify_error",
+]
+
+RequestKind = Literal["read", "write", "list"]
+"""How object stores count requests: GET/HEAD, PUT/DELETE, LIST."""
+
+ErrorClass = Literal["throttled", "transient", "fatal"]
+
+_THROTTLE_STATUS = {429, 503}
+_TRANSIENT_STATUS = {500, 502, 504, 408}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "ServerBusy",
+    "503",
+}
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "504"}
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """How hard toolkit may drive an object store: a policy, not state.
+
+    Every entry point that touches a store takes ``throttle=`` (a ``Throttle``,
+    ``None`` for the URL's defaults, or ``False`` for none).
+
+    Parameters
+    ----------
+    max_inflight : int
+        Requests in flight at once, for the whole cluster. Connection pools are
+        sized to it, so that with few dask threads the store's latency is still
+        hidden behind many concurrent requests.
+    rate : float, optional
+        Requests per second of every kind together.
+    read_rate, write_rate, list_rate : float, optional
+        Requests per second by kind (GET/HEAD, PUT/DELETE, LIST), as object
+        stores count them. ``None`` is unlimited.
+    adaptive : bool
+        Additive increase, multiplicative decrease: each throttling answer
+        halves the rate of its kind (at most once per ``cooldown``), and every
+        second without one gives back ``increase`` of the configured rate. With
+        no configured rate, the first throttling answer sets one from the
+        observed request rate.
+    max_retries : int
+        Attempts after the first, for retryable errors (503/SlowDown, 429,
+        500/502/504, connection resets, timeouts).
+    max_retry_seconds : float
+        Total time one request may spend retrying, backoff included.
+    backoff_base, backoff_max : float
+        Exponential backoff with full jitter: the n-th retry sleeps a uniform
+        random time in ``[0, min(backoff_max, backoff_base * 2**n)]``.
+    min_rate : float
+        The adaptive mode never goes below this many requests per second.
+    cooldown : float
+        Seconds between two multiplicative decreases of one kind.
+    increase : float
+        Fraction of the configured rate given back per quiet second.
+    """
+
+    max_inflight: int = 64
+    rate: float | None = None
+    read_rate: float | None = None
+    write_rate: float | None = None
+    list_rate: float | None = None
+    adaptive: bool = True
+    max_retries: int = 10
+    max_retry_seconds: float = 60.0
+    backoff_base: float = 0.05
+    backoff_max: float = 5.0
+    min_rate: float = 1.0
+    cooldown: float = 1.0
+    increase: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_inflight, int) or self.max_inflight < 1:
+            raise ValueError(
+                f"Throttle(max_inflight=) must be an int >= 1, got {self.max_inflight!r}"
+            )
+        for name in ("rate", "read_rate", "write_rate", "list_rate"):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ValueError(
+                    f"Throttle({name}=) must be a positive number of requests per second or "
+                    f"None for unlimited, got {v!r}"
+                )
+        if self.max_retries < 0 or self.max_retry_seconds < 0:
+            raise ValueError("Throttle(max_retries=, max_retry_seconds=) must be >= 0")
+        if not 0 < self.backoff_base <= self.backoff_max:
+            raise ValueError("Throttle needs 0 < backoff_base <= backoff_max")
+
+    @classmethod
+    def for_url(cls, url: str) -> Throttle | None:
+        """Sensible defaults for a store URL; ``None`` for local paths and memory.
+
+        S3 allows ~3,500 writes and ~5,500 reads per second per prefix; GCS
+        ramps from ~1,000 writes and ~5,000 reads per second; Azure Blob allows
+        ~20,000 requests per second per account. The defaults stay below each,
+        adaptively, with 64 requests in flight.
+        """
+        scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if scheme in ("s3", "s3a"):
+            return cls(read_rate=5000, write_rate=3000, list_rate=100)
+        if scheme in ("gs", "gcs"):
+            return cls(read_rate=4000, write_rate=900, list_rate=100)
+        if scheme in ("az", "abfs", "abfss", "adl"):
+            return cls(rate=18000, list_rate=100)
+        if scheme in ("http", "https"):
+            return cls(max_inflight=32)
+        return None
+
+    def rate_for(self, kind: RequestKind) -> float | None:
+        """The configured rate of one kind of request."""
+        return {"read": self.read_rate, "write": self.write_rate, "list": self.list_rate}[kind]
+
+    def share(self, parts: int) -> Throttle:
+        """The budget divided among ``parts`` processes (rates and in-flight cap)."""
+        if parts <= 1:
+            return self
+
+        def div(v: float | None) -> float | None:
+            return None if v is None else max(v / parts, self.min_rate / parts)
+
+        return replace(
+            self,
+            max_inflight=max(1, math.ceil(self.max_inflight / parts)),
+            rate=div(self.rate),
+            read_rate=div(self.read_rate),
+            write_rate=div(self.write_rate),
+            list_rate=div(self.list_rate),
+            min_rate=self.min_rate / parts,
+        )
+
+    def backoff(self, attempt: int, draw: float) -> float:
+        """Seconds before retry ``attempt`` (1-based), given a uniform ``draw``."""
+        return draw * min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+
+    def _row(self) -> dict[str, str]:
+        def r(v: float | None) -> str:
+            return "∞" if v is None else f"{v:g}/s"
+
+        return {
+            "in flight": str(self.max_inflight),
+            "rate": r(self.rate),
+            "read": r(self.read_rate),
+            "write": r(self.write_rate),
+            "list": r(self.list_rate),
+            "adaptive": "yes" if self.adaptive else "no",
+            "retries": f"{self.max_retries} within {self.max_retry_seconds:g} s",
+        }
+
+
+def resolve_throttle(
+    throttle: Throttle | Literal[False] | None, url: str | None
+) -> Throttle | None:
+    """The policy in force: the given one, the URL's default, or none."""
+    if throttle is False:
+        return None
+    if throttle is None:
+        return Throttle.for_url(url) if url else None
+    if not isinstance(throttle, Throttle):
+        raise TypeError(
+            f"throttle= takes a toolkit.Throttle, None (defaults for the URL) or False (none), "
+            f"got {type(throttle).__name__}"
+        )
+    return throttle
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _status_and_code(exc: BaseException) -> tuple[int | None, str | None]:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        meta = response.get("ResponseMetadata") or {}
+        err = response.get("Error") or {}
+        status = meta.get("HTTPStatusCode")
+        return (int(status) if status else None), (str(err["Code"]) if err.get("Code") else None)
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+    return (int(status) if isinstance(status, int) else None), None
+
+
+def classify_error(exc: BaseException) -> ErrorClass:
+    """Whether a store error is a throttling answer, worth retrying, or final.
+
+    The exception and its causes are inspected: botocore responses (status and
+    code), HTTP client errors, connection resets and timeouts. Throttling:
+    503/SlowDown and 429. Transient: 500/502/504, dropped connections,
+    timeouts. Everything else (403, 400, a missing bucket, a bug) is final.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    transient = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        status, code = _status_and_code(e)
+        if status in _THROTTLE_STATUS or code in _THROTTLE_CODES:
+            return "throttled"
+        if isinstance(e, OSError) and e.errno == errno.EBUSY:
+            return "throttled"  # s3fs's translation of SlowDown
+        if "reduce your request rate" in str(e):
+            return "throttled"
+        if status is not None and (status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES):
+            transient = True
+        elif status is not None and 400 <= status < 500:
+            return "fatal"
+        if isinstance(e, ConnectionError | TimeoutError | asyncio.TimeoutError):
+            transient = True
+        name = type(e).__name__
+        if name in (
+            "HTTPClientError",
+            "EndpointConnectionError",
+            "ConnectionClosedError",
+            "ReadTimeoutError",
+            "ConnectTimeoutError",
+            "ResponseStreamingError",
+            "IncompleteReadError",
+            "ClientPayloadError",
+            "ServerDisconnectedError",
+            "ClientOSError",
+            "ResponseParserError",
+        ):
+            transient = True
+        e = e.__cause__ or e.__context__
+    return "transient" if transient else "fatal"
+
+
+# --------------------------------------------------------------------------- state
+
+
+class _Limiter:
+    """A GCRA token bucket whose rate AIMD may change; thread-safe.
+
+    ``reserve`` books the next slot and returns how long to wait for it, so
+    callers on any thread or event loop can share one limiter.
+    """
+
+    def __init__(self, rate: float | None, policy: Throttle) -> None:
+        self.configured = rate
+        self.rate = rate
+        self.policy = policy
+        self._tat = time.monotonic()
+        self._lock = threading.Lock()
+        self._last_decrease = -math.inf
+        self._last_increase = time.monotonic()
+        self._window: list[float] = []  # recent grant times, for an unconfigured limit
+        self.decreases = 0
+
+    def _burst(self, rate: float) -> float:
+        # A tenth of a second's worth of requests (at least one) may go at once.
+        return max(1.0, rate * 0.1) / rate
+
+    def reserve(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._recover(now)
+            if self.rate is None:
+                if self.policy.adaptive:
+                    self._window.append(now)
+                    if len(self._window) > 512:
+                        del self._window[:256]
+                return 0.0
+            tat = max(self._tat, now)
+            wait = max(0.0, tat - self._burst(self.rate) - now)
+            self._tat = tat + 1.0 / self.rate
+            return wait
+
+    def _recover(self, now: float) -> None:
+        p = self.policy
+        if not p.adaptive or self.rate is None:
+            return
+        quiet = now - max(self._last_decrease, self._last_increase)
+        if quiet >= 1.0:
+            steps = int(quiet)
+            ceiling = self.configured if self.configured is not None else math.inf
+            base = self.configured if self.configured is not None else self.rate
+            self.rate = min(ceiling, self.rate + steps * p.increase * base)
+            self._last_increase = now
+
+    def throttled(self) -> None:
+        p = self.policy
+        if not p.adaptive:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_decrease < p.cooldown:
+                return
+            if self.rate is None:
+                recent = [t for t in self._window if now - t <= 2.0]
+                observed = len(recent) / 2.0
+                self.rate = max(p.min_rate, observed * 0.5 if observed else 10.0)
+            else:
+                self.rate = max(p.min_rate, self.rate * 0.5)
+            self._last_decrease = now
+            self._last_increase = now
+            self.decreases += 1
+            # Requests already booked at the old rate would still go out in a burst.
+            self._tat = max(self._tat, now) + 1.0 / self.rate
+
+
+class Budget:
+    """The state enforcing one :class:`Throttle` in one process.
+
+    Shared by every store wrapper, thread and task of the process that uses the
+    same policy, so one process never exceeds its share however many tasks run.
+    """
+
+    def __init__(self, policy: Throttle) -> None:
+        self.policy = policy
+        self._all = _Limiter(policy.rate, policy)
+        self._kinds = {k: _Limiter(policy.rate_for(k), policy) for k in ("read", "write", "list")}
+        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._semaphores = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def semaphore(self) -> asyncio.Semaphore:
+        """The in-flight cap for the running event loop (zarr runs one per process)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            sem = self._semaphores.get(loop)
+            if sem is None:
+                sem = self._semaphores[loop] = asyncio.Semaphore(self.policy.max_inflight)
+            return sem
+
+    def reserve(self, kind: RequestKind) -> float:
+        """Book one request of ``kind``; seconds to wait before sending it."""
+        return max(self._all.reserve(), self._kinds[kind].reserve())
+
+    def throttled(self, kind: RequestKind) -> None:
+        """A throttling answer arrived for ``kind``: slow down (adaptive mode)."""
+        self._kinds[kind].throttled()
+        if self.policy.rate is not None:
+            self._all.throttled()
+
+    def current_rates(self) -> dict[str, float | None]:
+        """The rates in force now, by kind (they move in adaptive mode)."""
+        return {"all": self._all.rate, **{k: v.rate for k, v in self._kinds.items()}}
+
+
+_BUDGETS: dict[str, Budget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def budget_for(policy: Throttle, scope: str = "") -> Budget:
+    """The :class:`Budget` of this process for ``policy`` within ``scope`` (e.g. a store)."""
+    key = tokenize(policy, scope)
+    with _BUDGETS_LOCK:
+        b = _BUDGETS.get(key)
+        if b is None:
+            b = _BUDGETS[key] = Budget(policy)
+        return b
+
+
+def cluster_share(policy: Throttle | None) -> Throttle | None:
+    """``policy`` split among the workers of the active ``distributed`` client."""
+    if policy is None:
+        return None
+    from toolkit._progress import active_client
+
+    client = active_client()
+    if client is None:
+        return policy
+    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
+    return policy.share(workers)
+
+
+def _describe(policy: Throttle | None) -> Mapping[str, Any]:
+    return policy._row() if policy is not None else {}
