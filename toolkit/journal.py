@@ -52,6 +52,10 @@ def _prefix(group: str | None) -> str:
     return f"{base}{RESERVED_PREFIX}/writes/"
 
 
+def _encode(doc: Mapping[str, Any]) -> Buffer:
+    return Buffer.from_bytes(json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -77,11 +81,14 @@ class WriteJournal:
         self._doc: dict[str, Any] = {}
 
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
-        data = json.dumps(doc, indent=1, sort_keys=True, default=str).encode()
-        sync(wrap_store(self.store, self.throttle, io).set(self.key, Buffer.from_bytes(data)))
+        sync(wrap_store(self.store, self.throttle, io).set(self.key, _encode(doc)))
 
-    def begin(self, plan: WritePlan, io: IOMetrics) -> None:
-        """Say in the store that this write has started (before any data)."""
+    def begin(self, plan: WritePlan, via: Store) -> None:
+        """Say in the store that this write has started (before any data).
+
+        ``via`` is the store to write the record through (the metadata phase's
+        buffer, so that it lands in the same round as the metadata).
+        """
         self._doc = {
             "state": "writing",
             "started": _now(),
@@ -91,7 +98,7 @@ class WriteJournal:
             "region": {k: [s.start, s.stop] for k, s in (plan.region or {}).items()},
             "variables": {v.name: {"units": v.nunits, "tasks": v.ntasks} for v in plan.variables},
         }
-        self._put(self._doc, io)
+        sync(via.set(self.key, _encode(self._doc)))
 
     def fail(self, record: Mapping[str, Any], io: IOMetrics) -> None:
         """Replace the record with what was written and what is missing."""

@@ -28,8 +28,9 @@ from typing import Any, Self, TypeVar, override
 
 import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.errors import (
     StoreAccessError,
@@ -51,6 +52,7 @@ from toolkit.throttle import (
 __all__ = [
     "FaultStore",
     "InterceptStore",
+    "MetadataBuffer",
     "MetricsStore",
     "RequestAborted",
     "RetryStore",
@@ -477,8 +479,14 @@ class ThrottleStore(InterceptStore):
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         kind = _KIND_OF[op]
         budget = self.budget
+        # Coordinated budgets are booked from the scheduler when running in a worker.
+        remote = None
+        if self.policy.coordinated:
+            from toolkit._coordinator import remote_budget_for
+
+            remote = remote_budget_for(self.policy, describe_store(self._store))
         async with budget.semaphore():
-            wait = budget.reserve(kind)
+            wait = await remote.reserve(kind) if remote is not None else budget.reserve(kind)
             if wait > 0:
                 if self.metrics is not None:
                     self.metrics.add(wait_seconds=wait)
@@ -487,7 +495,7 @@ class ThrottleStore(InterceptStore):
                 return await fn()
             except Exception as e:
                 if classify_error(e) == "throttled":
-                    budget.throttled(kind)
+                    (remote or budget).throttled(kind)
                 raise
 
 
@@ -651,6 +659,173 @@ class _InjectedFault(OSError):
     def __init__(self, code: int, message: str, status: int) -> None:
         super().__init__(code, message)
         self.status = status
+
+
+class MetadataBuffer(WrapperStore[Store]):
+    """Write-behind buffer for a write's metadata phase: many serial requests become one round.
+
+    Creating a dataset through xarray and zarr is a chain of dependent
+    requests: about twenty for three arrays, several of them writes of the same
+    ``zarr.json`` and probes of keys that cannot exist yet. At 100 ms per
+    request the chain alone costs seconds. This wrapper keeps every write in
+    memory (the last one per key wins), answers reads from what it has written
+    or already read, and knows that nothing exists below ``empty_prefix`` (a
+    group just checked to be empty, or just cleared). :meth:`flush` then sends
+    all writes at once, concurrently, through the wrapped (throttled, retried)
+    store.
+
+    Only for the metadata phase, whose values are small: chunk data goes
+    straight to the store in the data phase.
+
+    Parameters
+    ----------
+    store : Store
+        The stack to flush into.
+    empty_prefix : str, optional
+        A prefix known to hold nothing (``""`` for the whole store).
+    """
+
+    def __init__(self, store: Store, empty_prefix: str | None = None) -> None:
+        super().__init__(store)
+        self.empty_prefix = empty_prefix
+        self._pending: dict[str, Buffer | None] = {}  # None: a pending delete
+        self._seen: dict[str, Buffer | None] = {}  # reads from the store, None: absent
+
+    def _with_store(self, store: Store) -> Self:
+        clone = copy.copy(self)
+        clone._store = store
+        return clone
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        return False
+
+    def _known_absent(self, key: str) -> bool:
+        p = self.empty_prefix
+        return p is not None and (p == "" or key == p or key.startswith(p.rstrip("/") + "/"))
+
+    async def _lookup(self, key: str) -> Buffer | None:
+        if key in self._pending:
+            return self._pending[key]
+        if key not in self._seen:
+            absent = self._known_absent(key)
+            self._seen[key] = None if absent else await self._store.get(key, _PROTO)
+        return self._seen[key]
+
+    @override
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        buf = await self._lookup(key)
+        if buf is None:
+            return None
+        start, stop = _normalize_byte_range_index(buf, byte_range)
+        return prototype.buffer.from_bytes(buf.to_bytes()[start:stop])
+
+    @override
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+    @override
+    async def exists(self, key: str) -> bool:
+        return await self._lookup(key) is not None
+
+    @override
+    async def set(self, key: str, value: Buffer) -> None:
+        self._pending[key] = value
+
+    @override
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if await self._lookup(key) is None:
+            self._pending[key] = value
+
+    @override
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        for k, v in values:
+            self._pending[k] = v
+
+    @override
+    async def delete(self, key: str) -> None:
+        self._pending[key] = None
+
+    @override
+    async def delete_dir(self, prefix: str) -> None:
+        # Deletes go through at once, so that the buffered writes land on a clean prefix.
+        await self._store.delete_dir(prefix)
+        prefix = prefix.rstrip("/")
+        for d in (self._pending, self._seen):
+            for k in [k for k in d if not prefix or k == prefix or k.startswith(prefix + "/")]:
+                del d[k]
+        if self.empty_prefix is None or not prefix.startswith(self.empty_prefix.rstrip("/")):
+            self.empty_prefix = prefix
+
+    @override
+    async def clear(self) -> None:
+        await self.delete_dir("")
+
+    @override
+    async def is_empty(self, prefix: str) -> bool:
+        async for _ in self.list_prefix(prefix):
+            return False
+        return True
+
+    async def _merged(
+        self, listed: AsyncIterator[str] | None, keep: Callable[[str], str | None]
+    ) -> AsyncIterator[str]:
+        names: set[str] = set()
+        if listed is not None:
+            async for k in listed:
+                names.add(k)
+        for k, v in self._pending.items():
+            name = keep(k)
+            if name is None:
+                continue
+            if v is None:
+                names.discard(name) if name == k else None
+            else:
+                names.add(name)
+        for n in sorted(names):
+            yield n
+
+    @override
+    def list(self) -> AsyncIterator[str]:
+        return self.list_prefix("")
+
+    @override
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        listed = None if self._known_absent(prefix) else self._store.list_prefix(prefix)
+        return self._merged(listed, lambda k: k if k.startswith(prefix) else None)
+
+    @override
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        base = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
+        listed = None if self._known_absent(prefix) else self._store.list_dir(prefix)
+
+        def child(k: str) -> str | None:
+            return k[len(base) :].split("/", 1)[0] if k.startswith(base) else None
+
+        return self._merged(listed, child)
+
+    async def flush(self) -> int:
+        """Send every buffered write and delete concurrently; how many requests."""
+        pending, self._pending = self._pending, {}
+
+        async def one(key: str, value: Buffer | None) -> None:
+            if value is None:
+                await self._store.delete(key)
+            else:
+                await self._store.set(key, value)
+            self._seen[key] = value
+
+        await asyncio.gather(*(one(k, v) for k, v in pending.items()))
+        return len(pending)
+
+
+_PROTO = default_buffer_prototype()
 
 
 def _quiet_fsspec_retries(store: Store) -> None:

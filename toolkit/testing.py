@@ -18,10 +18,13 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,26 +56,71 @@ _INTERNAL = (
 )
 
 
-class S3Server:
-    """moto's S3 server in a thread on 127.0.0.1, on a free port.
+_SERVER_MAIN = """
+import sys, logging
+logging.disable(logging.CRITICAL)
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # until the parent closes stdin (or dies)
+server.stop()
+"""
 
-    Use as a context manager; :attr:`endpoint_url` is where it listens.
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1, on a free port, in a process of its own.
+
+    Use as a context manager; :attr:`endpoint_url` is where it listens. In its
+    own process the server does not compete with the code under test for the
+    GIL, so request rates and latencies are the server's, not an artefact of
+    sharing one interpreter. The process exits when the context closes, and
+    also when its parent dies (its standard input closes).
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds to wait for the server to start.
     """
 
-    def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.timeout = timeout
         self.endpoint_url = ""
+        self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Self:
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_MAIN],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        ready: list[str] = []
+        reader = threading.Thread(target=lambda: ready.append(self._proc.stdout.readline()))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(self.timeout)
+        if not ready or not ready[0].strip().isdigit():
+            self.__exit__()
+            raise RuntimeError(f"moto's S3 server did not start within {self.timeout:g} s")
+        self.endpoint_url = f"http://127.0.0.1:{int(ready[0])}"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.stop()
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def client(self, endpoint_url: str | None = None) -> Any:
         """A botocore S3 client for the server (or for a proxy in front of it)."""
@@ -97,7 +145,6 @@ class S3Server:
             "secret": "testing",
             "endpoint_url": endpoint_url or self.endpoint_url,
             "client_kwargs": {"region_name": "us-east-1"},
-            "skip_instance_cache": True,
             **extra,
         }
 

@@ -24,8 +24,8 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from dask.base import tokenize
 
@@ -36,6 +36,7 @@ __all__ = [
     "Throttle",
     "budget_for",
     "classify_error",
+    "cluster_share",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -96,6 +97,9 @@ class Throttle:
         Seconds between two multiplicative decreases of one kind.
     increase : float
         Fraction of the configured rate given back per quiet second.
+    coordinated : bool
+        Set by toolkit, not by users: the rates are enforced for the whole
+        cluster by the scheduler's :class:`ThrottleCoordinator`.
     """
 
     max_inflight: int = 64
@@ -111,6 +115,7 @@ class Throttle:
     min_rate: float = 1.0
     cooldown: float = 1.0
     increase: float = 0.05
+    coordinated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_inflight, int) or self.max_inflight < 1:
@@ -287,23 +292,25 @@ class _Limiter:
         self.decreases = 0
 
     def _burst(self, rate: float) -> float:
-        # A tenth of a second's worth of requests (at least one) may go at once.
-        return max(1.0, rate * 0.1) / rate
+        # A quarter second of requests (at least one) may go at once: enough to catch up
+        # after a stall, far below the second or more that object stores tolerate.
+        return max(1.0, rate * 0.25) / rate
 
-    def reserve(self) -> float:
+    def reserve(self, n: int = 1) -> tuple[float, float]:
+        """Book ``n`` consecutive slots: (seconds until the first, seconds between them)."""
         now = time.monotonic()
         with self._lock:
             self._recover(now)
             if self.rate is None:
                 if self.policy.adaptive:
-                    self._window.append(now)
+                    self._window.extend([now] * n)
                     if len(self._window) > 512:
                         del self._window[:256]
-                return 0.0
+                return 0.0, 0.0
             tat = max(self._tat, now)
             wait = max(0.0, tat - self._burst(self.rate) - now)
-            self._tat = tat + 1.0 / self.rate
-            return wait
+            self._tat = tat + n / self.rate
+            return wait, 1.0 / self.rate
 
     def _recover(self, now: float) -> None:
         p = self.policy
@@ -364,7 +371,18 @@ class Budget:
 
     def reserve(self, kind: RequestKind) -> float:
         """Book one request of ``kind``; seconds to wait before sending it."""
-        return max(self._all.reserve(), self._kinds[kind].reserve())
+        return self.reserve_batch(kind, 1)[0]
+
+    def reserve_batch(self, kind: RequestKind, n: int) -> tuple[float, float]:
+        """Book ``n`` requests of ``kind``: (seconds until the first, seconds between)."""
+        w1, i1 = self._all.reserve(n)
+        w2, i2 = self._kinds[kind].reserve(n)
+        return max(w1, w2), max(i1, i2)
+
+    def batch_size(self, kind: RequestKind) -> int:
+        """Slots a worker books at once from the coordinator: ~50 ms of the rate."""
+        rates = [r for r in (self._all.rate, self._kinds[kind].rate) if r is not None]
+        return max(1, min(64, math.ceil(min(rates) * 0.05))) if rates else 64
 
     def throttled(self, kind: RequestKind) -> None:
         """A throttling answer arrived for ``kind``: slow down (adaptive mode)."""
@@ -392,7 +410,13 @@ def budget_for(policy: Throttle, scope: str = "") -> Budget:
 
 
 def cluster_share(policy: Throttle | None) -> Throttle | None:
-    """``policy`` split among the workers of the active ``distributed`` client."""
+    """``policy`` as one process of the active ``distributed`` cluster applies it.
+
+    With the scheduler-side :class:`ThrottleCoordinator` (installed here on
+    first use), the rates stay whole, since the coordinator enforces them for
+    the cluster, and only the in-flight cap is divided among the workers. If
+    the coordinator cannot be installed, both are divided.
+    """
     if policy is None:
         return None
     from toolkit._progress import active_client
@@ -401,8 +425,10 @@ def cluster_share(policy: Throttle | None) -> Throttle | None:
     if client is None:
         return policy
     workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
-    return policy.share(workers)
+    from toolkit._coordinator import install_coordinator
 
-
-def _describe(policy: Throttle | None) -> Mapping[str, Any]:
-    return policy._row() if policy is not None else {}
+    try:
+        client.run_on_scheduler(install_coordinator)
+    except Exception:  # a scheduler without toolkit installed: split the rates instead
+        return replace(policy.share(workers), coordinated=False)
+    return replace(policy, max_inflight=policy.share(workers).max_inflight, coordinated=True)

@@ -27,6 +27,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
+from zarr.abc.store import Store
+from zarr.core.sync import sync
 
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
@@ -35,7 +37,7 @@ from toolkit.graph import WriteIO, WriteSource, build_write_graph
 from toolkit.journal import WriteJournal
 from toolkit.metrics import IOMetrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, _mib, plan_write
-from toolkit.storage import StoreLike, rebind, wrap_store
+from toolkit.storage import MetadataBuffer, StoreLike, rebind, wrap_store
 from toolkit.throttle import Throttle, cluster_share
 
 _DEFAULT_CONCURRENCY = 10  # zarr's own default, for unthrottled stores
@@ -134,8 +136,8 @@ class _CapturingWriter(ArrayWriter):
             super().add(source, target, region)  # type: ignore[no-untyped-call]
 
 
-def _write_metadata(plan: WritePlan, metrics: IOMetrics) -> list[WriteSource]:
-    """Create or resize arrays and write small variables, through xarray."""
+def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
+    """Create or resize arrays and write small variables, through xarray, into ``store``."""
     ds = plan.dataset
     # In-memory data variables become dask arrays chunked as their tasks, so that
     # they are written in parallel like the rest.
@@ -145,7 +147,7 @@ def _write_metadata(plan: WritePlan, metrics: IOMetrics) -> list[WriteSource]:
             var = var.chunk(dict(zip(vp.dims, vp.task_chunks, strict=True)))
         ds = ds.assign({vp.name: var})
     zstore = get_writable_zarr_store(
-        wrap_store(plan.store, plan.throttle, metrics),
+        store,
         mode=plan.mode,  # type: ignore[arg-type]
         group=plan.group,
         consolidated=plan.consolidated,
@@ -204,7 +206,10 @@ def execute(
     plan.validate()
     t0 = time.time()
     meta_io = IOMetrics()
-    sources = _write_metadata(plan, meta_io)
+    # A new group holds nothing yet: the buffer answers its probes without requests.
+    fresh = (plan.group or "") if plan.mode == "w-" else None
+    buffer = MetadataBuffer(wrap_store(plan.store, plan.throttle, meta_io), empty_prefix=fresh)
+    sources = _write_metadata(plan, buffer)
     token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
     client = active_client()
     share = cluster_share(plan.throttle)
@@ -216,7 +221,8 @@ def execute(
     )
     journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
     if sources:
-        journal.begin(plan, meta_io)
+        journal.begin(plan, buffer)
+    sync(buffer.flush())  # metadata, small variables and the journal, in one round
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources, io)
     # Built by hand: dask's delayed() would traverse the plan, find the source

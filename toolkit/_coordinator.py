@@ -1,0 +1,156 @@
+"""The scheduler side of cluster-wide throttling (imported only under ``distributed``).
+
+:class:`ThrottleCoordinator` is a scheduler plugin that enforces every
+:class:`~toolkit.Throttle` for the whole cluster. Each worker books send slots
+from it in small batches (:class:`_RemoteBudget`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from dask.base import tokenize
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from toolkit.throttle import _BUDGETS_LOCK, Budget, RequestKind, Throttle
+
+__all__ = ["ThrottleCoordinator", "install_coordinator", "remote_budget_for"]
+
+
+def install_coordinator(dask_scheduler: Any) -> bool:
+    if ThrottleCoordinator.name not in dask_scheduler.plugins:
+        plugin = ThrottleCoordinator()
+        plugin.attach(dask_scheduler)
+        dask_scheduler.add_plugin(plugin, name=ThrottleCoordinator.name)
+    return True
+
+
+class ThrottleCoordinator(SchedulerPlugin):
+    """Scheduler plugin enforcing every :class:`Throttle` for the whole cluster.
+
+    Workers book slots in small batches, about 20 ms of the rate at a time
+    (:class:`_RemoteBudget`), so the scheduler answers a few dozen requests per
+    second whatever the request rate. A worker that is busy while the others
+    idle gets the whole rate, which a fixed split cannot give it. Throttling
+    answers reported by any worker slow the shared budget down (adaptive
+    mode).
+    """
+
+    name = "toolkit-throttle"
+
+    def __init__(self) -> None:
+        self.budgets: dict[str, Budget] = {}
+
+    def attach(self, scheduler: Any) -> None:
+        """Install the handlers on ``scheduler``."""
+        scheduler.handlers["toolkit_throttle_reserve"] = self.reserve
+        scheduler.handlers["toolkit_throttle_throttled"] = self.throttled
+        scheduler.handlers["toolkit_throttle_rates"] = self.rates
+
+    async def start(self, scheduler: Any) -> None:
+        """SchedulerPlugin hook, for clusters that register it themselves."""
+        self.attach(scheduler)
+
+    def _budget(self, key: str, policy: Mapping[str, Any]) -> Budget:
+        b = self.budgets.get(key)
+        if b is None:
+            b = self.budgets[key] = Budget(Throttle(**policy))
+        return b
+
+    def reserve(self, key: str, policy: Mapping[str, Any], kind: RequestKind, n: int) -> Any:
+        """Book ``n`` slots; the worker gets (seconds to the first, seconds between)."""
+        b = self._budget(key, policy)
+        wait, interval = b.reserve_batch(kind, n)
+        return {"wait": wait, "interval": interval, "batch": b.batch_size(kind)}
+
+    def throttled(self, key: str, policy: Mapping[str, Any], kind: RequestKind) -> None:
+        """A worker saw a throttling answer."""
+        self._budget(key, policy).throttled(kind)
+
+    def rates(self) -> dict[str, dict[str, float | None]]:
+        """The rates in force per budget (for dashboards)."""
+        return {k: b.current_rates() for k, b in self.budgets.items()}
+
+
+class _RemoteBudget:
+    """A worker's share of a coordinated budget: slots booked from the scheduler.
+
+    Booked slots are send times on this worker's clock. A slot that has gone
+    by unused for more than 50 ms is dropped, never spent late: spending it
+    late would add a burst on top of the slots booked for that moment.
+    """
+
+    _STALE = 1.0
+
+    def __init__(self, key: str, policy: Throttle, worker: Any) -> None:
+        self.key, self.worker = key, worker
+        self.policy = {f: getattr(policy, f) for f in policy.__dataclass_fields__}
+        self.policy["coordinated"] = False
+        self.slots: dict[str, collections.deque[float]] = {}
+        self.batch: dict[str, int] = {}
+        # Per event loop (zarr runs one per process), the batch being booked per kind.
+        self._loops: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Task[None]]
+        ] = weakref.WeakKeyDictionary()
+
+    def _rpc(self, name: str, **kw: Any) -> concurrent.futures.Future[Any]:
+        # The worker's comms live on its own event loop, not on zarr's.
+        call = getattr(self.worker.scheduler, name)
+        return asyncio.run_coroutine_threadsafe(call(**kw), self.worker.loop.asyncio_loop)
+
+    async def reserve(self, kind: RequestKind) -> float:
+        """Seconds to wait before sending one request of ``kind``."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.setdefault(loop, {})
+        q = self.slots.setdefault(kind, collections.deque())
+        while True:
+            now = time.monotonic()
+            while q and q[0] < now - self._STALE:
+                q.popleft()
+            # Book the next batch while half of this one is left, so that the
+            # round trip to the scheduler never stalls a request.
+            fetch = state.get(kind)
+            if len(q) <= self.batch.get(kind, 1) // 2 and (fetch is None or fetch.done()):
+                fetch = state[kind] = loop.create_task(self._fetch(kind))
+            if q:
+                return max(0.0, q.popleft() - now)
+            assert fetch is not None
+            await asyncio.shield(fetch)
+
+    async def _fetch(self, kind: RequestKind) -> None:
+        n = self.batch.get(kind, 1)
+        got = await asyncio.wrap_future(
+            self._rpc("toolkit_throttle_reserve", key=self.key, policy=self.policy, kind=kind, n=n)
+        )
+        now = time.monotonic()
+        self.slots[kind].extend(now + got["wait"] + i * got["interval"] for i in range(n))
+        self.batch[kind] = int(got["batch"])
+
+    def throttled(self, kind: RequestKind) -> None:
+        self._rpc("toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind)
+
+
+_REMOTE: dict[str, _RemoteBudget] = {}
+
+
+def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
+    """The coordinated budget of this worker process, or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    key = tokenize(replace(policy, max_inflight=1, coordinated=False), scope)
+    with _BUDGETS_LOCK:
+        rb = _REMOTE.get(key)
+        if rb is None or rb.worker is not worker:
+            rb = _REMOTE[key] = _RemoteBudget(key, policy, worker)
+        return rb
