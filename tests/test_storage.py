@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+import time
 from typing import Any
 
 import numpy as np
@@ -13,18 +15,29 @@ from zarr.storage import LocalStore, MemoryStore
 from zarr.testing.store import StoreTests
 
 from toolkit.metrics import IOMetrics
-from toolkit.storage import MetricsStore, describe_store, resolve_store
+from toolkit.storage import (
+    FaultStore,
+    MetricsStore,
+    RetryStore,
+    ThrottleStore,
+    describe_store,
+    resolve_store,
+    unwrap,
+    wrap_store,
+)
+from toolkit.throttle import Throttle
 
 
-class TestMetricsStore(StoreTests[MetricsStore, Buffer]):
-    store_cls = MetricsStore
+class _WrapperConformance(StoreTests[Any, Buffer]):
+    """zarr's own store conformance suite, run for each toolkit wrapper over a LocalStore."""
+
     buffer_cls = Buffer
 
-    async def get(self, store: MetricsStore, key: str) -> Buffer:
-        return self.buffer_cls.from_bytes((store._store.root / key).read_bytes())
+    async def get(self, store: Any, key: str) -> Buffer:
+        return self.buffer_cls.from_bytes((unwrap(store).root / key).read_bytes())
 
-    async def set(self, store: MetricsStore, key: str, value: Buffer) -> None:
-        path = store._store.root / key
+    async def set(self, store: Any, key: str, value: Buffer) -> None:
+        path = unwrap(store).root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(value.to_bytes())
 
@@ -36,17 +49,59 @@ class TestMetricsStore(StoreTests[MetricsStore, Buffer]):
     def open_kwargs(self, tmp_path: Any) -> dict[str, Any]:
         return {"store_cls": LocalStore, "root": str(tmp_path)}
 
-    def test_store_supports_writes(self, store: MetricsStore) -> None:
+    def test_store_supports_writes(self, store: Any) -> None:
         assert store.supports_writes
 
-    def test_store_supports_listing(self, store: MetricsStore) -> None:
+    def test_store_supports_listing(self, store: Any) -> None:
         assert store.supports_listing
 
-    def test_store_repr(self, store: MetricsStore) -> None:
-        assert repr(store) == f"MetricsStore(file://{store._store.root})"
+    def test_store_repr(self, store: Any) -> None:
+        assert repr(store) == f"{type(store).__name__}(file://{unwrap(store).root})"
 
-    def test_store_str(self, store: MetricsStore) -> None:
-        assert str(store) == f"wrapping-file://{store._store.root.as_posix()}"
+    def test_store_str(self, store: Any) -> None:
+        assert str(store) == f"wrapping-file://{unwrap(store).root.as_posix()}"
+
+
+class TestMetricsStore(_WrapperConformance):
+    store_cls = MetricsStore
+
+
+class TestThrottleStore(_WrapperConformance):
+    store_cls = ThrottleStore
+
+
+class TestRetryStore(_WrapperConformance):
+    store_cls = RetryStore
+
+
+class TestFaultStore(_WrapperConformance):
+    """With no faults drawn, a FaultStore is an ordinary store."""
+
+    store_cls = FaultStore
+
+
+class TestFullStack(_WrapperConformance):
+    """The stack toolkit builds: retries around the budget around metrics."""
+
+    store_cls = RetryStore
+
+    @pytest.fixture
+    def store_kwargs(self, tmp_path: Any) -> dict[str, Any]:
+        stack = wrap_store(LocalStore(str(tmp_path)), Throttle(rate=10_000))
+        return {"store": stack._store, "policy": stack.policy}
+
+    @pytest.fixture
+    async def store(self, store_kwargs: dict[str, Any]) -> Any:
+        stack = self.store_cls(**store_kwargs)
+        await stack._open()
+        return stack
+
+    def test_store_repr(self, store: Any) -> None:
+        assert repr(store) == f"RetryStore(file://{unwrap(store).root})"
+
+    def test_store_str(self, store: Any) -> None:
+        root = unwrap(store).root.as_posix()
+        assert str(store) == f"wrapping-wrapping-wrapping-file://{root}"
 
 
 def test_counts_every_request_of_a_zarr_write_and_read():
@@ -77,3 +132,126 @@ def test_resolve_store(tmp_path):
     with pytest.raises(TypeError, match="storage_options"):
         resolve_store(tmp_path, storage_options={"anon": True})
     assert describe_store(MetricsStore(resolve_store(tmp_path))) == f"file://{tmp_path}"
+
+
+# --------------------------------------------------------------------------- behaviour
+
+from zarr.core.buffer import default_buffer_prototype  # noqa: E402
+from zarr.core.sync import sync  # noqa: E402
+
+from toolkit.errors import (  # noqa: E402
+    StoreAccessError,
+    StoreThrottledError,
+    StoreUnavailableError,
+)
+from toolkit.storage import MetadataBuffer, RequestAborted, redact  # noqa: E402
+
+# Retries alone: the injected faults do not depend on the rate, so AIMD would only slow it.
+FAST = Throttle(backoff_base=0.001, backoff_max=0.01, max_retries=50, adaptive=False)
+
+
+def test_retries_land_every_value_through_throttling_resets_and_500s():
+    """A zarr array written and read through heavy faults is exact, and the metrics say why."""
+    base = MemoryStore()
+    faulty = FaultStore(base, throttle_prob=0.1, error_prob=0.05, reset_prob=0.05, seed=1)
+    metrics = IOMetrics()
+    stack = wrap_store(faulty, FAST, metrics)
+    arr = zarr.create_array(stack, shape=(40, 40), chunks=(4, 4), dtype="i4")
+    data = np.arange(1600, dtype="i4").reshape(40, 40)
+    arr[:] = data
+    np.testing.assert_array_equal(zarr.open_array(base, mode="r")[:], data)
+    np.testing.assert_array_equal(arr[:], data)
+    assert metrics.throttled > 0 and metrics.errors > 0
+    assert metrics.retries == metrics.throttled + metrics.errors
+    assert metrics.backoff_seconds > 0 and metrics.failed == 0
+
+
+def test_retries_stop_at_their_budget_with_a_clear_error():
+    stack = wrap_store(
+        FaultStore(MemoryStore(), throttle_prob=1.0),
+        Throttle(max_retries=3, backoff_base=0.001, adaptive=False),
+    )
+    with pytest.raises(StoreThrottledError, match=r"slow down.*4 attempts.*Throttle\(write_rate"):
+        sync(stack.set("k", Buffer.from_bytes(b"x")))
+    stack = wrap_store(
+        FaultStore(MemoryStore(), error_prob=1.0), Throttle(max_retries=2, backoff_base=0.001)
+    )
+    with pytest.raises(StoreUnavailableError, match="3 times") as err:
+        sync(stack.get("k", default_buffer_prototype()))
+    assert isinstance(err.value, ConnectionError)  # the matching builtin
+    # The time budget binds too: large backoffs are not slept past it.
+    slow = Throttle(max_retries=100, max_retry_seconds=0.2, backoff_base=0.05, backoff_max=0.1)
+    stack = wrap_store(FaultStore(MemoryStore(), error_prob=1.0), slow)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailableError):
+        sync(stack.get("k", default_buffer_prototype()))
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_final_errors_are_not_retried():
+    class Denied(MemoryStore):
+        async def set(self, key: str, value: Buffer) -> None:
+            raise PermissionError("AccessDenied")
+
+    metrics = IOMetrics()
+    stack = wrap_store(Denied(), FAST, metrics)
+    with pytest.raises(StoreAccessError, match="credentials") as err:
+        sync(stack.set("k", Buffer.from_bytes(b"x")))
+    assert isinstance(err.value, PermissionError)
+    assert metrics.sets == 1 and metrics.retries == 0
+
+
+def test_aborted_gate_sends_nothing_and_waits_for_inflight():
+    base = MemoryStore()
+    metrics = IOMetrics()
+    stack = wrap_store(FaultStore(base, latency=0.05), FAST, metrics, track_keys=True)
+    gate = stack._store._store  # RetryStore -> ThrottleStore -> MetricsStore
+    assert isinstance(gate, MetricsStore)
+
+    async def go():
+        first = asyncio.ensure_future(stack.set("a", Buffer.from_bytes(b"1")))
+        await asyncio.sleep(0.01)
+        gate.abort()
+        with pytest.raises(RequestAborted):
+            await stack.set("b", Buffer.from_bytes(b"2"))
+        await first
+
+    sync(go())
+    assert gate.wait_idle(timeout=1)
+    assert gate.written == {"a"} and set(base._store_dict) == {"a"}
+
+
+def test_metadata_buffer_turns_a_chain_into_one_round():
+    base = MemoryStore()
+    counted = MetricsStore(base)
+    buf = MetadataBuffer(counted, empty_prefix="")
+    g = zarr.create_group(buf)
+    g.create_array("a", shape=(4,), dtype="f8")
+    g.attrs["x"] = 1
+    assert counted.metrics.total == 0  # a fresh store: nothing needs asking
+    assert sync(buf.flush()) == 2 and counted.metrics.sets == 2
+    back = zarr.open_group(base, mode="r")
+    assert back.attrs["x"] == 1 and list(back.array_keys()) == ["a"]
+    # On an existing store, reads go through once and are remembered.
+    buf2 = MetadataBuffer(counted)
+    zarr.open_group(buf2, mode="r")
+    first = counted.metrics.gets
+    assert first > 0
+    for _ in range(3):
+        zarr.open_group(buf2, mode="r")
+    assert counted.metrics.gets == first
+
+
+def test_redact_removes_credentials_and_signatures(tmp_path):
+    store = resolve_store(
+        "s3://bucket/x.zarr",
+        storage_options={"key": "AKIAEXAMPLEKEY", "secret": "s3cr3t-value", "anon": False},
+    )
+    text = (
+        "failed for AKIAEXAMPLEKEY with s3cr3t-value at "
+        "https://b.s3.amazonaws.com/k?X-Amz-Signature=abc123&X-Amz-Credential=AKIA%2F and "
+        "http://user:pw@host/x"
+    )
+    out = redact(text, store)
+    for secret in ("AKIAEXAMPLEKEY", "s3cr3t-value", "abc123", "user:pw"):
+        assert secret not in out

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
-from toolkit.metrics import IOMetrics
+from toolkit.metrics import IOMetrics, io_metrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.throttle import Throttle
@@ -33,6 +33,7 @@ __all__ = [
     "__version__",
     "errors",
     "execute",
+    "io_metrics",
     "iter_chunks",
     "map_chunks",
     "open_zarr",

@@ -104,9 +104,20 @@ class WriteJournal:
         """Replace the record with what was written and what is missing."""
         self._put({**self._doc, "state": "failed", "failed": _now(), "units": record}, io)
 
-    def done(self, io: IOMetrics) -> None:
-        """Remove the record: every unit landed."""
-        sync(wrap_store(self.store, self.throttle, io).delete(self.key))
+    def done(self, io: IOMetrics, plan: WritePlan | None = None) -> None:
+        """Remove the record: every unit landed.
+
+        With ``plan``, records of earlier *failed* writes whose missing units
+        this write has all rewritten are removed too: rerunning a failed write
+        repairs the store. Records of writes still marked as running are kept,
+        since they may be live.
+        """
+        store = wrap_store(self.store, self.throttle, io)
+        sync(store.delete(self.key))
+        if plan is not None:
+            for old in read_records(store, self.group):
+                if old.get("state") == "failed" and _covers(plan, old.get("units") or {}):
+                    sync(store.delete(old["key"]))
         base = unwrap(self.store)
         if isinstance(base, LocalStore):
             # Directories are a local artefact; leave none behind (other writers'
@@ -115,6 +126,20 @@ class WriteJournal:
             for d in (writes, writes.parent):
                 with contextlib.suppress(OSError):
                     d.rmdir()
+
+
+def _covers(plan: WritePlan, units: Mapping[str, Any]) -> bool:
+    """Whether ``plan`` rewrites every missing unit of a failed write's record."""
+    owned = {}
+    for v in plan.variables:
+        own = v._ownership
+        owned[v.name] = [(int(a.first[0]), int(a.stop[-1])) for a in own]
+    for name, rec in units.items():
+        for unit in rec.get("missing", ()):
+            box = owned.get(name)
+            if box is None or not all(lo <= u < hi for u, (lo, hi) in zip(unit, box, strict=True)):
+                return False
+    return True
 
 
 def read_records(store: Store, group: str | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["Counters", "IOMetrics", "process_metrics", "publish"]
+__all__ = ["Counters", "IOMetrics", "io_metrics", "process_metrics", "publish"]
 
 # Quarter-octave latency buckets from 50 µs: bucket i holds [edge(i-1), edge(i)).
 _LAT_MIN = 50e-6
@@ -189,6 +189,39 @@ def process_metrics(scope: str) -> IOMetrics:
         if m is None:
             m = _PROCESS[scope] = IOMetrics()
         return m
+
+
+def _snapshot(scope: str | None) -> list[dict[str, Any]]:
+    with _PROCESS_LOCK:
+        items = [m for k, m in _PROCESS.items() if scope is None or k == scope]
+    return [m.as_dict() for m in items]
+
+
+def io_metrics(store: Any = None, *, storage_options: Mapping[str, Any] | None = None) -> IOMetrics:
+    """Running I/O totals of reads through toolkit, for one store or all.
+
+    Adds up this process and, when a ``distributed`` client is active, every
+    worker. Writes report their own figures in :class:`toolkit.WriteReport`.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or zarr Store, optional
+        The store (as given to :func:`toolkit.open_zarr`); all stores if None.
+    storage_options : dict, optional
+        For URLs, as given to :func:`toolkit.open_zarr`.
+    """
+    from toolkit._progress import active_client
+    from toolkit.storage import describe_store, resolve_store
+
+    scope = None
+    if store is not None:
+        scope = describe_store(resolve_store(store, storage_options=storage_options))
+    parts = _snapshot(scope)
+    client = active_client()
+    if client is not None:
+        for per_worker in client.run(_snapshot, scope).values():
+            parts.extend(per_worker)
+    return IOMetrics.merged(parts)
 
 
 def publish(metrics: Mapping[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import dask.array as da
 import numpy as np
 import xarray as xr
+import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
 
@@ -78,10 +79,12 @@ def open_zarr(
 ) -> xr.Dataset:
     """Open a Zarr store lazily, chunked in whole write units.
 
-    Reads go through toolkit's store stack: the throttle's budget (split
-    among the workers of an active ``distributed`` client), its retries, and
-    I/O metrics. The metrics add up per process, and :func:`toolkit.io_metrics`
-    gathers them.
+    Reads go through toolkit's store stack: the throttle's budget (enforced
+    for the whole cluster under an active ``distributed`` client), its
+    retries, and I/O metrics. The metrics add up per process, and
+    :func:`toolkit.io_metrics` gathers them. With a throttle, zarr's per-call
+    ``async.concurrency`` is raised to the in-flight cap (process-wide, and on
+    the workers), so that two dask threads still keep many requests in flight.
 
     Parameters
     ----------
@@ -123,7 +126,10 @@ def open_zarr(
     )
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     scope = describe_store(plain)
-    zstore = wrap_store(plain, cluster_share(policy), scope=scope)
+    share = cluster_share(policy)
+    if share is not None:
+        _allow_concurrency(share.max_inflight)
+    zstore = wrap_store(plain, share, scope=scope)
     existing = _open_existing(zstore, group)
     if existing is None:
         raise FileNotFoundError(f"no Zarr group at {scope}")
@@ -155,6 +161,24 @@ def open_zarr(
     return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
         {str(k): v for k, v in out.items() if k in ds.coords}
     )
+
+
+def _raise_concurrency(n: int) -> None:
+    if int(zarr.config.get("async.concurrency")) < n:
+        zarr.config.set({"async.concurrency": n})
+
+
+def _allow_concurrency(n: int) -> None:
+    """Let one zarr call keep ``n`` requests in flight, here and on the workers.
+
+    Read tasks are xarray's, so the per-task setting that writes use cannot
+    apply. zarr's per-call limit (10 by default) is raised process-wide
+    instead. The throttle's semaphore still caps the requests in flight.
+    """
+    _raise_concurrency(n)
+    client = active_client()
+    if client is not None:
+        client.run(_raise_concurrency, n)
 
 
 def _check_complete(store: Store, group: str | None, scope: str, how: str) -> None:

@@ -457,15 +457,17 @@ class ThrottleStore(InterceptStore):
     ----------
     store : Store
         The store to protect.
-    policy : Throttle
-        Rates, in-flight cap and adaptation.
+    policy : Throttle, optional
+        Rates, in-flight cap and adaptation (default ``Throttle()``).
     metrics : IOMetrics, optional
         Where to add the time spent waiting for the budget.
     """
 
-    def __init__(self, store: Store, policy: Throttle, metrics: IOMetrics | None = None) -> None:
+    def __init__(
+        self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
+    ) -> None:
         super().__init__(store)
-        self.policy = policy
+        self.policy = policy if policy is not None else Throttle()
         self.metrics = metrics
 
     def _with_store(self, store: Store) -> Self:
@@ -514,9 +516,11 @@ class RetryStore(InterceptStore):
     throttling stays visible to the budget and the retry time stays bounded.
     """
 
-    def __init__(self, store: Store, policy: Throttle, metrics: IOMetrics | None = None) -> None:
+    def __init__(
+        self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
+    ) -> None:
         super().__init__(store)
-        self.policy = policy
+        self.policy = policy if policy is not None else Throttle()
         self.metrics = metrics
         self._init_local()
 

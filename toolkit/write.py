@@ -272,7 +272,7 @@ def _report(
                 journal.fail(record, io)
         raise WriteError(_failure_message(plan, record, io), record)
     if journal is not None:
-        journal.done(io)
+        journal.done(io, plan)
     return WriteReport(
         target=plan.target,
         variables=tuple(v.name for v in plan.variables),

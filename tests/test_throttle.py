@@ -1,0 +1,149 @@
+"""The throttle policy: validation, URL defaults, error classes, rates and AIMD."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import pickle
+import time
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+import toolkit
+from toolkit.throttle import Budget, Throttle, _Limiter, classify_error, resolve_throttle
+
+
+def _client_error(status: int, code: str) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+
+
+def test_defaults_by_url():
+    s3 = Throttle.for_url("s3://bucket/x.zarr")
+    assert s3 is not None and s3.write_rate and s3.read_rate and s3.write_rate < 3500
+    assert Throttle.for_url("gs://b/x") is not None
+    assert Throttle.for_url("az://b/x") is not None
+    assert Throttle.for_url("/tmp/x.zarr") is None
+    assert Throttle.for_url("file:///tmp/x.zarr") is None
+    assert resolve_throttle(None, "s3://b/x") == s3
+    assert resolve_throttle(False, "s3://b/x") is None
+    mine = Throttle(rate=5)
+    assert resolve_throttle(mine, "/local") is mine
+    with pytest.raises(TypeError, match="toolkit.Throttle"):
+        resolve_throttle({"rate": 5}, "s3://b/x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_inflight": 0},
+        {"rate": 0},
+        {"write_rate": -1},
+        {"read_rate": float("inf")},
+        {"max_retries": -1},
+        {"backoff_base": 0},
+    ],
+)
+def test_invalid_policies_name_the_parameter(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=name.split("_")[0]):
+        Throttle(**kw)
+
+
+def test_share_divides_rates_and_inflight():
+    t = Throttle(max_inflight=64, rate=100, write_rate=40)
+    s = t.share(4)
+    assert (s.max_inflight, s.rate, s.write_rate, s.read_rate) == (16, 25, 10, None)
+    assert t.share(1) is t
+    assert pickle.loads(pickle.dumps(s)) == s
+
+
+@pytest.mark.parametrize(
+    ("exc", "verdict"),
+    [
+        (_client_error(503, "SlowDown"), "throttled"),
+        (_client_error(503, "503"), "throttled"),  # a HEAD's 503 has no body
+        (_client_error(429, "TooManyRequests"), "throttled"),
+        (OSError(errno.EBUSY, "Please reduce your request rate."), "throttled"),
+        (_client_error(500, "InternalError"), "transient"),
+        (_client_error(502, "502"), "transient"),
+        (ConnectionResetError(104, "reset"), "transient"),
+        (TimeoutError(), "transient"),
+        (EndpointConnectionError(endpoint_url="http://x"), "transient"),
+        (_client_error(403, "AccessDenied"), "fatal"),
+        (_client_error(400, "InvalidRequest"), "fatal"),
+        (ValueError("a bug"), "fatal"),
+    ],
+)
+def test_classify_error(exc, verdict):
+    assert classify_error(exc) == verdict
+    # s3fs wraps botocore's errors: the cause decides.
+    wrapped = OSError(errno.EIO, "wrapped")
+    wrapped.__cause__ = exc
+    assert classify_error(wrapped) == verdict
+
+
+def test_limiter_spaces_requests_at_the_rate():
+    lim = _Limiter(50.0, Throttle(rate=50, adaptive=False))
+    waits = [lim.reserve()[0] for _ in range(100)]
+    # A quarter second of burst, then one slot every 20 ms.
+    assert waits[0] == 0
+    assert waits[-1] == pytest.approx(99 / 50 - 0.25, abs=0.02)
+    assert all(b >= a for a, b in zip(waits, waits[1:]))
+
+
+def test_adaptive_halves_on_throttling_and_recovers():
+    pol = Throttle(write_rate=100, cooldown=0.0, increase=0.5)
+    b = Budget(pol)
+    b.throttled("write")
+    assert b.current_rates()["write"] == pytest.approx(50)
+    b.throttled("write")
+    assert b.current_rates()["write"] == pytest.approx(25)
+    assert b.current_rates()["read"] is None  # kinds are separate
+    lim = b._kinds["write"]
+    lim._last_decrease -= 2.0  # two quiet seconds
+    lim._last_increase -= 2.0
+    b.reserve("write")
+    assert b.current_rates()["write"] == pytest.approx(100)  # +50/s per quiet second, capped
+
+
+def test_adaptive_without_a_rate_learns_one_from_traffic():
+    b = Budget(Throttle(cooldown=0.0))
+    for _ in range(40):
+        b.reserve("read")
+    b.throttled("read")
+    learned = b.current_rates()["read"]
+    assert learned is not None and 1 <= learned <= 20
+
+
+def test_cooldown_limits_decreases():
+    b = Budget(Throttle(read_rate=100, cooldown=10.0))
+    for _ in range(5):
+        b.throttled("read")
+    assert b.current_rates()["read"] == pytest.approx(50)
+
+
+async def test_budget_caps_requests_in_flight():
+    b = Budget(Throttle(max_inflight=3))
+    now, peak = 0, 0
+
+    async def one():
+        nonlocal now, peak
+        async with b.semaphore():
+            now += 1
+            peak = max(peak, now)
+            await asyncio.sleep(0.01)
+            now -= 1
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    assert peak == 3
+
+
+def test_throttle_is_exported_and_renders():
+    t = toolkit.Throttle(write_rate=10)
+    assert "write" in t._row() and t._row()["write"] == "10/s"
+    started = time.monotonic()
+    assert Budget(t).reserve("write") == 0 and time.monotonic() - started < 0.1
