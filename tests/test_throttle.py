@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import pickle
 import time
 
@@ -32,7 +33,7 @@ def test_defaults_by_url():
     assert resolve_throttle(False, "s3://b/x") is None
     mine = Throttle(rate=5)
     assert resolve_throttle(mine, "/local") is mine
-    with pytest.raises(TypeError, match="toolkit.Throttle"):
+    with pytest.raises(TypeError, match=r"toolkit\.Throttle"):
         resolve_throttle({"rate": 5}, "s3://b/x")  # type: ignore[arg-type]
 
 
@@ -92,7 +93,7 @@ def test_limiter_spaces_requests_at_the_rate():
     # A quarter second of burst, then one slot every 20 ms.
     assert waits[0] == 0
     assert waits[-1] == pytest.approx(99 / 50 - 0.25, abs=0.02)
-    assert all(b >= a for a, b in zip(waits, waits[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(waits))
 
 
 def test_adaptive_halves_on_throttling_and_recovers():
