@@ -112,6 +112,18 @@ def threads8() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def s3() -> Iterator[object]:
+    """moto's S3 server (its own process, 127.0.0.1, free port) with a bucket "data"."""
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    from toolkit.testing import S3Server
+
+    with S3Server() as server:
+        server.create_bucket("data")
+        yield server
+
+
 def read_back(store: object) -> xr.Dataset:
     return xr.open_zarr(store, consolidated=False).load()  # type: ignore[arg-type]
 

@@ -13,14 +13,7 @@ import toolkit
 pytest.importorskip("moto")
 pytest.importorskip("s3fs")
 
-from toolkit.testing import FaultProxy, S3Server
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with S3Server() as server:
-        server.create_bucket("data")
-        yield server
+from toolkit.testing import FaultProxy
 
 
 def test_proxy_throttles_above_its_rate(s3):
@@ -29,7 +22,7 @@ def test_proxy_throttles_above_its_rate(s3):
         statuses = []
         for _ in range(20):
             try:
-                client.list_objects_v2(Bucket="data")
+                client.list_objects_v2(Bucket="data", Prefix="nothing/")  # a fast, empty answer
                 statuses.append(200)
             except Exception as e:  # botocore retries SlowDown; count what got through
                 statuses.append(type(e).__name__)
@@ -59,9 +52,9 @@ def test_write_and_read_through_latency_proxy(s3):
 def test_every_value_lands_through_resets_and_500s(s3):
     """2% connection resets and 1% 500 errors: retries must leave every value in place."""
     ds = make_dataset(nt=60, chunks={"time": 5})
-    with FaultProxy(s3.endpoint_url, reset_prob=0.02, error_prob=0.01, seed=3) as proxy:
+    with FaultProxy(s3.endpoint_url, reset_prob=0.02, error_prob=0.03, seed=3) as proxy:
         opts = s3.storage_options(proxy.url)
-        toolkit.to_zarr(
+        report = toolkit.to_zarr(
             ds,
             "s3://data/faults.zarr",
             storage_options=opts,
@@ -73,3 +66,7 @@ def test_every_value_lands_through_resets_and_500s(s3):
     xr.testing.assert_identical(back.compute(), ds.compute())
     assert proxy.counts.resets + proxy.counts.errors > 0
     assert np.isfinite(back.b.values).all()
+    # toolkit's retries did it (botocore's and s3fs's own are off), and say so. (aiohttp
+    # itself resends a request once when a reused keep-alive connection is reset, so only
+    # the 500s are sure to reach toolkit.)
+    assert proxy.counts.errors > 0 and report.io.retries >= proxy.counts.errors

@@ -33,6 +33,7 @@ from toolkit.errors import (
     RegionError,
     UnsafePlanError,
 )
+from toolkit.metrics import IOMetrics
 from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
 from toolkit.throttle import Throttle, resolve_throttle
 
@@ -360,6 +361,8 @@ class WritePlan:
         Expected metadata requests (arrays and group written before the data).
     throttle : Throttle or None
         The request budget in force (``None``: unthrottled, e.g. local paths).
+    io : IOMetrics
+        The requests planning made (metadata reads); the report adds them in.
     """
 
     target: str
@@ -375,6 +378,7 @@ class WritePlan:
     consolidated: bool | None = None
     write_empty_chunks: bool | None = None
     throttle: Throttle | None = None
+    io: IOMetrics = field(repr=False, compare=False, default_factory=IOMetrics)
     dataset: xr.Dataset = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     store: Store = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     encoding: Mapping[Hashable, Mapping[str, Any]] = field(
@@ -765,7 +769,8 @@ def plan_write(
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
     # Planning reads metadata through the same budget and retries as the write.
-    zstore = wrap_store(plain, policy)
+    plan_io = IOMetrics()
+    zstore = wrap_store(plain, policy, plan_io)
     existing = None if mode == "w" else _open_existing(zstore, group)
 
     if mode == "w-" and not _store_is_empty(zstore, group):
@@ -993,6 +998,7 @@ def plan_write(
         consolidated=consolidated,
         write_empty_chunks=write_empty_chunks,
         throttle=policy,
+        io=plan_io,
         dataset=ds,
         store=plain,
         encoding=enc_out,

@@ -190,6 +190,17 @@ class InterceptStore(WrapperStore[Store]):
         clone._store = store
         return clone
 
+    def _sink(self, given: IOMetrics | None) -> IOMetrics | None:
+        """Where to count: ``given``, else the metrics of the MetricsStore below.
+
+        Looked up at each use, never stored: a stack unpickled in a worker
+        counts into that worker's totals, as its MetricsStore does.
+        """
+        if given is not None:
+            return given
+        below = find_wrapper(self._store, MetricsStore)
+        return below.metrics if below is not None else None
+
     @property
     def _supports_sync_io(self) -> bool:
         return False
@@ -460,7 +471,8 @@ class ThrottleStore(InterceptStore):
     policy : Throttle, optional
         Rates, in-flight cap and adaptation (default ``Throttle()``).
     metrics : IOMetrics, optional
-        Where to add the time spent waiting for the budget.
+        Where to add the time spent waiting for the budget (default: the
+        metrics of a :class:`MetricsStore` below it).
     """
 
     def __init__(
@@ -490,8 +502,9 @@ class ThrottleStore(InterceptStore):
         async with budget.semaphore():
             wait = await remote.reserve(kind) if remote is not None else budget.reserve(kind)
             if wait > 0:
-                if self.metrics is not None:
-                    self.metrics.add(wait_seconds=wait)
+                sink = self._sink(self.metrics)
+                if sink is not None:
+                    sink.add(wait_seconds=wait)
                 await asyncio.sleep(wait)
             try:
                 return await fn()
@@ -555,13 +568,15 @@ class RetryStore(InterceptStore):
                     or attempt > p.max_retries
                     or spent + delay > p.max_retry_seconds
                 ):
-                    if self.metrics is not None:
-                        self.metrics.add(failed=1)
+                    sink = self._sink(self.metrics)
+                    if sink is not None:
+                        sink.add(failed=1)
                     if isinstance(e, RequestAborted):
                         raise
                     raise self._final(op, key, e, verdict, attempt, spent) from e
-                if self.metrics is not None:
-                    self.metrics.add(retries=1, backoff_seconds=delay)
+                sink = self._sink(self.metrics)
+                if sink is not None:
+                    sink.add(retries=1, backoff_seconds=delay)
                 await asyncio.sleep(delay)
 
     def _final(
@@ -898,7 +913,8 @@ def wrap_store(
     measured = MetricsStore(store, metrics, track_keys=track_keys, scope=scope)
     if policy is None:
         return measured
-    return RetryStore(ThrottleStore(measured, policy, measured.metrics), policy, measured.metrics)
+    # The outer layers count into the MetricsStore's metrics, looked up when used.
+    return RetryStore(ThrottleStore(measured, policy), policy)
 
 
 def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:

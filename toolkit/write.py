@@ -264,7 +264,7 @@ def _report(
     meta_io: Mapping[str, Any],
     journal: WriteJournal | None,
 ) -> WriteReport:
-    io = IOMetrics.merged([stats["io"], meta_io])
+    io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
         record = _record(plan, stats)
         if journal is not None:
