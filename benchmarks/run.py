@@ -156,17 +156,105 @@ def bench_graph(tmp: Path, nchunks: int, repeat: int) -> list[Row]:
     ]
 
 
+def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
+    """Write and read ~nbytes in 1 MiB chunks through the S3 proxy, 2 dask threads.
+
+    The floor is the larger of (requests x latency / 64 in flight) and the same
+    objects sent raw with s3fs at 64-way concurrency through a 0 ms proxy (the
+    local server's own cost).
+    """
+    import logging
+
+    import s3fs
+
+    from toolkit.testing import FaultProxy, S3Server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    n = max(16, nbytes // 2**20 // 16 * 16)
+    rng = np.random.default_rng(0)
+    base = np.sin(np.linspace(0, 20, 512 * 512, dtype="f4")).reshape(512, 512)
+    values = (base[None] + 0.1 * rng.standard_normal((n, 512, 512), dtype="f4")).round(3)
+    # dask chunks = zarr chunks, as xarray.open_zarr gives them: one 1 MiB chunk per task.
+    ds = xr.Dataset({"v": (("t", "y", "x"), da.from_array(values, chunks=(1, 512, 512)))})
+    enc = {"v": {"chunks": (1, 512, 512)}}
+    rows: list[Row] = []
+    concurrency = 64
+    with S3Server() as s3, dask.config.set(scheduler="threads", num_workers=2):
+        s3.create_bucket("data")
+        toolkit.to_zarr(ds, "s3://data/objects.zarr", storage_options=s3.storage_options(),
+                        encoding=enc, progress=False)  # fmt: skip
+        direct = s3fs.S3FileSystem(**s3.storage_options())
+        keys = sorted(k for k in direct.find("data/objects.zarr") if "/c/" in k)
+        blobs = direct.cat(keys)
+        nreq = len(keys)
+        with FaultProxy(s3.endpoint_url) as proxy0:
+            raw = s3fs.S3FileSystem(**s3.storage_options(proxy0.url), max_concurrency=1,
+                                    skip_instance_cache=True)  # fmt: skip
+            put0 = timed(
+                lambda: raw.pipe(
+                    {k.replace("objects", "raw"): v for k, v in blobs.items()},
+                    batch_size=concurrency,
+                ),
+                repeat,
+            )
+            get0 = timed(lambda: raw.cat(keys, batch_size=concurrency), repeat)
+        for lat in latencies:
+            with FaultProxy(s3.endpoint_url, latency=lat) as proxy:
+                floor_w = max(nreq * lat / concurrency, put0)
+                floor_r = max(nreq * lat / concurrency, get0)
+                rows += _cloud_case(
+                    f"{n} MiB in 1 MiB chunks, S3 + {lat * 1e3:.0f} ms",
+                    ds,
+                    values,
+                    f"s3://data/b{int(lat * 1e3)}.zarr",
+                    s3.storage_options(proxy.url),
+                    (floor_w, floor_r),
+                    repeat,
+                )
+    return rows
+
+
+def _cloud_case(
+    case: str,
+    ds: xr.Dataset,
+    values: np.ndarray,
+    url: str,
+    opts: dict[str, object],
+    floors: tuple[float, float],
+    repeat: int,
+) -> list[Row]:
+    enc = {"v": {"chunks": (1, 512, 512)}}
+
+    def xr_write() -> None:
+        ds.to_zarr(url, storage_options=opts, encoding=enc, mode="w")
+
+    def tk_write() -> None:
+        toolkit.to_zarr(ds, url, mode="w", storage_options=opts, encoding=enc, progress=False)
+
+    def xr_read() -> None:
+        assert np.array_equal(xr.open_zarr(url, storage_options=opts).v.values, values)
+
+    def tk_read() -> None:
+        assert np.array_equal(toolkit.open_zarr(url, storage_options=opts).v.values, values)
+
+    floor = "floor (latency/64, raw s3fs at 0 ms)"
+    return [
+        Row(case + ", write", floor, floors[0]),
+        Row(case + ", write", "xarray to_zarr (dask, defaults)", timed(xr_write, repeat)),
+        Row(case + ", write", "toolkit", timed(tk_write, repeat)),
+        Row(case + ", read", floor, floors[1]),
+        Row(case + ", read", "xarray open_zarr (dask, defaults)", timed(xr_read, repeat)),
+        Row(case + ", read", "toolkit", timed(tk_read, repeat)),
+    ]
+
+
 def table(rows: list[Row]) -> str:
+    """Rows with their ratio to toolkit's time on the same case (or the case it extends)."""
     lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
-    tk = {
-        r.case.split(", ")[0] + (", " + r.case.split(", ")[1] if ", " in r.case else ""): r
-        for r in rows
-        if r.method == "toolkit" or r.method.startswith("toolkit ")
-    }
+    tk = {r.case: r for r in rows if r.method == "toolkit"}
     for r in rows:
-        ref = tk.get(r.case)
-        if ref is None:  # floor rows: compare with the aligned toolkit row of the case
-            ref = next((v for k, v in tk.items() if k.startswith(r.case)), None)
+        # A floor row of "write 1 GiB" compares with toolkit's "write 1 GiB, aligned".
+        ref = tk.get(r.case) or next((v for k, v in tk.items() if k.startswith(r.case)), None)
         ratio = f"{r.seconds / ref.seconds:.2f}x" if ref is not None else ""
         lines.append(f"| {r.case} | {r.method} | {r.seconds:.2f} | {ratio} |")
     return "\n".join(lines)
@@ -185,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
-    p.add_argument("--only", choices=("write", "graph"), default=None)
+    p.add_argument("--only", choices=("write", "graph", "cloud"), default=None)
+    p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
+    p.add_argument("--latency", default="0.02,0.1", help="cloud proxy latencies, seconds")
     p.add_argument("--report", default=None, help="also write a Markdown report here")
     args = p.parse_args(argv)
     rows: list[Row] = []
@@ -198,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "graph"):
             for n in (int(x) for x in args.chunks.split(",")):
                 rows += bench_graph(Path(tmp), n, args.repeat if n <= 10_000 else 1)
+        if args.only in (None, "cloud"):
+            lats = [float(x) for x in args.latency.split(",")]
+            rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))
     text = f"toolkit benchmarks — {machine()}\n\n{table(rows)}\n"
     print(text)
     if args.report:

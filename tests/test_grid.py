@@ -142,3 +142,35 @@ def test_default_chunks_fit_the_target(shape, itemsize, target):
     assert len(out) == len(shape)
     assert all(1 <= c <= max(n, 1) for c, n in zip(out, shape))
     assert itemsize * np.prod(out) <= target or all(c == 1 for c in out)
+
+
+@given(
+    st.lists(st.tuples(chunks_1d, st.integers(1, 12), st.integers(0, 30)), min_size=1, max_size=3),
+    st.integers(1, 8),
+    st.integers(2, 40),
+    st.integers(64, 4096),
+)
+def test_regroup_merges_tiny_blocks_on_aligned_edges(axes, itemsize, min_units, max_bytes):
+    chunks = [a[0] for a in axes]
+    units = [a[1] for a in axes]
+    offsets = [a[2] for a in axes]
+    out = grid.regroup(
+        chunks, units, offsets, itemsize=itemsize, max_bytes=max_bytes, min_units=min_units
+    )
+    snapped = [grid.snap_axis(c, u, off) for c, u, off in zip(chunks, units, offsets)]
+    fits = itemsize * np.prod([max(s) for s in snapped]) <= max_bytes
+    for c, o, s, u, off in zip(chunks, out, snapped, units, offsets):
+        assert sum(o) == sum(c)
+        assert grid.misaligned_edges(o, u, off).size == 0
+        if fits:  # no split needed: every edge is one of the aligned source edges
+            assert set(np.cumsum(o)) <= set(np.cumsum(s))
+        assert all(len(t) == 1 for t in brute_unit_owner(o, u, off).values())
+    # Merging never makes a block exceed the memory target that the snap alone met.
+    if itemsize * np.prod([max(s) for s in snapped]) <= max_bytes:
+        assert itemsize * np.prod([max(o) for o in out]) <= max_bytes
+    # Blocks were merged as far as allowed: fewer blocks, or already enough units.
+    span = np.prod([-(-max(s) // u) for s, u in zip(snapped, units)])
+    if span < min_units and any(len(s) > 1 for s in snapped):
+        block = itemsize * np.prod([max(s) for s in snapped])
+        if 2 * block <= max_bytes:
+            assert sum(len(o) for o in out) < sum(len(s) for s in snapped)

@@ -183,6 +183,7 @@ def regroup(
     *,
     itemsize: int = 1,
     max_bytes: int | None = None,
+    min_units: int = 1,
 ) -> Chunks:
     """Regroup a chunking minimally so that every block owns whole write units.
 
@@ -200,14 +201,23 @@ def regroup(
         Target for the bytes of one block. Blocks are split (at unit boundaries
         only) along the axis with the most units per block until they fit, or
         until they are single units.
+    min_units : int
+        Blocks spanning fewer write units are merged with their neighbours
+        (runs of consecutive blocks, outermost axis first) up to this many
+        units, within ``max_bytes``. A task then keeps that many requests in
+        flight, which hides an object store's latency when dask runs few
+        threads. Merged edges are a subset of the aligned edges.
 
     Returns
     -------
     tuple of tuple of int
-        The task chunking. Aligned source edges are always kept.
+        The task chunking. Aligned source edges are kept, except those that
+        ``min_units`` merges away.
     """
     offsets = offsets if offsets is not None else [0] * len(units)
     out = [snap_axis(c, u, o) for c, u, o in zip(chunks, units, offsets, strict=True)]
+    if min_units > 1:
+        out = _coalesce(out, units, itemsize, max_bytes, min_units)
     if max_bytes is None:
         return tuple(out)
     exhausted: set[int] = set()
@@ -227,6 +237,28 @@ def regroup(
             exhausted.add(axis)
         out[axis] = new
     return tuple(out)
+
+
+def _coalesce(
+    out: list[tuple[int, ...]],
+    units: Sequence[int],
+    itemsize: int,
+    max_bytes: int | None,
+    min_units: int,
+) -> list[tuple[int, ...]]:
+    """Merge runs of consecutive blocks until blocks span ``min_units`` units."""
+    for axis in range(len(out)):
+        span = math.prod(-(-max(c) // u) if c else 1 for c, u in zip(out, units, strict=True))
+        if span >= min_units:
+            break
+        factor = min(-(-min_units // span), len(out[axis]))
+        if max_bytes is not None:
+            block = itemsize * math.prod(max(c) if c else 0 for c in out)
+            factor = min(factor, max(1, max_bytes // max(block, 1)))
+        if factor > 1:
+            c = out[axis]
+            out[axis] = tuple(sum(c[i : i + factor]) for i in range(0, len(c), factor))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

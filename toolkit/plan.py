@@ -963,6 +963,9 @@ def plan_write(
             offset,
             itemsize=max(dtype.itemsize, 1),
             max_bytes=max_task_bytes,
+            # On an object store, a task should keep many requests in flight even
+            # when dask runs few threads: tiny aligned blocks are merged.
+            min_units=policy.max_inflight // 2 if policy is not None else 1,
         )
         plans.append(
             VariablePlan(
