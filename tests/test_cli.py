@@ -113,3 +113,14 @@ def test_demo_writes_reads_and_verifies(tmp_path):
 def test_help():
     r = run("--help")
     assert r.returncode == 0 and "copy" in r.stdout and "demo" in r.stdout
+
+
+def test_copy_takes_a_throttle(tmp_path):
+    from toolkit.cli import _parser, _throttle
+
+    args = _parser().parse_args(["copy", "a.zarr", "s3://b/x.zarr", "--rate", "50"])
+    t = _throttle(args)
+    assert t.rate == 50 and t.write_rate is None and t.max_inflight == 64
+    args = _parser().parse_args(["copy", "a.zarr", str(tmp_path / "y"), "--max-inflight", "8"])
+    assert _throttle(args).max_inflight == 8
+    assert _throttle(_parser().parse_args(["copy", "a.zarr", "b.zarr"])) is None

@@ -62,7 +62,7 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, cluster4):
     from distributed import Client
 
     policy = toolkit.Throttle(rate=100)
-    with Client(cluster4), FaultProxy(s3.endpoint_url, latency=0.02, rate=100) as proxy:
+    with Client(cluster4) as client, FaultProxy(s3.endpoint_url, latency=0.02, rate=100) as proxy:
         opts = s3.storage_options(proxy.url)
         toolkit.to_zarr(
             _rows(8).chunk({"t": 2}), "s3://data/warm.zarr", mode="w", storage_options=opts,
@@ -79,6 +79,16 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, cluster4):
         requests = proxy.counts.requests - before[0]
         throttled = proxy.counts.throttled - before[1]
         puts = proxy.counts.by_method.get("PUT", 0) - puts
+        # Each task's I/O figures reach the scheduler (the dashboard's fine metrics).
+        key = ("execute", "toolkit-write-v", ("toolkit-io", "sets"), "count")
+        deadline = time.monotonic() + 10
+        published = 0
+        while time.monotonic() < deadline and published < 608:
+            published = client.run_on_scheduler(
+                lambda dask_scheduler: dask_scheduler.cumulative_worker_metrics.get(key, 0)
+            )
+            time.sleep(0.2)
+    assert published == 8 + 600  # the warm-up's units, then this write's
     assert report.units == 600 and report.tasks == 10
     xr.testing.assert_equal(_direct(s3, "s3://data/rate.zarr"), ds.compute())
     assert throttled < 0.05 * requests, (throttled, requests)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -45,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="run on a LocalCluster of this many worker processes (default: threads)",
     )
+    c.add_argument(
+        "--rate", type=float, default=None, help="requests/s allowed (whole cluster; object stores)"
+    )
+    c.add_argument(
+        "--max-inflight", type=int, default=None, help="requests in flight (whole cluster)"
+    )
     c.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="print variables, shapes, chunk/shard layout and sizes")
@@ -62,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     d.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _throttle(args: argparse.Namespace) -> Any:
+    """A Throttle from --rate/--max-inflight, over the target URL's defaults."""
+    if args.rate is None and args.max_inflight is None:
+        return None
+    from dataclasses import replace
+
+    from toolkit.throttle import Throttle
+
+    base = Throttle.for_url(args.dst) or Throttle()
+    changes: dict[str, Any] = {}
+    if args.rate is not None:
+        changes.update(rate=args.rate, read_rate=None, write_rate=None)
+    if args.max_inflight is not None:
+        changes["max_inflight"] = args.max_inflight
+    return replace(base, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     mode="w" if args.overwrite else "w-",
                     max_task_bytes=args.max_task_mib * 2**20,
                     progress=not args.no_progress,
+                    throttle=_throttle(args),
                 )
             print(report)
             return 0

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -27,6 +27,7 @@ from toolkit.grid import default_chunks
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, _mib, _open_existing, plan_write
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.storage import StoreLike, describe_store, resolve_store
+from toolkit.throttle import Throttle
 from toolkit.write import WriteReport, execute
 
 __all__ = ["copy", "demo", "demo_dataset", "inspect", "parse_size"]
@@ -97,6 +98,7 @@ def copy(
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     progress: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    throttle: Throttle | Literal[False] | None = None,
 ) -> WriteReport:
     """Rewrite any dataset xarray can open into a chunk-aligned Zarr store.
 
@@ -123,6 +125,8 @@ def copy(
         Show progress.
     storage_options : dict, optional
         fsspec options for a URL target.
+    throttle : Throttle, False or None
+        Request budget for the target (``None``: the URL's defaults).
     """
     chunks = dict(chunks or {})
     shards = dict(shards or {})
@@ -160,6 +164,7 @@ def copy(
         zarr_format=zarr_format,
         max_task_bytes=max_task_bytes,
         storage_options=storage_options,
+        throttle=throttle,
     )
     report = execute(plan, progress=progress)
     assert isinstance(report, WriteReport)
