@@ -172,23 +172,43 @@ class RequestAborted(ToolkitError, RuntimeError):
     """A request was not sent because its write had already failed."""
 
 
-class InterceptStore(WrapperStore[Store]):
-    """Base of toolkit's wrappers: every request passes through one hook, :meth:`_call`.
+class _OwnWrapper(WrapperStore[Store]):
+    """What toolkit's wrappers share: every read is a ``get`` of their own.
 
-    Every zarr entry point (gets, partial and ranged reads, sets, deletes,
-    listings, ``delete_dir``) becomes one ``_call(op, key, fn)`` per request.
-    A subclass then only has to say what happens around a request. Listings are
-    collected, so that a retried listing never yields a key twice. Synchronous
-    fast paths are turned off, so that nothing bypasses the hook.
+    Partial reads become one ``get`` per range, and synchronous fast paths
+    are turned off, so that no request bypasses the wrapper. A copy with
+    another inner store keeps its settings.
     """
-
-    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
-        return await fn()
 
     def _with_store(self, store: Store) -> Self:
         clone = copy.copy(self)
         clone._store = store
         return clone
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        return False
+
+    @override
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+
+class InterceptStore(_OwnWrapper):
+    """Base of toolkit's wrappers: every request passes through one hook, :meth:`_call`.
+
+    Every zarr entry point (gets, partial and ranged reads, sets, deletes,
+    listings, ``delete_dir``) becomes one ``_call(op, key, fn)`` per request.
+    A subclass then only has to say what happens around a request. Listings are
+    collected, so that a retried listing never yields a key twice.
+    """
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        return await fn()
 
     def _sink(self, given: IOMetrics | None) -> IOMetrics | None:
         """Where to count: ``given``, else the metrics of the MetricsStore below.
@@ -201,23 +221,11 @@ class InterceptStore(WrapperStore[Store]):
         below = find_wrapper(self._store, MetricsStore)
         return below.metrics if below is not None else None
 
-    @property
-    def _supports_sync_io(self) -> bool:
-        return False
-
     @override
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         return await self._call("get", key, lambda: self._store.get(key, prototype, byte_range))
-
-    @override
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     @override
     async def get_ranges(
@@ -680,7 +688,7 @@ class _InjectedFault(OSError):
         self.status = status
 
 
-class MetadataBuffer(WrapperStore[Store]):
+class MetadataBuffer(_OwnWrapper):
     """Write-behind buffer for a write's metadata phase: many serial requests become one round.
 
     Creating a dataset through xarray and zarr is a chain of dependent
@@ -710,15 +718,6 @@ class MetadataBuffer(WrapperStore[Store]):
         self._pending: dict[str, Buffer | None] = {}  # None: a pending delete
         self._seen: dict[str, Buffer | None] = {}  # reads from the store, None: absent
 
-    def _with_store(self, store: Store) -> Self:
-        clone = copy.copy(self)
-        clone._store = store
-        return clone
-
-    @property
-    def _supports_sync_io(self) -> bool:
-        return False
-
     def _known_absent(self, key: str) -> bool:
         p = self.empty_prefix
         return p is not None and (p == "" or key == p or key.startswith(p.rstrip("/") + "/"))
@@ -740,14 +739,6 @@ class MetadataBuffer(WrapperStore[Store]):
             return None
         start, stop = _normalize_byte_range_index(buf, byte_range)
         return prototype.buffer.from_bytes(buf.to_bytes()[start:stop])
-
-    @override
-    async def get_partial_values(
-        self,
-        prototype: BufferPrototype,
-        key_ranges: Iterable[tuple[str, ByteRequest | None]],
-    ) -> list[Buffer | None]:
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     @override
     async def exists(self, key: str) -> bool:
