@@ -140,11 +140,12 @@ from zarr.core.buffer import default_buffer_prototype  # noqa: E402
 from zarr.core.sync import sync  # noqa: E402
 
 from toolkit.errors import (  # noqa: E402
+    RequestAbortedError,
     StoreAccessError,
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.storage import MetadataBuffer, RequestAborted, redact  # noqa: E402
+from toolkit.storage import MetadataBuffer, redact  # noqa: E402
 
 # Retries alone: the injected faults do not depend on the rate, so AIMD would only slow it.
 FAST = Throttle(backoff_base=0.001, backoff_max=0.01, max_retries=50, adaptive=False)
@@ -212,7 +213,7 @@ def test_aborted_gate_sends_nothing_and_waits_for_inflight():
         first = asyncio.ensure_future(stack.set("a", Buffer.from_bytes(b"1")))
         await asyncio.sleep(0.01)
         gate.abort()
-        with pytest.raises(RequestAborted):
+        with pytest.raises(RequestAbortedError):
             await stack.set("b", Buffer.from_bytes(b"2"))
         await first
 

@@ -18,12 +18,14 @@ __all__ = [
     "IncompleteStoreError",
     "PlanError",
     "RegionError",
+    "RequestAbortedError",
     "StoreAccessError",
     "StoreError",
     "StoreRequestError",
     "StoreThrottledError",
     "StoreUnavailableError",
     "ToolkitError",
+    "UnknownOptionError",
     "UnsafePlanError",
     "WriteError",
 ]
@@ -31,6 +33,10 @@ __all__ = [
 
 class ToolkitError(Exception):
     """Base class of every error toolkit raises on purpose."""
+
+
+class UnknownOptionError(ToolkitError, TypeError):
+    """A keyword the function does not take (the message suggests the closest one)."""
 
 
 class PlanError(ToolkitError, ValueError):
@@ -101,6 +107,10 @@ class StoreAccessError(StoreError, PermissionError):
 
 class StoreRequestError(StoreError):
     """The store rejected a request as malformed or unknown (4xx other than 403/404/429)."""
+
+
+class RequestAbortedError(ToolkitError, RuntimeError):
+    """A request was not sent because its write had already failed."""
 
 
 class IncompleteStoreError(ToolkitError, ValueError):

@@ -33,20 +33,20 @@ from zarr.storage import FsspecStore, LocalStore, WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.errors import (
+    RequestAbortedError,
     StoreAccessError,
     StoreRequestError,
     StoreThrottledError,
     StoreUnavailableError,
-    ToolkitError,
 )
 from toolkit.metrics import IOMetrics, process_metrics
 from toolkit.throttle import (
     Budget,
     RequestKind,
     Throttle,
-    _status_and_code,
     budget_for,
     classify_error,
+    http_status,
 )
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "InterceptStore",
     "MetadataBuffer",
     "MetricsStore",
-    "RequestAborted",
     "RetryStore",
     "ThrottleStore",
     "describe_store",
@@ -166,10 +165,6 @@ _COUNTER_OF = {
     "list_dir": "lists",
     "is_empty": "lists",
 }
-
-
-class RequestAborted(ToolkitError, RuntimeError):
-    """A request was not sent because its write had already failed."""
 
 
 class _OwnWrapper(WrapperStore[Store]):
@@ -334,7 +329,7 @@ class MetricsStore(InterceptStore):
         another process counts into that process's totals.
 
     Being innermost, it is also the gate of a failing write: after
-    :meth:`abort`, nothing more is sent (requests raise ``RequestAborted``), and
+    :meth:`abort`, nothing more is sent (requests raise ``RequestAbortedError``), and
     :meth:`wait_idle` waits until no request is still at the store.
     """
 
@@ -379,7 +374,7 @@ class MetricsStore(InterceptStore):
         return _store_supports_sync_io(self._store)
 
     def abort(self) -> None:
-        """Send nothing more: every later request raises ``RequestAborted``."""
+        """Send nothing more: every later request raises ``RequestAbortedError``."""
         with self._idle:
             self._aborted = True
 
@@ -391,7 +386,7 @@ class MetricsStore(InterceptStore):
     def _enter(self, op: str, key: str) -> None:
         with self._idle:
             if self._aborted:
-                raise RequestAborted(f"{op} {key!r} not sent: the write was aborted")
+                raise RequestAbortedError(f"{op} {key!r} not sent: the write was aborted")
             self._inflight += 1
 
     def _leave(self) -> None:
@@ -579,7 +574,7 @@ class RetryStore(InterceptStore):
                     sink = self._sink(self.metrics)
                     if sink is not None:
                         sink.add(failed=1)
-                    if isinstance(e, RequestAborted):
+                    if isinstance(e, RequestAbortedError):
                         raise
                     raise self._final(op, key, e, verdict, attempt, spent) from e
                 sink = self._sink(self.metrics)
@@ -607,7 +602,7 @@ class RetryStore(InterceptStore):
                 "network is unavailable. Check the endpoint, or raise max_retries / "
                 "max_retry_seconds in toolkit.Throttle"
             )
-        status, _ = _status_and_code(e)
+        status, _ = http_status(e)
         if isinstance(e, PermissionError) or status == 403:
             return StoreAccessError(
                 f"{where}: access denied (403) to {op}; check the credentials and the "

@@ -37,6 +37,7 @@ __all__ = [
     "budget_for",
     "classify_error",
     "cluster_share",
+    "http_status",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -214,7 +215,8 @@ def resolve_throttle(
 # --------------------------------------------------------------------------- errors
 
 
-def _status_and_code(exc: BaseException) -> tuple[int | None, str | None]:
+def http_status(exc: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and error code an exception carries (botocore, aiohttp), if any."""
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping):
         meta = response.get("ResponseMetadata") or {}
@@ -238,7 +240,7 @@ def classify_error(exc: BaseException) -> ErrorClass:
     transient = False
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        status, code = _status_and_code(e)
+        status, code = http_status(e)
         if status in _THROTTLE_STATUS or code in _THROTTLE_CODES:
             return "throttled"
         if isinstance(e, OSError) and e.errno == errno.EBUSY:

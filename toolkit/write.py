@@ -32,7 +32,7 @@ from zarr.core.sync import sync
 
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
-from toolkit.errors import ToolkitError, WriteError
+from toolkit.errors import UnknownOptionError, WriteError
 from toolkit.graph import WriteIO, WriteSource, build_write_graph
 from toolkit.journal import WriteJournal
 from toolkit.metrics import IOMetrics
@@ -43,10 +43,6 @@ from toolkit.throttle import Throttle, cluster_share
 _DEFAULT_CONCURRENCY = 10  # zarr's own default, for unthrottled stores
 
 __all__ = ["UnknownOptionError", "WriteReport", "execute", "to_zarr"]
-
-
-class UnknownOptionError(ToolkitError, TypeError):
-    """A keyword the function does not take."""
 
 
 @dataclass(frozen=True)
