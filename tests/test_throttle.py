@@ -10,6 +10,8 @@ import time
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+from zarr.core.buffer.cpu import Buffer
+from zarr.storage import MemoryStore
 
 import toolkit
 from toolkit.throttle import Budget, Throttle, _Limiter, classify_error, resolve_throttle
@@ -148,3 +150,21 @@ def test_throttle_is_exported_and_renders():
     assert "write" in t._row() and t._row()["write"] == "10/s"
     started = time.monotonic()
     assert Budget(t).reserve("write") == 0 and time.monotonic() - started < 0.1
+
+
+async def test_an_unreachable_coordinator_falls_back_to_the_local_budget(monkeypatch):
+    """A coordinated policy whose scheduler cannot be reached still sends, locally limited."""
+    import toolkit._coordinator as coordinator
+    from toolkit.storage import ThrottleStore
+
+    class Unreachable:
+        async def reserve(self, kind):
+            raise OSError("scheduler gone")
+
+        def throttled(self, kind):
+            pass
+
+    monkeypatch.setattr(coordinator, "remote_budget_for", lambda policy, scope: Unreachable())
+    store = ThrottleStore(MemoryStore(), Throttle(write_rate=1000, coordinated=True))
+    await store.set("k", Buffer.from_bytes(b"x"))
+    assert store._store._store_dict["k"].to_bytes() == b"x"

@@ -82,9 +82,11 @@ class ThrottleCoordinator(SchedulerPlugin):
 class _RemoteBudget:
     """A worker's share of a coordinated budget: slots booked from the scheduler.
 
-    Booked slots are send times on this worker's clock. A slot that has gone
-    by unused for more than 50 ms is dropped, never spent late: spending it
-    late would add a burst on top of the slots booked for that moment.
+    Booked slots are send times on this worker's clock. A slot more than a
+    second old is dropped, not spent. Spending it later would add a burst on top
+    of the slots booked for that moment. Spending it up to a second late lets a
+    worker that the CPU stalled catch up, within the bursts that object stores
+    tolerate.
     """
 
     _STALE = 1.0
@@ -134,7 +136,8 @@ class _RemoteBudget:
         self.batch[kind] = int(got["batch"])
 
     def throttled(self, kind: RequestKind) -> None:
-        self._rpc("toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind)
+        fut = self._rpc("toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind)
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # fire and forget
 
 
 _REMOTE: dict[str, _RemoteBudget] = {}

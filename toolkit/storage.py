@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
+import logging
 import os
 import random
 import re
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 StoreLike = str | os.PathLike[str] | Store
 
@@ -503,7 +505,16 @@ class ThrottleStore(InterceptStore):
 
             remote = remote_budget_for(self.policy, describe_store(self._store))
         async with budget.semaphore():
-            wait = await remote.reserve(kind) if remote is not None else budget.reserve(kind)
+            wait = None
+            if remote is not None:
+                try:
+                    wait = await remote.reserve(kind)
+                except Exception:  # the scheduler is out of reach: this process's share
+                    logger.warning(
+                        "toolkit: throttle coordinator unreachable; using a local budget"
+                    )
+            if wait is None:
+                wait = budget.reserve(kind)
             if wait > 0:
                 sink = self._sink(self.metrics)
                 if sink is not None:

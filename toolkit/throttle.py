@@ -414,8 +414,8 @@ def budget_for(policy: Throttle, scope: str = "") -> Budget:
 def cluster_share(policy: Throttle | None) -> Throttle | None:
     """``policy`` as one process of the active ``distributed`` cluster applies it.
 
-    With the scheduler-side :class:`ThrottleCoordinator` (installed here on
-    first use), the rates stay whole, since the coordinator enforces them for
+    With the scheduler-side :class:`toolkit._coordinator.ThrottleCoordinator`
+    (installed here on first use), the rates stay whole, since the coordinator enforces them for
     the cluster, and only the in-flight cap is divided among the workers. If
     the coordinator cannot be installed, both are divided.
     """
