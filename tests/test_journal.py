@@ -101,3 +101,28 @@ def test_success_leaves_no_trace(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(zarr.open_group(str(path), mode="r").array_keys()) == ["a"]
+
+
+@pytest.mark.cluster
+def test_record_is_exact_when_tasks_fail_in_worker_processes(tmp_path, cluster_client):
+    """The gate, the abort broadcast and the record work across worker processes."""
+    path = str(tmp_path / "s.zarr")
+    toolkit.to_zarr(_dataset(), path, encoding={"a": {"chunks": (8, 30)}}, progress=False)
+    faulty = FaultStore(LocalStore(path), error_prob=0.1, seed=4, match=r"^a/c/")
+    with pytest.raises(WriteError) as err:
+        toolkit.to_zarr(
+            _dataset(2.0).chunk({"x": 8}),  # 50 one-unit tasks over the workers
+            faulty,
+            mode="r+",
+            region={"x": slice(0, 400)},
+            throttle=NOFAIL,
+            progress=False,
+        )
+    rec = err.value.record["a"]
+    missing = {tuple(u) for u in rec["missing"]}
+    assert missing and rec["written"] == 50 - len(missing)
+    values = zarr.open_array(path, path="a", mode="r")[:]
+    old, new = _dataset().a.values, _dataset(2.0).a.values
+    for i in range(50):
+        rows = slice(8 * i, 8 * (i + 1))
+        np.testing.assert_array_equal(values[rows], (old if (i, 0) in missing else new)[rows])

@@ -69,8 +69,8 @@ class WriteIO:
     concurrency : int
         Requests one task keeps in flight (zarr's ``async.concurrency``).
     distributed : bool
-        Whether the tasks run on a ``distributed`` cluster (the abort signal
-        then goes through a cluster-wide event).
+        Whether the tasks run on a ``distributed`` cluster (a failing task then
+        tells every worker to skip the write's remaining tasks).
     """
 
     token: str
@@ -107,26 +107,26 @@ def _zarr_concurrency(n: int) -> Iterator[None]:
                 zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
 
 
-def _abort_event(token: str) -> Any:
-    from distributed import Event
-
-    return Event(f"toolkit-abort-{token}")
+def _mark_aborted(token: str) -> None:
+    _ABORTED.add(token)
 
 
 def _aborted(io: WriteIO) -> bool:
-    if io.token in _ABORTED:
-        return True
-    if io.distributed:
-        with contextlib.suppress(Exception):  # not in a worker (tests calling directly)
-            return bool(_abort_event(io.token).is_set())
-    return False
+    return io.token in _ABORTED
 
 
 def _abort(io: WriteIO) -> None:
-    _ABORTED.add(io.token)
+    """Stop the write's tasks that have not started, in every process.
+
+    Costs nothing while the write succeeds: only a failing task tells the other
+    workers, once.
+    """
+    _mark_aborted(io.token)
     if io.distributed:
-        with contextlib.suppress(Exception):
-            _abort_event(io.token).set()
+        with contextlib.suppress(Exception):  # not in a worker (a direct call in tests)
+            from distributed import get_client
+
+            get_client().run(_mark_aborted, io.token, wait=False)
 
 
 def unit_key(target: zarr.Array[Any], unit: tuple[int, ...]) -> str:
@@ -162,9 +162,12 @@ def write_block(
         "nbytes": int(block.nbytes),
         "error": None,
     }
-    every = list(itertools.product(*(range(a, b) for a, b in units)))
+
+    def every() -> list[tuple[int, ...]]:
+        return list(itertools.product(*(range(a, b) for a, b in units)))
+
     if _aborted(io):
-        out.update(units=0, nbytes=0, missing=every, written=[], skipped=True, io={})
+        out.update(units=0, nbytes=0, missing=every(), written=[], skipped=True, io={})
         return out
     metrics = IOMetrics()
     stack = wrap_store(target.store, io.throttle, metrics, track_keys=True)
@@ -178,11 +181,11 @@ def write_block(
         gate.wait_idle(timeout=120)
         _abort(io)
         written = gate.written or set()
-        done = [u for u in every if unit_key(target, u) in written]
+        landed = [unit_key(target, u) in written for u in every()]
         out.update(
-            units=len(done),
-            written=done,
-            missing=[u for u in every if unit_key(target, u) not in written],
+            units=sum(landed),
+            written=[u for u, ok in zip(every(), landed, strict=True) if ok],
+            missing=[u for u, ok in zip(every(), landed, strict=True) if not ok],
             error=f"{type(e).__name__}: {redact(str(e), target.store)}",
             error_type=type(e).__name__,
         )
