@@ -183,6 +183,13 @@ class _TokenBucket:
             return False
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops the SYNs of a client that opens
+    # dozens of connections at once; each is retried a second later. An object
+    # store has no such limit, so the proxy must not have one either.
+    request_queue_size = 1024
+
+
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 that forwards to ``target`` and injects faults.
 
@@ -223,7 +230,7 @@ class FaultProxy:
         self.counts = ProxyCounts()
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
