@@ -110,7 +110,8 @@ def test_adaptive_halves_on_throttling_and_recovers():
     lim._last_decrease -= 2.0  # two quiet seconds
     lim._last_increase -= 2.0
     b.reserve("write")
-    assert b.current_rates()["write"] == pytest.approx(100)  # +50/s per quiet second, capped
+    # +50% of the rate the last cut set (25/s) per quiet second: 25 + 2 * 12.5.
+    assert b.current_rates()["write"] == pytest.approx(50)
 
 
 def test_adaptive_without_a_rate_learns_one_from_traffic():
@@ -161,10 +162,30 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget(monkeyp
         async def reserve(self, kind):
             raise OSError("scheduler gone")
 
-        def throttled(self, kind):
+        def throttled(self, kind, age):
             pass
 
     monkeypatch.setattr(coordinator, "remote_budget_for", lambda policy, scope: Unreachable())
     store = ThrottleStore(MemoryStore(), Throttle(write_rate=1000, coordinated=True))
     await store.set("k", Buffer.from_bytes(b"x"))
     assert store._store._store_dict["k"].to_bytes() == b"x"
+
+
+def test_a_cut_follows_what_was_sent_not_a_distant_limit():
+    b = Budget(Throttle(read_rate=5000, cooldown=0.0))
+    for _ in range(100):  # 100 requests sent this second, far below the 5,000/s limit
+        b.reserve("read")
+    b.throttled("read", time.monotonic())
+    assert b.current_rates()["read"] == pytest.approx(50)  # half of 100, not half of 5,000
+
+
+def test_answers_to_requests_sent_before_a_cut_are_ignored():
+    b = Budget(Throttle(write_rate=100, cooldown=0.0))
+    before = time.monotonic()
+    b.throttled("write", time.monotonic())
+    assert b.current_rates()["write"] == pytest.approx(50)
+    for _ in range(10):  # the rest of the same burst answers 503 too
+        b.throttled("write", before)
+    assert b.current_rates()["write"] == pytest.approx(50)
+    b.throttled("write", time.monotonic())  # a request booked after the cut: cut again
+    assert b.current_rates()["write"] == pytest.approx(25)

@@ -70,9 +70,11 @@ class ThrottleCoordinator(SchedulerPlugin):
         wait, interval = b.reserve_batch(kind, n)
         return {"wait": wait, "interval": interval, "batch": b.batch_size(kind)}
 
-    def throttled(self, key: str, policy: Mapping[str, Any], kind: RequestKind) -> None:
-        """A worker saw a throttling answer."""
-        self._budget(key, policy).throttled(kind)
+    def throttled(
+        self, key: str, policy: Mapping[str, Any], kind: RequestKind, age: float = 0.0
+    ) -> None:
+        """A worker saw a throttling answer to a request booked ``age`` seconds ago."""
+        self._budget(key, policy).throttled(kind, time.monotonic() - age)
 
     def rates(self) -> dict[str, dict[str, float | None]]:
         """The rates in force per budget (for dashboards)."""
@@ -135,8 +137,11 @@ class _RemoteBudget:
         self.slots[kind].extend(now + got["wait"] + i * got["interval"] for i in range(n))
         self.batch[kind] = int(got["batch"])
 
-    def throttled(self, kind: RequestKind) -> None:
-        fut = self._rpc("toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind)
+    def throttled(self, kind: RequestKind, age: float) -> None:
+        """Report a throttling answer to a request booked ``age`` seconds ago."""
+        fut = self._rpc(
+            "toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind, age=age
+        )
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # fire and forget
 
 

@@ -28,7 +28,13 @@ from toolkit._progress import active_client
 from toolkit.errors import IncompleteStoreError
 from toolkit.journal import read_records
 from toolkit.plan import _open_existing
-from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
+from toolkit.storage import (
+    MetadataBuffer,
+    StoreLike,
+    describe_store,
+    resolve_store,
+    wrap_store,
+)
 from toolkit.throttle import Throttle, cluster_share, resolve_throttle
 
 __all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]
@@ -129,12 +135,17 @@ def open_zarr(
     share = cluster_share(policy)
     if share is not None:
         _allow_concurrency(share.max_inflight)
-    zstore = wrap_store(plain, share, scope=scope)
-    existing = _open_existing(zstore, group)
-    if existing is None:
-        raise FileNotFoundError(f"no Zarr group at {scope}")
-    if incomplete != "ignore":
-        _check_complete(zstore, group, scope, incomplete)
+    # Metadata read to plan the chunks is not read again by xarray's open.
+    zstore = MetadataBuffer(wrap_store(plain, share, scope=scope))
+    with cf.ThreadPoolExecutor(2, thread_name_prefix="toolkit-open") as pool:
+        # The group and the write records are independent: one round trip, not two.
+        opening = pool.submit(_open_existing, zstore, group)
+        records = pool.submit(read_records, zstore, group) if incomplete != "ignore" else None
+        existing = opening.result()
+        if existing is None:
+            raise FileNotFoundError(f"no Zarr group at {scope}")
+        if records is not None:
+            _check_complete(records.result(), scope, incomplete)
     ds = xr.open_dataset(
         zstore,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
         engine="zarr",
@@ -181,8 +192,7 @@ def _allow_concurrency(n: int) -> None:
         client.run(_raise_concurrency, n)
 
 
-def _check_complete(store: Store, group: str | None, scope: str, how: str) -> None:
-    records = read_records(store, group)
+def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None:
     if not records:
         return
     parts = []
@@ -203,7 +213,7 @@ def _check_complete(store: Store, group: str | None, scope: str, how: str) -> No
     )
     if how == "raise":
         raise IncompleteStoreError(msg, records)
-    warnings.warn(msg, UserWarning, stacklevel=3)
+    warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _as_dask(obj: xr.DataArray | da.Array) -> da.Array:

@@ -505,6 +505,7 @@ class ThrottleStore(InterceptStore):
 
             remote = remote_budget_for(self.policy, describe_store(self._store))
         async with budget.semaphore():
+            booked = time.monotonic()
             wait = None
             if remote is not None:
                 try:
@@ -523,8 +524,13 @@ class ThrottleStore(InterceptStore):
             try:
                 return await fn()
             except Exception as e:
+                # Judged by when the request was booked: one booked before the last
+                # cut went out at the old rate and says nothing about the new one.
                 if classify_error(e) == "throttled":
-                    (remote or budget).throttled(kind)
+                    if remote is not None:
+                        remote.throttled(kind, time.monotonic() - booked)
+                    else:
+                        budget.throttled(kind, booked)
                 raise
 
 
@@ -707,8 +713,10 @@ class MetadataBuffer(_OwnWrapper):
     all writes at once, concurrently, through the wrapped (throttled, retried)
     store.
 
-    Only for the metadata phase, whose values are small: chunk data goes
-    straight to the store in the data phase.
+    Reads are cached for metadata keys only (``zarr.json``, ``.zarray``,
+    ``.zgroup``, ``.zattrs``, ``.zmetadata``), so it can also stand in front of
+    a dataset's reads: chunk reads go straight through and nothing large is
+    kept.
 
     Parameters
     ----------
@@ -736,10 +744,16 @@ class MetadataBuffer(_OwnWrapper):
             self._seen[key] = None if absent else await self._store.get(key, _PROTO)
         return self._seen[key]
 
+    def _passes(self, key: str) -> bool:
+        """Whether a read of ``key`` goes straight to the store, uncached."""
+        return key not in self._pending and not self._known_absent(key) and not _is_meta(key)
+
     @override
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
+        if self._passes(key):
+            return await self._store.get(key, prototype, byte_range)
         buf = await self._lookup(key)
         if buf is None:
             return None
@@ -748,6 +762,8 @@ class MetadataBuffer(_OwnWrapper):
 
     @override
     async def exists(self, key: str) -> bool:
+        if self._passes(key):
+            return await self._store.exists(key)
         return await self._lookup(key) is not None
 
     @override
@@ -842,6 +858,11 @@ class MetadataBuffer(_OwnWrapper):
 
 
 _PROTO = default_buffer_prototype()
+_META_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+def _is_meta(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in _META_NAMES
 
 
 def _quiet_fsspec_retries(store: Store) -> None:

@@ -18,6 +18,7 @@ joins while a write runs).
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import math
 import threading
@@ -79,11 +80,13 @@ class Throttle:
         Requests per second by kind (GET/HEAD, PUT/DELETE, LIST), as object
         stores count them. ``None`` is unlimited.
     adaptive : bool
-        Additive increase, multiplicative decrease: each throttling answer
-        halves the rate of its kind (at most once per ``cooldown``), and every
-        second without one gives back ``increase`` of the configured rate. With
-        no configured rate, the first throttling answer sets one from the
-        observed request rate.
+        Additive increase, multiplicative decrease. A throttling answer cuts the
+        rate of its kind to half of what was sent over the last second (or of
+        the limit, if lower). Answers to requests booked before the last cut
+        are ignored: they went out at the old rate. Every second without a
+        throttling answer adds ``increase`` times the rate set by the last cut,
+        up to the configured rate. With no configured rate, the first cut sets
+        one.
     max_retries : int
         Attempts after the first, for retryable errors (503/SlowDown, 429,
         500/502/504, connection resets, timeouts).
@@ -95,9 +98,10 @@ class Throttle:
     min_rate : float
         The adaptive mode never goes below this many requests per second.
     cooldown : float
-        Seconds between two multiplicative decreases of one kind.
+        Least seconds between two decreases of one kind.
     increase : float
-        Fraction of the configured rate given back per quiet second.
+        Per quiet second, the rate grows by this fraction of the rate the last
+        cut set.
     coordinated : bool
         Set by toolkit, not by users: the rates are enforced for the whole
         cluster by the scheduler's :class:`ThrottleCoordinator`.
@@ -109,12 +113,12 @@ class Throttle:
     write_rate: float | None = None
     list_rate: float | None = None
     adaptive: bool = True
-    max_retries: int = 10
+    max_retries: int = 20
     max_retry_seconds: float = 60.0
     backoff_base: float = 0.05
     backoff_max: float = 5.0
     min_rate: float = 1.0
-    cooldown: float = 1.0
+    cooldown: float = 0.2
     increase: float = 0.05
     coordinated: bool = field(default=False, repr=False)
 
@@ -279,7 +283,10 @@ class _Limiter:
     """A GCRA token bucket whose rate AIMD may change; thread-safe.
 
     ``reserve`` books the next slot and returns how long to wait for it, so
-    callers on any thread or event loop can share one limiter.
+    callers on any thread or event loop can share one limiter. It also counts
+    the slots granted over the last second: a throttling answer cuts the rate
+    to half of what was really sent, not just half of a limit that may be far
+    above it.
     """
 
     def __init__(self, rate: float | None, policy: Throttle) -> None:
@@ -290,7 +297,8 @@ class _Limiter:
         self._lock = threading.Lock()
         self._last_decrease = -math.inf
         self._last_increase = time.monotonic()
-        self._window: list[float] = []  # recent grant times, for an unconfigured limit
+        self._granted: collections.deque[float] = collections.deque()  # last second's slots
+        self._step = 0.0  # additive increase per quiet second, set by each cut
         self.decreases = 0
 
     def _burst(self, rate: float) -> float:
@@ -298,16 +306,21 @@ class _Limiter:
         # after a stall, far below the second or more that object stores tolerate.
         return max(1.0, rate * 0.25) / rate
 
+    def _observed(self, now: float) -> float:
+        """Slots granted over the last second."""
+        while self._granted and self._granted[0] < now - 1.0:
+            self._granted.popleft()
+        return float(len(self._granted))
+
     def reserve(self, n: int = 1) -> tuple[float, float]:
         """Book ``n`` consecutive slots: (seconds until the first, seconds between them)."""
         now = time.monotonic()
         with self._lock:
             self._recover(now)
+            if self.policy.adaptive:
+                self._observed(now)
+                self._granted.extend([now] * min(n, 4096))
             if self.rate is None:
-                if self.policy.adaptive:
-                    self._window.extend([now] * n)
-                    if len(self._window) > 512:
-                        del self._window[:256]
                 return 0.0, 0.0
             tat = max(self._tat, now)
             wait = max(0.0, tat - self._burst(self.rate) - now)
@@ -319,27 +332,35 @@ class _Limiter:
         if not p.adaptive or self.rate is None:
             return
         quiet = now - max(self._last_decrease, self._last_increase)
-        if quiet >= 1.0:
-            steps = int(quiet)
+        if quiet >= 1.0 and self._step:
             ceiling = self.configured if self.configured is not None else math.inf
-            base = self.configured if self.configured is not None else self.rate
-            self.rate = min(ceiling, self.rate + steps * p.increase * base)
+            self.rate = min(ceiling, self.rate + int(quiet) * self._step)
             self._last_increase = now
 
-    def throttled(self) -> None:
+    def throttled(self, booked: float | None = None) -> None:
+        """A throttling answer to a request booked at ``booked`` (monotonic seconds).
+
+        Answers to requests booked before the last decrease are ignored: they
+        went out at the old rate, and reacting to each of them would collapse
+        the rate for a single burst.
+        """
         p = self.policy
         if not p.adaptive:
             return
         now = time.monotonic()
         with self._lock:
+            if booked is not None and booked < self._last_decrease:
+                return
             if now - self._last_decrease < p.cooldown:
                 return
-            if self.rate is None:
-                recent = [t for t in self._window if now - t <= 2.0]
-                observed = len(recent) / 2.0
-                self.rate = max(p.min_rate, observed * 0.5 if observed else 10.0)
-            else:
-                self.rate = max(p.min_rate, self.rate * 0.5)
+            observed = self._observed(now)
+            current = self.rate if self.rate is not None else math.inf
+            base = min(current, observed) if observed else current
+            if not math.isfinite(base):
+                base = 20.0  # nothing observed and no limit: start low, AIMD raises it
+            self.rate = max(p.min_rate, base * 0.5)
+            # Additive increase around the store's real limit, not the configured one.
+            self._step = p.increase * self.rate
             self._last_decrease = now
             self._last_increase = now
             self.decreases += 1
@@ -386,11 +407,11 @@ class Budget:
         rates = [r for r in (self._all.rate, self._kinds[kind].rate) if r is not None]
         return max(1, min(64, math.ceil(min(rates) * 0.05))) if rates else 64
 
-    def throttled(self, kind: RequestKind) -> None:
-        """A throttling answer arrived for ``kind``: slow down (adaptive mode)."""
-        self._kinds[kind].throttled()
+    def throttled(self, kind: RequestKind, booked: float | None = None) -> None:
+        """A throttling answer for ``kind``, to a request booked at ``booked``: slow down."""
+        self._kinds[kind].throttled(booked)
         if self.policy.rate is not None:
-            self._all.throttled()
+            self._all.throttled(booked)
 
     def current_rates(self) -> dict[str, float | None]:
         """The rates in force now, by kind (they move in adaptive mode)."""
