@@ -245,13 +245,17 @@ def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource], io: Write
         layers[tkey] = {tkey: src.target}
         deps[tkey] = set()
         own = vp._ownership
-        axis_edges = [grid.edges(c) + o for c, o in zip(vp.task_chunks, vp.offset, strict=True)]
+        # Per axis, each block's slice and unit range, as plain ints: the loop below
+        # runs once per task (100k+), so it only picks from these.
+        slices = [
+            [slice(a, b) for a, b in itertools.pairwise((grid.edges(c) + o).tolist())]
+            for c, o in zip(vp.task_chunks, vp.offset, strict=True)
+        ]
+        ranges = [list(zip(a.first.tolist(), a.stop.tolist(), strict=True)) for a in own]
         layer: dict[Any, Any] = {}
-        for idx in np.ndindex(*data.numblocks):
-            region = tuple(
-                slice(int(e[i]), int(e[i + 1])) for e, i in zip(axis_edges, idx, strict=True)
-            )
-            units = tuple((int(a.first[i]), int(a.stop[i])) for a, i in zip(own, idx, strict=True))
+        for idx in itertools.product(*(range(n) for n in data.numblocks)):
+            region = tuple(sl[i] for sl, i in zip(slices, idx, strict=True))
+            units = tuple(r[i] for r, i in zip(ranges, idx, strict=True))
             key = (name, *idx)
             layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey)
             write_keys.append(key)
