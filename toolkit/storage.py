@@ -8,6 +8,7 @@ the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import errno
 import logging
@@ -22,10 +23,11 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Sequence,
 )
-from typing import Any, Self, TypeVar, override
+from typing import Any, Self, TypeVar, cast, override
 
 import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
@@ -396,18 +398,25 @@ class MetricsStore(InterceptStore):
             self._inflight -= 1
             self._idle.notify_all()
 
-    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+    @contextlib.contextmanager
+    def _measured(self, op: str, key: str, size: int) -> Iterator[list[Any]]:
+        """Gate, time and count one request; the caller puts its result in the list."""
         self._enter(op, key)
         t0 = time.perf_counter()
+        result: list[Any] = []
         try:
-            result = await fn()
+            yield result
         except BaseException as e:
+            self._leave()
             self._done(op, key, size, None, t0, e)
             raise
-        finally:
-            self._leave()
-        self._done(op, key, size, result, t0, None)
-        return result
+        self._leave()
+        self._done(op, key, size, result[0] if result else None, t0, None)
+
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        with self._measured(op, key, size) as result:
+            result.append(await fn())
+        return cast(T, result[0])
 
     def _done(
         self, op: str, key: str, size: int, result: Any, t0: float, exc: BaseException | None
@@ -448,17 +457,9 @@ class MetricsStore(InterceptStore):
         self._sync("delete", key, 0, lambda: WrapperStore.delete_sync(self, key))
 
     def _sync(self, op: str, key: str, size: int, fn: Callable[[], T]) -> T:
-        self._enter(op, key)
-        t0 = time.perf_counter()
-        try:
-            out = fn()
-        except BaseException as e:
-            self._done(op, key, size, None, t0, e)
-            raise
-        finally:
-            self._leave()
-        self._done(op, key, size, out, t0, None)
-        return out
+        with self._measured(op, key, size) as result:
+            result.append(fn())
+        return cast(T, result[0])
 
 
 class ThrottleStore(InterceptStore):
@@ -653,7 +654,8 @@ class FaultStore(InterceptStore):
         store (``ConnectionResetError``): it may have landed, and the answer
         was lost.
     seed : int, optional
-        Seed of the draws.
+        Seed of the draws. The k-th request (in the order requests start) gets
+        the same verdict on every run.
     match : str, optional
         A regular expression: only requests whose key it matches (``re.search``)
         are faulted, e.g. ``r"/c/"`` for the chunks of a zarr 3 array.
@@ -680,16 +682,18 @@ class FaultStore(InterceptStore):
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         if self.match is not None and not self.match.search(key):
             return await fn()
+        # Both draws at once, at the start: the k-th request of a seed always gets
+        # the same verdicts, however concurrent requests interleave.
+        draw, reset = self._random.random(), self._random.random()
         if self.latency:
             await asyncio.sleep(self.latency)
-        draw = self._random.random()
         if draw < self.throttle_prob:
             raise _InjectedFault(errno.EBUSY, "Please reduce your request rate. (injected)", 503)
         draw -= self.throttle_prob
         if draw < self.error_prob:
             raise _InjectedFault(errno.EIO, "We encountered an internal error. (injected)", 500)
         result = await fn()
-        if self._random.random() < self.reset_prob:
+        if reset < self.reset_prob:
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (injected)")
         return result
 
