@@ -462,7 +462,21 @@ class MetricsStore(InterceptStore):
         return cast(T, result[0])
 
 
-class ThrottleStore(InterceptStore):
+class _PolicyStore(InterceptStore):
+    """A wrapper applying a :class:`~toolkit.Throttle` (the budget, or the retries)."""
+
+    def __init__(
+        self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
+    ) -> None:
+        super().__init__(store)
+        self.policy = policy if policy is not None else Throttle()
+        self.metrics = metrics
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.policy, self.metrics)
+
+
+class ThrottleStore(_PolicyStore):
     """Keeps requests within a :class:`~toolkit.Throttle`'s rates and in-flight cap.
 
     The enforcing state (:class:`toolkit.throttle.Budget`) is shared by every
@@ -480,16 +494,6 @@ class ThrottleStore(InterceptStore):
         Where to add the time spent waiting for the budget (default: the
         metrics of a :class:`MetricsStore` below it).
     """
-
-    def __init__(
-        self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
-    ) -> None:
-        super().__init__(store)
-        self.policy = policy if policy is not None else Throttle()
-        self.metrics = metrics
-
-    def _with_store(self, store: Store) -> Self:
-        return type(self)(store, self.policy, self.metrics)
 
     @property
     def budget(self) -> Budget:
@@ -535,7 +539,7 @@ class ThrottleStore(InterceptStore):
                 raise
 
 
-class RetryStore(InterceptStore):
+class RetryStore(_PolicyStore):
     """Retries throttled and transient failures with jittered exponential backoff.
 
     Throttling answers (503 SlowDown, 429), 500/502/504, dropped connections
@@ -553,9 +557,7 @@ class RetryStore(InterceptStore):
     def __init__(
         self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
     ) -> None:
-        super().__init__(store)
-        self.policy = policy if policy is not None else Throttle()
-        self.metrics = metrics
+        super().__init__(store, policy, metrics)
         self._init_local()
 
     def _init_local(self) -> None:
@@ -568,9 +570,6 @@ class RetryStore(InterceptStore):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_local()  # s3fs's retries are per instance: quiet them again here
-
-    def _with_store(self, store: Store) -> Self:
-        return type(self)(store, self.policy, self.metrics)
 
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         p = self.policy
