@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -82,18 +83,25 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
     return MemoryStore()
 
 
-@pytest.fixture(scope="session")
-def local_cluster() -> Iterator[object]:
-    """A LocalCluster of 2 worker processes (2 threads each), shared by the session."""
+@contextlib.contextmanager
+def cluster_of(n_workers: int, threads_per_worker: int) -> Iterator[object]:
+    """A quiet LocalCluster of worker processes on free ports."""
     from distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
         processes=True,
         dashboard_address=":0",
         silence_logs=40,
     ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[object]:
+    """A LocalCluster of 2 worker processes (2 threads each), shared by the session."""
+    with cluster_of(2, 2) as cluster:
         yield cluster
 
 
@@ -128,4 +136,4 @@ def read_back(store: object) -> xr.Dataset:
     return xr.open_zarr(store, consolidated=False).load()  # type: ignore[arg-type]
 
 
-__all__ = ["make_dataset", "read_back", "snapshot", "zarr"]
+__all__ = ["cluster_of", "make_dataset", "read_back", "snapshot", "zarr"]

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import cluster_of
 
 import toolkit
 from toolkit.errors import IncompleteStoreError, StoreThrottledError, WriteError
@@ -26,6 +27,12 @@ def _direct(s3, url):
     return xr.open_zarr(url, storage_options=s3.storage_options(), consolidated=False).load()
 
 
+def _seed(s3, url: str, ds: xr.Dataset, chunks: tuple[int, ...]) -> None:
+    """Write the starting store straight to the server (no proxy, no faults)."""
+    toolkit.to_zarr(ds, url, mode="w", storage_options=s3.storage_options(), progress=False,
+                    encoding={"v": {"chunks": chunks}})  # fmt: skip
+
+
 def _rows(n: int, width: int = 64, seed: int = 0) -> xr.Dataset:
     rng = np.random.default_rng(seed)
     return xr.Dataset({"v": (("t", "x"), rng.random((n, width)).astype("f4"))})
@@ -34,15 +41,7 @@ def _rows(n: int, width: int = 64, seed: int = 0) -> xr.Dataset:
 @pytest.fixture(scope="module")
 def cluster4():
     """A LocalCluster of 4 worker processes (1 thread each), as the issue asks."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=4,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=40,
-    ) as cluster:
+    with cluster_of(4, 1) as cluster:
         yield cluster
 
 
@@ -107,8 +106,7 @@ def test_a_limit_the_budget_cannot_meet_fails_with_an_exact_record(s3):
     """1 request/s after a small burst, 2 s of retries: a clear error, an exact record."""
     url = "s3://data/starved.zarr"
     old = _rows(40, width=16)
-    toolkit.to_zarr(old, url, mode="w", storage_options=s3.storage_options(), progress=False,
-                    encoding={"v": {"chunks": (1, 16)}})  # fmt: skip
+    _seed(s3, url, old, (1, 16))
     new = _rows(40, width=16, seed=1).chunk({"t": 10})
     policy = toolkit.Throttle(max_retries=100, max_retry_seconds=2.0, adaptive=False)
     with FaultProxy(s3.endpoint_url, rate=1, burst=20) as proxy:
@@ -140,8 +138,7 @@ def test_a_limit_the_budget_cannot_meet_fails_with_an_exact_record(s3):
 def test_reads_are_one_get_per_chunk_and_survive_a_throttled_store(s3):
     url = "s3://data/reads.zarr"
     ds = _rows(300, width=32)
-    toolkit.to_zarr(ds, url, mode="w", storage_options=s3.storage_options(), progress=False,
-                    encoding={"v": {"chunks": (1, 32)}})  # fmt: skip
+    _seed(s3, url, ds, (1, 32))
     # 300 chunks through a proxy that allows 30 requests/s, with toolkit's S3 defaults
     # (5,000 reads/s: far too many, so adaptation and retries must do the work).
     with FaultProxy(s3.endpoint_url, latency=0.005, rate=30) as proxy:

@@ -273,3 +273,18 @@ def test_encoding_xarray_rejects_is_refused_at_plan_time(tmp_path):
             encoding={"a": {"fill_value": 0.0}},
         )
     assert not path.exists()
+
+
+def test_bad_throttle_and_incomplete_options_are_refused_before_writing(existing):
+    store, _ = existing
+    more = make_dataset(nt=10, chunks={"time": 5}, t0="2001-01-01")
+    refused(store, TypeError, r"toolkit\.Throttle", more, append_dim="time", throttle="fast")
+    refused(store, TypeError, r"toolkit\.Throttle", more, append_dim="time", throttle={"rate": 5})
+    with pytest.raises(ValueError, match="incomplete="):
+        toolkit.open_zarr(store, incomplete="skip")
+    with pytest.raises(ValueError, match="rate"):
+        toolkit.Throttle(write_rate=0)
+    assert issubclass(errors.StoreThrottledError, OSError)
+    assert issubclass(errors.StoreAccessError, PermissionError)
+    assert issubclass(errors.StoreUnavailableError, ConnectionError)
+    assert issubclass(errors.IncompleteStoreError, ValueError)
