@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from dask.callbacks import Callback
-from dask.delayed import Delayed
 
 
 def active_client() -> Any | None:
@@ -44,9 +43,9 @@ class _TqdmCallback(Callback):
 
 
 def compute_with_progress(
-    obj: Delayed, *, total: int, desc: str, prefix: str, enabled: bool = True
+    obj: Any, *, total: int, desc: str, prefix: str, enabled: bool = True
 ) -> Any:
-    """Compute ``obj`` on the active scheduler, showing progress if ``enabled``."""
+    """Compute the dask collection ``obj`` on the active scheduler, with progress if ``enabled``."""
     client = active_client()
     if client is not None:
         future = client.compute(obj)

@@ -19,6 +19,7 @@ __all__ = [
     "PlanError",
     "RegionError",
     "RequestAbortedError",
+    "StatsError",
     "StoreAccessError",
     "StoreError",
     "StoreRequestError",
@@ -107,6 +108,10 @@ class StoreAccessError(StoreError, PermissionError):
 
 class StoreRequestError(StoreError):
     """The store rejected a request as malformed or unknown (4xx other than 403/404/429)."""
+
+
+class StatsError(ToolkitError, ValueError):
+    """A statistics request is invalid (unknown statistic, missing dim, bad bins or quantiles)."""
 
 
 class RequestAbortedError(ToolkitError, RuntimeError):

@@ -1,0 +1,701 @@
+"""Mergeable aggregations: chunk -> partial state, combine(partials) -> partial, finalize.
+
+Every statistic of :func:`toolkit.stats` is declared here as a function of a few
+*components* of partial state (counts, central moments, extrema, exact integer
+sums, histogram counts, a quantile sketch). A chunk is reduced once into the
+components that the requested statistics need, partials are combined in a tree
+of any shape, and each statistic is finalized from the combined components.
+
+A partial is a ``dict`` of numpy arrays whose leading axes are the cells kept
+(the dims not reduced) of the block it came from; combining merges partials of
+the same cells. All floating accumulation is in float64:
+
+* moments use the pairwise update of Chan, Golub & LeVeque (1979) generalised
+  to k partials and to the 3rd and 4th central moments (Pébay 2008), from a
+  two-pass computation inside each chunk;
+* integer sums are exact: each value is split into its high and low 32 bits,
+  summed in int64 separately and joined at the end (exact up to 2**31 values
+  per chunk and 2**32 values in all, for any int64 value);
+* quantiles come from a DDSketch (Masson, Rim & Lee 2019): values fall into
+  logarithmic buckets of relative width ``alpha``, so the sketch is mergeable,
+  deterministic, and its answer is within ``alpha`` relative of the exact
+  order statistics around the quantile (see :func:`quantile_bound`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "STATISTICS",
+    "Aggregation",
+    "Count",
+    "Extrema",
+    "Histogram",
+    "Moments",
+    "QuantileSketch",
+    "Statistic",
+    "Sum",
+    "combine",
+    "finalize",
+    "partial",
+    "quantile_bound",
+]
+
+Partial = dict[str, Any]
+"""One component's partial state: named arrays over the kept cells."""
+
+_F8 = np.float64
+_I8 = np.int64
+_SLAB_ELEMENTS = 1 << 20  # reduce a chunk in cache-sized slabs of ~1M values
+
+
+class Slab:
+    """A block of values reduced over ``axes``, with the facts components share.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The values (any numeric dtype).
+    axes : tuple of int
+        The axes reduced; the others are kept, in order.
+    """
+
+    def __init__(self, x: np.ndarray, axes: tuple[int, ...]) -> None:
+        self.x = x
+        self.axes = axes
+        self.kept_shape = tuple(n for a, n in enumerate(x.shape) if a not in axes)
+        self.size = math.prod(x.shape[a] for a in axes)
+        self.is_float = x.dtype.kind == "f"
+
+    @cached_property
+    def _sum_and_mask(self) -> tuple[np.ndarray, np.ndarray | None]:
+        # One float64 sum finds out whether there is any NaN: the masked path
+        # (three more passes) is only taken when there is.
+        s = np.add.reduce(self.x, axis=self.axes, dtype=_F8)
+        if not self.is_float or not np.isnan(s).any():
+            return np.asarray(s, dtype=_F8), None
+        mask = np.isnan(self.x)
+        s = np.add.reduce(np.where(mask, 0, self.x), axis=self.axes, dtype=_F8)
+        return np.asarray(s, dtype=_F8), mask
+
+    @property
+    def fsum(self) -> np.ndarray:
+        """Float64 sum of the non-NaN values per cell."""
+        return self._sum_and_mask[0]
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Where the values are NaN, or None when none is."""
+        return self._sum_and_mask[1]
+
+    @cached_property
+    def n(self) -> np.ndarray:
+        """Number of non-NaN values per cell (int64)."""
+        if self.mask is None:
+            return np.full(self.kept_shape, self.size, dtype=_I8)
+        return np.asarray(self.size - self.mask.sum(axis=self.axes, dtype=_I8), dtype=_I8)
+
+    def expand(self, a: np.ndarray) -> np.ndarray:
+        """A per-cell array broadcastable against the values."""
+        return np.expand_dims(a, self.axes)
+
+    @cached_property
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """The non-NaN values as float64 and the flat index of their cell."""
+        kept = [a for a in range(self.x.ndim) if a not in self.axes]
+        moved = np.moveaxis(self.x, kept, list(range(len(kept))))
+        flat = moved.reshape(math.prod(self.kept_shape), self.size)
+        cell = np.broadcast_to(np.arange(flat.shape[0])[:, None], flat.shape)
+        values = flat.astype(_F8, copy=False)
+        if self.mask is None:
+            return values.ravel(), cell.ravel()
+        ok = ~np.isnan(values)
+        return values[ok], cell[ok]
+
+
+class Aggregation(Protocol):
+    """One component of partial state: how a chunk reduces and partials merge."""
+
+    @property
+    def key(self) -> str:
+        """The component's name in a partial state."""
+        ...
+
+    def chunk(self, slab: Slab) -> Partial:
+        """The partial state of one block of values."""
+        ...
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:
+        """Merge partials of the same cells (any number, in any grouping)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Count:
+    """Non-NaN values and all values per cell."""
+
+    key: str = "count"
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        return {"n": slab.n, "size": np.full(slab.kept_shape, slab.size, dtype=_I8)}
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        return {k: sum(p[k] for p in parts[1:]) + parts[0][k] for k in ("n", "size")}
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and central moment sums up to ``order`` (2 to 4)."""
+
+    order: int = 2
+    key: str = field(init=False, default="moments")
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        n = slab.n
+        nz = np.maximum(n, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, slab.fsum / nz, 0.0)
+        if self.order < 2:
+            return {"n": n, "mean": mean, "mean_lo": np.zeros_like(mean)}
+        # The corrected two-pass algorithm: sums of d = x - mean about the first
+        # mean estimate, then shifted to the exact centre mean + c. The centre is
+        # kept as two floats (mean, c): mean + c would round to the offset's
+        # precision, and the central sums are about the unrounded centre.
+        d = np.subtract(slab.x, slab.expand(mean), dtype=_F8)
+        if slab.mask is not None:
+            d[slab.mask] = 0.0
+        with np.errstate(invalid="ignore", over="ignore"):
+            s1 = np.add.reduce(d, axis=slab.axes)
+            c = np.where(n > 0, s1 / nz, 0.0)
+            d2 = d * d
+            s2 = np.add.reduce(d2, axis=slab.axes)
+            out: Partial = {"n": n, "mean": mean, "mean_lo": c, "m2": s2 - s1 * c}
+            if self.order >= 3:
+                s3 = np.add.reduce(d2 * d, axis=slab.axes)
+                out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
+            if self.order >= 4:
+                s4 = np.add.reduce(d2 * d2, axis=slab.axes)
+                out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
+        return out
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        ns = [p["n"] for p in parts]
+        n = sum(ns[1:], ns[0])
+        nz = np.maximum(n, 1)
+        # Centres are combined as offsets from one partial's centre, so their
+        # differences, not their magnitudes, set the rounding.
+        ref, ref_lo = parts[0]["mean"], parts[0]["mean_lo"]
+        seen = parts[0]["n"] > 0
+        for p in parts[1:]:
+            ref = np.where(seen, ref, p["mean"])
+            ref_lo = np.where(seen, ref_lo, p["mean_lo"])
+            seen = seen | (p["n"] > 0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            deltas = [
+                np.where(p["n"] > 0, (p["mean"] - ref) + (p["mean_lo"] - ref_lo), 0.0)
+                for p in parts
+            ]
+            shift = np.where(n > 0, sum(p["n"] * dl for p, dl in zip(parts, deltas)) / nz, 0.0)
+            out: Partial = {
+                "n": n,
+                "mean": np.where(n > 0, ref, 0.0),
+                "mean_lo": np.where(n > 0, ref_lo + shift, 0.0),
+            }
+            if self.order < 2:
+                return out
+            # Each partial's sums about the combined mean: with d = mean_i - mean,
+            # sum (x - mean)^p expands in the partial's own central sums.
+            m2 = m3 = m4 = 0.0
+            for p, dl in zip(parts, deltas):
+                d = np.where(p["n"] > 0, dl - shift, 0.0)
+                nd2 = p["n"] * d * d
+                m2 = m2 + p["m2"] + nd2
+                if self.order >= 3:
+                    m3 = m3 + p["m3"] + 3 * d * p["m2"] + nd2 * d
+                if self.order >= 4:
+                    m4 = m4 + p["m4"] + 4 * d * p["m3"] + 6 * d * d * p["m2"] + nd2 * d * d
+        out["m2"] = np.asarray(m2, dtype=_F8)
+        if self.order >= 3:
+            out["m3"] = np.asarray(m3, dtype=_F8)
+        if self.order >= 4:
+            out["m4"] = np.asarray(m4, dtype=_F8)
+        return out
+
+
+@dataclass(frozen=True)
+class Extrema:
+    """Minimum and maximum per cell, NaN-skipping, in the data's dtype."""
+
+    key: str = "extrema"
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        x = slab.x
+        if slab.size == 0:
+            empty = np.full(slab.kept_shape, np.nan)
+            return {"min": empty, "max": empty}
+        if slab.mask is None:
+            return {"min": np.min(x, axis=slab.axes), "max": np.max(x, axis=slab.axes)}
+        return {"min": np.fmin.reduce(x, axis=slab.axes), "max": np.fmax.reduce(x, axis=slab.axes)}
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        lo, hi = parts[0]["min"], parts[0]["max"]
+        for p in parts[1:]:
+            lo, hi = np.fmin(lo, p["min"]), np.fmax(hi, p["max"])
+        return {"min": lo, "max": hi}
+
+
+_LOW = np.int64(0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class Sum:
+    """Sum per cell: float64 for floats, exact (high and low 32 bits) for integers."""
+
+    key: str = "sum"
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        if slab.is_float:
+            return {"sum": slab.fsum}
+        x = slab.x
+        if x.dtype.itemsize < 8:  # int64 holds 2**31 values of 32 bits exactly
+            return {"hi": np.zeros(slab.kept_shape, _I8), "lo": _reduce_int(x, slab.axes)}
+        if x.dtype.kind == "u":
+            hi = _reduce_int(x >> np.uint64(32), slab.axes)
+            lo = _reduce_int(x & np.uint64(0xFFFFFFFF), slab.axes)
+        else:
+            hi = _reduce_int(x >> 32, slab.axes)
+            lo = _reduce_int(x & _LOW, slab.axes)
+        return _carry({"hi": hi, "lo": lo})
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        if "sum" in parts[0]:
+            return {"sum": sum(p["sum"] for p in parts[1:]) + parts[0]["sum"]}
+        return _carry(
+            {
+                "hi": sum(p["hi"] for p in parts[1:]) + parts[0]["hi"],
+                "lo": sum(p["lo"] for p in parts[1:]) + parts[0]["lo"],
+            }
+        )
+
+
+def _reduce_int(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    return np.asarray(np.add.reduce(x, axis=axes, dtype=_I8), dtype=_I8)
+
+
+def _carry(p: Partial) -> Partial:
+    # Keep lo in [0, 2**32) so that many more partials can be added without overflow.
+    lo = np.asarray(p["lo"], dtype=_I8)
+    return {"hi": np.asarray(p["hi"], dtype=_I8) + (lo >> 32), "lo": lo & _LOW}
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Counts of values in bins with ``edges`` (numpy.histogram's convention).
+
+    Bins are half-open ``[a, b)`` except the last, ``[a, b]``; values outside
+    the edges and NaN are not counted. Uniform edges (numpy's for
+    ``bins=int, range=...``) take a fast path that gives numpy's exact answer.
+    """
+
+    edges: np.ndarray
+    key: str = field(init=False, default="histogram")
+
+    @cached_property
+    def uniform(self) -> bool:
+        """Whether the edges are numpy's ``linspace`` edges for their ends."""
+        e = self.edges
+        return bool(np.array_equal(e, np.linspace(e[0], e[-1], len(e))))
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        nbins = len(self.edges) - 1
+        ncells = math.prod(slab.kept_shape)
+        if ncells == 1:
+            values = slab.x.ravel().astype(_F8, copy=False)
+            idx = self.bin_index(values)
+            counts = np.bincount(idx[idx >= 0], minlength=nbins)
+        else:
+            values, cell = slab.cells
+            idx = self.bin_index(values)
+            ok = idx >= 0
+            counts = np.bincount(cell[ok] * nbins + idx[ok], minlength=ncells * nbins)
+        return {"hist": counts.astype(_I8).reshape(*slab.kept_shape, nbins)}
+
+    def bin_index(self, v: np.ndarray) -> np.ndarray:
+        """The bin of each value, or -1 outside the edges (and for NaN)."""
+        e = self.edges
+        nbins = len(e) - 1
+        first, last = e[0], e[-1]
+        if not self.uniform:
+            idx = np.searchsorted(e, v, side="right") - 1
+            idx[v == last] = nbins - 1
+            idx[~((v >= first) & (v <= last))] = -1
+            return idx
+        # numpy.histogram's uniform path: an estimate, then at most one step
+        # each way against the edges themselves, so the answer is numpy's.
+        inside = (v >= first) & (v <= last)
+        with np.errstate(invalid="ignore", over="ignore"):
+            f = (v - first) * (nbins / (last - first))
+        f[~inside] = 0
+        idx = f.astype(np.intp)
+        np.minimum(idx, nbins - 1, out=idx)
+        idx -= v < e[idx]
+        idx += (v >= e[idx + 1]) & (idx != nbins - 1)
+        idx[~inside] = -1
+        return np.asarray(idx)
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        return {"hist": sum(p["hist"] for p in parts[1:]) + parts[0]["hist"]}
+
+
+@dataclass(frozen=True)
+class QuantileSketch:
+    """A DDSketch with relative accuracy ``alpha`` per cell.
+
+    A non-zero value ``x`` falls into bucket ``k = ceil(log_gamma |x|)`` with
+    ``gamma = (1 + alpha) / (1 - alpha)``; a bucket answers with
+    ``2 gamma**k / (gamma + 1)``, within ``alpha`` relative of every value in it.
+    Buckets are signed so that their order is the order of the values; zero
+    and the infinities have buckets of their own. The state is the sorted
+    ``(cell, bucket)`` codes present and their counts: its size grows with the
+    values' dynamic range (``log(max/min) / log(gamma)`` buckets per sign and
+    cell), never with their number.
+    """
+
+    alpha: float = 0.01
+    key: str = field(init=False, default="sketch")
+
+    @cached_property
+    def _log_gamma(self) -> float:
+        return math.log((1 + self.alpha) / (1 - self.alpha))
+
+    @cached_property
+    def _offset(self) -> int:
+        # Buckets of the smallest subnormal up to the largest double.
+        return math.ceil(746 / self._log_gamma) + 1
+
+    @cached_property
+    def _inf(self) -> int:
+        return 2 * self._offset + 1
+
+    @cached_property
+    def span(self) -> int:
+        """Codes per cell."""
+        return 2 * self._inf + 1
+
+    def bucket(self, v: np.ndarray) -> np.ndarray:
+        """Signed bucket of each (non-NaN, float64) value."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.ceil(np.log(np.abs(v)) / self._log_gamma)
+        k[np.isinf(v)] = self._inf - self._offset
+        b = np.zeros(v.shape, dtype=_I8)
+        nz = v != 0
+        b[nz] = k[nz].astype(_I8) + self._offset
+        return np.where(v < 0, -b, b)
+
+    def value(self, b: np.ndarray) -> np.ndarray:
+        """The value a bucket answers with."""
+        k = np.abs(b) - self._offset
+        g = self._log_gamma
+        with np.errstate(over="ignore"):
+            mag = np.exp(k * g + math.log(2 / (1 + math.exp(g))))
+        mag = np.where(np.abs(b) == self._inf, np.inf, mag)
+        mag = np.where(b == 0, 0.0, mag)
+        return np.where(b < 0, -mag, mag)
+
+    def chunk(self, slab: Slab) -> Partial:  # noqa: D102
+        values, cell = slab.cells
+        codes = cell.astype(_I8) * self.span + (self.bucket(values) + self._inf)
+        codes, counts = np.unique(codes, return_counts=True)
+        return {"codes": codes, "counts": counts.astype(_I8), "cells": math.prod(slab.kept_shape)}
+
+    def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        codes = np.concatenate([p["codes"] for p in parts])
+        counts = np.concatenate([p["counts"] for p in parts])
+        order = np.argsort(codes, kind="stable")
+        codes, counts = codes[order], counts[order]
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else codes
+        return {
+            "codes": codes[first],
+            "counts": np.add.reduceat(counts, first) if codes.size else counts,
+            "cells": parts[0]["cells"],
+        }
+
+    def quantiles(self, p: Partial, qs: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
+        """Estimates of quantiles ``qs`` per cell (NaN for empty cells), shape ``shape + (q,)``.
+
+        numpy.quantile's default ("linear") ranks are used: rank ``q (n - 1)``
+        interpolated between the two order statistics around it, each taken
+        from the bucket that holds it.
+        """
+        ncells = math.prod(shape)
+        codes, counts = p["codes"], p["counts"]
+        cell = codes // self.span
+        buckets = codes % self.span - self._inf
+        n = np.bincount(cell, weights=counts, minlength=ncells).astype(_I8)
+        cum = np.cumsum(counts)
+        start = np.concatenate([[0], np.cumsum(n)[:-1]])
+        out = np.full((ncells, len(qs)), np.nan)
+        has = n > 0
+        if codes.size == 0:
+            return out.reshape(*shape, len(qs))
+        vals = self.value(buckets)
+        for j, q in enumerate(qs):
+            rank = q * (n[has] - 1)
+            lo, hi = np.floor(rank), np.ceil(rank)
+
+            def at(r: np.ndarray) -> np.ndarray:
+                pos = np.searchsorted(cum, start[has] + r.astype(_I8), side="right")
+                return np.asarray(vals[pos], dtype=_F8)
+
+            v_lo, v_hi = at(lo), at(hi)
+            with np.errstate(invalid="ignore"):
+                out[has, j] = np.where(hi > lo, v_lo + (rank - lo) * (v_hi - v_lo), v_lo)
+        return out.reshape(*shape, len(qs))
+
+
+def quantile_bound(lower: np.ndarray, higher: np.ndarray, alpha: float) -> np.ndarray:
+    """The largest error of a sketch quantile against numpy's ``"linear"`` one.
+
+    ``lower`` and ``higher`` are numpy's ``"lower"`` and ``"higher"`` quantiles
+    (the order statistics around the rank): the sketch's answer differs from
+    numpy's by at most ``alpha * max(|lower|, |higher|)``, plus rounding.
+    """
+    return alpha * np.maximum(np.abs(lower), np.abs(higher)) * (1 + 1e-9)
+
+
+# Statistics ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What finalizing needs besides the partial state."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    ddof: int = 0
+    skipna: bool = True
+    quantiles: tuple[float, ...] = ()
+    alpha: float = 0.01
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """A statistic: the components it needs and how it is finalized from them.
+
+    Attributes
+    ----------
+    name : str
+        As requested in ``stats=``.
+    needs : tuple of str
+        Component keys (``"count"``, ``"moments2"``, ...).
+    finalize : callable
+        ``finalize(partials, context) -> numpy.ndarray`` over the kept cells.
+    cell_method : str
+        The CF ``cell_methods`` word for it ("mean", "standard_deviation", ...).
+    nan_propagates : bool
+        With ``skipna=False``, the result is NaN wherever a value was NaN.
+    """
+
+    name: str
+    needs: tuple[str, ...]
+    finalize: Callable[[Mapping[str, Partial], Context], np.ndarray]
+    cell_method: str
+    nan_propagates: bool = True
+    doc: str = ""
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _mean(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    m = p["moments"]
+    return np.where(m["n"] > 0, m["mean"] + m["mean_lo"], np.nan)
+
+
+def _var(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    m = p["moments"]
+    return _safe_div(m["m2"], m["n"] - c.ddof)
+
+
+def _std(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    return np.sqrt(_var(p, c))
+
+
+def _shape_ok(m: Partial) -> np.ndarray:
+    # scipy.stats' rule: a variance within float64 resolution of the mean is
+    # rounding noise (the data are constant), so skew and kurtosis are NaN.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = m["mean"] + m["mean_lo"]
+        return np.asarray((m["m2"] / np.maximum(m["n"], 1) > (1e-15 * mean) ** 2) & (m["m2"] > 0))
+
+
+def _skew(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    m = p["moments"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return np.where(_shape_ok(m), np.sqrt(m["n"]) * m["m3"] / m["m2"] ** 1.5, np.nan)
+
+
+def _kurtosis(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    m = p["moments"]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return np.where(_shape_ok(m), m["n"] * m["m4"] / (m["m2"] * m["m2"]) - 3.0, np.nan)
+
+
+def _extreme(which: str) -> Callable[[Mapping[str, Partial], Context], np.ndarray]:
+    def fin(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+        v = np.asarray(p["extrema"][which])
+        if c.dtype.kind in "f":
+            return v.astype(c.dtype, copy=False)
+        if np.isnan(v.astype(_F8, copy=False)).any():  # empty cells of integer data
+            return v.astype(_F8)
+        return v.astype(c.dtype, copy=False)
+
+    return fin
+
+
+def _sum(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    s = p["sum"]
+    if "sum" in s:
+        return np.asarray(s["sum"], dtype=_F8)
+    hi, lo = np.asarray(s["hi"]), np.asarray(s["lo"])
+    kind = np.uint64 if c.dtype.kind == "u" else _I8
+    if c.dtype.kind != "u" and ((hi >= -(1 << 31)) & (hi < (1 << 31))).all():
+        return np.asarray((hi << 32) | lo)  # lo holds the low 32 bits, hi the (signed) rest
+    exact = [int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())]
+    info = np.iinfo(kind)
+    if all(info.min <= v <= info.max for v in exact):
+        return np.array(exact, dtype=kind).reshape(hi.shape)
+    # Beyond 64 bits: the exact sum, correctly rounded to float64.
+    return np.array([float(v) for v in exact], dtype=_F8).reshape(hi.shape)
+
+
+def _quantile(p: Mapping[str, Partial], c: Context) -> np.ndarray:
+    return QuantileSketch(c.alpha).quantiles(p["sketch"], c.quantiles, c.shape)
+
+
+STATISTICS: dict[str, Statistic] = {
+    s.name: s
+    for s in [
+        Statistic(
+            "count",
+            ("count",),
+            lambda p, c: p["count"]["n"],
+            "count",
+            nan_propagates=False,
+            doc="number of non-NaN values",
+        ),
+        Statistic(
+            "nan_count",
+            ("count",),
+            lambda p, c: p["count"]["size"] - p["count"]["n"],
+            "count",
+            nan_propagates=False,
+            doc="number of NaN values",
+        ),
+        Statistic("sum", ("sum",), _sum, "sum", doc="sum (exact for integers)"),
+        Statistic("mean", ("moments1",), _mean, "mean", doc="arithmetic mean"),
+        Statistic("var", ("moments2",), _var, "variance", doc="variance, with ddof"),
+        Statistic("std", ("moments2",), _std, "standard_deviation", doc="standard deviation"),
+        Statistic("min", ("extrema",), _extreme("min"), "minimum", doc="minimum"),
+        Statistic("max", ("extrema",), _extreme("max"), "maximum", doc="maximum"),
+        Statistic("skew", ("moments3",), _skew, "skewness", doc="skewness (biased, g1)"),
+        Statistic(
+            "kurtosis", ("moments4",), _kurtosis, "kurtosis", doc="excess kurtosis (biased, g2)"
+        ),
+        Statistic(
+            "histogram",
+            ("histogram",),
+            lambda p, c: p["histogram"]["hist"],
+            "histogram",
+            nan_propagates=False,
+            doc="counts per bin",
+        ),
+        Statistic("quantiles", ("sketch",), _quantile, "quantile", doc="approximate quantiles"),
+    ]
+}
+"""Every statistic :func:`toolkit.stats` computes, by name."""
+
+
+def components(
+    names: Sequence[str], *, edges: np.ndarray | None = None, alpha: float = 0.01
+) -> list[Aggregation]:
+    """The components that statistics ``names`` need, each once.
+
+    Moments of several orders share one component of the highest order.
+    """
+    needs = {k for name in names for k in STATISTICS[name].needs}
+    out: list[Aggregation] = []
+    if "count" in needs:
+        out.append(Count())
+    orders = [int(k[-1]) for k in needs if k.startswith("moments")]
+    if orders:
+        out.append(Moments(max(orders)))
+    if "extrema" in needs:
+        out.append(Extrema())
+    if "sum" in needs:
+        out.append(Sum())
+    if "histogram" in needs:
+        if edges is None:
+            raise ValueError("a histogram needs bin edges")
+        out.append(Histogram(np.asarray(edges, dtype=_F8)))
+    if "sketch" in needs:
+        out.append(QuantileSketch(alpha))
+    return out
+
+
+def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
+    """The partial state of a block: every component, one read of the values.
+
+    The block is reduced in slabs of about a million values along its first
+    reduced axis, so that the float64 temporaries stay in cache; slab partials
+    are combined like any others.
+    """
+    x = np.asarray(x)
+    if not axes:
+        # Nothing reduced: every value is its own cell.
+        x, axes = x[..., None], (x.ndim,)
+    axis = axes[0]
+    per = max(1, x.size // max(x.shape[axis], 1))
+    step = max(1, _SLAB_ELEMENTS // per)
+    if x.shape[axis] <= step:
+        slab = Slab(x, axes)
+        return {a.key: a.chunk(slab) for a in aggs}
+    index: list[Any] = [slice(None)] * x.ndim
+    parts = []
+    for start in range(0, x.shape[axis], step):
+        index[axis] = slice(start, start + step)
+        slab = Slab(x[tuple(index)], axes)
+        parts.append({a.key: a.chunk(slab) for a in aggs})
+    return combine(parts, aggs)
+
+
+def combine(parts: Sequence[Partial], aggs: Sequence[Aggregation]) -> Partial:
+    """Merge partial states of the same cells."""
+    if len(parts) == 1:
+        return parts[0]
+    return {a.key: a.combine([p[a.key] for p in parts]) for a in aggs}
+
+
+def finalize(part: Partial, names: Sequence[str], context: Context) -> dict[str, np.ndarray]:
+    """Every requested statistic from a combined partial state."""
+    out = {}
+    nan = None
+    if not context.skipna and "count" in part:
+        nan = part["count"]["size"] > part["count"]["n"]
+    for name in names:
+        stat = STATISTICS[name]
+        v = np.asarray(stat.finalize(part, context))
+        if nan is not None and stat.nan_propagates and nan.any():
+            v = v.astype(np.result_type(v.dtype, _F8), copy=True)
+            v[nan] = np.nan  # broadcasts over a trailing quantile axis
+        out[name] = v
+    return out

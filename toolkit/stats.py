@@ -1,0 +1,622 @@
+"""Statistics in one pass: each chunk read once, reduced per chunk, combined in a tree.
+
+:func:`stats` turns a request (statistics, dims, bins, quantiles) into one dask
+graph per variable: a ``toolkit-stats-chunk`` task per block reduces it into
+the partial state every requested statistic needs (see
+:mod:`toolkit.aggregations`), ``toolkit-stats-combine`` tasks merge partials
+``split_every`` at a time along the reduced dims, and one
+``toolkit-stats-finalize`` task per block of kept cells turns the combined
+state into the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import operator
+import os
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from zarr.abc.store import Store
+
+from toolkit._progress import compute_with_progress
+from toolkit.aggregations import (
+    STATISTICS,
+    Aggregation,
+    Context,
+    Count,
+    Partial,
+    combine,
+    components,
+    finalize,
+    partial,
+)
+from toolkit.errors import StatsError
+from toolkit.storage import describe_store
+from toolkit.throttle import Throttle
+
+__all__ = ["DEFAULT_STATS", "stats"]
+
+DEFAULT_STATS = ("count", "mean", "std", "min", "max")
+"""The statistics :func:`stats` computes when none are named."""
+
+_DEFAULT_SPLIT_EVERY = 8
+
+Source = xr.DataArray | xr.Dataset | str | os.PathLike[str] | Store
+
+
+def stats(
+    obj: Source,
+    dim: Hashable | Sequence[Hashable] | None = None,
+    stats: Sequence[str] | str = DEFAULT_STATS,
+    *,
+    skipna: bool = True,
+    ddof: int = 0,
+    bins: int | Sequence[float] | np.ndarray | None = None,
+    bin_range: tuple[float, float] | None = None,
+    quantiles: float | Sequence[float] | None = None,
+    quantile_error: float = 0.01,
+    variables: Sequence[Hashable] | None = None,
+    split_every: int | Mapping[Hashable, int] | None = None,
+    throttle: Throttle | Literal[False] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    compute: bool = True,
+) -> xr.Dataset:
+    """Many statistics of a dataset in one pass over its chunks.
+
+    Each chunk is read and decoded once, whatever the number of statistics:
+    it is reduced into a partial state (counts, float64 central moments,
+    extrema, exact integer sums, histogram counts, a quantile sketch) that
+    partials of other chunks merge with in a tree. The tree's shape
+    (``split_every``) never changes the answer beyond float64 rounding.
+
+    Parameters
+    ----------
+    obj : DataArray, Dataset, str, os.PathLike or zarr Store
+        What to summarize. A path, URL or store is opened with
+        :func:`toolkit.open_zarr` (dask chunks in whole write units). In-memory
+        data is split into dask's "auto" chunks.
+    dim : hashable or sequence of hashable, optional
+        Dims to reduce (default: all). The others are kept, so
+        ``dim=("y", "x")`` gives a time series of spatial statistics and
+        ``dim="time"`` maps of temporal ones. A variable with none of the dims
+        is skipped (and named in the result's ``skipped`` attribute).
+    stats : sequence of str or str
+        Any of ``count``, ``nan_count``, ``sum``, ``mean``, ``var``, ``std``,
+        ``min``, ``max``, ``skew``, ``kurtosis``, ``histogram`` (needs
+        ``bins``) and ``quantiles`` (needs ``quantiles=``). ``bins`` and
+        ``quantiles`` add theirs when given.
+    skipna : bool
+        Ignore NaN (default). With False, every statistic but the counts and
+        the histogram is NaN where any value is.
+    ddof : int
+        Delta degrees of freedom of ``var`` and ``std`` (divisor ``n - ddof``).
+    bins : int or sequence of float, optional
+        Histogram bins as in :func:`numpy.histogram`: a number of equal bins
+        over ``bin_range``, or the bin edges. A number without ``bin_range``
+        takes each variable's min and max, which costs a second read of the
+        data (the first pass computes everything else).
+    bin_range : (float, float), optional
+        The range of ``bins`` equal bins; values outside are not counted.
+    quantiles : float or sequence of float, optional
+        Quantiles in [0, 1], estimated from a mergeable sketch (DDSketch):
+        each answer is within ``quantile_error`` relative of numpy's
+        (``numpy.quantile`` "linear"): at most
+        ``quantile_error * max(|lower|, |higher|)`` away, where lower and
+        higher are the order statistics around the quantile.
+    quantile_error : float
+        Relative accuracy of the sketch, in (0, 1) (default 1%). Its size
+        grows as ``log(max/min) / quantile_error`` per kept cell.
+    variables : sequence of hashable, optional
+        The variables of a Dataset to summarize (default: every numeric data
+        variable; others are skipped and named in ``skipped``). Naming a
+        non-numeric variable is an error.
+    split_every : int or mapping, optional
+        Partials merged per combine task (default 8), or per dim.
+    throttle : Throttle, False or None
+        Request budget when ``obj`` is a path, URL or store (see
+        :func:`toolkit.open_zarr`).
+    storage_options : mapping, optional
+        fsspec options when ``obj`` is a URL.
+    progress : bool
+        Show a progress bar (tqdm, or distributed's when a client is active).
+    compute : bool
+        Compute now (default), or return the dask-backed result.
+
+    Returns
+    -------
+    xarray.Dataset
+        For a DataArray, one variable per statistic (``mean``, ``std``, ...);
+        for a Dataset, ``<variable>_<statistic>``. Each keeps the dims not
+        reduced and their coordinates; histograms add a ``bin`` dim (with
+        ``bin_lower`` and ``bin_upper``), quantiles a ``quantile`` dim. Each
+        variable's attributes name the statistic, the variable, the reduced
+        dims (CF ``cell_methods``) and units.
+
+    Raises
+    ------
+    toolkit.errors.StatsError
+        Unknown statistics, dims not present, non-numeric variables asked for
+        by name, quantiles outside [0, 1], bad bins, or bins without a range
+        on data with no finite value.
+    """
+    names = _statistic_names(stats, bins, quantiles)
+    qs = _check_quantiles(quantiles, quantile_error) if "quantiles" in names else ()
+    edges = _fixed_edges(bins, bin_range) if "histogram" in names else None
+    if ddof < 0:
+        raise StatsError(f"ddof must be >= 0, got {ddof}")
+    ds, single, source = _as_dataset(obj, throttle=throttle, storage_options=storage_options)
+    reduce_dims = _check_dims(ds, dim)
+    chosen, skipped = _choose_variables(ds, variables, reduce_dims)
+    if not chosen:
+        raise StatsError(
+            "no variable to summarize: "
+            + ("; ".join(f"{k}: {v}" for k, v in skipped.items()) or "the dataset is empty")
+        )
+    every = _split_every(split_every, reduce_dims)
+    if "histogram" in names and edges is None and not compute:
+        raise StatsError(
+            "bins=<number> without bin_range takes the range from the data, which needs a "
+            "first pass; give bin_range=(low, high) or bin edges, or use compute=True"
+        )
+
+    hist_edges: dict[Hashable, np.ndarray] = {}
+    first_names = [n for n in names if n != "histogram"]
+    if "histogram" in names and edges is None:
+        # numpy's bins=int: equal bins between the data's min and max (a first pass).
+        extra = [n for n in ("min", "max") if n not in first_names]
+        first = _build(
+            ds,
+            chosen,
+            reduce_dims,
+            [*first_names, *extra],
+            every,
+            skipna,
+            ddof,
+            {},
+            qs,
+            quantile_error,
+            single,
+        )
+        first = _compute(first, progress, "stats (pass 1 of 2)")
+        for name in chosen:
+            lo, hi = (first[_out_name(name, s, single)].values for s in ("min", "max"))
+            hist_edges[name] = _data_edges(name, int(bins), lo, hi)  # type: ignore[arg-type]
+        first = first.drop_vars([_out_name(n, s, single) for n in chosen for s in extra])
+        result = _build(
+            ds,
+            chosen,
+            reduce_dims,
+            ["histogram"],
+            every,
+            skipna,
+            ddof,
+            hist_edges,
+            qs,
+            quantile_error,
+            single,
+        )
+        result = xr.merge(
+            [first, _compute(result, progress, "stats (pass 2 of 2)")], combine_attrs="override"
+        )
+        result = result[[_out_name(n, s, single) for n in chosen for s in names]]
+    else:
+        if edges is not None:
+            hist_edges = dict.fromkeys(chosen, edges)
+        result = _build(
+            ds,
+            chosen,
+            reduce_dims,
+            names,
+            every,
+            skipna,
+            ddof,
+            hist_edges,
+            qs,
+            quantile_error,
+            single,
+        )
+        if compute:
+            result = _compute(result, progress, "stats")
+    result.attrs.update(
+        {
+            "statistics": ", ".join(names),
+            "reduced_dims": ", ".join(map(str, reduce_dims)),
+            "skipna": int(skipna),
+        }
+    )
+    if "var" in names or "std" in names:
+        result.attrs["ddof"] = ddof
+    if source is not None:
+        result.attrs["source"] = source
+    if skipped:
+        result.attrs["skipped"] = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    return result
+
+
+# Validation ------------------------------------------------------------------
+
+
+def _statistic_names(stats: Sequence[str] | str, bins: object, quantiles: object) -> list[str]:
+    requested = [stats] if isinstance(stats, str) else list(stats)
+    for name in requested:
+        if not isinstance(name, str) or name not in STATISTICS:
+            close = difflib.get_close_matches(str(name), list(STATISTICS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StatsError(f"unknown statistic {name!r}{hint} Available: {', '.join(STATISTICS)}")
+    names = list(dict.fromkeys(requested))
+    if bins is not None and "histogram" not in names:
+        names.append("histogram")
+    if quantiles is not None and "quantiles" not in names:
+        names.append("quantiles")
+    if "histogram" in names and bins is None:
+        raise StatsError("'histogram' needs bins=: a number of bins (with bin_range=) or edges")
+    if "quantiles" in names and quantiles is None:
+        raise StatsError("'quantiles' needs quantiles=, e.g. quantiles=[0.05, 0.5, 0.95]")
+    return names
+
+
+def _check_quantiles(quantiles: object, error: float) -> tuple[float, ...]:
+    qs = np.atleast_1d(np.asarray(quantiles, dtype=float))
+    if qs.ndim != 1 or qs.size == 0:
+        raise StatsError(f"quantiles must be a number or a list of numbers, got {quantiles!r}")
+    bad = qs[~((qs >= 0) & (qs <= 1))]
+    if bad.size:
+        raise StatsError(
+            f"quantiles must lie in [0, 1], got {bad.tolist()}; for percentiles divide by 100"
+        )
+    if not 0 < error < 1:
+        raise StatsError(f"quantile_error must lie in (0, 1), got {error}")
+    return tuple(float(q) for q in qs)
+
+
+def _fixed_edges(bins: object, bin_range: tuple[float, float] | None) -> np.ndarray | None:
+    """Edges known before reading (None when they come from the data's range)."""
+    if isinstance(bins, int | np.integer) and not isinstance(bins, bool):
+        if bins < 1:
+            raise StatsError(f"bins must be a positive number of bins or edges, got {bins}")
+        if bin_range is None:
+            return None
+        try:
+            lo, hi = (float(v) for v in bin_range)
+        except (TypeError, ValueError):
+            raise StatsError(f"bin_range must be (low, high), got {bin_range!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+            raise StatsError(f"bin_range must be finite with low <= high, got {bin_range!r}")
+        return np.histogram_bin_edges(np.empty(0), bins=int(bins), range=(lo, hi))
+    if bin_range is not None:
+        raise StatsError("bin_range goes with bins=<number>; with bin edges, leave it out")
+    try:
+        edges = np.asarray(bins, dtype=float)
+    except (TypeError, ValueError):
+        raise StatsError(f"bins must be a number of bins or bin edges, got {bins!r}") from None
+    if edges.ndim != 1 or edges.size < 2 or not np.isfinite(edges).all():
+        raise StatsError(f"bin edges must be at least two finite numbers, got {bins!r}")
+    if (np.diff(edges) < 0).any():
+        raise StatsError("bin edges must increase monotonically")
+    return edges
+
+
+def _data_edges(name: Hashable, bins: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    lo_all = np.nanmin(lo.astype(float)) if np.isfinite(lo.astype(float)).any() else np.nan
+    hi_all = np.nanmax(hi.astype(float)) if np.isfinite(hi.astype(float)).any() else np.nan
+    if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
+        raise StatsError(
+            f"{name!r} has no finite value to take a histogram range from; "
+            "give bin_range=(low, high) or bin edges"
+        )
+    if (
+        not (np.isfinite(lo.astype(float)) | np.isnan(lo.astype(float))).all()
+        or not (np.isfinite(hi.astype(float)) | np.isnan(hi.astype(float))).all()
+    ):
+        raise StatsError(
+            f"{name!r} holds infinite values, so its range cannot bound equal bins; "
+            "give bin_range=(low, high) or bin edges"
+        )
+    return np.histogram_bin_edges(np.array([lo_all, hi_all]), bins=bins)
+
+
+def _as_dataset(
+    obj: Source,
+    *,
+    throttle: Throttle | Literal[False] | None,
+    storage_options: Mapping[str, Any] | None,
+) -> tuple[xr.Dataset, bool, str | None]:
+    if isinstance(obj, xr.DataArray):
+        name = obj.name if obj.name is not None else "data"
+        return obj.to_dataset(name=name), True, None
+    if isinstance(obj, xr.Dataset):
+        return obj, False, None
+    if isinstance(obj, str | os.PathLike | Store):
+        from toolkit.read import open_zarr
+
+        ds = open_zarr(obj, throttle=throttle, storage_options=storage_options)
+        return ds, False, describe_store(obj) if isinstance(obj, Store) else str(obj)
+    raise TypeError(
+        f"stats takes a DataArray, a Dataset, or a Zarr path, URL or store; "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _check_dims(ds: xr.Dataset, dim: Hashable | Sequence[Hashable] | None) -> tuple[Hashable, ...]:
+    if dim is None:
+        return tuple(ds.dims)
+    dims = [dim] if isinstance(dim, str) or not isinstance(dim, Iterable) else list(dim)
+    missing = [d for d in dims if d not in ds.dims]
+    if missing:
+        raise StatsError(
+            f"dim {missing[0]!r} is not in the data; its dims are {', '.join(map(repr, ds.dims))}"
+        )
+    return tuple(dict.fromkeys(dims))
+
+
+def _numeric(var: xr.DataArray) -> bool:
+    return var.dtype.kind in "biuf"
+
+
+def _choose_variables(
+    ds: xr.Dataset, variables: Sequence[Hashable] | None, dims: tuple[Hashable, ...]
+) -> tuple[list[Hashable], dict[Hashable, str]]:
+    skipped: dict[Hashable, str] = {}
+    if variables is not None:
+        names: list[Hashable] = [variables] if isinstance(variables, str) else list(variables)
+        for name in names:
+            if name not in ds.data_vars:
+                raise StatsError(
+                    f"no data variable {name!r}; the data variables are "
+                    f"{', '.join(map(repr, ds.data_vars))}"
+                )
+            if not _numeric(ds[name]):
+                raise StatsError(
+                    f"{name!r} is not numeric ({ds[name].dtype}); statistics need numbers"
+                )
+            if not set(ds[name].dims) & set(dims):
+                raise StatsError(f"{name!r} has none of the dims {list(dims)}")
+        return names, skipped
+    chosen = []
+    for name, var in ds.data_vars.items():
+        if not _numeric(var):
+            skipped[name] = f"not numeric ({var.dtype})"
+        elif not set(var.dims) & set(dims):
+            skipped[name] = f"none of the dims {', '.join(map(str, dims))}"
+        else:
+            chosen.append(name)
+    return chosen, skipped
+
+
+def _split_every(
+    split_every: int | Mapping[Hashable, int] | None, dims: tuple[Hashable, ...]
+) -> dict[Hashable, int]:
+    if split_every is None:
+        split_every = _DEFAULT_SPLIT_EVERY
+    if isinstance(split_every, Mapping):
+        out = {d: int(split_every.get(d, _DEFAULT_SPLIT_EVERY)) for d in dims}
+    else:
+        # An overall fan-in: each dim takes its share, as dask's reductions do.
+        per = max(2, int(int(split_every) ** (1 / max(len(dims), 1))))
+        if int(split_every) < 2:
+            raise StatsError(f"split_every must be >= 2, got {split_every}")
+        out = dict.fromkeys(dims, per)
+    bad = {d: k for d, k in out.items() if k < 2}
+    if bad:
+        raise StatsError(f"split_every must be >= 2 per dim, got {bad}")
+    return out
+
+
+# Graph -----------------------------------------------------------------------
+
+
+def _chunk_task(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
+    return partial(x, axes, aggs)
+
+
+def _combine_task(parts: list[Partial], aggs: Sequence[Aggregation]) -> Partial:
+    return combine(parts, aggs)
+
+
+def _finalize_task(part: Partial, names: Sequence[str], context: Context) -> dict[str, Any]:
+    return finalize(part, names, context)
+
+
+def _out_name(var: Hashable, stat: str, single: bool) -> str:
+    return stat if single else f"{var}_{stat}"
+
+
+def _result_dtype(stat: str, dtype: np.dtype[Any], empty: bool) -> np.dtype[Any]:
+    if stat in ("count", "nan_count", "histogram"):
+        return np.dtype("int64")
+    if stat in ("min", "max"):
+        return dtype if dtype.kind == "f" or not empty else np.dtype("float64")
+    if stat == "sum" and dtype.kind in "biu":
+        return np.dtype("uint64" if dtype.kind == "u" else "int64")
+    return np.dtype("float64")
+
+
+def _variable_stats(
+    name: Hashable,
+    var: xr.DataArray,
+    dims: tuple[Hashable, ...],
+    names: Sequence[str],
+    every: Mapping[Hashable, int],
+    context: Context,
+    aggs: Sequence[Aggregation],
+    token: str,
+) -> dict[str, tuple[da.Array, tuple[Hashable, ...]]]:
+    """Dask arrays of each statistic of one variable, and their dims."""
+    x = var.data if isinstance(var.data, da.Array) else da.from_array(np.asarray(var.values))
+    axes = tuple(i for i, d in enumerate(var.dims) if d in dims)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    tag = f"{name}-{token}"
+    parts = da.map_blocks(
+        _chunk_task,
+        x,
+        axes=axes,
+        aggs=aggs,
+        dtype=object,
+        meta=np.empty((0,) * x.ndim, dtype=object),
+        name=f"toolkit-stats-chunk-{tag}",
+    )
+    layer: dict[Any, Any] = {}
+    current = {idx: (parts.name, *idx) for idx in np.ndindex(*x.numblocks)}
+    nb = list(x.numblocks)
+    level = 0
+    while any(nb[a] > 1 for a in axes):
+        level += 1
+        cname = f"toolkit-stats-combine-{level}-{tag}"
+        fan = {a: every[var.dims[a]] if nb[a] > 1 else 1 for a in axes}
+        new_nb = [(-(-n // fan[a]) if a in fan else n) for a, n in enumerate(nb)]
+        groups: dict[tuple[int, ...], list[Any]] = {}
+        for idx, key in current.items():
+            new = tuple(i // fan[a] if a in fan else i for a, i in enumerate(idx))
+            groups.setdefault(new, []).append(key)
+        current = {}
+        for new, keys in groups.items():
+            key = (cname, *new)
+            layer[key] = (_combine_task, keys, aggs) if len(keys) > 1 else keys[0]
+            current[new] = key
+        nb = new_nb
+    fname = f"toolkit-stats-finalize-{tag}"
+    kept_chunks = [x.chunks[a] for a in kept]
+    for idx, key in current.items():
+        kidx = tuple(idx[a] for a in kept)
+        shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
+        ctx = dataclasses.replace(context, shape=shape)
+        layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
+    graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
+    empty = math.prod(x.shape[a] for a in axes) == 0
+    out = {}
+    kept_dims = tuple(var.dims[a] for a in kept)
+    for stat in names:
+        sname = f"toolkit-stats-{stat}-{tag}"
+        extra: tuple[tuple[int, ...], ...] = ()
+        extra_dims: tuple[Hashable, ...] = ()
+        if stat == "histogram":
+            nbins = len(next(a for a in aggs if a.key == "histogram").edges) - 1  # type: ignore[attr-defined]
+            extra, extra_dims = ((nbins,),), ("bin",)
+        elif stat == "quantiles":
+            extra, extra_dims = ((len(context.quantiles),),), ("quantile",)
+        pick = {
+            (sname, *k[1:], *([0] if extra else [])): (operator.getitem, k, stat)
+            for k in layer
+            if k[0] == fname
+        }
+        g = HighLevelGraph(
+            {**graph.layers, sname: MaterializedLayer(pick)},
+            {**graph.dependencies, sname: {fname}},
+        )
+        dtype = _result_dtype(stat, var.dtype, empty)
+        arr = da.Array(g, sname, (*kept_chunks, *extra), dtype=dtype)
+        out[stat] = (arr, (*kept_dims, *extra_dims))
+    return out
+
+
+def _build(
+    ds: xr.Dataset,
+    chosen: Sequence[Hashable],
+    dims: tuple[Hashable, ...],
+    names: Sequence[str],
+    every: Mapping[Hashable, int],
+    skipna: bool,
+    ddof: int,
+    edges: Mapping[Hashable, np.ndarray],
+    qs: tuple[float, ...],
+    alpha: float,
+    single: bool,
+) -> xr.Dataset:
+    """The lazy result Dataset for ``names`` of the ``chosen`` variables."""
+    token = tokenize(ds, list(chosen), dims, list(names), every, skipna, ddof, edges, qs, alpha)[
+        :10
+    ]
+    data_vars: dict[Hashable, xr.DataArray] = {}
+    for name in chosen:
+        var = ds[name]
+        vdims = tuple(d for d in dims if d in var.dims)
+        aggs = components(names, edges=edges.get(name), alpha=alpha)
+        if not skipna and not any(isinstance(a, Count) for a in aggs):
+            aggs.insert(0, Count())
+        context = Context(
+            dtype=var.dtype, shape=(), ddof=ddof, skipna=skipna, quantiles=qs, alpha=alpha
+        )
+        arrays = _variable_stats(name, var, vdims, names, every, context, aggs, token)
+        for stat, (arr, odims) in arrays.items():
+            out = _out_name(name, stat, single)
+            prefix = "" if single else f"{name}_"
+            odims = tuple(f"{prefix}bin" if d == "bin" else d for d in odims)
+            coords = {
+                k: c.variable
+                for k, c in var.coords.items()
+                if set(c.dims) <= set(odims) and k not in vdims
+            }
+            if stat == "histogram":
+                e = edges[name]
+                coords[f"{prefix}bin_lower"] = xr.Variable(f"{prefix}bin", e[:-1])
+                coords[f"{prefix}bin_upper"] = xr.Variable(f"{prefix}bin", e[1:])
+            if stat == "quantiles":
+                coords["quantile"] = xr.Variable("quantile", np.asarray(qs))
+            data_vars[out] = xr.DataArray(
+                arr, dims=odims, coords=coords, attrs=_attrs(name, var, stat, vdims, ddof, alpha)
+            )
+    return xr.Dataset(data_vars)
+
+
+def _attrs(
+    name: Hashable,
+    var: xr.DataArray,
+    stat: str,
+    dims: tuple[Hashable, ...],
+    ddof: int,
+    alpha: float,
+) -> dict[str, Any]:
+    s = STATISTICS[stat]
+    over = ", ".join(map(str, dims))
+    attrs: dict[str, Any] = {
+        "long_name": f"{s.doc} of {var.attrs.get('long_name', name)} over {over}",
+        "statistic": stat,
+        "variable": str(name),
+        "cell_methods": " ".join(f"{d}:" for d in dims) + f" {s.cell_method}",
+    }
+    units = var.attrs.get("units")
+    if units is not None:
+        if stat in ("mean", "std", "min", "max", "sum", "quantiles"):
+            attrs["units"] = units
+        elif stat == "var":
+            attrs["units"] = f"({units})2"
+        elif stat in ("skew", "kurtosis", "count", "nan_count", "histogram"):
+            attrs["units"] = "1"
+    if stat in ("var", "std"):
+        attrs["ddof"] = ddof
+    if stat == "quantiles":
+        attrs["method"] = "DDSketch"
+        attrs["relative_error"] = alpha
+    return attrs
+
+
+def _compute(result: xr.Dataset, progress: bool, desc: str) -> xr.Dataset:
+    total = sum(
+        math.prod(len(c) for c in v.data.chunks)
+        for v in result.data_vars.values()
+        if isinstance(v.data, da.Array)
+    )
+    # The bar counts chunk tasks; each variable's statistics share theirs.
+    chunk_tasks = sum(
+        1
+        for k in result.__dask_graph__()
+        if isinstance(k, tuple) and str(k[0]).startswith("toolkit-stats-chunk-")
+    )
+    out = compute_with_progress(
+        result,
+        total=chunk_tasks or total,
+        desc=desc,
+        prefix="toolkit-stats-chunk",
+        enabled=progress,
+    )
+    assert isinstance(out, xr.Dataset)
+    return out
