@@ -2,7 +2,8 @@
 
 Every write is planned (:func:`plan_write`), validated, turned into one dask graph
 in which each task owns whole stored objects (chunks, or shards), and executed
-(:func:`to_zarr`). Reads (:func:`open_zarr`) are chunked in whole write units.
+(:func:`to_zarr`). Reads (:func:`open_zarr`) are chunked in whole write units;
+:func:`stats` computes many statistics in one pass over them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from toolkit import errors
 from toolkit.metrics import IOMetrics, io_metrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
+from toolkit.stats import DEFAULT_STATS, stats
 from toolkit.throttle import Throttle
 from toolkit.write import WriteReport, execute, to_zarr
 
@@ -24,6 +26,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "DEFAULT_MAX_TASK_BYTES",
+    "DEFAULT_STATS",
     "IOMetrics",
     "Throttle",
     "VariablePlan",
@@ -38,5 +41,6 @@ __all__ = [
     "map_chunks",
     "open_zarr",
     "plan_write",
+    "stats",
     "to_zarr",
 ]

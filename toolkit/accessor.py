@@ -1,4 +1,4 @@
-"""The ``ds.toolkit`` accessor: toolkit's writes as Dataset methods."""
+"""The ``.toolkit`` accessors: toolkit's writes and statistics as xarray methods."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from toolkit.plan import WritePlan, plan_write
 from toolkit.storage import StoreLike
 from toolkit.write import WriteReport, to_zarr
 
-__all__ = ["ToolkitAccessor"]
+__all__ = ["ToolkitAccessor", "ToolkitArrayAccessor"]
 
 
 @xr.register_dataset_accessor("toolkit")
 class ToolkitAccessor:
-    """``ds.toolkit.to_zarr(...)`` and ``ds.toolkit.plan_write(...)``."""
+    """``ds.toolkit.to_zarr(...)``, ``ds.toolkit.plan_write(...)``, ``ds.toolkit.stats(...)``."""
 
     def __init__(self, ds: xr.Dataset) -> None:
         self._ds = ds
@@ -28,3 +28,23 @@ class ToolkitAccessor:
     def plan_write(self, store: StoreLike, **kwargs: Any) -> WritePlan:
         """:func:`toolkit.plan_write` on this dataset."""
         return plan_write(self._ds, store, **kwargs)
+
+    def stats(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """:func:`toolkit.stats` of this dataset."""
+        from toolkit.stats import stats
+
+        return stats(self._ds, *args, **kwargs)
+
+
+@xr.register_dataarray_accessor("toolkit")
+class ToolkitArrayAccessor:
+    """``da.toolkit.stats(...)``."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def stats(self, *args: Any, **kwargs: Any) -> xr.Dataset:
+        """:func:`toolkit.stats` of this array."""
+        from toolkit.stats import stats
+
+        return stats(self._da, *args, **kwargs)

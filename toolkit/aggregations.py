@@ -15,7 +15,8 @@ the same cells. All floating accumulation is in float64:
   two-pass computation inside each chunk;
 * integer sums are exact: each value is split into its high and low 32 bits,
   summed in int64 separately and joined at the end (exact up to 2**31 values
-  per chunk and 2**32 values in all, for any int64 value);
+  per chunk and 2**32 values in all, for any int64 value); a sum that does not
+  fit the result's int64 (uint64 for unsigned data) raises, never wraps;
 * quantiles come from a DDSketch (Masson, Rim & Lee 2019): values fall into
   logarithmic buckets of relative width ``alpha``, so the sketch is mergeable,
   deterministic, and its answer is within ``alpha`` relative of the exact
@@ -31,6 +32,8 @@ from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
+
+from toolkit.errors import StatsOverflowError
 
 __all__ = [
     "STATISTICS",
@@ -168,10 +171,10 @@ class Moments:
         # mean estimate, then shifted to the exact centre mean + c. The centre is
         # kept as two floats (mean, c): mean + c would round to the offset's
         # precision, and the central sums are about the unrounded centre.
-        d = np.subtract(slab.x, slab.expand(mean), dtype=_F8)
-        if slab.mask is not None:
-            d[slab.mask] = 0.0
         with np.errstate(invalid="ignore", over="ignore"):
+            d = np.subtract(slab.x, slab.expand(mean), dtype=_F8)
+            if slab.mask is not None:
+                d[slab.mask] = 0.0
             s1 = np.add.reduce(d, axis=slab.axes)
             c = np.where(n > 0, s1 / nz, 0.0)
             d2 = d * d
@@ -256,7 +259,12 @@ _LOW = np.int64(0xFFFFFFFF)
 
 @dataclass(frozen=True)
 class Sum:
-    """Sum per cell: float64 for floats, exact (high and low 32 bits) for integers."""
+    """Sum per cell: float64 for floats, exact (high and low 32 bits) for integers.
+
+    Integer sums are int64 (uint64 for unsigned data), as numpy's are, but an
+    overflow raises :class:`~toolkit.errors.StatsOverflowError` instead of
+    wrapping around.
+    """
 
     key: str = "sum"
 
@@ -572,10 +580,13 @@ def _sum(p: Mapping[str, Partial], c: Context) -> np.ndarray:
         return np.asarray((hi << 32) | lo)  # lo holds the low 32 bits, hi the (signed) rest
     exact = [int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())]
     info = np.iinfo(kind)
-    if all(info.min <= v <= info.max for v in exact):
-        return np.array(exact, dtype=kind).reshape(hi.shape)
-    # Beyond 64 bits: the exact sum, correctly rounded to float64.
-    return np.array([float(v) for v in exact], dtype=_F8).reshape(hi.shape)
+    bad = [v for v in exact if not info.min <= v <= info.max]
+    if bad:
+        raise StatsOverflowError(
+            f"an exact sum ({bad[0]}) does not fit {np.dtype(kind)}, the type of integer "
+            "sums; cast the data to float64 first for a rounded sum"
+        )
+    return np.array(exact, dtype=kind).reshape(hi.shape)
 
 
 def _quantile(p: Mapping[str, Partial], c: Context) -> np.ndarray:

@@ -20,6 +20,7 @@ __all__ = [
     "RegionError",
     "RequestAbortedError",
     "StatsError",
+    "StatsOverflowError",
     "StoreAccessError",
     "StoreError",
     "StoreRequestError",
@@ -112,6 +113,10 @@ class StoreRequestError(StoreError):
 
 class StatsError(ToolkitError, ValueError):
     """A statistics request is invalid (unknown statistic, missing dim, bad bins or quantiles)."""
+
+
+class StatsOverflowError(ToolkitError, OverflowError):
+    """An exact integer sum does not fit the 64-bit integer type of the result."""
 
 
 class RequestAbortedError(ToolkitError, RuntimeError):

@@ -306,22 +306,18 @@ def _fixed_edges(bins: object, bin_range: tuple[float, float] | None) -> np.ndar
 
 
 def _data_edges(name: Hashable, bins: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    lo_all = np.nanmin(lo.astype(float)) if np.isfinite(lo.astype(float)).any() else np.nan
-    hi_all = np.nanmax(hi.astype(float)) if np.isfinite(hi.astype(float)).any() else np.nan
-    if not (np.isfinite(lo_all) and np.isfinite(hi_all)):
-        raise StatsError(
-            f"{name!r} has no finite value to take a histogram range from; "
-            "give bin_range=(low, high) or bin edges"
-        )
-    if (
-        not (np.isfinite(lo.astype(float)) | np.isnan(lo.astype(float))).all()
-        or not (np.isfinite(hi.astype(float)) | np.isnan(hi.astype(float))).all()
-    ):
+    ends = np.concatenate([np.ravel(lo), np.ravel(hi)]).astype(np.float64)
+    if np.isinf(ends).any():
         raise StatsError(
             f"{name!r} holds infinite values, so its range cannot bound equal bins; "
             "give bin_range=(low, high) or bin edges"
         )
-    return np.histogram_bin_edges(np.array([lo_all, hi_all]), bins=bins)
+    if np.isnan(ends).all():
+        raise StatsError(
+            f"{name!r} has no finite value to take a histogram range from; "
+            "give bin_range=(low, high) or bin edges"
+        )
+    return np.histogram_bin_edges(np.array([np.nanmin(ends), np.nanmax(ends)]), bins=bins)
 
 
 def _as_dataset(
