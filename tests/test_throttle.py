@@ -116,11 +116,12 @@ def test_adaptive_halves_on_throttling_and_recovers():
 
 def test_adaptive_without_a_rate_learns_one_from_traffic():
     b = Budget(Throttle(cooldown=0.0))
-    for _ in range(40):
+    for _ in range(40):  # ~80 requests/s for half a second
         b.reserve("read")
+        time.sleep(0.0125)
     b.throttled("read")
-    learned = b.current_rates()["read"]
-    assert learned is not None and 1 <= learned <= 20
+    learned = b.current_rates()["read"]  # half of what was sent, per second
+    assert learned is not None and 25 <= learned <= 45
 
 
 def test_cooldown_limits_decreases():
@@ -173,10 +174,19 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget(monkeyp
 
 def test_a_cut_follows_what_was_sent_not_a_distant_limit():
     b = Budget(Throttle(read_rate=5000, cooldown=0.0))
-    for _ in range(100):  # 100 requests sent this second, far below the 5,000/s limit
+    for _ in range(50):  # ~100 requests/s for half a second, far below the 5,000/s limit
+        b.reserve("read")
+        time.sleep(0.01)
+    b.throttled("read", time.monotonic())
+    assert 35 <= b.current_rates()["read"] <= 55  # half of ~100, not half of 5,000
+
+
+def test_a_503_among_the_first_requests_of_a_run_does_not_read_as_a_tiny_rate():
+    b = Budget(Throttle(read_rate=5000, cooldown=0.0))
+    for _ in range(8):  # a run's first requests, at once
         b.reserve("read")
     b.throttled("read", time.monotonic())
-    assert b.current_rates()["read"] == pytest.approx(50)  # half of 100, not half of 5,000
+    assert b.current_rates()["read"] >= 50  # not 4/s: 8 requests in no time are a high rate
 
 
 def test_answers_to_requests_sent_before_a_cut_are_ignored():

@@ -298,6 +298,7 @@ class _Limiter:
         self._last_decrease = -math.inf
         self._last_increase = time.monotonic()
         self._granted: collections.deque[float] = collections.deque()  # last second's slots
+        self._busy_since = time.monotonic()  # start of the current run of requests
         self._step = 0.0  # additive increase per quiet second, set by each cut
         self.decreases = 0
 
@@ -307,10 +308,16 @@ class _Limiter:
         return max(1.0, rate * 0.25) / rate
 
     def _observed(self, now: float) -> float:
-        """Slots granted over the last second."""
+        """Slots granted per second over the last second.
+
+        When requests started less than a second ago, over the time since
+        they started: a 503 among the first few requests of a run must not
+        read as a rate of a few per second.
+        """
         while self._granted and self._granted[0] < now - 1.0:
             self._granted.popleft()
-        return float(len(self._granted))
+        window = min(1.0, max(0.05, now - self._busy_since))
+        return len(self._granted) / window
 
     def reserve(self, n: int = 1) -> tuple[float, float]:
         """Book ``n`` consecutive slots: (seconds until the first, seconds between them)."""
@@ -319,6 +326,8 @@ class _Limiter:
             self._recover(now)
             if self.policy.adaptive:
                 self._observed(now)
+                if not self._granted:
+                    self._busy_since = now
                 self._granted.extend([now] * min(n, 4096))
             if self.rate is None:
                 return 0.0, 0.0
