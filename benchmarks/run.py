@@ -248,6 +248,56 @@ def _cloud_case(
     ]
 
 
+def bench_stats(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
+    """count/mean/std/min/max/histogram of ~nbytes float32 zstd on a local store.
+
+    The incumbent is xarray on ``xr.open_zarr`` (dask chunks = zarr chunks):
+    separate computes, and one ``dask.compute`` of the same lazy results. The
+    floor reads and decodes every chunk and does nothing with it.
+    """
+    ny, nx = 512, 512
+    nt = max(16, nbytes // (ny * nx * 4) // 16 * 16)
+    path = tmp / "stats.zarr"
+    base = np.sin(np.linspace(0, 20, ny * nx, dtype="f4")).reshape(ny, nx)
+    noise = da.random.default_rng(0).standard_normal((nt, ny, nx), chunks=(64, ny, nx))
+    data = (base[None] + 0.1 * noise.astype("f4")).round(3)
+    ds = xr.Dataset({"v": (("t", "y", "x"), data)})
+    toolkit.to_zarr(ds, path, mode="w", encoding={"v": {"chunks": (16, 256, 256)}}, progress=False)
+    size = nt * ny * nx * 4
+    edges = (-1.5, 1.5)
+
+    def lazy() -> list[object]:
+        v = xr.open_zarr(path).v
+        hist = da.histogram(v.data, bins=100, range=edges)[0]
+        return [v.count(), v.mean(), v.std(), v.min(), v.max(), hist]
+
+    def separate() -> None:
+        for r in lazy():
+            r.compute()  # type: ignore[attr-defined]
+
+    def together() -> None:
+        dask.compute(*lazy())
+
+    def floor() -> None:
+        d = toolkit.open_zarr(path).v.data
+        d.map_blocks(lambda b: np.zeros((1,) * b.ndim), chunks=(1,) * d.ndim).sum().compute()
+
+    def tk() -> None:
+        toolkit.stats(path, stats=["count", "mean", "std", "min", "max"], bins=100,
+                      bin_range=edges, progress=False)  # fmt: skip
+
+    got = toolkit.stats(path, stats=["mean", "std"], progress=False)
+    v = xr.open_zarr(path).v.astype("f8")
+    assert abs(float(got.v_mean) - float(v.mean())) <= 1e-9 * float(abs(v).mean())
+    case = f"stats {size / 2**30:.2f} GiB f32 zstd, 6 statistics"
+    return [
+        Row(case, "floor: read + decode every chunk", timed(floor, repeat)),
+        Row(case, "xarray, separate computes", timed(separate, max(1, repeat - 1))),
+        Row(case, "xarray, one dask.compute", timed(together, repeat)),
+        Row(case, "toolkit stats()", timed(tk, repeat)),
+    ]
+
+
 def table(rows: list[Row]) -> str:
     """Rows with their ratio to toolkit's time on the same case (or the case it extends)."""
     lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
@@ -273,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
-    p.add_argument("--only", choices=("write", "graph", "cloud"), default=None)
+    p.add_argument("--only", choices=("write", "graph", "cloud", "stats"), default=None)
+    p.add_argument("--stats-size", default="2GiB", help="statistics benchmark size (default 2GiB)")
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
     p.add_argument("--latency", default="0.02,0.1", help="cloud proxy latencies, seconds")
     p.add_argument("--report", default=None, help="also write a Markdown report here")
@@ -288,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "graph"):
             for n in (int(x) for x in args.chunks.split(",")):
                 rows += bench_graph(Path(tmp), n, args.repeat if n <= 10_000 else 1)
+        if args.only in (None, "stats"):
+            rows += bench_stats(Path(tmp), parse_size(args.stats_size), args.repeat)
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))

@@ -44,8 +44,15 @@ def cases(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
 @given(cases())
-def test_any_split_and_tree_gives_numpys_answer(case: dict) -> None:  # type: ignore[type-arg]
+def test_any_split_and_tree_gives_numpys_answer(kernels: str, case: dict) -> None:  # type: ignore[type-arg]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", kernels)
+        _split_and_tree(case)
+
+
+def _split_and_tree(case: dict) -> None:  # type: ignore[type-arg]
     rng = np.random.default_rng(case["seed"])
     x = values(rng, case["dtype"], case["shape"], case["nan"])
     axes = case["axes"]
@@ -86,18 +93,24 @@ def test_integer_sums_are_exact_beyond_float64(dtype: str) -> None:
             finalize(combine(parts, aggs), ["sum"], ctx)
 
 
-def test_histogram_is_numpys_on_edges_and_outside() -> None:
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
+def test_histogram_is_numpys_on_edges_and_outside(kernels: str, monkeypatch) -> None:
+    monkeypatch.setenv("TOOLKIT_KERNELS", kernels)
     rng = np.random.default_rng(1)
     edges = np.histogram_bin_edges(np.empty(0), bins=7, range=(-1.0, 1.3))
     x = np.concatenate(
-        [rng.uniform(-2, 2, 10_000), edges, np.nextafter(edges, np.inf), [np.nan, np.inf]]
-    )
-    for e in (edges, np.array([-1.0, -0.5, 0.0, 0.01, 1.3])):
-        aggs = components(["histogram"], edges=e)
-        parts = [partial(p, (0,), aggs) for p in np.array_split(x, 3)]
-        got = combine(parts, aggs)["histogram"]["hist"]
-        want = np.histogram(x[np.isfinite(x)], bins=e)[0]
-        np.testing.assert_array_equal(got, want)
+        [rng.uniform(-2, 2, 10_000), edges, np.nextafter(edges, np.inf),
+         np.nextafter(edges, -np.inf), [np.nan, np.inf, -np.inf]]
+    )  # fmt: skip
+    awkward = np.histogram_bin_edges(np.empty(0), bins=49, range=(0.1, 0.7))
+    x = np.concatenate([x, awkward, np.nextafter(awkward, -1), np.nextafter(awkward, 1)])
+    for e in (edges, awkward, np.array([-1.0, -0.5, 0.0, 0.01, 1.3])):
+        for data in (x, x.astype("f4")):
+            aggs = components(["histogram"], edges=e)
+            parts = [partial(p, (0,), aggs) for p in np.array_split(data, 3)]
+            got = combine(parts, aggs)["histogram"]["hist"]
+            v = data.astype("f8")
+            np.testing.assert_array_equal(got, np.histogram(v[np.isfinite(v)], bins=e)[0])
 
 
 @given(

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from toolkit import _kernels
 from toolkit.errors import StatsOverflowError
 
 __all__ = [
@@ -56,7 +57,7 @@ Partial = dict[str, Any]
 
 _F8 = np.float64
 _I8 = np.int64
-_SLAB_ELEMENTS = 1 << 20  # reduce a chunk in cache-sized slabs of ~1M values
+_SLAB_ELEMENTS = 1 << 16  # reduce a chunk in slabs whose float64 temporaries stay in L2
 
 
 class Slab:
@@ -81,11 +82,12 @@ class Slab:
     def _sum_and_mask(self) -> tuple[np.ndarray, np.ndarray | None]:
         # One float64 sum finds out whether there is any NaN: the masked path
         # (three more passes) is only taken when there is.
-        s = np.add.reduce(self.x, axis=self.axes, dtype=_F8)
-        if not self.is_float or not np.isnan(s).any():
-            return np.asarray(s, dtype=_F8), None
-        mask = np.isnan(self.x)
-        s = np.add.reduce(np.where(mask, 0, self.x), axis=self.axes, dtype=_F8)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, quietly
+            s = np.add.reduce(self.x, axis=self.axes, dtype=_F8)
+            if not self.is_float or not np.isnan(s).any():
+                return np.asarray(s, dtype=_F8), None
+            mask = np.isnan(self.x)
+            s = np.add.reduce(np.where(mask, 0, self.x), axis=self.axes, dtype=_F8)
         return np.asarray(s, dtype=_F8), mask
 
     @property
@@ -177,14 +179,15 @@ class Moments:
                 d[slab.mask] = 0.0
             s1 = np.add.reduce(d, axis=slab.axes)
             c = np.where(n > 0, s1 / nz, 0.0)
-            d2 = d * d
-            s2 = np.add.reduce(d2, axis=slab.axes)
+            flat = d.ndim == 1  # a whole-array reduction: sums of products are dots
+            d2 = d if flat and self.order < 3 else d * d  # (d itself: unused)
+            s2 = np.dot(d, d) if flat else np.add.reduce(d2, axis=slab.axes)
             out: Partial = {"n": n, "mean": mean, "mean_lo": c, "m2": s2 - s1 * c}
             if self.order >= 3:
-                s3 = np.add.reduce(d2 * d, axis=slab.axes)
+                s3 = np.dot(d2, d) if flat else np.add.reduce(d2 * d, axis=slab.axes)
                 out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
             if self.order >= 4:
-                s4 = np.add.reduce(d2 * d2, axis=slab.axes)
+                s4 = np.dot(d2, d2) if flat else np.add.reduce(d2 * d2, axis=slab.axes)
                 out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
         return out
 
@@ -321,19 +324,32 @@ class Histogram:
         e = self.edges
         return bool(np.array_equal(e, np.linspace(e[0], e[-1], len(e))))
 
+    @cached_property
+    def arithmetic(self) -> bool:
+        """Whether each inner edge is ``k * step + first``, as the compiled kernel computes it."""
+        e = self.edges
+        n = len(e) - 1
+        step = (e[-1] - e[0]) / n
+        return self.uniform and bool(np.array_equal(np.arange(n) * step + e[0], e[:-1]))
+
     def chunk(self, slab: Slab) -> Partial:  # noqa: D102
         nbins = len(self.edges) - 1
         ncells = math.prod(slab.kept_shape)
         if ncells == 1:
-            values = slab.x.ravel().astype(_F8, copy=False)
+            values = slab.x.reshape(-1).astype(_F8, copy=False)
             idx = self.bin_index(values)
-            counts = np.bincount(idx[idx >= 0], minlength=nbins)
+            if slab.mask is not None or not self._all_inside(slab.x):
+                idx = idx[idx >= 0]
+            counts = np.bincount(idx, minlength=nbins)
         else:
             values, cell = slab.cells
             idx = self.bin_index(values)
             ok = idx >= 0
             counts = np.bincount(cell[ok] * nbins + idx[ok], minlength=ncells * nbins)
         return {"hist": counts.astype(_I8).reshape(*slab.kept_shape, nbins)}
+
+    def _all_inside(self, x: np.ndarray) -> bool:
+        return bool(x.size == 0 or (x.min() >= self.edges[0] and x.max() <= self.edges[-1]))
 
     def bin_index(self, v: np.ndarray) -> np.ndarray:
         """The bin of each value, or -1 outside the edges (and for NaN)."""
@@ -344,18 +360,24 @@ class Histogram:
             idx = np.searchsorted(e, v, side="right") - 1
             idx[v == last] = nbins - 1
             idx[~((v >= first) & (v <= last))] = -1
-            return idx
+            return np.asarray(idx)
         # numpy.histogram's uniform path: an estimate, then at most one step
         # each way against the edges themselves, so the answer is numpy's.
         inside = (v >= first) & (v <= last)
+        everywhere = bool(inside.all())
         with np.errstate(invalid="ignore", over="ignore"):
-            f = (v - first) * (nbins / (last - first))
-        f[~inside] = 0
+            f = np.subtract(v, first)
+            f *= nbins / (last - first)
+        if not everywhere:
+            f[~inside] = 0
         idx = f.astype(np.intp)
         np.minimum(idx, nbins - 1, out=idx)
-        idx -= v < e[idx]
-        idx += (v >= e[idx + 1]) & (idx != nbins - 1)
-        idx[~inside] = -1
+        idx -= v < e.take(idx)
+        up = v >= e.take(idx + 1)
+        up &= idx != nbins - 1
+        idx += up
+        if not everywhere:
+            idx[~inside] = -1
         return np.asarray(idx)
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
@@ -666,14 +688,31 @@ def components(
 def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
     """The partial state of a block: every component, one read of the values.
 
-    The block is reduced in slabs of about a million values along its first
-    reduced axis, so that the float64 temporaries stay in cache; slab partials
-    are combined like any others.
+    A whole-block reduction of float data goes to the compiled kernels when
+    numba is installed (:func:`_fused`). Otherwise, and for what the kernels
+    do not cover, numpy reduces the block in slabs (:func:`_slabs`).
     """
     x = np.asarray(x)
     if not axes:
         # Nothing reduced: every value is its own cell.
         x, axes = x[..., None], (x.ndim,)
+    elif len(axes) == x.ndim:
+        # Everything reduced: a flat view slices into slabs of any size.
+        x, axes = x.reshape(-1), (0,)
+        fused = _fused(x, aggs)
+        rest = [a for a in aggs if a.key not in fused]
+        if not rest:
+            return fused
+        return {**_slabs(x, axes, rest), **fused}
+    return _slabs(x, axes, aggs)
+
+
+def _slabs(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
+    """Reduce with numpy, in slabs of ~64k values along the first reduced axis.
+
+    The float64 temporaries of a slab stay in the L2 cache; slab partials are
+    combined like any others.
+    """
     axis = axes[0]
     per = max(1, x.size // max(x.shape[axis], 1))
     step = max(1, _SLAB_ELEMENTS // per)
@@ -687,6 +726,51 @@ def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -
         slab = Slab(x[tuple(index)], axes)
         parts.append({a.key: a.chunk(slab) for a in aggs})
     return combine(parts, aggs)
+
+
+def _fused(x: np.ndarray, aggs: Sequence[Aggregation]) -> dict[str, Partial]:
+    """Partials of a flat float block from the compiled kernels, for the components they cover.
+
+    A few vectorized passes whatever the statistics, instead of one numpy pass
+    per operation. Same state, same arithmetic as the components' ``chunk``;
+    the components left out (quantile sketches, non-uniform bins) are reduced
+    by numpy.
+    """
+    if x.dtype not in (np.float32, np.float64) or not _kernels.enabled():
+        return {}
+    x = np.ascontiguousarray(x)
+    n, total = _kernels.summary_pass(x)
+    nn = np.asarray(n, dtype=_I8)
+    out: dict[str, Partial] = {}
+    for a in aggs:
+        if isinstance(a, Count):
+            out[a.key] = {"n": nn, "size": np.asarray(x.size, dtype=_I8)}
+        elif isinstance(a, Extrema):
+            if n == 0:
+                out[a.key] = {"min": np.asarray(np.nan), "max": np.asarray(np.nan)}
+            elif n == x.size:  # no NaN: numpy's SIMD min and max
+                out[a.key] = {"min": np.asarray(x.min()), "max": np.asarray(x.max())}
+            else:
+                out[a.key] = {"min": np.fmin.reduce(x), "max": np.fmax.reduce(x)}
+        elif isinstance(a, Sum):
+            out[a.key] = {"sum": np.asarray(total, dtype=_F8)}
+        elif isinstance(a, Histogram) and a.arithmetic:
+            e = a.edges
+            out[a.key] = {"hist": _kernels.histogram_pass(x, e[0], e[-1], len(e) - 1)}
+        elif isinstance(a, Moments):
+            mean = total / n if n else 0.0
+            m: Partial = {"n": nn, "mean": np.asarray(mean), "mean_lo": np.asarray(0.0)}
+            if a.order >= 2:
+                s1, s2, s3, s4 = _kernels.moments_pass(x, mean, a.order)
+                c = s1 / n if n else 0.0
+                m["mean_lo"] = np.asarray(c)
+                m["m2"] = np.asarray(s2 - s1 * c)
+                if a.order >= 3:
+                    m["m3"] = np.asarray(s3 - 3 * c * s2 + 2 * n * c**3)
+                if a.order >= 4:
+                    m["m4"] = np.asarray(s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4)
+            out[a.key] = m
+    return out
 
 
 def combine(parts: Sequence[Partial], aggs: Sequence[Aggregation]) -> Partial:
