@@ -124,3 +124,24 @@ def test_copy_takes_a_throttle(tmp_path):
     args = _parser().parse_args(["copy", "a.zarr", str(tmp_path / "y"), "--max-inflight", "8"])
     assert _throttle(args).max_inflight == 8
     assert _throttle(_parser().parse_args(["copy", "a.zarr", "b.zarr"])) is None
+
+
+def test_stats_prints_a_table_and_refuses_bad_names(tmp_path):
+    import toolkit
+
+    ds = make_dataset(nt=30)
+    store = str(tmp_path / "s.zarr")
+    toolkit.to_zarr(ds, store, progress=False)
+    r = run("stats", store, "--stats", "count,mean,max", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["variable", "count", "mean", "max"]
+    row = dict(zip(lines[0].split(), next(ln for ln in lines if ln.startswith("a ")).split()))
+    a = ds.a.values.astype("f8")
+    assert int(row["count"]) == np.isfinite(a).sum()
+    assert float(row["mean"]) == pytest.approx(np.nanmean(a), rel=1e-5)
+    kept = run("stats", store, "--dim", "time", "--stats", "std", "--variables", "b",
+               "--no-progress")  # fmt: skip
+    assert kept.returncode == 0 and "b_std" in kept.stdout and "(y: 12)" in kept.stdout
+    bad = run("stats", store, "--stats", "mean,stdev", "--no-progress")
+    assert bad.returncode == 2 and "did you mean 'std'" in bad.stderr

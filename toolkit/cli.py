@@ -1,4 +1,4 @@
-"""The ``toolkit`` command line: ``copy``, ``inspect`` and ``demo``."""
+"""The ``toolkit`` command line: ``copy``, ``inspect``, ``stats`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("store")
     i.add_argument("--group", default=None)
 
+    st = sub.add_parser(
+        "stats", help="statistics of a store in one pass over its chunks (toolkit.stats)"
+    )
+    st.add_argument("store", help="Zarr store (path or URL)")
+    st.add_argument("--dim", nargs="+", default=None, help="dims to reduce (default: all)")
+    st.add_argument(
+        "--stats",
+        default="count,mean,std,min,max",
+        help="comma-separated statistics (default: count,mean,std,min,max)",
+    )
+    st.add_argument("--variables", nargs="+", default=None, help="variables (default: numeric)")
+    st.add_argument("--bins", type=int, default=None, help="histogram: number of equal bins")
+    st.add_argument("--range", default=None, metavar="LOW,HIGH", help="histogram range")
+    st.add_argument("--quantiles", default=None, metavar="Q,...", help="e.g. 0.05,0.5,0.95")
+    st.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
+    st.add_argument("--rate", type=float, default=None, help="requests/s allowed")
+    st.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
+    st.add_argument("--no-progress", action="store_true")
+
     d = sub.add_parser(
         "demo",
         help="generate a sample dataset, write it on a LocalCluster, read it back and verify",
@@ -79,7 +98,7 @@ def _throttle(args: argparse.Namespace) -> Any:
 
     from toolkit.throttle import Throttle
 
-    base = Throttle.for_url(args.dst) or Throttle()
+    base = Throttle.for_url(getattr(args, "dst", None) or args.store) or Throttle()
     changes: dict[str, Any] = {}
     if args.rate is not None:
         changes.update(rate=args.rate, read_rate=None, write_rate=None)
@@ -115,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "inspect":
             print(jobs.inspect(args.store, group=args.group))
             return 0
+        if args.command == "stats":
+            with jobs._cluster(args.workers, 1):
+                print(_stats(args))
+            return 0
         ok = jobs.demo(
             size=args.size,
             out=args.out,
@@ -127,6 +150,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ToolkitError, FileNotFoundError, ValueError) as e:
         print(f"toolkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _numbers(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"toolkit: {flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def _stats(args: argparse.Namespace) -> str:
+    """The statistics of ``args.store``: a table when everything was reduced."""
+    from toolkit._render import text_table
+    from toolkit.stats import stats
+
+    bin_range = _numbers(args.range, "--range")
+    if bin_range is not None and len(bin_range) != 2:
+        raise SystemExit("toolkit: --range takes LOW,HIGH")
+    result = stats(
+        args.store,
+        dim=args.dim,
+        stats=[s.strip() for s in args.stats.split(",") if s.strip()],
+        variables=args.variables,
+        bins=args.bins,
+        bin_range=(bin_range[0], bin_range[1]) if bin_range else None,
+        quantiles=_numbers(args.quantiles, "--quantiles"),
+        throttle=_throttle(args),
+        progress=not args.no_progress,
+    )
+    scalars = [v for v in result.data_vars.values() if v.ndim == 0]
+    if len(scalars) < len(result.data_vars):
+        return str(result)
+    rows: dict[str, dict[str, str]] = {}
+    for v in scalars:
+        rows.setdefault(v.attrs["variable"], {"variable": v.attrs["variable"]})
+        rows[v.attrs["variable"]][v.attrs["statistic"]] = f"{v.item():.6g}"
+    return text_table(list(rows.values()))
 
 
 if __name__ == "__main__":  # pragma: no cover
