@@ -716,6 +716,10 @@ def _slabs(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) ->
     axis = axes[0]
     per = max(1, x.size // max(x.shape[axis], 1))
     step = max(1, _SLAB_ELEMENTS // per)
+    if per > 1 and len(axes) < x.ndim:
+        # Many kept cells (a map, say): slabs of at least 16 values per cell, or
+        # combining the slabs' map-sized partials would cost more than reducing.
+        step = max(step, 16)
     if x.shape[axis] <= step:
         slab = Slab(x, axes)
         return {a.key: a.chunk(slab) for a in aggs}

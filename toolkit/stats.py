@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import operator
 import os
@@ -168,62 +169,25 @@ def stats(
             "first pass; give bin_range=(low, high) or bin edges, or use compute=True"
         )
 
-    hist_edges: dict[Hashable, np.ndarray] = {}
-    first_names = [n for n in names if n != "histogram"]
+    build = functools.partial(
+        _build, ds, chosen, reduce_dims, every=every, skipna=skipna, ddof=ddof, qs=qs,
+        alpha=quantile_error, single=single,
+    )  # fmt: skip
     if "histogram" in names and edges is None:
         # numpy's bins=int: equal bins between the data's min and max (a first pass).
+        first_names = [n for n in names if n != "histogram"]
         extra = [n for n in ("min", "max") if n not in first_names]
-        first = _build(
-            ds,
-            chosen,
-            reduce_dims,
-            [*first_names, *extra],
-            every,
-            skipna,
-            ddof,
-            {},
-            qs,
-            quantile_error,
-            single,
-        )
-        first = _compute(first, progress, "stats (pass 1 of 2)")
+        first = _compute(build([*first_names, *extra], {}), progress, "stats (pass 1 of 2)")
+        hist_edges: dict[Hashable, np.ndarray] = {}
         for name in chosen:
             lo, hi = (first[_out_name(name, s, single)].values for s in ("min", "max"))
             hist_edges[name] = _data_edges(name, int(bins), lo, hi)  # type: ignore[arg-type]
         first = first.drop_vars([_out_name(n, s, single) for n in chosen for s in extra])
-        result = _build(
-            ds,
-            chosen,
-            reduce_dims,
-            ["histogram"],
-            every,
-            skipna,
-            ddof,
-            hist_edges,
-            qs,
-            quantile_error,
-            single,
-        )
-        result = xr.merge(
-            [first, _compute(result, progress, "stats (pass 2 of 2)")], combine_attrs="override"
-        )
+        second = _compute(build(["histogram"], hist_edges), progress, "stats (pass 2 of 2)")
+        result = xr.merge([first, second], combine_attrs="override")
         result = result[[_out_name(n, s, single) for n in chosen for s in names]]
     else:
-        if edges is not None:
-            hist_edges = dict.fromkeys(chosen, edges)
-        result = _build(
-            ds,
-            chosen,
-            reduce_dims,
-            names,
-            every,
-            skipna,
-            ddof,
-            hist_edges,
-            qs,
-            quantile_error,
-            single,
-        )
+        result = build(names, dict.fromkeys(chosen, edges) if edges is not None else {})
         if compute:
             result = _compute(result, progress, "stats")
     result.attrs.update(
@@ -519,10 +483,11 @@ def _build(
     chosen: Sequence[Hashable],
     dims: tuple[Hashable, ...],
     names: Sequence[str],
+    edges: Mapping[Hashable, np.ndarray],
+    *,
     every: Mapping[Hashable, int],
     skipna: bool,
     ddof: int,
-    edges: Mapping[Hashable, np.ndarray],
     qs: tuple[float, ...],
     alpha: float,
     single: bool,
