@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
+from toolkit.ingest import ingest
 from toolkit.metrics import IOMetrics, io_metrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "errors",
     "execute",
+    "ingest",
     "io_metrics",
     "iter_chunks",
     "map_chunks",

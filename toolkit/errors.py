@@ -16,6 +16,7 @@ __all__ = [
     "EncodingError",
     "ExistingStoreError",
     "IncompleteStoreError",
+    "IngestError",
     "PlanError",
     "RegionError",
     "RequestAbortedError",
@@ -59,6 +60,10 @@ class EncodingError(PlanError):
 
 class ExistingStoreError(PlanError, FileExistsError):
     """The target already holds data and the mode forbids overwriting it."""
+
+
+class IngestError(PlanError):
+    """Sources to ingest are missing, unreadable or disagree; nothing was written."""
 
 
 class UnsafePlanError(PlanError):

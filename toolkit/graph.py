@@ -25,8 +25,11 @@ import numpy as np
 import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from zarr.core.buffer.cpu import Buffer
+from zarr.core.sync import sync
 
 from toolkit import grid
+from toolkit.journal import task_marker
 from toolkit.metrics import IOMetrics, publish
 from toolkit.plan import VariablePlan, WritePlan
 from toolkit.storage import MetricsStore, find_wrapper, rebind, redact, wrap_store
@@ -71,12 +74,16 @@ class WriteIO:
     distributed : bool
         Whether the tasks run on a ``distributed`` cluster (a failing task then
         tells every worker to skip the write's remaining tasks).
+    resume_prefix : str, optional
+        Where a resumable write's tasks put their completion markers
+        (:class:`toolkit.journal.ResumeLog`).
     """
 
     token: str
     throttle: Throttle | None
     concurrency: int
     distributed: bool
+    resume_prefix: str | None = None
 
 
 _ABORTED: set[str] = set()
@@ -176,6 +183,10 @@ def write_block(
     try:
         with _zarr_concurrency(io.concurrency):
             rebind(target, stack)[region] = block
+            if io.resume_prefix is not None:
+                # After every unit landed: a resumed run skips this task.
+                marker = f"{io.resume_prefix}{target.basename}/{task_marker(units)}"
+                sync(stack.set(marker, Buffer.from_bytes(b"")))
     except Exception as e:
         gate.abort()
         gate.wait_idle(timeout=120)
@@ -210,7 +221,12 @@ def summarize(results: Sequence[Mapping[str, Any]], started: float) -> dict[str,
     return out
 
 
-def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource], io: WriteIO) -> Delayed:
+def build_write_graph(
+    plan: WritePlan,
+    sources: Sequence[WriteSource],
+    io: WriteIO,
+    skip: Mapping[str, set[str]] | None = None,
+) -> Delayed:
     """One graph writing every variable of ``plan``; computes to the summed figures.
 
     Parameters
@@ -221,6 +237,9 @@ def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource], io: Write
         One per planned variable.
     io : WriteIO
         How the tasks reach the store.
+    skip : mapping of str to set of str, optional
+        Per variable, the completion markers of tasks to leave out (they landed
+        in an earlier run of a resumable write). Their source blocks are not read.
     """
     layers: dict[str, Any] = {}
     deps: dict[str, set[str]] = {}
@@ -252,10 +271,13 @@ def build_write_graph(plan: WritePlan, sources: Sequence[WriteSource], io: Write
             for c, o in zip(vp.task_chunks, vp.offset, strict=True)
         ]
         ranges = [list(zip(a.first.tolist(), a.stop.tolist(), strict=True)) for a in own]
+        done = (skip or {}).get(vp.name)
         layer: dict[Any, Any] = {}
         for idx in itertools.product(*(range(n) for n in data.numblocks)):
             region = tuple(sl[i] for sl, i in zip(slices, idx, strict=True))
             units = tuple(r[i] for r, i in zip(ranges, idx, strict=True))
+            if done and task_marker(units) in done:
+                continue
             key = (name, *idx)
             layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey)
             write_keys.append(key)

@@ -10,6 +10,12 @@ data.
 
 The records are small, human-readable JSON documents, one per write, so that
 concurrent writers never contend for one object.
+
+A resumable write (:func:`toolkit.ingest`, :func:`toolkit.jobs.copy`) also
+keeps ``.toolkit/resume/<id>/``: ``begin.json``, put in the metadata round, and
+one empty marker per write task whose units have all landed, named after the
+units it owns. Started again with the same arguments (the same id), the write
+skips the marked tasks; at the end the prefix is deleted.
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ from toolkit.throttle import Throttle
 if TYPE_CHECKING:
     from toolkit.plan import WritePlan
 
-__all__ = ["RESERVED_PREFIX", "WriteJournal", "clear_records", "read_records"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "ResumeLog",
+    "WriteJournal",
+    "clear_records",
+    "read_records",
+    "task_marker",
+]
 
 RESERVED_PREFIX = ".toolkit"
 """Top-level prefix (inside the group) where toolkit keeps its own state."""
@@ -47,9 +60,18 @@ warnings.filterwarnings(
 )
 
 
-def _prefix(group: str | None) -> str:
+def _prefix(group: str | None, kind: str = "writes") -> str:
     base = f"{group.strip('/')}/" if group else ""
-    return f"{base}{RESERVED_PREFIX}/writes/"
+    return f"{base}{RESERVED_PREFIX}/{kind}/"
+
+
+def _rmdirs(store: Store, *relative: str) -> None:
+    """Remove empty directories toolkit left in a local store (a local artefact)."""
+    base = unwrap(store)
+    if isinstance(base, LocalStore):
+        for rel in relative:
+            with contextlib.suppress(OSError):
+                (base.root / rel).rmdir()
 
 
 def _encode(doc: Mapping[str, Any]) -> Buffer:
@@ -83,7 +105,7 @@ class WriteJournal:
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
         sync(wrap_store(self.store, self.throttle, io).set(self.key, _encode(doc)))
 
-    def begin(self, plan: WritePlan, via: Store) -> None:
+    def begin(self, plan: WritePlan, via: Store, resume: str | None = None) -> None:
         """Say in the store that this write has started (before any data).
 
         ``via`` is the store to write the record through (the metadata phase's
@@ -97,6 +119,7 @@ class WriteJournal:
             "append_dim": plan.append_dim,
             "region": {k: [s.start, s.stop] for k, s in (plan.region or {}).items()},
             "variables": {v.name: {"units": v.nunits, "tasks": v.ntasks} for v in plan.variables},
+            **({"resume": resume} if resume else {}),
         }
         sync(via.set(self.key, _encode(self._doc)))
 
@@ -118,14 +141,14 @@ class WriteJournal:
             for old in read_records(store, self.group):
                 if old.get("state") == "failed" and _covers(plan, old.get("units") or {}):
                     sync(store.delete(old["key"]))
-        base = unwrap(self.store)
-        if isinstance(base, LocalStore):
-            # Directories are a local artefact; leave none behind (other writers'
-            # records keep theirs: rmdir fails on a directory that is not empty).
-            writes = base.root / _prefix(self.group)
-            for d in (writes, writes.parent):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+        if self._doc.get("resume"):
+            # The interrupted runs of the same resumable write are complete now.
+            for old in read_records(store, self.group):
+                if old.get("resume") == self._doc["resume"]:
+                    sync(store.delete(old["key"]))
+        # Other writers' records keep their directory: rmdir fails on one not empty.
+        writes = _prefix(self.group)
+        _rmdirs(self.store, writes, writes.rsplit("/", 2)[0])
 
 
 def _covers(plan: WritePlan, units: Mapping[str, Any]) -> bool:
@@ -172,3 +195,61 @@ def clear_records(store: Store, group: str | None = None) -> int:
         return len(keys)
 
     return sync(go())
+
+
+def task_marker(units: tuple[tuple[int, int], ...]) -> str:
+    """The name of a write task's completion marker: the unit ranges it owns."""
+    return "_".join(f"{a}-{b}" for a, b in units)
+
+
+class ResumeLog:
+    """Which tasks of a resumable write have landed, kept in its store.
+
+    Parameters
+    ----------
+    store : Store
+        The plain store.
+    group : str, optional
+        The group written.
+    write_id : str
+        Identifies the write across runs: the same sources, layout and target
+        give the same id.
+    throttle : Throttle, optional
+        The budget its requests go through.
+    """
+
+    def __init__(
+        self, store: Store, group: str | None, write_id: str, throttle: Throttle | None = None
+    ) -> None:
+        self.store, self.group, self.id, self.throttle = store, group, write_id, throttle
+        self.prefix = f"{_prefix(group, 'resume')}{write_id}/"
+
+    def started(self) -> bool:
+        """Whether a run of this write got past its metadata (``begin.json`` exists)."""
+        return bool(sync(wrap_store(self.store, self.throttle).exists(f"{self.prefix}begin.json")))
+
+    def begin(self, via: Store, about: Mapping[str, Any]) -> None:
+        """Put ``begin.json`` through ``via`` (the metadata round's buffer)."""
+        doc = {"id": self.id, "started": _now(), **about}
+        sync(via.set(f"{self.prefix}begin.json", _encode(doc)))
+
+    def done_tasks(self) -> dict[str, set[str]]:
+        """Per variable, the markers of the tasks whose units all landed (one listing)."""
+
+        async def go() -> dict[str, set[str]]:
+            out: dict[str, set[str]] = {}
+            store = wrap_store(self.store, self.throttle)
+            async for key in store.list_prefix(self.prefix):
+                rel = key[len(self.prefix) :]
+                if "/" in rel:
+                    var, marker = rel.rsplit("/", 1)
+                    out.setdefault(var, set()).add(marker)
+            return out
+
+        return sync(go()) if self.store.supports_listing else {}
+
+    def clear(self, io: IOMetrics | None = None) -> None:
+        """Delete the log: the write is complete."""
+        sync(wrap_store(self.store, self.throttle, io).delete_dir(self.prefix.rstrip("/")))
+        resume = _prefix(self.group, "resume")
+        _rmdirs(self.store, resume, resume.rsplit("/", 2)[0])

@@ -34,7 +34,7 @@ from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
 from toolkit.errors import UnknownOptionError, WriteError
 from toolkit.graph import WriteIO, WriteSource, build_write_graph
-from toolkit.journal import WriteJournal
+from toolkit.journal import ResumeLog, WriteJournal
 from toolkit.metrics import IOMetrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, _mib, plan_write
 from toolkit.storage import MetadataBuffer, StoreLike, rebind, wrap_store
@@ -173,7 +173,11 @@ def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
 
 
 def execute(
-    plan: WritePlan, *, compute: bool = True, progress: bool = True
+    plan: WritePlan,
+    *,
+    compute: bool = True,
+    progress: bool = True,
+    resume: ResumeLog | None = None,
 ) -> WriteReport | Delayed:
     """Run a plan: validate it, write metadata, then the data graph.
 
@@ -191,6 +195,11 @@ def execute(
         the data and computes to the :class:`WriteReport`.
     progress : bool
         Show a progress bar (tqdm, or distributed's when a client is active).
+    resume : ResumeLog, optional
+        Make the write resumable: each task marks its units as landed in the
+        store, tasks marked by an earlier run of the same write are skipped,
+        and the marks are deleted at the end (:func:`toolkit.ingest` and
+        :func:`toolkit.jobs.copy` pass one).
 
     Raises
     ------
@@ -205,6 +214,10 @@ def execute(
     # A new group holds nothing yet: the buffer answers its probes without requests.
     fresh = (plan.group or "") if plan.mode == "w-" else None
     buffer = MetadataBuffer(wrap_store(plan.store, plan.throttle, meta_io), empty_prefix=fresh)
+    done = resume.done_tasks() if resume is not None else {}
+    if resume is not None and plan.mode == "w-":
+        # Before anything else lands: a store holding begin.json holds only this write.
+        resume.begin(wrap_store(plan.store, plan.throttle, meta_io), {"target": plan.target})
     sources = _write_metadata(plan, buffer)
     token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
     client = active_client()
@@ -214,13 +227,17 @@ def execute(
         throttle=share,
         concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
         distributed=client is not None,
+        resume_prefix=resume.prefix if resume is not None else None,
     )
     journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
     if sources:
-        journal.begin(plan, buffer)
+        journal.begin(plan, buffer, resume=resume.id if resume is not None else None)
+    if resume is not None and plan.mode == "w":
+        resume.begin(buffer, {"target": plan.target})  # after the group is replaced
     sync(buffer.flush())  # metadata, small variables and the journal, in one round
     meta_seconds = time.time() - t0
-    graph = build_write_graph(plan, sources, io)
+    graph = build_write_graph(plan, sources, io, skip=done)
+    remaining = plan.ntasks - sum(len(v) for v in done.values())
     # Built by hand: dask's delayed() would traverse the plan, find the source
     # dataset in it, and gather all of it into one task just to hand it over.
     light = replace(plan, dataset=xr.Dataset())
@@ -233,6 +250,7 @@ def execute(
             meta=meta_seconds,
             meta_io=meta_io.as_dict(),
             journal=journal if sources else None,
+            resume=resume,
         ),
         graph.key,
     )
@@ -244,7 +262,7 @@ def execute(
         return report
     result: WriteReport = compute_with_progress(
         report,
-        total=plan.ntasks,
+        total=remaining,
         desc="toolkit write",
         prefix="toolkit-write-",
         enabled=progress,
@@ -259,6 +277,7 @@ def _report(
     meta: float,
     meta_io: Mapping[str, Any],
     journal: WriteJournal | None,
+    resume: ResumeLog | None = None,
 ) -> WriteReport:
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
@@ -269,6 +288,8 @@ def _report(
         raise WriteError(_failure_message(plan, record, io), record)
     if journal is not None:
         journal.done(io, plan)
+    if resume is not None:
+        resume.clear(io)
     return WriteReport(
         target=plan.target,
         variables=tuple(v.name for v in plan.variables),

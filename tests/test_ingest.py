@@ -1,0 +1,171 @@
+"""toolkit.ingest: many source files into one chunk-aligned store, resumable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from conftest import snapshot
+
+import toolkit
+from toolkit.errors import IngestError, PlanError
+from toolkit.journal import ResumeLog
+from toolkit.storage import resolve_store
+
+NY, NX = 6, 8
+
+
+def step_file(path: Path, i: int, steps: int = 1, seed: int | None = None) -> None:
+    """A netCDF file of ``steps`` hourly steps starting at hour ``i``; values identify it."""
+    rng = np.random.default_rng(i if seed is None else seed)
+    t = pd.date_range("2001-01-01", periods=steps, freq="h") + pd.Timedelta(hours=i)
+    t2m = (i + rng.random((steps, NY, NX))).astype("f4")
+    t2m[:, 0, 0] = np.nan
+    ds = xr.Dataset(
+        {
+            "t2m": (("time", "lat", "lon"), t2m, {"units": "K", "long_name": "temperature"}),
+            "flag": (("time",), np.full(steps, i % 7, "i2")),
+            "mask": (("lat", "lon"), np.arange(NY * NX, dtype="i1").reshape(NY, NX)),
+        },
+        coords={"time": t, "lat": np.linspace(-50, 50, NY), "lon": np.arange(NX) * 45.0},
+        attrs={"title": "steps"},
+    )
+    ds.to_netcdf(path, engine="h5netcdf")
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """520 one-step files (in shuffled name order: the time values set the order)."""
+    root = tmp_path_factory.mktemp("sources")
+    order = np.random.default_rng(0).permutation(520)
+    for name, i in enumerate(order):
+        step_file(root / f"s{name:04d}.nc", int(i))
+    return root
+
+
+@pytest.fixture(scope="module")
+def want(many: Path) -> xr.Dataset:
+    return expected(many)
+
+
+def expected(root: Path) -> xr.Dataset:
+    return xr.open_mfdataset(
+        sorted(root.glob("*.nc")), engine="h5netcdf", combine="by_coords",
+        data_vars="minimal", coords="minimal", compat="override",
+    ).load()  # fmt: skip
+
+
+@pytest.mark.slow
+def test_520_step_files_into_sharded_48_step_chunks_equal_open_mfdataset(many, want, tmp_path):
+    out = tmp_path / "out.zarr"
+    report = toolkit.ingest(str(many / "*.nc"), out, concat_dim="time",
+                            chunks={"time": 48}, shards={"time": 96}, progress=False)  # fmt: skip
+    got = xr.open_zarr(out).load()
+    xr.testing.assert_identical(got, want)
+    assert got.t2m.encoding["chunks"] == (48, NY, NX)
+    assert got.t2m.encoding["shards"] == (96, NY, NX)
+    # Every task owns whole shards: 520 steps are 6 shards, and no unit was written twice.
+    assert report.plan["t2m"].nunits == 6 and report.units == report.plan.nunits
+    assert not (out / ".toolkit").exists()  # the resume log is gone at the end
+
+
+def test_sources_that_disagree_are_refused_before_anything_is_written(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        step_file(src / f"a{i}.nc", i)
+    out = tmp_path / "out.zarr"
+
+    def refused(match: str, sources: object = None) -> None:
+        with pytest.raises(IngestError, match=match):
+            toolkit.ingest(sources or str(src / "*.nc"), out, concat_dim="time", progress=False)
+        assert snapshot(out) == {}
+
+    xr.open_dataset(src / "a1.nc").load().rename(t2m="t").to_netcdf(src / "b.nc")
+    refused(r"b.nc and .*a0.nc hold different variables \(t, t2m in one only\)")
+    os.remove(src / "b.nc")
+    ds = xr.open_dataset(src / "a1.nc").load()
+    ds.assign_coords(lat=ds.lat + 1).assign_coords(time=ds.time + np.timedelta64(9, "h")).to_netcdf(
+        src / "c.nc"
+    )
+    refused(r"coordinate 'lat' differs between .*; only 'time' may change")
+    os.remove(src / "c.nc")
+    step_file(src / "dup.nc", 1, seed=5)  # the same hour as a1.nc
+    refused(r"overlap along 'time'")
+    os.remove(src / "dup.nc")
+    ds.assign(t2m=ds.t2m.astype("f8")).assign_coords(
+        time=ds.time + np.timedelta64(20, "h")
+    ).to_netcdf(src / "d.nc")
+    refused(r"'t2m' is float64 in .*d.nc but float32")
+    os.remove(src / "d.nc")
+    (src / "broken.nc").write_bytes(b"not a netCDF file")
+    refused(r"cannot open .*broken.nc", [str(src / "a0.nc"), str(src / "broken.nc")])
+    refused(r"no source matches", str(tmp_path / "none*.nc"))
+    with pytest.raises(IngestError, match="has no dimension 'step'"):
+        toolkit.ingest([str(src / "a0.nc")], out, concat_dim="step", progress=False)
+    assert issubclass(IngestError, PlanError) and issubclass(IngestError, ValueError)
+
+
+def test_a_step_file_spanning_units_and_unsorted_names(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    starts = [0, 5, 6, 17, 30]
+    for n, (a, b) in enumerate(zip(starts, [*starts[1:], 41], strict=True)):
+        step_file(src / f"z{4 - n}.nc", a, steps=b - a)
+    out = tmp_path / "o.zarr"
+    toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4}, progress=False)
+    xr.testing.assert_identical(xr.open_zarr(out).load(), expected(src))
+
+
+_KILLABLE = textwrap.dedent(
+    """
+    import sys, toolkit
+    toolkit.ingest(sys.argv[1], sys.argv[2], concat_dim="time", chunks={"time": 8},
+                   max_task_bytes=int(sys.argv[3]), progress=False)
+    print("finished")
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("landed", [1, 12, 40])
+def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
+    many, want, tmp_path, landed
+):
+    out = tmp_path / "out.zarr"
+    per_task = 8 * NY * NX * 4 * 2  # one 8-step unit of t2m per task: 65 tasks to kill among
+    args = [sys.executable, "-c", _KILLABLE, str(many / "*.nc"), str(out), str(per_task)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    markers = out / ".toolkit" / "resume"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(markers.glob("*/t2m/*"))) >= landed:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # mid-write: some tasks landed, some in flight
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    (log,) = markers.glob("*")
+    done = ResumeLog(resolve_store(str(out)), None, log.name).done_tasks()
+    already = sum(len(v) for v in done.values())
+    assert already >= landed
+    with pytest.raises(toolkit.errors.IncompleteStoreError):
+        toolkit.open_zarr(out)  # the killed run's record says the store is incomplete
+    report = toolkit.ingest(str(many / "*.nc"), out, concat_dim="time", chunks={"time": 8},
+                            max_task_bytes=per_task, progress=False)  # fmt: skip
+    assert report.tasks == report.plan.ntasks - already  # only the tasks that had not landed
+    xr.testing.assert_identical(toolkit.open_zarr(out).load(), want)  # no record is left
+    assert not (out / ".toolkit").exists()

@@ -1,0 +1,542 @@
+"""Many source files into one chunk-aligned Zarr store along a dimension.
+
+:func:`ingest` reads each source's header once (in parallel), checks that the
+sources agree, and lays out the target so that every write task owns whole
+write units along ``concat_dim``. A task reads exactly the pieces of the
+sources that fill its units (many one-step files feeding one unit are combined
+in that unit's task), so nothing is rechunked and no graph over every file's
+chunks is built: the planning, metadata, failure records, throttling and
+progress are those of :func:`toolkit.to_zarr`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures as cf
+import functools
+import glob
+import itertools
+import math
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+from zarr.abc.store import Store
+
+from toolkit._progress import active_client
+from toolkit.errors import IngestError, PlanError
+from toolkit.jobs import _layout
+from toolkit.journal import ResumeLog
+from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
+from toolkit.storage import StoreLike, describe_store, resolve_store
+from toolkit.throttle import Throttle, resolve_throttle
+from toolkit.write import WriteReport, execute
+
+__all__ = ["Source", "ingest", "read_headers"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What one source file holds, from its header (and its ``concat_dim`` values).
+
+    Attributes
+    ----------
+    path : str
+        The file.
+    values : numpy.ndarray
+        Its coordinate values along ``concat_dim`` (its length there, if it has
+        no such coordinate, as ``arange``).
+    variables : mapping
+        Per variable: ``(dims, shape, dtype)``.
+    """
+
+    path: str
+    values: np.ndarray
+    variables: Mapping[Hashable, tuple[tuple[Hashable, ...], tuple[int, ...], np.dtype[Any]]]
+    coords: Mapping[Hashable, np.ndarray] = field(repr=False)
+
+    @property
+    def length(self) -> int:
+        """Its length along ``concat_dim``."""
+        return len(self.values)
+
+
+_DECODE_KEYS = frozenset(
+    {"decode_cf", "decode_times", "mask_and_scale", "decode_timedelta", "use_cftime",
+     "concat_characters", "decode_coords"}
+)  # fmt: skip
+
+
+def _lean(open_kwargs: Mapping[str, Any]) -> bool:
+    """Whether sources are read with h5netcdf directly (and decoded as xarray would).
+
+    xarray's ``open_dataset`` costs ~20 ms a file, mostly building every
+    variable's lazy wrapper; reading the needed variables with h5netcdf and
+    decoding them with :func:`xarray.decode_cf` costs a few.
+    """
+    return open_kwargs.get("engine") == "h5netcdf" and set(open_kwargs) <= {"engine", *_DECODE_KEYS}
+
+
+def _decode(
+    name: Hashable, dims: tuple[Hashable, ...], raw: Any, attrs: Mapping[str, Any],
+    open_kwargs: Mapping[str, Any],
+) -> np.ndarray:  # fmt: skip
+    """Values as ``xarray.open_dataset`` would give them (CF decoding)."""
+    if not open_kwargs.get("decode_cf", True):
+        return np.asarray(raw)
+    kw = {k: v for k, v in open_kwargs.items() if k in _DECODE_KEYS and k != "decode_cf"}
+    one = xr.Dataset({"v": xr.Variable(dims, np.asarray(raw), dict(attrs))})
+    return np.asarray(xr.decode_cf(one, **kw)["v"].values)
+
+
+def _h5(path: str) -> Any:
+    import h5netcdf
+
+    try:
+        return h5netcdf.File(path, "r")
+    except Exception as e:  # any reader's failure, named with its file
+        raise IngestError(f"cannot open {path}: {type(e).__name__}: {e}") from e
+
+
+def _open(path: str, open_kwargs: Mapping[str, Any]) -> xr.Dataset:
+    try:
+        return xr.open_dataset(path, chunks=None, cache=False, **open_kwargs)
+    except Exception as e:  # any reader's failure, named with its file
+        raise IngestError(f"cannot open {path}: {type(e).__name__}: {e}") from e
+
+
+def _no_dim(path: str, concat_dim: Hashable, dims: Sequence[Hashable]) -> IngestError:
+    return IngestError(
+        f"{path} has no dimension {concat_dim!r} (its dims: {', '.join(map(str, dims))})"
+    )
+
+
+def _header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> Source:
+    """What a source holds, from its header.
+
+    Every variable but the index ones (dims, shape, dtype), the values of those
+    without ``concat_dim`` (compared across sources), and the ``concat_dim`` values.
+    """
+    if _lean(open_kwargs):
+        with _h5(path) as f:
+            if concat_dim not in f.dimensions:
+                raise _no_dim(path, concat_dim, list(f.dimensions))
+            variables, coords = {}, {}
+            for name, v in f.variables.items():
+                dims = tuple(v.dimensions)
+                if dims == (name,):
+                    if name != concat_dim:
+                        coords[name] = v[...]
+                    continue
+                variables[name] = (dims, tuple(v.shape), v.dtype)
+                if concat_dim not in dims:
+                    coords[name] = v[...]
+            if concat_dim in f.variables:
+                cv = f.variables[concat_dim]
+                values = _decode(concat_dim, (concat_dim,), cv[...], cv.attrs, open_kwargs)
+            else:
+                values = np.arange(f.dimensions[concat_dim].size)
+            return Source(path, values, variables, coords)
+    with _open(path, open_kwargs) as ds:
+        if concat_dim not in ds.dims:
+            raise _no_dim(path, concat_dim, list(ds.dims))
+        values = (
+            ds[concat_dim].values if concat_dim in ds.coords else np.arange(ds.sizes[concat_dim])
+        )
+        variables = {
+            name: (tuple(v.dims), tuple(v.shape), v.dtype)
+            for name, v in ds.variables.items()
+            if name not in ds.indexes
+        }
+        coords = {
+            name: v.values
+            for name, v in ds.variables.items()
+            if concat_dim not in v.dims and name != concat_dim
+        }
+        return Source(path, np.asarray(values), variables, coords)
+
+
+def read_headers(
+    paths: Sequence[str],
+    concat_dim: Hashable,
+    open_kwargs: Mapping[str, Any] | None = None,
+    *,
+    max_workers: int = 8,
+) -> list[Source]:
+    """Each file's header, read once, in parallel (on the cluster when a client is active)."""
+    kwargs = dict(open_kwargs or {})
+    client = active_client()
+    if client is not None:
+        futures = client.map(_header, list(paths), concat_dim=concat_dim, open_kwargs=kwargs,
+                             pure=False)  # fmt: skip
+        return list(client.gather(futures))
+    with cf.ThreadPoolExecutor(max_workers, thread_name_prefix="toolkit-headers") as pool:
+        return list(pool.map(lambda p: _header(p, concat_dim, kwargs), paths))
+
+
+def _expand(sources: str | Sequence[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(sources, str | os.PathLike):
+        pattern = str(sources)
+        if "://" in pattern:
+            import fsspec
+
+            _, _, paths = fsspec.get_fs_token_paths(pattern)
+            protocol = pattern.split("://", 1)[0]
+            found = sorted(f"{protocol}://{p}" for p in paths)
+        else:
+            found = sorted(glob.glob(pattern))
+        if not found:
+            raise IngestError(f"no source matches {pattern!r}")
+        return found
+    paths = [str(p) for p in sources]
+    if not paths:
+        raise IngestError("no sources given")
+    return paths
+
+
+def _check(sources: list[Source], concat_dim: Hashable) -> list[Source]:
+    """Sources in ``concat_dim`` order; raise naming the files that disagree."""
+    first = sources[0]
+    for s in sources[1:]:
+        if set(s.variables) != set(first.variables):
+            extra = set(s.variables) ^ set(first.variables)
+            raise IngestError(
+                f"{s.path} and {first.path} hold different variables "
+                f"({', '.join(sorted(map(str, extra)))} in one only)"
+            )
+        for name, (dims, shape, dtype) in s.variables.items():
+            fdims, fshape, fdtype = first.variables[name]
+            if dims != fdims:
+                raise IngestError(
+                    f"{name!r} has dims {dims} in {s.path} but {fdims} in {first.path}"
+                )
+            if dtype != fdtype:
+                raise IngestError(
+                    f"{name!r} is {dtype} in {s.path} but {fdtype} in {first.path}; "
+                    "cast the sources, or open them with the same decoding"
+                )
+            other = [n for d, n in zip(dims, shape, strict=True) if d != concat_dim]
+            fother = [n for d, n in zip(fdims, fshape, strict=True) if d != concat_dim]
+            if other != fother:
+                raise IngestError(
+                    f"{name!r} has shape {shape} in {s.path} but {fshape} in {first.path} "
+                    f"off the {concat_dim!r} dimension"
+                )
+        for name, values in first.coords.items():
+            theirs = s.coords.get(name)
+            if theirs is None or theirs.shape != values.shape or not _equal(theirs, values):
+                raise IngestError(
+                    f"coordinate {name!r} differs between {first.path} and {s.path}; "
+                    f"only {concat_dim!r} may change from file to file"
+                )
+    for s in sources:
+        if s.length > 1 and not (np.diff(s.values) > np.zeros_like(np.diff(s.values))).all():
+            raise IngestError(f"{s.path}: its {concat_dim!r} values do not increase")
+    ordered = sorted(sources, key=lambda s: (s.values[0] if s.length else np.inf, s.path))
+    for a, b in itertools.pairwise(ordered):
+        if a.length and b.length and not a.values[-1] < b.values[0]:
+            raise IngestError(
+                f"{a.path} and {b.path} overlap along {concat_dim!r} "
+                f"({a.values[-1]} >= {b.values[0]}); remove one, or write them separately"
+            )
+    return ordered
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _read_block(
+    pieces: Sequence[tuple[str, int, int]],
+    names: Sequence[Hashable],
+    concat_dim: Hashable,
+    open_kwargs: Mapping[str, Any],
+) -> dict[Hashable, np.ndarray]:
+    """Every variable's values over one block: each source opened once."""
+    parts: dict[Hashable, list[np.ndarray]] = {n: [] for n in names}
+    axes: dict[Hashable, int] = {}
+    lean = _lean(open_kwargs)
+    for path, start, stop in pieces:
+        if lean:
+            with _h5(path) as f:
+                for n in names:
+                    v = f.variables[n]
+                    dims = tuple(v.dimensions)
+                    sel = tuple(
+                        slice(start, stop) if d == concat_dim else slice(None) for d in dims
+                    )
+                    parts[n].append(_decode(n, dims, v[sel], v.attrs, open_kwargs))
+                    axes[n] = dims.index(concat_dim)
+            continue
+        with _open(path, open_kwargs) as ds:
+            part = ds.isel({concat_dim: slice(start, stop)})
+            for n in names:
+                parts[n].append(part[n].values)
+                axes[n] = part[n].dims.index(concat_dim)
+    return {
+        n: np.concatenate(parts[n], axis=axes[n]) if len(parts[n]) > 1 else parts[n][0]
+        for n in names
+    }
+
+
+def _pick(block: Mapping[Hashable, np.ndarray], name: Hashable) -> np.ndarray:
+    return block[name]
+
+
+def _lazy(
+    sources: list[Source],
+    concat_dim: Hashable,
+    step: int,
+    open_kwargs: Mapping[str, Any],
+    dtypes: Mapping[Hashable, np.dtype[Any]],
+) -> dict[Hashable, da.Array]:
+    """Dask arrays of every variable with ``concat_dim``: blocks of ``step`` along it.
+
+    One task per block (``toolkit-ingest-read``) reads the pieces of the
+    sources the block covers, once for all variables; each variable's block is
+    picked from its result.
+    """
+    first = sources[0]
+    names = [n for n, (dims, _, _) in first.variables.items() if concat_dim in dims]
+    offsets = np.cumsum([0, *(s.length for s in sources)])
+    total = int(offsets[-1])
+    starts = list(range(0, total, step))
+    token = tokenize([s.path for s in sources], concat_dim, step, dict(open_kwargs))
+    read = f"toolkit-ingest-read-{token}"
+    layer: dict[Any, Any] = {}
+    for i, a in enumerate(starts):
+        b = min(a + step, total)
+        pieces = []
+        j = bisect.bisect_right(offsets, a) - 1
+        while j < len(sources) and offsets[j] < b:
+            lo, hi = max(a, offsets[j]) - offsets[j], min(b, offsets[j + 1]) - offsets[j]
+            if hi > lo:
+                pieces.append((sources[j].path, int(lo), int(hi)))
+            j += 1
+        layer[(read, i)] = (_read_block, pieces, names, concat_dim, dict(open_kwargs))
+    sizes = tuple(min(step, total - a) for a in starts)
+    layers: dict[str, Any] = {read: layer}
+    deps: dict[str, set[str]] = {read: set()}
+    out = {}
+    for n in names:
+        dims, shape, _ = first.variables[n]
+        dtype = dtypes[n]  # decoded
+        axis = dims.index(concat_dim)
+        name = f"toolkit-ingest-{n}-{token}"
+        layers[name] = {
+            (name, *(i if a == axis else 0 for a in range(len(dims)))): (_pick, (read, i), n)
+            for i in range(len(starts))
+        }
+        deps[name] = {read}
+        chunks = tuple(sizes if a == axis else (m,) for a, m in enumerate(shape))
+        out[n] = (name, chunks, dtype)
+    graph = HighLevelGraph(layers, deps)
+    return {
+        n: da.Array(graph, name, chunks, dtype=dtype) for n, (name, chunks, dtype) in out.items()
+    }
+
+
+def ingest(
+    sources: str | Sequence[str | os.PathLike[str]],
+    target: StoreLike,
+    *,
+    concat_dim: Hashable,
+    chunks: Mapping[Hashable, int] | None = None,
+    shards: Mapping[Hashable, int] | None = None,
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
+    mode: WriteMode = "w-",
+    zarr_format: Literal[2, 3] = 3,
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    open_kwargs: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    throttle: Throttle | Literal[False] | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> WriteReport:
+    """Write many source files, concatenated along ``concat_dim``, into one Zarr store.
+
+    Each source's header is read once, in parallel; the sources must agree on
+    variables, dims, dtypes and every coordinate but ``concat_dim``, and their
+    ``concat_dim`` values must not overlap (they are written in the order of
+    those values). Then each write task owns whole write units along
+    ``concat_dim`` and reads only the pieces of the sources that fill them.
+
+    Parameters
+    ----------
+    sources : str or sequence of paths
+        A glob pattern (local, or a URL fsspec expands), or the files.
+    target : str, os.PathLike or zarr Store
+        The Zarr store to create.
+    concat_dim : hashable
+        The dimension the sources follow each other along (``"time"``).
+    chunks, shards : mapping of dim to int, optional
+        Target chunk and shard lengths per dimension (e.g. ``{"time": 48}``);
+        others take zarr's default guess.
+    encoding : mapping, optional
+        Per-variable encoding (compressors, fill values, ...) over the layout.
+    mode : {"w-", "w"}
+        Refuse (default) or replace an existing target.
+    zarr_format : {2, 3}
+        Target format (shards need 3).
+    max_task_bytes : int
+        Memory target per task.
+    open_kwargs : mapping, optional
+        Passed to :func:`xarray.open_dataset` for every source (``engine``, ...).
+    storage_options : mapping, optional
+        fsspec options for a URL target.
+    throttle : Throttle, False or None
+        Request budget for the target.
+    progress : bool
+        Show progress.
+    resume : bool
+        Keep a log of landed write tasks in the target (``.toolkit/resume/``)
+        while writing, and when the same ingest (same sources, layout and
+        target) was interrupted, write only the tasks it had not finished. The
+        result is the store an uninterrupted run makes; the log is deleted at
+        the end.
+
+    Returns
+    -------
+    WriteReport
+        What was written (by this run).
+
+    Raises
+    ------
+    toolkit.errors.IngestError
+        Before anything is written: no sources, unreadable files, or sources
+        that disagree, each naming the files.
+    """
+    kwargs = dict(open_kwargs or {})
+    paths = _expand(sources)
+    if "engine" not in kwargs and _is_hdf5(paths[0]):
+        kwargs["engine"] = "h5netcdf"  # xarray's guess costs a third of each open
+    ordered = _check(read_headers(paths, concat_dim, kwargs), concat_dim)
+    first = ordered[0]
+    chunks, shards = dict(chunks or {}), dict(shards or {})
+    total = sum(s.length for s in ordered)
+    values = np.concatenate([s.values for s in ordered])
+    with _open(first.path, kwargs) as head:  # decoded: dtypes, attributes, CF encodings
+        dtypes = {n: v.dtype for n, v in head.variables.items() if n not in head.indexes}
+        # Layout per variable, then one block length along concat_dim for all: a
+        # common multiple of the variables' write units, near the memory target.
+        layouts: dict[Hashable, tuple[tuple[int, ...], tuple[int, ...] | None]] = {}
+        unit_along = 1
+        step_bytes = 0
+        for name, (dims, shape, _) in first.variables.items():
+            full = tuple(total if d == concat_dim else n for d, n in zip(dims, shape, strict=True))
+            layouts[name] = _layout_of(dims, dtypes[name], full, chunks, shards)
+            if concat_dim in dims:
+                c, sh = layouts[name]
+                unit_along = math.lcm(unit_along, (sh or c)[dims.index(concat_dim)])
+                step_bytes += dtypes[name].itemsize * math.prod(full) // max(total, 1)
+        per_unit = max(step_bytes * unit_along, 1)
+        step = unit_along * max(1, min(max_task_bytes // 2 // per_unit, -(-total // unit_along)))
+        arrays = _lazy(ordered, concat_dim, step, kwargs, dtypes)
+
+        def value(n: Hashable) -> Any:
+            v = head[n].variable
+            if n in arrays:
+                return xr.Variable(v.dims, arrays[n], v.attrs, v.encoding)
+            return v.load()
+
+        index = head[concat_dim].variable if concat_dim in head.coords else None
+        index_encoding = dict(index.encoding) if index is not None else {}
+        if np.issubdtype(values.dtype, np.datetime64):
+            # The first file's time units fit its own values, not the whole series.
+            index_encoding.pop("units", None)
+            index_encoding.pop("dtype", None)
+        ds = xr.Dataset(
+            {n: value(n) for n in head.data_vars},
+            coords={
+                **{n: value(n) for n in head.coords if n != concat_dim},
+                concat_dim: xr.Variable(
+                    concat_dim,
+                    values,
+                    index.attrs if index is not None else {},
+                    index_encoding,
+                ),
+            },
+            attrs=head.attrs,
+        )
+    for v in ds.variables.values():
+        # The first source's storage details (its chunking, netCDF filters) are not the target's.
+        for key in _SOURCE_STORAGE_KEYS:
+            v.encoding.pop(key, None)
+    enc: dict[Hashable, dict[str, Any]] = {}
+    for name, (c, sh) in layouts.items():
+        given = dict((encoding or {}).get(name, {}))
+        enc[name] = {"chunks": c, **({"shards": sh} if sh else {}), **given}
+    policy = resolve_throttle(
+        throttle, describe_store(target) if isinstance(target, Store) else str(target)
+    )
+    store = resolve_store(target, storage_options=storage_options, throttle=policy)
+    log = None
+    if resume:
+        write_id = tokenize(
+            [(s.path, _fingerprint(s.path)) for s in ordered],
+            concat_dim, enc, zarr_format, max_task_bytes, step, dict(kwargs),
+        )[:16]  # fmt: skip
+        log = ResumeLog(store, None, write_id, policy)
+    resuming = log is not None and mode != "w" and log.started()
+    planned = functools.partial(
+        plan_write, ds, store, zarr_format=zarr_format, max_task_bytes=max_task_bytes,
+        throttle=policy,
+    )  # fmt: skip
+    try:
+        # A resumed run rewrites into the arrays the first run created.
+        plan = planned(mode="r+", encoding=None) if resuming else planned(mode=mode, encoding=enc)
+    except PlanError:
+        if not resuming:
+            raise
+        # The first run was stopped before its arrays were all created; the store
+        # holds nothing but that run's (begin.json says so): start again.
+        plan = planned(mode="w", encoding=enc)
+    report = execute(plan, progress=progress, resume=log)
+    assert isinstance(report, WriteReport)
+    return report
+
+
+_SOURCE_STORAGE_KEYS = (
+    "chunksizes", "contiguous", "zlib", "shuffle", "complevel", "fletcher32", "source",
+    "original_shape", "preferred_chunks", "chunks", "compression", "compression_opts",
+)  # fmt: skip
+
+
+def _is_hdf5(path: str) -> bool:
+    """Whether a local file is HDF5 (netCDF4): its signature."""
+    if "://" in path or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def _fingerprint(path: str) -> tuple[Any, ...]:
+    """What changes when a source file changes: its size and modification time (or ETag)."""
+    if "://" not in path:
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+    import fsspec
+
+    fs, _, (p,) = fsspec.get_fs_token_paths(path)
+    info = fs.info(p)
+    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime"))
+
+
+def _layout_of(
+    dims: tuple[Hashable, ...],
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    chunks: Mapping[Hashable, int],
+    shards: Mapping[Hashable, int],
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """:func:`toolkit.jobs._layout` for a variable known from headers only."""
+    stand_in = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=-1))
+    return _layout(stand_in, chunks, shards)
