@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures as cf
-import functools
 import glob
 import itertools
 import math
@@ -27,16 +26,14 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from zarr.abc.store import Store
 
 from toolkit._progress import active_client
-from toolkit.errors import IngestError, PlanError
+from toolkit.errors import IngestError
 from toolkit.jobs import _layout
-from toolkit.journal import ResumeLog
-from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
-from toolkit.storage import StoreLike, describe_store, resolve_store
-from toolkit.throttle import Throttle, resolve_throttle
-from toolkit.write import WriteReport, execute
+from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
+from toolkit.storage import StoreLike, fingerprint
+from toolkit.throttle import Throttle
+from toolkit.write import WriteReport, execute, plan_resumable
 
 __all__ = ["Source", "ingest", "read_headers"]
 
@@ -474,31 +471,16 @@ def ingest(
     for name, (c, sh) in layouts.items():
         given = dict((encoding or {}).get(name, {}))
         enc[name] = {"chunks": c, **({"shards": sh} if sh else {}), **given}
-    policy = resolve_throttle(
-        throttle, describe_store(target) if isinstance(target, Store) else str(target)
-    )
-    store = resolve_store(target, storage_options=storage_options, throttle=policy)
-    log = None
+    write_id = None
     if resume:
         write_id = tokenize(
-            [(s.path, _fingerprint(s.path)) for s in ordered],
+            [(s.path, fingerprint(s.path)) for s in ordered],
             concat_dim, enc, zarr_format, max_task_bytes, step, dict(kwargs),
         )[:16]  # fmt: skip
-        log = ResumeLog(store, None, write_id, policy)
-    resuming = log is not None and mode != "w" and log.started()
-    planned = functools.partial(
-        plan_write, ds, store, zarr_format=zarr_format, max_task_bytes=max_task_bytes,
-        throttle=policy,
+    plan, log = plan_resumable(
+        ds, target, write_id=write_id, mode=mode, encoding=enc, zarr_format=zarr_format,
+        max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
     )  # fmt: skip
-    try:
-        # A resumed run rewrites into the arrays the first run created.
-        plan = planned(mode="r+", encoding=None) if resuming else planned(mode=mode, encoding=enc)
-    except PlanError:
-        if not resuming:
-            raise
-        # The first run was stopped before its arrays were all created; the store
-        # holds nothing but that run's (begin.json says so): start again.
-        plan = planned(mode="w", encoding=enc)
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report
@@ -516,18 +498,6 @@ def _is_hdf5(path: str) -> bool:
         return False
     with open(path, "rb") as f:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"
-
-
-def _fingerprint(path: str) -> tuple[Any, ...]:
-    """What changes when a source file changes: its size and modification time (or ETag)."""
-    if "://" not in path:
-        st = os.stat(path)
-        return (st.st_size, st.st_mtime_ns)
-    import fsspec
-
-    fs, _, (p,) = fsspec.get_fs_token_paths(path)
-    info = fs.info(p)
-    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime"))
 
 
 def _layout_of(

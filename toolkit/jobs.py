@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
 from zarr.core.sync import sync
 
 from toolkit._render import text_table
@@ -26,9 +27,9 @@ from toolkit.errors import PlanError
 from toolkit.grid import default_chunks
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, _mib, _open_existing, plan_write
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
-from toolkit.storage import StoreLike, describe_store, resolve_store
+from toolkit.storage import StoreLike, describe_store, fingerprint, resolve_store
 from toolkit.throttle import Throttle
-from toolkit.write import WriteReport, execute
+from toolkit.write import WriteReport, execute, plan_resumable
 
 __all__ = ["copy", "demo", "demo_dataset", "inspect", "parse_size"]
 
@@ -99,6 +100,7 @@ def copy(
     progress: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     throttle: Throttle | Literal[False] | None = None,
+    resume: bool = True,
 ) -> WriteReport:
     """Rewrite any dataset xarray can open into a chunk-aligned Zarr store.
 
@@ -127,6 +129,10 @@ def copy(
         fsspec options for a URL target.
     throttle : Throttle, False or None
         Request budget for the target (``None``: the URL's defaults).
+    resume : bool
+        Keep a log of landed write tasks in the target while writing; when the
+        same copy (same source, layout and target) was interrupted, write only
+        what it had not finished (see :func:`toolkit.ingest`).
     """
     chunks = dict(chunks or {})
     shards = dict(shards or {})
@@ -156,17 +162,15 @@ def copy(
         chunked[name] = var.chunk(dict(zip(var.dims, read, strict=True)))
     ds = lazy.assign({str(k): v for k, v in chunked.items() if k in lazy.data_vars})
     ds = ds.assign_coords({str(k): v for k, v in chunked.items() if k in lazy.coords})
-    plan = plan_write(
-        ds,
-        dst,
-        mode=mode,
-        encoding=encoding,
-        zarr_format=zarr_format,
-        max_task_bytes=max_task_bytes,
-        storage_options=storage_options,
-        throttle=throttle,
-    )
-    report = execute(plan, progress=progress)
+    write_id = None
+    if resume:
+        write_id = tokenize(src, fingerprint(src), encoding, zarr_format, max_task_bytes)[:16]
+    plan, log = plan_resumable(
+        ds, dst, write_id=write_id, mode=mode, encoding=encoding,
+        zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
+        max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
+    )  # fmt: skip
+    report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report
 

@@ -60,6 +60,7 @@ __all__ = [
     "RetryStore",
     "ThrottleStore",
     "describe_store",
+    "fingerprint",
     "redact",
     "resolve_store",
     "wrap_store",
@@ -958,3 +959,23 @@ def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
 
     a = array.async_array
     return zarr.Array(AsyncArray(a.metadata, StorePath(store, a.store_path.path), a.config))
+
+
+def fingerprint(path: str) -> tuple[Any, ...]:
+    """What changes when a source changes: size and modification time (or ETag).
+
+    For a directory (a Zarr store), those of its top-level entries.
+    """
+    if "://" not in path:
+        st = os.stat(path)
+        if os.path.isdir(path):
+            return tuple(
+                (e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                for e in sorted(os.scandir(path), key=lambda e: e.name)
+            )
+        return (st.st_size, st.st_mtime_ns)
+    import fsspec
+
+    fs, _, (p,) = fsspec.get_fs_token_paths(path)
+    info = fs.info(p)
+    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime"))

@@ -32,17 +32,24 @@ from zarr.core.sync import sync
 
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
-from toolkit.errors import UnknownOptionError, WriteError
+from toolkit.errors import PlanError, UnknownOptionError, WriteError
 from toolkit.graph import WriteIO, WriteSource, build_write_graph
 from toolkit.journal import ResumeLog, WriteJournal
 from toolkit.metrics import IOMetrics
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, _mib, plan_write
-from toolkit.storage import MetadataBuffer, StoreLike, rebind, wrap_store
-from toolkit.throttle import Throttle, cluster_share
+from toolkit.storage import (
+    MetadataBuffer,
+    StoreLike,
+    describe_store,
+    rebind,
+    resolve_store,
+    wrap_store,
+)
+from toolkit.throttle import Throttle, cluster_share, resolve_throttle
 
 _DEFAULT_CONCURRENCY = 10  # zarr's own default, for unthrottled stores
 
-__all__ = ["UnknownOptionError", "WriteReport", "execute", "to_zarr"]
+__all__ = ["UnknownOptionError", "WriteReport", "execute", "plan_resumable", "to_zarr"]
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,45 @@ def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
             )
         out.append(WriteSource(vp, source, rebind(target, plan.store)))
     return out
+
+
+def plan_resumable(
+    ds: xr.Dataset,
+    target: StoreLike,
+    *,
+    write_id: str | None,
+    mode: WriteMode,
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None,
+    zarr_format: Literal[2, 3] | None = None,
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    storage_options: Mapping[str, Any] | None = None,
+    throttle: Throttle | Literal[False] | None = None,
+) -> tuple[WritePlan, ResumeLog | None]:
+    """Plan a write that resumes where an earlier run with the same ``write_id`` stopped.
+
+    When the target holds that run's log, the plan rewrites into the arrays it
+    created (mode ``"r+"``), and :func:`execute` with the log skips its landed
+    tasks. When the run was stopped before its arrays were all created, the
+    target holds nothing but that run's (the log is its first object), so the
+    write starts again (mode ``"w"``). Without ``write_id``, a plain plan.
+    """
+    policy = resolve_throttle(
+        throttle, describe_store(target) if isinstance(target, Store) else str(target)
+    )
+    store = resolve_store(target, storage_options=storage_options, throttle=policy)
+    planned = functools.partial(
+        plan_write, ds, store, zarr_format=zarr_format, max_task_bytes=max_task_bytes,
+        throttle=policy,
+    )  # fmt: skip
+    if write_id is None:
+        return planned(mode=mode, encoding=encoding), None
+    log = ResumeLog(store, None, write_id, policy)
+    if mode == "w" or not log.started():
+        return planned(mode=mode, encoding=encoding), log
+    try:
+        return planned(mode="r+", encoding=None), log
+    except PlanError:
+        return planned(mode="w", encoding=encoding), log
 
 
 def execute(
