@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 from conftest import snapshot
 
 import toolkit
@@ -55,6 +57,15 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def want(many: Path) -> xr.Dataset:
     return expected(many)
+
+
+@pytest.fixture(scope="module")
+def some(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
+    """160 one-step files, and what they hold."""
+    root = tmp_path_factory.mktemp("some")
+    for i in range(160):
+        step_file(root / f"s{i:04d}.nc", i)
+    return root, expected(root)
 
 
 def expected(root: Path) -> xr.Dataset:
@@ -138,19 +149,20 @@ _KILLABLE = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("landed", [1, 12, 40])
+@pytest.mark.parametrize("landed", [1, 7, 15])
 def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
-    many, want, tmp_path, landed
+    some, tmp_path, landed
 ):
+    src, want = some
     out = tmp_path / "out.zarr"
-    per_task = 8 * NY * NX * 4 * 2  # one 8-step unit of t2m per task: 65 tasks to kill among
-    args = [sys.executable, "-c", _KILLABLE, str(many / "*.nc"), str(out), str(per_task)]
+    per_task = 8 * NY * NX * 4 * 2  # one 8-step unit of t2m per task: 20 tasks to kill among
+    args = [sys.executable, "-c", _KILLABLE, str(src / "*.nc"), str(out), str(per_task)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     markers = out / ".toolkit" / "resume"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(markers.glob("*/t2m/*"))) >= landed:
+            if len([m for m in markers.glob("*/t2m/*") if m.suffix != ".partial"]) >= landed:
                 break
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)  # mid-write: some tasks landed, some in flight
@@ -164,8 +176,62 @@ def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
     assert already >= landed
     with pytest.raises(toolkit.errors.IncompleteStoreError):
         toolkit.open_zarr(out)  # the killed run's record says the store is incomplete
-    report = toolkit.ingest(str(many / "*.nc"), out, concat_dim="time", chunks={"time": 8},
+    report = toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 8},
                             max_task_bytes=per_task, progress=False)  # fmt: skip
     assert report.tasks == report.plan.ntasks - already  # only the tasks that had not landed
     xr.testing.assert_identical(toolkit.open_zarr(out).load(), want)  # no record is left
     assert not (out / ".toolkit").exists()
+
+
+def test_verify_finds_one_flipped_value_and_other_differences(some, tmp_path):
+    src, _ = some
+    out = tmp_path / "v.zarr"
+    toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 16}, progress=False)
+    ok = toolkit.verify(str(src / "*.nc"), out, concat_dim="time", progress=False)
+    assert ok.ok and ok.variables["t2m"] == {"values": 160 * NY * NX, "differ": 0, "first": None}
+    arr = zarr.open_group(out)["t2m"]
+    block = arr[97:98]
+    block[0, 2, 5] += 0.5
+    arr[97:98] = block
+    bad = toolkit.verify(str(src / "*.nc"), out, concat_dim="time", progress=False)
+    assert not bad.ok and bad.variables["t2m"]["differ"] == 1
+    assert bad.variables["t2m"]["first"] == [97, 2, 5]
+    assert "'t2m': 1 values differ, the first at index [97, 2, 5]" in bad.problems
+    assert "DIFFERENT" in repr(bad) and "different" in bad._repr_html_()
+    zarr.open_group(out).attrs["title"] = "other"
+    assert (
+        "the dataset attributes differ"
+        in toolkit.verify(str(src / "*.nc"), out, concat_dim="time", progress=False).problems
+    )
+
+
+def test_verify_a_large_copied_store(tmp_path):
+    rng = np.random.default_rng(3)
+    ds = xr.Dataset({"v": (("t", "y", "x"), rng.random((400, 160, 160), dtype="f4"))})
+    ds["v"][5, 5, 5] = np.nan
+    src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
+    ds.to_zarr(src, encoding={"v": {"chunks": (50, 160, 160)}})
+    toolkit.jobs.copy(str(src), dst, chunks={"t": 16}, progress=False)
+    assert toolkit.verify(str(src), dst, progress=False).ok  # NaN equals NaN
+    arr = zarr.open_group(dst)["v"]
+    block = arr[333:334]
+    block[0, 150, 7] = -1
+    arr[333:334] = block
+    found = toolkit.verify(str(src), dst, progress=False)
+    assert found.variables["v"]["differ"] == 1 and found.variables["v"]["first"] == [333, 150, 7]
+
+
+def test_cli_ingest_then_verify(some, tmp_path):
+    src, _ = some
+    out = tmp_path / "cli.zarr"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=240)
+    r = run([sys.executable, "-m", "toolkit.cli", "ingest", str(src / "*.nc"), str(out),
+             "--concat-dim", "time", "--chunks", "time=32", "--no-progress"])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "tasks / units" in r.stdout
+    r = run([sys.executable, "-m", "toolkit.cli", "verify", str(src / "*.nc"), str(out),
+             "--concat-dim", "time", "--no-progress"])  # fmt: skip
+    assert r.returncode == 0 and "equal" in r.stdout, r.stdout + r.stderr
+    again = run([sys.executable, "-m", "toolkit.cli", "ingest", str(src / "*.nc"), str(out),
+                 "--concat-dim", "time", "--no-progress"])  # fmt: skip
+    assert again.returncode == 2 and "already holds data" in again.stderr

@@ -18,6 +18,7 @@ from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteT
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.stats import DEFAULT_STATS, stats
 from toolkit.throttle import Throttle
+from toolkit.verify import VerifyReport, verify
 from toolkit.write import WriteReport, execute, to_zarr
 
 try:
@@ -31,6 +32,7 @@ __all__ = [
     "IOMetrics",
     "Throttle",
     "VariablePlan",
+    "VerifyReport",
     "WritePlan",
     "WriteReport",
     "WriteTask",
@@ -45,4 +47,5 @@ __all__ = [
     "plan_write",
     "stats",
     "to_zarr",
+    "verify",
 ]

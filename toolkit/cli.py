@@ -1,4 +1,4 @@
-"""The ``toolkit`` command line: ``copy``, ``inspect``, ``stats`` and ``demo``."""
+"""The ``toolkit`` command line: copy, ingest, verify, inspect, stats and demo."""
 
 from __future__ import annotations
 
@@ -53,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
         "--max-inflight", type=int, default=None, help="requests in flight (whole cluster)"
     )
     c.add_argument("--no-progress", action="store_true")
+
+    g = sub.add_parser(
+        "ingest", help="many source files (netCDF, ...) along a dim into one chunk-aligned store"
+    )
+    g.add_argument("sources", help="a glob of source files (quote it), e.g. 'data/*.nc'")
+    g.add_argument("dst", help="target Zarr store (path or URL)")
+    g.add_argument("--concat-dim", required=True, help="the dim the files follow each other along")
+    g.add_argument("--chunks", nargs="+", metavar="DIM=N", help="target chunk length per dim")
+    g.add_argument("--shards", nargs="+", metavar="DIM=N", help="target shard length per dim")
+    g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    g.add_argument("--overwrite", action="store_true", help="replace an existing target")
+    g.add_argument("--no-resume", action="store_true", help="start over, keep no resume log")
+    g.add_argument("--max-task-mib", type=int, default=256, help="memory target per task")
+    g.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
+    g.add_argument("--rate", type=float, default=None, help="requests/s allowed")
+    g.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
+    g.add_argument("--no-progress", action="store_true")
+
+    v = sub.add_parser("verify", help="compare a written store with its sources, block by block")
+    v.add_argument("src", help="the source: a Zarr store, a file, or a quoted glob of files")
+    v.add_argument("dst", help="the written Zarr store")
+    v.add_argument("--concat-dim", default=None, help="for many files: the dim they follow along")
+    v.add_argument("--no-progress", action="store_true")
 
     i = sub.add_parser("inspect", help="print variables, shapes, chunk/shard layout and sizes")
     i.add_argument("store")
@@ -131,6 +154,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             print(report)
             return 0
+        if args.command == "ingest":
+            from toolkit.ingest import ingest
+
+            with jobs._cluster(args.workers, 1) as client:
+                if client is not None:
+                    print(f"dashboard: {client.dashboard_link}")
+                report = ingest(
+                    args.sources,
+                    args.dst,
+                    concat_dim=args.concat_dim,
+                    chunks=_dim_sizes(args.chunks, "--chunks"),
+                    shards=_dim_sizes(args.shards, "--shards"),
+                    zarr_format=args.zarr_format,
+                    mode="w" if args.overwrite else "w-",
+                    max_task_bytes=args.max_task_mib * 2**20,
+                    throttle=_throttle(args),
+                    progress=not args.no_progress,
+                    resume=not args.no_resume,
+                )
+            print(report)
+            return 0
+        if args.command == "verify":
+            from toolkit.verify import verify
+
+            found = verify(
+                args.src, args.dst, concat_dim=args.concat_dim, progress=not args.no_progress
+            )
+            print(found)
+            return 0 if found.ok else 1
         if args.command == "inspect":
             print(jobs.inspect(args.store, group=args.group))
             return 0

@@ -35,7 +35,7 @@ from toolkit.storage import StoreLike, fingerprint
 from toolkit.throttle import Throttle
 from toolkit.write import WriteReport, execute, plan_resumable
 
-__all__ = ["Source", "ingest", "read_headers"]
+__all__ = ["Source", "ingest", "read_headers", "sources_dataset"]
 
 
 @dataclass(frozen=True)
@@ -341,6 +341,94 @@ def _lazy(
     }
 
 
+def _headers(
+    sources: str | Sequence[str | os.PathLike[str]],
+    concat_dim: Hashable,
+    kwargs: dict[str, Any],
+) -> tuple[list[Source], dict[str, Any]]:
+    """The sources' headers in ``concat_dim`` order, checked; and the open options used."""
+    paths = _expand(sources)
+    if "engine" not in kwargs and _is_hdf5(paths[0]):
+        kwargs = {**kwargs, "engine": "h5netcdf"}  # xarray's guess costs a third of each open
+    return _check(read_headers(paths, concat_dim, kwargs), concat_dim), kwargs
+
+
+def _dataset(
+    ordered: list[Source],
+    concat_dim: Hashable,
+    kwargs: Mapping[str, Any],
+    chunks: Mapping[Hashable, int],
+    shards: Mapping[Hashable, int],
+    max_task_bytes: int,
+) -> tuple[xr.Dataset, dict[Hashable, tuple[tuple[int, ...], tuple[int, ...] | None]], int]:
+    """The sources as one lazy Dataset in blocks of whole units; the layout; the block length."""
+    first = ordered[0]
+    total = sum(s.length for s in ordered)
+    values = np.concatenate([s.values for s in ordered])
+    with _open(first.path, kwargs) as head:  # decoded: dtypes, attributes, CF encodings
+        dtypes = {n: v.dtype for n, v in head.variables.items() if n not in head.indexes}
+        # Layout per variable, then one block length along concat_dim for all: a
+        # common multiple of the variables' write units, near the memory target.
+        layouts: dict[Hashable, tuple[tuple[int, ...], tuple[int, ...] | None]] = {}
+        unit_along = 1
+        step_bytes = 0
+        for name, (dims, shape, _) in first.variables.items():
+            full = tuple(total if d == concat_dim else n for d, n in zip(dims, shape, strict=True))
+            layouts[name] = _layout_of(dims, dtypes[name], full, chunks, shards)
+            if concat_dim in dims:
+                c, sh = layouts[name]
+                unit_along = math.lcm(unit_along, (sh or c)[dims.index(concat_dim)])
+                step_bytes += dtypes[name].itemsize * math.prod(full) // max(total, 1)
+        per_unit = max(step_bytes * unit_along, 1)
+        step = unit_along * max(1, min(max_task_bytes // 2 // per_unit, -(-total // unit_along)))
+        arrays = _lazy(ordered, concat_dim, step, kwargs, dtypes)
+
+        def value(n: Hashable) -> Any:
+            v = head[n].variable
+            if n in arrays:
+                return xr.Variable(v.dims, arrays[n], v.attrs, v.encoding)
+            return v.load()
+
+        index = head[concat_dim].variable if concat_dim in head.coords else None
+        index_encoding = dict(index.encoding) if index is not None else {}
+        if np.issubdtype(values.dtype, np.datetime64):
+            # The first file's time units fit its own values, not the whole series.
+            index_encoding.pop("units", None)
+            index_encoding.pop("dtype", None)
+        ds = xr.Dataset(
+            {n: value(n) for n in head.data_vars},
+            coords={
+                **{n: value(n) for n in head.coords if n != concat_dim},
+                concat_dim: xr.Variable(
+                    concat_dim,
+                    values,
+                    index.attrs if index is not None else {},
+                    index_encoding,
+                ),
+            },
+            attrs=head.attrs,
+        )
+    for v in ds.variables.values():
+        # The first source's storage details (its chunking, netCDF filters) are not the target's.
+        for key in _SOURCE_STORAGE_KEYS:
+            v.encoding.pop(key, None)
+    return ds, layouts, step
+
+
+def sources_dataset(
+    sources: str | Sequence[str | os.PathLike[str]],
+    concat_dim: Hashable,
+    open_kwargs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Many source files as one lazy Dataset along ``concat_dim``, read as :func:`ingest` reads.
+
+    The sources are checked as :func:`ingest` checks them; the blocks are of
+    zarr's default chunk length along ``concat_dim``.
+    """
+    ordered, kwargs = _headers(sources, concat_dim, dict(open_kwargs or {}))
+    return _dataset(ordered, concat_dim, kwargs, {}, {}, DEFAULT_MAX_TASK_BYTES)[0]
+
+
 def ingest(
     sources: str | Sequence[str | os.PathLike[str]],
     target: StoreLike,
@@ -412,61 +500,10 @@ def ingest(
         that disagree, each naming the files.
     """
     kwargs = dict(open_kwargs or {})
-    paths = _expand(sources)
-    if "engine" not in kwargs and _is_hdf5(paths[0]):
-        kwargs["engine"] = "h5netcdf"  # xarray's guess costs a third of each open
-    ordered = _check(read_headers(paths, concat_dim, kwargs), concat_dim)
-    first = ordered[0]
-    chunks, shards = dict(chunks or {}), dict(shards or {})
-    total = sum(s.length for s in ordered)
-    values = np.concatenate([s.values for s in ordered])
-    with _open(first.path, kwargs) as head:  # decoded: dtypes, attributes, CF encodings
-        dtypes = {n: v.dtype for n, v in head.variables.items() if n not in head.indexes}
-        # Layout per variable, then one block length along concat_dim for all: a
-        # common multiple of the variables' write units, near the memory target.
-        layouts: dict[Hashable, tuple[tuple[int, ...], tuple[int, ...] | None]] = {}
-        unit_along = 1
-        step_bytes = 0
-        for name, (dims, shape, _) in first.variables.items():
-            full = tuple(total if d == concat_dim else n for d, n in zip(dims, shape, strict=True))
-            layouts[name] = _layout_of(dims, dtypes[name], full, chunks, shards)
-            if concat_dim in dims:
-                c, sh = layouts[name]
-                unit_along = math.lcm(unit_along, (sh or c)[dims.index(concat_dim)])
-                step_bytes += dtypes[name].itemsize * math.prod(full) // max(total, 1)
-        per_unit = max(step_bytes * unit_along, 1)
-        step = unit_along * max(1, min(max_task_bytes // 2 // per_unit, -(-total // unit_along)))
-        arrays = _lazy(ordered, concat_dim, step, kwargs, dtypes)
-
-        def value(n: Hashable) -> Any:
-            v = head[n].variable
-            if n in arrays:
-                return xr.Variable(v.dims, arrays[n], v.attrs, v.encoding)
-            return v.load()
-
-        index = head[concat_dim].variable if concat_dim in head.coords else None
-        index_encoding = dict(index.encoding) if index is not None else {}
-        if np.issubdtype(values.dtype, np.datetime64):
-            # The first file's time units fit its own values, not the whole series.
-            index_encoding.pop("units", None)
-            index_encoding.pop("dtype", None)
-        ds = xr.Dataset(
-            {n: value(n) for n in head.data_vars},
-            coords={
-                **{n: value(n) for n in head.coords if n != concat_dim},
-                concat_dim: xr.Variable(
-                    concat_dim,
-                    values,
-                    index.attrs if index is not None else {},
-                    index_encoding,
-                ),
-            },
-            attrs=head.attrs,
-        )
-    for v in ds.variables.values():
-        # The first source's storage details (its chunking, netCDF filters) are not the target's.
-        for key in _SOURCE_STORAGE_KEYS:
-            v.encoding.pop(key, None)
+    ordered, kwargs = _headers(sources, concat_dim, kwargs)
+    ds, layouts, step = _dataset(
+        ordered, concat_dim, kwargs, dict(chunks or {}), dict(shards or {}), max_task_bytes
+    )
     enc: dict[Hashable, dict[str, Any]] = {}
     for name, (c, sh) in layouts.items():
         given = dict((encoding or {}).get(name, {}))

@@ -197,6 +197,9 @@ def clear_records(store: Store, group: str | None = None) -> int:
     return sync(go())
 
 
+_MARKER = re.compile(r"[0-9]+-[0-9]+(_[0-9]+-[0-9]+)*")
+
+
 def task_marker(units: tuple[tuple[int, int], ...]) -> str:
     """The name of a write task's completion marker: the unit ranges it owns."""
     return "_".join(f"{a}-{b}" for a, b in units)
@@ -243,7 +246,9 @@ class ResumeLog:
                 rel = key[len(self.prefix) :]
                 if "/" in rel:
                     var, marker = rel.rsplit("/", 1)
-                    out.setdefault(var, set()).add(marker)
+                    # Not a killed write's temporary file (LocalStore's "<key>.<id>.partial").
+                    if _MARKER.fullmatch(marker):
+                        out.setdefault(var, set()).add(marker)
             return out
 
         return sync(go()) if self.store.supports_listing else {}
