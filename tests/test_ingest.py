@@ -235,3 +235,83 @@ def test_cli_ingest_then_verify(some, tmp_path):
     again = run([sys.executable, "-m", "toolkit.cli", "ingest", str(src / "*.nc"), str(out),
                  "--concat-dim", "time", "--no-progress"])  # fmt: skip
     assert again.returncode == 2 and "already holds data" in again.stderr
+
+
+def _pieces(total: int, seed: int = 0, side: int = 40):
+    """A stream of random-size pieces (1-5 steps) whose values identify their step."""
+    rng = np.random.default_rng(seed)
+    t = 0
+    while t < total:
+        n = min(int(rng.integers(1, 6)), total - t)
+        times = pd.date_range("2000-01-01", periods=n, freq="h") + pd.Timedelta(hours=t)
+        v = np.arange(t, t + n, dtype="f4")[:, None, None] + rng.random((n, side, side), "f4")
+        yield xr.Dataset(
+            {"v": (("time", "y", "x"), v, {"units": "1"})},
+            coords={"time": times, "y": np.arange(side), "x": np.arange(side)},
+        )
+        t += n
+
+
+def test_a_stream_of_random_pieces_lands_in_whole_units(tmp_path):
+    out = tmp_path / "s.zarr"
+    report = toolkit.ingest(_pieces(403), out, concat_dim="time", chunks={"time": 24},
+                            shards={"time": 48}, max_writers=3, progress=False)  # fmt: skip
+    want = xr.concat(list(_pieces(403)), dim="time")
+    got = xr.open_zarr(out).load()
+    xr.testing.assert_identical(got, want)
+    assert got.v.encoding["chunks"] == (24, 40, 40) and got.v.encoding["shards"] == (48, 40, 40)
+    # 403 steps are 8 full shards and one partial: each shard written once, never in pieces.
+    assert report.units == 9
+    assert len([p for p in (out / "v" / "c").rglob("*") if p.is_file()]) == 9
+
+
+@pytest.mark.slow
+def test_a_streams_memory_stays_bounded_whatever_its_length(tmp_path):
+    import tracemalloc
+
+    peaks = []
+    for total in (300, 1500):  # 2 MiB and 9.6 MiB of values
+        tracemalloc.start()
+        toolkit.ingest(_pieces(total, side=40), tmp_path / f"m{total}.zarr", concat_dim="time",
+                       chunks={"time": 30}, max_buffer_bytes=2 * 2**20, progress=False)  # fmt: skip
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0] + 2**20  # five times the data, about the same memory
+    assert peaks[1] < 8 * 2**20
+
+
+def test_a_piece_that_does_not_fit_raises_and_what_came_before_stays(tmp_path):
+    def stream():
+        pieces = list(_pieces(100))
+        yield from pieces[:20]
+        bad = pieces[20]
+        yield bad.assign(v=bad.v.astype("f8"))
+
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(IngestError, match=r"piece 20 of the stream: 'v' is float64"):
+        toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 10}, max_writers=1,
+                       progress=False)  # fmt: skip
+    back = xr.open_zarr(out)
+    n = back.sizes["time"]
+    assert n % 10 == 0 and n > 0  # whole units of the pieces before the bad one
+    xr.testing.assert_identical(
+        back.load(), xr.concat(list(_pieces(100)), dim="time").isel(time=slice(0, n))
+    )
+
+    def backwards():
+        pieces = list(_pieces(30))
+        yield pieces[1]
+        yield pieces[0]
+
+    with pytest.raises(IngestError, match="do not follow the previous ones"):
+        toolkit.ingest(backwards(), tmp_path / "b.zarr", concat_dim="time", progress=False)
+
+
+def test_an_async_stream(tmp_path):
+    async def stream():
+        for piece in _pieces(60):
+            yield piece
+
+    out = tmp_path / "a.zarr"
+    toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 16}, progress=False)
+    xr.testing.assert_identical(xr.open_zarr(out).load(), xr.concat(list(_pieces(60)), dim="time"))

@@ -11,13 +11,16 @@ progress are those of :func:`toolkit.to_zarr`.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import concurrent.futures as cf
 import glob
 import itertools
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+import queue
+import threading
+from collections.abc import AsyncIterable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -430,7 +433,10 @@ def sources_dataset(
 
 
 def ingest(
-    sources: str | Sequence[str | os.PathLike[str]],
+    sources: str
+    | Sequence[str | os.PathLike[str]]
+    | Iterable[xr.Dataset]
+    | AsyncIterable[xr.Dataset],
     target: StoreLike,
     *,
     concat_dim: Hashable,
@@ -445,19 +451,31 @@ def ingest(
     throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
     resume: bool = True,
+    max_writers: int | None = None,
+    max_buffer_bytes: int | None = None,
 ) -> WriteReport:
-    """Write many source files, concatenated along ``concat_dim``, into one Zarr store.
+    """Write many source files, or a stream of pieces, along ``concat_dim`` into one Zarr store.
 
-    Each source's header is read once, in parallel; the sources must agree on
+    **Files.** Each source's header is read once, in parallel; the sources must agree on
     variables, dims, dtypes and every coordinate but ``concat_dim``, and their
     ``concat_dim`` values must not overlap (they are written in the order of
     those values). Then each write task owns whole write units along
     ``concat_dim`` and reads only the pieces of the sources that fill them.
 
+    **Streams** (an iterable or async iterable of ``xarray.Dataset`` pieces, of
+    any length): pieces are checked against the first and buffered until whole
+    write units along ``concat_dim`` are complete; batches of up to
+    ``max_writers`` units are appended by a writer thread, each unit by its own
+    parallel task, while the next batch is gathered. The producer blocks when a
+    batch is waiting (backpressure), so memory stays near ``max_buffer_bytes``
+    whatever the stream's length; the last partial unit is written once, at the
+    end. A piece that does not fit raises before it is written, and what was
+    written before it stays.
+
     Parameters
     ----------
-    sources : str or sequence of paths
-        A glob pattern (local, or a URL fsspec expands), or the files.
+    sources : str, sequence of paths, or (async) iterable of Dataset
+        A glob pattern (local, or a URL fsspec expands), the files, or a stream.
     target : str, os.PathLike or zarr Store
         The Zarr store to create.
     concat_dim : hashable
@@ -481,8 +499,12 @@ def ingest(
         Request budget for the target.
     progress : bool
         Show progress.
+    max_writers : int, optional
+        Streams: units written in parallel per batch (default twice the CPUs).
+    max_buffer_bytes : int, optional
+        Streams: memory for pieces being gathered and batches queued (256 MiB).
     resume : bool
-        Keep a log of landed write tasks in the target (``.toolkit/resume/``)
+        Files: keep a log of landed write tasks in the target (``.toolkit/resume/``)
         while writing, and when the same ingest (same sources, layout and
         target) was interrupted, write only the tasks it had not finished. The
         result is the store an uninterrupted run makes; the log is deleted at
@@ -499,8 +521,15 @@ def ingest(
         Before anything is written: no sources, unreadable files, or sources
         that disagree, each naming the files.
     """
+    if _is_stream(sources):
+        return _ingest_stream(
+            sources, target, concat_dim=concat_dim, chunks=dict(chunks or {}),
+            shards=dict(shards or {}), encoding=encoding, mode=mode, zarr_format=zarr_format,
+            max_writers=max_writers, max_buffer_bytes=max_buffer_bytes,
+            storage_options=storage_options, throttle=throttle, progress=progress,
+        )  # fmt: skip
     kwargs = dict(open_kwargs or {})
-    ordered, kwargs = _headers(sources, concat_dim, kwargs)
+    ordered, kwargs = _headers(sources, concat_dim, kwargs)  # type: ignore[arg-type]
     ds, layouts, step = _dataset(
         ordered, concat_dim, kwargs, dict(chunks or {}), dict(shards or {}), max_task_bytes
     )
@@ -547,3 +576,294 @@ def _layout_of(
     """:func:`toolkit.jobs._layout` for a variable known from headers only."""
     stand_in = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=-1))
     return _layout(stand_in, chunks, shards)
+
+
+# Streams ---------------------------------------------------------------------
+
+
+def _is_stream(sources: object) -> bool:
+    if isinstance(sources, str | os.PathLike | xr.Dataset):
+        return False
+    if hasattr(sources, "__aiter__"):
+        return True
+    return not isinstance(sources, Sequence) or any(isinstance(s, xr.Dataset) for s in sources)
+
+
+def _sync_iter(sources: Any) -> Iterator[xr.Dataset]:
+    """Pieces of a sync or async iterable, one at a time."""
+    if not hasattr(sources, "__aiter__"):
+        yield from sources
+        return
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)  # one piece ahead at most
+
+    def pump() -> None:
+        async def go() -> None:
+            async for piece in sources:
+                handoff.put(("piece", piece))
+
+        try:
+            asyncio.run(go())
+            handoff.put(("end", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            handoff.put(("error", e))
+
+    threading.Thread(target=pump, name="toolkit-ingest-aiter", daemon=True).start()
+    while True:
+        kind, item = handoff.get()
+        if kind == "end":
+            return
+        if kind == "error":
+            raise item
+        yield item
+
+
+class _Writer:
+    """Appends whole-unit batches in order, in a thread, with at most ``depth`` queued.
+
+    ``put`` blocks while the queue is full: the producer waits for the store
+    (backpressure). Each append writes its units with parallel tasks.
+    """
+
+    def __init__(self, write: Any, depth: int) -> None:
+        self._write = write
+        self._queue: queue.Queue[xr.Dataset | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.reports: list[WriteReport] = []
+        self._thread = threading.Thread(target=self._run, name="toolkit-ingest-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.reports.append(self._write(batch))
+                except BaseException as e:  # raised in the producer
+                    self.error = e
+
+    def put(self, batch: xr.Dataset) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _check_piece(piece: Any, first: xr.Dataset, concat_dim: Hashable, last: Any, n: int) -> None:
+    """Raise before a piece that does not fit the stream is written."""
+    where = f"piece {n} of the stream"
+    if not isinstance(piece, xr.Dataset):
+        raise IngestError(f"{where} is a {type(piece).__name__}, not an xarray.Dataset")
+    if concat_dim not in piece.dims:
+        raise _no_dim(where, concat_dim, list(piece.dims))
+    if set(piece.data_vars) != set(first.data_vars):
+        extra = set(piece.data_vars) ^ set(first.data_vars)
+        raise IngestError(
+            f"{where} holds other variables than piece 0 "
+            f"({', '.join(sorted(map(str, extra)))} in one only)"
+        )
+    for name, v in piece.data_vars.items():
+        f = first[name]
+        if v.dims != f.dims or v.dtype != f.dtype:
+            raise IngestError(
+                f"{where}: {name!r} is {v.dtype} over {v.dims}, but {f.dtype} over {f.dims} "
+                "in piece 0"
+            )
+        other = [s for d, s in zip(v.dims, v.shape, strict=True) if d != concat_dim]
+        if other != [s for d, s in zip(f.dims, f.shape, strict=True) if d != concat_dim]:
+            raise IngestError(f"{where}: {name!r} has shape {v.shape} against {f.shape} in piece 0")
+    for name, c in first.coords.items():
+        if concat_dim in c.dims:
+            continue
+        if name not in piece.coords or not piece[name].variable.equals(c.variable):
+            raise IngestError(f"{where}: coordinate {name!r} differs from piece 0's")
+    if concat_dim in piece.coords and piece.sizes[concat_dim]:
+        values = piece[concat_dim].values
+        if (values.size > 1 and not (values[1:] > values[:-1]).all()) or (
+            last is not None and not values[0] > last
+        ):
+            raise IngestError(
+                f"{where}: its {concat_dim!r} values do not follow the previous ones "
+                "(they must increase, without overlap)"
+            )
+
+
+def _ingest_stream(
+    sources: Any,
+    target: StoreLike,
+    *,
+    concat_dim: Hashable,
+    chunks: Mapping[Hashable, int],
+    shards: Mapping[Hashable, int],
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None,
+    mode: WriteMode,
+    zarr_format: Literal[2, 3],
+    max_writers: int | None,
+    max_buffer_bytes: int | None,
+    storage_options: Mapping[str, Any] | None,
+    throttle: Throttle | Literal[False] | None,
+    progress: bool,
+) -> WriteReport:
+    """Buffer pieces into whole units along ``concat_dim`` and append them in batches."""
+    from toolkit.write import to_zarr
+
+    pieces = _sync_iter(sources)
+    buffered: list[xr.Dataset] = []
+    nbuffered = 0
+    first: xr.Dataset | None = None
+    last = None
+    unit = 0
+    batch_units = 0
+    writer: _Writer | None = None
+    written = 0
+    bar = _stream_bar(progress)
+    created = False
+
+    def write(batch: xr.Dataset) -> WriteReport:
+        nonlocal created
+        kw: dict[str, Any] = {"storage_options": storage_options, "throttle": throttle}
+        if not created:
+            created = True
+            out = to_zarr(batch, target, mode=mode, encoding=enc, zarr_format=zarr_format,
+                          progress=False, **kw)  # fmt: skip
+        else:
+            out = to_zarr(batch, target, append_dim=concat_dim, progress=False, **kw)
+        assert isinstance(out, WriteReport)
+        return out
+
+    def cut(n: int) -> xr.Dataset:
+        """The first ``n`` buffered steps as one dataset; the rest stays buffered."""
+        nonlocal buffered, nbuffered
+        joined = buffered[0]
+        if len(buffered) > 1:
+            joined = xr.concat(buffered, dim=concat_dim, data_vars="minimal", coords="minimal",
+                               compat="override", join="override")  # fmt: skip
+        head, rest = (
+            joined.isel({concat_dim: slice(0, n)}),
+            joined.isel({concat_dim: slice(n, None)}),
+        )
+        buffered = [rest] if rest.sizes[concat_dim] else []
+        nbuffered = rest.sizes[concat_dim]
+        return head
+
+    try:
+        for n, piece in enumerate(pieces):
+            if first is None:
+                if not isinstance(piece, xr.Dataset):
+                    raise IngestError(f"piece 0 of the stream is a {type(piece).__name__}")
+                first = piece
+                enc, unit, batch_units = _stream_layout(
+                    piece, concat_dim, chunks, shards, encoding, max_writers, max_buffer_bytes
+                )
+                writer = _Writer(write, depth=1)
+            _check_piece(piece, first, concat_dim, last, n)
+            if concat_dim in piece.coords and piece.sizes[concat_dim]:
+                last = piece[concat_dim].values[-1]
+            buffered.append(piece.load())
+            nbuffered += piece.sizes[concat_dim]
+            while nbuffered >= unit * batch_units:
+                batch = cut(unit * batch_units)
+                assert writer is not None
+                writer.put(batch)  # blocks while the writer is one batch behind
+                written += batch.sizes[concat_dim]
+                bar(written, batch.nbytes)
+        if first is None:
+            raise IngestError("the stream gave no piece")
+        assert writer is not None
+        if nbuffered:  # the last, partial unit, once
+            batch = cut(nbuffered)
+            writer.put(batch)
+            written += batch.sizes[concat_dim]
+            bar(written, batch.nbytes)
+    finally:
+        if writer is not None:
+            writer.close()  # everything queued lands (or its error is raised)
+        bar(None, 0)
+    return _merge_reports(writer.reports)
+
+
+def _stream_layout(
+    piece: xr.Dataset,
+    concat_dim: Hashable,
+    chunks: Mapping[Hashable, int],
+    shards: Mapping[Hashable, int],
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None,
+    max_writers: int | None,
+    max_buffer_bytes: int | None,
+) -> tuple[dict[Hashable, dict[str, Any]], int, int]:
+    """Encoding, the unit length along ``concat_dim`` and the units per batch."""
+    step_bytes = max(1, sum(
+        v.dtype.itemsize * v.size // max(piece.sizes[concat_dim], 1)
+        for v in piece.data_vars.values() if concat_dim in v.dims
+    ))  # fmt: skip
+    if concat_dim not in chunks:
+        # zarr's guess needs the full length; aim at ~4 MiB chunks instead.
+        chunks = {**chunks, concat_dim: max(1, 4 * 2**20 // step_bytes)}
+    enc: dict[Hashable, dict[str, Any]] = {}
+    unit = 1
+    for name, v in piece.data_vars.items():
+        if concat_dim not in v.dims:
+            continue
+        along = max(chunks[concat_dim], shards.get(concat_dim, 1))  # the stream's length is unknown
+        full = tuple(along if d == concat_dim else max(n, 1) for d, n in zip(v.dims, v.shape))
+        c, sh = _layout_of(v.dims, v.dtype, full, chunks, shards)
+        c = tuple(
+            chunks[concat_dim] if d == concat_dim else x for d, x in zip(v.dims, c, strict=True)
+        )
+        if sh:
+            sh = tuple(
+                shards.get(d, x) if d == concat_dim else x for d, x in zip(v.dims, sh, strict=True)
+            )
+        enc[name] = {
+            "chunks": c,
+            **({"shards": sh} if sh else {}),
+            **dict((encoding or {}).get(name, {})),
+        }
+        unit = math.lcm(unit, (sh or c)[v.dims.index(concat_dim)])
+    writers = max_writers or max(2, 2 * (os.cpu_count() or 2))
+    budget = max_buffer_bytes or 256 * 2**20
+    # A batch is at most max_writers units, and two batches (one queued, one
+    # being written) fit in the buffer budget with the pieces being gathered.
+    fit = max(1, budget // 3 // max(unit * step_bytes, 1))
+    return enc, unit, max(1, min(writers, fit))
+
+
+def _stream_bar(enabled: bool) -> Any:
+    """Progress of a stream: steps written and bytes so far, with rate (total unknown)."""
+    if not enabled:
+        return lambda done, nbytes: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="toolkit ingest", unit="B", unit_scale=True, unit_divisor=1024)
+
+    def update(done: int | None, nbytes: int) -> None:
+        if done is None:
+            bar.close()
+            return
+        bar.update(nbytes)
+        bar.set_postfix(steps=done)
+
+    return update
+
+
+def _merge_reports(reports: Sequence[WriteReport]) -> WriteReport:
+    """One report for the appends of a stream."""
+    from dataclasses import replace
+
+    from toolkit.metrics import IOMetrics
+
+    head = reports[0]
+    return replace(
+        head,
+        tasks=sum(r.tasks for r in reports),
+        units=sum(r.units for r in reports),
+        nbytes=sum(r.nbytes for r in reports),
+        stored_bytes=sum(r.stored_bytes for r in reports),
+        seconds=sum(r.seconds for r in reports),
+        metadata_seconds=sum(r.metadata_seconds for r in reports),
+        requests={k: sum(r.requests.get(k, 0) for r in reports) for k in head.requests},
+        io=IOMetrics.merged([r.io for r in reports]),
+    )
