@@ -298,6 +298,69 @@ def bench_stats(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     ]
 
 
+_INGEST_RUN = """
+import resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+import dask, xarray as xr, toolkit
+method, pattern, out = sys.argv[1:4]
+t0 = time.perf_counter()
+with dask.config.set(scheduler="threads"):
+    if method == "xarray":
+        ds = xr.open_mfdataset(pattern, parallel=True, engine="h5netcdf", combine="by_coords")
+        ds.chunk({"time": 48}).to_zarr(out, encoding={"t2m": {"chunks": (48, 180, 360)}})
+    else:
+        toolkit.ingest(pattern, out, concat_dim="time", chunks={"time": 48}, progress=False)
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_ingest(tmp: Path, nfiles: int, repeat: int) -> list[Row]:
+    """One-step netCDF files (180 x 360 float32) into 48-step Zarr chunks, each run in a
+    fresh process: wall time, and peak memory (max RSS) at nfiles and a quarter of it.
+    """
+    import subprocess
+
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    root = tmp / "ingest"
+    root.mkdir()
+    lat, lon = np.linspace(-89.5, 89.5, 180), np.linspace(0.5, 359.5, 360)
+    for i in range(nfiles):
+        t = pd.date_range("2020-01-01", periods=1, freq="h") + pd.Timedelta(hours=i)
+        v = (280 + 10 * rng.standard_normal((1, 180, 360))).astype("f4")
+        xr.Dataset({"t2m": (("time", "lat", "lon"), v, {"units": "K"})},
+                   coords={"time": t, "lat": lat, "lon": lon}).to_netcdf(
+            root / f"f{i:05d}.nc", engine="h5netcdf")  # fmt: skip
+    files = sorted(str(p) for p in root.glob("*.nc"))
+    rows = []
+    for n in (nfiles // 4, nfiles):
+        sub = tmp / f"ingest{n}"
+        sub.mkdir()
+        for f in files[:n]:
+            os.symlink(f, sub / Path(f).name)
+        for method in ("xarray", "toolkit"):
+            times, peaks = [], []
+            for k in range(max(1, repeat - 1)):
+                out = tmp / f"out-{method}-{n}-{k}.zarr"
+                r = subprocess.run(
+                    [sys.executable, "-c", _INGEST_RUN, method, str(sub / "*.nc"), str(out)],
+                    capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                sec, rss = r.stdout.split()[-2:]
+                times.append(float(sec))
+                peaks.append(int(rss) / 1024)
+                shutil.rmtree(out)
+            label = (
+                "xarray open_mfdataset(parallel=True).chunk().to_zarr()"
+                if method == "xarray"
+                else "toolkit ingest"
+            )
+            peak = f"{label}, peak {statistics.median(peaks):.0f} MiB"
+            rows.append(Row(f"ingest {n} one-step netCDF files", peak, statistics.median(times)))
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     """Rows with their ratio to toolkit's time on the same case (or the case it extends)."""
     lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
@@ -323,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
-    p.add_argument("--only", choices=("write", "graph", "cloud", "stats"), default=None)
+    p.add_argument("--only", choices=("write", "graph", "cloud", "stats", "ingest"), default=None)
+    p.add_argument("--files", type=int, default=2000, help="ingest benchmark files (default 2000)")
     p.add_argument("--stats-size", default="2GiB", help="statistics benchmark size (default 2GiB)")
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
     p.add_argument("--latency", default="0.02,0.1", help="cloud proxy latencies, seconds")
@@ -341,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_graph(Path(tmp), n, args.repeat if n <= 10_000 else 1)
         if args.only in (None, "stats"):
             rows += bench_stats(Path(tmp), parse_size(args.stats_size), args.repeat)
+        if args.only in (None, "ingest"):
+            rows += bench_ingest(Path(tmp), args.files, args.repeat)
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))
