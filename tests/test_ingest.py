@@ -315,3 +315,32 @@ def test_an_async_stream(tmp_path):
     out = tmp_path / "a.zarr"
     toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 16}, progress=False)
     xr.testing.assert_identical(xr.open_zarr(out).load(), xr.concat(list(_pieces(60)), dim="time"))
+
+
+def test_the_quick_header_reads_what_h5netcdf_reads(tmp_path, monkeypatch):
+    import importlib
+
+    ing = importlib.import_module("toolkit.ingest")
+    step_file(tmp_path / "a.nc", 3, steps=2)
+    ds = xr.open_dataset(tmp_path / "a.nc").load()
+    # A dim without a coordinate variable, a bounds variable along time, a scalar.
+    ds.assign(
+        extra=(("time", "level"), np.ones((2, 3), "f8")),
+        time_bnds=(("time", "nv"), np.zeros((2, 2), "i8")),
+        scalar=((), 1.5),
+    ).to_netcdf(tmp_path / "b.nc", engine="h5netcdf")
+    kw = {"engine": "h5netcdf"}
+    for name in ("a.nc", "b.nc"):
+        quick = ing._h5py_header(str(tmp_path / name), "time", kw)
+        monkeypatch.setattr(ing, "_h5py_header", lambda *a: None)
+        slow = ing._header(str(tmp_path / name), "time", kw)
+        monkeypatch.undo()
+        assert quick is not None
+        np.testing.assert_array_equal(quick.values, slow.values)
+        assert quick.values.dtype == slow.values.dtype
+        assert {k: (tuple(d), s, t) for k, (d, s, t) in quick.variables.items()} == {
+            k: (tuple(d), s, t) for k, (d, s, t) in slow.variables.items()
+        }
+        assert set(quick.coords) == set(slow.coords)
+        for k in quick.coords:
+            np.testing.assert_array_equal(quick.coords[k], slow.coords[k])

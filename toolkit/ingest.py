@@ -116,6 +116,80 @@ def _no_dim(path: str, concat_dim: Hashable, dims: Sequence[Hashable]) -> Ingest
     )
 
 
+_H5_INTERNAL = frozenset(
+    {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "_Netcdf4Dimid", "_Netcdf4Coordinates",
+     "_nc3_strict"}
+)  # fmt: skip
+
+
+def _h5py_header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> Source | None:
+    """:func:`_header` from h5py alone (3x cheaper than h5netcdf), for plain netCDF4 files.
+
+    Returns None for anything it does not read exactly as h5netcdf does (groups,
+    strings, dimensions without a scale, renamed variables): h5netcdf then reads it.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception:  # h5netcdf's reader names the file in its error
+        return None
+    with f:
+        datasets = {}
+        for name, d in f.items():
+            if not isinstance(d, h5py.Dataset) or name.startswith("_nc4_non_coord_"):
+                return None
+            if d.dtype.kind in "OSUV":
+                return None
+            datasets[name] = d
+        scales: set[str] = set()
+        dims_of: dict[str, tuple[str, ...]] = {}
+        sizes: dict[str, int] = {}
+        for name, d in datasets.items():
+            if d.attrs.get("CLASS") == b"DIMENSION_SCALE":
+                if d.ndim != 1:
+                    return None
+                scales.add(name)
+                dims_of[name] = (name,)
+            elif d.ndim:
+                refs = d.attrs.get("DIMENSION_LIST")
+                if refs is None or len(refs) != d.ndim:
+                    return None
+                dims_of[name] = tuple(f[r[0]].name.lstrip("/") for r in refs)
+            else:
+                dims_of[name] = ()
+            for dim, n in zip(dims_of[name], d.shape, strict=True):
+                sizes[dim] = n
+        for name in scales:
+            label = datasets[name].attrs.get("NAME", b"")
+            if isinstance(label, bytes) and label.startswith(b"This is a netCDF dimension"):
+                del dims_of[name]  # a dimension without a coordinate variable
+        if concat_dim not in sizes:
+            raise _no_dim(path, concat_dim, list(sizes))
+        variables: dict[Hashable, tuple[tuple[Hashable, ...], tuple[int, ...], np.dtype[Any]]] = {}
+        coords: dict[Hashable, np.ndarray] = {}
+        for name, dims in dims_of.items():
+            d = datasets[name]
+            if dims == (name,):
+                if name != concat_dim:
+                    coords[name] = d[...]
+                continue
+            variables[name] = (dims, tuple(d.shape), d.dtype)
+            if concat_dim not in dims:
+                coords[name] = d[...]
+        if concat_dim in dims_of:
+            cv = datasets[str(concat_dim)]
+            attrs = {
+                k: (v.decode() if isinstance(v, bytes) else v)
+                for k, v in cv.attrs.items()
+                if k not in _H5_INTERNAL
+            }
+            values = _decode(concat_dim, (concat_dim,), cv[...], attrs, open_kwargs)
+        else:
+            values = np.arange(sizes[str(concat_dim)])
+        return Source(path, values, variables, coords)
+
+
 def _header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> Source:
     """What a source holds, from its header.
 
@@ -123,6 +197,9 @@ def _header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> 
     without ``concat_dim`` (compared across sources), and the ``concat_dim`` values.
     """
     if _lean(open_kwargs):
+        quick = _h5py_header(path, concat_dim, open_kwargs)
+        if quick is not None:
+            return quick
         with _h5(path) as f:
             if concat_dim not in f.dimensions:
                 raise _no_dim(path, concat_dim, list(f.dimensions))
@@ -268,15 +345,12 @@ def _read_block(
     lean = _lean(open_kwargs)
     for path, start, stop in pieces:
         if lean:
-            with _h5(path) as f:
-                for n in names:
-                    v = f.variables[n]
-                    dims = tuple(v.dimensions)
-                    sel = tuple(
-                        slice(start, stop) if d == concat_dim else slice(None) for d in dims
-                    )
-                    parts[n].append(_decode(n, dims, v[sel], v.attrs, open_kwargs))
-                    axes[n] = dims.index(concat_dim)
+            read = _h5py_piece(path, names, concat_dim, start, stop, open_kwargs)
+            if read is None:
+                read = _h5netcdf_piece(path, names, concat_dim, start, stop, open_kwargs)
+            for n, (axis, values) in read.items():
+                parts[n].append(values)
+                axes[n] = axis
             continue
         with _open(path, open_kwargs) as ds:
             part = ds.isel({concat_dim: slice(start, stop)})
@@ -287,6 +361,51 @@ def _read_block(
         n: np.concatenate(parts[n], axis=axes[n]) if len(parts[n]) > 1 else parts[n][0]
         for n in names
     }
+
+
+Piece = dict[Hashable, tuple[int, np.ndarray]]
+
+
+def _h5netcdf_piece(
+    path: str, names: Sequence[Hashable], concat_dim: Hashable, start: int, stop: int,
+    open_kwargs: Mapping[str, Any],
+) -> Piece:  # fmt: skip
+    """Steps ``start:stop`` of each variable: (its concat axis, decoded values)."""
+    out: Piece = {}
+    with _h5(path) as f:
+        for n in names:
+            v = f.variables[n]
+            dims = tuple(v.dimensions)
+            sel = tuple(slice(start, stop) if d == concat_dim else slice(None) for d in dims)
+            out[n] = (dims.index(concat_dim), _decode(n, dims, v[sel], v.attrs, open_kwargs))
+    return out
+
+
+def _h5py_piece(
+    path: str, names: Sequence[Hashable], concat_dim: Hashable, start: int, stop: int,
+    open_kwargs: Mapping[str, Any],
+) -> Piece | None:  # fmt: skip
+    """:func:`_h5netcdf_piece` through h5py alone, or None where it cannot tell the dims."""
+    import h5py
+
+    out: Piece = {}
+    with h5py.File(path, "r") as f:
+        for n in names:
+            d = f.get(str(n))
+            refs = d.attrs.get("DIMENSION_LIST") if isinstance(d, h5py.Dataset) else None
+            if refs is None or len(refs) != d.ndim:
+                return None
+            dims = tuple(f[r[0]].name.lstrip("/") for r in refs)
+            if concat_dim not in dims:
+                return None
+            sel = tuple(slice(start, stop) if x == concat_dim else slice(None) for x in dims)
+            attrs = {
+                k: (v.decode() if isinstance(v, bytes) else v)
+                for k, v in d.attrs.items()
+                if k not in _H5_INTERNAL
+            }
+            out[n] = (dims.index(concat_dim), _decode(n, dims, d[sel], attrs, open_kwargs))
+    return out
 
 
 def _pick(block: Mapping[Hashable, np.ndarray], name: Hashable) -> np.ndarray:
