@@ -86,7 +86,9 @@ def test_520_step_files_into_sharded_48_step_chunks_equal_open_mfdataset(many, w
     assert got.t2m.encoding["shards"] == (96, NY, NX)
     # Every task owns whole shards: 520 steps are 6 shards, and no unit was written twice.
     assert report.plan["t2m"].nunits == 6 and report.units == report.plan.nunits
-    assert not (out / ".toolkit").exists()  # the resume log is gone at the end
+    assert not (out / ".toolkit" / "resume").exists()  # the resume log is gone at the end
+    assert sorted(p.name for p in (out / ".toolkit").iterdir()) == ["manifest.json"]
+    assert toolkit.verify(out).ok  # every object against its checksum
 
 
 def test_sources_that_disagree_are_refused_before_anything_is_written(tmp_path):
@@ -180,7 +182,14 @@ def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
                             max_task_bytes=per_task, progress=False)  # fmt: skip
     assert report.tasks == report.plan.ntasks - already  # only the tasks that had not landed
     xr.testing.assert_identical(toolkit.open_zarr(out).load(), want)  # no record is left
-    assert not (out / ".toolkit").exists()
+    assert not (out / ".toolkit" / "resume").exists()
+    # The manifest holds the checksums of both runs' objects: every chunk, each verified.
+    stored = [
+        p for v in ("t2m", "flag", "mask") for p in (out / v / "c").rglob("*")
+        if p.is_file() and ".partial" not in p.name
+    ]  # fmt: skip
+    report = toolkit.verify(out)
+    assert report.ok and sum(v["values"] for v in report.variables.values()) == len(stored)
 
 
 def test_verify_finds_one_flipped_value_and_other_differences(some, tmp_path):
@@ -344,3 +353,22 @@ def test_the_quick_header_reads_what_h5netcdf_reads(tmp_path, monkeypatch):
         assert set(quick.coords) == set(slow.coords)
         for k in quick.coords:
             np.testing.assert_array_equal(quick.coords[k], slow.coords[k])
+
+
+def test_verify_without_sources_checks_the_manifest(some, tmp_path):
+    src, _ = some
+    out = tmp_path / "m.zarr"
+    toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 32}, progress=False)
+    good = toolkit.verify(out)
+    assert good.ok and good.variables["t2m"]["values"] == 5  # 160 steps in 32-step chunks
+    arr = zarr.open_group(out)["t2m"]
+    block = arr[70:71]
+    block[0, 1, 1] = -5
+    arr[70:71] = block
+    (out / "flag" / "c" / "0").unlink()
+    bad = toolkit.verify(out)
+    assert not bad.ok
+    assert "t2m/c/2/0/0: checksum differs" in bad.problems and "flag/c/0: missing" in bad.problems
+    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "verify", str(out)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and "checksum differs" in r.stdout

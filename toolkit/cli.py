@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("verify", help="compare a written store with its sources, block by block")
-    v.add_argument("src", help="the source: a Zarr store, a file, or a quoted glob of files")
-    v.add_argument("dst", help="the written Zarr store")
+    v.add_argument("src", help="the source (a store, a file, a quoted glob), or the store alone")
+    v.add_argument("dst", nargs="?", default=None, help="the written store (omit: manifest)")
     v.add_argument("--concat-dim", default=None, help="for many files: the dim they follow along")
     v.add_argument("--no-progress", action="store_true")
 

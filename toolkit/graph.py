@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
 import re
 import threading
@@ -32,7 +33,7 @@ from toolkit import grid
 from toolkit.journal import task_marker
 from toolkit.metrics import IOMetrics, publish
 from toolkit.plan import VariablePlan, WritePlan
-from toolkit.storage import MetricsStore, find_wrapper, rebind, redact, wrap_store
+from toolkit.storage import DigestStore, MetricsStore, find_wrapper, rebind, redact, wrap_store
 from toolkit.throttle import Throttle
 
 __all__ = ["WriteIO", "WriteSource", "build_write_graph", "unit_key", "write_block"]
@@ -180,13 +181,16 @@ def write_block(
     stack = wrap_store(target.store, io.throttle, metrics, track_keys=True)
     gate = find_wrapper(stack, MetricsStore)
     assert gate is not None
+    digests = DigestStore(stack) if io.resume_prefix is not None else None
     try:
         with _zarr_concurrency(io.concurrency):
-            rebind(target, stack)[region] = block
-            if io.resume_prefix is not None:
-                # After every unit landed: a resumed run skips this task.
+            rebind(target, digests or stack)[region] = block
+            if digests is not None:
+                # After every unit landed: a resumed run skips this task. The marker
+                # holds the units' checksums, from which the manifest is made.
                 marker = f"{io.resume_prefix}{target.basename}/{task_marker(units)}"
-                sync(stack.set(marker, Buffer.from_bytes(b"")))
+                body = json.dumps(digests.digests, sort_keys=True).encode()
+                sync(stack.set(marker, Buffer.from_bytes(body)))
     except Exception as e:
         gate.abort()
         gate.wait_idle(timeout=120)

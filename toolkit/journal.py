@@ -13,9 +13,10 @@ concurrent writers never contend for one object.
 
 A resumable write (:func:`toolkit.ingest`, :func:`toolkit.jobs.copy`) also
 keeps ``.toolkit/resume/<id>/``: ``begin.json``, put in the metadata round, and
-one empty marker per write task whose units have all landed, named after the
-units it owns. Started again with the same arguments (the same id), the write
-skips the marked tasks; at the end the prefix is deleted.
+one marker per write task whose units have all landed, named after the units
+it owns and holding their checksums. Started again with the same arguments
+(the same id), the write skips the marked tasks; at the end the checksums are
+merged into ``.toolkit/manifest.json`` and the prefix is deleted.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ __all__ = [
     "ResumeLog",
     "WriteJournal",
     "clear_records",
+    "manifest_key",
+    "read_manifest",
     "read_records",
     "task_marker",
 ]
@@ -254,7 +257,46 @@ class ResumeLog:
         return sync(go()) if self.store.supports_listing else {}
 
     def clear(self, io: IOMetrics | None = None) -> None:
-        """Delete the log: the write is complete."""
-        sync(wrap_store(self.store, self.throttle, io).delete_dir(self.prefix.rstrip("/")))
+        """The write is complete: keep its checksums in the manifest, delete the log.
+
+        Each marker holds the checksums of its task's objects (of whichever run
+        wrote them); they are merged into ``.toolkit/manifest.json``, over the
+        entries of earlier writes.
+        """
+        store = wrap_store(self.store, self.throttle, io)
+
+        async def collect() -> dict[str, str]:
+            found: dict[str, str] = {}
+            keys = [k async for k in store.list_prefix(self.prefix)]
+            for key in keys:
+                name = key.rsplit("/", 1)[-1]
+                if not _MARKER.fullmatch(name):
+                    continue
+                buf = await store.get(key, default_buffer_prototype())
+                if buf is not None and len(buf):
+                    found.update(json.loads(buf.to_bytes()))
+            return found
+
+        objects = sync(collect()) if self.store.supports_listing else {}
+        if objects:
+            manifest = read_manifest(store, self.group)
+            manifest.update(objects)
+            doc = {"written": _now(), "algorithm": "blake2b-128", "objects": manifest}
+            sync(store.set(manifest_key(self.group), _encode(doc)))
+        sync(store.delete_dir(self.prefix.rstrip("/")))
         resume = _prefix(self.group, "resume")
         _rmdirs(self.store, resume, resume.rsplit("/", 2)[0])
+
+
+def manifest_key(group: str | None = None) -> str:
+    """Where a group's checksum manifest is kept."""
+    base = f"{group.strip('/')}/" if group else ""
+    return f"{base}{RESERVED_PREFIX}/manifest.json"
+
+
+def read_manifest(store: Store, group: str | None = None) -> dict[str, str]:
+    """The checksums of a group's stored objects, by key ({} without a manifest)."""
+    buf = sync(store.get(manifest_key(group), default_buffer_prototype()))
+    if buf is None:
+        return {}
+    return dict(json.loads(buf.to_bytes()).get("objects", {}))

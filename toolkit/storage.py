@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -53,6 +54,7 @@ from toolkit.throttle import (
 )
 
 __all__ = [
+    "DigestStore",
     "FaultStore",
     "InterceptStore",
     "MetadataBuffer",
@@ -60,6 +62,7 @@ __all__ = [
     "RetryStore",
     "ThrottleStore",
     "describe_store",
+    "digest",
     "fingerprint",
     "redact",
     "resolve_store",
@@ -309,6 +312,28 @@ class InterceptStore(_OwnWrapper):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe_store(self._store)})"
+
+
+def digest(data: bytes) -> str:
+    """The checksum kept for a stored object (BLAKE2b, 128 bits, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class DigestStore(InterceptStore):
+    """Remembers the checksum of every object written through it (``digests``).
+
+    A write's manifest is built from these: :func:`toolkit.verify` can then
+    check a store's integrity without its sources.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.digests: dict[str, str] = {}
+
+    @override
+    async def set(self, key: str, value: Buffer) -> None:
+        await super().set(key, value)
+        self.digests[key] = digest(value.to_bytes())
 
 
 class MetricsStore(InterceptStore):

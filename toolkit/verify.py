@@ -121,13 +121,17 @@ def _open_source(source: Any, concat_dim: Hashable | None) -> tuple[xr.Dataset, 
 
 
 def verify(
-    source: str | os.PathLike[str] | Sequence[str] | xr.Dataset,
-    target: StoreLike,
+    source: str | os.PathLike[str] | Sequence[str] | xr.Dataset | StoreLike,
+    target: StoreLike | None = None,
     *,
     concat_dim: Hashable | None = None,
     progress: bool = True,
 ) -> VerifyReport:
     """Compare a written store with its source: values, coordinates, attributes.
+
+    With a store alone (``verify(store)``), check it against the checksum
+    manifest that :func:`toolkit.ingest` and :func:`toolkit.jobs.copy` leave
+    in it: every object is read once and its checksum compared.
 
     Parameters
     ----------
@@ -148,6 +152,8 @@ def verify(
         every difference, each variable's count of differing values and the
         index of the first.
     """
+    if target is None:
+        return _verify_manifest(source)  # type: ignore[arg-type]
     got = open_zarr(target)
     want, label = _open_source(source, concat_dim)
     problems: list[str] = []
@@ -205,3 +211,41 @@ def verify(
             problems.append(f"{name!r}: {differ:,} values differ, the first at index {first}")
     tlabel = describe_store(target) if not isinstance(target, str | os.PathLike) else str(target)
     return VerifyReport(tlabel, label, variables, problems)
+
+
+def _verify_manifest(target: StoreLike, *, batch: int = 64) -> VerifyReport:
+    """Every object listed in the target's manifest, read and checked."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from toolkit.journal import read_manifest
+    from toolkit.storage import digest, resolve_store, wrap_store
+
+    store = wrap_store(resolve_store(target), None)
+    label = describe_store(target) if not isinstance(target, str | os.PathLike) else str(target)
+    manifest = read_manifest(store)
+    if not manifest:
+        return VerifyReport(label, "manifest", {}, ["the store holds no checksum manifest"])
+
+    async def check(keys: list[str]) -> list[tuple[str, str | None]]:
+        async def one(key: str) -> tuple[str, str | None]:
+            buf = await store.get(key, default_buffer_prototype())
+            return key, None if buf is None else digest(buf.to_bytes())
+
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    keys = sorted(manifest)
+    variables: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for i in range(0, len(keys), batch):
+        for key, found in sync(check(keys[i : i + batch])):
+            var = key.split("/c/")[0] if "/c/" in key else key.rsplit("/", 1)[0]
+            entry = variables.setdefault(var, {"values": 0, "differ": 0, "first": None})
+            entry["values"] += 1
+            if found != manifest[key]:
+                entry["differ"] += 1
+                entry["first"] = entry["first"] or key
+                problems.append(f"{key}: {'missing' if found is None else 'checksum differs'}")
+    return VerifyReport(label, "its checksum manifest", variables, problems)
