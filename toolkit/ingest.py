@@ -122,6 +122,39 @@ _H5_INTERNAL = frozenset(
 )  # fmt: skip
 
 
+def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """An HDF5 dataset's netCDF attributes, as h5netcdf gives them (text as str)."""
+    return {
+        k: (v.decode() if isinstance(v, bytes) else v)
+        for k, v in attrs.items()
+        if k not in _H5_INTERNAL
+    }
+
+
+def _sort_out(
+    entries: Iterable[tuple[Hashable, tuple[Hashable, ...], Any]], concat_dim: Hashable
+) -> tuple[
+    dict[Hashable, tuple[tuple[Hashable, ...], tuple[int, ...], np.dtype[Any]]],
+    dict[Hashable, np.ndarray],
+]:
+    """Sort a file's ``(name, dims, dataset)`` entries into what a Source keeps.
+
+    Every non-index variable's dims, shape and dtype, and the values of those
+    without ``concat_dim`` (compared across sources).
+    """
+    variables = {}
+    coords = {}
+    for name, dims, v in entries:
+        if dims == (name,):
+            if name != concat_dim:
+                coords[name] = v[...]
+            continue
+        variables[name] = (dims, tuple(v.shape), v.dtype)
+        if concat_dim not in dims:
+            coords[name] = v[...]
+    return variables, coords
+
+
 def _h5py_header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> Source | None:
     """:func:`_header` from h5py alone (3x cheaper than h5netcdf), for plain netCDF4 files.
 
@@ -166,24 +199,12 @@ def _h5py_header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]
                 del dims_of[name]  # a dimension without a coordinate variable
         if concat_dim not in sizes:
             raise _no_dim(path, concat_dim, list(sizes))
-        variables: dict[Hashable, tuple[tuple[Hashable, ...], tuple[int, ...], np.dtype[Any]]] = {}
-        coords: dict[Hashable, np.ndarray] = {}
-        for name, dims in dims_of.items():
-            d = datasets[name]
-            if dims == (name,):
-                if name != concat_dim:
-                    coords[name] = d[...]
-                continue
-            variables[name] = (dims, tuple(d.shape), d.dtype)
-            if concat_dim not in dims:
-                coords[name] = d[...]
+        variables, coords = _sort_out(
+            ((name, dims, datasets[name]) for name, dims in dims_of.items()), concat_dim
+        )
         if concat_dim in dims_of:
             cv = datasets[str(concat_dim)]
-            attrs = {
-                k: (v.decode() if isinstance(v, bytes) else v)
-                for k, v in cv.attrs.items()
-                if k not in _H5_INTERNAL
-            }
+            attrs = _plain_attrs(cv.attrs)
             values = _decode(concat_dim, (concat_dim,), cv[...], attrs, open_kwargs)
         else:
             values = np.arange(sizes[str(concat_dim)])
@@ -203,16 +224,9 @@ def _header(path: str, concat_dim: Hashable, open_kwargs: Mapping[str, Any]) -> 
         with _h5(path) as f:
             if concat_dim not in f.dimensions:
                 raise _no_dim(path, concat_dim, list(f.dimensions))
-            variables, coords = {}, {}
-            for name, v in f.variables.items():
-                dims = tuple(v.dimensions)
-                if dims == (name,):
-                    if name != concat_dim:
-                        coords[name] = v[...]
-                    continue
-                variables[name] = (dims, tuple(v.shape), v.dtype)
-                if concat_dim not in dims:
-                    coords[name] = v[...]
+            variables, coords = _sort_out(
+                ((name, tuple(v.dimensions), v) for name, v in f.variables.items()), concat_dim
+            )
             if concat_dim in f.variables:
                 cv = f.variables[concat_dim]
                 values = _decode(concat_dim, (concat_dim,), cv[...], cv.attrs, open_kwargs)
@@ -399,11 +413,7 @@ def _h5py_piece(
             if concat_dim not in dims:
                 return None
             sel = tuple(slice(start, stop) if x == concat_dim else slice(None) for x in dims)
-            attrs = {
-                k: (v.decode() if isinstance(v, bytes) else v)
-                for k, v in d.attrs.items()
-                if k not in _H5_INTERNAL
-            }
+            attrs = _plain_attrs(d.attrs)
             out[n] = (dims.index(concat_dim), _decode(n, dims, d[sel], attrs, open_kwargs))
     return out
 
