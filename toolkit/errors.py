@@ -13,10 +13,14 @@ from typing import Any
 
 __all__ = [
     "AppendError",
+    "CommitConflictError",
+    "CoordinationError",
     "EncodingError",
     "ExistingStoreError",
     "IncompleteStoreError",
     "IngestError",
+    "LeaseTimeoutError",
+    "PartitionError",
     "PlanError",
     "RegionError",
     "RequestAbortedError",
@@ -60,6 +64,10 @@ class EncodingError(PlanError):
 
 class ExistingStoreError(PlanError, FileExistsError):
     """The target already holds data and the mode forbids overwriting it."""
+
+
+class PartitionError(PlanError):
+    """A partition overwrite does not fit the stored partitions (labels, sizes, order)."""
 
 
 class IngestError(PlanError):
@@ -141,3 +149,26 @@ class IncompleteStoreError(ToolkitError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.records))
+
+
+class CoordinationError(ToolkitError, RuntimeError):
+    """Concurrent jobs cannot coordinate through this store (no atomic conditional write)."""
+
+
+class LeaseTimeoutError(CoordinationError, TimeoutError):
+    """A lease or lock in the store stayed held by another job past the timeout."""
+
+
+class CommitConflictError(ToolkitError, RuntimeError):
+    """A job's changes overlap changes another job committed since it started.
+
+    Attribute ``conflicts`` maps each array to the chunk keys both touched.
+    Nothing of the job was committed; retry it on the new state.
+    """
+
+    def __init__(self, message: str, conflicts: Mapping[str, Sequence[str]] | None = None) -> None:
+        super().__init__(message)
+        self.conflicts = {k: list(v) for k, v in (conflicts or {}).items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.conflicts))

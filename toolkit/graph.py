@@ -30,13 +30,21 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
 from toolkit import grid
+from toolkit.coordination import Coordinator, LockSet
 from toolkit.journal import task_marker
 from toolkit.metrics import IOMetrics, publish
 from toolkit.plan import VariablePlan, WritePlan
 from toolkit.storage import DigestStore, MetricsStore, find_wrapper, rebind, redact, wrap_store
 from toolkit.throttle import Throttle
 
-__all__ = ["WriteIO", "WriteSource", "build_write_graph", "unit_key", "write_block"]
+__all__ = [
+    "WriteIO",
+    "WriteSource",
+    "build_write_graph",
+    "partial_units",
+    "unit_key",
+    "write_block",
+]
 
 _STAT_KEYS = ("tasks", "units", "nbytes")
 
@@ -78,6 +86,12 @@ class WriteIO:
     resume_prefix : str, optional
         Where a resumable write's tasks put their completion markers
         (:class:`toolkit.journal.ResumeLog`).
+    locks : Coordinator, optional
+        Where region writes lock the write units they cover only partly, for
+        the time of their read-modify-write: another job's region may share
+        them, and without the lock one of the two would lose its values.
+    owner : str
+        The job holding those locks.
     """
 
     token: str
@@ -85,6 +99,8 @@ class WriteIO:
     concurrency: int
     distributed: bool
     resume_prefix: str | None = None
+    locks: Coordinator | None = None
+    owner: str = ""
 
 
 _ABORTED: set[str] = set()
@@ -147,6 +163,34 @@ def _safe(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.]+", "_", name)[:60] or "var"
 
 
+def partial_units(
+    target: zarr.Array[Any], region: tuple[slice, ...], units: tuple[tuple[int, int], ...]
+) -> list[tuple[int, ...]]:
+    """The units among ``units`` that ``region`` covers only partly (read-modify-writes)."""
+    size = target.shards or target.chunks
+    per_axis = []
+    for sl, (a, b), c, n in zip(region, units, size, target.shape, strict=True):
+        partial = set()
+        for u in (a, b - 1):
+            if sl.start > u * c or sl.stop < min((u + 1) * c, n):
+                partial.add(u)
+        per_axis.append(partial)
+    if not any(per_axis):
+        return []
+    return [
+        u
+        for u in itertools.product(*(range(a, b) for a, b in units))
+        if any(x in p for x, p in zip(u, per_axis, strict=True))
+    ]
+
+
+def _unit_locks(io: WriteIO, target: zarr.Array[Any], partial: list[tuple[int, ...]]) -> Any:
+    if io.locks is None or not partial:
+        return contextlib.nullcontext()
+    names = [f"units/{target.path or target.basename}/{'.'.join(map(str, u))}" for u in partial]
+    return LockSet(io.locks, names, io.owner or io.token).hold()
+
+
 def write_block(
     block: np.ndarray,
     target: zarr.Array[Any],
@@ -183,7 +227,10 @@ def write_block(
     assert gate is not None
     digests = DigestStore(stack) if io.resume_prefix is not None else None
     try:
-        with _zarr_concurrency(io.concurrency):
+        with (
+            _zarr_concurrency(io.concurrency),
+            _unit_locks(io, target, partial_units(target, region, units)),
+        ):
             rebind(target, digests or stack)[region] = block
             if digests is not None:
                 # After every unit landed: a resumed run skips this task. The marker

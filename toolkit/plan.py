@@ -933,7 +933,15 @@ def plan_write(
             chunks = enc.get("chunks")
             new = True
         is_dask = var.chunks is not None
-        small = var.size == 0 or (not is_dask and (name in ds.coords or var.ndim == 0))
+        # A region write sends every variable it can through tasks, which lock the
+        # write units shared with another job's region. Dimension coordinates
+        # cannot be dask arrays: they are written with the metadata, under a lock
+        # on the whole variable (see toolkit.write.execute).
+        small = var.size == 0 or (
+            not is_dask
+            and (name in ds.coords or var.ndim == 0)
+            and (resolved_region is None or name in var.dims)
+        )
         if new:
             if chunks is None and var.chunks is not None:
                 chunks = tuple(_mode_of(c) for c in var.chunks)

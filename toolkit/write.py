@@ -30,9 +30,11 @@ from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
+from toolkit import multiwrite
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
 from toolkit.errors import PlanError, UnknownOptionError, WriteError
+from toolkit.coordination import Coordinator, LockSet, job_id, supports_atomic_create
 from toolkit.graph import WriteIO, WriteSource, build_write_graph
 from toolkit.journal import ResumeLog, WriteJournal
 from toolkit.metrics import IOMetrics
@@ -91,6 +93,7 @@ class WriteReport:
     requests: Mapping[str, int]
     io: IOMetrics = field(repr=False, compare=False, default_factory=IOMetrics)
     plan: WritePlan = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    placement: Mapping[str, Any] | None = field(repr=False, compare=False, default=None)
 
     @property
     def throughput(self) -> float:
@@ -148,7 +151,7 @@ def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
         var = ds.variables[vp.name].transpose(*vp.dims)
         if var.chunks is None:
             var = var.chunk(dict(zip(vp.dims, vp.task_chunks, strict=True)))
-        ds = ds.assign({vp.name: var})
+        ds = ds.assign_coords({vp.name: var}) if vp.name in ds.coords else ds.assign({vp.name: var})
     zstore = get_writable_zarr_store(
         store,
         mode=plan.mode,  # type: ignore[arg-type]
@@ -264,8 +267,22 @@ def execute(
     if resume is not None and plan.mode == "w-":
         # Before anything else lands: a store holding begin.json holds only this write.
         resume.begin(wrap_store(plan.store, plan.throttle, meta_io), {"target": plan.target})
-    sources = _write_metadata(plan, buffer)
-    token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+    owner = job_id()
+    coord = _unit_coordinator(plan)
+    eager_locks = (
+        LockSet(coord, [f"variables/{name}" for name in plan.eager], owner)
+        if coord is not None and plan.eager
+        else None
+    )
+    with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
+        sources = _write_metadata(plan, buffer)
+        token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+        journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
+        if sources:
+            journal.begin(plan, buffer, resume=resume.id if resume is not None else None)
+        if resume is not None and plan.mode == "w":
+            resume.begin(buffer, {"target": plan.target})  # after the group is replaced
+        sync(buffer.flush())  # metadata, small variables and the journal, in one round
     client = active_client()
     share = cluster_share(plan.throttle)
     io = WriteIO(
@@ -274,13 +291,9 @@ def execute(
         concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
         distributed=client is not None,
         resume_prefix=resume.prefix if resume is not None else None,
+        locks=coord,
+        owner=owner,
     )
-    journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
-    if sources:
-        journal.begin(plan, buffer, resume=resume.id if resume is not None else None)
-    if resume is not None and plan.mode == "w":
-        resume.begin(buffer, {"target": plan.target})  # after the group is replaced
-    sync(buffer.flush())  # metadata, small variables and the journal, in one round
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources, io, skip=done)
     remaining = plan.ntasks - sum(len(v) for v in done.values())
@@ -314,6 +327,15 @@ def execute(
         enabled=progress,
     )
     return result
+
+
+def _unit_coordinator(plan: WritePlan) -> Coordinator | None:
+    """Where a region write's partly covered units are locked (None: nothing to lock)."""
+    if plan.region is None or not (plan.eager or any(v.npartial for v in plan.variables)):
+        return None
+    if not supports_atomic_create(plan.store):
+        return None
+    return Coordinator(plan.store, plan.group)
 
 
 def _report(
@@ -398,9 +420,10 @@ _XARRAY_ONLY = {
 def to_zarr(
     ds: xr.Dataset,
     store: StoreLike,
-    mode: WriteMode | None = None,
+    mode: WriteMode | Literal["overwrite-partitions"] | None = None,
     *,
     append_dim: Hashable | None = None,
+    partition: Hashable | None = None,
     region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
     encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
     zarr_format: int | None = None,
@@ -427,7 +450,14 @@ def to_zarr(
     store : str, os.PathLike or zarr Store
         Target path, URL or store.
     mode, append_dim, region, encoding, zarr_format, consolidated : optional
-        As in :meth:`xarray.Dataset.to_zarr`.
+        As in :meth:`xarray.Dataset.to_zarr`, and safe with concurrent jobs:
+        an append reserves its rows through the store's commit log
+        (:func:`toolkit.append`), and a region write locks the write units it
+        shares with other regions for their read-modify-write.
+        ``mode="overwrite-partitions"`` replaces the partitions present in
+        ``ds`` (:func:`toolkit.overwrite_partitions`).
+    partition : str, optional
+        With ``mode="overwrite-partitions"``: the coordinate labelling partitions.
     storage_options, group, write_empty_chunks : optional
         As in :meth:`xarray.Dataset.to_zarr`.
     compute : bool
@@ -462,6 +492,29 @@ def to_zarr(
             close = difflib.get_close_matches(k, options, 1)
             msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UnknownOptionError("to_zarr() got unknown options: " + "; ".join(msgs))
+    passed = {
+        "group": group,
+        "storage_options": storage_options,
+        "encoding": encoding,
+        "zarr_format": zarr_format,
+        "consolidated": consolidated,
+        "write_empty_chunks": write_empty_chunks,
+        "compute": compute,
+        "max_task_bytes": max_task_bytes,
+        "throttle": throttle,
+        "progress": progress,
+    }
+    if mode == "overwrite-partitions":
+        if partition is None or append_dim is not None or region is not None:
+            raise PlanError(
+                "mode='overwrite-partitions' needs partition=<coordinate name> "
+                "and no append_dim or region"
+            )
+        return multiwrite.overwrite_partitions(ds, store, partition, **passed)
+    if partition is not None:
+        raise PlanError("partition= only applies with mode='overwrite-partitions'")
+    if append_dim is not None and mode in (None, "a") and region is None:
+        return multiwrite.append(ds, store, append_dim, **passed)
     plan = plan_write(
         ds,
         store,

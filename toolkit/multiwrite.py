@@ -1,0 +1,408 @@
+"""Many independent jobs writing one dataset: appends and partition overwrites.
+
+Each job validates its data against the store first (nothing is written on
+bad input), then asks the store's commit log (:mod:`toolkit.commit`) where
+its rows go, then writes them as a region write in which every write unit it
+only partly covers is updated under a per-unit lock (:class:`WriteIO.locks`).
+
+- :func:`append`: the job reserves ``n`` rows along ``dim``. The committer
+  hands out consecutive ranges in the order of the requests and grows every
+  array along ``dim`` before answering, so the arrays only ever grow, and each
+  job writes its data *and* its coordinate values into its own range.
+- :func:`overwrite_partitions`: the job's rows are grouped by the labels of a
+  partition coordinate. Labels already in the store keep their rows (the job
+  must bring as many); new labels get new rows at the end. The job holds a lock
+  per partition while it writes them, so two jobs overwriting one partition
+  write it one after the other and one of them wins whole.
+
+On a plain Zarr store readers may see a write in progress (rows still at their
+fill value); :func:`toolkit.open_zarr` refuses the store while a write record
+is present unless ``incomplete="ignore"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.abc.store import Store
+
+from toolkit.commit import Batch, CommitLog, CommitStats
+from toolkit.coordination import Coordinator, Lease, LockSet, job_id, supports_atomic_create
+from toolkit.errors import AppendError, PartitionError
+from toolkit.plan import plan_write
+from toolkit.storage import StoreLike, unwrap
+
+__all__ = ["append", "overwrite_partitions"]
+
+_MAX_RUNS = 4096
+_PLAN_KEYS = ("encoding", "zarr_format", "throttle", "consolidated", "max_task_bytes")
+_CREATE_ONLY = ("encoding", "zarr_format", "consolidated")
+
+
+def _label(value: Any) -> str:
+    """A partition label as a JSON key, the same in every job for equal values."""
+    if isinstance(value, np.datetime64):
+        return str(np.datetime_as_string(value, unit="ns"))
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+def _runs(values: np.ndarray) -> list[tuple[str, int]]:
+    """Consecutive runs of equal labels: [(label, length), ...]."""
+    out: list[tuple[str, int]] = []
+    for v in values:
+        lab = _label(v)
+        if out and out[-1][0] == lab:
+            out[-1] = (lab, out[-1][1] + 1)
+        else:
+            out.append((lab, 1))
+    return out
+
+
+def _array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
+    names = getattr(arr.metadata, "dimension_names", None)
+    if names:
+        return tuple(str(n) for n in names)
+    return tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+
+
+def _arrays_along(store: Store, group: str | None, dim: str) -> list[tuple[zarr.Array[Any], int]]:
+    grp = zarr.open_group(store, path=group or "", mode="r+", use_consolidated=False)
+    out = []
+    for _, arr in grp.arrays():
+        dims = _array_dims(arr)
+        if dim in dims:
+            out.append((arr, dims.index(dim)))
+    return out
+
+
+def _length(store: Store, group: str | None, dim: str) -> int:
+    return max((a.shape[ax] for a, ax in _arrays_along(store, group, dim)), default=0)
+
+
+def _grow(store: Store, group: str | None, dim: str, length: int) -> None:
+    """Grow every array along ``dim`` to ``length`` (never shrinks; idempotent)."""
+    grown = False
+    for arr, ax in _arrays_along(store, group, dim):
+        if arr.shape[ax] < length:
+            shape = list(arr.shape)
+            shape[ax] = length
+            arr.resize(tuple(shape))
+            grown = True
+    if grown:
+        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=False)
+        if _has_consolidated(store, group):
+            zarr.consolidate_metadata(store, path=group or "", zarr_format=grp.metadata.zarr_format)
+
+
+def _has_consolidated(store: Store, group: str | None) -> bool:
+    try:
+        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=True)
+    except Exception:
+        return False
+    return grp.metadata.consolidated_metadata is not None
+
+
+def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str, list[int]]:
+    ds = xr.open_zarr(store, group=group, consolidated=False, chunks=None)
+    if coord not in ds.variables or ds[coord].ndim != 1:
+        raise PartitionError(f"the store has no 1-D coordinate {coord!r} to partition by")
+    out: dict[str, list[int]] = {}
+    start = 0
+    for lab, n in _runs(ds[coord].values):
+        if lab in out:
+            raise PartitionError(
+                f"partition {lab!r} of {coord!r} is not one contiguous run of rows in the "
+                "store; overwrite-partitions needs each label's rows together"
+            )
+        out[lab] = [start, start + n]
+        start += n
+    return out
+
+
+def _decider(store: Store, group: str | None) -> Any:
+    """The committer's decision for a batch of reserve / partitions requests."""
+
+    def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Batch:
+        dims: dict[str, int] = dict(state.get("dims", {}))
+        parts: dict[str, Any] = {k: dict(v) for k, v in state.get("partitions", {}).items()}
+        answers: dict[str, dict[str, Any]] = {}
+        for req in requests:
+            dim = req["dim"]
+            if dim not in dims:
+                dims[dim] = _length(store, group, dim)
+            if req["kind"] == "reserve":
+                start = dims[dim]
+                dims[dim] = start + int(req["n"])
+                answers[req["job"]] = {"start": start, "stop": dims[dim]}
+                # Labels of tracked partition coordinates arrive with appends too.
+                for coord, runs in req.get("runs", {}).items():
+                    if coord in parts and parts[coord]["dim"] == dim:
+                        labels = dict(parts[coord]["labels"])
+                        pos = start
+                        for lab, n in runs:
+                            labels[lab] = [pos, pos + n]
+                            pos += n
+                        parts[coord] = {"dim": dim, "labels": labels}
+                continue
+            coord = req["coord"]
+            try:
+                if coord not in parts:
+                    parts[coord] = {
+                        "dim": dim,
+                        "labels": _stored_partitions(store, group, coord),
+                    }
+            except PartitionError as e:
+                answers[req["job"]] = {"error": str(e)}
+                continue
+            labels = dict(parts[coord]["labels"])
+            ranges, end, bad = [], dims[dim], []
+            for lab, n in req["runs"]:
+                if lab in labels:
+                    a, b = labels[lab]
+                    if b - a != n:
+                        bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
+                    ranges.append([lab, a, b])
+                else:
+                    ranges.append([lab, end, end + n])
+                    end += n
+            if bad:
+                answers[req["job"]] = {
+                    "error": "partitions cannot change size in place: "
+                    + "; ".join(bad)
+                    + f". Bring exactly the stored rows of each {coord!r} partition"
+                }
+                continue
+            for lab, a, b in ranges:
+                labels[lab] = [a, b]
+            parts[coord] = {"dim": dim, "labels": labels}
+            dims[dim] = end
+            answers[req["job"]] = {"ranges": ranges}
+        new_dims = dict(dims)
+
+        def effect() -> None:
+            for dim, length in new_dims.items():
+                _grow(store, group, dim, length)
+
+        return Batch({"dims": dims, "partitions": parts}, answers, effect)
+
+    return decide
+
+
+def commit_log(store: Store, group: str | None = None) -> CommitLog:
+    """The dataset's commit log (reservations and partitions)."""
+    base = unwrap(store)
+    return CommitLog(Coordinator(base, group), _decider(base, group))
+
+
+@contextlib.contextmanager
+def _creating(store: Store, group: str | None, owner: str) -> Iterator[bool]:
+    """Hold the ``create`` lease while the dataset does not exist yet; yields whether it is empty."""
+    grp_has_arrays = _has_arrays(store, group)
+    if grp_has_arrays:
+        yield False
+        return
+    lease = Lease(Coordinator(store, group), "create", owner, ttl=60)
+    lease.acquire()
+    try:
+        yield not _has_arrays(store, group)
+    finally:
+        lease.release()
+
+
+def _has_arrays(store: Store, group: str | None) -> bool:
+    try:
+        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return False
+    return any(True for _ in grp.array_keys())
+
+
+def _region_write(
+    ds: xr.Dataset, store: Store, dim: str, start: int, stop: int, kw: Mapping[str, Any]
+) -> Any:
+    from toolkit.write import to_zarr
+
+    along = ds.drop_vars([v for v in ds.variables if dim not in ds[v].dims])
+    if dim in along.indexes:
+        along = along.drop_indexes(dim)  # the job's coordinate values are written too
+    return to_zarr(along, store, mode="r+", region={dim: slice(start, stop)}, **kw)
+
+
+def append(
+    ds: xr.Dataset,
+    store: StoreLike,
+    dim: Hashable,
+    *,
+    group: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Append ``ds`` along ``dim``, safely beside any number of concurrent appenders.
+
+    The job reserves its rows through the store's commit log, the arrays grow
+    before it writes, and it writes its data and coordinates into its own
+    range. Concurrent appends all land, in the order their reservations were
+    committed. A store that does not exist yet is created by the first job.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The rows to add (variables without ``dim`` must already be stored).
+    store : str, os.PathLike or zarr Store
+        A local path, an S3 URL, or a store (it needs atomic creates).
+    dim : str
+        The dimension to grow.
+    group, storage_options : optional
+        As in :func:`toolkit.to_zarr`.
+    **kwargs
+        Passed on to :func:`toolkit.to_zarr` (``throttle``, ``progress``, ...).
+
+    Returns
+    -------
+    WriteReport
+        With ``placement``: the range written and what committing cost.
+
+    Raises
+    ------
+    toolkit.errors.AppendError
+        Before anything is written, when the data does not fit the store.
+    """
+    dim = str(dim)
+    plan = plan_write(
+        ds,
+        store,
+        mode="a",
+        append_dim=dim,
+        group=group,
+        storage_options=storage_options,
+        **{k: v for k, v in kwargs.items() if k in _PLAN_KEYS},
+    )
+    base = plan.store
+    owner = job_id()
+    if not supports_atomic_create(base):
+        from toolkit.write import execute
+
+        return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
+    with _creating(base, group, owner) as empty:
+        if empty:
+            from toolkit.write import to_zarr
+
+            return to_zarr(ds, base, mode="w-", group=group, **kwargs)
+    n = ds.sizes[dim]
+    if n == 0:
+        raise AppendError(f"nothing to append: the dataset has no rows along {dim!r}")
+    runs = {
+        str(name): r
+        for name, var in ds.coords.items()
+        if var.dims == (dim,) and len(r := _runs(var.values)) <= _MAX_RUNS
+    }
+    log = commit_log(base, group)
+    answer = log.submit({"kind": "reserve", "dim": dim, "n": n, "runs": runs}, job=owner)
+    kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
+    report = _region_write(ds, base, dim, answer["start"], answer["stop"], {"group": group, **kw})
+    return _placed(report, {"dim": dim, "start": answer["start"], "stop": answer["stop"]}, log)
+
+
+def overwrite_partitions(
+    ds: xr.Dataset,
+    store: StoreLike,
+    partition: Hashable,
+    *,
+    group: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    lock_timeout: float = 600.0,
+    **kwargs: Any,
+) -> Any:
+    """Replace exactly the partitions present in ``ds`` (Iceberg's dynamic overwrite).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The new rows; its ``partition`` coordinate labels them, each label's
+        rows together.
+    store : str, os.PathLike or zarr Store
+        The dataset (created by the first job if it does not exist).
+    partition : str
+        A 1-D coordinate (or a dimension) whose labels name the partitions.
+    group, storage_options : optional
+        As in :func:`toolkit.to_zarr`.
+    lock_timeout : float
+        Seconds to wait for another job's lock on one of the partitions.
+    **kwargs
+        Passed on to :func:`toolkit.to_zarr`.
+
+    Returns
+    -------
+    WriteReport
+        The last partition range's report, with ``placement`` listing every
+        partition's rows.
+
+    Raises
+    ------
+    toolkit.errors.PartitionError
+        Before anything is written, when a label's rows are not together in
+        ``ds`` or a stored partition has another number of rows.
+    """
+    coord = str(partition)
+    if coord not in ds.variables or ds[coord].ndim != 1:
+        raise PartitionError(
+            f"partition={coord!r} must name a 1-D coordinate or dimension of the dataset "
+            f"(it has coordinates {sorted(map(str, ds.coords))})"
+        )
+    dim = str(ds[coord].dims[0])
+    runs = _runs(ds[coord].values)
+    seen: set[str] = set()
+    for lab, _ in runs:
+        if lab in seen:
+            raise PartitionError(
+                f"partition {lab!r} of {coord!r} appears in more than one run of rows; "
+                f"sort the dataset first: ds.sortby({coord!r})"
+            )
+        seen.add(lab)
+    sel = {k: v for k, v in kwargs.items() if k in _PLAN_KEYS}
+    plan = plan_write(
+        ds, store, mode="a", append_dim=dim, group=group, storage_options=storage_options, **sel
+    )
+    base = plan.store
+    owner = job_id()
+    from toolkit.write import to_zarr
+
+    with _creating(base, group, owner) as empty:
+        if empty:
+            return to_zarr(ds, base, mode="w-", group=group, **kwargs)
+    log = commit_log(base, group)
+    answer = log.submit({"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner)
+    if "error" in answer:
+        raise PartitionError(answer["error"])
+    kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
+    names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
+    report: Any = None
+    pos = 0
+    with LockSet(Coordinator(base, group), names, owner).hold(timeout=lock_timeout):
+        for _, a, b in answer["ranges"]:
+            rows = ds.isel({dim: slice(pos, pos + b - a)})
+            pos += b - a
+            report = _region_write(rows, base, dim, a, b, {"group": group, **kw})
+    placement = {"dim": dim, "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]}}
+    return _placed(report, placement, log)
+
+
+def _placed(report: Any, placement: dict[str, Any], log: CommitLog) -> Any:
+    stats: CommitStats = log.stats
+    placement["commit"] = {
+        "entry": stats.entry,
+        "attempts": stats.attempts,
+        "commits": stats.commits,
+        "batched": stats.batched,
+        "seconds": round(stats.seconds, 4),
+    }
+    with contextlib.suppress(AttributeError, TypeError):
+        object.__setattr__(report, "placement", placement)
+    return report
