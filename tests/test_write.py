@@ -115,9 +115,13 @@ def test_appends_onto_partial_last_unit(store, threads8, zarr_format):
     ]
     enc = {"a": {"chunks": (4, 6, 5), **enc_shards}}
     toolkit.to_zarr(pieces[0], store, encoding=enc, zarr_format=zarr_format, progress=False)
+    stop = pieces[0].sizes["time"]
     for p in pieces[1:]:
         report = toolkit.to_zarr(p, store, append_dim="time", progress=False)
-        assert report.plan.append_dim == "time"
+        # an append reserves its rows, then writes them as a region
+        assert report.placement["start"] == stop
+        stop = report.placement["stop"]
+        assert report.plan.region == {"time": slice(stop - p.sizes["time"], stop)}
     back = read_back(store)
     xr.testing.assert_identical(back, xr.concat([p.compute() for p in pieces], dim="time"))
 

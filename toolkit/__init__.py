@@ -14,6 +14,7 @@ from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
 from toolkit.ingest import ingest
 from toolkit.metrics import IOMetrics, io_metrics
+from toolkit.multiwrite import append, overwrite_partitions
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.stats import DEFAULT_STATS, stats
@@ -37,6 +38,7 @@ __all__ = [
     "WriteReport",
     "WriteTask",
     "__version__",
+    "append",
     "errors",
     "execute",
     "ingest",
@@ -44,6 +46,7 @@ __all__ = [
     "iter_chunks",
     "map_chunks",
     "open_zarr",
+    "overwrite_partitions",
     "plan_write",
     "stats",
     "to_zarr",

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.coordination import Coordinator, Lease, backoff, job_id
+from toolkit.coordination import Coordinator, Lease, backoff, default_ttl, job_id, numbered
 from toolkit.errors import LeaseTimeoutError
 
 __all__ = ["Batch", "CommitLog", "CommitStats"]
@@ -51,11 +51,14 @@ class Batch:
     effect : callable, optional
         Run after the requests are decided and before the entry is written
         (e.g. growing the arrays): when a job reads its answer, it has happened.
+        What it returns is added to every answer that is not an error or a
+        conflict. If it raises, every request of the batch is answered with
+        the error and the state stays as it was.
     """
 
     state: dict[str, Any]
     answers: dict[str, dict[str, Any]]
-    effect: Callable[[], None] | None = None
+    effect: Callable[[], dict[str, Any] | None] | None = None
 
 
 Decide = Callable[[dict[str, Any], list[dict[str, Any]]], Batch]
@@ -95,12 +98,12 @@ class CommitLog:
 
     coord: Coordinator
     decide: Decide
-    lease_ttl: float = 15.0
+    lease_ttl: float = field(default_factory=lambda: min(15.0, default_ttl()))
     stats: CommitStats = field(default_factory=CommitStats)
 
     def head(self) -> tuple[int, dict[str, Any]]:
         """The latest entry's number and state (0 and ``{}`` for an empty log)."""
-        seqs = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.coord.list("log/")]
+        seqs = numbered(self.coord.list("log/"))
         for seq in sorted(seqs, reverse=True):
             entry = self.coord.get(f"log/{seq:012d}.json")
             if entry is not None:
@@ -181,9 +184,20 @@ class CommitLog:
             if todo:
                 todo.sort(key=lambda r: (r.get("submitted", ""), r["job"]))
                 batch = self.decide(state, todo)
-                if batch.effect is not None:
-                    batch.effect()
+                answers = batch.answers
                 new_state = dict(batch.state)
+                if batch.effect is not None:
+                    try:
+                        extra = batch.effect() or {}
+                    except Exception as e:
+                        # Nothing of the batch took effect: say so to each job (they
+                        # must not wait forever), and keep the previous state.
+                        why = f"the commit failed: {type(e).__name__}: {e}"
+                        answers = {r["job"]: {"error": why} for r in todo}
+                        new_state, extra = dict(state), {}
+                    for answer in answers.values():
+                        if "error" not in answer and "conflict" not in answer:
+                            answer.update(extra)
                 recent = [r["job"] for r in todo] + list(state.get("_recent", []))
                 new_state["_recent"] = recent[:_KEEP_ENTRIES]
                 entry = {
@@ -191,7 +205,7 @@ class CommitLog:
                     "committer": lease.owner,
                     "at": _stamp(),
                     "jobs": [r["job"] for r in todo],
-                    "answers": batch.answers,
+                    "answers": answers,
                     "state": new_state,
                 }
                 self.stats.attempts += 1
@@ -200,9 +214,8 @@ class CommitLog:
                 self.stats.commits += 1
                 self.stats.batched += len(todo)
                 if seq + 1 > _KEEP_ENTRIES and (seq + 1) % 64 == 0:
-                    for old in self.coord.list("log/"):
-                        if int(old.rsplit("/", 1)[-1].split(".")[0]) <= seq + 1 - _KEEP_ENTRIES:
-                            self.coord.delete(old)
+                    old = [n for n in numbered(self.coord.list("log/")) if n <= seq + 1 - _KEEP_ENTRIES]
+                    self.coord.delete_many([f"log/{n:012d}.json" for n in old])
             self.coord.delete_many(keys)
 
 

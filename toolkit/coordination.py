@@ -47,7 +47,9 @@ __all__ = [
     "Lease",
     "LockSet",
     "backoff",
+    "default_ttl",
     "job_id",
+    "numbered",
     "supports_atomic_create",
 ]
 
@@ -59,6 +61,22 @@ def job_id() -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     host = socket.gethostname().split(".")[0][:20]
     return f"{stamp}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def numbered(keys: Iterable[str]) -> list[int]:
+    """The numbers of ``<n>.json`` keys among ``keys`` (other names, such as S3 directory
+    placeholders, are left out)."""
+    out = []
+    for k in keys:
+        stem = k.rsplit("/", 1)[-1]
+        if stem.endswith(".json") and stem[:-5].isdigit():
+            out.append(int(stem[:-5]))
+    return out
+
+
+def default_ttl() -> float:
+    """Seconds a lease outlives a silent holder: ``TOOLKIT_LEASE_TTL``, or 30."""
+    return float(os.environ.get("TOOLKIT_LEASE_TTL", "30"))
 
 
 def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
@@ -126,6 +144,17 @@ class Coordinator:
             return None  # a torn or foreign object counts as absent
         return doc
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write raw bytes at ``key`` (overwriting)."""
+        sync(self.base.set(self.prefix + key, Buffer.from_bytes(data)))
+
+    def get_bytes(self, key: str) -> bytes:
+        """The raw bytes at ``key``; FileNotFoundError if absent."""
+        buf = sync(self.base.get(self.prefix + key, prototype=default_buffer_prototype()))
+        if buf is None:
+            raise FileNotFoundError(f"{describe_store(self.base)}: {self.prefix + key}")
+        return buf.to_bytes()
+
     def put(self, key: str, doc: dict[str, Any]) -> None:
         """Write ``doc`` at ``key`` (overwriting)."""
         sync(self.base.set(self.prefix + key, _encode(doc)))
@@ -175,6 +204,8 @@ class Coordinator:
 
         async def collect() -> list[str]:
             full = self.prefix + prefix
+            if isinstance(self.base, FsspecStore):
+                return await _list_s3(self.base, full)
             return [k async for k in self.base.list_prefix(full)]
 
         keys = sync(collect())
@@ -239,6 +270,24 @@ async def _create_s3(store: FsspecStore, key: str, data: bytes) -> bool:
     return False
 
 
+async def _list_s3(store: FsspecStore, prefix: str) -> list[str]:
+    """Keys under ``prefix``: one LIST request per 1,000 keys, no directory probing."""
+    root = store.path.rstrip("/")
+    bucket, _, key_root = f"{root}/{prefix}".partition("/")
+    keys: list[str] = []
+    token: dict[str, str] = {}
+    while True:
+        out = await store.fs._call_s3(
+            "list_objects_v2", Bucket=bucket, Prefix=key_root, **token
+        )
+        keys += [o["Key"] for o in out.get("Contents", [])]
+        if not out.get("IsTruncated"):
+            break
+        token = {"ContinuationToken": out["NextContinuationToken"]}
+    strip = len(root.partition("/")[2]) + 1 if "/" in root else 0
+    return [k[strip:] for k in keys]
+
+
 # -- leases -----------------------------------------------------------------
 
 
@@ -265,7 +314,7 @@ class Lease:
     coord: Coordinator
     name: str
     owner: str
-    ttl: float = 30.0
+    ttl: float = field(default_factory=default_ttl)
     generation: int | None = None
     expires: float = 0.0
 
@@ -274,7 +323,7 @@ class Lease:
         return f"leases/{self.name}/"
 
     def _latest(self) -> tuple[int, dict[str, Any] | None]:
-        gens = [int(k.rsplit("/", 1)[-1].split(".")[0]) for k in self.coord.list(self._dir)]
+        gens = numbered(self.coord.list(self._dir))
         if not gens:
             return 0, None
         g = max(gens)
@@ -357,7 +406,10 @@ class LockSet:
     they are held, so a long write keeps them and a dead job loses them.
     """
 
-    def __init__(self, coord: Coordinator, names: Iterable[str], owner: str, ttl: float = 30.0):
+    def __init__(
+        self, coord: Coordinator, names: Iterable[str], owner: str, ttl: float | None = None
+    ):
+        ttl = default_ttl() if ttl is None else ttl
         self.leases = [Lease(coord, n, owner, ttl) for n in sorted(set(names))]
         self.ttl = ttl
         self._stop = threading.Event()

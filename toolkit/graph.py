@@ -42,6 +42,7 @@ __all__ = [
     "WriteSource",
     "build_write_graph",
     "partial_units",
+    "unit_lock_names",
     "unit_key",
     "write_block",
 ]
@@ -184,11 +185,15 @@ def partial_units(
     ]
 
 
+def unit_lock_names(target: zarr.Array[Any], units: Sequence[tuple[int, ...]]) -> list[str]:
+    """The lock names of write units of ``target`` (one per unit, shared by every job)."""
+    return [f"units/{target.path or target.basename}/{'.'.join(map(str, u))}" for u in units]
+
+
 def _unit_locks(io: WriteIO, target: zarr.Array[Any], partial: list[tuple[int, ...]]) -> Any:
     if io.locks is None or not partial:
         return contextlib.nullcontext()
-    names = [f"units/{target.path or target.basename}/{'.'.join(map(str, u))}" for u in partial]
-    return LockSet(io.locks, names, io.owner or io.token).hold()
+    return LockSet(io.locks, unit_lock_names(target, partial), io.owner or io.token).hold()
 
 
 def write_block(

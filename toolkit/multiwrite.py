@@ -23,7 +23,7 @@ is present unless ``incomplete="ignore"``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from zarr.abc.store import Store
 from toolkit.commit import Batch, CommitLog, CommitStats
 from toolkit.coordination import Coordinator, Lease, LockSet, job_id, supports_atomic_create
 from toolkit.errors import AppendError, PartitionError
-from toolkit.plan import plan_write
+from toolkit.plan import _array_dims, plan_write
 from toolkit.storage import StoreLike, unwrap
 
 __all__ = ["append", "overwrite_partitions"]
@@ -65,15 +65,24 @@ def _runs(values: np.ndarray) -> list[tuple[str, int]]:
     return out
 
 
-def _array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
-    names = getattr(arr.metadata, "dimension_names", None)
-    if names:
-        return tuple(str(n) for n in names)
-    return tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+def _open_group(store: Store, group: str | None, mode: str = "r") -> zarr.Group:
+    # zarr_format=None would probe every format's keys first (several requests).
+    last: Exception | None = None
+    for fmt in (3, 2):
+        try:
+            return zarr.open_group(
+                store, path=group or "", mode=mode, use_consolidated=False, zarr_format=fmt
+            )
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            last = e
+    assert last is not None
+    raise last
 
 
-def _arrays_along(store: Store, group: str | None, dim: str) -> list[tuple[zarr.Array[Any], int]]:
-    grp = zarr.open_group(store, path=group or "", mode="r+", use_consolidated=False)
+def _arrays_along(
+    store: Store, group: str | None, dim: str, mode: str = "r"
+) -> list[tuple[zarr.Array[Any], int]]:
+    grp = _open_group(store, group, mode)
     out = []
     for _, arr in grp.arrays():
         dims = _array_dims(arr)
@@ -89,24 +98,20 @@ def _length(store: Store, group: str | None, dim: str) -> int:
 def _grow(store: Store, group: str | None, dim: str, length: int) -> None:
     """Grow every array along ``dim`` to ``length`` (never shrinks; idempotent)."""
     grown = False
-    for arr, ax in _arrays_along(store, group, dim):
+    for arr, ax in _arrays_along(store, group, dim, "r+"):
         if arr.shape[ax] < length:
             shape = list(arr.shape)
             shape[ax] = length
             arr.resize(tuple(shape))
             grown = True
     if grown:
-        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=False)
-        if _has_consolidated(store, group):
-            zarr.consolidate_metadata(store, path=group or "", zarr_format=grp.metadata.zarr_format)
-
-
-def _has_consolidated(store: Store, group: str | None) -> bool:
-    try:
-        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=True)
-    except Exception:
-        return False
-    return grp.metadata.consolidated_metadata is not None
+        fmt = arr.metadata.zarr_format
+        try:
+            grp = zarr.open_group(store, path=group or "", mode="r", zarr_format=fmt)
+        except (ValueError, FileNotFoundError):
+            return
+        if grp.metadata.consolidated_metadata is not None:
+            zarr.consolidate_metadata(store, path=group or "", zarr_format=fmt)
 
 
 def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str, list[int]]:
@@ -126,71 +131,93 @@ def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str,
     return out
 
 
-def _decider(store: Store, group: str | None) -> Any:
-    """The committer's decision for a batch of reserve / partitions requests."""
+def decide_rows(
+    state: dict[str, Any],
+    requests: list[dict[str, Any]],
+    read: Callable[[], Store],
+    group: str | None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Place the rows of a batch of ``reserve`` and ``partitions`` requests.
+
+    Returns the new state (``dims``: length per dimension; ``partitions``: per
+    coordinate, each label's rows) and an answer per request. ``read()`` gives
+    the store holding the dataset as committed, consulted the first time a
+    dimension or partition coordinate is met. Requests of other kinds are left
+    unanswered.
+    """
+    dims: dict[str, int] = dict(state.get("dims", {}))
+    parts: dict[str, Any] = {k: dict(v) for k, v in state.get("partitions", {}).items()}
+    answers: dict[str, dict[str, Any]] = {}
+    store = None
+    for req in requests:
+        if req["kind"] not in ("reserve", "partitions"):
+            continue
+        store = store or read()
+        dim = req["dim"]
+        if dim not in dims:
+            dims[dim] = _length(store, group, dim)
+        if req["kind"] == "reserve":
+            start = dims[dim]
+            dims[dim] = start + int(req["n"])
+            answers[req["job"]] = {"start": start, "stop": dims[dim]}
+            # Labels of tracked partition coordinates arrive with appends too.
+            for coord, runs in req.get("runs", {}).items():
+                if coord in parts and parts[coord]["dim"] == dim:
+                    labels = dict(parts[coord]["labels"])
+                    pos = start
+                    for lab, n in runs:
+                        labels[lab] = [pos, pos + n]
+                        pos += n
+                    parts[coord] = {"dim": dim, "labels": labels}
+            continue
+        coord = req["coord"]
+        try:
+            if coord not in parts:
+                parts[coord] = {
+                    "dim": dim,
+                    "labels": _stored_partitions(store, group, coord),
+                }
+        except PartitionError as e:
+            answers[req["job"]] = {"error": str(e)}
+            continue
+        labels = dict(parts[coord]["labels"])
+        ranges, end, bad = [], dims[dim], []
+        for lab, n in req["runs"]:
+            if lab in labels:
+                a, b = labels[lab]
+                if b - a != n:
+                    bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
+                ranges.append([lab, a, b])
+            else:
+                ranges.append([lab, end, end + n])
+                end += n
+        if bad:
+            answers[req["job"]] = {
+                "error": "partitions cannot change size in place: "
+                + "; ".join(bad)
+                + f". Bring exactly the stored rows of each {coord!r} partition"
+            }
+            continue
+        for lab, a, b in ranges:
+            labels[lab] = [a, b]
+        parts[coord] = {"dim": dim, "labels": labels}
+        dims[dim] = end
+        answers[req["job"]] = {"ranges": ranges}
+    return {**state, "dims": dims, "partitions": parts}, answers
+
+
+def _decider(store: Store, group: str | None) -> Callable[..., Batch]:
+    """The committer's decision for a batch on a plain Zarr store: place, then grow."""
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Batch:
-        dims: dict[str, int] = dict(state.get("dims", {}))
-        parts: dict[str, Any] = {k: dict(v) for k, v in state.get("partitions", {}).items()}
-        answers: dict[str, dict[str, Any]] = {}
-        for req in requests:
-            dim = req["dim"]
-            if dim not in dims:
-                dims[dim] = _length(store, group, dim)
-            if req["kind"] == "reserve":
-                start = dims[dim]
-                dims[dim] = start + int(req["n"])
-                answers[req["job"]] = {"start": start, "stop": dims[dim]}
-                # Labels of tracked partition coordinates arrive with appends too.
-                for coord, runs in req.get("runs", {}).items():
-                    if coord in parts and parts[coord]["dim"] == dim:
-                        labels = dict(parts[coord]["labels"])
-                        pos = start
-                        for lab, n in runs:
-                            labels[lab] = [pos, pos + n]
-                            pos += n
-                        parts[coord] = {"dim": dim, "labels": labels}
-                continue
-            coord = req["coord"]
-            try:
-                if coord not in parts:
-                    parts[coord] = {
-                        "dim": dim,
-                        "labels": _stored_partitions(store, group, coord),
-                    }
-            except PartitionError as e:
-                answers[req["job"]] = {"error": str(e)}
-                continue
-            labels = dict(parts[coord]["labels"])
-            ranges, end, bad = [], dims[dim], []
-            for lab, n in req["runs"]:
-                if lab in labels:
-                    a, b = labels[lab]
-                    if b - a != n:
-                        bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
-                    ranges.append([lab, a, b])
-                else:
-                    ranges.append([lab, end, end + n])
-                    end += n
-            if bad:
-                answers[req["job"]] = {
-                    "error": "partitions cannot change size in place: "
-                    + "; ".join(bad)
-                    + f". Bring exactly the stored rows of each {coord!r} partition"
-                }
-                continue
-            for lab, a, b in ranges:
-                labels[lab] = [a, b]
-            parts[coord] = {"dim": dim, "labels": labels}
-            dims[dim] = end
-            answers[req["job"]] = {"ranges": ranges}
-        new_dims = dict(dims)
+        new, answers = decide_rows(state, requests, lambda: store, group)
 
         def effect() -> None:
-            for dim, length in new_dims.items():
+            for dim, length in new["dims"].items():
                 _grow(store, group, dim, length)
+            return None
 
-        return Batch({"dims": dims, "partitions": parts}, answers, effect)
+        return Batch(new, answers, effect)
 
     return decide
 
@@ -202,13 +229,15 @@ def commit_log(store: Store, group: str | None = None) -> CommitLog:
 
 
 @contextlib.contextmanager
-def _creating(store: Store, group: str | None, owner: str) -> Iterator[bool]:
-    """Hold the ``create`` lease while the dataset does not exist yet; yields whether it is empty."""
-    grp_has_arrays = _has_arrays(store, group)
-    if grp_has_arrays:
+def _creating(store: Store, group: str | None, owner: str, maybe_empty: bool) -> Iterator[bool]:
+    """Hold the ``create`` lease while the dataset does not exist yet; yields whether it is empty.
+
+    ``maybe_empty``: planning found no arrays (else nothing is checked again).
+    """
+    if not maybe_empty:
         yield False
         return
-    lease = Lease(Coordinator(store, group), "create", owner, ttl=60)
+    lease = Lease(Coordinator(store, group), "create", owner)
     lease.acquire()
     try:
         yield not _has_arrays(store, group)
@@ -218,7 +247,7 @@ def _creating(store: Store, group: str | None, owner: str) -> Iterator[bool]:
 
 def _has_arrays(store: Store, group: str | None) -> bool:
     try:
-        grp = zarr.open_group(store, path=group or "", mode="r", use_consolidated=False)
+        grp = _open_group(store, group)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return False
     return any(True for _ in grp.array_keys())
@@ -290,11 +319,11 @@ def append(
         from toolkit.write import execute
 
         return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
-    with _creating(base, group, owner) as empty:
+    with _creating(base, group, owner, plan.mode == "w-") as empty:
         if empty:
             from toolkit.write import to_zarr
 
-            return to_zarr(ds, base, mode="w-", group=group, **kwargs)
+            return to_zarr(ds, base, mode="a", group=group, **kwargs)
     n = ds.sizes[dim]
     if n == 0:
         raise AppendError(f"nothing to append: the dataset has no rows along {dim!r}")
@@ -374,9 +403,9 @@ def overwrite_partitions(
     owner = job_id()
     from toolkit.write import to_zarr
 
-    with _creating(base, group, owner) as empty:
+    with _creating(base, group, owner, plan.mode == "w-") as empty:
         if empty:
-            return to_zarr(ds, base, mode="w-", group=group, **kwargs)
+            return to_zarr(ds, base, mode="a", group=group, **kwargs)
     log = commit_log(base, group)
     answer = log.submit({"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner)
     if "error" in answer:

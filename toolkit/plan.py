@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import html
+import itertools
 import math
+import time
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from zarr.abc.store import Store
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
+from toolkit.coordination import backoff
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -506,6 +509,27 @@ def _array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
     return tuple(f"dim_{i}" for i in range(arr.ndim))
 
 
+def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
+    """The stored dataset, lazily; waits out a concurrent append growing its arrays.
+
+    A committer grows the arrays along a dimension one after the other, so a
+    reader can find them disagreeing for a moment.
+    """
+    ro = store if store.read_only else store.with_read_only(True)
+    for attempt in itertools.count():
+        try:
+            # No indexes: validation needs encodings and dtypes, not coordinate values
+            # (building indexes would read every chunk of every dimension coordinate).
+            return xr.open_zarr(
+                ro, group=group, chunks=None, consolidated=False, create_default_indexes=False
+            )
+        except ValueError as e:
+            if "conflicting sizes" not in str(e) or attempt >= 40:
+                raise
+            time.sleep(backoff(attempt, base=0.02, cap=0.5))
+    raise AssertionError("unreachable")
+
+
 def _open_existing(store: Store, group: str | None) -> _Existing | None:
     ro = store if store.read_only else store.with_read_only(True)
     try:
@@ -830,8 +854,7 @@ def plan_write(
 
     decoded_existing: xr.Dataset | None = None
     if existing is not None and existing.arrays and mode in ("a", "a-", "r+"):
-        ro = zstore if zstore.read_only else zstore.with_read_only(True)
-        decoded_existing = xr.open_zarr(ro, group=group, chunks=None, consolidated=False)
+        decoded_existing = _open_decoded(zstore, group)
 
     plans: list[VariablePlan] = []
     eager: list[str] = []

@@ -192,6 +192,11 @@ class _OwnWrapper(WrapperStore[Store]):
     def _supports_sync_io(self) -> bool:
         return False
 
+    @property
+    def supports_consolidated_metadata(self) -> bool:
+        # Icechunk says no: zarr must then ignore a stale consolidated copy.
+        return self._store.supports_consolidated_metadata
+
     @override
     async def get_partial_values(
         self,
@@ -882,6 +887,13 @@ class MetadataBuffer(_OwnWrapper):
                 await self._store.set(key, value)
             self._seen[key] = value
 
+        if type(unwrap(self._store)).__module__.split(".")[0] == "icechunk":
+            # Icechunk takes a chunk only for an array that exists: metadata first.
+            meta = {k: v for k, v in pending.items() if _is_meta(k)}
+            await asyncio.gather(*(one(k, v) for k, v in meta.items()))
+            pending = {k: v for k, v in pending.items() if k not in meta}
+            await asyncio.gather(*(one(k, v) for k, v in pending.items()))
+            return len(meta) + len(pending)
         await asyncio.gather(*(one(k, v) for k, v in pending.items()))
         return len(pending)
 

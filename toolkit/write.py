@@ -35,16 +35,30 @@ from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
 from toolkit.errors import PlanError, UnknownOptionError, WriteError
 from toolkit.coordination import Coordinator, LockSet, job_id, supports_atomic_create
-from toolkit.graph import WriteIO, WriteSource, build_write_graph
+from toolkit.graph import (
+    WriteIO,
+    WriteSource,
+    build_write_graph,
+    partial_units,
+    unit_lock_names,
+)
 from toolkit.journal import ResumeLog, WriteJournal
 from toolkit.metrics import IOMetrics
-from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, _mib, plan_write
+from toolkit.plan import (
+    DEFAULT_MAX_TASK_BYTES,
+    WriteMode,
+    WritePlan,
+    _array_dims,
+    _mib,
+    plan_write,
+)
 from toolkit.storage import (
     MetadataBuffer,
     StoreLike,
     describe_store,
     rebind,
     resolve_store,
+    unwrap,
     wrap_store,
 )
 from toolkit.throttle import Throttle, cluster_share, resolve_throttle
@@ -172,7 +186,12 @@ def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
     out = []
     for vp in plan.variables:
         source, target = writer.captured[vp.name]
-        if target.shape != vp.array_shape or tuple(target.chunks) != vp.chunks:
+        # A region may find the arrays grown by concurrent appenders: harmless while
+        # the region still fits (tasks lock units by the array's actual shape).
+        fits = plan.region is not None and all(
+            o + n <= s for o, n, s in zip(vp.offset, vp.shape, target.shape, strict=True)
+        )
+        if (target.shape != vp.array_shape and not fits) or tuple(target.chunks) != vp.chunks:
             raise WriteError(
                 f"{vp.name!r}: the store changed between planning and writing "
                 f"(shape {target.shape}, chunks {target.chunks}; planned {vp.array_shape}, "
@@ -270,7 +289,7 @@ def execute(
     owner = job_id()
     coord = _unit_coordinator(plan)
     eager_locks = (
-        LockSet(coord, [f"variables/{name}" for name in plan.eager], owner)
+        LockSet(coord, _eager_unit_locks(plan), owner)
         if coord is not None and plan.eager
         else None
     )
@@ -278,7 +297,10 @@ def execute(
         sources = _write_metadata(plan, buffer)
         token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
         journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
-        if sources:
+        # A transactional store (Icechunk) shows readers nothing before the commit:
+        # it needs no record of the write, and accepts only Zarr keys.
+        journaled = bool(sources) and not is_transactional(plan.store)
+        if journaled:
             journal.begin(plan, buffer, resume=resume.id if resume is not None else None)
         if resume is not None and plan.mode == "w":
             resume.begin(buffer, {"target": plan.target})  # after the group is replaced
@@ -308,7 +330,7 @@ def execute(
             t0=t0,
             meta=meta_seconds,
             meta_io=meta_io.as_dict(),
-            journal=journal if sources else None,
+            journal=journal if journaled else None,
             resume=resume,
         ),
         graph.key,
@@ -327,6 +349,33 @@ def execute(
         enabled=progress,
     )
     return result
+
+
+def _eager_unit_locks(plan: WritePlan) -> list[str]:
+    """Units that a region write's dimension coordinates cover only partly.
+
+    Those coordinates are written with the metadata (they cannot be dask
+    arrays); their shared units are locked under the same names as the tasks'.
+    """
+    assert plan.region is not None
+    names = []
+    for name in plan.eager:
+        path = f"{plan.group.strip('/')}/{name}" if plan.group else name
+        arr = zarr.open_array(plan.store, path=path, mode="r")
+        region = tuple(
+            plan.region.get(d, slice(0, n)) for d, n in zip(_array_dims(arr), arr.shape, strict=True)
+        )
+        size = arr.shards or arr.chunks
+        units = tuple(
+            (sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True)
+        )
+        names += unit_lock_names(arr, partial_units(arr, region, units))
+    return names
+
+
+def is_transactional(store: Store) -> bool:
+    """Whether ``store`` is a session of a transactional engine (Icechunk)."""
+    return type(unwrap(store)).__module__.split(".")[0] == "icechunk"
 
 
 def _unit_coordinator(plan: WritePlan) -> Coordinator | None:

@@ -1,0 +1,131 @@
+"""Jobs run in separate processes by tests/test_multiwrite.py (importable by spawned children).
+
+Every job writes values that identify it (its job number), so a test can tell
+from the data read back which job wrote every value.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+NX = 6
+DAY = 24  # rows per partition (one day of hourly steps)
+
+
+def base_dataset(nt: int, value: float = -1.0) -> xr.Dataset:
+    """The dataset every test starts from: ``nt`` rows of ``value``, job -1."""
+    return rows(-1, np.arange(nt) - 10_000, value)
+
+
+def rows(job: int, times: np.ndarray, value: float | None = None) -> xr.Dataset:
+    """Rows written by ``job``: v = job everywhere, w = job * 1000 + row, time coordinate."""
+    n = len(times)
+    v = np.full((n, NX), job if value is None else value, "f8")
+    w = (job * 1000 + np.arange(n)).astype("i8")
+    return xr.Dataset(
+        {"v": (("time", "x"), v), "w": (("time",), w)},
+        coords={"time": np.asarray(times, "i8"), "x": np.arange(NX)},
+    )
+
+
+def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    return {"storage_options": storage_options} if storage_options else {}
+
+
+def append_job(
+    target: str, job: int, n: int, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Append ``n`` rows whose time coordinate is job * 1000 + i."""
+    import toolkit
+
+    ds = rows(job, job * 1000 + np.arange(n)).chunk({"time": 4})
+    report = toolkit.append(ds, target, "time", progress=False, **_opts(storage_options))
+    return dict(report.placement)
+
+
+def region_job(
+    target: str, job: int, start: int, stop: int, storage_options: dict[str, Any] | None = None
+) -> int:
+    """Write v = job over rows [start, stop) of an existing dataset."""
+    import toolkit
+
+    n = stop - start
+    ds = xr.Dataset({"v": (("time", "x"), np.full((n, NX), job, "f8"))}).chunk({"time": 5})
+    toolkit.to_zarr(
+        ds, target, region={"time": slice(start, stop)}, progress=False, **_opts(storage_options)
+    )
+    return job
+
+
+def day_rows(job: int, days: list[str]) -> xr.Dataset:
+    """DAY rows per day in ``days``: a ``day`` label coordinate, v = job."""
+    times = np.concatenate(
+        [pd.date_range(d, periods=DAY, freq="h").values.astype("i8") // 10**9 for d in days]
+    )
+    ds = rows(job, times)
+    return ds.assign_coords(day=("time", np.repeat(np.array(days, dtype="U10"), DAY)))
+
+
+def partition_job(
+    target: str,
+    job: int,
+    days: list[str],
+    storage_options: dict[str, Any] | None = None,
+    sleep: float = 0.0,
+) -> dict[str, Any]:
+    """Overwrite the partitions ``days`` with v = job."""
+    import toolkit
+
+    if sleep:
+        time.sleep(sleep)
+    ds = day_rows(job, days).chunk({"time": 10})
+    report = toolkit.to_zarr(
+        ds,
+        target,
+        mode="overwrite-partitions",
+        partition="day",
+        progress=False,
+        **_opts(storage_options),
+    )
+    return dict(report.placement)
+
+
+def day_append_job(
+    target: str, job: int, days: list[str], storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Append whole new days (v = job) beside the partition overwriters."""
+    import toolkit
+
+    ds = day_rows(job, days).chunk({"time": 10})
+    report = toolkit.append(ds, target, "time", progress=False, **_opts(storage_options))
+    return dict(report.placement)
+
+
+def slow_partition_job(target: str, job: int, days: list[str], ready: str) -> None:
+    """Overwrite ``days`` slowly (each write unit takes a while), touching ``ready`` once started.
+
+    The test kills this process with SIGKILL in the middle.
+    """
+    import toolkit
+    from toolkit import storage
+
+    original = storage.InterceptStore.set
+
+    async def slow_set(self: Any, key: str, value: Any) -> None:
+        if "/v/" in key or key.startswith("v/"):
+            if not os.path.exists(ready):
+                open(ready, "w").close()
+            import asyncio
+
+            await asyncio.sleep(0.5)
+        await original(self, key, value)
+
+    storage.InterceptStore.set = slow_set  # type: ignore[method-assign]
+    ds = day_rows(job, days).chunk({"time": 4})
+    toolkit.to_zarr(ds, target, mode="overwrite-partitions", partition="day", progress=False)

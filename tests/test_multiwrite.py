@@ -1,0 +1,228 @@
+"""Many jobs, one dataset: concurrent appends, region writes and partition overwrites.
+
+The jobs are separate processes that share nothing but the store (a local
+directory, or the S3 server). Each writes values that identify it, so every
+value read back is accounted for.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import toolkit
+import multiwrite_jobs as jobs
+from conftest import snapshot
+from toolkit.errors import AppendError, PartitionError
+
+pytestmark = pytest.mark.timeout(300)
+
+CTX = mp.get_context("spawn")
+
+
+def _target(kind: str, tmp_path: Path, s3: object, name: str) -> tuple[str, dict | None]:
+    if kind == "local":
+        return str(tmp_path / name), None
+    bucket = f"mw-{name.replace('.', '-').replace('_', '-')}-{time.time_ns() % 10**9}"
+    s3.create_bucket(bucket)  # type: ignore[attr-defined]
+    return f"s3://{bucket}/{name}", s3.storage_options()  # type: ignore[attr-defined]
+
+
+def _open(target: str, opts: dict | None) -> xr.Dataset:
+    return xr.open_zarr(target, storage_options=opts, consolidated=False).load()
+
+
+def _run(fn, argsets: list[tuple]) -> list:
+    with CTX.Pool(len(argsets)) as pool:
+        return pool.starmap(fn, argsets)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_eight_concurrent_appenders_all_land(kind, tmp_path, s3):
+    """8 processes append 10 rows each onto 30: 110 rows, each job's rows together and whole."""
+    target, opts = _target(kind, tmp_path, s3, "app.zarr")
+    enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
+    toolkit.to_zarr(jobs.base_dataset(30), target, encoding=enc, progress=False,
+                    storage_options=opts)  # fmt: skip
+    placements = _run(jobs.append_job, [(target, j, 10, opts) for j in range(1, 9)])
+
+    ds = _open(target, opts)
+    assert ds.sizes["time"] == 30 + 8 * 10
+    v, w, t = ds.v.values, ds.w.values, ds.time.values
+    assert (v[:30] == -1).all() and (t[:30] == np.arange(30) - 10_000).all()
+    for p, job in zip(placements, range(1, 9), strict=True):
+        a, b = p["start"], p["stop"]
+        assert b - a == 10
+        # data and coordinate agree, row by row, and nothing of another job is there
+        assert (v[a:b] == job).all()
+        assert (t[a:b] == job * 1000 + np.arange(10)).all()
+        assert (w[a:b] == job * 1000 + np.arange(10)).all()
+    # ranges are disjoint and tile the appended rows, in reservation order
+    spans = sorted((p["start"], p["stop"]) for p in placements)
+    assert spans == [(30 + 10 * i, 40 + 10 * i) for i in range(8)]
+    # batching: far fewer log entries than jobs
+    entries = {p["commit"]["entry"] for p in placements}
+    assert sum(p["commit"]["commits"] for p in placements) == len(entries) <= 8
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_sixteen_region_writers_sharing_edge_units(kind, tmp_path, s3):
+    """16 processes write regions of 7 rows into 10-row chunks: every edge unit is shared."""
+    target, opts = _target(kind, tmp_path, s3, "region.zarr")
+    n = 16 * 7
+    enc = {"v": {"chunks": (10, jobs.NX)}}
+    toolkit.to_zarr(jobs.base_dataset(n)[["v"]], target, encoding=enc, progress=False,
+                    storage_options=opts)  # fmt: skip
+    _run(jobs.region_job, [(target, j, 7 * j, 7 * (j + 1), opts) for j in range(16)])
+    v = _open(target, opts).v.values
+    expected = np.repeat(np.arange(16), 7)
+    assert (v == expected[:, None]).all(), np.unique(v[:, 0], return_counts=True)
+
+
+def _check_partitions(ds: xr.Dataset, owners: dict[str, set[int]]) -> dict[str, int]:
+    """Every partition is whole: all its rows carry one job's values, a job that wrote it."""
+    winners = {}
+    days = ds.day.values.astype(str)
+    for day in np.unique(days):
+        rows = days == day
+        vals = np.unique(ds.v.values[rows])
+        assert len(vals) == 1, f"partition {day} is torn: {vals}"
+        job = int(vals[0])
+        assert job in owners.get(day, {-1}), (day, job)
+        # the coordinate values are that job's too
+        assert (ds.w.values[rows] // 1000 == job).all() or job == -1
+        assert rows.sum() == jobs.DAY
+        winners[day] = job
+    return winners
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_partition_overwriters_beside_appenders(kind, tmp_path, s3):
+    """4 processes overwrite overlapping days while 2 others append new days."""
+    target, opts = _target(kind, tmp_path, s3, "parts.zarr")
+    first = [f"2024-01-{d:02d}" for d in range(1, 7)]
+    enc = {"v": {"chunks": (10, jobs.NX)}, "w": {"chunks": (10,)}, "time": {"chunks": (10,)}}
+    toolkit.to_zarr(jobs.day_rows(-1, first), target, encoding=enc, progress=False,
+                    storage_options=opts)  # fmt: skip
+    plan = {
+        1: ["2024-01-01", "2024-01-02", "2024-01-03"],
+        2: ["2024-01-02", "2024-01-03", "2024-01-04"],
+        3: ["2024-01-03", "2024-01-05"],
+        4: ["2024-01-03", "2024-01-04", "2024-01-07"],  # a new day, too
+    }
+    appends = {5: ["2024-02-01", "2024-02-02"], 6: ["2024-03-01"]}
+    with CTX.Pool(6) as pool:
+        parts = [pool.apply_async(jobs.partition_job, (target, j, d, opts)) for j, d in plan.items()]
+        apps = [
+            pool.apply_async(jobs.day_append_job, (target, j, d, opts)) for j, d in appends.items()
+        ]
+        [r.get(timeout=240) for r in parts + apps]
+    ds = _open(target, opts)
+    owners: dict[str, set[int]] = {}
+    for j, days in {**plan, **appends}.items():
+        for d in days:
+            owners.setdefault(d, set()).add(j)
+    for d in first:
+        owners.setdefault(d, set()).add(-1)
+    winners = _check_partitions(ds, owners)
+    # every day somebody wrote is there exactly once; untouched day 6 kept its values
+    assert sorted(winners) == sorted({*first, *owners})
+    assert winners["2024-01-06"] == -1
+    assert winners["2024-02-01"] == 5 and winners["2024-03-01"] == 6
+    assert all(winners[d] != -1 for d in plan[1] + plan[2] + plan[3] + plan[4])
+
+
+def test_killed_partition_writer_does_not_block_the_others(tmp_path, monkeypatch):
+    """SIGKILL a job holding partition locks: its locks expire, the next job wins whole."""
+    monkeypatch.setenv("TOOLKIT_LEASE_TTL", "4")
+    target = str(tmp_path / "kill.zarr")
+    days = ["2024-01-01", "2024-01-02"]
+    enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
+    toolkit.to_zarr(jobs.day_rows(-1, days), target, encoding=enc, progress=False)
+    ready = str(tmp_path / "ready")
+    code = (
+        "import sys; sys.path.insert(0, %r); import multiwrite_jobs as j; "
+        "j.slow_partition_job(%r, 7, %r, %r)"
+    ) % (str(Path(__file__).parent), target, days, ready)
+    env = {**os.environ, "TOOLKIT_LEASE_TTL": "4"}
+    victim = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(ready):
+            assert victim.poll() is None, "the slow job ended before it started writing"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.7)  # a unit or two landed
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    t0 = time.time()
+    placement = jobs.partition_job(target, 8, days)
+    assert time.time() - t0 < 60
+    ds = toolkit.open_zarr(target, consolidated=False, incomplete="ignore").load()
+    winners = _check_partitions(ds, {d: {8} for d in days})
+    assert winners == dict.fromkeys(days, 8)
+    assert set(placement["partitions"]) == set(days)
+
+
+def test_append_of_bad_data_fails_before_writing(tmp_path):
+    target = str(tmp_path / "bad.zarr")
+    toolkit.to_zarr(jobs.base_dataset(8), target, progress=False)
+    before = snapshot(target)
+    bad = jobs.rows(1, np.arange(4)).assign(v=lambda d: d.v.astype("i2").rename({"x": "y"}))
+    with pytest.raises(AppendError):
+        toolkit.append(bad, target, "time", progress=False)
+    with pytest.raises(AppendError, match="not a dimension"):
+        toolkit.append(jobs.rows(1, np.arange(4)), target, "depth", progress=False)
+    assert snapshot(target) == before
+
+
+def test_partition_errors_name_the_fix(tmp_path):
+    target = str(tmp_path / "p.zarr")
+    toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01"]), target, progress=False)
+    before = snapshot(target)
+    short = jobs.day_rows(1, ["2024-01-01"]).isel(time=slice(0, 20))
+    with pytest.raises(PartitionError, match="24 rows in the store, the job brings 20"):
+        toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="day",
+                        progress=False)  # fmt: skip
+    scattered = jobs.day_rows(1, ["2024-01-02", "2024-01-03"]).isel(
+        time=np.r_[0:10, 30:40, 10:20]
+    )
+    with pytest.raises(PartitionError, match="sortby"):
+        toolkit.to_zarr(scattered, target, mode="overwrite-partitions", partition="day",
+                        progress=False)  # fmt: skip
+    with pytest.raises(PartitionError, match="1-D coordinate"):
+        toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="nope",
+                        progress=False)  # fmt: skip
+    with pytest.raises(toolkit.errors.PlanError, match="partition="):
+        toolkit.to_zarr(short, target, mode="overwrite-partitions", progress=False)
+    # only the log's entry (a decision, no data) may be new
+    after = {k: v for k, v in snapshot(target).items() if not k.startswith(".toolkit/coord")}
+    assert after == before
+
+
+def test_appends_in_one_process_keep_order_and_batch(tmp_path):
+    """Threads appending at once: one reservation entry answers many of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = str(tmp_path / "threads.zarr")
+    toolkit.to_zarr(jobs.base_dataset(5), target, progress=False)
+    with ThreadPoolExecutor(8) as pool:
+        placements = list(pool.map(lambda j: jobs.append_job(target, j, 3), range(1, 9)))
+    ds = _open(target, None)
+    assert ds.sizes["time"] == 5 + 24
+    for j, p in zip(range(1, 9), placements, strict=True):
+        assert (ds.v.values[p["start"] : p["stop"]] == j).all()
+    assert Counter(ds.v.values[:, 0].tolist())[-1] == 5
