@@ -34,6 +34,15 @@ def rows(job: int, times: np.ndarray, value: float | None = None) -> xr.Dataset:
     )
 
 
+def target_for(kind: str, root: Any, s3: Any, name: str) -> tuple[str, dict[str, Any] | None]:
+    """A dataset location for a test: a directory under ``root``, or a new bucket on ``s3``."""
+    if kind == "local":
+        return str(root / name), None
+    bucket = f"mw-{name.replace('.', '-').replace('_', '-')}-{time.time_ns() % 10**9}"
+    s3.create_bucket(bucket)
+    return f"s3://{bucket}/{name}", s3.storage_options()
+
+
 def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     return {"storage_options": storage_options} if storage_options else {}
 
@@ -129,3 +138,83 @@ def slow_partition_job(target: str, job: int, days: list[str], ready: str) -> No
     storage.InterceptStore.set = slow_set  # type: ignore[method-assign]
     ds = day_rows(job, days).chunk({"time": 4})
     toolkit.to_zarr(ds, target, mode="overwrite-partitions", partition="day", progress=False)
+
+
+def ice_days_job(
+    target: str,
+    job: int,
+    days: list[str],
+    storage_options: dict[str, Any] | None = None,
+    how: str = "partition",
+) -> dict[str, Any]:
+    """Icechunk, one commit: overwrite the partitions ``days`` (or append them) with v = job."""
+    from toolkit.transactions import to_icechunk
+
+    ds = day_rows(job, days).chunk({"time": 10})
+    where = {"partition": "day"} if how == "partition" else {"append_dim": "time"}
+    report = to_icechunk(ds, target, storage_options=storage_options, **where)
+    return dict(report.placement)
+
+
+def ice_region_job(
+    target: str, job: int, start: int, stop: int, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Icechunk: write v = job over rows [start, stop)."""
+    from toolkit.transactions import to_icechunk
+
+    n = stop - start
+    ds = xr.Dataset({"v": (("time", "x"), np.full((n, NX), job, "f8"))}).chunk({"time": 5})
+    report = to_icechunk(
+        ds, target, region={"time": slice(start, stop)}, storage_options=storage_options
+    )
+    return dict(report.placement)
+
+
+def slow_ice_partition_job(target: str, job: int, days: list[str], ready: str) -> None:
+    """Icechunk: overwrite ``days`` slowly; the test kills it with SIGKILL in the middle."""
+    from toolkit import storage
+    from toolkit.transactions import to_icechunk
+
+    original = storage.InterceptStore.set
+
+    async def slow_set(self: Any, key: str, value: Any) -> None:
+        if key.startswith("v/c"):
+            if not os.path.exists(ready):
+                open(ready, "w").close()
+            import asyncio
+
+            await asyncio.sleep(0.5)
+        await original(self, key, value)
+
+    storage.InterceptStore.set = slow_set  # type: ignore[method-assign]
+    to_icechunk(day_rows(job, days).chunk({"time": 4}), target, partition="day")
+
+
+def kill_midway(job: str, *args: Any, ready: str, ttl: str = "4") -> None:
+    """Run ``job(*args, ready)`` of this module in a new process; SIGKILL it once it writes.
+
+    The process gets ``TOOLKIT_LEASE_TTL=ttl``, so that the leases it leaves
+    behind expire within the test.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    call = ", ".join(repr(a) for a in (*args, ready))
+    code = f"import sys; sys.path.insert(0, {here!r}); import multiwrite_jobs as j; j.{job}({call})"
+    victim = subprocess.Popen([sys.executable, "-c", code], env={**os.environ,
+                              "TOOLKIT_LEASE_TTL": ttl})  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(ready):
+            if victim.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{job} ended or stalled before it started writing")
+            time.sleep(0.05)
+        time.sleep(0.7)  # a unit or two landed
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(10)

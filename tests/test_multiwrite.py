@@ -8,34 +8,21 @@ value read back is accounted for.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
+import multiwrite_jobs as jobs
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import snapshot
 
 import toolkit
-import multiwrite_jobs as jobs
-from conftest import snapshot
 from toolkit.errors import AppendError, PartitionError
 
 pytestmark = pytest.mark.timeout(300)
 
 CTX = mp.get_context("spawn")
-
-
-def _target(kind: str, tmp_path: Path, s3: object, name: str) -> tuple[str, dict | None]:
-    if kind == "local":
-        return str(tmp_path / name), None
-    bucket = f"mw-{name.replace('.', '-').replace('_', '-')}-{time.time_ns() % 10**9}"
-    s3.create_bucket(bucket)  # type: ignore[attr-defined]
-    return f"s3://{bucket}/{name}", s3.storage_options()  # type: ignore[attr-defined]
 
 
 def _open(target: str, opts: dict | None) -> xr.Dataset:
@@ -50,7 +37,7 @@ def _run(fn, argsets: list[tuple]) -> list:
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_eight_concurrent_appenders_all_land(kind, tmp_path, s3):
     """8 processes append 10 rows each onto 30: 110 rows, each job's rows together and whole."""
-    target, opts = _target(kind, tmp_path, s3, "app.zarr")
+    target, opts = jobs.target_for(kind, tmp_path, s3, "app.zarr")
     enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
     toolkit.to_zarr(jobs.base_dataset(30), target, encoding=enc, progress=False,
                     storage_options=opts)  # fmt: skip
@@ -78,7 +65,7 @@ def test_eight_concurrent_appenders_all_land(kind, tmp_path, s3):
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_sixteen_region_writers_sharing_edge_units(kind, tmp_path, s3):
     """16 processes write regions of 7 rows into 10-row chunks: every edge unit is shared."""
-    target, opts = _target(kind, tmp_path, s3, "region.zarr")
+    target, opts = jobs.target_for(kind, tmp_path, s3, "region.zarr")
     n = 16 * 7
     enc = {"v": {"chunks": (10, jobs.NX)}}
     toolkit.to_zarr(jobs.base_dataset(n)[["v"]], target, encoding=enc, progress=False,
@@ -109,7 +96,7 @@ def _check_partitions(ds: xr.Dataset, owners: dict[str, set[int]]) -> dict[str, 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_partition_overwriters_beside_appenders(kind, tmp_path, s3):
     """4 processes overwrite overlapping days while 2 others append new days."""
-    target, opts = _target(kind, tmp_path, s3, "parts.zarr")
+    target, opts = jobs.target_for(kind, tmp_path, s3, "parts.zarr")
     first = [f"2024-01-{d:02d}" for d in range(1, 7)]
     enc = {"v": {"chunks": (10, jobs.NX)}, "w": {"chunks": (10,)}, "time": {"chunks": (10,)}}
     toolkit.to_zarr(jobs.day_rows(-1, first), target, encoding=enc, progress=False,
@@ -122,7 +109,9 @@ def test_partition_overwriters_beside_appenders(kind, tmp_path, s3):
     }
     appends = {5: ["2024-02-01", "2024-02-02"], 6: ["2024-03-01"]}
     with CTX.Pool(6) as pool:
-        parts = [pool.apply_async(jobs.partition_job, (target, j, d, opts)) for j, d in plan.items()]
+        parts = [
+            pool.apply_async(jobs.partition_job, (target, j, d, opts)) for j, d in plan.items()
+        ]
         apps = [
             pool.apply_async(jobs.day_append_job, (target, j, d, opts)) for j, d in appends.items()
         ]
@@ -149,25 +138,7 @@ def test_killed_partition_writer_does_not_block_the_others(tmp_path, monkeypatch
     days = ["2024-01-01", "2024-01-02"]
     enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
     toolkit.to_zarr(jobs.day_rows(-1, days), target, encoding=enc, progress=False)
-    ready = str(tmp_path / "ready")
-    code = (
-        "import sys; sys.path.insert(0, %r); import multiwrite_jobs as j; "
-        "j.slow_partition_job(%r, 7, %r, %r)"
-    ) % (str(Path(__file__).parent), target, days, ready)
-    env = {**os.environ, "TOOLKIT_LEASE_TTL": "4"}
-    victim = subprocess.Popen([sys.executable, "-c", code], env=env)
-    try:
-        deadline = time.time() + 120
-        while not os.path.exists(ready):
-            assert victim.poll() is None, "the slow job ended before it started writing"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        time.sleep(0.7)  # a unit or two landed
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    jobs.kill_midway("slow_partition_job", target, 7, days, ready=str(tmp_path / "ready"))
     t0 = time.time()
     placement = jobs.partition_job(target, 8, days)
     assert time.time() - t0 < 60
@@ -197,9 +168,7 @@ def test_partition_errors_name_the_fix(tmp_path):
     with pytest.raises(PartitionError, match="24 rows in the store, the job brings 20"):
         toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="day",
                         progress=False)  # fmt: skip
-    scattered = jobs.day_rows(1, ["2024-01-02", "2024-01-03"]).isel(
-        time=np.r_[0:10, 30:40, 10:20]
-    )
+    scattered = jobs.day_rows(1, ["2024-01-02", "2024-01-03"]).isel(time=np.r_[0:10, 30:40, 10:20])
     with pytest.raises(PartitionError, match="sortby"):
         toolkit.to_zarr(scattered, target, mode="overwrite-partitions", partition="day",
                         progress=False)  # fmt: skip

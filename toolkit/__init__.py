@@ -19,6 +19,7 @@ from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteT
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.stats import DEFAULT_STATS, stats
 from toolkit.throttle import Throttle
+from toolkit.transactions import to_icechunk
 from toolkit.verify import VerifyReport, verify
 from toolkit.write import WriteReport, execute, to_zarr
 
@@ -49,6 +50,7 @@ __all__ = [
     "overwrite_partitions",
     "plan_write",
     "stats",
+    "to_icechunk",
     "to_zarr",
     "verify",
 ]

@@ -185,10 +185,10 @@ class CommitLog:
                 todo.sort(key=lambda r: (r.get("submitted", ""), r["job"]))
                 batch = self.decide(state, todo)
                 answers = batch.answers
-                new_state = dict(batch.state)
                 if batch.effect is not None:
                     try:
                         extra = batch.effect() or {}
+                        new_state = dict(batch.state)  # the effect may add to it
                     except Exception as e:
                         # Nothing of the batch took effect: say so to each job (they
                         # must not wait forever), and keep the previous state.
@@ -198,6 +198,8 @@ class CommitLog:
                     for answer in answers.values():
                         if "error" not in answer and "conflict" not in answer:
                             answer.update(extra)
+                else:
+                    new_state = dict(batch.state)
                 recent = [r["job"] for r in todo] + list(state.get("_recent", []))
                 new_state["_recent"] = recent[:_KEEP_ENTRIES]
                 entry = {
@@ -214,7 +216,9 @@ class CommitLog:
                 self.stats.commits += 1
                 self.stats.batched += len(todo)
                 if seq + 1 > _KEEP_ENTRIES and (seq + 1) % 64 == 0:
-                    old = [n for n in numbered(self.coord.list("log/")) if n <= seq + 1 - _KEEP_ENTRIES]
+                    old = [
+                        n for n in numbered(self.coord.list("log/")) if n <= seq + 1 - _KEEP_ENTRIES
+                    ]
                     self.coord.delete_many([f"log/{n:012d}.json" for n in old])
             self.coord.delete_many(keys)
 

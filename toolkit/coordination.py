@@ -64,8 +64,10 @@ def job_id() -> str:
 
 
 def numbered(keys: Iterable[str]) -> list[int]:
-    """The numbers of ``<n>.json`` keys among ``keys`` (other names, such as S3 directory
-    placeholders, are left out)."""
+    """The numbers of the ``<n>.json`` keys among ``keys``.
+
+    Other names (S3 directory placeholders, say) are left out.
+    """
     out = []
     for k in keys:
         stem = k.rsplit("/", 1)[-1]
@@ -277,9 +279,7 @@ async def _list_s3(store: FsspecStore, prefix: str) -> list[str]:
     keys: list[str] = []
     token: dict[str, str] = {}
     while True:
-        out = await store.fs._call_s3(
-            "list_objects_v2", Bucket=bucket, Prefix=key_root, **token
-        )
+        out = await store.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key_root, **token)
         keys += [o["Key"] for o in out.get("Contents", [])]
         if not out.get("IsTruncated"):
             break
@@ -346,9 +346,13 @@ class Lease:
         g, doc = self._latest()
         if doc is None and g:
             return False  # just superseded or being cleaned up: look again later
-        if doc is not None and doc.get("state") == "held":
-            if doc.get("owner") != self.owner and doc.get("expires_unix", 0) > _now():
-                return False
+        if (
+            doc is not None
+            and doc.get("state") == "held"
+            and doc.get("owner") != self.owner
+            and doc.get("expires_unix", 0) > _now()
+        ):
+            return False
         mine = self._doc("held")
         if not self.coord.create(f"{self._dir}{g + 1:012d}.json", mine):
             return False

@@ -42,8 +42,8 @@ __all__ = [
     "WriteSource",
     "build_write_graph",
     "partial_units",
-    "unit_lock_names",
     "unit_key",
+    "unit_lock_names",
     "write_block",
 ]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -65,7 +65,7 @@ def _runs(values: np.ndarray) -> list[tuple[str, int]]:
     return out
 
 
-def _open_group(store: Store, group: str | None, mode: str = "r") -> zarr.Group:
+def _open_group(store: Store, group: str | None, mode: Literal["r", "r+"] = "r") -> zarr.Group:
     # zarr_format=None would probe every format's keys first (several requests).
     last: Exception | None = None
     for fmt in (3, 2):
@@ -80,7 +80,7 @@ def _open_group(store: Store, group: str | None, mode: str = "r") -> zarr.Group:
 
 
 def _arrays_along(
-    store: Store, group: str | None, dim: str, mode: str = "r"
+    store: Store, group: str | None, dim: str, mode: Literal["r", "r+"] = "r"
 ) -> list[tuple[zarr.Array[Any], int]]:
     grp = _open_group(store, group, mode)
     out = []

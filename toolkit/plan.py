@@ -520,9 +520,10 @@ def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
         try:
             # No indexes: validation needs encodings and dtypes, not coordinate values
             # (building indexes would read every chunk of every dimension coordinate).
-            return xr.open_zarr(
+            ds: xr.Dataset = xr.open_zarr(
                 ro, group=group, chunks=None, consolidated=False, create_default_indexes=False
             )
+            return ds
         except ValueError as e:
             if "conflicting sizes" not in str(e) or attempt >= 40:
                 raise

@@ -192,6 +192,15 @@ class _OwnWrapper(WrapperStore[Store]):
     def _supports_sync_io(self) -> bool:
         return False
 
+    def __str__(self) -> str:
+        inner = unwrap(self)
+        if type(inner).__module__.split(".")[0] == "icechunk":
+            # IcechunkStore.__str__ blocks on its session while another thread's write
+            # holds it (and that write waits for the GIL): zarr calls str() on every
+            # array it opens, so a write with several threads would deadlock.
+            return f"<{type(inner).__name__}>"
+        return super().__str__()
+
     @property
     def supports_consolidated_metadata(self) -> bool:
         # Icechunk says no: zarr must then ignore a stale consolidated copy.

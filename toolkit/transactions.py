@@ -41,7 +41,8 @@ from zarr.abc.store import Store
 from toolkit.commit import Batch, CommitLog
 from toolkit.coordination import Coordinator, Lease, backoff, job_id
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
-from toolkit.multiwrite import _array_dims, _runs, decide_rows
+from toolkit.multiwrite import _runs, decide_rows
+from toolkit.plan import _array_dims
 from toolkit.storage import resolve_store
 
 __all__ = ["Repository", "to_icechunk"]
@@ -131,11 +132,13 @@ class Repository:
             if not accepted and not grows:
                 return None
             snapshot = self._commit(accepted, new.get("dims", {}) if grows else {})
-            if accepted:
-                touched_all: dict[str, list[str]] = {}
-                for req in accepted:
-                    for a, keys in req["touched"].items():
-                        touched_all.setdefault(a, []).extend(keys)
+            touched_all: dict[str, list[str]] = {}
+            for req in accepted:
+                for a, keys in req["touched"].items():
+                    touched_all.setdefault(a, []).extend(keys)
+            # Every snapshot a job may fork from is recorded (growing commits touch
+            # no chunk): a job's base found here is compared with later commits only.
+            if not history or history[-1]["snapshot"] != snapshot:
                 history.append({"snapshot": snapshot, "touched": touched_all})
             new["history"] = history[-_HISTORY:]
             for req in requests:
@@ -157,11 +160,11 @@ class Repository:
             grp = zarr.open_group(session.store, mode="r+", zarr_format=3)
             for _, arr in grp.arrays():
                 names = _array_dims(arr)
-                shape = tuple(
-                    max(n, dims.get(d, 0)) for d, n in zip(names, arr.shape, strict=True)
-                )
+                shape = tuple(max(n, dims.get(d, 0)) for d, n in zip(names, arr.shape, strict=True))
                 if shape != arr.shape:
                     arr.resize(shape)
+        if not session.has_uncommitted_changes:
+            return str(session.snapshot_id)  # the arrays were already as large
         jobs = [r["job"] for r in accepted]
         message = f"toolkit: {len(jobs)} job(s)" + (" and new rows" if dims else "")
         snapshot: str = session.commit(
@@ -206,7 +209,8 @@ def _touched(report: Any, store: Store) -> dict[str, list[str]]:
     for name in plan.eager:
         arr = zarr.open_array(store, path=name, mode="r")
         region = tuple(
-            plan.region.get(d, slice(0, n)) for d, n in zip(_array_dims(arr), arr.shape, strict=True)
+            plan.region.get(d, slice(0, n))
+            for d, n in zip(_array_dims(arr), arr.shape, strict=True)
         )
         arrays[name] = (
             tuple(s.start for s in region),
@@ -286,10 +290,10 @@ def to_icechunk(
             if not _has_arrays(repo.readonly()):
                 session = repo.repo.writable_session(branch)
                 kwargs.setdefault("consolidated", False)  # Icechunk keeps no consolidated copy
-                report = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
+                created = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
                 snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
-                _placed(report, {"snapshot": snapshot, "attempts": 1, "created": True})
-                return report
+                _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True})
+                return created
         finally:
             lease.release()
     kwargs = {k: v for k, v in kwargs.items() if k not in ("encoding", "zarr_format", "mode")}
@@ -338,7 +342,7 @@ def to_icechunk(
         touched: dict[str, list[str]] = {}
         report: Any = None
         for rows, dim_, sl in pieces:
-            where = dict(region) if region is not None else {dim_: sl}
+            where: dict[Hashable, Any] = dict(region) if region is not None else {dim_: sl}
             part = rows
             if dim_ is not None:
                 part = rows.drop_vars([v for v in rows.variables if dim_ not in rows[v].dims])
@@ -351,7 +355,8 @@ def to_icechunk(
         key = f"forks/{owner}-{attempt}.pkl"
         repo.coord.put_bytes(key, pickle.dumps(forks))
         answer = repo.log.submit(
-            {"kind": "commit", "fork": key, "base": base, "touched": touched}, job=f"{owner}-{attempt}"
+            {"kind": "commit", "fork": key, "base": base, "touched": touched},
+            job=f"{owner}-{attempt}",
         )
         if "error" in answer:
             raise WriteError(f"Icechunk commit of job {owner} failed: {answer['error']}")

@@ -33,8 +33,8 @@ from zarr.core.sync import sync
 from toolkit import multiwrite
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
-from toolkit.errors import PlanError, UnknownOptionError, WriteError
 from toolkit.coordination import Coordinator, LockSet, job_id, supports_atomic_create
+from toolkit.errors import PlanError, UnknownOptionError, WriteError
 from toolkit.graph import (
     WriteIO,
     WriteSource,
@@ -289,9 +289,7 @@ def execute(
     owner = job_id()
     coord = _unit_coordinator(plan)
     eager_locks = (
-        LockSet(coord, _eager_unit_locks(plan), owner)
-        if coord is not None and plan.eager
-        else None
+        LockSet(coord, _eager_unit_locks(plan), owner) if coord is not None and plan.eager else None
     )
     with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
         sources = _write_metadata(plan, buffer)
@@ -363,12 +361,11 @@ def _eager_unit_locks(plan: WritePlan) -> list[str]:
         path = f"{plan.group.strip('/')}/{name}" if plan.group else name
         arr = zarr.open_array(plan.store, path=path, mode="r")
         region = tuple(
-            plan.region.get(d, slice(0, n)) for d, n in zip(_array_dims(arr), arr.shape, strict=True)
+            plan.region.get(d, slice(0, n))
+            for d, n in zip(_array_dims(arr), arr.shape, strict=True)
         )
         size = arr.shards or arr.chunks
-        units = tuple(
-            (sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True)
-        )
+        units = tuple((sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True))
         names += unit_lock_names(arr, partial_units(arr, region, units))
     return names
 
@@ -541,7 +538,7 @@ def to_zarr(
             close = difflib.get_close_matches(k, options, 1)
             msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise UnknownOptionError("to_zarr() got unknown options: " + "; ".join(msgs))
-    passed = {
+    passed: dict[str, Any] = {
         "group": group,
         "storage_options": storage_options,
         "encoding": encoding,
@@ -559,11 +556,15 @@ def to_zarr(
                 "mode='overwrite-partitions' needs partition=<coordinate name> "
                 "and no append_dim or region"
             )
-        return multiwrite.overwrite_partitions(ds, store, partition, **passed)
+        result: WriteReport | Delayed = multiwrite.overwrite_partitions(
+            ds, store, partition, **passed
+        )
+        return result
     if partition is not None:
         raise PlanError("partition= only applies with mode='overwrite-partitions'")
     if append_dim is not None and mode in (None, "a") and region is None:
-        return multiwrite.append(ds, store, append_dim, **passed)
+        appended: WriteReport | Delayed = multiwrite.append(ds, store, append_dim, **passed)
+        return appended
     plan = plan_write(
         ds,
         store,
