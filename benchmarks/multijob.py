@@ -96,6 +96,7 @@ def run(kind: str, n: int, procs: int, endpoint: str, bucket: str, timeout: floa
         )  # fmt: skip
     else:
         opts = _delta_options(endpoint)
+        _delta_writer(url, opts, -1)  # the table exists before the writers start, as for toolkit
     ctx = mp.get_context("spawn")
     groups = [list(range(k, n, procs)) for k in range(procs)]
     with ctx.Pool(procs) as pool:
@@ -156,7 +157,7 @@ def _check_delta(url: str, opts: dict[str, Any], n: int) -> bool:
 
         t = DeltaTable(url, storage_options=opts).to_pyarrow_table()
         parts = np.asarray(t["part"])
-        return sorted(set(parts.tolist())) == list(range(n)) and len(parts) == n * ROWS
+        return sorted(set(parts.tolist())) == list(range(-1, n)) and len(parts) == (n + 1) * ROWS
     except Exception:
         return False
 

@@ -157,3 +157,13 @@ def test_killed_job_leaves_nothing_and_blocks_nobody(tmp_path, monkeypatch):
     ds = xr.open_zarr(repo.readonly(), consolidated=False).load()
     assert _whole(ds, {d: {8} for d in days}) == dict.fromkeys(days, 8)
     assert placement["snapshot"] in repo.history()
+
+
+def test_writes_with_a_distributed_client_stay_in_the_job(tmp_path, cluster_client):
+    """With a cluster client active, the job still writes its fork in-process and commits it."""
+    target = str(tmp_path / "cluster")
+    to_icechunk(jobs.day_rows(-1, ["2024-01-01"]), target, encoding=ENC)
+    placement = jobs.ice_days_job(target, 3, ["2024-01-01", "2024-01-02"])
+    ds = xr.open_zarr(Repository(target).readonly(), consolidated=False).load()
+    assert _whole(ds, {"2024-01-01": {3}, "2024-01-02": {3}}) == {"2024-01-01": 3, "2024-01-02": 3}
+    assert placement["snapshot"] in Repository(target).history()

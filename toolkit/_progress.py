@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask
 from dask.callbacks import Callback
+
+_LOCAL_SCHEDULERS = frozenset(
+    {"threads", "threading", "sync", "synchronous", "single-threaded", "processes"}
+)
 
 
 def active_client() -> Any | None:
-    """The current ``distributed`` client, or None."""
+    """The current ``distributed`` client, or None.
+
+    None also when ``dask.config`` names a local scheduler, which overrides the
+    default client for dask itself too.
+    """
+    if dask.config.get("scheduler", None) in _LOCAL_SCHEDULERS:
+        return None
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency

@@ -34,6 +34,7 @@ import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import dask
 import xarray as xr
 import zarr
 from zarr.abc.store import Store
@@ -290,7 +291,8 @@ def to_icechunk(
             if not _has_arrays(repo.readonly()):
                 session = repo.repo.writable_session(branch)
                 kwargs.setdefault("consolidated", False)  # Icechunk keeps no consolidated copy
-                created = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
+                with dask.config.set(scheduler="threads"):
+                    created = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
                 snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
                 _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True})
                 return created
@@ -348,8 +350,10 @@ def to_icechunk(
                 part = rows.drop_vars([v for v in rows.variables if dim_ not in rows[v].dims])
                 if dim_ in part.indexes:
                     part = part.drop_indexes(dim_)
-            report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
-                             **kwargs)  # fmt: skip
+            # In this process: a worker's copy of the fork would not come back.
+            with dask.config.set(scheduler="threads"):
+                report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
+                                 **kwargs)  # fmt: skip
             for a, keys in _touched(report, fork.store).items():
                 touched.setdefault(a, []).extend(keys)
         key = f"forks/{owner}-{attempt}.pkl"
