@@ -361,6 +361,26 @@ def bench_ingest(tmp: Path, nfiles: int, repeat: int) -> list[Row]:
     return rows
 
 
+def bench_jobs(writers: list[int], procs: int, delta_max: int) -> list[Row]:
+    """N concurrent writers, each adding its own partition on the S3 server (multijob.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import multijob
+
+    out = []
+    for r in multijob.rows(writers, procs, delta_max, timeout=1800):
+        n = r["writers"]
+        if "error" in r:
+            out.append(Row(f"{n} writers, a partition each, S3", f"{r['kind']}: {r['error']}", 0))
+            continue
+        name = "toolkit overwrite-partitions" if r["kind"] == "toolkit" else "delta-rs append"
+        method = (
+            f"{name}: {r['succeeded']}/{n} landed, {r['attempts']} commit attempts, "
+            f"{r['commits']} commits, {'intact' if r['intact'] else 'NOT intact'}"
+        )
+        out.append(Row(f"{n} writers, a partition each, S3", method, r["seconds"]))
+    return out
+
+
 def table(rows: list[Row]) -> str:
     """Rows with their ratio to toolkit's time on the same case (or the case it extends)."""
     lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
@@ -386,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
-    p.add_argument("--only", choices=("write", "graph", "cloud", "stats", "ingest"), default=None)
+    p.add_argument(
+        "--only", choices=("write", "graph", "cloud", "stats", "ingest", "jobs"), default=None
+    )
+    p.add_argument("--writers", default="10,100,1000", help="many-writers benchmark N values")
     p.add_argument("--files", type=int, default=2000, help="ingest benchmark files (default 2000)")
     p.add_argument("--stats-size", default="2GiB", help="statistics benchmark size (default 2GiB)")
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
@@ -407,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_stats(Path(tmp), parse_size(args.stats_size), args.repeat)
         if args.only in (None, "ingest"):
             rows += bench_ingest(Path(tmp), args.files, args.repeat)
+        if args.only in (None, "jobs"):
+            rows += bench_jobs([int(x) for x in args.writers.split(",")], 4, delta_max=100)
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))

@@ -195,3 +195,31 @@ def test_appends_in_one_process_keep_order_and_batch(tmp_path):
     for j, p in zip(range(1, 9), placements, strict=True):
         assert (ds.v.values[p["start"] : p["stop"]] == j).all()
     assert Counter(ds.v.values[:, 0].tolist())[-1] == 5
+
+
+def test_a_bad_call_in_a_batch_gets_its_own_error(tmp_path):
+    """Threads batched into one job: the one with bad data fails alone, the others land."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = str(tmp_path / "batch.zarr")
+    toolkit.to_zarr(jobs.base_dataset(5), target, progress=False)
+
+    def call(j: int) -> object:
+        ds = jobs.rows(j, j * 1000 + np.arange(3))
+        if j == 3:
+            ds = ds.rename({"x": "y"})  # another dimension: refused before writing
+        try:
+            return toolkit.append(ds, target, "time", progress=False).placement
+        except AppendError as e:
+            return e
+
+    with ThreadPoolExecutor(6) as pool:
+        out = list(pool.map(call, range(1, 7)))
+    assert isinstance(out[2], AppendError)
+    ok = [p for p in out if not isinstance(p, Exception)]
+    assert len(ok) == 5
+    ds = _open(target, None)
+    assert ds.sizes["time"] == 5 + 15
+    for j, p in zip([1, 2, 4, 5, 6], ok, strict=True):
+        assert (ds.v.values[p["start"] : p["stop"]] == j).all()
+        assert (ds.time.values[p["start"] : p["stop"]] == j * 1000 + np.arange(3)).all()

@@ -23,7 +23,11 @@ is present unless ``incomplete="ignore"``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -280,6 +284,12 @@ def append(
     range. Concurrent appends all land, in the order their reservations were
     committed. A store that does not exist yet is created by the first job.
 
+    Calls from several threads of one process to the same target at about the
+    same time are written as one job (concatenated along ``dim``), and each
+    call still gets its own rows back: many small writers cost a few log
+    entries and a few writes, not one each. A batch that fails is retried call
+    by call, so that each error reaches the call that caused it.
+
     Parameters
     ----------
     ds : xarray.Dataset
@@ -304,6 +314,25 @@ def append(
         Before anything is written, when the data does not fit the store.
     """
     dim = str(dim)
+    if kwargs.get("compute", True) is False:
+        return _append_one(ds, store, dim, group, storage_options, kwargs)
+    key = _batch_key("append", store, group, dim, storage_options, kwargs)
+
+    def run(batch: list[_Waiting]) -> None:
+        _run_batch(batch, dim, lambda d: _append_one(d, store, dim, group, storage_options, kwargs),
+                   _split_rows)  # fmt: skip
+
+    return _coalesce(key, ds, run)
+
+
+def _append_one(
+    ds: xr.Dataset,
+    store: StoreLike,
+    dim: str,
+    group: str | None,
+    storage_options: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> Any:
     plan = plan_write(
         ds,
         store,
@@ -386,6 +415,41 @@ def overwrite_partitions(
             f"(it has coordinates {sorted(map(str, ds.coords))})"
         )
     dim = str(ds[coord].dims[0])
+    if kwargs.get("compute", True) is False:
+        return _overwrite_one(ds, store, coord, group, storage_options, lock_timeout, kwargs)
+    key = _batch_key("partitions", store, group, coord, storage_options, kwargs)
+
+    def one(d: xr.Dataset) -> Any:
+        return _overwrite_one(d, store, coord, group, storage_options, lock_timeout, kwargs)
+
+    def run(batch: list[_Waiting]) -> None:
+        # Calls replacing the same partition go in different groups: one after the other.
+        groups: list[tuple[set[str], list[_Waiting]]] = []
+        for w in batch:
+            labels = {lab for lab, _ in _runs(w.ds[coord].values)}
+            for taken, members in groups:
+                if not taken & labels:
+                    taken |= labels
+                    members.append(w)
+                    break
+            else:
+                groups.append((labels, [w]))
+        for _, members in groups:
+            _run_batch(members, dim, one, _split_partitions)
+
+    return _coalesce(key, ds, run)
+
+
+def _overwrite_one(
+    ds: xr.Dataset,
+    store: StoreLike,
+    coord: str,
+    group: str | None,
+    storage_options: Mapping[str, Any] | None,
+    lock_timeout: float,
+    kwargs: Mapping[str, Any],
+) -> Any:
+    dim = str(ds[coord].dims[0])
     runs = _runs(ds[coord].values)
     seen: set[str] = set()
     for lab, _ in runs:
@@ -412,15 +476,138 @@ def overwrite_partitions(
         raise PartitionError(answer["error"])
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
-    report: Any = None
+    # Consecutive ranges (new partitions, above all) are one region write.
+    spans: list[list[int]] = []
     pos = 0
+    for _, a, b in answer["ranges"]:
+        if spans and spans[-1][1] == a:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b, pos])
+        pos += b - a
+    report: Any = None
     with LockSet(Coordinator(base, group), names, owner).hold(timeout=lock_timeout):
-        for _, a, b in answer["ranges"]:
-            rows = ds.isel({dim: slice(pos, pos + b - a)})
-            pos += b - a
+        for a, b, at in spans:
+            rows = ds.isel({dim: slice(at, at + b - a)})
             report = _region_write(rows, base, dim, a, b, {"group": group, **kw})
-    placement = {"dim": dim, "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]}}
+    placement = {
+        "dim": dim,
+        "coord": coord,
+        "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
+    }
     return _placed(report, placement, log)
+
+
+@dataclass
+class _Waiting:
+    """One call waiting in a batch."""
+
+    ds: xr.Dataset
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_QUEUES: dict[str, list[_Waiting]] = {}
+_LEADERS: set[str] = set()
+_QUEUE_LOCK = threading.Lock()
+_WINDOW = 0.02  # seconds a batch leader waits for company
+
+
+def _batch_key(
+    kind: str,
+    store: StoreLike,
+    group: str | None,
+    what: str,
+    storage_options: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> str:
+    where = f"id:{id(store)}" if isinstance(store, Store) else str(store)
+    opts = sorted((storage_options or {}).items(), key=str)
+    return repr((kind, where, group, what, opts, sorted(kwargs.items(), key=str)))
+
+
+def _coalesce(key: str, ds: xr.Dataset, run: Callable[[list[_Waiting]], None]) -> Any:
+    """Join the batch for ``key``; the first caller leads, running batches until none is left."""
+    me = _Waiting(ds)
+    with _QUEUE_LOCK:
+        _QUEUES.setdefault(key, []).append(me)
+        lead = key not in _LEADERS
+        _LEADERS.add(key)
+    if lead:
+        while True:
+            time.sleep(_WINDOW)
+            with _QUEUE_LOCK:
+                batch = _QUEUES.pop(key, [])
+                if not batch:
+                    _LEADERS.discard(key)
+                    break
+            try:
+                run(batch)
+            except BaseException as e:  # hand it to every waiting call, then go on
+                for w in batch:
+                    if not w.done.is_set():
+                        w.error = e
+                        w.done.set()
+    me.done.wait()
+    if me.error is not None:
+        raise me.error
+    return me.result
+
+
+def _run_batch(
+    batch: list[_Waiting],
+    dim: str,
+    one: Callable[[xr.Dataset], Any],
+    split: Callable[[Any, list[_Waiting], str], list[Any]],
+) -> None:
+    """Write ``batch`` as one job; on failure, call by call (each error to its call)."""
+    if len(batch) > 1:
+        try:
+            combined = xr.concat([w.ds for w in batch], dim, join="outer")
+            report = one(combined)
+        except Exception:
+            pass  # below, one by one: the culprit gets its own error
+        else:
+            for w, result in zip(batch, split(report, batch, dim), strict=True):
+                w.result = result
+                w.done.set()
+            return
+    for w in batch:
+        try:
+            w.result = one(w.ds)
+        except Exception as e:
+            w.error = e
+        w.done.set()
+
+
+def _split_rows(report: Any, batch: list[_Waiting], dim: str) -> list[Any]:
+    """Each call's own rows of an append written for the whole batch."""
+    if getattr(report, "placement", None) is None:
+        return [report] * len(batch)  # the batch created the dataset
+    out, start = [], report.placement["start"]
+    for w in batch:
+        n = w.ds.sizes[dim]
+        mine = {**report.placement, "start": start, "stop": start + n, "batched_calls": len(batch)}
+        out.append(dataclasses.replace(report, placement=mine))
+        start += n
+    return out
+
+
+def _split_partitions(report: Any, batch: list[_Waiting], dim: str) -> list[Any]:
+    """Each call's own partitions of an overwrite written for the whole batch."""
+    if getattr(report, "placement", None) is None:
+        return [report] * len(batch)  # the batch created the dataset
+    out = []
+    for w in batch:
+        labels = {lab for lab, _ in _runs(w.ds[report.placement["coord"]].values)}
+        mine = {
+            **report.placement,
+            "partitions": {k: v for k, v in report.placement["partitions"].items() if k in labels},
+            "batched_calls": len(batch),
+        }
+        out.append(dataclasses.replace(report, placement=mine))
+    return out
 
 
 def _placed(report: Any, placement: dict[str, Any], log: CommitLog) -> Any:
