@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -115,7 +116,10 @@ def _grow(store: Store, group: str | None, dim: str, length: int) -> None:
         except (ValueError, FileNotFoundError):
             return
         if grp.metadata.consolidated_metadata is not None:
-            zarr.consolidate_metadata(store, path=group or "", zarr_format=fmt)
+            with warnings.catch_warnings():
+                # zarr warns that v3 consolidated metadata is an extension; xarray chose it.
+                warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(store, path=group or "", zarr_format=fmt)
 
 
 def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str, list[int]]:
