@@ -159,11 +159,20 @@ def test_killed_job_leaves_nothing_and_blocks_nobody(tmp_path, monkeypatch):
     assert placement["snapshot"] in repo.history()
 
 
-def test_writes_with_a_distributed_client_stay_in_the_job(tmp_path, cluster_client):
-    """With a cluster client active, the job still writes its fork in-process and commits it."""
+def test_tasks_on_a_cluster_write_forks_merged_in_a_tree(tmp_path, cluster_client):
+    """On a LocalCluster each task writes its worker's copy of the fork; the copies come back
+    through a tree of merges, and the job's one commit holds every chunk."""
     target = str(tmp_path / "cluster")
-    to_icechunk(jobs.day_rows(-1, ["2024-01-01"]), target, encoding=ENC)
-    placement = jobs.ice_days_job(target, 3, ["2024-01-01", "2024-01-02"])
-    ds = xr.open_zarr(Repository(target).readonly(), consolidated=False).load()
-    assert _whole(ds, {"2024-01-01": {3}, "2024-01-02": {3}}) == {"2024-01-01": 3, "2024-01-02": 3}
-    assert placement["snapshot"] in Repository(target).history()
+    days = [f"2024-01-{d:02d}" for d in range(1, 4)]
+    enc = {"v": {"chunks": (2, jobs.NX)}, "w": {"chunks": (2,)}, "time": {"chunks": (2,)},
+           "day": {"chunks": (2,)}}  # fmt: skip
+    to_icechunk(jobs.day_rows(-1, days), target, encoding=enc)
+    ds = jobs.day_rows(3, days).chunk({"time": 2})  # 36 tasks per variable: a 2-level tree
+    report = to_icechunk(ds, target, partition="day")
+    assert report.forks  # the workers' forks came back
+    graph_keys = {k for k in cluster_client.run_on_scheduler(lambda dask_scheduler: [
+        str(t) for t in dask_scheduler.task_prefixes])}  # fmt: skip
+    assert "toolkit-merge" in graph_keys
+    back = xr.open_zarr(Repository(target).readonly(), consolidated=False).load()
+    assert _whole(back, {d: {3} for d in days}) == dict.fromkeys(days, 3)
+    assert report.placement["snapshot"] in Repository(target).history()

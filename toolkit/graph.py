@@ -34,7 +34,15 @@ from toolkit.coordination import Coordinator, LockSet
 from toolkit.journal import task_marker
 from toolkit.metrics import IOMetrics, publish
 from toolkit.plan import VariablePlan, WritePlan
-from toolkit.storage import DigestStore, MetricsStore, find_wrapper, rebind, redact, wrap_store
+from toolkit.storage import (
+    DigestStore,
+    MetricsStore,
+    find_wrapper,
+    rebind,
+    redact,
+    unwrap,
+    wrap_store,
+)
 from toolkit.throttle import Throttle
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
 ]
 
 _STAT_KEYS = ("tasks", "units", "nbytes")
+_FAN_IN = 16  # results per node of the tree merging Icechunk forks
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,9 @@ class WriteIO:
         them, and without the lock one of the two would lose its values.
     owner : str
         The job holding those locks.
+    transactional : bool
+        The target is an Icechunk fork: on a cluster each task returns its
+        worker's copy of the fork, and the copies are merged in a tree.
     """
 
     token: str
@@ -102,6 +114,7 @@ class WriteIO:
     resume_prefix: str | None = None
     locks: Coordinator | None = None
     owner: str = ""
+    transactional: bool = False
 
 
 _ABORTED: set[str] = set()
@@ -258,12 +271,29 @@ def write_block(
         )
     out["io"] = metrics.as_dict()
     publish(out["io"])
+    if io.transactional and io.distributed:
+        # This worker's copy of the fork holds the task's chunk references.
+        out["fork"] = getattr(unwrap(target.store), "session")  # noqa: B009  (IcechunkStore)
     return out
 
 
-def summarize(results: Sequence[Mapping[str, Any]], started: float) -> dict[str, Any]:
+def merge_results(*parts: Any) -> list[dict[str, Any]]:
+    """One node of the tree merging write results: their Icechunk forks become one."""
+    flat: list[dict[str, Any]] = []
+    for p in parts:
+        flat.extend(p if isinstance(p, list) else [p])
+    forks = [r.pop("fork") for r in flat if "fork" in r]
+    if forks:
+        forks[0].merge(*forks[1:])
+        flat[0]["fork"] = forks[0]
+    return flat
+
+
+def summarize(results: Sequence[Any], started: float) -> dict[str, Any]:
     """Add up the figures of every write task (runs as the graph's last task)."""
+    results = merge_results(*results)
     out: dict[str, Any] = dict.fromkeys(_STAT_KEYS, 0)
+    out["forks"] = [r.pop("fork") for r in results if "fork" in r]
     failures: list[Mapping[str, Any]] = []
     for r in results:
         for k in _STAT_KEYS:
@@ -341,6 +371,17 @@ def build_write_graph(
         deps[name] = {data.name, tkey, iokey}
 
     fin = f"toolkit-finalize-{token}"
-    layers[fin] = {fin: (summarize, list(write_keys), time.time())}
-    deps[fin] = {s for s in layers if s.startswith("toolkit-write-")}
+    tops: list[Any] = list(write_keys)
+    below = {s for s in layers if s.startswith("toolkit-write-")}
+    level = 0
+    while io.transactional and io.distributed and len(tops) > _FAN_IN:
+        name = f"toolkit-merge-{level}-{token}"
+        layers[name] = {
+            (name, i): (merge_results, *tops[j : j + _FAN_IN])
+            for i, j in enumerate(range(0, len(tops), _FAN_IN))
+        }
+        deps[name] = below
+        tops, below, level = list(layers[name]), {name}, level + 1
+    layers[fin] = {fin: (summarize, tops, time.time())}
+    deps[fin] = below
     return Delayed(fin, HighLevelGraph(layers, deps), layer=fin)

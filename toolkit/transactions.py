@@ -6,7 +6,9 @@ Committed independently, N writers cost about N²/2 retries; on a local file
 system (no atomic conditional writes) concurrent commits can be lost. Here:
 
 - each job writes into a *fork* of a session at the branch head, with
-  :func:`toolkit.to_zarr`'s tasks, and does not commit it itself;
+  :func:`toolkit.to_zarr`'s tasks, and does not commit it itself. On a
+  ``distributed`` cluster each task writes into its worker's copy of the fork
+  and the copies come back merged in a tree (:func:`toolkit.graph.merge_results`);
 - it hands the fork (pickled, into the coordination prefix beside the
   repository) to the store's group-committed log (:mod:`toolkit.commit`). The
   elected committer merges every pending fork into one session and makes *one*
@@ -350,10 +352,10 @@ def to_icechunk(
                 part = rows.drop_vars([v for v in rows.variables if dim_ not in rows[v].dims])
                 if dim_ in part.indexes:
                     part = part.drop_indexes(dim_)
-            # In this process: a worker's copy of the fork would not come back.
-            with dask.config.set(scheduler="threads"):
-                report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
-                                 **kwargs)  # fmt: skip
+            report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
+                             **kwargs)  # fmt: skip
+            if report.forks:  # written on a cluster: the workers' forks, merged in a tree
+                fork.merge(*report.forks)
             for a, keys in _touched(report, fork.store).items():
                 touched.setdefault(a, []).extend(keys)
         key = f"forks/{owner}-{attempt}.pkl"

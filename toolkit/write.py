@@ -108,6 +108,7 @@ class WriteReport:
     io: IOMetrics = field(repr=False, compare=False, default_factory=IOMetrics)
     plan: WritePlan = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     placement: Mapping[str, Any] | None = field(repr=False, compare=False, default=None)
+    forks: tuple[Any, ...] = field(repr=False, compare=False, default=())
 
     @property
     def throughput(self) -> float:
@@ -313,6 +314,7 @@ def execute(
         resume_prefix=resume.prefix if resume is not None else None,
         locks=coord,
         owner=owner,
+        transactional=is_transactional(plan.store),
     )
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources, io, skip=done)
@@ -416,6 +418,7 @@ def _report(
         requests={k: int(stats["io"][k]) for k in ("gets", "sets", "deletes", "lists")},
         io=io,
         plan=plan,
+        forks=tuple(stats.get("forks", ())),
     )
 
 
