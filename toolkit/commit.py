@@ -147,7 +147,12 @@ class CommitLog:
                 quiet_since = time.monotonic()
                 attempt = 0
                 continue
-            if next_seq > 1 and self.coord.get(f"log/{next_seq - 1:012d}.json") is None:
+            # Rarely (an extra GET): has our place in the log been cleaned up meanwhile?
+            if (
+                self.stats.polls % 32 == 0
+                and next_seq > 1
+                and self.coord.get(f"log/{next_seq - 1:012d}.json") is None
+            ):
                 # Our place in the log was cleaned up while we slept: find the head again.
                 next_seq = max(1, self.head()[0] + 1 - 64)
             # Nothing new: after a moment of quiet, try to commit the pending batch.

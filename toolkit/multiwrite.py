@@ -266,10 +266,16 @@ def _region_write(
 ) -> Any:
     from toolkit.write import to_zarr
 
+    return to_zarr(rows_along(ds, dim), store, mode="r+", region={dim: slice(start, stop)}, **kw)
+
+
+def rows_along(ds: xr.Dataset, dim: str) -> xr.Dataset:
+    """What a job writes into its rows along ``dim``: every variable on ``dim``.
+
+    The coordinate values are included, as a plain variable (region writes skip indexes).
+    """
     along = ds.drop_vars([v for v in ds.variables if dim not in ds[v].dims])
-    if dim in along.indexes:
-        along = along.drop_indexes(dim)  # the job's coordinate values are written too
-    return to_zarr(along, store, mode="r+", region={dim: slice(start, stop)}, **kw)
+    return along.drop_indexes(dim) if dim in along.indexes else along
 
 
 def append(
@@ -614,15 +620,17 @@ def _split_partitions(report: Any, batch: list[_Waiting], dim: str) -> list[Any]
     return out
 
 
-def _placed(report: Any, placement: dict[str, Any], log: CommitLog) -> Any:
-    stats: CommitStats = log.stats
-    placement["commit"] = {
-        "entry": stats.entry,
-        "attempts": stats.attempts,
-        "commits": stats.commits,
-        "batched": stats.batched,
-        "seconds": round(stats.seconds, 4),
-    }
+def _placed(report: Any, placement: dict[str, Any], log: CommitLog | None) -> Any:
+    """Attach ``placement`` (and what committing cost) to ``report``."""
+    if log is not None:
+        stats: CommitStats = log.stats
+        placement["commit"] = {
+            "entry": stats.entry,
+            "attempts": stats.attempts,
+            "commits": stats.commits,
+            "batched": stats.batched,
+            "seconds": round(stats.seconds, 4),
+        }
     with contextlib.suppress(AttributeError, TypeError):
         object.__setattr__(report, "placement", placement)
     return report

@@ -30,7 +30,7 @@ fill value until their job commits. Existing rows never show a partial job.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import pickle
 import time
 from collections.abc import Hashable, Mapping
@@ -44,9 +44,10 @@ from zarr.abc.store import Store
 from toolkit.commit import Batch, CommitLog
 from toolkit.coordination import Coordinator, Lease, backoff, job_id
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
-from toolkit.multiwrite import _runs, decide_rows
+from toolkit.multiwrite import _has_arrays, _placed, _runs, decide_rows, rows_along
 from toolkit.plan import _array_dims
 from toolkit.storage import resolve_store
+from toolkit.write import eager_regions, unit_ranges
 
 __all__ = ["Repository", "to_icechunk"]
 
@@ -204,30 +205,22 @@ def _storage(target: str, opts: Mapping[str, Any]) -> Any:
     return icechunk.local_filesystem_storage(target.removeprefix("file://"))
 
 
-def _touched(report: Any, store: Store) -> dict[str, list[str]]:
+def _touched(report: Any) -> dict[str, list[str]]:
     """The chunk keys a region write changed (the units of every variable it wrote)."""
     plan = report.plan
-    out: dict[str, list[str]] = {}
-    arrays = {vp.name: (vp.offset, vp.shape, vp.write_unit) for vp in plan.variables}
-    for name in plan.eager:
-        arr = zarr.open_array(store, path=name, mode="r")
-        region = tuple(
-            plan.region.get(d, slice(0, n))
-            for d, n in zip(_array_dims(arr), arr.shape, strict=True)
-        )
-        arrays[name] = (
-            tuple(s.start for s in region),
-            tuple(s.stop - s.start for s in region),
-            tuple(arr.shards or arr.chunks),
-        )
-    import itertools
-
-    for name, (offset, shape, unit) in arrays.items():
-        ranges = [
-            range(o // u, -(-(o + n) // u)) for o, n, u in zip(offset, shape, unit, strict=True)
+    arrays = {
+        vp.name: [
+            (o // u, -(-(o + n) // u))
+            for o, n, u in zip(vp.offset, vp.shape, vp.write_unit, strict=True)
         ]
-        out[name] = [".".join(map(str, idx)) for idx in itertools.product(*ranges)]
-    return out
+        for vp in plan.variables
+    }
+    for arr, region in eager_regions(plan):
+        arrays[arr.basename] = list(unit_ranges(arr, region))
+    return {
+        name: [".".join(map(str, idx)) for idx in itertools.product(*(range(a, b) for a, b in r))]
+        for name, r in arrays.items()
+    }
 
 
 def to_icechunk(
@@ -284,19 +277,19 @@ def to_icechunk(
         raise PlanError("pass one of region, append_dim and partition")
     owner = job_id()
     head = repo.readonly()
-    if not _has_arrays(head):
+    if not _has_arrays(head, None):
         if region is not None:
             raise PlanError(f"region writes need an existing dataset in {repo.target}")
         lease = Lease(repo.coord, "create", owner)
         lease.acquire()
         try:
-            if not _has_arrays(repo.readonly()):
+            if not _has_arrays(repo.readonly(), None):
                 session = repo.repo.writable_session(branch)
                 kwargs.setdefault("consolidated", False)  # Icechunk keeps no consolidated copy
                 with dask.config.set(scheduler="threads"):
                     created = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
                 snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
-                _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True})
+                _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True}, None)
                 return created
         finally:
             lease.release()
@@ -347,16 +340,12 @@ def to_icechunk(
         report: Any = None
         for rows, dim_, sl in pieces:
             where: dict[Hashable, Any] = dict(region) if region is not None else {dim_: sl}
-            part = rows
-            if dim_ is not None:
-                part = rows.drop_vars([v for v in rows.variables if dim_ not in rows[v].dims])
-                if dim_ in part.indexes:
-                    part = part.drop_indexes(dim_)
+            part = rows_along(rows, dim_) if dim_ is not None else rows
             report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
                              **kwargs)  # fmt: skip
             if report.forks:  # written on a cluster: the workers' forks, merged in a tree
                 fork.merge(*report.forks)
-            for a, keys in _touched(report, fork.store).items():
+            for a, keys in _touched(report).items():
                 touched.setdefault(a, []).extend(keys)
         key = f"forks/{owner}-{attempt}.pkl"
         repo.coord.put_bytes(key, pickle.dumps(forks))
@@ -385,28 +374,7 @@ def to_icechunk(
     )
 
 
-def _has_arrays(store: Store) -> bool:
-    try:
-        grp = zarr.open_group(store, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
-        return False
-    return any(True for _ in grp.array_keys())
-
-
 def _validate_append(ds: xr.Dataset, head: Store, dim: str) -> None:
     from toolkit.plan import plan_write
 
     plan_write(ds, head, mode="a", append_dim=dim)  # raises before anything is written
-
-
-def _placed(report: Any, placement: dict[str, Any], log: CommitLog | None = None) -> None:
-    if log is not None:
-        s = log.stats
-        placement["commit"] = {
-            "entry": s.entry,
-            "attempts": s.attempts,
-            "commits": s.commits,
-            "batched": s.batched,
-        }
-    with contextlib.suppress(AttributeError, TypeError):
-        object.__setattr__(report, "placement", placement)

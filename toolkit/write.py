@@ -357,19 +357,35 @@ def _eager_unit_locks(plan: WritePlan) -> list[str]:
     Those coordinates are written with the metadata (they cannot be dask
     arrays); their shared units are locked under the same names as the tasks'.
     """
-    assert plan.region is not None
     names = []
+    for arr, region in eager_regions(plan):
+        names += unit_lock_names(arr, partial_units(arr, region, unit_ranges(arr, region)))
+    return names
+
+
+def eager_regions(plan: WritePlan) -> list[tuple[zarr.Array[Any], tuple[slice, ...]]]:
+    """A region write's variables written with the metadata: each array and its region."""
+    assert plan.region is not None
+    out = []
     for name in plan.eager:
         path = f"{plan.group.strip('/')}/{name}" if plan.group else name
         arr = zarr.open_array(plan.store, path=path, mode="r")
-        region = tuple(
-            plan.region.get(d, slice(0, n))
-            for d, n in zip(_array_dims(arr), arr.shape, strict=True)
+        dims = _array_dims(arr)
+        out.append(
+            (
+                arr,
+                tuple(
+                    plan.region.get(d, slice(0, n)) for d, n in zip(dims, arr.shape, strict=True)
+                ),
+            )
         )
-        size = arr.shards or arr.chunks
-        units = tuple((sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True))
-        names += unit_lock_names(arr, partial_units(arr, region, units))
-    return names
+    return out
+
+
+def unit_ranges(arr: zarr.Array[Any], region: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
+    """Per axis, the write units (shards, else chunks) of ``arr`` that ``region`` touches."""
+    size = arr.shards or arr.chunks
+    return tuple((sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True))
 
 
 def is_transactional(store: Store) -> bool:
