@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
+from toolkit.dashboard import register_dashboard
 from toolkit.ingest import ingest
 from toolkit.metrics import IOMetrics, io_metrics
 from toolkit.multiwrite import append, overwrite_partitions
@@ -49,6 +50,7 @@ __all__ = [
     "open_zarr",
     "overwrite_partitions",
     "plan_write",
+    "register_dashboard",
     "stats",
     "to_icechunk",
     "to_zarr",

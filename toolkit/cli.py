@@ -138,9 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "copy":
-            with jobs._cluster(args.workers, 1) as client:
-                if client is not None:
-                    print(f"dashboard: {client.dashboard_link}")
+            with jobs._cluster(args.workers, 1, print):
                 report = jobs.copy(
                     args.src,
                     args.dst,
@@ -157,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ingest":
             from toolkit.ingest import ingest
 
-            with jobs._cluster(args.workers, 1) as client:
-                if client is not None:
-                    print(f"dashboard: {client.dashboard_link}")
+            with jobs._cluster(args.workers, 1, print):
                 report = ingest(
                     args.sources,
                     args.dst,

@@ -32,11 +32,12 @@ from zarr.core.sync import sync
 from toolkit import grid
 from toolkit.coordination import Coordinator, LockSet
 from toolkit.journal import task_marker
-from toolkit.metrics import IOMetrics, publish
+from toolkit.metrics import IOMetrics, live_metrics, publish
 from toolkit.plan import VariablePlan, WritePlan
 from toolkit.storage import (
     DigestStore,
     MetricsStore,
+    describe_store,
     find_wrapper,
     rebind,
     redact,
@@ -239,7 +240,7 @@ def write_block(
     if _aborted(io):
         out.update(units=0, nbytes=0, missing=every(), written=[], skipped=True, io={})
         return out
-    metrics = IOMetrics()
+    metrics = live_metrics(describe_store(target.store))
     stack = wrap_store(target.store, io.throttle, metrics, track_keys=True)
     gate = find_wrapper(stack, MetricsStore)
     assert gate is not None

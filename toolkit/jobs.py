@@ -269,8 +269,11 @@ def demo_dataset(nbytes: int = 200 * 10**6, *, seed: int = 0) -> xr.Dataset:
 
 
 @contextlib.contextmanager
-def _cluster(workers: int, threads: int) -> Iterator[Any]:
+def _cluster(workers: int, threads: int, echo: Any = None) -> Iterator[Any]:
+    """A LocalCluster and its client (None for ``workers=0``); ``echo`` gets the dashboard links."""
     from distributed import Client, LocalCluster
+
+    from toolkit.dashboard import register_dashboard
 
     if workers <= 0:
         yield None
@@ -281,6 +284,11 @@ def _cluster(workers: int, threads: int) -> Iterator[Any]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        if echo is not None:
+            echo(f"dashboard: {client.dashboard_link}")
+            page = register_dashboard(client)
+            if page:
+                echo(f"toolkit I/O: {page}")
         yield client
 
 
@@ -328,9 +336,7 @@ def demo(
             v: {"chunks": chunks, **({"shards": (48, 180, 360)} if zarr_format == 3 else {})}
             for v in ds.data_vars
         }
-        with _cluster(workers, threads_per_worker) as client:
-            if client is not None:
-                echo(f"dashboard: {client.dashboard_link}")
+        with _cluster(workers, threads_per_worker, echo):
             plan = plan_write(ds, out, mode="w", encoding=enc, zarr_format=zarr_format)
             echo(repr(plan))
             report = execute(plan, progress=progress)

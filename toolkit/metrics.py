@@ -15,9 +15,17 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["Counters", "IOMetrics", "io_metrics", "process_metrics", "publish"]
+__all__ = [
+    "Counters",
+    "IOMetrics",
+    "io_metrics",
+    "live_metrics",
+    "process_metrics",
+    "process_totals",
+    "publish",
+]
 
 # Quarter-octave latency buckets from 50 µs: bucket i holds [edge(i-1), edge(i)).
 _LAT_MIN = 50e-6
@@ -40,18 +48,28 @@ class Counters:
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    _also: Counters | None = field(default=None, init=False, repr=False, compare=False)
+
     def add(self, **kw: float) -> None:
-        """Thread-safe increment of the named counters."""
+        """Thread-safe increment of the named counters (and of :meth:`tee`'s target)."""
         with self._lock:
             for k, v in kw.items():
                 setattr(self, k, getattr(self, k) + v)
+        if self._also is not None:
+            self._also.add(**kw)
+
+    def tee(self, also: Self) -> Self:
+        """Count every later increment into ``also`` too, as it happens; returns self."""
+        self._also = also
+        return self
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_also")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()  # a copy gets its own lock
+        self._also = None
 
 
 @dataclass
@@ -105,6 +123,8 @@ class IOMetrics(Counters):
         b = _bucket(seconds)
         with self._lock:
             self.latency[b] += 1
+        if isinstance(self._also, IOMetrics):
+            self._also.observe(seconds)
 
     def percentile(self, q: float) -> float:
         """Latency percentile ``q`` in [0, 100] (the upper edge of its bucket), seconds."""
@@ -122,7 +142,7 @@ class IOMetrics(Counters):
     def as_dict(self) -> dict[str, Any]:
         """A plain, picklable dict (task results travel as these)."""
         with self._lock:
-            out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_lock"}
+            out = {f.name: getattr(self, f.name) for f in fields(self) if f.name[0] != "_"}
             out["latency"] = list(self.latency)
             return out
 
@@ -133,7 +153,7 @@ class IOMetrics(Counters):
         for p in parts:
             d = p.as_dict() if isinstance(p, IOMetrics) else p
             for f in fields(cls):
-                if f.name in ("_lock", "latency") or f.name not in d:
+                if f.name[0] == "_" or f.name == "latency" or f.name not in d:
                     continue
                 setattr(out, f.name, getattr(out, f.name) + d[f.name])
             for i, c in enumerate(d.get("latency", ())):
@@ -145,7 +165,7 @@ class IOMetrics(Counters):
         m = IOMetrics.merged([other])
         with self._lock:
             for f in fields(self):
-                if f.name == "_lock":
+                if f.name[0] == "_":
                     continue
                 if f.name == "latency":
                     self.latency = [a + b for a, b in zip(self.latency, m.latency, strict=True)]
@@ -191,17 +211,31 @@ def process_metrics(scope: str) -> IOMetrics:
         return m
 
 
-def _snapshot(scope: str | None) -> list[dict[str, Any]]:
+def live_metrics(scope: str) -> IOMetrics:
+    """New metrics (one task's, one phase's) that also count into the running totals of ``scope``.
+
+    The totals move as requests happen, not when the work ends: the dashboard's
+    toolkit I/O page follows them.
+    """
+    return IOMetrics().tee(process_metrics(scope))
+
+
+def process_totals() -> dict[str, dict[str, Any]]:
+    """The running totals of this process, per store, as plain dicts (:meth:`IOMetrics.as_dict`)."""
     with _PROCESS_LOCK:
-        items = [m for k, m in _PROCESS.items() if scope is None or k == scope]
-    return [m.as_dict() for m in items]
+        items = list(_PROCESS.items())
+    return {scope: m.as_dict() for scope, m in items}
+
+
+def _snapshot(scope: str | None) -> list[dict[str, Any]]:
+    return [d for k, d in process_totals().items() if scope is None or k == scope]
 
 
 def io_metrics(store: Any = None, *, storage_options: Mapping[str, Any] | None = None) -> IOMetrics:
-    """Running I/O totals of reads through toolkit, for one store or all.
+    """Running I/O totals of everything toolkit read or wrote, for one store or all.
 
     Adds up this process and, when a ``distributed`` client is active, every
-    worker. Writes report their own figures in :class:`toolkit.WriteReport`.
+    worker. A write also reports its own figures in :class:`toolkit.WriteReport`.
 
     Parameters
     ----------

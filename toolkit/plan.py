@@ -36,7 +36,7 @@ from toolkit.errors import (
     RegionError,
     UnsafePlanError,
 )
-from toolkit.metrics import IOMetrics
+from toolkit.metrics import IOMetrics, live_metrics
 from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
 from toolkit.throttle import Throttle, resolve_throttle
 
@@ -794,7 +794,7 @@ def plan_write(
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
     # Planning reads metadata through the same budget and retries as the write.
-    plan_io = IOMetrics()
+    plan_io = live_metrics(describe_store(plain))
     zstore = wrap_store(plain, policy, plan_io)
     existing = None if mode == "w" else _open_existing(zstore, group)
 

@@ -43,7 +43,7 @@ from toolkit.graph import (
     unit_lock_names,
 )
 from toolkit.journal import ResumeLog, WriteJournal
-from toolkit.metrics import IOMetrics
+from toolkit.metrics import IOMetrics, live_metrics
 from toolkit.plan import (
     DEFAULT_MAX_TASK_BYTES,
     WriteMode,
@@ -279,7 +279,7 @@ def execute(
     """
     plan.validate()
     t0 = time.time()
-    meta_io = IOMetrics()
+    meta_io = live_metrics(describe_store(plan.store))
     # A new group holds nothing yet: the buffer answers its probes without requests.
     fresh = (plan.group or "") if plan.mode == "w-" else None
     buffer = MetadataBuffer(wrap_store(plan.store, plan.throttle, meta_io), empty_prefix=fresh)

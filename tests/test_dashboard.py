@@ -1,0 +1,283 @@
+"""toolkit's dashboard page: the feed's arithmetic, and the live page in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import cluster_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import toolkit
+from toolkit.dashboard import RATE_FIELDS, IOFeed
+from toolkit.metrics import IOMetrics
+from toolkit.testing import FaultProxy
+
+
+def _report(process: str, **stores: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "process": process,
+        "stores": {s: {**IOMetrics().as_dict(), **c} for s, c in stores.items()},
+    }
+
+
+class TestIOFeed:
+    def test_rates_come_from_what_moved_between_reports(self) -> None:
+        feed = IOFeed(span=1.0)
+        feed.update([_report("w1", s3={"sets": 100, "bytes_written": 1000})], now=10.0)
+        assert feed.since(0) == []  # one sample: no rate yet
+        feed.update([_report("w1", s3={"sets": 150, "bytes_written": 1500})], now=11.0)
+        feed.update([_report("w1", s3={"sets": 150, "bytes_written": 1500, "gets": 20})], now=12.0)
+        points = feed.since(0)
+        assert [p.rates["s3"]["requests"] for p in points] == [50.0, 20.0]
+        assert points[0].rates["s3"]["bytes_written"] == 500.0
+        assert feed.since(points[0].seq) == points[1:]
+        totals, latest = feed.snapshot()
+        assert totals["s3"].sets == 150 and totals["s3"].gets == 20
+        assert latest is points[-1]
+
+    def test_the_first_report_of_a_process_is_history_not_a_rate(self) -> None:
+        feed = IOFeed(span=1.0)
+        feed.update([_report("w1", s3={"sets": 10})], now=0.0)
+        feed.update([_report("w1", s3={"sets": 10}), _report("w2", s3={"sets": 5000})], now=1.0)
+        assert feed.since(0)[-1].rates["s3"]["requests"] == 0.0
+        assert feed.snapshot()[0]["s3"].sets == 5010
+
+    def test_gone_restarted_and_repeated_processes(self) -> None:
+        feed = IOFeed(span=1.0)
+        feed.update([_report("a", s3={"gets": 10}), _report("b", s3={"gets": 7})], now=0.0)
+        # b is gone (what it did stays); a restarted from zero; a reported twice.
+        feed.update([_report("a", s3={"gets": 3}), _report("a", s3={"gets": 3})], now=1.0)
+        totals, latest = feed.snapshot()
+        assert totals["s3"].gets == 20
+        assert latest is not None and latest.rates["s3"]["requests"] == 3.0
+
+    def test_rates_are_averaged_over_the_span_and_history_is_bounded(self) -> None:
+        feed = IOFeed(window=5.0, span=2.0)
+        for i in range(20):
+            feed.update([_report("a", s3={"sets": 10 * i})], now=0.5 * i)
+        points = feed.since(0)
+        assert all(p.rates["s3"]["requests"] == pytest.approx(20.0) for p in points)
+        assert points[0].time >= points[-1].time - 5.0
+        assert set(points[-1].rates["s3"]) == set(RATE_FIELDS)
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 50)), max_size=4),
+            min_size=1,
+            max_size=12,
+        )
+    )
+    def test_totals_equal_what_every_process_did(self, rounds: list[list[tuple[str, int]]]) -> None:
+        """Processes that only grow: the totals are the sum of their last reports."""
+        feed = IOFeed()
+        done: dict[str, int] = {}
+        for t, increments in enumerate(rounds):
+            for proc, n in increments:
+                done[proc] = done.get(proc, 0) + n
+            seen = {p for p, _ in increments}
+            feed.update([_report(p, s={"sets": done[p]}) for p in sorted(seen)], now=float(t))
+        totals, _ = feed.snapshot()
+        assert (totals["s"].sets if "s" in totals else 0) == sum(done.values())
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@contextlib.contextmanager
+def _headless_chromium() -> Iterator[Any]:
+    found = _chromium()
+    if found is None:
+        if os.environ.get("TOOLKIT_REQUIRE_BROWSER"):
+            pytest.fail(
+                "headless Chromium is required here: apt-get install chromium chromium-driver"
+            )
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    profile = tempfile.mkdtemp(prefix="toolkit-chromium-")
+    # The machine has no internet: background networking would only be refused.
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1100", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.set_script_timeout(10)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# What the browser holds: Bokeh's models as they arrived over the websocket, the
+# visible table, and the canvases drawn (inside shadow roots).
+_READ_PAGE = """
+const doc = (window.Bokeh && Bokeh.documents.length) ? Bokeh.documents[0] : null;
+if (doc === null) return null;
+const col = (m, k) => m ? Array.from(m.data instanceof Map ? m.data.get(k) : m.data[k]) : [];
+const totals = doc.get_model_by_name('toolkit-io-totals');
+const rates = doc.get_model_by_name('toolkit-io-rates-0');
+let canvases = 0;
+const walk = (root) => {
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'CANVAS' && el.width > 0) canvases += 1;
+    if (el.shadowRoot) walk(el.shadowRoot);
+  }
+};
+walk(document);
+const table = doc.get_model_by_name('toolkit-io-table');
+return {
+  store: col(totals, 'store'), requests: col(totals, 'requests'), sets: col(totals, 'sets'),
+  throttled: col(totals, 'throttled'), retries: col(totals, 'retries'),
+  backoff: col(totals, 'backoff_seconds'),
+  points: col(rates, 'time').length, rate: col(rates, 'requests'),
+  store_of_rates: rates ? rates.tags[0] : null,
+  table: table ? table.text : '', canvases: canvases,
+};
+"""
+
+
+def _read(driver: Any) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = driver.execute_script(_READ_PAGE)
+    return result
+
+
+def _until(driver: Any, ok: Any, timeout: float, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = _read(driver)
+        if last is not None and ok(last):
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"the page never showed {what}; last seen: {last}")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
+    """Load the page during a throttled write on a cluster: the figures appear and move."""
+    from distributed import Client
+
+    from toolkit.dashboard.plugins import is_mounted
+
+    url = "s3://data/dashboard.zarr"
+    ds = xr.Dataset({"v": (("t", "x"), np.random.default_rng(0).random((360, 64), "f4"))})
+    with (
+        cluster_of(2, 1) as cluster,
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+        FaultProxy(s3.endpoint_url, latency=0.01, rate=40) as proxy,
+        _headless_chromium() as driver,
+    ):
+        # Any toolkit call that finds the client adds the page; no set-up needed.
+        assert not client.run_on_scheduler(is_mounted)
+        toolkit.io_metrics()
+        assert client.run_on_scheduler(is_mounted)
+        page = toolkit.register_dashboard()
+        assert page.endswith("/toolkit-io") and page.startswith(client.dashboard_link[:10])
+
+        # 360 one-row chunks through a proxy that allows 40 requests/s, while toolkit
+        # asks for 100/s: throttling answers, retries and backoff, for ~10 s.
+        reports: list[Any] = []
+
+        def write() -> None:
+            opts = s3.storage_options(proxy.url)
+            throttle = toolkit.Throttle(rate=100)
+            enc = {"v": {"chunks": (1, 64)}}
+            chunked = ds.chunk({"t": 1})
+            reports.append(
+                toolkit.to_zarr(
+                    chunked,
+                    url,
+                    mode="w",
+                    storage_options=opts,
+                    encoding=enc,
+                    throttle=throttle,
+                    progress=False,
+                )
+            )
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        # The dashboard's own pages list it in their "More..." menu.
+        with urllib.request.urlopen(client.dashboard_link, timeout=10) as status:
+            assert 'href="toolkit-io"' in status.read().decode()
+        driver.get(page)
+        assert "toolkit I/O" in driver.title or "Dask" in driver.title
+        first = _until(driver, lambda r: url in r["store"] and r["points"] > 0, 30, "the store")
+        i = first["store"].index(url)
+        later = _until(
+            driver,
+            lambda r: r["requests"][i] > first["requests"][i] and r["points"] > first["points"],
+            30,
+            "the figures moving",
+        )
+        assert later["canvases"] >= 4  # the four plots are drawn
+        assert later["store_of_rates"] == url and max(later["rate"]) > 0
+        writer.join(120)
+        assert reports, "the write did not finish"
+        report = reports[0]
+        assert report.io.throttled > 0 and report.io.retries > 0
+        # Once the last heartbeats arrived, the page's totals are the write's own.
+        final = _until(
+            driver,
+            lambda r: r["sets"][i] == report.io.sets and r["throttled"][i] == report.io.throttled,
+            15,
+            f"the write's totals ({report.io.sets} PUTs, {report.io.throttled} throttled)",
+        )
+        assert final["retries"][i] == report.io.retries
+        assert final["backoff"][i] == pytest.approx(report.io.backoff_seconds)
+        assert url in final["table"] and "throttled" in final["table"]
+        driver.save_screenshot(os.path.join(tempfile.gettempdir(), "toolkit-io-page.png"))
+    back = xr.open_zarr(url, storage_options=s3.storage_options(), consolidated=False).load()
+    np.testing.assert_array_equal(back.v.values, ds.v.values)
+
+
+def test_register_dashboard_needs_a_client() -> None:
+    with pytest.raises(ValueError, match=r"[Nn]o client"):
+        toolkit.register_dashboard()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_a_disabled_page_leaves_the_cluster_alone(tmp_path: Any) -> None:
+    import dask
+    from distributed import Client
+
+    from toolkit.dashboard.plugins import is_mounted
+
+    with cluster_of(1, 1) as cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+        with dask.config.set({"toolkit.dashboard": False}):
+            toolkit.to_zarr(xr.Dataset({"v": ("t", np.arange(4.0))}), str(tmp_path / "a.zarr"),
+                            progress=False)  # fmt: skip
+        assert not client.run_on_scheduler(is_mounted)
+        assert "toolkit-dashboard" not in client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.plugins)
+        )

@@ -1,0 +1,209 @@
+"""The Bokeh document of toolkit's dashboard page (imported on the scheduler only).
+
+Four live plots, one colour per store: requests/s; bytes/s; throttling answers,
+retries and errors per second; and how many requests are backing off or
+waiting for the rate budget on average (seconds spent so, per second). Below
+them, a table of totals per store. Every model a test or a script may want to
+read has a ``name``: the rate sources are ``toolkit-io-rates-<i>`` (the store
+in their ``tags``), the totals as numbers are ``toolkit-io-totals``, the
+visible table is ``toolkit-io-table``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bokeh.layouts import column, row
+from bokeh.models import ColumnDataSource, DataRange1d, NumeralTickFormatter
+from bokeh.models.widgets import Div
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+from dask.utils import format_bytes
+from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+
+from toolkit._render import html_table
+from toolkit.dashboard.feed import RATE_FIELDS, IOFeed
+from toolkit.metrics import IOMetrics
+
+__all__ = ["IOPage", "io_doc"]
+
+_HISTORY = 1200  # points kept per store in the browser (10 min at 0.5 s)
+
+# name, title, y-axis format, [(field, label suffix, dash)]
+_PLOTS: list[tuple[str, str, str, list[tuple[str, str, str]]]] = [
+    ("requests", "Requests / s", "0,0", [("requests", "", "solid")]),
+    (
+        "bytes",
+        "Bytes / s",
+        "0.0 b",
+        [("bytes_written", " written", "solid"), ("bytes_read", " read", "dashed")],
+    ),
+    (
+        "throttling",
+        "Throttling answers, retries, errors / s",
+        "0,0.[0]",
+        [
+            ("throttled", " throttled", "solid"),
+            ("retries", " retries", "dashed"),
+            ("errors", " errors", "dotted"),
+        ],
+    ),
+    (
+        "waiting",
+        "Requests backing off, waiting for budget (average number)",
+        "0.[00]",
+        [("backoff_seconds", " backoff", "solid"), ("wait_seconds", " budget wait", "dashed")],
+    ),
+]
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1e3 if math.isfinite(seconds) else 0.0
+
+
+class IOPage:
+    """The page's models and their periodic update (a dashboard component).
+
+    Parameters
+    ----------
+    feed : IOFeed
+        Where the figures come from (the scheduler plugin's).
+    """
+
+    def __init__(self, feed: IOFeed) -> None:
+        self.feed = feed
+        self._seq = 0
+        self.series: dict[str, ColumnDataSource] = {}
+        self.figures = []
+        for name, title, fmt, _ in _PLOTS:
+            fig = figure(
+                title=title,
+                x_axis_type="datetime",
+                y_range=DataRange1d(start=0),
+                height=260,
+                sizing_mode="stretch_width",
+                tools="pan,wheel_zoom,box_zoom,reset",
+                name=f"toolkit-io-{name}",
+            )
+            fig.yaxis.formatter = NumeralTickFormatter(format=fmt)
+            self.figures.append(fig)
+        self.totals = ColumnDataSource(_totals_columns({}, {}), name="toolkit-io-totals")
+        # An HTML table: Bokeh 3.9's DataTable does not redraw replaced data (bokeh#15328).
+        # The numbers travel with it (a model only reaches the browser when referenced).
+        self.table = Div(
+            text="", name="toolkit-io-table", sizing_mode="stretch_width", tags=[self.totals]
+        )
+        self.status = Div(
+            text="No request through toolkit yet.",
+            name="toolkit-io-status",
+            sizing_mode="stretch_width",
+        )
+        header = Div(
+            text=(
+                "<h2 style='margin:4px 0'>toolkit I/O</h2>"
+                "Requests to each store as toolkit's store wrappers saw them, in every worker "
+                "and the scheduler's process: every attempt counts, retries included. "
+                f"Rates are averaged over {feed.span:g} s."
+            ),
+            sizing_mode="stretch_width",
+        )
+        self.root = column(
+            header,
+            self.status,
+            row(self.figures[0], self.figures[1], sizing_mode="stretch_width"),
+            row(self.figures[2], self.figures[3], sizing_mode="stretch_width"),
+            self.table,
+            sizing_mode="stretch_width",
+        )
+
+    def _series_for(self, scope: str) -> ColumnDataSource:
+        source = self.series.get(scope)
+        if source is not None:
+            return source
+        i = len(self.series)
+        source = ColumnDataSource(
+            {"time": [], **{f: [] for f in RATE_FIELDS}},
+            name=f"toolkit-io-rates-{i}",
+            tags=[scope],
+        )
+        self.series[scope] = source
+        color = Category10_10[i % len(Category10_10)]
+        for fig, (_, _, _, lines) in zip(self.figures, _PLOTS, strict=True):
+            for field, suffix, dash in lines:
+                fig.line(
+                    "time", field, source=source, color=color, line_dash=dash, line_width=2,
+                    legend_label=scope + suffix,
+                )  # fmt: skip
+            fig.legend.location = "top_left"
+            fig.legend.click_policy = "hide"
+            fig.legend.label_text_font_size = "8pt"
+            fig.legend.background_fill_alpha = 0.6
+        return source
+
+    def update(self) -> None:
+        """Stream the new rate points and refresh the totals."""
+        points = self.feed.since(self._seq)
+        if points:
+            self._seq = points[-1].seq
+            scopes = {s for p in points for s in p.rates}
+            for scope in sorted(scopes):
+                new: dict[str, Any] = {"time": [], **{f: [] for f in RATE_FIELDS}}
+                for p in points:
+                    if scope in p.rates:
+                        new["time"].append(p.time * 1e3)
+                        for f in RATE_FIELDS:
+                            new[f].append(p.rates[scope].get(f, 0.0))
+                self._series_for(scope).stream(new, rollover=_HISTORY)
+        totals, latest = self.feed.snapshot()
+        if totals:
+            now = latest.rates if latest else {}
+            self.totals.data = _totals_columns(totals, now)
+            self.table.text = html_table(
+                [_row(s, m, now.get(s, {})) for s, m in sorted(totals.items())]
+            )
+            m = IOMetrics.merged(totals.values())
+            self.status.text = (
+                f"{len(totals)} store(s): {m.total:,} requests, {m.throttled:,} throttled, "
+                f"{m.retries:,} retries, {m.backoff_seconds:,.1f} s backing off, "
+                f"{format_bytes(m.bytes_written)} written, {format_bytes(m.bytes_read)} read."
+            )
+
+
+def _totals_columns(
+    totals: dict[str, IOMetrics], rates: dict[str, dict[str, float]]
+) -> dict[str, list[Any]]:
+    """The totals per store as columns of numbers (for scripts and tests)."""
+    rows = sorted(totals.items())
+    out: dict[str, list[Any]] = {"store": [s for s, _ in rows]}
+    for f in ("gets", "sets", "deletes", "lists", *RATE_FIELDS[1:], "failed"):
+        out[f] = [getattr(m, f) for _, m in rows]
+    out["requests"] = [m.total for _, m in rows]
+    out["rate"] = [rates.get(s, {}).get("requests", 0.0) for s, _ in rows]
+    out["p50_ms"] = [_ms(m.percentile(50)) for _, m in rows]
+    out["p99_ms"] = [_ms(m.percentile(99)) for _, m in rows]
+    return out
+
+
+def _row(scope: str, m: IOMetrics, rates: dict[str, float]) -> dict[str, str]:
+    """One store's line of the visible table."""
+    moved = rates.get("bytes_read", 0.0) + rates.get("bytes_written", 0.0)
+    return {
+        "store": scope,
+        "now": f"{rates.get('requests', 0.0):,.0f} req/s, {format_bytes(int(moved))}/s",
+        **m.summary(),
+        "written / read": f"{format_bytes(m.bytes_written)} / {format_bytes(m.bytes_read)}",
+        "failed": f"{m.failed:,}",
+    }
+
+
+def io_doc(feed: IOFeed, extra: dict[str, Any], doc: Any) -> None:
+    """Build one browser tab's document (distributed's dashboard template and theme)."""
+    page = IOPage(feed)
+    page.update()
+    doc.title = "Dask: toolkit I/O"
+    doc.add_root(page.root)
+    doc.add_periodic_callback(page.update, 500)
+    doc.template = env.get_template("simple.html")
+    doc.template_variables.update(extra)
+    doc.theme = BOKEH_THEME
