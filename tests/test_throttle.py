@@ -199,3 +199,19 @@ def test_answers_to_requests_sent_before_a_cut_are_ignored():
     assert b.current_rates()["write"] == pytest.approx(50)
     b.throttled("write", time.monotonic())  # a request booked after the cut: cut again
     assert b.current_rates()["write"] == pytest.approx(25)
+
+
+def test_throttle_state_shows_the_rates_in_force_per_store():
+    from toolkit.throttle import budget_for
+
+    scope = "s3://bucket/state-test.zarr"
+    b = budget_for(Throttle(rate=100, write_rate=50, cooldown=0.0), scope)
+    b.reserve("write")
+    b.throttled("write")
+    state = toolkit.throttle_state()
+    mine = [s for s in state.budgets if s.store == scope]
+    assert len(mine) == 1 and mine[0].where == "this process"
+    assert mine[0].rates["write"] is not None and mine[0].rates["write"] < 50 and mine[0].cuts >= 1
+    text = repr(state)
+    assert scope in text and "of 50" in text  # the cut rate, next to the configured one
+    assert scope in state._repr_html_() and "<table" in state._repr_html_()

@@ -19,7 +19,7 @@ from toolkit.multiwrite import append, overwrite_partitions
 from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
 from toolkit.read import iter_chunks, map_chunks, open_zarr
 from toolkit.stats import DEFAULT_STATS, stats
-from toolkit.throttle import Throttle
+from toolkit.throttle import Throttle, ThrottleState, throttle_state
 from toolkit.transactions import to_icechunk
 from toolkit.verify import VerifyReport, verify
 from toolkit.write import WriteReport, execute, to_zarr
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_STATS",
     "IOMetrics",
     "Throttle",
+    "ThrottleState",
     "VariablePlan",
     "VerifyReport",
     "WritePlan",
@@ -52,6 +53,7 @@ __all__ = [
     "plan_write",
     "register_dashboard",
     "stats",
+    "throttle_state",
     "to_icechunk",
     "to_zarr",
     "verify",

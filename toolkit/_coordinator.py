@@ -19,9 +19,9 @@ from typing import Any
 from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from toolkit.throttle import _BUDGETS_LOCK, Budget, RequestKind, Throttle
+from toolkit.throttle import _BUDGETS_LOCK, Budget, BudgetState, RequestKind, Throttle
 
-__all__ = ["ThrottleCoordinator", "install_coordinator", "remote_budget_for"]
+__all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
 
 
 def install_coordinator(dask_scheduler: Any) -> bool:
@@ -30,6 +30,14 @@ def install_coordinator(dask_scheduler: Any) -> bool:
         plugin.attach(dask_scheduler)
         dask_scheduler.add_plugin(plugin, name=ThrottleCoordinator.name)
     return True
+
+
+def coordinated_states(dask_scheduler: Any) -> list[BudgetState]:
+    """The cluster's budgets (run with ``client.run_on_scheduler``)."""
+    plugin = dask_scheduler.plugins.get(ThrottleCoordinator.name)
+    if not isinstance(plugin, ThrottleCoordinator):
+        return []
+    return [b.state("cluster") for b in plugin.budgets.values()]
 
 
 class ThrottleCoordinator(SchedulerPlugin):
@@ -58,27 +66,35 @@ class ThrottleCoordinator(SchedulerPlugin):
         """SchedulerPlugin hook, for clusters that register it themselves."""
         self.attach(scheduler)
 
-    def _budget(self, key: str, policy: Mapping[str, Any]) -> Budget:
+    def _budget(self, key: str, policy: Mapping[str, Any], scope: str = "") -> Budget:
         b = self.budgets.get(key)
         if b is None:
-            b = self.budgets[key] = Budget(Throttle(**policy))
+            b = self.budgets[key] = Budget(Throttle(**policy), scope)
         return b
 
-    def reserve(self, key: str, policy: Mapping[str, Any], kind: RequestKind, n: int) -> Any:
+    def reserve(
+        self, key: str, policy: Mapping[str, Any], kind: RequestKind, n: int, scope: str = ""
+    ) -> Any:
         """Book ``n`` slots; the worker gets (seconds to the first, seconds between)."""
-        b = self._budget(key, policy)
+        b = self._budget(key, policy, scope)
         wait, interval = b.reserve_batch(kind, n)
         return {"wait": wait, "interval": interval, "batch": b.batch_size(kind)}
 
     def throttled(
-        self, key: str, policy: Mapping[str, Any], kind: RequestKind, age: float = 0.0
+        self,
+        key: str,
+        policy: Mapping[str, Any],
+        kind: RequestKind,
+        age: float = 0.0,
+        scope: str = "",
     ) -> None:
         """A worker saw a throttling answer to a request booked ``age`` seconds ago."""
-        self._budget(key, policy).throttled(kind, time.monotonic() - age)
+        self._budget(key, policy, scope).throttled(kind, time.monotonic() - age)
 
     def rates(self) -> dict[str, dict[str, float | None]]:
-        """The rates in force per budget (for dashboards)."""
-        return {k: b.current_rates() for k, b in self.budgets.items()}
+        """The rates in force per store; the budget used last where a store has several."""
+        latest = sorted(self.budgets.values(), key=lambda b: b.last_used)
+        return {b.scope: b.current_rates() for b in latest}
 
 
 class _RemoteBudget:
@@ -93,8 +109,8 @@ class _RemoteBudget:
 
     _STALE = 1.0
 
-    def __init__(self, key: str, policy: Throttle, worker: Any) -> None:
-        self.key, self.worker = key, worker
+    def __init__(self, key: str, policy: Throttle, worker: Any, scope: str = "") -> None:
+        self.key, self.worker, self.scope = key, worker, scope
         self.policy = {f: getattr(policy, f) for f in policy.__dataclass_fields__}
         self.policy["coordinated"] = False
         self.slots: dict[str, collections.deque[float]] = {}
@@ -131,7 +147,14 @@ class _RemoteBudget:
     async def _fetch(self, kind: RequestKind) -> None:
         n = self.batch.get(kind, 1)
         got = await asyncio.wrap_future(
-            self._rpc("toolkit_throttle_reserve", key=self.key, policy=self.policy, kind=kind, n=n)
+            self._rpc(
+                "toolkit_throttle_reserve",
+                key=self.key,
+                policy=self.policy,
+                kind=kind,
+                n=n,
+                scope=self.scope,
+            )
         )
         now = time.monotonic()
         self.slots[kind].extend(now + got["wait"] + i * got["interval"] for i in range(n))
@@ -140,7 +163,12 @@ class _RemoteBudget:
     def throttled(self, kind: RequestKind, age: float) -> None:
         """Report a throttling answer to a request booked ``age`` seconds ago."""
         fut = self._rpc(
-            "toolkit_throttle_throttled", key=self.key, policy=self.policy, kind=kind, age=age
+            "toolkit_throttle_throttled",
+            key=self.key,
+            policy=self.policy,
+            kind=kind,
+            age=age,
+            scope=self.scope,
         )
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # fire and forget
 
@@ -160,5 +188,5 @@ def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
     with _BUDGETS_LOCK:
         rb = _REMOTE.get(key)
         if rb is None or rb.worker is not worker:
-            rb = _REMOTE[key] = _RemoteBudget(key, policy, worker)
+            rb = _REMOTE[key] = _RemoteBudget(key, policy, worker, scope)
         return rb

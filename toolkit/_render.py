@@ -30,7 +30,7 @@ def html_table(rows: Sequence[Mapping[str, str]]) -> str:
     if not rows:
         return ""
     cols = list(rows[0])
-    cell = "padding:2px 8px;border-bottom:1px solid #ddd"
+    cell = "padding:2px 8px;border-bottom:1px solid #ddd;white-space:nowrap"
     head = "".join(f"<th style='{cell}'>{html.escape(c)}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td style='{cell}'>{html.escape(r[c])}</td>" for c in cols) + "</tr>"

@@ -30,15 +30,20 @@ from typing import Literal
 
 from dask.base import tokenize
 
+from toolkit._render import html_table, text_table
+
 __all__ = [
     "Budget",
+    "BudgetState",
     "ErrorClass",
     "RequestKind",
     "Throttle",
+    "ThrottleState",
     "budget_for",
     "classify_error",
     "cluster_share",
     "http_status",
+    "throttle_state",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -384,8 +389,10 @@ class Budget:
     same policy, so one process never exceeds its share however many tasks run.
     """
 
-    def __init__(self, policy: Throttle) -> None:
+    def __init__(self, policy: Throttle, scope: str = "") -> None:
         self.policy = policy
+        self.scope = scope
+        self.last_used = time.monotonic()
         self._all = _Limiter(policy.rate, policy)
         self._kinds = {k: _Limiter(policy.rate_for(k), policy) for k in ("read", "write", "list")}
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
@@ -407,6 +414,7 @@ class Budget:
 
     def reserve_batch(self, kind: RequestKind, n: int) -> tuple[float, float]:
         """Book ``n`` requests of ``kind``: (seconds until the first, seconds between)."""
+        self.last_used = time.monotonic()
         w1, i1 = self._all.reserve(n)
         w2, i2 = self._kinds[kind].reserve(n)
         return max(w1, w2), max(i1, i2)
@@ -426,6 +434,104 @@ class Budget:
         """The rates in force now, by kind (they move in adaptive mode)."""
         return {"all": self._all.rate, **{k: v.rate for k, v in self._kinds.items()}}
 
+    def state(self, where: str = "this process") -> BudgetState:
+        """What this budget enforces now, for people (see :func:`throttle_state`)."""
+        limiters = [self._all, *self._kinds.values()]
+        return BudgetState(
+            store=self.scope,
+            where=where,
+            policy=self.policy,
+            rates=self.current_rates(),
+            cuts=sum(x.decreases for x in limiters),
+            idle=time.monotonic() - self.last_used,
+        )
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One budget's state: the rates in force for one store and policy.
+
+    Attributes
+    ----------
+    store : str
+        The store the budget meters.
+    where : str
+        ``"cluster"`` (enforced by the scheduler for every worker) or
+        ``"this process"``.
+    policy : Throttle
+        The policy it enforces.
+    rates : dict
+        Requests per second in force now, by kind (``all``, ``read``, ``write``,
+        ``list``; None is unlimited). Adaptive budgets move them.
+    cuts : int
+        How many times throttling answers cut a rate.
+    idle : float
+        Seconds since a request last booked a slot.
+    """
+
+    store: str
+    where: str
+    policy: Throttle
+    rates: dict[str, float | None]
+    cuts: int
+    idle: float
+
+    def _row(self) -> dict[str, str]:
+        def r(now: float | None, configured: float | None) -> str:
+            if now is None:
+                return "∞"
+            if configured is not None and not math.isclose(now, configured):
+                return f"{now:,.0f}/s of {configured:,.0f}"
+            return f"{now:,.0f}/s"
+
+        p = self.policy
+        configured = {
+            "all": p.rate,
+            "read": p.read_rate,
+            "write": p.write_rate,
+            "list": p.list_rate,
+        }
+        return {
+            "store": self.store,
+            "where": self.where,
+            **{k: r(self.rates.get(k), configured[k]) for k in configured},
+            "cuts": str(self.cuts),
+            "in flight": str(p.max_inflight),
+            "last used": f"{self.idle:,.0f} s ago",
+        }
+
+
+@dataclass(frozen=True)
+class ThrottleState:
+    """Every request budget in force: a table in Jupyter and in a terminal."""
+
+    budgets: tuple[BudgetState, ...]
+
+    def __repr__(self) -> str:
+        return text_table([b._row() for b in self.budgets]) or "no request budget in use"
+
+    def _repr_html_(self) -> str:
+        return html_table([b._row() for b in self.budgets]) or "<p>no request budget in use</p>"
+
+
+def throttle_state() -> ThrottleState:
+    """The request budgets in force: this process's and, under a client, the cluster's.
+
+    Adaptive budgets halve a rate when the store answers with throttling and
+    give it back slowly; this shows where each one stands, per store.
+    """
+    with _BUDGETS_LOCK:
+        local = list(_BUDGETS.values())
+    states = [b.state() for b in local]
+    from toolkit._progress import active_client
+
+    client = active_client()
+    if client is not None:
+        from toolkit._coordinator import coordinated_states
+
+        states = client.run_on_scheduler(coordinated_states) + states
+    return ThrottleState(tuple(states))
+
 
 _BUDGETS: dict[str, Budget] = {}
 _BUDGETS_LOCK = threading.Lock()
@@ -437,7 +543,7 @@ def budget_for(policy: Throttle, scope: str = "") -> Budget:
     with _BUDGETS_LOCK:
         b = _BUDGETS.get(key)
         if b is None:
-            b = _BUDGETS[key] = Budget(policy)
+            b = _BUDGETS[key] = Budget(policy, scope)
         return b
 
 

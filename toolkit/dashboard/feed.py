@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.metrics import IOMetrics, process_totals
@@ -60,11 +60,16 @@ class RatePoint:
         Seconds since the epoch.
     rates : dict
         ``{store: {field: per second}}`` for the fields of ``RATE_FIELDS``.
+    limits : dict
+        ``{store: {kind: requests per second}}``: the rates in force of the
+        cluster's request budget for the store (kinds ``all``, ``read``,
+        ``write``, ``list``; None is unlimited), where it has one.
     """
 
     seq: int
     time: float
     rates: dict[str, dict[str, float]]
+    limits: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 class IOFeed:
@@ -93,13 +98,23 @@ class IOFeed:
         # report is history, not a rate), sampled at each update.
         self._moved: dict[str, dict[str, float]] = {}
         self._samples: deque[tuple[float, dict[str, dict[str, float]]]] = deque()
+        self._limits: dict[str, dict[str, float | None]] = {}
         self._seq = 0
         self._lock = threading.Lock()
 
-    def update(self, reports: Iterable[Mapping[str, Any] | None], now: float | None = None) -> None:
-        """Take one round of reports (:func:`process_report` dicts; None ignored)."""
+    def update(
+        self,
+        reports: Iterable[Mapping[str, Any] | None],
+        now: float | None = None,
+        limits: Mapping[str, Mapping[str, float | None]] | None = None,
+    ) -> None:
+        """Take one round of reports (:func:`process_report` dicts; None ignored).
+
+        ``limits`` are the rates in force per store (the throttle coordinator's).
+        """
         now = time.time() if now is None else now
         with self._lock:
+            self._limits = {k: dict(v) for k, v in (limits or {}).items()}
             seen: set[str] = set()
             for report in reports:
                 if not report or report["process"] in seen:
@@ -144,7 +159,7 @@ class IOFeed:
             before = base[1].get(scope, {})
             rates[scope] = {k: max(0.0, (v - before.get(k, 0.0)) / dt) for k, v in moved.items()}
         self._seq += 1
-        self.points.append(RatePoint(self._seq, now, rates))
+        self.points.append(RatePoint(self._seq, now, rates, self._limits))
         while self.points and self.points[0].time < now - self.window:
             self.points.popleft()
 

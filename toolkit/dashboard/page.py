@@ -1,6 +1,7 @@
 """The Bokeh document of toolkit's dashboard page (imported on the scheduler only).
 
-Four live plots, one colour per store: requests/s; bytes/s; throttling answers,
+Four live plots, one colour per store: requests/s (and the rate the cluster's
+request budget allows now, which adaptive budgets move); bytes/s; throttling answers,
 retries and errors per second; and how many requests are backing off or
 waiting for the rate budget on average (seconds spent so, per second). Below
 them, a table of totals per store. Every model a test or a script may want to
@@ -32,7 +33,12 @@ _HISTORY = 1200  # points kept per store in the browser (10 min at 0.5 s)
 
 # name, title, y-axis format, [(field, label suffix, dash)]
 _PLOTS: list[tuple[str, str, str, list[tuple[str, str, str]]]] = [
-    ("requests", "Requests / s", "0,0", [("requests", "", "solid")]),
+    (
+        "requests",
+        "Requests / s",
+        "0,0",
+        [("requests", "", "solid"), ("limit", " budget in force", "dashed")],
+    ),
     (
         "bytes",
         "Bytes / s",
@@ -123,7 +129,7 @@ class IOPage:
             return source
         i = len(self.series)
         source = ColumnDataSource(
-            {"time": [], **{f: [] for f in RATE_FIELDS}},
+            {"time": [], "limit": [], **{f: [] for f in RATE_FIELDS}},
             name=f"toolkit-io-rates-{i}",
             tags=[scope],
         )
@@ -148,10 +154,12 @@ class IOPage:
             self._seq = points[-1].seq
             scopes = {s for p in points for s in p.rates}
             for scope in sorted(scopes):
-                new: dict[str, Any] = {"time": [], **{f: [] for f in RATE_FIELDS}}
+                new: dict[str, Any] = {"time": [], "limit": [], **{f: [] for f in RATE_FIELDS}}
                 for p in points:
                     if scope in p.rates:
                         new["time"].append(p.time * 1e3)
+                        limit = p.limits.get(scope, {}).get("all")
+                        new["limit"].append(math.nan if limit is None else limit)
                         for f in RATE_FIELDS:
                             new[f].append(p.rates[scope].get(f, 0.0))
                 self._series_for(scope).stream(new, rollover=_HISTORY)
@@ -159,8 +167,9 @@ class IOPage:
         if totals:
             now = latest.rates if latest else {}
             self.totals.data = _totals_columns(totals, now)
+            limits = latest.limits if latest else {}
             self.table.text = html_table(
-                [_row(s, m, now.get(s, {})) for s, m in sorted(totals.items())]
+                [_row(s, m, now.get(s, {}), limits.get(s)) for s, m in sorted(totals.items())]
             )
             m = IOMetrics.merged(totals.values())
             self.status.text = (
@@ -185,12 +194,19 @@ def _totals_columns(
     return out
 
 
-def _row(scope: str, m: IOMetrics, rates: dict[str, float]) -> dict[str, str]:
+def _row(
+    scope: str, m: IOMetrics, rates: dict[str, float], limits: dict[str, float | None] | None
+) -> dict[str, str]:
     """One store's line of the visible table."""
     moved = rates.get("bytes_read", 0.0) + rates.get("bytes_written", 0.0)
+    budget = "-"
+    if limits is not None:
+        set_ = [f"{k} {v:,.0f}/s" for k, v in limits.items() if v is not None]
+        budget = ", ".join(set_) or "unlimited"
     return {
         "store": scope,
         "now": f"{rates.get('requests', 0.0):,.0f} req/s, {format_bytes(int(moved))}/s",
+        "budget in force": budget,
         **m.summary(),
         "written / read": f"{format_bytes(m.bytes_written)} / {format_bytes(m.bytes_read)}",
         "failed": f"{m.failed:,}",

@@ -64,7 +64,10 @@ class DashboardPlugin(SchedulerPlugin):
         reports = [ws.metrics.get(HEARTBEAT_KEY) for ws in self._scheduler.workers.values()]
         # The scheduler's own process: the client's, for a LocalCluster.
         reports.append(process_report())
-        self.feed.update(reports)
+        # The request budgets' rates in force, where toolkit coordinates them.
+        throttle = self._scheduler.plugins.get("toolkit-throttle")
+        limits = throttle.rates() if hasattr(throttle, "rates") else {}
+        self.feed.update(reports, limits=limits)
 
     async def close(self) -> None:
         """Stop polling."""
