@@ -93,6 +93,49 @@ class TestIOFeed:
         assert (totals["s"].sets if "s" in totals else 0) == sum(done.values())
 
 
+class TestIOPage:
+    """The page's models, without a browser: what the websocket would carry."""
+
+    def test_every_store_streams_through_one_source(self) -> None:
+        from toolkit.dashboard.page import IOPage
+
+        feed = IOFeed(span=1.0)
+        page = IOPage(feed)
+        feed.update([_report("w", a={"sets": 0}, b={"gets": 0})], now=0.0)
+        feed.update(
+            [_report("w", a={"sets": 10}, b={"gets": 0})], now=1.0, limits={"a": {"all": 40.0}}
+        )
+        page.update()
+        assert page.stores == ["a"]  # b has not moved: in the table, not plotted
+        assert page.rates.tags == ["a"] and page.rates.data["requests-0"] == [10.0]
+        assert page.rates.data["limit-0"] == [40.0]
+        feed.update([_report("w", a={"sets": 20}, b={"gets": 5})], now=2.0)
+        page.update()
+        assert page.stores == ["a", "b"]
+        data = page.rates.data
+        assert len(data["time"]) == 2 and data["requests-0"] == [10.0, 10.0]
+        assert np.isnan(data["requests-1"][0]) and data["requests-1"][1] == 5.0
+        assert all(len(v) == 2 for v in data.values())  # one stream keeps the columns equal
+        assert page.totals.data["store"] == ["a", "b"] and page.totals.data["sets"] == [20, 0]
+        assert "a" in page.table.text and "2 store(s)" in page.status.text
+
+    def test_an_idle_page_sends_nothing_and_plots_are_capped(self) -> None:
+        from toolkit.dashboard import page as page_mod
+
+        feed = IOFeed(span=1.0)
+        page = page_mod.IOPage(feed)
+        n = page_mod._MAX_PLOTTED + 3
+        feed.update([_report("w", **{f"s{i}": {"gets": 0} for i in range(n)})], now=0.0)
+        feed.update([_report("w", **{f"s{i}": {"gets": 1} for i in range(n)})], now=1.0)
+        page.update()
+        assert len(page.stores) == page_mod._MAX_PLOTTED
+        assert "3 store(s) idle here or past" in page.status.text
+        assert len(page.totals.data["store"]) == n  # the table lists every store
+        before = page.totals.data
+        page.update()  # nothing new: the totals model is not replaced
+        assert page.totals.data is before
+
+
 # --------------------------------------------------------------------------- the page
 
 
@@ -141,17 +184,15 @@ const doc = (window.Bokeh && Bokeh.documents.length) ? Bokeh.documents[0] : null
 if (doc === null) return null;
 const col = (m, k) => m ? Array.from(m.data instanceof Map ? m.data.get(k) : m.data[k]) : [];
 const totals = doc.get_model_by_name('toolkit-io-totals');
-let rates = null;  // the rate source of the store asked for (arguments[0])
-for (let i = 0; i < 64 && rates === null; i++) {
-  const m = doc.get_model_by_name('toolkit-io-rates-' + i);
-  if (m && m.tags[0] === arguments[0]) rates = m;
-}
+const rates = doc.get_model_by_name('toolkit-io-rates');
+const i = rates ? rates.tags.indexOf(arguments[0]) : -1;  // the store asked for
+const series = (k) => i < 0 ? [] : col(rates, k + '-' + i);
 const table = doc.get_model_by_name('toolkit-io-table');
 return {
   store: col(totals, 'store'), requests: col(totals, 'requests'), sets: col(totals, 'sets'),
   throttled: col(totals, 'throttled'), retries: col(totals, 'retries'),
   backoff: col(totals, 'backoff_seconds'),
-  points: col(rates, 'time').length, rate: col(rates, 'requests'), limit: col(rates, 'limit'),
+  points: i < 0 ? 0 : col(rates, 'time').length, rate: series('requests'), limit: series('limit'),
   table: table ? table.text : '',
 };
 """
@@ -171,26 +212,33 @@ return n;
 """
 
 
-def _read(driver: Any, store: str) -> dict[str, Any] | str:
-    """The page's figures for ``store``, or why they could not be read."""
+def _run(driver: Any, script: str, *args: Any) -> Any:
+    """What ``script`` returns, or why it returned nothing."""
     from selenium.common.exceptions import TimeoutException
 
     try:
-        result: dict[str, Any] | None = driver.execute_script(_READ_PAGE, store)
+        result = driver.execute_script(script, *args)
     except TimeoutException as e:  # the renderer was busy (2 cores, a cluster and a write)
         return f"script timeout: {e.msg}"
     return result if result is not None else "no Bokeh document yet"
 
 
-def _until(driver: Any, store: str, ok: Any, timeout: float, what: str) -> dict[str, Any]:
+def _until(driver: Any, ok: Any, timeout: float, what: str, script: str, *args: Any) -> Any:
+    """Run ``script`` until ``ok`` holds of its result (a string says why there is none)."""
     deadline = time.monotonic() + timeout
-    last: dict[str, Any] | str = ""
+    last: Any = ""
     while time.monotonic() < deadline:
-        last = _read(driver, store)
-        if isinstance(last, dict) and ok(last):
+        last = _run(driver, script, *args)
+        if not isinstance(last, str) and ok(last):
             return last
         time.sleep(0.25)
     raise AssertionError(f"the page never showed {what}; last seen: {last}")
+
+
+def _until_page(driver: Any, store: str, ok: Any, timeout: float, what: str) -> dict[str, Any]:
+    """The page's figures for ``store``, once ``ok`` holds of them."""
+    result: dict[str, Any] = _until(driver, ok, timeout, what, _READ_PAGE, store)
+    return result
 
 
 @pytest.mark.slow
@@ -245,25 +293,26 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
             assert 'href="toolkit-io"' in status.read().decode()
         driver.get(page)
         assert "toolkit I/O" in driver.title or "Dask" in driver.title
-        first = _until(
+        first = _until_page(
             driver, url, lambda r: url in r["store"] and r["points"] > 0, 30, "the store"
         )
         i = first["store"].index(url)
-        later = _until(
+        later = _until_page(
             driver,
             url,
             lambda r: r["requests"][i] > first["requests"][i] and r["points"] > first["points"],
             30,
             "the figures moving",
         )
-        assert driver.execute_script(_COUNT_CANVASES) >= 4  # the four plots are drawn
-        assert max(later["rate"]) > 0
+        _until(driver, lambda n: n >= 4, 30, "the four plots drawn", _COUNT_CANVASES)
+        # NaN (no sample of the store at that time) arrives as null.
+        assert max(x for x in later["rate"] if x is not None) > 0
         writer.join(120)
         assert reports, "the write did not finish"
         report = reports[0]
         assert report.io.throttled > 0 and report.io.retries > 0
         # Once the last heartbeats arrived, the page's totals are the write's own.
-        final = _until(
+        final = _until_page(
             driver,
             url,
             lambda r: r["sets"][i] == report.io.sets and r["throttled"][i] == report.io.throttled,

@@ -5,9 +5,9 @@ request budget allows now, which adaptive budgets move); bytes/s; throttling ans
 retries and errors per second; and how many requests are backing off or
 waiting for the rate budget on average (seconds spent so, per second). Below
 them, a table of totals per store. Every model a test or a script may want to
-read has a ``name``: the rate sources are ``toolkit-io-rates-<i>`` (the store
-in their ``tags``), the totals as numbers are ``toolkit-io-totals``, the
-visible table is ``toolkit-io-table``.
+read has a ``name``: the rates are ``toolkit-io-rates`` (columns
+``<field>-<i>`` for the i-th store of its ``tags``, and ``time``), the totals as
+numbers are ``toolkit-io-totals``, the visible table is ``toolkit-io-table``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from toolkit.metrics import IOMetrics
 __all__ = ["IOPage", "io_doc"]
 
 _HISTORY = 1200  # points kept per store in the browser (10 min at 0.5 s)
+_MAX_PLOTTED = 8  # stores drawn; the table lists every one
 
 # name, title, y-axis format, [(field, label suffix, dash)]
 _PLOTS: list[tuple[str, str, str, list[tuple[str, str, str]]]] = [
@@ -64,6 +65,10 @@ _PLOTS: list[tuple[str, str, str, list[tuple[str, str, str]]]] = [
 ]
 
 
+def _or_nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
 def _ms(seconds: float) -> float:
     return seconds * 1e3 if math.isfinite(seconds) else 0.0
 
@@ -80,7 +85,11 @@ class IOPage:
     def __init__(self, feed: IOFeed) -> None:
         self.feed = feed
         self._seq = 0
-        self.series: dict[str, ColumnDataSource] = {}
+        # One source for every store (columns "<field>-<i>", the stores in ``tags``),
+        # streamed once per update: a message per store would make the browser
+        # redraw every plot once per store, and fall behind.
+        self.stores: list[str] = []
+        self.rates = ColumnDataSource({"time": []}, name="toolkit-io-rates", tags=[])
         self.figures = []
         for name, title, fmt, _ in _PLOTS:
             fig = figure(
@@ -123,60 +132,64 @@ class IOPage:
             sizing_mode="stretch_width",
         )
 
-    def _series_for(self, scope: str) -> ColumnDataSource:
-        source = self.series.get(scope)
-        if source is not None:
-            return source
-        i = len(self.series)
-        source = ColumnDataSource(
-            {"time": [], "limit": [], **{f: [] for f in RATE_FIELDS}},
-            name=f"toolkit-io-rates-{i}",
-            tags=[scope],
-        )
-        self.series[scope] = source
+    def _plot(self, scope: str) -> None:
+        """Give ``scope`` its columns (NaN before now) and its lines."""
+        i = len(self.stores)
+        self.stores.append(scope)
+        self.rates.tags = list(self.stores)
+        past = [math.nan] * len(self.rates.data["time"])
+        for field in (*RATE_FIELDS, "limit"):
+            self.rates.data[f"{field}-{i}"] = list(past)
         color = Category10_10[i % len(Category10_10)]
         for fig, (_, _, _, lines) in zip(self.figures, _PLOTS, strict=True):
             for field, suffix, dash in lines:
                 fig.line(
-                    "time", field, source=source, color=color, line_dash=dash, line_width=2,
-                    legend_label=scope + suffix,
+                    "time", f"{field}-{i}", source=self.rates, color=color, line_dash=dash,
+                    line_width=2, legend_label=scope + suffix,
                 )  # fmt: skip
             fig.legend.location = "top_left"
             fig.legend.click_policy = "hide"
             fig.legend.label_text_font_size = "8pt"
             fig.legend.background_fill_alpha = 0.6
-        return source
 
     def update(self) -> None:
         """Stream the new rate points and refresh the totals."""
         points = self.feed.since(self._seq)
         if points:
             self._seq = points[-1].seq
-            scopes = {s for p in points for s in p.rates}
-            for scope in sorted(scopes):
-                new: dict[str, Any] = {"time": [], "limit": [], **{f: [] for f in RATE_FIELDS}}
-                for p in points:
-                    if scope in p.rates:
-                        new["time"].append(p.time * 1e3)
-                        limit = p.limits.get(scope, {}).get("all")
-                        new["limit"].append(math.nan if limit is None else limit)
-                        for f in RATE_FIELDS:
-                            new[f].append(p.rates[scope].get(f, 0.0))
-                self._series_for(scope).stream(new, rollover=_HISTORY)
+            for scope in sorted({s for p in points for s in p.rates} - set(self.stores)):
+                # Plot a store once it moves (not one known from history alone),
+                # and at most _MAX_PLOTTED: each costs the browser ten lines.
+                moving = any(v > 0 for p in points for v in p.rates.get(scope, {}).values())
+                if moving and len(self.stores) < _MAX_PLOTTED:
+                    self._plot(scope)
+            new: dict[str, Any] = {"time": [p.time * 1e3 for p in points]}
+            for i, scope in enumerate(self.stores):
+                for field in RATE_FIELDS:
+                    new[f"{field}-{i}"] = [
+                        p.rates.get(scope, {}).get(field, math.nan) for p in points
+                    ]
+                new[f"limit-{i}"] = [_or_nan(p.limits.get(scope, {}).get("all")) for p in points]
+            self.rates.stream(new, rollover=_HISTORY)
         totals, latest = self.feed.snapshot()
         if totals:
             now = latest.rates if latest else {}
-            self.totals.data = _totals_columns(totals, now)
-            limits = latest.limits if latest else {}
-            self.table.text = html_table(
-                [_row(s, m, now.get(s, {}), limits.get(s)) for s, m in sorted(totals.items())]
-            )
-            m = IOMetrics.merged(totals.values())
-            self.status.text = (
-                f"{len(totals)} store(s): {m.total:,} requests, {m.throttled:,} throttled, "
-                f"{m.retries:,} retries, {m.backoff_seconds:,.1f} s backing off, "
-                f"{format_bytes(m.bytes_written)} written, {format_bytes(m.bytes_read)} read."
-            )
+            columns = _totals_columns(totals, now)
+            if columns != self.totals.data:  # an idle page sends nothing
+                self.totals.data = columns
+                limits = latest.limits if latest else {}
+                self.table.text = html_table(
+                    [_row(s, m, now.get(s, {}), limits.get(s)) for s, m in sorted(totals.items())]
+                )
+                m = IOMetrics.merged(totals.values())
+                hidden = len(totals) - len(self.stores)
+                self.status.text = (
+                    f"{len(totals)} store(s): {m.total:,} requests, {m.throttled:,} throttled, "
+                    f"{m.retries:,} retries, {m.backoff_seconds:,.1f} s backing off, "
+                    f"{format_bytes(m.bytes_written)} written, {format_bytes(m.bytes_read)} read."
+                    + (f" {hidden} store(s) idle here or past {_MAX_PLOTTED}: in the table only."
+                       if hidden else "")
+                )  # fmt: skip
 
 
 def _totals_columns(
