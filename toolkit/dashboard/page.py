@@ -88,7 +88,6 @@ class IOPage:
         # One source for every store (columns "<field>-<i>", the stores in ``tags``),
         # streamed once per update: a message per store would make the browser
         # redraw every plot once per store, and fall behind.
-        self.stores: list[str] = []
         self.rates = ColumnDataSource({"time": []}, name="toolkit-io-rates", tags=[])
         self.figures = []
         for name, title, fmt, _ in _PLOTS:
@@ -132,11 +131,16 @@ class IOPage:
             sizing_mode="stretch_width",
         )
 
+    @property
+    def stores(self) -> list[str]:
+        """The plotted stores; the i-th one's columns are ``<field>-<i>``."""
+        stores: list[str] = self.rates.tags
+        return stores
+
     def _plot(self, scope: str) -> None:
         """Give ``scope`` its columns (NaN before now) and its lines."""
         i = len(self.stores)
-        self.stores.append(scope)
-        self.rates.tags = list(self.stores)
+        self.rates.tags = [*self.stores, scope]  # assigned, so the browser hears of it
         past = [math.nan] * len(self.rates.data["time"])
         for field in (*RATE_FIELDS, "limit"):
             self.rates.data[f"{field}-{i}"] = list(past)
