@@ -87,7 +87,7 @@ def test_520_step_files_into_sharded_48_step_chunks_equal_open_mfdataset(many, w
     # Every task owns whole shards: 520 steps are 6 shards, and no unit was written twice.
     assert report.plan["t2m"].nunits == 6 and report.units == report.plan.nunits
     assert not (out / ".toolkit" / "resume").exists()  # the resume log is gone at the end
-    assert sorted(p.name for p in (out / ".toolkit").iterdir()) == ["manifest.json"]
+    assert sorted(p.name for p in (out / ".toolkit").iterdir()) == ["coord", "manifest.json"]
     assert toolkit.verify(out).ok  # every object against its checksum
 
 

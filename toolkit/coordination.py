@@ -295,6 +295,35 @@ def _now() -> float:
     return time.time()
 
 
+def _holder_dead(doc: dict[str, Any]) -> bool:
+    """Whether a lease's holder was a process on this host that no longer runs.
+
+    Such a lease need not wait out its time to live (a killed job's rerun on
+    the same machine goes on at once). A holder elsewhere is judged by expiry alone.
+    """
+    pid = doc.get("pid")
+    if doc.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child not yet reaped by its parent still has a pid: it runs no code."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @dataclass
 class Lease:
     """A named lease in the store: at most one live holder, expiring if it dies.
@@ -351,6 +380,7 @@ class Lease:
             and doc.get("state") == "held"
             and doc.get("owner") != self.owner
             and doc.get("expires_unix", 0) > _now()
+            and not _holder_dead(doc)
         ):
             return False
         mine = self._doc("held")

@@ -13,6 +13,7 @@ from typing import Any
 
 __all__ = [
     "AppendError",
+    "CleanupWarning",
     "CommitConflictError",
     "CoordinationError",
     "EncodingError",
@@ -149,6 +150,14 @@ class IncompleteStoreError(ToolkitError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.records))
+
+
+class CleanupWarning(UserWarning):
+    """A write landed whole, but removing its bookkeeping (record, resume log) failed.
+
+    Readers refuse the store until the record is gone: rerun the write, or
+    remove it with :func:`toolkit.journal.clear_records`.
+    """
 
 
 class CoordinationError(ToolkitError, RuntimeError):

@@ -1,22 +1,29 @@
 """Records of writes kept in the store itself, under the reserved ``.toolkit/`` prefix.
 
-A write puts ``.toolkit/writes/<id>.json`` in its group after the metadata is
-written and before any data. It deletes the record when every write unit has
-landed, and rewrites it with the units written and missing when the write
-fails. A record left behind therefore means the store is incomplete, whether
-the write failed or its process was killed. :func:`toolkit.open_zarr` checks
-for records and refuses such a store rather than hand back fill values as
-data.
+A write puts ``.toolkit/writes/<id>.json`` in its group, and waits for it to
+land, *before* any array metadata is sent. It deletes the record last, when
+every write unit and every other object of the write has landed, and rewrites
+it with the units written and missing when the write fails. A store holding
+arrays but no record is therefore complete, and a record left behind means the
+store is incomplete, whether the write failed or its process was killed.
+:func:`toolkit.open_zarr` checks for records and refuses such a store rather
+than hand back fill values as data.
 
 The records are small, human-readable JSON documents, one per write, so that
 concurrent writers never contend for one object.
 
 A resumable write (:func:`toolkit.ingest`, :func:`toolkit.jobs.copy`) also
-keeps ``.toolkit/resume/<id>/``: ``begin.json``, put in the metadata round, and
-one marker per write task whose units have all landed, named after the units
-it owns and holding their checksums. Started again with the same arguments
-(the same id), the write skips the marked tasks; at the end the checksums are
-merged into ``.toolkit/manifest.json`` and the prefix is deleted.
+keeps ``.toolkit/resume/<id>/``: ``begin.json``, put before anything else of
+the write (on an empty group, so a store holding it holds only this write);
+``metadata.json``, put once the whole metadata round has landed; and one
+marker per write task whose units have all landed, named after the units it
+owns and holding their checksums. Started again with the same arguments (the
+same id), the write resumes only past ``metadata.json`` (skipping the marked
+tasks) and starts over otherwise; at the end the checksums are merged into
+``.toolkit/manifest.json`` and the prefix is deleted.
+
+Readers of ``.toolkit/`` ignore ``*.partial`` keys: the temporary files zarr's
+``LocalStore`` leaves when a process is killed in the middle of a write.
 """
 
 from __future__ import annotations
@@ -109,10 +116,11 @@ class WriteJournal:
         sync(wrap_store(self.store, self.throttle, io).set(self.key, _encode(doc)))
 
     def begin(self, plan: WritePlan, via: Store, resume: str | None = None) -> None:
-        """Say in the store that this write has started (before any data).
+        """Say in the store that this write has started; returns once the record landed.
 
-        ``via`` is the store to write the record through (the metadata phase's
-        buffer, so that it lands in the same round as the metadata).
+        ``via`` is the store stack to write it through. It is called before
+        any array metadata is sent, so that no reader can find arrays of this
+        write without its record.
         """
         self._doc = {
             "state": "writing",
@@ -125,6 +133,16 @@ class WriteJournal:
             **({"resume": resume} if resume else {}),
         }
         sync(via.set(self.key, _encode(self._doc)))
+
+    def state(self) -> str | None:
+        """The record's state in the store (``"writing"``, ``"failed"``), None once removed."""
+        buf = sync(wrap_store(self.store, self.throttle).get(self.key, default_buffer_prototype()))
+        if buf is None:
+            return None
+        try:
+            return str(json.loads(buf.to_bytes()).get("state"))
+        except ValueError:
+            return "unreadable"
 
     def fail(self, record: Mapping[str, Any], io: IOMetrics) -> None:
         """Replace the record with what was written and what is missing."""
@@ -139,16 +157,20 @@ class WriteJournal:
         since they may be live.
         """
         store = wrap_store(self.store, self.throttle, io)
-        sync(store.delete(self.key))
-        if plan is not None:
-            for old in read_records(store, self.group):
-                if old.get("state") == "failed" and _covers(plan, old.get("units") or {}):
-                    sync(store.delete(old["key"]))
-        if self._doc.get("resume"):
+        for old in read_records(store, self.group):
+            if old["key"] == self.key:
+                continue
+            repaired = (
+                plan is not None
+                and old.get("state") == "failed"
+                and _covers(plan, old.get("units") or {})
+            )
             # The interrupted runs of the same resumable write are complete now.
-            for old in read_records(store, self.group):
-                if old.get("resume") == self._doc["resume"]:
-                    sync(store.delete(old["key"]))
+            resumed = bool(self._doc.get("resume")) and old.get("resume") == self._doc["resume"]
+            if repaired or resumed:
+                sync(store.delete(old["key"]))
+        # Last: until this delete lands, readers take the store for incomplete.
+        sync(store.delete(self.key))
         # Other writers' records keep their directory: rmdir fails on one not empty.
         writes = _prefix(self.group)
         _rmdirs(self.store, writes, writes.rsplit("/", 2)[0])
@@ -176,11 +198,21 @@ def read_records(store: Store, group: str | None = None) -> list[dict[str, Any]]
         keys = [k async for k in store.list_prefix(prefix)]
         out = []
         for k in sorted(keys):
+            if not k.endswith(".json"):
+                continue  # a killed write's temporary file ("<key>.<id>.partial")
             buf = await store.get(k, default_buffer_prototype())
-            if buf is not None:
+            if buf is None:
+                continue
+            try:
                 doc = json.loads(buf.to_bytes())
-                doc["key"] = k
-                out.append(doc)
+            except ValueError:
+                # Stores write whole objects, so this is damage: the write's state
+                # is unknown, and a reader must not take the store for complete.
+                doc = {"state": "unreadable"}
+            if not isinstance(doc, dict):
+                doc = {"state": "unreadable"}
+            doc["key"] = k
+            out.append(doc)
         return out
 
     if not store.supports_listing:
@@ -234,10 +266,20 @@ class ResumeLog:
         """Whether a run of this write got past its metadata (``begin.json`` exists)."""
         return bool(sync(wrap_store(self.store, self.throttle).exists(f"{self.prefix}begin.json")))
 
+    def metadata_landed(self) -> bool:
+        """Whether a run of this write got through its whole metadata round."""
+        key = f"{self.prefix}metadata.json"
+        return bool(sync(wrap_store(self.store, self.throttle).exists(key)))
+
     def begin(self, via: Store, about: Mapping[str, Any]) -> None:
-        """Put ``begin.json`` through ``via`` (the metadata round's buffer)."""
+        """Put ``begin.json`` through ``via``, before anything else of the write."""
         doc = {"id": self.id, "started": _now(), **about}
         sync(via.set(f"{self.prefix}begin.json", _encode(doc)))
+
+    def metadata_done(self, via: Store) -> None:
+        """Put ``metadata.json`` through ``via``: every array of the write exists now."""
+        doc = {"id": self.id, "metadata": _now()}
+        sync(via.set(f"{self.prefix}metadata.json", _encode(doc)))
 
     def done_tasks(self) -> dict[str, set[str]]:
         """Per variable, the markers of the tasks whose units all landed (one listing)."""
@@ -256,12 +298,14 @@ class ResumeLog:
 
         return sync(go()) if self.store.supports_listing else {}
 
-    def clear(self, io: IOMetrics | None = None) -> None:
-        """The write is complete: keep its checksums in the manifest, delete the log.
+    def seal(self, io: IOMetrics | None = None) -> None:
+        """The write is complete: keep its checksums in ``.toolkit/manifest.json``.
 
         Each marker holds the checksums of its task's objects (of whichever run
-        wrote them); they are merged into ``.toolkit/manifest.json``, over the
-        entries of earlier writes.
+        wrote them); they are merged into the manifest, over the entries of
+        earlier writes. The log stays until :meth:`clear`, after the write's
+        record is gone, so that a run killed in between is finished by a rerun
+        that finds every task marked.
         """
         store = wrap_store(self.store, self.throttle, io)
 
@@ -283,6 +327,10 @@ class ResumeLog:
             manifest.update(objects)
             doc = {"written": _now(), "algorithm": "blake2b-128", "objects": manifest}
             sync(store.set(manifest_key(self.group), _encode(doc)))
+
+    def clear(self, io: IOMetrics | None = None) -> None:
+        """Delete the log (after :meth:`seal` and the record's removal)."""
+        store = wrap_store(self.store, self.throttle, io)
         sync(store.delete_dir(self.prefix.rstrip("/")))
         resume = _prefix(self.group, "resume")
         _rmdirs(self.store, resume, resume.rsplit("/", 2)[0])

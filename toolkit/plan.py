@@ -27,6 +27,7 @@ from zarr.abc.store import Store
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
+from toolkit.claim import group_contents
 from toolkit.coordination import backoff
 from toolkit.errors import (
     AppendError,
@@ -546,10 +547,8 @@ def _open_existing(store: Store, group: str | None) -> _Existing | None:
 
 
 def _store_is_empty(store: Store, group: str | None) -> bool:
-    from zarr.core.sync import sync
-
-    prefix = (group or "").strip("/")
-    return bool(sync(store.is_empty(prefix + "/" if prefix else "")))
+    # Killed writes' temporary files and coordination state are no data.
+    return not group_contents(store, group)
 
 
 def _resolve_mode(mode: str | None, append_dim: Hashable | None, region: object) -> WriteMode:
@@ -902,6 +901,12 @@ def plan_write(
             if mode == "a-" and appending and append_dim not in var.dims:
                 continue  # 'a-' leaves variables without the append dim alone
             assert decoded_existing is not None
+            if sname not in decoded_existing.variables:
+                raise PlanError(
+                    f"{sname!r} is stored as a Zarr array but xarray does not read it as a "
+                    "variable of the group (its metadata is incomplete: a write was "
+                    "stopped in its metadata round?); rewrite the dataset with mode='w'"
+                )
             old = decoded_existing.variables[sname]
             _check_dtype(sname, old.dtype, var.dtype, appending)
             offset = [0] * var.ndim

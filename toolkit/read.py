@@ -204,6 +204,8 @@ def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None
                 + ", ".join(f"{n} units of {k!r}" for k, n in missing.items())
                 + " missing"
             )
+        elif r.get("state") == "unreadable":
+            parts.append(f"the write record {r.get('key')} is unreadable (damaged)")
         else:
             parts.append(f"a write started {r.get('started')} has not finished (or was killed)")
     msg = (

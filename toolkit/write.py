@@ -33,8 +33,16 @@ from zarr.core.sync import sync
 from toolkit import multiwrite
 from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
+from toolkit.claim import CreationClaim, clear_group, group_contents, remove_strays
 from toolkit.coordination import Coordinator, LockSet, job_id, supports_atomic_create
-from toolkit.errors import PlanError, UnknownOptionError, WriteError
+from toolkit.errors import (
+    CleanupWarning,
+    ExistingStoreError,
+    PlanError,
+    StoreError,
+    UnknownOptionError,
+    WriteError,
+)
 from toolkit.graph import (
     WriteIO,
     WriteSource,
@@ -157,8 +165,11 @@ class _CapturingWriter(ArrayWriter):
             super().add(source, target, region)  # type: ignore[no-untyped-call]
 
 
-def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
-    """Create or resize arrays and write small variables, through xarray, into ``store``."""
+def _write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSource]:
+    """Create or resize arrays and write small variables, through xarray, into ``store``.
+
+    ``mode`` is xarray's: ``"w-"`` for a group :func:`execute` has just cleared.
+    """
     ds = plan.dataset
     # In-memory data variables become dask arrays chunked as their tasks, so that
     # they are written in parallel like the rest.
@@ -169,7 +180,7 @@ def _write_metadata(plan: WritePlan, store: Store) -> list[WriteSource]:
         ds = ds.assign_coords({vp.name: var}) if vp.name in ds.coords else ds.assign({vp.name: var})
     zstore = get_writable_zarr_store(
         store,
-        mode=plan.mode,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
         group=plan.group,
         consolidated=plan.consolidated,
         append_dim=plan.append_dim,
@@ -216,11 +227,13 @@ def plan_resumable(
 ) -> tuple[WritePlan, ResumeLog | None]:
     """Plan a write that resumes where an earlier run with the same ``write_id`` stopped.
 
-    When the target holds that run's log, the plan rewrites into the arrays it
-    created (mode ``"r+"``), and :func:`execute` with the log skips its landed
-    tasks. When the run was stopped before its arrays were all created, the
-    target holds nothing but that run's (the log is its first object), so the
-    write starts again (mode ``"w"``). Without ``write_id``, a plain plan.
+    The decision is made from what the target holds. When it holds that run's
+    log and the log says its metadata round landed, the plan rewrites into the
+    arrays it created (mode ``"r+"``), and :func:`execute` with the log skips
+    its landed tasks. When the run was stopped earlier, the target holds
+    nothing but that run's (the log is its first object), so the write starts
+    again (mode ``"w"``). In mode ``"w"`` the write always starts over, and
+    the old log goes with the old group. Without ``write_id``, a plain plan.
     """
     policy = resolve_throttle(
         throttle, describe_store(target) if isinstance(target, Store) else str(target)
@@ -235,6 +248,10 @@ def plan_resumable(
     log = ResumeLog(store, None, write_id, policy)
     if mode == "w" or not log.started():
         return planned(mode=mode, encoding=encoding), log
+    if not log.metadata_landed():
+        # Killed in its metadata round: begin.json landed first, on an empty group,
+        # so everything here is that run's, and some arrays may be missing.
+        return planned(mode="w", encoding=encoding), log
     try:
         return planned(mode="r+", encoding=None), log
     except PlanError:
@@ -280,30 +297,51 @@ def execute(
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
-    # A new group holds nothing yet: the buffer answers its probes without requests.
-    fresh = (plan.group or "") if plan.mode == "w-" else None
-    buffer = MetadataBuffer(wrap_store(plan.store, plan.throttle, meta_io), empty_prefix=fresh)
-    done = resume.done_tasks() if resume is not None else {}
-    if resume is not None and plan.mode == "w-":
-        # Before anything else lands: a store holding begin.json holds only this write.
-        resume.begin(wrap_store(plan.store, plan.throttle, meta_io), {"target": plan.target})
+    direct = wrap_store(plan.store, plan.throttle, meta_io)
+    transactional = is_transactional(plan.store)
     owner = job_id()
-    coord = _unit_coordinator(plan)
-    eager_locks = (
-        LockSet(coord, _eager_unit_locks(plan), owner) if coord is not None and plan.eager else None
-    )
-    with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
-        sources = _write_metadata(plan, buffer)
-        token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
-        journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
-        # A transactional store (Icechunk) shows readers nothing before the commit:
-        # it needs no record of the write, and accepts only Zarr keys.
-        journaled = bool(sources) and not is_transactional(plan.store)
-        if journaled:
-            journal.begin(plan, buffer, resume=resume.id if resume is not None else None)
-        if resume is not None and plan.mode == "w":
-            resume.begin(buffer, {"target": plan.target})  # after the group is replaced
-        sync(buffer.flush())  # metadata, small variables and the journal, in one round
+    # A creation (and the resumption of one) holds the group's creation lease
+    # until its last object landed: two creators never mix (toolkit.claim).
+    creating = plan.mode in ("w", "w-") and not transactional
+    claim: CreationClaim | None = None
+    if creating or (resume is not None and plan.mode == "r+" and not transactional):
+        claim = CreationClaim(plan.store, plan.group, owner)
+        claim.acquire(wait=plan.mode != "w-")
+    try:
+        if creating:
+            _prepare_group(plan, direct)
+        # Read after the clear: a replacing run starts over, whatever an old log says.
+        done = resume.done_tasks() if resume is not None else {}
+        if resume is not None and creating:
+            # First object of the write: a store holding begin.json holds only this write.
+            resume.begin(direct, {"target": plan.target})
+        coord = _unit_coordinator(plan)
+        eager_locks = (
+            LockSet(coord, _eager_unit_locks(plan), owner)
+            if coord is not None and plan.eager
+            else None
+        )
+        # The group is known to be empty now: the buffer answers its probes itself.
+        fresh = (plan.group or "") if creating or plan.mode == "w-" else None
+        buffer = MetadataBuffer(direct, empty_prefix=fresh)
+        with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
+            sources = _write_metadata(plan, buffer, mode="w-" if creating else plan.mode)
+            token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+            journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
+            # A transactional store (Icechunk) shows readers nothing before the commit:
+            # it needs no record of the write, and accepts only Zarr keys.
+            journaled = not transactional
+            if journaled:
+                # Landed before any array metadata is sent: no reader can find this
+                # write's arrays without its record.
+                journal.begin(plan, direct, resume=resume.id if resume is not None else None)
+            sync(buffer.flush())  # metadata and small variables, in one concurrent round
+            if resume is not None and creating:
+                resume.metadata_done(direct)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
     client = active_client()
     share = cluster_share(plan.throttle)
     io = WriteIO(
@@ -332,6 +370,7 @@ def execute(
             meta_io=meta_io.as_dict(),
             journal=journal if journaled else None,
             resume=resume,
+            strays_before=t0 if claim is not None else None,
         ),
         graph.key,
     )
@@ -340,15 +379,35 @@ def execute(
     hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})
     report = Delayed(key, hlg, layer=key)
     if not compute:
+        if claim is not None:
+            claim.release_when_done(journal if journaled else None)
         return report
-    result: WriteReport = compute_with_progress(
-        report,
-        total=remaining,
-        desc="toolkit write",
-        prefix="toolkit-write-",
-        enabled=progress,
-    )
+    try:
+        result: WriteReport = compute_with_progress(
+            report,
+            total=remaining,
+            desc="toolkit write",
+            prefix="toolkit-write-",
+            enabled=progress,
+        )
+    finally:
+        if claim is not None:
+            claim.release()
     return result
+
+
+def _prepare_group(plan: WritePlan, store: Store) -> None:
+    """Under the creation lease: replace the group (``"w"``) or prove it empty (``"w-"``)."""
+    if plan.mode == "w":
+        clear_group(store, plan.group)
+        return
+    found = group_contents(store, plan.group)
+    if found:
+        raise ExistingStoreError(
+            f"{plan.target} holds data since this write was planned ({found[0]!r}; another "
+            "job created it) and mode='w-' never overwrites; use mode='w' to replace it"
+        )
+    remove_strays(store, plan.group)
 
 
 def _eager_unit_locks(plan: WritePlan) -> list[str]:
@@ -410,6 +469,7 @@ def _report(
     meta_io: Mapping[str, Any],
     journal: WriteJournal | None,
     resume: ResumeLog | None = None,
+    strays_before: float | None = None,
 ) -> WriteReport:
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
@@ -418,10 +478,28 @@ def _report(
             with contextlib.suppress(Exception):  # the error below matters more
                 journal.fail(record, io)
         raise WriteError(_failure_message(plan, record, io), record)
-    if journal is not None:
-        journal.done(io, plan)
-    if resume is not None:
-        resume.clear(io)
+    try:
+        # The manifest before the record: a kill in between leaves a store that
+        # readers still refuse and a rerun finishes (every task is marked).
+        if resume is not None:
+            resume.seal(io)
+        if strays_before is not None:
+            # Under the creation lease: temporary files of killed runs are nobody's.
+            remove_strays(plan.store, plan.group, older_than=strays_before)
+        if journal is not None:
+            journal.done(io, plan)
+        if resume is not None:
+            resume.clear(io)
+    except StoreError as e:
+        # Every unit landed; only the bookkeeping failed. The record stays, so
+        # readers refuse the store until it is removed: say so, do not fail.
+        warnings.warn(
+            f"every write unit of {plan.target} landed, but removing the write's record "
+            f"failed ({e}); readers refuse the store until it is gone. Rerun the write, "
+            "or remove it with toolkit.journal.clear_records(store)",
+            CleanupWarning,
+            stacklevel=2,
+        )
     return WriteReport(
         target=plan.target,
         variables=tuple(v.name for v in plan.variables),

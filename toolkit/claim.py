@@ -1,0 +1,247 @@
+"""Exclusive creation of a dataset: the creation lease, the emptiness check, clearing a group.
+
+Creating a dataset (mode ``"w-"``, or ``"w"``, which replaces one) is a job of
+its own: of two jobs creating one store at once, exactly one may write it, or
+the store holds a mix of both. A creating write therefore takes the group's
+*creation lease* (``.toolkit/coord/leases/create/``, an atomic create like
+every lease) before anything else and holds it until its last object landed:
+
+- ``"w-"`` asks once; a live holder means another job is creating the store, and
+  the write raises :class:`~toolkit.errors.ExistingStoreError`. Under the lease
+  it checks again that the group is empty, since a creator may have finished
+  between planning and now.
+- ``"w"`` waits for the lease, then clears the group (all but the lease), so it
+  replaces whatever it finds whole.
+- A resumed creation (:func:`toolkit.ingest` and :func:`toolkit.jobs.copy` after a
+  kill) waits for it too, so that two reruns never resume one store at once.
+
+A dead holder's lease expires after its time to live, at once when the holder
+was a process on this host that no longer runs. On a store without atomic
+creates (Icechunk, which is transactional itself; fsspec stores other than
+S3) there is no lease, only the ordering below.
+
+The clearing keeps the lease, so that it can run under it, and removes
+everything else: arrays, records, resume logs, the manifest, stray temporary
+files. ``*.partial`` keys (zarr's ``LocalStore`` leaves ``<key>.<id>.partial``
+when a process dies in a write) never count as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from toolkit.coordination import Coordinator, LockSet, default_ttl, supports_atomic_create
+from toolkit.errors import ExistingStoreError, LeaseTimeoutError
+from toolkit.journal import RESERVED_PREFIX, WriteJournal
+from toolkit.storage import describe_store, unwrap
+
+__all__ = [
+    "CREATE_LEASE",
+    "CreationClaim",
+    "clear_group",
+    "group_contents",
+    "is_stray",
+    "remove_strays",
+]
+
+CREATE_LEASE = "create"
+"""Name of the creation lease, under ``.toolkit/coord/leases/``."""
+
+_LEASE_PATH = f"{RESERVED_PREFIX}/coord/leases/{CREATE_LEASE}"
+
+
+def _root(group: str | None) -> str:
+    g = (group or "").strip("/")
+    return f"{g}/" if g else ""
+
+
+def is_stray(key: str) -> bool:
+    """Whether ``key`` is a killed write's temporary file (``<key>.<id>.partial``)."""
+    return key.endswith(".partial")
+
+
+_COORD_PATH = f"{RESERVED_PREFIX}/coord/"
+
+
+def _ignored(key: str, root: str) -> bool:
+    # Coordination state (leases, a log of requests) is no dataset.
+    return is_stray(key) or key[len(root) :].startswith(_COORD_PATH)
+
+
+def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]:
+    """Up to ``limit`` keys of the group that count as data (strays and ``.toolkit/coord/`` do not).
+
+    An empty list means the group is empty. A local path that does not exist
+    is empty without being created.
+    """
+    base = unwrap(store)
+    if isinstance(base, LocalStore) and not Path(base.root).exists():
+        return []
+    root = _root(group)
+
+    async def go() -> list[str]:
+        found: list[str] = []
+        async for key in store.list_prefix(root):
+            if not _ignored(key, root):
+                found.append(key)
+                if len(found) >= limit:
+                    break
+        return found
+
+    return sync(go()) if store.supports_listing else []
+
+
+def clear_group(store: Store, group: str | None) -> None:
+    """Delete everything in the group but its creation lease (mode ``"w"``'s replace)."""
+    root = _root(group)
+    keep = _LEASE_PATH.split("/")
+
+    async def drop(key: str) -> None:
+        # A child is a key or a prefix: delete it as a key, then as a prefix (a
+        # no-op once the key is gone).
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            await store.delete(key)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            await store.delete_dir(key)
+
+    async def go() -> None:
+        level = root
+        for part in keep:
+            children = [c async for c in store.list_dir(level)]
+            for child in children:
+                if child.rstrip("/") != part:
+                    await drop(f"{level}{child.rstrip('/')}")
+            level = f"{level}{part}/"
+
+    sync(go())
+
+
+def remove_strays(store: Store, group: str | None, older_than: float | None = None) -> int:
+    """Delete the group's ``*.partial`` keys; how many.
+
+    On a local store, ``older_than`` (a Unix time) keeps files modified since
+    then: they may be a live write's.
+    """
+    base = unwrap(store)
+    root = _root(group)
+    if isinstance(base, LocalStore):
+        top = Path(base.root) / root
+        n = 0
+        for dirpath, _, files in os.walk(top):
+            for name in files:
+                path = Path(dirpath) / name
+                if not is_stray(name):
+                    continue
+                with contextlib.suppress(OSError):
+                    if older_than is None or path.stat().st_mtime < older_than:
+                        path.unlink()
+                        n += 1
+        return n
+
+    async def go() -> int:
+        keys = [k async for k in store.list_prefix(root) if is_stray(k)]
+        for k in keys:
+            with contextlib.suppress(FileNotFoundError):
+                await store.delete(k)
+        return len(keys)
+
+    return sync(go()) if store.supports_listing else 0
+
+
+def _create_timeout() -> float:
+    """Seconds a replacing write waits for another creator: ``TOOLKIT_CREATE_TIMEOUT``, or 600."""
+    return float(os.environ.get("TOOLKIT_CREATE_TIMEOUT", "600"))
+
+
+_HELD: dict[tuple[str, str], int] = {}  # (store, group) -> the thread holding its claim
+_HELD_LOCK = threading.Lock()
+
+
+class CreationClaim:
+    """A creating write's hold on its group (see the module docstring).
+
+    Claims nest: a write started by a thread that already holds the group's
+    claim (an append creating the dataset it appends to) holds it already.
+
+    Parameters
+    ----------
+    store : Store
+        The dataset's store.
+    group : str, optional
+        The group created.
+    owner : str
+        The write's job id.
+    """
+
+    def __init__(self, store: Store, group: str | None, owner: str) -> None:
+        self.store, self.group, self.owner = store, group, owner
+        self.locks: LockSet | None = None
+        self._stack = contextlib.ExitStack()
+        self._key = (describe_store(store), (group or "").strip("/"))
+        if supports_atomic_create(store):
+            self.locks = LockSet(Coordinator(store, group), [CREATE_LEASE], owner)
+
+    def acquire(self, *, wait: bool) -> None:
+        """Take the lease: ask once (``wait=False``) or wait for a live holder to finish."""
+        if self.locks is None:
+            return
+        with _HELD_LOCK:
+            if _HELD.get(self._key) == threading.get_ident():
+                self.locks = None  # nested in this thread's own claim
+                return
+        try:
+            self._stack.enter_context(self.locks.hold(_create_timeout() if wait else 2.0))
+            with _HELD_LOCK:
+                _HELD[self._key] = threading.get_ident()
+            self._stack.callback(self._forget)
+        except LeaseTimeoutError as e:
+            if wait:
+                raise
+            raise ExistingStoreError(
+                f"another job is creating {describe_store(self.store)} right now and "
+                f"mode='w-' never overwrites ({e}); wait for it and read its dataset, "
+                "or use mode='w' to replace it once it is done"
+            ) from e
+
+    def _forget(self) -> None:
+        with _HELD_LOCK:
+            _HELD.pop(self._key, None)
+
+    def release(self) -> None:
+        """Give the lease up (a no-op without one)."""
+        self._stack.close()
+
+    def __enter__(self) -> CreationClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release_when_done(self, journal: WriteJournal | None) -> None:
+        """For a write computed later: hold the lease while its record says "writing".
+
+        A daemon thread looks at the record every third of the lease's time to
+        live and releases the lease once the record is gone or says the write
+        failed. If this process ends first, the lease expires on its own.
+        """
+        if self.locks is None or journal is None:
+            self.release()
+            return
+
+        def watch() -> None:
+            period = default_ttl() / 3
+            try:
+                while journal.state() == "writing":
+                    time.sleep(period)
+            finally:
+                self.release()
+
+        threading.Thread(target=watch, name="toolkit-create-claim", daemon=True).start()
