@@ -170,9 +170,7 @@ def test_overwrite_rerun_after_kill_starts_over_and_the_manifest_covers_every_ob
     assert int(back.t2m.isnull().sum()) == 0
     xr.testing.assert_identical(back, sources["ingest"])
     manifest = toolkit.journal.read_manifest(LocalStore(dst))
-    stored = {
-        str(p.relative_to(dst)) for p in (dst / "t2m" / "c").rglob("*") if p.is_file()
-    }
+    stored = {str(p.relative_to(dst)) for p in (dst / "t2m" / "c").rglob("*") if p.is_file()}
     assert stored and stored <= set(manifest)
     assert all((dst / k).exists() for k in manifest)  # only objects that exist
 
@@ -294,3 +292,53 @@ def test_concurrent_creators_make_exactly_one_whole_dataset_s3(s3, n, mode):
         outcomes, n, mode, trials,
         lambda t: toolkit.open_zarr(f"s3://{bucket}/t{t}.zarr", storage_options=options),
     )  # fmt: skip
+
+
+# -- bad inputs: a toolkit error at plan time, the store untouched -----------------
+
+
+def _bad_inputs() -> dict[str, Any]:
+    import dask.array as da
+
+    base = xr.Dataset({"v": (("t", "x"), np.zeros((4, 3)))}, coords={"t": np.arange(4)})
+    return {
+        "string region slice": (
+            base.isel(t=slice(0, 2)), {"mode": "r+", "region": {"t": "0:2"}}, IndexError),
+        "unknown codec": (base, {"mode": "w", "encoding": {"v": {"compressors": ["nope"]}}},
+                          TypeError),
+        "invalid _FillValue": (base, {"mode": "w", "encoding": {"v": {"_FillValue": "abc"}}},
+                               ValueError),
+        "name with a slash": (base.rename(v="a/b"), {"mode": "w"}, ValueError),
+        "name that is a number": (base.rename(v=5), {"mode": "w"}, TypeError),
+        "zero-length dask dim, wrong chunks": (
+            xr.Dataset({"e": (("t", "x"), da.zeros((0, 3), chunks=(1, 3)))}),
+            {"mode": "w", "encoding": {"e": {"chunks": (0, 3)}}}, ValueError),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+def test_bad_input_is_refused_at_plan_time_and_the_store_is_byte_identical(tmp_path, case):
+    from conftest import snapshot
+
+    ds, kwargs, builtin = _bad_inputs()[case]
+    dst = tmp_path / "s.zarr"
+    toolkit.to_zarr(_bad_inputs()["unknown codec"][0], str(dst), progress=False)
+    before = snapshot(dst)
+    with pytest.raises(toolkit.errors.PlanError) as err:
+        toolkit.to_zarr(ds, str(dst), progress=False, **kwargs)
+    assert isinstance(err.value, builtin)
+    assert snapshot(dst) == before
+    fresh = tmp_path / "new.zarr"
+    if kwargs["mode"] == "w":
+        with pytest.raises(toolkit.errors.PlanError):
+            toolkit.to_zarr(ds, str(fresh), progress=False, **kwargs)
+        assert not fresh.exists()  # not even an empty directory
+
+
+def test_an_empty_dask_dimension_is_written_as_xarray_writes_it(tmp_path):
+    import dask.array as da
+
+    ds = xr.Dataset({"e": (("t", "x"), da.zeros((0, 3), chunks=(1, 3)))})
+    toolkit.to_zarr(ds, str(tmp_path / "e.zarr"), progress=False)
+    back = toolkit.open_zarr(tmp_path / "e.zarr").load()
+    assert back.e.shape == (0, 3)

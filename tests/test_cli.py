@@ -145,3 +145,23 @@ def test_stats_prints_a_table_and_refuses_bad_names(tmp_path):
     assert kept.returncode == 0 and "b_std" in kept.stdout and "(y: 12)" in kept.stdout
     bad = run("stats", store, "--stats", "mean,stdev", "--no-progress")
     assert bad.returncode == 2 and "did you mean 'std'" in bad.stderr
+
+
+def test_bad_arguments_and_unreadable_sources_exit_2_with_nothing_written(tmp_path, netcdf):
+    src, _ = netcdf
+    dst = tmp_path / "dst.zarr"
+    truncated = tmp_path / "cut.nc"
+    truncated.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    cases = [
+        ("copy", str(src), str(dst), "--chunks", "time=x"),
+        ("copy", str(src), str(dst), "--chunks", "time=0"),
+        ("copy", str(truncated), str(dst)),
+        ("stats", str(src), "--range", "1"),
+        ("stats", str(src), "--range", "a,b"),
+        ("stats", str(src), "--quantiles", "0.5,x"),
+    ]
+    for args in cases:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and "error:" in r.stderr, (args, r.stderr[-2000:])
+        assert not dst.exists(), args

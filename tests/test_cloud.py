@@ -160,7 +160,8 @@ def test_secrets_stay_secret(s3, tmp_path):
     key, secret = "AKIA-TOOLKIT-KEY-7q1", "SECRET-TOOLKIT-VALUE-9x2"
     ds = _rows(20).chunk({"t": 5})
     texts: list[str] = []
-    with FaultProxy(s3.endpoint_url, rate=1, burst=12) as proxy:
+    # The burst covers planning, the creation lease and the metadata round, not the data.
+    with FaultProxy(s3.endpoint_url, rate=1, burst=24) as proxy:
         opts = {**s3.storage_options(proxy.url), "key": key, "secret": secret}
         tight = toolkit.Throttle(max_retries=1, max_retry_seconds=0.5, adaptive=False)
         plan = toolkit.plan_write(ds, "s3://data/secret.zarr", storage_options=opts,

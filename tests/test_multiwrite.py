@@ -177,6 +177,7 @@ def test_partition_errors_name_the_fix(tmp_path):
                         progress=False)  # fmt: skip
     with pytest.raises(toolkit.errors.PlanError, match="partition="):
         toolkit.to_zarr(short, target, mode="overwrite-partitions", progress=False)
+
     # only the log's entry (a decision, no data) may be new
     def data(snap: dict[str, str]) -> dict[str, str]:
         return {k: v for k, v in snap.items() if not k.startswith(".toolkit/coord")}

@@ -125,35 +125,31 @@ def clear_group(store: Store, group: str | None) -> None:
 
 
 def remove_strays(store: Store, group: str | None, older_than: float | None = None) -> int:
-    """Delete the group's ``*.partial`` keys; how many.
+    """Delete the group's ``*.partial`` files (but coordination's); how many.
 
-    On a local store, ``older_than`` (a Unix time) keeps files modified since
-    then: they may be a live write's.
+    Only zarr's ``LocalStore`` leaves them (an object store's PUT lands whole
+    or not at all), so other stores cost nothing here. ``older_than`` (a Unix
+    time) keeps files modified since then: they may be a live write's.
     """
     base = unwrap(store)
-    root = _root(group)
-    if isinstance(base, LocalStore):
-        top = Path(base.root) / root
-        n = 0
-        for dirpath, _, files in os.walk(top):
-            for name in files:
-                path = Path(dirpath) / name
-                if not is_stray(name):
-                    continue
-                with contextlib.suppress(OSError):
-                    if older_than is None or path.stat().st_mtime < older_than:
-                        path.unlink()
-                        n += 1
-        return n
-
-    async def go() -> int:
-        keys = [k async for k in store.list_prefix(root) if is_stray(k)]
-        for k in keys:
-            with contextlib.suppress(FileNotFoundError):
-                await store.delete(k)
-        return len(keys)
-
-    return sync(go()) if store.supports_listing else 0
+    if not isinstance(base, LocalStore):
+        return 0
+    top = Path(base.root) / _root(group)
+    coord = top / _COORD_PATH
+    n = 0
+    for dirpath, dirs, files in os.walk(top):
+        if Path(dirpath) == coord.parent:
+            # Other jobs asking for a lease write temporary files there right now.
+            dirs[:] = [d for d in dirs if d != coord.name]
+        for name in files:
+            path = Path(dirpath) / name
+            if not is_stray(name):
+                continue
+            with contextlib.suppress(OSError):
+                if older_than is None or path.stat().st_mtime < older_than:
+                    path.unlink()
+                    n += 1
+    return n
 
 
 def _create_timeout() -> float:

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from toolkit.errors import UsageError
+
 __all__ = ["main"]
 
 
@@ -16,7 +18,7 @@ def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[Hashable, int]:
         for part in item.split(","):
             dim, sep, n = part.partition("=")
             if not sep or not n.strip().isdigit() or int(n) < 1:
-                raise SystemExit(f"toolkit: {flag} takes dim=N with N >= 1, got {part!r}")
+                raise UsageError(f"{flag} takes dim=N with N >= 1, got {part!r}")
             out[dim.strip()] = int(n)
     return out
 
@@ -206,7 +208,7 @@ def _numbers(text: str | None, flag: str) -> list[float] | None:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise SystemExit(f"toolkit: {flag} takes comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
 def _stats(args: argparse.Namespace) -> str:
@@ -216,7 +218,7 @@ def _stats(args: argparse.Namespace) -> str:
 
     bin_range = _numbers(args.range, "--range")
     if bin_range is not None and len(bin_range) != 2:
-        raise SystemExit("toolkit: --range takes LOW,HIGH")
+        raise UsageError(f"--range takes LOW,HIGH, got {args.range!r}")
     result = stats(
         args.store,
         dim=args.dim,

@@ -17,6 +17,7 @@ __all__ = [
     "CommitConflictError",
     "CoordinationError",
     "EncodingError",
+    "EncodingTypeError",
     "ExistingStoreError",
     "IncompleteStoreError",
     "IngestError",
@@ -35,6 +36,8 @@ __all__ = [
     "ToolkitError",
     "UnknownOptionError",
     "UnsafePlanError",
+    "UsageError",
+    "VariableNameError",
     "WriteError",
 ]
 
@@ -45,6 +48,10 @@ class ToolkitError(Exception):
 
 class UnknownOptionError(ToolkitError, TypeError):
     """A keyword the function does not take (the message suggests the closest one)."""
+
+
+class UsageError(ToolkitError, ValueError):
+    """A command-line argument is malformed (the CLI exits with status 2)."""
 
 
 class PlanError(ToolkitError, ValueError):
@@ -61,6 +68,14 @@ class AppendError(PlanError):
 
 class EncodingError(PlanError):
     """``encoding`` is invalid or contradicts an existing array."""
+
+
+class EncodingTypeError(EncodingError, TypeError):
+    """``encoding`` holds a value of the wrong kind (a codec that is not one, say)."""
+
+
+class VariableNameError(PlanError, TypeError):
+    """A variable's name cannot be a Zarr array's (not a string, or a path)."""
 
 
 class ExistingStoreError(PlanError, FileExistsError):

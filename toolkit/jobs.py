@@ -138,10 +138,16 @@ def copy(
     shards = dict(shards or {})
     if src.rstrip("/") == str(dst).rstrip("/"):
         raise PlanError("copy source and target are the same; choose another target")
-    if _is_zarr(src):
-        lazy = xr.open_dataset(src, engine="zarr", chunks=None, cache=False)
-    else:
-        lazy = xr.open_dataset(src, chunks=None, cache=False)
+    try:
+        if _is_zarr(src):
+            lazy = xr.open_dataset(src, engine="zarr", chunks=None, cache=False)
+        else:
+            lazy = xr.open_dataset(src, chunks=None, cache=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        # A truncated or foreign file: say which, before anything is written.
+        raise PlanError(f"cannot read the copy source {src}: {type(e).__name__}: {e}") from e
     unknown = (set(chunks) | set(shards)) - set(lazy.dims)
     if unknown:
         raise PlanError(

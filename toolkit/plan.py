@@ -32,10 +32,12 @@ from toolkit.coordination import backoff
 from toolkit.errors import (
     AppendError,
     EncodingError,
+    EncodingTypeError,
     ExistingStoreError,
     PlanError,
     RegionError,
     UnsafePlanError,
+    VariableNameError,
 )
 from toolkit.metrics import IOMetrics, live_metrics
 from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
@@ -861,7 +863,7 @@ def plan_write(
     enc_out: dict[Hashable, dict[str, Any]] = {}
     sizes = existing.sizes() if existing is not None else {}
     for name, var in ds.variables.items():
-        sname = str(name)
+        sname = _check_name(name)
         enc = user_enc.get(name, {})
         is_existing = existing is not None and mode != "w" and sname in existing.arrays
         if mode == "r+" and not is_existing:
@@ -973,7 +975,7 @@ def plan_write(
         )
         if new:
             if chunks is None and var.chunks is not None:
-                chunks = tuple(_mode_of(c) for c in var.chunks)
+                chunks = tuple(max(1, _mode_of(c)) for c in var.chunks)  # 0: an empty dim
             elif chunks is None and not small:
                 chunks = grid.default_chunks(var.shape, max(dtype.itemsize, 1))
             # xarray replaces a variable's encoding with the one it is given, so keep
@@ -1057,8 +1059,47 @@ def _check_with_xarray(
         extract_zarr_variable_encoding(
             probe, raise_on_invalid=True, name=name, zarr_format=3 if zarr_format == 3 else 2
         )
-    except (ValueError, TypeError) as e:
+        # Then the array's metadata, created for real in memory: codecs, fill values
+        # and CF encoding fail here, never halfway through the write.
+        lazy = xr.Variable(var.dims, _lazy(var), var.attrs, dict(encoding))
+        xr.Dataset({"probe": lazy}).to_zarr(
+            zarr.storage.MemoryStore(),
+            mode="w",
+            compute=False,
+            consolidated=False,
+            zarr_format=zarr_format,
+            safe_chunks=False,
+        )
+    except TypeError as e:
+        raise EncodingTypeError(f"encoding[{name!r}]: {e}") from e
+    except (ValueError, KeyError) as e:
         raise EncodingError(f"encoding[{name!r}]: {e}") from e
+
+
+def _lazy(var: xr.Variable) -> Any:
+    """``var``'s data as a dask array, without copying or computing it."""
+    import dask.array as da
+
+    data = var.data
+    if isinstance(data, da.Array):
+        return data
+    return da.from_array(np.asarray(data) if var.size < 2**16 else data, chunks=-1)
+
+
+def _check_name(name: Hashable) -> str:
+    """A variable's name as a Zarr key: a non-empty string naming no group or hidden key."""
+    if not isinstance(name, str):
+        raise VariableNameError(
+            f"variable name {name!r} is a {type(name).__name__}, but Zarr names are strings; "
+            f"rename it, e.g. ds.rename({{{name!r}: {str(name)!r}}})"
+        )
+    if not name or "/" in name or name.startswith("."):
+        raise VariableNameError(
+            f"variable name {name!r} cannot be a Zarr array name (empty, a '/' makes a "
+            "nested group, a leading '.' a hidden key); rename it, e.g. "
+            f"ds.rename({{{name!r}: {name.strip('./').replace('/', '_') or 'var'!r}}})"
+        )
+    return name
 
 
 def _check_store_reachable(store: Store) -> None:
