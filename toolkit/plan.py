@@ -39,6 +39,7 @@ from toolkit.errors import (
     UnsafePlanError,
     VariableNameError,
 )
+from toolkit.journal import read_records
 from toolkit.metrics import IOMetrics, live_metrics
 from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
 from toolkit.throttle import Throttle, resolve_throttle
@@ -800,9 +801,17 @@ def plan_write(
     existing = None if mode == "w" else _open_existing(zstore, group)
 
     if mode == "w-" and not _store_is_empty(zstore, group):
+        unfinished = read_records(zstore, group)
         raise ExistingStoreError(
-            f"{describe_store(zstore)} already holds data and mode='w-' never overwrites; "
-            "use mode='w' to replace it, mode='a' to add variables, or append_dim/region"
+            f"{describe_store(zstore)} already holds data"
+            + (
+                f" (of {len(unfinished)} unfinished write(s), killed or failed: see "
+                ".toolkit/writes/)"
+                if unfinished
+                else ""
+            )
+            + " and mode='w-' never overwrites; use mode='w' to replace it, mode='a' to "
+            "add variables, or append_dim/region"
         )
     if mode == "r+" and existing is None:
         raise PlanError(
