@@ -167,7 +167,7 @@ class IncompleteStoreError(ToolkitError, ValueError):
         return (type(self), (str(self), self.records))
 
 
-class CleanupWarning(UserWarning):
+class CleanupWarning(ToolkitError, UserWarning):
     """A write landed whole, but removing its bookkeeping (record, resume log) failed.
 
     Readers refuse the store until the record is gone: rerun the write, or
