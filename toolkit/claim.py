@@ -112,6 +112,16 @@ def clear_group(store: Store, group: str | None) -> None:
         with contextlib.suppress(FileNotFoundError, ValueError):
             await store.delete_dir(key)
 
+    async def anything() -> bool:
+        async for key in store.list_prefix(root):
+            rel = key[len(root) :]
+            if not (is_stray(key) or rel.startswith(_LEASE_PATH + "/")):
+                return True
+        return False
+
+    if not sync(anything()):
+        return  # nothing to clear (a new target): one listing, not one per level
+
     async def go() -> None:
         level = root
         for part in keep:
