@@ -132,6 +132,34 @@ def s3() -> Iterator[object]:
         yield server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Markers of xarray's own suite (tests/test_xarray_suite.py imports its classes).
+    for line in (
+        "skip_if_param(**params, reason, condition=True): skip where the params match",
+        "skip_with_dask_array: xarray's, skipped with the dask-array chunk manager",
+        "flaky: xarray's flaky tests (skipped, as xarray's CI does by default)",
+        "network: needs the internet (skipped)",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Apply xarray's ``skip_if_param`` marks, and skip its flaky and network tests."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for mark in item.iter_markers("skip_if_param"):
+            kw = dict(mark.kwargs)
+            reason, condition = kw.pop("reason", ""), kw.pop("condition", True)
+            if condition and all(
+                k in params and (params[k] == v or getattr(params[k], "__name__", None) == v)
+                for k, v in kw.items()
+            ):
+                item.add_marker(pytest.mark.skip(reason=reason))
+        for name in ("flaky", "network"):
+            if item.get_closest_marker(name) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"xarray's {name} test"))
+
+
 def read_back(store: object) -> xr.Dataset:
     return xr.open_zarr(store, consolidated=False).load()  # type: ignore[arg-type]
 

@@ -51,7 +51,7 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, cluster4):
     """4 worker processes, 1,000 write units, 20 ms latency, 100 requests/s allowed.
 
     Every value lands, no task fails, fewer than 5% of requests are throttled,
-    and the write takes less than 1.25 x (requests / 100 per second). The
+    and the write takes less than 1.5 x (requests / 100 per second). The
     cluster is warmed first (a small write): importing xarray and zarr in
     fresh worker processes and loading botocore's models costs ~2 s of CPU on
     2 cores, a one-off that says nothing about throttling.
@@ -91,14 +91,19 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, cluster4):
             )
             time.sleep(0.2)
     assert published == 8 + 1000  # the warm-up's units, then this write's
-    print(f"elapsed {elapsed:.2f} s, {requests} requests, bound {1.25 * requests / 100:.2f} s")
+    print(f"elapsed {elapsed:.2f} s, {requests} requests, bound {1.5 * requests / 100:.2f} s")
     assert report.units == 1000 and report.tasks == 10
     xr.testing.assert_equal(_direct(s3, "s3://data/rate.zarr"), ds.compute())
     assert throttled < 0.05 * requests, (throttled, requests)
-    assert elapsed < 1.25 * requests / 100, (elapsed, requests)
-    # The report counts every PUT the proxy saw. (It counts store calls: a
-    # delete_dir is one call, which s3fs sends as a listing and a bulk delete.)
-    assert report.io.sets == puts and report.io.total <= requests
+    # A loose bound (>= 2/3 of the rate delivered) for a loaded CI machine; the
+    # delivered fraction itself is measured by the benchmarks.
+    assert elapsed < 1.5 * requests / 100, (elapsed, requests)
+    # The report counts every PUT the proxy saw but the creation lease's (at most
+    # 3 documents: coordination goes around the write's metered stack). It counts
+    # store calls: a delete_dir is one call, which s3fs sends as a listing and a
+    # bulk delete.
+    assert report.io.sets <= puts <= report.io.sets + 3, (report.io.sets, puts)
+    assert report.io.total <= requests
 
 
 @pytest.mark.timeout(120)

@@ -175,14 +175,6 @@ def test_overwrite_with_other_shape(existing):
 def test_unknown_option(existing):
     store, ds = existing
     refused(
-        store,
-        toolkit.write.UnknownOptionError,
-        "always writes chunk-safe",
-        ds,
-        mode="w",
-        safe_chunks=False,
-    )
-    refused(
         store, toolkit.write.UnknownOptionError, "did you mean 'append_dim'", ds, apend_dim="time"
     )
 

@@ -38,10 +38,14 @@ class ToolkitAccessor:
 
 @xr.register_dataarray_accessor("toolkit")
 class ToolkitArrayAccessor:
-    """``da.toolkit.stats(...)``."""
+    """``da.toolkit.to_zarr(...)``, ``da.toolkit.stats(...)``."""
 
     def __init__(self, da: xr.DataArray) -> None:
         self._da = da
+
+    def to_zarr(self, store: StoreLike, *args: Any, **kwargs: Any) -> WriteReport | Delayed:
+        """:func:`toolkit.to_zarr` on this array, stored as ``DataArray.to_zarr`` stores it."""
+        return to_zarr(self._da, store, *args, **kwargs)
 
     def stats(self, *args: Any, **kwargs: Any) -> xr.Dataset:
         """:func:`toolkit.stats` of this array."""

@@ -25,6 +25,7 @@ __all__ = [
     "PartitionError",
     "PlanError",
     "RegionError",
+    "RegionKeyError",
     "RequestAbortedError",
     "StatsError",
     "StatsOverflowError",
@@ -35,7 +36,9 @@ __all__ = [
     "StoreUnavailableError",
     "ToolkitError",
     "UnknownOptionError",
+    "UnknownVariableError",
     "UnsafePlanError",
+    "UnsupportedVariableError",
     "UsageError",
     "VariableNameError",
     "WriteError",
@@ -62,6 +65,13 @@ class RegionError(PlanError, IndexError):
     """``region`` is out of bounds, malformed, or does not match the dataset."""
 
 
+class RegionKeyError(RegionError, KeyError):
+    """``region="auto"`` found dataset labels that the store's index does not hold."""
+
+    def __str__(self) -> str:  # KeyError's own would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class AppendError(PlanError):
     """An append does not fit the existing arrays (dims, dtype or shapes)."""
 
@@ -70,12 +80,23 @@ class EncodingError(PlanError):
     """``encoding`` is invalid or contradicts an existing array."""
 
 
+class UnknownVariableError(EncodingError, KeyError):
+    """``encoding`` names a variable that the dataset does not have."""
+
+    def __str__(self) -> str:  # KeyError's own would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class EncodingTypeError(EncodingError, TypeError):
     """``encoding`` holds a value of the wrong kind (a codec that is not one, say)."""
 
 
 class VariableNameError(PlanError, TypeError):
     """A variable's name cannot be a Zarr array's (not a string, or a path)."""
+
+
+class UnsupportedVariableError(PlanError, NotImplementedError):
+    """A variable that Zarr cannot hold as it is (a pandas MultiIndex, say)."""
 
 
 class ExistingStoreError(PlanError, FileExistsError):

@@ -532,7 +532,7 @@ def _batch_key(
     storage_options: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
 ) -> str:
-    where = f"id:{id(store)}" if isinstance(store, Store) else str(store)
+    where = f"id:{id(store)}" if not isinstance(store, str) else store
     opts = sorted((storage_options or {}).items(), key=str)
     return repr((kind, where, group, what, opts, sorted(kwargs.items(), key=str)))
 

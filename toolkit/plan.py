@@ -14,6 +14,7 @@ import html
 import itertools
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 from zarr.abc.store import Store
@@ -36,12 +38,15 @@ from toolkit.errors import (
     ExistingStoreError,
     PlanError,
     RegionError,
+    RegionKeyError,
+    UnknownVariableError,
     UnsafePlanError,
+    UnsupportedVariableError,
     VariableNameError,
 )
 from toolkit.journal import read_records
 from toolkit.metrics import IOMetrics, live_metrics
-from toolkit.storage import StoreLike, describe_store, resolve_store, wrap_store
+from toolkit.storage import StoreLike, describe_store, resolve_store, store_label, wrap_store
 from toolkit.throttle import Throttle, resolve_throttle
 
 __all__ = [
@@ -63,7 +68,6 @@ _ZARR_KEYS = {
     "compressor",
     "filters",
     "serializer",
-    "fill_value",
     "write_empty_chunks",
     "chunk_key_encoding",
     "dimension_separator",
@@ -80,6 +84,12 @@ _CF_KEYS = {
     "_Unsigned",
 }
 _VALID_ENCODING = _LAYOUT_KEYS | _ZARR_KEYS | _CF_KEYS
+_V3_ONLY_KEYS = {"fill_value"}  # zarr 2 takes the fill value from _FillValue only
+# Variables xarray writes itself, in the metadata round, rather than through
+# tasks: strings and objects (VLen codecs, values inspected while encoding),
+# and in-memory times (their CF units may be chosen from the values).
+_XARRAY_KINDS = "OUST"
+_XARRAY_KINDS_IN_MEMORY = "OUSTmM"
 # zarr's default async concurrency: how many units one task encodes at once.
 _ZARR_CONCURRENCY = 10
 
@@ -557,8 +567,6 @@ def _store_is_empty(store: Store, group: str | None) -> bool:
 def _resolve_mode(mode: str | None, append_dim: Hashable | None, region: object) -> WriteMode:
     if mode is not None and mode not in _MODES:
         raise PlanError(f"mode must be one of {_MODES}, got {mode!r}")
-    if append_dim is not None and region is not None:
-        raise PlanError("append_dim and region cannot be used together; pick one")
     if mode is None:
         return "a" if append_dim is not None else "r+" if region is not None else "w-"
     if append_dim is not None and mode not in ("a", "a-"):
@@ -582,14 +590,24 @@ def _check_encoding(
         if name not in ds.variables:
             close = difflib.get_close_matches(str(name), [str(k) for k in ds.variables], 1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise EncodingError(f"encoding names {name!r}, which is not in the dataset{hint}")
+            raise UnknownVariableError(
+                f"encoding names {name!r}, which is not in the dataset{hint}"
+            )
         if not isinstance(enc, Mapping):
-            raise EncodingError(f"encoding[{name!r}] must be a dict, got {type(enc).__name__}")
-        unknown = set(enc) - _VALID_ENCODING
-        if unknown:
             raise EncodingError(
-                f"encoding[{name!r}] has unknown keys {sorted(unknown)}; valid keys are "
-                f"{sorted(_VALID_ENCODING)}"
+                f"encoding[{name!r}] must be castable to a dict of encoding keys, got "
+                f"{type(enc).__name__} {enc!r}"
+            )
+        unknown = set(enc) - _VALID_ENCODING - (_V3_ONLY_KEYS if zarr_format == 3 else set())
+        if unknown:
+            hint = (
+                " Use `_FillValue` to set the Zarr array `fill_value`"
+                if "fill_value" in unknown
+                else ""
+            )
+            raise EncodingError(
+                f"unexpected encoding parameters for zarr backend: encoding[{name!r}] has "
+                f"unknown keys {sorted(unknown)}; valid keys are {sorted(_VALID_ENCODING)}." + hint
             )
         ndim = ds[name].ndim
         for key in ("chunks", "shards"):
@@ -636,7 +654,7 @@ def _stored_dtype(var: xr.Variable, enc: Mapping[str, Any]) -> np.dtype[Any]:
     out: np.dtype[Any] = np.dtype(enc["dtype"]) if "dtype" in enc else var.dtype
     if "dtype" not in enc and var.dtype.kind in "mM":
         out = np.dtype("int64")
-    elif "dtype" not in enc and var.dtype.kind in "OUS":
+    elif "dtype" not in enc and var.dtype.kind in "OUST":
         out = np.dtype("O")
     return out
 
@@ -685,7 +703,7 @@ def _resolve_region(
             idx = auto_index.indexes[dim].get_indexer(ds.indexes[dim])
             if (idx < 0).any():
                 missing = ds.indexes[dim][idx < 0][:5].tolist()
-                raise RegionError(
+                raise RegionKeyError(
                     f"region={{{dim!r}: 'auto'}}: values {missing} of the dataset's {dim!r} "
                     "are not in the store; to add new values use append_dim"
                 )
@@ -790,9 +808,7 @@ def plan_write(
     if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
         raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
     mode = _resolve_mode(mode, append_dim, region)
-    policy = resolve_throttle(
-        throttle, describe_store(store) if isinstance(store, Store) else str(store)
-    )
+    policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
     # Planning reads metadata through the same budget and retries as the write.
@@ -832,18 +848,27 @@ def plan_write(
         if existing is not None
         else (zarr_format or int(zarr.config.get("default_zarr_format")))
     )
+    ds = _check_variables(ds)
     user_enc = _check_encoding(ds, encoding, fmt)
-    # Layout comes from `encoding`, the existing array or the plan, never from a
-    # source's leftover encoding (a netCDF's chunksizes, another store's shards).
+    # As in xarray: `encoding` replaces a variable's own encoding; a variable it
+    # does not name keeps its own (chunks, codecs, CF keys), and xarray drops the
+    # keys that Zarr does not take (a netCDF's chunksizes, say).
     ds = ds.copy(deep=False)
     for var in ds.variables.values():
-        var.encoding = {k: v for k, v in var.encoding.items() if k not in _LAYOUT_KEYS}
+        var.encoding = {k: v for k, v in var.encoding.items() if k != "preferred_chunks"}
 
     resolved_region: dict[str, slice] | None = None
     if region is not None:
         assert existing is not None
         resolved_region = _resolve_region(ds, region, existing, zstore, group)
         ds = ds.drop_vars(list(ds.indexes))  # indexes are never rewritten by a region write
+        if append_dim is not None:
+            # Checked after the region, as xarray does: labels that are not in the
+            # store raise the KeyError above.
+            raise PlanError(
+                "append_dim and region cannot be used together; write the region "
+                "(region=...) and append the new rows (append_dim=...) in two calls"
+            )
 
     if append_dim is not None and append_dim not in ds.dims:
         raise AppendError(
@@ -899,6 +924,7 @@ def plan_write(
                     and tuple(enc[key]) != tuple(stored if stored is not None else ())
                 ):
                     raise EncodingError(
+                        f"variable {sname!r} already exists, but encoding was provided: "
                         f"encoding[{sname!r}][{key!r}] = {enc[key]} contradicts the existing "
                         f"array's {key} {stored}; drop {key!r} from encoding, or rewrite "
                         "the array with mode='w'"
@@ -906,8 +932,9 @@ def plan_write(
             other = set(enc) - {"chunks", "shards"}
             if other:
                 raise EncodingError(
-                    f"encoding[{sname!r}] sets {sorted(other)}, but {sname!r} already exists "
-                    "and keeps its stored encoding; drop them, or use mode='w'"
+                    f"variable {sname!r} already exists, but encoding was provided: "
+                    f"encoding[{sname!r}] sets {sorted(other)}, but the stored array keeps "
+                    "its own encoding; drop them, or use mode='w'"
                 )
             if mode == "a-" and appending and append_dim not in var.dims:
                 continue  # 'a-' leaves variables without the append dim alone
@@ -968,36 +995,29 @@ def plan_write(
                     )
             offset = [0] * var.ndim
             array_shape = list(var.shape)
-            dtype = _stored_dtype(var, {**var.encoding, **enc})
-            shards = enc.get("shards")
-            chunks = enc.get("chunks")
+            explicit = name in user_enc
+            own = enc if explicit else _own_layout(sname, var)
+            dtype = _stored_dtype(var, own)
+            shards = own.get("shards")
+            chunks = own.get("chunks")
             new = True
         is_dask = var.chunks is not None
-        # A region write sends every variable it can through tasks, which lock the
-        # write units shared with another job's region. Dimension coordinates
-        # cannot be dask arrays: they are written with the metadata, under a lock
-        # on the whole variable (see toolkit.write.execute).
-        small = var.size == 0 or (
-            not is_dask
-            and (name in ds.coords or var.ndim == 0)
-            and (resolved_region is None or name in var.dims)
-        )
+        small = _written_by_xarray(name, var, ds, resolved_region is not None)
         if new:
             if chunks is None and var.chunks is not None:
                 chunks = tuple(max(1, _mode_of(c)) for c in var.chunks)  # 0: an empty dim
             elif chunks is None and not small:
                 chunks = grid.default_chunks(var.shape, max(dtype.itemsize, 1))
-            # xarray replaces a variable's encoding with the one it is given, so keep
-            # the variable's own CF encoding; codecs come only from the caller (a
-            # source's codecs may not exist in the target's zarr format).
-            inherited = {k: v for k, v in var.encoding.items() if k in _CF_KEYS}
-            layout = {**inherited, **{k: v for k, v in enc.items() if k not in _LAYOUT_KEYS}}
+            layout = {k: v for k, v in own.items() if k not in _LAYOUT_KEYS}
             if chunks is not None:
                 layout["chunks"] = tuple(int(c) for c in chunks)
             if shards is not None:
                 layout["shards"] = tuple(int(s) for s in shards)
-            _check_with_xarray(sname, var, layout, fmt)
-            enc_out[name] = layout
+            _check_with_xarray(sname, var, layout, fmt, explicit=explicit)
+            if explicit:
+                enc_out[name] = layout  # replaces the variable's encoding, as in xarray
+            else:
+                var.encoding = {**var.encoding, **layout}  # ds is a shallow copy
         if small:
             eager.append(sname)
             continue
@@ -1056,40 +1076,111 @@ def plan_write(
     )
 
 
+def _written_by_xarray(name: Hashable, var: xr.Variable, ds: xr.Dataset, region: bool) -> bool:
+    """Whether xarray writes ``var`` itself, in the metadata round, not toolkit's tasks.
+
+    Those are the variables not worth a task per write unit, or that only
+    xarray's encoders can write: empty ones, 0-d ones, in-memory coordinates,
+    strings and objects, and in-memory times. A region write sends every other
+    variable through tasks, which lock the write units shared with another
+    job's region; dimension coordinates cannot be dask arrays, so they are
+    written with the metadata, under a lock on the whole variable (see
+    :func:`toolkit.write.execute`).
+    """
+    if var.size == 0 or var.dtype.kind in _XARRAY_KINDS:
+        return True
+    if var.chunks is not None:
+        return False
+    return var.dtype.kind in _XARRAY_KINDS_IN_MEMORY or (
+        (name in ds.coords or var.ndim == 0) and (not region or name in var.dims)
+    )
+
+
+def _own_layout(name: str, var: xr.Variable) -> dict[str, Any]:
+    """A variable's own encoding, as xarray reads it when ``encoding`` does not name it.
+
+    Its ``chunks`` (and ``shards``) are checked as xarray checks them; keys that
+    Zarr does not take stay in the variable's encoding for xarray to drop.
+    """
+    from xarray.backends.zarr import _determine_zarr_chunks
+
+    own = dict(var.encoding)
+    if own.get("chunks") is not None:
+        try:
+            own["chunks"] = _determine_zarr_chunks(own["chunks"], None, var.ndim, name)
+        except TypeError as e:
+            raise EncodingTypeError(f"{name!r}.encoding['chunks']: {e}") from e
+        except ValueError as e:
+            raise EncodingError(f"{name!r}.encoding['chunks']: {e}") from e
+    if isinstance(own.get("shards"), int | np.integer):
+        own["shards"] = (int(own["shards"]),) * var.ndim
+    return own
+
+
 def _check_with_xarray(
-    name: str, var: xr.Variable, encoding: Mapping[str, Any], zarr_format: int
+    name: str,
+    var: xr.Variable,
+    encoding: Mapping[str, Any],
+    zarr_format: int,
+    *,
+    explicit: bool = True,
 ) -> None:
-    """Run xarray's own encoding checks now, so they cannot fail mid-write."""
+    """Run xarray's own encoding checks now, so they cannot fail mid-write.
+
+    ``explicit``: the encoding was given as ``encoding=`` (xarray refuses its
+    unknown keys) rather than being the variable's own (xarray drops them).
+    """
     from xarray.backends.zarr import extract_zarr_variable_encoding
 
     probe = var.copy(deep=False)
     probe.encoding = {k: v for k, v in encoding.items() if k not in _CF_KEYS}
     try:
         extract_zarr_variable_encoding(
-            probe, raise_on_invalid=True, name=name, zarr_format=3 if zarr_format == 3 else 2
+            probe,
+            raise_on_invalid=explicit,
+            name=name,
+            zarr_format=3 if zarr_format == 3 else 2,
         )
         # Then the array's metadata, created for real in memory: codecs, fill values
         # and CF encoding fail here, never halfway through the write.
-        lazy = xr.Variable(var.dims, _lazy(var), var.attrs, dict(encoding))
-        xr.Dataset({"probe": lazy}).to_zarr(
-            zarr.storage.MemoryStore(),
-            mode="w",
-            compute=False,
-            consolidated=False,
-            zarr_format=zarr_format,
-            safe_chunks=False,
-        )
+        own = {} if explicit else {k: v for k, v in var.encoding.items() if k not in encoding}
+        lazy = xr.Variable(var.dims, _probe_data(var), var.attrs, {**own, **encoding})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the real write shows xarray's warnings
+            xr.Dataset({"probe": lazy}).to_zarr(
+                zarr.storage.MemoryStore(),
+                mode="w",
+                compute=False,
+                consolidated=False,
+                zarr_format=zarr_format,
+                safe_chunks=False,
+                encoding={"probe": dict(encoding)} if explicit else None,
+            )
+    except NotImplementedError as e:
+        raise UnsupportedVariableError(f"{name!r}: {e}") from e
     except TypeError as e:
         raise EncodingTypeError(f"encoding[{name!r}]: {e}") from e
     except (ValueError, KeyError) as e:
         raise EncodingError(f"encoding[{name!r}]: {e}") from e
 
 
-def _lazy(var: xr.Variable) -> Any:
-    """``var``'s data as a dask array, without copying or computing it."""
+def _probe_data(var: xr.Variable) -> Any:
+    """Data standing for ``var``'s in the metadata probe, never computed or copied whole.
+
+    Numeric data becomes a never-computed dask array of its shape. Data xarray
+    encodes from its values (strings, objects, in-memory times) is probed with
+    the values themselves when small, else with its first element.
+    """
     import dask.array as da
 
     data = var.data
+    first = (slice(0, 1),) * var.ndim
+    if var.dtype.kind in _XARRAY_KINDS_IN_MEMORY and not (
+        isinstance(data, da.Array) and var.dtype.kind in "mM"
+    ):
+        if isinstance(data, da.Array):
+            return np.asarray(data[first].compute() if var.size else data.compute())
+        return np.asarray(data if var.size < 2**16 else data[first])
     if isinstance(data, da.Array):
         # One chunk of the same shape and dtype, never computed: the probe's graph
         # stays one task however many blocks the data has.
@@ -1097,16 +1188,49 @@ def _lazy(var: xr.Variable) -> Any:
     return da.from_array(np.asarray(data) if var.size < 2**16 else data, chunks=-1)
 
 
+def _check_variables(ds: xr.Dataset) -> xr.Dataset:
+    """Refuse what xarray refuses to write, with xarray's builtin classes and words.
+
+    A variable named ``None`` is stored under xarray's own name for it (and read
+    back as ``None`` by xarray).
+    """
+    from xarray.backends.common import _encode_variable_name
+
+    for name, index in ds.xindexes.items():
+        if isinstance(getattr(index, "index", None), pd.MultiIndex):
+            raise UnsupportedVariableError(
+                f"variable {name!r} is a MultiIndex, which cannot yet be serialized; "
+                "use reset_index() to convert it to regular variables (and "
+                "set_index() after reading it back)"
+            )
+    for name in ds.variables:
+        _check_name(name)
+    if None in ds.variables:
+        ds = ds.rename({None: _encode_variable_name(None)})
+    return ds
+
+
 def _check_name(name: Hashable) -> str:
     """A variable's name as a Zarr key: a non-empty string naming no group or hidden key."""
+    if name is None:
+        from xarray.backends.common import _encode_variable_name
+
+        return str(_encode_variable_name(None))
     if not isinstance(name, str):
         raise VariableNameError(
-            f"variable name {name!r} is a {type(name).__name__}, but Zarr names are strings; "
-            f"rename it, e.g. ds.rename({{{name!r}: {str(name)!r}}})"
+            f"Invalid name {name!r} for DataArray or Dataset key: must be either a "
+            "string or None for serialization to netCDF or zarr files; rename it, e.g. "
+            f"ds.rename({{{name!r}: {str(name)!r}}})"
         )
-    if not name or "/" in name or name.startswith("."):
+    if not name:
         raise VariableNameError(
-            f"variable name {name!r} cannot be a Zarr array name (empty, a '/' makes a "
+            f"Invalid name {name!r} for DataArray or Dataset key: string must be length 1 "
+            "or greater for serialization to netCDF or zarr files; rename it, e.g. "
+            "ds.rename({'': 'var'})"
+        )
+    if "/" in name or name.startswith("."):
+        raise VariableNameError(
+            f"variable name {name!r} cannot be a Zarr array name (a '/' makes a "
             "nested group, a leading '.' a hidden key); rename it, e.g. "
             f"ds.rename({{{name!r}: {name.strip('./').replace('/', '_') or 'var'!r}}})"
         )
@@ -1133,7 +1257,7 @@ def _check_dtype(name: str, old: np.dtype[Any], new: np.dtype[Any], appending: b
         (old.kind in "biuf" and new.kind in "biuf" and np.can_cast(new, old, "same_kind"))
         or (old.kind == "c" and new.kind in "biufc")
         or (old.kind == new.kind and old.kind in "mMb")
-        or (old.kind in "OUS" and new.kind in "OUS")
+        or (old.kind in "OUST" and new.kind in "OUST")
     )
     if not ok:
         raise (AppendError if appending else PlanError)(

@@ -22,7 +22,6 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
-from zarr.abc.store import Store
 
 from toolkit._progress import active_client
 from toolkit.errors import IncompleteStoreError
@@ -33,6 +32,7 @@ from toolkit.storage import (
     StoreLike,
     describe_store,
     resolve_store,
+    store_label,
     wrap_store,
 )
 from toolkit.throttle import Throttle, cluster_share, resolve_throttle
@@ -81,6 +81,7 @@ def open_zarr(
     target_task_bytes: int = DEFAULT_READ_TASK_BYTES,
     throttle: Throttle | Literal[False] | None = None,
     incomplete: Literal["raise", "warn", "ignore"] = "raise",
+    chunks: Any = "aligned",
     **open_kwargs: Any,
 ) -> xr.Dataset:
     """Open a Zarr store lazily, chunked in whole write units.
@@ -112,24 +113,24 @@ def open_zarr(
         (failed, or still running): raise
         :class:`~toolkit.errors.IncompleteStoreError` (default), warn, or
         read anyway. Missing units read as fill values.
+    chunks : "aligned", None, dict, int or "auto"
+        ``"aligned"`` (default): dask chunks of whole write units (shards, else
+        chunks), about ``target_task_bytes`` each, named ``toolkit-read-<variable>``.
+        Anything else means what it means to :func:`xarray.open_dataset`: ``None``
+        lazily indexed numpy-backed variables, ``{}`` the store's own chunks,
+        ``"auto"`` dask's choice. Every choice reads through the same budget,
+        retries and metrics.
     **open_kwargs
         Passed to :func:`xarray.open_zarr` (``decode_times``, ``drop_variables``, ...).
 
     Returns
     -------
     xarray.Dataset
-        Dask-backed; task names are ``toolkit-read-<variable>``.
+        Dask-backed in aligned chunks unless ``chunks`` says otherwise.
     """
-    if "chunks" in open_kwargs:
-        raise TypeError(
-            "toolkit.open_zarr chooses chunks aligned to the store; use "
-            "target_task_bytes to make them larger or smaller, or xarray.open_zarr"
-        )
     if incomplete not in ("raise", "warn", "ignore"):
         raise ValueError(f"incomplete= must be 'raise', 'warn' or 'ignore', got {incomplete!r}")
-    policy = resolve_throttle(
-        throttle, describe_store(store) if isinstance(store, Store) else str(store)
-    )
+    policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     scope = describe_store(plain)
     share = cluster_share(policy)
@@ -146,15 +147,19 @@ def open_zarr(
             raise FileNotFoundError(f"no Zarr group at {scope}")
         if records is not None:
             _check_complete(records.result(), scope, incomplete)
+    aligned = isinstance(chunks, str) and chunks == "aligned"
+    if aligned:
+        open_kwargs = {"cache": False, **open_kwargs}
     ds = xr.open_dataset(
         zstore,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
         engine="zarr",
         group=group,
         consolidated=consolidated,
-        chunks=None,
-        cache=False,
+        chunks=None if aligned else chunks,
         **open_kwargs,
     )
+    if not aligned:
+        return ds
     token = tokenize(scope, group, target_task_bytes)
     out = {}
     for name, var in ds.variables.items():

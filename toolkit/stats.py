@@ -40,7 +40,7 @@ from toolkit.aggregations import (
     partial,
 )
 from toolkit.errors import StatsError
-from toolkit.storage import describe_store
+from toolkit.storage import store_label
 from toolkit.throttle import Throttle
 
 __all__ = ["DEFAULT_STATS", "stats"]
@@ -299,7 +299,7 @@ def _as_dataset(
         from toolkit.read import open_zarr
 
         ds = open_zarr(obj, throttle=throttle, storage_options=storage_options)
-        return ds, False, describe_store(obj) if isinstance(obj, Store) else str(obj)
+        return ds, False, store_label(obj)
     raise TypeError(
         f"stats takes a DataArray, a Dataset, or a Zarr path, URL or store; "
         f"got {type(obj).__name__}"

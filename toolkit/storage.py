@@ -26,6 +26,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
     Sequence,
 )
 from typing import Any, Self, TypeVar, cast, override
@@ -33,7 +34,7 @@ from typing import Any, Self, TypeVar, cast, override
 import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.errors import (
@@ -72,7 +73,16 @@ __all__ = [
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-StoreLike = str | os.PathLike[str] | Store
+StoreLike = str | os.PathLike[str] | Store | MutableMapping[str, Any]
+
+
+def store_label(store: StoreLike) -> str:
+    """A short name for ``store`` before it is resolved (a path, a URL, or the store's)."""
+    if isinstance(store, Store):
+        return describe_store(store)
+    if isinstance(store, MutableMapping):
+        return f"memory://{id(store):x}"
+    return str(store)
 
 
 def resolve_store(
@@ -101,6 +111,11 @@ def resolve_store(
         if storage_options:
             raise TypeError("storage_options apply to URLs only, not to a Store instance")
         return store
+    if isinstance(store, MutableMapping):
+        # As zarr and xarray: a dict is the contents of an in-memory store.
+        if storage_options:
+            raise TypeError("storage_options apply to URLs only, not to a dict")
+        return MemoryStore(store)
     path = os.fspath(store)
     if "://" in path and not path.startswith("file://"):
         opts = dict(storage_options or {})

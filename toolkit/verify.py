@@ -22,7 +22,7 @@ from dask.delayed import delayed
 from toolkit._progress import compute_with_progress
 from toolkit._render import html_table, text_table
 from toolkit.read import open_zarr
-from toolkit.storage import StoreLike, describe_store
+from toolkit.storage import StoreLike, store_label
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -209,7 +209,7 @@ def verify(
         variables[name] = {"values": int(np.prod(shape)), "differ": differ, "first": first}
         if differ:
             problems.append(f"{name!r}: {differ:,} values differ, the first at index {first}")
-    tlabel = describe_store(target) if not isinstance(target, str | os.PathLike) else str(target)
+    tlabel = store_label(target)
     return VerifyReport(tlabel, label, variables, problems)
 
 
@@ -224,7 +224,7 @@ def _verify_manifest(target: StoreLike, *, batch: int = 64) -> VerifyReport:
     from toolkit.storage import digest, resolve_store, wrap_store
 
     store = wrap_store(resolve_store(target), None)
-    label = describe_store(target) if not isinstance(target, str | os.PathLike) else str(target)
+    label = store_label(target)
     manifest = read_manifest(store)
     if not manifest:
         return VerifyReport(label, "manifest", {}, ["the store holds no checksum manifest"])

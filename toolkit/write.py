@@ -27,6 +27,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
+from xarray.coding.common import SerializationWarning
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
@@ -66,6 +67,7 @@ from toolkit.storage import (
     describe_store,
     rebind,
     resolve_store,
+    store_label,
     unwrap,
     wrap_store,
 )
@@ -178,6 +180,23 @@ def _write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSourc
         if var.chunks is None:
             var = var.chunk(dict(zip(vp.dims, vp.task_chunks, strict=True)))
         ds = ds.assign_coords({vp.name: var}) if vp.name in ds.coords else ds.assign({vp.name: var})
+    # What xarray writes itself (strings, objects, small variables) is written now,
+    # from memory: a dask-backed one is computed first.
+    lazy = [n for n in plan.eager if ds.variables[n].chunks is not None]
+    if lazy:
+        ds = ds.copy(deep=False)
+        for name in lazy:
+            if ds.variables[name].dtype.kind == "O":
+                warnings.warn(  # xarray's own words: its users filter on them
+                    f"variable {name} has data in the form of a dask array with "
+                    "dtype=object, which means it is being loaded into memory "
+                    "to determine a data type that can be safely stored on disk. "
+                    "To avoid this, coerce this variable to a fixed-size dtype "
+                    "with astype() before saving it.",
+                    SerializationWarning,
+                    stacklevel=4,
+                )
+            ds.variables[name].data = ds.variables[name].compute().data
     zstore = get_writable_zarr_store(
         store,
         mode=mode,  # type: ignore[arg-type]
@@ -235,9 +254,7 @@ def plan_resumable(
     again (mode ``"w"``). In mode ``"w"`` the write always starts over, and
     the old log goes with the old group. Without ``write_id``, a plain plan.
     """
-    policy = resolve_throttle(
-        throttle, describe_store(target) if isinstance(target, Store) else str(target)
-    )
+    policy = resolve_throttle(throttle, store_label(target))
     store = resolve_store(target, storage_options=storage_options, throttle=policy)
     planned = functools.partial(
         plan_write, ds, store, zarr_format=zarr_format, max_task_bytes=max_task_bytes,
@@ -553,15 +570,27 @@ def _failure_message(plan: WritePlan, record: Mapping[str, Any], io: IOMetrics) 
     return "\n".join(lines)
 
 
-_XARRAY_ONLY = {
-    "safe_chunks": "toolkit always writes chunk-safe; drop it",
-    "align_chunks": "toolkit always aligns tasks to chunks and shards; drop it",
-    "chunkmanager_store_kwargs": "toolkit builds its own graph; drop it",
-}
+def as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
+    """``obj`` as the dataset xarray writes for it (``DataArray.to_zarr``'s naming)."""
+    if isinstance(obj, xr.Dataset):
+        return obj
+    if not isinstance(obj, xr.DataArray):
+        raise TypeError(f"to_zarr needs an xarray Dataset or DataArray, got {type(obj).__name__}")
+    from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
+
+    if obj.name is None:
+        return obj.to_dataset(name=DATAARRAY_VARIABLE)
+    if obj.name in obj.coords or obj.name in obj.dims:
+        # The netCDF data model has no variable named like a coordinate: xarray
+        # renames it and keeps the old name, which open_dataarray restores.
+        out = obj.to_dataset(name=DATAARRAY_VARIABLE)
+        out.attrs[DATAARRAY_NAME] = obj.name
+        return out
+    return obj.to_dataset()
 
 
 def to_zarr(
-    ds: xr.Dataset,
+    ds: xr.Dataset | xr.DataArray,
     store: StoreLike,
     mode: WriteMode | Literal["overwrite-partitions"] | None = None,
     *,
@@ -575,6 +604,9 @@ def to_zarr(
     group: str | None = None,
     write_empty_chunks: bool | None = None,
     compute: bool = True,
+    safe_chunks: bool = True,
+    align_chunks: bool = False,
+    chunkmanager_store_kwargs: Mapping[str, Any] | None = None,
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
@@ -588,8 +620,9 @@ def to_zarr(
 
     Parameters
     ----------
-    ds : xarray.Dataset
-        Data to write.
+    ds : xarray.Dataset or xarray.DataArray
+        Data to write; a DataArray is stored as :meth:`xarray.DataArray.to_zarr`
+        stores it.
     store : str, os.PathLike or zarr Store
         Target path, URL or store.
     mode, append_dim, region, encoding, zarr_format, consolidated : optional
@@ -605,6 +638,13 @@ def to_zarr(
         As in :meth:`xarray.Dataset.to_zarr`.
     compute : bool
         If False, return a ``Delayed`` writing the data (metadata is written now).
+    safe_chunks, align_chunks : bool
+        Taken for compatibility with xarray, and without effect: every write is
+        chunk-safe, whatever the dask chunks, because the plan regroups them to
+        whole chunks or shards (what ``align_chunks=True`` asks of xarray).
+    chunkmanager_store_kwargs : dict, optional
+        Taken for compatibility with xarray, and without effect: toolkit builds
+        its own graph of write tasks.
     max_task_bytes : int
         Memory target per task.
     throttle : Throttle, False or None
@@ -625,12 +665,11 @@ def to_zarr(
         When the data could not be written; ``err.record`` lists the units
         written and missing.
     """
+    del safe_chunks, align_chunks, chunkmanager_store_kwargs  # always safe and aligned
+    ds = as_dataset(ds)
     if unknown:
         msgs = []
         for k in unknown:
-            if k in _XARRAY_ONLY:
-                msgs.append(f"{k!r}: {_XARRAY_ONLY[k]}")
-                continue
             options = [p for p in inspect.signature(to_zarr).parameters if p != "unknown"]
             close = difflib.get_close_matches(k, options, 1)
             msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
