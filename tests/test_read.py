@@ -135,3 +135,33 @@ def test_map_chunks_on_cluster(written, cluster_client):
     back = toolkit.open_zarr(path)
     total = sum(v for _, v in toolkit.map_chunks(lambda b: float(b.sum()), back.b))
     assert np.isclose(total, float(ds.b.sum()))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_damaged_chunk_is_named_by_its_key_by_reads_verify_and_stats(tmp_path, sharded):
+    """Hole 6 of the edges: a damaged object crashed verify and stats with a codec traceback."""
+    import subprocess
+    import sys
+
+    ds = make_dataset(nt=24)
+    src = tmp_path / "src.zarr"
+    ds.to_zarr(src)
+    dst = tmp_path / "dst.zarr"
+    enc = {"a": {"chunks": (4, 12, 10), **({"shards": (8, 12, 10)} if sharded else {})}}
+    toolkit.to_zarr(ds, dst, encoding=enc, progress=False)
+    key = "a/c/1/0/0"
+    (dst / key).write_bytes(b"\x00damaged" * 16)
+    with pytest.raises(toolkit.errors.CorruptChunkError, match=key) as err:
+        toolkit.open_zarr(dst).a.load()
+    assert err.value.keys == [key] and isinstance(err.value, ValueError)
+    with pytest.raises(toolkit.errors.CorruptChunkError, match=key):
+        toolkit.verify(str(src), str(dst), progress=False)
+    with pytest.raises(toolkit.errors.CorruptChunkError, match=key):
+        toolkit.stats(str(dst), stats=["mean"], progress=False)
+    toolkit.open_zarr(dst).b.load()  # the other variables read as before
+    for cmd in (["verify", str(src), str(dst)], ["stats", str(dst)]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "toolkit.cli", *cmd], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 1 and key in proc.stderr and "Traceback" not in proc.stderr

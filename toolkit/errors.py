@@ -16,6 +16,7 @@ __all__ = [
     "CleanupWarning",
     "CommitConflictError",
     "CoordinationError",
+    "CorruptChunkError",
     "EncodingError",
     "EncodingTypeError",
     "ExistingStoreError",
@@ -159,6 +160,20 @@ class StoreAccessError(StoreError, PermissionError):
 
 class StoreRequestError(StoreError):
     """The store rejected a request as malformed or unknown (4xx other than 403/404/429)."""
+
+
+class CorruptChunkError(ToolkitError, ValueError):
+    """A stored chunk cannot be decoded; the message names its key.
+
+    ``err.keys`` lists the store keys that failed to decode.
+    """
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = list(keys)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised on workers, re-raised here
+        return (type(self), (self.args[0], self.keys))
 
 
 class StatsError(ToolkitError, ValueError):

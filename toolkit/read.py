@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import itertools
 import math
 import os
 import warnings
@@ -24,7 +25,7 @@ import zarr
 from dask.base import tokenize
 
 from toolkit._progress import active_client
-from toolkit.errors import IncompleteStoreError
+from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.journal import read_records
 from toolkit.plan import _open_existing
 from toolkit.storage import (
@@ -170,13 +171,75 @@ def open_zarr(
             continue
         unit = arr.shards or arr.chunks
         chunks = aligned_chunks(var.shape, unit, var.dtype.itemsize, target_task_bytes)
-        out[name] = var.chunk(
-            dict(zip(var.dims, chunks, strict=True)),
+        data = da.from_array(
+            _NamedChunkErrors(var, arr),
+            chunks=chunks,
             name=f"toolkit-read-{name}-{tokenize(token, name, chunks)}",
+            meta=np.empty((0,) * var.ndim, dtype=var.dtype),
         )
+        out[name] = var.copy(deep=False, data=data)
     return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
         {str(k): v for k, v in out.items() if k in ds.coords}
     )
+
+
+class _NamedChunkErrors:
+    """A variable's lazily decoded values that name the stored chunk that fails to decode.
+
+    A damaged object otherwise surfaces as a codec's traceback naming no key.
+    Store errors (throttling, access, ...) pass through as they are.
+    """
+
+    def __init__(self, var: xr.Variable, arr: zarr.Array[Any]) -> None:
+        self.var, self.arr = var, arr
+        self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        try:
+            return np.asarray(self.var[key].values)
+        except ToolkitError:
+            raise
+        except Exception as e:
+            bad = undecodable_chunks(self.arr, key)
+            if not bad:
+                raise
+            shown = ", ".join(repr(k) for k in bad[:5]) + (" ..." if len(bad) > 5 else "")
+            raise CorruptChunkError(
+                f"stored chunk(s) {shown} of {self.arr.path!r} cannot be decoded "
+                f"({type(e).__name__}: {e}); the object is damaged: rewrite it (rerun the "
+                "write, or toolkit copy from the source), or delete it to read fill values",
+                bad,
+            ) from e
+
+
+def undecodable_chunks(
+    arr: zarr.Array[Any], region: tuple[slice, ...], limit: int = 4096
+) -> list[str]:
+    """Keys of the stored objects in ``region`` of ``arr`` whose chunks fail to decode.
+
+    Each chunk is read alone; at most ``limit`` chunks are tried.
+    """
+    ranges = []
+    for sl, n, c in zip(region, arr.shape, arr.chunks, strict=True):
+        start, stop, _ = sl.indices(n)
+        ranges.append(range(start // c, -(-stop // c)))
+    unit = arr.shards or arr.chunks
+    bad: list[str] = []
+    for idx in itertools.islice(itertools.product(*ranges), limit):
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, arr.chunks, arr.shape)
+        )
+        try:
+            arr[sel]
+        except ToolkitError:
+            raise
+        except Exception:
+            obj = tuple(i * c // u for i, c, u in zip(idx, arr.chunks, unit, strict=True))
+            key = arr.metadata.encode_chunk_key(obj)
+            full = f"{arr.path}/{key}" if arr.path else key
+            if full not in bad:
+                bad.append(full)
+    return bad
 
 
 def _raise_concurrency(n: int) -> None:
