@@ -342,3 +342,33 @@ def test_an_empty_dask_dimension_is_written_as_xarray_writes_it(tmp_path):
     toolkit.to_zarr(ds, str(tmp_path / "e.zarr"), progress=False)
     back = toolkit.open_zarr(tmp_path / "e.zarr").load()
     assert back.e.shape == (0, 3)
+
+
+def test_exhausted_retries_while_removing_the_record_warn_and_every_unit_landed(tmp_path):
+    """Hole 6: a failing clean-up raised StoreUnavailableError after every unit landed."""
+    from zarr.storage import WrapperStore
+
+    from toolkit.errors import CleanupWarning
+
+    class RecordStaysStore(WrapperStore[LocalStore]):
+        """Deleting the write's record always fails with a dropped connection."""
+
+        async def delete(self, key: str) -> None:
+            if key.startswith(".toolkit/writes/"):
+                raise ConnectionResetError("connection reset (injected)")
+            await super().delete(key)
+
+    dst = tmp_path / "s.zarr"
+    policy = toolkit.Throttle(max_retries=2, max_retry_seconds=1.0)
+    ds = _source().chunk({"time": 8})
+    with pytest.warns(CleanupWarning, match="landed"):
+        report = toolkit.to_zarr(
+            ds, RecordStaysStore(LocalStore(dst)), mode="w", throttle=policy, progress=False
+        )
+    assert report.units == 6
+    with pytest.raises(IncompleteStoreError):  # the record stays, so readers refuse...
+        toolkit.open_zarr(dst)
+    # ...though every value landed; a rerun removes the record.
+    xr.testing.assert_identical(toolkit.open_zarr(dst, incomplete="ignore").load(), _source())
+    toolkit.to_zarr(ds, str(dst), mode="w", progress=False)
+    xr.testing.assert_identical(toolkit.open_zarr(dst).load(), _source())
