@@ -67,10 +67,15 @@ def test_open_zarr_reads_each_object_once(written):
     assert gets <= nshards * (1 + chunks_per_shard)
 
 
-def test_open_zarr_refuses_chunks_and_missing_store(tmp_path, written):
+def test_open_zarr_takes_xarrays_chunks_and_refuses_a_missing_store(tmp_path, written):
     path, _ = written
-    with pytest.raises(TypeError, match="target_task_bytes"):
-        toolkit.open_zarr(path, chunks={})
+    for chunks in (None, {}, "auto", {"time": 5}):
+        got = toolkit.open_zarr(path, chunks=chunks)
+        want = xr.open_dataset(path, engine="zarr", chunks=chunks)
+        assert {k: v.chunks for k, v in got.variables.items()} == {
+            k: v.chunks for k, v in want.variables.items()
+        }
+        xr.testing.assert_identical(got.load(), want.load())
     with pytest.raises(FileNotFoundError):
         toolkit.open_zarr(tmp_path / "nothing.zarr")
 

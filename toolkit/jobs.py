@@ -25,7 +25,14 @@ from zarr.core.sync import sync
 from toolkit._render import text_table
 from toolkit.errors import PlanError
 from toolkit.grid import default_chunks
-from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, _mib, _open_existing, plan_write
+from toolkit.plan import (
+    CF_ENCODING_KEYS,
+    DEFAULT_MAX_TASK_BYTES,
+    WriteMode,
+    _mib,
+    _open_existing,
+    plan_write,
+)
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.storage import StoreLike, describe_store, fingerprint, resolve_store
 from toolkit.throttle import Throttle
@@ -154,6 +161,11 @@ def copy(
             f"--chunks/--shards name dimensions {sorted(map(str, unknown))} that {src} does "
             f"not have (it has {list(lazy.dims)})"
         )
+    # The source's CF encoding (units, packing, fill values) is kept; its codecs and
+    # layout are not (they may not exist in the target's Zarr format).
+    lazy = lazy.copy(deep=False)
+    for var in lazy.variables.values():
+        var.encoding = {k: v for k, v in var.encoding.items() if k in CF_ENCODING_KEYS}
     encoding: dict[Hashable, dict[str, Any]] = {}
     chunked = {}
     for name, var in lazy.variables.items():
@@ -166,13 +178,14 @@ def copy(
             var.shape, unit, var.dtype.itemsize, min(max_task_bytes // 2, DEFAULT_READ_TASK_BYTES)
         )
         chunked[name] = var.chunk(dict(zip(var.dims, read, strict=True)))
+        chunked[name].encoding = {**var.encoding, **encoding[name]}
     ds = lazy.assign({str(k): v for k, v in chunked.items() if k in lazy.data_vars})
     ds = ds.assign_coords({str(k): v for k, v in chunked.items() if k in lazy.coords})
     write_id = None
     if resume:
         write_id = tokenize(src, fingerprint(src), encoding, zarr_format, max_task_bytes)[:16]
     plan, log = plan_resumable(
-        ds, dst, write_id=write_id, mode=mode, encoding=encoding,
+        ds, dst, write_id=write_id, mode=mode, encoding=None,  # in each variable's own
         zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
         max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
     )  # fmt: skip

@@ -50,6 +50,7 @@ from toolkit.storage import StoreLike, describe_store, resolve_store, store_labe
 from toolkit.throttle import Throttle, resolve_throttle
 
 __all__ = [
+    "CF_ENCODING_KEYS",
     "DEFAULT_MAX_TASK_BYTES",
     "VariablePlan",
     "WritePlan",
@@ -84,6 +85,8 @@ _CF_KEYS = {
     "_Unsigned",
 }
 _VALID_ENCODING = _LAYOUT_KEYS | _ZARR_KEYS | _CF_KEYS
+CF_ENCODING_KEYS = frozenset(_CF_KEYS)
+"""Encoding keys of CF conventions (units, calendar, packing, fill values)."""
 _V3_ONLY_KEYS = {"fill_value"}  # zarr 2 takes the fill value from _FillValue only
 # Variables xarray writes itself, in the metadata round, rather than through
 # tasks: strings and objects (VLen codecs, values inspected while encoding),
