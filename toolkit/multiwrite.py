@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 import warnings
@@ -532,7 +533,8 @@ def _batch_key(
     storage_options: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
 ) -> str:
-    where = f"id:{id(store)}" if not isinstance(store, str) else store
+    # Paths batch by their text; store objects (and dicts) by identity.
+    where = str(store) if isinstance(store, str | os.PathLike) else f"id:{id(store)}"
     opts = sorted((storage_options or {}).items(), key=str)
     return repr((kind, where, group, what, opts, sorted(kwargs.items(), key=str)))
 

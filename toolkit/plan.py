@@ -92,7 +92,7 @@ _V3_ONLY_KEYS = {"fill_value"}  # zarr 2 takes the fill value from _FillValue on
 # tasks: strings and objects (VLen codecs, values inspected while encoding),
 # and in-memory times (their CF units may be chosen from the values).
 _XARRAY_KINDS = "OUST"
-_XARRAY_KINDS_IN_MEMORY = "OUSTmM"
+_TIME_KINDS = "mM"
 # zarr's default async concurrency: how many units one task encodes at once.
 _ZARR_CONCURRENCY = 10
 
@@ -1090,13 +1090,17 @@ def _written_by_xarray(name: Hashable, var: xr.Variable, ds: xr.Dataset, region:
     written with the metadata, under a lock on the whole variable (see
     :func:`toolkit.write.execute`).
     """
-    if var.size == 0 or var.dtype.kind in _XARRAY_KINDS:
+    if var.size == 0 or _encoded_from_values(var):
         return True
-    if var.chunks is not None:
-        return False
-    return var.dtype.kind in _XARRAY_KINDS_IN_MEMORY or (
+    return var.chunks is None and (
         (name in ds.coords or var.ndim == 0) and (not region or name in var.dims)
     )
+
+
+def _encoded_from_values(var: xr.Variable) -> bool:
+    """Whether xarray's encoders look at ``var``'s values (strings, objects, in-memory times)."""
+    kind = var.dtype.kind
+    return kind in _XARRAY_KINDS or (kind in _TIME_KINDS and var.chunks is None)
 
 
 def _own_layout(name: str, var: xr.Variable) -> dict[str, Any]:
@@ -1178,9 +1182,7 @@ def _probe_data(var: xr.Variable) -> Any:
 
     data = var.data
     first = (slice(0, 1),) * var.ndim
-    if var.dtype.kind in _XARRAY_KINDS_IN_MEMORY and not (
-        isinstance(data, da.Array) and var.dtype.kind in "mM"
-    ):
+    if _encoded_from_values(var):
         if isinstance(data, da.Array):
             return np.asarray(data[first].compute() if var.size else data.compute())
         return np.asarray(data if var.size < 2**16 else data[first])
@@ -1207,7 +1209,8 @@ def _check_variables(ds: xr.Dataset) -> xr.Dataset:
                 "set_index() after reading it back)"
             )
     for name in ds.variables:
-        _check_name(name)
+        if name is not None:
+            _check_name(name)
     if None in ds.variables:
         ds = ds.rename({None: _encode_variable_name(None)})
     return ds
@@ -1215,10 +1218,6 @@ def _check_variables(ds: xr.Dataset) -> xr.Dataset:
 
 def _check_name(name: Hashable) -> str:
     """A variable's name as a Zarr key: a non-empty string naming no group or hidden key."""
-    if name is None:
-        from xarray.backends.common import _encode_variable_name
-
-        return str(_encode_variable_name(None))
     if not isinstance(name, str):
         raise VariableNameError(
             f"Invalid name {name!r} for DataArray or Dataset key: must be either a "
