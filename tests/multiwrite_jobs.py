@@ -122,7 +122,7 @@ def slow_partition_job(target: str, job: int, days: list[str], ready: str) -> No
     The test kills this process with SIGKILL in the middle.
     """
     import toolkit
-    from toolkit import storage
+    from toolkit.io import storage
 
     original = storage.InterceptStore.set
 
@@ -148,7 +148,7 @@ def ice_days_job(
     how: str = "partition",
 ) -> dict[str, Any]:
     """Icechunk, one commit: overwrite the partitions ``days`` (or append them) with v = job."""
-    from toolkit.transactions import to_icechunk
+    from toolkit.write.icechunk import to_icechunk
 
     ds = day_rows(job, days).chunk({"time": 10})
     where = {"partition": "day"} if how == "partition" else {"append_dim": "time"}
@@ -160,7 +160,7 @@ def ice_region_job(
     target: str, job: int, start: int, stop: int, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Icechunk: write v = job over rows [start, stop)."""
-    from toolkit.transactions import to_icechunk
+    from toolkit.write.icechunk import to_icechunk
 
     n = stop - start
     ds = xr.Dataset({"v": (("time", "x"), np.full((n, NX), job, "f8"))}).chunk({"time": 5})
@@ -172,8 +172,8 @@ def ice_region_job(
 
 def slow_ice_partition_job(target: str, job: int, days: list[str], ready: str) -> None:
     """Icechunk: overwrite ``days`` slowly; the test kills it with SIGKILL in the middle."""
-    from toolkit import storage
-    from toolkit.transactions import to_icechunk
+    from toolkit.io import storage
+    from toolkit.write.icechunk import to_icechunk
 
     original = storage.InterceptStore.set
 

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from stats_reference import DTYPES, MOMENTS, check, reference, sum_overflows, values
 
-from toolkit.aggregations import (
+from toolkit.errors import StatsOverflowError
+from toolkit.stats.aggregations import (
     STATISTICS,
     Context,
     QuantileSketch,
@@ -20,7 +21,6 @@ from toolkit.aggregations import (
     partial,
     quantile_bound,
 )
-from toolkit.errors import StatsOverflowError
 
 
 def split(x: np.ndarray, axis: int, cuts: list[int]) -> list[np.ndarray]:

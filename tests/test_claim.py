@@ -23,8 +23,8 @@ import xarray as xr
 from zarr.storage import LocalStore
 
 import toolkit
-from toolkit.claim import clear_group, group_contents
 from toolkit.errors import ExistingStoreError, IncompleteStoreError
+from toolkit.state.claim import clear_group, group_contents
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -169,7 +169,7 @@ def test_overwrite_rerun_after_kill_starts_over_and_the_manifest_covers_every_ob
     back = toolkit.open_zarr(dst).load()
     assert int(back.t2m.isnull().sum()) == 0
     xr.testing.assert_identical(back, sources["ingest"])
-    manifest = toolkit.journal.read_manifest(LocalStore(dst))
+    manifest = toolkit.state.records.read_manifest(LocalStore(dst))
     stored = {str(p.relative_to(dst)) for p in (dst / "t2m" / "c").rglob("*") if p.is_file()}
     assert stored and stored <= set(manifest)
     assert all((dst / k).exists() for k in manifest)  # only objects that exist

@@ -17,7 +17,7 @@ from conftest import cluster_of
 
 import toolkit
 from toolkit.errors import IncompleteStoreError, StoreThrottledError, WriteError
-from toolkit.testing import FaultProxy
+from toolkit.testing.servers import FaultProxy
 
 pytestmark = pytest.mark.slow
 
@@ -183,8 +183,8 @@ def test_secrets_stay_secret(s3, tmp_path):
     texts += [repr(back), str(back.v.data.name), *map(str, back.__dask_graph__())]
     report = toolkit.to_zarr(ds, str(tmp_path / "x.zarr"), progress=False)
     texts += [repr(report), report._repr_html_()]
-    from toolkit.journal import read_records
-    from toolkit.storage import resolve_store
+    from toolkit.io.storage import resolve_store
+    from toolkit.state.records import read_records
 
     records = read_records(resolve_store("s3://data/secret.zarr", storage_options=opts))
     texts += [repr(records)]

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from zarr.storage import LocalStore, MemoryStore
 
-from toolkit.commit import Batch, CommitLog
-from toolkit.coordination import Coordinator, Lease, LockSet, supports_atomic_create
 from toolkit.errors import CoordinationError, LeaseTimeoutError
+from toolkit.state.commitlog import Batch, CommitLog
+from toolkit.state.leases import Coordinator, Lease, LockSet, supports_atomic_create
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import toolkit
 from toolkit.dashboard import RATE_FIELDS, IOFeed
-from toolkit.metrics import IOMetrics
-from toolkit.testing import FaultProxy
+from toolkit.io.metrics import IOMetrics
+from toolkit.testing.servers import FaultProxy
 
 
 def _report(process: str, **stores: dict[str, Any]) -> dict[str, Any]:

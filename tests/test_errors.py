@@ -33,7 +33,7 @@ def test_errors_subclass_builtins():
     assert issubclass(errors.ExistingStoreError, FileExistsError)
     assert issubclass(errors.AppendError, ValueError)
     assert issubclass(errors.EncodingError, ValueError)
-    assert issubclass(toolkit.write.UnknownOptionError, TypeError)
+    assert issubclass(toolkit.errors.UnknownOptionError, TypeError)
     assert all(issubclass(getattr(errors, n), errors.ToolkitError) for n in errors.__all__)
 
 
@@ -175,7 +175,7 @@ def test_overwrite_with_other_shape(existing):
 def test_unknown_option(existing):
     store, ds = existing
     refused(
-        store, toolkit.write.UnknownOptionError, "did you mean 'append_dim'", ds, apend_dim="time"
+        store, toolkit.errors.UnknownOptionError, "did you mean 'append_dim'", ds, apend_dim="time"
     )
 
 

@@ -9,7 +9,7 @@ import zarr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toolkit.graph import partial_units
+from toolkit.write.graph import partial_units
 
 
 @st.composite

@@ -20,8 +20,8 @@ from conftest import snapshot
 
 import toolkit
 from toolkit.errors import IngestError, PlanError
-from toolkit.journal import ResumeLog
-from toolkit.storage import resolve_store
+from toolkit.io.storage import resolve_store
+from toolkit.state.records import ResumeLog
 
 NY, NX = 6, 8
 

@@ -13,8 +13,8 @@ from zarr.storage import LocalStore
 
 import toolkit
 from toolkit.errors import IncompleteStoreError, WriteError
-from toolkit.journal import clear_records, read_records
-from toolkit.storage import FaultStore
+from toolkit.state.records import clear_records, read_records
+from toolkit.testing.faults import FaultStore
 
 NOFAIL = toolkit.Throttle(max_retries=0, adaptive=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import threading
 
-from toolkit.metrics import IOMetrics, live_metrics, process_metrics, process_totals
+from toolkit.io.metrics import IOMetrics, live_metrics, process_metrics, process_totals
 
 
 def test_live_metrics_count_into_the_process_totals_as_they_go():

@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import toolkit
+from toolkit.io.storage import MetricsStore, resolve_store
 from toolkit.read import aligned_chunks
-from toolkit.storage import MetricsStore, resolve_store
 
 
 @given(

@@ -20,9 +20,9 @@ from stats_reference import DTYPES, MOMENTS, check, reference, sum_overflows, va
 from zarr.storage import MemoryStore
 
 import toolkit
-from toolkit.aggregations import quantile_bound
 from toolkit.errors import StatsError, StatsOverflowError, ToolkitError
-from toolkit.storage import InterceptStore
+from toolkit.io.storage import InterceptStore
+from toolkit.stats.aggregations import quantile_bound
 
 T = TypeVar("T")
 DIMS = ("t", "y", "x")
@@ -253,7 +253,7 @@ def test_on_a_cluster_of_worker_processes(cluster_client: Any, tmp_path: Any) ->
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_from_s3_through_a_throttling_proxy(s3: Any) -> None:
-    from toolkit.testing import FaultProxy
+    from toolkit.testing.servers import FaultProxy
 
     ds = make_dataset(nt=40)
     url = "s3://data/stats.zarr"

@@ -14,9 +14,8 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.storage import LocalStore, MemoryStore
 from zarr.testing.store import StoreTests
 
-from toolkit.metrics import IOMetrics
-from toolkit.storage import (
-    FaultStore,
+from toolkit.io.metrics import IOMetrics
+from toolkit.io.storage import (
     MetricsStore,
     RetryStore,
     ThrottleStore,
@@ -25,7 +24,8 @@ from toolkit.storage import (
     unwrap,
     wrap_store,
 )
-from toolkit.throttle import Throttle
+from toolkit.io.throttle import Throttle
+from toolkit.testing.faults import FaultStore
 
 
 class _WrapperConformance(StoreTests[Any, Buffer]):
@@ -145,7 +145,7 @@ from toolkit.errors import (  # noqa: E402
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.storage import MetadataBuffer, redact  # noqa: E402
+from toolkit.io.storage import MetadataBuffer, redact  # noqa: E402
 
 # Retries alone: the injected faults do not depend on the rate, so AIMD would only slow it.
 FAST = Throttle(backoff_base=0.001, backoff_max=0.01, max_retries=50, adaptive=False)

@@ -14,7 +14,7 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.storage import MemoryStore
 
 import toolkit
-from toolkit.throttle import Budget, Throttle, _Limiter, classify_error, resolve_throttle
+from toolkit.io.throttle import Budget, Throttle, _Limiter, classify_error, resolve_throttle
 
 
 def _client_error(status: int, code: str) -> ClientError:
@@ -154,10 +154,9 @@ def test_throttle_is_exported_and_renders():
     assert Budget(t).reserve("write") == 0 and time.monotonic() - started < 0.1
 
 
-async def test_an_unreachable_coordinator_falls_back_to_the_local_budget(monkeypatch):
+async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
     """A coordinated policy whose scheduler cannot be reached still sends, locally limited."""
-    import toolkit._coordinator as coordinator
-    from toolkit.storage import ThrottleStore
+    from toolkit.io.storage import ThrottleStore
 
     class Unreachable:
         async def reserve(self, kind):
@@ -166,8 +165,11 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget(monkeyp
         def throttled(self, kind, age):
             pass
 
-    monkeypatch.setattr(coordinator, "remote_budget_for", lambda policy, scope: Unreachable())
-    store = ThrottleStore(MemoryStore(), Throttle(write_rate=1000, coordinated=True))
+    store = ThrottleStore(
+        MemoryStore(),
+        Throttle(write_rate=1000, coordinated=True),
+        remote=lambda policy, scope: Unreachable(),
+    )
     await store.set("k", Buffer.from_bytes(b"x"))
     assert store._store._store_dict["k"].to_bytes() == b"x"
 
@@ -202,7 +204,7 @@ def test_answers_to_requests_sent_before_a_cut_are_ignored():
 
 
 def test_throttle_state_shows_the_rates_in_force_per_store():
-    from toolkit.throttle import budget_for
+    from toolkit.io.throttle import budget_for
 
     scope = "s3://bucket/state-test.zarr"
     b = budget_for(Throttle(rate=100, write_rate=50, cooldown=0.0), scope)

@@ -18,7 +18,7 @@ import xarray as xr
 pytest.importorskip("icechunk")
 
 from toolkit.errors import CommitConflictError
-from toolkit.transactions import Repository, to_icechunk
+from toolkit.write.icechunk import Repository, to_icechunk
 
 pytestmark = pytest.mark.timeout(300)
 CTX = mp.get_context("spawn")

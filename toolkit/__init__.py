@@ -12,17 +12,31 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
-from toolkit.dashboard import register_dashboard
+from toolkit.api import to_zarr
+from toolkit.cluster.budgets import throttle_state
+from toolkit.cluster.client import on_client
+from toolkit.cluster.metrics import io_metrics
+from toolkit.dashboard import ensure_registered, register_dashboard
 from toolkit.ingest import ingest
-from toolkit.metrics import IOMetrics, io_metrics
-from toolkit.multiwrite import append, overwrite_partitions
-from toolkit.plan import DEFAULT_MAX_TASK_BYTES, VariablePlan, WritePlan, WriteTask, plan_write
+from toolkit.io.metrics import IOMetrics
+from toolkit.io.throttle import Throttle, ThrottleState
 from toolkit.read import iter_chunks, map_chunks, open_zarr
-from toolkit.stats import DEFAULT_STATS, stats
-from toolkit.throttle import Throttle, ThrottleState, throttle_state
-from toolkit.transactions import to_icechunk
+from toolkit.stats.compute import DEFAULT_STATS, stats
 from toolkit.verify import VerifyReport, verify
-from toolkit.write import WriteReport, execute, to_zarr
+from toolkit.write.execute import WriteReport, execute
+from toolkit.write.icechunk import to_icechunk
+from toolkit.write.multi import append, overwrite_partitions
+from toolkit.write.plan import (
+    DEFAULT_MAX_TASK_BYTES,
+    VariablePlan,
+    WritePlan,
+    WriteTask,
+    plan_write,
+)
+
+# The composition root's one wiring: the dashboard page subscribes to the clients
+# toolkit finds (the cluster layer below it never imports it).
+on_client(ensure_registered)
 
 try:
     __version__ = version("toolkit")

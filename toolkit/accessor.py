@@ -7,9 +7,11 @@ from typing import Any
 import xarray as xr
 from dask.delayed import Delayed
 
-from toolkit.plan import WritePlan, plan_write
-from toolkit.storage import StoreLike
-from toolkit.write import WriteReport, to_zarr
+from toolkit.api import to_zarr
+from toolkit.io.storage import StoreLike
+from toolkit.stats.compute import stats
+from toolkit.write.execute import WriteReport
+from toolkit.write.plan import WritePlan, plan_write
 
 __all__ = ["ToolkitAccessor", "ToolkitArrayAccessor"]
 
@@ -31,8 +33,6 @@ class ToolkitAccessor:
 
     def stats(self, *args: Any, **kwargs: Any) -> xr.Dataset:
         """:func:`toolkit.stats` of this dataset."""
-        from toolkit.stats import stats
-
         return stats(self._ds, *args, **kwargs)
 
 
@@ -49,6 +49,4 @@ class ToolkitArrayAccessor:
 
     def stats(self, *args: Any, **kwargs: Any) -> xr.Dataset:
         """:func:`toolkit.stats` of this array."""
-        from toolkit.stats import stats
-
         return stats(self._da, *args, **kwargs)

@@ -121,7 +121,7 @@ def _throttle(args: argparse.Namespace) -> Any:
         return None
     from dataclasses import replace
 
-    from toolkit.throttle import Throttle
+    from toolkit.io.throttle import Throttle
 
     base = Throttle.for_url(getattr(args, "dst", None) or args.store) or Throttle()
     changes: dict[str, Any] = {}
@@ -217,7 +217,7 @@ def _numbers(text: str | None, flag: str) -> list[float] | None:
 def _stats(args: argparse.Namespace) -> str:
     """The statistics of ``args.store``: a table when everything was reduced."""
     from toolkit._render import text_table
-    from toolkit.stats import stats
+    from toolkit.stats.compute import stats
 
     bin_range = _numbers(args.range, "--range")
     if bin_range is not None and len(bin_range) != 2:

@@ -29,13 +29,15 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from toolkit._progress import active_client
+from toolkit.cluster.client import active_client
 from toolkit.errors import IngestError
-from toolkit.jobs import _layout
-from toolkit.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
-from toolkit.storage import StoreLike, fingerprint
-from toolkit.throttle import Throttle
-from toolkit.write import WriteReport, execute, plan_resumable
+from toolkit.io.metrics import IOMetrics
+from toolkit.io.storage import StoreLike, fingerprint
+from toolkit.io.throttle import Throttle
+from toolkit.write.execute import WriteReport, execute, plan_resumable, write_dataset
+from toolkit.write.layout import choose_layout
+from toolkit.write.multi import append
+from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
 
 __all__ = ["Source", "ingest", "read_headers", "sources_dataset"]
 
@@ -709,9 +711,9 @@ def _layout_of(
     chunks: Mapping[Hashable, int],
     shards: Mapping[Hashable, int],
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """:func:`toolkit.jobs._layout` for a variable known from headers only."""
+    """:func:`toolkit.jobs.choose_layout` for a variable known from headers only."""
     stand_in = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=-1))
-    return _layout(stand_in, chunks, shards)
+    return choose_layout(stand_in, chunks, shards)
 
 
 # Streams ---------------------------------------------------------------------
@@ -844,8 +846,6 @@ def _ingest_stream(
     progress: bool,
 ) -> WriteReport:
     """Buffer pieces into whole units along ``concat_dim`` and append them in batches."""
-    from toolkit.write import to_zarr
-
     pieces = _sync_iter(sources)
     buffered: list[xr.Dataset] = []
     nbuffered = 0
@@ -863,10 +863,10 @@ def _ingest_stream(
         kw: dict[str, Any] = {"storage_options": storage_options, "throttle": throttle}
         if not created:
             created = True
-            out = to_zarr(batch, target, mode=mode, encoding=enc, zarr_format=zarr_format,
+            out = write_dataset(batch, target, mode=mode, encoding=enc, zarr_format=zarr_format,
                           progress=False, **kw)  # fmt: skip
         else:
-            out = to_zarr(batch, target, append_dim=concat_dim, progress=False, **kw)
+            out = append(batch, target, concat_dim, progress=False, **kw)
         assert isinstance(out, WriteReport)
         return out
 
@@ -988,8 +988,6 @@ def _stream_bar(enabled: bool) -> Any:
 def _merge_reports(reports: Sequence[WriteReport]) -> WriteReport:
     """One report for the appends of a stream."""
     from dataclasses import replace
-
-    from toolkit.metrics import IOMetrics
 
     head = reports[0]
     return replace(

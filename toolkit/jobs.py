@@ -20,23 +20,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from dask.base import tokenize
+from dask.utils import format_bytes
 from zarr.core.sync import sync
 
 from toolkit._render import text_table
+from toolkit.dashboard import register_dashboard
 from toolkit.errors import PlanError
-from toolkit.grid import default_chunks
-from toolkit.plan import (
-    CF_ENCODING_KEYS,
-    DEFAULT_MAX_TASK_BYTES,
-    WriteMode,
-    _mib,
-    _open_existing,
-    plan_write,
-)
+from toolkit.io.groups import open_existing
+from toolkit.io.storage import StoreLike, describe_store, fingerprint, resolve_store
+from toolkit.io.throttle import Throttle
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
-from toolkit.storage import StoreLike, describe_store, fingerprint, resolve_store
-from toolkit.throttle import Throttle
-from toolkit.write import WriteReport, execute, plan_resumable
+from toolkit.write.execute import WriteReport, execute, plan_resumable
+from toolkit.write.layout import choose_layout
+from toolkit.write.plan import CF_ENCODING_KEYS, DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
 
 __all__ = ["copy", "demo", "demo_dataset", "inspect", "parse_size"]
 
@@ -69,30 +65,6 @@ def _is_zarr(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zgroup", ".zarray")
     )
-
-
-def _layout(
-    var: xr.Variable, chunks: Mapping[Hashable, int], shards: Mapping[Hashable, int]
-) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Target chunks (and shards) of one variable for :func:`copy`."""
-    preferred = var.encoding.get("preferred_chunks") or {}
-    guess = default_chunks(var.shape, max(var.dtype.itemsize, 1))
-    out = []
-    for i, (d, n) in enumerate(zip(var.dims, var.shape, strict=True)):
-        c = chunks.get(d, preferred.get(d, guess[i]))
-        out.append(max(1, min(int(c), max(n, 1))))
-    if not any(d in shards for d in var.dims):
-        return tuple(out), None
-    sh = []
-    for d, c, n in zip(var.dims, out, var.shape, strict=True):
-        s = shards.get(d, c)
-        if s % c:
-            raise PlanError(
-                f"--shards {d}={s} is not a whole multiple of the chunk {d}={c}; "
-                f"use a multiple such as {d}={c * max(1, round(s / c))}"
-            )
-        sh.append(min(s, -(-max(n, 1) // c) * c))
-    return tuple(out), tuple(sh)
 
 
 def copy(
@@ -171,7 +143,7 @@ def copy(
     for name, var in lazy.variables.items():
         if name in lazy.indexes or var.ndim == 0:
             continue
-        c, s = _layout(var, chunks, shards)
+        c, s = choose_layout(var, chunks, shards)
         encoding[name] = {"chunks": c, **({"shards": s} if s else {})}
         unit = s or c
         read = aligned_chunks(
@@ -203,7 +175,7 @@ def inspect(store: StoreLike, *, group: str | None = None) -> str:
         An aligned text table; the CLI prints it.
     """
     zstore = resolve_store(store)
-    existing = _open_existing(zstore, group)
+    existing = open_existing(zstore, group)
     if existing is None:
         raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
     rows = []
@@ -226,13 +198,13 @@ def inspect(store: StoreLike, *, group: str | None = None) -> str:
                 "chunks": "×".join(map(str, arr.chunks)),
                 "shards": "×".join(map(str, arr.shards)) if arr.shards else "-",
                 "compressors": ",".join(codecs) or "-",
-                "size": _mib(raw),
-                "stored": _mib(stored),
+                "size": format_bytes(raw),
+                "stored": format_bytes(stored),
             }
         )
     head = (
         f"{describe_store(zstore)}  zarr_format={existing.zarr_format}  "
-        f"{len(rows)} arrays, {_mib(total_raw)} ({_mib(total_stored)} stored)"
+        f"{len(rows)} arrays, {format_bytes(total_raw)} ({format_bytes(total_stored)} stored)"
     )
     return head + "\n" + text_table(rows)
 
@@ -291,8 +263,6 @@ def demo_dataset(nbytes: int = 200 * 10**6, *, seed: int = 0) -> xr.Dataset:
 def _cluster(workers: int, threads: int, echo: Any = None) -> Iterator[Any]:
     """A LocalCluster and its client (None for ``workers=0``); ``echo`` gets the dashboard links."""
     from distributed import Client, LocalCluster
-
-    from toolkit.dashboard import register_dashboard
 
     if workers <= 0:
         yield None

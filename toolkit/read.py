@@ -24,11 +24,13 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
-from toolkit._progress import active_client
+from toolkit._util import zarr_concurrency
+from toolkit.cluster.budgets import cluster_share
+from toolkit.cluster.client import active_client
+from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
-from toolkit.journal import read_records
-from toolkit.plan import _open_existing
-from toolkit.storage import (
+from toolkit.io.groups import open_existing
+from toolkit.io.storage import (
     MetadataBuffer,
     StoreLike,
     describe_store,
@@ -36,7 +38,8 @@ from toolkit.storage import (
     store_label,
     wrap_store,
 )
-from toolkit.throttle import Throttle, cluster_share, resolve_throttle
+from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.state.records import read_records
 
 __all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]
 
@@ -90,9 +93,9 @@ def open_zarr(
     Reads go through toolkit's store stack: the throttle's budget (enforced
     for the whole cluster under an active ``distributed`` client), its
     retries, and I/O metrics. The metrics add up per process, and
-    :func:`toolkit.io_metrics` gathers them. With a throttle, zarr's per-call
-    ``async.concurrency`` is raised to the in-flight cap (process-wide, and on
-    the workers), so that two dask threads still keep many requests in flight.
+    :func:`toolkit.io_metrics` gathers them. With a throttle, each aligned read task
+    raises zarr's per-call ``async.concurrency`` to the in-flight cap while it
+    runs, so that two dask threads still keep many requests in flight.
 
     Parameters
     ----------
@@ -135,13 +138,11 @@ def open_zarr(
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     scope = describe_store(plain)
     share = cluster_share(policy)
-    if share is not None:
-        _allow_concurrency(share.max_inflight)
     # Metadata read to plan the chunks is not read again by xarray's open.
-    zstore = MetadataBuffer(wrap_store(plain, share, scope=scope))
+    zstore = MetadataBuffer(wrap_store(plain, share, scope=scope, remote=remote_budget_for))
     with cf.ThreadPoolExecutor(2, thread_name_prefix="toolkit-open") as pool:
         # The group and the write records are independent: one round trip, not two.
-        opening = pool.submit(_open_existing, zstore, group)
+        opening = pool.submit(open_existing, zstore, group)
         records = pool.submit(read_records, zstore, group) if incomplete != "ignore" else None
         existing = opening.result()
         if existing is None:
@@ -172,7 +173,7 @@ def open_zarr(
         unit = arr.shards or arr.chunks
         chunks = aligned_chunks(var.shape, unit, var.dtype.itemsize, target_task_bytes)
         data = da.from_array(
-            _NamedChunkErrors(var, arr),
+            _NamedChunkErrors(var, arr, share.max_inflight if share is not None else 0),
             chunks=chunks,
             name=f"toolkit-read-{name}-{tokenize(token, name, chunks)}",
             meta=np.empty((0,) * var.ndim, dtype=var.dtype),
@@ -190,13 +191,15 @@ class _NamedChunkErrors:
     Store errors (throttling, access, ...) pass through as they are.
     """
 
-    def __init__(self, var: xr.Variable, arr: zarr.Array[Any]) -> None:
-        self.var, self.arr = var, arr
+    def __init__(self, var: xr.Variable, arr: zarr.Array[Any], concurrency: int = 0) -> None:
+        self.var, self.arr, self.concurrency = var, arr, concurrency
         self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         try:
-            return np.asarray(self.var[key].values)
+            # As many requests in flight as the budget allows (zarr's 10 otherwise).
+            with zarr_concurrency(self.concurrency):
+                return np.asarray(self.var[key].values)
         except ToolkitError:
             raise
         except Exception as e:
@@ -240,24 +243,6 @@ def undecodable_chunks(
             if full not in bad:
                 bad.append(full)
     return bad
-
-
-def _raise_concurrency(n: int) -> None:
-    if int(zarr.config.get("async.concurrency")) < n:
-        zarr.config.set({"async.concurrency": n})
-
-
-def _allow_concurrency(n: int) -> None:
-    """Let one zarr call keep ``n`` requests in flight, here and on the workers.
-
-    Read tasks are xarray's, so the per-task setting that writes use cannot
-    apply. zarr's per-call limit (10 by default) is raised process-wide
-    instead. The throttle's semaphore still caps the requests in flight.
-    """
-    _raise_concurrency(n)
-    client = active_client()
-    if client is not None:
-        client.run(_raise_concurrency, n)
 
 
 def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None:

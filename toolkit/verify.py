@@ -19,10 +19,12 @@ import numpy as np
 import xarray as xr
 from dask.delayed import delayed
 
-from toolkit._progress import compute_with_progress
 from toolkit._render import html_table, text_table
+from toolkit.cluster.progress import compute_with_progress
+from toolkit.ingest import sources_dataset
+from toolkit.io.storage import StoreLike, digest, resolve_store, store_label, wrap_store
 from toolkit.read import open_zarr
-from toolkit.storage import StoreLike, store_label
+from toolkit.state.records import read_manifest
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -114,8 +116,6 @@ def _open_source(source: Any, concat_dim: Hashable | None) -> tuple[xr.Dataset, 
     ):
         return xr.open_zarr(source, chunks=None), str(source)
     if concat_dim is not None:
-        from toolkit.ingest import sources_dataset
-
         return sources_dataset(source, concat_dim), str(source)
     return xr.open_dataset(source, chunks=None, cache=False), str(source)
 
@@ -219,9 +219,6 @@ def _verify_manifest(target: StoreLike, *, batch: int = 64) -> VerifyReport:
 
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
-
-    from toolkit.journal import read_manifest
-    from toolkit.storage import digest, resolve_store, wrap_store
 
     store = wrap_store(resolve_store(target), None)
     label = store_label(target)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.metrics import IOMetrics, process_totals
+from toolkit.io.metrics import IOMetrics, process_totals
 
 __all__ = ["HEARTBEAT_KEY", "PAGE", "RATE_FIELDS", "IOFeed", "RatePoint", "process_report"]
 

@@ -25,7 +25,7 @@ from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 
 from toolkit._render import html_table
 from toolkit.dashboard.feed import RATE_FIELDS, IOFeed
-from toolkit.metrics import IOMetrics
+from toolkit.io.metrics import IOMetrics
 
 __all__ = ["IOPage", "io_doc"]
 

@@ -15,7 +15,7 @@ import functools
 import inspect
 import time
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -25,17 +25,17 @@ import zarr
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.utils import format_bytes
 from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 from xarray.coding.common import SerializationWarning
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
-from toolkit import multiwrite
-from toolkit._progress import active_client, compute_with_progress
 from toolkit._render import html_table, text_table
-from toolkit.claim import CreationClaim, clear_group, group_contents, remove_strays
-from toolkit.coordination import Coordinator, LockSet, job_id, supports_atomic_create
+from toolkit.cluster.budgets import cluster_share
+from toolkit.cluster.client import active_client
+from toolkit.cluster.progress import compute_with_progress
 from toolkit.errors import (
     CleanupWarning,
     ExistingStoreError,
@@ -44,38 +44,41 @@ from toolkit.errors import (
     UnknownOptionError,
     WriteError,
 )
-from toolkit.graph import (
+from toolkit.io.groups import array_dims
+from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.storage import (
+    MetadataBuffer,
+    StoreLike,
+    describe_store,
+    is_icechunk,
+    rebind,
+    resolve_store,
+    store_label,
+    wrap_store,
+)
+from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
+from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
+from toolkit.state.records import ResumeLog, WriteJournal
+from toolkit.write.graph import (
     WriteIO,
     WriteSource,
     build_write_graph,
     partial_units,
     unit_lock_names,
 )
-from toolkit.journal import ResumeLog, WriteJournal
-from toolkit.metrics import IOMetrics, live_metrics
-from toolkit.plan import (
-    DEFAULT_MAX_TASK_BYTES,
-    WriteMode,
-    WritePlan,
-    _array_dims,
-    _mib,
-    plan_write,
-)
-from toolkit.storage import (
-    MetadataBuffer,
-    StoreLike,
-    describe_store,
-    rebind,
-    resolve_store,
-    store_label,
-    unwrap,
-    wrap_store,
-)
-from toolkit.throttle import Throttle, cluster_share, resolve_throttle
+from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, plan_write
 
 _DEFAULT_CONCURRENCY = 10  # zarr's own default, for unthrottled stores
 
-__all__ = ["UnknownOptionError", "WriteReport", "execute", "plan_resumable", "to_zarr"]
+__all__ = [
+    "WriteReport",
+    "as_dataset",
+    "execute",
+    "plan_resumable",
+    "reject_unknown",
+    "write_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,13 @@ class WriteReport:
             {"": "tasks / units", "value": f"{self.tasks} / {self.units}"},
             {
                 "": "bytes",
-                "value": f"{_mib(self.nbytes)} ({_mib(self.stored_bytes)} stored, {ratio:.2f}x)",
+                "value": f"{format_bytes(self.nbytes)} "
+                f"({format_bytes(self.stored_bytes)} stored, {ratio:.2f}x)",
             },
             {
                 "": "time",
                 "value": f"{self.seconds:.2f} s ({self.metadata_seconds:.2f} s "
-                f"metadata), {_mib(self.throughput)}/s",
+                f"metadata), {format_bytes(int(self.throughput))}/s",
             },
             *({"": k, "value": v} for k, v in self.io.summary().items()),
         ]
@@ -315,7 +319,7 @@ def execute(
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
     direct = wrap_store(plan.store, plan.throttle, meta_io)
-    transactional = is_transactional(plan.store)
+    transactional = is_icechunk(plan.store)
     owner = job_id()
     # A creation (and the resumption of one) holds the group's creation lease
     # until its last object landed: two creators never mix (toolkit.claim).
@@ -351,7 +355,9 @@ def execute(
             if journaled:
                 # Landed before any array metadata is sent: no reader can find this
                 # write's arrays without its record.
-                journal.begin(plan, direct, resume=resume.id if resume is not None else None)
+                journal.begin(
+                    plan.record_summary(), direct, resume=resume.id if resume is not None else None
+                )
             sync(buffer.flush())  # metadata and small variables, in one concurrent round
             if resume is not None and creating:
                 resume.metadata_done(direct)
@@ -369,7 +375,7 @@ def execute(
         resume_prefix=resume.prefix if resume is not None else None,
         locks=coord,
         owner=owner,
-        transactional=is_transactional(plan.store),
+        transactional=is_icechunk(plan.store),
     )
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, sources, io, skip=done)
@@ -446,7 +452,7 @@ def eager_regions(plan: WritePlan) -> list[tuple[zarr.Array[Any], tuple[slice, .
     for name in plan.eager:
         path = f"{plan.group.strip('/')}/{name}" if plan.group else name
         arr = zarr.open_array(plan.store, path=path, mode="r")
-        dims = _array_dims(arr)
+        dims = array_dims(arr)
         out.append(
             (
                 arr,
@@ -462,11 +468,6 @@ def unit_ranges(arr: zarr.Array[Any], region: tuple[slice, ...]) -> tuple[tuple[
     """Per axis, the write units (shards, else chunks) of ``arr`` that ``region`` touches."""
     size = arr.shards or arr.chunks
     return tuple((sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True))
-
-
-def is_transactional(store: Store) -> bool:
-    """Whether ``store`` is a session of a transactional engine (Icechunk)."""
-    return type(unwrap(store)).__module__.split(".")[0] == "icechunk"
 
 
 def _unit_coordinator(plan: WritePlan) -> Coordinator | None:
@@ -504,7 +505,7 @@ def _report(
             # Under the creation lease: temporary files of killed runs are nobody's.
             remove_strays(plan.store, plan.group, older_than=strays_before)
         if journal is not None:
-            journal.done(io, plan)
+            journal.done(io, plan.unit_spans())
         if resume is not None:
             resume.clear(io)
     except StoreError as e:
@@ -589,13 +590,24 @@ def as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
     return obj.to_dataset()
 
 
-def to_zarr(
+def reject_unknown(unknown: Mapping[str, Any], fn: Callable[..., Any]) -> None:
+    """Raise :class:`~toolkit.errors.UnknownOptionError` naming the closest option of ``fn``."""
+    if not unknown:
+        return
+    options = [p for p in inspect.signature(fn).parameters if p != "unknown"]
+    msgs = []
+    for k in unknown:
+        close = difflib.get_close_matches(k, options, 1)
+        msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise UnknownOptionError(f"{fn.__name__}() got unknown options: " + "; ".join(msgs))
+
+
+def write_dataset(
     ds: xr.Dataset | xr.DataArray,
     store: StoreLike,
-    mode: WriteMode | Literal["overwrite-partitions"] | None = None,
     *,
+    mode: WriteMode | None = None,
     append_dim: Hashable | None = None,
-    partition: Hashable | None = None,
     region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
     encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
     zarr_format: int | None = None,
@@ -604,105 +616,20 @@ def to_zarr(
     group: str | None = None,
     write_empty_chunks: bool | None = None,
     compute: bool = True,
-    safe_chunks: bool = True,
-    align_chunks: bool = False,
-    chunkmanager_store_kwargs: Mapping[str, Any] | None = None,
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
     **unknown: Any,
 ) -> WriteReport | Delayed:
-    """Write ``ds`` to Zarr in parallel, with every task owning whole stored objects.
+    """One job's write: :func:`~toolkit.plan_write`, then :func:`execute`.
 
-    Takes the parameters of :meth:`xarray.Dataset.to_zarr` with the same
-    meanings; dask chunks need not match the Zarr chunks or shards (the plan
-    regroups them, see :func:`toolkit.plan_write`).
-
-    Parameters
-    ----------
-    ds : xarray.Dataset or xarray.DataArray
-        Data to write; a DataArray is stored as :meth:`xarray.DataArray.to_zarr`
-        stores it.
-    store : str, os.PathLike or zarr Store
-        Target path, URL or store.
-    mode, append_dim, region, encoding, zarr_format, consolidated : optional
-        As in :meth:`xarray.Dataset.to_zarr`, and safe with concurrent jobs:
-        an append reserves its rows through the store's commit log
-        (:func:`toolkit.append`), and a region write locks the write units it
-        shares with other regions for their read-modify-write.
-        ``mode="overwrite-partitions"`` replaces the partitions present in
-        ``ds`` (:func:`toolkit.overwrite_partitions`).
-    partition : str, optional
-        With ``mode="overwrite-partitions"``: the coordinate labelling partitions.
-    storage_options, group, write_empty_chunks : optional
-        As in :meth:`xarray.Dataset.to_zarr`.
-    compute : bool
-        If False, return a ``Delayed`` writing the data (metadata is written now).
-    safe_chunks, align_chunks : bool
-        Taken for compatibility with xarray, and without effect: every write is
-        chunk-safe, whatever the dask chunks, because the plan regroups them to
-        whole chunks or shards (what ``align_chunks=True`` asks of xarray).
-    chunkmanager_store_kwargs : dict, optional
-        Taken for compatibility with xarray, and without effect: toolkit builds
-        its own graph of write tasks.
-    max_task_bytes : int
-        Memory target per task.
-    throttle : Throttle, False or None
-        Request budget, retries and in-flight cap for the store (cluster-wide):
-        ``None`` takes the URL's defaults (none for local paths), ``False`` none.
-    progress : bool
-        Show progress.
-
-    Returns
-    -------
-    WriteReport or dask.delayed.Delayed
-
-    Raises
-    ------
-    toolkit.errors.PlanError
-        Before anything is written, on any invalid input.
-    toolkit.errors.WriteError
-        When the data could not be written; ``err.record`` lists the units
-        written and missing.
+    What :func:`toolkit.to_zarr` does when it is neither an append nor a
+    partition overwrite (which coordinate with other jobs first); the
+    parameters are its own.
     """
-    del safe_chunks, align_chunks, chunkmanager_store_kwargs  # always safe and aligned
-    ds = as_dataset(ds)
-    if unknown:
-        msgs = []
-        for k in unknown:
-            options = [p for p in inspect.signature(to_zarr).parameters if p != "unknown"]
-            close = difflib.get_close_matches(k, options, 1)
-            msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UnknownOptionError("to_zarr() got unknown options: " + "; ".join(msgs))
-    passed: dict[str, Any] = {
-        "group": group,
-        "storage_options": storage_options,
-        "encoding": encoding,
-        "zarr_format": zarr_format,
-        "consolidated": consolidated,
-        "write_empty_chunks": write_empty_chunks,
-        "compute": compute,
-        "max_task_bytes": max_task_bytes,
-        "throttle": throttle,
-        "progress": progress,
-    }
-    if mode == "overwrite-partitions":
-        if partition is None or append_dim is not None or region is not None:
-            raise PlanError(
-                "mode='overwrite-partitions' needs partition=<coordinate name> "
-                "and no append_dim or region"
-            )
-        result: WriteReport | Delayed = multiwrite.overwrite_partitions(
-            ds, store, partition, **passed
-        )
-        return result
-    if partition is not None:
-        raise PlanError("partition= only applies with mode='overwrite-partitions'")
-    if append_dim is not None and mode in (None, "a") and region is None:
-        appended: WriteReport | Delayed = multiwrite.append(ds, store, append_dim, **passed)
-        return appended
+    reject_unknown(unknown, write_dataset)
     plan = plan_write(
-        ds,
+        as_dataset(ds),
         store,
         mode=mode,
         append_dim=append_dim,

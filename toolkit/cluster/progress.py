@@ -8,47 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask
 from dask.callbacks import Callback
 
-_LOCAL_SCHEDULERS = frozenset(
-    {"threads", "threading", "sync", "synchronous", "single-threaded", "processes"}
-)
+from toolkit.cluster.client import active_client
 
-
-def active_client() -> Any | None:
-    """The current ``distributed`` client, or None.
-
-    None also when ``dask.config`` names a local scheduler, which overrides the
-    default client for dask itself too. The first time a client is found here,
-    toolkit's I/O page is added to its dashboard (:mod:`toolkit.dashboard`).
-    """
-    if dask.config.get("scheduler", None) in _LOCAL_SCHEDULERS:
-        return None
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        client = default_client()
-    except ValueError:
-        return None
-    if not _in_task():
-        from toolkit.dashboard import ensure_registered
-
-        ensure_registered(client)
-    return client
-
-
-def _in_task() -> bool:
-    """Whether this runs inside a task on a worker (which must not register plugins)."""
-    from distributed import get_worker
-
-    try:
-        get_worker()
-    except ValueError:
-        return False
-    return True
+__all__ = ["compute_with_progress"]
 
 
 class _TqdmCallback(Callback):

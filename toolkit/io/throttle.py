@@ -24,26 +24,29 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 from dask.base import tokenize
 
 from toolkit._render import html_table, text_table
+from toolkit._util import backoff
 
 __all__ = [
     "Budget",
     "BudgetState",
     "ErrorClass",
+    "RemoteBudget",
+    "RemoteBudgets",
     "RequestKind",
     "Throttle",
     "ThrottleState",
     "budget_for",
     "classify_error",
-    "cluster_share",
     "http_status",
-    "throttle_state",
+    "local_states",
+    "resolve_throttle",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -188,7 +191,7 @@ class Throttle:
 
     def backoff(self, attempt: int, draw: float) -> float:
         """Seconds before retry ``attempt`` (1-based), given a uniform ``draw``."""
-        return draw * min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
+        return backoff(attempt - 1, self.backoff_base, self.backoff_max, draw)
 
     def _row(self) -> dict[str, str]:
         def r(v: float | None) -> str:
@@ -514,27 +517,31 @@ class ThrottleState:
         return html_table([b._row() for b in self.budgets]) or "<p>no request budget in use</p>"
 
 
-def throttle_state() -> ThrottleState:
-    """The request budgets in force: this process's and, under a client, the cluster's.
-
-    Adaptive budgets halve a rate when the store answers with throttling and
-    give it back slowly; this shows where each one stands, per store.
-    """
-    with _BUDGETS_LOCK:
-        local = list(_BUDGETS.values())
-    states = [b.state() for b in local]
-    from toolkit._progress import active_client
-
-    client = active_client()
-    if client is not None:
-        from toolkit._coordinator import coordinated_states
-
-        states = client.run_on_scheduler(coordinated_states) + states
-    return ThrottleState(tuple(states))
-
-
 _BUDGETS: dict[str, Budget] = {}
 _BUDGETS_LOCK = threading.Lock()
+
+
+class RemoteBudget(Protocol):
+    """A budget that something beyond this process enforces (a cluster's scheduler)."""
+
+    async def reserve(self, kind: RequestKind) -> float:
+        """Seconds to wait before sending one request of ``kind``."""
+        ...
+
+    def throttled(self, kind: RequestKind, age: float) -> None:
+        """Report a throttling answer to a request booked ``age`` seconds ago."""
+        ...
+
+
+#: ``remote(policy, scope)``: the remote budget of this process, or None.
+type RemoteBudgets = Callable[[Throttle, str], RemoteBudget | None]
+
+
+def local_states() -> list[BudgetState]:
+    """Where each of this process's budgets stands."""
+    with _BUDGETS_LOCK:
+        local = list(_BUDGETS.values())
+    return [b.state() for b in local]
 
 
 def budget_for(policy: Throttle, scope: str = "") -> Budget:
@@ -545,28 +552,3 @@ def budget_for(policy: Throttle, scope: str = "") -> Budget:
         if b is None:
             b = _BUDGETS[key] = Budget(policy, scope)
         return b
-
-
-def cluster_share(policy: Throttle | None) -> Throttle | None:
-    """``policy`` as one process of the active ``distributed`` cluster applies it.
-
-    With the scheduler-side :class:`toolkit._coordinator.ThrottleCoordinator`
-    (installed here on first use), the rates stay whole, since the coordinator enforces them for
-    the cluster, and only the in-flight cap is divided among the workers. If
-    the coordinator cannot be installed, both are divided.
-    """
-    if policy is None:
-        return None
-    from toolkit._progress import active_client
-
-    client = active_client()
-    if client is None:
-        return policy
-    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
-    from toolkit._coordinator import install_coordinator
-
-    try:
-        client.run_on_scheduler(install_coordinator)
-    except Exception:  # a scheduler without toolkit installed: split the rates instead
-        return replace(policy.share(workers), coordinated=False)
-    return replace(policy, max_inflight=policy.share(workers).max_inflight, coordinated=True)

@@ -37,11 +37,13 @@ import xarray as xr
 import zarr
 from zarr.abc.store import Store
 
-from toolkit.commit import Batch, CommitLog, CommitStats
-from toolkit.coordination import Coordinator, Lease, LockSet, job_id, supports_atomic_create
 from toolkit.errors import AppendError, PartitionError
-from toolkit.plan import _array_dims, plan_write
-from toolkit.storage import StoreLike, unwrap
+from toolkit.io.groups import array_dims, open_group
+from toolkit.io.storage import StoreLike, unwrap
+from toolkit.state.commitlog import Batch, CommitLog, CommitStats
+from toolkit.state.leases import Coordinator, Lease, LockSet, job_id, supports_atomic_create
+from toolkit.write.execute import execute, write_dataset
+from toolkit.write.plan import plan_write
 
 __all__ = ["append", "overwrite_partitions"]
 
@@ -71,27 +73,13 @@ def _runs(values: np.ndarray) -> list[tuple[str, int]]:
     return out
 
 
-def _open_group(store: Store, group: str | None, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    # zarr_format=None would probe every format's keys first (several requests).
-    last: Exception | None = None
-    for fmt in (3, 2):
-        try:
-            return zarr.open_group(
-                store, path=group or "", mode=mode, use_consolidated=False, zarr_format=fmt
-            )
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-            last = e
-    assert last is not None
-    raise last
-
-
 def _arrays_along(
     store: Store, group: str | None, dim: str, mode: Literal["r", "r+"] = "r"
 ) -> list[tuple[zarr.Array[Any], int]]:
-    grp = _open_group(store, group, mode)
+    grp = open_group(store, group, mode)
     out = []
     for _, arr in grp.arrays():
-        dims = _array_dims(arr)
+        dims = array_dims(arr)
         if dim in dims:
             out.append((arr, dims.index(dim)))
     return out
@@ -256,7 +244,7 @@ def _creating(store: Store, group: str | None, owner: str, maybe_empty: bool) ->
 
 def _has_arrays(store: Store, group: str | None) -> bool:
     try:
-        grp = _open_group(store, group)
+        grp = open_group(store, group)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return False
     return any(True for _ in grp.array_keys())
@@ -265,9 +253,10 @@ def _has_arrays(store: Store, group: str | None) -> bool:
 def _region_write(
     ds: xr.Dataset, store: Store, dim: str, start: int, stop: int, kw: Mapping[str, Any]
 ) -> Any:
-    from toolkit.write import to_zarr
 
-    return to_zarr(rows_along(ds, dim), store, mode="r+", region={dim: slice(start, stop)}, **kw)
+    return write_dataset(
+        rows_along(ds, dim), store, mode="r+", region={dim: slice(start, stop)}, **kw
+    )
 
 
 def rows_along(ds: xr.Dataset, dim: str) -> xr.Dataset:
@@ -356,14 +345,10 @@ def _append_one(
     base = plan.store
     owner = job_id()
     if not supports_atomic_create(base):
-        from toolkit.write import execute
-
         return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
     with _creating(base, group, owner, plan.mode == "w-") as empty:
         if empty:
-            from toolkit.write import to_zarr
-
-            return to_zarr(ds, base, mode="a", group=group, **kwargs)
+            return write_dataset(ds, base, mode="a", group=group, **kwargs)
     n = ds.sizes[dim]
     if n == 0:
         raise AppendError(f"nothing to append: the dataset has no rows along {dim!r}")
@@ -476,11 +461,10 @@ def _overwrite_one(
     )
     base = plan.store
     owner = job_id()
-    from toolkit.write import to_zarr
 
     with _creating(base, group, owner, plan.mode == "w-") as empty:
         if empty:
-            return to_zarr(ds, base, mode="a", group=group, **kwargs)
+            return write_dataset(ds, base, mode="a", group=group, **kwargs)
     log = commit_log(base, group)
     answer = log.submit({"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner)
     if "error" in answer:

@@ -41,13 +41,15 @@ import xarray as xr
 import zarr
 from zarr.abc.store import Store
 
-from toolkit.commit import Batch, CommitLog
-from toolkit.coordination import Coordinator, Lease, backoff, job_id
+from toolkit._util import backoff
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
-from toolkit.multiwrite import _has_arrays, _placed, _runs, decide_rows, rows_along
-from toolkit.plan import _array_dims
-from toolkit.storage import resolve_store
-from toolkit.write import eager_regions, unit_ranges
+from toolkit.io.groups import array_dims
+from toolkit.io.storage import resolve_store
+from toolkit.state.commitlog import Batch, CommitLog
+from toolkit.state.leases import Coordinator, Lease, job_id
+from toolkit.write.execute import eager_regions, unit_ranges, write_dataset
+from toolkit.write.multi import _has_arrays, _placed, _runs, decide_rows, rows_along
+from toolkit.write.plan import plan_write
 
 __all__ = ["Repository", "to_icechunk"]
 
@@ -163,7 +165,7 @@ class Repository:
         if dims:
             grp = zarr.open_group(session.store, mode="r+", zarr_format=3)
             for _, arr in grp.arrays():
-                names = _array_dims(arr)
+                names = array_dims(arr)
                 shape = tuple(max(n, dims.get(d, 0)) for d, n in zip(names, arr.shape, strict=True))
                 if shape != arr.shape:
                     arr.resize(shape)
@@ -270,8 +272,6 @@ def to_icechunk(
         Of the last attempt, with ``placement``: rows, ``snapshot``, attempts and
         the commit log's figures.
     """
-    from toolkit.write import to_zarr
-
     repo = target if isinstance(target, Repository) else Repository(target, storage_options, branch)
     if sum(x is not None for x in (region, append_dim, partition)) > 1:
         raise PlanError("pass one of region, append_dim and partition")
@@ -287,7 +287,9 @@ def to_icechunk(
                 session = repo.repo.writable_session(branch)
                 kwargs.setdefault("consolidated", False)  # Icechunk keeps no consolidated copy
                 with dask.config.set(scheduler="threads"):
-                    created = to_zarr(ds, session.store, mode="w-", progress=progress, **kwargs)
+                    created = write_dataset(
+                        ds, session.store, mode="w-", progress=progress, **kwargs
+                    )
                 snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
                 _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True}, None)
                 return created
@@ -341,7 +343,7 @@ def to_icechunk(
         for rows, dim_, sl in pieces:
             where: dict[Hashable, Any] = dict(region) if region is not None else {dim_: sl}
             part = rows_along(rows, dim_) if dim_ is not None else rows
-            report = to_zarr(part, fork.store, mode="r+", region=where, progress=progress,
+            report = write_dataset(part, fork.store, mode="r+", region=where, progress=progress,
                              **kwargs)  # fmt: skip
             if report.forks:  # written on a cluster: the workers' forks, merged in a tree
                 fork.merge(*report.forks)
@@ -375,6 +377,5 @@ def to_icechunk(
 
 
 def _validate_append(ds: xr.Dataset, head: Store, dim: str) -> None:
-    from toolkit.plan import plan_write
 
     plan_write(ds, head, mode="a", append_dim=dim)  # raises before anything is written

@@ -30,8 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.coordination import Coordinator, Lease, backoff, default_ttl, job_id, numbered
+from toolkit._util import backoff
 from toolkit.errors import LeaseTimeoutError
+from toolkit.state.leases import Coordinator, Lease, default_ttl, job_id, numbered
 
 __all__ = ["Batch", "CommitLog", "CommitStats"]
 

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from dask.utils import format_bytes
 from zarr.abc.store import Store
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
-from toolkit.claim import group_contents
-from toolkit.coordination import backoff
+from toolkit._util import backoff
+from toolkit.cluster.client import active_client
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -44,10 +45,12 @@ from toolkit.errors import (
     UnsupportedVariableError,
     VariableNameError,
 )
-from toolkit.journal import read_records
-from toolkit.metrics import IOMetrics, live_metrics
-from toolkit.storage import StoreLike, describe_store, resolve_store, store_label, wrap_store
-from toolkit.throttle import Throttle, resolve_throttle
+from toolkit.io.groups import ExistingGroup, open_existing
+from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.storage import StoreLike, describe_store, resolve_store, store_label, wrap_store
+from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.state.claim import group_contents
+from toolkit.state.records import read_records
 
 __all__ = [
     "CF_ENCODING_KEYS",
@@ -95,16 +98,6 @@ _XARRAY_KINDS = "OUST"
 _TIME_KINDS = "mM"
 # zarr's default async concurrency: how many units one task encodes at once.
 _ZARR_CONCURRENCY = 10
-
-
-def _mib(n: float) -> str:
-    if n >= 2**30:
-        return f"{n / 2**30:.2f} GiB"
-    if n >= 2**20:
-        return f"{n / 2**20:.1f} MiB"
-    if n >= 2**10:
-        return f"{n / 2**10:.1f} KiB"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True)
@@ -192,6 +185,11 @@ class VariablePlan:
                 self.task_chunks, self.write_unit, self.offset, self.array_shape, strict=True
             )
         )
+
+    @property
+    def unit_spans(self) -> tuple[tuple[int, int], ...]:
+        """The ``[first, stop)`` range of write units this variable's tasks cover, per axis."""
+        return tuple((int(a.first[0]), int(a.stop[-1])) for a in self._ownership)
 
     @property
     def ntasks(self) -> int:
@@ -299,7 +297,8 @@ class VariablePlan:
             kind = "shard" if self.shards else "chunk"
             raise UnsafePlanError(
                 f"{self.name!r}: one {kind} of shape {self.write_unit} is "
-                f"{_mib(self.unit_nbytes)}, over max_task_bytes={_mib(max_task_bytes)}, "
+                f"{format_bytes(self.unit_nbytes)}, "
+                f"over max_task_bytes={format_bytes(max_task_bytes)}, "
                 f"and a {kind} is the smallest unit one task can write. Use smaller "
                 f"{kind}s in `encoding`, or pass max_task_bytes={self.unit_nbytes} or more."
             )
@@ -346,9 +345,9 @@ class VariablePlan:
             "dask chunks": str(math.prod(len(c) for c in self.source_chunks)),
             "tasks": str(self.ntasks),
             "units": f"{self.nunits}" + (f" ({self.npartial} merge)" if self.npartial else ""),
-            "bytes": _mib(self.nbytes),
+            "bytes": format_bytes(self.nbytes),
             "requests": str(self.requests),
-            "peak/task": _mib(self.peak_memory),
+            "peak/task": format_bytes(self.peak_memory),
         }
 
 
@@ -407,6 +406,20 @@ class WritePlan:
         default=None,  # type: ignore[arg-type]
     )
 
+    def record_summary(self) -> dict[str, Any]:
+        """What the write's record in the store says of it (JSON)."""
+        return {
+            "target": self.target,
+            "mode": self.mode,
+            "append_dim": self.append_dim,
+            "region": {k: [s.start, s.stop] for k, s in (self.region or {}).items()},
+            "variables": {v.name: {"units": v.nunits, "tasks": v.ntasks} for v in self.variables},
+        }
+
+    def unit_spans(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        """Per variable, the range of write units its tasks cover along each axis."""
+        return {v.name: v.unit_spans for v in self.variables}
+
     @property
     def ntasks(self) -> int:
         """Write tasks in all."""
@@ -461,8 +474,9 @@ class WritePlan:
             )
         return (
             f"WritePlan → {self.target} ({what}): {self.ntasks} tasks, {self.nunits} "
-            f"write units, {_mib(self.nbytes)}, ~{self.requests} requests, "
-            f"peak ~{_mib(self.peak_memory)}/task (target {_mib(self.max_task_bytes)})"
+            f"write units, {format_bytes(self.nbytes)}, ~{self.requests} requests, "
+            f"peak ~{format_bytes(self.peak_memory)}/task "
+            f"(target {format_bytes(self.max_task_bytes)})"
             + (f", {_throttle_text(self.throttle)}" if self.throttle else "")
         )
 
@@ -500,32 +514,6 @@ def _throttle_text(t: Throttle) -> str:
 # --------------------------------------------------------------------------- planning
 
 
-@dataclass(frozen=True)
-class _Existing:
-    """What the target store already holds (metadata only)."""
-
-    zarr_format: int
-    arrays: Mapping[str, zarr.Array[Any]]
-    dims: Mapping[str, tuple[str, ...]]
-
-    def sizes(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for name, arr in self.arrays.items():
-            for d, n in zip(self.dims[name], arr.shape, strict=True):
-                out.setdefault(d, n)
-        return out
-
-
-def _array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
-    names = getattr(arr.metadata, "dimension_names", None)
-    if names:
-        return tuple(str(n) for n in names)
-    dims = arr.attrs.get("_ARRAY_DIMENSIONS")
-    if isinstance(dims, list):
-        return tuple(str(d) for d in dims)
-    return tuple(f"dim_{i}" for i in range(arr.ndim))
-
-
 def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
     """The stored dataset, lazily; waits out a concurrent append growing its arrays.
 
@@ -546,20 +534,6 @@ def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
                 raise
             time.sleep(backoff(attempt, base=0.02, cap=0.5))
     raise AssertionError("unreachable")
-
-
-def _open_existing(store: Store, group: str | None) -> _Existing | None:
-    ro = store if store.read_only else store.with_read_only(True)
-    try:
-        g = zarr.open_group(store=ro, path=group or "", mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
-        return None
-    arrays = {name: a for name, a in g.arrays() if isinstance(a, zarr.Array)}
-    return _Existing(
-        zarr_format=g.metadata.zarr_format,
-        arrays=arrays,
-        dims={k: _array_dims(a) for k, a in arrays.items()},
-    )
 
 
 def _store_is_empty(store: Store, group: str | None) -> bool:
@@ -665,7 +639,7 @@ def _stored_dtype(var: xr.Variable, enc: Mapping[str, Any]) -> np.dtype[Any]:
 def _resolve_region(
     ds: xr.Dataset,
     region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"],
-    existing: _Existing,
+    existing: ExistingGroup,
     store: Store,
     group: str | None,
 ) -> dict[str, slice]:
@@ -817,7 +791,7 @@ def plan_write(
     # Planning reads metadata through the same budget and retries as the write.
     plan_io = live_metrics(describe_store(plain))
     zstore = wrap_store(plain, policy, plan_io)
-    existing = None if mode == "w" else _open_existing(zstore, group)
+    existing = None if mode == "w" else open_existing(zstore, group)
 
     if mode == "w-" and not _store_is_empty(zstore, group):
         unfinished = read_records(zstore, group)
@@ -1242,8 +1216,6 @@ def _check_name(name: Hashable) -> str:
 def _check_store_reachable(store: Store) -> None:
     """Refuse a process-local store when tasks run in other processes."""
     from zarr.storage import MemoryStore
-
-    from toolkit._progress import active_client
 
     if isinstance(store, MemoryStore) and active_client() is not None:
         raise PlanError(

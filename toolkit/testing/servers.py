@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from toolkit.metrics import Counters
+from toolkit.io.metrics import Counters
 
 __all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
 

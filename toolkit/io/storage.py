@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import errno
 import hashlib
 import logging
 import os
@@ -44,9 +43,10 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.metrics import IOMetrics, process_metrics
-from toolkit.throttle import (
+from toolkit.io.metrics import IOMetrics, process_metrics
+from toolkit.io.throttle import (
     Budget,
+    RemoteBudgets,
     RequestKind,
     Throttle,
     budget_for,
@@ -56,7 +56,6 @@ from toolkit.throttle import (
 
 __all__ = [
     "DigestStore",
-    "FaultStore",
     "InterceptStore",
     "MetadataBuffer",
     "MetricsStore",
@@ -138,8 +137,7 @@ def _s3_defaults(opts: dict[str, Any], throttle: Throttle) -> dict[str, Any]:
 
 def describe_store(store: Store) -> str:
     """A short, secret-free description of a store for reprs and reports."""
-    while isinstance(store, WrapperStore):
-        store = store._store
+    store = unwrap(store)
     if isinstance(store, LocalStore):
         return f"file://{store.root}"
     if isinstance(store, FsspecStore):
@@ -209,7 +207,7 @@ class _OwnWrapper(WrapperStore[Store]):
 
     def __str__(self) -> str:
         inner = unwrap(self)
-        if type(inner).__module__.split(".")[0] == "icechunk":
+        if is_icechunk(inner):
             # IcechunkStore.__str__ blocks on its session while another thread's write
             # holds it (and that write waits for the GIL): zarr calls str() on every
             # array it opens, so a write with several threads would deadlock.
@@ -548,7 +546,25 @@ class ThrottleStore(_PolicyStore):
     metrics : IOMetrics, optional
         Where to add the time spent waiting for the budget (default: the
         metrics of a :class:`MetricsStore` below it).
+    remote : callable, optional
+        For a coordinated policy: ``remote(policy, scope)`` gives the budget
+        that a cluster enforces for this process, or None outside a worker
+        (:func:`toolkit.cluster.coordinator.remote_budget_for`). Handed down by
+        the layer that knows of clusters; this one does not.
     """
+
+    def __init__(
+        self,
+        store: Store,
+        policy: Throttle | None = None,
+        metrics: IOMetrics | None = None,
+        remote: RemoteBudgets | None = None,
+    ) -> None:
+        super().__init__(store, policy, metrics)
+        self.remote = remote
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.policy, self.metrics, self.remote)
 
     @property
     def budget(self) -> Budget:
@@ -560,10 +576,8 @@ class ThrottleStore(_PolicyStore):
         budget = self.budget
         # Coordinated budgets are booked from the scheduler when running in a worker.
         remote = None
-        if self.policy.coordinated:
-            from toolkit._coordinator import remote_budget_for
-
-            remote = remote_budget_for(self.policy, describe_store(self._store))
+        if self.policy.coordinated and self.remote is not None:
+            remote = self.remote(self.policy, describe_store(self._store))
         async with budget.semaphore():
             booked = time.monotonic()
             wait = None
@@ -686,76 +700,6 @@ class RetryStore(_PolicyStore):
                 f"{redact(str(e), self._store)}"
             )
         return e
-
-
-class FaultStore(InterceptStore):
-    """Injects latency and failures, for testing pipelines against a bad store.
-
-    Parameters
-    ----------
-    store : Store
-        The store behind the faults.
-    latency : float
-        Seconds added to every request.
-    throttle_prob : float
-        Probability of a throttling answer (``OSError(EBUSY)``, as s3fs raises
-        for 503 SlowDown); the request does not reach the store.
-    error_prob : float
-        Probability of a server error (HTTP 500); the request does not reach
-        the store.
-    reset_prob : float
-        Probability that the connection drops *after* the request reached the
-        store (``ConnectionResetError``): it may have landed, and the answer
-        was lost.
-    seed : int, optional
-        Seed of the draws. The k-th request (in the order requests start) gets
-        the same verdict on every run.
-    match : str, optional
-        A regular expression: only requests whose key it matches (``re.search``)
-        are faulted, e.g. ``r"/c/"`` for the chunks of a zarr 3 array.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        latency: float = 0.0,
-        throttle_prob: float = 0.0,
-        error_prob: float = 0.0,
-        reset_prob: float = 0.0,
-        seed: int | None = None,
-        match: str | None = None,
-    ) -> None:
-        super().__init__(store)
-        self.latency = latency
-        self.throttle_prob, self.error_prob, self.reset_prob = throttle_prob, error_prob, reset_prob
-        self.seed = seed
-        self.match = re.compile(match) if match else None
-        self._random = random.Random(seed)
-
-    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
-        if self.match is not None and not self.match.search(key):
-            return await fn()
-        # Both draws at once, at the start: the k-th request of a seed always gets
-        # the same verdicts, however concurrent requests interleave.
-        draw, reset = self._random.random(), self._random.random()
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        if draw < self.throttle_prob:
-            raise _InjectedFault(errno.EBUSY, "Please reduce your request rate. (injected)", 503)
-        draw -= self.throttle_prob
-        if draw < self.error_prob:
-            raise _InjectedFault(errno.EIO, "We encountered an internal error. (injected)", 500)
-        result = await fn()
-        if reset < self.reset_prob:
-            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (injected)")
-        return result
-
-
-class _InjectedFault(OSError):
-    def __init__(self, code: int, message: str, status: int) -> None:
-        super().__init__(code, message)
-        self.status = status
 
 
 class MetadataBuffer(_OwnWrapper):
@@ -911,7 +855,7 @@ class MetadataBuffer(_OwnWrapper):
                 await self._store.set(key, value)
             self._seen[key] = value
 
-        if type(unwrap(self._store)).__module__.split(".")[0] == "icechunk":
+        if is_icechunk(self._store):
             # Icechunk takes a chunk only for an array that exists: metadata first.
             meta = {k: v for k, v in pending.items() if _is_meta(k)}
             await asyncio.gather(*(one(k, v) for k, v in meta.items()))
@@ -943,6 +887,15 @@ def unwrap(store: Store) -> Store:
     while isinstance(store, WrapperStore):
         store = store._store
     return store
+
+
+def is_icechunk(store: Store) -> bool:
+    """Whether ``store`` (below any wrappers) is an Icechunk session's store.
+
+    Told by the class's package, so that Icechunk, an optional extra, need not
+    be imported to ask.
+    """
+    return type(unwrap(store)).__module__.split(".")[0] == "icechunk"
 
 
 def redact(text: str, store: Store | None = None) -> str:
@@ -985,19 +938,22 @@ def wrap_store(
     *,
     track_keys: bool = False,
     scope: str | None = None,
+    remote: RemoteBudgets | None = None,
 ) -> Store:
     """Toolkit's stack around ``store``: retries, then the budget, then metrics.
 
     The budget sits inside the retries, so that every attempt spends from it;
     the metrics sit next to the store, so that they see every attempt and time
     the store alone. Without a policy (local paths), only metrics. ``scope``
-    counts into per-process running totals (see :class:`MetricsStore`).
+    counts into per-process running totals (see :class:`MetricsStore`);
+    ``remote`` gives the cluster's budgets to a coordinated policy
+    (see :class:`ThrottleStore`).
     """
     measured = MetricsStore(store, metrics, track_keys=track_keys, scope=scope)
     if policy is None:
         return measured
     # The outer layers count into the MetricsStore's metrics, looked up when used.
-    return RetryStore(ThrottleStore(measured, policy), policy)
+    return RetryStore(ThrottleStore(measured, policy, remote=remote), policy)
 
 
 def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:

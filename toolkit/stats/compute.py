@@ -27,8 +27,12 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from zarr.abc.store import Store
 
-from toolkit._progress import compute_with_progress
-from toolkit.aggregations import (
+from toolkit.cluster.progress import compute_with_progress
+from toolkit.errors import StatsError
+from toolkit.io.storage import store_label
+from toolkit.io.throttle import Throttle
+from toolkit.read import open_zarr
+from toolkit.stats.aggregations import (
     STATISTICS,
     Aggregation,
     Context,
@@ -39,9 +43,6 @@ from toolkit.aggregations import (
     finalize,
     partial,
 )
-from toolkit.errors import StatsError
-from toolkit.storage import store_label
-from toolkit.throttle import Throttle
 
 __all__ = ["DEFAULT_STATS", "stats"]
 
@@ -296,8 +297,6 @@ def _as_dataset(
     if isinstance(obj, xr.Dataset):
         return obj, False, None
     if isinstance(obj, str | os.PathLike | Store):
-        from toolkit.read import open_zarr
-
         ds = open_zarr(obj, throttle=throttle, storage_options=storage_options)
         return ds, False, store_label(obj)
     raise TypeError(

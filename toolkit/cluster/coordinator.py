@@ -1,4 +1,4 @@
-"""The scheduler side of cluster-wide throttling (imported only under ``distributed``).
+"""The scheduler side of cluster-wide throttling, and the workers' side of it.
 
 :class:`ThrottleCoordinator` is a scheduler plugin that enforces every
 :class:`~toolkit.Throttle` for the whole cluster. Each worker books send slots
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -19,12 +20,13 @@ from typing import Any
 from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from toolkit.throttle import _BUDGETS_LOCK, Budget, BudgetState, RequestKind, Throttle
+from toolkit.io.throttle import Budget, BudgetState, RequestKind, Throttle
 
 __all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
 
 
 def install_coordinator(dask_scheduler: Any) -> bool:
+    """Add the coordinator to a scheduler (run with ``client.run_on_scheduler``)."""
     if ThrottleCoordinator.name not in dask_scheduler.plugins:
         plugin = ThrottleCoordinator()
         plugin.attach(dask_scheduler)
@@ -174,6 +176,7 @@ class _RemoteBudget:
 
 
 _REMOTE: dict[str, _RemoteBudget] = {}
+_REMOTE_LOCK = threading.Lock()
 
 
 def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
@@ -185,7 +188,7 @@ def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
     except (ImportError, ValueError):
         return None
     key = tokenize(replace(policy, max_inflight=1, coordinated=False), scope)
-    with _BUDGETS_LOCK:
+    with _REMOTE_LOCK:
         rb = _REMOTE.get(key)
         if rb is None or rb.worker is not worker:
             rb = _REMOTE[key] = _RemoteBudget(key, policy, worker, scope)

@@ -33,21 +33,18 @@ import datetime as dt
 import json
 import re
 import warnings
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
-from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from toolkit.metrics import IOMetrics
-from toolkit.storage import unwrap, wrap_store
-from toolkit.throttle import Throttle
-
-if TYPE_CHECKING:
-    from toolkit.plan import WritePlan
+from toolkit._util import encode_json
+from toolkit.io.metrics import IOMetrics
+from toolkit.io.storage import unwrap, wrap_store
+from toolkit.io.throttle import Throttle
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -84,10 +81,6 @@ def _rmdirs(store: Store, *relative: str) -> None:
                 (base.root / rel).rmdir()
 
 
-def _encode(doc: Mapping[str, Any]) -> Buffer:
-    return Buffer.from_bytes(json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -113,26 +106,23 @@ class WriteJournal:
         self._doc: dict[str, Any] = {}
 
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
-        sync(wrap_store(self.store, self.throttle, io).set(self.key, _encode(doc)))
+        sync(wrap_store(self.store, self.throttle, io).set(self.key, encode_json(doc)))
 
-    def begin(self, plan: WritePlan, via: Store, resume: str | None = None) -> None:
+    def begin(self, what: Mapping[str, Any], via: Store, resume: str | None = None) -> None:
         """Say in the store that this write has started; returns once the record landed.
 
-        ``via`` is the store stack to write it through. It is called before
-        any array metadata is sent, so that no reader can find arrays of this
-        write without its record.
+        ``what`` describes the write (JSON; the plan's ``record_summary()``).
+        ``via`` is the store stack to write it through. It is called before any
+        array metadata is sent, so that no reader can find arrays of this write
+        without its record.
         """
         self._doc = {
             "state": "writing",
             "started": _now(),
-            "target": plan.target,
-            "mode": plan.mode,
-            "append_dim": plan.append_dim,
-            "region": {k: [s.start, s.stop] for k, s in (plan.region or {}).items()},
-            "variables": {v.name: {"units": v.nunits, "tasks": v.ntasks} for v in plan.variables},
+            **what,
             **({"resume": resume} if resume else {}),
         }
-        sync(via.set(self.key, _encode(self._doc)))
+        sync(via.set(self.key, encode_json(self._doc)))
 
     def state(self) -> str | None:
         """The record's state in the store (``"writing"``, ``"failed"``), None once removed."""
@@ -148,12 +138,13 @@ class WriteJournal:
         """Replace the record with what was written and what is missing."""
         self._put({**self._doc, "state": "failed", "failed": _now(), "units": record}, io)
 
-    def done(self, io: IOMetrics, plan: WritePlan | None = None) -> None:
+    def done(self, io: IOMetrics, spans: UnitSpans | None = None) -> None:
         """Remove the record: every unit landed.
 
-        With ``plan``, records of earlier *failed* writes whose missing units
-        this write has all rewritten are removed too: rerunning a failed write
-        repairs the store. Records of writes still marked as running are kept,
+        With ``spans``, the write units this write rewrote per variable (the
+        plan's ``unit_spans()``), records of earlier *failed* writes whose
+        missing units it has all rewritten are removed too: rerunning a failed
+        write repairs the store. Records of writes still marked as running are kept,
         since they may be live.
         """
         store = wrap_store(self.store, self.throttle, io)
@@ -161,9 +152,9 @@ class WriteJournal:
             if old["key"] == self.key:
                 continue
             repaired = (
-                plan is not None
+                spans is not None
                 and old.get("state") == "failed"
-                and _covers(plan, old.get("units") or {})
+                and _covers(spans, old.get("units") or {})
             )
             # The interrupted runs of the same resumable write are complete now.
             resumed = bool(self._doc.get("resume")) and old.get("resume") == self._doc["resume"]
@@ -176,15 +167,15 @@ class WriteJournal:
         _rmdirs(self.store, writes, writes.rsplit("/", 2)[0])
 
 
-def _covers(plan: WritePlan, units: Mapping[str, Any]) -> bool:
-    """Whether ``plan`` rewrites every missing unit of a failed write's record."""
-    owned = {}
-    for v in plan.variables:
-        own = v._ownership
-        owned[v.name] = [(int(a.first[0]), int(a.stop[-1])) for a in own]
+#: Per variable, the ``[first, stop)`` range of write units along each axis.
+type UnitSpans = Mapping[str, Sequence[tuple[int, int]]]
+
+
+def _covers(spans: UnitSpans, units: Mapping[str, Any]) -> bool:
+    """Whether ``spans`` hold every missing unit of a failed write's record."""
     for name, rec in units.items():
         for unit in rec.get("missing", ()):
-            box = owned.get(name)
+            box = spans.get(name)
             if box is None or not all(lo <= u < hi for u, (lo, hi) in zip(unit, box, strict=True)):
                 return False
     return True
@@ -274,12 +265,12 @@ class ResumeLog:
     def begin(self, via: Store, about: Mapping[str, Any]) -> None:
         """Put ``begin.json`` through ``via``, before anything else of the write."""
         doc = {"id": self.id, "started": _now(), **about}
-        sync(via.set(f"{self.prefix}begin.json", _encode(doc)))
+        sync(via.set(f"{self.prefix}begin.json", encode_json(doc)))
 
     def metadata_done(self, via: Store) -> None:
         """Put ``metadata.json`` through ``via``: every array of the write exists now."""
         doc = {"id": self.id, "metadata": _now()}
-        sync(via.set(f"{self.prefix}metadata.json", _encode(doc)))
+        sync(via.set(f"{self.prefix}metadata.json", encode_json(doc)))
 
     def done_tasks(self) -> dict[str, set[str]]:
         """Per variable, the markers of the tasks whose units all landed (one listing)."""
@@ -326,7 +317,7 @@ class ResumeLog:
             manifest = read_manifest(store, self.group)
             manifest.update(objects)
             doc = {"written": _now(), "algorithm": "blake2b-128", "objects": manifest}
-            sync(store.set(manifest_key(self.group), _encode(doc)))
+            sync(store.set(manifest_key(self.group), encode_json(doc)))
 
     def clear(self, io: IOMetrics | None = None) -> None:
         """Delete the log (after :meth:`seal` and the record's removal)."""

@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import random
 import socket
 import threading
 import time
@@ -38,15 +37,15 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
+from toolkit._util import backoff, encode_json
 from toolkit.errors import CoordinationError, LeaseTimeoutError
-from toolkit.journal import RESERVED_PREFIX
-from toolkit.storage import describe_store, unwrap
+from toolkit.io.storage import describe_store, unwrap
+from toolkit.state.records import RESERVED_PREFIX
 
 __all__ = [
     "Coordinator",
     "Lease",
     "LockSet",
-    "backoff",
     "default_ttl",
     "job_id",
     "numbered",
@@ -79,11 +78,6 @@ def numbered(keys: Iterable[str]) -> list[int]:
 def default_ttl() -> float:
     """Seconds a lease outlives a silent holder: ``TOOLKIT_LEASE_TTL``, or 30."""
     return float(os.environ.get("TOOLKIT_LEASE_TTL", "30"))
-
-
-def backoff(attempt: int, base: float = 0.02, cap: float = 1.0) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
 def supports_atomic_create(store: Store) -> bool:
@@ -159,7 +153,7 @@ class Coordinator:
 
     def put(self, key: str, doc: dict[str, Any]) -> None:
         """Write ``doc`` at ``key`` (overwriting)."""
-        sync(self.base.set(self.prefix + key, _encode(doc)))
+        sync(self.base.set(self.prefix + key, encode_json(doc)))
 
     def delete(self, key: str) -> None:
         """Delete ``key`` if present."""
@@ -218,7 +212,7 @@ class Coordinator:
     def create(self, key: str, doc: dict[str, Any]) -> bool:
         """Create ``key`` holding ``doc`` if it does not exist; True if this call created it."""
         full = self.prefix + key
-        data = _encode(doc)
+        data = encode_json(doc)
         base = self.base
         if isinstance(base, LocalStore):
             return _create_local(Path(base.root) / full, data.to_bytes())
@@ -230,10 +224,6 @@ class Coordinator:
                 return True
         assert isinstance(base, FsspecStore)
         return sync(_create_s3(base, full, data.to_bytes()))
-
-
-def _encode(doc: dict[str, Any]) -> Buffer:
-    return Buffer.from_bytes(json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
 
 
 def _create_local(path: Path, data: bytes) -> bool:
@@ -266,7 +256,7 @@ async def _create_s3(store: FsspecStore, key: str, data: bytes) -> bool:
             if "ConditionalRequestConflict" in text or "409" in text:
                 # A concurrent conditional write to the same key is in flight: S3 asks
                 # to retry, and the retry will see whether it won.
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(backoff(attempt, base=0.02, cap=1.0))
                 continue
             raise
     return False

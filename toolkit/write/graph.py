@@ -15,9 +15,8 @@ import itertools
 import json
 import math
 import re
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +29,11 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
 from toolkit import grid
-from toolkit.coordination import Coordinator, LockSet
-from toolkit.journal import task_marker
-from toolkit.metrics import IOMetrics, live_metrics, publish
-from toolkit.plan import VariablePlan, WritePlan
-from toolkit.storage import (
+from toolkit._util import zarr_concurrency
+from toolkit.cluster.coordinator import remote_budget_for
+from toolkit.cluster.metrics import publish
+from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.storage import (
     DigestStore,
     MetricsStore,
     describe_store,
@@ -44,7 +43,10 @@ from toolkit.storage import (
     unwrap,
     wrap_store,
 )
-from toolkit.throttle import Throttle
+from toolkit.io.throttle import Throttle
+from toolkit.state.leases import Coordinator, LockSet
+from toolkit.state.records import task_marker
+from toolkit.write.plan import VariablePlan, WritePlan
 
 __all__ = [
     "WriteIO",
@@ -119,31 +121,6 @@ class WriteIO:
 
 
 _ABORTED: set[str] = set()
-_CONCURRENCY_LOCK = threading.Lock()
-_CONCURRENCY_USERS = 0
-_CONCURRENCY_SAVED: Any = None
-
-
-@contextlib.contextmanager
-def _zarr_concurrency(n: int) -> Iterator[None]:
-    """Raise zarr's per-call concurrency while any write task of this process runs.
-
-    zarr's config is process-global; a reference count keeps concurrent tasks
-    from restoring it under each other's feet.
-    """
-    global _CONCURRENCY_USERS, _CONCURRENCY_SAVED
-    with _CONCURRENCY_LOCK:
-        if _CONCURRENCY_USERS == 0:
-            _CONCURRENCY_SAVED = zarr.config.get("async.concurrency")
-            zarr.config.set({"async.concurrency": max(n, int(_CONCURRENCY_SAVED))})
-        _CONCURRENCY_USERS += 1
-    try:
-        yield
-    finally:
-        with _CONCURRENCY_LOCK:
-            _CONCURRENCY_USERS -= 1
-            if _CONCURRENCY_USERS == 0:
-                zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
 
 
 def _mark_aborted(token: str) -> None:
@@ -241,13 +218,15 @@ def write_block(
         out.update(units=0, nbytes=0, missing=every(), written=[], skipped=True, io={})
         return out
     metrics = live_metrics(describe_store(target.store))
-    stack = wrap_store(target.store, io.throttle, metrics, track_keys=True)
+    stack = wrap_store(
+        target.store, io.throttle, metrics, track_keys=True, remote=remote_budget_for
+    )
     gate = find_wrapper(stack, MetricsStore)
     assert gate is not None
     digests = DigestStore(stack) if io.resume_prefix is not None else None
     try:
         with (
-            _zarr_concurrency(io.concurrency),
+            zarr_concurrency(io.concurrency),
             _unit_locks(io, target, partial_units(target, region, units)),
         ):
             rebind(target, digests or stack)[region] = block

@@ -38,10 +38,10 @@ from zarr.abc.store import Store
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from toolkit.coordination import Coordinator, LockSet, default_ttl, supports_atomic_create
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
-from toolkit.journal import RESERVED_PREFIX, WriteJournal
-from toolkit.storage import describe_store, unwrap
+from toolkit.io.storage import describe_store, unwrap
+from toolkit.state.leases import Coordinator, LockSet, default_ttl, supports_atomic_create
+from toolkit.state.records import RESERVED_PREFIX, WriteJournal
 
 __all__ = [
     "CREATE_LEASE",

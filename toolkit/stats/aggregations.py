@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from toolkit import _kernels
 from toolkit.errors import StatsOverflowError
+from toolkit.stats import _kernels
 
 __all__ = [
     "STATISTICS",

@@ -20,11 +20,10 @@ from typing import Any, Self
 __all__ = [
     "Counters",
     "IOMetrics",
-    "io_metrics",
     "live_metrics",
     "process_metrics",
     "process_totals",
-    "publish",
+    "snapshot",
 ]
 
 # Quarter-octave latency buckets from 50 µs: bucket i holds [edge(i-1), edge(i)).
@@ -227,59 +226,6 @@ def process_totals() -> dict[str, dict[str, Any]]:
     return {scope: m.as_dict() for scope, m in items}
 
 
-def _snapshot(scope: str | None) -> list[dict[str, Any]]:
+def snapshot(scope: str | None) -> list[dict[str, Any]]:
+    """The running totals of this process, for one store (``scope``) or all."""
     return [d for k, d in process_totals().items() if scope is None or k == scope]
-
-
-def io_metrics(store: Any = None, *, storage_options: Mapping[str, Any] | None = None) -> IOMetrics:
-    """Running I/O totals of everything toolkit read or wrote, for one store or all.
-
-    Adds up this process and, when a ``distributed`` client is active, every
-    worker. A write also reports its own figures in :class:`toolkit.WriteReport`.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr Store, optional
-        The store (as given to :func:`toolkit.open_zarr`); all stores if None.
-    storage_options : dict, optional
-        For URLs, as given to :func:`toolkit.open_zarr`.
-    """
-    from toolkit._progress import active_client
-    from toolkit.storage import describe_store, resolve_store
-
-    scope = None
-    if store is not None:
-        scope = describe_store(resolve_store(store, storage_options=storage_options))
-    parts = _snapshot(scope)
-    client = active_client()
-    if client is not None:
-        for per_worker in client.run(_snapshot, scope).values():
-            parts.extend(per_worker)
-    return IOMetrics.merged(parts)
-
-
-def publish(metrics: Mapping[str, Any]) -> None:
-    """Report a task's I/O figures to distributed's fine performance metrics.
-
-    A no-op outside a distributed task. The figures appear on the dashboard's
-    "Fine Performance Metrics" page under the ``toolkit-io`` activity.
-    """
-    try:
-        from distributed.metrics import context_meter
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return
-    for label, unit in (
-        ("gets", "count"),
-        ("sets", "count"),
-        ("deletes", "count"),
-        ("lists", "count"),
-        ("throttled", "count"),
-        ("retries", "count"),
-        ("bytes_read", "bytes"),
-        ("bytes_written", "bytes"),
-        ("backoff_seconds", "seconds"),
-        ("wait_seconds", "seconds"),
-    ):
-        value = metrics.get(label, 0)
-        if value:
-            context_meter.digest_metric(("toolkit-io", label), value, unit)

@@ -1,0 +1,61 @@
+"""Small pieces every layer uses: one backoff, one JSON document encoding, zarr's concurrency."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import zarr
+from zarr.core.buffer import Buffer
+from zarr.core.buffer.cpu import Buffer as CPUBuffer
+
+__all__ = ["backoff", "encode_json", "zarr_concurrency"]
+
+
+def backoff(attempt: int, base: float, cap: float, draw: float | None = None) -> float:
+    """Full-jitter exponential backoff: ``draw * min(cap, base * 2**attempt)``.
+
+    ``attempt`` counts from 0; ``draw`` is uniform in [0, 1) (a fresh one if
+    None), so that concurrent clients that failed together spread out.
+    """
+    if draw is None:
+        draw = random.random()
+    return draw * min(cap, base * 2.0 ** min(attempt, 60))
+
+
+def encode_json(doc: Mapping[str, Any]) -> Buffer:
+    """A JSON document of toolkit's state as a zarr buffer (readable, stable key order)."""
+    return CPUBuffer.from_bytes(json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
+
+
+_CONCURRENCY_LOCK = threading.Lock()
+_CONCURRENCY_USERS = 0
+_CONCURRENCY_SAVED: Any = None
+
+
+@contextlib.contextmanager
+def zarr_concurrency(n: int) -> Iterator[None]:
+    """Let one zarr call keep at least ``n`` requests in flight, within this block.
+
+    zarr's ``async.concurrency`` is process-wide; a reference count keeps
+    concurrent users from restoring it under each other's feet, and the last
+    one out restores what it was.
+    """
+    global _CONCURRENCY_USERS, _CONCURRENCY_SAVED
+    with _CONCURRENCY_LOCK:
+        if _CONCURRENCY_USERS == 0:
+            _CONCURRENCY_SAVED = zarr.config.get("async.concurrency")
+        _CONCURRENCY_USERS += 1
+        if int(zarr.config.get("async.concurrency")) < n:
+            zarr.config.set({"async.concurrency": n})
+    try:
+        yield
+    finally:
+        with _CONCURRENCY_LOCK:
+            _CONCURRENCY_USERS -= 1
+            if _CONCURRENCY_USERS == 0:
+                zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})

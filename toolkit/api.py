@@ -1,0 +1,130 @@
+"""The front door of writes: :func:`to_zarr`, with xarray's parameters.
+
+It hands each write to the path that does it safely: one job
+(:func:`~toolkit.write.execute.write_dataset`), an append
+(:func:`~toolkit.append`) or a partition overwrite
+(:func:`~toolkit.overwrite_partitions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any, Literal
+
+import xarray as xr
+from dask.delayed import Delayed
+
+from toolkit.errors import PlanError
+from toolkit.io.storage import StoreLike
+from toolkit.io.throttle import Throttle
+from toolkit.write.execute import WriteReport, as_dataset, reject_unknown, write_dataset
+from toolkit.write.multi import append, overwrite_partitions
+from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
+
+__all__ = ["to_zarr"]
+
+
+def to_zarr(
+    ds: xr.Dataset | xr.DataArray,
+    store: StoreLike,
+    mode: WriteMode | Literal["overwrite-partitions"] | None = None,
+    *,
+    append_dim: Hashable | None = None,
+    partition: Hashable | None = None,
+    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
+    encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
+    zarr_format: int | None = None,
+    consolidated: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    group: str | None = None,
+    write_empty_chunks: bool | None = None,
+    compute: bool = True,
+    safe_chunks: bool = True,
+    align_chunks: bool = False,
+    chunkmanager_store_kwargs: Mapping[str, Any] | None = None,
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
+    progress: bool = True,
+    **unknown: Any,
+) -> WriteReport | Delayed:
+    """Write ``ds`` to Zarr in parallel, with every task owning whole stored objects.
+
+    Takes the parameters of :meth:`xarray.Dataset.to_zarr` with the same
+    meanings; dask chunks need not match the Zarr chunks or shards (the plan
+    regroups them, see :func:`toolkit.plan_write`).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset or xarray.DataArray
+        Data to write; a DataArray is stored as :meth:`xarray.DataArray.to_zarr`
+        stores it.
+    store : str, os.PathLike or zarr Store
+        Target path, URL or store.
+    mode, append_dim, region, encoding, zarr_format, consolidated : optional
+        As in :meth:`xarray.Dataset.to_zarr`, and safe with concurrent jobs:
+        an append reserves its rows through the store's commit log
+        (:func:`toolkit.append`), and a region write locks the write units it
+        shares with other regions for their read-modify-write.
+        ``mode="overwrite-partitions"`` replaces the partitions present in
+        ``ds`` (:func:`toolkit.overwrite_partitions`).
+    partition : str, optional
+        With ``mode="overwrite-partitions"``: the coordinate labelling partitions.
+    storage_options, group, write_empty_chunks : optional
+        As in :meth:`xarray.Dataset.to_zarr`.
+    compute : bool
+        If False, return a ``Delayed`` writing the data (metadata is written now).
+    safe_chunks, align_chunks : bool
+        Taken for compatibility with xarray, and without effect: every write is
+        chunk-safe, whatever the dask chunks, because the plan regroups them to
+        whole chunks or shards (what ``align_chunks=True`` asks of xarray).
+    chunkmanager_store_kwargs : dict, optional
+        Taken for compatibility with xarray, and without effect: toolkit builds
+        its own graph of write tasks.
+    max_task_bytes : int
+        Memory target per task.
+    throttle : Throttle, False or None
+        Request budget, retries and in-flight cap for the store (cluster-wide):
+        ``None`` takes the URL's defaults (none for local paths), ``False`` none.
+    progress : bool
+        Show progress.
+
+    Returns
+    -------
+    WriteReport or dask.delayed.Delayed
+
+    Raises
+    ------
+    toolkit.errors.PlanError
+        Before anything is written, on any invalid input.
+    toolkit.errors.WriteError
+        When the data could not be written; ``err.record`` lists the units
+        written and missing.
+    """
+    ds = as_dataset(ds)
+    reject_unknown(unknown, to_zarr)
+    job: dict[str, Any] = {
+        "group": group,
+        "storage_options": storage_options,
+        "encoding": encoding,
+        "zarr_format": zarr_format,
+        "consolidated": consolidated,
+        "write_empty_chunks": write_empty_chunks,
+        "compute": compute,
+        "max_task_bytes": max_task_bytes,
+        "throttle": throttle,
+        "progress": progress,
+    }
+    if mode == "overwrite-partitions":
+        if partition is None or append_dim is not None or region is not None:
+            raise PlanError(
+                "mode='overwrite-partitions' needs partition=<coordinate name> "
+                "and no append_dim or region"
+            )
+        replaced: WriteReport | Delayed = overwrite_partitions(ds, store, partition, **job)
+        return replaced
+    if partition is not None:
+        raise PlanError("partition= only applies with mode='overwrite-partitions'")
+    if append_dim is not None and mode in (None, "a") and region is None:
+        appended: WriteReport | Delayed = append(ds, store, append_dim, **job)
+        return appended
+    return write_dataset(ds, store, mode=mode, append_dim=append_dim, region=region, **job)

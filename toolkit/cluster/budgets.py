@@ -1,0 +1,52 @@
+"""Request budgets across a ``distributed`` cluster.
+
+The share of a budget each worker applies (:func:`cluster_share`), and the
+budgets in force (:func:`throttle_state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from toolkit.cluster.client import active_client
+from toolkit.cluster.coordinator import coordinated_states, install_coordinator
+from toolkit.io.throttle import Throttle, ThrottleState, local_states
+
+__all__ = ["cluster_share", "throttle_state"]
+
+
+def throttle_state() -> ThrottleState:
+    """The request budgets in force: this process's and, under a client, the cluster's.
+
+    Adaptive budgets halve a rate when the store answers with throttling and
+    give it back slowly; this shows where each one stands, per store.
+    """
+    states = local_states()
+
+    client = active_client()
+    if client is not None:
+        states = client.run_on_scheduler(coordinated_states) + states
+    return ThrottleState(tuple(states))
+
+
+def cluster_share(policy: Throttle | None) -> Throttle | None:
+    """``policy`` as one process of the active ``distributed`` cluster applies it.
+
+    With the scheduler-side :class:`~toolkit.cluster.coordinator.ThrottleCoordinator`
+    (installed here on first use), the rates stay whole, since the coordinator enforces them for
+    the cluster, and only the in-flight cap is divided among the workers. If
+    the coordinator cannot be installed, both are divided.
+    """
+    if policy is None:
+        return None
+
+    client = active_client()
+    if client is None:
+        return policy
+    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
+
+    try:
+        client.run_on_scheduler(install_coordinator)
+    except Exception:  # a scheduler without toolkit installed: split the rates instead
+        return replace(policy.share(workers), coordinated=False)
+    return replace(policy, max_inflight=policy.share(workers).max_inflight, coordinated=True)

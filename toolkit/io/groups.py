@@ -1,0 +1,85 @@
+"""Opening stored groups, and what they hold: one way, with a known request cost."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+
+__all__ = ["ExistingGroup", "array_dims", "open_existing", "open_group"]
+
+
+@dataclass(frozen=True)
+class ExistingGroup:
+    """What the target store already holds (metadata only)."""
+
+    zarr_format: int
+    arrays: Mapping[str, zarr.Array[Any]]
+    dims: Mapping[str, tuple[str, ...]]
+
+    def sizes(self) -> dict[str, int]:
+        """The length of each dimension, from the first array that has it."""
+        out: dict[str, int] = {}
+        for name, arr in self.arrays.items():
+            for d, n in zip(self.dims[name], arr.shape, strict=True):
+                out.setdefault(d, n)
+        return out
+
+
+def array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
+    """The dimension names of a stored array (v3 metadata, or xarray's v2 attribute)."""
+    names = getattr(arr.metadata, "dimension_names", None)
+    if names:
+        return tuple(str(n) for n in names)
+    dims = arr.attrs.get("_ARRAY_DIMENSIONS")
+    if isinstance(dims, list):
+        return tuple(str(d) for d in dims)
+    return tuple(f"dim_{i}" for i in range(arr.ndim))
+
+
+def open_existing(store: Store, group: str | None) -> ExistingGroup | None:
+    """What ``group`` of ``store`` holds, read only; None if there is no group."""
+    ro = store if store.read_only else store.with_read_only(True)
+    try:
+        g = open_group(ro, group, use_consolidated=None)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        return None
+    arrays = {name: a for name, a in g.arrays() if isinstance(a, zarr.Array)}
+    return ExistingGroup(
+        zarr_format=g.metadata.zarr_format,
+        arrays=arrays,
+        dims={k: array_dims(a) for k, a in arrays.items()},
+    )
+
+
+def open_group(
+    store: Store,
+    group: str | None,
+    mode: Literal["r", "r+"] = "r",
+    *,
+    use_consolidated: bool | None = False,
+) -> zarr.Group:
+    """Open an existing group, trying Zarr v3's metadata first, then v2's.
+
+    ``zarr_format=None`` would probe every format's keys at once (several requests
+    per open); toolkit's own writes are v3 by default, so v3 first is one request.
+    ``use_consolidated=None`` reads consolidated metadata where there is some.
+    """
+    last: Exception | None = None
+    for fmt in (3, 2):
+        try:
+            return zarr.open_group(
+                store,
+                path=group or "",
+                mode=mode,
+                use_consolidated=use_consolidated,
+                zarr_format=fmt,
+            )
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+            last = e
+    assert last is not None
+    raise last

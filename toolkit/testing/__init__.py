@@ -1,0 +1,12 @@
+"""Test doubles that are real, for toolkit's tests, benchmarks and notebooks.
+
+An S3 server, a fault-injecting HTTP proxy, a fault-injecting zarr store, and the
+conformance helpers for toolkit's store wrappers.
+
+Nothing in the package imports this; tests, benchmarks and notebooks do.
+"""
+
+from toolkit.testing.faults import FaultStore
+from toolkit.testing.servers import FaultProxy, ProxyCounts, S3Server
+
+__all__ = ["FaultProxy", "FaultStore", "ProxyCounts", "S3Server"]
