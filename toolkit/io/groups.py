@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -10,7 +12,37 @@ import zarr
 import zarr.errors
 from zarr.abc.store import Store
 
-__all__ = ["ExistingGroup", "array_dims", "open_existing", "open_group"]
+__all__ = [
+    "RESERVED_PREFIX",
+    "ExistingGroup",
+    "array_dims",
+    "hide_reserved_prefix_warnings",
+    "open_existing",
+    "open_group",
+]
+
+RESERVED_PREFIX = ".toolkit"
+"""Top-level prefix (inside the group) where toolkit keeps its own state."""
+
+_HIDDEN = False
+
+
+def hide_reserved_prefix_warnings() -> None:
+    """Silence zarr's warning about toolkit's own prefix in group listings.
+
+    zarr warns of any key that is no array or group while it lists a group's
+    members; for ``.toolkit/`` the warning says nothing useful. Installed the
+    first time toolkit resolves a store (never on import), and for that
+    prefix's message only.
+    """
+    global _HIDDEN
+    if not _HIDDEN:
+        _HIDDEN = True
+        warnings.filterwarnings(
+            "ignore",
+            message=rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized",
+            category=Warning,
+        )
 
 
 @dataclass(frozen=True)

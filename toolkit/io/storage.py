@@ -33,6 +33,7 @@ from typing import Any, Self, TypeVar, cast, override
 import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
@@ -43,6 +44,7 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
+from toolkit.io.groups import hide_reserved_prefix_warnings
 from toolkit.io.metrics import IOMetrics, process_metrics
 from toolkit.io.throttle import (
     Budget,
@@ -106,6 +108,7 @@ def resolve_store(
         toolkit's retries count every attempt against the budget; and a
         connection pool as large as the in-flight cap.
     """
+    hide_reserved_prefix_warnings()
     if isinstance(store, Store):
         if storage_options:
             raise TypeError("storage_options apply to URLs only, not to a Store instance")
@@ -213,6 +216,9 @@ class _OwnWrapper(WrapperStore[Store]):
             # array it opens, so a write with several threads would deadlock.
             return f"<{type(inner).__name__}>"
         return super().__str__()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({describe_store(self._store)})"
 
     @property
     def supports_consolidated_metadata(self) -> bool:
@@ -336,9 +342,6 @@ class InterceptStore(_OwnWrapper):
     @override
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
         return self._listing("list_dir", prefix, lambda: self._store.list_dir(prefix))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({describe_store(self._store)})"
 
 
 def digest(data: bytes) -> str:
@@ -768,22 +771,45 @@ class MetadataBuffer(_OwnWrapper):
             return await self._store.exists(key)
         return await self._lookup(key) is not None
 
+    # Synchronous calls go through the buffer too (zarr makes none: no sync fast path).
+    @override
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        return sync(self.get(key, prototype or default_buffer_prototype(), byte_range))
+
+    @override
+    def set_sync(self, key: str, value: Buffer) -> None:
+        sync(self.set(key, value))
+
+    @override
+    def delete_sync(self, key: str) -> None:
+        sync(self.delete(key))
+
     @override
     async def set(self, key: str, value: Buffer) -> None:
+        self._check_writable()  # now, not at flush: a read-only store fails where zarr's would
         self._pending[key] = value
 
     @override
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self._check_writable()
         if await self._lookup(key) is None:
             self._pending[key] = value
 
     @override
     async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        self._check_writable()
         for k, v in values:
             self._pending[k] = v
 
     @override
     async def delete(self, key: str) -> None:
+        self._check_writable()
         self._pending[key] = None
 
     @override

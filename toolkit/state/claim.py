@@ -39,9 +39,10 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
+from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.storage import describe_store, unwrap
 from toolkit.state.leases import Coordinator, LockSet, default_ttl, supports_atomic_create
-from toolkit.state.records import RESERVED_PREFIX, WriteJournal
+from toolkit.state.records import WriteJournal
 
 __all__ = [
     "CREATE_LEASE",

@@ -39,8 +39,8 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from toolkit._util import backoff, encode_json
 from toolkit.errors import CoordinationError, LeaseTimeoutError
+from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.storage import describe_store, unwrap
-from toolkit.state.records import RESERVED_PREFIX
 
 __all__ = [
     "Coordinator",

@@ -32,7 +32,6 @@ import contextlib
 import datetime as dt
 import json
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,12 +41,12 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit._util import encode_json
+from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.storage import unwrap, wrap_store
 from toolkit.io.throttle import Throttle
 
 __all__ = [
-    "RESERVED_PREFIX",
     "ResumeLog",
     "WriteJournal",
     "clear_records",
@@ -56,15 +55,6 @@ __all__ = [
     "read_records",
     "task_marker",
 ]
-
-RESERVED_PREFIX = ".toolkit"
-"""Top-level prefix (inside the group) where toolkit keeps its own state."""
-
-# zarr warns about any non-zarr key while listing a group's members. For
-# toolkit's own prefix the warning says nothing useful, so only it is silenced.
-warnings.filterwarnings(
-    "ignore", message=rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized", category=Warning
-)
 
 
 def _prefix(group: str | None, kind: str = "writes") -> str:

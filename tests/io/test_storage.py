@@ -16,6 +16,8 @@ from zarr.testing.store import StoreTests
 
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.storage import (
+    DigestStore,
+    MetadataBuffer,
     MetricsStore,
     RetryStore,
     ThrottleStore,
@@ -72,6 +74,20 @@ class TestThrottleStore(_WrapperConformance):
 
 class TestRetryStore(_WrapperConformance):
     store_cls = RetryStore
+
+
+class TestDigestStore(_WrapperConformance):
+    store_cls = DigestStore
+
+
+class TestMetadataBuffer(_WrapperConformance):
+    """Write-behind: what the suite writes through it lands at ``flush``, reads see it before."""
+
+    store_cls = MetadataBuffer
+
+    async def get(self, store: Any, key: str) -> Buffer:
+        await store.flush()
+        return await super().get(store, key)
 
 
 class TestFaultStore(_WrapperConformance):
@@ -145,7 +161,7 @@ from toolkit.errors import (  # noqa: E402
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.io.storage import MetadataBuffer, redact  # noqa: E402
+from toolkit.io.storage import redact  # noqa: E402
 
 # Retries alone: the injected faults do not depend on the rate, so AIMD would only slow it.
 FAST = Throttle(backoff_base=0.001, backoff_max=0.01, max_retries=50, adaptive=False)
