@@ -1,4 +1,4 @@
-"""Atomic creates, leases and the group-committed log, on every store that coordinates."""
+"""Atomic creates, leases and lock sets, on every store that coordinates."""
 
 from __future__ import annotations
 
@@ -6,26 +6,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import LocalStore
 
 from toolkit.errors import CoordinationError, LeaseTimeoutError
-from toolkit.state.commitlog import Batch, CommitLog
 from toolkit.state.leases import Coordinator, Lease, LockSet, supports_atomic_create
-
-
-@pytest.fixture(params=["local", "memory", "s3"])
-def coord(request, tmp_path, s3):
-    if request.param == "local":
-        return Coordinator(LocalStore(str(tmp_path / "c")))
-    if request.param == "memory":
-        return Coordinator(MemoryStore())
-    from zarr.storage import FsspecStore
-
-    bucket = f"coord-{time.time_ns() % 10**9}"
-    s3.create_bucket(bucket)
-    return Coordinator(
-        FsspecStore.from_url(f"s3://{bucket}/x", storage_options=s3.storage_options())
-    )
 
 
 def test_exactly_one_of_many_racing_creates_wins(coord):
@@ -53,34 +37,6 @@ def test_lockset_times_out_naming_the_holder(coord):
         pytest.raises(LeaseTimeoutError, match="holder"),
     ):
         Lease(coord, "x", "other").acquire(timeout=0.3)
-
-
-def test_group_commit_answers_many_jobs_with_few_entries(coord):
-    def decide(state, requests):
-        n = state.get("n", 0)
-        answers = {}
-        for r in requests:
-            answers[r["job"]] = {"start": n}
-            n += r["k"]
-        return Batch({"n": n}, answers)
-
-    with ThreadPoolExecutor(12) as pool:
-        out = list(pool.map(lambda i: CommitLog(coord, decide).submit({"k": 2}), range(12)))
-    starts = sorted(a["start"] for a in out)
-    assert starts == list(range(0, 24, 2))  # every job placed once, no overlap
-    entries = coord.list("log/")
-    assert len(entries) < 12
-
-
-def test_an_effect_that_fails_answers_every_job_with_the_error(coord):
-    def decide(state, requests):
-        def effect():
-            raise OSError("store said no")
-
-        return Batch({"n": 1}, {r["job"]: {} for r in requests}, effect)
-
-    answer = CommitLog(coord, decide).submit({})
-    assert "store said no" in answer["error"]
 
 
 def test_stores_without_atomic_creates_are_refused():
