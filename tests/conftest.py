@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import zarr
 # Hypothesis: bounded, deterministic in CI.
 from hypothesis import HealthCheck, settings
 from zarr.storage import LocalStore, MemoryStore
+
+from toolkit.state.leases import Coordinator
 
 settings.register_profile(
     "ci",
@@ -165,3 +168,20 @@ def read_back(store: object) -> xr.Dataset:
 
 
 __all__ = ["cluster_of", "make_dataset", "read_back", "snapshot", "zarr"]
+
+
+# A coordination prefix on each store that coordinates: local, memory, and S3 (moto)
+# (tests/state/).
+@pytest.fixture(params=["local", "memory", "s3"])
+def coord(request, tmp_path, s3):
+    if request.param == "local":
+        return Coordinator(LocalStore(str(tmp_path / "c")))
+    if request.param == "memory":
+        return Coordinator(MemoryStore())
+    from zarr.storage import FsspecStore
+
+    bucket = f"coord-{time.time_ns() % 10**9}"
+    s3.create_bucket(bucket)
+    return Coordinator(
+        FsspecStore.from_url(f"s3://{bucket}/x", storage_options=s3.storage_options())
+    )

@@ -264,7 +264,7 @@ def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None
     msg = (
         f"{scope} is incomplete: " + "; ".join(parts) + ". Missing parts would read as fill "
         "values. Rerun the write, or read anyway with incomplete='warn' or 'ignore'. "
-        "The records are under .toolkit/writes/ (toolkit.journal.clear_records removes them)."
+        "The records are under .toolkit/writes/ (toolkit.state.records.clear_records removes them)."
     )
     if how == "raise":
         raise IncompleteStoreError(msg, records)

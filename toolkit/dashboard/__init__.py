@@ -3,7 +3,7 @@
 When a ``distributed`` client is active, toolkit registers (once per client):
 
 - a worker plugin that adds this process's running I/O totals per store
-  (:func:`toolkit.metrics.process_totals`) to every heartbeat, so they reach
+  (:func:`toolkit.io.metrics.process_totals`) to every heartbeat, so they reach
   the scheduler twice a second without a request of their own;
 - a scheduler plugin that turns the heartbeats into rates (:class:`IOFeed`)
   and mounts a Bokeh page, ``/toolkit-io``, beside the dashboard's own pages

@@ -385,7 +385,7 @@ class MetricsStore(InterceptStore):
         Collect successfully written keys in :attr:`written`.
     scope : str, optional
         Count into this process's running totals for ``scope``
-        (:func:`toolkit.metrics.process_metrics`) instead; a copy unpickled in
+        (:func:`toolkit.io.metrics.process_metrics`) instead; a copy unpickled in
         another process counts into that process's totals.
 
     Being innermost, it is also the gate of a failing write: after
@@ -535,7 +535,7 @@ class _PolicyStore(InterceptStore):
 class ThrottleStore(_PolicyStore):
     """Keeps requests within a :class:`~toolkit.Throttle`'s rates and in-flight cap.
 
-    The enforcing state (:class:`toolkit.throttle.Budget`) is shared by every
+    The enforcing state (:class:`toolkit.io.throttle.Budget`) is shared by every
     wrapper of the process with the same policy and store. It is not pickled:
     a copy in another process joins that process's budget. Throttling answers
     passing back through it slow the budget down (adaptive mode).

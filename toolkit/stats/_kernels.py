@@ -4,7 +4,7 @@ numpy needs a pass over the values per operation: a histogram alone is about
 twenty, which costs more than decoding the chunk did. These kernels compute
 a block's count and float64 sum in one vectorized pass, its central sums in a
 second and its histogram in a third, with the arithmetic of the numpy path in
-:mod:`toolkit.aggregations` (numpy's histogram bin rule, NaN skipped, float64
+:mod:`toolkit.stats.aggregations` (numpy's histogram bin rule, NaN skipped, float64
 accumulation, summed in runs of 1024 values so the rounding stays small). The
 numpy path remains the reference; the tests run both.
 """

@@ -3,7 +3,7 @@
 :func:`stats` turns a request (statistics, dims, bins, quantiles) into one dask
 graph per variable: a ``toolkit-stats-chunk`` task per block reduces it into
 the partial state every requested statistic needs (see
-:mod:`toolkit.aggregations`), ``toolkit-stats-combine`` tasks merge partials
+:mod:`toolkit.stats.aggregations`), ``toolkit-stats-combine`` tasks merge partials
 ``split_every`` at a time along the reduced dims, and one
 ``toolkit-stats-finalize`` task per block of kept cells turns the combined
 state into the results.

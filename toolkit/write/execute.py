@@ -322,7 +322,7 @@ def execute(
     transactional = is_icechunk(plan.store)
     owner = job_id()
     # A creation (and the resumption of one) holds the group's creation lease
-    # until its last object landed: two creators never mix (toolkit.claim).
+    # until its last object landed: two creators never mix (toolkit.state.claim).
     creating = plan.mode in ("w", "w-") and not transactional
     claim: CreationClaim | None = None
     if creating or (resume is not None and plan.mode == "r+" and not transactional):
@@ -514,7 +514,7 @@ def _report(
         warnings.warn(
             f"every write unit of {plan.target} landed, but removing the write's record "
             f"failed ({e}); readers refuse the store until it is gone. Rerun the write, "
-            "or remove it with toolkit.journal.clear_records(store)",
+            "or remove it with toolkit.state.records.clear_records(store)",
             CleanupWarning,
             stacklevel=2,
         )

@@ -98,7 +98,7 @@ class WriteIO:
         tells every worker to skip the write's remaining tasks).
     resume_prefix : str, optional
         Where a resumable write's tasks put their completion markers
-        (:class:`toolkit.journal.ResumeLog`).
+        (:class:`toolkit.state.records.ResumeLog`).
     locks : Coordinator, optional
         Where region writes lock the write units they cover only partly, for
         the time of their read-modify-write: another job's region may share

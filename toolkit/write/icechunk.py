@@ -8,9 +8,9 @@ system (no atomic conditional writes) concurrent commits can be lost. Here:
 - each job writes into a *fork* of a session at the branch head, with
   :func:`toolkit.to_zarr`'s tasks, and does not commit it itself. On a
   ``distributed`` cluster each task writes into its worker's copy of the fork
-  and the copies come back merged in a tree (:func:`toolkit.graph.merge_results`);
+  and the copies come back merged in a tree (:func:`toolkit.write.graph.merge_results`);
 - it hands the fork (pickled, into the coordination prefix beside the
-  repository) to the store's group-committed log (:mod:`toolkit.commit`). The
+  repository) to the store's group-committed log (:mod:`toolkit.state.commitlog`). The
   elected committer merges every pending fork into one session and makes *one*
   commit for the batch, so commits are serialized by the log's lease and atomic
   create on every storage, local file systems included;
@@ -23,7 +23,7 @@ system (no atomic conditional writes) concurrent commits can be lost. Here:
   returns.
 
 Appends and new partitions get their rows from the same log
-(:func:`toolkit.multiwrite.decide_rows`); the committer grows the arrays in a
+(:func:`toolkit.write.multi.decide_rows`); the committer grows the arrays in a
 commit of its own before answering, so a reader can see reserved rows at their
 fill value until their job commits. Existing rows never show a partial job.
 """
@@ -93,7 +93,7 @@ class Repository:
         self.log = CommitLog(self.coord, self._decide)
 
     def __repr__(self) -> str:
-        return f"toolkit.transactions.Repository({self.target!r}, branch={self.branch!r})"
+        return f"toolkit.write.icechunk.Repository({self.target!r}, branch={self.branch!r})"
 
     def readonly(self) -> Store:
         """The branch head, for readers (a snapshot: never a partial commit)."""

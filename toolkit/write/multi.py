@@ -1,7 +1,7 @@
 """Many independent jobs writing one dataset: appends and partition overwrites.
 
 Each job validates its data against the store first (nothing is written on
-bad input), then asks the store's commit log (:mod:`toolkit.commit`) where
+bad input), then asks the store's commit log (:mod:`toolkit.state.commitlog`) where
 its rows go, then writes them as a region write in which every write unit it
 only partly covers is updated under a per-unit lock (:class:`WriteIO.locks`).
 

@@ -792,7 +792,119 @@ def plan_write(
     plan_io = live_metrics(describe_store(plain))
     zstore = wrap_store(plain, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
+    fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
+    ds = _check_variables(ds)
+    user_enc = _check_encoding(ds, encoding, fmt)
+    ds = _without_preferred_chunks(ds)
+    resolved_region: dict[str, slice] | None = None
+    if region is not None:
+        assert existing is not None
+        resolved_region = _resolve_region(ds, region, existing, zstore, group)
+        ds = ds.drop_vars(list(ds.indexes))  # indexes are never rewritten by a region write
+        if append_dim is not None:
+            # Checked after the region, as xarray does: labels that are not in the
+            # store raise the KeyError above.
+            raise PlanError(
+                "append_dim and region cannot be used together; write the region "
+                "(region=...) and append the new rows (append_dim=...) in two calls"
+            )
+    appending = _check_append(ds, append_dim, existing)
+    if append_dim is not None and not appending:
+        mode = "w-"  # appending to nothing creates the store, as xarray does
+    target = _Target(
+        mode=mode,
+        fmt=fmt,
+        existing=existing,
+        appending=appending,
+        append_dim=append_dim,
+        region=resolved_region,
+        decoded=(
+            _open_decoded(zstore, group)
+            if existing is not None and existing.arrays and mode in ("a", "a-", "r+")
+            else None
+        ),
+        user_enc=user_enc,
+        min_units=policy.max_inflight // 2 if policy is not None else 1,
+        max_task_bytes=max_task_bytes,
+    )
+    plans: list[VariablePlan] = []
+    eager: list[str] = []
+    enc_out: dict[Hashable, dict[str, Any]] = {}
+    for name, var in ds.variables.items():
+        planned = _plan_variable(name, var, ds, target, enc_out)
+        if isinstance(planned, VariablePlan):
+            plans.append(planned)
+        elif planned is not None:
+            eager.append(planned)
+    # The xarray metadata pass writes each new array's metadata, the group's, and a
+    # consolidated copy; appends also rewrite the resized arrays' metadata.
+    meta = sum(v.new for v in plans) + len(eager) + 1 + bool(consolidated)
+    meta += sum(1 for v in plans if not v.new and appending)
+    return WritePlan(
+        target=describe_store(zstore),
+        mode=mode,
+        zarr_format=fmt,
+        append_dim=str(append_dim) if appending else None,
+        region=resolved_region,
+        variables=tuple(plans),
+        eager=tuple(eager),
+        max_task_bytes=max_task_bytes,
+        metadata_requests=meta,
+        group=group,
+        consolidated=consolidated,
+        write_empty_chunks=write_empty_chunks,
+        throttle=policy,
+        io=plan_io,
+        dataset=ds,
+        store=plain,
+        encoding=enc_out,
+    )
 
+
+@dataclass(frozen=True)
+class _Target:
+    """What the per-variable steps of :func:`plan_write` need to know of the target."""
+
+    mode: WriteMode
+    fmt: int
+    existing: ExistingGroup | None
+    appending: bool
+    append_dim: Hashable | None
+    region: dict[str, slice] | None
+    decoded: xr.Dataset | None
+    user_enc: Mapping[Hashable, Mapping[str, Any]]
+    min_units: int
+    max_task_bytes: int
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        return self.existing.sizes() if self.existing is not None else {}
+
+
+@dataclass
+class _Placement:
+    """Where one variable goes: its offset and shape in the array, and the array's layout."""
+
+    var: xr.Variable
+    offset: list[int]
+    array_shape: list[int]
+    chunks: tuple[int, ...] | None
+    shards: tuple[int, ...] | None
+    dtype: np.dtype[Any]
+    new: bool
+    own: Mapping[str, Any]
+    explicit: bool = False
+
+
+def _check_target(
+    zstore: Store,
+    group: str | None,
+    mode: WriteMode,
+    existing: ExistingGroup | None,
+    region: object,
+    zarr_format: int | None,
+) -> int:
+    """Check that the store can take a write of this mode; the Zarr format to write."""
     if mode == "w-" and not _store_is_empty(zstore, group):
         unfinished = read_records(zstore, group)
         raise ExistingStoreError(
@@ -820,33 +932,28 @@ def plan_write(
             f"the store holds zarr_format={existing.zarr_format} but zarr_format="
             f"{zarr_format} was asked for; drop zarr_format or use mode='w'"
         )
-    fmt = (
-        existing.zarr_format
-        if existing is not None
-        else (zarr_format or int(zarr.config.get("default_zarr_format")))
-    )
-    ds = _check_variables(ds)
-    user_enc = _check_encoding(ds, encoding, fmt)
-    # As in xarray: `encoding` replaces a variable's own encoding; a variable it
-    # does not name keeps its own (chunks, codecs, CF keys), and xarray drops the
-    # keys that Zarr does not take (a netCDF's chunksizes, say).
+    if existing is not None:
+        return existing.zarr_format
+    return zarr_format or int(zarr.config.get("default_zarr_format"))
+
+
+def _without_preferred_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy whose variables keep their own encoding but a source's read chunks.
+
+    As in xarray: ``encoding`` replaces a variable's own encoding; a variable it
+    does not name keeps its own (chunks, codecs, CF keys), and xarray drops the
+    keys that Zarr does not take (a netCDF's chunksizes, say).
+    """
     ds = ds.copy(deep=False)
     for var in ds.variables.values():
         var.encoding = {k: v for k, v in var.encoding.items() if k != "preferred_chunks"}
+    return ds
 
-    resolved_region: dict[str, slice] | None = None
-    if region is not None:
-        assert existing is not None
-        resolved_region = _resolve_region(ds, region, existing, zstore, group)
-        ds = ds.drop_vars(list(ds.indexes))  # indexes are never rewritten by a region write
-        if append_dim is not None:
-            # Checked after the region, as xarray does: labels that are not in the
-            # store raise the KeyError above.
-            raise PlanError(
-                "append_dim and region cannot be used together; write the region "
-                "(region=...) and append the new rows (append_dim=...) in two calls"
-            )
 
+def _check_append(
+    ds: xr.Dataset, append_dim: Hashable | None, existing: ExistingGroup | None
+) -> bool:
+    """Check ``append_dim`` against the data and the store; whether this is an append."""
     if append_dim is not None and append_dim not in ds.dims:
         raise AppendError(
             f"append_dim={append_dim!r} is not a dimension of the dataset (it has {list(ds.dims)})"
@@ -861,195 +968,214 @@ def plan_write(
             f"append_dim={append_dim!r} is not a dimension of the store "
             f"(it has {sorted(existing.sizes())})"
         )
-    appending = append_dim is not None and existing is not None and bool(existing.arrays)
-    if append_dim is not None and not appending:
-        mode = "w-"  # appending to nothing creates the store, as xarray does
+    return append_dim is not None and existing is not None and bool(existing.arrays)
 
-    decoded_existing: xr.Dataset | None = None
-    if existing is not None and existing.arrays and mode in ("a", "a-", "r+"):
-        decoded_existing = _open_decoded(zstore, group)
 
-    plans: list[VariablePlan] = []
-    eager: list[str] = []
-    enc_out: dict[Hashable, dict[str, Any]] = {}
-    sizes = existing.sizes() if existing is not None else {}
-    for name, var in ds.variables.items():
-        sname = _check_name(name)
-        enc = user_enc.get(name, {})
-        is_existing = existing is not None and mode != "w" and sname in existing.arrays
-        if mode == "r+" and not is_existing:
-            new_names = [str(k) for k in ds.variables if existing and str(k) not in existing.arrays]
+def _plan_variable(
+    name: Hashable,
+    var: xr.Variable,
+    ds: xr.Dataset,
+    target: _Target,
+    enc_out: dict[Hashable, dict[str, Any]],
+) -> VariablePlan | str | None:
+    """One variable's plan; its name if xarray writes it whole; None if it is left alone."""
+    sname = _check_name(name)
+    enc = target.user_enc.get(name, {})
+    existing = target.existing
+    is_existing = existing is not None and target.mode != "w" and sname in existing.arrays
+    if target.mode == "r+" and not is_existing:
+        new_names = [str(k) for k in ds.variables if existing and str(k) not in existing.arrays]
+        raise PlanError(
+            f"mode='r+' cannot create variables {new_names}; use mode='a' to add "
+            "variables, or drop them"
+        )
+    if is_existing:
+        placed = _place_in_existing(sname, var, enc, target)
+        if placed is None:
+            return None  # 'a-' leaves variables without the append dim alone
+    else:
+        placed = _place_new(name, sname, var, enc, target)
+    small = _written_by_xarray(name, placed.var, ds, target.region is not None)
+    if placed.new:
+        _settle_new_layout(name, sname, placed, small, target, enc_out)
+    if small:
+        return sname
+    return _variable_plan(sname, placed, target)
+
+
+def _place_in_existing(
+    sname: str, var: xr.Variable, enc: Mapping[str, Any], target: _Target
+) -> _Placement | None:
+    """Check ``var`` against its stored array and place it there (None: leave it alone)."""
+    existing, appending, append_dim = target.existing, target.appending, target.append_dim
+    assert existing is not None
+    arr = existing.arrays[sname]
+    stored_dims = existing.dims[sname]
+    if set(stored_dims) != set(var.dims) or len(stored_dims) != var.ndim:
+        raise (AppendError if appending else PlanError)(
+            f"{sname!r} has dims {var.dims} but the stored array has "
+            f"{stored_dims}; rename or transpose to match"
+        )
+    var = var.transpose(*stored_dims)
+    _check_encoding_of_existing(sname, enc, arr)
+    if target.mode == "a-" and appending and append_dim not in var.dims:
+        return None
+    assert target.decoded is not None
+    if sname not in target.decoded.variables:
+        raise PlanError(
+            f"{sname!r} is stored as a Zarr array but xarray does not read it as a "
+            "variable of the group (its metadata is incomplete: a write was "
+            "stopped in its metadata round?); rewrite the dataset with mode='w'"
+        )
+    old = target.decoded.variables[sname]
+    _check_dtype(sname, old.dtype, var.dtype, appending)
+    offset = [0] * var.ndim
+    array_shape = list(arr.shape)
+    region = target.region
+    for i, d in enumerate(stored_dims):
+        if appending and d == append_dim:
+            offset[i] = arr.shape[i]
+            array_shape[i] = arr.shape[i] + var.shape[i]
+        elif region and d in region:
+            offset[i] = region[d].start
+        elif var.shape[i] != arr.shape[i]:
+            err = AppendError if appending else (RegionError if region else PlanError)
+            raise err(
+                f"{sname!r} has {d}={var.shape[i]} but the stored array has "
+                f"{d}={arr.shape[i]}; only "
+                + (
+                    f"{append_dim!r} may differ when appending"
+                    if appending
+                    else "dims in `region` may differ"
+                    if region
+                    else "equal shapes can be overwritten (or use mode='w')"
+                )
+            )
+    return _Placement(
+        var=var,
+        offset=offset,
+        array_shape=array_shape,
+        chunks=tuple(arr.chunks),
+        shards=arr.shards,
+        dtype=arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype("O"),
+        new=False,
+        own={},
+    )
+
+
+def _check_encoding_of_existing(sname: str, enc: Mapping[str, Any], arr: zarr.Array[Any]) -> None:
+    """An existing array keeps its encoding: ``encoding`` may only repeat its layout."""
+    for key in ("chunks", "shards"):
+        stored = arr.chunks if key == "chunks" else arr.shards
+        if (
+            key in enc
+            and enc[key] is not None
+            and tuple(enc[key]) != tuple(stored if stored is not None else ())
+        ):
+            raise EncodingError(
+                f"variable {sname!r} already exists, but encoding was provided: "
+                f"encoding[{sname!r}][{key!r}] = {enc[key]} contradicts the existing "
+                f"array's {key} {stored}; drop {key!r} from encoding, or rewrite "
+                "the array with mode='w'"
+            )
+    other = set(enc) - {"chunks", "shards"}
+    if other:
+        raise EncodingError(
+            f"variable {sname!r} already exists, but encoding was provided: "
+            f"encoding[{sname!r}] sets {sorted(other)}, but the stored array keeps "
+            "its own encoding; drop them, or use mode='w'"
+        )
+
+
+def _place_new(
+    name: Hashable, sname: str, var: xr.Variable, enc: Mapping[str, Any], target: _Target
+) -> _Placement:
+    """Check a variable the store does not hold yet, and take its layout."""
+    if target.appending and target.append_dim in var.dims:
+        raise AppendError(
+            f"{sname!r} is not in the store but has the append dimension "
+            f"{target.append_dim!r}; write it first (mode='a' without append_dim), or drop it"
+        )
+    if target.region is not None:
+        raise RegionError(
+            f"{sname!r} is not in the store; a region write only fills existing "
+            "arrays. Create it first with mode='a' (no region), or drop it"
+        )
+    sizes = target.sizes
+    for dim, n in zip(var.dims, var.shape, strict=True):
+        if target.mode in ("a", "a-") and dim in sizes and sizes[str(dim)] != n:
             raise PlanError(
-                f"mode='r+' cannot create variables {new_names}; use mode='a' to add "
-                "variables, or drop them"
+                f"new variable {sname!r} has {dim}={n} but the store's {dim!r} has "
+                f"length {sizes[str(dim)]}; dimensions must agree"
             )
-        if is_existing:
-            assert existing is not None
-            arr = existing.arrays[sname]
-            stored_dims = existing.dims[sname]
-            if set(stored_dims) != set(var.dims) or len(stored_dims) != var.ndim:
-                raise (AppendError if appending else PlanError)(
-                    f"{sname!r} has dims {var.dims} but the stored array has "
-                    f"{stored_dims}; rename or transpose to match"
-                )
-            var = var.transpose(*stored_dims)
-            for key in ("chunks", "shards"):
-                stored = arr.chunks if key == "chunks" else arr.shards
-                if (
-                    key in enc
-                    and enc[key] is not None
-                    and tuple(enc[key]) != tuple(stored if stored is not None else ())
-                ):
-                    raise EncodingError(
-                        f"variable {sname!r} already exists, but encoding was provided: "
-                        f"encoding[{sname!r}][{key!r}] = {enc[key]} contradicts the existing "
-                        f"array's {key} {stored}; drop {key!r} from encoding, or rewrite "
-                        "the array with mode='w'"
-                    )
-            other = set(enc) - {"chunks", "shards"}
-            if other:
-                raise EncodingError(
-                    f"variable {sname!r} already exists, but encoding was provided: "
-                    f"encoding[{sname!r}] sets {sorted(other)}, but the stored array keeps "
-                    "its own encoding; drop them, or use mode='w'"
-                )
-            if mode == "a-" and appending and append_dim not in var.dims:
-                continue  # 'a-' leaves variables without the append dim alone
-            assert decoded_existing is not None
-            if sname not in decoded_existing.variables:
-                raise PlanError(
-                    f"{sname!r} is stored as a Zarr array but xarray does not read it as a "
-                    "variable of the group (its metadata is incomplete: a write was "
-                    "stopped in its metadata round?); rewrite the dataset with mode='w'"
-                )
-            old = decoded_existing.variables[sname]
-            _check_dtype(sname, old.dtype, var.dtype, appending)
-            offset = [0] * var.ndim
-            array_shape = list(arr.shape)
-            for i, d in enumerate(stored_dims):
-                if appending and d == append_dim:
-                    offset[i] = arr.shape[i]
-                    array_shape[i] = arr.shape[i] + var.shape[i]
-                elif resolved_region and d in resolved_region:
-                    offset[i] = resolved_region[d].start
-                elif var.shape[i] != arr.shape[i]:
-                    err = (
-                        AppendError
-                        if appending
-                        else (RegionError if resolved_region else PlanError)
-                    )
-                    raise err(
-                        f"{sname!r} has {d}={var.shape[i]} but the stored array has "
-                        f"{d}={arr.shape[i]}; only "
-                        + (
-                            f"{append_dim!r} may differ when appending"
-                            if appending
-                            else "dims in `region` may differ"
-                            if resolved_region
-                            else "equal shapes can be overwritten (or use mode='w')"
-                        )
-                    )
-            chunks: tuple[int, ...] | None = tuple(arr.chunks)
-            shards = arr.shards
-            dtype = arr.dtype if isinstance(arr.dtype, np.dtype) else np.dtype("O")
-            new = False
-        else:
-            if appending and append_dim in var.dims:
-                raise AppendError(
-                    f"{sname!r} is not in the store but has the append dimension "
-                    f"{append_dim!r}; write it first (mode='a' without append_dim), or drop it"
-                )
-            if resolved_region is not None:
-                raise RegionError(
-                    f"{sname!r} is not in the store; a region write only fills existing "
-                    "arrays. Create it first with mode='a' (no region), or drop it"
-                )
-            for dim, n in zip(var.dims, var.shape, strict=True):
-                if mode in ("a", "a-") and dim in sizes and sizes[str(dim)] != n:
-                    raise PlanError(
-                        f"new variable {sname!r} has {dim}={n} but the store's {dim!r} has "
-                        f"length {sizes[str(dim)]}; dimensions must agree"
-                    )
-            offset = [0] * var.ndim
-            array_shape = list(var.shape)
-            explicit = name in user_enc
-            own = enc if explicit else _own_layout(sname, var)
-            dtype = _stored_dtype(var, own)
-            shards = own.get("shards")
-            chunks = own.get("chunks")
-            new = True
-        is_dask = var.chunks is not None
-        small = _written_by_xarray(name, var, ds, resolved_region is not None)
-        if new:
-            if chunks is None and var.chunks is not None:
-                chunks = tuple(max(1, _mode_of(c)) for c in var.chunks)  # 0: an empty dim
-            elif chunks is None and not small:
-                chunks = grid.default_chunks(var.shape, max(dtype.itemsize, 1))
-            layout = {k: v for k, v in own.items() if k not in _LAYOUT_KEYS}
-            if chunks is not None:
-                layout["chunks"] = tuple(int(c) for c in chunks)
-            if shards is not None:
-                layout["shards"] = tuple(int(s) for s in shards)
-            _check_with_xarray(sname, var, layout, fmt, explicit=explicit)
-            if explicit:
-                enc_out[name] = layout  # replaces the variable's encoding, as in xarray
-            else:
-                var.encoding = {**var.encoding, **layout}  # ds is a shallow copy
-        if small:
-            eager.append(sname)
-            continue
-        assert chunks is not None
-        source_chunks = var.chunks if is_dask else tuple((n,) for n in var.shape)
-        assert source_chunks is not None
-        unit = tuple(shards or chunks)
-        task_chunks = grid.regroup(
-            source_chunks,
-            unit,
-            offset,
-            itemsize=max(dtype.itemsize, 1),
-            max_bytes=max_task_bytes,
-            # On an object store, a task should keep many requests in flight even
-            # when dask runs few threads: tiny aligned blocks are merged.
-            min_units=policy.max_inflight // 2 if policy is not None else 1,
-        )
-        plans.append(
-            VariablePlan(
-                name=sname,
-                dims=tuple(str(d) for d in var.dims),
-                dtype=dtype,
-                shape=tuple(var.shape),
-                array_shape=tuple(array_shape),
-                offset=tuple(offset),
-                chunks=tuple(int(c) for c in chunks),
-                shards=tuple(int(s) for s in shards) if shards else None,
-                source_chunks=tuple(tuple(c) for c in source_chunks),
-                task_chunks=task_chunks,
-                new=new,
-            )
-        )
+    explicit = name in target.user_enc
+    own = enc if explicit else _own_layout(sname, var)
+    return _Placement(
+        var=var,
+        offset=[0] * var.ndim,
+        array_shape=list(var.shape),
+        chunks=own.get("chunks"),
+        shards=own.get("shards"),
+        dtype=_stored_dtype(var, own),
+        new=True,
+        own=own,
+        explicit=explicit,
+    )
 
-    # The xarray metadata pass writes each new array's metadata, the group's, and a
-    # consolidated copy; appends also rewrite the resized arrays' metadata.
-    meta = sum(v.new for v in plans) + len(eager) + 1 + bool(consolidated)
-    meta += sum(1 for v in plans if not v.new and appending)
-    return WritePlan(
-        target=describe_store(zstore),
-        mode=mode,
-        zarr_format=fmt,
-        append_dim=str(append_dim) if appending else None,
-        region=resolved_region,
-        variables=tuple(plans),
-        eager=tuple(eager),
-        max_task_bytes=max_task_bytes,
-        metadata_requests=meta,
-        group=group,
-        consolidated=consolidated,
-        write_empty_chunks=write_empty_chunks,
-        throttle=policy,
-        io=plan_io,
-        dataset=ds,
-        store=plain,
-        encoding=enc_out,
+
+def _settle_new_layout(
+    name: Hashable,
+    sname: str,
+    placed: _Placement,
+    small: bool,
+    target: _Target,
+    enc_out: dict[Hashable, dict[str, Any]],
+) -> None:
+    """Choose a new array's chunks (its own, the dask chunks, or a default) and check them."""
+    var = placed.var
+    if placed.chunks is None and var.chunks is not None:
+        placed.chunks = tuple(max(1, _mode_of(c)) for c in var.chunks)  # 0: an empty dim
+    elif placed.chunks is None and not small:
+        placed.chunks = grid.default_chunks(var.shape, max(placed.dtype.itemsize, 1))
+    layout = {k: v for k, v in placed.own.items() if k not in _LAYOUT_KEYS}
+    if placed.chunks is not None:
+        layout["chunks"] = tuple(int(c) for c in placed.chunks)
+    if placed.shards is not None:
+        layout["shards"] = tuple(int(s) for s in placed.shards)
+    _check_with_xarray(sname, var, layout, target.fmt, explicit=placed.explicit)
+    if placed.explicit:
+        enc_out[name] = layout  # replaces the variable's encoding, as in xarray
+    else:
+        var.encoding = {**var.encoding, **layout}  # ds is a shallow copy
+
+
+def _variable_plan(sname: str, placed: _Placement, target: _Target) -> VariablePlan:
+    """The write tasks of one variable: its source chunks regrouped to whole write units."""
+    var, chunks, shards = placed.var, placed.chunks, placed.shards
+    assert chunks is not None
+    source_chunks = var.chunks if var.chunks is not None else tuple((n,) for n in var.shape)
+    task_chunks = grid.regroup(
+        source_chunks,
+        tuple(shards or chunks),
+        placed.offset,
+        itemsize=max(placed.dtype.itemsize, 1),
+        max_bytes=target.max_task_bytes,
+        # On an object store, a task should keep many requests in flight even
+        # when dask runs few threads: tiny aligned blocks are merged.
+        min_units=target.min_units,
+    )
+    return VariablePlan(
+        name=sname,
+        dims=tuple(str(d) for d in var.dims),
+        dtype=placed.dtype,
+        shape=tuple(var.shape),
+        array_shape=tuple(placed.array_shape),
+        offset=tuple(placed.offset),
+        chunks=tuple(int(c) for c in chunks),
+        shards=tuple(int(s) for s in shards) if shards else None,
+        source_chunks=tuple(tuple(c) for c in source_chunks),
+        task_chunks=task_chunks,
+        new=placed.new,
     )
 
 
