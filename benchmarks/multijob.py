@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def rows(writers: list[int], procs: int, delta_max: int, timeout: float) -> list[dict]:
     """Every run, toolkit and delta-rs (where installed and N <= delta_max)."""
-    from toolkit.testing.servers import S3Server
+    from toolkit.testing import S3Server
 
     try:
         import deltalake  # noqa: F401

@@ -167,7 +167,7 @@ def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
 
     import s3fs
 
-    from toolkit.testing.servers import FaultProxy, S3Server
+    from toolkit.testing import FaultProxy, S3Server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     n = max(16, nbytes // 2**20 // 16 * 16)

@@ -128,7 +128,7 @@ def s3() -> Iterator[object]:
     """moto's S3 server (its own process, 127.0.0.1, free port) with a bucket "data"."""
     pytest.importorskip("moto")
     pytest.importorskip("s3fs")
-    from toolkit.testing.servers import S3Server
+    from toolkit.testing import S3Server
 
     with S3Server() as server:
         server.create_bucket("data")

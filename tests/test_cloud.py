@@ -17,7 +17,7 @@ from conftest import cluster_of
 
 import toolkit
 from toolkit.errors import IncompleteStoreError, StoreThrottledError, WriteError
-from toolkit.testing.servers import FaultProxy
+from toolkit.testing import FaultProxy
 
 pytestmark = pytest.mark.slow
 

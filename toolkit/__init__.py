@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
 from toolkit import errors
+from toolkit import jobs as jobs  # toolkit.jobs.copy, inspect, demo (as before the layers)
 from toolkit.api import to_zarr
 from toolkit.cluster.budgets import throttle_state
 from toolkit.cluster.client import on_client

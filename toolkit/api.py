@@ -8,6 +8,7 @@ It hands each write to the path that does it safely: one job
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Mapping
 from typing import Any, Literal
 
@@ -101,7 +102,9 @@ def to_zarr(
         written and missing.
     """
     ds = as_dataset(ds)
-    reject_unknown(unknown, to_zarr)
+    reject_unknown(
+        unknown, [p for p in inspect.signature(to_zarr).parameters if p != "unknown"], "to_zarr"
+    )
     job: dict[str, Any] = {
         "group": group,
         "storage_options": storage_options,

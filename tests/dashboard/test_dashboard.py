@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import toolkit
 from toolkit.dashboard import RATE_FIELDS, IOFeed
 from toolkit.io.metrics import IOMetrics
-from toolkit.testing.servers import FaultProxy
+from toolkit.testing import FaultProxy
 
 
 def _report(process: str, **stores: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from toolkit.io.storage import (
     wrap_store,
 )
 from toolkit.io.throttle import Throttle
-from toolkit.testing.faults import FaultStore
+from toolkit.testing import FaultStore
 
 
 class _WrapperConformance(StoreTests[Any, Buffer]):

@@ -14,7 +14,7 @@ from zarr.storage import LocalStore
 import toolkit
 from toolkit.errors import IncompleteStoreError, WriteError
 from toolkit.state.records import clear_records, read_records
-from toolkit.testing.faults import FaultStore
+from toolkit.testing import FaultStore
 
 NOFAIL = toolkit.Throttle(max_retries=0, adaptive=False)
 

@@ -253,7 +253,7 @@ def test_on_a_cluster_of_worker_processes(cluster_client: Any, tmp_path: Any) ->
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_from_s3_through_a_throttling_proxy(s3: Any) -> None:
-    from toolkit.testing.servers import FaultProxy
+    from toolkit.testing import FaultProxy
 
     ds = make_dataset(nt=40)
     url = "s3://data/stats.zarr"

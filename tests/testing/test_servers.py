@@ -13,7 +13,7 @@ import toolkit
 pytest.importorskip("moto")
 pytest.importorskip("s3fs")
 
-from toolkit.testing.servers import FaultProxy
+from toolkit.testing import FaultProxy
 
 
 def test_proxy_throttles_above_its_rate(s3):

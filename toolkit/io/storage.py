@@ -220,6 +220,20 @@ class _OwnWrapper(WrapperStore[Store]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({describe_store(self._store)})"
 
+    # Synchronous calls, should anyone make them, go through the wrapper too.
+    @override
+    def get_sync(self, key: str, **kw: Any) -> Buffer | None:
+        prototype = kw.get("prototype") or default_buffer_prototype()
+        return sync(self.get(key, prototype, kw.get("byte_range")))
+
+    @override
+    def set_sync(self, key: str, value: Buffer) -> None:
+        sync(self.set(key, value))
+
+    @override
+    def delete_sync(self, key: str) -> None:
+        sync(self.delete(key))
+
     @property
     def supports_consolidated_metadata(self) -> bool:
         # Icechunk says no: zarr must then ignore a stale consolidated copy.
@@ -490,19 +504,8 @@ class MetricsStore(InterceptStore):
         m.add(**counts)
 
     @override
-    def get_sync(
-        self,
-        key: str,
-        *,
-        prototype: BufferPrototype | None = None,
-        byte_range: ByteRequest | None = None,
-    ) -> Buffer | None:
-        return self._sync(
-            "get",
-            key,
-            0,
-            lambda: WrapperStore.get_sync(self, key, prototype=prototype, byte_range=byte_range),
-        )
+    def get_sync(self, key: str, **kw: Any) -> Buffer | None:
+        return self._sync("get", key, 0, lambda: WrapperStore.get_sync(self, key, **kw))
 
     @override
     def set_sync(self, key: str, value: Buffer) -> None:
@@ -770,25 +773,6 @@ class MetadataBuffer(_OwnWrapper):
         if self._passes(key):
             return await self._store.exists(key)
         return await self._lookup(key) is not None
-
-    # Synchronous calls go through the buffer too (zarr makes none: no sync fast path).
-    @override
-    def get_sync(
-        self,
-        key: str,
-        *,
-        prototype: BufferPrototype | None = None,
-        byte_range: ByteRequest | None = None,
-    ) -> Buffer | None:
-        return sync(self.get(key, prototype or default_buffer_prototype(), byte_range))
-
-    @override
-    def set_sync(self, key: str, value: Buffer) -> None:
-        sync(self.set(key, value))
-
-    @override
-    def delete_sync(self, key: str) -> None:
-        sync(self.delete(key))
 
     @override
     async def set(self, key: str, value: Buffer) -> None:

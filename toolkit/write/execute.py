@@ -15,7 +15,7 @@ import functools
 import inspect
 import time
 import warnings
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -319,8 +319,8 @@ def execute(
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
     direct = wrap_store(plan.store, plan.throttle, meta_io)
-    transactional = is_icechunk(plan.store)
     owner = job_id()
+    transactional = is_icechunk(plan.store)
     # A creation (and the resumption of one) holds the group's creation lease
     # until its last object landed: two creators never mix (toolkit.state.claim).
     creating = plan.mode in ("w", "w-") and not transactional
@@ -329,86 +329,32 @@ def execute(
         claim = CreationClaim(plan.store, plan.group, owner)
         claim.acquire(wait=plan.mode != "w-")
     try:
-        if creating:
-            _prepare_group(plan, direct)
-        # Read after the clear: a replacing run starts over, whatever an old log says.
-        done = resume.done_tasks() if resume is not None else {}
-        if resume is not None and creating:
-            # First object of the write: a store holding begin.json holds only this write.
-            resume.begin(direct, {"target": plan.target})
-        coord = _unit_coordinator(plan)
-        eager_locks = (
-            LockSet(coord, _eager_unit_locks(plan), owner)
-            if coord is not None and plan.eager
-            else None
-        )
-        # The group is known to be empty now: the buffer answers its probes itself.
-        fresh = (plan.group or "") if creating or plan.mode == "w-" else None
-        buffer = MetadataBuffer(direct, empty_prefix=fresh)
-        with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
-            sources = _write_metadata(plan, buffer, mode="w-" if creating else plan.mode)
-            token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
-            journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
-            # A transactional store (Icechunk) shows readers nothing before the commit:
-            # it needs no record of the write, and accepts only Zarr keys.
-            journaled = not transactional
-            if journaled:
-                # Landed before any array metadata is sent: no reader can find this
-                # write's arrays without its record.
-                journal.begin(
-                    plan.record_summary(), direct, resume=resume.id if resume is not None else None
-                )
-            sync(buffer.flush())  # metadata and small variables, in one concurrent round
-            if resume is not None and creating:
-                resume.metadata_done(direct)
+        meta = _metadata_round(plan, direct, resume, owner, creating, transactional, t0)
     except BaseException:
         if claim is not None:
             claim.release()
         raise
-    client = active_client()
-    share = cluster_share(plan.throttle)
-    io = WriteIO(
-        token=token,
-        throttle=share,
-        concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
-        distributed=client is not None,
-        resume_prefix=resume.prefix if resume is not None else None,
-        locks=coord,
-        owner=owner,
-        transactional=is_icechunk(plan.store),
-    )
+    io = _write_io(plan, meta.token, resume, meta.coord, owner)
     meta_seconds = time.time() - t0
-    graph = build_write_graph(plan, sources, io, skip=done)
-    remaining = plan.ntasks - sum(len(v) for v in done.values())
-    # Built by hand: dask's delayed() would traverse the plan, find the source
-    # dataset in it, and gather all of it into one task just to hand it over.
-    light = replace(plan, dataset=xr.Dataset())
-    key = f"toolkit-report-{graph.key}"
-    task = (
-        functools.partial(
-            _report,
-            plan=light,
-            t0=t0,
-            meta=meta_seconds,
-            meta_io=meta_io.as_dict(),
-            journal=journal if journaled else None,
-            resume=resume,
-            strays_before=t0 if claim is not None else None,
-        ),
-        graph.key,
+    graph = build_write_graph(plan, meta.sources, io, skip=meta.done)
+    report = _with_report(
+        graph,
+        plan=plan,
+        t0=t0,
+        meta=meta_seconds,
+        meta_io=meta_io,
+        journal=meta.journal,
+        resume=resume,
+        strays_before=t0 if claim is not None else None,
     )
-    base = graph.__dask_graph__()
-    assert isinstance(base, HighLevelGraph)
-    hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})
-    report = Delayed(key, hlg, layer=key)
     if not compute:
         if claim is not None:
-            claim.release_when_done(journal if journaled else None)
+            claim.release_when_done(meta.journal)
         return report
     try:
         result: WriteReport = compute_with_progress(
             report,
-            total=remaining,
+            total=plan.ntasks - sum(len(v) for v in meta.done.values()),
             desc="toolkit write",
             prefix="toolkit-write-",
             enabled=progress,
@@ -417,6 +363,96 @@ def execute(
         if claim is not None:
             claim.release()
     return result
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    """What the metadata round leaves for the data phase."""
+
+    sources: list[WriteSource]
+    token: str
+    journal: WriteJournal | None  # None on a transactional store
+    coord: Coordinator | None
+    done: Mapping[str, Any]  # tasks an earlier run of a resumable write landed
+
+
+def _metadata_round(
+    plan: WritePlan,
+    direct: Store,
+    resume: ResumeLog | None,
+    owner: str,
+    creating: bool,
+    transactional: bool,
+    t0: float,
+) -> _Metadata:
+    """Prepare the group, put the write's record, and send all metadata in one round."""
+    if creating:
+        _prepare_group(plan, direct)
+    # Read after the clear: a replacing run starts over, whatever an old log says.
+    done = resume.done_tasks() if resume is not None else {}
+    if resume is not None and creating:
+        # First object of the write: a store holding begin.json holds only this write.
+        resume.begin(direct, {"target": plan.target})
+    coord = _unit_coordinator(plan)
+    eager_locks = (
+        LockSet(coord, _eager_unit_locks(plan), owner) if coord is not None and plan.eager else None
+    )
+    # The group is known to be empty now: the buffer answers its probes itself.
+    fresh = (plan.group or "") if creating or plan.mode == "w-" else None
+    buffer = MetadataBuffer(direct, empty_prefix=fresh)
+    with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
+        sources = _write_metadata(plan, buffer, mode="w-" if creating else plan.mode)
+        token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+        # A transactional store (Icechunk) shows readers nothing before the commit:
+        # it needs no record of the write, and accepts only Zarr keys.
+        journal = None
+        if not transactional:
+            journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
+            # Landed before any array metadata is sent: no reader can find this
+            # write's arrays without its record.
+            resume_id = resume.id if resume is not None else None
+            journal.begin(plan.record_summary(), direct, resume=resume_id)
+        sync(buffer.flush())  # metadata and small variables, in one concurrent round
+        if resume is not None and creating:
+            resume.metadata_done(direct)
+    return _Metadata(sources, token, journal, coord, done)
+
+
+def _write_io(
+    plan: WritePlan,
+    token: str,
+    resume: ResumeLog | None,
+    coord: Coordinator | None,
+    owner: str,
+) -> WriteIO:
+    """What every write task needs: this process's share of the budget, locks, markers."""
+    share = cluster_share(plan.throttle)
+    return WriteIO(
+        token=token,
+        throttle=share,
+        concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
+        distributed=active_client() is not None,
+        resume_prefix=resume.prefix if resume is not None else None,
+        locks=coord,
+        owner=owner,
+        transactional=is_icechunk(plan.store),
+    )
+
+
+def _with_report(graph: Delayed, *, plan: WritePlan, meta_io: IOMetrics, **report: Any) -> Delayed:
+    """``graph`` followed by one task that turns its figures into a :class:`WriteReport`."""
+    # Built by hand: dask's delayed() would traverse the plan, find the source
+    # dataset in it, and gather all of it into one task just to hand it over.
+    light = replace(plan, dataset=xr.Dataset())
+    key = f"toolkit-report-{graph.key}"
+    task = (
+        functools.partial(_report, plan=light, meta_io=meta_io.as_dict(), **report),
+        graph.key,
+    )
+    base = graph.__dask_graph__()
+    assert isinstance(base, HighLevelGraph)
+    hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})
+    return Delayed(key, hlg, layer=key)
 
 
 def _prepare_group(plan: WritePlan, store: Store) -> None:
@@ -590,57 +626,35 @@ def as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
     return obj.to_dataset()
 
 
-def reject_unknown(unknown: Mapping[str, Any], fn: Callable[..., Any]) -> None:
-    """Raise :class:`~toolkit.errors.UnknownOptionError` naming the closest option of ``fn``."""
+def reject_unknown(unknown: Iterable[str], options: Iterable[str], caller: str) -> None:
+    """Raise :class:`~toolkit.errors.UnknownOptionError` naming the closest of ``options``."""
+    unknown, options = list(unknown), list(options)
     if not unknown:
         return
-    options = [p for p in inspect.signature(fn).parameters if p != "unknown"]
     msgs = []
     for k in unknown:
         close = difflib.get_close_matches(k, options, 1)
         msgs.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise UnknownOptionError(f"{fn.__name__}() got unknown options: " + "; ".join(msgs))
+    raise UnknownOptionError(f"{caller}() got unknown options: " + "; ".join(msgs))
 
 
 def write_dataset(
     ds: xr.Dataset | xr.DataArray,
     store: StoreLike,
     *,
-    mode: WriteMode | None = None,
-    append_dim: Hashable | None = None,
-    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
-    encoding: Mapping[Hashable, Mapping[str, Any]] | None = None,
-    zarr_format: int | None = None,
-    consolidated: bool | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    group: str | None = None,
-    write_empty_chunks: bool | None = None,
     compute: bool = True,
-    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
-    throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
-    **unknown: Any,
+    **options: Any,
 ) -> WriteReport | Delayed:
     """One job's write: :func:`~toolkit.plan_write`, then :func:`execute`.
 
     What :func:`toolkit.to_zarr` does when it is neither an append nor a
-    partition overwrite (which coordinate with other jobs first); the
-    parameters are its own.
+    partition overwrite (which coordinate with other jobs first); ``options``
+    are :func:`~toolkit.plan_write`'s.
     """
-    reject_unknown(unknown, write_dataset)
-    plan = plan_write(
-        as_dataset(ds),
-        store,
-        mode=mode,
-        append_dim=append_dim,
-        region=region,
-        encoding=encoding,
-        zarr_format=zarr_format,
-        consolidated=consolidated,
-        storage_options=storage_options,
-        group=group,
-        write_empty_chunks=write_empty_chunks,
-        max_task_bytes=max_task_bytes,
-        throttle=throttle,
+    known = [p for p in inspect.signature(plan_write).parameters if p not in ("ds", "store")]
+    reject_unknown(
+        (k for k in options if k not in known), [*known, "compute", "progress"], "to_zarr"
     )
+    plan = plan_write(as_dataset(ds), store, **options)
     return execute(plan, compute=compute, progress=progress)

@@ -280,81 +280,25 @@ def to_icechunk(
     if not _has_arrays(head, None):
         if region is not None:
             raise PlanError(f"region writes need an existing dataset in {repo.target}")
-        lease = Lease(repo.coord, "create", owner)
-        lease.acquire()
-        try:
-            if not _has_arrays(repo.readonly(), None):
-                session = repo.repo.writable_session(branch)
-                kwargs.setdefault("consolidated", False)  # Icechunk keeps no consolidated copy
-                with dask.config.set(scheduler="threads"):
-                    created = write_dataset(
-                        ds, session.store, mode="w-", progress=progress, **kwargs
-                    )
-                snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
-                _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True}, None)
-                return created
-        finally:
-            lease.release()
+        created = _create(ds, repo, branch, owner, progress, kwargs)
+        if created is not None:
+            return created
     kwargs = {k: v for k, v in kwargs.items() if k not in ("encoding", "zarr_format", "mode")}
     # Where the rows go: validated against the head first, then placed through the log.
-    pieces: list[tuple[xr.Dataset, str | None, slice | None]]
     placement: dict[str, Any] = {}
     if region is not None:
-        pieces = [(ds, None, None)]
+        pieces: list[_Piece] = [(ds, None, None)]
     elif append_dim is not None:
-        dim = str(append_dim)
-        _validate_append(ds, head, dim)
-        answer = repo.log.submit(
-            {"kind": "reserve", "dim": dim, "n": ds.sizes[dim], "runs": {}}, job=owner
-        )
-        pieces = [(ds, dim, slice(answer["start"], answer["stop"]))]
-        placement.update(dim=dim, start=answer["start"], stop=answer["stop"])
+        pieces = _reserve_rows(ds, repo, head, str(append_dim), owner, placement)
     elif partition is not None:
-        coord = str(partition)
-        if coord not in ds.variables or ds[coord].ndim != 1:
-            raise PartitionError(f"partition={coord!r} must name a 1-D coordinate of the dataset")
-        dim = str(ds[coord].dims[0])
-        _validate_append(ds, head, dim)
-        runs = _runs(ds[coord].values)
-        answer = repo.log.submit(
-            {"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner
-        )
-        if "error" in answer:
-            raise PartitionError(answer["error"])
-        pieces, pos = [], 0
-        for _, a, b in answer["ranges"]:
-            pieces.append((ds.isel({dim: slice(pos, pos + b - a)}), dim, slice(a, b)))
-            pos += b - a
-        placement.update(dim=dim, partitions={lab: [a, b] for lab, a, b in answer["ranges"]})
+        pieces = _place_partitions(ds, repo, head, partition, owner, placement)
     else:
         raise PlanError(
             f"{repo.target} already holds a dataset: pass region, append_dim or partition"
         )
     last: dict[str, list[str]] = {}
     for attempt in range(retries + 1):
-        session = repo.repo.writable_session(branch)
-        base = session.snapshot_id
-        # One fork for all pieces: pieces may share a write unit at their edges, and
-        # each must read the unit as the one before left it.
-        fork = session.fork()
-        forks = [fork]
-        touched: dict[str, list[str]] = {}
-        report: Any = None
-        for rows, dim_, sl in pieces:
-            where: dict[Hashable, Any] = dict(region) if region is not None else {dim_: sl}
-            part = rows_along(rows, dim_) if dim_ is not None else rows
-            report = write_dataset(part, fork.store, mode="r+", region=where, progress=progress,
-                             **kwargs)  # fmt: skip
-            if report.forks:  # written on a cluster: the workers' forks, merged in a tree
-                fork.merge(*report.forks)
-            for a, keys in _touched(report).items():
-                touched.setdefault(a, []).extend(keys)
-        key = f"forks/{owner}-{attempt}.pkl"
-        repo.coord.put_bytes(key, pickle.dumps(forks))
-        answer = repo.log.submit(
-            {"kind": "commit", "fork": key, "base": base, "touched": touched},
-            job=f"{owner}-{attempt}",
-        )
+        answer, report = _attempt(repo, branch, owner, attempt, pieces, region, progress, kwargs)
         if "error" in answer:
             raise WriteError(f"Icechunk commit of job {owner} failed: {answer['error']}")
         if "conflict" in answer:
@@ -374,6 +318,113 @@ def to_icechunk(
         "or raise retries",
         last,
     )
+
+
+# Rows of the job, the dim they follow (None: the region given), and where they go on it.
+type _Piece = tuple[xr.Dataset, str | None, slice | None]
+
+
+def _create(
+    ds: xr.Dataset,
+    repo: Repository,
+    branch: str,
+    owner: str,
+    progress: bool,
+    kwargs: Mapping[str, Any],
+) -> Any:
+    """Create the dataset in an empty repository; None if another job created it first."""
+    lease = Lease(repo.coord, "create", owner)
+    lease.acquire()
+    try:
+        if _has_arrays(repo.readonly(), None):
+            return None
+        session = repo.repo.writable_session(branch)
+        options = {"consolidated": False, **kwargs}  # Icechunk keeps no consolidated copy
+        with dask.config.set(scheduler="threads"):
+            created = write_dataset(ds, session.store, mode="w-", progress=progress, **options)
+        snapshot = session.commit("toolkit: create", metadata={"toolkit_jobs": [owner]})
+        _placed(created, {"snapshot": snapshot, "attempts": 1, "created": True}, None)
+        return created
+    finally:
+        lease.release()
+
+
+def _reserve_rows(
+    ds: xr.Dataset, repo: Repository, head: Store, dim: str, owner: str, placement: dict[str, Any]
+) -> list[_Piece]:
+    """An append: reserve the job's rows along ``dim`` through the log."""
+    _validate_append(ds, head, dim)
+    answer = repo.log.submit(
+        {"kind": "reserve", "dim": dim, "n": ds.sizes[dim], "runs": {}}, job=owner
+    )
+    placement.update(dim=dim, start=answer["start"], stop=answer["stop"])
+    return [(ds, dim, slice(answer["start"], answer["stop"]))]
+
+
+def _place_partitions(
+    ds: xr.Dataset,
+    repo: Repository,
+    head: Store,
+    partition: Hashable,
+    owner: str,
+    placement: dict[str, Any],
+) -> list[_Piece]:
+    """A partition overwrite: where each partition of the job lives (new ones appended)."""
+    coord = str(partition)
+    if coord not in ds.variables or ds[coord].ndim != 1:
+        raise PartitionError(f"partition={coord!r} must name a 1-D coordinate of the dataset")
+    dim = str(ds[coord].dims[0])
+    _validate_append(ds, head, dim)
+    runs = _runs(ds[coord].values)
+    answer = repo.log.submit(
+        {"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner
+    )
+    if "error" in answer:
+        raise PartitionError(answer["error"])
+    pieces: list[_Piece] = []
+    pos = 0
+    for _, a, b in answer["ranges"]:
+        pieces.append((ds.isel({dim: slice(pos, pos + b - a)}), dim, slice(a, b)))
+        pos += b - a
+    placement.update(dim=dim, partitions={lab: [a, b] for lab, a, b in answer["ranges"]})
+    return pieces
+
+
+def _attempt(
+    repo: Repository,
+    branch: str,
+    owner: str,
+    attempt: int,
+    pieces: list[_Piece],
+    region: Mapping[Hashable, slice] | None,
+    progress: bool,
+    kwargs: Mapping[str, Any],
+) -> tuple[dict[str, Any], Any]:
+    """Write every piece into one fork of the branch head and ask the log to commit it."""
+    session = repo.repo.writable_session(branch)
+    base = session.snapshot_id
+    # One fork for all pieces: pieces may share a write unit at their edges, and
+    # each must read the unit as the one before left it.
+    fork = session.fork()
+    touched: dict[str, list[str]] = {}
+    report: Any = None
+    for rows, dim, sl in pieces:
+        where: dict[Hashable, Any] = dict(region) if region is not None else {dim: sl}
+        part = rows_along(rows, dim) if dim is not None else rows
+        report = write_dataset(
+            part, fork.store, mode="r+", region=where, progress=progress, **kwargs
+        )
+        if report.forks:  # written on a cluster: the workers' forks, merged in a tree
+            fork.merge(*report.forks)
+        for a, keys in _touched(report).items():
+            touched.setdefault(a, []).extend(keys)
+    key = f"forks/{owner}-{attempt}.pkl"
+    repo.coord.put_bytes(key, pickle.dumps([fork]))
+    answer = repo.log.submit(
+        {"kind": "commit", "fork": key, "base": base, "touched": touched},
+        job=f"{owner}-{attempt}",
+    )
+    return answer, report
 
 
 def _validate_append(ds: xr.Dataset, head: Store, dim: str) -> None:
