@@ -24,25 +24,23 @@ __all__ = [
 RESERVED_PREFIX = ".toolkit"
 """Top-level prefix (inside the group) where toolkit keeps its own state."""
 
-_HIDDEN = False
+_RESERVED_WARNING = rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized"
 
 
 def hide_reserved_prefix_warnings() -> None:
     """Silence zarr's warning about toolkit's own prefix in group listings.
 
     zarr warns of any key that is no array or group while it lists a group's
-    members; for ``.toolkit/`` the warning says nothing useful. Installed the
-    first time toolkit resolves a store (never on import), and for that
-    prefix's message only.
+    members; for ``.toolkit/`` the warning says nothing useful. Installed when
+    toolkit resolves a store (never on import), for that prefix's message only,
+    and again whenever something (``warnings.catch_warnings``, a test runner)
+    has restored the filters without it.
     """
-    global _HIDDEN
-    if not _HIDDEN:
-        _HIDDEN = True
-        warnings.filterwarnings(
-            "ignore",
-            message=rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized",
-            category=Warning,
-        )
+    if not any(
+        f[0] == "ignore" and f[1] is not None and f[1].pattern == _RESERVED_WARNING
+        for f in warnings.filters
+    ):
+        warnings.filterwarnings("ignore", message=_RESERVED_WARNING, category=Warning)
 
 
 @dataclass(frozen=True)
