@@ -183,7 +183,7 @@ def test_secrets_stay_secret(s3, tmp_path):
     texts += [repr(back), str(back.v.data.name), *map(str, back.__dask_graph__())]
     report = toolkit.to_zarr(ds, str(tmp_path / "x.zarr"), progress=False)
     texts += [repr(report), report._repr_html_()]
-    from toolkit.io.storage import resolve_store
+    from toolkit.io.stores import resolve_store
     from toolkit.state.records import read_records
 
     records = read_records(resolve_store("s3://data/secret.zarr", storage_options=opts))

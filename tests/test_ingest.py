@@ -20,7 +20,7 @@ from conftest import snapshot
 
 import toolkit
 from toolkit.errors import IngestError, PlanError
-from toolkit.io.storage import resolve_store
+from toolkit.io.stores import resolve_store
 from toolkit.state.records import ResumeLog
 
 NY, NX = 6, 8

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import toolkit
-from toolkit.io.storage import MetricsStore, resolve_store
+from toolkit.io.stores import resolve_store
+from toolkit.io.wrappers import MetricsStore
 from toolkit.read import aligned_chunks
 
 

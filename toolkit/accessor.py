@@ -8,7 +8,7 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from toolkit.api import to_zarr
-from toolkit.io.storage import StoreLike
+from toolkit.io.stores import StoreLike
 from toolkit.stats.compute import stats
 from toolkit.write.execute import WriteReport
 from toolkit.write.plan import WritePlan, plan_write

@@ -16,7 +16,7 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from toolkit.errors import PlanError
-from toolkit.io.storage import StoreLike
+from toolkit.io.stores import StoreLike
 from toolkit.io.throttle import Throttle
 from toolkit.write.execute import WriteReport, as_dataset, reject_unknown, write_dataset
 from toolkit.write.multi import append, overwrite_partitions

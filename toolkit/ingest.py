@@ -32,7 +32,7 @@ from dask.highlevelgraph import HighLevelGraph
 from toolkit.cluster.client import active_client
 from toolkit.errors import IngestError
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.storage import StoreLike, fingerprint
+from toolkit.io.stores import StoreLike, fingerprint
 from toolkit.io.throttle import Throttle
 from toolkit.write.execute import WriteReport, execute, plan_resumable, write_dataset
 from toolkit.write.layout import choose_layout

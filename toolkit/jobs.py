@@ -27,7 +27,7 @@ from toolkit._render import text_table
 from toolkit.dashboard import register_dashboard
 from toolkit.errors import PlanError
 from toolkit.io.groups import open_existing
-from toolkit.io.storage import StoreLike, describe_store, fingerprint, resolve_store
+from toolkit.io.stores import StoreLike, describe_store, fingerprint, resolve_store
 from toolkit.io.throttle import Throttle
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.write.execute import WriteReport, execute, plan_resumable

@@ -30,15 +30,9 @@ from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.groups import open_existing
-from toolkit.io.storage import (
-    MetadataBuffer,
-    StoreLike,
-    describe_store,
-    resolve_store,
-    store_label,
-    wrap_store,
-)
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.io.wrappers import MetadataBuffer, wrap_store
 from toolkit.state.records import read_records
 
 __all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]

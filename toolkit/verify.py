@@ -22,7 +22,8 @@ from dask.delayed import delayed
 from toolkit._render import html_table, text_table
 from toolkit.cluster.progress import compute_with_progress
 from toolkit.ingest import sources_dataset
-from toolkit.io.storage import StoreLike, digest, resolve_store, store_label, wrap_store
+from toolkit.io.stores import StoreLike, resolve_store, store_label
+from toolkit.io.wrappers import digest, wrap_store
 from toolkit.read import open_zarr
 from toolkit.state.records import read_manifest
 

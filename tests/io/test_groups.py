@@ -12,7 +12,7 @@ from zarr.storage import LocalStore
 
 import toolkit
 from toolkit.io.groups import RESERVED_PREFIX, array_dims, open_existing, open_group
-from toolkit.io.storage import MetricsStore
+from toolkit.io.wrappers import MetricsStore
 
 
 @pytest.mark.parametrize("fmt", [2, 3])

@@ -156,7 +156,7 @@ def test_throttle_is_exported_and_renders():
 
 async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
     """A coordinated policy whose scheduler cannot be reached still sends, locally limited."""
-    from toolkit.io.storage import ThrottleStore
+    from toolkit.io.wrappers import ThrottleStore
 
     class Unreachable:
         async def reserve(self, kind):

@@ -21,7 +21,7 @@ from zarr.storage import MemoryStore
 
 import toolkit
 from toolkit.errors import StatsError, StatsOverflowError, ToolkitError
-from toolkit.io.storage import InterceptStore
+from toolkit.io.wrappers import InterceptStore
 from toolkit.stats.aggregations import quantile_bound
 
 T = TypeVar("T")

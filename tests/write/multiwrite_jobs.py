@@ -122,9 +122,9 @@ def slow_partition_job(target: str, job: int, days: list[str], ready: str) -> No
     The test kills this process with SIGKILL in the middle.
     """
     import toolkit
-    from toolkit.io import storage
+    from toolkit.io import wrappers
 
-    original = storage.InterceptStore.set
+    original = wrappers.InterceptStore.set
 
     async def slow_set(self: Any, key: str, value: Any) -> None:
         if "/v/" in key or key.startswith("v/"):
@@ -135,7 +135,7 @@ def slow_partition_job(target: str, job: int, days: list[str], ready: str) -> No
             await asyncio.sleep(0.5)
         await original(self, key, value)
 
-    storage.InterceptStore.set = slow_set  # type: ignore[method-assign]
+    wrappers.InterceptStore.set = slow_set  # type: ignore[method-assign]
     ds = day_rows(job, days).chunk({"time": 4})
     toolkit.to_zarr(ds, target, mode="overwrite-partitions", partition="day", progress=False)
 
@@ -172,10 +172,10 @@ def ice_region_job(
 
 def slow_ice_partition_job(target: str, job: int, days: list[str], ready: str) -> None:
     """Icechunk: overwrite ``days`` slowly; the test kills it with SIGKILL in the middle."""
-    from toolkit.io import storage
+    from toolkit.io import wrappers
     from toolkit.write.icechunk import to_icechunk
 
-    original = storage.InterceptStore.set
+    original = wrappers.InterceptStore.set
 
     async def slow_set(self: Any, key: str, value: Any) -> None:
         if key.startswith("v/c"):
@@ -186,7 +186,7 @@ def slow_ice_partition_job(target: str, job: int, days: list[str], ready: str) -
             await asyncio.sleep(0.5)
         await original(self, key, value)
 
-    storage.InterceptStore.set = slow_set  # type: ignore[method-assign]
+    wrappers.InterceptStore.set = slow_set  # type: ignore[method-assign]
     to_icechunk(day_rows(job, days).chunk({"time": 4}), target, partition="day")
 
 

@@ -9,7 +9,7 @@ from distributed.metrics import context_meter
 
 from toolkit.cluster.client import active_client
 from toolkit.io.metrics import IOMetrics, snapshot
-from toolkit.io.storage import describe_store, resolve_store
+from toolkit.io.stores import describe_store, resolve_store
 
 __all__ = ["io_metrics", "publish"]
 

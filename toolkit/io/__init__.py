@@ -2,5 +2,5 @@
 
 Everything here works inside one process and knows nothing of clusters, of
 toolkit's records or of datasets. Budgets that a cluster coordinates are handed to
-:class:`~toolkit.io.storage.ThrottleStore` from above (``remote=``).
+:class:`~toolkit.io.wrappers.ThrottleStore` from above (``remote=``).
 """

@@ -4,7 +4,7 @@ Object stores meter requests, not bytes: S3 answers ``503 SlowDown`` above
 about 3,500 writes and 5,500 reads per second per prefix, and GCS and Azure do
 the same with 429 or 503. Nothing in dask, zarr or fsspec limits the request
 *rate*, so :class:`Throttle` does. It is a frozen, picklable policy. The store
-wrappers in :mod:`toolkit.io.storage` apply it, and the state that enforces it
+wrappers in :mod:`toolkit.io.wrappers` apply it, and the state that enforces it
 (:class:`Budget`) lives once per process.
 
 Cluster-wide budgets are *split*: under a ``distributed`` client, each call

@@ -40,7 +40,7 @@ from zarr.storage import LocalStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
-from toolkit.io.storage import describe_store, unwrap
+from toolkit.io.stores import describe_store, unwrap
 from toolkit.state.leases import Coordinator, LockSet, default_ttl, supports_atomic_create
 from toolkit.state.records import WriteJournal
 

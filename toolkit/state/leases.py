@@ -40,7 +40,7 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore
 from toolkit._util import backoff, encode_json
 from toolkit.errors import CoordinationError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
-from toolkit.io.storage import describe_store, unwrap
+from toolkit.io.stores import describe_store, unwrap
 
 __all__ = [
     "Coordinator",

@@ -43,8 +43,9 @@ from zarr.storage import LocalStore
 from toolkit._util import encode_json
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.storage import unwrap, wrap_store
+from toolkit.io.stores import unwrap
 from toolkit.io.throttle import Throttle
+from toolkit.io.wrappers import wrap_store
 
 __all__ = [
     "ResumeLog",

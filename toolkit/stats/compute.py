@@ -29,7 +29,7 @@ from zarr.abc.store import Store
 
 from toolkit.cluster.progress import compute_with_progress
 from toolkit.errors import StatsError
-from toolkit.io.storage import store_label
+from toolkit.io.stores import store_label
 from toolkit.io.throttle import Throttle
 from toolkit.read import open_zarr
 from toolkit.stats.aggregations import (

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from zarr.abc.store import Store
 
-from toolkit.io.storage import InterceptStore
+from toolkit.io.wrappers import InterceptStore
 
 __all__ = ["FaultStore"]
 

@@ -46,17 +46,9 @@ from toolkit.errors import (
 )
 from toolkit.io.groups import array_dims
 from toolkit.io.metrics import IOMetrics, live_metrics
-from toolkit.io.storage import (
-    MetadataBuffer,
-    StoreLike,
-    describe_store,
-    is_icechunk,
-    rebind,
-    resolve_store,
-    store_label,
-    wrap_store,
-)
+from toolkit.io.stores import StoreLike, describe_store, is_icechunk, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
 from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
 from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
 from toolkit.state.records import ResumeLog, WriteJournal

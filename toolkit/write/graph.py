@@ -33,17 +33,9 @@ from toolkit._util import zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.metrics import publish
 from toolkit.io.metrics import IOMetrics, live_metrics
-from toolkit.io.storage import (
-    DigestStore,
-    MetricsStore,
-    describe_store,
-    find_wrapper,
-    rebind,
-    redact,
-    unwrap,
-    wrap_store,
-)
+from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
+from toolkit.io.wrappers import DigestStore, MetricsStore, find_wrapper, rebind, wrap_store
 from toolkit.state.leases import Coordinator, LockSet
 from toolkit.state.records import task_marker
 from toolkit.write.plan import VariablePlan, WritePlan

@@ -44,7 +44,7 @@ from zarr.abc.store import Store
 from toolkit._util import backoff
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
 from toolkit.io.groups import array_dims
-from toolkit.io.storage import resolve_store
+from toolkit.io.stores import resolve_store
 from toolkit.state.commitlog import Batch, CommitLog
 from toolkit.state.leases import Coordinator, Lease, job_id
 from toolkit.write.execute import eager_regions, unit_ranges, write_dataset

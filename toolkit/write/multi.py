@@ -39,7 +39,7 @@ from zarr.abc.store import Store
 
 from toolkit.errors import AppendError, PartitionError
 from toolkit.io.groups import array_dims, open_group
-from toolkit.io.storage import StoreLike, unwrap
+from toolkit.io.stores import StoreLike, unwrap
 from toolkit.state.commitlog import Batch, CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, job_id, supports_atomic_create
 from toolkit.write.execute import execute, write_dataset

@@ -47,8 +47,9 @@ from toolkit.errors import (
 )
 from toolkit.io.groups import ExistingGroup, open_existing
 from toolkit.io.metrics import IOMetrics, live_metrics
-from toolkit.io.storage import StoreLike, describe_store, resolve_store, store_label, wrap_store
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import group_contents
 from toolkit.state.records import read_records
 

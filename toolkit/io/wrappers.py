@@ -1,4 +1,4 @@
-"""Storage: resolving what users pass as a store, and zarr ``Store`` wrappers.
+"""zarr ``Store`` wrappers: metrics, the request budget, retries, digests, a metadata buffer.
 
 Every wrapper subclasses zarr's own :class:`zarr.storage.WrapperStore`, so it
 works with any zarr backend (local, memory, fsspec, obstore) and composes with
@@ -12,9 +12,7 @@ import contextlib
 import copy
 import hashlib
 import logging
-import os
 import random
-import re
 import threading
 import time
 from collections.abc import (
@@ -24,8 +22,6 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
-    Mapping,
-    MutableMapping,
     Sequence,
 )
 from typing import Any, Self, TypeVar, cast, override
@@ -34,7 +30,7 @@ import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+from zarr.storage import FsspecStore, WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.errors import (
@@ -44,8 +40,8 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.io.groups import hide_reserved_prefix_warnings
 from toolkit.io.metrics import IOMetrics, process_metrics
+from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
 from toolkit.io.throttle import (
     Budget,
     RemoteBudgets,
@@ -63,91 +59,12 @@ __all__ = [
     "MetricsStore",
     "RetryStore",
     "ThrottleStore",
-    "describe_store",
     "digest",
-    "fingerprint",
-    "redact",
-    "resolve_store",
     "wrap_store",
 ]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-StoreLike = str | os.PathLike[str] | Store | MutableMapping[str, Any]
-
-
-def store_label(store: StoreLike) -> str:
-    """A short name for ``store`` before it is resolved (a path, a URL, or the store's)."""
-    if isinstance(store, Store):
-        return describe_store(store)
-    if isinstance(store, MutableMapping):
-        return f"memory://{id(store):x}"
-    return str(store)
-
-
-def resolve_store(
-    store: StoreLike,
-    *,
-    storage_options: Mapping[str, Any] | None = None,
-    throttle: Throttle | None = None,
-) -> Store:
-    """Turn a path, URL or zarr ``Store`` into a zarr ``Store``.
-
-    Parameters
-    ----------
-    store : str, os.PathLike or zarr.abc.store.Store
-        A local path, an fsspec URL (``s3://...``) or a store instance, which is
-        returned as it is.
-    storage_options : mapping, optional
-        Passed to fsspec for URLs; refused for local paths and store instances.
-    throttle : Throttle, optional
-        The policy toolkit will apply. For S3 URLs it sets defaults that the
-        caller's ``storage_options`` override: one GET per read, with no HEAD
-        first (``max_concurrency=1``); botocore's own retries off, since
-        toolkit's retries count every attempt against the budget; and a
-        connection pool as large as the in-flight cap.
-    """
-    hide_reserved_prefix_warnings()
-    if isinstance(store, Store):
-        if storage_options:
-            raise TypeError("storage_options apply to URLs only, not to a Store instance")
-        return store
-    if isinstance(store, MutableMapping):
-        # As zarr and xarray: a dict is the contents of an in-memory store.
-        if storage_options:
-            raise TypeError("storage_options apply to URLs only, not to a dict")
-        return MemoryStore(store)
-    path = os.fspath(store)
-    if "://" in path and not path.startswith("file://"):
-        opts = dict(storage_options or {})
-        if throttle is not None and path.split("://", 1)[0] in ("s3", "s3a"):
-            opts = _s3_defaults(opts, throttle)
-        return FsspecStore.from_url(path, storage_options=opts)
-    if storage_options:
-        raise TypeError("storage_options apply to URLs only, not to a local path")
-    return LocalStore(path.removeprefix("file://"))
-
-
-def _s3_defaults(opts: dict[str, Any], throttle: Throttle) -> dict[str, Any]:
-    opts.setdefault("max_concurrency", 1)
-    config = dict(opts.get("config_kwargs") or {})
-    config.setdefault("retries", {"total_max_attempts": 1})
-    config.setdefault("max_pool_connections", max(10, throttle.max_inflight))
-    opts["config_kwargs"] = config
-    return opts
-
-
-def describe_store(store: Store) -> str:
-    """A short, secret-free description of a store for reprs and reports."""
-    store = unwrap(store)
-    if isinstance(store, LocalStore):
-        return f"file://{store.root}"
-    if isinstance(store, FsspecStore):
-        proto = store.fs.protocol
-        proto = proto[0] if isinstance(proto, tuple) else proto
-        return f"{proto}://{store.path}"
-    return f"<{type(store).__name__}>"
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -892,55 +809,6 @@ def _quiet_fsspec_retries(store: Store) -> None:
         fs.retries = 1
 
 
-def unwrap(store: Store) -> Store:
-    """The innermost store below any wrappers."""
-    while isinstance(store, WrapperStore):
-        store = store._store
-    return store
-
-
-def is_icechunk(store: Store) -> bool:
-    """Whether ``store`` (below any wrappers) is an Icechunk session's store.
-
-    Told by the class's package, so that Icechunk, an optional extra, need not
-    be imported to ask.
-    """
-    return type(unwrap(store)).__module__.split(".")[0] == "icechunk"
-
-
-def redact(text: str, store: Store | None = None) -> str:
-    """``text`` with credentials, signatures and tokens removed.
-
-    Removes the values of secret-looking ``storage_options`` of ``store``
-    (keys, secrets, tokens, passwords) and any signed-URL query parameters.
-    """
-    secrets: list[str] = []
-    base = unwrap(store) if store is not None else None
-    opts = getattr(getattr(base, "fs", None), "storage_options", None) or {}
-
-    def walk(d: Mapping[str, Any]) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v)
-            elif isinstance(v, str) and _SECRET_KEY.search(k) and len(v) >= 4:
-                secrets.append(v)
-
-    walk(opts)
-    for s in sorted(secrets, key=len, reverse=True):
-        text = text.replace(s, "***")
-    text = _SIGNED.sub(r"\1=***", text)
-    return _USERINFO.sub(r"\1***@", text)
-
-
-_SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|signature", re.I)
-_SIGNED = re.compile(
-    r"((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Goog-Signature|"
-    r"X-Goog-Credential|sig|se|sp|sv|AWSAccessKeyId|Signature|Expires))=[^&\s\"']+",
-    re.I,
-)
-_USERINFO = re.compile(r"(\w+://)[^/\s@:]+(?::[^/\s@]*)?@")
-
-
 def wrap_store(
     store: Store,
     policy: Throttle | None,
@@ -986,23 +854,3 @@ def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
 
     a = array.async_array
     return zarr.Array(AsyncArray(a.metadata, StorePath(store, a.store_path.path), a.config))
-
-
-def fingerprint(path: str) -> tuple[Any, ...]:
-    """What changes when a source changes: size and modification time (or ETag).
-
-    For a directory (a Zarr store), those of its top-level entries.
-    """
-    if "://" not in path:
-        st = os.stat(path)
-        if os.path.isdir(path):
-            return tuple(
-                (e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                for e in sorted(os.scandir(path), key=lambda e: e.name)
-            )
-        return (st.st_size, st.st_mtime_ns)
-    import fsspec
-
-    fs, _, (p,) = fsspec.get_fs_token_paths(path)
-    info = fs.info(p)
-    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime"))

@@ -15,18 +15,16 @@ from zarr.storage import LocalStore, MemoryStore
 from zarr.testing.store import StoreTests
 
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.storage import (
+from toolkit.io.stores import describe_store, resolve_store, unwrap
+from toolkit.io.throttle import Throttle
+from toolkit.io.wrappers import (
     DigestStore,
     MetadataBuffer,
     MetricsStore,
     RetryStore,
     ThrottleStore,
-    describe_store,
-    resolve_store,
-    unwrap,
     wrap_store,
 )
-from toolkit.io.throttle import Throttle
 from toolkit.testing import FaultStore
 
 
@@ -161,7 +159,7 @@ from toolkit.errors import (  # noqa: E402
     StoreThrottledError,
     StoreUnavailableError,
 )
-from toolkit.io.storage import redact  # noqa: E402
+from toolkit.io.stores import redact  # noqa: E402
 
 # Retries alone: the injected faults do not depend on the rate, so AIMD would only slow it.
 FAST = Throttle(backoff_base=0.001, backoff_max=0.01, max_retries=50, adaptive=False)
