@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import warnings
 
 import numpy as np
@@ -83,7 +84,8 @@ def test_readers_refuse_an_incomplete_store_and_a_rerun_repairs_it(tmp_path):
     np.testing.assert_array_equal(back.a.values, _dataset(2.0).a.values)
 
 
-def test_a_write_that_never_ran_leaves_a_running_record(tmp_path):
+def test_a_write_that_never_ran_leaves_a_running_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_LEASE_TTL", "3")  # the claim's watcher looks every second
     path = str(tmp_path / "s.zarr")
     toolkit.to_zarr(_dataset(), path, progress=False, compute=False)  # never computed
     (rec,) = read_records(LocalStore(path))
@@ -92,6 +94,11 @@ def test_a_write_that_never_ran_leaves_a_running_record(tmp_path):
         toolkit.open_zarr(path)
     assert clear_records(LocalStore(path)) == 1
     toolkit.open_zarr(path)
+    # With the record gone, the creation claim's watcher lets go (no thread outlives the test).
+    for t in threading.enumerate():
+        if t.name == "toolkit-create-claim":
+            t.join(timeout=10)
+            assert not t.is_alive()
 
 
 def test_success_leaves_no_trace(tmp_path):
