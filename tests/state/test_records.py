@@ -87,6 +87,7 @@ def test_readers_refuse_an_incomplete_store_and_a_rerun_repairs_it(tmp_path):
 def test_a_write_that_never_ran_leaves_a_running_record(tmp_path, monkeypatch):
     monkeypatch.setenv("TOOLKIT_LEASE_TTL", "3")  # the claim's watcher looks every second
     path = str(tmp_path / "s.zarr")
+    before = set(threading.enumerate())
     toolkit.to_zarr(_dataset(), path, progress=False, compute=False)  # never computed
     (rec,) = read_records(LocalStore(path))
     assert rec["state"] == "writing" and rec["variables"]["a"]["units"] > 0
@@ -95,7 +96,7 @@ def test_a_write_that_never_ran_leaves_a_running_record(tmp_path, monkeypatch):
     assert clear_records(LocalStore(path)) == 1
     toolkit.open_zarr(path)
     # With the record gone, the creation claim's watcher lets go (no thread outlives the test).
-    for t in threading.enumerate():
+    for t in set(threading.enumerate()) - before:
         if t.name == "toolkit-create-claim":
             t.join(timeout=10)
             assert not t.is_alive()

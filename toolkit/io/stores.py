@@ -8,8 +8,9 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore, MemoryStore, WrapperStore
+from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
+from toolkit.io import clients
 from toolkit.io.groups import hide_reserved_prefix_warnings
 from toolkit.io.throttle import Throttle
 
@@ -47,16 +48,19 @@ def resolve_store(
     Parameters
     ----------
     store : str, os.PathLike or zarr.abc.store.Store
-        A local path, an fsspec URL (``s3://...``) or a store instance, which is
+        A local path, a URL (``s3://...``) or a store instance, which is
         returned as it is.
     storage_options : mapping, optional
-        Passed to fsspec for URLs; refused for local paths and store instances.
+        For URLs, in fsspec's names whichever the client; refused for local
+        paths and store instances. ``client`` picks the client: ``"obstore"``
+        (the default for ``s3://``, ``gs://`` and ``az://`` when obstore is
+        installed) or ``"s3fs"`` (fsspec). See :mod:`toolkit.io.clients`.
     throttle : Throttle, optional
-        The policy toolkit will apply. For S3 URLs it sets defaults that the
-        caller's ``storage_options`` override: one GET per read, with no HEAD
-        first (``max_concurrency=1``); botocore's own retries off, since
-        toolkit's retries count every attempt against the budget; and a
-        connection pool as large as the in-flight cap.
+        The policy toolkit will apply. It sets defaults that the caller's
+        ``storage_options`` override: the client's own retries off, since
+        toolkit's retries count every attempt against the budget; one GET per
+        read, with no HEAD first; for s3fs, a connection pool as large as the
+        in-flight cap.
     """
     hide_reserved_prefix_warnings()
     if isinstance(store, Store):
@@ -70,22 +74,11 @@ def resolve_store(
         return MemoryStore(store)
     path = os.fspath(store)
     if "://" in path and not path.startswith("file://"):
-        opts = dict(storage_options or {})
-        if throttle is not None and path.split("://", 1)[0] in ("s3", "s3a"):
-            opts = _s3_defaults(opts, throttle)
-        return FsspecStore.from_url(path, storage_options=opts)
+        in_flight = throttle.max_inflight if throttle is not None else None
+        return clients.open_url(path, storage_options, in_flight=in_flight)
     if storage_options:
         raise TypeError("storage_options apply to URLs only, not to a local path")
     return LocalStore(path.removeprefix("file://"))
-
-
-def _s3_defaults(opts: dict[str, Any], throttle: Throttle) -> dict[str, Any]:
-    opts.setdefault("max_concurrency", 1)
-    config = dict(opts.get("config_kwargs") or {})
-    config.setdefault("retries", {"total_max_attempts": 1})
-    config.setdefault("max_pool_connections", max(10, throttle.max_inflight))
-    opts["config_kwargs"] = config
-    return opts
 
 
 def describe_store(store: Store) -> str:
@@ -93,11 +86,7 @@ def describe_store(store: Store) -> str:
     store = unwrap(store)
     if isinstance(store, LocalStore):
         return f"file://{store.root}"
-    if isinstance(store, FsspecStore):
-        proto = store.fs.protocol
-        proto = proto[0] if isinstance(proto, tuple) else proto
-        return f"{proto}://{store.path}"
-    return f"<{type(store).__name__}>"
+    return clients.location(store) or f"<{type(store).__name__}>"
 
 
 def unwrap(store: Store) -> Store:
@@ -122,25 +111,11 @@ def redact(text: str, store: Store | None = None) -> str:
     Removes the values of secret-looking ``storage_options`` of ``store``
     (keys, secrets, tokens, passwords) and any signed-URL query parameters.
     """
-    secrets: list[str] = []
-    base = unwrap(store) if store is not None else None
-    opts = getattr(getattr(base, "fs", None), "storage_options", None) or {}
-
-    def walk(d: Mapping[str, Any]) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v)
-            elif isinstance(v, str) and _SECRET_KEY.search(k) and len(v) >= 4:
-                secrets.append(v)
-
-    walk(opts)
+    secrets = clients.secrets(unwrap(store)) if store is not None else []
     for s in sorted(secrets, key=len, reverse=True):
         text = text.replace(s, "***")
     text = _SIGNED.sub(r"\1=***", text)
     return _USERINFO.sub(r"\1***@", text)
-
-
-_SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|signature", re.I)
 
 
 _SIGNED = re.compile(

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import errno
 import math
+import re
 import threading
 import time
 import weakref
@@ -228,7 +229,16 @@ def resolve_throttle(
 
 
 def http_status(exc: BaseException) -> tuple[int | None, str | None]:
-    """The HTTP status and error code an exception carries (botocore, aiohttp), if any."""
+    """The HTTP status and error code an exception carries, if any.
+
+    botocore and aiohttp carry them as attributes; obstore's exceptions in the
+    message (``Server returned non-2xx status code: 503 ...<Code>SlowDown</Code>``).
+    """
+    if type(exc).__module__.startswith("obstore"):
+        text = str(exc)
+        status = _OBSTORE_STATUS.search(text)
+        code = _XML_CODE.search(text)
+        return (int(status[1]) if status else None), (code[1] if code else None)
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping):
         meta = response.get("ResponseMetadata") or {}
@@ -239,11 +249,22 @@ def http_status(exc: BaseException) -> tuple[int | None, str | None]:
     return (int(status) if isinstance(status, int) else None), None
 
 
+_OBSTORE_STATUS = re.compile(r"non-2xx status code: (\d{3})")
+_XML_CODE = re.compile(r"<Code>(\w+)</Code>")
+# obstore (reqwest) errors that mean the request or its answer was lost on the way.
+_OBSTORE_TRANSIENT = re.compile(
+    r"error sending request|error decoding response body|connection (?:closed|reset)|"
+    r"timed out|operation timed out|incomplete message|broken pipe",
+    re.I,
+)
+
+
 def classify_error(exc: BaseException) -> ErrorClass:
     """Whether a store error is a throttling answer, worth retrying, or final.
 
     The exception and its causes are inspected: botocore responses (status and
-    code), HTTP client errors, connection resets and timeouts. Throttling:
+    code), obstore's errors (status, code and reqwest's wording in the
+    message), HTTP client errors, connection resets and timeouts. Throttling:
     503/SlowDown and 429. Transient: 500/502/504, dropped connections,
     timeouts. Everything else (403, 400, a missing bucket, a bug) is final.
     """
@@ -265,6 +286,8 @@ def classify_error(exc: BaseException) -> ErrorClass:
             return "fatal"
         if isinstance(e, ConnectionError | TimeoutError | asyncio.TimeoutError):
             transient = True
+        if status is None and type(e).__module__.startswith("obstore"):
+            transient = transient or bool(_OBSTORE_TRANSIENT.search(str(e)))
         name = type(e).__name__
         if name in (
             "HTTPClientError",

@@ -30,7 +30,7 @@ import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, WrapperStore
+from zarr.storage import WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.errors import (
@@ -40,6 +40,7 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
+from toolkit.io import clients
 from toolkit.io.metrics import IOMetrics, process_metrics
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
 from toolkit.io.throttle import (
@@ -542,8 +543,9 @@ class RetryStore(_PolicyStore):
     error is :class:`~toolkit.errors.StoreThrottledError` or
     :class:`~toolkit.errors.StoreUnavailableError`, naming the store and the fix.
 
-    Wrapped around an fsspec S3 store, it turns s3fs's own retries off, so that
-    throttling stays visible to the budget and the retry time stays bounded.
+    Wrapped around an s3fs or obstore store, it turns the client's own retries
+    off (:func:`toolkit.io.clients.quiet_retries`), so that throttling stays
+    visible to the budget and the retry time stays bounded.
     """
 
     def __init__(
@@ -554,7 +556,7 @@ class RetryStore(_PolicyStore):
 
     def _init_local(self) -> None:
         self._random = random.Random()
-        _quiet_fsspec_retries(self._store)
+        clients.quiet_retries(unwrap(self._store))
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_random"}
@@ -607,7 +609,7 @@ class RetryStore(_PolicyStore):
         if verdict == "transient":
             return StoreUnavailableError(
                 f"{where}: {op} failed {attempts} times in {spent:.1f} s with retryable errors "
-                f"(last: {type(e).__name__}: {redact(str(e), self._store)}); the store or the "
+                f"(last: {type(e).__name__}: {self._brief(e)}); the store or the "
                 "network is unavailable. Check the endpoint, or raise max_retries / "
                 "max_retry_seconds in toolkit.Throttle"
             )
@@ -619,10 +621,13 @@ class RetryStore(_PolicyStore):
             )
         if status is not None and 400 <= status < 500 and status != 404:
             return StoreRequestError(
-                f"{where}: the store rejected {op} as invalid (HTTP {status}): "
-                f"{redact(str(e), self._store)}"
+                f"{where}: the store rejected {op} as invalid (HTTP {status}): {self._brief(e)}"
             )
         return e
+
+    def _brief(self, e: Exception) -> str:
+        # obstore appends a multi-line "Debug source:" dump of its request state.
+        return redact(str(e).split("\n\nDebug source", 1)[0], self._store)
 
 
 class MetadataBuffer(_OwnWrapper):
@@ -799,14 +804,6 @@ _META_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetada
 
 def _is_meta(key: str) -> bool:
     return key.rsplit("/", 1)[-1] in _META_NAMES
-
-
-def _quiet_fsspec_retries(store: Store) -> None:
-    """Turn s3fs's own retry loop off (toolkit's RetryStore retries instead)."""
-    base = unwrap(store)
-    fs = getattr(base, "fs", None)
-    if isinstance(base, FsspecStore) and fs is not None and hasattr(fs, "retries"):
-        fs.retries = 1
 
 
 def wrap_store(

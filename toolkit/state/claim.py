@@ -28,7 +28,9 @@ when a process dies in a write) never count as data.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -43,6 +45,8 @@ from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
 from toolkit.state.leases import Coordinator, LockSet, default_ttl, supports_atomic_create
 from toolkit.state.records import WriteJournal
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "CREATE_LEASE",
@@ -106,12 +110,16 @@ def clear_group(store: Store, group: str | None) -> None:
     keep = _LEASE_PATH.split("/")
 
     async def drop(key: str) -> None:
-        # A child is a key or a prefix: delete it as a key, then as a prefix (a
-        # no-op once the key is gone).
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            await store.delete(key)
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            await store.delete_dir(key)
+        # A child is a key or a prefix: delete it as both, at once.
+        async def as_key() -> None:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                await store.delete(key)
+
+        async def as_prefix() -> None:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                await store.delete_dir(key)
+
+        await asyncio.gather(as_key(), as_prefix())
 
     async def anything() -> bool:
         async for key in store.list_prefix(root):
@@ -124,15 +132,30 @@ def clear_group(store: Store, group: str | None) -> None:
         return  # nothing to clear (a new target): one listing, not one per level
 
     async def go() -> None:
-        level = root
-        for part in keep:
-            children = [c async for c in store.list_dir(level)]
-            for child in children:
-                if child.rstrip("/") != part:
-                    await drop(f"{level}{child.rstrip('/')}")
-            level = f"{level}{part}/"
+        # The levels along the lease's path are known: list them at once, then drop
+        # every other child at once. Four round trips, however many variables.
+        levels = [root + "".join(f"{p}/" for p in keep[:i]) for i in range(len(keep))]
+        listed = await asyncio.gather(*(_children(store, level) for level in levels))
+        gate = asyncio.Semaphore(32)
+
+        async def drop_one(key: str) -> None:
+            async with gate:
+                await drop(key)
+
+        await asyncio.gather(
+            *(
+                drop_one(f"{level}{child.rstrip('/')}")
+                for level, part, children in zip(levels, keep, listed, strict=True)
+                for child in children
+                if child.rstrip("/") != part
+            )
+        )
 
     sync(go())
+
+
+async def _children(store: Store, level: str) -> list[str]:
+    return [c async for c in store.list_dir(level)]
 
 
 def remove_strays(store: Store, group: str | None, older_than: float | None = None) -> int:
@@ -248,7 +271,12 @@ class CreationClaim:
             try:
                 while journal.state() == "writing":
                     time.sleep(period)
+            except Exception as e:
+                # The store went away (or refuses us): the lease cannot be renewed
+                # either, so it expires by itself. Nothing to raise to.
+                _log.debug("creation claim watcher stops: %s", e)
             finally:
-                self.release()
+                with contextlib.suppress(Exception):
+                    self.release()
 
         threading.Thread(target=watch, name="toolkit-create-claim", daemon=True).start()

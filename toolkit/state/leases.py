@@ -35,10 +35,11 @@ from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
-from zarr.storage import FsspecStore, LocalStore, MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from toolkit._util import backoff, encode_json
 from toolkit.errors import CoordinationError, LeaseTimeoutError
+from toolkit.io import clients
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
 
@@ -82,17 +83,7 @@ def default_ttl() -> float:
 
 def supports_atomic_create(store: Store) -> bool:
     """Whether ``store`` can create a key atomically (put-if-absent)."""
-    base = unwrap(store)
-    if isinstance(base, (LocalStore, MemoryStore)):
-        return True
-    if isinstance(base, FsspecStore):
-        return "s3" in _protocols(base)
-    return False
-
-
-def _protocols(store: FsspecStore) -> tuple[str, ...]:
-    proto = store.fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
+    return clients.supports_atomic_create(unwrap(store))
 
 
 @dataclass
@@ -199,10 +190,7 @@ class Coordinator:
         """Keys under ``prefix`` (relative to the coordination prefix), sorted."""
 
         async def collect() -> list[str]:
-            full = self.prefix + prefix
-            if isinstance(self.base, FsspecStore):
-                return await _list_s3(self.base, full)
-            return [k async for k in self.base.list_prefix(full)]
+            return await clients.list_keys(self.base, self.prefix + prefix)
 
         keys = sync(collect())
         return sorted(k[len(self.prefix) :] for k in keys if not k.endswith(".partial"))
@@ -222,8 +210,7 @@ class Coordinator:
                     return False
                 base._store_dict[full] = data
                 return True
-        assert isinstance(base, FsspecStore)
-        return sync(_create_s3(base, full, data.to_bytes()))
+        return sync(clients.create_if_absent(base, full, data.to_bytes()))
 
 
 def _create_local(path: Path, data: bytes) -> bool:
@@ -241,41 +228,6 @@ def _create_local(path: Path, data: bytes) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
-
-
-async def _create_s3(store: FsspecStore, key: str, data: bytes) -> bool:
-    path = f"{store.path.rstrip('/')}/{key}"
-    for attempt in range(8):
-        try:
-            await store.fs._pipe_file(path, data, mode="create")
-            return True
-        except OSError as e:
-            text = f"{e} {getattr(e, '__cause__', '')}"
-            if "PreconditionFailed" in text or "412" in text or "At least one of the pre" in text:
-                return False
-            if "ConditionalRequestConflict" in text or "409" in text:
-                # A concurrent conditional write to the same key is in flight: S3 asks
-                # to retry, and the retry will see whether it won.
-                await asyncio.sleep(backoff(attempt, base=0.02, cap=1.0))
-                continue
-            raise
-    return False
-
-
-async def _list_s3(store: FsspecStore, prefix: str) -> list[str]:
-    """Keys under ``prefix``: one LIST request per 1,000 keys, no directory probing."""
-    root = store.path.rstrip("/")
-    bucket, _, key_root = f"{root}/{prefix}".partition("/")
-    keys: list[str] = []
-    token: dict[str, str] = {}
-    while True:
-        out = await store.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key_root, **token)
-        keys += [o["Key"] for o in out.get("Contents", [])]
-        if not out.get("IsTruncated"):
-            break
-        token = {"ContinuationToken": out["NextContinuationToken"]}
-    strip = len(root.partition("/")[2]) + 1 if "/" in root else 0
-    return [k[strip:] for k in keys]
 
 
 # -- leases -----------------------------------------------------------------
