@@ -135,6 +135,18 @@ def s3() -> Iterator[object]:
         yield server
 
 
+@pytest.fixture(params=["obstore", "s3fs"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each object-store client in turn: URLs that name none go through it.
+
+    Set through ``TOOLKIT_CLIENT``, so processes the test starts use it too.
+    """
+    if request.param == "obstore":
+        pytest.importorskip("obstore")
+    monkeypatch.setenv("TOOLKIT_CLIENT", request.param)
+    return str(request.param)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Markers of xarray's own suite (tests/test_xarray_suite.py imports its classes).
     for line in (
@@ -170,18 +182,20 @@ def read_back(store: object) -> xr.Dataset:
 __all__ = ["cluster_of", "make_dataset", "read_back", "snapshot", "zarr"]
 
 
-# A coordination prefix on each store that coordinates: local, memory, and S3 (moto)
+# A coordination prefix on each store that coordinates: local, memory, and S3 (moto) through
+# either client
 # (tests/state/).
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3-obstore", "s3-s3fs"])
 def coord(request, tmp_path, s3):
     if request.param == "local":
         return Coordinator(LocalStore(str(tmp_path / "c")))
     if request.param == "memory":
         return Coordinator(MemoryStore())
-    from zarr.storage import FsspecStore
+    from toolkit.io.stores import resolve_store
 
     bucket = f"coord-{time.time_ns() % 10**9}"
     s3.create_bucket(bucket)
+    client = request.param.removeprefix("s3-")
     return Coordinator(
-        FsspecStore.from_url(f"s3://{bucket}/x", storage_options=s3.storage_options())
+        resolve_store(f"s3://{bucket}/x", storage_options=s3.storage_options(client=client))
     )

@@ -282,8 +282,8 @@ def test_concurrent_creators_make_exactly_one_whole_dataset_local(tmp_path, n, m
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("mode", ["w-", "w"])
-def test_concurrent_creators_make_exactly_one_whole_dataset_s3(s3, n, mode):
-    bucket = f"race-{n}-{mode.replace('-', 'x')}"
+def test_concurrent_creators_make_exactly_one_whole_dataset_s3(s3, client, n, mode):
+    bucket = f"race-{n}-{mode.replace('-', 'x')}-{client}"
     s3.create_bucket(bucket)
     trials = 20
     options = s3.storage_options()

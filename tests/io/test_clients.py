@@ -1,0 +1,267 @@
+"""The object-store clients (toolkit.io.clients) against moto's real S3 server."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer.cpu import Buffer
+from zarr.core.sync import sync
+from zarr.storage import FsspecStore, ObjectStore
+from zarr.testing.store import StoreTests
+
+import toolkit
+from toolkit.io import clients
+from toolkit.io.stores import describe_store, redact, resolve_store, unwrap
+from toolkit.io.throttle import Throttle, classify_error, http_status
+from toolkit.io.wrappers import RetryStore, wrap_store
+from toolkit.testing import FaultProxy
+
+obstore = pytest.importorskip("obstore")
+from obstore.store import LocalStore as ObsLocalStore  # noqa: E402
+from obstore.store import S3Store  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _bucket(s3: Any, name: str) -> str:
+    import time
+
+    bucket = f"{name}-{time.time_ns() % 10**9}"
+    s3.create_bucket(bucket)
+    return bucket
+
+
+# -- choosing and configuring a client ------------------------------------------------
+
+
+def test_obstore_is_the_default_for_s3_and_takes_fsspec_names(s3):
+    opts = s3.storage_options(client_kwargs={"region_name": "eu-west-3"}, token="tok-123456")
+    store = resolve_store("s3://data/a/b.zarr", storage_options=opts)
+    assert isinstance(store, clients.BulkDeleteObjectStore)
+    inner = store.store
+    assert inner.config["access_key_id"] == "testing"
+    assert inner.config["secret_access_key"] == "testing"
+    assert inner.config["session_token"] == "tok-123456"
+    assert inner.config["region"] == "eu-west-3"
+    assert inner.config["endpoint"] == s3.endpoint_url
+    assert inner.client_options["allow_http"] in (True, "true")
+    assert inner.prefix == "a/b.zarr"
+    assert describe_store(store) == "s3://data/a/b.zarr"
+
+
+def test_a_throttled_store_has_no_client_retries(s3):
+    policy = Throttle.for_url("s3://data/x")
+    assert policy is not None
+    store = resolve_store("s3://data/x", storage_options=s3.storage_options(), throttle=policy)
+    assert store.store.retry_config["max_retries"] == 0
+    # Pickled to a worker, it keeps that.
+    again = pickle.loads(pickle.dumps(store))
+    assert isinstance(again, clients.BulkDeleteObjectStore)
+    assert again.store.retry_config["max_retries"] == 0
+    plain = resolve_store("s3://data/x", storage_options=s3.storage_options())
+    assert plain.store.retry_config is None
+
+
+def test_client_s3fs_and_the_environment_choose_s3fs(s3, monkeypatch):
+    store = resolve_store("s3://data/x", storage_options=s3.storage_options(client="s3fs"))
+    assert isinstance(store, FsspecStore)
+    monkeypatch.setenv("TOOLKIT_CLIENT", "s3fs")
+    default = resolve_store("s3://data/x", storage_options=s3.storage_options())
+    assert isinstance(default, FsspecStore)
+    # A URL obstore does not serve stays with fsspec whatever is asked.
+    monkeypatch.setenv("TOOLKIT_CLIENT", "obstore")
+    assert isinstance(resolve_store("memory://x/y"), FsspecStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "opts", "match"),
+    [
+        ("s3://data/x", {"client": "boto"}, "'obstore' or 's3fs'"),
+        ("memory://x", {"client": "obstore"}, "not memory://"),
+        ("s3://data/x", {"client": "obstore", "not_an_option": 1}, "obstore cannot open"),
+    ],
+)
+def test_a_bad_client_option_is_a_clear_error(url, opts, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_store(url, storage_options=opts)
+
+
+def test_secrets_of_either_client_are_redacted(s3):
+    key, secret = "AKIA-CLIENT-KEY-1", "SECRET-CLIENT-VALUE-2"
+    for client in ("obstore", "s3fs"):
+        opts = {**s3.storage_options(client=client), "key": key, "secret": secret}
+        store = resolve_store("s3://data/x", storage_options=opts)
+        text = redact(f"failed with {key} and {secret} at {describe_store(store)}", store)
+        assert key not in text and secret not in text and "s3://data/x" in text
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def _obstore_error(url: str, fn: str = "put") -> BaseException:
+    st = S3Store("data", endpoint=url, access_key_id="testing", secret_access_key="testing",
+                 region="us-east-1", client_options={"allow_http": True},
+                 retry_config={"max_retries": 0})  # fmt: skip
+    with pytest.raises(Exception) as err:  # the kind is what is tested
+        if fn == "put":
+            obstore.put(st, "k", b"x")
+        else:
+            obstore.get(st, "k").bytes()
+    return err.value
+
+
+def test_obstore_errors_from_the_real_server_are_classified(s3):
+    with FaultProxy(s3.endpoint_url, rate=0.01, burst=1) as proxy:
+        obstore.put(S3Store("data", endpoint=proxy.url, access_key_id="testing",
+                            secret_access_key="testing", region="us-east-1",
+                            client_options={"allow_http": True}), "warm", b"x")  # fmt: skip
+        slow = _obstore_error(proxy.url)
+        slow_get = _obstore_error(proxy.url, "get")
+    assert http_status(slow) == (503, "SlowDown")
+    assert classify_error(slow) == classify_error(slow_get) == "throttled"
+    with FaultProxy(s3.endpoint_url, error_prob=1.0) as proxy:
+        err = _obstore_error(proxy.url)
+    assert http_status(err)[0] == 500 and classify_error(err) == "transient"
+    with FaultProxy(s3.endpoint_url, reset_prob=1.0) as proxy:
+        err = _obstore_error(proxy.url)
+    assert classify_error(err) == "transient"
+    refused = _obstore_error("http://127.0.0.1:1")
+    assert classify_error(refused) == "transient"
+
+
+def test_a_request_the_retries_cannot_save_names_the_store_briefly(s3):
+    policy = Throttle(max_retries=1, max_retry_seconds=1.0, adaptive=False)
+    with FaultProxy(s3.endpoint_url, error_prob=1.0) as proxy:
+        store = wrap_store(
+            resolve_store("s3://data/gone.zarr", storage_options=s3.storage_options(proxy.url)),
+            policy,
+        )
+        with pytest.raises(toolkit.errors.StoreUnavailableError) as err:
+            sync(store.set("k", Buffer.from_bytes(b"x")))
+    text = str(err.value)
+    assert "s3://data/gone.zarr/k" in text and "500" in text
+    assert "Debug source" not in text and "testing" not in text
+
+
+def test_an_instance_without_retry_config_is_quieted_one_with_it_is_left(s3):
+    def instance(**kw: Any) -> ObjectStore:
+        return ObjectStore(S3Store("data", endpoint=s3.endpoint_url, access_key_id="testing",
+                                   secret_access_key="testing", region="us-east-1",
+                                   client_options={"allow_http": True}, **kw))  # fmt: skip
+
+    quiet = instance()
+    RetryStore(quiet, Throttle())
+    assert quiet.store.retry_config["max_retries"] == 0
+    mine = instance(retry_config={"max_retries": 3})
+    RetryStore(mine, Throttle())
+    assert mine.store.retry_config["max_retries"] == 3
+
+
+# -- coordination and deletes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_exactly_one_of_many_racing_creators_wins(s3, client):
+    bucket = _bucket(s3, f"race-{client}")
+    base = resolve_store(f"s3://{bucket}/p", storage_options=s3.storage_options(client=client))
+    assert clients.supports_atomic_create(base)
+
+    def one(i: int) -> bool:
+        return sync(clients.create_if_absent(base, "lease/1.json", f"{i}".encode()))
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(one, range(16)))
+    assert sum(wins) == 1
+    winner = wins.index(True)
+    got = sync(base.get("lease/1.json", prototype=default_buffer_prototype()))
+    assert got is not None and got.to_bytes() == f"{winner}".encode()
+    assert sync(clients.list_keys(base, "lease/")) == ["lease/1.json"]
+
+
+def test_deleting_a_prefix_is_one_request_per_thousand_keys(s3):
+    bucket = _bucket(s3, "bulk")
+    direct = resolve_store(f"s3://{bucket}/d", storage_options=s3.storage_options())
+
+    async def fill() -> None:
+        import asyncio
+
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await direct.set(f"a/c/{i}", Buffer.from_bytes(b"x"))
+
+        await asyncio.gather(*(one(i) for i in range(2100)))
+        await direct.set("b/keep", Buffer.from_bytes(b"y"))
+
+    sync(fill())
+    with FaultProxy(s3.endpoint_url) as proxy:
+        store = resolve_store(f"s3://{bucket}/d", storage_options=s3.storage_options(proxy.url))
+        sync(store.delete_dir("a"))
+        counts = dict(proxy.counts.by_method)
+    assert counts.get("POST", 0) == 3  # DeleteObjects, 1,000 keys each
+    assert counts.get("GET", 0) == 3  # the listing's pages
+    assert counts.get("DELETE", 0) == 0
+    assert sync(clients.list_keys(direct, "")) == ["b/keep"]
+
+
+# -- toolkit through a zarr ObjectStore the caller built ---------------------------------
+
+
+def test_a_zarr_object_store_instance_gets_the_s3_defaults_and_round_trips(s3):
+    ds = xr.Dataset({"v": (("t", "x"), np.arange(64.0).reshape(16, 4))}).chunk({"t": 4})
+    with FaultProxy(s3.endpoint_url) as proxy:
+        inner = S3Store("data", prefix="instance.zarr", endpoint=proxy.url,
+                        access_key_id="testing", secret_access_key="testing",
+                        region="us-east-1", client_options={"allow_http": True})  # fmt: skip
+        store = ObjectStore(inner)
+        plan = toolkit.plan_write(ds, store)
+        assert plan.throttle == Throttle.for_url("s3://data/instance.zarr")
+        toolkit.execute(plan, progress=False)
+        back = toolkit.open_zarr(store).load()
+    xr.testing.assert_identical(back, ds.load())
+    assert unwrap(store) is store
+
+
+# -- zarr's own store conformance suite, for the bulk-deleting ObjectStore --------------
+
+
+class TestBulkDeleteObjectStore(StoreTests[clients.BulkDeleteObjectStore, Buffer]):
+    store_cls = clients.BulkDeleteObjectStore
+    buffer_cls = Buffer
+
+    @pytest.fixture
+    def store_kwargs(self, tmp_path: Any) -> dict[str, Any]:
+        return {"store": ObsLocalStore(prefix=str(tmp_path))}
+
+    @pytest.fixture
+    async def store(self, store_kwargs: dict[str, Any]) -> clients.BulkDeleteObjectStore:
+        return self.store_cls(**store_kwargs)
+
+    @pytest.fixture
+    def open_kwargs(self, tmp_path: Any) -> dict[str, Any]:
+        return {"store": ObsLocalStore(prefix=str(tmp_path))}
+
+    async def get(self, store: Any, key: str) -> Buffer:
+        return self.buffer_cls.from_bytes(obstore.get(store.store, key).bytes().to_bytes())
+
+    async def set(self, store: Any, key: str, value: Buffer) -> None:
+        obstore.put(store.store, key, value.to_bytes())
+
+    def test_store_repr(self, store: Any) -> None:
+        assert repr(store).startswith("BulkDeleteObjectStore(object_store://LocalStore(")
+
+    def test_store_supports_writes(self, store: Any) -> None:
+        assert store.supports_writes
+
+    def test_store_supports_listing(self, store: Any) -> None:
+        assert store.supports_listing
+
+    def test_store_supports_partial_writes(self, store: Any) -> None:
+        assert not getattr(store, "supports_partial_writes", False)
