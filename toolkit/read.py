@@ -144,6 +144,9 @@ def open_zarr(
         if records is not None:
             _check_complete(records.result(), scope, incomplete)
     aligned = isinstance(chunks, str) and chunks == "aligned"
+    # The format is known now: xarray need not probe the other one's keys (.zgroup,
+    # .zattrs, .zmetadata for a v3 group), which costs a round trip.
+    open_kwargs = {"zarr_format": existing.zarr_format, **open_kwargs}
     if aligned:
         open_kwargs = {"cache": False, **open_kwargs}
     ds = xr.open_dataset(

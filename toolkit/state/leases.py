@@ -370,8 +370,9 @@ class Lease:
         """Give the lease up (a no-op if it was lost)."""
         if self.generation is None:
             return
-        if self.coord.create(f"{self._dir}{self.generation + 1:012d}.json", self._doc("released")):
-            self.coord.delete(f"{self._dir}{self.generation:012d}.json")
+        # The held generation stays as history: the next holder deletes it when it
+        # takes the lease, so giving it up costs one request.
+        self.coord.create(f"{self._dir}{self.generation + 1:012d}.json", self._doc("released"))
         self.generation = None
 
 

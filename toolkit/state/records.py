@@ -28,6 +28,7 @@ Readers of ``.toolkit/`` ignore ``*.partial`` keys: the temporary files zarr's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -139,9 +140,7 @@ class WriteJournal:
         since they may be live.
         """
         store = wrap_store(self.store, self.throttle, io)
-        for old in read_records(store, self.group):
-            if old["key"] == self.key:
-                continue
+        for old in read_records(store, self.group, skip=self.key):
             repaired = (
                 spans is not None
                 and old.get("state") == "failed"
@@ -172,30 +171,36 @@ def _covers(spans: UnitSpans, units: Mapping[str, Any]) -> bool:
     return True
 
 
-def read_records(store: Store, group: str | None = None) -> list[dict[str, Any]]:
-    """The records of unfinished writes in a store's group (one listing request)."""
+def read_records(
+    store: Store, group: str | None = None, *, skip: str | None = None
+) -> list[dict[str, Any]]:
+    """The records of unfinished writes in a store's group.
+
+    One listing request, then every record fetched at once. ``skip`` is a key
+    the caller knows already (its own record): listed, not fetched or returned.
+    """
+
+    async def one(k: str) -> dict[str, Any] | None:
+        buf = await store.get(k, default_buffer_prototype())
+        if buf is None:
+            return None
+        try:
+            doc = json.loads(buf.to_bytes())
+        except ValueError:
+            # Stores write whole objects, so this is damage: the write's state
+            # is unknown, and a reader must not take the store for complete.
+            doc = {"state": "unreadable"}
+        if not isinstance(doc, dict):
+            doc = {"state": "unreadable"}
+        doc["key"] = k
+        return doc
 
     async def go() -> list[dict[str, Any]]:
-        prefix = _prefix(group)
-        keys = [k async for k in store.list_prefix(prefix)]
-        out = []
-        for k in sorted(keys):
-            if not k.endswith(".json"):
-                continue  # a killed write's temporary file ("<key>.<id>.partial")
-            buf = await store.get(k, default_buffer_prototype())
-            if buf is None:
-                continue
-            try:
-                doc = json.loads(buf.to_bytes())
-            except ValueError:
-                # Stores write whole objects, so this is damage: the write's state
-                # is unknown, and a reader must not take the store for complete.
-                doc = {"state": "unreadable"}
-            if not isinstance(doc, dict):
-                doc = {"state": "unreadable"}
-            doc["key"] = k
-            out.append(doc)
-        return out
+        keys = [k async for k in store.list_prefix(_prefix(group))]
+        # Not "<key>.<id>.partial": a killed write's temporary file.
+        wanted = sorted(k for k in keys if k.endswith(".json") and k != skip)
+        docs = await asyncio.gather(*(one(k) for k in wanted))
+        return [d for d in docs if d is not None]
 
     if not store.supports_listing:
         return []
