@@ -121,35 +121,25 @@ def clear_group(store: Store, group: str | None) -> None:
 
         await asyncio.gather(as_key(), as_prefix())
 
-    async def anything() -> bool:
-        async for key in store.list_prefix(root):
-            rel = key[len(root) :]
-            if not (is_stray(key) or rel.startswith(_LEASE_PATH + "/")):
-                return True
-        return False
-
-    if not sync(anything()):
-        return  # nothing to clear (a new target): one listing, not one per level
-
     async def go() -> None:
-        # The levels along the lease's path are known: list them at once, then drop
-        # every other child at once. Four round trips, however many variables.
+        # The levels along the lease's path are known: list them at once (one round
+        # trip, which also tells a new target from an old one), then drop every
+        # other child at once (two more), however many variables.
         levels = [root + "".join(f"{p}/" for p in keep[:i]) for i in range(len(keep))]
         listed = await asyncio.gather(*(_children(store, level) for level in levels))
+        doomed = [
+            f"{level}{child.rstrip('/')}"
+            for level, part, children in zip(levels, keep, listed, strict=True)
+            for child in children
+            if child.rstrip("/") != part
+        ]
         gate = asyncio.Semaphore(32)
 
         async def drop_one(key: str) -> None:
             async with gate:
                 await drop(key)
 
-        await asyncio.gather(
-            *(
-                drop_one(f"{level}{child.rstrip('/')}")
-                for level, part, children in zip(levels, keep, listed, strict=True)
-                for child in children
-                if child.rstrip("/") != part
-            )
-        )
+        await asyncio.gather(*(drop_one(key) for key in doomed))
 
     sync(go())
 

@@ -18,6 +18,7 @@ blocking anyone. The documents are small JSON, readable by people
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import json
@@ -26,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,16 @@ class Coordinator:
         keys = sync(collect())
         return sorted(k[len(self.prefix) :] for k in keys if not k.endswith(".partial"))
 
+    def create_and_delete(self, key: str, doc: dict[str, Any], stale: Sequence[str]) -> bool:
+        """:meth:`create` ``key`` while deleting ``stale`` keys, concurrently; create's answer."""
+        if not stale:
+            return self.create(key, doc)
+        with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-coord") as pool:
+            cleanup = pool.submit(self.delete_many, [*stale])
+            created = self.create(key, doc)
+            cleanup.result()
+        return created
+
     # -- the one atomic primitive -----------------------------------------
 
     def create(self, key: str, doc: dict[str, Any]) -> bool:
@@ -288,6 +299,7 @@ class Lease:
     ttl: float = field(default_factory=default_ttl)
     generation: int | None = None
     expires: float = 0.0
+    _stale: list[str] = field(default_factory=list, repr=False)
 
     @property
     def _dir(self) -> str:
@@ -329,8 +341,9 @@ class Lease:
         if not self.coord.create(f"{self._dir}{g + 1:012d}.json", mine):
             return False
         self.generation, self.expires = g + 1, mine["expires_unix"]
-        for old in range(max(1, g - 4), g):  # keep the previous generation as history
-            self.coord.delete(f"{self._dir}{old:012d}.json")
+        # Generations before the previous one (kept as history) go when this holder
+        # lets go, beside its last request: taking a lease costs no round trip for them.
+        self._stale = [f"{self._dir}{old:012d}.json" for old in range(max(1, g - 4), g)]
         return True
 
     def acquire(self, timeout: float = 120.0) -> None:
@@ -370,9 +383,11 @@ class Lease:
         """Give the lease up (a no-op if it was lost)."""
         if self.generation is None:
             return
-        # The held generation stays as history: the next holder deletes it when it
-        # takes the lease, so giving it up costs one request.
-        self.coord.create(f"{self._dir}{self.generation + 1:012d}.json", self._doc("released"))
+        # The held generation stays as history (the next holder deletes it); older
+        # ones are deleted at the same time as the release is written: one round trip.
+        nxt = f"{self._dir}{self.generation + 1:012d}.json"
+        self.coord.create_and_delete(nxt, self._doc("released"), self._stale)
+        self._stale = []
         self.generation = None
 
 
