@@ -57,6 +57,35 @@ def timed(fn: Callable[[], object], repeat: int, setup: Callable[[], None] | Non
     return statistics.median(times)
 
 
+def _busy_jiffies() -> tuple[int, int] | None:
+    """All CPU time and busy CPU time of the machine so far (Linux), in jiffies."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return sum(v), sum(v) - v[3] - v[4]
+
+
+def cpu_timed(fn: Callable[[], object], repeat: int) -> tuple[float, float | None]:
+    """Median wall seconds of ``fn``, and the median busy core-seconds of the whole machine.
+
+    The machine's, not the process's: a local S3 server and proxy spend CPU on
+    every request too, and on a small machine that CPU is the floor.
+    """
+    walls, busy = [], []
+    hz = os.sysconf("SC_CLK_TCK")
+    for _ in range(repeat):
+        a = _busy_jiffies()
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        b = _busy_jiffies()
+        if a is not None and b is not None:
+            busy.append((b[1] - a[1]) / hz)
+    return statistics.median(walls), (statistics.median(busy) if busy else None)
+
+
 def fresh(path: Path) -> Callable[[], None]:
     return lambda: shutil.rmtree(path, ignore_errors=True)
 
@@ -180,8 +209,12 @@ def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
         zarr.create_array(mem, shape=values.shape, chunks=(1, 512, 512), dtype="f4")[:] = values
         return {k: v.to_bytes() for k, v in mem._store_dict.items() if "/c/" in f"/{k}"}
 
-    t_encode = timed(encode, repeat)
+    t_encode, cpu_encode = cpu_timed(encode, repeat)
     blobs = encode()
+    mem = zarr.storage.MemoryStore()
+    zarr.create_array(mem, shape=values.shape, chunks=(1, 512, 512), dtype="f4")[:] = values
+    t_decode, cpu_decode = cpu_timed(lambda: zarr.open_array(mem, mode="r")[:], repeat)
+    cores = os.cpu_count() or 1
     with S3Server() as s3, dask.config.set(scheduler="threads", num_workers=2):
         s3.create_bucket("data")
         for lat in latencies:
@@ -189,13 +222,20 @@ def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
                 opts = s3.storage_options(proxy.url)
                 raw = {c: _raw_client(c, opts, blobs) for c in ("obstore", "s3fs")}
                 case = f"{n} MiB in 1 MiB chunks, S3 + {lat * 1e3:.0f} ms"
-                rows.append(Row(f"{case}, write", "floor part: zarr codec pipeline into memory",
-                                t_encode))  # fmt: skip
+                w = f"{case}, write"
+                rows.append(Row(w, "floor part: zarr codec pipeline into memory", t_encode))
+                cpu_put = None
                 for c, (put, _) in raw.items():
-                    rows.append(Row(f"{case}, write", f"floor: raw {c} PUTs, 64 in flight",
-                                    timed(put, repeat)))  # fmt: skip
+                    t_put, cpu = cpu_timed(put, repeat)
+                    cpu_put = cpu_put if c != "obstore" else cpu
+                    rows.append(Row(w, f"floor: raw {c} PUTs, 64 in flight", t_put))
+                if cpu_encode is not None and cpu_put is not None:
+                    # Encoding and sending may overlap, but not beyond the cores: the
+                    # machine's busy time of both (server included) over its cores.
+                    rows.append(Row(w, f"floor: CPU of encode + raw obstore PUTs / {cores} cores",
+                                    (cpu_encode + cpu_put) / cores))  # fmt: skip
                 rows += _cloud_case(case, ds, values, f"s3://data/b{int(lat * 1e3)}.zarr", opts,
-                                    repeat, raw)  # fmt: skip
+                                    repeat, raw, (t_decode, cpu_decode))  # fmt: skip
     return rows
 
 
@@ -248,6 +288,7 @@ def _cloud_case(
     opts: dict[str, object],
     repeat: int,
     raw: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    decode: tuple[float, float | None],
 ) -> list[Row]:
     enc = {"v": {"chunks": (1, 512, 512)}}
     plain = {k: v for k, v in opts.items() if k != "client"}  # xarray's (fsspec's) options
@@ -268,14 +309,21 @@ def _cloud_case(
         return lambda: _check(toolkit.open_zarr(url, storage_options=o).v.values, values)
 
     w, r = f"{case}, write", f"{case}, read"
+    floors, cpu_get = [], None
+    for c, (_, get) in raw.items():
+        t_get, cpu = cpu_timed(get, repeat)
+        cpu_get = cpu if c == "obstore" else cpu_get
+        floors.append(Row(r, f"floor: raw {c} GETs, 64 in flight", t_get))
+    if decode[1] is not None and cpu_get is not None:
+        cores = os.cpu_count() or 1
+        floors.append(Row(r, f"floor: CPU of raw obstore GETs + decode / {cores} cores",
+                          (cpu_get + decode[1]) / cores))  # fmt: skip
     return [
         Row(w, "xarray to_zarr (dask, defaults: s3fs)", timed(xr_write, repeat)),
         Row(w, "toolkit (obstore, the default)", timed(tk_write("obstore"), repeat)),
         Row(w, "toolkit with client='s3fs'", timed(tk_write("s3fs"), repeat)),
-        *(
-            Row(r, f"floor: raw {c} GETs, 64 in flight", timed(get, repeat))
-            for c, (_, get) in raw.items()
-        ),
+        Row(r, "floor part: zarr decode from memory", decode[0]),
+        *floors,
         Row(r, "xarray open_zarr (dask, defaults: s3fs)", timed(xr_read, repeat)),
         Row(r, "toolkit (obstore, the default)", timed(tk_read("obstore"), repeat)),
         Row(r, "toolkit with client='s3fs'", timed(tk_read("s3fs"), repeat)),
