@@ -265,3 +265,25 @@ class TestBulkDeleteObjectStore(StoreTests[clients.BulkDeleteObjectStore, Buffer
 
     def test_store_supports_partial_writes(self, store: Any) -> None:
         assert not getattr(store, "supports_partial_writes", False)
+
+
+def test_a_bucket_region_is_found_as_s3fs_finds_it(s3, monkeypatch):
+    """Without a region or endpoint, obstore would assume us-east-1; toolkit asks the bucket."""
+    client = s3.client()
+    client.create_bucket(
+        Bucket="far-away", CreateBucketConfiguration={"LocationConstraint": "eu-west-3"}
+    )
+    assert clients.bucket_region("far-away", s3.endpoint_url) == "eu-west-3"
+    assert clients.bucket_region("far-away", "http://127.0.0.1:1", timeout=1) is None  # no answer
+    # Without a region, the one found is used; given one (options or environment),
+    # nothing is asked.
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setattr(clients, "bucket_region", lambda bucket, *a, **k: f"{bucket}-region")
+    store = resolve_store("s3://far-away/x", storage_options={"anon": True})
+    assert store.store.config["region"] == "far-away-region"
+    monkeypatch.setattr(clients, "bucket_region", lambda *a, **k: pytest.fail("asked"))
+    given = resolve_store("s3://far-away/x", storage_options={"anon": True, "region": "eu-north-1"})
+    assert given.store.config["region"] == "eu-north-1"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    resolve_store("s3://far-away/x", storage_options={"anon": True})

@@ -35,6 +35,7 @@ from toolkit._util import backoff
 __all__ = [
     "BulkDeleteObjectStore",
     "Client",
+    "bucket_region",
     "client_of",
     "create_if_absent",
     "default_client",
@@ -153,6 +154,12 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
         else:
             config[_S3FS_NAMES.get(k, k) if scheme == "s3" else k] = v
     endpoint = str(config.get("endpoint", ""))
+    if scheme == "s3" and not endpoint and not _region_given(config):
+        # s3fs finds a bucket's region by itself; object_store assumes us-east-1 and
+        # then fails on every other region's buckets. One anonymous HEAD says which.
+        region = bucket_region(url.split("://", 1)[1].split("/", 1)[0])
+        if region:
+            config["region"] = region
     if endpoint.startswith("http://"):
         client_options.setdefault("allow_http", True)
     if "skip_signature" in config:
@@ -189,6 +196,44 @@ class BulkDeleteObjectStore(ObjectStore):  # type: ignore[type-arg]
         if paths:
             with contextlib.suppress(FileNotFoundError):
                 await obstore.delete_async(self.store, paths)
+
+
+def _region_given(config: Mapping[str, Any]) -> bool:
+    return bool(
+        config.get("region")
+        or config.get("aws_region")
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
+
+
+_REGIONS: dict[tuple[str, str], str | None] = {}
+
+
+def bucket_region(
+    bucket: str, endpoint: str = "https://s3.amazonaws.com", timeout: float = 5.0
+) -> str | None:
+    """The region of an S3 bucket, from the ``x-amz-bucket-region`` header of an anonymous HEAD.
+
+    S3 sends the header whatever the answer (200, 301 or 403). None when it
+    cannot be asked (no network, no header). Remembered per process.
+    """
+    import urllib.error
+    import urllib.request
+
+    key = (endpoint, bucket)
+    if key not in _REGIONS:
+        region = None
+        req = urllib.request.Request(f"{endpoint.rstrip('/')}/{bucket}", method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                region = resp.headers.get("x-amz-bucket-region")
+        except urllib.error.HTTPError as e:
+            region = e.headers.get("x-amz-bucket-region")
+        except (OSError, ValueError):
+            region = None
+        _REGIONS[key] = region
+    return _REGIONS[key]
 
 
 def _from_client_kwargs(v: Mapping[str, Any], config: dict[str, Any]) -> None:
