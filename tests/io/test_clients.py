@@ -287,3 +287,32 @@ def test_a_bucket_region_is_found_as_s3fs_finds_it(s3, monkeypatch):
     assert given.store.config["region"] == "eu-north-1"
     monkeypatch.setenv("AWS_REGION", "ap-south-1")
     resolve_store("s3://far-away/x", storage_options={"anon": True})
+
+
+def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch):
+    """No key in the options or environment: botocore's chain (here a ~/.aws profile)."""
+    creds = tmp_path / "credentials"
+    creds.write_text("[tk]\naws_access_key_id = PROFILE-KEY-1\naws_secret_access_key = PROFILE-S\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    opts = {"endpoint_url": s3.endpoint_url, "profile": "tk", "region": "us-east-1"}
+    store = resolve_store("s3://data/profiled.zarr", storage_options=opts)
+    provider = store.store.credential_provider
+    assert isinstance(provider, clients.BotocoreCredentials)
+    assert provider()["access_key_id"] == "PROFILE-KEY-1"
+    again = pickle.loads(pickle.dumps(store))  # as a worker gets it
+    assert again.store.credential_provider()["secret_access_key"] == "PROFILE-S"
+    ds = xr.Dataset({"v": (("t",), np.arange(8.0))}).chunk({"t": 4})
+    toolkit.to_zarr(ds, "s3://data/profiled.zarr", storage_options=opts, progress=False)
+    back = toolkit.open_zarr("s3://data/profiled.zarr", storage_options=opts).load()
+    xr.testing.assert_identical(back, ds.load())
+    # With no credentials anywhere, the error says what to pass.
+    empty = tmp_path / "none"
+    empty.write_text("")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    bare = clients.BotocoreCredentials()
+    with pytest.raises(PermissionError, match="anon=True"):
+        bare()

@@ -33,6 +33,7 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore
 from toolkit._util import backoff
 
 __all__ = [
+    "BotocoreCredentials",
     "BulkDeleteObjectStore",
     "Client",
     "bucket_region",
@@ -142,6 +143,7 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     config: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     client_options: dict[str, Any] = dict(opts.pop("client_options", None) or {})
+    profile = opts.pop("profile", None)
     for k, v in opts.items():
         if k in _OBSTORE_KWARGS:
             kwargs[k] = v
@@ -153,6 +155,12 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
             _from_config_kwargs(v, client_options)
         else:
             config[_S3FS_NAMES.get(k, k) if scheme == "s3" else k] = v
+    if scheme == "s3" and "credential_provider" not in kwargs and not _credentials_given(config):
+        # botocore's chain (profiles in ~/.aws, SSO, roles, ...), as s3fs would use;
+        # object_store alone reads only the environment and instance metadata.
+        provider = BotocoreCredentials.for_profile(profile)
+        if provider is not None:
+            kwargs["credential_provider"] = provider
     endpoint = str(config.get("endpoint", ""))
     if scheme == "s3" and not endpoint and not _region_given(config):
         # s3fs finds a bucket's region by itself; object_store assumes us-east-1 and
@@ -196,6 +204,60 @@ class BulkDeleteObjectStore(ObjectStore):  # type: ignore[type-arg]
         if paths:
             with contextlib.suppress(FileNotFoundError):
                 await obstore.delete_async(self.store, paths)
+
+
+def _credentials_given(config: Mapping[str, Any]) -> bool:
+    return bool(
+        config.get("access_key_id")
+        or config.get("skip_signature")
+        or os.environ.get("AWS_ACCESS_KEY_ID")
+    )
+
+
+class BotocoreCredentials:
+    """An obstore credential provider answering from botocore's credential chain.
+
+    The chain s3fs (and the AWS CLI) use: the environment, a profile in
+    ``~/.aws``, SSO, assumed roles, container and instance roles. Pickles as
+    its profile name, so each worker asks its own chain.
+    """
+
+    def __init__(self, profile: str | None = None) -> None:
+        import botocore.session
+
+        self.profile = profile
+        self._session = botocore.session.Session(profile=profile)
+
+    @classmethod
+    def for_profile(cls, profile: str | None) -> BotocoreCredentials | None:
+        """A provider for ``profile`` (None: the default chain), or None without botocore."""
+        if importlib.util.find_spec("botocore") is None:
+            if profile is not None:
+                raise ValueError("storage_options profile= needs botocore (pip install s3fs)")
+            return None
+        return cls(profile)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.profile,))
+
+    def __call__(self) -> dict[str, Any]:
+        """The current credentials (refreshed by botocore when they expire)."""
+        creds = self._session.get_credentials()
+        if creds is None:
+            raise PermissionError(
+                "no AWS credentials found (environment, ~/.aws profile, SSO or instance "
+                "role); pass key= and secret= (or profile=) in storage_options, or anon=True "
+                "for a public bucket"
+            )
+        frozen = creds.get_frozen_credentials()
+        refreshing = getattr(creds, "refresh_needed", None) is not None
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            # Temporary credentials: ask again in a few minutes (botocore refreshes).
+            "expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) if refreshing else None,
+        }
 
 
 def _region_given(config: Mapping[str, Any]) -> bool:
