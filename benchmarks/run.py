@@ -239,6 +239,52 @@ def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
     return rows
 
 
+def bench_latency(lat: float, repeat: int) -> list[Row]:
+    """1,024 chunks of 64 KiB through a slow link: latency, not CPU, is the cost.
+
+    The floor is the requests times the latency over 64 in flight. zarr alone
+    is one call over every chunk with 64 in flight, the best a single writer
+    can do; toolkit's row is the whole write (creation lease, record, metadata
+    and the data), with 2 dask threads.
+    """
+    import logging
+
+    from toolkit.io.stores import resolve_store
+    from toolkit.testing import FaultProxy, S3Server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    n = 1024
+    values = np.random.default_rng(0).standard_normal((n, 128, 128), dtype="f4").round(2)
+    ds = xr.Dataset({"v": (("t", "y", "x"), da.from_array(values, chunks=(1, 128, 128)))})
+    enc = {"v": {"chunks": (1, 128, 128)}}
+    case = f"{n} chunks of 64 KiB, S3 + {lat * 1e3:.0f} ms, write"
+    with S3Server() as s3, dask.config.set(scheduler="threads", num_workers=2):
+        s3.create_bucket("data")
+        with FaultProxy(s3.endpoint_url, latency=lat) as proxy:
+            opts = s3.storage_options(proxy.url)
+            store = resolve_store("s3://data/zarr.zarr", storage_options=opts,
+                                  throttle=toolkit.Throttle())  # fmt: skip
+            arr = zarr.create_array(store, shape=values.shape, chunks=(1, 128, 128), dtype="f4")
+
+            def zarr_alone() -> None:
+                with zarr.config.set({"async.concurrency": 64}):
+                    arr[:] = values
+
+            def tk() -> None:
+                toolkit.to_zarr(ds, "s3://data/tk.zarr", mode="w", storage_options=opts,
+                                encoding=enc, progress=False)  # fmt: skip
+
+            return [
+                Row(case, "floor: requests x latency / 64 in flight", n * lat / 64),
+                Row(
+                    case,
+                    "zarr alone (one call, 64 in flight, data only)",
+                    timed(zarr_alone, repeat),
+                ),
+                Row(case, "toolkit (the whole write)", timed(tk, repeat)),
+            ]
+
+
 def _raw_client(
     client: str, opts: dict[str, object], blobs: dict[str, bytes]
 ) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -527,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))
+            rows += bench_latency(0.2, min(args.repeat, 2))
     text = f"toolkit benchmarks — {machine()}\n\n{table(rows)}\n"
     print(text)
     if args.report:
