@@ -58,7 +58,7 @@ def default_client(scheme: str) -> Client:
     """The client for a URL scheme when the caller names none.
 
     obstore where it serves the scheme and is installed: on the benchmark's S3
-    server it sends the same objects in 0.85x s3fs's time and reads them in
+    server it sends the same objects in 0.8x s3fs's time and reads them in
     0.5x (``benchmarks/run.py --only cloud``). s3fs (fsspec) everywhere else.
     The environment variable ``TOOLKIT_CLIENT`` (``obstore`` or ``s3fs``)
     overrides the choice where obstore could serve.
