@@ -294,6 +294,7 @@ def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch)
     creds = tmp_path / "credentials"
     creds.write_text("[tk]\naws_access_key_id = PROFILE-KEY-1\naws_secret_access_key = PROFILE-S\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setattr(clients, "_SESSIONS", {})
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     opts = {"endpoint_url": s3.endpoint_url, "profile": "tk", "region": "us-east-1"}
@@ -313,6 +314,7 @@ def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(clients, "_SESSIONS", {})  # sessions are kept per process
     bare = clients.BotocoreCredentials()
     with pytest.raises(PermissionError, match="anon=True"):
         bare()

@@ -24,6 +24,7 @@ import datetime as dt
 import importlib.util
 import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
@@ -223,10 +224,8 @@ class BotocoreCredentials:
     """
 
     def __init__(self, profile: str | None = None) -> None:
-        import botocore.session
-
         self.profile = profile
-        self._session = botocore.session.Session(profile=profile)
+        self._session = _botocore_session(profile)
 
     @classmethod
     def for_profile(cls, profile: str | None) -> BotocoreCredentials | None:
@@ -258,6 +257,20 @@ class BotocoreCredentials:
             # Temporary credentials: ask again in a few minutes (botocore refreshes).
             "expires_at": dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) if refreshing else None,
         }
+
+
+_SESSIONS: dict[str | None, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _botocore_session(profile: str | None) -> Any:
+    """One botocore session per profile and process: every unpickled store shares it."""
+    import botocore.session
+
+    with _SESSIONS_LOCK:
+        if profile not in _SESSIONS:
+            _SESSIONS[profile] = botocore.session.Session(profile=profile)
+        return _SESSIONS[profile]
 
 
 def _region_given(config: Mapping[str, Any]) -> bool:
