@@ -74,6 +74,9 @@ def test_client_s3fs_and_the_environment_choose_s3fs(s3, monkeypatch):
     monkeypatch.setenv("TOOLKIT_CLIENT", "s3fs")
     default = resolve_store("s3://data/x", storage_options=s3.storage_options())
     assert isinstance(default, FsspecStore)
+    monkeypatch.setenv("TOOLKIT_CLIENT", "boto")
+    with pytest.raises(ValueError, match="TOOLKIT_CLIENT"):
+        resolve_store("s3://data/x", storage_options=s3.storage_options())
     # A URL obstore does not serve stays with fsspec whatever is asked.
     monkeypatch.setenv("TOOLKIT_CLIENT", "obstore")
     assert isinstance(resolve_store("memory://x/y"), FsspecStore)

@@ -64,7 +64,9 @@ def default_client(scheme: str) -> Client:
     The environment variable ``TOOLKIT_CLIENT`` (``obstore`` or ``s3fs``)
     overrides the choice where obstore could serve.
     """
-    chosen = os.environ.get("TOOLKIT_CLIENT")
+    chosen = os.environ.get("TOOLKIT_CLIENT") or None
+    if chosen not in (None, "obstore", "s3fs"):
+        raise ValueError(f"TOOLKIT_CLIENT is 'obstore' or 's3fs', got {chosen!r}")
     if chosen == "s3fs" or (chosen and scheme.lower() not in _OBSTORE_SCHEMES):
         return "s3fs"
     if scheme.lower() in _OBSTORE_SCHEMES and importlib.util.find_spec("obstore") is not None:
@@ -137,7 +139,13 @@ _OBSTORE_KWARGS = frozenset({"client_options", "retry_config", "credential_provi
 
 
 def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> Store:
-    from obstore.store import from_url
+    try:
+        from obstore.store import from_url
+    except ImportError as e:
+        raise ImportError(
+            "client='obstore' needs obstore: pip install 'toolkit[cloud]' (or obstore), "
+            "or use client='s3fs'"
+        ) from e
 
     scheme = _OBSTORE_SCHEMES[url.split("://", 1)[0].lower()]
     url = f"{scheme}://{url.split('://', 1)[1]}"
