@@ -22,6 +22,7 @@ import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import socket
 import threading
@@ -43,6 +44,8 @@ from toolkit.errors import CoordinationError, LeaseTimeoutError
 from toolkit.io import clients
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "Coordinator",
@@ -375,8 +378,15 @@ class Lease:
         if not self.coord.create(f"{self._dir}{self.generation + 1:012d}.json", mine):
             self.generation = None
             return False
-        self.coord.delete(f"{self._dir}{self.generation:012d}.json")
-        self.generation, self.expires = self.generation + 1, mine["expires_unix"]
+        old, self.generation, self.expires = (
+            self.generation,
+            self.generation + 1,
+            mine["expires_unix"],
+        )
+        # Held from here on; the old generation is only history, so failing to delete
+        # it (the next holder does) must not look like losing the lease.
+        with contextlib.suppress(Exception):
+            self.coord.delete(f"{self._dir}{old:012d}.json")
         return True
 
     def release(self) -> None:
@@ -411,7 +421,16 @@ class LockSet:
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             for lease in self.leases:
-                if lease.generation is not None and not lease.renew():
+                if lease.generation is None:
+                    continue
+                try:
+                    renewed = lease.renew()
+                except Exception as e:
+                    # The store did not answer: try again next period. If it stays
+                    # silent, the lease expires, as it would for a dead holder.
+                    _log.debug("lease %r not renewed: %s", lease.name, e)
+                    continue
+                if not renewed:
                     self.lost.append(lease.name)
 
     @contextlib.contextmanager
