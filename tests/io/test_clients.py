@@ -321,3 +321,15 @@ def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch)
     bare = clients.BotocoreCredentials()
     with pytest.raises(PermissionError, match="anon=True"):
         bare()
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_a_failed_create_of_generation_412_is_an_error_not_a_lost_race(s3, client):
+    """The key's digits are in the error's text: only the status says 'exists'."""
+    with FaultProxy(s3.endpoint_url, error_prob=1.0) as proxy:
+        opts = s3.storage_options(proxy.url, client=client)
+        base = resolve_store("s3://data/gen412", storage_options=opts)
+        clients.quiet_retries(base)
+        with pytest.raises(Exception) as err:  # the 500, whichever way the client words it
+            sync(clients.create_if_absent(base, "leases/create/000000000412.json", b"{}"))
+    assert classify_error(err.value) == "transient"

@@ -32,6 +32,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore
 
 from toolkit._util import backoff
+from toolkit.io.throttle import http_status
 
 __all__ = [
     "BotocoreCredentials",
@@ -481,19 +482,45 @@ async def create_if_absent(base: Store, key: str, data: bytes) -> bool:
                 await obstore.put_async(base.store, key, data, mode="create")  # type: ignore[attr-defined]
             return True
         except Exception as e:
-            text = f"{type(e).__name__} {e} {getattr(e, '__cause__', '')}"
-            if (
-                "AlreadyExists" in text
-                or "PreconditionFailed" in text
-                or "412" in text
-                or "At least one of the pre" in text
-            ):
+            answer = _conditional_answer(e)
+            if answer == "exists":
                 return False
-            if "ConditionalRequestConflict" in text or "409" in text:
+            if answer == "conflict":
                 await asyncio.sleep(backoff(attempt, base=0.02, cap=1.0))
                 continue
             raise
     return False
+
+
+def _conditional_answer(exc: BaseException) -> str | None:
+    """``"exists"`` (412, the key is there), ``"conflict"`` (409, retry) or None.
+
+    Read from the status and code each client's errors carry, along the
+    exception's causes: never from digits in its text, which also holds the key
+    (a lease's generation ``000000000412.json``).
+    """
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        status, code = http_status(e)
+        text = str(e)
+        if (
+            type(e).__name__ in ("AlreadyExistsError", "PreconditionError")
+            or status == 412
+            or code == "PreconditionFailed"
+            or "PreconditionFailed" in text
+            or "At least one of the pre" in text
+        ):
+            return "exists"
+        if (
+            status == 409
+            or code == "ConditionalRequestConflict"
+            or "ConditionalRequestConflict" in text
+        ):
+            return "conflict"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 async def list_keys(base: Store, prefix: str) -> list[str]:
