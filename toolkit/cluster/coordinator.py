@@ -1,18 +1,21 @@
 """The scheduler side of cluster-wide throttling, and the workers' side of it.
 
 :class:`ThrottleCoordinator` is a scheduler plugin that enforces every
-:class:`~toolkit.Throttle` for the whole cluster. Each worker books send slots
-from it in small batches (:class:`_RemoteBudget`).
+:class:`~toolkit.Throttle` for the whole cluster: it leases each worker a share
+of every rate, and each worker paces its requests by its leases
+(:class:`_RemoteBudget`). The arithmetic is :mod:`toolkit.io.ratecontrol`,
+which the discrete-event model of :mod:`toolkit.testing.ratesim` runs at 1,000
+workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
+import functools
+import math
 import threading
 import time
-import weakref
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -20,7 +23,8 @@ from typing import Any
 from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from toolkit.io.throttle import Budget, BudgetState, RequestKind, Throttle
+from toolkit.io.ratecontrol import Grant, Pacer
+from toolkit.io.throttle import Budget, BudgetState, Limiter, RequestKind, Throttle, limiters_of
 
 __all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
 
@@ -39,28 +43,34 @@ def coordinated_states(dask_scheduler: Any) -> list[BudgetState]:
     plugin = dask_scheduler.plugins.get(ThrottleCoordinator.name)
     if not isinstance(plugin, ThrottleCoordinator):
         return []
-    return [b.state("cluster") for b in plugin.budgets.values()]
+    return plugin.states()
 
 
 class ThrottleCoordinator(SchedulerPlugin):
     """Scheduler plugin enforcing every :class:`Throttle` for the whole cluster.
 
-    Workers book slots in small batches, about 20 ms of the rate at a time
-    (:class:`_RemoteBudget`), so the scheduler answers a few dozen requests per
-    second whatever the request rate. A worker that is busy while the others
-    idle gets the whole rate, which a fixed split cannot give it. Throttling
-    answers reported by any worker slow the shared budget down (adaptive
-    mode).
+    The scheduler holds each budget's :class:`~toolkit.io.ratecontrol.RateLaw`
+    and leases every worker that sends a share of its rate
+    (:class:`~toolkit.io.ratecontrol.Allocator`); the worker paces its own
+    requests by the lease (:class:`_RemoteBudget`). One message per worker
+    per lease period, whatever the request rate: the period grows with the
+    number of workers, so that the scheduler answers at most about
+    :data:`~toolkit.io.ratecontrol.MAX_MESSAGES` lease requests per second.
+    Throttling answers reported by any worker cut the shared rate (adaptive
+    mode); a worker that leaves releases its leases at once.
     """
 
     name = "toolkit-throttle"
 
     def __init__(self) -> None:
         self.budgets: dict[str, Budget] = {}
+        self.messages = 0
+        self._scheduler: Any = None
 
     def attach(self, scheduler: Any) -> None:
         """Install the handlers on ``scheduler``."""
-        scheduler.handlers["toolkit_throttle_reserve"] = self.reserve
+        self._scheduler = scheduler
+        scheduler.handlers["toolkit_throttle_lease"] = self.lease
         scheduler.handlers["toolkit_throttle_throttled"] = self.throttled
         scheduler.handlers["toolkit_throttle_rates"] = self.rates
 
@@ -68,111 +78,166 @@ class ThrottleCoordinator(SchedulerPlugin):
         """SchedulerPlugin hook, for clusters that register it themselves."""
         self.attach(scheduler)
 
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        """SchedulerPlugin hook: a worker that left holds no budget."""
+        for b in self.budgets.values():
+            for a in b.allocators.values():
+                a.remove(worker)
+
     def _budget(self, key: str, policy: Mapping[str, Any], scope: str = "") -> Budget:
         b = self.budgets.get(key)
         if b is None:
             b = self.budgets[key] = Budget(Throttle(**policy), scope)
         return b
 
-    def reserve(
-        self, key: str, policy: Mapping[str, Any], kind: RequestKind, n: int, scope: str = ""
-    ) -> Any:
-        """Book ``n`` slots; the worker gets (seconds to the first, seconds between)."""
+    def _processes(self) -> int:
+        return len(getattr(self._scheduler, "workers", ())) or 1
+
+    def lease(
+        self,
+        key: str,
+        policy: Mapping[str, Any],
+        worker: str,
+        wants: Mapping[Limiter, float | None],
+        sending: Mapping[Limiter, float],
+        scope: str = "",
+    ) -> dict[str, Any]:
+        """Leases for ``worker``; it gets them with the scheduler's clock."""
+        self.messages += 1
         b = self._budget(key, policy, scope)
-        wait, interval = b.reserve_batch(kind, n)
-        return {"wait": wait, "interval": interval, "batch": b.batch_size(kind)}
+        grants = b.lease(worker, wants, sending, self._processes())
+        return {"now": time.monotonic(), "grants": {k: g.as_dict() for k, g in grants.items()}}
 
     def throttled(
         self,
         key: str,
         policy: Mapping[str, Any],
-        kind: RequestKind,
-        age: float = 0.0,
+        worker: str,
+        limiters: list[Limiter],
+        sent_at: float,
+        retry_after: float | None,
+        sending: Mapping[Limiter, float],
         scope: str = "",
-    ) -> None:
-        """A worker saw a throttling answer to a request booked ``age`` seconds ago."""
-        self._budget(key, policy, scope).throttled(kind, time.monotonic() - age)
+    ) -> dict[str, Any]:
+        """A worker saw a throttling answer to a request sent at ``sent_at`` (our clock)."""
+        self.messages += 1
+        b = self._budget(key, policy, scope)
+        grants = b.report(worker, limiters, sent_at, retry_after, sending, self._processes())
+        return {"now": time.monotonic(), "grants": {k: g.as_dict() for k, g in grants.items()}}
 
     def rates(self) -> dict[str, dict[str, float | None]]:
         """The rates in force per store; the budget used last where a store has several."""
         latest = sorted(self.budgets.values(), key=lambda b: b.last_used)
         return {b.scope: b.current_rates() for b in latest}
 
+    def states(self) -> list[BudgetState]:
+        """Every budget's state, as the cluster enforces it."""
+        return [b.state("cluster", self.messages) for b in self.budgets.values()]
+
 
 class _RemoteBudget:
-    """A worker's share of a coordinated budget: slots booked from the scheduler.
+    """A worker's share of a coordinated budget: leases from the scheduler, paced here.
 
-    Booked slots are send times on this worker's clock. A slot more than a
-    second old is dropped, not spent. Spending it later would add a burst on top
-    of the slots booked for that moment. Spending it up to a second late lets a
-    worker that the CPU stalled catch up, within the bursts that object stores
-    tolerate.
+    Each of the policy's rates this worker spends from has a
+    :class:`~toolkit.io.ratecontrol.Pacer`. Leases are renewed in the
+    background when due, so a request waits for the scheduler only when this
+    worker holds no lease at all (its first request, or after a long silence).
+    Throttling answers are reported at most once per round trip: answers to
+    requests sent before the last report was answered say nothing new.
     """
-
-    _STALE = 1.0
 
     def __init__(self, key: str, policy: Throttle, worker: Any, scope: str = "") -> None:
         self.key, self.worker, self.scope = key, worker, scope
+        self.throttle = policy
         self.policy = {f: getattr(policy, f) for f in policy.__dataclass_fields__}
         self.policy["coordinated"] = False
-        self.slots: dict[str, collections.deque[float]] = {}
-        self.batch: dict[str, int] = {}
-        # Per event loop (zarr runs one per process), the batch being booked per kind.
-        self._loops: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, asyncio.Task[None]]
-        ] = weakref.WeakKeyDictionary()
+        self.pacers: dict[Limiter, Pacer] = {}
+        self._lock = threading.Lock()
+        self._renewing: concurrent.futures.Future[Any] | None = None
+        self._reporting: concurrent.futures.Future[Any] | None = None
+        self._answered = -math.inf  # when the last throttling report was answered
 
     def _rpc(self, name: str, **kw: Any) -> concurrent.futures.Future[Any]:
         # The worker's comms live on its own event loop, not on zarr's.
         call = getattr(self.worker.scheduler, name)
+        kw.update(key=self.key, policy=self.policy, scope=self.scope, worker=self.worker.address)
         return asyncio.run_coroutine_threadsafe(call(**kw), self.worker.loop.asyncio_loop)
+
+    def _apply(self, sent: float, fut: concurrent.futures.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        got = fut.result()
+        now = time.monotonic()
+        offset = got["now"] - (sent + now) / 2
+        with self._lock:
+            for name, g in got["grants"].items():
+                self.pacers[name].apply(Grant.from_dict(g), now, offset)
+
+    def _renew(self, names: tuple[Limiter, ...]) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._renewing is not None and not self._renewing.done():
+                return self._renewing
+            now = time.monotonic()
+            for n in names:
+                self.pacers.setdefault(n, Pacer())
+            wants = {n: None if p.grant is None else p.want(now) for n, p in self.pacers.items()}
+            sending = {n: p.sending(now) for n, p in self.pacers.items()}
+            fut = self._renewing = self._rpc("toolkit_throttle_lease", wants=wants, sending=sending)
+        fut.add_done_callback(functools.partial(self._apply, now))
+        return fut
 
     async def reserve(self, kind: RequestKind) -> float:
         """Seconds to wait before sending one request of ``kind``."""
-        loop = asyncio.get_running_loop()
-        state = self._loops.setdefault(loop, {})
-        q = self.slots.setdefault(kind, collections.deque())
+        names = limiters_of(self.throttle, kind)
         while True:
             now = time.monotonic()
-            while q and q[0] < now - self._STALE:
-                q.popleft()
-            # Book the next batch while half of this one is left, so that the
-            # round trip to the scheduler never stalls a request.
-            fetch = state.get(kind)
-            if len(q) <= self.batch.get(kind, 1) // 2 and (fetch is None or fetch.done()):
-                fetch = state[kind] = loop.create_task(self._fetch(kind))
-            if q:
-                return max(0.0, q.popleft() - now)
-            assert fetch is not None
-            await asyncio.shield(fetch)
+            with self._lock:
+                pacers = [self.pacers.get(n) for n in names]
+                missing = any(p is None or p.needs_grant(now) for p in pacers)
+                due = missing or any(p is not None and p.due(now) for p in pacers)
+            if due:
+                fut = self._renew(names)
+                if missing:
+                    await asyncio.wrap_future(fut)
+                    fut.result()  # the scheduler's error, if any: the caller falls back
+                    continue
+            now = time.monotonic()
+            with self._lock:
+                slots = [self.pacers[n].take(now) for n in names]
+                renew_at = min(
+                    (p.grant.renew_at - p.offset for p in self.pacers.values() if p.grant),
+                    default=now,
+                )
+            if None not in slots:
+                return max(0.0, max(s for s in slots if s is not None) - now)
+            # A starving lease (the others have not yet given back their share):
+            # wait for its renewal, then ask again.
+            await asyncio.sleep(max(0.0, renew_at - now))
+            await asyncio.wrap_future(self._renew(names))
 
-    async def _fetch(self, kind: RequestKind) -> None:
-        n = self.batch.get(kind, 1)
-        got = await asyncio.wrap_future(
-            self._rpc(
-                "toolkit_throttle_reserve",
-                key=self.key,
-                policy=self.policy,
-                kind=kind,
-                n=n,
-                scope=self.scope,
-            )
-        )
+    def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
+        """Report a throttling answer to a request sent at ``sent_at`` (our clock)."""
+        names = limiters_of(self.throttle, kind)
         now = time.monotonic()
-        self.slots[kind].extend(now + got["wait"] + i * got["interval"] for i in range(n))
-        self.batch[kind] = int(got["batch"])
+        with self._lock:
+            busy = self._reporting is not None and not self._reporting.done()
+            if busy or (sent_at < self._answered and not retry_after):
+                return  # the scheduler has not answered yet, or knew already
+            offset = max((self.pacers[n].offset for n in names if n in self.pacers), default=0.0)
+            sending = {n: self.pacers[n].sending(now) for n in names if n in self.pacers}
+            fut = self._reporting = self._rpc(
+                "toolkit_throttle_throttled",
+                limiters=list(names),
+                sent_at=sent_at + offset,
+                retry_after=retry_after,
+                sending=sending,
+            )
 
-    def throttled(self, kind: RequestKind, age: float) -> None:
-        """Report a throttling answer to a request booked ``age`` seconds ago."""
-        fut = self._rpc(
-            "toolkit_throttle_throttled",
-            key=self.key,
-            policy=self.policy,
-            kind=kind,
-            age=age,
-            scope=self.scope,
-        )
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # fire and forget
+        def answered(f: concurrent.futures.Future[Any]) -> None:
+            self._answered = time.monotonic()
+            self._apply(now, f)
+
+        fut.add_done_callback(answered)
 
 
 _REMOTE: dict[str, _RemoteBudget] = {}

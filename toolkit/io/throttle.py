@@ -7,25 +7,23 @@ the same with 429 or 503. Nothing in dask, zarr or fsspec limits the request
 wrappers in :mod:`toolkit.io.wrappers` apply it, and the state that enforces it
 (:class:`Budget`) lives once per process.
 
-Cluster-wide budgets are *split*: under a ``distributed`` client, each call
-divides the rates and the in-flight cap by the number of worker processes
-(:meth:`Throttle.share`). The split costs no coordination traffic and has no
-single point of failure. It follows the worker count at every call, and the
-adaptive mode corrects whatever drift remains (for example, a worker that
-joins while a write runs).
+Under a ``distributed`` client the rates are enforced for the whole cluster
+by the scheduler's coordinator (:mod:`toolkit.cluster.coordinator`), which
+leases each worker a share; how the rate is paced, cut, recovered and shared is
+:mod:`toolkit.io.ratecontrol`. Where the coordinator cannot be installed, each
+process gets an equal split (:meth:`Throttle.share`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import math
 import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -33,11 +31,13 @@ from dask.base import tokenize
 
 from toolkit._render import html_table, text_table
 from toolkit._util import backoff
+from toolkit.io.ratecontrol import Allocator, Grant, Pacer, RateLaw
 
 __all__ = [
     "Budget",
     "BudgetState",
     "ErrorClass",
+    "Limiter",
     "RemoteBudget",
     "RemoteBudgets",
     "RequestKind",
@@ -45,9 +45,14 @@ __all__ = [
     "ThrottleState",
     "budget_for",
     "classify_error",
+    "describe_cut",
+    "describe_recovery",
     "http_status",
+    "law_for",
+    "limiters_of",
     "local_states",
     "resolve_throttle",
+    "retry_after",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -89,13 +94,15 @@ class Throttle:
         Requests per second by kind (GET/HEAD, PUT/DELETE, LIST), as object
         stores count them. ``None`` is unlimited.
     adaptive : bool
-        Additive increase, multiplicative decrease. A throttling answer cuts the
-        rate of its kind to half of what was sent over the last second (or of
-        the limit, if lower). Answers to requests booked before the last cut
-        are ignored: they went out at the old rate. Every second without a
-        throttling answer adds ``increase`` times the rate set by the last cut,
-        up to the configured rate. With no configured rate, the first cut sets
-        one.
+        Adapt to the store: a throttling answer (503 SlowDown, 429) cuts the
+        rate of its kind to ``decrease`` times the rate the store refused (the
+        lower of the rate in force and the rate really sent). The rate then
+        climbs back along a cubic curve: to the refused rate in ``recovery``
+        seconds, flat around it, then ever faster up to the configured rate
+        (see :mod:`toolkit.io.ratecontrol`). Answers to requests sent before
+        the last cut are ignored: they went out at the old rate. A
+        ``Retry-After`` answer pauses every send until it has passed. With no
+        configured rate, the first cut sets one.
     max_retries : int
         Attempts after the first, for retryable errors (503/SlowDown, 429,
         500/502/504, connection resets, timeouts).
@@ -107,10 +114,11 @@ class Throttle:
     min_rate : float
         The adaptive mode never goes below this many requests per second.
     cooldown : float
-        Least seconds between two decreases of one kind.
-    increase : float
-        Per quiet second, the rate grows by this fraction of the rate the last
-        cut set.
+        Least seconds between two cuts of one kind.
+    decrease : float
+        The fraction of the refused rate a cut leaves (CUBIC's β).
+    recovery : float
+        Seconds from a cut back to the refused rate (CUBIC's K).
     coordinated : bool
         Set by toolkit, not by users: the rates are enforced for the whole
         cluster by the scheduler's :class:`ThrottleCoordinator`.
@@ -128,7 +136,8 @@ class Throttle:
     backoff_max: float = 5.0
     min_rate: float = 1.0
     cooldown: float = 0.2
-    increase: float = 0.05
+    decrease: float = 0.7
+    recovery: float = 1.0
     coordinated: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +156,11 @@ class Throttle:
             raise ValueError("Throttle(max_retries=, max_retry_seconds=) must be >= 0")
         if not 0 < self.backoff_base <= self.backoff_max:
             raise ValueError("Throttle needs 0 < backoff_base <= backoff_max")
+        if not 0 < self.decrease < 1 or not self.recovery > 0:
+            raise ValueError(
+                f"Throttle needs 0 < decrease < 1 and recovery > 0 seconds, got "
+                f"decrease={self.decrease!r}, recovery={self.recovery!r}"
+            )
 
     @classmethod
     def for_url(cls, url: str) -> Throttle | None:
@@ -307,105 +321,64 @@ def classify_error(exc: BaseException) -> ErrorClass:
     return "transient" if transient else "fatal"
 
 
+_RETRY_AFTER = re.compile(r"retry-after(?:-ms)?[\"']?\s*[:=]\s*[\"']?(\d+(?:\.\d+)?)", re.I)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a throttling answer asked the client to wait (``Retry-After``), if any.
+
+    Read from botocore's response headers (``Retry-After``, Azure's
+    ``x-ms-retry-after-ms``), from an ``retry_after`` attribute, or from the
+    text of the error along its causes. HTTP dates are not understood.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        value = getattr(e, "retry_after", None)
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+        response = getattr(e, "response", None)
+        if isinstance(response, Mapping):
+            headers = (response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+            headers = {str(k).lower(): v for k, v in headers.items()}
+            for name, scale in (("x-ms-retry-after-ms", 1e-3), ("retry-after", 1.0)):
+                try:
+                    if name in headers:
+                        return max(0.0, float(headers[name]) * scale) or None
+                except ValueError:
+                    pass
+        m = _RETRY_AFTER.search(str(e))
+        if m:
+            ms = "-ms" in m[0].lower()
+            return float(m[1]) / (1000 if ms else 1) or None
+        e = e.__cause__ or e.__context__
+    return None
+
+
 # --------------------------------------------------------------------------- state
 
 
-class _Limiter:
-    """A GCRA token bucket whose rate AIMD may change; thread-safe.
+Limiter = Literal["all", "read", "write", "list"]
+"""A rate a request spends from: every request's ``all``, and its own kind's."""
 
-    ``reserve`` books the next slot and returns how long to wait for it, so
-    callers on any thread or event loop can share one limiter. It also counts
-    the slots granted over the last second: a throttling answer cuts the rate
-    to half of what was really sent, not just half of a limit that may be far
-    above it.
-    """
 
-    def __init__(self, rate: float | None, policy: Throttle) -> None:
-        self.configured = rate
-        self.rate = rate
-        self.policy = policy
-        self._tat = time.monotonic()
-        self._lock = threading.Lock()
-        self._last_decrease = -math.inf
-        self._last_increase = time.monotonic()
-        self._granted: collections.deque[float] = collections.deque()  # last second's slots
-        self._busy_since = time.monotonic()  # start of the current run of requests
-        self._step = 0.0  # additive increase per quiet second, set by each cut
-        self.decreases = 0
+def law_for(policy: Throttle, limiter: Limiter) -> RateLaw:
+    """The :class:`~toolkit.io.ratecontrol.RateLaw` of one of a policy's rates."""
+    rate = policy.rate if limiter == "all" else policy.rate_for(limiter)
+    return RateLaw(
+        configured=rate,
+        adaptive=policy.adaptive,
+        decrease=policy.decrease,
+        recovery=policy.recovery,
+        cooldown=policy.cooldown,
+        min_rate=policy.min_rate,
+    )
 
-    def _burst(self, rate: float) -> float:
-        # A quarter second of requests (at least one) may go at once: enough to catch up
-        # after a stall, far below the second or more that object stores tolerate.
-        return max(1.0, rate * 0.25) / rate
 
-    def _observed(self, now: float) -> float:
-        """Slots granted per second over the last second.
-
-        When requests started less than a second ago, over the time since
-        they started: a 503 among the first few requests of a run must not
-        read as a rate of a few per second.
-        """
-        while self._granted and self._granted[0] < now - 1.0:
-            self._granted.popleft()
-        window = min(1.0, max(0.05, now - self._busy_since))
-        return len(self._granted) / window
-
-    def reserve(self, n: int = 1) -> tuple[float, float]:
-        """Book ``n`` consecutive slots: (seconds until the first, seconds between them)."""
-        now = time.monotonic()
-        with self._lock:
-            self._recover(now)
-            if self.policy.adaptive:
-                self._observed(now)
-                if not self._granted:
-                    self._busy_since = now
-                self._granted.extend([now] * min(n, 4096))
-            if self.rate is None:
-                return 0.0, 0.0
-            tat = max(self._tat, now)
-            wait = max(0.0, tat - self._burst(self.rate) - now)
-            self._tat = tat + n / self.rate
-            return wait, 1.0 / self.rate
-
-    def _recover(self, now: float) -> None:
-        p = self.policy
-        if not p.adaptive or self.rate is None:
-            return
-        quiet = now - max(self._last_decrease, self._last_increase)
-        if quiet >= 1.0 and self._step:
-            ceiling = self.configured if self.configured is not None else math.inf
-            self.rate = min(ceiling, self.rate + int(quiet) * self._step)
-            self._last_increase = now
-
-    def throttled(self, booked: float | None = None) -> None:
-        """A throttling answer to a request booked at ``booked`` (monotonic seconds).
-
-        Answers to requests booked before the last decrease are ignored: they
-        went out at the old rate, and reacting to each of them would collapse
-        the rate for a single burst.
-        """
-        p = self.policy
-        if not p.adaptive:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if booked is not None and booked < self._last_decrease:
-                return
-            if now - self._last_decrease < p.cooldown:
-                return
-            observed = self._observed(now)
-            current = self.rate if self.rate is not None else math.inf
-            base = min(current, observed) if observed else current
-            if not math.isfinite(base):
-                base = 20.0  # nothing observed and no limit: start low, AIMD raises it
-            self.rate = max(p.min_rate, base * 0.5)
-            # Additive increase around the store's real limit, not the configured one.
-            self._step = p.increase * self.rate
-            self._last_decrease = now
-            self._last_increase = now
-            self.decreases += 1
-            # Requests already booked at the old rate would still go out in a burst.
-            self._tat = max(self._tat, now) + 1.0 / self.rate
+def limiters_of(policy: Throttle, kind: RequestKind) -> tuple[Limiter, ...]:
+    """The rates a request of ``kind`` spends from under ``policy``."""
+    return (kind, "all") if policy.rate is not None else (kind,)
 
 
 class Budget:
@@ -413,17 +386,29 @@ class Budget:
 
     Shared by every store wrapper, thread and task of the process that uses the
     same policy, so one process never exceeds its share however many tasks run.
+    Each of the policy's rates is a :class:`~toolkit.io.ratecontrol.RateLaw`
+    whose whole rate this process leases (an :class:`Allocator` of one) and
+    paces its requests by (a :class:`Pacer`). Under a cluster's coordinator the
+    allocators live on the scheduler instead.
     """
+
+    _ME = "this process"
 
     def __init__(self, policy: Throttle, scope: str = "") -> None:
         self.policy = policy
         self.scope = scope
         self.last_used = time.monotonic()
-        self._all = _Limiter(policy.rate, policy)
-        self._kinds = {k: _Limiter(policy.rate_for(k), policy) for k in ("read", "write", "list")}
+        self.allocators: dict[Limiter, Allocator] = {}
+        self.pacers: dict[Limiter, Pacer] = {}
+        for name in ("all", "read", "write", "list"):
+            if name == "all" and policy.rate is None:
+                continue
+            self.allocators[name] = Allocator(law_for(policy, name))
+            self.pacers[name] = Pacer()
         self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
         self._semaphores = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the allocators (and the semaphores)
+        self._pace_lock = threading.Lock()  # this process's pacers
 
     def semaphore(self) -> asyncio.Semaphore:
         """The in-flight cap for the running event loop (zarr runs one per process)."""
@@ -434,42 +419,107 @@ class Budget:
                 sem = self._semaphores[loop] = asyncio.Semaphore(self.policy.max_inflight)
             return sem
 
+    def lease(
+        self,
+        who: str,
+        wants: Mapping[Limiter, float | None],
+        sending: Mapping[Limiter, float],
+        processes: int,
+        now: float | None = None,
+    ) -> dict[Limiter, Grant]:
+        """Leases of the rates ``who`` asks for: ``wants`` per rate (None: unknown yet).
+
+        ``sending`` is the rate ``who`` really sends at, per rate; ``processes``
+        how many processes may send.
+        """
+        now = time.monotonic() if now is None else now
+        self.last_used = now
+        with self._lock:
+            return {
+                name: self.allocators[name].request(who, want, now, processes, sending.get(name))
+                for name, want in wants.items()
+            }
+
+    def report(
+        self,
+        who: str,
+        names: Iterable[Limiter],
+        sent_at: float | None,
+        retry_after: float | None,
+        sending: Mapping[Limiter, float],
+        processes: int,
+        now: float | None = None,
+    ) -> dict[Limiter, Grant]:
+        """``who`` got a throttling answer to a request sent at ``sent_at``: new leases."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return {
+                name: self.allocators[name].throttled(
+                    who, sent_at, now, processes, retry_after, sending.get(name)
+                )
+                for name in names
+            }
+
     def reserve(self, kind: RequestKind) -> float:
-        """Book one request of ``kind``; seconds to wait before sending it."""
-        return self.reserve_batch(kind, 1)[0]
+        """Book one request of ``kind`` in this process; seconds to wait before sending it."""
+        now = time.monotonic()
+        names = limiters_of(self.policy, kind)
+        with self._pace_lock:
+            due = [n for n in names if self.pacers[n].due(now)]
+            if due:
+                pacers = self.pacers
+                wants = {n: None if pacers[n].grant is None else pacers[n].want(now) for n in due}
+                sending = {n: pacers[n].sending(now) for n in due}
+                for n, grant in self.lease(self._ME, wants, sending, 1, now).items():
+                    pacers[n].apply(grant, now)
+            self.last_used = now
+            send = now
+            for n in names:
+                slot = self.pacers[n].take(now, patient=False)
+                assert slot is not None
+                send = max(send, slot)
+        return max(0.0, send - now)
 
-    def reserve_batch(self, kind: RequestKind, n: int) -> tuple[float, float]:
-        """Book ``n`` requests of ``kind``: (seconds until the first, seconds between)."""
-        self.last_used = time.monotonic()
-        w1, i1 = self._all.reserve(n)
-        w2, i2 = self._kinds[kind].reserve(n)
-        return max(w1, w2), max(i1, i2)
-
-    def batch_size(self, kind: RequestKind) -> int:
-        """Slots a worker books at once from the coordinator: ~50 ms of the rate."""
-        rates = [r for r in (self._all.rate, self._kinds[kind].rate) if r is not None]
-        return max(1, min(64, math.ceil(min(rates) * 0.05))) if rates else 64
-
-    def throttled(self, kind: RequestKind, booked: float | None = None) -> None:
-        """A throttling answer for ``kind``, to a request booked at ``booked``: slow down."""
-        self._kinds[kind].throttled(booked)
-        if self.policy.rate is not None:
-            self._all.throttled(booked)
+    def throttled(
+        self, kind: RequestKind, sent_at: float | None = None, retry_after: float | None = None
+    ) -> None:
+        """A throttling answer for ``kind``, to a request sent at ``sent_at``: slow down."""
+        now = time.monotonic()
+        names = limiters_of(self.policy, kind)
+        with self._pace_lock:
+            sending = {n: self.pacers[n].sending(now) for n in names}
+            grants = self.report(self._ME, names, sent_at, retry_after, sending, 1, now)
+            for n, grant in grants.items():
+                self.pacers[n].apply(grant, now)
 
     def current_rates(self) -> dict[str, float | None]:
         """The rates in force now, by kind (they move in adaptive mode)."""
-        return {"all": self._all.rate, **{k: v.rate for k, v in self._kinds.items()}}
+        now = time.monotonic()
+        with self._lock:
+            out: dict[str, float | None] = {"all": None, "read": None, "write": None, "list": None}
+            out.update({k: a.law.rate(now) for k, a in self.allocators.items()})
+            return out
 
-    def state(self, where: str = "this process") -> BudgetState:
+    def state(self, where: str = "this process", messages: int | None = None) -> BudgetState:
         """What this budget enforces now, for people (see :func:`throttle_state`)."""
-        limiters = [self._all, *self._kinds.values()]
+        now = time.monotonic()
+        with self._lock:
+            states = {k: a.state(now) for k, a in self.allocators.items()}
+        rates: dict[str, float | None] = {"all": None, "read": None, "write": None, "list": None}
+        rates.update({k: s.law["rate"] for k, s in states.items()})
+        # The rate people want to see: of those cut, the one that binds (the lowest).
+        cut = [s for s in states.values() if s.law["cut_ago"] is not None]
+        law = min(cut, key=lambda s: s.law["rate"] or math.inf).law if cut else {}
         return BudgetState(
             store=self.scope,
             where=where,
             policy=self.policy,
-            rates=self.current_rates(),
-            cuts=sum(x.decreases for x in limiters),
-            idle=time.monotonic() - self.last_used,
+            rates=rates,
+            cuts=sum(a.law.cuts for a in self.allocators.values()),
+            idle=now - self.last_used,
+            last_cut=law,
+            processes=max((s.leases for s in states.values()), default=0),
+            messages=messages if messages is not None else 0,
         )
 
 
@@ -493,6 +543,15 @@ class BudgetState:
         How many times throttling answers cut a rate.
     idle : float
         Seconds since a request last booked a slot.
+    last_cut : dict
+        The rate cut last (empty if none was): ``rate`` in force,
+        ``configured``, ``cut_ago`` seconds, the ``refused`` rate and the rate
+        it was ``cut_to``, ``back_in`` (seconds until the recovery reaches the
+        configured rate; None once there) and ``paused_for`` (a Retry-After).
+    processes : int
+        Processes holding a lease of the budget.
+    messages : int
+        Lease requests the scheduler answered (cluster budgets).
     """
 
     store: str
@@ -501,6 +560,14 @@ class BudgetState:
     rates: dict[str, float | None]
     cuts: int
     idle: float
+    last_cut: dict[str, float | None] = field(default_factory=dict)
+    processes: int = 0
+    messages: int = 0
+
+    @property
+    def recovering(self) -> bool:
+        """Whether a cut rate is climbing back."""
+        return self.last_cut.get("back_in") is not None
 
     def _row(self) -> dict[str, str]:
         def r(now: float | None, configured: float | None) -> str:
@@ -521,10 +588,32 @@ class BudgetState:
             "store": self.store,
             "where": self.where,
             **{k: r(self.rates.get(k), configured[k]) for k in configured},
-            "cuts": str(self.cuts),
+            "last cut": describe_cut(self.last_cut),
+            "recovery": describe_recovery(self.last_cut),
+            "processes": str(self.processes),
             "in flight": str(p.max_inflight),
             "last used": f"{self.idle:,.0f} s ago",
         }
+
+
+def describe_cut(law: Mapping[str, float | None]) -> str:
+    """``"2.1 s ago, 90 → 63/s"``: the last cut of a rate, for people."""
+    ago, refused, to = law.get("cut_ago"), law.get("refused"), law.get("cut_to")
+    if ago is None or refused is None or to is None:
+        return "none"
+    return f"{ago:,.1f} s ago, {refused:,.0f} → {to:,.0f}/s"
+
+
+def describe_recovery(law: Mapping[str, float | None]) -> str:
+    """``"63/s, back to 90 in 0.8 s"``: a recovery in progress, for people."""
+    parts = []
+    if law.get("paused_for"):
+        parts.append(f"paused {law['paused_for']:,.1f} s (Retry-After)")
+    back, rate, configured = law.get("back_in"), law.get("rate"), law.get("configured")
+    if back is not None and rate is not None:
+        target = f"{configured:,.0f}/s" if configured is not None else "unlimited"
+        parts.append(f"{rate:,.0f}/s, back to {target} in {back:,.1f} s")
+    return "; ".join(parts) or "-"
 
 
 @dataclass(frozen=True)
@@ -551,8 +640,8 @@ class RemoteBudget(Protocol):
         """Seconds to wait before sending one request of ``kind``."""
         ...
 
-    def throttled(self, kind: RequestKind, age: float) -> None:
-        """Report a throttling answer to a request booked ``age`` seconds ago."""
+    def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
+        """Report a throttling answer to a request sent at ``sent_at`` (monotonic)."""
         ...
 
 

@@ -51,6 +51,7 @@ from toolkit.io.throttle import (
     budget_for,
     classify_error,
     http_status,
+    retry_after,
 )
 
 __all__ = [
@@ -503,7 +504,6 @@ class ThrottleStore(_PolicyStore):
         if self.policy.coordinated and self.remote is not None:
             remote = self.remote(self.policy, describe_store(self._store))
         async with budget.semaphore():
-            booked = time.monotonic()
             wait = None
             if remote is not None:
                 try:
@@ -519,16 +519,18 @@ class ThrottleStore(_PolicyStore):
                 if sink is not None:
                     sink.add(wait_seconds=wait)
                 await asyncio.sleep(wait)
+            sent = time.monotonic()
             try:
                 return await fn()
             except Exception as e:
-                # Judged by when the request was booked: one booked before the last
-                # cut went out at the old rate and says nothing about the new one.
+                # Judged by when the request was sent: one sent before the last cut
+                # went out at the old rate and says nothing about the new one.
                 if classify_error(e) == "throttled":
+                    after = retry_after(e)
                     if remote is not None:
-                        remote.throttled(kind, time.monotonic() - booked)
+                        remote.throttled(kind, sent, after)
                     else:
-                        budget.throttled(kind, booked)
+                        budget.throttled(kind, sent, after)
                 raise
 
 
@@ -588,6 +590,8 @@ class RetryStore(_PolicyStore):
                     if isinstance(e, RequestAbortedError):
                         raise
                     raise self._final(op, key, e, verdict, attempt, spent) from e
+                if verdict == "throttled":  # a Retry-After is a floor under the backoff
+                    delay = max(delay, min(retry_after(e) or 0.0, p.backoff_max))
                 sink = self._sink(self.metrics)
                 if sink is not None:
                     sink.add(retries=1, backoff_seconds=delay)
