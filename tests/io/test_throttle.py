@@ -159,7 +159,7 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
     from toolkit.io.wrappers import ThrottleStore
 
     class Unreachable:
-        async def reserve(self, kind):
+        async def acquire(self, kind):
             raise OSError("scheduler gone")
 
         def throttled(self, kind, sent_at, retry_after):

@@ -24,7 +24,16 @@ from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from toolkit.io.ratecontrol import Grant, Pacer
-from toolkit.io.throttle import Budget, BudgetState, Limiter, RequestKind, Throttle, limiters_of
+from toolkit.io.throttle import (
+    Budget,
+    BudgetState,
+    Limiter,
+    RequestKind,
+    Throttle,
+    describe_cut,
+    describe_recovery,
+    limiters_of,
+)
 
 __all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
 
@@ -130,6 +139,16 @@ class ThrottleCoordinator(SchedulerPlugin):
         latest = sorted(self.budgets.values(), key=lambda b: b.last_used)
         return {b.scope: b.current_rates() for b in latest}
 
+    def control(self) -> dict[str, str]:
+        """Where each store's control law stands, in words: the last cut, the recovery."""
+        latest = sorted(self.budgets.values(), key=lambda b: b.last_used)
+        out = {}
+        for b in latest:
+            law = b.state("cluster").last_cut
+            cut, recovery = describe_cut(law), describe_recovery(law)
+            out[b.scope] = "no cut" if cut == "none" else f"cut {cut}; {recovery}"
+        return out
+
     def states(self) -> list[BudgetState]:
         """Every budget's state, as the cluster enforces it."""
         return [b.state("cluster", self.messages) for b in self.budgets.values()]
@@ -186,9 +205,10 @@ class _RemoteBudget:
         fut.add_done_callback(functools.partial(self._apply, now))
         return fut
 
-    async def reserve(self, kind: RequestKind) -> float:
-        """Seconds to wait before sending one request of ``kind``."""
+    async def acquire(self, kind: RequestKind) -> float:
+        """Wait until one request of ``kind`` may go; the seconds waited."""
         names = limiters_of(self.throttle, kind)
+        start = time.monotonic()
         while True:
             now = time.monotonic()
             with self._lock:
@@ -204,16 +224,20 @@ class _RemoteBudget:
             now = time.monotonic()
             with self._lock:
                 slots = [self.pacers[n].take(now) for n in names]
-                renew_at = min(
+                renew = min(
                     (p.grant.renew_at - p.offset for p in self.pacers.values() if p.grant),
                     default=now,
                 )
             if None not in slots:
-                return max(0.0, max(s for s in slots if s is not None) - now)
-            # A starving lease (the others have not yet given back their share):
-            # wait for its renewal, then ask again.
-            await asyncio.sleep(max(0.0, renew_at - now))
-            await asyncio.wrap_future(self._renew(names))
+                send = max(s for s in slots if s is not None)
+                if send > now:
+                    await asyncio.sleep(send - now)
+                return time.monotonic() - start
+            # The next slot lies beyond the lease's renewal: book it at the rate then.
+            if renew > now:
+                await asyncio.sleep(renew - now)
+            else:  # an error here (no scheduler) sends the caller to its local budget
+                await asyncio.wait_for(asyncio.wrap_future(self._renew(names)), 10.0)
 
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
         """Report a throttling answer to a request sent at ``sent_at`` (our clock)."""

@@ -64,12 +64,16 @@ class RatePoint:
         ``{store: {kind: requests per second}}``: the rates in force of the
         cluster's request budget for the store (kinds ``all``, ``read``,
         ``write``, ``list``; None is unlimited), where it has one.
+    control : dict
+        ``{store: text}``: where the budget's control law stands (the last cut,
+        the recovery in progress), where the cluster has a budget.
     """
 
     seq: int
     time: float
     rates: dict[str, dict[str, float]]
     limits: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    control: dict[str, str] = field(default_factory=dict)
 
 
 class IOFeed:
@@ -99,6 +103,7 @@ class IOFeed:
         self._moved: dict[str, dict[str, float]] = {}
         self._samples: deque[tuple[float, dict[str, dict[str, float]]]] = deque()
         self._limits: dict[str, dict[str, float | None]] = {}
+        self._control: dict[str, str] = {}
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -107,14 +112,17 @@ class IOFeed:
         reports: Iterable[Mapping[str, Any] | None],
         now: float | None = None,
         limits: Mapping[str, Mapping[str, float | None]] | None = None,
+        control: Mapping[str, str] | None = None,
     ) -> None:
         """Take one round of reports (:func:`process_report` dicts; None ignored).
 
-        ``limits`` are the rates in force per store (the throttle coordinator's).
+        ``limits`` are the rates in force per store (the throttle coordinator's),
+        ``control`` where its control law stands, in words.
         """
         now = time.time() if now is None else now
         with self._lock:
             self._limits = {k: dict(v) for k, v in (limits or {}).items()}
+            self._control = dict(control or {})
             seen: set[str] = set()
             for report in reports:
                 if not report or report["process"] in seen:
@@ -159,7 +167,7 @@ class IOFeed:
             before = base[1].get(scope, {})
             rates[scope] = {k: max(0.0, (v - before.get(k, 0.0)) / dt) for k, v in moved.items()}
         self._seq += 1
-        self.points.append(RatePoint(self._seq, now, rates, self._limits))
+        self.points.append(RatePoint(self._seq, now, rates, self._limits, self._control))
         while self.points and self.points[0].time < now - self.window:
             self.points.popleft()
 

@@ -173,7 +173,7 @@ class IOPage:
                     new[f"{field}-{i}"] = [
                         p.rates.get(scope, {}).get(field, math.nan) for p in points
                     ]
-                new[f"limit-{i}"] = [_or_nan(p.limits.get(scope, {}).get("all")) for p in points]
+                new[f"limit-{i}"] = [_or_nan(_binding(p.limits.get(scope))) for p in points]
             self.rates.stream(new, rollover=_HISTORY)
         totals, latest = self.feed.snapshot()
         if totals:
@@ -182,8 +182,12 @@ class IOPage:
             if columns != self.totals.data:  # an idle page sends nothing
                 self.totals.data = columns
                 limits = latest.limits if latest else {}
+                control = latest.control if latest else {}
                 self.table.text = html_table(
-                    [_row(s, m, now.get(s, {}), limits.get(s)) for s, m in sorted(totals.items())]
+                    [
+                        _row(s, m, now.get(s, {}), limits.get(s), control.get(s))
+                        for s, m in sorted(totals.items())
+                    ]
                 )
                 m = IOMetrics.merged(totals.values())
                 hidden = len(totals) - len(self.stores)
@@ -211,8 +215,18 @@ def _totals_columns(
     return out
 
 
+def _binding(limits: dict[str, float | None] | None) -> float | None:
+    """The lowest rate in force of a budget (None: no budget, or unlimited)."""
+    set_ = [v for v in (limits or {}).values() if v is not None]
+    return min(set_) if set_ else None
+
+
 def _row(
-    scope: str, m: IOMetrics, rates: dict[str, float], limits: dict[str, float | None] | None
+    scope: str,
+    m: IOMetrics,
+    rates: dict[str, float],
+    limits: dict[str, float | None] | None,
+    control: str | None = None,
 ) -> dict[str, str]:
     """One store's line of the visible table."""
     moved = rates.get("bytes_read", 0.0) + rates.get("bytes_written", 0.0)
@@ -224,6 +238,7 @@ def _row(
         "store": scope,
         "now": f"{rates.get('requests', 0.0):,.0f} req/s, {format_bytes(int(moved))}/s",
         "budget in force": budget,
+        "rate control": control or "-",
         **m.summary(),
         "written / read": f"{format_bytes(m.bytes_written)} / {format_bytes(m.bytes_read)}",
         "failed": f"{m.failed:,}",

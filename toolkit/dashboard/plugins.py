@@ -67,7 +67,8 @@ class DashboardPlugin(SchedulerPlugin):
         # The request budgets' rates in force, where toolkit coordinates them.
         throttle = self._scheduler.plugins.get("toolkit-throttle")
         limits = throttle.rates() if hasattr(throttle, "rates") else {}
-        self.feed.update(reports, limits=limits)
+        control = throttle.control() if hasattr(throttle, "control") else {}
+        self.feed.update(reports, limits=limits, control=control)
 
     async def close(self) -> None:
         """Stop polling."""

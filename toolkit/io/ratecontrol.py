@@ -276,6 +276,7 @@ class _Lease:
     index: int
     until: float
     sending: float | None = None
+    issued: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -361,13 +362,13 @@ class Allocator:
         held = sum(lease.rate for w, lease in self.leases.items() if w != who)
         rate = max(min(fair, total - held), self.law.min_rate / processes, 1e-3)
         index = lease.index if lease is not None else self._free_index()
-        if want == math.inf and rate != self._epoch_rate:
+        if want == math.inf and not math.isclose(fair, self._epoch_rate or 0.0, rel_tol=1e-9):
             # A new fair share: its grids start where every grid of the old share
             # has a slot at its phase, so old and new leases stay interleaved.
             if self._epoch_rate is not None:
                 self._epoch += math.ceil((now - self._epoch) * self._epoch_rate) / self._epoch_rate
-            self._epoch_rate = rate
-        self.leases[who] = _Lease(rate, want, index, now + 2 * period, sending)
+            self._epoch_rate = fair
+        self.leases[who] = _Lease(rate, want, index, now + 2 * period, sending, now)
         starving = rate < 0.95 * fair
         # A first lease is renewed early, by a part of the period that its index sets:
         # processes that started together then ask again spread evenly over a period.
@@ -404,6 +405,10 @@ class Allocator:
         lease = self.leases.get(who)
         if lease is not None and sending is not None:
             lease.sending = sending
+        if lease is not None and lease.issued < self.law.cut_at:
+            # Sent under a lease from before the last cut: at the old rate, like a
+            # request sent before it. It gets the new lease, and cuts nothing more.
+            sent_at = lease.issued if sent_at is None else min(sent_at, lease.issued)
         used = self.used() + ((sending or 0.0) if lease is None else 0.0)
         before = self.law.rate(now)
         if self.law.cut(now, sent_at, used or None, retry_after) and before:

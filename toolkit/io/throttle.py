@@ -460,25 +460,45 @@ class Budget:
                 for name in names
             }
 
+    def _take(self, names: tuple[Limiter, ...], now: float, patient: bool) -> float | None:
+        """The next slot of this process in each of ``names`` (None: after the renewal)."""
+        pacers = self.pacers
+        due = [n for n in names if pacers[n].due(now)]
+        if due:
+            wants = {n: None if pacers[n].grant is None else pacers[n].want(now) for n in due}
+            sending = {n: pacers[n].sending(now) for n in due}
+            for n, grant in self.lease(self._ME, wants, sending, 1, now).items():
+                pacers[n].apply(grant, now)
+        self.last_used = now
+        slots = [pacers[n].take(now, patient) for n in names]
+        return None if None in slots else max(s for s in slots if s is not None)
+
     def reserve(self, kind: RequestKind) -> float:
         """Book one request of ``kind`` in this process; seconds to wait before sending it."""
         now = time.monotonic()
-        names = limiters_of(self.policy, kind)
         with self._pace_lock:
-            due = [n for n in names if self.pacers[n].due(now)]
-            if due:
-                pacers = self.pacers
-                wants = {n: None if pacers[n].grant is None else pacers[n].want(now) for n in due}
-                sending = {n: pacers[n].sending(now) for n in due}
-                for n, grant in self.lease(self._ME, wants, sending, 1, now).items():
-                    pacers[n].apply(grant, now)
-            self.last_used = now
-            send = now
-            for n in names:
-                slot = self.pacers[n].take(now, patient=False)
-                assert slot is not None
-                send = max(send, slot)
+            send = self._take(limiters_of(self.policy, kind), now, patient=False)
+        assert send is not None
         return max(0.0, send - now)
+
+    async def acquire(self, kind: RequestKind) -> float:
+        """Wait until one request of ``kind`` may go; the seconds waited.
+
+        A slot beyond the lease's renewal is not booked: the request waits for
+        the renewal and books then, at the rate in force by then.
+        """
+        names = limiters_of(self.policy, kind)
+        start = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self._pace_lock:
+                send = self._take(names, now, patient=True)
+                renew = min(g.renew_at for n in names if (g := self.pacers[n].grant) is not None)
+            if send is not None:
+                if send > now:
+                    await asyncio.sleep(send - now)
+                return time.monotonic() - start
+            await asyncio.sleep(max(0.0, renew - now))
 
     def throttled(
         self, kind: RequestKind, sent_at: float | None = None, retry_after: float | None = None
@@ -636,8 +656,8 @@ _BUDGETS_LOCK = threading.Lock()
 class RemoteBudget(Protocol):
     """A budget that something beyond this process enforces (a cluster's scheduler)."""
 
-    async def reserve(self, kind: RequestKind) -> float:
-        """Seconds to wait before sending one request of ``kind``."""
+    async def acquire(self, kind: RequestKind) -> float:
+        """Wait until one request of ``kind`` may go; the seconds waited."""
         ...
 
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:

@@ -504,21 +504,19 @@ class ThrottleStore(_PolicyStore):
         if self.policy.coordinated and self.remote is not None:
             remote = self.remote(self.policy, describe_store(self._store))
         async with budget.semaphore():
-            wait = None
+            waited = None
             if remote is not None:
                 try:
-                    wait = await remote.reserve(kind)
+                    waited = await remote.acquire(kind)
                 except Exception:  # the scheduler is out of reach: this process's share
                     logger.warning(
                         "toolkit: throttle coordinator unreachable; using a local budget"
                     )
-            if wait is None:
-                wait = budget.reserve(kind)
-            if wait > 0:
-                sink = self._sink(self.metrics)
-                if sink is not None:
-                    sink.add(wait_seconds=wait)
-                await asyncio.sleep(wait)
+            if waited is None:
+                waited = await budget.acquire(kind)
+            sink = self._sink(self.metrics)
+            if waited > 0 and sink is not None:
+                sink.add(wait_seconds=waited)
             sent = time.monotonic()
             try:
                 return await fn()

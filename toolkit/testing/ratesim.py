@@ -20,12 +20,13 @@ import itertools
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS, Allocator, Grant, Pacer, RateLaw
+from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS, Allocator, Grant, Pacer
+from toolkit.io.throttle import Throttle, law_for
 
 __all__ = ["Outcome", "Scenario", "simulate"]
 
@@ -58,6 +59,8 @@ class Scenario:
         A new worker starts sending at this time.
     seed : int
         Seed of the backoff draws.
+    policy : Throttle, optional
+        The control law's constants (its rates are ignored: ``rate`` is the rate).
     """
 
     workers: int
@@ -72,6 +75,7 @@ class Scenario:
     noticed: float | None = 0.05
     join: float | None = None
     seed: int = 0
+    policy: Throttle | None = None
 
 
 @dataclass
@@ -178,7 +182,7 @@ class _Worker:
 def simulate(s: Scenario) -> Outcome:
     """Run the model of :class:`Scenario` ``s``."""
     rng = random.Random(s.seed)
-    law = RateLaw(configured=s.rate)
+    law = law_for(replace(s.policy or Throttle(), rate=s.rate), "all")
     alloc = Allocator(law)
     store = _Store(s.limit, s.burst)
     inflight = s.inflight or max(2, math.ceil(64 / s.workers))

@@ -207,8 +207,17 @@ class FaultProxy:
     reset_prob, error_prob : float
         Probability that a request's connection is reset without an answer, or
         that it is answered ``500 InternalError`` (neither reaches the server).
+    retry_after : float, optional
+        Seconds sent as ``Retry-After`` with every ``503 SlowDown``.
     seed : int
         Seed of the fault draws.
+
+    Attributes
+    ----------
+    counts : ProxyCounts
+        What the proxy did.
+    log : list
+        ``(time.monotonic(), status)`` of every answer, in order (0: a reset).
     """
 
     def __init__(
@@ -220,6 +229,7 @@ class FaultProxy:
         burst: float | None = None,
         reset_prob: float = 0.0,
         error_prob: float = 0.0,
+        retry_after: float | None = None,
         seed: int = 0,
     ) -> None:
         parts = urlsplit(target)
@@ -227,13 +237,19 @@ class FaultProxy:
         self.latency = latency
         self.bucket = _TokenBucket(rate, burst or max(rate, 1.0)) if rate else None
         self.reset_prob, self.error_prob = reset_prob, error_prob
+        self.retry_after = retry_after
         self.counts = ProxyCounts()
+        self.log: list[tuple[float, int]] = []
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def set_rate(self, rate: float | None, burst: float | None = None) -> None:
+        """Change the limit from now on (None: no limit); the bucket starts full."""
+        self.bucket = _TokenBucket(rate, burst or max(rate, 1.0)) if rate else None
 
     def _draw(self) -> float:
         with self._random_lock:
@@ -263,6 +279,7 @@ class FaultProxy:
                 return self.rfile.read(n) if n else b""
 
             def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+                proxy.log.append((time.monotonic(), status))
                 self.send_response(status)
                 for k, v in headers:
                     self.send_header(k, v)
@@ -278,6 +295,7 @@ class FaultProxy:
                 proxy.counts.count_method(self.command)
                 if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
                     proxy.counts.add(resets=1)
+                    proxy.log.append((time.monotonic(), 0))
                     # RST instead of FIN: the client sees "connection reset by peer".
                     self.connection.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -289,9 +307,13 @@ class FaultProxy:
                     proxy.counts.add(errors=1)
                     self._reply(500, _INTERNAL, [("Content-Type", "application/xml")])
                     return
-                if proxy.bucket is not None and not proxy.bucket.take():
+                bucket = proxy.bucket
+                if bucket is not None and not bucket.take():
                     proxy.counts.add(throttled=1)
-                    self._reply(503, _SLOWDOWN, [("Content-Type", "application/xml")])
+                    slow = [("Content-Type", "application/xml")]
+                    if proxy.retry_after is not None:
+                        slow.append(("Retry-After", f"{proxy.retry_after:g}"))
+                    self._reply(503, _SLOWDOWN, slow)
                     return
                 if proxy.latency:
                     time.sleep(proxy.latency)
