@@ -110,7 +110,10 @@ class Throttle:
         Total time one request may spend retrying, backoff included.
     backoff_base, backoff_max : float
         Exponential backoff with full jitter: the n-th retry sleeps a uniform
-        random time in ``[0, min(backoff_max, backoff_base * 2**n)]``.
+        random time in ``[0, min(backoff_max, backoff_base * 2**n)]``. In
+        adaptive mode a throttling answer's retries stop doubling at
+        ``backoff_base * 4``: the cut budget paces them, and a ``Retry-After``
+        is a floor.
     min_rate : float
         The adaptive mode never goes below this many requests per second.
     cooldown : float

@@ -42,6 +42,7 @@ from toolkit.errors import (
 )
 from toolkit.io import clients
 from toolkit.io.metrics import IOMetrics, process_metrics
+from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
 from toolkit.io.throttle import (
     Budget,
@@ -575,7 +576,11 @@ class RetryStore(_PolicyStore):
             except Exception as e:
                 verdict = classify_error(e)
                 attempt += 1
-                delay = p.backoff(attempt, self._random.random())
+                doublings = attempt
+                if verdict == "throttled" and p.adaptive:
+                    # The budget was cut and paces the retry; more backoff only idles it.
+                    doublings = min(attempt, THROTTLED_DOUBLINGS + 1)
+                delay = p.backoff(doublings, self._random.random())
                 spent = time.monotonic() - start
                 if (
                     verdict == "fatal"
