@@ -285,6 +285,105 @@ def bench_latency(lat: float, repeat: int) -> list[Row]:
             ]
 
 
+def bench_budget(repeat: int) -> tuple[list[Row], str]:
+    """A strict store limit, 4 worker processes: the rate a budget delivers.
+
+    moto's S3 server behind the proxy allowing 100 requests/s with a burst of 10
+    (503 SlowDown above it); 900 one-row chunks of 256 B. toolkit with
+    ``Throttle(rate=90)`` and with the S3 defaults (3,000 writes/s, adaptive),
+    beside xarray's ``to_zarr`` with dask and s3fs's own retries. The floor is
+    the requests at 90/s. Also the discrete-event model's table at N = 10, 100
+    and 1,000 workers sharing 3,000/s (``toolkit.testing.ratesim``).
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from toolkit.testing import FaultProxy, S3Server
+    from toolkit.testing.ratesim import Scenario, simulate
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    n = 900
+    values = np.arange(n * 64, dtype="f4").reshape(n, 64)
+    ds = xr.Dataset({"v": (("t", "x"), values)}).chunk({"t": 50})
+    enc = {"v": {"chunks": (1, 64)}}
+    case = f"{n} chunks, 4 workers, a store allowing 100 req/s (burst 10), write"
+    rows: list[Row] = []
+    with (
+        S3Server() as s3,
+        LocalCluster(
+            n_workers=4,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,  # fmt: skip
+        Client(cluster) as client,
+        FaultProxy(s3.endpoint_url, rate=100, burst=10) as proxy,
+    ):
+        s3.create_bucket("data")
+        opts = s3.storage_options(proxy.url)
+        client.run(__import__, "toolkit")
+        toolkit.to_zarr(ds.isel(t=slice(0, 8)), "s3://data/warm.zarr", storage_options=opts,
+                        encoding=enc, progress=False)  # fmt: skip
+
+        def measured(name: str, fn: Callable[[], object]) -> int:
+            """Best of ``repeat`` runs as a row; the requests that run sent."""
+            best: tuple[float, int, int] | None = None
+            for _ in range(repeat):
+                r0, th0 = proxy.counts.requests, proxy.counts.throttled
+                t = time.perf_counter()
+                try:
+                    fn()
+                except Exception as e:  # the incumbent may give up: say so
+                    rows.append(Row(case, f"{name}: failed ({type(e).__name__})",
+                                    time.perf_counter() - t))  # fmt: skip
+                    return 0
+                e = time.perf_counter() - t
+                got = e, proxy.counts.requests - r0, proxy.counts.throttled - th0
+                if best is None or got[0] < best[0]:
+                    best = got
+            assert best is not None
+            e, req, th = best
+            rows.append(Row(case, f"{name}: {(req - th) / e:.0f}/s delivered, "
+                            f"{th / max(req, 1):.1%} throttled", e))  # fmt: skip
+            return req - th
+
+        k = iter(range(10**6))
+        requests = measured("toolkit, Throttle(rate=90)", lambda: toolkit.to_zarr(
+            ds, f"s3://data/tk{next(k)}.zarr", storage_options=opts, encoding=enc,
+            throttle=toolkit.Throttle(rate=90), progress=False))  # fmt: skip
+        measured("toolkit, S3 defaults (adaptive)", lambda: toolkit.to_zarr(
+            ds, f"s3://data/td{next(k)}.zarr", storage_options=opts, encoding=enc,
+            progress=False))  # fmt: skip
+        measured("xarray.to_zarr + dask (s3fs retries)", lambda: ds.to_zarr(
+            f"s3://data/xr{next(k)}.zarr", storage_options=opts, encoding=enc,
+            mode="w", zarr_format=3, consolidated=False))  # fmt: skip
+        for r in range(repeat):
+            back = xr.open_zarr(f"s3://data/tk{r}.zarr", storage_options=s3.storage_options())
+            _check(back.v.values, values)
+    # The floor: toolkit's own requests (chunks, metadata, record, lease) at exactly 90/s.
+    rows.insert(0, Row(case, f"floor: {requests} requests at 90/s", requests / 90))
+
+    lines = [
+        "| workers | budget | delivered, worst 1 s | peak 0.1 s | 503s | messages/s, peak 1 s "
+        "| newcomer's share after | model CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workers in (10, 100, 1000):
+        t = time.perf_counter()
+        o = simulate(Scenario(workers=workers, rate=3000.0, limit=3500.0, duration=10.0,
+                              die=(3, 4.0), join=7.0))  # fmt: skip
+        cpu = time.perf_counter() - t
+        worst = min(o.delivered(a, a + 1) for a in range(1, 10)) / 3000
+        lines.append(
+            f"| {workers:,} | 3,000/s | {worst:.1%} | {o.peak(0.5, 10.0) / 3000:.1%} | "
+            f"{o.throttled():.1%} | {o.peak_messages(2.9, 10.0):.0f} | "
+            f"{o.share_after_join():.2f} s | {cpu:.1f} |"
+        )
+    return rows, "\n".join(lines)
+
+
 def _raw_client(
     client: str, opts: dict[str, object], blobs: dict[str, bytes]
 ) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -555,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default=None, help="also write a Markdown report here")
     args = p.parse_args(argv)
     rows: list[Row] = []
+    extra: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="toolkit-bench-") as tmp,
         dask.config.set(scheduler="threads"),
@@ -574,7 +674,15 @@ def main(argv: list[str] | None = None) -> int:
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))
             rows += bench_latency(0.2, min(args.repeat, 2))
+            budget, model = bench_budget(min(args.repeat, 2))
+            rows += budget
+            extra.append(
+                "The model of a shared budget (one dies at 4 s, one joins at 7 s; "
+                f"toolkit.testing.ratesim):\n\n{model}\n"
+            )
     text = f"toolkit benchmarks — {machine()}\n\n{table(rows)}\n"
+    for block in extra:
+        text += f"\n{block}"
     print(text)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

@@ -172,3 +172,25 @@ def test_a_retry_after_pauses_the_budget(s3):
     quiet = [t for t, _ in log if first + 0.1 <= t < first + 0.4]
     assert quiet == [], [round(t - first, 3) for t in quiet]
     assert sum(s == 503 for _, s in log) < 0.25 * len(log)
+
+
+def test_the_scheduler_frees_a_departed_workers_lease_at_once():
+    """The plugin's ``remove_worker`` hook: no lease outlives its worker."""
+    plugin = ThrottleCoordinator()
+
+    from types import SimpleNamespace
+
+    scheduler = SimpleNamespace(handlers={}, workers={"tcp://a": None, "tcp://b": None})
+    plugin.attach(scheduler)
+    policy = {"rate": 100.0}
+    for w in list(scheduler.workers):
+        got = plugin.lease("k", policy, w, {"all": None, "write": None}, {}, scope="s3://b/x")
+        assert got["grants"]["all"]["rate"] == pytest.approx(50)
+    plugin.remove_worker(scheduler, "tcp://b", stimulus_id="test")
+    del scheduler.workers["tcp://b"]
+    got = plugin.lease("k", policy, "tcp://a", {"all": float("inf")}, {}, scope="s3://b/x")
+    assert got["grants"]["all"]["rate"] == pytest.approx(100)
+    assert plugin.messages == 3
+    (state,) = plugin.states()
+    assert state.where == "cluster" and state.processes == 1 and state.messages == 3
+    assert plugin.control() == {"s3://b/x": "no cut"}

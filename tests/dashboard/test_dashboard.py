@@ -325,6 +325,7 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
         # The budget's rate in force: 100/s configured, cut by the store's answers.
         limits = [x for x in final["limit"] if x is not None]
         assert limits and min(limits) < 100 and "budget in force" in final["table"]
+        assert "rate control" in final["table"] and "s ago" in final["table"]  # the last cut
         state = toolkit.throttle_state()
         mine = [b for b in state.budgets if b.store == url and b.where == "cluster"]
         assert mine and mine[0].cuts > 0 and mine[0].policy.rate == 100

@@ -18,8 +18,9 @@ __all__ = ["cluster_share", "throttle_state"]
 def throttle_state() -> ThrottleState:
     """The request budgets in force: this process's and, under a client, the cluster's.
 
-    Adaptive budgets halve a rate when the store answers with throttling and
-    give it back slowly; this shows where each one stands, per store.
+    Adaptive budgets cut a rate when the store answers with throttling and climb
+    back along a cubic curve; this shows where each one stands, per store: the
+    rates in force and configured, the last cut, the recovery in progress.
     """
     states = local_states()
 

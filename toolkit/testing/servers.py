@@ -240,6 +240,7 @@ class FaultProxy:
         self.retry_after = retry_after
         self.counts = ProxyCounts()
         self.log: list[tuple[float, int]] = []
+        self.closed = False
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
@@ -291,6 +292,9 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                if proxy.closed:  # a kept-alive connection outliving the proxy: hang up
+                    self.close_connection = True
+                    return
                 proxy.counts.add(requests=1)
                 proxy.counts.count_method(self.command)
                 if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
@@ -324,9 +328,14 @@ class FaultProxy:
                     }
                     if body or self.command in ("PUT", "POST"):
                         headers["Content-Length"] = str(len(body))
-                    conn.request(self.command, self.path, body=body or None, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    try:
+                        conn.request(self.command, self.path, body=body or None, headers=headers)
+                        resp = conn.getresponse()
+                        data = resp.read()
+                    except OSError:  # the server behind is gone: a gateway error, as a proxy
+                        self.close_connection = True
+                        self._reply(502, b"", [])
+                        return
                     out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
                     if self.command != "HEAD":
                         out = [(k, v) for k, v in out if k.lower() != "content-length"]
@@ -352,6 +361,7 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.closed = True
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:
