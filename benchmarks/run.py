@@ -350,10 +350,10 @@ def bench_budget(repeat: int) -> tuple[list[Row], str]:
             return req - th
 
         k = iter(range(10**6))
-        requests = measured("toolkit, Throttle(rate=90)", lambda: toolkit.to_zarr(
+        requests = measured("toolkit with Throttle(rate=90)", lambda: toolkit.to_zarr(
             ds, f"s3://data/tk{next(k)}.zarr", storage_options=opts, encoding=enc,
             throttle=toolkit.Throttle(rate=90), progress=False))  # fmt: skip
-        measured("toolkit, S3 defaults (adaptive)", lambda: toolkit.to_zarr(
+        measured("toolkit with the S3 defaults (adaptive)", lambda: toolkit.to_zarr(
             ds, f"s3://data/td{next(k)}.zarr", storage_options=opts, encoding=enc,
             progress=False))  # fmt: skip
         measured("xarray.to_zarr + dask (s3fs retries)", lambda: ds.to_zarr(
