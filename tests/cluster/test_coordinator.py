@@ -194,3 +194,43 @@ def test_the_scheduler_frees_a_departed_workers_lease_at_once():
     (state,) = plugin.states()
     assert state.where == "cluster" and state.processes == 1 and state.messages == 3
     assert plugin.control() == {"s3://b/x": "no cut"}
+
+
+async def test_a_worker_keeps_its_share_while_the_scheduler_is_silent():
+    """Renewals that fail hold the last lease (this worker's share), never the whole rate."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from toolkit.cluster.coordinator import _RemoteBudget
+
+    plugin = ThrottleCoordinator()
+    plugin.attach(SimpleNamespace(handlers={}, workers={"tcp://a": None, "tcp://b": None}))
+    comms = asyncio.new_event_loop()
+    thread = threading.Thread(target=comms.run_forever, daemon=True)
+    thread.start()
+
+    class Scheduler:
+        silent = False
+
+        async def toolkit_throttle_lease(self, **kw):
+            if self.silent:
+                raise OSError("the scheduler is gone")
+            return plugin.lease(**kw)
+
+    worker = SimpleNamespace(
+        address="tcp://a", scheduler=Scheduler(), loop=SimpleNamespace(asyncio_loop=comms)
+    )
+    try:
+        rb = _RemoteBudget("k", toolkit.Throttle(write_rate=100), worker, "s3://b/x")
+        await rb.acquire("write")
+        assert rb.pacers["write"].grant.rate == pytest.approx(50)  # half: two workers
+        worker.scheduler.silent = True
+        start = time.monotonic()
+        for _ in range(40):  # 0.8 s at this worker's 50/s, across its renewals
+            await rb.acquire("write")
+        elapsed = time.monotonic() - start
+        assert 0.6 <= elapsed < 1.5, elapsed  # still 50/s: neither stuck nor the whole 100/s
+    finally:
+        comms.call_soon_threadsafe(comms.stop)
+        thread.join(5)
+        comms.close()

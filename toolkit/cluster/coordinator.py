@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import math
 import threading
@@ -154,6 +155,10 @@ class ThrottleCoordinator(SchedulerPlugin):
         return [b.state("cluster", self.messages) for b in self.budgets.values()]
 
 
+#: Seconds a worker keeps its leases when the scheduler does not answer a renewal.
+_HOLD = 1.0
+
+
 class _RemoteBudget:
     """A worker's share of a coordinated budget: leases from the scheduler, paced here.
 
@@ -184,6 +189,13 @@ class _RemoteBudget:
 
     def _apply(self, sent: float, fut: concurrent.futures.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
+            # The scheduler did not answer: keep the leases held for another second
+            # (this worker's share, not the whole rate), then ask again.
+            with self._lock:
+                for p in self.pacers.values():
+                    if p.grant is not None:
+                        later = time.monotonic() + p.offset + _HOLD
+                        p.grant = replace(p.grant, until=later, renew_at=later)
             return
         got = fut.result()
         now = time.monotonic()
@@ -218,8 +230,16 @@ class _RemoteBudget:
             if due:
                 fut = self._renew(names)
                 if missing:
-                    await asyncio.wrap_future(fut)
-                    fut.result()  # the scheduler's error, if any: the caller falls back
+                    with contextlib.suppress(Exception):
+                        await asyncio.wrap_future(fut)
+                    if fut.cancelled() or fut.exception() is not None:
+                        with self._lock:
+                            held = all(
+                                (p := self.pacers.get(n)) is not None and p.grant is not None
+                                for n in names
+                            )
+                        if not held:  # never leased: the caller falls back to its own budget
+                            fut.result()
                     continue
             now = time.monotonic()
             with self._lock:
@@ -236,8 +256,9 @@ class _RemoteBudget:
             # The next slot lies beyond the lease's renewal: book it at the rate then.
             if renew > now:
                 await asyncio.sleep(renew - now)
-            else:  # an error here (no scheduler) sends the caller to its local budget
-                await asyncio.wait_for(asyncio.wrap_future(self._renew(names)), 10.0)
+            else:  # unanswered, the leases are held a while longer (``_apply``)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.wrap_future(self._renew(names)), 10.0)
 
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
         """Report a throttling answer to a request sent at ``sent_at`` (our clock)."""
