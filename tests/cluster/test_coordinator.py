@@ -48,7 +48,7 @@ def _rows(n: int) -> xr.Dataset:
 
 def _answers(proxy: FaultProxy, t0: float, t1: float) -> tuple[int, int]:
     """(answered, throttled) by the proxy within ``[t0, t1)``."""
-    inside = [s for t, s in list(proxy.log) if t0 <= t < t1]
+    inside = [s for t, s, _ in list(proxy.log) if t0 <= t < t1]
     return len(inside), sum(s == 503 for s in inside)
 
 
@@ -158,7 +158,10 @@ def test_a_limit_that_drops_and_returns_is_followed_within_5_s(s3, dc):
 
 @pytest.mark.timeout(120)
 def test_a_retry_after_pauses_the_budget(s3):
-    """503s carrying Retry-After: 0.5 s stop this process's sends for that long."""
+    """503s carrying Retry-After: 0.5 s stop this process's sends for that long.
+
+    Also the requests booked before the answer came and still waiting for their slot.
+    """
     ds = _rows(120).chunk({"t": 120})
     url = "s3://data/budget-retry-after.zarr"
     with FaultProxy(s3.endpoint_url, rate=20, burst=5, retry_after=0.5) as proxy:
@@ -167,11 +170,13 @@ def test_a_retry_after_pauses_the_budget(s3):
                         throttle=toolkit.Throttle(rate=200), progress=False)  # fmt: skip
         log = list(proxy.log)
     np.testing.assert_array_equal(_read(s3, url), ds.v.values)
-    first = next(t for t, s in log if s == 503)
-    # Requests in flight may still land for a moment; then nothing until the pause is over.
-    quiet = [t for t, _ in log if first + 0.1 <= t < first + 0.4]
-    assert quiet == [], [round(t - first, 3) for t in quiet]
-    assert sum(s == 503 for _, s in log) < 0.25 * len(log)
+    # The first 503 to a chunk (the write's own documents go around the budget).
+    first = next(t for t, s, what in log if s == 503 and "/c/" in what)
+    # Requests already on their way (signed, queued in the client) may still land for a
+    # moment; then hardly a chunk until the pause is over, where 200/s would send 60.
+    quiet = [t for t, _, what in log if first + 0.15 <= t < first + 0.45 and "/c/" in what]
+    around = [(round(t - first, 3), s, w) for t, s, w in log if first - 0.05 < t < first + 0.6]
+    assert len(quiet) <= 3, around
 
 
 def test_the_scheduler_frees_a_departed_workers_lease_at_once():

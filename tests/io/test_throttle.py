@@ -256,3 +256,12 @@ def test_a_retry_after_pauses_the_budget():
     wait = b.reserve("write")
     assert 0.25 <= wait <= 0.31
     assert "Retry-After" in repr(toolkit.throttle_state()) or b.state().last_cut["paused_for"]
+
+
+async def test_a_pause_reaches_requests_already_booked():
+    b = Budget(Throttle(write_rate=10, cooldown=0.0))
+    await b.acquire("write")  # the first goes at once
+    booked = asyncio.create_task(b.acquire("write"))  # its slot is ~0.1 s ahead
+    await asyncio.sleep(0.02)
+    b.throttled("write", time.monotonic(), retry_after=0.4)  # a 503 meanwhile
+    assert await booked >= 0.38

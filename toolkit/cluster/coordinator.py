@@ -34,6 +34,7 @@ from toolkit.io.throttle import (
     describe_cut,
     describe_recovery,
     limiters_of,
+    sit_out_pauses,
 )
 
 __all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
@@ -252,6 +253,7 @@ class _RemoteBudget:
                 send = max(s for s in slots if s is not None)
                 if send > now:
                     await asyncio.sleep(send - now)
+                await sit_out_pauses(self.pacers, names, self._lock)
                 return time.monotonic() - start
             # The next slot lies beyond the lease's renewal: book it at the rate then.
             if renew > now:

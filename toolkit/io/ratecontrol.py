@@ -487,6 +487,11 @@ class Pacer:
         self.grant = grant
         self._since, self._taken, self._waited = now, 0, 0
 
+    def paused(self, now: float) -> float:
+        """Seconds left of a pause (``Retry-After``) that began after slots were booked."""
+        g = self.grant
+        return 0.0 if g is None else max(0.0, g.paused_until - self.offset - now)
+
     def take(self, now: float, patient: bool = True) -> float | None:
         """Book the next slot; the local time to send at (``>= now``).
 

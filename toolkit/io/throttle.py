@@ -53,6 +53,7 @@ __all__ = [
     "local_states",
     "resolve_throttle",
     "retry_after",
+    "sit_out_pauses",
 ]
 
 RequestKind = Literal["read", "write", "list"]
@@ -500,6 +501,7 @@ class Budget:
             if send is not None:
                 if send > now:
                     await asyncio.sleep(send - now)
+                await sit_out_pauses(self.pacers, names, self._pace_lock)
                 return time.monotonic() - start
             await asyncio.sleep(max(0.0, renew - now))
 
@@ -544,6 +546,20 @@ class Budget:
             processes=max((s.leases for s in states.values()), default=0),
             messages=messages if messages is not None else 0,
         )
+
+
+async def sit_out_pauses(
+    pacers: Mapping[Limiter, Pacer], names: Iterable[Limiter], lock: threading.Lock
+) -> None:
+    """Wait out a ``Retry-After`` that arrived while a booked request slept."""
+    while True:
+        with lock:
+            left = max(
+                (p.paused(time.monotonic()) for n in names if (p := pacers.get(n))), default=0.0
+            )
+        if left <= 0:
+            return
+        await asyncio.sleep(left)
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,8 @@ class FaultProxy:
     counts : ProxyCounts
         What the proxy did.
     log : list
-        ``(time.monotonic(), status)`` of every answer, in order (0: a reset).
+        ``(time.monotonic(), status, "METHOD /path")`` of every answer, in order
+        (status 0: a reset).
     """
 
     def __init__(
@@ -239,7 +240,7 @@ class FaultProxy:
         self.reset_prob, self.error_prob = reset_prob, error_prob
         self.retry_after = retry_after
         self.counts = ProxyCounts()
-        self.log: list[tuple[float, int]] = []
+        self.log: list[tuple[float, int, str]] = []
         self.closed = False
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
@@ -280,7 +281,7 @@ class FaultProxy:
                 return self.rfile.read(n) if n else b""
 
             def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-                proxy.log.append((time.monotonic(), status))
+                proxy.log.append((time.monotonic(), status, f"{self.command} {self.path}"))
                 self.send_response(status)
                 for k, v in headers:
                     self.send_header(k, v)
@@ -299,7 +300,7 @@ class FaultProxy:
                 proxy.counts.count_method(self.command)
                 if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
                     proxy.counts.add(resets=1)
-                    proxy.log.append((time.monotonic(), 0))
+                    proxy.log.append((time.monotonic(), 0, f"{self.command} {self.path}"))
                     # RST instead of FIN: the client sees "connection reset by peer".
                     self.connection.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
