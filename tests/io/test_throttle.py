@@ -48,6 +48,9 @@ def test_defaults_by_url():
         {"read_rate": float("inf")},
         {"max_retries": -1},
         {"backoff_base": 0},
+        {"decrease": 1.0},
+        {"decrease": 0},
+        {"recovery": 0},
     ],
 )
 def test_invalid_policies_name_the_parameter(kw):
