@@ -116,8 +116,7 @@ class ThrottleCoordinator(SchedulerPlugin):
         """Leases for ``worker``; it gets them with the scheduler's clock."""
         self.messages += 1
         b = self._budget(key, policy, scope)
-        grants = b.lease(worker, wants, sending, self._processes())
-        return {"now": time.monotonic(), "grants": {k: g.as_dict() for k, g in grants.items()}}
+        return _answer(b.lease(worker, wants, sending, self._processes()))
 
     def throttled(
         self,
@@ -133,8 +132,7 @@ class ThrottleCoordinator(SchedulerPlugin):
         """A worker saw a throttling answer to a request sent at ``sent_at`` (our clock)."""
         self.messages += 1
         b = self._budget(key, policy, scope)
-        grants = b.report(worker, limiters, sent_at, retry_after, sending, self._processes())
-        return {"now": time.monotonic(), "grants": {k: g.as_dict() for k, g in grants.items()}}
+        return _answer(b.report(worker, limiters, sent_at, retry_after, sending, self._processes()))
 
     def rates(self) -> dict[str, dict[str, float | None]]:
         """The rates in force per store; the budget used last where a store has several."""
@@ -154,6 +152,11 @@ class ThrottleCoordinator(SchedulerPlugin):
     def states(self) -> list[BudgetState]:
         """Every budget's state, as the cluster enforces it."""
         return [b.state("cluster", self.messages) for b in self.budgets.values()]
+
+
+def _answer(grants: Mapping[Limiter, Grant]) -> dict[str, Any]:
+    """Leases as a message, with the scheduler's clock to convert their times."""
+    return {"now": time.monotonic(), "grants": {k: g.as_dict() for k, g in grants.items()}}
 
 
 #: Seconds a worker keeps its leases when the scheduler does not answer a renewal.

@@ -50,9 +50,11 @@ rather than when the others next renew.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "MAX_MESSAGES",
@@ -239,34 +241,14 @@ class Grant:
     starving: bool = False  # less than the fair share, until the others renew
     epoch: float = 0.0  # the grid's origin
 
-    def as_dict(self) -> dict[str, float | None]:
+    def as_dict(self) -> dict[str, Any]:
         """Plain values for a message."""
-        return {
-            "rate": self.rate,
-            "phase": self.phase,
-            "until": self.until,
-            "renew_at": self.renew_at,
-            "paused_until": self.paused_until,
-            "headroom": float(self.headroom),
-            "late": self.late,
-            "starving": float(self.starving),
-            "epoch": self.epoch,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, float | None]) -> Grant:
+    def from_dict(cls, d: Mapping[str, Any]) -> Grant:
         """From :meth:`as_dict`."""
-        return cls(
-            rate=d["rate"],
-            phase=float(d["phase"] or 0.0),
-            until=float(d["until"] or 0.0),
-            renew_at=float(d["renew_at"] or 0.0),
-            paused_until=float(d["paused_until"] if d["paused_until"] is not None else -math.inf),
-            headroom=bool(d.get("headroom")),
-            late=float(d.get("late", math.inf) or 0.0),
-            starving=bool(d.get("starving")),
-            epoch=float(d.get("epoch") or 0.0),
-        )
+        return cls(**d)
 
 
 @dataclass
@@ -376,8 +358,12 @@ class Allocator:
         spread = period * max(0.1, (index * _PHI) % 1.0) if first else period
         renew = min(spread, _STARVING_RENEW) if starving else spread
         # Asked for less than its fair share, and more is free: may ask again early.
-        headroom = asked and want < 0.95 * fair_shares(allocatable, {**wants, who: math.inf})[who]
-        headroom = headroom and total - held - rate > 0.05 * rate
+        headroom = (
+            asked
+            and math.isfinite(want)
+            and total - held - rate > 0.05 * rate
+            and want < 0.95 * fair_shares(allocatable, {**wants, who: math.inf})[who]
+        )
         return Grant(
             rate=rate,
             phase=(index * _PHI) % 1.0,

@@ -202,8 +202,10 @@ def simulate(s: Scenario) -> Outcome:
     def at(t: float, kind: str, payload: Any) -> None:
         heapq.heappush(events, (t, next(seq), kind, payload))
 
+    live = [len(workers)]  # workers sending now (the scheduler's count)
+
     def alive() -> int:
-        return sum(w.alive for w in workers) + int(newcomer is not None and newcomer.alive)
+        return live[0]
 
     def lease(w: _Worker, now: float) -> None:
         if w.renewing:
@@ -306,6 +308,7 @@ def simulate(s: Scenario) -> Outcome:
         elif kind == "die":
             w = payload
             w.alive = False
+            live[0] -= 1
             if s.noticed is not None:
                 at(now + s.noticed, "gone", w)
         elif kind == "gone":
@@ -314,6 +317,7 @@ def simulate(s: Scenario) -> Outcome:
         elif kind == "join":
             w = payload
             w.alive = True
+            live[0] += 1
             start(w, now)
 
     return Outcome(
