@@ -142,7 +142,11 @@ def test_a_step_file_spanning_units_and_unsorted_names(tmp_path):
 _KILLABLE = textwrap.dedent(
     """
     import sys, toolkit
-    toolkit.ingest(sys.argv[1], sys.argv[2], concat_dim="time", chunks={"time": 8},
+    from zarr.storage import LocalStore
+    from toolkit.testing import FaultStore
+    # Slow chunk writes: the last tasks must not all land between two looks of the test.
+    store = FaultStore(LocalStore(sys.argv[2]), latency=0.1, match=r"/c/")
+    toolkit.ingest(sys.argv[1], store, concat_dim="time", chunks={"time": 8},
                    max_task_bytes=int(sys.argv[3]), progress=False)
     print("finished")
     """
