@@ -3,9 +3,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -199,3 +202,72 @@ def coord(request, tmp_path, s3):
     return Coordinator(
         resolve_store(f"s3://{bucket}/x", storage_options=s3.storage_options(client=client))
     )
+
+
+# --------------------------------------------------------------------------- a browser
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@contextlib.contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """A headless Chromium driven by selenium; skips (or fails under TOOLKIT_REQUIRE_BROWSER)
+    where there is none. Its console is logged: ``driver.get_log("browser")``."""
+    found = _chromium()
+    if found is None:
+        if os.environ.get("TOOLKIT_REQUIRE_BROWSER"):
+            pytest.fail(
+                "headless Chromium is required here: apt-get install chromium chromium-driver"
+            )
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    profile = tempfile.mkdtemp(prefix="toolkit-chromium-")
+    # The machine has no internet: background networking would only be refused.
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1100", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.set_script_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the docs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def docs_site() -> Path:
+    """The documentation site, built as ``./dev docs`` builds it (warnings are errors).
+
+    ``docs/build.py`` skips the build while the site is from the current sources, so
+    after ``./dev docs`` (as in CI) this costs nothing; else it builds once per session,
+    executing the notebooks.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, str(REPO / "docs" / "build.py")],
+        cwd=REPO, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"the docs build failed:\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
+    return REPO / "docs" / "_build" / "html"

@@ -100,6 +100,27 @@ def to_zarr(
     toolkit.errors.WriteError
         When the data could not be written; ``err.record`` lists the units
         written and missing.
+
+    Examples
+    --------
+    Dask chunks of 5 steps, stored in Zarr chunks of 4 (``Dataset.to_zarr``
+    refuses them): each task gets whole chunks.
+
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> enc = {"t2m": {"chunks": (4, 4)}}
+    >>> report = toolkit.to_zarr(ds, "example.zarr", encoding=enc, progress=False)
+    >>> report.tasks, report.units
+    (3, 3)
+    >>> later = ds.assign_coords(time=ds.time + 12)
+    >>> _ = toolkit.to_zarr(later, "example.zarr", append_dim="time", progress=False)
+    >>> toolkit.open_zarr("example.zarr").sizes["time"]
+    24
     """
     ds = as_dataset(ds)
     reject_unknown(

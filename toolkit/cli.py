@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "ingest", help="many source files (netCDF, ...) along a dim into one chunk-aligned store"
     )
-    g.add_argument("sources", help="a glob of source files (quote it), e.g. 'data/*.nc'")
+    g.add_argument("sources", help="a glob of source files (quote it), e.g. 'data/era5_*.nc'")
     g.add_argument("dst", help="target Zarr store (path or URL)")
     g.add_argument("--concat-dim", required=True, help="the dim the files follow each other along")
     g.add_argument("--chunks", nargs="+", metavar="DIM=N", help="target chunk length per dim")

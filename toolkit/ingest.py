@@ -656,6 +656,26 @@ def ingest(
     toolkit.errors.IngestError
         Before anything is written: no sources, unreadable files, or sources
         that disagree, each naming the files.
+
+    Examples
+    --------
+    A stream of one-step pieces, written in whole chunks of 4 steps:
+
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> pieces = (ds.isel(time=slice(i, i + 1)) for i in range(12))
+    >>> report = toolkit.ingest(
+    ...     pieces, "cube.zarr", concat_dim="time", chunks={"time": 4}, progress=False
+    ... )
+    >>> toolkit.open_zarr("cube.zarr", chunks={}).t2m.chunks
+    ((4, 4, 4), (4,))
+    >>> toolkit.verify(ds, "cube.zarr", progress=False).ok
+    True
     """
     if _is_stream(sources):
         return _ingest_stream(

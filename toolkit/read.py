@@ -125,6 +125,21 @@ def open_zarr(
     -------
     xarray.Dataset
         Dask-backed in aligned chunks unless ``chunks`` says otherwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> _ = toolkit.to_zarr(ds, "example.zarr", encoding={"t2m": {"chunks": (4, 4)}})
+    >>> toolkit.open_zarr("example.zarr").t2m.chunks  # whole stored chunks per task
+    ((12,), (4,))
+    >>> toolkit.open_zarr("example.zarr", chunks={}).t2m.chunks  # one task per chunk
+    ((4, 4, 4), (4,))
     """
     if incomplete not in ("raise", "warn", "ignore"):
         raise ValueError(f"incomplete= must be 'raise', 'warn' or 'ignore', got {incomplete!r}")
@@ -390,6 +405,23 @@ def iter_chunks(
     tuple
         ``(index, block)``: a DataArray with its coordinates for DataArray input,
         else a numpy array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> _ = toolkit.to_zarr(ds, "example.zarr", encoding={"t2m": {"chunks": (4, 4)}})
+    >>> stored = toolkit.open_zarr("example.zarr", chunks={})
+    >>> for index, block in toolkit.iter_chunks(stored.t2m, max_inflight=2):
+    ...     print(index, block.shape, float(block.time[0]))
+    (0, 0) (4, 4) 0.0
+    (1, 0) (4, 4) 4.0
+    (2, 0) (4, 4) 8.0
     """
     yield from _run(
         obj, None, ordered=ordered, filter=filter, max_inflight=max_inflight, progress=progress
@@ -409,6 +441,20 @@ def map_chunks[T](
 
     ``func`` runs where the block was read (a pool thread, or a worker when a
     ``distributed`` client is active), so only its results travel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> _ = toolkit.to_zarr(ds, "example.zarr", encoding={"t2m": {"chunks": (4, 4)}})
+    >>> stored = toolkit.open_zarr("example.zarr", chunks={})
+    >>> dict(toolkit.map_chunks(lambda block: float(block.sum()), stored.t2m))
+    {(0, 0): 120.0, (1, 0): 376.0, (2, 0): 632.0}
     """
     yield from _run(
         obj, func, ordered=ordered, filter=filter, max_inflight=max_inflight, progress=progress

@@ -152,6 +152,19 @@ def verify(
         ``report.ok`` is True when nothing differs; ``report.problems`` lists
         every difference, each variable's count of differing values and the
         index of the first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> _ = toolkit.to_zarr(ds, "example.zarr", progress=False)
+    >>> toolkit.verify(ds, "example.zarr", progress=False).ok
+    True
     """
     if target is None:
         return _verify_manifest(source)  # type: ignore[arg-type]

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import cluster_of
+from conftest import cluster_of, headless_chromium
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,44 +136,6 @@ class TestIOPage:
 # --------------------------------------------------------------------------- the page
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@contextlib.contextmanager
-def _headless_chromium() -> Iterator[Any]:
-    found = _chromium()
-    if found is None:
-        if os.environ.get("TOOLKIT_REQUIRE_BROWSER"):
-            pytest.fail(
-                "headless Chromium is required here: apt-get install chromium chromium-driver"
-            )
-        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    profile = tempfile.mkdtemp(prefix="toolkit-chromium-")
-    # The machine has no internet: background networking would only be refused.
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1400,1100", f"--user-data-dir={profile}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(found[1]), options=options)
-    try:
-        driver.set_page_load_timeout(30)
-        driver.set_script_timeout(30)
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
 # What the browser holds: Bokeh's models as they arrived over the websocket, and the
 # visible table.
 _READ_PAGE = """
@@ -256,7 +215,7 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
         cluster_of(2, 1) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
         FaultProxy(s3.endpoint_url, latency=0.01, rate=40) as proxy,
-        _headless_chromium() as driver,
+        headless_chromium() as driver,
     ):
         # Any toolkit call that finds the client adds the page; no set-up needed.
         assert not client.run_on_scheduler(is_mounted)

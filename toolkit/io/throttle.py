@@ -126,6 +126,14 @@ class Throttle:
     coordinated : bool
         Set by toolkit, not by users: the rates are enforced for the whole
         cluster by the scheduler's :class:`ThrottleCoordinator`.
+
+    Examples
+    --------
+    >>> import toolkit
+    >>> toolkit.Throttle.for_url("s3://bucket/era5.zarr").write_rate  # S3's documented rate
+    3000
+    >>> policy = toolkit.Throttle(write_rate=1000, max_inflight=32)
+    >>> report = toolkit.to_zarr(ds, "s3://bucket/era5.zarr", throttle=policy)  # doctest: +SKIP
     """
 
     max_inflight: int = 64

@@ -149,6 +149,21 @@ def stats(
         Unknown statistics, dims not present, non-numeric variables asked for
         by name, quantiles outside [0, 1], bad bins, or bins without a range
         on data with no finite value.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> summary = toolkit.stats(ds, stats=["count", "mean", "max"], progress=False)
+    >>> int(summary.t2m_count), float(summary.t2m_mean), float(summary.t2m_max)
+    (48, 23.5, 47.0)
+    >>> toolkit.stats(ds.t2m, dim="time", stats=["max"], progress=False)["max"].values
+    array([44., 45., 46., 47.])
     """
     names = _statistic_names(stats, bins, quantiles)
     qs = _check_quantiles(quantiles, quantile_error) if "quantiles" in names else ()

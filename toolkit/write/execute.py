@@ -306,6 +306,20 @@ def execute(
         When the data phase failed; ``err.record`` says which write units of
         which variables were written and which are missing. No request of the
         write is still running when it is raised.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> plan = toolkit.plan_write(ds, "example.zarr")
+    >>> report = toolkit.execute(plan, progress=False)
+    >>> report.units == plan.nunits
+    True
     """
     plan.validate()
     t0 = time.time()

@@ -312,6 +312,21 @@ def append(
     ------
     toolkit.errors.AppendError
         Before anything is written, when the data does not fit the store.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> _ = toolkit.to_zarr(ds, "log.zarr", progress=False)
+    >>> later = ds.assign_coords(time=ds.time + 12)
+    >>> report = toolkit.append(later, "log.zarr", "time", progress=False)
+    >>> report.placement["start"], report.placement["stop"]  # the rows it reserved
+    (12, 24)
     """
     dim = str(dim)
     if kwargs.get("compute", True) is False:
@@ -403,6 +418,21 @@ def overwrite_partitions(
     toolkit.errors.PartitionError
         Before anything is written, when a label's rows are not together in
         ``ds`` or a stored partition has another number of rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> days = xr.Dataset(
+    ...     {"v": ("row", np.arange(6.0))}, coords={"day": ("row", ["mon"] * 3 + ["tue"] * 3)}
+    ... )
+    >>> _ = toolkit.to_zarr(days, "days.zarr", progress=False)
+    >>> tue = xr.Dataset({"v": ("row", np.full(3, -1.0))}, coords={"day": ("row", ["tue"] * 3)})
+    >>> wed = xr.Dataset({"v": ("row", np.full(2, 9.0))}, coords={"day": ("row", ["wed"] * 2)})
+    >>> _ = toolkit.overwrite_partitions(xr.concat([tue, wed], "row"), "days.zarr", "day")
+    >>> toolkit.open_zarr("days.zarr").v.values  # mon untouched, tue replaced, wed appended
+    array([ 0.,  1.,  2., -1., -1., -1.,  9.,  9.])
     """
     coord = str(partition)
     if coord not in ds.variables or ds[coord].ndim != 1:

@@ -780,6 +780,26 @@ def plan_write(
     ------
     toolkit.errors.PlanError
         (or a subclass) on any invalid input; nothing is written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> ds = xr.Dataset(
+    ...     {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+    ...     coords={"time": np.arange(12)},
+    ... ).chunk({"time": 5})
+    >>> plan = toolkit.plan_write(ds, "example.zarr", encoding={"t2m": {"chunks": (4, 4)}})
+    >>> plan.ntasks, plan.nunits, plan.nbytes  # nothing is written yet
+    (3, 3, 384)
+    >>> plan.validate()  # proves that no write unit belongs to two tasks; prints as a table
+    WritePlan → file://example.zarr (mode='w-', zarr_format=3): 3 tasks, 3 write units, ...
+    variable  shape    dtype  chunks  shards  dask chunks  tasks  units  bytes  requests  peak/task
+    --------  -----  -------  ------  ------  -----------  -----  -----  -----  --------  ---------
+    t2m        12×4  float64     4×4       -            3      3      3  384 B         3      256 B
+    written with the metadata: time
+    >>> report = toolkit.execute(plan, progress=False)
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"plan_write needs an xarray.Dataset, got {type(ds).__name__}")

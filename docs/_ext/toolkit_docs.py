@@ -1,0 +1,124 @@
+"""toolkit's own Sphinx pieces: the layer diagram, the errors tree and the notebooks.
+
+- ``.. toolkit-layers::`` draws the layers from the import-linter contract in
+  ``pyproject.toml``, so the diagram is the rule ``./dev lint`` checks.
+- ``.. toolkit-errors::`` lists :mod:`toolkit.errors` as a tree, with the builtins each
+  error also is.
+- The notebooks live in ``notebooks/`` at the top of the repository; they are mirrored
+  into ``docs/notebooks/`` (not tracked) before Sphinx reads its sources.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import html
+import inspect
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.util.docutils import SphinxDirective
+
+DOCS = Path(__file__).parent.parent
+REPO = DOCS.parent
+
+
+def _mirror_notebooks(app: Sphinx, config: Config) -> None:
+    """Copy ``notebooks/*.ipynb`` into ``docs/notebooks/`` (only what changed)."""
+    src, dst = REPO / "notebooks", DOCS / "notebooks"
+    dst.mkdir(exist_ok=True)
+    wanted = {p.name for p in src.glob("*.ipynb")}
+    for p in dst.glob("*.ipynb"):
+        if p.name not in wanted:
+            p.unlink()
+    for name in wanted:
+        if not (dst / name).exists() or not filecmp.cmp(src / name, dst / name, shallow=False):
+            shutil.copyfile(src / name, dst / name)  # an unchanged copy keeps its mtime
+
+
+def _layers() -> list[list[str]]:
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in contracts["contracts"] if c["type"] == "layers"]
+    return [[m.strip() for m in row.split("|")] for row in layers]
+
+
+class LayersDiagram(SphinxDirective):
+    """The package's layers as an SVG: each row imports only the rows below it."""
+
+    def run(self) -> list[nodes.Node]:
+        """The diagram, as inline SVG (styled by ``_static/toolkit.css``)."""
+        rows = [["toolkit  (__init__.py: the public API, __all__)"], *_layers()]
+        width, height, gap, left = 640, 30, 14, 10
+        total = len(rows) * (height + gap) - gap + 2
+        out = [
+            f'<svg class="toolkit-layers" viewBox="0 0 {width + 2 * left} {total}" '
+            'role="img" xmlns="http://www.w3.org/2000/svg">',
+            "<title>toolkit's layers: each imports only the layers below it</title>",
+            '<defs><marker id="toolkit-arrow" viewBox="0 0 10 10" refX="9" refY="5" '
+            'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z"/>'
+            "</marker></defs>",
+        ]
+        for i, row in enumerate(rows):
+            y = 1 + i * (height + gap)
+            box = (width - (len(row) - 1) * 10) / len(row)
+            for j, name in enumerate(row):
+                x = left + j * (box + 10)
+                cls = ' class="toolkit-front"' if i == 0 else ""
+                label = name if i == 0 else name.removeprefix("toolkit.")
+                out.append(
+                    f'<rect{cls} x="{x:.1f}" y="{y}" width="{box:.1f}" height="{height}" rx="5"/>'
+                    f'<text x="{x + box / 2:.1f}" y="{y + height / 2 + 5}" '
+                    f'text-anchor="middle" font-size="14">{html.escape(label)}</text>'
+                )
+            if i + 1 < len(rows):
+                mid = left + width / 2
+                out.append(
+                    f'<path d="M{mid},{y + height} L{mid},{y + height + gap - 1}" '
+                    'marker-end="url(#toolkit-arrow)"/>'
+                )
+        out.append("</svg>")
+        return [nodes.raw("", "\n".join(out), format="html")]
+
+
+class ErrorsTree(SphinxDirective):
+    """:mod:`toolkit.errors` as a nested list, each error with its builtin bases."""
+
+    def run(self) -> list[nodes.Node]:
+        """The tree, as a nested list of links to each error's page."""
+        from toolkit import errors
+
+        classes = [getattr(errors, n) for n in errors.__all__]
+        classes = [c for c in classes if inspect.isclass(c)]
+        ours = {*classes, errors.ToolkitError}
+
+        def lines(parent: type, depth: int) -> list[str]:
+            out: list[str] = []
+            for c in sorted(classes, key=lambda c: c.__name__):
+                if c is errors.ToolkitError:
+                    continue
+                if next(b for b in c.__bases__ if b in ours) is not parent:
+                    continue  # listed under its first toolkit base
+                also = [b.__name__ for b in c.__bases__ if b not in ours]
+                extra = f" (also a ``{'``, ``'.join(also)}``)" if also else ""
+                out.append(f"{'  ' * depth}- :class:`~toolkit.errors.{c.__name__}`{extra}")
+                out.extend(lines(c, depth + 1))
+            return out
+
+        root = "- :class:`~toolkit.errors.ToolkitError` (an ``Exception``)"
+        text = StringList([root, *lines(errors.ToolkitError, 1)], source="toolkit-errors")
+        container = nodes.container(classes=["toolkit-errors"])
+        self.state.nested_parse(text, self.content_offset, container)
+        return [container]
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    """Register the directives and the notebooks' mirror."""
+    app.connect("config-inited", _mirror_notebooks)
+    app.add_directive("toolkit-layers", LayersDiagram)
+    app.add_directive("toolkit-errors", ErrorsTree)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
