@@ -77,3 +77,4 @@ html_theme_options = {
     "secondary_sidebar_items": ["page-toc"],
 }
 html_context = {"default_mode": "auto"}
+html_sidebars = {"index": [], "getting-started": [], "notebooks": []}

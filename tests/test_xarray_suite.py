@@ -6,7 +6,7 @@ how a dataset is saved (``toolkit.to_zarr``) or opened (``toolkit.open_zarr``);
 every assertion is xarray's. Tests that fail on xarray itself in this
 environment are skipped with the reason (``_XARRAY_FAILS``); tests where toolkit
 deliberately differs from xarray are xfailed with the reason (``DEVIATIONS``,
-and the README's "Differences from xarray" table). Nothing else is skipped.
+and the "Differences from xarray" page, docs/user-guide/xarray.md). Nothing else is skipped.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ DEVIATIONS = {
     "test_zarr_region_chunk_partial_offset": _PARTIAL.format(what="region write"),
     "test_zarr_safe_chunk_region": _PARTIAL.format(what="region write"),
 }
-# xarray's tests that toolkit fails on purpose, and why (the README's "Differences from xarray").
+# xarray's tests that toolkit fails on purpose, and why (docs/user-guide/xarray.md).
 READ_DEVIATIONS = {
     name: (
         "toolkit.open_zarr refuses a store whose write has not finished (here: written "
