@@ -2,6 +2,7 @@
 
 - ``.. toolkit-layers::`` draws the layers from the import-linter contract in
   ``pyproject.toml``, so the diagram is the rule ``./dev lint`` checks.
+- ``.. toolkit-steps:: title`` draws a path through the code, a row per line.
 - ``.. toolkit-errors::`` lists :mod:`toolkit.errors` as a tree, with the builtins each
   error also is.
 - The notebooks live in ``notebooks/`` at the top of the repository; they are mirrored
@@ -47,42 +48,63 @@ def _layers() -> list[list[str]]:
     return [[m.strip() for m in row.split("|")] for row in layers]
 
 
+def _boxes(rows: list[list[str]], title: str) -> nodes.raw:
+    """Rows of boxes, top to bottom, an arrow from each row to the next, as inline SVG.
+
+    The first row is highlighted (the entry point); ``_static/toolkit.css`` styles them.
+    """
+    width, height, gap, left = 640, 30, 14, 10
+    total = len(rows) * (height + gap) - gap + 2
+    out = [
+        f'<svg class="toolkit-layers" viewBox="0 0 {width + 2 * left} {total}" '
+        'role="img" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{html.escape(title)}</title>",
+        '<defs><marker id="toolkit-arrow" viewBox="0 0 10 10" refX="9" refY="5" '
+        'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z"/>'
+        "</marker></defs>",
+    ]
+    for i, row in enumerate(rows):
+        y = 1 + i * (height + gap)
+        box = (width - (len(row) - 1) * 10) / len(row)
+        for j, label in enumerate(row):
+            x = left + j * (box + 10)
+            cls = ' class="toolkit-front"' if i == 0 else ""
+            out.append(
+                f'<rect{cls} x="{x:.1f}" y="{y}" width="{box:.1f}" height="{height}" rx="5"/>'
+                f'<text x="{x + box / 2:.1f}" y="{y + height / 2 + 5}" '
+                f'text-anchor="middle" font-size="14">{html.escape(label)}</text>'
+            )
+        if i + 1 < len(rows):
+            mid = left + width / 2
+            out.append(
+                f'<path d="M{mid},{y + height} L{mid},{y + height + gap - 1}" '
+                'marker-end="url(#toolkit-arrow)"/>'
+            )
+    out.append("</svg>")
+    return nodes.raw("", "\n".join(out), format="html")
+
+
 class LayersDiagram(SphinxDirective):
-    """The package's layers as an SVG: each row imports only the rows below it."""
+    """The package's layers: each row imports only the rows below it."""
 
     def run(self) -> list[nodes.Node]:
-        """The diagram, as inline SVG (styled by ``_static/toolkit.css``)."""
-        rows = [["toolkit  (__init__.py: the public API, __all__)"], *_layers()]
-        width, height, gap, left = 640, 30, 14, 10
-        total = len(rows) * (height + gap) - gap + 2
-        out = [
-            f'<svg class="toolkit-layers" viewBox="0 0 {width + 2 * left} {total}" '
-            'role="img" xmlns="http://www.w3.org/2000/svg">',
-            "<title>toolkit's layers: each imports only the layers below it</title>",
-            '<defs><marker id="toolkit-arrow" viewBox="0 0 10 10" refX="9" refY="5" '
-            'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z"/>'
-            "</marker></defs>",
-        ]
-        for i, row in enumerate(rows):
-            y = 1 + i * (height + gap)
-            box = (width - (len(row) - 1) * 10) / len(row)
-            for j, name in enumerate(row):
-                x = left + j * (box + 10)
-                cls = ' class="toolkit-front"' if i == 0 else ""
-                label = name if i == 0 else name.removeprefix("toolkit.")
-                out.append(
-                    f'<rect{cls} x="{x:.1f}" y="{y}" width="{box:.1f}" height="{height}" rx="5"/>'
-                    f'<text x="{x + box / 2:.1f}" y="{y + height / 2 + 5}" '
-                    f'text-anchor="middle" font-size="14">{html.escape(label)}</text>'
-                )
-            if i + 1 < len(rows):
-                mid = left + width / 2
-                out.append(
-                    f'<path d="M{mid},{y + height} L{mid},{y + height + gap - 1}" '
-                    'marker-end="url(#toolkit-arrow)"/>'
-                )
-        out.append("</svg>")
-        return [nodes.raw("", "\n".join(out), format="html")]
+        """The diagram, drawn from the import-linter contract."""
+        rows = [[m.removeprefix("toolkit.") for m in row] for row in _layers()]
+        top = ["toolkit  (__init__.py: the public API, __all__)"]
+        return [_boxes([top, *rows], "toolkit's layers: each imports only the layers below it")]
+
+
+class StepsDiagram(SphinxDirective):
+    """A path through the code: one row per content line, boxes split by ``|``."""
+
+    has_content = True
+    required_arguments = 1
+    final_argument_whitespace = True
+
+    def run(self) -> list[nodes.Node]:
+        """The diagram of the directive's lines, titled by its argument."""
+        rows = [[box.strip() for box in line.split("|")] for line in self.content if line.strip()]
+        return [_boxes(rows, self.arguments[0])]
 
 
 class ErrorsTree(SphinxDirective):
@@ -120,5 +142,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     """Register the directives and the notebooks' mirror."""
     app.connect("config-inited", _mirror_notebooks)
     app.add_directive("toolkit-layers", LayersDiagram)
+    app.add_directive("toolkit-steps", StepsDiagram)
     app.add_directive("toolkit-errors", ErrorsTree)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
