@@ -125,7 +125,7 @@ class Throttle:
         Seconds from a cut back to the refused rate (CUBIC's K).
     coordinated : bool
         Set by toolkit, not by users: the rates are enforced for the whole
-        cluster by the scheduler's :class:`ThrottleCoordinator`.
+        cluster by the scheduler's ``ThrottleCoordinator``.
 
     Examples
     --------

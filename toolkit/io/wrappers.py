@@ -301,7 +301,7 @@ class DigestStore(InterceptStore):
 
 
 class MetricsStore(InterceptStore):
-    """Counts every request, its bytes, latency and outcome into an :class:`IOMetrics`.
+    """Counts every request, its bytes, latency and outcome into an :class:`~toolkit.IOMetrics`.
 
     Placed next to the real store, it sees every attempt, retries included, as
     the store would count them. With ``track_keys``, the keys written or
@@ -316,7 +316,7 @@ class MetricsStore(InterceptStore):
     metrics : IOMetrics, optional
         Where to count (a new one by default).
     track_keys : bool
-        Collect successfully written keys in :attr:`written`.
+        Collect successfully written keys in ``written``.
     scope : str, optional
         Count into this process's running totals for ``scope``
         (:func:`toolkit.io.metrics.process_metrics`) instead; a copy unpickled in

@@ -71,7 +71,7 @@ server.stop()
 class S3Server:
     """moto's S3 server on 127.0.0.1, on a free port, in a process of its own.
 
-    Use as a context manager; :attr:`endpoint_url` is where it listens. In its
+    Use as a context manager; ``endpoint_url`` is where it listens. In its
     own process the server does not compete with the code under test for the
     GIL, so request rates and latencies are the server's, not an artefact of
     sharing one interpreter. The process exits when the context closes, and

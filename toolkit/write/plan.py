@@ -458,7 +458,7 @@ class WritePlan:
             yield from v.tasks()
 
     def validate(self) -> WritePlan:
-        """Check the plan; return it unchanged, or raise :class:`UnsafePlanError`."""
+        """Check the plan: return it, or raise :class:`~toolkit.errors.UnsafePlanError`."""
         for v in self.variables:
             v.validate(self.max_task_bytes)
         return self
