@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from docutils import nodes
-from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.util.docutils import SphinxDirective
@@ -108,7 +108,11 @@ class StepsDiagram(SphinxDirective):
 
 
 class ErrorsTree(SphinxDirective):
-    """:mod:`toolkit.errors` as a nested list, each error with its builtin bases."""
+    """:mod:`toolkit.errors` as a nested list, each error with its builtin bases.
+
+    Built as nodes (cross-references to each error's page), not as text to parse, so
+    it works alike in reST and MyST pages.
+    """
 
     def run(self) -> list[nodes.Node]:
         """The tree, as a nested list of links to each error's page."""
@@ -118,24 +122,28 @@ class ErrorsTree(SphinxDirective):
         classes = [c for c in classes if inspect.isclass(c)]
         ours = {*classes, errors.ToolkitError}
 
-        def lines(parent: type, depth: int) -> list[str]:
-            out: list[str] = []
-            for c in sorted(classes, key=lambda c: c.__name__):
-                if c is errors.ToolkitError:
-                    continue
-                if next(b for b in c.__bases__ if b in ours) is not parent:
-                    continue  # listed under its first toolkit base
-                also = [b.__name__ for b in c.__bases__ if b not in ours]
-                extra = f" (also a ``{'``, ``'.join(also)}``)" if also else ""
-                out.append(f"{'  ' * depth}- :class:`~toolkit.errors.{c.__name__}`{extra}")
-                out.extend(lines(c, depth + 1))
-            return out
+        def item(c: type) -> nodes.list_item:
+            ref = addnodes.pending_xref(
+                "", refdomain="py", reftype="class", reftarget=f"toolkit.errors.{c.__name__}",
+                refexplicit=False, refwarn=True, refdoc=self.env.docname,
+            )  # fmt: skip
+            ref += nodes.literal(c.__name__, c.__name__, classes=["xref", "py", "py-class"])
+            para = nodes.paragraph("", "", ref)
+            also = [b.__name__ for b in c.__bases__ if b not in ours]
+            if also:
+                para += nodes.Text(f" (also {', '.join(also)})")
+            li = nodes.list_item("", para)
+            children = [
+                k for k in sorted(classes, key=lambda k: k.__name__)
+                if k is not errors.ToolkitError
+                and next(b for b in k.__bases__ if b in ours) is c  # under its first base
+            ]  # fmt: skip
+            if children:
+                li += nodes.bullet_list("", *(item(k) for k in children))
+            return li
 
-        root = "- :class:`~toolkit.errors.ToolkitError` (an ``Exception``)"
-        text = StringList([root, *lines(errors.ToolkitError, 1)], source="toolkit-errors")
-        container = nodes.container(classes=["toolkit-errors"])
-        self.state.nested_parse(text, self.content_offset, container)
-        return [container]
+        tree = nodes.bullet_list("", item(errors.ToolkitError), classes=["toolkit-errors"])
+        return [tree]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
