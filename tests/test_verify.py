@@ -55,3 +55,14 @@ def test_a_copy_verifies_against_its_manifest_and_a_damaged_object_is_named(tmp_
     report = toolkit.verify(str(dst), progress=False)
     assert not report.ok
     assert any(chunk.relative_to(dst).as_posix() in p for p in report.problems)
+
+
+def test_a_store_without_a_manifest_is_not_ok_and_the_report_says_what_to_do(tmp_path):
+    ds = _ds()
+    out = tmp_path / "plain.zarr"
+    toolkit.to_zarr(ds, out, progress=False)  # a plain write leaves no manifest
+    report = toolkit.verify(str(out), progress=False)
+    assert not report.ok
+    (problem,) = report.problems
+    assert "no checksum manifest" in problem and "toolkit.verify(source, store)" in problem
+    assert toolkit.verify(ds, out, progress=False).ok  # the way it names

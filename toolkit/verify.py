@@ -131,8 +131,9 @@ def verify(
     """Compare a written store with its source: values, coordinates, attributes.
 
     With a store alone (``verify(store)``), check it against the checksum
-    manifest that :func:`toolkit.ingest` and :func:`toolkit.jobs.copy` leave
-    in it: every object is read once and its checksum compared.
+    manifest that :func:`toolkit.ingest` of files and :func:`toolkit.jobs.copy`
+    leave in it: every object is read once and its checksum compared. Other
+    writes, and ingest of a stream, leave none; the report then says so.
 
     Parameters
     ----------
@@ -227,6 +228,13 @@ def verify(
     return VerifyReport(tlabel, label, variables, problems)
 
 
+_NO_MANIFEST = (
+    "the store holds no checksum manifest: toolkit.ingest of files and toolkit.jobs.copy "
+    "leave one, other writes (to_zarr, appends, ingest of a stream) do not; compare the "
+    "store with its source instead: toolkit.verify(source, store) (CLI: verify SRC DST)"
+)
+
+
 def _verify_manifest(target: StoreLike, *, batch: int = 64) -> VerifyReport:
     """Every object listed in the target's manifest, read and checked."""
     import asyncio
@@ -238,7 +246,7 @@ def _verify_manifest(target: StoreLike, *, batch: int = 64) -> VerifyReport:
     label = store_label(target)
     manifest = read_manifest(store)
     if not manifest:
-        return VerifyReport(label, "manifest", {}, ["the store holds no checksum manifest"])
+        return VerifyReport(label, "manifest", {}, [_NO_MANIFEST])
 
     async def check(keys: list[str]) -> list[tuple[str, str | None]]:
         async def one(key: str) -> tuple[str, str | None]:
