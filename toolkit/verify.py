@@ -230,8 +230,9 @@ def verify(
 
 _NO_MANIFEST = (
     "the store holds no checksum manifest: toolkit.ingest of files and toolkit.jobs.copy "
-    "leave one, other writes (to_zarr, appends, ingest of a stream) do not; compare the "
-    "store with its source instead: toolkit.verify(source, store) (CLI: verify SRC DST)"
+    "leave one (with resume=True, the default), other writes (to_zarr, appends, ingest of "
+    "a stream) do not; compare the store with its source instead: "
+    "toolkit.verify(source, store) (CLI: verify SRC DST)"
 )
 
 
