@@ -171,9 +171,14 @@ def test_the_site_works_in_chromium(served: str) -> None:
         driver.get(f"{served}/search.html?q=to_zarr")
         deadline = time.monotonic() + 30
         found: list[str] = []
-        while time.monotonic() < deadline and not found:
+
+        def hit(hrefs: list[str]) -> bool:
+            return any(h.endswith("toolkit.to_zarr.html") or "toolkit.to_zarr" in h for h in hrefs)
+
+        # Sphinx's search adds its results one by one: wait for the one sought, not the first.
+        while time.monotonic() < deadline and not hit(found):
             links = driver.find_elements(By.CSS_SELECTOR, "#search-results li a")
             found = [a.get_attribute("href") or "" for a in links]
             time.sleep(0.2)
-        assert any(h.endswith("toolkit.to_zarr.html") or "toolkit.to_zarr" in h for h in found)
+        assert hit(found), found
         assert not _console_errors(driver)
