@@ -239,3 +239,78 @@ async def test_a_worker_keeps_its_share_while_the_scheduler_is_silent():
         comms.call_soon_threadsafe(comms.stop)
         thread.join(5)
         comms.close()
+
+
+def _refuse_leases(dask_scheduler) -> None:
+    """The scheduler's coordinator out of reach: every lease request fails."""
+
+    def refuse(**kw):
+        raise OSError("the throttle coordinator is out of reach")
+
+    dask_scheduler.handlers["toolkit_throttle_lease"] = refuse
+
+
+def _restore_leases(dask_scheduler) -> None:
+    dask_scheduler.plugins[ThrottleCoordinator.name].attach(dask_scheduler)
+
+
+def _send_without_the_coordinator(share, n: int) -> dict:
+    """On a worker: ``n`` writes through a coordinated ThrottleStore; what paced, what it said."""
+    import logging
+
+    from zarr.core.buffer.cpu import Buffer
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    from toolkit.cluster.coordinator import remote_budget_for
+    from toolkit.io.throttle import local_states
+    from toolkit.io.wrappers import ThrottleStore
+
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    log = logging.getLogger("toolkit.io.wrappers")
+    handler, level = Collect(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    try:
+        store = ThrottleStore(MemoryStore(), share, remote=remote_budget_for)
+        scope_of = store.budget.scope
+        for i in range(n):
+            sync(store.set(f"k{i}", Buffer.from_bytes(b"x")))
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    paced = [(s.policy.write_rate, s.policy.coordinated) for s in local_states()
+             if s.store == scope_of and s.processes > 0]  # fmt: skip
+    return {"said": [m for m in said if "coordinator" in m], "paced": paced}
+
+
+@pytest.mark.timeout(120)
+def test_workers_that_cannot_reach_the_coordinator_keep_to_their_share(dc):
+    """4 workers without the coordinator send the budget between them, not 4 times it.
+
+    Each paces itself at a quarter of the rate (the cluster had 4 workers when the
+    share was made), and says so once, not at every request.
+    """
+    from toolkit.cluster.budgets import cluster_share
+
+    policy = toolkit.Throttle(write_rate=1208)  # a budget of its own in every process
+    share = cluster_share(policy)
+    assert share is not None and share.coordinated and share.write_rate == 1208
+    workers = sorted(dc.scheduler_info(n_workers=-1)["workers"])
+    assert len(workers) == 4
+    dc.run_on_scheduler(_refuse_leases)
+    try:
+        futures = [dc.submit(_send_without_the_coordinator, share, 30, workers=[w],
+                             allow_other_workers=False, pure=False) for w in workers]  # fmt: skip
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        dc.run_on_scheduler(_restore_leases)
+    for got in results:
+        assert got["paced"] == [(pytest.approx(1208 / 4), False)], got
+        assert len(got["said"]) == 1, got["said"]
+        assert "cannot be reached" in got["said"][0] and "write 302/s" in got["said"][0]

@@ -152,17 +152,24 @@ def test_a_request_the_retries_cannot_save_names_the_store_briefly(s3):
     assert "Debug source" not in text and "testing" not in text
 
 
-def test_an_instance_without_retry_config_is_quieted_one_with_it_is_left(s3):
+def test_an_instance_without_retry_config_is_copied_quiet_one_with_it_is_left(s3):
     def instance(**kw: Any) -> ObjectStore:
         return ObjectStore(S3Store("data", endpoint=s3.endpoint_url, access_key_id="testing",
                                    secret_access_key="testing", region="us-east-1",
                                    client_options={"allow_http": True}, **kw))  # fmt: skip
 
-    quiet = instance()
-    RetryStore(quiet, Throttle())
+    given = instance()
+    inner = given.store
+    stack = wrap_store(given, Throttle())
+    quiet = unwrap(stack)
+    assert isinstance(quiet, ObjectStore) and quiet is not given
     assert quiet.store.retry_config["max_retries"] == 0
+    assert given.store is inner and inner.retry_config is None  # the caller's, as given
+    assert unwrap(wrap_store(given, Throttle())) is quiet  # one copy per store
+    RetryStore(given, Throttle())  # a RetryStore alone changes nothing either
+    assert given.store is inner and inner.retry_config is None
     mine = instance(retry_config={"max_retries": 3})
-    RetryStore(mine, Throttle())
+    assert unwrap(wrap_store(mine, Throttle())) is mine  # configured: left as given
     assert mine.store.retry_config["max_retries"] == 3
 
 
@@ -230,6 +237,123 @@ def test_a_zarr_object_store_instance_gets_the_s3_defaults_and_round_trips(s3):
         back = toolkit.open_zarr(store).load()
     xr.testing.assert_identical(back, ds.load())
     assert unwrap(store) is store
+
+
+def _ds(n: int = 16) -> xr.Dataset:
+    return xr.Dataset({"v": (("t", "x"), np.arange(n * 4.0).reshape(n, 4))}).chunk({"t": 4})
+
+
+def _s3fs_args(s3: Any) -> dict[str, Any]:
+    return {"key": "testing", "secret": "testing", "endpoint_url": s3.endpoint_url,
+            "client_kwargs": {"region_name": "us-east-1"}, "asynchronous": True}  # fmt: skip
+
+
+def _unpickled_elsewhere(obj: Any, expr: str) -> str:
+    """``expr`` of ``obj`` unpickled in a fresh Python process (as a dask worker gets it)."""
+    import subprocess
+    import sys
+
+    code = f"import pickle, sys; x = pickle.loads(sys.stdin.buffer.read()); print({expr})"
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(obj),
+                          capture_output=True, timeout=60, check=True)  # fmt: skip
+    return done.stdout.decode().strip()
+
+
+def test_a_users_fsspec_store_is_left_as_given(s3):
+    """toolkit writes and reads through the caller's s3fs store without touching it.
+
+    fsspec gives everyone who asks with the same arguments the same filesystem:
+    changing it would change it for all of them.
+    """
+    s3fs = pytest.importorskip("s3fs")
+    fs = s3fs.S3FileSystem(**_s3fs_args(s3))
+    assert fs.retries == 5 and "retries" not in vars(fs)  # s3fs's own default
+    store = FsspecStore(fs, path="data/users-fsspec.zarr")
+    ds = _ds()
+    report = toolkit.to_zarr(ds, store, mode="w", progress=False)
+    assert report.units > 0 and report.plan.throttle is not None  # toolkit's retries applied
+    back = toolkit.open_zarr(store).load()
+    xr.testing.assert_identical(back, ds.load())
+
+    assert store.fs is fs and fs.retries == 5 and "retries" not in vars(fs)
+    other = s3fs.S3FileSystem(**_s3fs_args(s3))  # anyone else asking for the same
+    assert other is fs and other.retries == 5
+    # toolkit's stack stood over a copy of its own that tries once: the retries do not stack.
+    quiet = unwrap(wrap_store(store, Throttle()))
+    assert isinstance(quiet, FsspecStore) and quiet is not store and quiet.fs is not fs
+    assert quiet.fs.retries == 1 and quiet.path == store.path
+    assert unwrap(wrap_store(store, Throttle())) is quiet  # made once per store
+    assert sorted(quiet.fs.storage_options) == sorted(fs.storage_options)
+    # A worker unpickles the copy from its options: still trying once, the caller's not.
+    assert _unpickled_elsewhere(quiet, "x.fs.retries, type(x.fs).__name__") == (
+        "1 QuietS3FileSystem"
+    )
+    assert _unpickled_elsewhere(store, "x.fs.retries") == "5"
+
+
+def test_a_users_object_store_is_left_as_given(s3):
+    """The caller's zarr ObjectStore keeps the very obstore store it was given."""
+    inner = S3Store("data", prefix="users-obstore.zarr", endpoint=s3.endpoint_url,
+                    access_key_id="testing", secret_access_key="testing", region="us-east-1",
+                    client_options={"allow_http": True})  # fmt: skip
+    store = ObjectStore(inner)
+    ds = _ds()
+    report = toolkit.to_zarr(ds, store, mode="w", progress=False)
+    assert report.units > 0 and report.plan.throttle is not None
+    back = toolkit.open_zarr(store).load()
+    xr.testing.assert_identical(back, ds.load())
+
+    assert store.store is inner and inner.retry_config is None
+    quiet = unwrap(wrap_store(store, Throttle()))
+    assert isinstance(quiet, ObjectStore) and quiet is not store and quiet.store is not inner
+    assert quiet.store.retry_config["max_retries"] == 0
+    assert unwrap(wrap_store(store, Throttle())) is quiet
+    again = pickle.loads(pickle.dumps(quiet))
+    assert again.store.retry_config["max_retries"] == 0
+    assert _unpickled_elsewhere(quiet, "x.store.retry_config['max_retries']") == "0"
+
+
+def test_a_store_toolkit_made_from_a_url_is_quiet_already(s3):
+    """open_url's stores try once from the start: no copy of them is needed."""
+    policy = Throttle.for_url("s3://data/x")
+    for client in ("s3fs", "obstore"):
+        opts = s3.storage_options(client=client)
+        made = resolve_store("s3://data/made.zarr", storage_options=opts, throttle=policy)
+        assert not clients.has_own_retries(made)
+        assert unwrap(wrap_store(made, policy)) is made
+    s3fs = pytest.importorskip("s3fs")
+    shared = s3fs.S3FileSystem(**_s3fs_args(s3))
+    resolve_store("s3://data/made.zarr", storage_options={**_s3fs_args(s3), "client": "s3fs"},
+                  throttle=policy)  # fmt: skip
+    assert shared.retries == 5  # fsspec's shared filesystem of the same options: untouched
+
+
+def test_a_store_that_cannot_be_copied_keeps_its_retries_and_still_works(s3, caplog):
+    """No copy can be made: the client's own retries stay on, a debug log says so."""
+    s3fs = pytest.importorskip("s3fs")
+
+    class Ticket:
+        used = False
+
+        def __repr__(self) -> str:
+            return f"Ticket({id(self)})"
+
+    class OneOff(s3fs.S3FileSystem):  # a filesystem that can be made once only
+        def __init__(self, *args: Any, ticket: Ticket, **kw: Any) -> None:
+            if ticket.used:
+                raise RuntimeError("this filesystem cannot be made twice")
+            ticket.used = True
+            super().__init__(*args, **kw)
+
+    fs = OneOff(ticket=Ticket(), **_s3fs_args(s3))
+    store = FsspecStore(fs, path="data/one-off.zarr")
+    ds = _ds(8)
+    with caplog.at_level("DEBUG", logger="toolkit.io.clients"):
+        toolkit.to_zarr(ds, store, mode="w", progress=False)
+    assert any("cannot copy" in r.getMessage() for r in caplog.records)
+    xr.testing.assert_identical(toolkit.open_zarr(store).load(), ds.load())
+    assert store.fs is fs and fs.retries == 5 and "retries" not in vars(fs)
+    assert unwrap(wrap_store(store, Throttle())) is store
 
 
 # -- zarr's own store conformance suite, for the bulk-deleting ObjectStore --------------
@@ -328,8 +452,7 @@ def test_a_failed_create_of_generation_412_is_an_error_not_a_lost_race(s3, clien
     """The key's digits are in the error's text: only the status says 'exists'."""
     with FaultProxy(s3.endpoint_url, error_prob=1.0) as proxy:
         opts = s3.storage_options(proxy.url, client=client)
-        base = resolve_store("s3://data/gen412", storage_options=opts)
-        clients.quiet_retries(base)
+        base = clients.quiet_copy(resolve_store("s3://data/gen412", storage_options=opts))
         with pytest.raises(Exception) as err:  # the 500, whichever way the client words it
             sync(clients.create_if_absent(base, "leases/create/000000000412.json", b"{}"))
     assert classify_error(err.value) == "transient"

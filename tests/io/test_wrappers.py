@@ -270,3 +270,61 @@ def test_redact_removes_credentials_and_signatures(tmp_path):
     out = redact(text, store)
     for secret in ("AKIAEXAMPLEKEY", "s3cr3t-value", "abc123", "user:pw"):
         assert secret not in out
+
+
+async def test_an_unreachable_coordinator_leaves_this_process_its_share_and_says_so_once(caplog):
+    """A remote budget that cannot be reached: its share paces, not the cluster's whole rate.
+
+    Four workers each falling back to the whole rate would send four times the budget.
+    """
+    from dataclasses import replace
+
+    from toolkit.io.throttle import budget_for
+
+    policy = Throttle(write_rate=1204, read_rate=2408, max_inflight=8, coordinated=True)
+    share = replace(policy.share(4), max_inflight=8, coordinated=False)  # one of 4 workers
+    calls = []
+
+    class Unreachable:
+        alone = share
+
+        async def acquire(self, kind):
+            calls.append(kind)
+            raise OSError("the scheduler is gone")
+
+        def throttled(self, kind, sent_at, retry_after):
+            raise AssertionError("not reported to a remote budget out of reach")
+
+    store = ThrottleStore(MemoryStore(), policy, remote=lambda p, scope: Unreachable())
+    with caplog.at_level("WARNING", logger="toolkit.io.wrappers"):
+        for i in range(25):
+            await store.set(f"k{i}", Buffer.from_bytes(b"x"))
+            assert await store.get(f"k{i}", default_buffer_prototype()) is not None
+    assert len(calls) == 50  # the remote budget is asked every time: it may come back
+    said = [r.getMessage() for r in caplog.records if "coordinator" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "cannot be reached" in said[0] and "OSError: the scheduler is gone" in said[0]
+    assert "read 602/s, write 301/s" in said[0] and "read 2408/s, write 1204/s" in said[0]
+    # The share paced every request; the budget of the whole rate paced none.
+    fallback = budget_for(share, describe_store(store._store))
+    assert fallback.pacers["write"].grant.rate == pytest.approx(301)
+    assert fallback.pacers["read"].grant.rate == pytest.approx(602)
+    assert store.budget.pacers["write"].grant is None
+    assert store.budget.pacers["read"].grant is None
+
+
+async def test_a_remote_budget_without_a_share_falls_back_to_the_policy_warning_once(caplog):
+    class Unreachable:
+        async def acquire(self, kind):
+            raise OSError("gone")
+
+        def throttled(self, kind, sent_at, retry_after):
+            pass
+
+    policy = Throttle(write_rate=1206, coordinated=True)
+    store = ThrottleStore(MemoryStore(), policy, remote=lambda p, scope: Unreachable())
+    with caplog.at_level("WARNING", logger="toolkit.io.wrappers"):
+        for i in range(10):
+            await store.set(f"k{i}", Buffer.from_bytes(b"x"))
+    assert len([r for r in caplog.records if "coordinator" in r.getMessage()]) == 1
+    assert store.budget.pacers["write"].grant.rate == pytest.approx(1206)

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from toolkit.cluster.client import active_client
-from toolkit.cluster.coordinator import coordinated_states, install_coordinator
+from toolkit.cluster.coordinator import (
+    CoordinatedThrottle,
+    coordinated_states,
+    install_coordinator,
+)
 from toolkit.io.throttle import Throttle, ThrottleState, local_states
 
 __all__ = ["cluster_share", "throttle_state"]
@@ -35,8 +39,11 @@ def cluster_share(policy: Throttle | None) -> Throttle | None:
 
     With the scheduler-side :class:`~toolkit.cluster.coordinator.ThrottleCoordinator`
     (installed here on first use), the rates stay whole, since the coordinator enforces them for
-    the cluster, and only the in-flight cap is divided among the workers. If
-    the coordinator cannot be installed, both are divided.
+    the cluster, and only the in-flight cap is divided among the workers: a
+    :class:`~toolkit.cluster.coordinator.CoordinatedThrottle`, which also
+    carries the number of workers, so that a worker that cannot reach the
+    coordinator keeps to its fair share of the rates. If the coordinator cannot
+    be installed, both are divided.
     """
     if policy is None:
         return None
@@ -50,4 +57,4 @@ def cluster_share(policy: Throttle | None) -> Throttle | None:
         client.run_on_scheduler(install_coordinator)
     except Exception:  # a scheduler without toolkit installed: split the rates instead
         return replace(policy.share(workers), coordinated=False)
-    return replace(policy, max_inflight=policy.share(workers).max_inflight, coordinated=True)
+    return CoordinatedThrottle.of(policy, workers)

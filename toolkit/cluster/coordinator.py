@@ -18,8 +18,8 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Self
 
 from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -37,7 +37,57 @@ from toolkit.io.throttle import (
     sit_out_pauses,
 )
 
-__all__ = ["ThrottleCoordinator", "coordinated_states", "install_coordinator", "remote_budget_for"]
+__all__ = [
+    "CoordinatedThrottle",
+    "ThrottleCoordinator",
+    "coordinated_states",
+    "install_coordinator",
+    "remote_budget_for",
+]
+
+
+@dataclass(frozen=True)
+class CoordinatedThrottle(Throttle):
+    """A policy the coordinator enforces for a cluster, as each worker holds it.
+
+    Made by :func:`toolkit.cluster.budgets.cluster_share`: the rates are the
+    whole cluster's (the coordinator leases each worker its part), the
+    in-flight cap is one worker's, and ``workers`` is how many workers the
+    cluster had when the share was made. A worker that cannot reach the
+    coordinator paces itself by :meth:`alone`, its fair share of the rates.
+    """
+
+    workers: int = field(default=1, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
+
+    @classmethod
+    def of(cls, policy: Throttle, workers: int) -> Self:
+        """``policy`` coordinated for ``workers`` workers (each holding its in-flight share)."""
+        given = {f.name: getattr(policy, f.name) for f in fields(Throttle)}
+        given.update(max_inflight=policy.share(workers).max_inflight, coordinated=True)
+        return cls(**given, workers=workers)
+
+    def plain(self) -> Throttle:
+        """The same policy as a plain :class:`~toolkit.Throttle` (what the scheduler holds)."""
+        return Throttle(**_fields_of(self))
+
+    def alone(self) -> Throttle:
+        """What one worker enforces by itself while the coordinator is out of reach.
+
+        Its fair share: every rate (and the floor) divided by ``workers``, its
+        own in-flight cap, not coordinated.
+        """
+        share = self.plain().share(self.workers)
+        return replace(share, max_inflight=self.max_inflight, coordinated=False)
+
+
+def _fields_of(policy: Throttle) -> dict[str, Any]:
+    """A policy's :class:`Throttle` fields only (a subclass's own left out)."""
+    return {f.name: getattr(policy, f.name) for f in fields(Throttle)}
 
 
 def install_coordinator(dask_scheduler: Any) -> bool:
@@ -177,13 +227,27 @@ class _RemoteBudget:
     def __init__(self, key: str, policy: Throttle, worker: Any, scope: str = "") -> None:
         self.key, self.worker, self.scope = key, worker, scope
         self.throttle = policy
-        self.policy = {f: getattr(policy, f) for f in policy.__dataclass_fields__}
+        self.policy = _fields_of(policy)
         self.policy["coordinated"] = False
+        self.workers = policy.workers if isinstance(policy, CoordinatedThrottle) else 1
         self.pacers: dict[Limiter, Pacer] = {}
         self._lock = threading.Lock()
         self._renewing: concurrent.futures.Future[Any] | None = None
         self._reporting: concurrent.futures.Future[Any] | None = None
         self._answered = -math.inf  # when the last throttling report was answered
+
+    @property
+    def alone(self) -> Throttle:
+        """The share of the budget this worker enforces alone while the scheduler is out of reach.
+
+        The policy's rates divided by the number of workers the cluster had when
+        the share was made (:class:`CoordinatedThrottle`); a policy that does not
+        say is kept whole.
+        """
+        policy = self.throttle
+        if isinstance(policy, CoordinatedThrottle):
+            return replace(policy, workers=self.workers).alone()
+        return replace(policy, coordinated=False)
 
     def _rpc(self, name: str, **kw: Any) -> concurrent.futures.Future[Any]:
         # The worker's comms live on its own event loop, not on zarr's.
@@ -302,9 +366,13 @@ def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    key = tokenize(replace(policy, max_inflight=1, coordinated=False), scope)
+    # One budget on the scheduler whatever the in-flight share or the worker count.
+    key = tokenize(Throttle(**{**_fields_of(policy), "max_inflight": 1, "coordinated": False}),
+                   scope)  # fmt: skip
     with _REMOTE_LOCK:
         rb = _REMOTE.get(key)
         if rb is None or rb.worker is not worker:
             rb = _REMOTE[key] = _RemoteBudget(key, policy, worker, scope)
+        elif isinstance(policy, CoordinatedThrottle):
+            rb.workers = policy.workers  # the latest share's count of the cluster
         return rb

@@ -2,7 +2,7 @@
 
 Everything toolkit knows of a particular client lives here: how a URL and its
 ``storage_options`` become a zarr store, which scheme and location a store
-addresses, where its secrets are, how to turn its own retries off (toolkit's
+addresses, where its secrets are, how to copy it with its own retries off (toolkit's
 :class:`~toolkit.io.wrappers.RetryStore` retries, so that throttling stays
 visible to the budget), and the two requests coordination needs that zarr's
 ``Store`` ABC lacks: put-if-absent and a plain paginated listing.
@@ -22,10 +22,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import importlib.util
+import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+import types
+import weakref
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 from zarr.abc.store import Store
@@ -42,15 +45,18 @@ __all__ = [
     "client_of",
     "create_if_absent",
     "default_client",
+    "has_own_retries",
     "list_keys",
     "location",
     "open_url",
-    "quiet_retries",
+    "quiet_copy",
+    "quiet_filesystem",
     "secrets",
     "supports_atomic_create",
 ]
 
 Client = Literal["obstore", "s3fs"]
+logger = logging.getLogger(__name__)
 
 #: The URL schemes obstore serves (and toolkit routes to it by default).
 _OBSTORE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az"}
@@ -96,9 +102,12 @@ def open_url(
         return _open_obstore(url, opts, in_flight=in_flight)
     if client != "s3fs":
         raise ValueError(f"storage_options client= is 'obstore' or 's3fs', got {client!r}")
-    if in_flight is not None and scheme in ("s3", "s3a"):
+    if in_flight is None:
+        return FsspecStore.from_url(url, storage_options=opts)
+    if scheme in ("s3", "s3a"):
         opts = _s3fs_defaults(opts, in_flight)
-    return FsspecStore.from_url(url, storage_options=opts)
+    # A filesystem of toolkit's own, trying once: not the one fsspec shares with others.
+    return quiet_copy(FsspecStore.from_url(url, storage_options=opts))
 
 
 def _s3fs_defaults(opts: dict[str, Any], in_flight: int) -> dict[str, Any]:
@@ -419,19 +428,95 @@ def secrets(base: Store) -> list[str]:
 _SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|sas|signature", re.I)
 
 
-def quiet_retries(base: Store) -> None:
-    """Turn the client's own retry loop off: toolkit's RetryStore retries instead.
+def has_own_retries(base: Store) -> bool:
+    """Whether a client store retries by itself, in a way toolkit turns off.
 
-    s3fs's is a per-instance attribute. An obstore store is rebuilt without
-    retries unless its owner configured them (then they are left as given).
+    s3fs (any fsspec filesystem with ``retries`` above one attempt), and an
+    obstore store whose owner configured no ``retry_config`` (one that did is
+    left as given).
     """
     if isinstance(base, FsspecStore):
-        if hasattr(base.fs, "retries"):
-            base.fs.retries = 1
-    elif _is_object_store(base):
+        retries = getattr(base.fs, "retries", None)
+        return isinstance(retries, int) and retries > 1
+    if _is_object_store(base):
         inner = base.store  # type: ignore[attr-defined]
-        if getattr(inner, "retry_config", "given") is None and hasattr(inner, "config"):
-            base.store = _rebuilt(inner, retry_config=_NO_RETRIES)  # type: ignore[attr-defined]
+        return getattr(inner, "retry_config", "given") is None and hasattr(inner, "config")
+    return False
+
+
+def quiet_copy(base: Store) -> Store:
+    """A copy of ``base`` whose client does not retry: toolkit's RetryStore retries instead.
+
+    ``base`` itself is never changed: fsspec shares one filesystem among all
+    who ask for the same options, and the caller's store is the caller's. It is
+    returned as it is when its client has no retries to turn off
+    (:func:`has_own_retries`), and when no copy can be made (a debug log says
+    so; its client then retries below toolkit's retries).
+
+    An s3fs filesystem keeps its retries in a class attribute and is made
+    again from its options when unpickled, so the copy's filesystem is of a
+    subclass trying each request once (:func:`quiet_filesystem`), made with
+    the same options: a worker unpickles it as such, and fsspec caches it apart
+    from the caller's. An obstore store is rebuilt with no retries.
+    """
+    if not has_own_retries(base):
+        return base
+    try:
+        if isinstance(base, FsspecStore):
+            fs = base.fs
+            clone = base.with_read_only(base.read_only)
+            clone.fs = quiet_filesystem(type(fs), fs.storage_args, fs.storage_options)
+            return clone
+        inner = base.store  # type: ignore[attr-defined]
+        copied = base.with_read_only(base.read_only)
+        copied.store = _rebuilt(inner, retry_config=_NO_RETRIES)  # type: ignore[attr-defined]
+        return copied
+    except Exception as e:  # an unusual filesystem or store: its own retries stay on
+        logger.debug(
+            "toolkit: cannot copy %s without its client's own retries (%s: %s); they stay "
+            "on, below toolkit's",
+            type(base).__name__,
+            type(e).__name__,
+            _first_line(e),
+        )
+        return base
+
+
+#: A weak cache, keyed by fsspec filesystem class: its quiet subclass (see
+#: :func:`quiet_filesystem`), kept as long as the class itself, so that fsspec's cache of
+#: the subclass's filesystems lives as the class's own does (a filesystem dropped with its
+#: class would leave its connections unclosed).
+_QUIET_CLASSES: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+_QUIET_LOCK = threading.Lock()
+
+
+def _quiet_class(cls: type) -> type:
+    with _QUIET_LOCK:
+        quiet = _QUIET_CLASSES.get(cls)
+        if quiet is None:
+            body = {
+                "retries": 1,
+                "__reduce__": _reduce_quiet,
+                "__module__": __name__,
+                "_toolkit_quiet_of": cls,
+            }
+            quiet = types.new_class(f"Quiet{cls.__name__}", (cls,), {}, lambda ns: ns.update(body))
+            _QUIET_CLASSES[cls] = quiet
+        return quiet
+
+
+def quiet_filesystem(cls: type, args: Sequence[Any], options: Mapping[str, Any]) -> Any:
+    """A filesystem of fsspec class ``cls``, made with ``args`` and ``options``, trying once.
+
+    Of a subclass of ``cls`` whose only difference is ``retries = 1``. fsspec
+    caches it as it caches ``cls``'s filesystems, by options, apart from them.
+    It pickles as this call, so that an unpickled copy tries once too.
+    """
+    return _quiet_class(cls)(*args, **options)
+
+
+def _reduce_quiet(fs: Any) -> tuple[Any, ...]:
+    return quiet_filesystem, (fs._toolkit_quiet_of, fs.storage_args, fs.storage_options)
 
 
 def _rebuilt(inner: Any, **changes: Any) -> Any:

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -24,7 +25,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Any, Self, TypeVar, cast, override
+from typing import Any, Protocol, Self, TypeVar, cast, override, runtime_checkable
 
 import zarr
 from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
@@ -46,6 +47,7 @@ from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
 from toolkit.io.throttle import (
     Budget,
+    RemoteBudget,
     RemoteBudgets,
     RequestKind,
     Throttle,
@@ -61,8 +63,10 @@ __all__ = [
     "MetadataBuffer",
     "MetricsStore",
     "RetryStore",
+    "SharedRemoteBudget",
     "ThrottleStore",
     "digest",
+    "without_client_retries",
     "wrap_store",
 ]
 
@@ -367,6 +371,12 @@ class MetricsStore(InterceptStore):
     def _supports_sync_io(self) -> bool:
         return _store_supports_sync_io(self._store)
 
+    @property
+    def inflight(self) -> int:
+        """Requests sent and not yet answered."""
+        with self._idle:
+            return self._inflight
+
     def abort(self) -> None:
         """Send nothing more: every later request raises ``RequestAbortedError``."""
         with self._idle:
@@ -476,7 +486,11 @@ class ThrottleStore(_PolicyStore):
         For a coordinated policy: ``remote(policy, scope)`` gives the budget
         that a cluster enforces for this process, or None outside a worker
         (:func:`toolkit.cluster.coordinator.remote_budget_for`). Handed down by
-        the layer that knows of clusters; this one does not.
+        the layer that knows of clusters; this one does not. While it cannot
+        be reached, this process paces itself alone at its share of the budget
+        (the remote budget's ``alone``, see
+        :class:`toolkit.io.wrappers.SharedRemoteBudget`), and a
+        warning says so once per budget.
     """
 
     def __init__(
@@ -505,16 +519,16 @@ class ThrottleStore(_PolicyStore):
         if self.policy.coordinated and self.remote is not None:
             remote = self.remote(self.policy, describe_store(self._store))
         async with budget.semaphore():
+            pacing = budget  # the budget of this process that paces the request, if any
             waited = None
             if remote is not None:
                 try:
                     waited = await remote.acquire(kind)
-                except Exception:  # the scheduler is out of reach: this process's share
-                    logger.warning(
-                        "toolkit: throttle coordinator unreachable; using a local budget"
-                    )
+                except Exception as e:  # out of reach: this process's share, alone
+                    pacing = self._alone(remote, e)
+                    remote = None
             if waited is None:
-                waited = await budget.acquire(kind)
+                waited = await pacing.acquire(kind)
             sink = self._sink(self.metrics)
             if waited > 0 and sink is not None:
                 sink.add(wait_seconds=waited)
@@ -529,8 +543,62 @@ class ThrottleStore(_PolicyStore):
                     if remote is not None:
                         remote.throttled(kind, sent, after)
                     else:
-                        budget.throttled(kind, sent, after)
+                        pacing.throttled(kind, sent, after)
                 raise
+
+    def _alone(self, remote: RemoteBudget, error: Exception) -> Budget:
+        """The budget pacing this process while ``remote`` cannot be reached.
+
+        The remote budget's ``alone`` policy, this process's fair share of the
+        cluster's rates; the policy as it is for a remote budget that has none.
+        The first time per budget, a warning says so (not at every request).
+        """
+        alone = remote.alone if isinstance(remote, SharedRemoteBudget) else self.policy
+        scope = describe_store(self._store)
+        fallback = budget_for(alone, scope)
+        with _ALONE_LOCK:
+            first = fallback not in _ALONE_ANNOUNCED
+            _ALONE_ANNOUNCED.add(fallback)
+        if first:
+            reason = redact(str(error).split("\n", 1)[0][:200], self._store)
+            logger.warning(
+                "toolkit: the throttle coordinator cannot be reached (%s: %s); requests to %s "
+                "are paced by this process alone, at %s (the cluster's budget: %s), until it "
+                "answers again",
+                type(error).__name__,
+                reason,
+                scope,
+                _rates_text(alone),
+                _rates_text(self.policy),
+            )
+        return fallback
+
+
+@runtime_checkable
+class SharedRemoteBudget(RemoteBudget, Protocol):
+    """A remote budget that knows this process's fair share of it.
+
+    ``alone`` is the policy this process applies by itself when the remote
+    budget cannot be reached: its share of the rates, so that N processes
+    without their coordinator still send the budget, not N times it.
+    """
+
+    @property
+    def alone(self) -> Throttle:
+        """The share of the budget this process enforces alone, as a policy."""
+        ...
+
+
+#: A weak set: the fallback budgets whose use was announced (each once per process).
+_ALONE_ANNOUNCED: weakref.WeakSet[Budget] = weakref.WeakSet()
+_ALONE_LOCK = threading.Lock()
+
+
+def _rates_text(policy: Throttle) -> str:
+    kinds = (("rate", policy.rate), ("read", policy.read_rate), ("write", policy.write_rate),
+             ("list", policy.list_rate))  # fmt: skip
+    rates = [f"{name} {v:g}/s" for name, v in kinds if v is not None]
+    return ", ".join(rates) if rates else "no rate limit"
 
 
 class RetryStore(_PolicyStore):
@@ -544,27 +612,24 @@ class RetryStore(_PolicyStore):
     error is :class:`~toolkit.errors.StoreThrottledError` or
     :class:`~toolkit.errors.StoreUnavailableError`, naming the store and the fix.
 
-    Wrapped around an s3fs or obstore store, it turns the client's own retries
-    off (:func:`toolkit.io.clients.quiet_retries`), so that throttling stays
-    visible to the budget and the retry time stays bounded.
+    It changes nothing of the store it wraps. :func:`wrap_store` builds it over
+    a copy of an s3fs or obstore store whose client does not retry by itself
+    (:func:`toolkit.io.clients.quiet_copy`), so that throttling stays visible
+    to the budget and the retry time stays bounded.
     """
 
     def __init__(
         self, store: Store, policy: Throttle | None = None, metrics: IOMetrics | None = None
     ) -> None:
         super().__init__(store, policy, metrics)
-        self._init_local()
-
-    def _init_local(self) -> None:
         self._random = random.Random()
-        clients.quiet_retries(unwrap(self._store))
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_random"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._init_local()  # s3fs's retries are per instance: quiet them again here
+        self._random = random.Random()
 
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         p = self.policy
@@ -830,12 +895,85 @@ def wrap_store(
     counts into per-process running totals (see :class:`MetricsStore`);
     ``remote`` gives the cluster's budgets to a coordinated policy
     (see :class:`ThrottleStore`).
+
+    With a policy, the stack stands over a copy of ``store`` whose client does
+    not retry by itself (toolkit's retries count every attempt against the
+    budget); ``store`` itself is left as it is. The copy is made once per
+    store and reused while the store lives
+    (:func:`toolkit.io.wrappers.without_client_retries`).
     """
+    if policy is not None:
+        store = without_client_retries(store)
     measured = MetricsStore(store, metrics, track_keys=track_keys, scope=scope)
     if policy is None:
         return measured
     # The outer layers count into the MetricsStore's metrics, looked up when used.
     return RetryStore(ThrottleStore(measured, policy, remote=remote), policy)
+
+
+class _QuietCopies:
+    """A weak cache: the copy of each caller's store without its client's retries.
+
+    Held for as long as the caller's store lives, keyed by its identity (zarr
+    stores compare by value and are not hashable), so that the many stacks of
+    one write share one copy, and one client (its connections).
+    """
+
+    def __init__(self) -> None:
+        self._copies: dict[int, tuple[weakref.ref[Store], Store]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, store: Store, make: Callable[[Store], Store]) -> Store:
+        key = id(store)
+        with self._lock:
+            hit = self._copies.get(key)
+        if hit is not None and hit[0]() is store:
+            return hit[1]
+        made = make(store)
+        if made is store:
+            return store
+        try:
+            ref = weakref.ref(store, lambda _: self._forget(key))
+        except TypeError:  # not weakly referable: not kept
+            return made
+        with self._lock:
+            self._copies[key] = (ref, made)
+        return made
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._copies.pop(key, None)
+
+
+_QUIET_COPIES = _QuietCopies()
+
+
+def without_client_retries(store: Store) -> Store:
+    """``store``, or a copy of it, whose client does not retry by itself.
+
+    The client store at the bottom is copied (:func:`toolkit.io.clients.quiet_copy`),
+    and toolkit's own wrappers above it too; ``store`` is never changed. The
+    copy is kept while ``store`` lives: asked again, the same copy. A store
+    below another library's wrapper cannot be copied: its client's retries
+    then stay on (a debug log says so).
+    """
+    return _QUIET_COPIES.get(store, _quiet_stack)
+
+
+def _quiet_stack(store: Store) -> Store:
+    if isinstance(store, _OwnWrapper):
+        inner = _quiet_stack(store._store)
+        return store if inner is store._store else store._with_store(inner)
+    if isinstance(store, WrapperStore):
+        if clients.has_own_retries(unwrap(store)):
+            logger.debug(
+                "toolkit: %s is below %s, which toolkit cannot copy: its client's own "
+                "retries stay on, below toolkit's",
+                describe_store(store),
+                type(store).__name__,
+            )
+        return store
+    return clients.quiet_copy(store)
 
 
 def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:
