@@ -189,13 +189,14 @@ __all__ = ["cluster_of", "make_dataset", "read_back", "snapshot", "zarr"]
 # either client
 # (tests/state/).
 @pytest.fixture(params=["local", "memory", "s3-obstore", "s3-s3fs"])
-def coord(request, tmp_path, s3):
+def coord(request, tmp_path):
     if request.param == "local":
         return Coordinator(LocalStore(str(tmp_path / "c")))
     if request.param == "memory":
         return Coordinator(MemoryStore())
     from toolkit.io.stores import resolve_store
 
+    s3 = request.getfixturevalue("s3")  # only the S3 cases need moto's server
     bucket = f"coord-{time.time_ns() % 10**9}"
     s3.create_bucket(bucket)
     client = request.param.removeprefix("s3-")

@@ -22,6 +22,7 @@ __all__ = [
     "ExistingStoreError",
     "IncompleteStoreError",
     "IngestError",
+    "LeaseLostError",
     "LeaseTimeoutError",
     "PartitionError",
     "PlanError",
@@ -217,6 +218,10 @@ class CoordinationError(ToolkitError, RuntimeError):
 
 class LeaseTimeoutError(CoordinationError, TimeoutError):
     """A lease or lock in the store stayed held by another job past the timeout."""
+
+
+class LeaseLostError(CoordinationError):
+    """A job's lease expired or was taken over: the job stops writing (it is fenced)."""
 
 
 class CommitConflictError(ToolkitError, RuntimeError):

@@ -262,21 +262,41 @@ def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None
         return
     parts = []
     for r in records:
+        job = r.get("job") or str(r.get("key", "")).rsplit("/", 1)[-1].removesuffix(".json")
         missing = {k: len(v["missing"]) for k, v in (r.get("units") or {}).items() if v["missing"]}
         if r.get("state") == "failed":
             parts.append(
-                f"a write started {r.get('started')} failed with "
+                f"write {job} (started {r.get('started')}) failed with "
                 + ", ".join(f"{n} units of {k!r}" for k, n in missing.items())
                 + " missing"
+            )
+        elif r.get("state") == "abandoned":
+            a, b = r.get("rows") or ("?", "?")
+            parts.append(
+                f"rows {a}-{b} of {r.get('dim')!r} were reserved by job {job} ({r.get('kind')}), "
+                f"which stopped before writing them (its lease {r.get('lease')}); later jobs "
+                "made them visible"
             )
         elif r.get("state") == "unreadable":
             parts.append(f"the write record {r.get('key')} is unreadable (damaged)")
         else:
-            parts.append(f"a write started {r.get('started')} has not finished (or was killed)")
+            parts.append(
+                f"write {job} (started {r.get('started')}) has not finished: it is running, "
+                "or was killed"
+            )
+    jobs = [
+        r.get("job") or str(r.get("key", "")).rsplit("/", 1)[-1].removesuffix(".json")
+        for r in records
+    ]
     msg = (
         f"{scope} is incomplete: " + "; ".join(parts) + ". Missing parts would read as fill "
-        "values. Rerun the write, or read anyway with incomplete='warn' or 'ignore'. "
-        "The records are under .toolkit/writes/ (toolkit.state.records.clear_records removes them)."
+        "values. Rerun the job (the same call, or the same job_id=, finishes it and removes "
+        "its record), or read anyway with incomplete='warn' or 'ignore'. To accept the rows "
+        "as they are: toolkit.state.records.clear_records(store, job="
+        + repr(jobs[0])
+        + ")"
+        + (f" for each of {jobs}" if len(jobs) > 1 else "")
+        + "."
     )
     if how == "raise":
         raise IncompleteStoreError(msg, records)

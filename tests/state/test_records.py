@@ -105,12 +105,10 @@ def test_a_write_that_never_ran_leaves_a_running_record(tmp_path, monkeypatch):
 def test_success_leaves_no_trace(tmp_path):
     path = tmp_path / "s.zarr"
     toolkit.to_zarr(_dataset(), str(path), progress=False)
-    # Only the creation lease stays: its released generation, and the held one before
-    # it as history (the next holder deletes that).
+    # Only the creation lease stays, released (the next creator replaces it).
     left = sorted(str(p.relative_to(path)) for p in (path / ".toolkit").rglob("*") if p.is_file())
-    assert {p.rsplit("/", 1)[0] for p in left} == {".toolkit/coord/leases/create"}
-    assert len(left) == 2
-    assert '"released"' in (path / left[-1]).read_text()
+    assert left == [".toolkit/coord/leases/create.json"]
+    assert '"released"' in (path / left[0]).read_text()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(zarr.open_group(str(path), mode="r").array_keys()) == ["a"]

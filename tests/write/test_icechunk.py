@@ -27,15 +27,18 @@ ENC = {"v": {"chunks": (10, jobs.NX)}, "w": {"chunks": (10,)}, "time": {"chunks"
 
 
 def _whole(ds: xr.Dataset, owners: dict[str, set[int]]) -> dict[str, int]:
-    """Every labelled partition carries one job's values; unlabelled (reserved) rows are empty."""
+    """Every partition carries one job's values, and no row is without its data and label.
+
+    Rows reach the branch with their data in one commit: a reader never sees
+    reserved rows (no label, fill values).
+    """
     days = ds.day.values.astype(str)
     v = ds.v.values
     out = {}
+    assert "" not in set(days), "rows without their data reached the branch"
+    assert not np.isnan(v).any(), "fill values reached the branch"
     for day in np.unique(days):
         rows = days == day
-        if day == "":
-            assert np.isnan(v[rows]).all(), "rows without a label hold data"
-            continue
         vals = np.unique(v[rows])
         assert len(vals) == 1, f"partition {day} is torn: {vals}"
         assert int(vals[0]) in owners[day], (day, vals)

@@ -19,6 +19,7 @@ __all__ = [
     "hide_reserved_prefix_warnings",
     "open_existing",
     "open_group",
+    "open_settled",
 ]
 
 RESERVED_PREFIX = ".toolkit"
@@ -113,3 +114,29 @@ def open_group(
             last = e
     assert last is not None
     raise last
+
+
+def open_settled(store: Store, group: str | None = None, **kwargs: Any) -> Any:
+    """:func:`xarray.open_zarr`, waiting out a publication of appended rows.
+
+    Appended rows become visible by growing each array's stored length, one
+    metadata document per array, so for the time of one round of requests a
+    reader can find the arrays of a dimension disagreeing (xarray's
+    "conflicting sizes"). The open is tried again for up to about five seconds;
+    a store that still disagrees is reported as xarray reports it.
+    """
+    import time
+
+    import xarray as xr
+
+    ro = store if store.read_only else store.with_read_only(True)
+    delay = 0.01
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            return xr.open_zarr(ro, group=group, **kwargs)
+        except ValueError as e:
+            if "conflicting sizes" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)

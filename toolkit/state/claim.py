@@ -3,7 +3,7 @@
 Creating a dataset (mode ``"w-"``, or ``"w"``, which replaces one) is a job of
 its own: of two jobs creating one store at once, exactly one may write it, or
 the store holds a mix of both. A creating write therefore takes the group's
-*creation lease* (``.toolkit/coord/leases/create/``, an atomic create like
+*creation lease* (``.toolkit/coord/leases/create.json``, a conditional write like
 every lease) before anything else and holds it until its last object landed:
 
 - ``"w-"`` asks once; a live holder means another job is creating the store, and
@@ -32,9 +32,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.sync import sync
@@ -43,7 +46,7 @@ from zarr.storage import LocalStore
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
-from toolkit.state.leases import Coordinator, LockSet, default_ttl, supports_atomic_create
+from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
 from toolkit.state.records import WriteJournal
 
 _log = logging.getLogger(__name__)
@@ -60,7 +63,7 @@ __all__ = [
 CREATE_LEASE = "create"
 """Name of the creation lease, under ``.toolkit/coord/leases/``."""
 
-_LEASE_PATH = f"{RESERVED_PREFIX}/coord/leases/{CREATE_LEASE}"
+_LEASE_PATH = f"{RESERVED_PREFIX}/coord/leases/{CREATE_LEASE}.json"
 
 
 def _root(group: str | None) -> str:
@@ -181,15 +184,17 @@ def _create_timeout() -> float:
     return float(os.environ.get("TOOLKIT_CREATE_TIMEOUT", "600"))
 
 
-_HELD: dict[tuple[str, str], int] = {}  # (store, group) -> the thread holding its claim
-_HELD_LOCK = threading.Lock()
+def _deferred_lifetime() -> float:
+    """Longest a deferred write holds its claim: ``TOOLKIT_DEFERRED_CLAIM_SECONDS``, or 3600."""
+    return float(os.environ.get("TOOLKIT_DEFERRED_CLAIM_SECONDS", "3600"))
 
 
 class CreationClaim:
     """A creating write's hold on its group (see the module docstring).
 
-    Claims nest: a write started by a thread that already holds the group's
-    claim (an append creating the dataset it appends to) holds it already.
+    Every creating path takes one (``to_zarr`` with ``mode="w"``/``"w-"``,
+    ``ingest``, ``copy``, an append that creates its dataset) and hands it down
+    explicitly: a write never finds out by itself that it runs under a claim.
 
     Parameters
     ----------
@@ -204,24 +209,29 @@ class CreationClaim:
     def __init__(self, store: Store, group: str | None, owner: str) -> None:
         self.store, self.group, self.owner = store, group, owner
         self.locks: LockSet | None = None
-        self._stack = contextlib.ExitStack()
-        self._key = (describe_store(store), (group or "").strip("/"))
+        self._coord: Coordinator | None = None
+        self._done = threading.Event()
         if supports_atomic_create(store):
-            self.locks = LockSet(Coordinator(store, group), [CREATE_LEASE], owner)
+            self._coord = Coordinator(store, group)
+            self.locks = LockSet(self._coord, [CREATE_LEASE], owner)
 
     def acquire(self, *, wait: bool) -> None:
         """Take the lease: ask once (``wait=False``) or wait for a live holder to finish."""
         if self.locks is None:
             return
-        with _HELD_LOCK:
-            if _HELD.get(self._key) == threading.get_ident():
-                self.locks = None  # nested in this thread's own claim
-                return
+        lease = self.locks.leases[0]
+        view = lease.observe()
+        if view.state == "held" and _deferred_here(view.doc):
+            # A process never waits on itself: that write is computed later, by this
+            # very process, or never.
+            raise ExistingStoreError(
+                f"a deferred write of {describe_store(self.store)} made by this process "
+                f"(to_zarr(..., compute=False), job {(view.doc or {}).get('owner')}) holds "
+                "its creation claim until it is computed or dropped: compute it (or del it) "
+                "before writing this store again"
+            )
         try:
-            self._stack.enter_context(self.locks.hold(_create_timeout() if wait else 2.0))
-            with _HELD_LOCK:
-                _HELD[self._key] = threading.get_ident()
-            self._stack.callback(self._forget)
+            self.locks.start(_create_timeout() if wait else 2.0)
         except LeaseTimeoutError as e:
             if wait:
                 raise
@@ -231,13 +241,11 @@ class CreationClaim:
                 "or use mode='w' to replace it once it is done"
             ) from e
 
-    def _forget(self) -> None:
-        with _HELD_LOCK:
-            _HELD.pop(self._key, None)
-
     def release(self) -> None:
-        """Give the lease up (a no-op without one)."""
-        self._stack.close()
+        """Give the lease up (a no-op without one, or when given up already)."""
+        self._done.set()
+        if self.locks is not None:
+            self.locks.stop()
 
     def __enter__(self) -> CreationClaim:
         return self
@@ -245,28 +253,63 @@ class CreationClaim:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def release_when_done(self, journal: WriteJournal | None) -> None:
+    def release_when_done(self, journal: WriteJournal | None, deferred: object = None) -> None:
         """For a write computed later: hold the lease while its record says "writing".
 
-        A daemon thread looks at the record every third of the lease's time to
-        live and releases the lease once the record is gone or says the write
-        failed. If this process ends first, the lease expires on its own.
+        The lease document says it is a deferred write's. The renewer also looks
+        at the record every third of the lease's time to live and gives the
+        lease up once the record is gone or says the write failed, when
+        ``deferred`` (the ``Delayed``) is dropped without being computed (a
+        finalizer), or after ``TOOLKIT_DEFERRED_CLAIM_SECONDS`` (an hour) at the
+        latest. If this process ends first, the lease expires on its own.
         """
         if self.locks is None or journal is None:
             self.release()
             return
+        for lease in self.locks.leases:
+            lease.note["deferred"] = True
+        with contextlib.suppress(Exception):
+            self.locks.renew_now()  # the note reaches the store now
+        if deferred is not None:
+            with contextlib.suppress(TypeError):
+                weakref.finalize(deferred, self.release)
+        until = time.monotonic() + _deferred_lifetime()
 
-        def watch() -> None:
-            period = default_ttl() / 3
+        def check() -> None:
+            if self._done.is_set():
+                return
+            if time.monotonic() > until:
+                _log.warning(
+                    "toolkit: the deferred write of %s was not done within %g s; its creation "
+                    "claim is given up",
+                    describe_store(self.store),
+                    _deferred_lifetime(),
+                )
+                self._release_soon()
+                return
             try:
-                while journal.state() == "writing":
-                    time.sleep(period)
+                state = journal.state()
             except Exception as e:
                 # The store went away (or refuses us): the lease cannot be renewed
-                # either, so it expires by itself. Nothing to raise to.
-                _log.debug("creation claim watcher stops: %s", e)
-            finally:
-                with contextlib.suppress(Exception):
-                    self.release()
+                # either, so it expires by itself.
+                _log.debug("creation claim watcher: %s", e)
+                return
+            if state != "writing":
+                self._release_soon()
 
-        threading.Thread(target=watch, name="toolkit-create-claim", daemon=True).start()
+        self.locks.extra.append(check)
+
+    def _release_soon(self) -> None:
+        # Called from the renewer thread, which must not join itself.
+        self._done.set()
+        threading.Thread(target=self.release, name="toolkit-claim-release", daemon=True).start()
+
+
+def _deferred_here(doc: dict[str, Any] | None) -> bool:
+    """Whether a lease document is a deferred write's, held by this very process."""
+    return bool(
+        doc
+        and doc.get("deferred")
+        and doc.get("pid") == os.getpid()
+        and doc.get("host") == socket.gethostname()
+    )

@@ -1,42 +1,55 @@
-"""The commit protocol: a log in the store, written by elected committers in batches.
+"""The commit protocol: a log in the store of numbered entries, each written by one create.
 
-Many jobs that share nothing but a store agree on one sequence of changes (the
-ranges appenders reserve, where partitions live, Icechunk commits) through a
-log of numbered JSON entries under ``.toolkit/coord/log/``. An entry is written
-with an atomic create, so two committers can never both write entry *n*; the
-loser reads what won and tries again (Delta Lake's protocol).
+Many jobs that share nothing but a store agree on one sequence of decisions
+(the rows appenders reserve, where partitions live, Icechunk commits) through
+a log of numbered JSON entries under ``.toolkit/coord/log/``. An entry is
+written with create-if-absent, so two writers can never both write entry *n*;
+the loser reads what won and decides again (Delta Lake's protocol). Each entry
+holds the whole state after it, so the newest entry is all a job reads.
 
-Jobs do not each write an entry: that costs every writer a retry per other
-writer, N²/2 attempts in all. Instead (group commit):
+Two ways to the log, one decision function:
 
-1. a job puts its request at ``pending/<job>.json`` (its own key: no contention);
-2. it polls for the log entry that answers it; when none comes for a moment, it
-   tries to become the committer by taking the ``committer`` lease;
-3. the committer takes every pending request, decides them all against the
-   current state, applies their effect (for example, grows the arrays), and
-   writes *one* entry holding the new state and every answer; then it removes
-   the pending requests it answered and looks for more.
+- **Directly** (a lone job, the common case): read the head, decide the job's
+  own request, create the next entry. One round trip when nobody else
+  commits. ``log/HEAD.json`` is a copy of the newest entry that each writer
+  leaves behind it: reading it costs one GET instead of a listing and a GET. It
+  may lag; a stale head only makes the create fail, and the job reads forward.
+- **Group commit** (under contention, and for decisions with an effect): a job
+  that lost the direct race twice puts its request at ``pending/<job>.json``
+  (its own key: no contention) and waits for the entry that answers it; when
+  none comes for a moment, it takes the ``committer`` lease, decides every
+  pending request in one batch, applies the batch's effect, and writes *one*
+  entry for all of them. N contending jobs cost a few entries, not N²/2
+  attempts.
 
-A committer that dies loses its lease when it expires, and the next one picks
-up the requests still pending. A request already answered in the log is never
-decided twice.
+A request is never decided twice: an answered request's job is kept in the
+state's ``_recent`` list, the decision function sees the state (a job that
+reserved already finds its reservation there), and a committer that died
+before removing answered requests leaves nothing to redo. A committer that
+dies loses its lease when it expires; the next one picks up what is pending.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zarr.core.sync import sync
+
 from toolkit._util import backoff
 from toolkit.errors import LeaseTimeoutError
-from toolkit.state.leases import Coordinator, Lease, default_ttl, job_id, numbered
+from toolkit.state.leases import Coordinator, Lease, default_ttl, gather_limited, job_id, numbered
 
 __all__ = ["Batch", "CommitLog", "CommitStats"]
 
 _KEEP_ENTRIES = 1000
+_KEEP_RECENT = 1000
+_DIRECT_ATTEMPTS = 2
+HEAD = "log/HEAD.json"
 
 
 @dataclass
@@ -50,11 +63,11 @@ class Batch:
     answers : dict
         Per job id, its answer (JSON); ``{"error": ...}`` rejects the request.
     effect : callable, optional
-        Run after the requests are decided and before the entry is written
-        (e.g. growing the arrays): when a job reads its answer, it has happened.
-        What it returns is added to every answer that is not an error or a
-        conflict. If it raises, every request of the batch is answered with
-        the error and the state stays as it was.
+        Run after the requests are decided and before the entry is written,
+        under the committer lease (e.g. an Icechunk commit): when a job reads
+        its answer, it has happened. What it returns is added to every answer
+        that is not an error or a conflict. If it raises, every request of the
+        batch is answered with the error and the state stays as it was.
     """
 
     state: dict[str, Any]
@@ -70,7 +83,7 @@ class CommitStats:
     """What one job's :meth:`CommitLog.submit` cost: the figures group commit is about."""
 
     attempts: int = 0
-    """Log entries this job tried to create (as committer)."""
+    """Log entries this job tried to create (directly or as committer)."""
     commits: int = 0
     """Log entries it created."""
     batched: int = 0
@@ -79,20 +92,22 @@ class CommitStats:
     seconds: float = 0.0
     entry: int = 0
     """The entry that answered it."""
+    direct: bool = False
+    """Whether it was answered by an entry it created directly (no batch)."""
 
 
 @dataclass
 class CommitLog:
-    """A group-committed log in the store.
+    """A log of decisions in the store.
 
     Parameters
     ----------
     coord : Coordinator
         The store's coordination prefix.
     decide : callable
-        ``decide(state, requests) -> Batch``: the committer's decision for a
-        batch. ``state`` is the previous entry's state (``{}`` at first); each
-        request carries the ``job`` that sent it.
+        ``decide(state, requests) -> Batch``: the decision for a batch.
+        ``state`` is the previous entry's state (``{}`` at first); each request
+        carries the ``job`` that sent it.
     lease_ttl : float
         Seconds before a silent committer is replaced.
     """
@@ -102,62 +117,170 @@ class CommitLog:
     lease_ttl: float = field(default_factory=lambda: min(15.0, default_ttl()))
     stats: CommitStats = field(default_factory=CommitStats)
 
-    def head(self) -> tuple[int, dict[str, Any]]:
-        """The latest entry's number and state (0 and ``{}`` for an empty log)."""
-        seqs = numbered(self.coord.list("log/"))
+    # -- reading ------------------------------------------------------------
+
+    async def ahead(self) -> tuple[int, dict[str, Any]]:
+        """The newest entry's number and state (0 and ``{}`` for an empty log)."""
+        hint = await self.coord.aget(HEAD)
+        if hint is not None and isinstance(hint.get("seq"), int):
+            seq, state = hint["seq"], dict(hint.get("state") or {})
+            # The copy may lag: read forward until the next entry is absent.
+            while True:
+                nxt = await self.coord.aget(_entry(seq + 1))
+                if nxt is None:
+                    return seq, state
+                seq, state = seq + 1, dict(nxt.get("state") or {})
+        seqs = numbered(k for k in await self.coord.alist("log/") if k != HEAD)
         for seq in sorted(seqs, reverse=True):
-            entry = self.coord.get(f"log/{seq:012d}.json")
+            entry = await self.coord.aget(_entry(seq))
             if entry is not None:
-                return seq, entry.get("state", {})
+                return seq, dict(entry.get("state") or {})
         return 0, {}
 
-    def submit(
-        self, request: Mapping[str, Any], *, job: str | None = None, timeout: float = 600.0
-    ) -> dict[str, Any]:
-        """Put ``request`` in the log and wait for its answer (committing batches meanwhile).
+    def head(self) -> tuple[int, dict[str, Any]]:
+        """The newest entry's number and state (0 and ``{}`` for an empty log)."""
+        return sync(self.ahead())
 
-        Returns
-        -------
-        dict
-            The answer the committer decided for this request.
+    async def _after(self, seq: int, state: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The head, knowing entry ``seq`` holds ``state``: read forward only."""
+        while True:
+            nxt = await self.coord.aget(_entry(seq + 1))
+            if nxt is None:
+                return seq, state
+            seq, state = seq + 1, dict(nxt.get("state") or {})
+
+    # -- writing ------------------------------------------------------------
+
+    def _entry_doc(
+        self,
+        seq: int,
+        committer: str,
+        todo: list[dict[str, Any]],
+        answers: Mapping[str, Any],
+        state: Mapping[str, Any],
+        before: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Entry ``seq``: the batch's answers keyed by request id, and the state after it."""
+        recent = [r["req"] for r in todo] + list(before.get("_recent", []))
+        new_state = {**state, "_recent": recent[:_KEEP_RECENT]}
+        return {
+            "seq": seq,
+            "committer": committer,
+            "at": _stamp(),
+            "jobs": [r["job"] for r in todo],
+            "answers": {r["req"]: answers.get(r["job"], {}) for r in todo},
+            "state": new_state,
+        }
+
+    async def _landed(self, seq: int, entry: dict[str, Any]) -> None:
+        """Entry ``seq`` was created: leave the head's copy, and prune old entries now and then."""
+        await self.coord.aput(HEAD, entry)
+        if seq > _KEEP_ENTRIES and seq % 64 == 0:
+            old = [n for n in numbered(await self.coord.alist("log/")) if n <= seq - _KEEP_ENTRIES]
+            await gather_limited([self.coord.adelete(_entry(n)) for n in old])
+
+    def _direct(
+        self, request: dict[str, Any], seq: int, state: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, int, dict[str, Any]]:
+        """One direct attempt: decide alone on ``state`` and create entry ``seq + 1``.
+
+        Returns the answer (None if another writer took the entry) and the head
+        as now known. The decision runs outside the event loop (it may read the
+        store the first time it meets a partition coordinate).
+        """
+        job, req = request["job"], request["req"]
+        if req in state.get("_recent", ()):
+            return None, seq, state  # answered before: the caller finds that answer
+        batch = self.decide(state, [request])
+        if batch.effect is not None:
+            # An effect runs under the committer lease only: through the group.
+            raise _NeedsCommitter
+        answer = batch.answers.get(job, {})
+        entry = self._entry_doc(seq + 1, job, [request], batch.answers, batch.state, state)
+        self.stats.attempts += 1
+        if self.coord.create(_entry(seq + 1), entry) is False:
+            return None, *sync(self._after(seq, state))
+        self.stats.commits += 1
+        self.stats.batched += 1
+        self.stats.direct = True
+        sync(self._landed(seq + 1, entry))
+        return dict(answer), seq + 1, entry["state"]
+
+    def submit(
+        self,
+        request: Mapping[str, Any],
+        *,
+        job: str | None = None,
+        timeout: float = 600.0,
+        direct: bool = True,
+    ) -> dict[str, Any]:
+        """Decide ``request`` in the log and return its answer.
+
+        Parameters
+        ----------
+        request : mapping
+            What the job asks (JSON); ``job`` is added.
+        job : str, optional
+            The job's identity (a new :func:`~toolkit.state.leases.job_id` by default).
+        timeout : float
+            Seconds to wait for an answer.
+        direct : bool
+            Try the direct way first (off for decisions with an effect).
 
         Raises
         ------
         toolkit.errors.LeaseTimeoutError
             If no answer came within ``timeout`` seconds.
         """
-        t0 = time.time()
+        t0 = time.monotonic()
         job = job or job_id()
-        seq, _ = self.head()
-        self.coord.put(f"pending/{job}.json", {**request, "job": job, "submitted": _stamp()})
+        # The request's own id: the log answers each request once; the decision
+        # function answers each *job* once (a rerun finds what its first run got).
+        req = {**request, "job": job, "req": uuid.uuid4().hex}
         self.stats = CommitStats()
+        seq, state = sync(self.ahead())
+        for attempt in range(_DIRECT_ATTEMPTS if direct else 0):
+            try:
+                answer, seq, state = self._direct(req, seq, state)
+            except _NeedsCommitter:
+                break
+            if answer is not None:
+                self.stats.entry, self.stats.seconds = seq, time.monotonic() - t0
+                return answer
+            time.sleep(backoff(attempt, base=0.005, cap=0.05))
+        answer = self._grouped(req, seq, t0, timeout)
+        self.stats.seconds = time.monotonic() - t0
+        return answer
+
+    def _grouped(self, req: dict[str, Any], seq: int, t0: float, timeout: float) -> dict[str, Any]:
+        """Group commit: put the request, wait for the entry answering it, commit meanwhile."""
+        job, rid = req["job"], req["req"]
+        self.coord.put(f"pending/{rid}.json", {**req, "submitted": _stamp()})
         next_seq = seq + 1
         quiet_since = time.monotonic()
         lease = Lease(self.coord, "committer", job, ttl=self.lease_ttl)
         attempt = 0
         while True:
-            entry = self.coord.get(f"log/{next_seq:012d}.json")
+            entry = self.coord.get(_entry(next_seq))
             self.stats.polls += 1
             if entry is not None:
-                answer = entry.get("answers", {}).get(job)
+                answer = entry.get("answers", {}).get(rid)
                 if answer is not None:
                     self.stats.entry = next_seq
-                    self.stats.seconds = time.time() - t0
                     return dict(answer)
                 next_seq += 1
                 quiet_since = time.monotonic()
                 attempt = 0
                 continue
-            # Rarely (an extra GET): has our place in the log been cleaned up meanwhile?
             if (
                 self.stats.polls % 32 == 0
                 and next_seq > 1
-                and self.coord.get(f"log/{next_seq - 1:012d}.json") is None
+                and self.coord.get(_entry(next_seq - 1)) is None
             ):
-                # Our place in the log was cleaned up while we slept: find the head again.
+                # Our place in the log was pruned while we slept: find the head again.
                 next_seq = max(1, self.head()[0] + 1 - 64)
             # Nothing new: after a moment of quiet, try to commit the pending batch.
-            patience = min(0.25, 0.01 * 2**attempt)
+            patience = min(0.25, 0.01 * 2 ** min(attempt, 8))
             if time.monotonic() - quiet_since >= patience and lease.try_acquire():
                 try:
                     self._commit_rounds(lease)
@@ -165,7 +288,7 @@ class CommitLog:
                     lease.release()
                 quiet_since = time.monotonic()
                 continue
-            if time.time() - t0 > timeout:
+            if time.monotonic() - t0 > timeout:
                 raise LeaseTimeoutError(
                     f"no committer answered job {job} within {timeout:g} s "
                     f"(log entry {next_seq} never came)"
@@ -174,23 +297,36 @@ class CommitLog:
             attempt += 1
 
     def _commit_rounds(self, lease: Lease, rounds: int = 64) -> None:
-        """As committer: decide every pending request, a batch per entry, while they come."""
+        """As committer: decide every pending request, a batch per entry, while they come.
+
+        A request the decision leaves unanswered (it must wait for another job)
+        stays pending; a round that answers nothing ends the committer's turn.
+        """
         for _ in range(rounds):
             if not lease.held:
                 return
             keys = [k for k in self.coord.list("pending/") if k.endswith(".json")]
             if not keys:
                 return
-            requests = [r for r in self.coord.get_many(keys) if r is not None]
+            got = self.coord.get_many(keys)
+            requests = [r for r in got if r is not None]
             seq, state = self.head()
             # Requests answered by an entry whose pending keys were not yet removed
             # (its committer died in between) must not be decided twice.
             answered = set(state.get("_recent", []))
-            todo = [r for r in requests if r["job"] not in answered]
+            todo = [r for r in requests if r.get("req") not in answered and "job" in r]
+            stale = [
+                k for k, r in zip(keys, got, strict=True) if r is None or r.get("req") in answered
+            ]
             if todo:
-                todo.sort(key=lambda r: (r.get("submitted", ""), r["job"]))
+                todo.sort(key=lambda r: (r.get("submitted", ""), r["req"]))
                 batch = self.decide(state, todo)
                 answers = batch.answers
+                todo = [r for r in todo if r["job"] in answers]
+                if not todo:
+                    self.coord.delete_many(stale)
+                    return  # every request waits for another job: let them poll
+                new_state = dict(batch.state)
                 if batch.effect is not None:
                     try:
                         extra = batch.effect() or {}
@@ -204,29 +340,24 @@ class CommitLog:
                     for answer in answers.values():
                         if "error" not in answer and "conflict" not in answer:
                             answer.update(extra)
-                else:
-                    new_state = dict(batch.state)
-                recent = [r["job"] for r in todo] + list(state.get("_recent", []))
-                new_state["_recent"] = recent[:_KEEP_ENTRIES]
-                entry = {
-                    "seq": seq + 1,
-                    "committer": lease.owner,
-                    "at": _stamp(),
-                    "jobs": [r["job"] for r in todo],
-                    "answers": answers,
-                    "state": new_state,
-                }
+                entry = self._entry_doc(seq + 1, lease.owner, todo, answers, new_state, state)
                 self.stats.attempts += 1
-                if not lease.held or not self.coord.create(f"log/{seq + 1:012d}.json", entry):
-                    continue  # another committer won this entry: decide again on its state
+                if not lease.held or not self.coord.create(_entry(seq + 1), entry):
+                    continue  # another writer won this entry: decide again on its state
                 self.stats.commits += 1
                 self.stats.batched += len(todo)
-                if seq + 1 > _KEEP_ENTRIES and (seq + 1) % 64 == 0:
-                    old = [
-                        n for n in numbered(self.coord.list("log/")) if n <= seq + 1 - _KEEP_ENTRIES
-                    ]
-                    self.coord.delete_many([f"log/{n:012d}.json" for n in old])
-            self.coord.delete_many(keys)
+                sync(self._landed(seq + 1, entry))
+                done = {r["req"] for r in todo}
+                stale += [k for k, r in zip(keys, got, strict=True) if r and r.get("req") in done]
+            self.coord.delete_many(stale)
+
+
+class _NeedsCommitter(Exception):
+    """The decision has an effect: it is made by the elected committer."""
+
+
+def _entry(seq: int) -> str:
+    return f"log/{seq:012d}.json"
 
 
 def _stamp() -> str:

@@ -1,24 +1,35 @@
-"""Coordination state kept in the store itself: atomic creates, leases and locks.
+"""Coordination state kept in the store itself: conditional writes, leases and lock sets.
 
 Jobs that write one dataset share nothing but its store, so they coordinate
-through it, under ``.toolkit/coord/`` in the group. Everything rests on one
-primitive, an *atomic create* (put-if-absent): S3's conditional ``PUT`` with
-``If-None-Match: *``, ``link(2)`` on a POSIX file system (zarr's own
-``LocalStore`` uses it the same way), a lock-protected dict in memory. Exactly
-one of the actors racing for a key wins it.
+through it, under ``.toolkit/coord/`` in the group. Every decision rests on a
+conditional write (:mod:`toolkit.io.conditional`): create-if-absent, or
+replace-if-version. Exactly one of the actors racing for a key wins it.
 
-A :class:`Lease` is a sequence of generation documents,
-``<name>/<generation>.json``: taking, renewing and releasing it each *create*
-the next generation, so every change of hands is decided by one atomic create
-and a lease whose holder died expires after its time to live instead of
-blocking anyone. The documents are small JSON, readable by people
-(``owner``, ``host``, ``pid``, ``state``, ``expires``).
+A :class:`Lease` is one small JSON document, ``leases/<name>.json``. Taking a
+free lease creates it, or replaces the released or expired document at the
+version read; renewing it replaces the holder's own version; releasing it
+replaces it with ``"state": "released"``. So every change of hands is decided
+by one conditional write, and a holder whose renewal finds another version
+has lost the lease and knows it. Each taking increments the document's
+``generation``: the lease's fencing token.
+
+**Expiry does not depend on clocks agreeing across hosts.** A holder renews
+every third of the time to live (``ttl``) and trusts its lease only until
+``ttl`` minus a margin after it *sent* its last successful renewal, by its own
+monotonic clock. Another job judges the lease expired only after *it* has
+seen the same version, unchanged, for ``ttl`` seconds of its own monotonic
+clock. Since the version was written after the holder sent it, the observer's
+window always ends after the holder stopped trusting the lease, whatever the
+hosts' wall clocks say (only their rates must agree, within the margin). The
+wall-clock times in the document are for people to read, and a hint of
+whether waiting is worth it; no decision rests on them. A holder that was a
+process on this host that no longer runs is dead at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
+import builtins
 import contextlib
 import datetime as dt
 import json
@@ -28,36 +39,34 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
-from zarr.storage import LocalStore, MemoryStore
 
 from toolkit._util import backoff, encode_json
-from toolkit.errors import CoordinationError, LeaseTimeoutError
-from toolkit.io import clients
+from toolkit.errors import LeaseLostError, LeaseTimeoutError
+from toolkit.io.conditional import ConditionalStore, conditional_store, supports_conditional
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
+from toolkit.io.throttle import Throttle
+from toolkit.io.wrappers import RetryStore, find_wrapper
 
 _log = logging.getLogger(__name__)
 
 __all__ = [
     "Coordinator",
     "Lease",
+    "LeaseView",
     "LockSet",
     "default_ttl",
+    "holder_dead",
     "job_id",
     "numbered",
     "supports_atomic_create",
 ]
-
-_MEMORY_LOCK = threading.Lock()
 
 
 def job_id() -> str:
@@ -86,8 +95,16 @@ def default_ttl() -> float:
 
 
 def supports_atomic_create(store: Store) -> bool:
-    """Whether ``store`` can create a key atomically (put-if-absent)."""
-    return clients.supports_atomic_create(unwrap(store))
+    """Whether ``store`` can write conditionally (create-if-absent, replace-if-version)."""
+    return supports_conditional(store)
+
+
+def _decode(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None  # a torn or foreign object counts as absent
+    return doc if isinstance(doc, dict) else None
 
 
 @dataclass
@@ -97,161 +114,149 @@ class Coordinator:
     Parameters
     ----------
     store : zarr Store
-        The dataset's store (wrappers are looked through: coordination costs a
-        handful of requests and must not wait behind a data throttle).
+        The dataset's store. Wrappers are looked through: coordination costs a
+        handful of requests and must not wait behind a data throttle. A
+        :class:`~toolkit.io.wrappers.RetryStore` among them gives its retry
+        policy to the coordination requests.
     group : str, optional
         The dataset's group inside the store.
+    policy : Throttle, optional
+        The retry policy (default: the wrappers', else :class:`~toolkit.Throttle`'s).
     """
 
     store: Store
     group: str | None = None
+    policy: Throttle | None = None
     base: Store = field(init=False, repr=False)
+    cas: ConditionalStore = field(init=False, repr=False)
     prefix: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.base = unwrap(self.store)
-        if not supports_atomic_create(self.base):
-            raise CoordinationError(
-                f"{describe_store(self.base)} has no atomic conditional write, which concurrent "
-                "jobs need to coordinate; write to a local path or an S3 URL (or pass one job's "
-                "writes through toolkit.to_zarr without concurrency)"
-            )
+        if self.policy is None:
+            retry = find_wrapper(self.store, RetryStore)
+            self.policy = retry.policy if retry is not None else None
+        self.cas = conditional_store(self.base, self.policy)
         root = f"{self.group.strip('/')}/" if self.group else ""
         self.prefix = f"{root}{RESERVED_PREFIX}/coord/"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Coordinator, (self.base, self.group))
+        return (Coordinator, (self.base, self.group, self.policy))
 
-    # -- plain operations -------------------------------------------------
+    @property
+    def where(self) -> str:
+        """A secret-free description of the store, for messages."""
+        return describe_store(self.base)
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    # -- asynchronous: for requests sent together -------------------------
+
+    async def aget(self, key: str) -> dict[str, Any] | None:
         """The document at ``key`` (relative to the prefix), or None."""
-        buf = sync(self.base.get(self.prefix + key, prototype=default_buffer_prototype()))
-        if buf is None:
-            return None
-        try:
-            doc: dict[str, Any] = json.loads(buf.to_bytes())
-        except json.JSONDecodeError:
-            return None  # a torn or foreign object counts as absent
-        return doc
+        got = await self.cas.get(self.prefix + key)
+        return None if got is None else _decode(got.data)
+
+    async def aget_versioned(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The document at ``key`` and its version; ``(None, None)`` when absent."""
+        got = await self.cas.get(self.prefix + key)
+        if got is None:
+            return None, None
+        return _decode(got.data), got.version
+
+    async def acreate(self, key: str, doc: dict[str, Any]) -> str | None:
+        """Create ``key`` unless it exists: its version, or None."""
+        return await self.cas.create(self.prefix + key, encode_json(doc).to_bytes())
+
+    async def areplace(self, key: str, doc: dict[str, Any], version: str) -> str | None:
+        """Replace ``key`` if still at ``version``: the new version, or None."""
+        return await self.cas.replace(self.prefix + key, encode_json(doc).to_bytes(), version)
+
+    async def aput(self, key: str, doc: dict[str, Any]) -> None:
+        """Write ``doc`` at ``key`` unconditionally."""
+        await self.cas.put(self.prefix + key, encode_json(doc).to_bytes())
+
+    async def aput_bytes(self, key: str, data: bytes) -> None:
+        """Write raw bytes at ``key`` unconditionally."""
+        await self.cas.put(self.prefix + key, data)
+
+    async def aget_bytes(self, key: str) -> bytes | None:
+        """The raw bytes at ``key``, or None."""
+        got = await self.cas.get(self.prefix + key)
+        return None if got is None else got.data
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write raw bytes at ``key`` (overwriting)."""
-        sync(self.base.set(self.prefix + key, Buffer.from_bytes(data)))
+        sync(self.aput_bytes(key, data))
 
     def get_bytes(self, key: str) -> bytes:
         """The raw bytes at ``key``; FileNotFoundError if absent."""
-        buf = sync(self.base.get(self.prefix + key, prototype=default_buffer_prototype()))
-        if buf is None:
-            raise FileNotFoundError(f"{describe_store(self.base)}: {self.prefix + key}")
-        return buf.to_bytes()
+        data = sync(self.aget_bytes(key))
+        if data is None:
+            raise FileNotFoundError(f"{self.where}: {self.prefix + key}")
+        return data
 
-    def put(self, key: str, doc: dict[str, Any]) -> None:
-        """Write ``doc`` at ``key`` (overwriting)."""
-        sync(self.base.set(self.prefix + key, encode_json(doc)))
-
-    def delete(self, key: str) -> None:
+    async def adelete(self, key: str) -> None:
         """Delete ``key`` if present."""
-        with contextlib.suppress(FileNotFoundError):
-            sync(self.base.delete(self.prefix + key))
+        await self.cas.delete(self.prefix + key)
 
-    def get_many(self, keys: list[str]) -> list[dict[str, Any] | None]:
-        """The documents at ``keys``, fetched concurrently (None where absent)."""
-        proto = default_buffer_prototype()
-        gate = asyncio.Semaphore(64)
-
-        async def one(key: str) -> dict[str, Any] | None:
-            async with gate:
-                buf = await self.base.get(self.prefix + key, prototype=proto)
-            if buf is None:
-                return None
-            try:
-                doc: dict[str, Any] = json.loads(buf.to_bytes())
-            except json.JSONDecodeError:
-                return None
-            return doc
-
-        async def every() -> list[dict[str, Any] | None]:
-            return list(await asyncio.gather(*(one(k) for k in keys)))
-
-        return sync(every())
-
-    def delete_many(self, keys: list[str]) -> None:
-        """Delete ``keys``, concurrently."""
-        gate = asyncio.Semaphore(64)
-
-        async def one(key: str) -> None:
-            async with gate:
-                with contextlib.suppress(FileNotFoundError):
-                    await self.base.delete(self.prefix + key)
-
-        async def every() -> None:
-            await asyncio.gather(*(one(k) for k in keys))
-
-        sync(every())
-
-    def list(self, prefix: str) -> list[str]:
+    async def alist(self, prefix: str) -> list[str]:
         """Keys under ``prefix`` (relative to the coordination prefix), sorted."""
+        keys = await self.cas.list(self.prefix + prefix)
+        return [k[len(self.prefix) :] for k in keys]
 
-        async def collect() -> list[str]:
-            return await clients.list_keys(self.base, self.prefix + prefix)
+    # -- synchronous ------------------------------------------------------
 
-        keys = sync(collect())
-        return sorted(k[len(self.prefix) :] for k in keys if not k.endswith(".partial"))
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The document at ``key`` (relative to the prefix), or None."""
+        return sync(self.aget(key))
 
-    def create_and_delete(self, key: str, doc: dict[str, Any], stale: Sequence[str]) -> bool:
-        """:meth:`create` ``key`` while deleting ``stale`` keys, concurrently; create's answer."""
-        if not stale:
-            return self.create(key, doc)
-        with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-coord") as pool:
-            cleanup = pool.submit(self.delete_many, [*stale])
-            created = self.create(key, doc)
-            cleanup.result()
-        return created
-
-    # -- the one atomic primitive -----------------------------------------
+    def get_versioned(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The document at ``key`` and its version; ``(None, None)`` when absent."""
+        return sync(self.aget_versioned(key))
 
     def create(self, key: str, doc: dict[str, Any]) -> bool:
         """Create ``key`` holding ``doc`` if it does not exist; True if this call created it."""
-        full = self.prefix + key
-        data = encode_json(doc)
-        base = self.base
-        if isinstance(base, LocalStore):
-            return _create_local(Path(base.root) / full, data.to_bytes())
-        if isinstance(base, MemoryStore):
-            with _MEMORY_LOCK:
-                if full in base._store_dict:
-                    return False
-                base._store_dict[full] = data
-                return True
-        return sync(clients.create_if_absent(base, full, data.to_bytes()))
+        return sync(self.acreate(key, doc)) is not None
+
+    def replace(self, key: str, doc: dict[str, Any], version: str) -> str | None:
+        """Replace ``key`` with ``doc`` if it is still at ``version``; the new version or None."""
+        return sync(self.areplace(key, doc, version))
+
+    def put(self, key: str, doc: dict[str, Any]) -> None:
+        """Write ``doc`` at ``key`` (overwriting)."""
+        sync(self.aput(key, doc))
+
+    def delete(self, key: str) -> None:
+        """Delete ``key`` if present."""
+        sync(self.adelete(key))
+
+    def list(self, prefix: str) -> builtins.list[str]:
+        """Keys under ``prefix`` (relative to the coordination prefix), sorted."""
+        return sync(self.alist(prefix))
+
+    def get_many(self, keys: Sequence[str]) -> builtins.list[dict[str, Any] | None]:
+        """The documents at ``keys``, fetched concurrently (None where absent)."""
+        return sync(gather_limited([self.aget(k) for k in keys]))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete ``keys``, concurrently."""
+        sync(gather_limited([self.adelete(k) for k in keys]))
 
 
-def _create_local(path: Path, data: bytes) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if path exists: the POSIX put-if-absent
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+async def gather_limited[T](aws: Sequence[Any], limit: int = 64) -> list[T]:
+    """``asyncio.gather`` with at most ``limit`` of the awaitables running at once."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(aw: Any) -> T:
+        async with gate:
+            return await aw  # type: ignore[no-any-return]
+
+    return list(await asyncio.gather(*(one(aw) for aw in aws)))
 
 
 # -- leases -----------------------------------------------------------------
 
 
-def _now() -> float:
-    return time.time()
-
-
-def _holder_dead(doc: dict[str, Any]) -> bool:
+def holder_dead(doc: Mapping[str, Any]) -> bool:
     """Whether a lease's holder was a process on this host that no longer runs.
 
     Such a lease need not wait out its time to live (a killed job's rerun on
@@ -280,6 +285,43 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+def _margin(ttl: float) -> float:
+    """How long before ``ttl`` runs out a holder stops trusting its lease (clock-rate slack)."""
+    return min(2.0, max(0.05 * ttl, ttl / 5))
+
+
+Liveness = Literal["free", "held", "released", "dead", "expired"]
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """What an observer knows of a lease it does not hold.
+
+    Attributes
+    ----------
+    state : {"free", "held", "released", "dead", "expired"}
+        ``free``: no document; ``held``: a holder renews it (as far as this
+        observer has watched); ``released``; ``dead``: its holder was a process
+        on this host that no longer runs; ``expired``: unchanged for its whole
+        time to live, by this observer's clock.
+    doc : dict or None
+        The lease document (owner, host, pid, generation, ...).
+    """
+
+    state: Liveness
+    doc: dict[str, Any] | None
+
+    @property
+    def gone(self) -> bool:
+        """Whether nobody holds the lease (free, released, dead or expired)."""
+        return self.state != "held"
+
+    def holder(self) -> str:
+        """Who holds it, for messages."""
+        d = self.doc or {}
+        return f"job {d.get('owner')} (pid {d.get('pid')} on {d.get('host')})"
+
+
 @dataclass
 class Lease:
     """A named lease in the store: at most one live holder, expiring if it dies.
@@ -291,164 +333,255 @@ class Lease:
     name : str
         Its name (a path under ``.toolkit/coord/leases/``).
     owner : str
-        Who takes it (a :func:`job_id`).
+        Who takes it (a job id). Another run with the same owner is another
+        holder: a rerun does not take a lease its first run still renews.
     ttl : float
         Seconds a holder may go without renewing before others may take over.
+    note : dict, optional
+        Extra fields for the document (e.g. ``{"deferred": True}``).
     """
 
     coord: Coordinator
     name: str
     owner: str
     ttl: float = field(default_factory=default_ttl)
+    note: dict[str, Any] = field(default_factory=dict)
     generation: int | None = None
-    expires: float = 0.0
-    _stale: list[str] = field(default_factory=list, repr=False)
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _version: str | None = field(default=None, repr=False)
+    _valid_until: float = field(default=0.0, repr=False)
+    _seen: tuple[str, float] | None = field(default=None, repr=False)
 
     @property
-    def _dir(self) -> str:
-        return f"leases/{self.name}/"
+    def key(self) -> str:
+        """The lease document's key under the coordination prefix."""
+        return f"leases/{self.name}.json"
 
-    def _latest(self) -> tuple[int, dict[str, Any] | None]:
-        gens = numbered(self.coord.list(self._dir))
-        if not gens:
-            return 0, None
-        g = max(gens)
-        return g, self.coord.get(f"{self._dir}{g:012d}.json")
-
-    def _doc(self, state: str) -> dict[str, Any]:
-        now = _now()
+    def _doc(self, state: str, generation: int) -> dict[str, Any]:
         return {
             "lease": self.name,
             "owner": self.owner,
+            "run": self.run,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "state": state,
-            "at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(),
-            "expires_unix": now + self.ttl,
+            "generation": generation,
+            "ttl": self.ttl,
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            **self.note,
         }
 
-    def try_acquire(self) -> bool:
-        """Take the lease if it is free (released or expired); True if taken."""
-        g, doc = self._latest()
-        if doc is None and g:
-            return False  # just superseded or being cleaned up: look again later
-        if (
-            doc is not None
-            and doc.get("state") == "held"
-            and doc.get("owner") != self.owner
-            and doc.get("expires_unix", 0) > _now()
-            and not _holder_dead(doc)
-        ):
+    def _judge(self, doc: dict[str, Any] | None, version: str | None) -> Liveness:
+        """The observer's verdict on the document at ``version`` (remembering what it saw)."""
+        if doc is None or version is None:
+            return "free"
+        if doc.get("state") == "released":
+            return "released"
+        if doc.get("run") == self.run:
+            return "held"  # this very holder's
+        if holder_dead(doc):
+            return "dead"
+        now = time.monotonic()
+        if self._seen is None or self._seen[0] != version:
+            self._seen = (version, now)
+            return "held"
+        ttl = float(doc.get("ttl", self.ttl))
+        return "expired" if now - self._seen[1] >= ttl else "held"
+
+    async def aobserve(self) -> LeaseView:
+        """Look at the lease (one GET); repeated looks tell a silent holder by its expiry."""
+        doc, version = await self.coord.aget_versioned(self.key)
+        return LeaseView(self._judge(doc, version), doc)
+
+    def observe(self) -> LeaseView:
+        """Look at the lease (one GET); see :meth:`aobserve`."""
+        return sync(self.aobserve())
+
+    async def atry_acquire(self) -> bool:
+        """Take the lease if it is free, released, dead or expired; True if taken."""
+        sent = time.monotonic()
+        doc, version = await self.coord.aget_versioned(self.key)
+        verdict = self._judge(doc, version)
+        if verdict == "free":
+            gen = 1
+            new = await self.coord.acreate(self.key, self._doc("held", gen))
+        elif verdict == "held" and (doc or {}).get("run") != self.run:
             return False
-        mine = self._doc("held")
-        if not self.coord.create(f"{self._dir}{g + 1:012d}.json", mine):
-            return False
-        self.generation, self.expires = g + 1, mine["expires_unix"]
-        # Generations before the previous one (kept as history) go when this holder
-        # lets go, beside its last request: taking a lease costs no round trip for them.
-        self._stale = [f"{self._dir}{old:012d}.json" for old in range(max(1, g - 4), g)]
+        else:
+            assert doc is not None and version is not None
+            gen = int(doc.get("generation", 0)) + 1
+            sent = time.monotonic()
+            new = await self.coord.areplace(self.key, self._doc("held", gen), version)
+        if new is None:
+            return False  # another actor won the same race
+        self.generation, self._version = gen, new
+        self._valid_until = sent + self.ttl - _margin(self.ttl)
         return True
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free (see :meth:`atry_acquire`)."""
+        return sync(self.atry_acquire())
 
     def acquire(self, timeout: float = 120.0) -> None:
         """Take the lease, waiting with jittered backoff; raises LeaseTimeoutError."""
-        deadline = _now() + timeout
+        deadline = time.monotonic() + timeout
         attempt = 0
         while not self.try_acquire():
-            if _now() > deadline:
-                _, doc = self._latest()
+            if time.monotonic() > deadline:
+                view = self.observe()
                 raise LeaseTimeoutError(
-                    f"lease {self.name!r} in {describe_store(self.coord.base)} was not free "
-                    f"within {timeout:g} s; held by {doc and doc.get('owner')} "
-                    f"(pid {doc and doc.get('pid')} on {doc and doc.get('host')}) until "
-                    f"{doc and dt.datetime.fromtimestamp(doc.get('expires_unix', 0), dt.UTC)}"
+                    f"lease {self.name!r} in {self.coord.where} was not free within "
+                    f"{timeout:g} s; held by {view.holder()}, last renewed "
+                    f"{(view.doc or {}).get('at')}; a silent holder loses it "
+                    f"{(view.doc or {}).get('ttl', self.ttl)} s after its last renewal"
                 )
-            time.sleep(backoff(attempt, base=0.01, cap=0.5))
+            time.sleep(backoff(attempt, base=0.01, cap=min(0.5, self.ttl / 4)))
             attempt += 1
 
     @property
     def held(self) -> bool:
-        """Whether this holder still holds the lease by its own clock (with a margin)."""
-        return self.generation is not None and _now() < self.expires - min(2.0, self.ttl / 5)
+        """Whether this holder may still trust the lease, by its own monotonic clock."""
+        return self.generation is not None and time.monotonic() < self._valid_until
+
+    def check(self) -> None:
+        """Raise :class:`~toolkit.errors.LeaseLostError` unless the lease is :attr:`held`."""
+        if not self.held:
+            raise LeaseLostError(
+                f"job {self.owner} no longer holds lease {self.name!r} in {self.coord.where} "
+                "(it expired or another job took it over); it stops writing"
+            )
+
+    async def arenew(self) -> bool:
+        """Extend the lease; False if it was lost (another holder took it over)."""
+        if self.generation is None or self._version is None:
+            return False
+        sent = time.monotonic()
+        new = await self.coord.areplace(self.key, self._doc("held", self.generation), self._version)
+        if new is None:
+            self.generation = self._version = None
+            return False
+        self._version = new
+        self._valid_until = sent + self.ttl - _margin(self.ttl)
+        return True
 
     def renew(self) -> bool:
-        """Extend the lease; False if it was lost (another holder took it over)."""
-        if self.generation is None:
-            return False
-        mine = self._doc("held")
-        if not self.coord.create(f"{self._dir}{self.generation + 1:012d}.json", mine):
-            self.generation = None
-            return False
-        old, self.generation, self.expires = (
-            self.generation,
-            self.generation + 1,
-            mine["expires_unix"],
-        )
-        # Held from here on; the old generation is only history, so failing to delete
-        # it (the next holder does) must not look like losing the lease.
-        with contextlib.suppress(Exception):
-            self.coord.delete(f"{self._dir}{old:012d}.json")
-        return True
+        """Extend the lease; False if it was lost."""
+        return sync(self.arenew())
+
+    async def arelease(self) -> None:
+        """Give the lease up (a no-op if it was lost)."""
+        if self.generation is None or self._version is None:
+            return
+        gen, version = self.generation, self._version
+        self.generation = self._version = None
+        await self.coord.areplace(self.key, self._doc("released", gen), version)
 
     def release(self) -> None:
         """Give the lease up (a no-op if it was lost)."""
-        if self.generation is None:
-            return
-        # The held generation stays as history (the next holder deletes it); older
-        # ones are deleted at the same time as the release is written: one round trip.
-        nxt = f"{self._dir}{self.generation + 1:012d}.json"
-        self.coord.create_and_delete(nxt, self._doc("released"), self._stale)
-        self._stale = []
-        self.generation = None
+        sync(self.arelease())
 
 
 class LockSet:
     """Hold several leases at once, taken in sorted order (so no two jobs deadlock).
 
     A background thread renews them every third of their time to live while
-    they are held, so a long write keeps them and a dead job loses them.
+    they are held, so a long write keeps them and a dead job loses them. A
+    lease found lost is recorded in :attr:`lost`, sets :attr:`lost_event` and
+    calls ``on_lost`` (the holder stops its writes).
     """
 
     def __init__(
-        self, coord: Coordinator, names: Iterable[str], owner: str, ttl: float | None = None
+        self,
+        coord: Coordinator,
+        names: Iterable[str],
+        owner: str,
+        ttl: float | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        note: dict[str, Any] | None = None,
     ):
         ttl = default_ttl() if ttl is None else ttl
-        self.leases = [Lease(coord, n, owner, ttl) for n in sorted(set(names))]
+        self.leases = [Lease(coord, n, owner, ttl, dict(note or {})) for n in sorted(set(names))]
         self.ttl = ttl
+        self.on_lost = on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: list[str] = []
+        self.lost_event = threading.Event()
+        self.extra: list[Callable[[], None]] = []
+
+    def renew_now(self) -> None:
+        """Renew every lease once, now (the renewer does it every third of the ttl)."""
+        for lease in self.leases:
+            if lease.generation is None:
+                continue
+            try:
+                renewed = lease.renew()
+            except Exception as e:
+                # The store did not answer: try again next period. If it stays
+                # silent, the lease expires, as it would for a dead holder.
+                _log.debug("lease %r not renewed: %s", lease.name, e)
+                continue
+            if not renewed:
+                self._lost(lease.name)
+        for fn in list(self.extra):
+            with contextlib.suppress(Exception):
+                fn()
+
+    def _lost(self, name: str) -> None:
+        self.lost.append(name)
+        self.lost_event.set()
+        _log.warning("toolkit: lease %r was lost; its job stops writing", name)
+        if self.on_lost is not None:
+            with contextlib.suppress(Exception):
+                self.on_lost(name)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            for lease in self.leases:
-                if lease.generation is None:
-                    continue
-                try:
-                    renewed = lease.renew()
-                except Exception as e:
-                    # The store did not answer: try again next period. If it stays
-                    # silent, the lease expires, as it would for a dead holder.
-                    _log.debug("lease %r not renewed: %s", lease.name, e)
-                    continue
-                if not renewed:
-                    self.lost.append(lease.name)
+            self.renew_now()
 
-    @contextlib.contextmanager
-    def hold(self, timeout: float = 300.0) -> Iterator[LockSet]:
-        """Context manager: acquire every lease, renew them, release them at exit."""
+    @property
+    def held(self) -> bool:
+        """Whether every lease is still trusted by this holder's clock."""
+        return all(lease.held for lease in self.leases)
+
+    def check(self) -> None:
+        """Raise :class:`~toolkit.errors.LeaseLostError` if a lease is lost or expired."""
+        for lease in self.leases:
+            lease.check()
+
+    def start(self, timeout: float = 300.0) -> LockSet:
+        """Acquire every lease (in order) and start renewing them."""
         taken: list[Lease] = []
         try:
             for lease in self.leases:
                 lease.acquire(timeout)
                 taken.append(lease)
-            if taken:
-                self._thread = threading.Thread(target=self._renew_loop, daemon=True)
-                self._thread.start()
-            yield self
-        finally:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join()
+        except BaseException:
             for lease in reversed(taken):
                 with contextlib.suppress(Exception):
                     lease.release()
+            raise
+        self._thread = threading.Thread(
+            target=self._renew_loop, name="toolkit-lease-renewer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop renewing and release every lease (released concurrently)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        held = [lease for lease in self.leases if lease.generation is not None]
+        if held:
+            with contextlib.suppress(Exception):
+                sync(gather_limited([lease.arelease() for lease in held]))
+
+    @contextlib.contextmanager
+    def hold(self, timeout: float = 300.0) -> Iterator[LockSet]:
+        """Context manager: acquire every lease, renew them, release them at exit."""
+        self.start(timeout)
+        try:
+            yield self
+        finally:
+            self.stop()

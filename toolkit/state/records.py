@@ -54,14 +54,64 @@ __all__ = [
     "clear_records",
     "manifest_key",
     "read_manifest",
+    "read_record",
     "read_records",
+    "record_key",
     "task_marker",
+    "write_hole",
 ]
 
 
 def _prefix(group: str | None, kind: str = "writes") -> str:
     base = f"{group.strip('/')}/" if group else ""
     return f"{base}{RESERVED_PREFIX}/{kind}/"
+
+
+def record_key(group: str | None, job: str) -> str:
+    """Where the record of job ``job`` is kept (one key per job: a rerun finds its own)."""
+    return f"{_prefix(group)}{job.replace('/', '_')}.json"
+
+
+def read_record(store: Store, group: str | None, job: str) -> dict[str, Any] | None:
+    """The record of job ``job`` in the store, or None."""
+    buf = sync(store.get(record_key(group, job), default_buffer_prototype()))
+    if buf is None:
+        return None
+    try:
+        doc = json.loads(buf.to_bytes())
+    except ValueError:
+        return {"state": "unreadable"}
+    return doc if isinstance(doc, dict) else {"state": "unreadable"}
+
+
+def write_hole(
+    store: Store,
+    group: str | None,
+    reservation: Mapping[str, Any],
+    *,
+    found_by: str,
+    lease: str,
+) -> bool:
+    """Mark a dead job's reserved rows, before they are published past: readers refuse them.
+
+    Created only if the job has no record yet (its own record says more).
+    Returns whether this call created it.
+    """
+    from toolkit.io.conditional import conditional_store
+
+    doc = {
+        "state": "abandoned",
+        "job": reservation["job"],
+        "kind": reservation.get("kind", "append"),
+        "dim": reservation["dim"],
+        "rows": [reservation["start"], reservation["stop"]],
+        "labels": [lab for lab, _, _ in reservation.get("labels", [])],
+        "lease": lease,
+        "found_by": found_by,
+        "started": _now(),
+    }
+    key = record_key(group, str(reservation["job"]))
+    return sync(conditional_store(store).create(key, encode_json(doc).to_bytes())) is not None
 
 
 def _rmdirs(store: Store, *relative: str) -> None:
@@ -94,7 +144,7 @@ class WriteJournal:
 
     def __init__(self, store: Store, group: str | None, token: str, throttle: Throttle | None):
         self.store, self.group, self.token, self.throttle = store, group, token, throttle
-        self.key = f"{_prefix(group)}{token}.json"
+        self.key = record_key(group, token)
         self._doc: dict[str, Any] = {}
 
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
@@ -207,10 +257,20 @@ def read_records(
     return sync(go())
 
 
-def clear_records(store: Store, group: str | None = None) -> int:
-    """Delete every write record of a group (after repairing it by hand); how many."""
+def clear_records(store: Store, group: str | None = None, *, job: str | None = None) -> int:
+    """Delete the write records of a group (all, or job ``job``'s); how many.
+
+    A record says that rows may hold fill values: clearing it accepts them as
+    they are. Rerunning the job it names is the repair that loses nothing.
+    """
 
     async def go() -> int:
+        if job is not None:
+            key = record_key(group, job)
+            if await store.get(key, default_buffer_prototype()) is None:
+                return 0
+            await store.delete(key)
+            return 1
         keys = [k async for k in store.list_prefix(_prefix(group))]
         for k in keys:
             await store.delete(k)

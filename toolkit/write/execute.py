@@ -33,6 +33,7 @@ from zarr.abc.store import Store
 from zarr.core.sync import sync
 
 from toolkit._render import html_table, text_table
+from toolkit._util import backoff
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.client import active_client
 from toolkit.cluster.progress import compute_with_progress
@@ -44,20 +45,24 @@ from toolkit.errors import (
     UnknownOptionError,
     WriteError,
 )
+from toolkit.io.conditional import conditional_store, supports_conditional
+from toolkit.io.extent import ArrayExtent, Extents, ExtentStore, covering_length
 from toolkit.io.groups import array_dims
 from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import StoreLike, describe_store, is_icechunk, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
 from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
-from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
+from toolkit.state.commitlog import HEAD as LOG_HEAD
+from toolkit.state.leases import Coordinator, job_id
 from toolkit.state.records import ResumeLog, WriteJournal
 from toolkit.write.graph import (
     WriteIO,
     WriteSource,
     build_write_graph,
     partial_units,
-    unit_lock_names,
+    unit_key,
 )
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, WritePlan, plan_write
 
@@ -277,6 +282,9 @@ def execute(
     compute: bool = True,
     progress: bool = True,
     resume: ResumeLog | None = None,
+    job: str | None = None,
+    record: bool = True,
+    claim: CreationClaim | None = None,
 ) -> WriteReport | Delayed:
     """Run a plan: validate it, write metadata, then the data graph.
 
@@ -299,6 +307,18 @@ def execute(
         store, tasks marked by an earlier run of the same write are skipped,
         and the marks are deleted at the end (:func:`toolkit.ingest` and
         :func:`toolkit.jobs.copy` pass one).
+    job : str, optional
+        The write's identity: its record is ``.toolkit/writes/<job>.json``, so
+        that a rerun of a killed write (the same ``job``) takes over its record
+        and removes it when it is done. By default, for a write into existing
+        arrays, derived from the target, the region and the data.
+    record : bool
+        Keep a record of the write in the store while it runs (default).
+        False only for rows readers cannot see (an append's hidden rows).
+    claim : CreationClaim, optional
+        The group's creation claim, when the caller took it already (an
+        append that creates its dataset): the write runs under it and leaves
+        releasing it to the caller.
 
     Raises
     ------
@@ -324,23 +344,28 @@ def execute(
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
-    direct = wrap_store(plan.store, plan.throttle, meta_io)
+    direct = wrap_store(_edge_store(plan), plan.throttle, meta_io)
     owner = job_id()
     transactional = is_icechunk(plan.store)
     # A creation (and the resumption of one) holds the group's creation lease
     # until its last object landed: two creators never mix (toolkit.state.claim).
     creating = plan.mode in ("w", "w-") and not transactional
-    claim: CreationClaim | None = None
-    if creating or (resume is not None and plan.mode == "r+" and not transactional):
-        claim = CreationClaim(plan.store, plan.group, owner)
-        claim.acquire(wait=plan.mode != "w-")
+    own_claim: CreationClaim | None = None
+    if claim is None and (
+        creating or (resume is not None and plan.mode == "r+" and not transactional)
+    ):
+        own_claim = CreationClaim(plan.store, plan.group, owner)
+        own_claim.acquire(wait=plan.mode != "w-")
+    if job is None and not creating and resume is None:
+        job = derive_write_id(plan)
     try:
-        meta = _metadata_round(plan, direct, resume, owner, creating, transactional, t0)
+        meta = _metadata_round(plan, direct, resume, creating, transactional, t0, job, record)
     except BaseException:
-        if claim is not None:
-            claim.release()
+        if own_claim is not None:
+            own_claim.release()
         raise
-    io = _write_io(plan, meta.token, resume, meta.coord, owner)
+    # Each run's own token: its tasks' keys and abort gate are never another run's.
+    io = _write_io(plan, tokenize(meta.token, owner, t0), resume, owner)
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, meta.sources, io, skip=meta.done)
     report = _with_report(
@@ -351,11 +376,11 @@ def execute(
         meta_io=meta_io,
         journal=meta.journal,
         resume=resume,
-        strays_before=t0 if claim is not None else None,
+        strays_before=t0 if (own_claim or claim) is not None else None,
     )
     if not compute:
-        if claim is not None:
-            claim.release_when_done(meta.journal)
+        if own_claim is not None:
+            own_claim.release_when_done(meta.journal, report)
         return report
     try:
         result: WriteReport = compute_with_progress(
@@ -366,9 +391,16 @@ def execute(
             enabled=progress,
         )
     finally:
-        if claim is not None:
-            claim.release()
+        if own_claim is not None:
+            own_claim.release()
     return result
+
+
+def derive_write_id(plan: WritePlan) -> str:
+    """A write's identity from its request: the same target, region and data give the same id."""
+    region = {k: (v.start, v.stop) for k, v in (plan.region or {}).items()}
+    token = tokenize(plan.target, plan.group, plan.mode, sorted(region.items()), plan.dataset)
+    return f"write-{token[:24]}"
 
 
 @dataclass(frozen=True)
@@ -377,8 +409,7 @@ class _Metadata:
 
     sources: list[WriteSource]
     token: str
-    journal: WriteJournal | None  # None on a transactional store
-    coord: Coordinator | None
+    journal: WriteJournal | None  # None on a transactional store, or without a record
     done: Mapping[str, Any]  # tasks an earlier run of a resumable write landed
 
 
@@ -386,12 +417,19 @@ def _metadata_round(
     plan: WritePlan,
     direct: Store,
     resume: ResumeLog | None,
-    owner: str,
     creating: bool,
     transactional: bool,
     t0: float,
+    job: str | None,
+    record: bool,
 ) -> _Metadata:
-    """Prepare the group, put the write's record, and send all metadata in one round."""
+    """Prepare the group, put the write's record, and send all metadata in one round.
+
+    A region write's variables written with the metadata may share write units
+    with other jobs' regions: those units are read-modify-written
+    conditionally, and the round is sent again if another job changed one in
+    between (it only writes chunks then, never array metadata).
+    """
     if creating:
         _prepare_group(plan, direct)
     # Read after the clear: a replacing run starts over, whatever an old log says.
@@ -399,47 +437,57 @@ def _metadata_round(
     if resume is not None and creating:
         # First object of the write: a store holding begin.json holds only this write.
         resume.begin(direct, {"target": plan.target})
-    coord = _unit_coordinator(plan)
-    eager_locks = (
-        LockSet(coord, _eager_unit_locks(plan), owner) if coord is not None and plan.eager else None
-    )
-    # The group is known to be empty now: the buffer answers its probes itself.
-    fresh = (plan.group or "") if creating or plan.mode == "w-" else None
-    buffer = MetadataBuffer(direct, empty_prefix=fresh)
-    with eager_locks.hold() if eager_locks is not None else contextlib.nullcontext():
+    shared = _eager_shared_units(plan, direct)
+    journal: WriteJournal | None = None
+    for attempt in range(_RMW_ATTEMPTS):
+        below = direct
+        if shared:
+            below = ConditionalUnits(direct, conditional_store(plan.store, plan.throttle), shared)
+        # The group is known to be empty now: the buffer answers its probes itself.
+        fresh = (plan.group or "") if creating or plan.mode == "w-" else None
+        buffer = MetadataBuffer(below, empty_prefix=fresh)
         sources = _write_metadata(plan, buffer, mode="w-" if creating else plan.mode)
-        token = tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources], t0)
+        token = job or tokenize(plan.target, plan.mode, [(s.plan, s.data.name) for s in sources],
+                                t0)  # fmt: skip
         # A transactional store (Icechunk) shows readers nothing before the commit:
         # it needs no record of the write, and accepts only Zarr keys.
-        journal = None
-        if not transactional:
+        if journal is None and record and not transactional:
             journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
             # Landed before any array metadata is sent: no reader can find this
             # write's arrays without its record.
             resume_id = resume.id if resume is not None else None
             journal.begin(plan.record_summary(), direct, resume=resume_id)
-        sync(buffer.flush())  # metadata and small variables, in one concurrent round
-        if resume is not None and creating:
-            resume.metadata_done(direct)
-    return _Metadata(sources, token, journal, coord, done)
+        try:
+            sync(buffer.flush())  # metadata and small variables, in one concurrent round
+        except UnitConflict:
+            if attempt + 1 == _RMW_ATTEMPTS:
+                raise
+            time.sleep(backoff(attempt, base=0.01, cap=0.5))
+            continue
+        break
+    if resume is not None and creating:
+        resume.metadata_done(direct)
+    return _Metadata(sources, token, journal, done)
 
 
-def _write_io(
-    plan: WritePlan,
-    token: str,
-    resume: ResumeLog | None,
-    coord: Coordinator | None,
-    owner: str,
-) -> WriteIO:
-    """What every write task needs: this process's share of the budget, locks, markers."""
+_RMW_ATTEMPTS = 32
+
+
+def _write_io(plan: WritePlan, token: str, resume: ResumeLog | None, owner: str) -> WriteIO:
+    """What every write task needs: this process's share of the budget, markers, shared units."""
     share = cluster_share(plan.throttle)
+    # Any region write may share units: with other regions at its edges, and with an
+    # append's hidden rows in the last unit (see _edge_store).
+    cas = None
+    if plan.region is not None and supports_conditional(plan.store) and not is_icechunk(plan.store):
+        cas = conditional_store(plan.store, plan.throttle)
     return WriteIO(
         token=token,
         throttle=share,
         concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
         distributed=active_client() is not None,
         resume_prefix=resume.prefix if resume is not None else None,
-        locks=coord,
+        cas=cas,
         owner=owner,
         transactional=is_icechunk(plan.store),
     )
@@ -475,25 +523,81 @@ def _prepare_group(plan: WritePlan, store: Store) -> None:
     remove_strays(store, plan.group)
 
 
-def _eager_unit_locks(plan: WritePlan) -> list[str]:
-    """Units that a region write's dimension coordinates cover only partly.
+def _edge_store(plan: WritePlan) -> Store:
+    """The store a region write goes through: its arrays' last units merged, not replaced.
 
-    Those coordinates are written with the metadata (they cannot be dask
-    arrays); their shared units are locked under the same names as the tasks'.
+    Along a dimension that jobs append to through the dataset's commit log,
+    the last write unit of an array may hold rows beyond its stored length,
+    written by an append that has not published them yet. A region reaching
+    the end would take that unit for complete and overwrite it whole; seen
+    through an :class:`~toolkit.io.extent.ExtentStore`, the unit is read,
+    merged and written back conditionally like any shared unit.
     """
-    names = []
-    for arr, region in eager_regions(plan):
-        names += unit_lock_names(arr, partial_units(arr, region, unit_ranges(arr, region)))
-    return names
+    if (
+        plan.region is None
+        or isinstance(plan.store, ExtentStore)
+        or is_icechunk(plan.store)
+        or not supports_conditional(plan.store)
+    ):
+        return plan.store
+    head = Coordinator(plan.store, plan.group).get(LOG_HEAD) or {}
+    appended = set((head.get("state") or {}).get("dims") or ())
+    store = plan.store
+    root = f"{plan.group.strip('/')}/" if plan.group and plan.group.strip("/") else ""
+    meta = "zarr.json" if plan.zarr_format == 3 else ".zarray"
+    # Each array along the dimension: (path, axis, write unit, stored length).
+    along: dict[str, list[tuple[str, int, int, int]]] = {}
+    for vp in plan.variables:
+        for axis, dim in enumerate(vp.dims):
+            if dim in appended:
+                along.setdefault(dim, []).append(
+                    (vp.name, axis, vp.write_unit[axis], vp.array_shape[axis])
+                )
+    for arr, _ in eager_regions(plan) if plan.eager else ():
+        for axis, dim in enumerate(array_dims(arr)):
+            if dim in appended:
+                unit = (arr.shards or arr.chunks)[axis]
+                along.setdefault(dim, []).append((arr.basename, axis, unit, arr.shape[axis]))
+    ckey = f"{root}zarr.json" if plan.zarr_format == 3 else f"{root}.zmetadata"
+    for dim, arrays in sorted(along.items()):
+        stored = max(n for _, _, _, n in arrays)
+        length = covering_length(stored, [u for _, _, u, _ in arrays])
+        ext = Extents(
+            dim,
+            [ArrayExtent(f"{root}{n}", f"{root}{n}/{meta}", ax, size) for n, ax, _, size in arrays],
+            ckey,
+            plan.zarr_format,
+        )
+        store = ExtentStore(store, ext, length, plan.group)
+    return store
 
 
-def eager_regions(plan: WritePlan) -> list[tuple[zarr.Array[Any], tuple[slice, ...]]]:
+def _eager_shared_units(plan: WritePlan, store: Store) -> list[str]:
+    """Keys of the units that a region write's variables written with the metadata cover partly.
+
+    Those variables (dimension coordinates, times, strings) are written by
+    xarray in the metadata round; their partly covered units may be shared
+    with another job's region, so they are read-modify-written conditionally.
+    """
+    if plan.region is None or not plan.eager or is_icechunk(plan.store):
+        return []
+    if not supports_conditional(plan.store):
+        return []
+    keys = []
+    for arr, region in eager_regions(plan, store):
+        keys += [unit_key(arr, u) for u in partial_units(arr, region, unit_ranges(arr, region))]
+    return keys
+
+
+def eager_regions(
+    plan: WritePlan, store: Store | None = None
+) -> list[tuple[zarr.Array[Any], tuple[slice, ...]]]:
     """A region write's variables written with the metadata: each array and its region."""
     assert plan.region is not None
     out = []
     for name in plan.eager:
         path = f"{plan.group.strip('/')}/{name}" if plan.group else name
-        arr = zarr.open_array(plan.store, path=path, mode="r")
+        arr = zarr.open_array(store or plan.store, path=path, mode="r")
         dims = array_dims(arr)
         out.append(
             (
@@ -512,15 +616,6 @@ def unit_ranges(arr: zarr.Array[Any], region: tuple[slice, ...]) -> tuple[tuple[
     return tuple((sl.start // c, -(-sl.stop // c)) for sl, c in zip(region, size, strict=True))
 
 
-def _unit_coordinator(plan: WritePlan) -> Coordinator | None:
-    """Where a region write's partly covered units are locked (None: nothing to lock)."""
-    if plan.region is None or not (plan.eager or any(v.npartial for v in plan.variables)):
-        return None
-    if not supports_atomic_create(plan.store):
-        return None
-    return Coordinator(plan.store, plan.group)
-
-
 def _report(
     stats: Mapping[str, Any],
     plan: WritePlan,
@@ -537,7 +632,10 @@ def _report(
         if journal is not None:
             with contextlib.suppress(Exception):  # the error below matters more
                 journal.fail(record, io)
-        raise WriteError(_failure_message(plan, record, io), record)
+        failures = stats["failures"]
+        cause = next((f["exception"] for f in failures if f.get("exception")), None)
+        running = sum(int(f.get("still_running") or 0) for f in failures)
+        raise WriteError(_failure_message(plan, record, io, running, journal), record) from cause
     try:
         # The manifest before the record: a kill in between leaves a store that
         # readers still refuse and a rerun finishes (every task is marked).
@@ -597,20 +695,39 @@ def _record(plan: WritePlan, stats: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _failure_message(plan: WritePlan, record: Mapping[str, Any], io: IOMetrics) -> str:
+def _failure_message(
+    plan: WritePlan,
+    record: Mapping[str, Any],
+    io: IOMetrics,
+    running: int = 0,
+    journal: WriteJournal | None = None,
+) -> str:
     missing = sum(len(v["missing"]) for v in record.values())
     errors = [e for v in record.values() for e in v["errors"]]
+    still = (
+        "No request of this write is still running."
+        if not running
+        else f"{running} request(s) of this write had not come back {_IDLE_WAIT:g} s after the "
+        "failure and may still land."
+    )
+    where = (
+        f"in the store as {journal.key}; readers refuse the store until the write is redone "
+        "(rerun it: the same call finishes it) or the record is cleared"
+        if journal is not None
+        else "nowhere else: these rows were not visible to readers"
+    )
     lines = [
         f"writing {plan.target} failed: {missing} of {plan.nunits} write units are missing "
         f"({', '.join(f'{k}: {len(v["missing"])}' for k, v in record.items() if v['missing'])}).",
         f"Cause: {errors[0] if errors else 'unknown'}",
         f"Requests: {io.total} sent, {io.throttled} throttled, {io.errors} failed, "
         f"{io.retries} retried.",
-        "No request of this write is still running. The record of written and missing "
-        "units is in err.record and in the store under .toolkit/writes/; readers refuse "
-        "the store until the write is redone (rerun it) or the record is cleared.",
+        f"{still} The record of written and missing units is in err.record and {where}.",
     ]
     return "\n".join(lines)
+
+
+_IDLE_WAIT = 120.0
 
 
 def as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
@@ -650,17 +767,21 @@ def write_dataset(
     *,
     compute: bool = True,
     progress: bool = True,
+    job: str | None = None,
+    record: bool = True,
+    claim: CreationClaim | None = None,
     **options: Any,
 ) -> WriteReport | Delayed:
     """One job's write: :func:`~toolkit.plan_write`, then :func:`execute`.
 
     What :func:`toolkit.to_zarr` does when it is neither an append nor a
     partition overwrite (which coordinate with other jobs first); ``options``
-    are :func:`~toolkit.plan_write`'s.
+    are :func:`~toolkit.plan_write`'s; ``job``, ``record`` and ``claim`` are
+    :func:`execute`'s.
     """
     known = [p for p in inspect.signature(plan_write).parameters if p not in ("ds", "store")]
     reject_unknown(
         (k for k in options if k not in known), [*known, "compute", "progress"], "to_zarr"
     )
     plan = plan_write(as_dataset(ds), store, **options)
-    return execute(plan, compute=compute, progress=progress)
+    return execute(plan, compute=compute, progress=progress, job=job, record=record, claim=claim)

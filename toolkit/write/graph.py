@@ -25,18 +25,20 @@ import numpy as np
 import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from zarr.abc.store import Store
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
 from toolkit import grid
-from toolkit._util import zarr_concurrency
+from toolkit._util import backoff, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.metrics import publish
+from toolkit.io.conditional import ConditionalStore
 from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import DigestStore, MetricsStore, find_wrapper, rebind, wrap_store
-from toolkit.state.leases import Coordinator, LockSet
 from toolkit.state.records import task_marker
 from toolkit.write.plan import VariablePlan, WritePlan
 
@@ -46,7 +48,6 @@ __all__ = [
     "build_write_graph",
     "partial_units",
     "unit_key",
-    "unit_lock_names",
     "write_block",
 ]
 
@@ -91,12 +92,13 @@ class WriteIO:
     resume_prefix : str, optional
         Where a resumable write's tasks put their completion markers
         (:class:`toolkit.state.records.ResumeLog`).
-    locks : Coordinator, optional
-        Where region writes lock the write units they cover only partly, for
-        the time of their read-modify-write: another job's region may share
-        them, and without the lock one of the two would lose its values.
+    cas : ConditionalStore, optional
+        For region writes: the store's conditional operations, through which
+        the write units a task covers only partly are read-modify-written
+        (another job's region may share them; a conditional write never loses
+        its values, see :mod:`toolkit.io.rmw`).
     owner : str
-        The job holding those locks.
+        The job writing.
     transactional : bool
         The target is an Icechunk fork: on a cluster each task returns its
         worker's copy of the fork, and the copies are merged in a tree.
@@ -107,7 +109,7 @@ class WriteIO:
     concurrency: int
     distributed: bool
     resume_prefix: str | None = None
-    locks: Coordinator | None = None
+    cas: ConditionalStore | None = None
     owner: str = ""
     transactional: bool = False
 
@@ -168,15 +170,42 @@ def partial_units(
     ]
 
 
-def unit_lock_names(target: zarr.Array[Any], units: Sequence[tuple[int, ...]]) -> list[str]:
-    """The lock names of write units of ``target`` (one per unit, shared by every job)."""
-    return [f"units/{target.path or target.basename}/{'.'.join(map(str, u))}" for u in units]
+_RMW_ATTEMPTS = 32
+_IDLE_TIMEOUT = 120.0  # seconds a failed task waits for its requests to come back
 
 
-def _unit_locks(io: WriteIO, target: zarr.Array[Any], partial: list[tuple[int, ...]]) -> Any:
-    if io.locks is None or not partial:
-        return contextlib.nullcontext()
-    return LockSet(io.locks, unit_lock_names(target, partial), io.owner or io.token).hold()
+def _write_units(
+    block: np.ndarray,
+    target: zarr.Array[Any],
+    region: tuple[slice, ...],
+    units: tuple[tuple[int, int], ...],
+    stack: Store,
+    io: WriteIO,
+) -> None:
+    """``target[region] = block`` through ``stack``; shared units conditionally, retried.
+
+    A unit ``region`` covers only partly is read, merged and written back only
+    if nobody wrote it in between; otherwise the whole call runs again on what
+    is there now (every unit it writes holds the same values again).
+    """
+    partial = partial_units(target, region, units) if io.cas is not None else []
+    if not partial:
+        rebind(target, stack)[region] = block
+        return
+    assert io.cas is not None
+    shared = ConditionalUnits(stack, io.cas, [unit_key(target, u) for u in partial])
+    # A shared unit that became all fill value is written, never deleted: a delete
+    # cannot be conditional on every store.
+    array = _writing_empty_chunks(rebind(target, shared))
+    for attempt in range(_RMW_ATTEMPTS):
+        try:
+            array[region] = block
+            return
+        except UnitConflict:
+            if attempt + 1 == _RMW_ATTEMPTS:
+                raise
+            shared.forget()
+            time.sleep(backoff(attempt, base=0.005, cap=0.5))
 
 
 def write_block(
@@ -217,11 +246,8 @@ def write_block(
     assert gate is not None
     digests = DigestStore(stack) if io.resume_prefix is not None else None
     try:
-        with (
-            zarr_concurrency(io.concurrency),
-            _unit_locks(io, target, partial_units(target, region, units)),
-        ):
-            rebind(target, digests or stack)[region] = block
+        with zarr_concurrency(io.concurrency):
+            _write_units(block, target, region, units, digests or stack, io)
             if digests is not None:
                 # After every unit landed: a resumed run skips this task. The marker
                 # holds the units' checksums, from which the manifest is made.
@@ -230,7 +256,7 @@ def write_block(
                 sync(stack.set(marker, Buffer.from_bytes(body)))
     except Exception as e:
         gate.abort()
-        gate.wait_idle(timeout=120)
+        idle = gate.wait_idle(timeout=_IDLE_TIMEOUT)
         _abort(io)
         written = gate.written or set()
         landed = [unit_key(target, u) in written for u in every()]
@@ -240,6 +266,9 @@ def write_block(
             missing=[u for u, ok in zip(every(), landed, strict=True) if not ok],
             error=f"{type(e).__name__}: {redact(str(e), target.store)}",
             error_type=type(e).__name__,
+            exception=_portable(e),
+            # A request that did not come back in time may still land: say so.
+            still_running=0 if idle else gate.inflight,
         )
     out["io"] = metrics.as_dict()
     publish(out["io"])
@@ -247,6 +276,29 @@ def write_block(
         # This worker's copy of the fork holds the task's chunk references.
         out["fork"] = getattr(unwrap(target.store), "session")  # noqa: B009  (IcechunkStore)
     return out
+
+
+def _writing_empty_chunks(array: zarr.Array[Any]) -> zarr.Array[Any]:
+    """``array`` set to write chunks that hold only the fill value (never delete them)."""
+    from dataclasses import replace as _with
+
+    from zarr.core.array import AsyncArray
+
+    a = array.async_array
+    return zarr.Array(
+        AsyncArray(a.metadata, a.store_path, _with(a.config, write_empty_chunks=True))
+    )
+
+
+def _portable(e: BaseException) -> BaseException | None:
+    """``e`` if it survives pickling (to be raised as the cause on the client), else None."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:
+        return None
+    return e
 
 
 def merge_results(*parts: Any) -> list[dict[str, Any]]:

@@ -1,51 +1,75 @@
 """Many independent jobs writing one dataset: appends and partition overwrites.
 
 Each job validates its data against the store first (nothing is written on
-bad input), then asks the store's commit log (:mod:`toolkit.state.commitlog`) where
-its rows go, then writes them as a region write in which every write unit it
-only partly covers is updated under a per-unit lock (:class:`WriteIO.locks`).
+bad input), then asks the store's commit log (:mod:`toolkit.state.commitlog`)
+where its rows go, then writes them. Every job has an identity (``job_id=``,
+or one derived from the request and its data), and a lease
+(``.toolkit/coord/leases/jobs/<id>.json``) that it renews while it runs.
 
-- :func:`append`: the job reserves ``n`` rows along ``dim``. The committer
-  hands out consecutive ranges in the order of the requests and grows every
-  array along ``dim`` before answering, so the arrays only ever grow, and each
-  job writes its data *and* its coordinate values into its own range.
+- :func:`append`: the job reserves ``n`` rows along ``dim`` and writes them
+  *hidden*, beyond the length the arrays' metadata shows readers
+  (:mod:`toolkit.io.extent`). Once its data has landed it *publishes* them: it
+  grows the arrays' stored length with conditional writes. Rows become
+  visible in the order they were reserved, so a job waits for the jobs before
+  it that still run. Readers never see reserved rows that hold no data.
 - :func:`overwrite_partitions`: the job's rows are grouped by the labels of a
   partition coordinate. Labels already in the store keep their rows (the job
-  must bring as many); new labels get new rows at the end. The job holds a lock
-  per partition while it writes them, so two jobs overwriting one partition
-  write it one after the other and one of them wins whole.
+  must bring as many) and are rewritten in place, under a lock per partition
+  and a write record that readers refuse while it is there; new labels get
+  new rows, written hidden and published like an append's.
 
-On a plain Zarr store readers may see a write in progress (rows still at their
-fill value); :func:`toolkit.open_zarr` refuses the store while a write record
-is present unless ``incomplete="ignore"``.
+Under kills:
+
+- a job killed before its rows were published leaves nothing visible. If
+  jobs after it publish, the first one to find it dead (its lease expired)
+  marks its rows in the store with a record naming it (readers refuse the
+  store until the job is rerun); a dead job whose rows are the last ones
+  handed out is released instead, and its rows handed out again;
+- rerunning a job (the same ``job_id``, or the same call) finishes it: it
+  finds its reservation or its record and writes exactly those rows. A rerun
+  of a job that landed writes nothing and says so (``placement["landed"]``).
+
+Every write unit shared with another job's rows is read-modify-written
+conditionally (:mod:`toolkit.io.rmw`): no update is ever lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import logging
 import os
+import socket
 import threading
 import time
-import warnings
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 
-from toolkit.errors import AppendError, PartitionError
-from toolkit.io.groups import array_dims, open_group
-from toolkit.io.stores import StoreLike, unwrap
-from toolkit.state.commitlog import Batch, CommitLog, CommitStats
-from toolkit.state.leases import Coordinator, Lease, LockSet, job_id, supports_atomic_create
+from toolkit._util import backoff
+from toolkit.errors import AppendError, CoordinationError, PartitionError
+from toolkit.io.extent import Extents, ExtentStore, covering_length, publish, read_extents
+from toolkit.io.groups import array_dims, open_group, open_settled
+from toolkit.io.stores import StoreLike, describe_store, store_label, unwrap
+from toolkit.state.claim import CreationClaim
+from toolkit.state.commitlog import CommitLog, CommitStats
+from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
+from toolkit.state.records import read_record, write_hole
+from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.write.execute import execute, write_dataset
-from toolkit.write.plan import plan_write
+from toolkit.write.plan import WritePlan, plan_write
 
-__all__ = ["append", "overwrite_partitions"]
+__all__ = ["append", "commit_log", "derive_job_id", "overwrite_partitions", "rows_along"]
+
+_log = logging.getLogger(__name__)
 
 _MAX_RUNS = 4096
 _PLAN_KEYS = ("encoding", "zarr_format", "throttle", "consolidated", "max_task_bytes")
@@ -63,56 +87,25 @@ def _label(value: Any) -> str:
 
 def _runs(values: np.ndarray) -> list[tuple[str, int]]:
     """Consecutive runs of equal labels: [(label, length), ...]."""
-    out: list[tuple[str, int]] = []
-    for v in values:
-        lab = _label(v)
-        if out and out[-1][0] == lab:
-            out[-1] = (lab, out[-1][1] + 1)
-        else:
-            out.append((lab, 1))
-    return out
+    return runs_of([_label(v) for v in values])
 
 
-def _arrays_along(
-    store: Store, group: str | None, dim: str, mode: Literal["r", "r+"] = "r"
-) -> list[tuple[zarr.Array[Any], int]]:
-    grp = open_group(store, group, mode)
-    out = []
-    for _, arr in grp.arrays():
-        dims = array_dims(arr)
-        if dim in dims:
-            out.append((arr, dims.index(dim)))
-    return out
+def derive_job_id(kind: str, store: StoreLike, group: str | None, what: str, ds: Any) -> str:
+    """A job's identity from its request: the same call with the same data gets the same id.
+
+    ``ds`` is hashed by dask's ``tokenize`` (its values when in memory, its
+    graph's names when dask-backed: the same source files give the same id).
+    """
+    where = store_label(store) if not isinstance(store, Store) else describe_store(store)
+    token = tokenize(kind, where, (group or "").strip("/"), what, ds)
+    return f"{kind}-{what}-{token[:20]}"[:80].replace("/", "_")
 
 
-def _length(store: Store, group: str | None, dim: str) -> int:
-    return max((a.shape[ax] for a, ax in _arrays_along(store, group, dim)), default=0)
-
-
-def _grow(store: Store, group: str | None, dim: str, length: int) -> None:
-    """Grow every array along ``dim`` to ``length`` (never shrinks; idempotent)."""
-    grown = False
-    for arr, ax in _arrays_along(store, group, dim, "r+"):
-        if arr.shape[ax] < length:
-            shape = list(arr.shape)
-            shape[ax] = length
-            arr.resize(tuple(shape))
-            grown = True
-    if grown:
-        fmt = arr.metadata.zarr_format
-        try:
-            grp = zarr.open_group(store, path=group or "", mode="r", zarr_format=fmt)
-        except (ValueError, FileNotFoundError):
-            return
-        if grp.metadata.consolidated_metadata is not None:
-            with warnings.catch_warnings():
-                # zarr warns that v3 consolidated metadata is an extension; xarray chose it.
-                warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
-                zarr.consolidate_metadata(store, path=group or "", zarr_format=fmt)
-
-
-def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str, list[int]]:
-    ds = xr.open_zarr(store, group=group, consolidated=False, chunks=None)
+def _stored_partitions(
+    store: Store, group: str | None, coord: str, dim: str
+) -> dict[str, list[int]]:
+    """Each label's rows in the stored (visible) coordinate ``coord``."""
+    ds = open_settled(store, group, consolidated=False, chunks=None)
     if coord not in ds.variables or ds[coord].ndim != 1:
         raise PartitionError(f"the store has no 1-D coordinate {coord!r} to partition by")
     out: dict[str, list[int]] = {}
@@ -128,135 +121,22 @@ def _stored_partitions(store: Store, group: str | None, coord: str) -> dict[str,
     return out
 
 
-def decide_rows(
-    state: dict[str, Any],
-    requests: list[dict[str, Any]],
-    read: Callable[[], Store],
-    group: str | None,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Place the rows of a batch of ``reserve`` and ``partitions`` requests.
-
-    Returns the new state (``dims``: length per dimension; ``partitions``: per
-    coordinate, each label's rows) and an answer per request. ``read()`` gives
-    the store holding the dataset as committed, consulted the first time a
-    dimension or partition coordinate is met. Requests of other kinds are left
-    unanswered.
-    """
-    dims: dict[str, int] = dict(state.get("dims", {}))
-    parts: dict[str, Any] = {k: dict(v) for k, v in state.get("partitions", {}).items()}
-    answers: dict[str, dict[str, Any]] = {}
-    store = None
-    for req in requests:
-        if req["kind"] not in ("reserve", "partitions"):
-            continue
-        store = store or read()
-        dim = req["dim"]
-        if dim not in dims:
-            dims[dim] = _length(store, group, dim)
-        if req["kind"] == "reserve":
-            start = dims[dim]
-            dims[dim] = start + int(req["n"])
-            answers[req["job"]] = {"start": start, "stop": dims[dim]}
-            # Labels of tracked partition coordinates arrive with appends too.
-            for coord, runs in req.get("runs", {}).items():
-                if coord in parts and parts[coord]["dim"] == dim:
-                    labels = dict(parts[coord]["labels"])
-                    pos = start
-                    for lab, n in runs:
-                        labels[lab] = [pos, pos + n]
-                        pos += n
-                    parts[coord] = {"dim": dim, "labels": labels}
-            continue
-        coord = req["coord"]
-        try:
-            if coord not in parts:
-                parts[coord] = {
-                    "dim": dim,
-                    "labels": _stored_partitions(store, group, coord),
-                }
-        except PartitionError as e:
-            answers[req["job"]] = {"error": str(e)}
-            continue
-        labels = dict(parts[coord]["labels"])
-        ranges, end, bad = [], dims[dim], []
-        for lab, n in req["runs"]:
-            if lab in labels:
-                a, b = labels[lab]
-                if b - a != n:
-                    bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
-                ranges.append([lab, a, b])
-            else:
-                ranges.append([lab, end, end + n])
-                end += n
-        if bad:
-            answers[req["job"]] = {
-                "error": "partitions cannot change size in place: "
-                + "; ".join(bad)
-                + f". Bring exactly the stored rows of each {coord!r} partition"
-            }
-            continue
-        for lab, a, b in ranges:
-            labels[lab] = [a, b]
-        parts[coord] = {"dim": dim, "labels": labels}
-        dims[dim] = end
-        answers[req["job"]] = {"ranges": ranges}
-    return {**state, "dims": dims, "partitions": parts}, answers
-
-
-def _decider(store: Store, group: str | None) -> Callable[..., Batch]:
-    """The committer's decision for a batch on a plain Zarr store: place, then grow."""
-
-    def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Batch:
-        new, answers = decide_rows(state, requests, lambda: store, group)
-
-        def effect() -> None:
-            for dim, length in new["dims"].items():
-                _grow(store, group, dim, length)
-            return None
-
-        return Batch(new, answers, effect)
-
-    return decide
-
-
 def commit_log(store: Store, group: str | None = None) -> CommitLog:
     """The dataset's commit log (reservations and partitions)."""
     base = unwrap(store)
-    return CommitLog(Coordinator(base, group), _decider(base, group))
 
+    def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
+        from toolkit.state.commitlog import Batch
 
-@contextlib.contextmanager
-def _creating(store: Store, group: str | None, owner: str, maybe_empty: bool) -> Iterator[bool]:
-    """Hold the ``create`` lease while the dataset does not exist yet; yields whether it is empty.
+        new, answers = decide_rows(
+            state,
+            requests,
+            lambda coord, dim: _stored_partitions(base, group, coord, dim),
+            dead=holder_dead,
+        )
+        return Batch(new, answers)
 
-    ``maybe_empty``: planning found no arrays (else nothing is checked again).
-    """
-    if not maybe_empty:
-        yield False
-        return
-    lease = Lease(Coordinator(store, group), "create", owner)
-    lease.acquire()
-    try:
-        yield not _has_arrays(store, group)
-    finally:
-        lease.release()
-
-
-def _has_arrays(store: Store, group: str | None) -> bool:
-    try:
-        grp = open_group(store, group)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return False
-    return any(True for _ in grp.array_keys())
-
-
-def _region_write(
-    ds: xr.Dataset, store: Store, dim: str, start: int, stop: int, kw: Mapping[str, Any]
-) -> Any:
-
-    return write_dataset(
-        rows_along(ds, dim), store, mode="r+", region={dim: slice(start, stop)}, **kw
-    )
+    return CommitLog(Coordinator(store, group), decide)
 
 
 def rows_along(ds: xr.Dataset, dim: str) -> xr.Dataset:
@@ -268,6 +148,220 @@ def rows_along(ds: xr.Dataset, dim: str) -> xr.Dataset:
     return along.drop_indexes(dim) if dim in along.indexes else along
 
 
+# --------------------------------------------------------------------------- the store's side
+
+
+@dataclass
+class _Dataset:
+    """A dataset's store as many jobs see it: its arrays along ``dim``, the log, the leases."""
+
+    store: Store  # the resolved store (what plans write through)
+    group: str | None
+    dim: str
+    paths: dict[str, int]  # array path -> axis of dim
+    zarr_format: int
+    consolidated: bool
+    coord: Coordinator = field(init=False)
+    log: CommitLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.coord = Coordinator(self.store, self.group)
+        self.log = commit_log(self.store, self.group)
+
+    @classmethod
+    def open(cls, store: Store, group: str | None, dim: str) -> _Dataset:
+        grp = open_group(store, group, use_consolidated=None)
+        root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+        paths = {}
+        for name, arr in grp.arrays():
+            dims = array_dims(arr)
+            if dim in dims:
+                paths[f"{root}{name}"] = dims.index(dim)
+        consolidated = getattr(grp.metadata, "consolidated_metadata", None) is not None
+        return cls(store, group, dim, paths, grp.metadata.zarr_format, consolidated)
+
+    def extents(self) -> Extents:
+        return sync(
+            read_extents(
+                self.coord.cas,
+                self.group,
+                self.paths,
+                self.dim,
+                self.zarr_format,
+                self.consolidated,
+            )
+        )
+
+    def publish(self, ext: Extents, length: int) -> Extents:
+        return sync(publish(self.coord.cas, ext, length, self.group))
+
+
+def _publish_timeout() -> float:
+    """Seconds a job waits for earlier jobs that still run: ``TOOLKIT_PUBLISH_TIMEOUT``, or 3600."""
+    return float(os.environ.get("TOOLKIT_PUBLISH_TIMEOUT", "3600"))
+
+
+def _publish_rows(ds: _Dataset, job: str, start: int, stop: int) -> dict[str, Any]:
+    """Make rows ``[start, stop)`` visible, once every row before them is.
+
+    Rows before ``start`` handed out to other jobs are waited for while their
+    job runs (its lease is renewed). A job found dead leaves its rows: if its
+    data landed (its job document says so) they are published as they are;
+    otherwise they are marked with a record naming the job (readers refuse the
+    store until its rerun) and published past. Returns what it had to do.
+    """
+    deadline = time.monotonic() + _publish_timeout()
+    watch: dict[str, Lease] = {}
+    holes: list[str] = []
+    attempt = 0
+    while True:
+        ext = ds.extents()
+        v, top = ext.visible, ext.longest
+        if v >= stop:
+            if top > v or ext.consolidated_key is not None:
+                ds.publish(ext, top)  # finish a publication cut short; bring the copy along
+            return {"waited_for": sorted(watch), "holes": holes}
+        if top > v:
+            # A publication under way, or cut short: every row below `top` landed.
+            ds.publish(ext, top)
+            continue
+        if v == start:
+            ds.publish(ext, stop)
+            continue
+        # Rows [v, start) belong to jobs before this one: whose are they?
+        _, state = ds.log.head()
+        before = [r for r in outstanding(state, ds.dim) if r["start"] <= v < r["stop"]]
+        if before:
+            r = before[0]
+            lease = watch.setdefault(r["id"], Lease(ds.coord, r["lease"], owner=job))
+            view = lease.observe()
+            if view.gone:
+                landed = ds.coord.get(f"jobs/{_safe(r['job'])}.json") or {}
+                if not (landed.get("landed") and landed.get("stop") == r["stop"]):
+                    write_hole(ds.store, ds.group, r, found_by=job, lease=view.state)
+                    holes.append(r["job"])
+                ds.publish(ext, r["stop"])
+                attempt = 0
+                continue
+        if time.monotonic() > deadline:
+            who = (
+                f"job {before[0]['job']} (rows {before[0]['start']}-{before[0]['stop']})"
+                if before
+                else "an earlier job"
+            )
+            raise CoordinationError(
+                f"rows {start}-{stop} of {ds.dim!r} landed but stay hidden: {who} "
+                f"has not finished within {_publish_timeout():g} s. They become visible when it "
+                f"does; rerun this job (same job_id) to wait again"
+            )
+        time.sleep(backoff(attempt, base=0.02, cap=1.0))
+        attempt += 1
+
+
+def _safe(job: str) -> str:
+    return job.replace("/", "_")
+
+
+def _hold_job(ds: _Dataset, job: str, ttl: float | None = None) -> LockSet:
+    """Take the job's lease: a rerun never runs beside a live run of the same job."""
+    locks = LockSet(ds.coord, [f"jobs/{_safe(job)}"], job, ttl=ttl)
+    try:
+        locks.start(timeout=max(5.0, locks.ttl * 1.5))
+    except Exception as e:
+        holder = locks.leases[0].observe()
+        raise CoordinationError(
+            f"job {job} is running now ({holder.holder()}); a job runs once at a time. Wait "
+            "for it, or give this call another job_id"
+        ) from e
+    return locks
+
+
+def _request(ds: _Dataset, locks: LockSet, visible: int, **kw: Any) -> dict[str, Any]:
+    lease = locks.leases[0]
+    return {
+        "dim": ds.dim,
+        "visible": visible,
+        "lease": lease.name,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        **kw,
+    }
+
+
+def _land(ds: _Dataset, job: str, start: int, stop: int) -> None:
+    """Say in the store that the job's rows landed (a publisher finding it dead publishes them)."""
+    ds.coord.put(
+        f"jobs/{_safe(job)}.json",
+        {"job": job, "dim": ds.dim, "start": start, "stop": stop, "landed": True},
+    )
+
+
+def _hidden_write(
+    part: xr.Dataset, ds: _Dataset, ext: Extents, start: int, stop: int, kw: Mapping[str, Any]
+) -> Any:
+    """Write rows ``[start, stop)`` beyond the stored length (no record: nobody sees them)."""
+    hidden = ExtentStore(ds.store, ext, covering_length(stop, ext.units()), ds.group)
+    return write_dataset(
+        part, hidden, mode="r+", region={ds.dim: slice(start, stop)}, group=ds.group,
+        record=False, **kw,
+    )  # fmt: skip
+
+
+def _landed_report(plan: WritePlan, placement: dict[str, Any]) -> Any:
+    from toolkit.write.execute import WriteReport
+
+    _log.info("toolkit: job %s landed before; nothing written", placement.get("job"))
+    report = WriteReport(
+        target=plan.target,
+        variables=(),
+        tasks=0,
+        units=0,
+        nbytes=0,
+        stored_bytes=0,
+        seconds=0.0,
+        metadata_seconds=0.0,
+        requests={},
+        plan=plan,
+    )
+    return _placed(report, {**placement, "landed": True}, None)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_append(ds: xr.Dataset, store: Store, group: str | None, dim: str) -> None:
+    """What xarray's append would get wrong: variables left out, other labels on other dims."""
+    stored = open_settled(store, group, consolidated=None, chunks=None)
+    missing = sorted(
+        str(n) for n, v in stored.variables.items() if dim in v.dims and n not in ds.variables
+    )
+    if missing:
+        raise AppendError(
+            f"the append along {dim!r} leaves out {missing}, which the store holds along "
+            f"{dim!r}; they would read as fill values. Include them in the dataset"
+        )
+    for name, var in ds.coords.items():
+        if dim in var.dims or name not in stored.variables:
+            continue
+        old = stored[name]
+        if old.shape != var.shape or not np.array_equal(
+            np.asarray(old.values), np.asarray(var.values)
+        ):
+            raise AppendError(
+                f"coordinate {str(name)!r} differs from the stored one (stored "
+                f"{_brief(old.values)}, given {_brief(var.values)}); an append along {dim!r} "
+                f"must bring the same {str(name)!r}: select or reindex it first"
+            )
+
+
+def _brief(values: Any) -> str:
+    a = np.asarray(values).ravel()
+    return f"[{', '.join(map(str, a[:4]))}{', ...' if a.size > 4 else ''}]"
+
+
+# --------------------------------------------------------------------------- appends
+
+
 def append(
     ds: xr.Dataset,
     store: StoreLike,
@@ -275,38 +369,45 @@ def append(
     *,
     group: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Append ``ds`` along ``dim``, safely beside any number of concurrent appenders.
 
-    The job reserves its rows through the store's commit log, the arrays grow
-    before it writes, and it writes its data and coordinates into its own
-    range. Concurrent appends all land, in the order their reservations were
-    committed. A store that does not exist yet is created by the first job.
+    The job reserves its rows through the store's commit log, writes its data
+    and coordinates into them beyond the stored length, then makes them
+    visible (in the order the rows were reserved). Concurrent appends all
+    land; readers never see a reserved row without its data. A store that
+    does not exist yet is created by the first job.
 
     Calls from several threads of one process to the same target at about the
-    same time are written as one job (concatenated along ``dim``), and each
-    call still gets its own rows back: many small writers cost a few log
-    entries and a few writes, not one each. A batch that fails is retried call
-    by call, so that each error reaches the call that caused it.
+    same time are written together (one log entry, one write), each call
+    keeping its own identity and rows.
 
     Parameters
     ----------
     ds : xarray.Dataset
-        The rows to add (variables without ``dim`` must already be stored).
+        The rows to add. Every variable the store holds along ``dim`` must be
+        there; other coordinates must equal the stored ones.
     store : str, os.PathLike or zarr Store
-        A local path, an S3 URL, or a store (it needs atomic creates).
+        A local path, an S3 or Azure URL, or a store (it needs conditional writes).
     dim : str
         The dimension to grow.
     group, storage_options : optional
         As in :func:`toolkit.to_zarr`.
+    job_id : str, optional
+        The job's identity. A rerun with the same id finishes a job that was
+        killed and writes nothing for one that landed. By default it is
+        derived from the store, ``dim`` and the data (the same call gives the
+        same id).
     **kwargs
         Passed on to :func:`toolkit.to_zarr` (``throttle``, ``progress``, ...).
 
     Returns
     -------
     WriteReport
-        With ``placement``: the range written and what committing cost.
+        With ``placement``: the rows written, the job id, what committing cost,
+        and ``landed=True`` for a rerun of a job that had landed.
 
     Raises
     ------
@@ -327,17 +428,84 @@ def append(
     >>> report = toolkit.append(later, "log.zarr", "time", progress=False)
     >>> report.placement["start"], report.placement["stop"]  # the rows it reserved
     (12, 24)
+    >>> toolkit.append(later, "log.zarr", "time", progress=False).placement["landed"]
+    True
     """
     dim = str(dim)
+    job = job_id or derive_job_id("append", store, group, dim, ds)
     if kwargs.get("compute", True) is False:
-        return _append_one(ds, store, dim, group, storage_options, kwargs)
+        return _append_one(ds, store, dim, group, storage_options, kwargs, job)
     key = _batch_key("append", store, group, dim, storage_options, kwargs)
+    return _coalesce(key, ds, job, lambda batch: _append_batch(batch, store, dim, group,
+                                                              storage_options, kwargs))  # fmt: skip
 
-    def run(batch: list[_Waiting]) -> None:
-        _run_batch(batch, dim, lambda d: _append_one(d, store, dim, group, storage_options, kwargs),
-                   _split_rows)  # fmt: skip
 
-    return _coalesce(key, ds, run)
+def _append_batch(
+    batch: list[_Waiting],
+    store: StoreLike,
+    dim: str,
+    group: str | None,
+    storage_options: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """Append the calls of ``batch`` as one write, each keeping its identity and rows."""
+
+    def alone(w: _Waiting) -> None:
+        _settle([w], lambda: [_append_one(w.ds, store, dim, group, storage_options, kwargs, w.job)])
+
+    if len(batch) == 1:
+        alone(batch[0])
+        return
+
+    try:
+        combined = xr.concat([w.ds for w in batch], dim, join="outer")
+        _validated(combined, store, dim, group, storage_options, kwargs)
+    except Exception:
+        # Bad input somewhere: nothing was written; each call gets its own verdict.
+        for w in batch:
+            alone(w)
+        return
+    members = [(w.job, int(w.ds.sizes[dim])) for w in batch]
+    batch_job = derive_job_id("batch", store, group, dim, sorted(m for m, _ in members))
+    try:
+        report = _append_one(combined, store, dim, group, storage_options, kwargs, batch_job,
+                             members=members)  # fmt: skip
+    except _MembersAgain:
+        # Some calls run again (their rows were reserved before): each alone, to find them.
+        for w in batch:
+            alone(w)
+        return
+    except Exception as e:
+        failed = e
+        _settle(batch, lambda: _raise(failed))
+        return
+    _settle(batch, lambda: _split(report, members))
+
+
+class _MembersAgain(Exception):
+    """Calls of a batch whose rows were reserved before: they go one by one."""
+
+
+def _raise(e: BaseException) -> Any:
+    raise e
+
+
+def _validated(
+    ds: xr.Dataset,
+    store: StoreLike,
+    dim: str,
+    group: str | None,
+    storage_options: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+) -> WritePlan:
+    """Plan the append against the visible store and check it (raises on bad input)."""
+    plan = plan_write(
+        ds, store, mode="a", append_dim=dim, group=group, storage_options=storage_options,
+        **{k: v for k, v in kwargs.items() if k in _PLAN_KEYS},
+    )  # fmt: skip
+    if plan.mode != "w-":
+        _check_append(ds, plan.store, group, dim)
+    return plan
 
 
 def _append_one(
@@ -347,36 +515,117 @@ def _append_one(
     group: str | None,
     storage_options: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
+    job: str,
+    members: Sequence[tuple[str, int]] | None = None,
 ) -> Any:
-    plan = plan_write(
-        ds,
-        store,
-        mode="a",
-        append_dim=dim,
-        group=group,
-        storage_options=storage_options,
-        **{k: v for k, v in kwargs.items() if k in _PLAN_KEYS},
-    )
+    plan = _validated(ds, store, dim, group, storage_options, kwargs)
     base = plan.store
-    owner = job_id()
     if not supports_atomic_create(base):
+        # A store without conditional writes (Icechunk, fsspec's other stores):
+        # one writer at a time, as plain xarray.
         return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
-    with _creating(base, group, owner, plan.mode == "w-") as empty:
-        if empty:
-            return write_dataset(ds, base, mode="a", group=group, **kwargs)
-    n = ds.sizes[dim]
-    if n == 0:
+    if plan.mode == "w-":
+        created = _create_first(ds, base, group, job, kwargs)
+        if created is not None:
+            return created
+        plan = _validated(ds, base, dim, group, None, kwargs)  # another job created it
+    if ds.sizes[dim] == 0:
         raise AppendError(f"nothing to append: the dataset has no rows along {dim!r}")
+    n = ds.sizes[dim]
     runs = {
         str(name): r
         for name, var in ds.coords.items()
         if var.dims == (dim,) and len(r := _runs(var.values)) <= _MAX_RUNS
     }
-    log = commit_log(base, group)
-    answer = log.submit({"kind": "reserve", "dim": dim, "n": n, "runs": runs}, job=owner)
+    target = _Dataset.open(base, group, dim)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
-    report = _region_write(ds, base, dim, answer["start"], answer["stop"], {"group": group, **kw})
-    return _placed(report, {"dim": dim, "start": answer["start"], "stop": answer["stop"]}, log)
+    part = rows_along(ds, dim)
+    # A record of this job (a dead run's rows published past by another job): fill it.
+    record = read_record(base, group, job)
+    if record is not None and record.get("rows") and record.get("dim") == dim:
+        return _fill_record(part, target, job, record, kw)
+    locks = _hold_job(target, job)
+    try:
+        ext = target.extents()
+        batched = {"members": [list(m) for m in members]} if members else {}
+        request = _request(target, locks, ext.visible, kind="reserve", n=n, runs=runs, **batched)
+        answer = target.log.submit(request, job=job)
+        if "again" in answer:
+            raise _MembersAgain(answer["again"])
+        placement = {"dim": dim, "start": answer["start"], "stop": answer["stop"], "job": job}
+        if answer.get("landed"):
+            # Landed before: published, or waiting for the jobs before it.
+            _publish_rows(target, job, answer["start"], answer["stop"])
+            return _landed_report(plan, placement)
+        start, stop = answer["start"], answer["stop"]
+        landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
+        if landed.get("landed") and landed.get("start") == start:
+            report = _landed_report(plan, placement)  # its data landed; it was not yet visible
+        else:
+            try:
+                report = _hidden_write(part, target, ext, start, stop, kw)
+            except BaseException:
+                # Nothing of it is visible: if its rows are the last handed out, hand
+                # them out again; else they wait for this job's rerun (same job_id).
+                ids = list(answer.get("members") or [job])
+                with contextlib.suppress(Exception):
+                    target.log.submit({"kind": "release", "ids": ids}, job=f"{job}-release")
+                raise
+            for m, (a, b) in (answer.get("members") or {job: [start, stop]}).items():
+                _land(target, m, a, b)
+        locks.check()  # fenced: a job that lost its lease publishes nothing
+        placement["publish"] = _publish_rows(target, job, start, stop)
+        return _placed(report, placement, target.log)
+    finally:
+        locks.stop()
+
+
+def _fill_record(
+    part: xr.Dataset, target: _Dataset, job: str, record: Mapping[str, Any], kw: Mapping[str, Any]
+) -> Any:
+    """A rerun of a job whose rows were published past while it was dead: write them in place."""
+    start, stop = record["rows"]
+    if part.sizes[target.dim] != stop - start:
+        raise AppendError(
+            f"job {job} reserved {stop - start} rows of {target.dim!r} ({start}-{stop}); this "
+            f"rerun brings {part.sizes[target.dim]}: rerun it with the same data"
+        )
+    locks = _hold_job(target, job)
+    try:
+        # In place, visible rows: the record (this job's) keeps readers out until the end.
+        report = write_dataset(
+            part, target.store, mode="r+", region={target.dim: slice(start, stop)},
+            group=target.group, job=job, **kw,
+        )  # fmt: skip
+    finally:
+        locks.stop()
+    return _placed(report, {"dim": target.dim, "start": start, "stop": stop, "job": job,
+                            "filled": True}, None)  # fmt: skip
+
+
+def _create_first(
+    ds: xr.Dataset, base: Store, group: str | None, job: str, kwargs: Mapping[str, Any]
+) -> Any:
+    """Create the dataset under the creation claim; None if another job created it first."""
+    claim = CreationClaim(base, group, job)
+    claim.acquire(wait=True)
+    try:
+        if _has_arrays(base, group):
+            return None
+        return write_dataset(ds, base, mode="w-", group=group, claim=claim, **kwargs)
+    finally:
+        claim.release()
+
+
+def _has_arrays(store: Store, group: str | None) -> bool:
+    try:
+        grp = open_group(store, group)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return False
+    return any(True for _ in grp.array_keys())
+
+
+# --------------------------------------------------------------------------- partitions
 
 
 def overwrite_partitions(
@@ -387,6 +636,7 @@ def overwrite_partitions(
     group: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     lock_timeout: float = 600.0,
+    job_id: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Replace exactly the partitions present in ``ds`` (Iceberg's dynamic overwrite).
@@ -404,14 +654,15 @@ def overwrite_partitions(
         As in :func:`toolkit.to_zarr`.
     lock_timeout : float
         Seconds to wait for another job's lock on one of the partitions.
+    job_id : str, optional
+        The job's identity (see :func:`append`); derived from the call by default.
     **kwargs
         Passed on to :func:`toolkit.to_zarr`.
 
     Returns
     -------
     WriteReport
-        The last partition range's report, with ``placement`` listing every
-        partition's rows.
+        The last write's report, with ``placement`` listing every partition's rows.
 
     Raises
     ------
@@ -440,30 +691,23 @@ def overwrite_partitions(
             f"partition={coord!r} must name a 1-D coordinate or dimension of the dataset "
             f"(it has coordinates {sorted(map(str, ds.coords))})"
         )
-    dim = str(ds[coord].dims[0])
+    job = job_id or derive_job_id("partitions", store, group, coord, ds)
+
+    def one(w: _Waiting) -> Any:
+        return _overwrite_one(w.ds, store, coord, group, storage_options, lock_timeout,
+                              kwargs, w.job)  # fmt: skip
+
     if kwargs.get("compute", True) is False:
-        return _overwrite_one(ds, store, coord, group, storage_options, lock_timeout, kwargs)
+        return one(_Waiting(ds, job))
     key = _batch_key("partitions", store, group, coord, storage_options, kwargs)
 
-    def one(d: xr.Dataset) -> Any:
-        return _overwrite_one(d, store, coord, group, storage_options, lock_timeout, kwargs)
-
     def run(batch: list[_Waiting]) -> None:
-        # Calls replacing the same partition go in different groups: one after the other.
-        groups: list[tuple[set[str], list[_Waiting]]] = []
+        # Each call is its own job (partition overwrites are not merged): they share
+        # only the batching window, and each gets its own answer or error.
         for w in batch:
-            labels = {lab for lab, _ in _runs(w.ds[coord].values)}
-            for taken, members in groups:
-                if not taken & labels:
-                    taken |= labels
-                    members.append(w)
-                    break
-            else:
-                groups.append((labels, [w]))
-        for _, members in groups:
-            _run_batch(members, dim, one, _split_partitions)
+            _settle([w], functools.partial(lambda w: [one(w)], w))
 
-    return _coalesce(key, ds, run)
+    return _coalesce(key, ds, job, run)
 
 
 def _overwrite_one(
@@ -474,6 +718,7 @@ def _overwrite_one(
     storage_options: Mapping[str, Any] | None,
     lock_timeout: float,
     kwargs: Mapping[str, Any],
+    job: str,
 ) -> Any:
     dim = str(ds[coord].dims[0])
     runs = _runs(ds[coord].values)
@@ -485,42 +730,135 @@ def _overwrite_one(
                 f"sort the dataset first: ds.sortby({coord!r})"
             )
         seen.add(lab)
-    sel = {k: v for k, v in kwargs.items() if k in _PLAN_KEYS}
-    plan = plan_write(
-        ds, store, mode="a", append_dim=dim, group=group, storage_options=storage_options, **sel
-    )
+    plan = _validated(ds, store, dim, group, storage_options, kwargs)
     base = plan.store
-    owner = job_id()
-
-    with _creating(base, group, owner, plan.mode == "w-") as empty:
-        if empty:
-            return write_dataset(ds, base, mode="a", group=group, **kwargs)
-    log = commit_log(base, group)
-    answer = log.submit({"kind": "partitions", "dim": dim, "coord": coord, "runs": runs}, job=owner)
-    if "error" in answer:
-        raise PartitionError(answer["error"])
+    if plan.mode == "w-":
+        created = _create_first(ds, base, group, job, kwargs)
+        if created is not None:
+            return created
+        plan = _validated(ds, base, dim, group, None, kwargs)
+    _check_sizes(_stored_partitions(base, group, coord, dim), runs, coord)
+    target = _Dataset.open(base, group, dim)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
-    names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
-    # Consecutive ranges (new partitions, above all) are one region write.
-    spans: list[list[int]] = []
-    pos = 0
-    for _, a, b in answer["ranges"]:
-        if spans and spans[-1][1] == a:
-            spans[-1][1] = b
-        else:
-            spans.append([a, b, pos])
-        pos += b - a
-    report: Any = None
-    with LockSet(Coordinator(base, group), names, owner).hold(timeout=lock_timeout):
-        for a, b, at in spans:
+    locks = _hold_job(target, job)
+    parts: LockSet | None = None
+    try:
+        ext = target.extents()
+        answer = target.log.submit(
+            _request(target, locks, ext.visible, kind="partitions", coord=coord, runs=runs),
+            job=job,
+        )
+        if "error" in answer:
+            raise PartitionError(answer["error"])
+        names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
+        parts = LockSet(target.coord, names, job)
+        parts.start(timeout=lock_timeout)
+        # Rows that another job's unfinished reservation holds are not ours to
+        # write in place until that job made them visible.
+        _wait_visible(target, job, answer)
+        report: Any = None
+        new = answer.get("id") is not None
+        pos = 0
+        old_spans, new_rows = [], None
+        for _, a, b in answer["ranges"]:
+            if new and a >= answer["start"]:
+                new_rows = new_rows or [a, pos]
+            else:
+                old_spans.append((a, b, pos))
+            pos += b - a
+        ext = target.extents()
+        if new_rows is not None:
+            a0, at = new_rows
+            rows = ds.isel({dim: slice(at, at + answer["stop"] - a0)})
+            landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
+            if not (landed.get("landed") and landed.get("start") == answer["start"]):
+                report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
+                                       answer["stop"], kw)  # fmt: skip
+                _land(target, job, answer["start"], answer["stop"])
+        for a, b, at in _merged(old_spans):
             rows = ds.isel({dim: slice(at, at + b - a)})
-            report = _region_write(rows, base, dim, a, b, {"group": group, **kw})
-    placement = {
-        "dim": dim,
-        "coord": coord,
-        "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
-    }
-    return _placed(report, placement, log)
+            report = write_dataset(
+                rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
+                group=group, job=job, **kw,
+            )  # fmt: skip
+        placement: dict[str, Any] = {
+            "dim": dim,
+            "coord": coord,
+            "job": job,
+            "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
+        }
+        if new_rows is not None:
+            locks.check()
+            placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
+        if report is None:
+            report = _landed_report(plan, placement)
+        return _placed(report, placement, target.log)
+    finally:
+        if parts is not None:
+            parts.stop()
+        locks.stop()
+
+
+def _check_sizes(
+    stored: Mapping[str, list[int]], runs: Sequence[tuple[str, int]], coord: str
+) -> None:
+    """Refuse, before anything is written, partitions that would change size in place.
+
+    The log decides again under its own state (labels reserved meanwhile by
+    other jobs count there too); this catches bad input with the store untouched.
+    """
+    bad = [
+        f"{lab!r} has {stored[lab][1] - stored[lab][0]} rows in the store, the job brings {n}"
+        for lab, n in runs
+        if lab in stored and stored[lab][1] - stored[lab][0] != n
+    ]
+    if bad:
+        raise PartitionError(
+            "partitions cannot change size in place: "
+            + "; ".join(bad)
+            + f". Bring exactly the stored rows of each {coord!r} partition"
+        )
+
+
+def _merged(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Consecutive ranges (also consecutive in the job's rows) as one region write."""
+    out: list[list[int]] = []
+    for a, b, at in spans:
+        if out and out[-1][1] == a and out[-1][2] + (out[-1][1] - out[-1][0]) == at:
+            out[-1][1] = b
+        else:
+            out.append([a, b, at])
+    return [(a, b, at) for a, b, at in out]
+
+
+def _wait_visible(target: _Dataset, job: str, answer: Mapping[str, Any]) -> None:
+    """Wait until the reservations ``answer`` names as holding this job's labels are visible."""
+    waits = set(answer.get("waits") or ())
+    if not waits:
+        return
+    deadline = time.monotonic() + _publish_timeout()
+    watch: dict[str, Lease] = {}
+    attempt = 0
+    while True:
+        _, state = target.log.head()
+        pending = [r for r in outstanding(state, target.dim) if r["id"] in waits]
+        ext = target.extents()
+        pending = [r for r in pending if r["stop"] > ext.visible]
+        if not pending:
+            return
+        r = pending[0]
+        view = watch.setdefault(r["id"], Lease(target.coord, r["lease"], owner=job)).observe()
+        if view.gone or time.monotonic() > deadline:
+            raise PartitionError(
+                f"partitions of this job were added by job {r['job']}, whose rows "
+                f"{r['start']}-{r['stop']} are not visible yet and whose lease is {view.state}: "
+                f"rerun job {r['job']} (same job_id) first, then this one"
+            )
+        time.sleep(backoff(attempt, base=0.02, cap=1.0))
+        attempt += 1
+
+
+# --------------------------------------------------------------------------- batching
 
 
 @dataclass
@@ -528,6 +866,7 @@ class _Waiting:
     """One call waiting in a batch."""
 
     ds: xr.Dataset
+    job: str
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -553,9 +892,9 @@ def _batch_key(
     return repr((kind, where, group, what, opts, sorted(kwargs.items(), key=str)))
 
 
-def _coalesce(key: str, ds: xr.Dataset, run: Callable[[list[_Waiting]], None]) -> Any:
+def _coalesce(key: str, ds: xr.Dataset, job: str, run: Callable[[list[_Waiting]], None]) -> Any:
     """Join the batch for ``key``; the first caller leads, running batches until none is left."""
-    me = _Waiting(ds)
+    me = _Waiting(ds, job)
     with _QUEUE_LOCK:
         _QUEUES.setdefault(key, []).append(me)
         lead = key not in _LEADERS
@@ -581,58 +920,31 @@ def _coalesce(key: str, ds: xr.Dataset, run: Callable[[list[_Waiting]], None]) -
     return me.result
 
 
-def _run_batch(
-    batch: list[_Waiting],
-    dim: str,
-    one: Callable[[xr.Dataset], Any],
-    split: Callable[[Any, list[_Waiting], str], list[Any]],
-) -> None:
-    """Write ``batch`` as one job; on failure, call by call (each error to its call)."""
-    if len(batch) > 1:
-        try:
-            combined = xr.concat([w.ds for w in batch], dim, join="outer")
-            report = one(combined)
-        except Exception:
-            pass  # below, one by one: the culprit gets its own error
-        else:
-            for w, result in zip(batch, split(report, batch, dim), strict=True):
-                w.result = result
-                w.done.set()
-            return
-    for w in batch:
-        try:
-            w.result = one(w.ds)
-        except Exception as e:
+def _settle(batch: list[_Waiting], fn: Callable[[], Any]) -> None:
+    """Run ``fn`` for ``batch``: its results (one per call, in order), or its error to each."""
+    try:
+        results = fn()
+    except Exception as e:
+        for w in batch:
             w.error = e
+            w.done.set()
+        return
+    for w, result in zip(batch, results, strict=True):
+        w.result = result
         w.done.set()
 
 
-def _split_rows(report: Any, batch: list[_Waiting], dim: str) -> list[Any]:
-    """Each call's own rows of an append written for the whole batch."""
-    if getattr(report, "placement", None) is None:
-        return [report] * len(batch)  # the batch created the dataset
-    out, start = [], report.placement["start"]
-    for w in batch:
-        n = w.ds.sizes[dim]
-        mine = {**report.placement, "start": start, "stop": start + n, "batched_calls": len(batch)}
+def _split(report: Any, members: Sequence[tuple[str, int]]) -> list[Any]:
+    """Each call's own rows of an append written for a batch (one report per member)."""
+    placement = getattr(report, "placement", None)
+    if placement is None or "start" not in placement:
+        return [report] * len(members)  # the batch created the dataset
+    out, start = [], placement["start"]
+    for job, n in members:
+        mine = {**placement, "start": start, "stop": start + n, "job": job,
+                "batched_calls": len(members)}  # fmt: skip
         out.append(dataclasses.replace(report, placement=mine))
         start += n
-    return out
-
-
-def _split_partitions(report: Any, batch: list[_Waiting], dim: str) -> list[Any]:
-    """Each call's own partitions of an overwrite written for the whole batch."""
-    if getattr(report, "placement", None) is None:
-        return [report] * len(batch)  # the batch created the dataset
-    out = []
-    for w in batch:
-        labels = {lab for lab, _ in _runs(w.ds[report.placement["coord"]].values)}
-        mine = {
-            **report.placement,
-            "partitions": {k: v for k, v in report.placement["partitions"].items() if k in labels},
-            "batched_calls": len(batch),
-        }
-        out.append(dataclasses.replace(report, placement=mine))
     return out
 
 
@@ -645,6 +957,7 @@ def _placed(report: Any, placement: dict[str, Any], log: CommitLog | None) -> An
             "attempts": stats.attempts,
             "commits": stats.commits,
             "batched": stats.batched,
+            "direct": stats.direct,
             "seconds": round(stats.seconds, 4),
         }
     with contextlib.suppress(AttributeError, TypeError):

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import difflib
 import html
-import itertools
 import math
-import time
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
@@ -30,7 +28,6 @@ from zarr.abc.store import Store
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
-from toolkit._util import backoff
 from toolkit.cluster.client import active_client
 from toolkit.errors import (
     AppendError,
@@ -45,7 +42,7 @@ from toolkit.errors import (
     UnsupportedVariableError,
     VariableNameError,
 )
-from toolkit.io.groups import ExistingGroup, open_existing
+from toolkit.io.groups import ExistingGroup, open_existing, open_settled
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
@@ -516,25 +513,13 @@ def _throttle_text(t: Throttle) -> str:
 
 
 def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
-    """The stored dataset, lazily; waits out a concurrent append growing its arrays.
-
-    A committer grows the arrays along a dimension one after the other, so a
-    reader can find them disagreeing for a moment.
-    """
-    ro = store if store.read_only else store.with_read_only(True)
-    for attempt in itertools.count():
-        try:
-            # No indexes: validation needs encodings and dtypes, not coordinate values
-            # (building indexes would read every chunk of every dimension coordinate).
-            ds: xr.Dataset = xr.open_zarr(
-                ro, group=group, chunks=None, consolidated=False, create_default_indexes=False
-            )
-            return ds
-        except ValueError as e:
-            if "conflicting sizes" not in str(e) or attempt >= 40:
-                raise
-            time.sleep(backoff(attempt, base=0.02, cap=0.5))
-    raise AssertionError("unreachable")
+    """The stored dataset, lazily; waits out a concurrent append publishing its rows."""
+    # No indexes: validation needs encodings and dtypes, not coordinate values
+    # (building indexes would read every chunk of every dimension coordinate).
+    ds: xr.Dataset = open_settled(
+        store, group, chunks=None, consolidated=False, create_default_indexes=False
+    )
+    return ds
 
 
 def _store_is_empty(store: Store, group: str | None) -> bool:
@@ -667,12 +652,7 @@ def _resolve_region(
                 out[str(dim)] = slice(0, ds.sizes[dim])
                 continue
             if auto_index is None:
-                auto_index = xr.open_zarr(
-                    store.with_read_only(True) if not store.read_only else store,
-                    group=group,
-                    chunks=None,
-                    consolidated=False,
-                )
+                auto_index = open_settled(store, group, chunks=None, consolidated=False)
             if dim not in auto_index.indexes:
                 raise RegionError(
                     f"region={{{dim!r}: 'auto'}} needs a {dim!r} coordinate in the store; "

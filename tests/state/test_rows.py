@@ -1,0 +1,145 @@
+"""The commit log's row decisions, alone: pure functions, checked against brute force."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from toolkit.errors import PartitionError
+from toolkit.state.rows import decide_rows, outstanding, runs_of, shift_out
+
+
+def _none(coord: str, dim: str) -> dict[str, list[int]]:
+    return {}
+
+
+def _reserve(job: str, n: int, visible: int = 0, **kw) -> dict:
+    return {"kind": "reserve", "job": job, "dim": "t", "n": n, "visible": visible,
+            "lease": f"jobs/{job}", "host": "h", "pid": 1, **kw}  # fmt: skip
+
+
+def _step(state: dict, *requests: dict, dead=None) -> tuple[dict, dict]:
+    return decide_rows(state, list(requests), _none, dead=dead)
+
+
+@given(
+    st.integers(0, 50),
+    st.lists(st.tuples(st.integers(1, 20), st.booleans()), min_size=1, max_size=30),
+)
+def test_reservations_tile_the_rows_after_the_visible_ones_in_order(visible, asks):
+    """Brute force: every job gets the next free rows; none overlap; published ones leave."""
+    state: dict = {}
+    end = visible
+    spans = {}
+    for i, (n, publish_all) in enumerate(asks):
+        shown = end if publish_all else visible  # a job may see every earlier row published
+        state, answers = _step(state, _reserve(f"j{i}", n, shown))
+        a = answers[f"j{i}"]
+        assert (a["start"], a["stop"]) == (end, end + n)
+        spans[f"j{i}"] = (end, end + n)
+        end += n
+        visible = shown
+        assert state["dims"]["t"] == end
+        left = outstanding(state, "t")
+        assert all(r["stop"] > visible for r in left)  # published rows are not reserved
+        assert [r["start"] for r in left] == sorted(r["start"] for r in left)
+        for x, y in itertools.pairwise(left):
+            assert x["stop"] == y["start"]  # contiguous, no overlap
+    landed = state["landed"]
+    assert all(tuple(landed[j][1:]) == spans[j] for j in landed)
+
+
+def test_a_rerun_gets_its_own_rows_and_a_landed_job_is_told_so():
+    state, a = _step({}, _reserve("x", 5, visible=10))
+    assert a["x"] == {"id": "x", "start": 10, "stop": 15}
+    state, again = _step(state, _reserve("x", 5, visible=10))
+    assert again["x"] == {"id": "x", "start": 10, "stop": 15, "resumed": True}
+    state, b = _step(state, _reserve("y", 2, visible=15))  # x's rows were published
+    assert b["y"]["start"] == 15
+    state, late = _step(state, _reserve("x", 5, visible=17))
+    assert late["x"] == {"landed": True, "start": 10, "stop": 15}
+    assert state["dims"]["t"] == 17
+
+
+def test_only_the_last_rows_can_be_released():
+    state, _ = _step({}, _reserve("a", 3), _reserve("b", 4))
+    state, out = _step(state, {"kind": "release", "job": "r", "ids": ["a"]})
+    assert out["r"]["released"] == [] and state["dims"]["t"] == 7  # a has b after it
+    state, out = _step(state, {"kind": "release", "job": "r2", "ids": ["a", "b"]})
+    assert sorted(out["r2"]["released"]) == ["a", "b"]  # b first, then a is the last
+    assert state["dims"]["t"] == 0 and outstanding(state) == []
+
+
+def test_dead_jobs_at_the_end_are_released_before_new_rows_are_handed_out():
+    state, _ = _step({}, _reserve("a", 3), _reserve("dead", 4))
+    state, out = _step(state, _reserve("c", 2), dead=lambda r: r["job"] == "dead")
+    assert (out["c"]["start"], out["c"]["stop"]) == (3, 5)
+    assert [r["job"] for r in outstanding(state)] == ["a", "c"]
+
+
+def test_a_batch_reserves_each_member_its_own_rows():
+    state, out = _step({}, _reserve("batch", 5, members=[["m1", 2], ["m2", 3]]))
+    assert out["batch"]["members"] == {"m1": [0, 2], "m2": [2, 5]}
+    assert [(r["job"], r["start"], r["stop"]) for r in outstanding(state)] == [
+        ("m1", 0, 2),
+        ("m2", 2, 5),
+    ]
+    # a member that runs again alone finds its own rows; the batch cannot re-reserve it
+    state, alone = _step(state, _reserve("m2", 3))
+    assert alone["m2"]["resumed"] and (alone["m2"]["start"], alone["m2"]["stop"]) == (2, 5)
+    _, again = _step(state, _reserve("batch2", 5, members=[["m1", 2], ["m9", 3]]))
+    assert again["batch2"]["again"] == ["m1"]
+
+
+def _parts(job: str, runs: list[list], visible: int) -> dict:
+    return {"kind": "partitions", "job": job, "dim": "t", "coord": "day", "runs": runs,
+            "visible": visible, "lease": f"jobs/{job}", "host": "h", "pid": 1}  # fmt: skip
+
+
+def test_partitions_keep_their_rows_and_new_labels_are_reserved_at_the_end():
+    stored = {"mon": [0, 3], "tue": [3, 6]}
+    state, out = decide_rows({}, [_parts("p", [["tue", 3], ["wed", 2]], 6)], lambda c, d: stored)
+    a = out["p"]
+    assert a["ranges"] == [["tue", 3, 6], ["wed", 6, 8]]
+    assert (a["start"], a["stop"]) == (6, 8) and a["waits"] == []
+    # another job replacing wed before p published it waits for p's rows
+    state, out = decide_rows(state, [_parts("q", [["wed", 2]], 6)], lambda c, d: stored)
+    assert out["q"]["ranges"] == [["wed", 6, 8]] and out["q"]["waits"] == ["p"]
+    _, out = decide_rows(state, [_parts("r", [["tue", 5]], 6)], lambda c, d: stored)
+    assert "3 rows in the store, the job brings 5" in out["r"]["error"]
+
+
+def test_a_coordinate_that_cannot_partition_is_an_answer_not_a_crash():
+    def bad(coord, dim):
+        raise PartitionError("not one contiguous run")
+
+    _, out = decide_rows({}, [_parts("p", [["mon", 1]], 0)], bad)
+    assert "contiguous" in out["p"]["error"]
+
+
+def test_shift_out_moves_later_rows_and_their_labels_down():
+    stored: dict = {}
+    state, _ = _step({}, _reserve("a", 3), _reserve("dead", 4))
+    state, _ = decide_rows(state, [_parts("p", [["wed", 2]], 0)], lambda c, d: stored)
+    state = shift_out(state, "dead")
+    left = {r["job"]: (r["start"], r["stop"]) for r in outstanding(state)}
+    assert left == {"a": (0, 3), "p": (3, 5)}
+    assert state["partitions"]["day"]["labels"]["wed"] == [3, 5]
+    assert state["dims"]["t"] == 5
+
+
+@given(st.lists(st.sampled_from("abc"), max_size=40))
+def test_runs_of_against_brute_force(labels):
+    runs = runs_of(labels)
+    assert [lab for lab, n in runs for _ in range(n)] == labels
+    assert all(x[0] != y[0] for x, y in itertools.pairwise(runs))
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_release_of_unknown_ids_changes_nothing(n):
+    state, _ = _step({}, *[_reserve(f"j{i}", 2) for i in range(n)])
+    again, out = _step(state, {"kind": "release", "job": "r", "ids": ["nope"]})
+    assert out["r"]["released"] == [] and again["reservations"] == state.get("reservations", [])

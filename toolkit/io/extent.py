@@ -1,0 +1,329 @@
+"""Rows written beyond an array's stored length, made visible by one metadata update.
+
+Readers see an array as long as its metadata document says (``zarr.json``, or
+``.zarray`` for Zarr v2): chunks beyond that length are never read. An append
+therefore writes its rows *hidden*, beyond the stored length, and then
+*publishes* them by growing each array's stored shape, so that readers never
+see rows whose data has not landed, and a job killed before publishing leaves
+nothing a reader can see.
+
+- :class:`ExtentStore` presents the arrays along one dimension as longer than
+  stored, so that zarr and xarray write into the hidden rows as into any
+  region; it refuses any metadata write (nothing may publish by accident).
+- :func:`read_extents` reads the arrays' metadata documents with their
+  versions; :func:`publish` grows their stored length with conditional
+  writes (replace-if-version), so that concurrent publishers only ever grow an
+  array, never shrink it, and the consolidated copy (when the group has one)
+  is updated last, in one object, for readers that open through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
+
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer.cpu import Buffer as CPUBuffer
+from zarr.storage import WrapperStore
+from zarr.storage._utils import _normalize_byte_range_index
+
+from toolkit.io.conditional import ConditionalStore
+
+__all__ = [
+    "ArrayExtent",
+    "ExtentStore",
+    "Extents",
+    "covering_length",
+    "publish",
+    "read_extents",
+    "write_unit",
+]
+
+
+@dataclass(frozen=True)
+class ArrayExtent:
+    """One stored array along the dimension: its metadata document and the axis."""
+
+    path: str
+    """The array's path in the store (group included)."""
+    meta_key: str
+    """Its metadata document (``<path>/zarr.json`` or ``<path>/.zarray``)."""
+    axis: int
+    length: int
+    """Its stored length along the dimension, as read."""
+    version: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Extents:
+    """The arrays along one dimension of a group, as read (see :func:`read_extents`)."""
+
+    dim: str
+    arrays: list[ArrayExtent]
+    consolidated_key: str | None
+    """The group's document holding a consolidated copy (None without one)."""
+    zarr_format: int
+    consolidated_version: str | None = None
+
+    @property
+    def visible(self) -> int:
+        """Rows every array shows readers: the least stored length (0 without arrays)."""
+        return min((a.length for a in self.arrays), default=0)
+
+    def units(self) -> list[int]:
+        """Each array's write unit along the dimension (from the documents read)."""
+        return [write_unit(json.loads(a.data), a.axis) for a in self.arrays if a.data]
+
+    @property
+    def longest(self) -> int:
+        """The greatest stored length (above :attr:`visible` while a publication is under way)."""
+        return max((a.length for a in self.arrays), default=0)
+
+
+def _shape_of(doc: Mapping[str, Any]) -> list[int]:
+    return [int(n) for n in doc["shape"]]
+
+
+def write_unit(doc: Mapping[str, Any], axis: int) -> int:
+    """The write unit's length along ``axis`` of an array's metadata document.
+
+    Zarr v3's chunk grid is the shard when the array is sharded (the inner
+    chunks are the codec's), so it is the write unit either way; v2 has chunks.
+    """
+    if "chunk_grid" in doc:
+        return int(doc["chunk_grid"]["configuration"]["chunk_shape"][axis])
+    return int(doc["chunks"][axis])
+
+
+def _grown(data: bytes, axis: int, length: int) -> bytes | None:
+    """A metadata document with the axis at least ``length`` long; None if already so."""
+    doc = json.loads(data)
+    shape = _shape_of(doc)
+    if shape[axis] >= length:
+        return None
+    shape[axis] = length
+    doc["shape"] = shape
+    return json.dumps(doc, indent=2).encode()
+
+
+def covering_length(stop: int, units: Sequence[int]) -> int:
+    """The least length, from ``stop``, that ends on a unit boundary of every array.
+
+    Seen that long, no array's unit holding row ``stop - 1`` looks complete to
+    zarr: it is read and merged (rows beyond ``stop`` may be another job's
+    hidden rows), not overwritten whole. Every array is seen equally long, as
+    xarray needs.
+    """
+    return max([stop, *(-(-stop // u) * u for u in units if u > 0)])
+
+
+def _consolidated_grown(
+    data: bytes,
+    arrays: Sequence[ArrayExtent],
+    length: int,
+    fmt: int,
+    root: str,
+) -> bytes | None:
+    """The consolidated document with each array's copy grown as :func:`_grown` grows it."""
+    doc = json.loads(data)
+    if fmt == 3:
+        meta = (doc.get("consolidated_metadata") or {}).get("metadata")
+    else:
+        meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    changed = False
+    for a in arrays:
+        rel = a.path[len(root) :] if root and a.path.startswith(root) else a.path
+        key = rel if fmt == 3 else f"{rel}/.zarray"
+        entry = meta.get(key)
+        if not isinstance(entry, dict) or "shape" not in entry:
+            continue
+        new = _grown(json.dumps(entry).encode(), a.axis, length)
+        if new is not None:
+            meta[key] = json.loads(new)
+            changed = True
+    return json.dumps(doc, indent=2).encode() if changed else None
+
+
+async def read_extents(
+    cas: ConditionalStore,
+    group: str | None,
+    paths: Mapping[str, int],
+    dim: str,
+    zarr_format: int,
+    consolidated: bool,
+) -> Extents:
+    """Read the metadata documents of the arrays ``paths`` (path -> axis), concurrently.
+
+    ``paths`` name the arrays along ``dim`` (found once, from the group's
+    listing or consolidated metadata); each document comes with its version,
+    to publish against.
+    """
+    name = "zarr.json" if zarr_format == 3 else ".zarray"
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    ckey = None
+    if consolidated:
+        ckey = f"{root}zarr.json" if zarr_format == 3 else f"{root}.zmetadata"
+    keys = [f"{p}/{name}" for p in paths]
+    got = await asyncio.gather(*(cas.get(k) for k in [*keys, *([ckey] if ckey else [])]))
+    arrays = []
+    for (path, axis), key, g in zip(paths.items(), keys, got, strict=False):
+        if g is None:
+            raise FileNotFoundError(f"array metadata {key} is gone")
+        length = _shape_of(json.loads(g.data))[axis]
+        arrays.append(ArrayExtent(path, key, axis, length, g.version, g.data))
+    cver = got[-1].version if ckey and got[-1] is not None else None
+    return Extents(dim, arrays, ckey if cver else None, zarr_format, cver)
+
+
+async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str | None) -> Extents:
+    """Grow every array of ``ext`` to at least ``length`` rows, then the consolidated copy.
+
+    Each document is replaced only at the version read; one changed meanwhile
+    (another publisher) is read again and grown from what it holds. Returns the
+    extents as published.
+    """
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+
+    async def grow(a: ArrayExtent) -> ArrayExtent:
+        data, version = a.data, a.version
+        for _ in range(64):
+            if data is None or version is None:
+                got = await cas.get(a.meta_key)
+                if got is None:
+                    raise FileNotFoundError(f"array metadata {a.meta_key} is gone")
+                data, version = got.data, got.version
+            new = _grown(data, a.axis, length)
+            if new is None:  # long enough already (another publisher went further)
+                return replace(a, length=_shape_of(json.loads(data))[a.axis], version=version,
+                               data=data)  # fmt: skip
+            landed = await cas.replace(a.meta_key, new, version)
+            if landed is not None:
+                return replace(a, length=length, version=landed, data=new)
+            data = None  # changed since read (another publisher): read it again
+        raise RuntimeError(f"could not publish {a.meta_key}: it kept changing")
+
+    arrays = list(await asyncio.gather(*(grow(a) for a in ext.arrays)))
+    cver = ext.consolidated_version
+    if ext.consolidated_key is not None:
+        key = ext.consolidated_key
+        for _ in range(64):
+            got = await cas.get(key)
+            if got is None:
+                cver = None
+                break
+            new = _consolidated_grown(got.data, arrays, length, ext.zarr_format, root)
+            if new is None:
+                cver = got.version
+                break
+            cver = await cas.replace(key, new, got.version)
+            if cver is not None:
+                break
+        else:
+            raise RuntimeError(f"could not publish {key}: it kept changing")
+    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver)
+
+
+class ExtentStore(WrapperStore[Store]):
+    """A store in which the arrays along one dimension look at least ``length`` rows long.
+
+    Metadata documents of those arrays (and the group's consolidated copy)
+    are read with the dimension grown to ``length``; every other key passes
+    through. Writing any metadata document raises: a hidden write must never
+    publish its rows by accident. Take ``length`` from :func:`covering_length`
+    so that the unit holding the last row written is merged, not replaced.
+
+    Parameters
+    ----------
+    store : Store
+        The store (stack) below.
+    extents : Extents
+        The arrays along the dimension (from :func:`read_extents`).
+    length : int
+        How long they look.
+    group : str, optional
+        The group (to find the consolidated copies' relative paths).
+    """
+
+    def __init__(
+        self, store: Store, extents: Extents, length: int, group: str | None = None
+    ) -> None:
+        super().__init__(store)
+        self.extents, self.length, self.group = extents, length, group
+        self._axes = {a.meta_key: a.axis for a in extents.arrays}
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        # zarr would call the wrapped store's synchronous fast paths, bypassing this one.
+        return False
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.extents, self.length, self.group)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ExtentStore)
+            and other._store == self._store
+            and other.length == self.length
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def _looks(self, key: str, data: bytes) -> bytes:
+        if key in self._axes:
+            return _grown(data, self._axes[key], self.length) or data
+        if key == self.extents.consolidated_key:
+            root = f"{self.group.strip('/')}/" if self.group and self.group.strip("/") else ""
+            fmt = self.extents.zarr_format
+            return _consolidated_grown(data, self.extents.arrays, self.length, fmt, root) or data
+        return data
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """``key``, with the arrays' metadata grown to ``length``."""
+        if key not in self._axes and key != self.extents.consolidated_key:
+            return await self._store.get(key, prototype, byte_range)
+        buf = await self._store.get(key, prototype)
+        if buf is None:
+            return None
+        data = self._looks(key, buf.to_bytes())
+        start, stop = _normalize_byte_range_index(CPUBuffer.from_bytes(data), byte_range)
+        return prototype.buffer.from_bytes(data[start:stop])
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Any,
+    ) -> list[Buffer | None]:
+        """Each range as a :meth:`get` of its own."""
+        return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    def _refuse(self, key: str) -> None:
+        name = key.rsplit("/", 1)[-1]
+        if name in ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"):
+            raise RuntimeError(
+                f"a write of hidden rows tried to write metadata ({key}); it would publish "
+                "rows before their data landed"
+            )
+
+    async def set(self, key: str, value: Buffer) -> None:
+        """Write a chunk (metadata documents are refused)."""
+        self._refuse(key)
+        await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        """Create a chunk (metadata documents are refused)."""
+        self._refuse(key)
+        await self._store.set_if_not_exists(key, value)
+
+    async def delete(self, key: str) -> None:
+        """Delete a chunk (metadata documents are refused)."""
+        self._refuse(key)
+        await self._store.delete(key)

@@ -1,0 +1,300 @@
+"""Where rows go: the commit log's decisions for appends and partition overwrites.
+
+Pure functions of the log's state and a batch of requests (no I/O but the one
+callback that reads the stored partitions the first time a coordinate is met),
+so that every committer decides the same, and the rules can be tested alone.
+
+The state, per dimension, as the log keeps it (JSON):
+
+- ``dims[dim]``: the end of the rows handed out (the next free row);
+- ``reservations``: rows handed out and not yet visible to readers, in order.
+  Each has an ``id``, the ``job`` and the lease (``lease``, ``host``, ``pid``)
+  that show whether the job still runs, ``start``/``stop``, and for a
+  partition overwrite the ``labels`` it adds (``[[label, start, stop], ...]``);
+- ``partitions[coord]``: each partition label's rows (visible or reserved);
+- ``landed``: the recent jobs whose rows became visible (job -> dim, start,
+  stop), so that a rerun of a job that landed is told so, not given new rows.
+
+A reservation leaves ``reservations`` when a request reports a visible length
+(``visible``) past its end: its rows are published. A job judged dead whose
+reservation is the last of its dimension can be *released*: its rows are
+handed out again (they were never visible). A dead job's reservation with
+others after it cannot be taken back; the job that publishes past it marks it
+in the store (a record that readers refuse, naming the job), and the dead
+job's rerun fills it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from toolkit.errors import PartitionError
+
+__all__ = ["KEEP_LANDED", "decide_rows", "outstanding", "runs_of", "shift_out"]
+
+KEEP_LANDED = 2000
+"""How many landed jobs the state remembers (a rerun of an older one is told by its record)."""
+
+ReadPartitions = Callable[[str, str], dict[str, list[int]]]
+
+
+def runs_of(labels: Sequence[str]) -> list[tuple[str, int]]:
+    """Consecutive runs of equal labels: ``[(label, length), ...]``."""
+    out: list[tuple[str, int]] = []
+    for lab in labels:
+        if out and out[-1][0] == lab:
+            out[-1] = (lab, out[-1][1] + 1)
+        else:
+            out.append((lab, 1))
+    return out
+
+
+def outstanding(state: Mapping[str, Any], dim: str | None = None) -> list[dict[str, Any]]:
+    """The reservations not yet visible, in row order (of ``dim``, or every dimension)."""
+    res = [dict(r) for r in state.get("reservations", []) if dim is None or r["dim"] == dim]
+    return sorted(res, key=lambda r: (r["dim"], r["start"]))
+
+
+def _starts(start: int, members: Sequence[tuple[str, int]]) -> list[int]:
+    out = []
+    for _, n in members:
+        out.append(start)
+        start += n
+    return out
+
+
+def _lease_of(req: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: req[k] for k in ("lease", "host", "pid") if k in req}
+
+
+def decide_rows(
+    state: Mapping[str, Any],
+    requests: Sequence[Mapping[str, Any]],
+    read_partitions: ReadPartitions,
+    dead: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Decide a batch of ``reserve``, ``partitions`` and ``release`` requests.
+
+    Parameters
+    ----------
+    state : mapping
+        The log's state before the batch.
+    requests : sequence of mapping
+        Each has ``kind``, ``job``, ``dim`` and ``visible`` (the rows readers
+        saw along ``dim`` when the job read the store); ``reserve`` has ``n``
+        and ``runs`` (labels of partition coordinates along ``dim``);
+        ``partitions`` has ``coord`` and ``runs`` (``[[label, n], ...]``);
+        any may carry ``release`` (ids of reservations it found dead).
+    read_partitions : callable
+        ``read_partitions(coord, dim)``: each label's rows in the stored
+        (visible) coordinate, read the first time ``coord`` is met. Raises
+        :class:`~toolkit.errors.PartitionError` for a coordinate it cannot use.
+    dead : callable, optional
+        ``dead(reservation)``: whether its job is known dead at once (a process
+        of this host that no longer runs). Such reservations at the end of a
+        dimension are released before new rows are handed out.
+
+    Returns
+    -------
+    (dict, dict)
+        The new state and an answer per job. Other kinds are left unanswered.
+    """
+    dims: dict[str, int] = dict(state.get("dims", {}))
+    res: list[dict[str, Any]] = [dict(r) for r in state.get("reservations", [])]
+    parts: dict[str, Any] = {
+        k: {"dim": v["dim"], "labels": dict(v["labels"])}
+        for k, v in state.get("partitions", {}).items()
+    }
+    landed: dict[str, list[Any]] = dict(state.get("landed", {}))
+    answers: dict[str, dict[str, Any]] = {}
+
+    def publish_below(dim: str, visible: int) -> None:
+        for r in [r for r in res if r["dim"] == dim and r["stop"] <= visible]:
+            res.remove(r)
+            landed[r["job"]] = [dim, r["start"], r["stop"]]
+
+    def release(ids: Sequence[str]) -> list[str]:
+        gone: list[str] = []
+        changed = True
+        while changed:
+            changed = False
+            for r in list(res):
+                if r["id"] in ids and r["stop"] == dims.get(r["dim"]):
+                    res.remove(r)
+                    dims[r["dim"]] = r["start"]
+                    for lab, _, _ in r.get("labels", []):
+                        for p in parts.values():
+                            if p["dim"] == r["dim"]:
+                                p["labels"].pop(lab, None)
+                    gone.append(r["id"])
+                    changed = True
+        return gone
+
+    for req in requests:
+        kind, job = req.get("kind"), req["job"]
+        if kind not in ("reserve", "partitions", "release"):
+            continue
+        if kind == "release":
+            answers[job] = {"released": release(list(req.get("ids", [])))}
+            continue
+        dim = str(req["dim"])
+        visible = int(req.get("visible", 0))
+        dims[dim] = max(dims.get(dim, 0), visible)
+        publish_below(dim, visible)
+        tail = [r["id"] for r in res if r["dim"] == dim and dead is not None and dead(r)]
+        released = release(list(req.get("release", [])) + tail)
+        mine = [r for r in res if r["job"] == job and r["dim"] == dim]
+        if kind == "reserve":
+            if mine:
+                r = mine[0]
+                r.update(_lease_of(req))  # the rerun holds the job's lease now
+                answers[job] = {"id": r["id"], "start": r["start"], "stop": r["stop"],
+                                "resumed": True}  # fmt: skip
+                continue
+            if job in landed:
+                _, a, b = landed[job]
+                answers[job] = {"landed": True, "start": a, "stop": b}
+                continue
+            members = [(str(m), int(n)) for m, n in req.get("members") or ()]
+            if members:
+                again = [m for m, _ in members if m in landed or any(r["job"] == m for r in res)]
+                if again:
+                    # A member runs again: it goes alone, to find its own rows.
+                    answers[job] = {
+                        "error": f"members {again} were reserved before",
+                        "again": again,
+                    }
+                    continue
+                pos = start = dims[dim]
+                for m, n in members:
+                    res.append({"id": m, "job": m, "dim": dim, "start": pos, "stop": pos + n,
+                                "kind": "append", "batch": job, **_lease_of(req)})  # fmt: skip
+                    pos += n
+                dims[dim] = pos
+                spans = {
+                    m: [a, a + n]
+                    for (m, n), a in zip(members, _starts(start, members), strict=True)
+                }
+                answers[job] = {"id": job, "start": start, "stop": pos, "members": spans}
+                continue
+            start = dims[dim]
+            stop = start + int(req["n"])
+            dims[dim] = stop
+            res.append({"id": job, "job": job, "dim": dim, "start": start, "stop": stop,
+                        "kind": "append", **_lease_of(req)})  # fmt: skip
+            # Labels of tracked partition coordinates arrive with appends too.
+            for coord, runs in (req.get("runs") or {}).items():
+                if coord in parts and parts[coord]["dim"] == dim:
+                    pos = start
+                    for lab, n in runs:
+                        parts[coord]["labels"][lab] = [pos, pos + n]
+                        pos += n
+            answers[job] = {"id": job, "start": start, "stop": stop,
+                            **({"released": released} if released else {})}  # fmt: skip
+            continue
+        # kind == "partitions"
+        coord = str(req["coord"])
+        if mine:
+            r = mine[0]
+            r.update(_lease_of(req))
+            answers[job] = {**r["answer"], "resumed": True}
+            continue
+        try:
+            if coord not in parts:
+                parts[coord] = {"dim": dim, "labels": read_partitions(coord, dim)}
+        except PartitionError as e:
+            answers[job] = {"error": str(e)}
+            continue
+        labels = parts[coord]["labels"]
+        ranges: list[list[Any]] = []
+        end, bad = dims[dim], []
+        for lab, n in req["runs"]:
+            if lab in labels:
+                a, b = labels[lab]
+                if b - a != n:
+                    bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
+                ranges.append([lab, a, b])
+            else:
+                ranges.append([lab, end, end + n])
+                end += n
+        if bad:
+            answers[job] = {
+                "error": "partitions cannot change size in place: "
+                + "; ".join(bad)
+                + f". Bring exactly the stored rows of each {coord!r} partition"
+            }
+            continue
+        new = [rg for rg in ranges if rg[1] >= dims[dim]]
+        # Rows of other jobs' reservations (labels they add, not yet visible).
+        waits = sorted(
+            {
+                r["id"]
+                for r in res
+                if r["dim"] == dim
+                for _, a, b in ranges
+                if a < r["stop"] and r["start"] < b and [_, a, b] not in new
+            }
+        )
+        answer: dict[str, Any] = {"ranges": ranges, "waits": waits}
+        if new:
+            answer["id"], answer["start"], answer["stop"] = job, dims[dim], end
+            res.append({"id": job, "job": job, "dim": dim, "start": dims[dim], "stop": end,
+                        "kind": "partition", "coord": coord, "labels": new,
+                        "answer": answer, **_lease_of(req)})  # fmt: skip
+        for lab, a, b in ranges:
+            labels[lab] = [a, b]
+        dims[dim] = end
+        answers[job] = answer
+    if len(landed) > KEEP_LANDED:
+        landed = dict(list(landed.items())[-KEEP_LANDED:])
+    new_state = {**state, "dims": dims, "reservations": res, "partitions": parts,
+                 "landed": landed}  # fmt: skip
+    return new_state, answers
+
+
+def shift_out(state: Mapping[str, Any], rid: str) -> dict[str, Any]:
+    """The state without reservation ``rid``, later rows of its dimension moved down.
+
+    For stores where rows are only written in isolated copies until one
+    commit makes them visible (Icechunk forks): a dead job's rows in the
+    middle can be taken back, and the jobs after it write again at their new
+    rows (their copies, never committed, are dropped). Never for plain Zarr,
+    where later jobs' rows are already in the store.
+    """
+    res = [dict(r) for r in state.get("reservations", [])]
+    gone = next((r for r in res if r["id"] == rid), None)
+    if gone is None:
+        return dict(state)
+    dim, size = gone["dim"], gone["stop"] - gone["start"]
+    res.remove(gone)
+    parts = {
+        k: {"dim": v["dim"], "labels": {lab: list(ab) for lab, ab in v["labels"].items()}}
+        for k, v in state.get("partitions", {}).items()
+    }
+    for p in parts.values():
+        if p["dim"] != dim:
+            continue
+        for lab, _, _ in gone.get("labels", []):
+            p["labels"].pop(lab, None)
+        for lab, (a, b) in list(p["labels"].items()):
+            if a >= gone["stop"]:
+                p["labels"][lab] = [a - size, b - size]
+    for r in res:
+        if r["dim"] == dim and r["start"] >= gone["stop"]:
+            r["start"] -= size
+            r["stop"] -= size
+            r["labels"] = [[lab, a - size, b - size] for lab, a, b in r.get("labels", [])]
+            if "answer" in r:
+                r["answer"] = {
+                    **r["answer"],
+                    "ranges": [
+                        [lab, a - size, b - size] if a >= gone["stop"] else [lab, a, b]
+                        for lab, a, b in r["answer"]["ranges"]
+                    ],
+                    "start": r["start"],
+                    "stop": r["stop"],
+                }
+    dims = dict(state.get("dims", {}))
+    dims[dim] = dims.get(dim, 0) - size
+    return {**state, "reservations": res, "partitions": parts, "dims": dims}
