@@ -14,6 +14,7 @@ import concurrent.futures as cf
 import itertools
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -23,12 +24,14 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from zarr.abc.store import Store
 
 from toolkit._util import zarr_concurrency
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
+from toolkit.io.extent import consistent_view
 from toolkit.io.groups import open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
@@ -164,14 +167,27 @@ def open_zarr(
     open_kwargs = {"zarr_format": existing.zarr_format, **open_kwargs}
     if aligned:
         open_kwargs = {"cache": False, **open_kwargs}
-    ds = xr.open_dataset(
-        zstore,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
-        engine="zarr",
-        group=group,
-        consolidated=consolidated,
-        chunks=None if aligned else chunks,
-        **open_kwargs,
-    )
+
+    def opened(where: Store) -> xr.Dataset:
+        return xr.open_dataset(
+            where,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
+            engine="zarr",
+            group=group,
+            consolidated=consolidated,
+            chunks=None if aligned else chunks,
+            **open_kwargs,
+        )
+
+    try:
+        ds = opened(zstore)
+    except ValueError as e:
+        if "conflicting sizes" not in str(e):
+            raise
+        # Appended rows being published (or a publication cut short by a kill):
+        # wait a moment for it, then show the rows every array has.
+        ds = _settled(
+            opened, lambda: wrap_store(plain, share, scope=scope, remote=remote_budget_for), group
+        )
     if not aligned:
         return ds
     token = tokenize(scope, group, target_task_bytes)
@@ -194,6 +210,22 @@ def open_zarr(
     return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
         {str(k): v for k, v in out.items() if k in ds.coords}
     )
+
+
+def _settled(
+    opened: Callable[[Store], xr.Dataset], stack: Callable[[], Store], group: str | None
+) -> xr.Dataset:
+    """Open again while a publication settles; then through a consistent view."""
+    delay, deadline = 0.01, time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(0.5, delay * 2)
+        try:
+            return opened(MetadataBuffer(stack()))
+        except ValueError as e:
+            if "conflicting sizes" not in str(e):
+                raise
+    return opened(MetadataBuffer(consistent_view(stack(), group)))
 
 
 class _NamedChunkErrors:

@@ -37,6 +37,7 @@ __all__ = [
     "ArrayExtent",
     "ExtentStore",
     "Extents",
+    "consistent_view",
     "covering_length",
     "publish",
     "read_extents",
@@ -69,6 +70,8 @@ class Extents:
     """The group's document holding a consolidated copy (None without one)."""
     zarr_format: int
     consolidated_version: str | None = None
+    copy_lags: bool = False
+    """Whether the consolidated copy shows fewer rows than every array does."""
 
     @property
     def visible(self) -> int:
@@ -100,11 +103,14 @@ def write_unit(doc: Mapping[str, Any], axis: int) -> int:
     return int(doc["chunks"][axis])
 
 
-def _grown(data: bytes, axis: int, length: int) -> bytes | None:
-    """A metadata document with the axis at least ``length`` long; None if already so."""
+def _grown(data: bytes, axis: int, length: int, exact: bool = False) -> bytes | None:
+    """A metadata document with the axis at least (``exact``: exactly) ``length`` long.
+
+    None if it is so already.
+    """
     doc = json.loads(data)
     shape = _shape_of(doc)
-    if shape[axis] >= length:
+    if shape[axis] == length or (shape[axis] > length and not exact):
         return None
     shape[axis] = length
     doc["shape"] = shape
@@ -128,6 +134,7 @@ def _consolidated_grown(
     length: int,
     fmt: int,
     root: str,
+    exact: bool = False,
 ) -> bytes | None:
     """The consolidated document with each array's copy grown as :func:`_grown` grows it."""
     doc = json.loads(data)
@@ -144,7 +151,7 @@ def _consolidated_grown(
         entry = meta.get(key)
         if not isinstance(entry, dict) or "shape" not in entry:
             continue
-        new = _grown(json.dumps(entry).encode(), a.axis, length)
+        new = _grown(json.dumps(entry).encode(), a.axis, length, exact)
         if new is not None:
             meta[key] = json.loads(new)
             changed = True
@@ -178,8 +185,15 @@ async def read_extents(
             raise FileNotFoundError(f"array metadata {key} is gone")
         length = _shape_of(json.loads(g.data))[axis]
         arrays.append(ArrayExtent(path, key, axis, length, g.version, g.data))
-    cver = got[-1].version if ckey and got[-1] is not None else None
-    return Extents(dim, arrays, ckey if cver else None, zarr_format, cver)
+    copy = got[-1] if ckey else None
+    ext = Extents(dim, arrays, ckey if copy else None, zarr_format, copy and copy.version)
+    if copy is not None:
+        root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+        # A copy behind its arrays (a publication cut short before its last
+        # step): the caller brings it along (see Extents.copy_lags).
+        behind = _consolidated_grown(copy.data, arrays, ext.visible, zarr_format, root)
+        ext.copy_lags = behind is not None
+    return ext
 
 
 async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str | None) -> Extents:
@@ -252,10 +266,16 @@ class ExtentStore(WrapperStore[Store]):
     """
 
     def __init__(
-        self, store: Store, extents: Extents, length: int, group: str | None = None
+        self,
+        store: Store,
+        extents: Extents,
+        length: int,
+        group: str | None = None,
+        *,
+        exact: bool = False,
     ) -> None:
         super().__init__(store)
-        self.extents, self.length, self.group = extents, length, group
+        self.extents, self.length, self.group, self.exact = extents, length, group, exact
         self._axes = {a.meta_key: a.axis for a in extents.arrays}
 
     @property
@@ -264,7 +284,7 @@ class ExtentStore(WrapperStore[Store]):
         return False
 
     def _with_store(self, store: Store) -> Self:
-        return type(self)(store, self.extents, self.length, self.group)
+        return type(self)(store, self.extents, self.length, self.group, exact=self.exact)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -277,7 +297,7 @@ class ExtentStore(WrapperStore[Store]):
 
     def _looks(self, key: str, data: bytes) -> bytes:
         if key in self._axes:
-            return _grown(data, self._axes[key], self.length) or data
+            return _grown(data, self._axes[key], self.length, self.exact) or data
         if key == self.extents.consolidated_key:
             root = f"{self.group.strip('/')}/" if self.group and self.group.strip("/") else ""
             fmt = self.extents.zarr_format
@@ -327,3 +347,33 @@ class ExtentStore(WrapperStore[Store]):
         """Delete a chunk (metadata documents are refused)."""
         self._refuse(key)
         await self._store.delete(key)
+
+
+def consistent_view(store: Store, group: str | None = None) -> Store:
+    """``store`` as readers should see it while appended rows are being published.
+
+    A publication grows the arrays of a dimension one metadata document at a
+    time (and is cut short if its job is killed): until it is done, or until
+    the next job finishes it, the arrays disagree on the dimension's length.
+    Every row below the shortest one's length has landed in every array, so
+    the arrays are shown that long; ``store`` itself when they agree.
+    """
+    from toolkit.io.groups import array_dims, open_group
+
+    grp = open_group(store, group, use_consolidated=False)
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    fmt = grp.metadata.zarr_format
+    meta = "zarr.json" if fmt == 3 else ".zarray"
+    along: dict[str, list[ArrayExtent]] = {}
+    for name, arr in grp.arrays():
+        for axis, dim in enumerate(array_dims(arr)):
+            along.setdefault(dim, []).append(
+                ArrayExtent(f"{root}{name}", f"{root}{name}/{meta}", axis, arr.shape[axis])
+            )
+    ckey = f"{root}zarr.json" if fmt == 3 else f"{root}.zmetadata"
+    for dim, arrays in sorted(along.items()):
+        lengths = {a.length for a in arrays}
+        if len(lengths) > 1:
+            ext = Extents(dim, arrays, ckey, fmt)
+            store = ExtentStore(store, ext, min(lengths), group, exact=True)
+    return store

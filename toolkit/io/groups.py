@@ -122,21 +122,28 @@ def open_settled(store: Store, group: str | None = None, **kwargs: Any) -> Any:
     Appended rows become visible by growing each array's stored length, one
     metadata document per array, so for the time of one round of requests a
     reader can find the arrays of a dimension disagreeing (xarray's
-    "conflicting sizes"). The open is tried again for up to about five seconds;
-    a store that still disagrees is reported as xarray reports it.
+    "conflicting sizes"). The open is tried again for up to about two seconds;
+    a store that still disagrees (a publication cut short) is shown as long as
+    its shortest array (:func:`toolkit.io.extent.consistent_view`).
     """
     import time
 
     import xarray as xr
 
+    from toolkit.io.extent import consistent_view
+
     ro = store if store.read_only else store.with_read_only(True)
     delay = 0.01
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + 2.0
     while True:
         try:
             return xr.open_zarr(ro, group=group, **kwargs)
         except ValueError as e:
-            if "conflicting sizes" not in str(e) or time.monotonic() > deadline:
+            if "conflicting sizes" not in str(e):
                 raise
+            if time.monotonic() > deadline:
+                # A publication cut short (its job killed): the rows every array
+                # has are the visible ones, until a job finishes publishing.
+                return xr.open_zarr(consistent_view(ro, group), group=group, **kwargs)
             time.sleep(delay)
             delay = min(0.5, delay * 2)

@@ -32,6 +32,7 @@ dies loses its lease when it expires; the next one picks up what is pending.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -48,7 +49,13 @@ __all__ = ["Batch", "CommitLog", "CommitStats"]
 
 _KEEP_ENTRIES = 1000
 _KEEP_RECENT = 1000
-_DIRECT_ATTEMPTS = 2
+
+
+def _direct_attempts() -> int:
+    """Direct tries before group commit: ``TOOLKIT_LOG_DIRECT_ATTEMPTS``, or 2 (0: group only)."""
+    return int(os.environ.get("TOOLKIT_LOG_DIRECT_ATTEMPTS", "2"))
+
+
 HEAD = "log/HEAD.json"
 
 
@@ -239,7 +246,7 @@ class CommitLog:
         req = {**request, "job": job, "req": uuid.uuid4().hex}
         self.stats = CommitStats()
         seq, state = sync(self.ahead())
-        for attempt in range(_DIRECT_ATTEMPTS if direct else 0):
+        for attempt in range(_direct_attempts() if direct else 0):
             try:
                 answer, seq, state = self._direct(req, seq, state)
             except _NeedsCommitter:

@@ -143,13 +143,19 @@ class Repository:
         commits.sort(key=lambda r: (r.get("rows") or {}).get("start", -1))
         for req in commits:
             where = req.get("rows")
+            if req["owner"] in {a["owner"] for a in accepted}:
+                # Another run of the same job (a killed one's request, still pending)
+                # commits its rows in this batch: this one has nothing left to do.
+                answers[req["job"]] = {"landed": True}
+                continue
             if where:
                 dim = where["dim"]
                 if dim not in committed:
                     committed[dim] = _length(self.readonly(), dim)
                 mine = [r for r in new.get("reservations", []) if r["job"] == req["owner"]]
                 if not mine:
-                    answers[req["job"]] = {"released": True}
+                    landed = req["owner"] in new.get("landed", {})
+                    answers[req["job"]] = {"landed": True} if landed else {"released": True}
                     continue
                 r = mine[0]
                 if [r["start"], r["stop"]] != [where["start"], where["stop"]]:
@@ -517,6 +523,10 @@ def _run(
                                   progress, kwargs)  # fmt: skip
         if "error" in answer:
             raise WriteError(f"Icechunk commit of job {job} failed: {answer['error']}")
+        if answer.get("landed"):
+            # An earlier run of this job (killed after handing its fork over) committed.
+            placement["landed"] = True
+            return _placed(_nothing(ds, repo), placement, repo.log)
         if "moved" in answer or "released" in answer:
             # Rows before this job's were taken back (their job died), or this job's
             # own were: write again where the log now says.
@@ -528,6 +538,9 @@ def _run(
                 answer = repo.log.submit(
                     _ask(ds, dim, partition, lease, _length(repo.readonly(), dim)), job=job
                 )
+                if answer.get("landed"):
+                    placement.update(start=answer["start"], stop=answer["stop"], landed=True)
+                    return _placed(_nothing(ds, repo), placement, repo.log)
             else:
                 a, b = answer["moved"]
                 ranges = {"ranges": answer["ranges"]} if "ranges" in answer else {}

@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,16 +54,19 @@ import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from toolkit._util import backoff
-from toolkit.errors import AppendError, CoordinationError, PartitionError
+from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.extent import Extents, ExtentStore, covering_length, publish, read_extents
 from toolkit.io.groups import array_dims, open_group, open_settled
+from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import StoreLike, describe_store, store_label, unwrap
+from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
 from toolkit.state.commitlog import CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
-from toolkit.state.records import read_record, write_hole
+from toolkit.state.records import WriteJournal, read_record, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.write.execute import execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
@@ -96,9 +100,21 @@ def derive_job_id(kind: str, store: StoreLike, group: str | None, what: str, ds:
     ``ds`` is hashed by dask's ``tokenize`` (its values when in memory, its
     graph's names when dask-backed: the same source files give the same id).
     """
-    where = store_label(store) if not isinstance(store, Store) else describe_store(store)
-    token = tokenize(kind, where, (group or "").strip("/"), what, ds)
+    token = tokenize(kind, _location(store), (group or "").strip("/"), what, ds)
     return f"{kind}-{what}-{token[:20]}"[:80].replace("/", "_")
+
+
+def _location(store: StoreLike) -> str:
+    """Where ``store`` is, the same for a path, its ``file://`` URL and its LocalStore."""
+    if isinstance(store, Store):
+        base = unwrap(store)
+        if isinstance(base, LocalStore):
+            return f"file://{Path(base.root).resolve()}"
+        return describe_store(base)
+    label = store_label(store)
+    if "://" not in label or label.startswith("file://"):
+        return f"file://{Path(label.removeprefix('file://')).resolve()}"
+    return label
 
 
 def _stored_partitions(
@@ -181,7 +197,7 @@ class _Dataset:
         return cls(store, group, dim, paths, grp.metadata.zarr_format, consolidated)
 
     def extents(self) -> Extents:
-        return sync(
+        ext = sync(
             read_extents(
                 self.coord.cas,
                 self.group,
@@ -191,6 +207,11 @@ class _Dataset:
                 self.consolidated,
             )
         )
+        if ext.copy_lags:
+            # A publication killed before its last step: its rows are in every
+            # array but not yet in the consolidated copy readers may open.
+            ext = self.publish(ext, ext.visible)
+        return ext
 
     def publish(self, ext: Extents, length: int) -> Extents:
         return sync(publish(self.coord.cas, ext, length, self.group))
@@ -267,7 +288,7 @@ def _hold_job(ds: _Dataset, job: str, ttl: float | None = None) -> LockSet:
     locks = LockSet(ds.coord, [f"jobs/{_safe(job)}"], job, ttl=ttl)
     try:
         locks.start(timeout=max(5.0, locks.ttl * 1.5))
-    except Exception as e:
+    except LeaseTimeoutError as e:
         holder = locks.leases[0].observe()
         raise CoordinationError(
             f"job {job} is running now ({holder.holder()}); a job runs once at a time. Wait "
@@ -775,21 +796,33 @@ def _overwrite_one(
                 report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
                                        answer["stop"], kw)  # fmt: skip
                 _land(target, job, answer["start"], answer["stop"])
-        for a, b, at in _merged(old_spans):
-            rows = ds.isel({dim: slice(at, at + b - a)})
-            report = write_dataset(
-                rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
-                group=group, job=job, **kw,
-            )  # fmt: skip
         placement: dict[str, Any] = {
             "dim": dim,
             "coord": coord,
             "job": job,
             "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
         }
+        spans = _merged(old_spans)
+        # Rows readers can see change from here on: one record of the job for the
+        # whole of it (partitions replaced in place, new ones published), so that
+        # a reader never finds half of the job.
+        journal = None
+        if spans:
+            journal = WriteJournal(base, group, job, plan.throttle)
+            what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
+                    "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
+            journal.begin(what, wrap_store(base, plan.throttle))
         if new_rows is not None:
-            locks.check()
+            locks.check()  # fenced: a job that lost its lease publishes nothing
             placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
+        for a, b, at in spans:
+            rows = ds.isel({dim: slice(at, at + b - a)})
+            report = write_dataset(
+                rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
+                group=group, job=job, record=False, **kw,
+            )  # fmt: skip
+        if journal is not None:
+            journal.done(IOMetrics())
         if report is None:
             report = _landed_report(plan, placement)
         return _placed(report, placement, target.log)
