@@ -64,8 +64,8 @@ def to_zarr(
     mode, append_dim, region, encoding, zarr_format, consolidated : optional
         As in :meth:`xarray.Dataset.to_zarr`, and safe with concurrent jobs:
         an append reserves its rows through the store's commit log
-        (:func:`toolkit.append`), and a region write locks the write units it
-        shares with other regions for their read-modify-write.
+        (:func:`toolkit.append`), and a region write read-modify-writes the
+        units it shares with other regions conditionally (no update is lost).
         ``mode="overwrite-partitions"`` replaces the partitions present in
         ``ds`` (:func:`toolkit.overwrite_partitions`).
     partition : str, optional

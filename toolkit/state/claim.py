@@ -221,7 +221,7 @@ class CreationClaim:
             return
         lease = self.locks.leases[0]
         view = lease.observe()
-        if view.state == "held" and _deferred_here(view.doc):
+        if view.state == "held" and _deferred_here(view.doc) and self._still_writing(view.doc):
             # A process never waits on itself: that write is computed later, by this
             # very process, or never.
             raise ExistingStoreError(
@@ -240,6 +240,18 @@ class CreationClaim:
                 f"mode='w-' never overwrites ({e}); wait for it and read its dataset, "
                 "or use mode='w' to replace it once it is done"
             ) from e
+
+    def _still_writing(self, doc: dict[str, Any] | None) -> bool:
+        """Whether the deferred write holding the claim (its record says) still writes."""
+        key = (doc or {}).get("record")
+        if not isinstance(key, str):
+            return True
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = sync(unwrap(self.store).get(key, default_buffer_prototype()))
+        # Done or failed: its watcher gives the claim up within a moment; wait for it.
+        return buf is not None and b'"writing"' in buf.to_bytes()
 
     def release(self) -> None:
         """Give the lease up (a no-op without one, or when given up already)."""
@@ -267,42 +279,36 @@ class CreationClaim:
             self.release()
             return
         for lease in self.locks.leases:
-            lease.note["deferred"] = True
+            lease.note.update(deferred=True, record=journal.key)
         with contextlib.suppress(Exception):
             self.locks.renew_now()  # the note reaches the store now
         if deferred is not None:
             with contextlib.suppress(TypeError):
-                weakref.finalize(deferred, self.release)
+                weakref.finalize(deferred, self._done.set)
         until = time.monotonic() + _deferred_lifetime()
 
-        def check() -> None:
-            if self._done.is_set():
-                return
-            if time.monotonic() > until:
-                _log.warning(
-                    "toolkit: the deferred write of %s was not done within %g s; its creation "
-                    "claim is given up",
-                    describe_store(self.store),
-                    _deferred_lifetime(),
-                )
-                self._release_soon()
-                return
-            try:
-                state = journal.state()
-            except Exception as e:
-                # The store went away (or refuses us): the lease cannot be renewed
-                # either, so it expires by itself.
-                _log.debug("creation claim watcher: %s", e)
-                return
-            if state != "writing":
-                self._release_soon()
+        def watch() -> None:
+            # Every half second: is the write done (its record gone, or failed)? The
+            # Delayed dropped uncomputed (the finalizer), or held past the lifetime?
+            while not self._done.wait(0.5):
+                if time.monotonic() > until:
+                    _log.warning(
+                        "toolkit: the deferred write of %s was not done within %g s; its "
+                        "creation claim is given up",
+                        describe_store(self.store),
+                        _deferred_lifetime(),
+                    )
+                    break
+                try:
+                    if journal.state() != "writing":
+                        break
+                except Exception as e:
+                    # The store went away (or refuses us): the lease cannot be renewed
+                    # either, so it expires by itself.
+                    _log.debug("creation claim watcher: %s", e)
+            self.release()
 
-        self.locks.extra.append(check)
-
-    def _release_soon(self) -> None:
-        # Called from the renewer thread, which must not join itself.
-        self._done.set()
-        threading.Thread(target=self.release, name="toolkit-claim-release", daemon=True).start()
+        threading.Thread(target=watch, name="toolkit-create-claim", daemon=True).start()
 
 
 def _deferred_here(doc: dict[str, Any] | None) -> bool:

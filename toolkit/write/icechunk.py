@@ -141,7 +141,16 @@ class Repository:
         accepted: list[dict[str, Any]] = []
         commits = [r for r in requests if r["kind"] == "commit"]
         commits.sort(key=lambda r: (r.get("rows") or {}).get("start", -1))
+        blobs: dict[str, bytes] = {}
         for req in commits:
+            # Anyone who can write the prefix can hand a "fork" over: it must be one.
+            try:
+                blobs[req["job"]] = _checked(self.coord.get_bytes(req["fork"]))
+            except Exception as e:
+                answers[req["job"]] = {
+                    "error": f"what job {req.get('owner')} handed over is no Icechunk fork ({e})"
+                }
+        for req in [r for r in commits if r["job"] in blobs]:
             where = req.get("rows")
             if req["owner"] in {a["owner"] for a in accepted}:
                 # Another run of the same job (a killed one's request, still pending)
@@ -203,7 +212,7 @@ class Repository:
                 self.coord.delete(req["fork"])  # never merged
             if not accepted:
                 return None
-            snapshot = self._commit(accepted)
+            snapshot = self._commit(accepted, blobs)
             touched_all: dict[str, list[str]] = {}
             for req in accepted:
                 for a, keys in req["touched"].items():
@@ -231,14 +240,14 @@ class Repository:
         )
         return lease.observe().gone
 
-    def _commit(self, accepted: list[dict[str, Any]]) -> str:
+    def _commit(self, accepted: list[dict[str, Any]], blobs: Mapping[str, bytes]) -> str:
         """Merge the accepted forks in order (arrays grown to each one's rows); commit once."""
         from icechunk import ConflictDetector
 
         session = self.repo.writable_session(self.branch)
         trusted = _trusted_parts(session)
         for req in accepted:
-            fork = _load_fork(self.coord.get_bytes(req["fork"]), trusted)
+            fork = _load_fork(blobs[req["job"]], trusted)
             where = req.get("rows")
             if where:
                 # The fork grew its arrays to its rows' end: the session first, or
@@ -324,6 +333,16 @@ def _fields(data: bytes) -> list[bytes]:
     return out
 
 
+def _checked(data: bytes) -> bytes:
+    """``data`` if it is a serialized session whose fork fields are plain data; else raises."""
+    import msgpack
+
+    theirs = _fields(data)
+    for i in _FROM_FORK:
+        msgpack.unpackb(theirs[i], raw=True, strict_map_key=False, object_pairs_hook=list)
+    return data
+
+
 def _trusted_parts(session: Any) -> list[bytes]:
     """The committer's own configuration, from a fork of its own session."""
     return _fields(session.fork()._session.as_bytes())
@@ -337,16 +356,12 @@ def _load_fork(data: bytes, trusted: list[bytes]) -> Any:
     storage and virtual-chunk configuration are the committer's own. Nothing
     in ``data`` is ever unpickled.
     """
-    import msgpack
     from icechunk import ForkSession
     from icechunk._icechunk_python import PySession
 
-    theirs = _fields(data)
-    for i in _FROM_FORK:
-        # Plain data all the way down (raises on anything else).
-        msgpack.unpackb(theirs[i], raw=True, strict_map_key=False, object_pairs_hook=list)
+    theirs = _fields(_checked(data))
     parts = [theirs[i] if i in _FROM_FORK else trusted[i] for i in range(_FIELDS)]
-    rebuilt = msgpack.packb([], use_bin_type=True)[:0] + _array_header(_FIELDS) + b"".join(parts)
+    rebuilt = _array_header(_FIELDS) + b"".join(parts)
     return ForkSession(PySession.from_bytes(rebuilt))
 
 

@@ -1188,9 +1188,9 @@ def _written_by_xarray(name: Hashable, var: xr.Variable, ds: xr.Dataset, region:
     Those are the variables not worth a task per write unit, or that only
     xarray's encoders can write: empty ones, 0-d ones, in-memory coordinates,
     strings and objects, and in-memory times. A region write sends every other
-    variable through tasks, which lock the write units shared with another
+    variable through tasks, which merge the write units shared with another
     job's region; dimension coordinates cannot be dask arrays, so they are
-    written with the metadata, under a lock on the whole variable (see
+    written with the metadata, their shared units merged conditionally too (see
     :func:`toolkit.write.execute`).
     """
     if var.size == 0 or _encoded_from_values(var):

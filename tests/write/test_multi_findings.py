@@ -1,0 +1,368 @@
+"""One test per finding of the hostile run on the many-jobs paths (each failed before the fix).
+
+The kills themselves are in ``test_multi_kills.py``, concurrency in
+``test_multi.py`` and ``test_multi_mixed.py``, faults on coordination requests in
+``tests/state/test_coordination_faults.py``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import multiwrite_jobs as jobs
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import toolkit
+from toolkit.errors import AppendError, ExistingStoreError, WriteError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _read(path: Path | str) -> xr.Dataset:
+    return toolkit.open_zarr(path).load()
+
+
+# -- appends accept mismatched data -------------------------------------------------
+
+
+def test_an_append_with_other_labels_on_another_dim_is_refused_store_untouched(tmp_path):
+    from conftest import snapshot
+
+    target = tmp_path / "a.zarr"
+    toolkit.to_zarr(jobs.base_dataset(8), str(target), progress=False)
+    before = snapshot(target)
+    other_x = jobs.rows(1, np.arange(4)).assign_coords(x=np.arange(10, 10 + jobs.NX))
+    with pytest.raises(AppendError, match="'x' differs") as err:
+        toolkit.append(other_x, str(target), "time", progress=False)
+    assert isinstance(err.value, ValueError)  # xarray's error class
+    without_w = jobs.rows(1, np.arange(4)).drop_vars("w")
+    with pytest.raises(AppendError, match=r"leaves out \['w'\]"):
+        toolkit.append(without_w, str(target), "time", progress=False)
+    assert snapshot(target) == before
+
+
+# -- a failed batched append duplicated rows while telling every caller "success" ------
+
+
+def test_a_batch_that_fails_after_reserving_fails_for_every_call_and_reruns_land_once(
+    tmp_path, monkeypatch
+):
+    target = str(tmp_path / "batch.zarr")
+    enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
+    toolkit.to_zarr(jobs.base_dataset(5), target, encoding=enc, progress=False)
+    from toolkit.io import conditional
+
+    original = conditional._written_temp
+    failed = threading.Event()
+
+    def once(path, data):
+        # The appended rows share their units with others: conditional writes.
+        if "/v/c/" in str(path) and not failed.is_set():
+            failed.set()
+            raise PermissionError("the disk said no, once")  # final: not retried
+        return original(path, data)
+
+    monkeypatch.setattr(conditional, "_written_temp", once)
+    calls = {j: jobs.rows(j, j * 1000 + np.arange(2)) for j in (1, 2, 3)}
+
+    def call(j: int) -> object:
+        try:
+            return toolkit.append(calls[j], target, "time", progress=False).placement
+        except Exception as e:
+            return e
+
+    with ThreadPoolExecutor(3) as pool:
+        first = list(pool.map(call, calls))
+    assert failed.is_set()
+    errors = [r for r in first if isinstance(r, Exception)]
+    # Written together: the failure is every call's (none is told "success" while
+    # its rows are missing); or a call that ran alone landed whole.
+    for r in errors:
+        assert isinstance(r, WriteError) and isinstance(r.__cause__, PermissionError), r
+    ds = _read(target)
+    assert not np.isnan(ds.v.values).any()
+    assert len(np.unique(ds.time.values)) == ds.sizes["time"]
+    monkeypatch.setattr(conditional, "_written_temp", original)
+    with ThreadPoolExecutor(3) as pool:
+        again = list(pool.map(call, calls))  # every call again: each lands exactly once
+    assert not [r for r in again if isinstance(r, Exception)], again
+    ds = _read(target)
+    assert ds.sizes["time"] == 5 + 6
+    for j in calls:
+        rows = ds.w.values // 1000 == j
+        assert rows.sum() == 2 and (ds.v.values[rows] == j).all()
+    assert len(np.unique(ds.time.values)) == ds.sizes["time"]
+
+
+# -- two creators mixed through the claim's thread nesting ----------------------------
+
+
+def test_a_deferred_creation_and_a_replacing_write_in_one_thread_never_mix(tmp_path):
+    target = str(tmp_path / "c.zarr")
+    one = xr.Dataset({"v": ("t", np.ones(12))}).chunk({"t": 4})
+    two = xr.Dataset({"v": ("t", np.full(12, 2.0))}).chunk({"t": 4})
+    deferred = toolkit.to_zarr(one, target, mode="w", compute=False, progress=False)
+    with pytest.raises(ExistingStoreError, match="deferred write"):
+        toolkit.to_zarr(two, target, mode="w", progress=False)
+    deferred.compute()
+    np.testing.assert_array_equal(_read(target).v.values, np.ones(12))  # whole, never [1]*8+[2]*4
+    toolkit.to_zarr(two, target, mode="w", progress=False)  # once it is done: replaced whole
+    np.testing.assert_array_equal(_read(target).v.values, np.full(12, 2.0))
+
+
+def test_a_deferred_write_dropped_uncomputed_gives_its_claim_up(tmp_path):
+    target = tmp_path / "d.zarr"
+    ds = xr.Dataset({"v": ("t", np.ones(8))}).chunk({"t": 4})
+    deferred = toolkit.to_zarr(ds, str(target), mode="w", compute=False, progress=False)
+    lease = target / ".toolkit" / "coord" / "leases" / "create.json"
+    assert '"held"' in lease.read_text()
+    del deferred
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while '"released"' not in lease.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"released"' in lease.read_text()  # another creator need not wait 600 s
+    left = [t for t in threading.enumerate() if t.name == "toolkit-lease-renewer"]
+    deadline = time.monotonic() + 10
+    while any(t.is_alive() for t in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in left)
+    toolkit.to_zarr(ds * 3, str(target), mode="w", progress=False)
+    np.testing.assert_array_equal(_read(target).v.values, np.full(8, 3.0))
+
+
+# -- errors that chain their cause, with no request still running ---------------------
+
+_FAILING = """
+import asyncio, sys, numpy as np, xarray as xr, toolkit
+from zarr.storage import LocalStore
+original = LocalStore.set
+async def slow_then_fail(self, key, value):
+    if key.startswith("v/c/"):
+        if key.endswith("/3"):
+            raise PermissionError("the disk said no")
+        await asyncio.sleep(0.3)
+    await original(self, key, value)
+LocalStore.set = slow_then_fail
+ds = xr.Dataset({"v": ("t", np.arange(40.0))}).chunk({"t": 4})
+try:
+    toolkit.to_zarr(ds, sys.argv[1], encoding={"v": {"chunks": (4,)}}, progress=False)
+except toolkit.errors.WriteError as e:
+    print("cause:", type(e.__cause__).__name__)
+    print("still running:" , "may still land" in str(e))
+"""
+
+
+def test_a_failed_write_chains_its_cause_and_leaves_nothing_running(tmp_path):
+    target = tmp_path / "f.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-c", _FAILING, str(target)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "cause: PermissionError" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "still running: False" in proc.stdout
+    # Nothing of the write after the error was raised, and no asyncio noise.
+    assert "Task was destroyed" not in proc.stderr, proc.stderr[-3000:]
+    assert "exception was never retrieved" not in proc.stderr, proc.stderr[-3000:]
+    written = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
+    time.sleep(1.0)
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()} == written
+
+
+_DISK_FULL = """
+import errno, os, sys
+import numpy as np, pandas as pd, xarray as xr, toolkit
+from zarr.storage import LocalStore
+src = sys.argv[2]
+os.makedirs(src, exist_ok=True)
+for i in range(6):
+    t = pd.date_range("2024-01-01", periods=20, freq="h") + pd.Timedelta(hours=20 * i)
+    v = np.random.default_rng(i).random((20, 50))
+    xr.Dataset({"v": (("time", "x"), v)}, coords={"time": t}).to_netcdf(
+        f"{src}/p{i}.nc", engine="h5netcdf")
+original = LocalStore.set
+n = [0]
+async def full(self, key, value):
+    if "/c/" in key:
+        n[0] += 1
+        if n[0] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", key)
+    await original(self, key, value)
+LocalStore.set = full
+try:
+    toolkit.ingest(f"{src}/*.nc", sys.argv[1], concat_dim="time", chunks={"time": 2},
+                   progress=False)
+except toolkit.errors.WriteError as e:
+    print("error:", str(e).splitlines()[0])
+"""
+
+
+def test_a_disk_full_ingest_says_so_once_with_no_asyncio_noise(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL, str(tmp_path / "o.zarr"), str(tmp_path / "src")],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert "error: writing" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "Task was destroyed" not in proc.stderr, proc.stderr[-3000:]
+    assert "never retrieved" not in proc.stderr, proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) < 20, proc.stderr[-3000:]
+
+
+# -- a killed partition job that added labels wedged every later partition job ----------
+
+
+def test_partition_jobs_go_on_beside_a_dead_one_that_added_labels(tmp_path):
+    """A job that reserved rows for new labels and died: later partition jobs proceed."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "state"))
+    import kill_jobs
+
+    target = str(tmp_path / "p.zarr")
+    kill_jobs.create_base("partition-new", target, None)
+    env = {**os.environ, "TOOLKIT_LEASE_TTL": "3", "TOOLKIT_KILL": "set:after:1:^v/c/"}
+    child = [sys.executable, kill_jobs.__file__, "partition-new", "-", "-", target]
+    assert subprocess.run(child, env=env, capture_output=True, timeout=120).returncode == -9
+    # Other jobs, other days (an existing one and a new one): no "not one contiguous run".
+    other = kill_jobs.day_rows(8, ["2024-01-01", "2024-01-09"])
+    toolkit.to_zarr(other, target, mode="overwrite-partitions", partition="day", progress=False)
+    ds = _read(target)
+    assert not np.isnan(ds.v.values).any() and "" not in set(ds.day.values.astype(str))
+    got = {d: set(np.unique(ds.v.values[ds.day.values == d])) for d in np.unique(ds.day.values)}
+    assert got["2024-01-01"] == {8} and got["2024-01-09"] == {8}
+    assert got["2024-01-02"] == {-1} and got["2024-01-03"] == {-1}
+
+
+# -- Icechunk: nothing read from shared storage is ever unpickled ------------------------
+
+
+class _Evil:
+    """Unpickling this creates a marker file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_fork_blob_is_never_executed_and_blocks_nobody(tmp_path):
+    pytest.importorskip("icechunk")
+    import pickle
+
+    from toolkit.write.icechunk import Repository, to_icechunk
+
+    marker = tmp_path / "PWNED"
+    target = str(tmp_path / "ice")
+    to_icechunk(jobs.base_dataset(8), target, encoding={"v": {"chunks": (4, jobs.NX)}})
+    repo = Repository(target)
+    # Anyone who can write the prefix plants a blob and a commit request naming it.
+    repo.coord.put_bytes("forks/evil-0.bin", pickle.dumps([_Evil(str(marker))]))
+    repo.coord.put(
+        "pending/evil.json",
+        {"kind": "commit", "job": "evil-0", "req": "evil", "owner": "evil", "fork":
+         "forks/evil-0.bin", "base": "x", "touched": {}, "rows": None,
+         "submitted": "2000-01-01T00:00:00"},
+    )  # fmt: skip
+    placed = to_icechunk(jobs.rows(5, np.arange(4)), repo, append_dim="time")
+    assert not marker.exists()
+    assert placed.placement["snapshot"] in repo.history()
+    back = xr.open_zarr(repo.readonly(), consolidated=False).load()
+    assert back.sizes["time"] == 12 and (back.v.values[8:] == 5).all()
+
+
+def test_a_crafted_icechunk_session_with_a_pickled_credential_fetcher_is_never_run(tmp_path):
+    """Icechunk's own session bytes can carry a pickled credential fetcher: rebuilt, never run."""
+    pytest.importorskip("icechunk")
+    import pickle
+
+    import msgpack
+
+    from toolkit.write.icechunk import Repository, _load_fork, _trusted_parts
+
+    marker = tmp_path / "PWNED"
+    target = str(tmp_path / "ice")
+    repo = Repository(target)
+    session = repo.repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(4,), dtype="f8")
+    session.commit("a")
+    fork = repo.repo.writable_session("main").fork()
+    zarr.open_array(fork.store, path="a", mode="r+")[:4] = 7.0
+    raw = fork._session.as_bytes()
+    fields = list(msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False))
+    evil = {
+        "type": "S3Storage",
+        "config": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:9",
+                   "anonymous": False, "allow_http": True, "force_path_style": True,
+                   "network_stream_timeout_seconds": 1, "requester_pays": False,
+                   "checksum_algorithm": None},
+        "credentials": {"s3_credential_type": "refreshable",
+                        "s3_credentials_fetcher_type": "PythonCredentialsFetcher",
+                        "pickled_function": list(pickle.dumps(_Evil(str(marker)))),
+                        "initial": None},
+        "bucket": "b", "prefix": "p", "can_write": True, "extra_read_headers": [],
+        "extra_write_headers": [],
+    }  # fmt: skip
+    fields[2] = evil
+    fields[3] = [evil, *fields[3][1:]]
+    crafted = msgpack.packb(fields, use_bin_type=True)
+    main = repo.repo.writable_session("main")
+    rebuilt = _load_fork(crafted, _trusted_parts(main))
+    main.merge(rebuilt)
+    main.commit("merged")
+    assert not marker.exists()
+    back = zarr.open_array(repo.readonly(), path="a", mode="r")[:]
+    np.testing.assert_array_equal(back[:4], 7.0)  # the fork's changes, this repo's storage
+
+
+# -- a lease lost in the middle of a read-modify-write cannot overwrite ----------------
+
+
+def test_a_writer_stalled_between_its_read_and_its_write_cannot_overwrite(tmp_path, monkeypatch):
+    """Two region writers share a unit; one stalls past any lease after reading it.
+
+    Its write back is conditional on the version it read, so it lands only after
+    reading the other's update again: both regions survive.
+    """
+    from toolkit.io import rmw
+
+    target = str(tmp_path / "r.zarr")
+    base = xr.Dataset({"v": ("t", np.full(20, -1.0))})
+    toolkit.to_zarr(base, target, encoding={"v": {"chunks": (10,)}}, progress=False)
+    read_shared = threading.Event()
+    other_done = threading.Event()
+    original = rmw.ConditionalUnits.set
+
+    async def stall_after_read(self, key, value):
+        if not read_shared.is_set():  # the first writer to get here: it read the unit
+            read_shared.set()
+            import asyncio
+
+            while not other_done.is_set():  # the lease would have expired by now
+                await asyncio.sleep(0.05)
+        await original(self, key, value)
+
+    monkeypatch.setattr(rmw.ConditionalUnits, "set", stall_after_read)
+
+    def write(lo: int, hi: int, value: float) -> None:
+        part = xr.Dataset({"v": ("t", np.full(hi - lo, value))})
+        toolkit.to_zarr(part, target, region={"t": slice(lo, hi)}, progress=False)
+
+    stalled = threading.Thread(target=write, args=(0, 6, 1.0), name="stalled")
+    stalled.start()
+    assert read_shared.wait(30)
+    write(6, 12, 2.0)  # the other writer, sharing unit 0 (rows 0-9)
+    other_done.set()
+    stalled.join(60)
+    v = _read(target).v.values
+    np.testing.assert_array_equal(v[:6], 1.0)
+    np.testing.assert_array_equal(v[6:12], 2.0)  # not overwritten by the stalled writer
+    np.testing.assert_array_equal(v[12:], -1.0)
