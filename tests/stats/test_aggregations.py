@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from stats_reference import DTYPES, MOMENTS, check, reference, sum_overflows, values
+from stats_reference import (
+    DTYPES,
+    MOMENTS,
+    check,
+    check_quantiles,
+    quantiles,
+    reference,
+    rows,
+    sum_overflows,
+    values,
+)
 
 from toolkit.errors import StatsOverflowError
+from toolkit.stats import aggregations
 from toolkit.stats.aggregations import (
     STATISTICS,
     Context,
@@ -27,20 +39,44 @@ def split(x: np.ndarray, axis: int, cuts: list[int]) -> list[np.ndarray]:
     return np.split(x, sorted(set(c % (x.shape[axis] + 1) for c in cuts)), axis=axis)
 
 
+def tree(x: np.ndarray, axes: tuple[int, ...], aggs: list, case: dict) -> dict:  # type: ignore[type-arg]
+    """The partial of ``x`` from pieces combined in a tree of the case's shape.
+
+    The pieces are cut along the first reduced axis and, when there are more,
+    the last (the blocks of a chunked array); their partials are combined in
+    a random order, ``fan`` at a time, level after level.
+    """
+    pieces = split(x, axes[0], case["cuts"])
+    if len(axes) > 1:
+        pieces = [q for p in pieces for q in split(p, axes[-1], case.get("cuts2", []))]
+    parts = [partial(p, axes, aggs) for p in pieces]
+    order = np.random.default_rng(case["seed"] + 1).permutation(len(parts))
+    parts = [parts[i] for i in order]
+    while len(parts) > 1:
+        parts = [
+            combine(parts[i : i + case["fan"]], aggs) for i in range(0, len(parts), case["fan"])
+        ]
+    return parts[0]
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> dict[str, object]:
+def cases(draw: st.DrawFn, dtypes: list[str] = DTYPES, inf: bool = False) -> dict[str, object]:
     ndim = draw(st.integers(1, 3))
     shape = tuple(draw(st.lists(st.integers(0, 9), min_size=ndim, max_size=ndim)))
     axes = tuple(sorted(draw(st.sets(st.integers(0, ndim - 1), min_size=1))))
     return {
-        "dtype": draw(st.sampled_from(DTYPES)),
+        "dtype": draw(st.sampled_from(dtypes)),
         "shape": shape,
         "axes": axes,
         "nan": draw(st.sampled_from([0.0, 0.2, 0.9, 1.0])),
+        "inf": draw(st.sampled_from([0.05, 0.3, 0.9, 1.0])) if inf else 0.0,
+        "sign": draw(st.sampled_from(["+", "-", "±"])),
         "seed": draw(st.integers(0, 2**32 - 1)),
         "cuts": draw(st.lists(st.integers(0, 20), max_size=4)),
+        "cuts2": draw(st.lists(st.integers(0, 20), max_size=2)),
         "fan": draw(st.integers(2, 4)),
         "ddof": draw(st.integers(0, 1)),
+        "slab": draw(st.sampled_from([None, 5, 64])),  # values per slab inside a chunk
     }
 
 
@@ -49,6 +85,8 @@ def cases(draw: st.DrawFn) -> dict[str, object]:
 def test_any_split_and_tree_gives_numpys_answer(kernels: str, case: dict) -> None:  # type: ignore[type-arg]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOOLKIT_KERNELS", kernels)
+        if case["slab"] is not None:
+            mp.setattr(aggregations, "_SLAB_ELEMENTS", case["slab"])
         _split_and_tree(case)
 
 
@@ -57,23 +95,114 @@ def _split_and_tree(case: dict) -> None:  # type: ignore[type-arg]
     x = values(rng, case["dtype"], case["shape"], case["nan"])
     axes = case["axes"]
     aggs = components(MOMENTS)
-    # Split along the first reduced axis into random pieces, reduce each, combine
-    # in a tree of random fan-in: the partials of a chunked array.
-    pieces = split(x, axes[0], case["cuts"])
-    parts = [partial(p, axes, aggs) for p in pieces]
-    while len(parts) > 1:
-        parts = [
-            combine(parts[i : i + case["fan"]], aggs) for i in range(0, len(parts), case["fan"])
-        ]
+    # Random pieces, each reduced, combined in a tree of random order and
+    # fan-in: the partials of a chunked array.
+    part = tree(x, axes, aggs, case)
     ctx = Context(dtype=x.dtype, shape=(), ddof=case["ddof"])
     if sum_overflows(x, axes):
         with pytest.raises(StatsOverflowError):
-            finalize(parts[0], MOMENTS, ctx)
+            finalize(part, MOMENTS, ctx)
         return
-    got = finalize(parts[0], MOMENTS, ctx)
+    got = finalize(part, MOMENTS, ctx)
     ref = reference(x, axes, case["ddof"])
     for stat in MOMENTS:
         check(stat, got[stat], ref)
+
+
+QS = [0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0]
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
+@given(cases(dtypes=["float16", "float32", "float64"], inf=True), st.booleans())
+def test_infinities_give_numpys_answer_in_any_split_and_tree(
+    kernels: str,
+    case: dict,  # type: ignore[type-arg]
+    uniform: bool,
+) -> None:
+    """+inf, -inf or both, with NaN: every statistic is numpy's, whatever the tree.
+
+    mean is ``numpy.nanmean`` (+-inf, NaN with both signs), var, std, skew and
+    kurtosis NaN, min, max and sum numpy's, histograms numpy's (infinities are
+    outside any bins), quantiles numpy's (see :func:`stats_reference.quantiles`).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", kernels)
+        if case["slab"] is not None:
+            mp.setattr(aggregations, "_SLAB_ELEMENTS", case["slab"])
+        rng = np.random.default_rng(case["seed"])
+        x = values(rng, case["dtype"], case["shape"], case["nan"], case["inf"], case["sign"])
+        axes = case["axes"]
+        edges = (
+            np.histogram_bin_edges(np.empty(0), bins=7, range=(-20.0, 30.0))
+            if uniform
+            else np.array([-1e4, -5.0, 0.0, 0.5, 3.0, 1e3])
+        )
+        names = [*MOMENTS, "histogram", "quantiles"]
+        aggs = components(names, edges=edges)
+        kept = tuple(n for a, n in enumerate(x.shape) if a not in axes)
+        ctx = Context(dtype=x.dtype, shape=kept, ddof=case["ddof"], quantiles=tuple(QS))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # none of the inf arithmetic shows
+            got = finalize(tree(x, axes, aggs, case), names, ctx)
+    ref = reference(x, axes, case["ddof"])
+    for stat in MOMENTS:
+        check(stat, got[stat], ref)
+    hist = got["histogram"].reshape(-1, len(edges) - 1)
+    quant = got["quantiles"].reshape(-1, len(QS))
+    for i, row in enumerate(rows(x, axes)):
+        v = row.astype(np.float64)
+        v = v[~np.isnan(v)]
+        if uniform:
+            want = np.histogram(v, bins=len(edges) - 1, range=(edges[0], edges[-1]))[0]
+        else:
+            want = np.histogram(v, bins=edges)[0]
+        np.testing.assert_array_equal(hist[i], want)
+        check_quantiles(quant[i], v, QS, 0.01)
+        if v.size:  # the reference's median is numpy's
+            with np.errstate(invalid="ignore"):  # median of -inf and +inf: NaN
+                np.testing.assert_allclose(quantiles(v, [0.5])[0], np.median(v), rtol=1e-15)
+
+
+INF = np.inf
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
+@pytest.mark.parametrize(
+    ("data", "want"),
+    [
+        # data: mean, std, min, max, sum, quantiles 0, 0.5, 0.99, 1 (numpy's, or its limit)
+        ([1, INF, 2, 3], [INF, np.nan, 1, INF, INF, 1, 2.5, INF, INF]),
+        ([1, -INF, 2, 3], [-INF, np.nan, -INF, 3, -INF, -INF, 1.5, 2.97, 3]),
+        ([INF, -INF, 1], [np.nan, np.nan, -INF, INF, np.nan, -INF, 1, INF, INF]),
+        ([INF, INF, np.nan], [INF, np.nan, INF, INF, INF, INF, INF, INF, INF]),
+        ([-INF, INF], [np.nan] * 2 + [-INF, INF, np.nan, -INF, np.nan, np.nan, INF]),
+        ([np.nan, 5.0, INF], [INF, np.nan, 5, INF, INF, 5, INF, INF, INF]),
+    ],
+)
+def test_infinities_as_numpy_has_them(kernels: str, data: list[float], want: list[float]) -> None:
+    x = np.array(data)
+    names = ["mean", "std", "min", "max", "sum", "var", "skew", "kurtosis", "quantiles"]
+    aggs = components(names)
+    ctx = Context(dtype=x.dtype, shape=(), quantiles=(0.0, 0.5, 0.99, 1.0))
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setenv("TOOLKIT_KERNELS", kernels)
+        warnings.simplefilter("error")
+        for pieces in range(1, len(data) + 1):
+            parts = [partial(p, (0,), aggs) for p in np.array_split(x, pieces)]
+            for order in (parts, parts[::-1]):
+                got = finalize(combine(order, aggs), names, ctx)
+                scalars = [float(got[k]) for k in ("mean", "std", "min", "max", "sum")]
+                q = [float(v) for v in got["quantiles"]]
+                # Finite quantiles come from the sketch: within 1% here.
+                np.testing.assert_allclose(scalars + q, want, rtol=0.01)
+                assert np.isnan([got["var"], got["skew"], got["kurtosis"]]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns for inf - inf
+        assert np.allclose(
+            [np.nanmean(x), np.nanstd(x), np.nanmin(x), np.nanmax(x), np.nansum(x)],
+            want[:5],
+            equal_nan=True,
+        )
 
 
 @pytest.mark.parametrize("dtype", ["int64", "uint64", "int8"])
@@ -140,6 +269,61 @@ def test_sketch_quantiles_stay_within_their_bound(
         np.quantile(x, qs, method="lower"), np.quantile(x, qs, method="higher"), alpha
     )
     assert (np.abs(got - want) <= bound + 1e-300).all(), (got, want, bound)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 500),
+    npos=st.integers(0, 50),
+    nneg=st.integers(0, 50),
+    alpha=st.sampled_from([0.001, 0.01, 0.05]),
+)
+def test_sketch_keeps_infinities_out_of_the_finite_buckets(
+    seed: int, n: int, npos: int, nneg: int, alpha: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    tiny, huge = np.finfo(np.float64).smallest_subnormal, np.finfo(np.float64).max
+    finite = np.concatenate(
+        [rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n), [tiny, -huge, huge, 0.0]]
+    )
+    x = rng.permutation(np.concatenate([finite, [np.inf] * npos, [-np.inf] * nneg]))
+    aggs = components(["quantiles"], alpha=alpha)
+    sketch = QuantileSketch(alpha)
+    alone = partial(finite, (0,), aggs)["sketch"]
+    mixed = combine([partial(p, (0,), aggs) for p in np.array_split(x, 3)], aggs)["sketch"]
+    # The finite values' buckets and counts are as without the infinities ...
+    top = sketch.span - 1  # +inf's code (cell 0); -inf's is 0
+    keep = (mixed["codes"] != 0) & (mixed["codes"] != top)
+    np.testing.assert_array_equal(mixed["codes"][keep], alone["codes"])
+    np.testing.assert_array_equal(mixed["counts"][keep], alone["counts"])
+    assert mixed["counts"][mixed["codes"] == top].sum() == npos
+    assert mixed["counts"][mixed["codes"] == 0].sum() == nneg
+    # ... and answer within alpha, the largest doubles included (never as inf).
+    vals = sketch.value(sketch.bucket(finite))
+    assert np.isfinite(vals).all()
+    assert (np.abs(vals - finite) <= alpha * np.abs(finite) * (1 + 1e-9) + tiny).all()
+    # Quantiles: numpy's infinities exactly, the finite ones within the bound.
+    qs = [0.0, 0.001, 0.1, 0.5, 0.9, 0.999, 1.0]
+    ctx = Context(dtype=x.dtype, shape=(), quantiles=tuple(qs), alpha=alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = finalize({"sketch": mixed}, ["quantiles"], ctx)["quantiles"]
+    check_quantiles(got, x, qs, alpha)
+
+
+def test_sketch_quantiles_between_the_largest_doubles_stay_finite() -> None:
+    big = np.finfo(np.float64).max
+    x = np.array([-big, 1e300, big])
+    qs = [0.0, 0.25, 0.5, 0.75, 1.0]
+    aggs = components(["quantiles"], alpha=0.05)
+    ctx = Context(dtype=x.dtype, shape=(), quantiles=tuple(qs), alpha=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = finalize(partial(x, (0,), aggs), ["quantiles"], ctx)["quantiles"]
+    assert np.isfinite(got).all()  # numpy: -inf at 0.25
+    check_quantiles(got, x, qs, 0.05)
+    with np.errstate(over="ignore"):  # numpy's b - a overflows: an infinity
+        assert np.isinf(np.quantile(x, 0.25))
 
 
 def test_sketch_keeps_cells_apart_and_handles_infinities() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,13 +15,21 @@ import xarray as xr
 from conftest import make_dataset
 from hypothesis import given
 from hypothesis import strategies as st
-from stats_reference import DTYPES, MOMENTS, check, reference, sum_overflows, values
+from stats_reference import (
+    DTYPES,
+    MOMENTS,
+    check,
+    check_quantiles,
+    reference,
+    rows,
+    sum_overflows,
+    values,
+)
 from zarr.storage import MemoryStore
 
 import toolkit
 from toolkit.errors import StatsError, StatsOverflowError, ToolkitError
 from toolkit.io.wrappers import InterceptStore
-from toolkit.stats.aggregations import quantile_bound
 
 T = TypeVar("T")
 DIMS = ("t", "y", "x")
@@ -40,6 +47,8 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
         "chunks": chunks,
         "axes": tuple(reduce),
         "nan": draw(st.sampled_from([0.0, 0.1, 0.7, 1.0])),
+        "inf": draw(st.sampled_from([0.0, 0.0, 0.1, 0.6])),  # floats only
+        "sign": draw(st.sampled_from(["+", "-", "±"])),
         "seed": draw(st.integers(0, 2**32 - 1)),
         "split_every": draw(st.integers(2, 5)),
         "ddof": draw(st.integers(0, 1)),
@@ -49,12 +58,12 @@ def arrays(draw: st.DrawFn) -> dict[str, Any]:
 @given(arrays())
 def test_any_chunking_and_split_every_gives_the_exact_answer(case: dict[str, Any]) -> None:
     rng = np.random.default_rng(case["seed"])
-    x = values(rng, case["dtype"], case["shape"], case["nan"])
+    x = values(rng, case["dtype"], case["shape"], case["nan"], case["inf"], case["sign"])
     dims = DIMS[: x.ndim]
     arr = xr.DataArray(x, dims=dims).chunk(dict(zip(dims, case["chunks"])))
     reduce = [dims[a] for a in case["axes"]]
     edges = np.array([-50.0, -1.0, 0.0, 0.5, 3.0, 1e6])
-    qs = [0.0, 0.3, 0.5, 1.0]
+    qs = [0.0, 0.3, 0.5, 0.99, 1.0]
     kwargs = dict(ddof=case["ddof"], bins=edges, quantiles=qs, split_every=case["split_every"],
                   progress=False)  # fmt: skip
     if sum_overflows(x, case["axes"]):
@@ -62,30 +71,53 @@ def test_any_chunking_and_split_every_gives_the_exact_answer(case: dict[str, Any
             toolkit.stats(arr, dim=reduce, stats=MOMENTS, **kwargs)
         return
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # all-NaN and empty cells warn nothing
+        warnings.simplefilter("error")  # all-NaN and empty cells, infinities warn nothing
         got = toolkit.stats(arr, dim=reduce, stats=MOMENTS, **kwargs)
     ref = reference(x, case["axes"], case["ddof"])
     for stat in MOMENTS:
         check(stat, got[stat].values, ref)
     kept = [a for a in range(x.ndim) if a not in case["axes"]]
     assert got["mean"].dims == tuple(dims[a] for a in kept)
-    # Histogram (numpy's, exactly) and sketch quantiles (within their bound) per cell.
-    flat = np.moveaxis(x, kept, list(range(len(kept)))).reshape(
-        math.prod(x.shape[a] for a in kept), math.prod(x.shape[a] for a in case["axes"])
-    )
+    # Histogram (numpy's, exactly: infinities are outside the bins) and sketch
+    # quantiles (within their bound, numpy's infinities exactly) per cell.
     hist = got["histogram"].values.reshape(-1, len(edges) - 1)
     quant = got["quantiles"].values.reshape(-1, len(qs))
-    for i, row in enumerate(flat):
+    for i, row in enumerate(rows(x, case["axes"])):
         v = row.astype(np.float64)
         v = v[~np.isnan(v)]
         np.testing.assert_array_equal(hist[i], np.histogram(v, bins=edges)[0])
-        if v.size == 0:
-            assert np.isnan(quant[i]).all()
-            continue
-        bound = quantile_bound(
-            np.quantile(v, qs, method="lower"), np.quantile(v, qs, method="higher"), 0.01
-        )
-        assert (np.abs(quant[i] - np.quantile(v, qs)) <= bound).all()
+        check_quantiles(quant[i], v, qs, 0.01)
+
+
+def test_infinities_give_xarrays_answers_in_every_chunking() -> None:
+    inf = np.inf
+    x = np.array(
+        [
+            [1.0, inf, 2.0, 3.0, np.nan, 4.0],
+            [inf, -inf, 1.0, np.nan, 2.0, 2.0],
+            [-inf, 1.0, 2.0, 3.0, 4.0, 5.0],
+            [inf, inf, np.nan, inf, inf, inf],
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        ]
+    )
+    arr = xr.DataArray(x, dims=("a", "b"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # xarray's (numpy's) inf - inf
+        want = {s: getattr(arr, s)("b") for s in ("mean", "std", "var", "min", "max", "sum")}
+    for chunks in (6, 1, 2, 4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # toolkit's inf - inf stays inside
+            got = toolkit.stats(arr.chunk({"b": chunks}), "b", stats=list(want), bins=3,
+                                bin_range=(0, 6), quantiles=[0.5, 1.0], split_every=2,
+                                progress=False)  # fmt: skip
+        for s, w in want.items():
+            xr.testing.assert_allclose(got[s].drop_attrs(), w, rtol=1e-12)
+        for i, row in enumerate(x):
+            v = row[~np.isnan(row)]
+            assert list(got["histogram"][i].values) == list(np.histogram(v, 3, (0, 6))[0])
+    np.testing.assert_array_equal(got["mean"], [inf, np.nan, -inf, inf, 3.5])
+    # The max: infinite ones exactly, finite ones from the sketch (within 1%).
+    np.testing.assert_allclose(got["quantiles"][:, 1], [inf, inf, 5, inf, 6], rtol=0.01)
 
 
 def test_a_dataset_keeps_dims_coords_and_says_what_each_value_is() -> None:

@@ -5,8 +5,10 @@ twenty, which costs more than decoding the chunk did. These kernels compute
 a block's count and float64 sum in one vectorized pass, its central sums in a
 second and its histogram in a third, with the arithmetic of the numpy path in
 :mod:`toolkit.stats.aggregations` (numpy's histogram bin rule, NaN skipped, float64
-accumulation, summed in runs of 1024 values so the rounding stays small). The
-numpy path remains the reference; the tests run both.
+accumulation, summed in runs of 1024 values so the rounding stays small). A
+block whose sum is not finite (it holds infinities) takes one more pass that
+counts them and sums the finite values, which the central sums are about.
+The numpy path remains the reference; the tests run both.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AVAILABLE", "enabled", "histogram_pass", "moments_pass", "summary_pass"]
+__all__ = [
+    "AVAILABLE",
+    "enabled",
+    "finite_pass",
+    "histogram_pass",
+    "moments_pass",
+    "summary_pass",
+]
 
 numba: Any
 try:  # pragma: no cover - exercised when numba is installed, as in the test extras
@@ -57,6 +66,32 @@ def _summary_pass(x: Any) -> tuple[Any, float]:  # pragma: no cover - compiled
     return n, total
 
 
+def _finite_pass(x: Any) -> tuple[Any, float, Any, Any]:  # pragma: no cover - compiled
+    """Count and float64 sum of the finite values, and the numbers of +inf and -inf."""
+    n = np.int64(0)
+    pos = np.int64(0)
+    neg = np.int64(0)
+    total = 0.0
+    for start in range(0, x.size, _RUN):
+        block = x[start : start + _RUN]
+        run = 0.0
+        m = np.int64(0)
+        p = np.int64(0)
+        q = np.int64(0)
+        for j in range(block.size):  # branch-free, so that it vectorizes
+            f = np.float64(block[j])
+            ok = np.abs(f) < np.inf  # finite: neither NaN nor infinite
+            m += np.int64(ok)
+            p += np.int64(f == np.inf)
+            q += np.int64(f == -np.inf)
+            run += f if ok else 0.0
+        total += run
+        n += m
+        pos += p
+        neg += q
+    return n, total, pos, neg
+
+
 def _moments_pass(
     x: Any, centre: float, order: int
 ) -> tuple[float, float, float, float]:  # pragma: no cover - compiled
@@ -67,13 +102,13 @@ def _moments_pass(
         if order == 2:
             for j in range(block.size):
                 f = np.float64(block[j])
-                d = f - centre if f == f else 0.0
+                d = f - centre if np.abs(f) < np.inf else 0.0  # finite values only
                 r1 += d
                 r2 += d * d
         else:
             for j in range(block.size):
                 f = np.float64(block[j])
-                d = f - centre if f == f else 0.0
+                d = f - centre if np.abs(f) < np.inf else 0.0
                 d2 = d * d
                 r1 += d
                 r2 += d2
@@ -114,6 +149,7 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
 
 
 summary_pass: Callable[[Any], tuple[Any, float]]
+finite_pass: Callable[[Any], tuple[Any, float, Any, Any]]
 moments_pass: Callable[[Any, float, int], tuple[float, float, float, float]]
 histogram_pass: Callable[[Any, float, float, int], Any]
 if AVAILABLE:  # pragma: no branch
@@ -122,9 +158,11 @@ if AVAILABLE:  # pragma: no branch
     # histogram's edge arithmetic must round as numpy's does: no flags at all.
     _sums = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
     summary_pass = _sums(_summary_pass)
+    finite_pass = _sums(_finite_pass)
     moments_pass = _sums(_moments_pass)
     histogram_pass = numba.njit(cache=True, nogil=True)(_histogram_pass)
 else:  # pragma: no cover
     summary_pass = _summary_pass
+    finite_pass = _finite_pass
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass

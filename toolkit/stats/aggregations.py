@@ -25,6 +25,7 @@ the same cells. All floating accumulation is in float64:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,12 @@ Partial = dict[str, Any]
 
 _F8 = np.float64
 _I8 = np.int64
+_MAX = float(np.finfo(np.float64).max)
 _SLAB_ELEMENTS = 1 << 16  # reduce a chunk in slabs whose float64 temporaries stay in L2
+POS_INF = np.uint8(1)
+"""Flag of a cell holding ``+inf`` (in the moments' ``inf``)."""
+NEG_INF = np.uint8(2)
+"""Flag of a cell holding ``-inf``."""
 
 
 class Slab:
@@ -79,26 +85,54 @@ class Slab:
         self.is_float = x.dtype.kind == "f"
 
     @cached_property
-    def _sum_and_mask(self) -> tuple[np.ndarray, np.ndarray | None]:
-        # One float64 sum finds out whether there is any NaN: the masked path
-        # (three more passes) is only taken when there is.
+    def _sum_and_masks(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        # One float64 sum finds out whether there is any NaN or infinity: the
+        # masked paths (a few more passes) are only taken when there is.
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN, quietly
             s = np.add.reduce(self.x, axis=self.axes, dtype=_F8)
-            if not self.is_float or not np.isnan(s).any():
-                return np.asarray(s, dtype=_F8), None
-            mask = np.isnan(self.x)
-            s = np.add.reduce(np.where(mask, 0, self.x), axis=self.axes, dtype=_F8)
-        return np.asarray(s, dtype=_F8), mask
+            if not self.is_float or np.isfinite(s).all():
+                return np.asarray(s, dtype=_F8), None, None
+            nan = np.isnan(self.x)
+            has_nan = bool(nan.any())
+            if has_nan:
+                s = np.add.reduce(np.where(nan, 0, self.x), axis=self.axes, dtype=_F8)
+            inf = np.isinf(self.x)  # none: a sum that overflowed
+        return np.asarray(s, dtype=_F8), nan if has_nan else None, inf if inf.any() else None
 
     @property
     def fsum(self) -> np.ndarray:
-        """Float64 sum of the non-NaN values per cell."""
-        return self._sum_and_mask[0]
+        """Float64 sum of the non-NaN values per cell (infinities included)."""
+        return self._sum_and_masks[0]
 
     @property
     def mask(self) -> np.ndarray | None:
         """Where the values are NaN, or None when none is."""
-        return self._sum_and_mask[1]
+        return self._sum_and_masks[1]
+
+    @cached_property
+    def finite(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The finite values per cell: count, float64 sum, infinity flags and mask.
+
+        The flags are :data:`POS_INF` | :data:`NEG_INF` of the infinities in
+        each cell; the mask is where the values are not finite (None when all are).
+        """
+        inf = self._sum_and_masks[2]
+        if inf is None:
+            return self.n, self.fsum, np.zeros(self.kept_shape, np.uint8), self.mask
+        x, axes = self.x, self.axes
+        skip = inf if self.mask is None else inf | self.mask
+        n = self.n - inf.sum(axis=axes, dtype=_I8)
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = np.add.reduce(np.where(skip, 0, x), axis=axes, dtype=_F8)
+        pos = np.logical_and.reduce(x != np.inf, axis=axes)
+        neg = np.logical_and.reduce(x != -np.inf, axis=axes)
+        flags = np.where(pos, 0, POS_INF) | np.where(neg, 0, NEG_INF)
+        return (
+            np.asarray(n, dtype=_I8),
+            np.asarray(total, dtype=_F8),
+            np.asarray(flags, dtype=np.uint8),
+            skip,
+        )
 
     @cached_property
     def n(self) -> np.ndarray:
@@ -157,32 +191,39 @@ class Count:
 
 @dataclass(frozen=True)
 class Moments:
-    """Count, mean and central moment sums up to ``order`` (2 to 4)."""
+    """Count, mean and central moment sums up to ``order`` (2 to 4) of the finite values.
+
+    The state also says which infinities there are (``inf``: :data:`POS_INF` |
+    :data:`NEG_INF`, merged by OR). Infinities are kept out of the moments,
+    which they would turn into NaN (``inf - inf``), and finalized as numpy's
+    arithmetic has them: a mean of ``+inf`` or ``-inf``, NaN with both, and a
+    NaN variance, skewness and kurtosis.
+    """
 
     order: int = 2
     key: str = field(init=False, default="moments")
 
     def chunk(self, slab: Slab) -> Partial:  # noqa: D102
-        n = slab.n
+        n, total, inf, skip = slab.finite
         nz = np.maximum(n, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, slab.fsum / nz, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            mean = np.where(n > 0, total / nz, 0.0)
         if self.order < 2:
-            return {"n": n, "mean": mean, "mean_lo": np.zeros_like(mean)}
+            return {"n": n, "mean": mean, "mean_lo": np.zeros_like(mean), "inf": inf}
         # The corrected two-pass algorithm: sums of d = x - mean about the first
         # mean estimate, then shifted to the exact centre mean + c. The centre is
         # kept as two floats (mean, c): mean + c would round to the offset's
         # precision, and the central sums are about the unrounded centre.
         with np.errstate(invalid="ignore", over="ignore"):
             d = np.subtract(slab.x, slab.expand(mean), dtype=_F8)
-            if slab.mask is not None:
-                d[slab.mask] = 0.0
+            if skip is not None:
+                d[skip] = 0.0
             s1 = np.add.reduce(d, axis=slab.axes)
             c = np.where(n > 0, s1 / nz, 0.0)
             flat = d.ndim == 1  # a whole-array reduction: sums of products are dots
             d2 = d if flat and self.order < 3 else d * d  # (d itself: unused)
             s2 = np.dot(d, d) if flat else np.add.reduce(d2, axis=slab.axes)
-            out: Partial = {"n": n, "mean": mean, "mean_lo": c, "m2": s2 - s1 * c}
+            out: Partial = {"n": n, "mean": mean, "mean_lo": c, "m2": s2 - s1 * c, "inf": inf}
             if self.order >= 3:
                 s3 = np.dot(d2, d) if flat else np.add.reduce(d2 * d, axis=slab.axes)
                 out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
@@ -213,6 +254,7 @@ class Moments:
                 "n": n,
                 "mean": np.where(n > 0, ref, 0.0),
                 "mean_lo": np.where(n > 0, ref_lo + shift, 0.0),
+                "inf": functools.reduce(np.bitwise_or, [p["inf"] for p in parts]),
             }
             if self.order < 2:
                 return out
@@ -287,7 +329,8 @@ class Sum:
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
         if "sum" in parts[0]:
-            return {"sum": sum(p["sum"] for p in parts[1:]) + parts[0]["sum"]}
+            with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, quietly
+                return {"sum": sum(p["sum"] for p in parts[1:]) + parts[0]["sum"]}
         return _carry(
             {
                 "hi": sum(p["hi"] for p in parts[1:]) + parts[0]["hi"],
@@ -435,6 +478,9 @@ class QuantileSketch:
         g = self._log_gamma
         with np.errstate(over="ignore"):
             mag = np.exp(k * g + math.log(2 / (1 + math.exp(g))))
+        # The top finite buckets' value can exceed the largest double; the
+        # largest double is closer to every value in them (still within alpha).
+        mag = np.minimum(mag, _MAX)
         mag = np.where(np.abs(b) == self._inf, np.inf, mag)
         mag = np.where(b == 0, 0.0, mag)
         return np.where(b < 0, -mag, mag)
@@ -484,10 +530,27 @@ class QuantileSketch:
                 pos = np.searchsorted(cum, start[has] + r.astype(_I8), side="right")
                 return np.asarray(vals[pos], dtype=_F8)
 
-            v_lo, v_hi = at(lo), at(hi)
-            with np.errstate(invalid="ignore"):
-                out[has, j] = np.where(hi > lo, v_lo + (rank - lo) * (v_hi - v_lo), v_lo)
+            out[has, j] = _lerp(at(lo), at(hi), rank - lo)
         return out.reshape(*shape, len(qs))
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The linear quantile between order statistics ``a <= b`` at weight ``t`` in [0, 1).
+
+    With infinities, the limit of the interpolation, where numpy's formula
+    computes ``inf - inf`` (numpy/numpy#21091, open): ``a`` at ``t = 0``, the
+    infinite end between a finite and an infinite order statistic, that
+    infinity between two equal ones, and NaN only between ``-inf`` and ``+inf``.
+    numpy's ``"linear"`` answer, where it is not NaN, is the same; ``numpy.median``
+    has these limits too.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = a + t * (b - a)
+        # b - a overflowing between two finite values: the weighted mean instead.
+        v = np.where(np.isinf(v) & np.isfinite(a) & np.isfinite(b), a * (1 - t) + b * t, v)
+    v = np.where(np.isinf(a) & np.isfinite(b), a, v)  # -inf, then finite values
+    v = np.where(np.isfinite(a) & np.isinf(b), b, v)  # finite values, then +inf
+    return np.where((t == 0) | (a == b), a, v)
 
 
 def quantile_bound(lower: np.ndarray, higher: np.ndarray, alpha: float) -> np.ndarray:
@@ -496,6 +559,10 @@ def quantile_bound(lower: np.ndarray, higher: np.ndarray, alpha: float) -> np.nd
     ``lower`` and ``higher`` are numpy's ``"lower"`` and ``"higher"`` quantiles
     (the order statistics around the rank): the sketch's answer differs from
     numpy's by at most ``alpha * max(|lower|, |higher|)``, plus rounding.
+    Infinities in the data leave this bound for the quantiles between finite
+    order statistics as it is (they have buckets of their own, and ranks are
+    exact); a quantile that interpolates towards an infinite order statistic
+    is that infinity, exactly (NaN between ``-inf`` and ``+inf``, see :func:`_lerp`).
     """
     return alpha * np.maximum(np.abs(lower), np.abs(higher)) * (1 + 1e-9)
 
@@ -548,12 +615,21 @@ def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _mean(p: Mapping[str, Partial], c: Context) -> np.ndarray:
     m = p["moments"]
-    return np.where(m["n"] > 0, m["mean"] + m["mean_lo"], np.nan)
+    inf = m["inf"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.where(m["n"] > 0, m["mean"] + m["mean_lo"], np.nan)
+    # numpy's sum / n: +inf or -inf with infinities of one sign, NaN with both.
+    return np.select([inf == POS_INF, inf == NEG_INF, inf != 0], [np.inf, -np.inf, np.nan], finite)
+
+
+def _finite_only(m: Partial, v: np.ndarray) -> np.ndarray:
+    # numpy's central moments hold inf - inf wherever a value is infinite: NaN.
+    return np.where(m["inf"] != 0, np.nan, v)
 
 
 def _var(p: Mapping[str, Partial], c: Context) -> np.ndarray:
     m = p["moments"]
-    return _safe_div(m["m2"], m["n"] - c.ddof)
+    return _finite_only(m, _safe_div(m["m2"], m["n"] - c.ddof))
 
 
 def _std(p: Mapping[str, Partial], c: Context) -> np.ndarray:
@@ -571,13 +647,15 @@ def _shape_ok(m: Partial) -> np.ndarray:
 def _skew(p: Mapping[str, Partial], c: Context) -> np.ndarray:
     m = p["moments"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return np.where(_shape_ok(m), np.sqrt(m["n"]) * m["m3"] / m["m2"] ** 1.5, np.nan)
+        v = np.where(_shape_ok(m), np.sqrt(m["n"]) * m["m3"] / m["m2"] ** 1.5, np.nan)
+    return _finite_only(m, v)
 
 
 def _kurtosis(p: Mapping[str, Partial], c: Context) -> np.ndarray:
     m = p["moments"]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return np.where(_shape_ok(m), m["n"] * m["m4"] / (m["m2"] * m["m2"]) - 3.0, np.nan)
+        v = np.where(_shape_ok(m), m["n"] * m["m4"] / (m["m2"] * m["m2"]) - 3.0, np.nan)
+    return _finite_only(m, v)
 
 
 def _extreme(which: str) -> Callable[[Mapping[str, Partial], Context], np.ndarray]:
@@ -745,6 +823,12 @@ def _fused(x: np.ndarray, aggs: Sequence[Aggregation]) -> dict[str, Partial]:
     x = np.ascontiguousarray(x)
     n, total = _kernels.summary_pass(x)
     nn = np.asarray(n, dtype=_I8)
+    # The moments are of the finite values: a sum that is not finite means
+    # infinities (or an overflow), counted apart in one more pass.
+    fn, ftotal, inf = n, total, np.uint8(0)
+    if not math.isfinite(total) and any(isinstance(a, Moments) for a in aggs):
+        fn, ftotal, pos, neg = _kernels.finite_pass(x)
+        inf = np.uint8((POS_INF if pos else 0) | (NEG_INF if neg else 0))
     out: dict[str, Partial] = {}
     for a in aggs:
         if isinstance(a, Count):
@@ -762,19 +846,29 @@ def _fused(x: np.ndarray, aggs: Sequence[Aggregation]) -> dict[str, Partial]:
             e = a.edges
             out[a.key] = {"hist": _kernels.histogram_pass(x, e[0], e[-1], len(e) - 1)}
         elif isinstance(a, Moments):
-            mean = total / n if n else 0.0
-            m: Partial = {"n": nn, "mean": np.asarray(mean), "mean_lo": np.asarray(0.0)}
-            if a.order >= 2:
-                s1, s2, s3, s4 = _kernels.moments_pass(x, mean, a.order)
-                c = s1 / n if n else 0.0
-                m["mean_lo"] = np.asarray(c)
-                m["m2"] = np.asarray(s2 - s1 * c)
-                if a.order >= 3:
-                    m["m3"] = np.asarray(s3 - 3 * c * s2 + 2 * n * c**3)
-                if a.order >= 4:
-                    m["m4"] = np.asarray(s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4)
-            out[a.key] = m
+            with np.errstate(invalid="ignore", over="ignore"):  # an overflowed sum
+                out[a.key] = _fused_moments(x, a.order, fn, ftotal, inf)
     return out
+
+
+def _fused_moments(x: np.ndarray, order: int, n: Any, total: float, inf: np.uint8) -> Partial:
+    mean = _F8(total) / n if n else _F8(0.0)
+    m: Partial = {
+        "n": np.asarray(n, dtype=_I8),
+        "mean": np.asarray(mean),
+        "mean_lo": np.asarray(0.0),
+        "inf": np.asarray(inf, dtype=np.uint8),
+    }
+    if order >= 2:
+        s1, s2, s3, s4 = (_F8(v) for v in _kernels.moments_pass(x, float(mean), order))
+        c = s1 / n if n else _F8(0.0)
+        m["mean_lo"] = np.asarray(c)
+        m["m2"] = np.asarray(s2 - s1 * c)
+        if order >= 3:
+            m["m3"] = np.asarray(s3 - 3 * c * s2 + 2 * n * c**3)
+        if order >= 4:
+            m["m4"] = np.asarray(s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4)
+    return m
 
 
 def combine(parts: Sequence[Partial], aggs: Sequence[Aggregation]) -> Partial:

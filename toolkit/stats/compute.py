@@ -98,7 +98,9 @@ def stats(
         ``quantiles`` add theirs when given.
     skipna : bool
         Ignore NaN (default). With False, every statistic but the counts and
-        the histogram is NaN where any value is.
+        the histogram is NaN where any value is. Infinities are never skipped:
+        as in numpy, the mean is ``inf`` or ``-inf`` (NaN with both signs),
+        var, std, skew and kurtosis are NaN, and min, max and sum are numpy's.
     ddof : int
         Delta degrees of freedom of ``var`` and ``std`` (divisor ``n - ddof``).
     bins : int or sequence of float, optional
@@ -107,13 +109,17 @@ def stats(
         takes each variable's min and max, which costs a second read of the
         data (the first pass computes everything else).
     bin_range : (float, float), optional
-        The range of ``bins`` equal bins; values outside are not counted.
+        The range of ``bins`` equal bins; values outside (infinities among
+        them) are not counted.
     quantiles : float or sequence of float, optional
         Quantiles in [0, 1], estimated from a mergeable sketch (DDSketch):
         each answer is within ``quantile_error`` relative of numpy's
         (``numpy.quantile`` "linear"): at most
         ``quantile_error * max(|lower|, |higher|)`` away, where lower and
-        higher are the order statistics around the quantile.
+        higher are the order statistics around the quantile. A quantile at
+        or towards an infinite order statistic is that infinity, exactly (NaN
+        between ``-inf`` and ``inf``), where numpy's formula sometimes gives
+        NaN (numpy issue 21091).
     quantile_error : float
         Relative accuracy of the sketch, in (0, 1) (default 1%). Its size
         grows as ``log(max/min) / quantile_error`` per kept cell.
