@@ -65,12 +65,12 @@ def test_a_batch_that_fails_after_reserving_fails_for_every_call_and_reruns_land
     original = conditional._written_temp
     failed = threading.Event()
 
-    def once(path, data):
+    def once(path, data, root=None):
         # The appended rows share their units with others: conditional writes.
         if "/v/c/" in str(path) and not failed.is_set():
             failed.set()
             raise PermissionError("the disk said no, once")  # final: not retried
-        return original(path, data)
+        return original(path, data, root)
 
     monkeypatch.setattr(conditional, "_written_temp", once)
     calls = {j: jobs.rows(j, j * 1000 + np.arange(2)) for j in (1, 2, 3)}
@@ -366,3 +366,103 @@ def test_a_writer_stalled_between_its_read_and_its_write_cannot_overwrite(tmp_pa
     np.testing.assert_array_equal(v[:6], 1.0)
     np.testing.assert_array_equal(v[6:12], 2.0)  # not overwritten by the stalled writer
     np.testing.assert_array_equal(v[12:], -1.0)
+
+
+# -- partition jobs: found by the mixed-jobs test (tests/write/test_multi_mixed.py) -------
+
+
+def test_days_appended_before_the_first_partition_job_are_replaced_not_duplicated(tmp_path):
+    """An append's labels are known to the log before its rows are visible."""
+    from toolkit.write import multi
+
+    target = str(tmp_path / "a.zarr")
+    toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01"]), target, progress=False)
+    gate, go = threading.Event(), threading.Event()
+    original = multi._publish_rows
+
+    def slow(*args, **kwargs):  # the appender's rows stay hidden until the overwrite is decided
+        gate.set()
+        assert go.wait(30)
+        return original(*args, **kwargs)
+
+    multi._publish_rows = slow
+    try:
+        appender = ThreadPoolExecutor(1).submit(
+            toolkit.append, jobs.day_rows(5, ["2024-02-01"]), target, "time", progress=False
+        )
+        assert gate.wait(30)
+        multi._publish_rows = original
+        replace = ThreadPoolExecutor(1).submit(
+            toolkit.overwrite_partitions, jobs.day_rows(9, ["2024-02-01"]), target, "day",
+            progress=False,
+        )  # fmt: skip
+        time.sleep(1.0)
+        go.set()
+        appender.result(60)
+        replace.result(60)
+    finally:
+        multi._publish_rows = original
+    ds = _read(target)
+    days = ds.day.values.astype(str)
+    assert (days == "2024-02-01").sum() == jobs.DAY  # one copy of the day
+    assert set(np.unique(ds.v.values[days == "2024-02-01"])) == {9.0}
+    assert len(np.unique(ds.time.values)) == ds.sizes["time"]
+
+
+def test_new_days_apart_in_the_job_are_written_where_the_log_put_them(tmp_path):
+    target = str(tmp_path / "p.zarr")
+    toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), target, progress=False)
+    days = ["2024-05-01", "2024-01-01", "2024-05-02"]  # new, stored, new
+    report = toolkit.to_zarr(jobs.day_rows(7, days), target, mode="overwrite-partitions",
+                             partition="day", progress=False)  # fmt: skip
+    ds = _read(target)
+    stored = ds.day.values.astype(str)
+    assert [d for d in dict.fromkeys(stored)] == ["2024-01-01", "2024-01-02", "2024-05-01",
+                                                  "2024-05-02"]  # fmt: skip
+    for i, d in enumerate(days):
+        rows = stored == d
+        assert rows.sum() == jobs.DAY and (ds.v.values[rows] == 7).all(), d
+        np.testing.assert_array_equal(ds.w.values[rows], 7000 + i * jobs.DAY + np.arange(jobs.DAY))
+        a, b = report.placement["partitions"][d]
+        assert (stored[a:b] == d).all()
+
+
+def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
+    """One job waits for the other's new rows without holding a partition lock."""
+    from toolkit.write import multi
+
+    target = str(tmp_path / "d.zarr")
+    toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), target, progress=False)
+    toolkit.overwrite_partitions(jobs.day_rows(-1, ["2024-01-02"]), target, "day",
+                                 progress=False)  # fmt: skip
+    original = multi.LockSet.start
+    first = threading.Event()
+
+    def slow_start(self, *args, **kwargs):  # the first job is slow to take its locks
+        if any(lease.name.startswith("partitions/") for lease in self.leases):
+            if not first.is_set():
+                first.set()
+                time.sleep(2)
+        return original(self, *args, **kwargs)
+
+    multi.LockSet.start = slow_start
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            a = pool.submit(toolkit.overwrite_partitions,
+                            jobs.day_rows(7, ["2024-01-01", "2024-05-01"]), target, "day",
+                            lock_timeout=30, progress=False)  # fmt: skip
+            assert first.wait(30)
+            b = pool.submit(toolkit.overwrite_partitions,
+                            jobs.day_rows(8, ["2024-01-01", "2024-05-01"]), target, "day",
+                            lock_timeout=30, progress=False)  # fmt: skip
+            t0 = time.monotonic()
+            a.result(60)
+            b.result(60)
+            assert time.monotonic() - t0 < 25  # not a lock timeout
+    finally:
+        multi.LockSet.start = original
+    ds = _read(target)
+    for d in ("2024-01-01", "2024-05-01"):
+        vals = set(np.unique(ds.v.values[ds.day.values.astype(str) == d]))
+        assert len(vals) == 1 and vals <= {7.0, 8.0}, (d, vals)
+    assert ds.sizes["time"] == 3 * jobs.DAY

@@ -270,7 +270,7 @@ class _LocalConditional(ConditionalStore):
     def _create_sync(self, key: str, data: bytes) -> str | None:
         path = self.root / key
         for attempt in range(_LOCAL_ATTEMPTS):
-            tmp = _written_temp(path, data)
+            tmp = _written_temp(path, data, self.root)
             try:
                 os.link(tmp, path)  # fails if path exists: the POSIX put-if-absent
             except FileExistsError:
@@ -293,7 +293,7 @@ class _LocalConditional(ConditionalStore):
         path = self.root / key
         for attempt in range(_LOCAL_ATTEMPTS):
             try:
-                tmp = _written_temp(path, data)
+                tmp = _written_temp(path, data, self.root)
             except FileNotFoundError:
                 return None  # its directory went: so did the object
             try:
@@ -318,10 +318,17 @@ class _LocalConditional(ConditionalStore):
 _LOCAL_ATTEMPTS = 8
 
 
-def _written_temp(path: Path, data: bytes) -> Path:
-    """``data`` in a synced temporary file beside ``path`` (LocalStore's ``*.partial`` name)."""
+def _written_temp(path: Path, data: bytes, root: Path | None = None) -> Path:
+    """``data`` in a synced temporary file, to be linked or renamed to ``path``.
+
+    Under ``root/.toolkit/tmp/`` when a root is given: on the same file system,
+    where no reader of the groups lists it (beside ``path`` a group's listing
+    would find ``zarr.json.<id>.partial``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    where = root / ".toolkit" / "tmp" if root is not None else path.parent
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = where / f"{path.name}.{uuid.uuid4().hex}.partial"
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -64,6 +64,14 @@ def _starts(start: int, members: Sequence[tuple[str, int]]) -> list[int]:
     return out
 
 
+def _place(labels: dict[str, list[int]], runs: Sequence[Sequence[Any]], start: int) -> None:
+    """Record ``runs`` (``[[label, n], ...]``) as rows from ``start`` in ``labels``."""
+    pos = start
+    for lab, n in runs:
+        labels[str(lab)] = [pos, pos + int(n)]
+        pos += int(n)
+
+
 def _lease_of(req: Mapping[str, Any]) -> dict[str, Any]:
     return {k: req[k] for k in ("lease", "host", "pid") if k in req}
 
@@ -181,15 +189,15 @@ def decide_rows(
             start = dims[dim]
             stop = start + int(req["n"])
             dims[dim] = stop
+            runs = {str(c): [list(x) for x in r] for c, r in (req.get("runs") or {}).items()}
             res.append({"id": job, "job": job, "dim": dim, "start": start, "stop": stop,
-                        "kind": "append", **_lease_of(req)})  # fmt: skip
-            # Labels of tracked partition coordinates arrive with appends too.
-            for coord, runs in (req.get("runs") or {}).items():
+                        "kind": "append", "runs": runs, **_lease_of(req)})  # fmt: skip
+            # Labels of partition coordinates arrive with appends too: kept with the
+            # reservation (a coordinate may become a partition coordinate later),
+            # and added to the coordinates already tracked.
+            for coord, coord_runs in runs.items():
                 if coord in parts and parts[coord]["dim"] == dim:
-                    pos = start
-                    for lab, n in runs:
-                        parts[coord]["labels"][lab] = [pos, pos + n]
-                        pos += n
+                    _place(parts[coord]["labels"], coord_runs, start)
             answers[job] = {"id": job, "start": start, "stop": stop,
                             **({"released": released} if released else {})}  # fmt: skip
             continue
@@ -202,7 +210,13 @@ def decide_rows(
             continue
         try:
             if coord not in parts:
-                parts[coord] = {"dim": dim, "labels": read_partitions(coord, dim)}
+                # The stored (visible) labels, and those of rows handed out and not yet
+                # visible: an append's labels are in its reservation.
+                labels = read_partitions(coord, dim)
+                for r in sorted(res, key=lambda r: r["start"]):
+                    if r["dim"] == dim and coord in (r.get("runs") or {}):
+                        _place(labels, r["runs"][coord], r["start"])
+                parts[coord] = {"dim": dim, "labels": labels}
         except PartitionError as e:
             answers[job] = {"error": str(e)}
             continue

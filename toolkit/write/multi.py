@@ -771,26 +771,30 @@ def _overwrite_one(
         )
         if "error" in answer:
             raise PartitionError(answer["error"])
+        # Rows that another job's unfinished reservation holds are not ours to write
+        # in place until that job made them visible: waited for before taking any
+        # partition lock (that job may need one of them to finish).
+        _wait_visible(target, job, answer)
         names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
         parts = LockSet(target.coord, names, job)
         parts.start(timeout=lock_timeout)
-        # Rows that another job's unfinished reservation holds are not ours to
-        # write in place until that job made them visible.
-        _wait_visible(target, job, answer)
         report: Any = None
         new = answer.get("id") is not None
         pos = 0
-        old_spans, new_rows = [], None
+        old_spans, new_parts = [], []
         for _, a, b in answer["ranges"]:
             if new and a >= answer["start"]:
-                new_rows = new_rows or [a, pos]
+                new_parts.append((a, pos, b - a))
             else:
                 old_spans.append((a, b, pos))
             pos += b - a
         ext = target.extents()
-        if new_rows is not None:
-            a0, at = new_rows
-            rows = ds.isel({dim: slice(at, at + answer["stop"] - a0)})
+        new_rows = bool(new_parts)
+        if new_parts:
+            # The log places the new labels one after the other at the end, in the
+            # order of the job's runs, wherever they are in the job's data.
+            new_parts.sort()
+            rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
             landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
             if not (landed.get("landed") and landed.get("start") == answer["start"]):
                 report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
@@ -812,7 +816,7 @@ def _overwrite_one(
             what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
                     "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
             journal.begin(what, wrap_store(base, plan.throttle))
-        if new_rows is not None:
+        if new_rows:
             locks.check()  # fenced: a job that lost its lease publishes nothing
             placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
         for a, b, at in spans:
