@@ -280,3 +280,30 @@ def test_bad_throttle_and_incomplete_options_are_refused_before_writing(existing
     assert issubclass(errors.StoreAccessError, PermissionError)
     assert issubclass(errors.StoreUnavailableError, ConnectionError)
     assert issubclass(errors.IncompleteStoreError, ValueError)
+
+
+def test_new_error_classes_subclass_their_builtins_and_pickle():
+    import pickle
+
+    assert issubclass(errors.AttributeTypeError, TypeError)
+    assert issubclass(errors.AttributeTypeError, errors.PlanError)
+    assert issubclass(errors.CorruptMetadataError, ValueError)
+    err = pickle.loads(pickle.dumps(errors.CorruptMetadataError("damaged", "v/zarr.json")))
+    assert err.key == "v/zarr.json" and str(err) == "damaged"
+
+
+def test_encode_json_refuses_what_json_cannot_hold_instead_of_stringifying_it():
+    """Finding 3: ``default=str`` wrote any object into records and leases as its str()."""
+    import datetime as dt
+    import json
+
+    from toolkit._util import encode_json
+
+    doc = {"n": np.int64(3), "x": np.float32(0.5), "ok": np.bool_(True), "rows": (1, 2)}
+    assert json.loads(encode_json(doc).to_bytes()) == {"n": 3, "x": 0.5, "ok": True,
+                                                       "rows": [1, 2]}  # fmt: skip
+    for bad in ({1, 2}, b"x", object(), dt.datetime(2000, 1, 1), np.datetime64("2000-01-01"),
+                np.arange(2), 1j, np.complex64(1)):  # fmt: skip
+        kind = type(bad)
+        with pytest.raises(TypeError, match=f"{kind.__module__}.{kind.__qualname__}"):
+            encode_json({"state": "writing", "nested": [{"value": bad}]})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -87,7 +89,9 @@ def test_520_step_files_into_sharded_48_step_chunks_equal_open_mfdataset(many, w
     # Every task owns whole shards: 520 steps are 6 shards, and no unit was written twice.
     assert report.plan["t2m"].nunits == 6 and report.units == report.plan.nunits
     assert not (out / ".toolkit" / "resume").exists()  # the resume log is gone at the end
-    assert sorted(p.name for p in (out / ".toolkit").iterdir()) == ["coord", "manifest.json"]
+    kept = sorted(p.name for p in (out / ".toolkit").iterdir())
+    assert kept in (["coord", "manifest"], ["coord", "manifest", "tmp"])
+    assert not list((out / ".toolkit").glob("tmp/*"))  # no temporary file is left
     assert toolkit.verify(out).ok  # every object against its checksum
 
 
@@ -189,11 +193,14 @@ def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
     assert not (out / ".toolkit" / "resume").exists()
     # The manifest holds the checksums of both runs' objects: every chunk, each verified.
     stored = [
-        p for v in ("t2m", "flag", "mask") for p in (out / v / "c").rglob("*")
-        if p.is_file() and ".partial" not in p.name
+        p for p in out.rglob("*")
+        if p.is_file() and ".toolkit" not in p.parts and ".partial" not in p.name
     ]  # fmt: skip
+    chunks = [p for p in stored if "c" in p.relative_to(out).parts]
     report = toolkit.verify(out)
-    assert report.ok and sum(v["values"] for v in report.variables.values()) == len(stored)
+    assert report.ok and report.summary.startswith(
+        f"{len(stored)} objects: {len(chunks)} chunks, {len(stored) - len(chunks)} metadata"
+    )
 
 
 def test_verify_finds_one_flipped_value_and_other_differences(some, tmp_path):
@@ -311,15 +318,16 @@ def test_a_piece_that_does_not_fit_raises_and_what_came_before_stays(tmp_path):
         yield bad.assign(v=bad.v.astype("f8"))
 
     out = tmp_path / "bad.zarr"
-    with pytest.raises(IngestError, match=r"piece 20 of the stream: 'v' is float64"):
+    before = xr.concat(list(_pieces(100))[:20], dim="time")
+    n = before.sizes["time"]
+    with pytest.raises(IngestError, match=r"piece 20 of the stream: 'v' is float64") as info:
         toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 10}, max_writers=1,
                        progress=False)  # fmt: skip
-    back = xr.open_zarr(out)
-    n = back.sizes["time"]
-    assert n % 10 == 0 and n > 0  # whole units of the pieces before the bad one
-    xr.testing.assert_identical(
-        back.load(), xr.concat(list(_pieces(100)), dim="time").isel(time=slice(0, n))
+    assert f"20 pieces ({n} steps along 'time', {-(-n // 10)} chunks of 10) landed" in str(
+        info.value
     )
+    # The pieces before the bad one, all of them: whole units and the last, partial one.
+    xr.testing.assert_identical(xr.open_zarr(out).load(), before)
 
     def backwards():
         pieces = list(_pieces(30))
@@ -330,14 +338,22 @@ def test_a_piece_that_does_not_fit_raises_and_what_came_before_stays(tmp_path):
         toolkit.ingest(backwards(), tmp_path / "b.zarr", concat_dim="time", progress=False)
 
 
+@pytest.mark.timeout(60)
 def test_an_async_stream(tmp_path):
+    closed: list[str] = []
+
     async def stream():
-        for piece in _pieces(60):
-            yield piece
+        try:
+            for piece in _pieces(60):
+                yield piece
+        finally:
+            closed.append("closed")
 
     out = tmp_path / "a.zarr"
+    before = set(threading.enumerate())
     toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 16}, progress=False)
     xr.testing.assert_identical(xr.open_zarr(out).load(), xr.concat(list(_pieces(60)), dim="time"))
+    assert closed == ["closed"] and _new_toolkit_threads(before) == []
 
 
 def test_the_quick_header_reads_what_h5netcdf_reads(tmp_path, monkeypatch):
@@ -374,7 +390,8 @@ def test_verify_without_sources_checks_the_manifest(some, tmp_path):
     out = tmp_path / "m.zarr"
     toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 32}, progress=False)
     good = toolkit.verify(out)
-    assert good.ok and good.variables["t2m"]["values"] == 5  # 160 steps in 32-step chunks
+    # 160 steps in 32-step chunks, and the array's metadata document
+    assert good.ok and good.variables["t2m"]["values"] == 6
     arr = zarr.open_group(out)["t2m"]
     block = arr[70:71]
     block[0, 1, 1] = -5
@@ -382,7 +399,232 @@ def test_verify_without_sources_checks_the_manifest(some, tmp_path):
     (out / "flag" / "c" / "0").unlink()
     bad = toolkit.verify(out)
     assert not bad.ok
-    assert "t2m/c/2/0/0: checksum differs" in bad.problems and "flag/c/0: missing" in bad.problems
+    problems = "\n".join(bad.problems)
+    assert "t2m/c/2/0/0: checksum differs" in problems and "flag/c/0: missing" in problems
     r = subprocess.run([sys.executable, "-m", "toolkit.cli", "verify", str(out)],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and "checksum differs" in r.stdout
+
+
+# A stream that stops: every exit path closes the source and joins toolkit's threads,
+# what landed stays, and the error says how much that was.
+
+
+def _new_toolkit_threads(before: set[threading.Thread], seconds: float = 5.0) -> list[str]:
+    """Threads named toolkit-* started since ``before`` still alive after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [
+            t.name
+            for t in threading.enumerate()
+            if t.name.startswith("toolkit-") and t not in before and t.is_alive()
+        ]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _stopping_stream(kind: str, pieces: list[xr.Dataset], last: xr.Dataset | Exception,
+                     closed: list[str]):  # fmt: skip
+    """``pieces``, then ``last`` (a piece, or an exception raised), then nothing for an hour.
+
+    ``closed`` gets an entry when the generator's ``finally`` runs.
+    """
+    if kind == "sync":
+
+        def sync():
+            try:
+                yield from pieces
+                if isinstance(last, Exception):
+                    raise last
+                yield last
+                time.sleep(3600)  # never reached: the stream is closed at the bad piece
+            finally:
+                closed.append("closed")
+
+        return sync()
+
+    async def asynchronous():
+        try:
+            for p in pieces:
+                await asyncio.sleep(0)
+                yield p
+            if isinstance(last, Exception):
+                raise last
+            yield last
+            await asyncio.sleep(3600)  # a read in flight (requested ahead): it is cancelled
+        finally:
+            closed.append("closed")
+
+    return asynchronous()
+
+
+def _five(side: int = 4) -> list[xr.Dataset]:
+    return list(_pieces(200, seed=7, side=side))[:5]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("max_writers", [1, 8])  # 8: no whole batch before the bad piece
+def test_a_refused_piece_closes_the_stream_and_says_what_landed(tmp_path, kind, max_writers):
+    five = _five()
+    steps = sum(p.sizes["time"] for p in five)
+    bad = five[-1].assign_coords(time=five[-1].time + np.timedelta64(1, "D"))
+    bad = bad.assign(v=bad.v.astype("f8"))
+    closed: list[str] = []
+    out = tmp_path / "refused.zarr"
+    before = set(threading.enumerate())
+    with pytest.raises(IngestError) as info:
+        toolkit.ingest(_stopping_stream(kind, five, bad, closed), out, concat_dim="time",
+                       chunks={"time": 4}, max_writers=max_writers, progress=False)  # fmt: skip
+    message = str(info.value)
+    assert f"5 pieces ({steps} steps along 'time', {-(-steps // 4)} chunks of 4) landed" in message
+    assert "piece 5 of the stream: 'v' is float64" in message
+    assert isinstance(info.value.__cause__, IngestError)  # the refusal, chained
+    assert closed == ["closed"]  # the generator's finally ran, before ingest raised
+    assert _new_toolkit_threads(before) == []
+    # Every accepted piece landed, the partial last unit too: the store opens with them.
+    xr.testing.assert_identical(xr.open_zarr(out).load(), xr.concat(five, dim="time"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_raising_its_own_error_is_closed_and_says_what_landed(tmp_path, kind):
+    five = _five()
+    steps = sum(p.sizes["time"] for p in five)
+    closed: list[str] = []
+    out = tmp_path / "raised.zarr"
+    before = set(threading.enumerate())
+    with pytest.raises(IngestError) as info:
+        toolkit.ingest(_stopping_stream(kind, five, OSError("sensor offline"), closed), out,
+                       concat_dim="time", chunks={"time": 4}, max_writers=2,
+                       progress=False)  # fmt: skip
+    message = str(info.value)
+    assert f"5 pieces ({steps} steps along 'time'" in message
+    assert "reading piece 5 raised OSError: sensor offline" in message
+    assert isinstance(info.value.__cause__, OSError)
+    assert closed == ["closed"]
+    assert _new_toolkit_threads(before) == []
+    xr.testing.assert_identical(xr.open_zarr(out).load(), xr.concat(five, dim="time"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_interrupted_ingest_closes_the_stream_and_notes_what_landed(tmp_path, kind, monkeypatch):
+    import importlib
+
+    ing = importlib.import_module("toolkit.ingest")
+    check = ing._check_piece
+
+    def interrupted(piece, first, concat_dim, last, n):  # Ctrl-C in the caller, at piece 5
+        if n == 5:
+            raise KeyboardInterrupt
+        return check(piece, first, concat_dim, last, n)
+
+    monkeypatch.setattr(ing, "_check_piece", interrupted)
+    five = _five()
+    closed: list[str] = []
+    out = tmp_path / "interrupted.zarr"
+    before = set(threading.enumerate())
+    with pytest.raises(KeyboardInterrupt) as info:
+        toolkit.ingest(_stopping_stream(kind, five, five[0], closed), out, concat_dim="time",
+                       chunks={"time": 4}, max_writers=1, progress=False)  # fmt: skip
+    (note,) = info.value.__notes__
+    assert closed == ["closed"]
+    assert _new_toolkit_threads(before) == []
+    # Interrupted: the batches handed to the writer land, the pieces still buffered
+    # (18 steps make 4 whole units and 2 more) are not written, and the note says so.
+    steps = sum(p.sizes["time"] for p in five)
+    landed = steps // 4 * 4
+    assert f"({landed} steps along 'time', {landed // 4} chunks of 4) landed in" in note
+    assert f"{steps - landed} accepted steps were not written" in note
+    xr.testing.assert_identical(
+        xr.open_zarr(out).load(), xr.concat(five, dim="time").isel(time=slice(0, landed))
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_append_closes_the_stream_and_says_what_landed(tmp_path, monkeypatch):
+    import importlib
+
+    ing = importlib.import_module("toolkit.ingest")
+    appends: list[int] = []
+    real = ing.append
+
+    def failing(batch, *args, **kwargs):
+        appends.append(batch.sizes["time"])
+        if len(appends) == 2:
+            raise OSError("the store went away")
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(ing, "append", failing)
+    pieces = list(_pieces(200, seed=7, side=4))
+    closed: list[str] = []
+    out = tmp_path / "failed.zarr"
+    before = set(threading.enumerate())
+    with pytest.raises(toolkit.errors.WriteError) as info:
+        toolkit.ingest(_stopping_stream("sync", pieces[:-1], pieces[-1], closed), out,
+                       concat_dim="time", chunks={"time": 4}, max_writers=1,
+                       progress=False)  # fmt: skip
+    message = str(info.value)
+    # The first batch (write_dataset) and the first append landed: 8 steps.
+    assert "(8 steps along 'time', 2 chunks of 4) landed" in message
+    assert "writing steps 8-12 failed: OSError: the store went away" in message
+    assert isinstance(info.value.__cause__, OSError)
+    assert closed == ["closed"]
+    assert _new_toolkit_threads(before) == []
+    xr.testing.assert_identical(
+        xr.open_zarr(out).load(), xr.concat(pieces, dim="time").isel(time=slice(0, 8))
+    )
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_an_async_stream_waits_cancels_its_read(tmp_path):
+    five = _five()
+    closed: list[str] = []
+    waiting = threading.Event()
+
+    async def stream():
+        try:
+            for p in five:
+                yield p
+            waiting.set()
+            await asyncio.sleep(3600)  # the next piece never comes
+        finally:
+            closed.append("closed")
+
+    def blocked_on_the_stream() -> bool:
+        """Whether the caller waits for a piece (in a future's ``result``, under ingest)."""
+        names = []
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        return "result" in names and "_ingest_stream" in names
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the caller waits for piece 5
+            if waiting.is_set() and blocked_on_the_stream():
+                break
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    out = tmp_path / "ctrl-c.zarr"
+    before = set(threading.enumerate())
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as info:
+        toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 4}, max_writers=1,
+                       progress=False)  # fmt: skip
+    (note,) = info.value.__notes__
+    # 16 of the 18 steps (4 whole units) were handed to the writer and landed; 2 were buffered.
+    assert (
+        "4 pieces and the first 1 of the 3 steps of piece 4 (16 steps along 'time', 4 chunks of 4)"
+        " landed" in note
+    )
+    assert "2 accepted steps were not written" in note
+    assert closed == ["closed"]  # its read was cancelled, on its own loop
+    assert _new_toolkit_threads(before) == []
+    xr.testing.assert_identical(
+        xr.open_zarr(out).load(), xr.concat(five, dim="time").isel(time=slice(0, 16))
+    )

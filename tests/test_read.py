@@ -171,3 +171,83 @@ def test_a_damaged_chunk_is_named_by_its_key_by_reads_verify_and_stats(tmp_path,
             timeout=120,
         )  # fmt: skip
         assert proc.returncode == 1 and key in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _coordinate_store(tmp_path):
+    """Dims time (an index) and a datetime coordinate that is no index, 8 chunks of 3 each."""
+    ds = make_dataset(nt=24).assign_coords(
+        valid=("time", np.arange(24).astype("datetime64[D]").astype("datetime64[ns]"))
+    )
+    path = tmp_path / "coords.zarr"
+    raw = {"chunks": (3,), "compressors": None}  # raw bytes: garbage decodes to garbage
+    toolkit.to_zarr(ds, path, encoding={"time": raw, "valid": raw, "y": {"chunks": (4,)}},
+                    progress=False)  # fmt: skip
+    return path, ds
+
+
+@pytest.mark.parametrize("chunks", ["aligned", {}, None])
+@pytest.mark.parametrize(
+    ("key", "damage"),
+    [
+        ("time/c/1", b"\xff\x7f" * 12),  # bytes zarr decodes, times that overflow
+        ("time/c/1", b"\x00bad"),  # bytes zarr cannot decode (the wrong length)
+        ("y/c/1", b"\x00damaged" * 4),  # compressed: the codec fails
+        ("valid/c/0", b"\xff\x7f" * 12),  # no index, but its first time is decoded
+        ("valid/c/7", b"\xff\x7f" * 12),  # and its last
+    ],
+)
+def test_a_damaged_coordinate_chunk_is_named_while_opening(tmp_path, chunks, key, damage):
+    """Finding 4: xarray loads dimension coordinates while it opens (for their indexes);
+    a damaged chunk of one gave a raw OverflowError/ValueError naming nothing."""
+    path, _ = _coordinate_store(tmp_path)
+    (path / key).write_bytes(damage)
+    with pytest.raises(toolkit.errors.CorruptChunkError, match=key) as err:
+        toolkit.open_zarr(path, chunks=chunks)
+    assert err.value.keys == [key] and "rewrite it" in str(err.value)
+    assert err.value.__cause__ is not None
+
+
+def test_a_damaged_coordinate_chunk_is_named_when_read_later(tmp_path):
+    """Finding 4: a coordinate read after opening (no index: xarray leaves it lazy) is named
+    too, also when zarr decodes its bytes and only xarray's decoding fails."""
+    path, ds = _coordinate_store(tmp_path)
+    (path / "valid/c/2").write_bytes(b"\xff\x7f" * 12)
+    back = toolkit.open_zarr(path)  # opens: 'valid' is not read yet
+    with pytest.raises(toolkit.errors.CorruptChunkError, match="valid/c/2") as err:
+        back.valid.load()
+    assert err.value.keys == ["valid/c/2"]
+    np.testing.assert_array_equal(back.a.data.compute(), ds.a.values)  # the rest reads
+
+
+def test_reopening_after_an_overwrite_gives_new_task_names(tmp_path):
+    """Finding 7: the names of the read tasks did not change when the store's values did, so
+    a persisted collection (or distributed's cache) served the old values to a new open."""
+    import dask
+    from zarr.storage import MemoryStore
+
+    ds = make_dataset(nt=20, chunks={"time": 10})
+    other = ds.copy(data={k: v.data + 1 for k, v in ds.data_vars.items()})
+    for store in (tmp_path / "o.zarr", MemoryStore()):
+        toolkit.to_zarr(ds, store, progress=False)
+        first = toolkit.open_zarr(store)
+        assert first.a.data.name == toolkit.open_zarr(store).a.data.name  # unchanged: same
+        (old,) = dask.persist(first, scheduler="threads")
+        toolkit.to_zarr(other, store, mode="w", progress=False)
+        new = toolkit.open_zarr(store)
+        for name in ("a", "b", "c"):
+            assert new[name].data.name != old[name].data.name, name
+        # Computed together, each graph keeps its own values (a shared key would not).
+        was, now = dask.compute(old, new, scheduler="threads")
+        xr.testing.assert_identical(was, ds.compute())
+        xr.testing.assert_identical(now, other.compute())
+
+
+def test_a_coordinate_that_no_chunk_of_decodes_is_not_called_damaged(tmp_path):
+    """Naming damaged chunks must not blame the chunks for an encoding xarray cannot decode."""
+    path = tmp_path / "cal.zarr"
+    attrs = {"units": "days since 2000-01-01", "calendar": "no_such_calendar"}
+    ds = xr.Dataset({"v": ("time", np.arange(9.0))}, coords={"time": ("time", np.arange(9), attrs)})
+    ds.to_zarr(path, encoding={"time": {"chunks": (3,)}}, consolidated=False)
+    with pytest.raises(ValueError, match="unable to decode time units") as err:
+        toolkit.open_zarr(path)
+    assert not isinstance(err.value, toolkit.errors.CorruptChunkError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 import zarr
 
@@ -60,9 +61,76 @@ def test_a_copy_verifies_against_its_manifest_and_a_damaged_object_is_named(tmp_
 def test_a_store_without_a_manifest_is_not_ok_and_the_report_says_what_to_do(tmp_path):
     ds = _ds()
     out = tmp_path / "plain.zarr"
-    toolkit.to_zarr(ds, out, progress=False)  # a plain write leaves no manifest
+    ds.to_zarr(out)  # written by xarray alone: no manifest
     report = toolkit.verify(str(out), progress=False)
     assert not report.ok
     (problem,) = report.problems
-    assert "no checksum manifest" in problem and "toolkit.verify(source, store)" in problem
+    assert "no manifest" in problem and "toolkit.verify(source, store)" in problem
     assert toolkit.verify(ds, out, progress=False).ok  # the way it names
+
+
+# -- a manifest of every object (each test below failed before it) ------------------------
+
+
+def _store(tmp_path, **enc):
+    ds = xr.Dataset(
+        {"t2m": (("time", "x"), np.arange(48.0).reshape(12, 4))},
+        coords={"time": np.arange(12), "x": np.arange(4)},
+    ).chunk({"time": 5})
+    out = tmp_path / "s.zarr"
+    toolkit.to_zarr(ds, str(out), encoding={"t2m": {"chunks": (5, 4)}, "time": {"chunks": (5,)}},
+                    progress=False)  # fmt: skip
+    return ds, out
+
+
+def test_every_write_keeps_the_manifest_true_and_verify_says_what_it_covered(tmp_path):
+    ds, out = _store(tmp_path)
+    first = toolkit.verify(str(out), progress=False)
+    assert first.ok and first.summary.startswith("11 objects: 7 chunks, 4 metadata documents")
+    toolkit.append(ds.assign_coords(time=ds.time + 12), str(out), "time", progress=False)
+    region = (ds.isel(time=slice(3, 9)) * 0 + 5).drop_vars(["time", "x"])
+    toolkit.to_zarr(region, str(out), region={"time": slice(3, 9)}, progress=False)
+    report = toolkit.verify(str(out), progress=False)
+    assert report.ok, report.problems  # a region write no longer makes it "differ"
+    # and the appended chunks are checked, not skipped
+    assert report.summary.startswith("15 objects: 11 chunks")
+    assert "objects" in repr(report) and "values" not in repr(report).split("\n")[2]
+
+
+@pytest.mark.parametrize(
+    ("what", "damage"),
+    [
+        ("a coordinate chunk", lambda out: _flip(out / "time" / "c" / "0")),
+        ("the group's metadata", lambda out: (out / "zarr.json").write_text("garbage")),
+        ("an array's metadata", lambda out: (out / "t2m" / "zarr.json").write_text("{")),
+        ("an array's shape", lambda out: _reshape(out / "t2m" / "zarr.json")),
+        ("a missing chunk", lambda out: (out / "t2m" / "c" / "1" / "0").unlink()),
+        ("an object nobody wrote", lambda out: (out / "t2m" / "stray.bin").write_bytes(b"x")),
+    ],
+)
+def test_verify_names_damage_anywhere_in_the_store(tmp_path, what, damage):
+    _, out = _store(tmp_path)
+    damage(out)
+    report = toolkit.verify(str(out), progress=False)
+    assert not report.ok, what
+    assert len(report.problems) >= 1
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def _reshape(path):
+    import json
+
+    doc = json.loads(path.read_text())
+    doc["shape"][0] += 5
+    path.write_text(json.dumps(doc))
+
+
+def test_verify_of_a_store_that_is_not_there_writes_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        toolkit.verify(str(tmp_path / "missing.zarr"), progress=False)
+    assert not (tmp_path / "missing.zarr").exists()

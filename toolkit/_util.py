@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
@@ -28,8 +29,32 @@ def backoff(attempt: int, base: float, cap: float, draw: float | None = None) ->
 
 
 def encode_json(doc: Mapping[str, Any]) -> Buffer:
-    """A JSON document of toolkit's state as a zarr buffer (readable, stable key order)."""
-    return CPUBuffer.from_bytes(json.dumps(doc, indent=1, sort_keys=True, default=str).encode())
+    """A JSON document of toolkit's state as a zarr buffer (readable, stable key order).
+
+    Numpy's numbers and booleans are written as the JSON numbers and booleans
+    they are; any other value that JSON has no type for raises ``TypeError``
+    naming its type, rather than being written as its ``str()`` (a record or a
+    lease would otherwise hold text that reads back as something else).
+    """
+    return CPUBuffer.from_bytes(
+        json.dumps(doc, indent=1, sort_keys=True, default=_json_value).encode()
+    )
+
+
+def _json_value(obj: object) -> bool | int | float:
+    """The JSON value of a numpy scalar that ``json`` does not know (called by ``json.dumps``)."""
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    kind = type(obj)
+    raise TypeError(
+        f"toolkit's JSON documents hold strings, numbers, booleans, None, lists and dicts; "
+        f"got a {kind.__module__}.{kind.__qualname__} ({obj!r:.80}), which JSON cannot hold "
+        "as it is"
+    )
 
 
 _CONCURRENCY_LOCK = threading.Lock()

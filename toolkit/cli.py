@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     from toolkit import jobs
-    from toolkit.errors import CorruptChunkError, ToolkitError
+    from toolkit.errors import CorruptChunkError, CorruptMetadataError, ToolkitError
 
     try:
         if args.command == "copy":
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         return 0 if ok else 1
-    except CorruptChunkError as e:  # the store is damaged, not the command line
+    except (CorruptChunkError, CorruptMetadataError) as e:  # the store is damaged
         print(f"toolkit {args.command}: error: {e}", file=sys.stderr)
         return 1
     except (ToolkitError, FileNotFoundError, ValueError) as e:

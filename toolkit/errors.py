@@ -13,10 +13,12 @@ from typing import Any
 
 __all__ = [
     "AppendError",
+    "AttributeTypeError",
     "CleanupWarning",
     "CommitConflictError",
     "CoordinationError",
     "CorruptChunkError",
+    "CorruptMetadataError",
     "EncodingError",
     "EncodingTypeError",
     "ExistingStoreError",
@@ -97,6 +99,15 @@ class VariableNameError(PlanError, TypeError):
     """A variable's name cannot be a Zarr array's (not a string, or a path)."""
 
 
+class AttributeTypeError(PlanError, TypeError):
+    """An attribute of the dataset or of a variable that Zarr cannot store as JSON.
+
+    A set, bytes or an arbitrary object, say (xarray's writer raises a bare
+    ``TypeError`` for them, halfway through the metadata). The message names the
+    attribute, its owner and its type.
+    """
+
+
 class UnsupportedVariableError(PlanError, NotImplementedError):
     """A variable that Zarr cannot hold as it is (a pandas MultiIndex, say)."""
 
@@ -175,6 +186,22 @@ class CorruptChunkError(ToolkitError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # raised on workers, re-raised here
         return (type(self), (self.args[0], self.keys))
+
+
+class CorruptMetadataError(ToolkitError, ValueError):
+    """A stored metadata document is there but cannot be read: damaged, not absent.
+
+    A group's or an array's ``zarr.json`` (or ``.zgroup``, ``.zarray``, ...)
+    that is not JSON, or lacks fields. ``err.key`` is the document's key in
+    the store.
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised on workers, re-raised here
+        return (type(self), (self.args[0], self.key))
 
 
 class StatsError(ToolkitError, ValueError):

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import concurrent.futures
+import contextlib
 import glob
 import itertools
 import math
 import os
 import queue
 import threading
-from collections.abc import AsyncIterable, Hashable, Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,9 +33,9 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from toolkit.cluster.client import active_client
-from toolkit.errors import IngestError
+from toolkit.errors import IngestError, PlanError, WriteError
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.stores import StoreLike, fingerprint
+from toolkit.io.stores import StoreLike, fingerprint, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.write.execute import WriteReport, execute, plan_resumable, write_dataset
 from toolkit.write.layout import choose_layout
@@ -605,8 +608,10 @@ def ingest(
     parallel task, while the next batch is gathered. The producer blocks when a
     batch is waiting (backpressure), so memory stays near ``max_buffer_bytes``
     whatever the stream's length; the last partial unit is written once, at the
-    end. A piece that does not fit raises before it is written, and what was
-    written before it stays.
+    end. A piece that does not fit raises before it is written; the pieces
+    accepted before it are written (the partial last unit too) and stay. On
+    every way out the stream is closed (a generator's ``close()``, an async
+    generator's ``aclose()`` on its loop) and toolkit's threads are joined.
 
     Parameters
     ----------
@@ -655,7 +660,17 @@ def ingest(
     ------
     toolkit.errors.IngestError
         Before anything is written: no sources, unreadable files, or sources
-        that disagree, each naming the files.
+        that disagree, each naming the files. Streams: a refused piece, or the
+        stream's own error (chained), after the pieces accepted before it were
+        written; the message says how many pieces and steps landed
+        (``5 pieces (18 steps along 'time', 5 chunks of 4) landed in ...``).
+    toolkit.errors.WriteError
+        Streams: an append failed (its error chained); the message says what
+        landed before it and how many accepted steps were not written.
+    KeyboardInterrupt
+        Raised as it is, once the stream is closed and the batches already
+        queued have landed (pieces still buffered are not written); a note
+        says what landed.
 
     Examples
     --------
@@ -747,67 +762,167 @@ def _is_stream(sources: object) -> bool:
     return not isinstance(sources, Sequence) or any(isinstance(s, xr.Dataset) for s in sources)
 
 
-def _sync_iter(sources: Any) -> Iterator[xr.Dataset]:
-    """Pieces of a sync or async iterable, one at a time."""
-    if not hasattr(sources, "__aiter__"):
-        yield from sources
-        return
-    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)  # one piece ahead at most
+_CLOSE_SECONDS = 10.0
+"""How long each step of closing an async stream may take (cancel its read, ``aclose``)."""
 
-    def pump() -> None:
-        async def go() -> None:
-            async for piece in sources:
-                handoff.put(("piece", piece))
 
+class _SyncPieces:
+    """The pieces of an iterable; ``close`` closes its iterator (a generator's ``finally`` runs)."""
+
+    def __init__(self, sources: Iterable[Any]) -> None:
+        self._it = iter(sources)
+
+    def __iter__(self) -> _SyncPieces:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._it)
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+class _AsyncPieces:
+    """The pieces of an async iterable, read on an event loop in a thread of its own.
+
+    The next piece is read while the consumer handles the last one (one ahead).
+    ``close`` cancels a read in flight, closes the iterator (``aclose``) on its
+    loop, stops the loop and joins the thread, each step within ``_CLOSE_SECONDS``.
+    """
+
+    def __init__(self, sources: AsyncIterable[Any]) -> None:
+        self._ait = aiter(sources)
+        self._loop = asyncio.new_event_loop()
+        self._reading: asyncio.Task[Any] | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="toolkit-ingest-aiter", daemon=True)
+        self._thread.start()
+        self._next: concurrent.futures.Future[tuple[str, Any]] | None = self._request()
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
         try:
-            asyncio.run(go())
-            handoff.put(("end", None))
-        except BaseException as e:  # handed to the consumer, raised there
-            handoff.put(("error", e))
+            loop.run_forever()
+        finally:
+            try:  # as asyncio.run ends: async generators closed, executor threads joined
+                loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), _CLOSE_SECONDS))
+                loop.run_until_complete(
+                    asyncio.wait_for(loop.shutdown_default_executor(), _CLOSE_SECONDS)
+                )
+            except Exception:  # best effort: close() reports a thread that does not end
+                pass
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
 
-    threading.Thread(target=pump, name="toolkit-ingest-aiter", daemon=True).start()
-    while True:
-        kind, item = handoff.get()
+    async def _read(self) -> tuple[str, Any]:
+        self._reading = asyncio.current_task()
+        try:
+            return "piece", await anext(self._ait)
+        except StopAsyncIteration:
+            return "end", None
+        except BaseException as e:  # KeyboardInterrupt too: raised in the consumer, not the loop
+            if self._closing and isinstance(e, asyncio.CancelledError):
+                raise
+            return "error", e
+
+    def _request(self) -> concurrent.futures.Future[tuple[str, Any]]:
+        return asyncio.run_coroutine_threadsafe(self._read(), self._loop)
+
+    def __iter__(self) -> _AsyncPieces:
+        return self
+
+    def __next__(self) -> Any:
+        if self._next is None:
+            raise StopIteration
+        kind, item = self._next.result()
+        self._next = self._request() if kind == "piece" else None  # the next, read ahead
         if kind == "end":
-            return
+            raise StopIteration
         if kind == "error":
             raise item
-        yield item
+        return item
+
+    async def _aclose(self) -> None:
+        reading = self._reading
+        if reading is not None and not reading.done():
+            reading.cancel()
+            await asyncio.wait([reading])
+        aclose = getattr(self._ait, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            closing = asyncio.run_coroutine_threadsafe(self._aclose(), self._loop)
+            try:
+                closing.result(_CLOSE_SECONDS)
+            except TimeoutError:
+                closing.cancel()
+                raise TimeoutError(
+                    f"the stream did not close within {_CLOSE_SECONDS:g} s"
+                ) from None
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(3 * _CLOSE_SECONDS)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self._thread.name} did not end within {3 * _CLOSE_SECONDS:g} s")
+
+
+def _stream_pieces(sources: Any) -> _SyncPieces | _AsyncPieces:
+    """Pieces of a sync or async iterable, one at a time; ``close()`` closes the source."""
+    if hasattr(sources, "__aiter__"):
+        return _AsyncPieces(sources)
+    return _SyncPieces(sources)
 
 
 class _Writer:
     """Appends whole-unit batches in order, in a thread, with at most ``depth`` queued.
 
     ``put`` blocks while the queue is full: the producer waits for the store
-    (backpressure). Each append writes its units with parallel tasks.
+    (backpressure). Each append writes its units with parallel tasks. After a
+    failed write the batches behind it are skipped: ``landed`` counts the steps
+    of the batches written, ``failed`` is the span of steps of the one that failed.
     """
 
     def __init__(self, write: Any, depth: int) -> None:
         self._write = write
-        self._queue: queue.Queue[xr.Dataset | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[xr.Dataset, int] | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.failed: tuple[int, int] = (0, 0)
+        self.landed = 0
         self.reports: list[WriteReport] = []
         self._thread = threading.Thread(target=self._run, name="toolkit-ingest-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.reports.append(self._write(batch))
-                except BaseException as e:  # raised in the producer
-                    self.error = e
+        while (item := self._queue.get()) is not None:
+            batch, steps = item
+            if self.error is not None:
+                continue
+            try:
+                self.reports.append(self._write(batch))
+            except BaseException as e:  # raised in the producer
+                self.error = e
+                self.failed = (self.landed, self.landed + steps)
+            else:
+                self.landed += steps
 
-    def put(self, batch: xr.Dataset) -> None:
+    def put(self, batch: xr.Dataset, steps: int) -> None:
         if self.error is not None:
             raise self.error
-        self._queue.put(batch)
+        self._queue.put((batch, steps))
 
     def close(self) -> None:
+        """Let the batches queued land (or be skipped after a failure), and join the thread."""
         self._queue.put(None)
         self._thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _check_piece(piece: Any, first: xr.Dataset, concat_dim: Hashable, last: Any, n: int) -> None:
@@ -865,8 +980,15 @@ def _ingest_stream(
     throttle: Throttle | Literal[False] | None,
     progress: bool,
 ) -> WriteReport:
-    """Buffer pieces into whole units along ``concat_dim`` and append them in batches."""
-    pieces = _sync_iter(sources)
+    """Buffer pieces into whole units along ``concat_dim`` and append them in batches.
+
+    On every way out (the end, a refused piece, the stream's own error, a failed
+    write, an interruption) the stream is closed and the threads started here
+    are joined. When the stream stops early, the pieces accepted so far are
+    written (the partial last unit too), unless a write failed or the caller was
+    interrupted; the error says how many pieces and steps landed.
+    """
+    pieces = _stream_pieces(sources)
     buffered: list[xr.Dataset] = []
     nbuffered = 0
     first: xr.Dataset | None = None
@@ -874,9 +996,11 @@ def _ingest_stream(
     unit = 0
     batch_units = 0
     writer: _Writer | None = None
-    written = 0
+    sent = 0  # steps handed to the writer
+    ends: list[int] = []  # steps accepted through each piece
     bar = _stream_bar(progress)
     created = False
+    enc: dict[Hashable, dict[str, Any]] = {}
 
     def write(batch: xr.Dataset) -> WriteReport:
         nonlocal created
@@ -905,8 +1029,20 @@ def _ingest_stream(
         nbuffered = rest.sizes[concat_dim]
         return head
 
+    def send(n: int) -> None:
+        """Hand the first ``n`` buffered steps to the writer (blocks while it is behind)."""
+        nonlocal sent
+        assert writer is not None
+        batch = cut(n)
+        writer.put(batch, n)
+        sent += n
+        bar(sent, batch.nbytes)
+
+    failure: BaseException | None = None
+    stage = "read"  # what was being done when the stream stopped
     try:
-        for n, piece in enumerate(pieces):
+        for piece in pieces:
+            stage = "check"
             if first is None:
                 if not isinstance(piece, xr.Dataset):
                     raise IngestError(f"piece 0 of the stream is a {type(piece).__name__}")
@@ -915,30 +1051,143 @@ def _ingest_stream(
                     piece, concat_dim, chunks, shards, encoding, max_writers, max_buffer_bytes
                 )
                 writer = _Writer(write, depth=1)
-            _check_piece(piece, first, concat_dim, last, n)
+            _check_piece(piece, first, concat_dim, last, len(ends))
             if concat_dim in piece.coords and piece.sizes[concat_dim]:
                 last = piece[concat_dim].values[-1]
-            buffered.append(piece.load())
-            nbuffered += piece.sizes[concat_dim]
+            stage = "load"
+            loaded = piece.load()
+            stage = "write"
+            buffered.append(loaded)
+            nbuffered += loaded.sizes[concat_dim]
+            ends.append((ends[-1] if ends else 0) + loaded.sizes[concat_dim])
             while nbuffered >= unit * batch_units:
-                batch = cut(unit * batch_units)
-                assert writer is not None
-                writer.put(batch)  # blocks while the writer is one batch behind
-                written += batch.sizes[concat_dim]
-                bar(written, batch.nbytes)
+                send(unit * batch_units)
+            stage = "read"
+        stage = "check"
         if first is None:
             raise IngestError("the stream gave no piece")
-        assert writer is not None
+        stage = "write"
         if nbuffered:  # the last, partial unit, once
-            batch = cut(nbuffered)
-            writer.put(batch)
-            written += batch.sizes[concat_dim]
-            bar(written, batch.nbytes)
+            send(nbuffered)
+    except BaseException as e:  # the stream stops: closed, and what was accepted lands
+        failure = e
+    close_error: Exception | None = None
+    try:
+        try:
+            pieces.close()
+        except Exception as e:  # reported with what landed
+            close_error = e
     finally:
-        if writer is not None:
-            writer.close()  # everything queued lands (or its error is raised)
-        bar(None, 0)
-    return _merge_reports(writer.reports)
+        try:
+            if writer is not None:
+                if isinstance(failure, Exception) and writer.error is None and nbuffered:
+                    with contextlib.suppress(Exception):  # a failed write: writer.error
+                        send(nbuffered)  # the pieces accepted before the stream stopped
+                writer.close()  # what was queued lands (or fails)
+        finally:
+            bar(None, 0)
+    if failure is None and writer is not None and writer.error is None:
+        if close_error is not None:
+            warnings.warn(f"the stream did not close: {_describe(close_error)}",
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
+        return _merge_reports(writer.reports)
+    raise _stream_error(failure, stage, writer, ends, close_error, concat_dim, enc, first, target)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _landed(
+    ends: Sequence[int], steps: int, concat_dim: Hashable, chunk: int | None, where: str
+) -> str:
+    """What of a stream landed: ``5 pieces (18 steps along 'time', 5 chunks of 4) landed in …``."""
+    if not steps:
+        return f"nothing landed in {where}"
+    whole = bisect.bisect_right(ends, steps)
+    text = f"{whole} piece{'s' if whole != 1 else ''}"
+    before = ends[whole - 1] if whole else 0
+    if whole < len(ends) and steps > before:
+        text += (
+            f" and the first {steps - before} of the {ends[whole] - before} steps of piece {whole}"
+        )
+    size = f"{steps} steps along {concat_dim!r}"
+    if chunk:
+        size += f", {-(-steps // chunk)} chunks of {chunk}"
+    return f"{text} ({size}) landed in {where}"
+
+
+def _stream_error(
+    failure: BaseException | None,
+    stage: str,
+    writer: _Writer | None,
+    ends: Sequence[int],
+    close_error: Exception | None,
+    concat_dim: Hashable,
+    enc: Mapping[Hashable, Mapping[str, Any]],
+    first: xr.Dataset | None,
+    target: StoreLike,
+) -> BaseException:
+    """The error a stream that stopped early raises: it says what landed, and why it stopped.
+
+    The stream's own error, a refusal or a failed write is chained (``raise ... from``)
+    under an :class:`~toolkit.errors.IngestError` (a refused piece, the stream's
+    error) or a :class:`~toolkit.errors.WriteError` (a failed write). An
+    interruption (``KeyboardInterrupt``, ``SystemExit``, cancellation) is raised
+    as it is, with a note.
+    """
+    landed = writer.landed if writer is not None else 0
+    where = (
+        writer.reports[0].target if writer is not None and writer.reports else store_label(target)
+    )
+    chunk = None
+    for name, e in enc.items():
+        if first is not None and concat_dim in first[name].dims:
+            chunk = int(e["chunks"][first[name].dims.index(concat_dim)])
+            break
+    status = _landed(ends, landed, concat_dim, chunk, where) + " and the stream was closed"
+    werr = writer.error if writer is not None else None
+    extra = []
+    if werr is not None and failure is not werr and failure is not None:
+        assert writer is not None
+        a, b = writer.failed
+        extra.append(f"writing steps {a}-{b} failed: {_describe(werr)}")
+    if unwritten := (ends[-1] if ends else 0) - landed:
+        extra.append(f"{unwritten} accepted steps were not written")
+    if close_error is not None:
+        extra.append(f"closing the stream failed: {_describe(close_error)}")
+    tail = "".join(f"; {x}" for x in extra)
+    if failure is None or failure is werr:  # a write failed
+        assert writer is not None and werr is not None
+        a, b = writer.failed
+        if not landed and isinstance(werr, PlanError):  # refused before anything was written
+            werr.add_note(f"toolkit.ingest: {status}{tail}")
+            return werr
+        out: BaseException = WriteError(
+            f"{status}; writing steps {a}-{b} failed: {_describe(werr)}{tail}",
+            getattr(werr, "record", None),
+        )
+        out.__cause__ = werr
+        return out
+    if not isinstance(failure, Exception):  # interrupted: raised as it is
+        failure.add_note(f"toolkit.ingest: {status}{tail}")
+        return failure
+    n = len(ends)
+    if stage == "check" and not ends and not landed and werr is None:
+        return failure  # the first piece (or none) refused: nothing was accepted
+    if stage == "check":
+        reason = str(failure) if isinstance(failure, IngestError) else (
+            f"piece {n} was refused: {_describe(failure)}"
+        )  # fmt: skip
+    elif stage == "read":
+        reason = f"reading piece {n} raised {_describe(failure)}"
+    elif stage == "load":
+        reason = f"loading piece {n} raised {_describe(failure)}"
+    else:
+        reason = _describe(failure)
+    out = IngestError(f"{status}; {reason}{tail}")
+    out.__cause__ = failure
+    return out
 
 
 def _stream_layout(

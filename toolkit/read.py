@@ -17,6 +17,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import dask.array as da
@@ -25,6 +26,9 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from toolkit._util import zarr_concurrency
 from toolkit.cluster.budgets import cluster_share
@@ -32,8 +36,8 @@ from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.extent import consistent_view
-from toolkit.io.groups import open_existing
-from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
+from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
 from toolkit.state.records import read_records
@@ -116,7 +120,11 @@ def open_zarr(
         read anyway. Missing units read as fill values.
     chunks : "aligned", None, dict, int or "auto"
         ``"aligned"`` (default): dask chunks of whole write units (shards, else
-        chunks), about ``target_task_bytes`` each, named ``toolkit-read-<variable>``.
+        chunks), about ``target_task_bytes`` each, named ``toolkit-read-<variable>``
+        and a token that changes when the store is rewritten (the arrays' metadata,
+        the writes toolkit recorded as landed and, in a directory, the metadata
+        documents' modification times), so that a persisted collection or
+        distributed's cache never answers for a later open.
         Anything else means what it means to :func:`xarray.open_dataset`: ``None``
         lazily indexed numpy-backed variables, ``{}`` the store's own chunks,
         ``"auto"`` dask's choice. Every choice reads through the same budget,
@@ -152,16 +160,19 @@ def open_zarr(
     share = cluster_share(policy)
     # Metadata read to plan the chunks is not read again by xarray's open.
     zstore = MetadataBuffer(wrap_store(plain, share, scope=scope, remote=remote_budget_for))
-    with cf.ThreadPoolExecutor(2, thread_name_prefix="toolkit-open") as pool:
-        # The group and the write records are independent: one round trip, not two.
+    aligned = isinstance(chunks, str) and chunks == "aligned"
+    with cf.ThreadPoolExecutor(3, thread_name_prefix="toolkit-open") as pool:
+        # The group, the write records and the written history are independent: one
+        # round trip, not three.
         opening = pool.submit(open_existing, zstore, group)
         records = pool.submit(read_records, zstore, group) if incomplete != "ignore" else None
+        history = pool.submit(_written_history, zstore, group) if aligned else None
         existing = opening.result()
         if existing is None:
             raise FileNotFoundError(f"no Zarr group at {scope}")
         if records is not None:
             _check_complete(records.result(), scope, incomplete)
-    aligned = isinstance(chunks, str) and chunks == "aligned"
+        written = history.result() if history is not None else ()
     # The format is known now: xarray need not probe the other one's keys (.zgroup,
     # .zattrs, .zmetadata for a v3 group), which costs a round trip.
     open_kwargs = {"zarr_format": existing.zarr_format, **open_kwargs}
@@ -179,18 +190,34 @@ def open_zarr(
         )
 
     try:
-        ds = opened(zstore)
-    except ValueError as e:
-        if "conflicting sizes" not in str(e):
+        try:
+            ds = opened(zstore)
+        except ValueError as e:
+            if "conflicting sizes" not in str(e):
+                raise
+            # Appended rows being published (or a publication cut short by a kill):
+            # wait a moment for it, then show the rows every array has.
+            ds = _settled(
+                opened,
+                lambda: wrap_store(plain, share, scope=scope, remote=remote_budget_for),
+                group,
+            )
+    except ToolkitError:
+        raise
+    except Exception as e:
+        # xarray decodes dimension coordinates while it opens (for their indexes),
+        # and the first and last times of each variable: a damaged chunk of one
+        # fails here, and is named like any other.
+        bad = _undecodable_on_open(zstore, group, consolidated, open_kwargs, existing)
+        if not bad:
             raise
-        # Appended rows being published (or a publication cut short by a kill):
-        # wait a moment for it, then show the rows every array has.
-        ds = _settled(
-            opened, lambda: wrap_store(plain, share, scope=scope, remote=remote_budget_for), group
-        )
+        raise _corrupt(bad, e) from e
     if not aligned:
         return ds
-    token = tokenize(scope, group, target_task_bytes)
+    # What changes when the stored values do, so that a reopened store's tasks are
+    # not taken for the old ones (a persisted collection, distributed's cache).
+    token = tokenize(scope, group, target_task_bytes, written)
+    stamps = _array_stamps(plain, existing)
     out = {}
     for name, var in ds.variables.items():
         if name in ds.indexes:
@@ -203,12 +230,157 @@ def open_zarr(
         data = da.from_array(
             _NamedChunkErrors(var, arr, share.max_inflight if share is not None else 0),
             chunks=chunks,
-            name=f"toolkit-read-{name}-{tokenize(token, name, chunks)}",
+            name=f"toolkit-read-{name}-{tokenize(token, name, chunks, stamps.get(str(name)))}",
             meta=np.empty((0,) * var.ndim, dtype=var.dtype),
         )
         out[name] = var.copy(deep=False, data=data)
     return ds.assign({str(k): v for k, v in out.items() if k in ds.data_vars}).assign_coords(
         {str(k): v for k, v in out.items() if k in ds.coords}
+    )
+
+
+# Where toolkit's writes leave their checksum fragments and the folded manifest
+# (toolkit.state.manifest): every write that lands adds a fragment named after it.
+_HISTORY = f"{RESERVED_PREFIX}/manifest"
+
+
+def _written_history(store: Store, group: str | None) -> tuple[str, ...]:
+    """The keys of the writes the group's manifest has recorded (one LIST request).
+
+    Each toolkit write that lands leaves a fragment named after the write (a
+    write of other values has another name), so this changes with every
+    rewrite, whole or of a region, whatever the store.
+    """
+    if not store.supports_listing:
+        return ()
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+
+    async def go() -> list[str]:
+        return [k async for k in store.list_prefix(root + _HISTORY)]
+
+    return tuple(sorted(sync(go())))
+
+
+def _array_stamps(store: Store, existing: ExistingGroup) -> dict[str, tuple[Any, ...]]:
+    """Per array, what changes when it is rewritten, known without a request.
+
+    Its metadata document (shape, layout, attributes: an append changes it),
+    and in a directory store the document's modification time, size and inode
+    (every write that creates or resizes the array rewrites it, whatever wrote it).
+    """
+    base = unwrap(store)
+    root = Path(base.root) if isinstance(base, LocalStore) else None
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, arr in existing.arrays.items():
+        docs = arr.metadata.to_buffer_dict(default_buffer_prototype())
+        stamp: list[Any] = [(k, v.to_bytes()) for k, v in sorted(docs.items())]
+        if root is not None:
+            for key in sorted(docs):
+                try:
+                    st = (root / arr.path / key).stat()
+                except OSError:
+                    continue
+                stamp.append((key, st.st_mtime_ns, st.st_size, st.st_ino))
+        out[name] = tuple(stamp)
+    return out
+
+
+# Keywords of xarray's open that say how variables are decoded.
+_DECODING = ("mask_and_scale", "decode_times", "decode_timedelta", "use_cftime",
+             "concat_characters")  # fmt: skip
+
+
+def _undecodable_on_open(
+    store: Store,
+    group: str | None,
+    consolidated: bool | None,
+    open_kwargs: Mapping[str, Any],
+    existing: ExistingGroup,
+) -> list[str]:
+    """Keys of damaged chunks among those xarray reads while it opens.
+
+    xarray loads each dimension coordinate whole (for its index) and decodes
+    the first and last values of every variable with times. Those chunks are
+    read again one by one, undecoded, then decoded as xarray decodes them (a
+    chunk of garbage may be bytes zarr decodes, as times that overflow).
+    Empty if the store cannot be opened even undecoded (another failure).
+    """
+    from xarray.conventions import decode_cf_variable
+
+    decode: dict[str, Any] = {"stack_char_dim": False}
+    if open_kwargs.get("decode_cf") is False:
+        decode.update(dict.fromkeys(_DECODING, False), use_cftime=None)
+    else:
+        decode.update({k: v for k, v in open_kwargs.items() if k in _DECODING and v is not None})
+    rest = {k: v for k, v in open_kwargs.items() if k not in (*_DECODING, "decode_cf")}
+    try:
+        raw = xr.open_dataset(
+            store,  # type: ignore[arg-type]  # xarray's zarr engine takes zarr stores
+            engine="zarr",
+            group=group,
+            consolidated=consolidated,
+            chunks=None,
+            decode_cf=False,
+            **{**rest, "cache": False, "create_default_indexes": False},
+        )
+    except Exception:
+        return []
+    bad: list[str] = []
+    for name, var in raw.variables.items():
+        arr = existing.arrays.get(str(name))
+        if arr is None or var.size == 0:
+            continue
+
+        def read(sel: tuple[slice, ...], name: Any = name, var: xr.Variable = var) -> None:
+            np.asarray(decode_cf_variable(name, var[sel], **decode).values)
+
+        regions: list[tuple[slice, ...]]
+        if var.dims == (name,):
+            regions = [(slice(None),)]  # the index's values: all of them
+        else:
+            regions = [tuple(slice(0, 1) for _ in var.shape),
+                       tuple(slice(n - 1, n) for n in var.shape)]  # fmt: skip
+        # Chunks whose bytes zarr cannot decode are damaged. Chunks that only
+        # xarray cannot decode are, if others of the variable decode: when none
+        # does, the variable's encoding (or the open's options) is at fault.
+        decoded: set[str] = set()
+        failed: set[str] = set()
+        for region in regions:
+            keys = _chunk_keys(arr, region)
+            try:
+                read(region)
+            except ToolkitError:
+                raise
+            except Exception:
+                damaged = undecodable_chunks(arr, region)
+                bad += [k for k in damaged if k not in bad]
+                failed |= set(undecodable_chunks(arr, region, read=read)) - set(damaged)
+                decoded |= set(keys) - failed - set(damaged)
+            else:
+                decoded |= set(keys)
+        if failed and decoded:
+            bad += sorted(failed - set(bad))
+    return bad
+
+
+def _chunk_keys(arr: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
+    """The keys of the stored objects (shards, else chunks) that ``region`` of ``arr`` touches."""
+    unit = arr.shards or arr.chunks
+    ranges = []
+    for sl, n, u in zip(region, arr.shape, unit, strict=True):
+        start, stop, _ = sl.indices(n)
+        ranges.append(range(start // u, -(-stop // u)))
+    keys = [arr.metadata.encode_chunk_key(idx) for idx in itertools.product(*ranges)]
+    return [f"{arr.path}/{k}" if arr.path else k for k in keys]
+
+
+def _corrupt(bad: Sequence[str], e: BaseException, where: str = "") -> CorruptChunkError:
+    shown = ", ".join(repr(k) for k in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    return CorruptChunkError(
+        f"stored chunk(s) {shown}{where} cannot be decoded ({type(e).__name__}: {e}); the "
+        "object is damaged: rewrite it (rerun the write, or toolkit copy from the source), "
+        "or delete it to read fill values",
+        bad,
     )
 
 
@@ -239,6 +411,9 @@ class _NamedChunkErrors:
         self.var, self.arr, self.concurrency = var, arr, concurrency
         self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
 
+    def _read(self, key: tuple[slice, ...]) -> None:
+        np.asarray(self.var[key].values)
+
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         try:
             # As many requests in flight as the budget allows (zarr's 10 otherwise).
@@ -247,24 +422,25 @@ class _NamedChunkErrors:
         except ToolkitError:
             raise
         except Exception as e:
-            bad = undecodable_chunks(self.arr, key)
+            bad = undecodable_chunks(self.arr, key, read=self._read)
             if not bad:
                 raise
-            shown = ", ".join(repr(k) for k in bad[:5]) + (" ..." if len(bad) > 5 else "")
-            raise CorruptChunkError(
-                f"stored chunk(s) {shown} of {self.arr.path!r} cannot be decoded "
-                f"({type(e).__name__}: {e}); the object is damaged: rewrite it (rerun the "
-                "write, or toolkit copy from the source), or delete it to read fill values",
-                bad,
-            ) from e
+            raise _corrupt(bad, e, f" of {self.arr.path!r}") from e
 
 
 def undecodable_chunks(
-    arr: zarr.Array[Any], region: tuple[slice, ...], limit: int = 4096
+    arr: zarr.Array[Any],
+    region: tuple[slice, ...],
+    limit: int = 4096,
+    *,
+    read: Callable[[tuple[slice, ...]], Any] | None = None,
 ) -> list[str]:
     """Keys of the stored objects in ``region`` of ``arr`` whose chunks fail to decode.
 
-    Each chunk is read alone; at most ``limit`` chunks are tried.
+    Each chunk is read alone; at most ``limit`` chunks are tried. With
+    ``read`` (which reads a selection of the array through xarray, say), each
+    chunk is read through it, so that values zarr decodes but xarray cannot
+    (garbage whose times overflow) count too.
     """
     ranges = []
     for sl, n, c in zip(region, arr.shape, arr.chunks, strict=True):
@@ -277,7 +453,10 @@ def undecodable_chunks(
             slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, arr.chunks, arr.shape)
         )
         try:
-            arr[sel]
+            if read is None:
+                arr[sel]
+            else:
+                read(sel)
         except ToolkitError:
             raise
         except Exception:

@@ -42,7 +42,7 @@ EVENTS = {
     "first-chunk": "set:after:1:^t2m/c/",
     "first-marker": r"set:after:1:\.toolkit/resume/[^/]+/t2m/[0-9]",
     "half-way": "set:after:3:^t2m/c/",
-    "manifest": r"set:before:1:\.toolkit/manifest\.json$",
+    "manifest": r"set:before:1:\.toolkit/manifest/",
     "record-removal": r"delete:before:1:\.toolkit/writes/[^/]+\.json$",
 }
 # A kill in the middle of a write leaves zarr's temporary file behind: planted here.

@@ -105,9 +105,11 @@ def test_a_write_that_never_ran_leaves_a_running_record(tmp_path, monkeypatch):
 def test_success_leaves_no_trace(tmp_path):
     path = tmp_path / "s.zarr"
     toolkit.to_zarr(_dataset(), str(path), progress=False)
-    # Only the creation lease stays, released (the next creator replaces it).
+    # The creation lease stays, released (the next creator replaces it), and the
+    # write's manifest fragment: the sizes and checksums of what it wrote.
     left = sorted(str(p.relative_to(path)) for p in (path / ".toolkit").rglob("*") if p.is_file())
-    assert left == [".toolkit/coord/leases/create.json"]
+    assert left[0] == ".toolkit/coord/leases/create.json" and len(left) == 2
+    assert left[1].startswith(".toolkit/manifest/")
     assert '"released"' in (path / left[0]).read_text()
     with warnings.catch_warnings():
         warnings.simplefilter("error")

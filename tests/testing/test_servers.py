@@ -3,6 +3,8 @@ toolkit writing through them."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -70,3 +72,158 @@ def test_every_value_lands_through_resets_and_500s(s3):
     # itself resends a request once when a reused keep-alive connection is reset, so only
     # the 500s are sure to reach toolkit.)
     assert proxy.counts.errors > 0 and report.io.retries >= proxy.counts.errors
+
+
+# --------------------------------------------------------------------------- only, lost, stall
+
+
+def _plain_client(endpoint_url: str):
+    """A botocore client without retries of its own: one request per call, as sent."""
+    import botocore.config
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=botocore.config.Config(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+
+
+def _exists(s3, key: str) -> bytes | None:
+    """The object's bytes, read directly from the server (no proxy), or None."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return s3.client().get_object(Bucket="data", Key=key)["Body"].read()
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "NoSuchKey", e
+        return None
+
+
+def test_proxy_defaults_inject_nothing(s3):
+    with FaultProxy(s3.endpoint_url) as proxy:
+        client = _plain_client(proxy.url)
+        client.put_object(Bucket="data", Key="defaults/.toolkit/a", Body=b"1")
+        client.get_object(Bucket="data", Key="defaults/.toolkit/a")["Body"].read()
+    c = proxy.counts
+    assert (c.requests, c.forwarded) == (2, 2)
+    assert c.resets == c.errors == c.throttled == c.lost == c.stalled == 0
+    assert proxy.faults == [] and [s for _, s, _ in proxy.log] == [200, 200]
+
+
+def test_proxy_faults_only_matching_requests(s3):
+    """``only`` is searched in the URL-decoded path and query: keys and list prefixes."""
+    from botocore.exceptions import ClientError
+
+    with FaultProxy(s3.endpoint_url, error_prob=1.0, only=r"\.toolkit/") as proxy:
+        client = _plain_client(proxy.url)
+        client.put_object(Bucket="data", Key="only/data/x", Body=b"data")  # passes
+        with pytest.raises(ClientError, match="InternalError"):
+            client.put_object(Bucket="data", Key="only/.toolkit/coord/x.json", Body=b"{}")
+        # a listing of the coordination prefix: the prefix is in the (encoded) query
+        with pytest.raises(ClientError, match="InternalError"):
+            client.list_objects_v2(Bucket="data", Prefix="only/.toolkit/")
+        listed = client.list_objects_v2(Bucket="data", Prefix="only/")
+    assert [o["Key"] for o in listed["Contents"]] == ["only/data/x"]
+    assert _exists(s3, "only/data/x") == b"data"
+    assert _exists(s3, "only/.toolkit/coord/x.json") is None  # a 500 never reaches the server
+    c = proxy.counts
+    assert (c.requests, c.forwarded, c.errors) == (4, 2, 2)
+    assert [k for _, k, _ in proxy.faults] == ["error", "error"]
+    assert [s for _, s, _ in proxy.log] == [200, 500, 500, 200]
+
+    # Matched on the decoded target: the space travels as %20.
+    with FaultProxy(s3.endpoint_url, reset_prob=1.0, only=r"/a b\.json$") as proxy:
+        client = _plain_client(proxy.url)
+        client.put_object(Bucket="data", Key="only/a c.json", Body=b"{}")
+        with pytest.raises(Exception) as caught:
+            client.put_object(Bucket="data", Key="only/a b.json", Body=b"{}")
+    assert not isinstance(caught.value, ClientError)  # no answer at all: a reset
+    assert (proxy.counts.resets, proxy.counts.forwarded) == (1, 1)
+    assert proxy.faults[0][1:] == ("reset", "PUT /data/only/a%20b.json")
+
+
+def test_proxy_throttles_only_matching_requests(s3):
+    with FaultProxy(s3.endpoint_url, rate=0.01, burst=1, only=r"\.toolkit/") as proxy:
+        client = _plain_client(proxy.url)
+        for i in range(5):
+            client.put_object(Bucket="data", Key=f"only-rate/data/{i}", Body=b"x")
+        client.put_object(Bucket="data", Key="only-rate/.toolkit/a", Body=b"x")  # the token
+        with pytest.raises(Exception, match="SlowDown"):
+            client.put_object(Bucket="data", Key="only-rate/.toolkit/b", Body=b"x")
+    assert (proxy.counts.forwarded, proxy.counts.throttled) == (6, 1)
+
+
+def test_proxy_loses_answers_of_requests_that_landed(s3):
+    """``lost_prob``: the server does the request, the client gets a reset instead of its answer."""
+    from botocore.exceptions import ClientError
+
+    with FaultProxy(s3.endpoint_url, lost_prob=1.0, only=r"/lost/") as proxy:
+        client = _plain_client(proxy.url)
+        with pytest.raises(Exception) as caught:
+            # a conditional create, as toolkit's coordination sends them
+            client.put_object(Bucket="data", Key="lost/doc.json", Body=b'{"v": 1}', IfNoneMatch="*")
+        assert not isinstance(caught.value, ClientError)  # no answer: the connection dropped
+        with pytest.raises(Exception) as caught:
+            client.get_object(Bucket="data", Key="lost/doc.json")["Body"].read()
+        assert not isinstance(caught.value, ClientError)
+        client.put_object(Bucket="data", Key="kept/doc.json", Body=b"x")  # not matched
+    # It landed: the object is on the server, and creating it again is refused.
+    assert _exists(s3, "lost/doc.json") == b'{"v": 1}'
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        s3.client().put_object(Bucket="data", Key="lost/doc.json", Body=b"{}", IfNoneMatch="*")
+    c = proxy.counts
+    assert (c.requests, c.forwarded, c.lost, c.resets, c.errors) == (3, 3, 2, 0, 0)
+    assert [k for _, k, _ in proxy.faults] == ["lost 200", "lost 200"]
+    assert [s for _, s, _ in proxy.log] == [0, 0, 200]  # no answer reached the client
+
+
+def test_proxy_stalls_requests_then_forwards_them(s3):
+    with FaultProxy(s3.endpoint_url, stall_prob=1.0, stall=0.6, only=r"/stalled/") as proxy:
+        client = _plain_client(proxy.url)
+        t0 = time.monotonic()
+        client.put_object(Bucket="data", Key="stalled/x", Body=b"late")
+        held = time.monotonic() - t0
+        t0 = time.monotonic()
+        client.put_object(Bucket="data", Key="free/x", Body=b"now")
+        free = time.monotonic() - t0
+    assert held >= 0.6 and free < 0.5, (held, free)
+    assert _exists(s3, "stalled/x") == b"late"
+    c = proxy.counts
+    assert (c.requests, c.forwarded, c.stalled) == (2, 2, 1)
+    assert [k for _, k, _ in proxy.faults] == ["stalled"]
+    assert [s for _, s, _ in proxy.log] == [200, 200]
+
+
+def test_closing_the_proxy_hangs_up_on_stalled_requests(s3):
+    """A stall outliving the proxy ends with it: nothing is forwarded after the close."""
+    import threading
+
+    outcome: list[object] = []
+    with FaultProxy(s3.endpoint_url, stall_prob=1.0, stall=60) as proxy:
+        client = _plain_client(proxy.url)
+
+        def put() -> None:
+            try:
+                outcome.append(client.put_object(Bucket="data", Key="hung/x", Body=b"x"))
+            except Exception as e:
+                outcome.append(e)
+
+        sender = threading.Thread(target=put)
+        sender.start()
+        deadline = time.monotonic() + 10
+        while not proxy.counts.stalled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+    sender.join(10)
+    assert time.monotonic() - t0 < 5 and not sender.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], Exception)
+    assert proxy.counts.stalled == 1 and proxy.counts.forwarded == 0
+    assert _exists(s3, "hung/x") is None

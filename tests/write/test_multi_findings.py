@@ -439,10 +439,10 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
     first = threading.Event()
 
     def slow_start(self, *args, **kwargs):  # the first job is slow to take its locks
-        if any(lease.name.startswith("partitions/") for lease in self.leases):
-            if not first.is_set():
-                first.set()
-                time.sleep(2)
+        partitions = any(lease.name.startswith("partitions/") for lease in self.leases)
+        if partitions and not first.is_set():
+            first.set()
+            time.sleep(2)
         return original(self, *args, **kwargs)
 
     multi.LockSet.start = slow_start

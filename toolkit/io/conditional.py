@@ -282,7 +282,7 @@ class _LocalConditional(ConditionalStore):
                     raise
                 continue
             finally:
-                tmp.unlink(missing_ok=True)
+                _drop(tmp, self.root)
             return content_version(data)
         raise AssertionError("unreachable")
 
@@ -310,12 +310,17 @@ class _LocalConditional(ConditionalStore):
                     raise
                 continue  # the temporary file was cleared under us: again
             finally:
-                tmp.unlink(missing_ok=True)
+                _drop(tmp, self.root)
             return content_version(data)
         raise AssertionError("unreachable")
 
 
 _LOCAL_ATTEMPTS = 8
+
+
+def _drop(tmp: Path, root: Path) -> None:
+    """Remove a temporary file (its directory stays: other writers use it at the same time)."""
+    tmp.unlink(missing_ok=True)
 
 
 def _written_temp(path: Path, data: bytes, root: Path | None = None) -> Path:
@@ -487,10 +492,13 @@ class _S3fsConditional(ConditionalStore):
                 "put_object", Bucket=bucket, Key=path, Body=data, IfNoneMatch="*"
             )
         except Exception as e:
-            if _answer(e) == "exists":
-                return None
-            raise
-        return str(out.get("ETag", ""))
+            if _answer(e) != "exists":
+                raise
+            refused = True
+        else:
+            return str(out.get("ETag", ""))
+        # Outside the handler: an error of the read below must not chain to the 412.
+        return await self._own(key, data, None) if refused else None
 
     async def _replace(self, key: str, data: bytes, version: str) -> str | None:
         fs, bucket, path = self._where(key)
@@ -501,10 +509,28 @@ class _S3fsConditional(ConditionalStore):
         except FileNotFoundError:
             return None
         except Exception as e:
-            if _answer(e) in ("exists", "conflict"):
-                return None
-            raise
-        return str(out.get("ETag", ""))
+            if _answer(e) not in ("exists", "conflict"):
+                raise
+            refused = True
+        else:
+            return str(out.get("ETag", ""))
+        return await self._own(key, data, version) if refused else None
+
+    async def _own(self, key: str, data: bytes, version: str | None) -> str | None:
+        """After a refusal: whether the object is this very write, landed after all.
+
+        aiohttp sends a PUT again, unseen by toolkit, when the connection was
+        reset before the answer: the first request may have landed, and the
+        second is then refused. The object holding exactly these bytes (at
+        another version than the one replaced) says the write landed. On s3fs,
+        therefore, two writers whose documents are byte for byte the same are
+        not told apart: toolkit's own documents always carry their writer's
+        identity (run ids, request ids), and its chunk merges are idempotent.
+        """
+        now = await self._get(key)
+        if now is not None and now.data == data and now.version != version:
+            return now.version
+        return None
 
     async def _list(self, prefix: str) -> list[str]:
         from toolkit.io.clients import list_keys

@@ -72,6 +72,8 @@ class Extents:
     consolidated_version: str | None = None
     copy_lags: bool = False
     """Whether the consolidated copy shows fewer rows than every array does."""
+    written: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """The metadata documents :func:`publish` replaced, as it wrote them."""
 
     @property
     def visible(self) -> int:
@@ -219,10 +221,12 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
                                data=data)  # fmt: skip
             landed = await cas.replace(a.meta_key, new, version)
             if landed is not None:
+                written[a.meta_key] = new
                 return replace(a, length=length, version=landed, data=new)
             data = None  # changed since read (another publisher): read it again
         raise RuntimeError(f"could not publish {a.meta_key}: it kept changing")
 
+    written: dict[str, bytes] = {}
     arrays = list(await asyncio.gather(*(grow(a) for a in ext.arrays)))
     cver = ext.consolidated_version
     if ext.consolidated_key is not None:
@@ -238,10 +242,11 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
                 break
             cver = await cas.replace(key, new, got.version)
             if cver is not None:
+                written[key] = new
                 break
         else:
             raise RuntimeError(f"could not publish {key}: it kept changing")
-    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver)
+    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver, written=written)
 
 
 class ExtentStore(WrapperStore[Store]):

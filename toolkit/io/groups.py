@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import warnings
 from collections.abc import Mapping
@@ -11,6 +13,10 @@ from typing import Any, Literal
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from toolkit.errors import CorruptMetadataError, ToolkitError
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -72,18 +78,123 @@ def array_dims(arr: zarr.Array[Any]) -> tuple[str, ...]:
     return tuple(f"dim_{i}" for i in range(arr.ndim))
 
 
+# The names of Zarr's metadata documents (v3's, then v2's), never a member's.
+_DOCUMENTS = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+# What parsing a damaged document raises (not absence, not a store's failure).
+_PARSE_ERRORS = (KeyError, ValueError, TypeError)
+
+
 def open_existing(store: Store, group: str | None) -> ExistingGroup | None:
-    """What ``group`` of ``store`` holds, read only; None if there is no group."""
+    """What ``group`` of ``store`` holds, read only; None if there is no group.
+
+    Raises
+    ------
+    toolkit.errors.CorruptMetadataError
+        When a metadata document of the group or of one of its arrays is
+        there but cannot be read (damaged JSON, missing fields): the group is
+        damaged, which is not the same as absent.
+    """
     ro = store if store.read_only else store.with_read_only(True)
     try:
         g = open_group(ro, group, use_consolidated=None)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError):
         return None
-    arrays = {name: a for name, a in g.arrays() if isinstance(a, zarr.Array)}
+    except ToolkitError:
+        raise  # the store failed (throttled, refused): not the document's fault
+    except _PARSE_ERRORS as e:
+        key = _damaged_document(ro, _prefix(group))
+        if key is None:
+            return None  # no document at all: there is no group
+        raise _corrupt(ro, key, e) from e
+    if g.metadata.consolidated_metadata is not None:
+        # Members from the consolidated copy: no member document is read.
+        arrays = {name: a for name, a in g.arrays() if isinstance(a, zarr.Array)}
+    else:
+        arrays = _member_arrays(ro, g)
     return ExistingGroup(
         zarr_format=g.metadata.zarr_format,
         arrays=arrays,
         dims={k: array_dims(a) for k, a in arrays.items()},
+    )
+
+
+def _prefix(path: str | None) -> str:
+    path = (path or "").strip("/")
+    return f"{path}/" if path else ""
+
+
+def _member_arrays(store: Store, g: zarr.Group) -> dict[str, zarr.Array[Any]]:
+    """The arrays of ``g``, each member's document read once, concurrently (as zarr does).
+
+    Unlike ``g.arrays()``, a member whose document is there but cannot be
+    parsed raises :class:`~toolkit.errors.CorruptMetadataError` instead of
+    being skipped (or failing with a bare ``JSONDecodeError``).
+    """
+    node = g._async_group
+    base = node.store_path.path
+
+    async def one(name: str, limit: asyncio.Semaphore) -> tuple[str, Any]:
+        async with limit:
+            try:
+                return name, await node.getitem(name)
+            except KeyError as e:
+                if isinstance(e.__cause__, FileNotFoundError):
+                    return name, None  # a key or prefix that is no node (toolkit's state, say)
+                failure: Exception = e
+            except ToolkitError:
+                raise
+            except _PARSE_ERRORS as e:
+                failure = e
+        key = await _adamaged_document(store, _prefix(f"{base}/{name}"))
+        if key is None:
+            return name, None
+        raise _corrupt(store, key, failure) from failure
+
+    async def go() -> list[tuple[str, Any]]:
+        limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
+        names = [n async for n in store.list_dir(base)]
+        names = [n for n in names if n not in _DOCUMENTS and n != RESERVED_PREFIX]
+        return list(await asyncio.gather(*(one(n, limit) for n in names)))
+
+    return {
+        name: zarr.Array(node)
+        for name, node in sorted(sync(go()))
+        if isinstance(node, zarr.AsyncArray)
+    }
+
+
+async def _adamaged_document(store: Store, prefix: str) -> str | None:
+    """The key of the metadata document under ``prefix`` that cannot be read.
+
+    The first that is not a JSON object; else the first there (its fields
+    are wrong); None when there is none.
+    """
+    keys = [prefix + name for name in _DOCUMENTS]
+    found = await asyncio.gather(*(store.get(k, default_buffer_prototype()) for k in keys))
+    present = [(k, b.to_bytes()) for k, b in zip(keys, found, strict=True) if b is not None]
+    for key, data in present:
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return key
+        if not isinstance(doc, dict):
+            return key
+    return present[0][0] if present else None
+
+
+def _damaged_document(store: Store, prefix: str) -> str | None:
+    return sync(_adamaged_document(store, prefix))
+
+
+def _corrupt(store: Store, key: str, error: BaseException) -> CorruptMetadataError:
+    from toolkit.io.stores import describe_store  # stores imports this module
+
+    return CorruptMetadataError(
+        f"the Zarr metadata document {key!r} of {describe_store(store)} is there but cannot "
+        f"be read ({type(error).__name__}: {error}): the store is damaged, not empty, and "
+        "nothing is read or written as if it were. Restore the document (copy the store "
+        "again from its source), rewrite the whole dataset with mode='w', or delete the store",
+        key,
     )
 
 

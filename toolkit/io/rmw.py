@@ -25,6 +25,7 @@ from zarr.storage import WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.io.conditional import ConditionalStore, Versioned
+from toolkit.io.digests import Written
 from toolkit.io.wrappers import MetricsStore, ThrottleStore
 
 __all__ = ["ConditionalUnits", "UnitConflict"]
@@ -67,12 +68,21 @@ class ConditionalUnits(WrapperStore[Store]):
         The conditional operations of the store below ``store``.
     keys : iterable of str
         The shared units' keys (store-relative, as zarr names them).
+    written : Written, optional
+        Where the units that landed are recorded (for the write's manifest).
     """
 
-    def __init__(self, store: Store, cas: ConditionalStore, keys: Iterable[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cas: ConditionalStore,
+        keys: Iterable[str],
+        written: Written | None = None,
+    ) -> None:
         super().__init__(store)
         self.cas = cas
         self.keys = frozenset(keys)
+        self.written = written
         self._read: dict[str, Versioned | None] = {}
 
     @property
@@ -81,7 +91,7 @@ class ConditionalUnits(WrapperStore[Store]):
         return False
 
     def _with_store(self, store: Store) -> Self:
-        return type(self)(store, self.cas, self.keys)
+        return type(self)(store, self.cas, self.keys, self.written)
 
     def forget(self) -> None:
         """Forget what was read: the next read of each unit fetches it again."""
@@ -132,6 +142,8 @@ class ConditionalUnits(WrapperStore[Store]):
             self._read.pop(key, None)
             raise UnitConflict(key)
         self._read[key] = Versioned(data, landed)
+        if self.written is not None:
+            self.written.put(key, data)
 
     async def delete(self, key: str) -> None:
         """Delete ``key``; a shared unit is never deleted (it is written instead)."""
@@ -147,4 +159,4 @@ class ConditionalUnits(WrapperStore[Store]):
     __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self._store, self.cas, self.keys))
+        return (type(self), (self._store, self.cas, self.keys, self.written))

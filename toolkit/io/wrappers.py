@@ -849,8 +849,14 @@ class MetadataBuffer(_OwnWrapper):
         return self._merged(listed, child)
 
     async def flush(self) -> int:
-        """Send every buffered write and delete concurrently; how many requests."""
-        pending, self._pending = self._pending, {}
+        """Send every buffered write and delete concurrently; how many requests.
+
+        An entry leaves the buffer only once it has landed. When a request
+        fails, the others are still waited for, every entry that did not land
+        stays buffered (a later ``flush`` sends it again), and the first error
+        is raised.
+        """
+        pending = dict(self._pending)
 
         async def one(key: str, value: Buffer | None) -> None:
             if value is None:
@@ -858,15 +864,25 @@ class MetadataBuffer(_OwnWrapper):
             else:
                 await self._store.set(key, value)
             self._seen[key] = value
+            if key in self._pending and self._pending[key] is value:
+                del self._pending[key]  # landed (unless written again meanwhile)
+
+        async def send(batch: dict[str, Buffer | None]) -> None:
+            results = await asyncio.gather(
+                *(one(k, v) for k, v in batch.items()), return_exceptions=True
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
 
         if is_icechunk(self._store):
             # Icechunk takes a chunk only for an array that exists: metadata first.
             meta = {k: v for k, v in pending.items() if _is_meta(k)}
-            await asyncio.gather(*(one(k, v) for k, v in meta.items()))
-            pending = {k: v for k, v in pending.items() if k not in meta}
-            await asyncio.gather(*(one(k, v) for k, v in pending.items()))
-            return len(meta) + len(pending)
-        await asyncio.gather(*(one(k, v) for k, v in pending.items()))
+            await send(meta)
+            rest = {k: v for k, v in pending.items() if k not in meta}
+            await send(rest)
+            return len(meta) + len(rest)
+        await send(pending)
         return len(pending)
 
 

@@ -46,6 +46,7 @@ from zarr.storage import LocalStore
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
+from toolkit.io.throttle import Throttle
 from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
 from toolkit.state.records import WriteJournal
 
@@ -135,6 +136,8 @@ def clear_group(store: Store, group: str | None) -> None:
             for level, part, children in zip(levels, keep, listed, strict=True)
             for child in children
             if child.rstrip("/") != part
+            # Other jobs' conditional writes keep their temporary files there now.
+            and f"{level}{child.rstrip('/')}" != f"{root}{RESERVED_PREFIX}/tmp"
         ]
         gate = asyncio.Semaphore(32)
 
@@ -204,15 +207,19 @@ class CreationClaim:
         The group created.
     owner : str
         The write's job id.
+    policy : Throttle, optional
+        The retries of its requests (the write's), :class:`~toolkit.Throttle`'s by default.
     """
 
-    def __init__(self, store: Store, group: str | None, owner: str) -> None:
+    def __init__(
+        self, store: Store, group: str | None, owner: str, policy: Throttle | None = None
+    ) -> None:
         self.store, self.group, self.owner = store, group, owner
         self.locks: LockSet | None = None
         self._coord: Coordinator | None = None
         self._done = threading.Event()
         if supports_atomic_create(store):
-            self._coord = Coordinator(store, group)
+            self._coord = Coordinator(store, group, policy)
             self.locks = LockSet(self._coord, [CREATE_LEASE], owner)
 
     def acquire(self, *, wait: bool) -> None:

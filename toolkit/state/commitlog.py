@@ -206,6 +206,12 @@ class CommitLog:
         entry = self._entry_doc(seq + 1, job, [request], batch.answers, batch.state, state)
         self.stats.attempts += 1
         if self.coord.create(_entry(seq + 1), entry) is False:
+            won = self.coord.get(_entry(seq + 1)) or {}
+            if req in won.get("answers", {}):  # ours after all (its answer was lost)
+                self.stats.commits += 1
+                self.stats.direct = True
+                sync(self._landed(seq + 1, won))
+                return dict(won["answers"][req]), seq + 1, dict(won.get("state") or {})
             return None, *sync(self._after(seq, state))
         self.stats.commits += 1
         self.stats.batched += 1

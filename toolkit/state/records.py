@@ -17,10 +17,11 @@ keeps ``.toolkit/resume/<id>/``: ``begin.json``, put before anything else of
 the write (on an empty group, so a store holding it holds only this write);
 ``metadata.json``, put once the whole metadata round has landed; and one
 marker per write task whose units have all landed, named after the units it
-owns and holding their checksums. Started again with the same arguments (the
-same id), the write resumes only past ``metadata.json`` (skipping the marked
-tasks) and starts over otherwise; at the end the checksums are merged into
-``.toolkit/manifest.json`` and the prefix is deleted.
+owns and holding their sizes and checksums. Started again with the same
+arguments (the same id), the write resumes only past ``metadata.json``
+(skipping the marked tasks) and starts over otherwise; at the end the
+checksums make a manifest fragment (:mod:`toolkit.state.manifest`) and the
+prefix is deleted.
 
 Readers of ``.toolkit/`` ignore ``*.partial`` keys: the temporary files zarr's
 ``LocalStore`` leaves when a process is killed in the middle of a write.
@@ -323,9 +324,14 @@ class ResumeLog:
         doc = {"id": self.id, "started": _now(), **about}
         sync(via.set(f"{self.prefix}begin.json", encode_json(doc)))
 
-    def metadata_done(self, via: Store) -> None:
-        """Put ``metadata.json`` through ``via``: every array of the write exists now."""
-        doc = {"id": self.id, "metadata": _now()}
+    def metadata_done(self, via: Store, written: Mapping[str, Any] | None = None) -> None:
+        """Put ``metadata.json`` through ``via``: every array of the write exists now.
+
+        ``written``: what the metadata round put in the store (key -> ``[size,
+        checksum]``), kept for the write's manifest fragment: a resumed run
+        does not write the metadata again.
+        """
+        doc = {"id": self.id, "metadata": _now(), "written": dict(written or {})}
         sync(via.set(f"{self.prefix}metadata.json", encode_json(doc)))
 
     def done_tasks(self) -> dict[str, set[str]]:
@@ -346,34 +352,37 @@ class ResumeLog:
         return sync(go()) if self.store.supports_listing else {}
 
     def seal(self, io: IOMetrics | None = None) -> None:
-        """The write is complete: keep its checksums in ``.toolkit/manifest.json``.
+        """The write is complete: keep its objects' checksums in a manifest fragment.
 
-        Each marker holds the checksums of its task's objects (of whichever run
-        wrote them); they are merged into the manifest, over the entries of
-        earlier writes. The log stays until :meth:`clear`, after the write's
-        record is gone, so that a run killed in between is finished by a rerun
-        that finds every task marked.
+        Each marker holds the sizes and checksums of its task's objects (of
+        whichever run wrote them); they make the write's fragment
+        (:mod:`toolkit.state.manifest`). The log stays until :meth:`clear`,
+        after the write's record is gone, so that a run killed in between is
+        finished by a rerun that finds every task marked.
         """
+        from toolkit.state.manifest import write_fragment
+
         store = wrap_store(self.store, self.throttle, io)
 
-        async def collect() -> dict[str, str]:
-            found: dict[str, str] = {}
+        async def collect() -> dict[str, Any]:
+            found: dict[str, Any] = {}
             keys = [k async for k in store.list_prefix(self.prefix)]
-            for key in keys:
+            for key in sorted(keys, key=lambda k: not k.endswith("/metadata.json")):
                 name = key.rsplit("/", 1)[-1]
-                if not _MARKER.fullmatch(name):
+                if not (_MARKER.fullmatch(name) or name == "metadata.json"):
                     continue
                 buf = await store.get(key, default_buffer_prototype())
                 if buf is not None and len(buf):
-                    found.update(json.loads(buf.to_bytes()))
+                    doc = json.loads(buf.to_bytes())
+                    found.update(doc.get("written", {}) if name == "metadata.json" else doc)
             return found
 
-        objects = sync(collect()) if self.store.supports_listing else {}
-        if objects:
-            manifest = read_manifest(store, self.group)
-            manifest.update(objects)
-            doc = {"written": _now(), "algorithm": "blake2b-128", "objects": manifest}
-            sync(store.set(manifest_key(self.group), encode_json(doc)))
+        markers = sync(collect()) if self.store.supports_listing else {}
+        objects = {
+            k: None if v is None else (0, v) if isinstance(v, str) else (int(v[0]), str(v[1]))
+            for k, v in markers.items()
+        }
+        write_fragment(store, self.group, f"resume-{self.id}", objects)
 
     def clear(self, io: IOMetrics | None = None) -> None:
         """Delete the log (after :meth:`seal` and the record's removal)."""
@@ -384,14 +393,14 @@ class ResumeLog:
 
 
 def manifest_key(group: str | None = None) -> str:
-    """Where a group's checksum manifest is kept."""
-    base = f"{group.strip('/')}/" if group else ""
-    return f"{base}{RESERVED_PREFIX}/manifest.json"
+    """Where a group's folded checksum manifest is kept (see :mod:`toolkit.state.manifest`)."""
+    from toolkit.state.manifest import manifest_key as key
+
+    return key(group)
 
 
 def read_manifest(store: Store, group: str | None = None) -> dict[str, str]:
-    """The checksums of a group's stored objects, by key ({} without a manifest)."""
-    buf = sync(store.get(manifest_key(group), default_buffer_prototype()))
-    if buf is None:
-        return {}
-    return dict(json.loads(buf.to_bytes()).get("objects", {}))
+    """The newest checksum on record of each of a group's objects ({} without a manifest)."""
+    from toolkit.state.manifest import read_manifest as read
+
+    return {k: v[-1] for k, v in read(store, group).digests.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from toolkit.io.metrics import Counters
 
@@ -151,13 +152,21 @@ class S3Server:
 
 @dataclass
 class ProxyCounts(Counters):
-    """What the proxy did, by kind and by HTTP method."""
+    """What the proxy did, by kind and by HTTP method.
+
+    ``forwarded`` counts the requests that reached the server, ``lost`` among
+    them; ``stalled`` ones were held before being forwarded (or hung up on, if
+    the proxy closed meanwhile). ``resets``, ``errors`` and ``throttled`` never
+    reached the server.
+    """
 
     requests: int = 0
     forwarded: int = 0
     throttled: int = 0
     resets: int = 0
     errors: int = 0
+    lost: int = 0
+    stalled: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
 
     def count_method(self, method: str) -> None:
@@ -191,7 +200,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class FaultProxy:
-    """An HTTP proxy on 127.0.0.1 that forwards to ``target`` and injects faults.
+    r"""An HTTP proxy on 127.0.0.1 that forwards to ``target`` and injects faults.
 
     Parameters
     ----------
@@ -207,10 +216,27 @@ class FaultProxy:
     reset_prob, error_prob : float
         Probability that a request's connection is reset without an answer, or
         that it is answered ``500 InternalError`` (neither reaches the server).
+    lost_prob : float
+        Probability that a request is forwarded, lands on the server, and then
+        the client's connection is reset without the server's answer: the
+        request did what it asked (a conditional create created the object),
+        and the client cannot tell.
+    stall_prob, stall : float
+        Probability that a request is held ``stall`` seconds before it is
+        forwarded (a stalled connection; closing the proxy hangs up on it).
     retry_after : float, optional
         Seconds sent as ``Retry-After`` with every ``503 SlowDown``.
     seed : int
         Seed of the fault draws.
+    only : str, optional
+        A regular expression searched (:func:`re.search`) in every request's
+        target, URL-decoded: its path and query string, e.g.
+        ``/bucket/x.zarr/.toolkit/coord/head.json`` or
+        ``/bucket?list-type=2&prefix=x.zarr/.toolkit/``. Only matching requests
+        get faults (resets, errors, lost answers, stalls and ``503 SlowDown``
+        above ``rate``); the others pass untouched (``latency`` still applies to
+        every request). ``r"\.toolkit/"`` faults toolkit's coordination documents
+        and records, and leaves the data alone.
 
     Attributes
     ----------
@@ -218,7 +244,11 @@ class FaultProxy:
         What the proxy did.
     log : list
         ``(time.monotonic(), status, "METHOD /path")`` of every answer, in order
-        (status 0: a reset).
+        (status 0: no answer reached the client, a reset or a lost answer).
+    faults : list
+        ``(time.monotonic(), kind, "METHOD /path")`` of every fault injected, in
+        order; ``kind`` is ``"reset"``, ``"error"``, ``"throttled"``, ``"lost"``
+        (with the server's status: ``"lost 200"``) or ``"stalled"``.
     """
 
     def __init__(
@@ -232,16 +262,25 @@ class FaultProxy:
         error_prob: float = 0.0,
         retry_after: float | None = None,
         seed: int = 0,
+        only: str | None = None,
+        lost_prob: float = 0.0,
+        stall_prob: float = 0.0,
+        stall: float = 0.0,
     ) -> None:
         parts = urlsplit(target)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.latency = latency
         self.bucket = _TokenBucket(rate, burst or max(rate, 1.0)) if rate else None
         self.reset_prob, self.error_prob = reset_prob, error_prob
+        self.lost_prob = lost_prob
+        self.stall_prob, self.stall = stall_prob, stall
+        self.only = re.compile(only) if only is not None else None
         self.retry_after = retry_after
         self.counts = ProxyCounts()
         self.log: list[tuple[float, int, str]] = []
+        self.faults: list[tuple[float, str, str]] = []
         self.closed = False
+        self._closing = threading.Event()  # wakes stalled requests when the proxy closes
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self._handler())
@@ -257,11 +296,19 @@ class FaultProxy:
         with self._random_lock:
             return self._random.random()
 
+    def _faulted(self, target: str) -> bool:
+        """Whether the request at ``target`` (its path and query) may get faults."""
+        return self.only is None or self.only.search(unquote(target)) is not None
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # An answer leaves in two writes (head, then body): with Nagle's algorithm
+            # the body waits for the client's delayed ACK of the head, adding tens of
+            # milliseconds to every request that no store has.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -291,6 +338,18 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
+            def _fault(self, kind: str) -> None:
+                proxy.faults.append((time.monotonic(), kind, f"{self.command} {self.path}"))
+
+            def _reset(self) -> None:
+                proxy.log.append((time.monotonic(), 0, f"{self.command} {self.path}"))
+                # RST instead of FIN: the client sees "connection reset by peer".
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.close_connection = True
+                self.connection.close()
+
             def _handle(self) -> None:
                 body = self._body()
                 if proxy.closed:  # a kept-alive connection outliving the proxy: hang up
@@ -298,28 +357,33 @@ class FaultProxy:
                     return
                 proxy.counts.add(requests=1)
                 proxy.counts.count_method(self.command)
-                if proxy.reset_prob and proxy._draw() < proxy.reset_prob:
+                faulted = proxy._faulted(self.path)
+                if faulted and proxy.reset_prob and proxy._draw() < proxy.reset_prob:
                     proxy.counts.add(resets=1)
-                    proxy.log.append((time.monotonic(), 0, f"{self.command} {self.path}"))
-                    # RST instead of FIN: the client sees "connection reset by peer".
-                    self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                    )
-                    self.close_connection = True
-                    self.connection.close()
+                    self._fault("reset")
+                    self._reset()
                     return
-                if proxy.error_prob and proxy._draw() < proxy.error_prob:
+                if faulted and proxy.error_prob and proxy._draw() < proxy.error_prob:
                     proxy.counts.add(errors=1)
+                    self._fault("error")
                     self._reply(500, _INTERNAL, [("Content-Type", "application/xml")])
                     return
                 bucket = proxy.bucket
-                if bucket is not None and not bucket.take():
+                if faulted and bucket is not None and not bucket.take():
                     proxy.counts.add(throttled=1)
+                    self._fault("throttled")
                     slow = [("Content-Type", "application/xml")]
                     if proxy.retry_after is not None:
                         slow.append(("Retry-After", f"{proxy.retry_after:g}"))
                     self._reply(503, _SLOWDOWN, slow)
                     return
+                lose = faulted and bool(proxy.lost_prob) and proxy._draw() < proxy.lost_prob
+                if faulted and proxy.stall_prob and proxy._draw() < proxy.stall_prob:
+                    proxy.counts.add(stalled=1)
+                    self._fault("stalled")
+                    if proxy._closing.wait(proxy.stall):  # the proxy closed meanwhile
+                        self.close_connection = True
+                        return
                 if proxy.latency:
                     time.sleep(proxy.latency)
                 conn = http.client.HTTPConnection(*proxy.target, timeout=60)
@@ -341,6 +405,11 @@ class FaultProxy:
                     if self.command != "HEAD":
                         out = [(k, v) for k, v in out if k.lower() != "content-length"]
                     proxy.counts.add(forwarded=1)
+                    if lose:  # it landed; the answer goes nowhere
+                        proxy.counts.add(lost=1)
+                        self._fault(f"lost {resp.status}")
+                        self._reset()
+                        return
                     self._reply(resp.status, data, out)
                 finally:
                     conn.close()
@@ -363,6 +432,7 @@ class FaultProxy:
         tb: TracebackType | None,
     ) -> None:
         self.closed = True
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

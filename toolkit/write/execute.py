@@ -46,6 +46,7 @@ from toolkit.errors import (
     WriteError,
 )
 from toolkit.io.conditional import conditional_store, supports_conditional
+from toolkit.io.digests import WrittenStore
 from toolkit.io.extent import ArrayExtent, Extents, ExtentStore, covering_length
 from toolkit.io.groups import array_dims
 from toolkit.io.metrics import IOMetrics, live_metrics
@@ -56,6 +57,7 @@ from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
 from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
 from toolkit.state.commitlog import HEAD as LOG_HEAD
 from toolkit.state.leases import Coordinator, job_id
+from toolkit.state.manifest import objects_of_lists, write_fragment
 from toolkit.state.records import ResumeLog, WriteJournal
 from toolkit.write.graph import (
     WriteIO,
@@ -354,7 +356,7 @@ def execute(
     if claim is None and (
         creating or (resume is not None and plan.mode == "r+" and not transactional)
     ):
-        own_claim = CreationClaim(plan.store, plan.group, owner)
+        own_claim = CreationClaim(plan.store, plan.group, owner, plan.throttle)
         own_claim.acquire(wait=plan.mode != "w-")
     if job is None and not creating and resume is None:
         job = derive_write_id(plan)
@@ -377,6 +379,8 @@ def execute(
         journal=meta.journal,
         resume=resume,
         strays_before=t0 if (own_claim or claim) is not None else None,
+        meta_written=meta.written,
+        token=meta.token,
     )
     if not compute:
         if own_claim is not None:
@@ -411,6 +415,7 @@ class _Metadata:
     token: str
     journal: WriteJournal | None  # None on a transactional store, or without a record
     done: Mapping[str, Any]  # tasks an earlier run of a resumable write landed
+    written: Mapping[str, Any]  # what the round put in the store (key -> [size, checksum])
 
 
 def _metadata_round(
@@ -439,10 +444,13 @@ def _metadata_round(
         resume.begin(direct, {"target": plan.target})
     shared = _eager_shared_units(plan, direct)
     journal: WriteJournal | None = None
+    # What the round puts in the store, for the write's manifest fragment.
+    recorded = WrittenStore(direct)
     for attempt in range(_RMW_ATTEMPTS):
-        below = direct
+        below: Store = recorded
         if shared:
-            below = ConditionalUnits(direct, conditional_store(plan.store, plan.throttle), shared)
+            cas = conditional_store(plan.store, plan.throttle)
+            below = ConditionalUnits(recorded, cas, shared, recorded.written)
         # The group is known to be empty now: the buffer answers its probes itself.
         fresh = (plan.group or "") if creating or plan.mode == "w-" else None
         buffer = MetadataBuffer(below, empty_prefix=fresh)
@@ -466,8 +474,8 @@ def _metadata_round(
             continue
         break
     if resume is not None and creating:
-        resume.metadata_done(direct)
-    return _Metadata(sources, token, journal, done)
+        resume.metadata_done(direct, recorded.written.as_lists())
+    return _Metadata(sources, token, journal, done, recorded.written.as_lists())
 
 
 _RMW_ATTEMPTS = 32
@@ -540,7 +548,7 @@ def _edge_store(plan: WritePlan) -> Store:
         or not supports_conditional(plan.store)
     ):
         return plan.store
-    head = Coordinator(plan.store, plan.group).get(LOG_HEAD) or {}
+    head = Coordinator(plan.store, plan.group, plan.throttle).get(LOG_HEAD) or {}
     appended = set((head.get("state") or {}).get("dims") or ())
     store = plan.store
     root = f"{plan.group.strip('/')}/" if plan.group and plan.group.strip("/") else ""
@@ -625,6 +633,8 @@ def _report(
     journal: WriteJournal | None,
     resume: ResumeLog | None = None,
     strays_before: float | None = None,
+    meta_written: Mapping[str, Any] | None = None,
+    token: str = "",
 ) -> WriteReport:
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
@@ -639,6 +649,10 @@ def _report(
     try:
         # The manifest before the record: a kill in between leaves a store that
         # readers still refuse and a rerun finishes (every task is marked).
+        if not is_icechunk(plan.store):
+            written = {**(meta_written or {}), **stats.get("objects", {})}
+            write_fragment(wrap_store(plan.store, plan.throttle, io), plan.group, token,
+                           objects_of_lists(written))  # fmt: skip
         if resume is not None:
             resume.seal(io)
         if strays_before is not None:

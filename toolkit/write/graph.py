@@ -34,11 +34,12 @@ from toolkit._util import backoff, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.metrics import publish
 from toolkit.io.conditional import ConditionalStore
+from toolkit.io.digests import WrittenStore
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
-from toolkit.io.wrappers import DigestStore, MetricsStore, find_wrapper, rebind, wrap_store
+from toolkit.io.wrappers import MetricsStore, find_wrapper, rebind, wrap_store
 from toolkit.state.records import task_marker
 from toolkit.write.plan import VariablePlan, WritePlan
 
@@ -193,7 +194,8 @@ def _write_units(
         rebind(target, stack)[region] = block
         return
     assert io.cas is not None
-    shared = ConditionalUnits(stack, io.cas, [unit_key(target, u) for u in partial])
+    record = stack.written if isinstance(stack, WrittenStore) else None
+    shared = ConditionalUnits(stack, io.cas, [unit_key(target, u) for u in partial], record)
     # A shared unit that became all fill value is written, never deleted: a delete
     # cannot be conditional on every store.
     array = _writing_empty_chunks(rebind(target, shared))
@@ -244,16 +246,19 @@ def write_block(
     )
     gate = find_wrapper(stack, MetricsStore)
     assert gate is not None
-    digests = DigestStore(stack) if io.resume_prefix is not None else None
+    # What the task puts in the store, for the write's manifest fragment.
+    recorded = WrittenStore(stack)
+    out["objects"] = {}
     try:
         with zarr_concurrency(io.concurrency):
-            _write_units(block, target, region, units, digests or stack, io)
-            if digests is not None:
+            _write_units(block, target, region, units, recorded, io)
+            if io.resume_prefix is not None:
                 # After every unit landed: a resumed run skips this task. The marker
-                # holds the units' checksums, from which the manifest is made.
+                # holds the units' sizes and checksums, from which the manifest is made.
                 marker = f"{io.resume_prefix}{target.basename}/{task_marker(units)}"
-                body = json.dumps(digests.digests, sort_keys=True).encode()
+                body = json.dumps(recorded.written.as_lists(), sort_keys=True).encode()
                 sync(stack.set(marker, Buffer.from_bytes(body)))
+        out["objects"] = recorded.written.as_lists()
     except Exception as e:
         gate.abort()
         idle = gate.wait_idle(timeout=_IDLE_TIMEOUT)
@@ -326,6 +331,8 @@ def summarize(results: Sequence[Any], started: float) -> dict[str, Any]:
             failures.append(r)
     out["io"] = IOMetrics.merged(r["io"] for r in results).as_dict()
     out["failures"] = failures
+    # What the tasks put in the store (for the write's manifest fragment).
+    out["objects"] = {k: v for r in results for k, v in (r.get("objects") or {}).items()}
     out["finished"] = time.time()
     out["started"] = started
     return out

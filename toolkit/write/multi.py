@@ -43,6 +43,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +59,17 @@ from zarr.storage import LocalStore
 
 from toolkit._util import backoff
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
+from toolkit.io.digests import checksum
 from toolkit.io.extent import Extents, ExtentStore, covering_length, publish, read_extents
 from toolkit.io.groups import array_dims, open_group, open_settled
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import StoreLike, describe_store, store_label, unwrap
+from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
 from toolkit.state.commitlog import CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
+from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.write.execute import execute, write_dataset
@@ -137,9 +141,13 @@ def _stored_partitions(
     return out
 
 
-def commit_log(store: Store, group: str | None = None) -> CommitLog:
-    """The dataset's commit log (reservations and partitions)."""
-    base = unwrap(store)
+def commit_log(store: Store, group: str | None = None, policy: Throttle | None = None) -> CommitLog:
+    """The dataset's commit log (reservations and partitions).
+
+    ``policy`` gives the retries of its requests (and of the reads its
+    decisions make): the write's own.
+    """
+    base = wrap_store(unwrap(store), policy)
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
         from toolkit.state.commitlog import Batch
@@ -152,7 +160,7 @@ def commit_log(store: Store, group: str | None = None) -> CommitLog:
         )
         return Batch(new, answers)
 
-    return CommitLog(Coordinator(store, group), decide)
+    return CommitLog(Coordinator(store, group, policy), decide)
 
 
 def rows_along(ds: xr.Dataset, dim: str) -> xr.Dataset:
@@ -177,16 +185,19 @@ class _Dataset:
     paths: dict[str, int]  # array path -> axis of dim
     zarr_format: int
     consolidated: bool
+    policy: Throttle | None = None  # the retries (and budget) of its requests
     coord: Coordinator = field(init=False)
     log: CommitLog = field(init=False)
 
     def __post_init__(self) -> None:
-        self.coord = Coordinator(self.store, self.group)
-        self.log = commit_log(self.store, self.group)
+        self.coord = Coordinator(self.store, self.group, self.policy)
+        self.log = commit_log(self.store, self.group, self.policy)
 
     @classmethod
-    def open(cls, store: Store, group: str | None, dim: str) -> _Dataset:
-        grp = open_group(store, group, use_consolidated=None)
+    def open(
+        cls, store: Store, group: str | None, dim: str, policy: Throttle | None = None
+    ) -> _Dataset:
+        grp = open_group(wrap_store(store, policy), group, use_consolidated=None)
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         paths = {}
         for name, arr in grp.arrays():
@@ -194,7 +205,7 @@ class _Dataset:
             if dim in dims:
                 paths[f"{root}{name}"] = dims.index(dim)
         consolidated = getattr(grp.metadata, "consolidated_metadata", None) is not None
-        return cls(store, group, dim, paths, grp.metadata.zarr_format, consolidated)
+        return cls(store, group, dim, paths, grp.metadata.zarr_format, consolidated, policy)
 
     def extents(self) -> Extents:
         ext = sync(
@@ -214,7 +225,13 @@ class _Dataset:
         return ext
 
     def publish(self, ext: Extents, length: int) -> Extents:
-        return sync(publish(self.coord.cas, ext, length, self.group))
+        out = sync(publish(self.coord.cas, ext, length, self.group))
+        if out.written:
+            # The metadata documents it grew, in the manifest (a fragment of their own).
+            objects = {k: (len(b), checksum(b)) for k, b in out.written.items()}
+            stack = wrap_store(self.store, self.policy)
+            write_fragment(stack, self.group, f"publish-{uuid.uuid4().hex}", objects)
+        return out
 
 
 def _publish_timeout() -> float:
@@ -546,7 +563,7 @@ def _append_one(
         # one writer at a time, as plain xarray.
         return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
     if plan.mode == "w-":
-        created = _create_first(ds, base, group, job, kwargs)
+        created = _create_first(ds, base, group, job, kwargs, plan.throttle)
         if created is not None:
             return created
         plan = _validated(ds, base, dim, group, None, kwargs)  # another job created it
@@ -558,11 +575,11 @@ def _append_one(
         for name, var in ds.coords.items()
         if var.dims == (dim,) and len(r := _runs(var.values)) <= _MAX_RUNS
     }
-    target = _Dataset.open(base, group, dim)
+    target = _Dataset.open(base, group, dim, plan.throttle)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     part = rows_along(ds, dim)
     # A record of this job (a dead run's rows published past by another job): fill it.
-    record = read_record(base, group, job)
+    record = read_record(wrap_store(base, plan.throttle), group, job)
     if record is not None and record.get("rows") and record.get("dim") == dim:
         return _fill_record(part, target, job, record, kw)
     locks = _hold_job(target, job)
@@ -625,10 +642,15 @@ def _fill_record(
 
 
 def _create_first(
-    ds: xr.Dataset, base: Store, group: str | None, job: str, kwargs: Mapping[str, Any]
+    ds: xr.Dataset,
+    base: Store,
+    group: str | None,
+    job: str,
+    kwargs: Mapping[str, Any],
+    policy: Throttle | None = None,
 ) -> Any:
     """Create the dataset under the creation claim; None if another job created it first."""
-    claim = CreationClaim(base, group, job)
+    claim = CreationClaim(base, group, job, policy)
     claim.acquire(wait=True)
     try:
         if _has_arrays(base, group):
@@ -754,12 +776,13 @@ def _overwrite_one(
     plan = _validated(ds, store, dim, group, storage_options, kwargs)
     base = plan.store
     if plan.mode == "w-":
-        created = _create_first(ds, base, group, job, kwargs)
+        created = _create_first(ds, base, group, job, kwargs, plan.throttle)
         if created is not None:
             return created
         plan = _validated(ds, base, dim, group, None, kwargs)
-    _check_sizes(_stored_partitions(base, group, coord, dim), runs, coord)
-    target = _Dataset.open(base, group, dim)
+    stack = wrap_store(base, plan.throttle)
+    _check_sizes(_stored_partitions(stack, group, coord, dim), runs, coord)
+    target = _Dataset.open(base, group, dim, plan.throttle)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     locks = _hold_job(target, job)
     parts: LockSet | None = None

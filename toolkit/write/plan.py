@@ -25,12 +25,14 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 from zarr.abc.store import Store
+from zarr.storage import LocalStore
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
 from toolkit.cluster.client import active_client
 from toolkit.errors import (
     AppendError,
+    AttributeTypeError,
     EncodingError,
     EncodingTypeError,
     ExistingStoreError,
@@ -42,9 +44,9 @@ from toolkit.errors import (
     UnsupportedVariableError,
     VariableNameError,
 )
-from toolkit.io.groups import ExistingGroup, open_existing, open_settled
+from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing, open_settled
 from toolkit.io.metrics import IOMetrics, live_metrics
-from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import group_contents
@@ -794,7 +796,7 @@ def plan_write(
     zstore = wrap_store(plain, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
     fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
-    ds = _check_variables(ds)
+    ds = _check_variables(ds, plain, fmt)
     user_enc = _check_encoding(ds, encoding, fmt)
     ds = _without_preferred_chunks(ds)
     resolved_region: dict[str, slice] | None = None
@@ -1296,8 +1298,12 @@ def _probe_data(var: xr.Variable) -> Any:
     return da.from_array(np.asarray(data) if var.size < 2**16 else data, chunks=-1)
 
 
-def _check_variables(ds: xr.Dataset) -> xr.Dataset:
+def _check_variables(ds: xr.Dataset, store: Store, zarr_format: int) -> xr.Dataset:
     """Refuse what xarray refuses to write, with xarray's builtin classes and words.
+
+    Also refuse, before anything is written, what xarray or zarr would only
+    fail on halfway through the write: names that cannot be array paths in
+    ``store``, and attributes that Zarr's JSON metadata cannot hold.
 
     A variable named ``None`` is stored under xarray's own name for it (and read
     back as ``None`` by xarray).
@@ -1311,16 +1317,27 @@ def _check_variables(ds: xr.Dataset) -> xr.Dataset:
                 "use reset_index() to convert it to regular variables (and "
                 "set_index() after reading it back)"
             )
+    local = isinstance(unwrap(store), LocalStore)
     for name in ds.variables:
         if name is not None:
-            _check_name(name)
+            _check_name(name, local=local)
+    _check_attributes(ds, zarr_format)
     if None in ds.variables:
         ds = ds.rename({None: _encode_variable_name(None)})
     return ds
 
 
-def _check_name(name: Hashable) -> str:
-    """A variable's name as a Zarr key: a non-empty string naming no group or hidden key."""
+# Zarr's metadata documents (v3's and v2's): an array of that name would be a
+# directory (or a key prefix) where the group keeps its own document.
+_DOCUMENT_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+_NAME_MAX = 255  # bytes of one file name on every common local file system
+
+
+def _check_name(name: Hashable, *, local: bool = False) -> str:
+    """A variable's name as a Zarr key: a string that can be an array's path in the group.
+
+    ``local``: the store is a directory, whose file names are at most 255 bytes.
+    """
     if not isinstance(name, str):
         raise VariableNameError(
             f"Invalid name {name!r} for DataArray or Dataset key: must be either a "
@@ -1333,13 +1350,114 @@ def _check_name(name: Hashable) -> str:
             "or greater for serialization to netCDF or zarr files; rename it, e.g. "
             "ds.rename({'': 'var'})"
         )
-    if "/" in name or name.startswith("."):
+    reason = _unstorable(name, local)
+    if reason is not None:
+        fixed = name.strip("./").replace("/", "_").replace("\\", "_").replace("\0", "")
+        fixed = fixed.encode()[:64].decode(errors="ignore") if len(fixed.encode()) > 64 else fixed
+        if fixed.casefold() in _DOCUMENT_NAMES or not fixed:
+            fixed = "var"
         raise VariableNameError(
-            f"variable name {name!r} cannot be a Zarr array name (a '/' makes a "
-            "nested group, a leading '.' a hidden key); rename it, e.g. "
-            f"ds.rename({{{name!r}: {name.strip('./').replace('/', '_') or 'var'!r}}})"
+            f"variable name {name!r} cannot be a Zarr array name: {reason}; rename it, "
+            f"e.g. ds.rename({{{name!r}: {fixed!r}}})"
         )
     return name
+
+
+def _unstorable(name: str, local: bool) -> str | None:
+    """Why ``name`` cannot be an array's path in a Zarr group (None: it can)."""
+    if name.casefold() in _DOCUMENT_NAMES:
+        case = "" if name in _DOCUMENT_NAMES else " on file systems that ignore case"
+        return (
+            f"{name!r} is the name of a Zarr metadata document, and the array would "
+            f"collide with the group's own{case}"
+        )
+    if name == RESERVED_PREFIX:
+        return f"toolkit keeps its own state (write records, leases) under {RESERVED_PREFIX}/"
+    if name in (".", ".."):
+        return "'.' and '..' are path segments that zarr refuses"
+    if "/" in name or "\\" in name:
+        return "a '/' (or a '\\', which zarr reads as one) makes a nested group"
+    if name.startswith("."):
+        return "a leading '.' makes a hidden key, where Zarr keeps metadata documents"
+    if "\0" in name:
+        return "a NUL character cannot be in a file or object name"
+    if local and len(name.encode()) > _NAME_MAX:
+        return (
+            f"it is {len(name.encode())} bytes long, and a file name in a directory store "
+            f"is at most {_NAME_MAX}"
+        )
+    return None
+
+
+def _check_attributes(ds: xr.Dataset, zarr_format: int) -> None:
+    """Refuse attributes that Zarr's JSON metadata cannot hold, naming each and its type.
+
+    Each value is encoded as xarray encodes it (numpy scalars and arrays
+    become numbers and lists) and stored in an in-memory group of the same
+    Zarr format: what passes is exactly what xarray's write stores. Done on
+    every mode, although appends and region writes leave the stored
+    attributes alone, so that the same dataset is refused (or not) whatever
+    the mode. The CF keys of a variable (``units``, ``_FillValue``, ...) are
+    xarray's encoders' to check, as they rewrite them.
+    """
+    from xarray.backends.zarr import encode_zarr_attr_value
+
+    owners: list[tuple[str, str, Mapping[Any, Any]]] = [("the dataset", "ds", ds.attrs)]
+    owners += [
+        (f"variable {name!r}", f"ds[{name!r}]", {k: v for k, v in var.attrs.items()
+                                                 if k not in _CF_KEYS})
+        for name, var in ds.variables.items()
+    ]  # fmt: skip
+    probe: zarr.Group | None = None
+    for owner, path, attrs in owners:
+        if not attrs:
+            continue
+        if probe is None:
+            fmt: Literal[2, 3] = 2 if zarr_format == 2 else 3
+            probe = zarr.create_group(zarr.storage.MemoryStore(), zarr_format=fmt)
+        try:
+            probe.attrs.put({k: encode_zarr_attr_value(v) for k, v in attrs.items()})
+        except (TypeError, ValueError) as e:
+            for key, value in attrs.items():
+                try:
+                    probe.attrs.put({key: encode_zarr_attr_value(value)})
+                except (TypeError, ValueError) as err:
+                    raise _bad_attribute(owner, path, key, value, probe, err) from err
+            raise AttributeTypeError(
+                f"the attributes of {owner} cannot be stored in Zarr's JSON metadata: {e}"
+            ) from e
+
+
+def _bad_attribute(
+    owner: str, path: str, key: Any, value: Any, probe: zarr.Group, err: Exception
+) -> AttributeTypeError:
+    """The error for one attribute: its value's type, or its name's, and what to do."""
+    from xarray.backends.zarr import encode_zarr_attr_value
+
+    try:
+        probe.attrs.put({"value": encode_zarr_attr_value(value)})
+    except (TypeError, ValueError):
+        pass
+    else:  # the value is fine: the name is not
+        kind = type(key)
+        return AttributeTypeError(
+            f"attribute name {key!r} of {owner} is a {kind.__module__}.{kind.__qualname__}, "
+            f"which Zarr's JSON metadata cannot hold as a name ({err}); use a string, e.g. "
+            f"{path}.attrs[{str(key)!r}] = {path}.attrs.pop({key!r})"
+        )
+    kind = type(value)
+    if isinstance(value, set | frozenset):
+        hint = f"{path}.attrs[{key!r}] = sorted({path}.attrs[{key!r}])"
+    elif isinstance(value, bytes):
+        hint = f"{path}.attrs[{key!r}] = {path}.attrs[{key!r}].decode()"
+    else:
+        hint = f"del {path}.attrs[{key!r}]"
+    return AttributeTypeError(
+        f"attribute {key!r} of {owner} is a {kind.__module__}.{kind.__qualname__} "
+        f"({value!r:.60}), which Zarr's JSON metadata cannot hold ({type(err).__name__}: "
+        f"{err}); store a string, a number, a bool, None, or a list or dict of them "
+        f"instead, e.g. {hint}"
+    )
 
 
 def _check_store_reachable(store: Store) -> None:

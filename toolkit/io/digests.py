@@ -1,0 +1,82 @@
+"""What a write put in a store: each object's size and checksum, and the keys it deleted."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Self, override
+
+from zarr.abc.store import Store
+from zarr.core.buffer import Buffer
+
+from toolkit.io.wrappers import InterceptStore
+
+__all__ = ["Written", "WrittenStore", "checksum"]
+
+
+def checksum(data: bytes) -> str:
+    """The checksum kept for a stored object (BLAKE2b, 128 bits, hex)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class Written:
+    """The objects one write (or one task of it) put or deleted: the manifest's raw material."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[int, str] | None] = {}
+
+    def put(self, key: str, data: bytes) -> None:
+        """``data`` landed at ``key``."""
+        self.objects[key] = (len(data), checksum(data))
+
+    def deleted(self, key: str) -> None:
+        """``key`` was deleted."""
+        self.objects[key] = None
+
+    def update(self, other: Written) -> None:
+        """Add another part of the write (later over earlier)."""
+        self.objects.update(other.objects)
+
+    def as_lists(self) -> dict[str, list[object] | None]:
+        """JSON-friendly: key -> [size, checksum], or None for a deletion."""
+        return {k: None if v is None else [v[0], v[1]] for k, v in self.objects.items()}
+
+
+class WrittenStore(InterceptStore):
+    """Records the size and checksum of every object written through it, and every deletion.
+
+    Parameters
+    ----------
+    store : Store
+        The stack below.
+    written : Written, optional
+        Where to record (a new one by default).
+    """
+
+    def __init__(self, store: Store, written: Written | None = None) -> None:
+        super().__init__(store)
+        self.written = written if written is not None else Written()
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.written)
+
+    @override
+    async def set(self, key: str, value: Buffer) -> None:
+        await super().set(key, value)
+        self.written.put(key, value.to_bytes())
+
+    @override
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        existed = await self._store.exists(key)
+        await super().set_if_not_exists(key, value)
+        if not existed:
+            self.written.put(key, value.to_bytes())
+
+    @override
+    async def delete(self, key: str) -> None:
+        await super().delete(key)
+        self.written.deleted(key)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Key -> checksum of the objects written (what resume markers keep)."""
+        return {k: v[1] for k, v in self.written.objects.items() if v is not None}
