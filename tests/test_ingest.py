@@ -628,3 +628,28 @@ def test_ctrl_c_while_an_async_stream_waits_cancels_its_read(tmp_path):
     xr.testing.assert_identical(
         xr.open_zarr(out).load(), xr.concat(five, dim="time").isel(time=slice(0, 16))
     )
+
+
+def test_a_resumed_ingest_refuses_a_source_file_rewritten_since(tmp_path):
+    from test_jobs import _DiesAfter
+    from zarr.storage import LocalStore
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(16):
+        step_file(src / f"s{i:04d}.nc", i)
+    out = tmp_path / "out.zarr"
+    stopping = _DiesAfter(LocalStore(out), 1, "t2m")
+    with pytest.raises(toolkit.errors.WriteError):
+        toolkit.ingest(str(src / "*.nc"), stopping, concat_dim="time", chunks={"time": 4},
+                       max_task_bytes=4 * NY * NX * 4 * 2, progress=False)  # fmt: skip
+    step_file(src / "s0003.nc", 3, seed=99)  # the same step, other values: same size
+    before = snapshot(out)
+    with pytest.raises(toolkit.errors.SourceChangedError) as e:
+        toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4},
+                       max_task_bytes=4 * NY * NX * 4 * 2, progress=False)  # fmt: skip
+    assert e.value.changed == [f"{src / 's0003.nc'} (changed)"]
+    assert snapshot(out) == before
+    toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4}, mode="w",
+                   progress=False)  # fmt: skip
+    xr.testing.assert_identical(toolkit.open_zarr(out).load(), expected(src))

@@ -31,6 +31,7 @@ __all__ = [
     "RegionError",
     "RegionKeyError",
     "RequestAbortedError",
+    "SourceChangedError",
     "StatsError",
     "StatsOverflowError",
     "StoreAccessError",
@@ -122,6 +123,21 @@ class PartitionError(PlanError):
 
 class IngestError(PlanError):
     """Sources to ingest are missing, unreadable or disagree; nothing was written."""
+
+
+class SourceChangedError(PlanError):
+    """The source of an interrupted job changed since its first run started.
+
+    Resuming would keep the old values in what had landed. Attribute
+    ``changed`` lists the objects, each with how it changed.
+    """
+
+    def __init__(self, message: str, changed: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.changed = list(changed)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.changed))
 
 
 class UnsafePlanError(PlanError):

@@ -27,7 +27,7 @@ from toolkit._render import text_table
 from toolkit.dashboard import register_dashboard
 from toolkit.errors import PlanError
 from toolkit.io.groups import open_existing
-from toolkit.io.stores import StoreLike, describe_store, fingerprint, resolve_store
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, source_objects
 from toolkit.io.throttle import Throttle
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.write.execute import WriteReport, execute, plan_resumable
@@ -153,13 +153,17 @@ def copy(
         chunked[name].encoding = {**var.encoding, **encoding[name]}
     ds = lazy.assign({str(k): v for k, v in chunked.items() if k in lazy.data_vars})
     ds = ds.assign_coords({str(k): v for k, v in chunked.items() if k in lazy.coords})
-    write_id = None
+    write_id = source = None
     if resume:
-        write_id = tokenize(src, fingerprint(src), encoding, zarr_format, max_task_bytes)[:16]
+        # The identity leaves the source's contents out: a changed source is the same
+        # write, refused by name (its first run kept the listing), not a stranger's.
+        write_id = tokenize(src, encoding, zarr_format, max_task_bytes)[:16]
+        source = source_objects([src])
     plan, log = plan_resumable(
         ds, dst, write_id=write_id, mode=mode, encoding=None,  # in each variable's own
         zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
         max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
+        source=source,
     )  # fmt: skip
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 from zarr.abc.store import Store
@@ -16,11 +16,12 @@ from toolkit.io.throttle import Throttle
 
 __all__ = [
     "StoreLike",
+    "changed_objects",
     "describe_store",
-    "fingerprint",
     "is_icechunk",
     "redact",
     "resolve_store",
+    "source_objects",
     "store_label",
     "unwrap",
 ]
@@ -128,21 +129,71 @@ _SIGNED = re.compile(
 _USERINFO = re.compile(r"(\w+://)[^/\s@:]+(?::[^/\s@]*)?@")
 
 
-def fingerprint(path: str) -> tuple[Any, ...]:
-    """What changes when a source changes: size and modification time (or ETag).
+def source_objects(paths: Iterable[str]) -> dict[str, str]:
+    """Every object of the sources, each with what changes when it changes.
 
-    For a directory (a Zarr store), those of its top-level entries.
+    A file gives one entry, a directory or a Zarr store one per object below
+    it (metadata documents and every chunk; toolkit's own ``.toolkit/`` state
+    is not source data and is left out). Each entry is the object's size and
+    its modification time in nanoseconds, or on an object store its ETag (its
+    modification time where the store has no ETag). A resumed job compares the
+    listing its first run kept with this one, so that a chunk rewritten in
+    place (same size, new contents) is seen, not only files added or removed.
+
+    Keys are ``<path>`` for a file and ``<path>/<key>`` below a directory.
     """
-    if "://" not in path:
+    out: dict[str, str] = {}
+    for path in paths:
+        if "://" not in path:
+            _local_objects(path, out)
+        else:
+            _remote_objects(path, out)
+    return out
+
+
+def _local_objects(path: str, out: dict[str, str]) -> None:
+    if not os.path.isdir(path):
         st = os.stat(path)
-        if os.path.isdir(path):
-            return tuple(
-                (e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                for e in sorted(os.scandir(path), key=lambda e: e.name)
-            )
-        return (st.st_size, st.st_mtime_ns)
+        out[path] = f"{st.st_size}:{st.st_mtime_ns}"
+        return
+    base = path.rstrip("/")
+    for root, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if d != ".toolkit")
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except FileNotFoundError:  # a temporary file that went while we walked
+                continue
+            out[f"{base}/{os.path.relpath(full, base)}"] = f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _remote_objects(path: str, out: dict[str, str]) -> None:
     import fsspec
 
     fs, _, (p,) = fsspec.get_fs_token_paths(path)
-    info = fs.info(p)
-    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime"))
+    scheme = path.split("://", 1)[0]
+    # One listing (paginated by the client) with each object's size and ETag.
+    found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
+    for key, info in found.items():
+        if "/.toolkit/" in f"/{key}":
+            continue
+        tag = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        out[f"{scheme}://{key}"] = f"{info.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def changed_objects(before: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """What differs between two :func:`source_objects` listings, for people.
+
+    One phrase per object (``"<key> (changed)"``, ``(added)``, ``(removed)``),
+    sorted by key.
+    """
+    out = []
+    for key in sorted(set(before) | set(now)):
+        if key not in now:
+            out.append(f"{key} (removed)")
+        elif key not in before:
+            out.append(f"{key} (added)")
+        elif before[key] != now[key]:
+            out.append(f"{key} (changed)")
+    return out

@@ -45,7 +45,7 @@ from zarr.storage import LocalStore
 from toolkit._util import encode_json
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.stores import unwrap
+from toolkit.io.stores import changed_objects, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 
@@ -302,12 +302,21 @@ class ResumeLog:
         give the same id.
     throttle : Throttle, optional
         The budget its requests go through.
+    source : mapping, optional
+        Every object of the write's sources (:func:`toolkit.io.stores.source_objects`),
+        kept in ``begin.json`` so that a later run sees any change.
     """
 
     def __init__(
-        self, store: Store, group: str | None, write_id: str, throttle: Throttle | None = None
+        self,
+        store: Store,
+        group: str | None,
+        write_id: str,
+        throttle: Throttle | None = None,
+        source: Mapping[str, str] | None = None,
     ) -> None:
         self.store, self.group, self.id, self.throttle = store, group, write_id, throttle
+        self.source = dict(source) if source is not None else None
         self.prefix = f"{_prefix(group, 'resume')}{write_id}/"
 
     def started(self) -> bool:
@@ -322,7 +331,28 @@ class ResumeLog:
     def begin(self, via: Store, about: Mapping[str, Any]) -> None:
         """Put ``begin.json`` through ``via``, before anything else of the write."""
         doc = {"id": self.id, "started": _now(), **about}
+        if self.source is not None:
+            doc["source"] = self.source
         sync(via.set(f"{self.prefix}begin.json", encode_json(doc)))
+
+    def source_changes(self) -> list[str]:
+        """How the sources changed since the first run began (``[]``: not at all).
+
+        Compares the listing in ``begin.json`` with :attr:`source`, one phrase
+        per object (see :func:`toolkit.io.stores.changed_objects`). Nothing to
+        compare (no listing given, or a log without one) is no change.
+        """
+        if self.source is None:
+            return []
+        buf = sync(
+            wrap_store(self.store, self.throttle).get(
+                f"{self.prefix}begin.json", default_buffer_prototype()
+            )
+        )
+        if buf is None:
+            return []
+        before = json.loads(buf.to_bytes()).get("source")
+        return [] if before is None else changed_objects(before, self.source)
 
     def metadata_done(self, via: Store, written: Mapping[str, Any] | None = None) -> None:
         """Put ``metadata.json`` through ``via``: every array of the write exists now.

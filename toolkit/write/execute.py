@@ -41,6 +41,7 @@ from toolkit.errors import (
     CleanupWarning,
     ExistingStoreError,
     PlanError,
+    SourceChangedError,
     StoreError,
     UnknownOptionError,
     WriteError,
@@ -246,6 +247,7 @@ def plan_resumable(
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     storage_options: Mapping[str, Any] | None = None,
     throttle: Throttle | Literal[False] | None = None,
+    source: Mapping[str, str] | None = None,
 ) -> tuple[WritePlan, ResumeLog | None]:
     """Plan a write that resumes where an earlier run with the same ``write_id`` stopped.
 
@@ -256,6 +258,12 @@ def plan_resumable(
     nothing but that run's (the log is its first object), so the write starts
     again (mode ``"w"``). In mode ``"w"`` the write always starts over, and
     the old log goes with the old group. Without ``write_id``, a plain plan.
+
+    ``source`` lists every object of the write's sources
+    (:func:`toolkit.io.stores.source_objects`). The first run keeps it in its
+    log; a later run whose sources differ in any object is refused with
+    :class:`~toolkit.errors.SourceChangedError` naming them (what landed holds
+    the old values), unless ``mode="w"`` starts it over.
     """
     policy = resolve_throttle(throttle, store_label(target))
     store = resolve_store(target, storage_options=storage_options, throttle=policy)
@@ -265,9 +273,21 @@ def plan_resumable(
     )  # fmt: skip
     if write_id is None:
         return planned(mode=mode, encoding=encoding), None
-    log = ResumeLog(store, None, write_id, policy)
+    log = ResumeLog(store, None, write_id, policy, source=source)
     if mode == "w" or not log.started():
         return planned(mode=mode, encoding=encoding), log
+    changed = log.source_changes()
+    if changed:
+        shown = "; ".join(changed[:5]) + (
+            f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise SourceChangedError(
+            f"the source of the interrupted write into {store_label(target)} changed since its "
+            f"first run began ({len(changed)} objects: {shown}). What that run wrote holds the "
+            "old values, so it is not resumed: rerun with mode='w' (CLI: --overwrite) to "
+            "write the target again from the start",
+            changed,
+        )
     if not log.metadata_landed():
         # Killed in its metadata round: begin.json landed first, on an empty group,
         # so everything here is that run's, and some arrays may be missing.
