@@ -3,6 +3,7 @@
     ./dev bench                      # everything, ~1 GiB, 3 repeats, prints tables
     ./dev bench --size 256MiB --repeat 1 --only write
     ./dev bench --report benchmarks/results/latest.md
+    ./dev bench --only latency --repeat 1 --chains   # round trips of the small operations
 
 Every figure is a median of ``--repeat`` runs, measured in the same process on the
 same data, so ratios hold on any machine; absolute seconds are for context only.
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -283,6 +285,177 @@ def bench_latency(lat: float, repeat: int) -> list[Row]:
                 ),
                 Row(case, "toolkit (the whole write)", timed(tk, repeat)),
             ]
+
+
+_CASES = {
+    "create": "create (mode='w') of one step",
+    "append": "append one step",
+    "region": "region write of one step",
+    "partition": "partition overwrite of one partition (one step)",
+    "stream batch": "stream ingest: one batch (4 one-step pieces appended)",
+    "open": "open_zarr",
+    "verify": "verify against the manifest",
+    "stats": "stats(mean): open and one pass",
+}
+
+
+def bench_round_trips(
+    latencies: list[float], repeat: int, chains: bool = False
+) -> tuple[list[Row], str]:
+    """The small operations of issue 28 over a slow link: seconds and serial round trips.
+
+    12 float32 variables of 90 x 180, one chunk per variable and step, on moto's
+    S3 server behind the proxy at each latency. Each operation is
+    ``toolkit.testing.roundtrips.measure`` (the public call a user makes) with
+    both clients; the serial round trips are the critical path of the requests
+    the proxy recorded (``toolkit.testing.ledger``), not a division of times.
+    Beside them, in the same run: xarray's ``to_zarr`` on zarr's ``ObjectStore``
+    (obstore) for create, append and region write, and Icechunk (open the
+    repository, a writable session, ``to_icechunk``, commit) for the append.
+    Seconds are medians of ``repeat`` runs; round trips the range over them.
+    """
+    import logging
+
+    from toolkit.testing import FaultProxy, S3Server
+    from toolkit.testing.ledger import LedgerSummary
+    from toolkit.testing.roundtrips import OPERATIONS, measure
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    rows: list[Row] = []
+    # (operation, method) -> latency -> (median seconds, round trips, requests)
+    grid: dict[tuple[str, str], dict[float, tuple[float, str, int]]] = {}
+    shown: list[str] = []
+
+    def record(op: str, method: str, lat: float, runs: list[tuple[float, LedgerSummary]]) -> None:
+        trips = sorted({r[1].round_trips for r in runs})
+        rt = f"{trips[0]}" if len(trips) == 1 else f"{trips[0]}-{trips[-1]}"
+        n = runs[-1][1].requests
+        sec = statistics.median(r[0] for r in runs)
+        grid.setdefault((op, method), {})[lat] = (sec, rt, n)
+        case = f"{_CASES[op]}, 12 vars 90x180 f32, S3 + {lat * 1e3:.0f} ms"
+        rows.append(Row(case, f"{method}: {rt} serial round trips, {n} requests", sec))
+
+    with S3Server() as s3, dask.config.set(scheduler="threads"):
+        s3.create_bucket("data")
+        for lat in latencies:
+            with FaultProxy(s3.endpoint_url, latency=lat) as proxy:
+                for client in ("obstore", "s3fs"):  # warm: imports, sessions, credentials
+                    measure(s3, proxy, "open", client=client)
+                for op in OPERATIONS:
+                    for client in ("obstore", "s3fs"):
+                        method = ("toolkit (obstore, the default)" if client == "obstore"
+                                  else "toolkit with client='s3fs'")  # fmt: skip
+                        ms = [measure(s3, proxy, op, client=client) for _ in range(repeat)]
+                        record(op, method, lat, [(m.seconds, m.summary) for m in ms])
+                        if chains and lat == max(latencies):
+                            shown.append(f"{op}, {method}, {lat * 1e3:.0f} ms: {ms[-1].summary}")
+                    for method, peer in _peers(s3, proxy, op):
+                        record(op, method, lat, [peer() for _ in range(repeat)])
+    blocks = []
+    for op in OPERATIONS:
+        head = "| method | " + " | ".join(
+            f"{lat * 1e3:.0f} ms: seconds | {lat * 1e3:.0f} ms: serial round trips"
+            for lat in latencies
+        )
+        lines = [f"{_CASES[op]}:", "", head + " | requests |",
+                 "|---|" + "---:|---:|" * len(latencies) + "---:|"]  # fmt: skip
+        for (o, method), by_lat in grid.items():
+            if o != op:
+                continue
+            cells = " | ".join(
+                f"{by_lat[lat][0]:.2f} | {by_lat[lat][1]}" if lat in by_lat else " | "
+                for lat in latencies
+            )
+            n = by_lat[max(by_lat)][2]
+            lines.append(f"| {method} | {cells} | {n} |")
+        blocks.append("\n".join(lines))
+    text = "Round trips of the small operations (serial round trips: the critical path of " \
+        "the requests the proxy recorded):\n\n" + "\n\n".join(blocks) + "\n"  # fmt: skip
+    if shown:
+        text += "\nThe critical paths (toolkit):\n\n" + "\n\n".join(shown) + "\n"
+    return rows, text
+
+
+def _peers(s3: Any, proxy: Any, op: str) -> list[tuple[str, Callable[[], tuple[float, Any]]]]:
+    """The incumbents of ``op``, each a call that sets itself up and measures one run.
+
+    Each is set up straight on the server (not recorded), then timed through the
+    proxy with a ledger: (seconds, the ledger's summary).
+    """
+    import itertools
+
+    from toolkit.testing.ledger import summarize
+    from toolkit.testing.roundtrips import dataset
+
+    if op not in ("create", "append", "region"):
+        return []
+    import obstore.store
+    from zarr.storage import ObjectStore
+
+    counter = itertools.count()
+    enc = {f"v{i:02d}": {"chunks": (1, 90, 180)} for i in range(12)}
+
+    def zstore(prefix: str, endpoint: str) -> ObjectStore:
+        s = obstore.store.S3Store(
+            "data", prefix=prefix, endpoint=endpoint, access_key_id="testing",
+            secret_access_key="testing", region="us-east-1",
+            client_options={"allow_http": True},
+        )  # fmt: skip
+        return ObjectStore(s, read_only=False)
+
+    def timed_ledger(fn: Callable[[], object]) -> tuple[float, Any]:
+        with proxy.ledger() as ledger:
+            t0 = time.perf_counter()
+            fn()
+            sec = time.perf_counter() - t0
+        return sec, summarize(ledger.requests)
+
+    def xr_run() -> tuple[float, Any]:
+        name = f"peer-xr-{op}-{next(counter)}-{time.time_ns()}.zarr"
+        direct = zstore(name, s3.endpoint_url)
+        store = zstore(name, proxy.url)
+        if op == "create":
+            return timed_ledger(lambda: dataset(1).to_zarr(store, mode="w", encoding=enc))
+        dataset(2 if op == "region" else 1).to_zarr(direct, mode="w", encoding=enc)
+        if op == "append":
+            return timed_ledger(lambda: dataset(1, 1).to_zarr(store, append_dim="time"))
+        step = dataset(1, 1).drop_vars(["lat", "lon"])
+        return timed_ledger(lambda: step.to_zarr(store, region={"time": slice(1, 2)}))
+
+    peers: list[tuple[str, Callable[[], tuple[float, Any]]]] = [
+        ("xarray to_zarr + zarr ObjectStore (obstore)", xr_run)
+    ]
+    try:
+        import icechunk
+        from icechunk.xarray import to_icechunk
+    except ImportError:
+        return peers
+    if op != "append":
+        return peers
+
+    def storage(prefix: str, endpoint: str) -> Any:
+        return icechunk.s3_storage(
+            bucket="data", prefix=prefix, region="us-east-1", endpoint_url=endpoint,
+            allow_http=True, access_key_id="testing", secret_access_key="testing",
+            force_path_style=True,
+        )  # fmt: skip
+
+    def ice_run() -> tuple[float, Any]:
+        name = f"peer-ice-{next(counter)}-{time.time_ns()}"
+        repo = icechunk.Repository.create(storage(name, s3.endpoint_url))
+        session = repo.writable_session("main")
+        to_icechunk(dataset(1), session, mode="w", encoding=enc)
+        session.commit("create")
+
+        def append() -> None:
+            repo = icechunk.Repository.open(storage(name, proxy.url))
+            session = repo.writable_session("main")
+            to_icechunk(dataset(1, 1), session, append_dim="time")
+            session.commit("append one step")
+
+        return timed_ledger(append)
+
+    return [*peers, ("Icechunk (open, write, commit)", ice_run)]
 
 
 def bench_budget(repeat: int) -> tuple[list[Row], str]:
@@ -644,13 +817,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
     p.add_argument(
-        "--only", choices=("write", "graph", "cloud", "stats", "ingest", "jobs"), default=None
+        "--only",
+        choices=("write", "graph", "cloud", "latency", "stats", "ingest", "jobs"),
+        default=None,
+    )
+    p.add_argument(
+        "--chains", action="store_true", help="latency: print toolkit's critical paths too"
     )
     p.add_argument("--writers", default="10,100,1000", help="many-writers benchmark N values")
     p.add_argument("--files", type=int, default=2000, help="ingest benchmark files (default 2000)")
     p.add_argument("--stats-size", default="2GiB", help="statistics benchmark size (default 2GiB)")
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
-    p.add_argument("--latency", default="0.02,0.1", help="cloud proxy latencies, seconds")
+    p.add_argument(
+        "--latency", default="0.02,0.1", help="cloud and latency proxy latencies, seconds"
+    )
     p.add_argument("--report", default=None, help="also write a Markdown report here")
     args = p.parse_args(argv)
     rows: list[Row] = []
@@ -670,6 +850,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_ingest(Path(tmp), args.files, args.repeat)
         if args.only in (None, "jobs"):
             rows += bench_jobs([int(x) for x in args.writers.split(",")], 4, delta_max=100)
+        if args.only in (None, "latency"):
+            lats = [float(x) for x in args.latency.split(",")]
+            trips, block = bench_round_trips(lats, min(args.repeat, 2), args.chains)
+            rows += trips
+            extra.append(block)
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))

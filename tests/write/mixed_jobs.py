@@ -24,11 +24,11 @@ from multiwrite_jobs import DAY, NX, day_rows
 STACKS_AFTER = 180.0
 """Seconds after which a job still running dumps its stacks (the test's round timeout is longer)."""
 
-__all__ = ["DAY", "NX", "append_days", "day_rows", "overwrite_days", "ready", "warm", "write_rows"]
+__all__ = ["DAY", "NX", "append_days", "day_rows", "overwrite_days", "warm", "write_rows"]
 
 
-def warm() -> None:
-    """Pool initializer: import what the jobs need before the first round starts."""
+def warm(started: Any = None) -> None:
+    """Pool initializer: import what the jobs need, then count this worker in ``started``."""
     import contextlib
     import importlib
 
@@ -37,12 +37,9 @@ def warm() -> None:
     for name in ("obstore", "s3fs"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
-
-
-def ready(pause: float) -> int:
-    """A worker that is up (imports done): its pid, after ``pause`` seconds."""
-    time.sleep(pause)
-    return os.getpid()
+    if started is not None:
+        with started.get_lock():
+            started.value += 1
 
 
 def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -50,14 +47,20 @@ def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _run(
-    job: int, kind: str, start_at: float, stacks: str | None, fn: Callable[[], Any]
+    job: int, kind: str, start_at: Any, stacks: str | None, fn: Callable[[], Any]
 ) -> dict[str, Any]:
     """Wait for ``start_at`` (every job of a round starts together), run ``fn``, report.
 
+    ``start_at`` is a time, or a barrier of the round's jobs: each worker then
+    holds its job until every job has a worker, so the jobs run together on a
+    loaded machine too (no worker takes two).
     A job still running ``STACKS_AFTER`` seconds later writes its threads' stacks
     to ``stacks`` (the test shows them when the round times out).
     """
-    time.sleep(max(0.0, start_at - time.time()))
+    if isinstance(start_at, int | float):
+        time.sleep(max(0.0, start_at - time.time()))
+    else:
+        start_at.wait(600)
     t0 = time.time()
     out: dict[str, Any] = {"job": job, "kind": kind, "pid": os.getpid(), "t0": t0}
     dump = open(stacks, "w") if stacks else None  # noqa: SIM115 (open while the job runs)
@@ -81,7 +84,7 @@ def append_days(
     job: int,
     days: list[str],
     storage_options: dict[str, Any] | None,
-    start_at: float,
+    start_at: Any,
     stacks: str | None = None,
 ) -> dict[str, Any]:
     """Append the new days ``days`` (DAY rows each, v = job, w = job * 1000 + row)."""
@@ -102,7 +105,7 @@ def overwrite_days(
     job: int,
     days: list[str],
     storage_options: dict[str, Any] | None,
-    start_at: float,
+    start_at: Any,
     stacks: str | None = None,
 ) -> dict[str, Any]:
     """Replace the partitions ``days`` (new labels are added) with v = job."""
@@ -131,7 +134,7 @@ def write_rows(
     start: int,
     stop: int,
     storage_options: dict[str, Any] | None,
-    start_at: float,
+    start_at: Any,
     stacks: str | None = None,
 ) -> dict[str, Any]:
     """Write v = job over rows [start, stop) (a region write; w, time and day untouched)."""

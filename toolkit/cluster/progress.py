@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dask
 from dask.callbacks import Callback
 
 from toolkit.cluster.client import active_client
@@ -35,9 +36,19 @@ class _TqdmCallback(Callback):
 
 
 def compute_with_progress(
-    obj: Any, *, total: int, desc: str, prefix: str, enabled: bool = True
+    obj: Any,
+    *,
+    total: int,
+    desc: str,
+    prefix: str,
+    enabled: bool = True,
+    threads: int | None = None,
 ) -> Any:
-    """Compute the dask collection ``obj`` on the active scheduler, with progress if ``enabled``."""
+    """Compute the dask collection ``obj`` on the active scheduler, with progress if ``enabled``.
+
+    ``threads``: on dask's local threaded scheduler, the threads to run it with
+    (its default, one per core, when None). Distributed clusters keep theirs.
+    """
     client = active_client()
     if client is not None:
         future = client.compute(obj)
@@ -46,7 +57,10 @@ def compute_with_progress(
 
             progress(future)
         return future.result()
+    kwargs: dict[str, Any] = {}
+    if threads is not None and dask.config.get("scheduler", None) in (None, "threads", "threading"):
+        kwargs["num_workers"] = threads
     if not enabled:
-        return obj.compute()
+        return obj.compute(**kwargs)
     with _TqdmCallback(total, desc, prefix):
-        return obj.compute()
+        return obj.compute(**kwargs)

@@ -74,6 +74,8 @@ class Extents:
     """Whether the consolidated copy shows fewer rows than every array does."""
     written: dict[str, bytes] = field(default_factory=dict, repr=False)
     """The metadata documents :func:`publish` replaced, as it wrote them."""
+    consolidated_data: bytes | None = field(default=None, repr=False)
+    """The consolidated copy as read or written (at :attr:`consolidated_version`)."""
 
     @property
     def visible(self) -> int:
@@ -188,7 +190,8 @@ async def read_extents(
         length = _shape_of(json.loads(g.data))[axis]
         arrays.append(ArrayExtent(path, key, axis, length, g.version, g.data))
     copy = got[-1] if ckey else None
-    ext = Extents(dim, arrays, ckey if copy else None, zarr_format, copy and copy.version)
+    ext = Extents(dim, arrays, ckey if copy else None, zarr_format, copy and copy.version,
+                  consolidated_data=copy.data if copy else None)  # fmt: skip
     if copy is not None:
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         # A copy behind its arrays (a publication cut short before its last
@@ -229,24 +232,30 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
     written: dict[str, bytes] = {}
     arrays = list(await asyncio.gather(*(grow(a) for a in ext.arrays)))
     cver = ext.consolidated_version
+    cdata = ext.consolidated_data
     if ext.consolidated_key is not None:
         key = ext.consolidated_key
+        # First at the version read with the arrays: no read of it when nobody changed it.
+        known = (cdata, cver) if cdata is not None and cver is not None else None
         for _ in range(64):
-            got = await cas.get(key)
+            got = known or await cas.get(key)
+            known = None
             if got is None:
-                cver = None
+                cver = cdata = None
                 break
-            new = _consolidated_grown(got.data, arrays, length, ext.zarr_format, root)
+            data, version = got if isinstance(got, tuple) else (got.data, got.version)
+            new = _consolidated_grown(data, arrays, length, ext.zarr_format, root)
             if new is None:
-                cver = got.version
+                cver, cdata = version, data
                 break
-            cver = await cas.replace(key, new, got.version)
+            cver = await cas.replace(key, new, version)
             if cver is not None:
-                written[key] = new
+                written[key] = cdata = new
                 break
         else:
             raise RuntimeError(f"could not publish {key}: it kept changing")
-    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver, written=written)
+    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver, written=written,
+                   consolidated_data=cdata)  # fmt: skip
 
 
 class ExtentStore(WrapperStore[Store]):

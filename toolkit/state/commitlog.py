@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 
 from zarr.core.sync import sync
@@ -126,11 +127,21 @@ class CommitLog:
 
     # -- reading ------------------------------------------------------------
 
-    async def ahead(self) -> tuple[int, dict[str, Any]]:
-        """The newest entry's number and state (0 and ``{}`` for an empty log)."""
-        hint = await self.coord.aget(HEAD)
+    async def ahead(
+        self, hint: Mapping[str, Any] | EllipsisType | None = ..., forward: bool = True
+    ) -> tuple[int, dict[str, Any]]:
+        """The newest entry's number and state (0 and ``{}`` for an empty log).
+
+        ``hint``: the head's copy as already read (None: absent); ``forward=False``
+        trusts it without reading on. A direct commit may: its entry after the
+        hint is a conditional create, which fails when the hint lagged.
+        """
+        if hint is ...:
+            hint = await self.coord.aget(HEAD)
         if hint is not None and isinstance(hint.get("seq"), int):
             seq, state = hint["seq"], dict(hint.get("state") or {})
+            if not forward:
+                return seq, state
             # The copy may lag: read forward until the next entry is absent.
             while True:
                 nxt = await self.coord.aget(_entry(seq + 1))
@@ -226,6 +237,7 @@ class CommitLog:
         job: str | None = None,
         timeout: float = 600.0,
         direct: bool = True,
+        head: Mapping[str, Any] | EllipsisType | None = ...,
     ) -> dict[str, Any]:
         """Decide ``request`` in the log and return its answer.
 
@@ -239,6 +251,10 @@ class CommitLog:
             Seconds to wait for an answer.
         direct : bool
             Try the direct way first (off for decisions with an effect).
+        head : mapping or None, optional
+            The head's copy (``log/HEAD.json``) as the caller read it (None:
+            absent), to save reading it again. A stale one costs one failed
+            create.
 
         Raises
         ------
@@ -251,7 +267,7 @@ class CommitLog:
         # function answers each *job* once (a rerun finds what its first run got).
         req = {**request, "job": job, "req": uuid.uuid4().hex}
         self.stats = CommitStats()
-        seq, state = sync(self.ahead())
+        seq, state = sync(self.ahead(head, forward=not direct))
         for attempt in range(_direct_attempts() if direct else 0):
             try:
                 answer, seq, state = self._direct(req, seq, state)

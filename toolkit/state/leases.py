@@ -339,6 +339,10 @@ class Lease:
         Seconds a holder may go without renewing before others may take over.
     note : dict, optional
         Extra fields for the document (e.g. ``{"deferred": True}``).
+    fresh : bool
+        The lease is usually absent (a job's own, named after it): the first
+        attempt creates it without reading it first, one round trip instead of
+        two; when it exists after all, it is read and judged as usual.
     """
 
     coord: Coordinator
@@ -346,6 +350,7 @@ class Lease:
     owner: str
     ttl: float = field(default_factory=default_ttl)
     note: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False
     generation: int | None = None
     run: str = field(default_factory=lambda: uuid.uuid4().hex)
     _version: str | None = field(default=None, repr=False)
@@ -400,6 +405,14 @@ class Lease:
     async def atry_acquire(self) -> bool:
         """Take the lease if it is free, released, dead or expired; True if taken."""
         sent = time.monotonic()
+        if self.fresh and self._seen is None and self.generation is None:
+            self.fresh = False  # only the first attempt: then it is read as any lease
+            new = await self.coord.acreate(self.key, self._doc("held", 1))
+            if new is not None:
+                self.generation, self._version = 1, new
+                self._valid_until = sent + self.ttl - _margin(self.ttl)
+                return True
+            sent = time.monotonic()
         doc, version = await self.coord.aget_versioned(self.key)
         verdict = self._judge(doc, version)
         if verdict == "free":
@@ -498,9 +511,12 @@ class LockSet:
         ttl: float | None = None,
         on_lost: Callable[[str], None] | None = None,
         note: dict[str, Any] | None = None,
+        fresh: bool = False,
     ):
         ttl = default_ttl() if ttl is None else ttl
-        self.leases = [Lease(coord, n, owner, ttl, dict(note or {})) for n in sorted(set(names))]
+        self.leases = [
+            Lease(coord, n, owner, ttl, dict(note or {}), fresh) for n in sorted(set(names))
+        ]
         self.ttl = ttl
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -551,6 +567,7 @@ class LockSet:
 
     def start(self, timeout: float = 300.0) -> LockSet:
         """Acquire every lease (in order) and start renewing them."""
+        self._stop.clear()  # held again after a stop: the new renewer must run
         taken: list[Lease] = []
         try:
             for lease in self.leases:

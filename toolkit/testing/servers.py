@@ -14,6 +14,10 @@ Example
 ...     s3.create_bucket("data")
 ...     opts = s3.storage_options(proxy.url)
 ...     # toolkit.to_zarr(ds, "s3://data/x.zarr", storage_options=opts)
+...     with proxy.ledger() as ledger:  # every request, with its start and end
+...         _ = s3.client(proxy.url).list_objects_v2(Bucket="data")
+>>> ledger.round_trips  # the serial round trips (toolkit.testing.ledger)
+1
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -35,6 +40,7 @@ from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 from toolkit.io.metrics import Counters
+from toolkit.testing.ledger import Ledger, Request
 
 __all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
 
@@ -249,6 +255,9 @@ class FaultProxy:
         ``(time.monotonic(), kind, "METHOD /path")`` of every fault injected, in
         order; ``kind`` is ``"reset"``, ``"error"``, ``"throttled"``, ``"lost"``
         (with the server's status: ``"lost 200"``) or ``"stalled"``.
+
+    :meth:`ledger` records every request with its start and end, from which
+    :mod:`toolkit.testing.ledger` derives the serial round trips of an operation.
     """
 
     def __init__(
@@ -280,6 +289,8 @@ class FaultProxy:
         self.log: list[tuple[float, int, str]] = []
         self.faults: list[tuple[float, str, str]] = []
         self.closed = False
+        self._ledgers: list[Ledger] = []
+        self._ledgers_lock = threading.Lock()
         self._closing = threading.Event()  # wakes stalled requests when the proxy closes
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
@@ -291,6 +302,54 @@ class FaultProxy:
     def set_rate(self, rate: float | None, burst: float | None = None) -> None:
         """Change the limit from now on (None: no limit); the bucket starts full."""
         self.bucket = _TokenBucket(rate, burst or max(rate, 1.0)) if rate else None
+
+    @contextlib.contextmanager
+    def ledger(self) -> Iterator[Ledger]:
+        """Record every request answered (or hung up on) while the context is open.
+
+        Each :class:`~toolkit.testing.ledger.Request` holds the method, the
+        URL-decoded path, the query string, the moment the request reached the proxy
+        and the moment its answer left (``time.monotonic()``), and the status
+        (0: reset or lost). Ledgers may overlap (each gets the requests of its
+        own span) and are safe to read from any thread; the latency, applied
+        before forwarding, is inside each request's interval, as on a real link.
+
+        >>> with S3Server() as s3, FaultProxy(s3.endpoint_url, latency=0.02) as proxy:
+        ...     s3.create_bucket("data")
+        ...     client = s3.client(proxy.url)
+        ...     with proxy.ledger() as ledger:
+        ...         _ = client.put_object(Bucket="data", Key="a", Body=b"1")
+        ...         client.get_object(Bucket="data", Key="a")["Body"].read()
+        b'1'
+        >>> print(ledger.summary())
+        2 requests, 2 serial round trips, ... s from first to last
+          by method: PUT 1, GET 1
+          by kind: other 2
+          critical path:
+            1. PUT a
+            2. GET a
+        """
+        ledger = Ledger()
+        with self._ledgers_lock:
+            self._ledgers.append(ledger)
+        try:
+            yield ledger
+        finally:
+            with self._ledgers_lock:
+                self._ledgers.remove(ledger)
+            ledger.close()
+
+    def _record(self, command: str, target: str, start: float, status: int, sent: int,
+                received: int) -> None:  # fmt: skip
+        with self._ledgers_lock:
+            ledgers = list(self._ledgers)
+        if not ledgers:
+            return
+        path, _, query = target.partition("?")
+        req = Request(command, unquote(path), query, start, time.monotonic(), status, sent,
+                      received)  # fmt: skip
+        for ledger in ledgers:
+            ledger.add(req)
 
     def _draw(self) -> float:
         with self._random_lock:
@@ -337,6 +396,8 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
+                proxy._record(self.command, self.path, self._started, status, self._sent,
+                              0 if self.command == "HEAD" else len(body))  # fmt: skip
 
             def _fault(self, kind: str) -> None:
                 proxy.faults.append((time.monotonic(), kind, f"{self.command} {self.path}"))
@@ -349,9 +410,12 @@ class FaultProxy:
                 )
                 self.close_connection = True
                 self.connection.close()
+                proxy._record(self.command, self.path, self._started, 0, self._sent, 0)
 
             def _handle(self) -> None:
+                self._started, self._sent = time.monotonic(), 0  # its head has been read
                 body = self._body()
+                self._sent = len(body)
                 if proxy.closed:  # a kept-alive connection outliving the proxy: hang up
                     self.close_connection = True
                     return

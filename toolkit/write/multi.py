@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import socket
@@ -45,7 +46,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
@@ -61,16 +64,17 @@ from toolkit._util import backoff
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
 from toolkit.io.extent import Extents, ExtentStore, covering_length, publish, read_extents
-from toolkit.io.groups import array_dims, open_group, open_settled
+from toolkit.io.groups import RESERVED_PREFIX, array_dims, open_group, open_settled
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.stores import StoreLike, describe_store, store_label, unwrap
-from toolkit.io.throttle import Throttle
+from toolkit.io.snapshot import SnapshotStore
+from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
+from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import CommitLog, CommitStats
+from toolkit.state.commitlog import HEAD, CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
 from toolkit.state.manifest import write_fragment
-from toolkit.state.records import WriteJournal, read_record, write_hole
+from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.write.execute import execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
@@ -186,6 +190,8 @@ class _Dataset:
     zarr_format: int
     consolidated: bool
     policy: Throttle | None = None  # the retries (and budget) of its requests
+    # Its metadata as the job found it: documents a write plans from, read once.
+    reads: Store | None = None
     coord: Coordinator = field(init=False)
     log: CommitLog = field(init=False)
 
@@ -195,9 +201,14 @@ class _Dataset:
 
     @classmethod
     def open(
-        cls, store: Store, group: str | None, dim: str, policy: Throttle | None = None
+        cls,
+        store: Store,
+        group: str | None,
+        dim: str,
+        policy: Throttle | None = None,
+        snapshot: SnapshotStore | None = None,
     ) -> _Dataset:
-        grp = open_group(wrap_store(store, policy), group, use_consolidated=None)
+        grp = open_group(wrap_store(snapshot or store, policy), group, use_consolidated=None)
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         paths = {}
         for name, arr in grp.arrays():
@@ -205,7 +216,9 @@ class _Dataset:
             if dim in dims:
                 paths[f"{root}{name}"] = dims.index(dim)
         consolidated = getattr(grp.metadata, "consolidated_metadata", None) is not None
-        return cls(store, group, dim, paths, grp.metadata.zarr_format, consolidated, policy)
+        reads = snapshot.metadata_only() if snapshot is not None else None
+        fmt = grp.metadata.zarr_format
+        return cls(store, group, dim, paths, fmt, consolidated, policy, reads)
 
     def extents(self) -> Extents:
         ext = sync(
@@ -239,7 +252,9 @@ def _publish_timeout() -> float:
     return float(os.environ.get("TOOLKIT_PUBLISH_TIMEOUT", "3600"))
 
 
-def _publish_rows(ds: _Dataset, job: str, start: int, stop: int) -> dict[str, Any]:
+def _publish_rows(
+    ds: _Dataset, job: str, start: int, stop: int, known: Extents | None = None
+) -> dict[str, Any]:
     """Make rows ``[start, stop)`` visible, once every row before them is.
 
     Rows before ``start`` handed out to other jobs are waited for while their
@@ -253,7 +268,10 @@ def _publish_rows(ds: _Dataset, job: str, start: int, stop: int) -> dict[str, An
     holes: list[str] = []
     attempt = 0
     while True:
-        ext = ds.extents()
+        # First at the lengths the job read (``known``): when nobody published since,
+        # the conditional replaces land without reading the documents again; when
+        # someone did, they fail and the documents are read.
+        ext, known = (known, None) if known is not None else (ds.extents(), None)
         v, top = ext.visible, ext.longest
         if v >= stop:
             if top > v or ext.consolidated_key is not None:
@@ -264,7 +282,9 @@ def _publish_rows(ds: _Dataset, job: str, start: int, stop: int) -> dict[str, An
             ds.publish(ext, top)
             continue
         if v == start:
-            ds.publish(ext, stop)
+            if ds.publish(ext, stop).visible >= stop:
+                # Every array and the consolidated copy grown: no need to read them again.
+                return {"waited_for": sorted(watch), "holes": holes}
             continue
         # Rows [v, start) belong to jobs before this one: whose are they?
         _, state = ds.log.head()
@@ -302,7 +322,7 @@ def _safe(job: str) -> str:
 
 def _hold_job(ds: _Dataset, job: str, ttl: float | None = None) -> LockSet:
     """Take the job's lease: a rerun never runs beside a live run of the same job."""
-    locks = LockSet(ds.coord, [f"jobs/{_safe(job)}"], job, ttl=ttl)
+    locks = LockSet(ds.coord, [f"jobs/{_safe(job)}"], job, ttl=ttl, fresh=True)
     try:
         locks.start(timeout=max(5.0, locks.ttl * 1.5))
     except LeaseTimeoutError as e:
@@ -326,6 +346,24 @@ def _request(ds: _Dataset, locks: LockSet, visible: int, **kw: Any) -> dict[str,
     }
 
 
+def _landed_key(group: str | None, job: str) -> str:
+    """The key of the job's landed document (see :func:`_land`), for reads outside the log."""
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    return f"{root}{RESERVED_PREFIX}/coord/jobs/{_safe(job)}.json"
+
+
+def _head_key(group: str | None) -> str:
+    """The key of the commit log's head copy, read in the snapshot's first round."""
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    return f"{root}{RESERVED_PREFIX}/coord/{HEAD}"
+
+
+def _read_json(store: Store, key: str) -> dict[str, Any]:
+    buf = sync(store.get(key, default_buffer_prototype()))
+    doc = json.loads(buf.to_bytes()) if buf is not None else {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _land(ds: _Dataset, job: str, start: int, stop: int) -> None:
     """Say in the store that the job's rows landed (a publisher finding it dead publishes them)."""
     ds.coord.put(
@@ -338,7 +376,8 @@ def _hidden_write(
     part: xr.Dataset, ds: _Dataset, ext: Extents, start: int, stop: int, kw: Mapping[str, Any]
 ) -> Any:
     """Write rows ``[start, stop)`` beyond the stored length (no record: nobody sees them)."""
-    hidden = ExtentStore(ds.store, ext, covering_length(stop, ext.units()), ds.group)
+    # Planned from the documents the job read at its start (ExtentStore sets the lengths).
+    hidden = ExtentStore(ds.reads or ds.store, ext, covering_length(stop, ext.units()), ds.group)
     return write_dataset(
         part, hidden, mode="r+", region={ds.dim: slice(start, stop)}, group=ds.group,
         record=False, **kw,
@@ -528,6 +567,27 @@ def _raise(e: BaseException) -> Any:
     raise e
 
 
+def _snapshot(
+    store: StoreLike,
+    storage_options: Mapping[str, Any] | None,
+    kwargs: Mapping[str, Any],
+    group: str | None,
+    extra: Sequence[str] = (),
+) -> SnapshotStore:
+    """The target resolved, with its metadata and coordinates read in three concurrent rounds.
+
+    ``extra``: keys the job reads early (its record, its landed document), read
+    in the first round.
+    """
+    policy = resolve_throttle(kwargs.get("throttle"), store_label(store))
+    plain = store if isinstance(store, Store) else resolve_store(
+        store, storage_options=storage_options, throttle=policy
+    )  # fmt: skip
+    snap = SnapshotStore(plain)
+    sync(snap.prefetch(group, extra))
+    return snap
+
+
 def _validated(
     ds: xr.Dataset,
     store: StoreLike,
@@ -535,15 +595,27 @@ def _validated(
     group: str | None,
     storage_options: Mapping[str, Any] | None,
     kwargs: Mapping[str, Any],
-) -> WritePlan:
-    """Plan the append against the visible store and check it (raises on bad input)."""
+    job: str | None = None,
+) -> tuple[WritePlan, SnapshotStore]:
+    """Plan the append against the visible store and check it (raises on bad input).
+
+    Planning and the checks read the store through one snapshot of its
+    metadata and coordinates (:class:`~toolkit.io.snapshot.SnapshotStore`),
+    taken in three concurrent rounds, and the plan then writes to the store
+    itself. The snapshot is returned too, for the job's other reads of what
+    the store held when it began.
+    """
+    extra = [record_key(group, job), _landed_key(group, job), _head_key(group)] if job else []
+    snap = store if isinstance(store, SnapshotStore) else _snapshot(
+        store, storage_options, kwargs, group, extra
+    )  # fmt: skip
     plan = plan_write(
-        ds, store, mode="a", append_dim=dim, group=group, storage_options=storage_options,
+        ds, snap, mode="a", append_dim=dim, group=group,
         **{k: v for k, v in kwargs.items() if k in _PLAN_KEYS},
     )  # fmt: skip
     if plan.mode != "w-":
-        _check_append(ds, plan.store, group, dim)
-    return plan
+        _check_append(ds, snap, group, dim)
+    return replace(plan, store=snap.inner), snap
 
 
 def _append_one(
@@ -556,7 +628,7 @@ def _append_one(
     job: str,
     members: Sequence[tuple[str, int]] | None = None,
 ) -> Any:
-    plan = _validated(ds, store, dim, group, storage_options, kwargs)
+    plan, snap = _validated(ds, store, dim, group, storage_options, kwargs, job)
     base = plan.store
     if not supports_atomic_create(base):
         # A store without conditional writes (Icechunk, fsspec's other stores):
@@ -566,7 +638,7 @@ def _append_one(
         created = _create_first(ds, base, group, job, kwargs, plan.throttle)
         if created is not None:
             return created
-        plan = _validated(ds, base, dim, group, None, kwargs)  # another job created it
+        plan, snap = _validated(ds, base, dim, group, None, kwargs, job)  # another job created it
     if ds.sizes[dim] == 0:
         raise AppendError(f"nothing to append: the dataset has no rows along {dim!r}")
     n = ds.sizes[dim]
@@ -575,19 +647,26 @@ def _append_one(
         for name, var in ds.coords.items()
         if var.dims == (dim,) and len(r := _runs(var.values)) <= _MAX_RUNS
     }
-    target = _Dataset.open(base, group, dim, plan.throttle)
+    target = _Dataset.open(base, group, dim, plan.throttle, snap)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     part = rows_along(ds, dim)
     # A record of this job (a dead run's rows published past by another job): fill it.
-    record = read_record(wrap_store(base, plan.throttle), group, job)
+    # Read in the snapshot's first round. A record written since (a publisher that
+    # found a dead run of this job) is found by the next rerun: the data is written.
+    record = read_record(wrap_store(snap, plan.throttle), group, job)
     if record is not None and record.get("rows") and record.get("dim") == dim:
         return _fill_record(part, target, job, record, kw)
-    locks = _hold_job(target, job)
+    # The lengths are read while the job's lease is taken: one round trip, not two
+    # (reading them first is as good as after: publication reads them again).
+    with ThreadPoolExecutor(1, thread_name_prefix="toolkit-extents") as pool:
+        lengths = pool.submit(target.extents)
+        locks = _hold_job(target, job)
     try:
-        ext = target.extents()
+        ext = lengths.result()
         batched = {"members": [list(m) for m in members]} if members else {}
         request = _request(target, locks, ext.visible, kind="reserve", n=n, runs=runs, **batched)
-        answer = target.log.submit(request, job=job)
+        head = _read_json(snap, _head_key(group)) or None  # as the job found it
+        answer = target.log.submit(request, job=job, head=head)
         if "again" in answer:
             raise _MembersAgain(answer["again"])
         placement = {"dim": dim, "start": answer["start"], "stop": answer["stop"], "job": job}
@@ -596,7 +675,9 @@ def _append_one(
             _publish_rows(target, job, answer["start"], answer["stop"])
             return _landed_report(plan, placement)
         start, stop = answer["start"], answer["stop"]
-        landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
+        # From the snapshot: only an earlier run of this job writes it, and one that
+        # wrote it since the snapshot only makes this run write the same rows again.
+        landed = _read_json(snap, _landed_key(group, job))
         if landed.get("landed") and landed.get("start") == start:
             report = _landed_report(plan, placement)  # its data landed; it was not yet visible
         else:
@@ -612,7 +693,7 @@ def _append_one(
             for m, (a, b) in (answer.get("members") or {job: [start, stop]}).items():
                 _land(target, m, a, b)
         locks.check()  # fenced: a job that lost its lease publishes nothing
-        placement["publish"] = _publish_rows(target, job, start, stop)
+        placement["publish"] = _publish_rows(target, job, start, stop, ext)
         return _placed(report, placement, target.log)
     finally:
         locks.stop()
@@ -773,16 +854,16 @@ def _overwrite_one(
                 f"sort the dataset first: ds.sortby({coord!r})"
             )
         seen.add(lab)
-    plan = _validated(ds, store, dim, group, storage_options, kwargs)
+    plan, snap = _validated(ds, store, dim, group, storage_options, kwargs)
     base = plan.store
     if plan.mode == "w-":
         created = _create_first(ds, base, group, job, kwargs, plan.throttle)
         if created is not None:
             return created
-        plan = _validated(ds, base, dim, group, None, kwargs)
-    stack = wrap_store(base, plan.throttle)
-    _check_sizes(_stored_partitions(stack, group, coord, dim), runs, coord)
-    target = _Dataset.open(base, group, dim, plan.throttle)
+        plan, snap = _validated(ds, base, dim, group, None, kwargs)
+    stored = _stored_partitions(wrap_store(snap, plan.throttle), group, coord, dim)
+    _check_sizes(stored, runs, coord)
+    target = _Dataset.open(base, group, dim, plan.throttle, snap)
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     locks = _hold_job(target, job)
     parts: LockSet | None = None

@@ -25,6 +25,7 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit import grid
@@ -46,6 +47,7 @@ from toolkit.errors import (
 )
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing, open_settled
 from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.snapshot import SnapshotStore
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
@@ -791,9 +793,17 @@ def plan_write(
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
-    # Planning reads metadata through the same budget and retries as the write.
+    # Planning reads metadata through the same budget and retries as the write, from
+    # one snapshot of the group read in a few concurrent rounds (the plan opens the
+    # group several ways: each open would be a chain of requests over a slow link).
     plan_io = live_metrics(describe_store(plain))
-    zstore = wrap_store(plain, policy, plan_io)
+    reads: Store = plain
+    if isinstance(plain, SnapshotStore):
+        plain = plain.inner  # the caller's snapshot (an append's), for the plan's reads
+    elif mode != "w":
+        reads = SnapshotStore(plain)
+        sync(reads.prefetch(group))
+    zstore = wrap_store(reads, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
     fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
     ds = _check_variables(ds, plain, fmt)
