@@ -71,7 +71,7 @@ from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_la
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import HEAD, CommitLog, CommitStats
+from toolkit.state.commitlog import CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
 from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
@@ -352,12 +352,6 @@ def _landed_key(group: str | None, job: str) -> str:
     return f"{root}{RESERVED_PREFIX}/coord/jobs/{_safe(job)}.json"
 
 
-def _head_key(group: str | None) -> str:
-    """The key of the commit log's head copy, read in the snapshot's first round."""
-    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
-    return f"{root}{RESERVED_PREFIX}/coord/{HEAD}"
-
-
 def _read_json(store: Store, key: str) -> dict[str, Any]:
     buf = sync(store.get(key, default_buffer_prototype()))
     doc = json.loads(buf.to_bytes()) if buf is not None else {}
@@ -605,7 +599,7 @@ def _validated(
     itself. The snapshot is returned too, for the job's other reads of what
     the store held when it began.
     """
-    extra = [record_key(group, job), _landed_key(group, job), _head_key(group)] if job else []
+    extra = [record_key(group, job), _landed_key(group, job)] if job else []
     snap = store if isinstance(store, SnapshotStore) else _snapshot(
         store, storage_options, kwargs, group, extra
     )  # fmt: skip
@@ -665,8 +659,7 @@ def _append_one(
         ext = lengths.result()
         batched = {"members": [list(m) for m in members]} if members else {}
         request = _request(target, locks, ext.visible, kind="reserve", n=n, runs=runs, **batched)
-        head = _read_json(snap, _head_key(group)) or None  # as the job found it
-        answer = target.log.submit(request, job=job, head=head)
+        answer = target.log.submit(request, job=job)
         if "again" in answer:
             raise _MembersAgain(answer["again"])
         placement = {"dim": dim, "start": answer["start"], "stop": answer["stop"], "job": job}
@@ -677,7 +670,7 @@ def _append_one(
         start, stop = answer["start"], answer["stop"]
         # From the snapshot: only an earlier run of this job writes it, and one that
         # wrote it since the snapshot only makes this run write the same rows again.
-        landed = _read_json(snap, _landed_key(group, job))
+        landed = _read_json(wrap_store(snap, plan.throttle), _landed_key(group, job))
         if landed.get("landed") and landed.get("start") == start:
             report = _landed_report(plan, placement)  # its data landed; it was not yet visible
         else:

@@ -25,7 +25,6 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit import grid
@@ -793,16 +792,13 @@ def plan_write(
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
-    # Planning reads metadata through the same budget and retries as the write, from
-    # one snapshot of the group read in a few concurrent rounds (the plan opens the
-    # group several ways: each open would be a chain of requests over a slow link).
+    # Planning reads metadata through the same budget and retries as the write; an
+    # append gives a snapshot of the group read in a few concurrent rounds (the plan
+    # opens the group several ways: each open would be a chain of requests).
     plan_io = live_metrics(describe_store(plain))
     reads: Store = plain
     if isinstance(plain, SnapshotStore):
         plain = plain.inner  # the caller's snapshot (an append's), for the plan's reads
-    elif mode != "w":
-        reads = SnapshotStore(plain)
-        sync(reads.prefetch(group))
     zstore = wrap_store(reads, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
     fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
