@@ -24,11 +24,13 @@ from zarr.storage import LocalStore
 
 import toolkit
 from toolkit.errors import ExistingStoreError, IncompleteStoreError
-from toolkit.state.claim import clear_group, group_contents
+from toolkit.state.claim import group_contents
+from toolkit.testing.conformance import CreationClaimTests
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import kill_jobs  # noqa: E402
+from coordination_backends import Local, Memory, S3fs, S3Obstore  # noqa: E402
 
 STEPS = 48  # 6 chunks of 8 steps: 6 write tasks of t2m
 
@@ -199,12 +201,23 @@ def test_an_undecodable_record_makes_readers_refuse(tmp_path):
         toolkit.open_zarr(dst)
 
 
-def test_clear_group_keeps_only_the_creation_lease(tmp_path):
-    dst = tmp_path / "s.zarr"
-    toolkit.to_zarr(_source(), str(dst), progress=False)
-    clear_group(LocalStore(dst), None)
-    left = [str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()]
-    assert left == [".toolkit/coord/leases/create.json"]
+# -- the creation claim on every store that coordinates: toolkit's conformance suite --
+
+
+class TestCreationClaimMemory(Memory, CreationClaimTests):
+    pass
+
+
+class TestCreationClaimLocal(Local, CreationClaimTests):
+    pass
+
+
+class TestCreationClaimS3Obstore(S3Obstore, CreationClaimTests):
+    pass
+
+
+class TestCreationClaimS3fs(S3fs, CreationClaimTests):
+    pass
 
 
 # -- concurrent creators ----------------------------------------------------------
