@@ -52,10 +52,14 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, client, cluster4):
     """4 worker processes, 1,000 write units, 20 ms latency, 100 requests/s allowed.
 
     Every value lands, no task fails, fewer than 5% of requests are throttled,
-    and the write takes less than 1.5 x (requests / 100 per second). The
-    cluster is warmed first (a small write): importing xarray and zarr in
-    fresh worker processes and loading botocore's models costs ~2 s of CPU on
-    2 cores, a one-off that says nothing about throttling.
+    and every request and every task's figures are accounted for. How close to
+    the limit the cluster sends is a claim about speed, which a loaded machine
+    cannot keep: the benchmarks measure it (``./dev bench --only cloud``), and
+    the discrete-event model of the same code checks it on a simulated clock
+    (``tests/cluster/test_coordinator.py``); here the time is only bounded
+    against a hang. The cluster is warmed first (a small write): importing
+    xarray and zarr in fresh worker processes and loading botocore's models
+    costs ~2 s of CPU on 2 cores, a one-off that says nothing about throttling.
     """
     ds = _rows(1000).chunk({"t": 100})
     enc = {"v": {"chunks": (1, 64)}}
@@ -70,8 +74,9 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, client, cluster4):
         key = ("execute", "toolkit-write-v", ("toolkit-io", "sets"), "count")
 
         def published(at_least: int) -> int:
-            # The scheduler's running total (the cluster outlives this test).
-            deadline, n = time.monotonic() + 10, -1
+            # The scheduler's running total (the cluster outlives this test). Waited
+            # for until it arrives: the 60 s only end a wait for what never comes.
+            deadline, n = time.monotonic() + 60, -1
             while time.monotonic() < deadline and n < at_least:
                 n = int(
                     dc.run_on_scheduler(
@@ -90,6 +95,7 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, client, cluster4):
         first = published(start + 8)
         before = proxy.counts.requests, proxy.counts.throttled
         puts = proxy.counts.by_method.get("PUT", 0)
+        logged = len(proxy.log)
         t0 = time.perf_counter()
         report = toolkit.to_zarr(
             ds, f"s3://data/{client}-rate.zarr", mode="w", storage_options=opts, encoding=enc,
@@ -99,21 +105,23 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, client, cluster4):
         requests = proxy.counts.requests - before[0]
         throttled = proxy.counts.throttled - before[1]
         puts = proxy.counts.by_method.get("PUT", 0) - puts
+        leases = sum(what.startswith("PUT ") and "/.toolkit/coord/" in what
+                     for _, _, what in proxy.log[logged:])  # fmt: skip
         # Each task's I/O figures reach the scheduler (the dashboard's fine metrics).
         sets = published(first + 1000)
     assert first == start + 8 and sets == first + 1000  # the warm-up's units, then this write's
-    print(f"elapsed {elapsed:.2f} s, {requests} requests, bound {1.5 * requests / 100:.2f} s")
+    print(f"elapsed {elapsed:.2f} s, {requests} requests ({requests / elapsed:.0f}/s)")
     assert report.units == 1000 and report.tasks == 10
     xr.testing.assert_equal(_direct(s3, f"s3://data/{client}-rate.zarr"), ds.compute())
     assert throttled < 0.05 * requests, (throttled, requests)
-    # A loose bound (>= 2/3 of the rate delivered) for a loaded CI machine; the
-    # delivered fraction itself is measured by the benchmarks.
-    assert elapsed < 1.5 * requests / 100, (elapsed, requests)
-    # The report counts every PUT the proxy saw but the creation lease's (at most
-    # 3 documents: coordination goes around the write's metered stack). It counts
-    # store calls: a delete_dir is one call, which s3fs sends as a listing and a
-    # bulk delete.
-    assert report.io.sets <= puts <= report.io.sets + 3, (report.io.sets, puts)
+    # Not a rate (see above): a budget that stopped sending, or a write that hung.
+    assert elapsed < 20 * requests / 100, (elapsed, requests)
+    # The report counts every PUT the proxy saw but the creation lease's documents
+    # (coordination goes around the write's metered stack): the lease is taken,
+    # renewed as long as the write lasts (more often on a slow machine) and given
+    # back. It counts store calls: a delete_dir is one call, which s3fs sends as a
+    # listing and a bulk delete.
+    assert report.io.sets == puts - leases, (report.io.sets, puts, leases)
     assert report.io.total <= requests
 
 

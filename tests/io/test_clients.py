@@ -68,6 +68,40 @@ def test_a_throttled_store_has_no_client_retries(s3):
     assert plain.store.retry_config is None
 
 
+@pytest.mark.parametrize("policy", [None, Throttle()], ids=["unthrottled", "throttled"])
+def test_both_clients_bound_connects_and_reads_and_take_fsspecs_names_for_it(s3, policy):
+    """10 s to connect and 20 s per read by default; ``config_kwargs`` sets both clients.
+
+    obstore's ``timeout`` bounds a whole request (30 s by default): raised when
+    the timeouts asked for add up to more, so that they bound a stall.
+    """
+
+    def obstore_options(**opts: Any) -> dict[str, str]:
+        store = resolve_store("s3://data/x", storage_options=s3.storage_options(**opts),
+                              throttle=policy)  # fmt: skip
+        return dict(store.store.client_options)
+
+    def s3fs_config(**opts: Any) -> dict[str, Any]:
+        store = resolve_store("s3://data/x", storage_options=s3.storage_options(client="s3fs",
+                              **opts), throttle=policy)  # fmt: skip
+        again = pickle.loads(pickle.dumps(store))  # as a worker gets it
+        assert again.fs.config_kwargs == store.fs.config_kwargs
+        return dict(store.fs.config_kwargs)
+
+    default = obstore_options()
+    assert (default["connect_timeout"], default["read_timeout"]) == ("10s", "20s")
+    assert "timeout" not in default  # object_store's own 30 s
+    given = obstore_options(config_kwargs={"connect_timeout": 3, "read_timeout": 45})
+    assert (given["connect_timeout"], given["read_timeout"]) == ("3s", "45s")
+    assert given["timeout"] == "48s"
+    native = obstore_options(client_options={"read_timeout": "7s", "timeout": "2m"})
+    assert (native["read_timeout"], native["timeout"]) == ("7s", "2m")  # obstore's names win
+    config = s3fs_config()
+    assert (config["connect_timeout"], config["read_timeout"]) == (10, 20)
+    config = s3fs_config(config_kwargs={"connect_timeout": 3, "read_timeout": 45})
+    assert (config["connect_timeout"], config["read_timeout"]) == (3, 45)
+
+
 def test_client_s3fs_and_the_environment_choose_s3fs(s3, monkeypatch):
     store = resolve_store("s3://data/x", storage_options=s3.storage_options(client="s3fs"))
     assert isinstance(store, FsspecStore)

@@ -7,6 +7,7 @@ import errno
 import itertools
 import pickle
 import time
+import uuid
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -15,6 +16,23 @@ from zarr.storage import MemoryStore
 
 import toolkit
 from toolkit.io.throttle import Budget, Throttle, classify_error, resolve_throttle, retry_after
+
+
+class _Clock:
+    """A clock the test moves by hand: a budget's arithmetic judged exactly.
+
+    Rates and waits measured on the wall clock depend on how fast the machine
+    runs the test; on this clock they are what the law says, under any load.
+    """
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _client_error(status: int, code: str) -> ClientError:
@@ -51,6 +69,7 @@ def test_defaults_by_url():
         {"decrease": 1.0},
         {"decrease": 0},
         {"recovery": 0},
+        {"request_deadline": 0},
     ],
 )
 def test_invalid_policies_name_the_parameter(kw):
@@ -93,45 +112,59 @@ def test_classify_error(exc, verdict):
 
 
 def test_a_budget_spaces_requests_at_the_rate():
-    b = Budget(Throttle(rate=50, adaptive=False))
-    waits = [b.reserve("write") for _ in range(100)]
+    clock = _Clock()
+    b = Budget(Throttle(rate=50, adaptive=False), clock=clock)
+    waits = [b.reserve("write") for _ in range(100)]  # 100 at one instant
     # The first goes at once (alone, a process may use a slot late), then one every 20 ms.
     assert waits[0] == 0
-    assert waits[-1] == pytest.approx(99 / 50, abs=0.03)
+    # 99 steps after the first slot, which may lie up to one step before now.
+    assert 98 / 50 - 1e-9 <= waits[-1] <= 99 / 50 + 1e-9
     gaps = [b - a for a, b in itertools.pairwise(waits[1:])]
-    assert all(g == pytest.approx(0.02, abs=2e-3) for g in gaps)
+    assert all(g == pytest.approx(0.02, rel=1e-9) for g in gaps)
+    clock.advance(waits[-1])  # by the last slot booked: the next is one step later
+    assert b.reserve("write") == pytest.approx(0.02, rel=1e-9)
 
 
 def test_adaptive_cuts_on_throttling_and_recovers_along_the_cubic():
-    b = Budget(Throttle(write_rate=100, cooldown=0.0))
+    clock = _Clock()
+    b = Budget(Throttle(write_rate=100, cooldown=0.0), clock=clock)
     b.throttled("write")
-    assert b.current_rates()["write"] == pytest.approx(70, abs=0.5)  # β = 0.7
+    assert b.current_rates()["write"] == pytest.approx(70)  # β = 0.7
     b.throttled("write")
-    assert b.current_rates()["write"] == pytest.approx(49, abs=0.5)
+    assert b.current_rates()["write"] == pytest.approx(49)
     assert b.current_rates()["read"] is None  # kinds are separate
-    law = b.allocators["write"].law
-    law.cut_at -= 1.0  # K = 1 s later: back at the refused rate
-    assert b.current_rates()["write"] == pytest.approx(70, abs=0.5)
-    law.cut_at -= 2.0  # then ever faster, up to the configured rate
+    clock.advance(1.0)  # K = 1 s later: back at the refused rate
+    assert b.current_rates()["write"] == pytest.approx(70)
+    clock.advance(0.5)  # flat around it: w (1 + 0.3 (t - K)³)
+    assert b.current_rates()["write"] == pytest.approx(70 * (1 + 0.3 * 0.5**3))
+    clock.advance(1.5)  # then ever faster, up to the configured rate
     assert b.current_rates()["write"] == pytest.approx(100)
     b.reserve("write")
 
 
 def test_adaptive_without_a_rate_learns_one_from_traffic():
-    b = Budget(Throttle(cooldown=0.0))
-    for _ in range(40):  # ~80 requests/s for half a second
+    clock = _Clock()
+    b = Budget(Throttle(cooldown=0.0), clock=clock)
+    for _ in range(40):  # 80 requests/s for half a second
         b.reserve("read")
-        time.sleep(0.0125)
+        clock.advance(0.0125)
     b.throttled("read")
-    learned = b.current_rates()["read"]  # 0.7 of what was sent, per second
-    assert learned is not None and 35 <= learned <= 65
+    assert b.current_rates()["read"] == pytest.approx(0.7 * 80)  # 0.7 of what was sent
 
 
 def test_cooldown_limits_decreases():
-    b = Budget(Throttle(read_rate=100, cooldown=10.0))
-    for _ in range(5):
+    clock = _Clock()
+    b = Budget(Throttle(read_rate=100, cooldown=10.0), clock=clock)
+    law = b.allocators["read"].law
+    b.throttled("read")
+    assert b.current_rates()["read"] == pytest.approx(70)
+    for _ in range(4):  # within the 10 s cooldown: no more cuts
+        clock.advance(2.0)
         b.throttled("read")
-    assert b.current_rates()["read"] == pytest.approx(70, abs=0.5)
+    assert law.cuts == 1 and law.refused == 100
+    clock.advance(2.0)
+    b.throttled("read")  # 10 s after the cut: a second one
+    assert law.cuts == 2
 
 
 async def test_budget_caps_requests_in_flight():
@@ -153,8 +186,7 @@ async def test_budget_caps_requests_in_flight():
 def test_throttle_is_exported_and_renders():
     t = toolkit.Throttle(write_rate=10)
     assert "write" in t._row() and t._row()["write"] == "10/s"
-    started = time.monotonic()
-    assert Budget(t).reserve("write") == 0 and time.monotonic() - started < 0.1
+    assert Budget(t, clock=_Clock()).reserve("write") == 0  # a fresh budget: at once
 
 
 async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
@@ -178,39 +210,45 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
 
 
 def test_a_cut_follows_what_was_sent_not_a_distant_limit():
-    b = Budget(Throttle(read_rate=5000, cooldown=0.0))
-    for _ in range(50):  # ~100 requests/s for half a second, far below the 5,000/s limit
+    clock = _Clock()
+    b = Budget(Throttle(read_rate=5000, cooldown=0.0), clock=clock)
+    for _ in range(50):  # 100 requests/s for half a second, far below the 5,000/s limit
         b.reserve("read")
-        time.sleep(0.01)
-    b.throttled("read", time.monotonic())
-    assert 50 <= b.current_rates()["read"] <= 80  # 0.7 of ~100, not of 5,000
+        clock.advance(0.01)
+    b.throttled("read", clock())
+    assert b.current_rates()["read"] == pytest.approx(0.7 * 100)  # of 100, not of 5,000
 
 
 def test_a_503_among_the_first_requests_of_a_run_does_not_read_as_a_tiny_rate():
-    b = Budget(Throttle(read_rate=5000, cooldown=0.0))
+    clock = _Clock()
+    b = Budget(Throttle(read_rate=5000, cooldown=0.0), clock=clock)
     for _ in range(8):  # a run's first requests, at once
         b.reserve("read")
-    b.throttled("read", time.monotonic())
+    b.throttled("read", clock())
     assert b.current_rates()["read"] >= 50  # not 4/s: 8 requests in no time are a high rate
 
 
 def test_answers_to_requests_sent_before_a_cut_are_ignored():
-    b = Budget(Throttle(write_rate=100, cooldown=0.0))
-    before = time.monotonic()
-    b.throttled("write", time.monotonic())
-    assert b.current_rates()["write"] == pytest.approx(70, abs=0.5)
+    clock = _Clock()
+    b = Budget(Throttle(write_rate=100, cooldown=0.0), clock=clock)
+    before = clock()
+    clock.advance(0.01)
+    b.throttled("write", clock())
+    rate = b.current_rates()["write"]
+    assert rate == pytest.approx(70)
     for _ in range(10):  # the rest of the same burst answers 503 too
         b.throttled("write", before)
-    assert b.current_rates()["write"] == pytest.approx(70, abs=0.5)
-    b.throttled("write", time.monotonic())  # a request sent after the cut: cut again
-    assert b.current_rates()["write"] == pytest.approx(49, abs=0.5)
+    assert b.current_rates()["write"] == rate
+    b.throttled("write", clock())  # a request sent after the cut: cut again
+    assert b.current_rates()["write"] == pytest.approx(49)
 
 
 def test_throttle_state_shows_the_rates_in_force_per_store():
     from toolkit.io.throttle import budget_for
 
-    scope = "s3://bucket/state-test.zarr"
+    scope = f"s3://bucket/state-test-{uuid.uuid4().hex[:8]}.zarr"  # a budget of its own
     b = budget_for(Throttle(rate=100, write_rate=50, cooldown=0.0), scope)
+    b.clock = _Clock()  # this process's budget for the scope, on the test's clock
     for _ in range(10):  # far above 50/s: the store refuses the configured rate
         b.reserve("write")
     b.throttled("write")
@@ -254,18 +292,20 @@ def test_retry_after_is_read_from_the_answer():
 
 
 def test_a_retry_after_pauses_the_budget():
-    b = Budget(Throttle(write_rate=1000, cooldown=0.0))
-    b.throttled("write", time.monotonic(), retry_after=0.3)
-    wait = b.reserve("write")
-    assert 0.25 <= wait <= 0.31
-    assert "Retry-After" in repr(toolkit.throttle_state()) or b.state().last_cut["paused_for"]
+    clock = _Clock()
+    b = Budget(Throttle(write_rate=1000, cooldown=0.0), clock=clock)
+    b.throttled("write", clock(), retry_after=0.3)
+    assert b.state().last_cut["paused_for"] == pytest.approx(0.3)
+    assert b.reserve("write") == pytest.approx(0.3)  # not before the pause is over
+    clock.advance(0.3)
+    assert b.state().last_cut["paused_for"] is None
 
 
 async def test_a_pause_reaches_requests_already_booked():
     b = Budget(Throttle(write_rate=2, cooldown=0.0))
     await b.acquire("write")  # the first goes at once
     booked = asyncio.create_task(b.acquire("write"))  # its slot is ~0.5 s ahead
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0)  # it books its slot and sleeps (no time passes to speak of)
     assert not booked.done()
     now = time.monotonic()
     b.throttled("write", now, retry_after=0.8)  # a 503 meanwhile

@@ -14,6 +14,12 @@ so that switching clients changes nothing else; obstore's own names
 The toolkit option ``client`` picks one: ``"obstore"`` (the default for
 ``s3://``, ``gs://`` and ``az://`` when obstore is installed) or ``"s3fs"``
 (fsspec: every other protocol, and the fallback).
+
+Both clients wait a bounded time for a connection and for each read of an
+answer (:data:`CONNECT_TIMEOUT`, :data:`READ_TIMEOUT`), so that a stalled
+connection becomes a retried error, not a hang; fsspec's
+``config_kwargs={"connect_timeout": ..., "read_timeout": ...}`` sets them for
+either client.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from toolkit._util import backoff
 from toolkit.io.throttle import http_status
 
 __all__ = [
+    "CONNECT_TIMEOUT",
+    "READ_TIMEOUT",
     "BotocoreCredentials",
     "BulkDeleteObjectStore",
     "Client",
@@ -57,6 +65,16 @@ __all__ = [
 
 Client = Literal["obstore", "s3fs"]
 logger = logging.getLogger(__name__)
+
+#: Seconds a client waits to connect before it gives up (a retried error).
+CONNECT_TIMEOUT = 10.0
+#: Seconds a client waits for each read of an answer (the first byte of a response,
+#: then each next part) before it gives up (a retried error). Together with the
+#: connect timeout: a stalled connection is a retried error within 30 s.
+READ_TIMEOUT = 20.0
+#: object_store's own bound on a whole request (its ``timeout``), which toolkit keeps
+#: unless the connect and read timeouts asked for add up to more.
+_OBSTORE_REQUEST_TIMEOUT = 30.0
 
 #: The URL schemes obstore serves (and toolkit routes to it by default).
 _OBSTORE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az"}
@@ -102,12 +120,22 @@ def open_url(
         return _open_obstore(url, opts, in_flight=in_flight)
     if client != "s3fs":
         raise ValueError(f"storage_options client= is 'obstore' or 's3fs', got {client!r}")
+    if scheme in ("s3", "s3a"):
+        opts = _s3fs_timeouts(opts)
     if in_flight is None:
         return FsspecStore.from_url(url, storage_options=opts)
     if scheme in ("s3", "s3a"):
         opts = _s3fs_defaults(opts, in_flight)
     # A filesystem of toolkit's own, trying once: not the one fsspec shares with others.
     return quiet_copy(FsspecStore.from_url(url, storage_options=opts))
+
+
+def _s3fs_timeouts(opts: dict[str, Any]) -> dict[str, Any]:
+    """The connect and read timeouts of botocore: ``config_kwargs``'s, else toolkit's."""
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", READ_TIMEOUT)
+    return {**opts, "config_kwargs": config}
 
 
 def _s3fs_defaults(opts: dict[str, Any], in_flight: int) -> dict[str, Any]:
@@ -162,6 +190,8 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     config: dict[str, Any] = {}
     kwargs: dict[str, Any] = {}
     client_options: dict[str, Any] = dict(opts.pop("client_options", None) or {})
+    given = opts.get("config_kwargs")
+    _obstore_timeouts(given if isinstance(given, Mapping) else {}, client_options)
     profile = opts.pop("profile", None)
     for k, v in opts.items():
         if k in _OBSTORE_KWARGS:
@@ -170,8 +200,10 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
             continue
         elif k == "client_kwargs" and isinstance(v, Mapping):
             _from_client_kwargs(v, config)
-        elif k == "config_kwargs" and isinstance(v, Mapping):
-            _from_config_kwargs(v, client_options)
+        elif k == "config_kwargs":
+            # Its timeouts are in client_options already; botocore's retries and pool
+            # sizes are set by toolkit for obstore too.
+            continue
         else:
             config[_S3FS_NAMES.get(k, k) if scheme == "s3" else k] = v
     if scheme == "s3" and "credential_provider" not in kwargs and not _credentials_given(config):
@@ -193,8 +225,7 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
         config["skip_signature"] = bool(config["skip_signature"])
     if in_flight is not None:
         kwargs.setdefault("retry_config", _NO_RETRIES)
-    if client_options:
-        kwargs["client_options"] = client_options
+    kwargs["client_options"] = client_options
     try:
         store = from_url(url, config=cast(Any, config or None), **kwargs)
     except Exception as e:  # obstore's configuration errors name the key
@@ -341,13 +372,20 @@ def _from_client_kwargs(v: Mapping[str, Any], config: dict[str, Any]) -> None:
         config[names.get(k, k)] = val
 
 
-def _from_config_kwargs(v: Mapping[str, Any], client_options: dict[str, Any]) -> None:
-    for k, val in v.items():
-        if k == "connect_timeout":
-            client_options.setdefault("connect_timeout", dt.timedelta(seconds=float(val)))
-        elif k == "read_timeout":
-            client_options.setdefault("timeout", dt.timedelta(seconds=float(val)))
-        # botocore's retries and pool sizes are set by toolkit for obstore too
+def _obstore_timeouts(config_kwargs: Mapping[str, Any], client_options: dict[str, Any]) -> None:
+    """The connect and read timeouts of obstore: fsspec's names, else toolkit's defaults.
+
+    botocore's ``read_timeout`` bounds each read of an answer, as object_store's
+    ``read_timeout`` does (its ``timeout`` bounds the whole request: 30 s unless
+    set, raised here when the two timeouts asked for add up to more, so that
+    they are what bounds a stall). Names given in ``client_options`` win.
+    """
+    connect = float(config_kwargs.get("connect_timeout", CONNECT_TIMEOUT))
+    read = float(config_kwargs.get("read_timeout", READ_TIMEOUT))
+    client_options.setdefault("connect_timeout", dt.timedelta(seconds=connect))
+    client_options.setdefault("read_timeout", dt.timedelta(seconds=read))
+    if "timeout" not in client_options and connect + read > _OBSTORE_REQUEST_TIMEOUT:
+        client_options["timeout"] = dt.timedelta(seconds=connect + read)
 
 
 # obstore's own retry loop hides 503s from the budget and can spend minutes on one
@@ -494,12 +532,14 @@ def _quiet_class(cls: type) -> type:
     with _QUIET_LOCK:
         quiet = _QUIET_CLASSES.get(cls)
         if quiet is None:
-            body = {
+            body: dict[str, Any] = {
                 "retries": 1,
                 "__reduce__": _reduce_quiet,
                 "__module__": __name__,
                 "_toolkit_quiet_of": cls,
             }
+            if _is_s3fs(cls):
+                body["set_session"] = _set_session_without_expect
             quiet = types.new_class(f"Quiet{cls.__name__}", (cls,), {}, lambda ns: ns.update(body))
             _QUIET_CLASSES[cls] = quiet
         return quiet
@@ -513,6 +553,30 @@ def quiet_filesystem(cls: type, args: Sequence[Any], options: Mapping[str, Any])
     It pickles as this call, so that an unpickled copy tries once too.
     """
     return _quiet_class(cls)(*args, **options)
+
+
+def _is_s3fs(cls: type) -> bool:
+    return any(f"{c.__module__}.{c.__name__}" == "s3fs.core.S3FileSystem" for c in cls.__mro__)
+
+
+async def _set_session_without_expect(
+    self: Any, refresh: bool = False, kwargs: dict[str, Any] | None = None
+) -> Any:
+    """s3fs's ``set_session``, and no ``Expect: 100-continue`` from the client it makes.
+
+    botocore asks for ``100 Continue`` before the body of every upload of a
+    file-like body, and aiohttp waits for it with no timeout at all: a store
+    that took the connection and never answered held a write for good (the
+    read timeout starts only once the body is sent). Without it the body goes
+    at once, and the read timeout bounds the wait for the answer.
+    """
+    s3 = await self._toolkit_quiet_of.set_session(self, refresh, kwargs or {})
+    if self.__dict__.get("_toolkit_no_expect") is not s3:
+        import botocore.handlers
+
+        s3.meta.events.unregister("before-call.s3", botocore.handlers.add_expect_header)
+        self._toolkit_no_expect = s3
+    return s3
 
 
 def _reduce_quiet(fs: Any) -> tuple[Any, ...]:

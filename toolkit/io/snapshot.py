@@ -156,10 +156,12 @@ class SnapshotStore(InterceptStore):
         early = self._small_keys(root, {n: d for n, d in arrays.items() if d}, v3=True)
         found = await self._fetch([*keys, *early])
         rest = {
-            n: json.loads(raw.to_bytes())
+            n: doc
             for n in arrays
             if not arrays[n]
-            and (raw := found.get(f"{root}{n}/{'zarr.json' if v3 else '.zarray'}")) is not None
+            and isinstance(
+                doc := _document(found.get(f"{root}{n}/{'zarr.json' if v3 else '.zarray'}")), dict
+            )
         }
         await self._fetch(self._small_keys(root, rest, v3))
 
@@ -167,7 +169,10 @@ class SnapshotStore(InterceptStore):
         """The chunk keys of the small one-dimensional arrays among ``docs``, remembered."""
         out = []
         for name, doc in docs.items():
-            small = _small_chunk_keys(f"{root}{name}", doc, v3)
+            try:
+                small = _small_chunk_keys(f"{root}{name}", doc, v3)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                continue  # a damaged document: the open reads and reports it
             if small:
                 self._small.add(f"{root}{name}")
                 out += small
@@ -182,21 +187,34 @@ class SnapshotStore(InterceptStore):
 
 def _consolidated_arrays(docs: dict[str, Buffer | None], root: str) -> dict[str, Any] | None:
     """The array names a consolidated copy lists (direct members only), or None without one."""
-    v3 = docs.get(f"{root}zarr.json")
-    if v3 is not None:
-        meta = json.loads(v3.to_bytes()).get("consolidated_metadata") or {}
-        if "metadata" not in meta:
+    v3 = _document(docs.get(f"{root}zarr.json"))
+    if isinstance(v3, dict):
+        meta = v3.get("consolidated_metadata") or {}
+        if not isinstance(meta, dict) or not isinstance(meta.get("metadata"), dict):
             return None
         return {
             name: doc
             for name, doc in meta["metadata"].items()
-            if "/" not in name and doc.get("node_type") == "array"
+            if "/" not in name and isinstance(doc, dict) and doc.get("node_type") == "array"
         }
-    v2 = docs.get(f"{root}.zmetadata")
-    if v2 is not None:
-        meta = json.loads(v2.to_bytes()).get("metadata") or {}
+    v2 = _document(docs.get(f"{root}.zmetadata"))
+    if isinstance(v2, dict) and isinstance(meta := v2.get("metadata"), dict):
         return {k.split("/")[0]: None for k in meta if k.count("/") == 1 and k.endswith(".zarray")}
     return None
+
+
+def _document(raw: Buffer | None) -> Any:
+    """A JSON document read, or None when absent or damaged.
+
+    A prefetch only guesses what the open will ask: a damaged document is left for
+    the open to read and report (:class:`~toolkit.errors.CorruptMetadataError`).
+    """
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.to_bytes())
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
+        return None
 
 
 def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool) -> list[str]:

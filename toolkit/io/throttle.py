@@ -108,7 +108,18 @@ class Throttle:
         Attempts after the first, for retryable errors (503/SlowDown, 429,
         500/502/504, connection resets, timeouts).
     max_retry_seconds : float
-        Total time one request may spend retrying, backoff included.
+        Total time one request may spend retrying, backoff included: no retry
+        starts (and no backoff sleeps) past it.
+    request_deadline : float or None
+        The most seconds one request (a get, a put, a delete; not a listing or
+        a prefix delete, which are many requests) may take, every attempt, wait
+        and backoff included. An attempt still running then is abandoned and
+        the request fails with :class:`~toolkit.errors.StoreUnavailableError`.
+        The clients' connect and read timeouts (``storage_options=
+        {"config_kwargs": {"connect_timeout": ..., "read_timeout": ...}}``) turn
+        a stalled connection into a retried error first; this bounds the hangs
+        no client timeout sees (a peer that stops reading an upload). Raise it
+        for objects that take longer to send; ``None`` for no bound.
     backoff_base, backoff_max : float
         Exponential backoff with full jitter: the n-th retry sleeps a uniform
         random time in ``[0, min(backoff_max, backoff_base * 2**n)]``. In
@@ -144,6 +155,7 @@ class Throttle:
     adaptive: bool = True
     max_retries: int = 20
     max_retry_seconds: float = 60.0
+    request_deadline: float | None = 120.0
     backoff_base: float = 0.05
     backoff_max: float = 5.0
     min_rate: float = 1.0
@@ -166,6 +178,11 @@ class Throttle:
                 )
         if self.max_retries < 0 or self.max_retry_seconds < 0:
             raise ValueError("Throttle(max_retries=, max_retry_seconds=) must be >= 0")
+        if self.request_deadline is not None and not self.request_deadline > 0:
+            raise ValueError(
+                "Throttle(request_deadline=) must be a positive number of seconds or None for "
+                f"no bound, got {self.request_deadline!r}"
+            )
         if not 0 < self.backoff_base <= self.backoff_max:
             raise ValueError("Throttle needs 0 < backoff_base <= backoff_max")
         if not 0 < self.decrease < 1 or not self.recovery > 0:
@@ -280,8 +297,38 @@ _XML_CODE = re.compile(r"<Code>(\w+)</Code>")
 # obstore (reqwest) errors that mean the request or its answer was lost on the way.
 _OBSTORE_TRANSIENT = re.compile(
     r"error sending request|error decoding response body|connection (?:closed|reset)|"
-    r"timed out|operation timed out|incomplete message|broken pipe",
+    r"timed out|operation timed out|incomplete message|broken pipe|"
+    # reqwest's connect, read and whole-request timeouts, in obstore's "Debug source"
+    r"kind: Timeout|TimedOut",
     re.I,
+)
+# OSError numbers of a request lost on the way: s3fs turns a 500 (InternalError) into
+# EREMOTEIO, and a socket timeout is ETIMEDOUT. (Where there is no EREMOTEIO, s3fs uses
+# EIO, which is also its number for any error it does not know: not taken as transient.)
+_TRANSIENT_ERRNOS = frozenset(
+    n
+    for n in (getattr(errno, "EREMOTEIO", None), errno.ETIMEDOUT, errno.ECONNRESET, errno.EPIPE)
+    if n is not None
+)
+# Retryable by name: botocore's and aiohttp's connection errors and timeouts (a
+# timeout's class need not subclass TimeoutError: botocore's do not).
+_TRANSIENT_NAMES = frozenset(
+    {
+        "HTTPClientError",
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ConnectionTimeoutError",
+        "SocketTimeoutError",
+        "ClientOSError",
+        "ResponseParserError",
+    }
 )
 
 
@@ -291,8 +338,12 @@ def classify_error(exc: BaseException) -> ErrorClass:
     The exception and its causes are inspected: botocore responses (status and
     code), obstore's errors (status, code and reqwest's wording in the
     message), HTTP client errors, connection resets and timeouts. Throttling:
-    503/SlowDown and 429. Transient: 500/502/504, dropped connections,
-    timeouts. Everything else (403, 400, a missing bucket, a bug) is final.
+    503/SlowDown and 429. Transient: 500/502/504 (s3fs's ``EREMOTEIO``),
+    dropped connections, and the timeouts of either client (botocore's
+    ``ReadTimeoutError`` and ``ConnectTimeoutError``, aiohttp's
+    ``ServerTimeoutError``, ``asyncio.TimeoutError``, obstore's connect, read
+    and request timeouts). Everything else (403, 400, a missing bucket, a bug)
+    is final.
     """
     seen: set[int] = set()
     e: BaseException | None = exc
@@ -312,22 +363,11 @@ def classify_error(exc: BaseException) -> ErrorClass:
             return "fatal"
         if isinstance(e, ConnectionError | TimeoutError | asyncio.TimeoutError):
             transient = True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            transient = True
         if status is None and type(e).__module__.startswith("obstore"):
             transient = transient or bool(_OBSTORE_TRANSIENT.search(str(e)))
-        name = type(e).__name__
-        if name in (
-            "HTTPClientError",
-            "EndpointConnectionError",
-            "ConnectionClosedError",
-            "ReadTimeoutError",
-            "ConnectTimeoutError",
-            "ResponseStreamingError",
-            "IncompleteReadError",
-            "ClientPayloadError",
-            "ServerDisconnectedError",
-            "ClientOSError",
-            "ResponseParserError",
-        ):
+        if type(e).__name__ in _TRANSIENT_NAMES:
             transient = True
         e = e.__cause__ or e.__context__
     return "transient" if transient else "fatal"
@@ -402,14 +442,29 @@ class Budget:
     whose whole rate this process leases (an :class:`Allocator` of one) and
     paces its requests by (a :class:`Pacer`). Under a cluster's coordinator the
     allocators live on the scheduler instead.
+
+    Parameters
+    ----------
+    policy : Throttle
+        The policy it enforces.
+    scope : str
+        What it meters (a store's location), for people.
+    clock : callable
+        Seconds on a monotonic clock (:func:`time.monotonic`). Every time the
+        budget reads comes from it, so that a test can drive the budget on a
+        clock of its own and judge its arithmetic exactly, not the speed of the
+        machine; the waits it asks for are still slept in real time.
     """
 
     _ME = "this process"
 
-    def __init__(self, policy: Throttle, scope: str = "") -> None:
+    def __init__(
+        self, policy: Throttle, scope: str = "", *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.policy = policy
         self.scope = scope
-        self.last_used = time.monotonic()
+        self.clock = clock
+        self.last_used = clock()
         self.allocators: dict[Limiter, Allocator] = {}
         self.pacers: dict[Limiter, Pacer] = {}
         for name in ("all", "read", "write", "list"):
@@ -444,7 +499,7 @@ class Budget:
         ``sending`` is the rate ``who`` really sends at, per rate; ``processes``
         how many processes may send.
         """
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self.last_used = now
         with self._lock:
             return {
@@ -463,7 +518,7 @@ class Budget:
         now: float | None = None,
     ) -> dict[Limiter, Grant]:
         """``who`` got a throttling answer to a request sent at ``sent_at``: new leases."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         with self._lock:
             return {
                 name: self.allocators[name].throttled(
@@ -487,7 +542,7 @@ class Budget:
 
     def reserve(self, kind: RequestKind) -> float:
         """Book one request of ``kind`` in this process; seconds to wait before sending it."""
-        now = time.monotonic()
+        now = self.clock()
         with self._pace_lock:
             send = self._take(limiters_of(self.policy, kind), now, patient=False)
         assert send is not None
@@ -500,24 +555,24 @@ class Budget:
         the renewal and books then, at the rate in force by then.
         """
         names = limiters_of(self.policy, kind)
-        start = time.monotonic()
+        start = self.clock()
         while True:
-            now = time.monotonic()
+            now = self.clock()
             with self._pace_lock:
                 send = self._take(names, now, patient=True)
                 renew = min(g.renew_at for n in names if (g := self.pacers[n].grant) is not None)
             if send is not None:
                 if send > now:
                     await asyncio.sleep(send - now)
-                await sit_out_pauses(self.pacers, names, self._pace_lock)
-                return time.monotonic() - start
+                await sit_out_pauses(self.pacers, names, self._pace_lock, self.clock)
+                return self.clock() - start
             await asyncio.sleep(max(0.0, renew - now))
 
     def throttled(
         self, kind: RequestKind, sent_at: float | None = None, retry_after: float | None = None
     ) -> None:
         """A throttling answer for ``kind``, to a request sent at ``sent_at``: slow down."""
-        now = time.monotonic()
+        now = self.clock()
         names = limiters_of(self.policy, kind)
         with self._pace_lock:
             sending = {n: self.pacers[n].sending(now) for n in names}
@@ -527,7 +582,7 @@ class Budget:
 
     def current_rates(self) -> dict[str, float | None]:
         """The rates in force now, by kind (they move in adaptive mode)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             out: dict[str, float | None] = {"all": None, "read": None, "write": None, "list": None}
             out.update({k: a.law.rate(now) for k, a in self.allocators.items()})
@@ -535,7 +590,7 @@ class Budget:
 
     def state(self, where: str = "this process", messages: int | None = None) -> BudgetState:
         """What this budget enforces now, for people (see :func:`throttle_state`)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             states = {k: a.state(now) for k, a in self.allocators.items()}
         rates: dict[str, float | None] = {"all": None, "read": None, "write": None, "list": None}
@@ -557,14 +612,16 @@ class Budget:
 
 
 async def sit_out_pauses(
-    pacers: Mapping[Limiter, Pacer], names: Iterable[Limiter], lock: threading.Lock
+    pacers: Mapping[Limiter, Pacer],
+    names: Iterable[Limiter],
+    lock: threading.Lock,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Wait out a ``Retry-After`` that arrived while a booked request slept."""
     while True:
         with lock:
-            left = max(
-                (p.paused(time.monotonic()) for n in names if (p := pacers.get(n))), default=0.0
-            )
+            now = clock()
+            left = max((p.paused(now) for n in names if (p := pacers.get(n))), default=0.0)
         if left <= 0:
             return
         await asyncio.sleep(left)

@@ -601,6 +601,10 @@ def _rates_text(policy: Throttle) -> str:
     return ", ".join(rates) if rates else "no rate limit"
 
 
+#: Requests of one object, which ``Throttle.request_deadline`` bounds whole.
+_ONE_OBJECT = frozenset({"get", "exists", "set", "set_if_not_exists", "delete", "is_empty"})
+
+
 class RetryStore(_PolicyStore):
     """Retries throttled and transient failures with jittered exponential backoff.
 
@@ -611,6 +615,13 @@ class RetryStore(_PolicyStore):
     :class:`~toolkit.errors.StoreRequestError`. When the retries run out, the
     error is :class:`~toolkit.errors.StoreThrottledError` or
     :class:`~toolkit.errors.StoreUnavailableError`, naming the store and the fix.
+
+    A request of one object (a get, a put, a delete) ends by
+    ``policy.request_deadline`` whatever happens below: an attempt still
+    running then is cancelled and the request fails with
+    :class:`~toolkit.errors.StoreUnavailableError`. So a write against a dead
+    store fails, named, within a bound (see the object-stores guide), even
+    where no client timeout applies.
 
     It changes nothing of the store it wraps. :func:`wrap_store` builds it over
     a copy of an s3fs or obstore store whose client does not retry by itself
@@ -634,36 +645,53 @@ class RetryStore(_PolicyStore):
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         p = self.policy
         start = time.monotonic()
+        # Listings and prefix deletes are many requests: each is bounded by the client's
+        # timeouts, the whole by nothing but its size.
+        limit = p.request_deadline if p.request_deadline is not None and op in _ONE_OBJECT else None
+        retry_for = p.max_retry_seconds if limit is None else min(p.max_retry_seconds, limit)
         attempt = 0
         while True:
+            left = None if limit is None else max(0.0, start + limit - time.monotonic())
+            cutoff = asyncio.timeout(left)
             try:
-                return await fn()
+                async with cutoff:
+                    return await fn()
             except Exception as e:
-                verdict = classify_error(e)
                 attempt += 1
+                spent = time.monotonic() - start
+                sink = self._sink(self.metrics)
+                if cutoff.expired():
+                    # Cancelled below: no client counted it as an error.
+                    if sink is not None:
+                        sink.add(errors=1, failed=1)
+                    raise self._past_deadline(op, key, attempt, spent) from e
+                verdict = classify_error(e)
                 doublings = attempt
                 if verdict == "throttled" and p.adaptive:
                     # The budget was cut and paces the retry; more backoff only idles it.
                     doublings = min(attempt, THROTTLED_DOUBLINGS + 1)
                 delay = p.backoff(doublings, self._random.random())
-                spent = time.monotonic() - start
-                if (
-                    verdict == "fatal"
-                    or attempt > p.max_retries
-                    or spent + delay > p.max_retry_seconds
-                ):
-                    sink = self._sink(self.metrics)
+                if verdict == "throttled":  # a Retry-After is a floor under the backoff
+                    delay = max(delay, min(retry_after(e) or 0.0, p.backoff_max))
+                if verdict == "fatal" or attempt > p.max_retries or spent + delay > retry_for:
                     if sink is not None:
                         sink.add(failed=1)
                     if isinstance(e, RequestAbortedError):
                         raise
                     raise self._final(op, key, e, verdict, attempt, spent) from e
-                if verdict == "throttled":  # a Retry-After is a floor under the backoff
-                    delay = max(delay, min(retry_after(e) or 0.0, p.backoff_max))
-                sink = self._sink(self.metrics)
                 if sink is not None:
                     sink.add(retries=1, backoff_seconds=delay)
                 await asyncio.sleep(delay)
+
+    def _past_deadline(self, op: str, key: str, attempts: int, spent: float) -> Exception:
+        where = f"{describe_store(self._store)}/{key}".rstrip("/")
+        return StoreUnavailableError(
+            f"{where}: {op} got no answer within request_deadline="
+            f"{self.policy.request_deadline:g} s ({attempts} attempt{'s' * (attempts != 1)} in "
+            f"{spent:.1f} s); the store or the network is stalled or unavailable. Check the "
+            "endpoint; an object that takes longer to send needs a larger "
+            "toolkit.Throttle(request_deadline=...)"
+        )
 
     def _final(
         self, op: str, key: str, e: Exception, verdict: str, attempts: int, spent: float

@@ -285,7 +285,9 @@ def summarize(requests: Iterable[Request], root: str = "") -> LedgerSummary:
 
 
 class Ledger:
-    """The requests recorded while it was open (:meth:`FaultProxy.ledger`); thread-safe.
+    """The requests recorded while it was open (:meth:`~toolkit.testing.FaultProxy.ledger`).
+
+    Thread-safe.
 
     ``requests`` is a copy, in the order the answers left.
     """

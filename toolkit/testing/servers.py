@@ -235,7 +235,7 @@ class FaultProxy:
     seed : int
         Seed of the fault draws.
     only : str, optional
-        A regular expression searched (:func:`re.search`) in every request's
+        A regular expression searched (``re.search``) in every request's
         target, URL-decoded: its path and query string, e.g.
         ``/bucket/x.zarr/.toolkit/coord/head.json`` or
         ``/bucket?list-type=2&prefix=x.zarr/.toolkit/``. Only matching requests
