@@ -4,8 +4,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,6 @@ import zarr
 # Hypothesis: bounded, deterministic in CI.
 from hypothesis import HealthCheck, settings
 from zarr.storage import LocalStore, MemoryStore
-
-from toolkit.state.leases import Coordinator
 
 settings.register_profile(
     "ci",
@@ -104,6 +102,28 @@ def cluster_of(n_workers: int, threads_per_worker: int) -> Iterator[object]:
         yield cluster
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _functions_go_to_workers_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test module's functions are sent to cluster workers whole, not by name.
+
+    By name, a worker imports the test module, whose ``from conftest import ...``
+    finds whichever ``conftest.py`` comes first on the worker's path (the
+    repository's own, for the doctests, in a fresh clone): an ImportError in the
+    worker, and the task never ends.
+    """
+    import cloudpickle
+
+    module = getattr(request, "module", None)
+    if module is None or module.__name__ not in sys.modules:
+        yield
+        return
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[object]:
     """A LocalCluster of 2 worker processes (2 threads each), shared by the session."""
@@ -183,26 +203,6 @@ def read_back(store: object) -> xr.Dataset:
 
 
 __all__ = ["cluster_of", "make_dataset", "read_back", "snapshot", "zarr"]
-
-
-# A coordination prefix on each store that coordinates: local, memory, and S3 (moto) through
-# either client
-# (tests/state/).
-@pytest.fixture(params=["local", "memory", "s3-obstore", "s3-s3fs"])
-def coord(request, tmp_path):
-    if request.param == "local":
-        return Coordinator(LocalStore(str(tmp_path / "c")))
-    if request.param == "memory":
-        return Coordinator(MemoryStore())
-    from toolkit.io.stores import resolve_store
-
-    s3 = request.getfixturevalue("s3")  # only the S3 cases need moto's server
-    bucket = f"coord-{time.time_ns() % 10**9}"
-    s3.create_bucket(bucket)
-    client = request.param.removeprefix("s3-")
-    return Coordinator(
-        resolve_store(f"s3://{bucket}/x", storage_options=s3.storage_options(client=client))
-    )
 
 
 # --------------------------------------------------------------------------- a browser

@@ -23,9 +23,11 @@ from dask.delayed import delayed
 from toolkit._render import html_table, text_table
 from toolkit.cluster.progress import compute_with_progress
 from toolkit.ingest import sources_dataset
+from toolkit.io.digests import checksum
 from toolkit.io.stores import StoreLike, resolve_store, store_label
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
+from toolkit.state.manifest import is_metadata, read_manifest
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -257,9 +259,6 @@ def _verify_manifest(target: StoreLike, *, batch: int = 256) -> VerifyReport:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    from toolkit.io.digests import checksum
-    from toolkit.state.manifest import is_metadata, read_manifest
-
     store = wrap_store(_readonly(target), None)
     label = store_label(target)
     manifest = read_manifest(store)
@@ -345,8 +344,6 @@ def _owner(key: str) -> str:
 
 def _judge(key: str, data: bytes | None, manifest: Any, checksum: Any) -> str | None:
     """What is wrong with one object, or None."""
-    from toolkit.state.manifest import is_metadata
-
     on_record = manifest.digests.get(key)
     if data is None:
         if on_record and key not in manifest.deleted:

@@ -159,8 +159,10 @@ def test_infinities_give_numpys_answer_in_any_split_and_tree(
         np.testing.assert_array_equal(hist[i], want)
         check_quantiles(quant[i], v, QS, 0.01)
         if v.size:  # the reference's median is numpy's
+            # (to a few ulps: the two interpolate between the middle values in
+            # different orders of operations)
             with np.errstate(invalid="ignore"):  # median of -inf and +inf: NaN
-                np.testing.assert_allclose(quantiles(v, [0.5])[0], np.median(v), rtol=1e-15)
+                np.testing.assert_allclose(quantiles(v, [0.5])[0], np.median(v), rtol=1e-13)
 
 
 INF = np.inf

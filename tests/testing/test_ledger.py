@@ -119,7 +119,7 @@ def test_labels():
 
 
 def test_ledger_is_thread_safe_and_stops_when_closed():
-    ledger = Ledger()
+    ledger = Ledger(opened=0.0)
 
     def add(k: int) -> None:
         for i in range(200):
@@ -136,6 +136,12 @@ def test_ledger_is_thread_safe_and_stops_when_closed():
     ledger.close()
     ledger.add(_req(0, 1))
     assert len(ledger) == 1600
+    # A request that began before the ledger opened is not its own (its answer may
+    # be recorded a moment after a ledger opened since).
+    late = Ledger(opened=10.0)
+    late.add(_req(9.0, 10.5))
+    late.add(_req(10.0, 10.5))
+    assert [r.start for r in late.requests] == [10.0]
 
 
 # The proxy recording real requests (moto's server, through botocore).

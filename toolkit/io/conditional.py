@@ -57,6 +57,8 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
+from toolkit.io.clients import list_keys
+from toolkit.io.stores import describe_store
 from toolkit.io.throttle import Throttle, classify_error, http_status
 
 __all__ = [
@@ -219,8 +221,6 @@ class ConditionalStore(ABC):
 def _final(
     store: Store, op: str, key: str, e: Exception, verdict: str, attempts: int, spent: float
 ) -> Exception:
-    from toolkit.io.stores import describe_store
-
     where = f"{describe_store(store)}/{key}"
     brief = str(e).split("\n\nDebug source", 1)[0].split("\n", 1)[0][:300]
     if verdict == "throttled":
@@ -533,8 +533,6 @@ class _S3fsConditional(ConditionalStore):
         return None
 
     async def _list(self, prefix: str) -> list[str]:
-        from toolkit.io.clients import list_keys
-
         return await list_keys(self.store, prefix)
 
 
@@ -606,8 +604,6 @@ def conditional_store(store: Store, policy: Throttle | None = None) -> Condition
         For a store without conditional writes (an fsspec store other than S3,
         obstore's local or memory store, a store of another kind).
     """
-    from toolkit.io.stores import describe_store
-
     base = _base(store)
     retries = _Retries.of(policy)
     if isinstance(base, LocalStore):

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
+import xarray as xr
 from zarr.abc.store import ByteRequest, Store
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
@@ -32,6 +34,7 @@ from zarr.storage import WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.io.conditional import ConditionalStore
+from toolkit.io.groups import array_dims, open_group
 
 __all__ = [
     "ArrayExtent",
@@ -39,6 +42,7 @@ __all__ = [
     "Extents",
     "consistent_view",
     "covering_length",
+    "open_settled",
     "publish",
     "read_extents",
     "write_unit",
@@ -372,8 +376,6 @@ def consistent_view(store: Store, group: str | None = None) -> Store:
     Every row below the shortest one's length has landed in every array, so
     the arrays are shown that long; ``store`` itself when they agree.
     """
-    from toolkit.io.groups import array_dims, open_group
-
     grp = open_group(store, group, use_consolidated=False)
     root = f"{group.strip('/')}/" if group and group.strip("/") else ""
     fmt = grp.metadata.zarr_format
@@ -391,3 +393,30 @@ def consistent_view(store: Store, group: str | None = None) -> Store:
             ext = Extents(dim, arrays, ckey, fmt)
             store = ExtentStore(store, ext, min(lengths), group, exact=True)
     return store
+
+
+def open_settled(store: Store, group: str | None = None, **kwargs: Any) -> Any:
+    """:func:`xarray.open_zarr`, waiting out a publication of appended rows.
+
+    Appended rows become visible by growing each array's stored length, one
+    metadata document per array, so for the time of one round of requests a
+    reader can find the arrays of a dimension disagreeing (xarray's
+    "conflicting sizes"). The open is tried again for up to about two seconds;
+    a store that still disagrees (a publication cut short) is shown as long as
+    its shortest array (:func:`toolkit.io.extent.consistent_view`).
+    """
+    ro = store if store.read_only else store.with_read_only(True)
+    delay = 0.01
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            return xr.open_zarr(ro, group=group, **kwargs)
+        except ValueError as e:
+            if "conflicting sizes" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                # A publication cut short (its job killed): the rows every array
+                # has are the visible ones, until a job finishes publishing.
+                return xr.open_zarr(consistent_view(ro, group), group=group, **kwargs)
+            time.sleep(delay)
+            delay = min(0.5, delay * 2)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,37 +15,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from toolkit.errors import CorruptMetadataError, ToolkitError
+from toolkit.io.reserved import RESERVED_PREFIX
+from toolkit.io.stores import describe_store
 
 __all__ = [
     "RESERVED_PREFIX",
     "ExistingGroup",
     "array_dims",
-    "hide_reserved_prefix_warnings",
     "open_existing",
     "open_group",
-    "open_settled",
 ]
-
-RESERVED_PREFIX = ".toolkit"
-"""Top-level prefix (inside the group) where toolkit keeps its own state."""
-
-_RESERVED_WARNING = rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized"
-
-
-def hide_reserved_prefix_warnings() -> None:
-    """Silence zarr's warning about toolkit's own prefix in group listings.
-
-    zarr warns of any key that is no array or group while it lists a group's
-    members; for ``.toolkit/`` the warning says nothing useful. Installed when
-    toolkit resolves a store (never on import), for that prefix's message only,
-    and again whenever something (``warnings.catch_warnings``, a test runner)
-    has restored the filters without it.
-    """
-    if not any(
-        f[0] == "ignore" and f[1] is not None and f[1].pattern == _RESERVED_WARNING
-        for f in warnings.filters
-    ):
-        warnings.filterwarnings("ignore", message=_RESERVED_WARNING, category=Warning)
 
 
 @dataclass(frozen=True)
@@ -187,8 +164,6 @@ def _damaged_document(store: Store, prefix: str) -> str | None:
 
 
 def _corrupt(store: Store, key: str, error: BaseException) -> CorruptMetadataError:
-    from toolkit.io.stores import describe_store  # stores imports this module
-
     return CorruptMetadataError(
         f"the Zarr metadata document {key!r} of {describe_store(store)} is there but cannot "
         f"be read ({type(error).__name__}: {error}): the store is damaged, not empty, and "
@@ -225,36 +200,3 @@ def open_group(
             last = e
     assert last is not None
     raise last
-
-
-def open_settled(store: Store, group: str | None = None, **kwargs: Any) -> Any:
-    """:func:`xarray.open_zarr`, waiting out a publication of appended rows.
-
-    Appended rows become visible by growing each array's stored length, one
-    metadata document per array, so for the time of one round of requests a
-    reader can find the arrays of a dimension disagreeing (xarray's
-    "conflicting sizes"). The open is tried again for up to about two seconds;
-    a store that still disagrees (a publication cut short) is shown as long as
-    its shortest array (:func:`toolkit.io.extent.consistent_view`).
-    """
-    import time
-
-    import xarray as xr
-
-    from toolkit.io.extent import consistent_view
-
-    ro = store if store.read_only else store.with_read_only(True)
-    delay = 0.01
-    deadline = time.monotonic() + 2.0
-    while True:
-        try:
-            return xr.open_zarr(ro, group=group, **kwargs)
-        except ValueError as e:
-            if "conflicting sizes" not in str(e):
-                raise
-            if time.monotonic() > deadline:
-                # A publication cut short (its job killed): the rows every array
-                # has are the visible ones, until a job finishes publishing.
-                return xr.open_zarr(consistent_view(ro, group), group=group, **kwargs)
-            time.sleep(delay)
-            delay = min(0.5, delay * 2)

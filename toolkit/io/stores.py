@@ -11,7 +11,7 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from toolkit.io import clients
-from toolkit.io.groups import hide_reserved_prefix_warnings
+from toolkit.io.reserved import hide_reserved_prefix_warnings
 from toolkit.io.throttle import Throttle
 
 __all__ = [

@@ -43,11 +43,14 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit._util import encode_json
+from toolkit.io.conditional import conditional_store
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import changed_objects, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
+from toolkit.state import manifest as _manifest
+from toolkit.state.manifest import write_fragment
 
 __all__ = [
     "ResumeLog",
@@ -98,8 +101,6 @@ def write_hole(
     Created only if the job has no record yet (its own record says more).
     Returns whether this call created it.
     """
-    from toolkit.io.conditional import conditional_store
-
     doc = {
         "state": "abandoned",
         "job": reservation["job"],
@@ -390,8 +391,6 @@ class ResumeLog:
         after the write's record is gone, so that a run killed in between is
         finished by a rerun that finds every task marked.
         """
-        from toolkit.state.manifest import write_fragment
-
         store = wrap_store(self.store, self.throttle, io)
 
         async def collect() -> dict[str, Any]:
@@ -424,13 +423,9 @@ class ResumeLog:
 
 def manifest_key(group: str | None = None) -> str:
     """Where a group's folded checksum manifest is kept (see :mod:`toolkit.state.manifest`)."""
-    from toolkit.state.manifest import manifest_key as key
-
-    return key(group)
+    return _manifest.manifest_key(group)
 
 
 def read_manifest(store: Store, group: str | None = None) -> dict[str, str]:
     """The newest checksum on record of each of a group's objects ({} without a manifest)."""
-    from toolkit.state.manifest import read_manifest as read
-
-    return {k: v[-1] for k, v in read(store, group).digests.items()}
+    return {k: v[-1] for k, v in _manifest.read_manifest(store, group).digests.items()}

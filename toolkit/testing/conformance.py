@@ -61,11 +61,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
+import xarray as xr
 from zarr.abc.store import Store
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
+import toolkit
 from toolkit.errors import ExistingStoreError, LeaseLostError, LeaseTimeoutError
 from toolkit.io.conditional import ConditionalStore, conditional_store, supports_conditional
 from toolkit.io.throttle import Throttle
@@ -765,11 +768,6 @@ class CreationClaimTests(CoordinationTests):
 
     def test_clear_group_keeps_only_the_creation_lease(self, store_factory: StoreFactory) -> None:
         """``mode="w"``'s clearing: every object of a written dataset goes but the lease."""
-        import numpy as np
-        import xarray as xr
-
-        import toolkit
-
         store = store_factory()
         v = np.arange(12.0).reshape(4, 3)
         ds = xr.Dataset({"v": (("t", "x"), v)}, coords={"t": np.arange(4)})

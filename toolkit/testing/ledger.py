@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -292,15 +293,17 @@ class Ledger:
     ``requests`` is a copy, in the order the answers left.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, opened: float | None = None) -> None:
         self._lock = threading.Lock()
         self._requests: list[Request] = []
         self.closed = False
+        #: When it opened (``time.monotonic()``): requests that began before are not its own.
+        self.opened = time.monotonic() if opened is None else opened
 
     def add(self, request: Request) -> None:
-        """Record one request (nothing once the ledger is closed)."""
+        """Record one request that began since it opened (nothing once it is closed)."""
         with self._lock:
-            if not self.closed:
+            if not self.closed and request.start >= self.opened:
                 self._requests.append(request)
 
     def close(self) -> None:
@@ -310,9 +313,11 @@ class Ledger:
 
     @property
     def requests(self) -> list[Request]:
-        """The requests recorded so far."""
+        """The requests recorded so far, in the order their answers left."""
         with self._lock:
-            return list(self._requests)
+            # Recorded by the proxy's threads a moment after each answer left, so not
+            # always in that order.
+            return sorted(self._requests, key=lambda r: (r.end, r.start))
 
     def __len__(self) -> int:
         with self._lock:

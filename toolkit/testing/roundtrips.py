@@ -49,6 +49,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+import toolkit
+from toolkit.io.stores import resolve_store
 from toolkit.testing.ledger import LedgerSummary, Request, summarize
 from toolkit.testing.servers import FaultProxy, S3Server
 
@@ -125,8 +127,6 @@ def measure(
     A store of its own is made for it under ``bucket`` (which must exist), set up
     straight on the server (no latency, not recorded), so runs never interfere.
     """
-    import toolkit
-
     if operation not in OPERATIONS:
         raise ValueError(f"operation {operation!r} is none of {OPERATIONS}")
     name = f"rt-{operation.replace(' ', '-')}-{client}-{next(_names)}-{time.time_ns()}.zarr"
@@ -182,8 +182,6 @@ def measure(
             return toolkit.open_zarr(url, storage_options=opts)
 
     elif operation == "verify":
-        from toolkit.io.stores import resolve_store
-
         seed(make(2))
         store = resolve_store(url, storage_options=opts)  # verify takes no storage_options
 
@@ -219,7 +217,6 @@ def _stream_batch(
     thread starts the next batch, an append, which never writes the claim. The
     second batch's requests are those that started after the claim's last write.
     """
-    import toolkit
 
     def run() -> object:
         pieces = (make(1, i) for i in range(8))

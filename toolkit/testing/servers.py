@@ -291,6 +291,9 @@ class FaultProxy:
         self.closed = False
         self._ledgers: list[Ledger] = []
         self._ledgers_lock = threading.Lock()
+        # The requests being answered now (their start): a ledger closing waits for those
+        # that began while it was open to be recorded.
+        self._answering: dict[int, float] = {}
         self._closing = threading.Event()  # wakes stalled requests when the proxy closes
         self._random = random.Random(seed)
         self._random_lock = threading.Lock()
@@ -335,21 +338,42 @@ class FaultProxy:
         try:
             yield ledger
         finally:
+            # A client has its answer a moment before the proxy records it: wait (a
+            # second at most: a held request may never end) for the requests that
+            # began while the ledger was open, so that none is left out.
+            closing = time.monotonic()
+            deadline = closing + 1.0
+            while time.monotonic() < deadline:
+                with self._ledgers_lock:
+                    if not any(t < closing for t in self._answering.values()):
+                        break
+                time.sleep(0.002)
             with self._ledgers_lock:
                 self._ledgers.remove(ledger)
             ledger.close()
 
     def _record(self, command: str, target: str, start: float, status: int, sent: int,
-                received: int) -> None:  # fmt: skip
+                received: int, end: float | None = None) -> None:  # fmt: skip
         with self._ledgers_lock:
             ledgers = list(self._ledgers)
         if not ledgers:
+            self._answered()
             return
         path, _, query = target.partition("?")
-        req = Request(command, unquote(path), query, start, time.monotonic(), status, sent,
+        end = time.monotonic() if end is None else end
+        req = Request(command, unquote(path), query, start, end, status, sent,
                       received)  # fmt: skip
         for ledger in ledgers:
             ledger.add(req)
+        self._answered()
+
+    def _answering_now(self) -> None:
+        with self._ledgers_lock:
+            self._answering[threading.get_ident()] = time.monotonic()
+
+    def _answered(self) -> None:
+        with self._ledgers_lock:
+            self._answering.pop(threading.get_ident(), None)
 
     def _draw(self) -> float:
         with self._random_lock:
@@ -397,7 +421,8 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(body)
                 proxy._record(self.command, self.path, self._started, status, self._sent,
-                              0 if self.command == "HEAD" else len(body))  # fmt: skip
+                              0 if self.command == "HEAD" else len(body),
+                              time.monotonic())  # fmt: skip
 
             def _fault(self, kind: str) -> None:
                 proxy.faults.append((time.monotonic(), kind, f"{self.command} {self.path}"))
@@ -414,6 +439,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 self._started, self._sent = time.monotonic(), 0  # its head has been read
+                proxy._answering_now()
                 body = self._body()
                 self._sent = len(body)
                 if proxy.closed:  # a kept-alive connection outliving the proxy: hang up
@@ -478,7 +504,13 @@ class FaultProxy:
                 finally:
                     conn.close()
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+            def _serve(self) -> None:
+                try:
+                    self._handle()
+                finally:
+                    proxy._answered()  # recorded, or hung up on without a record
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
 
         return Handler
 

@@ -687,22 +687,25 @@ def _report(
         cause = next((f["exception"] for f in failures if f.get("exception")), None)
         running = sum(int(f.get("still_running") or 0) for f in failures)
         raise WriteError(_failure_message(plan, record, io, running, journal), record) from cause
+    # The bookkeeping's requests count in the running totals as they happen (the
+    # dashboard's figures end at the report's), and in the report.
+    tail = live_metrics(describe_store(plan.store))
     try:
         # The manifest before the record: a kill in between leaves a store that
         # readers still refuse and a rerun finishes (every task is marked).
         if not is_icechunk(plan.store):
             written = {**(meta_written or {}), **stats.get("objects", {})}
-            write_fragment(wrap_store(plan.store, plan.throttle, io), plan.group, token,
+            write_fragment(wrap_store(plan.store, plan.throttle, tail), plan.group, token,
                            objects_of_lists(written))  # fmt: skip
         if resume is not None:
-            resume.seal(io)
+            resume.seal(tail)
         if strays_before is not None:
             # Under the creation lease: temporary files of killed runs are nobody's.
             remove_strays(plan.store, plan.group, older_than=strays_before)
         if journal is not None:
-            journal.done(io, plan.unit_spans())
+            journal.done(tail, plan.unit_spans())
         if resume is not None:
-            resume.clear(io)
+            resume.clear(tail)
     except StoreError as e:
         # Every unit landed; only the bookkeeping failed. The record stays, so
         # readers refuse the store until it is removed: say so, do not fail.
@@ -713,6 +716,7 @@ def _report(
             CleanupWarning,
             stacklevel=2,
         )
+    io.merge(tail)
     return WriteReport(
         target=plan.target,
         variables=tuple(v.name for v in plan.variables),

@@ -54,7 +54,7 @@ from toolkit.state.claim import CreationClaim
 from toolkit.state.commitlog import Batch, CommitLog
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, job_id
 from toolkit.state.rows import decide_rows, outstanding, shift_out
-from toolkit.write.execute import eager_regions, unit_ranges, write_dataset
+from toolkit.write.execute import WriteReport, eager_regions, unit_ranges, write_dataset
 from toolkit.write.multi import (
     _has_arrays,
     _placed,
@@ -626,8 +626,6 @@ def _pieces(
 
 
 def _nothing(ds: xr.Dataset, repo: Repository) -> Any:
-    from toolkit.write.execute import WriteReport
-
     return WriteReport(
         target=repo.target, variables=(), tasks=0, units=0, nbytes=0, stored_bytes=0,
         seconds=0.0, metadata_seconds=0.0, requests={},

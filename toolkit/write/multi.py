@@ -63,20 +63,27 @@ from zarr.storage import LocalStore
 from toolkit._util import backoff
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
-from toolkit.io.extent import Extents, ExtentStore, covering_length, publish, read_extents
-from toolkit.io.groups import RESERVED_PREFIX, array_dims, open_group, open_settled
+from toolkit.io.extent import (
+    Extents,
+    ExtentStore,
+    covering_length,
+    open_settled,
+    publish,
+    read_extents,
+)
+from toolkit.io.groups import RESERVED_PREFIX, array_dims, open_group
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.snapshot import SnapshotStore
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import CommitLog, CommitStats
+from toolkit.state.commitlog import Batch, CommitLog, CommitStats
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
 from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
-from toolkit.write.execute import execute, write_dataset
+from toolkit.write.execute import WriteReport, execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
 
 __all__ = ["append", "commit_log", "derive_job_id", "overwrite_partitions", "rows_along"]
@@ -154,8 +161,6 @@ def commit_log(store: Store, group: str | None = None, policy: Throttle | None =
     base = wrap_store(unwrap(store), policy)
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
-        from toolkit.state.commitlog import Batch
-
         new, answers = decide_rows(
             state,
             requests,
@@ -379,8 +384,6 @@ def _hidden_write(
 
 
 def _landed_report(plan: WritePlan, placement: dict[str, Any]) -> Any:
-    from toolkit.write.execute import WriteReport
-
     _log.info("toolkit: job %s landed before; nothing written", placement.get("job"))
     report = WriteReport(
         target=plan.target,

@@ -44,7 +44,8 @@ from toolkit.errors import (
     UnsupportedVariableError,
     VariableNameError,
 )
-from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing, open_settled
+from toolkit.io.extent import open_settled
+from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.snapshot import SnapshotStore
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
