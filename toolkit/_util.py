@@ -6,7 +6,7 @@ import contextlib
 import json
 import random
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import zarr
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 
-__all__ = ["backoff", "encode_json", "zarr_concurrency"]
+__all__ = ["Background", "backoff", "encode_json", "zarr_concurrency"]
 
 
 def backoff(attempt: int, base: float, cap: float, draw: float | None = None) -> float:
@@ -84,3 +84,47 @@ def zarr_concurrency(n: int) -> Iterator[None]:
             _CONCURRENCY_USERS -= 1
             if _CONCURRENCY_USERS == 0:
                 zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
+
+
+class Background:
+    """Requests sent off a job's path of round trips, waited for before the job ends.
+
+    Each :meth:`run` starts a thread; :meth:`settle` joins them all and raises the
+    first error (unless told not to). A step whose answer the job does not need
+    next (a hint, a document read only if the job dies, a manifest fragment)
+    then costs no round trip of its own: it travels with the next one.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+
+    def run(self, fn: Callable[[], object]) -> None:
+        """Start ``fn`` now, in a thread of its own."""
+
+        def body() -> None:
+            try:
+                fn()
+            except BaseException as e:  # kept for settle(), which raises it in the job
+                with self._lock:
+                    self._errors.append(e)
+
+        # A daemon: a process that exits without settling (killed, or a hint
+        # nobody waits for) loses only what the thread had not sent.
+        t = threading.Thread(target=body, name=f"toolkit-{self._name}", daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def settle(self, timeout: float | None = None, *, raise_errors: bool = True) -> None:
+        """Wait for every thread started so far; raise the first error of theirs."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for t in threads:
+            t.join(timeout)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if errors and raise_errors:
+            raise errors[0]

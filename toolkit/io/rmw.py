@@ -14,6 +14,7 @@ overwrite what landed after its read.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
@@ -96,6 +97,10 @@ class ConditionalUnits(WrapperStore[Store]):
     def forget(self) -> None:
         """Forget what was read: the next read of each unit fetches it again."""
         self._read.clear()
+
+    async def prefetch(self) -> None:
+        """Read every shared unit at once (one round, not one per variable written)."""
+        await asyncio.gather(*(self._versioned(k) for k in sorted(self.keys)))
 
     async def _versioned(self, key: str) -> Versioned | None:
         if key not in self._read:

@@ -37,6 +37,8 @@ T = TypeVar("T")
 _METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 #: One-dimensional arrays up to this size have their chunks read in the snapshot.
 _SMALL_ARRAY_BYTES = 4 * 2**20
+#: Other one-dimensional arrays up to this size (labels) have their chunks read too.
+_SMALL_LABELS_BYTES = 256 * 2**10
 #: Coordinates in more chunks than this are read when asked, not in the snapshot.
 _MAX_CHUNKS = 256
 _MISSING = object()
@@ -65,6 +67,8 @@ class SnapshotStore(InterceptStore):
         # Small one-dimensional arrays (coordinates): their chunks are kept even with
         # chunks=False, read once (writes of them go through and are forgotten).
         self._small: set[str] = set()
+        # Keys asked for by name (prefetch's ``extra``): kept whatever they are.
+        self._named: set[str] = set()
 
     @property
     def inner(self) -> Store:
@@ -72,7 +76,7 @@ class SnapshotStore(InterceptStore):
         return self._store
 
     def _keeps(self, key: str) -> bool:
-        if self._chunks or _is_metadata(key):
+        if self._chunks or _is_metadata(key) or key in self._named:
             return True
         path = key.rsplit("/c/", 1)[0] if "/c/" in key else key.rsplit("/", 1)[0]
         return path in self._small
@@ -126,22 +130,29 @@ class SnapshotStore(InterceptStore):
         """A snapshot of the same store that keeps only metadata documents, seeded with these."""
         out = SnapshotStore(self._store, chunks=False)
         out._small = set(self._small)
+        out._named = set(self._named)
         # Listings are kept: they name the group's members, which an append never changes.
         out._kept = {
             k: v for k, v in self._kept.items() if k[0].startswith("list") or out._keeps(k[1])
         }
         return out
 
-    async def prefetch(self, group: str | None = None, extra: Sequence[str] = ()) -> None:
+    async def prefetch(
+        self, group: str | None = None, extra: Sequence[str] = (), listings: Sequence[str] = ()
+    ) -> None:
         """Read the group's documents, its arrays' and its coordinates' chunks, in three rounds.
 
-        ``extra`` keys are read in the first round too (kept whatever they are).
+        ``extra`` keys are read in the first round too (kept whatever they are), and
+        the ``listings`` (prefixes) listed (see :meth:`listed`).
         """
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         first = [f"{root}{n}" for n in _METADATA]
         listing = asyncio.ensure_future(self._collect_dir(root))
+        lists = [asyncio.ensure_future(self._collect_dir(p)) for p in listings]
+        self._named.update(extra)
         docs = await self._fetch([*first, *extra])
         members = await listing
+        await asyncio.gather(*lists)
         arrays = _consolidated_arrays(docs, root)
         if arrays is None:
             # No consolidated copy: the group's listing names its arrays.
@@ -150,7 +161,9 @@ class SnapshotStore(InterceptStore):
         # zarr asks for the other format's documents too when it is not told which.
         docs_of = ("zarr.json", ".zarray", ".zattrs")
         # Every member's documents: the arrays', and the others' (zarr asks each).
-        keys = [f"{root}{n}/{doc}" for n in {*arrays, *members} for doc in docs_of]
+        # (The listing names the group's own documents too: no members.)
+        nodes = {*arrays, *(n for n in members if n not in _METADATA)}
+        keys = [f"{root}{n}/{doc}" for n in nodes for doc in docs_of]
         # A consolidated copy (Zarr 3) already says which coordinate chunks to read:
         # they come in the same round as the documents.
         early = self._small_keys(root, {n: d for n, d in arrays.items() if d}, v3=True)
@@ -177,6 +190,13 @@ class SnapshotStore(InterceptStore):
                 self._small.add(f"{root}{name}")
                 out += small
         return out
+
+    def listed(self, prefix: str) -> list[str] | None:
+        """What listing ``prefix`` found (its direct members), or None if it was not listed."""
+        found = self._kept.get(("list_dir", prefix.rstrip("/")), _MISSING)
+        if found is _MISSING:
+            found = self._kept.get(("list_dir", prefix), _MISSING)
+        return None if found is _MISSING else [k.rstrip("/") for k in found]
 
     async def _collect_dir(self, root: str) -> list[str]:
         try:
@@ -222,11 +242,13 @@ def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool) -> list[str]:
     shape = meta.get("shape") or []
     if len(shape) != 1 or shape[0] == 0:
         return []
-    # Only dimension coordinates (an array named as its one dimension): xarray
-    # reads those whole to index the dataset; other arrays are read if asked.
+    # Dimension coordinates (an array named as its one dimension): xarray reads
+    # those whole to index the dataset. Other 1-D arrays only when tiny (labels
+    # such as a partition coordinate, which a partition overwrite reads whole).
     dims = meta.get("dimension_names") or (meta.get("attributes") or {}).get("_ARRAY_DIMENSIONS")
+    limit = _SMALL_ARRAY_BYTES
     if dims is not None and list(dims) != [path.rsplit("/", 1)[-1]]:
-        return []
+        limit = _SMALL_LABELS_BYTES
     if v3:
         grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") or shape
         encoding = meta.get("chunk_key_encoding", {})
@@ -238,7 +260,7 @@ def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool) -> list[str]:
         sep = meta.get("dimension_separator") or "."
         v2_keys = True
         itemsize = 8
-    if shape[0] * itemsize > _SMALL_ARRAY_BYTES:
+    if shape[0] * itemsize > limit:
         return []
     # And the chunk after the last: the one an append along the array reads first.
     n = math.ceil(shape[0] / grid[0]) + 1

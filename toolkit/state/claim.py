@@ -220,13 +220,18 @@ class CreationClaim:
         self._done = threading.Event()
         if supports_atomic_create(store):
             self._coord = Coordinator(store, group, policy)
-            self.locks = LockSet(self._coord, [CREATE_LEASE], owner)
+            self.locks = LockSet(self._coord, [CREATE_LEASE], owner, fresh=True)
 
     def acquire(self, *, wait: bool) -> None:
         """Take the lease: ask once (``wait=False``) or wait for a live holder to finish."""
         if self.locks is None:
             return
         lease = self.locks.leases[0]
+        # Created without reading it first (one request on a store nobody creates);
+        # read only when someone holds or held it.
+        if lease.try_acquire():
+            self.locks.start(1.0)  # held: starts its renewal
+            return
         view = lease.observe()
         if view.state == "held" and _deferred_here(view.doc) and self._still_writing(view.doc):
             # A process never waits on itself: that write is computed later, by this

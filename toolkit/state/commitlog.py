@@ -42,11 +42,12 @@ from typing import Any
 
 from zarr.core.sync import sync
 
-from toolkit._util import backoff
+from toolkit._util import Background, backoff
 from toolkit.errors import LeaseTimeoutError
+from toolkit.io.reserved import RESERVED_PREFIX
 from toolkit.state.leases import Coordinator, Lease, default_ttl, gather_limited, job_id, numbered
 
-__all__ = ["Batch", "CommitLog", "CommitStats"]
+__all__ = ["HEAD", "Batch", "CommitLog", "CommitStats", "log_head_key"]
 
 _KEEP_ENTRIES = 1000
 _KEEP_RECENT = 1000
@@ -58,6 +59,12 @@ def _direct_attempts() -> int:
 
 
 HEAD = "log/HEAD.json"
+
+
+def log_head_key(group: str | None = None) -> str:
+    """The store key of a group's log head copy (the log lives in the coordination prefix)."""
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    return f"{root}{RESERVED_PREFIX}/coord/{HEAD}"
 
 
 @dataclass
@@ -124,6 +131,8 @@ class CommitLog:
     decide: Decide
     lease_ttl: float = field(default_factory=lambda: min(15.0, default_ttl()))
     stats: CommitStats = field(default_factory=CommitStats)
+    # The head's copy after a direct commit, left off the job's path (see settle()).
+    _hints: Background = field(default_factory=lambda: Background("log-head"), repr=False)
 
     # -- reading ------------------------------------------------------------
 
@@ -190,6 +199,18 @@ class CommitLog:
             "state": new_state,
         }
 
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait for the head's copies left in the background (a hint: failures are ignored)."""
+        self._hints.settle(timeout, raise_errors=False)
+
+    def _leave_head(self, seq: int, entry: dict[str, Any]) -> None:
+        """After a direct commit: the head's copy, sent while the job goes on.
+
+        A hint only (readers read forward past a lagging copy, and a direct
+        commit's entry is a conditional create): the job need not wait for it.
+        """
+        self._hints.run(lambda: sync(self._landed(seq, entry)))
+
     async def _landed(self, seq: int, entry: dict[str, Any]) -> None:
         """Entry ``seq`` was created: leave the head's copy, and prune old entries now and then."""
         await self.coord.aput(HEAD, entry)
@@ -221,13 +242,13 @@ class CommitLog:
             if req in won.get("answers", {}):  # ours after all (its answer was lost)
                 self.stats.commits += 1
                 self.stats.direct = True
-                sync(self._landed(seq + 1, won))
+                self._leave_head(seq + 1, won)
                 return dict(won["answers"][req]), seq + 1, dict(won.get("state") or {})
             return None, *sync(self._after(seq, state))
         self.stats.commits += 1
         self.stats.batched += 1
         self.stats.direct = True
-        sync(self._landed(seq + 1, entry))
+        self._leave_head(seq + 1, entry)
         return dict(answer), seq + 1, entry["state"]
 
     def submit(

@@ -571,7 +571,8 @@ class LockSet:
         taken: list[Lease] = []
         try:
             for lease in self.leases:
-                lease.acquire(timeout)
+                if not lease.held:  # (one taken already, by its own try_acquire, is kept)
+                    lease.acquire(timeout)
                 taken.append(lease)
         except BaseException:
             for lease in reversed(taken):

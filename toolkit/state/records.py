@@ -148,6 +148,8 @@ class WriteJournal:
         self.store, self.group, self.token, self.throttle = store, group, token, throttle
         self.key = record_key(group, token)
         self._doc: dict[str, Any] = {}
+        # The other records the store held when this one landed (read beside it).
+        self._earlier: list[dict[str, Any]] | None = None
 
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
         sync(wrap_store(self.store, self.throttle, io).set(self.key, encode_json(doc)))
@@ -166,7 +168,20 @@ class WriteJournal:
             **what,
             **({"resume": resume} if resume else {}),
         }
-        sync(via.set(self.key, encode_json(self._doc)))
+        # The other records are read in the same round, for done(): those of failed
+        # writes that this one repairs go with its own. (A record that appears later
+        # is left: the store stays refused until its own write, or a rerun, ends.)
+        reads = wrap_store(self.store, self.throttle)
+
+        async def both() -> list[dict[str, Any]]:
+            earlier: list[dict[str, Any]]
+            _, earlier = await asyncio.gather(
+                via.set(self.key, encode_json(self._doc)),
+                _aread_records(reads, self.group, skip=self.key),
+            )
+            return earlier
+
+        self._earlier = sync(both())
 
     def state(self) -> str | None:
         """The record's state in the store (``"writing"``, ``"failed"``), None once removed."""
@@ -192,7 +207,10 @@ class WriteJournal:
         since they may be live.
         """
         store = wrap_store(self.store, self.throttle, io)
-        for old in read_records(store, self.group, skip=self.key):
+        earlier = self._earlier
+        if earlier is None:
+            earlier = read_records(store, self.group, skip=self.key)
+        for old in earlier:
             repaired = (
                 spans is not None
                 and old.get("state") == "failed"
@@ -231,6 +249,13 @@ def read_records(
     One listing request, then every record fetched at once. ``skip`` is a key
     the caller knows already (its own record): listed, not fetched or returned.
     """
+    return sync(_aread_records(store, group, skip=skip))
+
+
+async def _aread_records(
+    store: Store, group: str | None = None, *, skip: str | None = None
+) -> list[dict[str, Any]]:
+    """:func:`read_records`, awaited."""
 
     async def one(k: str) -> dict[str, Any] | None:
         buf = await store.get(k, default_buffer_prototype())
@@ -247,16 +272,13 @@ def read_records(
         doc["key"] = k
         return doc
 
-    async def go() -> list[dict[str, Any]]:
-        keys = [k async for k in store.list_prefix(_prefix(group))]
-        # Not "<key>.<id>.partial": a killed write's temporary file.
-        wanted = sorted(k for k in keys if k.endswith(".json") and k != skip)
-        docs = await asyncio.gather(*(one(k) for k in wanted))
-        return [d for d in docs if d is not None]
-
     if not store.supports_listing:
         return []
-    return sync(go())
+    keys = [k async for k in store.list_prefix(_prefix(group))]
+    # Not "<key>.<id>.partial": a killed write's temporary file.
+    wanted = sorted(k for k in keys if k.endswith(".json") and k != skip)
+    docs = await asyncio.gather(*(one(k) for k in wanted))
+    return [d for d in docs if d is not None]
 
 
 def clear_records(store: Store, group: str | None = None, *, job: str | None = None) -> int:

@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import functools
 import inspect
+import json
 import os
 import time
 import warnings
@@ -31,6 +32,7 @@ from xarray.backends.common import ArrayWriter
 from xarray.backends.writers import dump_to_store, get_writable_zarr_store
 from xarray.coding.common import SerializationWarning
 from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from toolkit._render import html_table, text_table
@@ -58,6 +60,7 @@ from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
 from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
 from toolkit.state.commitlog import HEAD as LOG_HEAD
+from toolkit.state.commitlog import log_head_key
 from toolkit.state.leases import Coordinator, job_id
 from toolkit.state.manifest import objects_of_lists, write_fragment
 from toolkit.state.records import ResumeLog, WriteJournal
@@ -367,7 +370,7 @@ def execute(
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
-    direct = wrap_store(_edge_store(plan), plan.throttle, meta_io)
+    direct = wrap_store(_edge_store(plan, plan.reads), plan.throttle, meta_io)
     owner = job_id()
     transactional = is_icechunk(plan.store)
     # A creation (and the resumption of one) holds the group's creation lease
@@ -492,6 +495,7 @@ def _metadata_round(
         if shared:
             cas = conditional_store(plan.store, plan.throttle)
             below = ConditionalUnits(recorded, cas, shared, recorded.written)
+            sync(below.prefetch())  # every shared unit in one round
         # The group is known to be empty now: the buffer answers its probes itself.
         fresh = (plan.group or "") if creating or plan.mode == "w-" else None
         buffer = MetadataBuffer(below, empty_prefix=fresh)
@@ -572,7 +576,7 @@ def _prepare_group(plan: WritePlan, store: Store) -> None:
     remove_strays(store, plan.group)
 
 
-def _edge_store(plan: WritePlan) -> Store:
+def _edge_store(plan: WritePlan, reads: Store | None = None) -> Store:
     """The store a region write goes through: its arrays' last units merged, not replaced.
 
     Along a dimension that jobs append to through the dataset's commit log,
@@ -581,6 +585,9 @@ def _edge_store(plan: WritePlan) -> Store:
     the end would take that unit for complete and overwrite it whole; seen
     through an :class:`~toolkit.io.extent.ExtentStore`, the unit is read,
     merged and written back conditionally like any shared unit.
+
+    ``reads``: the plan's snapshot of the metadata (``plan.reads``), which the
+    metadata round reads through (writes go through it to the store).
     """
     if (
         plan.region is None
@@ -588,10 +595,18 @@ def _edge_store(plan: WritePlan) -> Store:
         or is_icechunk(plan.store)
         or not supports_conditional(plan.store)
     ):
-        return plan.store
-    head = Coordinator(plan.store, plan.group, plan.throttle).get(LOG_HEAD) or {}
+        return plan.store if reads is None else reads
+    if reads is not None:  # the head as the plan found it (read with its metadata)
+        buf = sync(
+            wrap_store(reads, plan.throttle).get(
+                log_head_key(plan.group), default_buffer_prototype()
+            )
+        )
+        head = json.loads(buf.to_bytes()) if buf is not None else {}
+    else:
+        head = Coordinator(plan.store, plan.group, plan.throttle).get(LOG_HEAD) or {}
     appended = set((head.get("state") or {}).get("dims") or ())
-    store = plan.store
+    store = plan.store if reads is None else reads
     root = f"{plan.group.strip('/')}/" if plan.group and plan.group.strip("/") else ""
     meta = "zarr.json" if plan.zarr_format == 3 else ".zarray"
     # Each array along the dimension: (path, axis, write unit, stored length).
@@ -602,7 +617,7 @@ def _edge_store(plan: WritePlan) -> Store:
                 along.setdefault(dim, []).append(
                     (vp.name, axis, vp.write_unit[axis], vp.array_shape[axis])
                 )
-    for arr, _ in eager_regions(plan) if plan.eager else ():
+    for arr, _ in eager_regions(plan, reads) if plan.eager else ():
         for axis, dim in enumerate(array_dims(arr)):
             if dim in appended:
                 unit = (arr.shards or arr.chunks)[axis]

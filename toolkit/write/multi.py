@@ -45,7 +45,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -60,7 +60,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from toolkit._util import backoff
+from toolkit._util import Background, backoff
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
 from toolkit.io.extent import (
@@ -78,7 +78,7 @@ from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_la
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import Batch, CommitLog, CommitStats
+from toolkit.state.commitlog import Batch, CommitLog, CommitStats, log_head_key
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
 from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
@@ -152,21 +152,27 @@ def _stored_partitions(
     return out
 
 
-def commit_log(store: Store, group: str | None = None, policy: Throttle | None = None) -> CommitLog:
+def commit_log(
+    store: Store,
+    group: str | None = None,
+    policy: Throttle | None = None,
+    known: Mapping[str, dict[str, list[int]]] | None = None,
+) -> CommitLog:
     """The dataset's commit log (reservations and partitions).
 
     ``policy`` gives the retries of its requests (and of the reads its
-    decisions make): the write's own.
+    decisions make): the write's own. ``known``: a partition coordinate's
+    stored labels as the job read them (its snapshot), which a decision that
+    meets the coordinate for the first time takes instead of opening the store.
     """
     base = wrap_store(unwrap(store), policy)
+    read = dict(known or {})
+
+    def stored(coord: str, dim: str) -> dict[str, list[int]]:
+        return read[coord] if coord in read else _stored_partitions(base, group, coord, dim)
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
-        new, answers = decide_rows(
-            state,
-            requests,
-            lambda coord, dim: _stored_partitions(base, group, coord, dim),
-            dead=holder_dead,
-        )
+        new, answers = decide_rows(state, requests, stored, dead=holder_dead)
         return Batch(new, answers)
 
     return CommitLog(Coordinator(store, group, policy), decide)
@@ -199,10 +205,18 @@ class _Dataset:
     reads: Store | None = None
     coord: Coordinator = field(init=False)
     log: CommitLog = field(init=False)
+    # Requests the job need not wait for in turn: sent beside the next ones (settle()).
+    background: Background = field(init=False)
 
     def __post_init__(self) -> None:
         self.coord = Coordinator(self.store, self.group, self.policy)
         self.log = commit_log(self.store, self.group, self.policy)
+        self.background = Background("publish")
+
+    def settle(self, raise_errors: bool = True) -> None:
+        """Wait for the requests sent in the background (manifest fragments, the log's head)."""
+        self.log.settle()
+        self.background.settle(raise_errors=raise_errors)
 
     @classmethod
     def open(
@@ -245,10 +259,13 @@ class _Dataset:
     def publish(self, ext: Extents, length: int) -> Extents:
         out = sync(publish(self.coord.cas, ext, length, self.group))
         if out.written:
-            # The metadata documents it grew, in the manifest (a fragment of their own).
+            # The metadata documents it grew, in the manifest (a fragment of their own),
+            # sent beside the job's next request (its lease's release, when it is done):
+            # the job waits for it before it returns (settle()).
             objects = {k: (len(b), checksum(b)) for k, b in out.written.items()}
             stack = wrap_store(self.store, self.policy)
-            write_fragment(stack, self.group, f"publish-{uuid.uuid4().hex}", objects)
+            name = f"publish-{uuid.uuid4().hex}"
+            self.background.run(lambda: write_fragment(stack, self.group, name, objects))
         return out
 
 
@@ -339,6 +356,24 @@ def _hold_job(ds: _Dataset, job: str, ttl: float | None = None) -> LockSet:
     return locks
 
 
+@contextlib.contextmanager
+def _job_held(ds: _Dataset, locks: LockSet) -> Iterator[None]:
+    """The job's lease given back, and its requests in the background settled, however it ends.
+
+    The lease's release goes out beside the background requests (the last
+    manifest fragment): one round trip for both. Their errors are raised when
+    the job succeeded; a job that failed raises its own.
+    """
+    try:
+        yield
+    except BaseException:
+        locks.stop()
+        ds.settle(raise_errors=False)
+        raise
+    locks.stop()
+    ds.settle()
+
+
 def _request(ds: _Dataset, locks: LockSet, visible: int, **kw: Any) -> dict[str, Any]:
     lease = locks.leases[0]
     return {
@@ -355,6 +390,28 @@ def _landed_key(group: str | None, job: str) -> str:
     """The key of the job's landed document (see :func:`_land`), for reads outside the log."""
     root = f"{group.strip('/')}/" if group and group.strip("/") else ""
     return f"{root}{RESERVED_PREFIX}/coord/jobs/{_safe(job)}.json"
+
+
+def _log_prefix(group: str | None) -> str:
+    """The commit log's prefix (listed in the snapshot's first round)."""
+    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    return f"{root}{RESERVED_PREFIX}/coord/log/"
+
+
+def _log_head(snap: SnapshotStore, group: str | None, policy: Throttle | None) -> Any:
+    """The log's head as the snapshot found it, for :meth:`CommitLog.submit` (None: unknown).
+
+    Its copy when there is one; an empty log when the listing found no entry
+    (a store's first many-jobs write). Either may be stale by now: the entry
+    after it is then taken, its create fails, and the log is read forward.
+    """
+    head = _read_json(wrap_store(snap, policy), log_head_key(group))
+    if head:
+        return head
+    entries = snap.listed(_log_prefix(group))
+    if entries is not None and not [e for e in entries if e != "HEAD.json"]:
+        return {"seq": 0, "state": {}}
+    return None
 
 
 def _read_json(store: Store, key: str) -> dict[str, Any]:
@@ -570,18 +627,20 @@ def _snapshot(
     kwargs: Mapping[str, Any],
     group: str | None,
     extra: Sequence[str] = (),
+    listings: Sequence[str] = (),
 ) -> SnapshotStore:
     """The target resolved, with its metadata and coordinates read in three concurrent rounds.
 
-    ``extra``: keys the job reads early (its record, its landed document), read
-    in the first round.
+    ``extra``: keys the job reads early (its record, its landed document, the
+    log's head), read in the first round; ``listings``: prefixes listed then
+    too (the log's entries).
     """
     policy = resolve_throttle(kwargs.get("throttle"), store_label(store))
     plain = store if isinstance(store, Store) else resolve_store(
         store, storage_options=storage_options, throttle=policy
     )  # fmt: skip
     snap = SnapshotStore(plain)
-    sync(snap.prefetch(group, extra))
+    sync(snap.prefetch(group, extra, listings))
     return snap
 
 
@@ -602,9 +661,10 @@ def _validated(
     itself. The snapshot is returned too, for the job's other reads of what
     the store held when it began.
     """
-    extra = [record_key(group, job), _landed_key(group, job)] if job else []
+    extra = [record_key(group, job), _landed_key(group, job), log_head_key(group)] if job else []
+    lists = [_log_prefix(group)] if job else []
     snap = store if isinstance(store, SnapshotStore) else _snapshot(
-        store, storage_options, kwargs, group, extra
+        store, storage_options, kwargs, group, extra, lists
     )  # fmt: skip
     plan = plan_write(
         ds, snap, mode="a", append_dim=dim, group=group,
@@ -658,11 +718,14 @@ def _append_one(
     with ThreadPoolExecutor(1, thread_name_prefix="toolkit-extents") as pool:
         lengths = pool.submit(target.extents)
         locks = _hold_job(target, job)
-    try:
+    with _job_held(target, locks):
         ext = lengths.result()
         batched = {"members": [list(m) for m in members]} if members else {}
         request = _request(target, locks, ext.visible, kind="reserve", n=n, runs=runs, **batched)
-        answer = target.log.submit(request, job=job)
+        # The log's head as the snapshot found it: the entry after it is created
+        # without reading the head again (a head moved since costs one failed create).
+        head = _log_head(snap, group, plan.throttle)
+        answer = target.log.submit(request, job=job, head=head)
         if "again" in answer:
             raise _MembersAgain(answer["again"])
         placement = {"dim": dim, "start": answer["start"], "stop": answer["stop"], "job": job}
@@ -674,6 +737,7 @@ def _append_one(
         # From the snapshot: only an earlier run of this job writes it, and one that
         # wrote it since the snapshot only makes this run write the same rows again.
         landed = _read_json(wrap_store(snap, plan.throttle), _landed_key(group, job))
+        landing = Background("landed")
         if landed.get("landed") and landed.get("start") == start:
             report = _landed_report(plan, placement)  # its data landed; it was not yet visible
         else:
@@ -686,13 +750,21 @@ def _append_one(
                 with contextlib.suppress(Exception):
                     target.log.submit({"kind": "release", "ids": ids}, job=f"{job}-release")
                 raise
+            # Its data landed: said in the store beside the publication's first round.
+            # The document matters only while the rows are not visible, if the job
+            # dies (a publisher finding it dead then publishes them as they are).
             for m, (a, b) in (answer.get("members") or {job: [start, stop]}).items():
-                _land(target, m, a, b)
+                landing.run(functools.partial(_land, target, m, a, b))
         locks.check()  # fenced: a job that lost its lease publishes nothing
-        placement["publish"] = _publish_rows(target, job, start, stop, ext)
+        try:
+            placement["publish"] = _publish_rows(target, job, start, stop, ext)
+        finally:
+            # Before the lease is given back: a publisher that finds the job gone
+            # then finds the document too. Its errors are nobody's: once the rows
+            # are visible it is never read, and a job that failed says so itself
+            # (its rerun, or the hole a publisher leaves, finishes it).
+            landing.settle(raise_errors=False)
         return _placed(report, placement, target.log)
-    finally:
-        locks.stop()
 
 
 def _fill_record(
@@ -850,90 +922,100 @@ def _overwrite_one(
                 f"sort the dataset first: ds.sortby({coord!r})"
             )
         seen.add(lab)
-    plan, snap = _validated(ds, store, dim, group, storage_options, kwargs)
+    plan, snap = _validated(ds, store, dim, group, storage_options, kwargs, job)
     base = plan.store
     if plan.mode == "w-":
         created = _create_first(ds, base, group, job, kwargs, plan.throttle)
         if created is not None:
             return created
-        plan, snap = _validated(ds, base, dim, group, None, kwargs)
+        plan, snap = _validated(ds, base, dim, group, None, kwargs, job)
     stored = _stored_partitions(wrap_store(snap, plan.throttle), group, coord, dim)
     _check_sizes(stored, runs, coord)
     target = _Dataset.open(base, group, dim, plan.throttle, snap)
+    # The labels just read serve the log's first decision on this coordinate.
+    target.log = commit_log(base, group, plan.throttle, known={coord: stored})
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
-    locks = _hold_job(target, job)
+    # The lengths are read while the job's lease is taken (as an append's).
+    with ThreadPoolExecutor(1, thread_name_prefix="toolkit-extents") as pool:
+        lengths = pool.submit(target.extents)
+        locks = _hold_job(target, job)
     parts: LockSet | None = None
-    try:
-        ext = target.extents()
-        answer = target.log.submit(
-            _request(target, locks, ext.visible, kind="partitions", coord=coord, runs=runs),
-            job=job,
-        )
-        if "error" in answer:
-            raise PartitionError(answer["error"])
-        # Rows that another job's unfinished reservation holds are not ours to write
-        # in place until that job made them visible: waited for before taking any
-        # partition lock (that job may need one of them to finish).
-        _wait_visible(target, job, answer)
-        names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
-        parts = LockSet(target.coord, names, job)
-        parts.start(timeout=lock_timeout)
-        report: Any = None
-        new = answer.get("id") is not None
-        pos = 0
-        old_spans, new_parts = [], []
-        for _, a, b in answer["ranges"]:
-            if new and a >= answer["start"]:
-                new_parts.append((a, pos, b - a))
-            else:
-                old_spans.append((a, b, pos))
-            pos += b - a
-        ext = target.extents()
-        new_rows = bool(new_parts)
-        if new_parts:
-            # The log places the new labels one after the other at the end, in the
-            # order of the job's runs, wherever they are in the job's data.
-            new_parts.sort()
-            rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
-            landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
-            if not (landed.get("landed") and landed.get("start") == answer["start"]):
-                report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
-                                       answer["stop"], kw)  # fmt: skip
-                _land(target, job, answer["start"], answer["stop"])
-        placement: dict[str, Any] = {
-            "dim": dim,
-            "coord": coord,
-            "job": job,
-            "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
-        }
-        spans = _merged(old_spans)
-        # Rows readers can see change from here on: one record of the job for the
-        # whole of it (partitions replaced in place, new ones published), so that
-        # a reader never finds half of the job.
-        journal = None
-        if spans:
-            journal = WriteJournal(base, group, job, plan.throttle)
-            what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
-                    "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
-            journal.begin(what, wrap_store(base, plan.throttle))
-        if new_rows:
-            locks.check()  # fenced: a job that lost its lease publishes nothing
-            placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
-        for a, b, at in spans:
-            rows = ds.isel({dim: slice(at, at + b - a)})
-            report = write_dataset(
-                rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
-                group=group, job=job, record=False, **kw,
-            )  # fmt: skip
-        if journal is not None:
-            journal.done(IOMetrics())
-        if report is None:
-            report = _landed_report(plan, placement)
-        return _placed(report, placement, target.log)
-    finally:
-        if parts is not None:
-            parts.stop()
-        locks.stop()
+    with _job_held(target, locks):
+        try:
+            ext = lengths.result()
+            answer = target.log.submit(
+                _request(target, locks, ext.visible, kind="partitions", coord=coord, runs=runs),
+                job=job,
+                head=_log_head(snap, group, plan.throttle),
+            )
+            if "error" in answer:
+                raise PartitionError(answer["error"])
+            # Rows that another job's unfinished reservation holds are not ours to write
+            # in place until that job made them visible: waited for before taking any
+            # partition lock (that job may need one of them to finish).
+            _wait_visible(target, job, answer)
+            names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
+            parts = LockSet(target.coord, names, job, fresh=True)
+            parts.start(timeout=lock_timeout)
+            report: Any = None
+            new = answer.get("id") is not None
+            pos = 0
+            old_spans, new_parts = [], []
+            for _, a, b in answer["ranges"]:
+                if new and a >= answer["start"]:
+                    new_parts.append((a, pos, b - a))
+                else:
+                    old_spans.append((a, b, pos))
+                pos += b - a
+            new_rows = bool(new_parts)
+            if new_parts:
+                ext = target.extents()
+                # The log places the new labels one after the other at the end, in the
+                # order of the job's runs, wherever they are in the job's data.
+                new_parts.sort()
+                rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
+                landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
+                if not (landed.get("landed") and landed.get("start") == answer["start"]):
+                    report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
+                                           answer["stop"], kw)  # fmt: skip
+                    _land(target, job, answer["start"], answer["stop"])
+            placement: dict[str, Any] = {
+                "dim": dim,
+                "coord": coord,
+                "job": job,
+                "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
+            }
+            spans = _merged(old_spans)
+            # Rows readers can see change from here on: one record of the job for the
+            # whole of it (partitions replaced in place, new ones published), so that
+            # a reader never finds half of the job.
+            journal = None
+            if spans:
+                journal = WriteJournal(base, group, job, plan.throttle)
+                what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
+                        "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
+                journal.begin(what, wrap_store(base, plan.throttle))
+            if new_rows:
+                locks.check()  # fenced: a job that lost its lease publishes nothing
+                placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
+            # Planned from the job's snapshot of the metadata, unless this job just
+            # published rows (the arrays grew since).
+            via = target.reads if target.reads is not None and not new_rows else base
+            for a, b, at in spans:
+                rows = ds.isel({dim: slice(at, at + b - a)})
+                report = write_dataset(
+                    rows_along(rows, dim), via, mode="r+", region={dim: slice(a, b)},
+                    group=group, job=job, record=False, **kw,
+                )  # fmt: skip
+            if journal is not None:
+                journal.done(IOMetrics())
+            if report is None:
+                report = _landed_report(plan, placement)
+            return _placed(report, placement, target.log)
+        finally:
+            if parts is not None:
+                # Given back beside the job's own lease (see _job_held).
+                target.background.run(parts.stop)
 
 
 def _check_sizes(

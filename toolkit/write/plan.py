@@ -25,6 +25,7 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit import grid
@@ -52,6 +53,7 @@ from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_la
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import group_contents
+from toolkit.state.commitlog import log_head_key
 from toolkit.state.records import read_records
 
 __all__ = [
@@ -407,6 +409,9 @@ class WritePlan:
         compare=False,
         default=None,  # type: ignore[arg-type]
     )
+    #: The metadata documents the plan was made from (a snapshot over ``store``), which
+    #: the write's metadata round reads instead of asking the store again; None: none.
+    reads: Store | None = field(repr=False, compare=False, default=None)
 
     def record_summary(self) -> dict[str, Any]:
         """What the write's record in the store says of it (JSON)."""
@@ -793,13 +798,17 @@ def plan_write(
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     _check_store_reachable(plain)
-    # Planning reads metadata through the same budget and retries as the write; an
-    # append gives a snapshot of the group read in a few concurrent rounds (the plan
-    # opens the group several ways: each open would be a chain of requests).
+    # Planning reads metadata through the same budget and retries as the write, from
+    # one snapshot of the group read in a few concurrent rounds (the plan opens the
+    # group several ways: each open would be a chain of requests over a slow link).
     plan_io = live_metrics(describe_store(plain))
     reads: Store = plain
     if isinstance(plain, SnapshotStore):
         plain = plain.inner  # the caller's snapshot (an append's), for the plan's reads
+    elif mode != "w":
+        reads = SnapshotStore(plain)
+        # With the commit log's head: a region write reads it (the dimensions jobs append to).
+        sync(reads.prefetch(group, extra=[log_head_key(group)]))
     zstore = wrap_store(reads, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
     fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
@@ -868,6 +877,7 @@ def plan_write(
         dataset=ds,
         store=plain,
         encoding=enc_out,
+        reads=reads.metadata_only() if isinstance(reads, SnapshotStore) else None,
     )
 
 
