@@ -370,7 +370,11 @@ def execute(
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
-    direct = wrap_store(_edge_store(plan, plan.reads), plan.throttle, meta_io)
+    # A region write's metadata round reads the documents its plan read (it writes no
+    # array metadata). Others read the store: a creation checks that it is still
+    # empty, and a write that adds arrays lists the group to consolidate it.
+    reads = plan.reads if plan.mode == "r+" else None
+    direct = wrap_store(_edge_store(plan, reads), plan.throttle, meta_io)
     owner = job_id()
     transactional = is_icechunk(plan.store)
     # A creation (and the resumption of one) holds the group's creation lease

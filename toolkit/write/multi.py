@@ -169,7 +169,9 @@ def commit_log(
     read = dict(known or {})
 
     def stored(coord: str, dim: str) -> dict[str, list[int]]:
-        return read[coord] if coord in read else _stored_partitions(base, group, coord, dim)
+        if coord in read:  # a copy: the decision adds to what it is given
+            return {lab: list(rows) for lab, rows in read[coord].items()}
+        return _stored_partitions(base, group, coord, dim)
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
         new, answers = decide_rows(state, requests, stored, dead=holder_dead)
@@ -998,9 +1000,12 @@ def _overwrite_one(
             if new_rows:
                 locks.check()  # fenced: a job that lost its lease publishes nothing
                 placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
-            # Planned from the job's snapshot of the metadata, unless this job just
-            # published rows (the arrays grew since).
-            via = target.reads if target.reads is not None and not new_rows else base
+            # Planned from the job's snapshot of the metadata when it still holds: no
+            # rows published since by this job, and every span within the rows the
+            # snapshot saw (rows that other jobs published since are planned afresh).
+            seen = max((b for _, b in stored.values()), default=0)  # the snapshot's rows
+            fresh = not new_rows and all(b <= seen for _, b, _ in spans)
+            via = target.reads if target.reads is not None and fresh else base
             for a, b, at in spans:
                 rows = ds.isel({dim: slice(at, at + b - a)})
                 report = write_dataset(
