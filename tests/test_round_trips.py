@@ -11,8 +11,9 @@ The bounds are the counts measured when they were set (2-core machine, the count
 runs gave, one more where runs on a busy machine varied; at bb8439a, before the
 snapshot reads: create 16, append 51, region 19, partition 72, stream batch 51; after the
 append snapshot: 11, 15, 14, 45, 15); the comment beside each says the goal of issue
-28. When a change removes round trips, lower the bound to the new count. Timing can only add to a count (a fan-out sent over more
-than the latency on a busy machine splits into two waves), so each test takes the best
+28. When a change removes round trips, lower the bound to the new count. Timing can only
+add to a count (a fan-out sent over more than the latency on a busy machine splits into
+two waves), so each test takes the best
 of up to three runs, at 50 ms rather than 10-20 ms, where such splits are frequent; when
 every run over the bound ended on a machine loaded above 2 per core (other suites
 running), the test skips and says so. Dask runs on 2 threads, so the chunk writes fan
