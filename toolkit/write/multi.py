@@ -1003,8 +1003,8 @@ def _overwrite_one(
             # Planned from the job's snapshot of the metadata when it still holds: no
             # rows published since by this job, and every span within the rows the
             # snapshot saw (rows that other jobs published since are planned afresh).
-            seen = max((b for _, b in stored.values()), default=0)  # the snapshot's rows
-            fresh = not new_rows and all(b <= seen for _, b, _ in spans)
+            seen_rows = max((b for _, b in stored.values()), default=0)  # the snapshot's rows
+            fresh = not new_rows and all(b <= seen_rows for _, b, _ in spans)
             via = target.reads if target.reads is not None and fresh else base
             for a, b, at in spans:
                 rows = ds.isel({dim: slice(at, at + b - a)})
