@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-
-# Hypothesis: bounded, deterministic in CI.
 from hypothesis import HealthCheck, settings
 from zarr.storage import LocalStore, MemoryStore
 
+# Hypothesis: bounded, deterministic in CI.
 settings.register_profile(
     "ci",
     max_examples=150,
@@ -87,10 +86,26 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> object:
     return MemoryStore()
 
 
+def tests_first_on_path() -> None:
+    """Put this directory first on ``sys.path``, which cluster workers started now inherit.
+
+    A worker imports a test module by name when it unpickles the module's
+    functions, and the module's ``from conftest import ...`` takes the first
+    conftest.py on the worker's path: this directory's, not the repository's
+    (which only sets up the doctests, and which collecting the package's doctests
+    puts first).
+    """
+    here = str(Path(__file__).resolve().parent)
+    if sys.path[:1] != [here]:
+        sys.path[:] = [here, *(p for p in sys.path if p != here)]
+
+
 @contextlib.contextmanager
 def cluster_of(n_workers: int, threads_per_worker: int) -> Iterator[object]:
     """A quiet LocalCluster of worker processes on free ports."""
     from distributed import LocalCluster
+
+    tests_first_on_path()
 
     with LocalCluster(
         n_workers=n_workers,
@@ -100,28 +115,6 @@ def cluster_of(n_workers: int, threads_per_worker: int) -> Iterator[object]:
         silence_logs=40,
     ) as cluster:
         yield cluster
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _functions_go_to_workers_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test module's functions are sent to cluster workers whole, not by name.
-
-    By name, a worker imports the test module, whose ``from conftest import ...``
-    finds whichever ``conftest.py`` comes first on the worker's path (the
-    repository's own, for the doctests, in a fresh clone): an ImportError in the
-    worker, and the task never ends.
-    """
-    import cloudpickle
-
-    module = getattr(request, "module", None)
-    if module is None or module.__name__ not in sys.modules:
-        yield
-        return
-    cloudpickle.register_pickle_by_value(module)
-    try:
-        yield
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
 
 
 @pytest.fixture(scope="session")

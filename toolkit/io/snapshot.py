@@ -126,9 +126,14 @@ class SnapshotStore(InterceptStore):
         found = await asyncio.gather(*(self.get(k, proto) for k in keys), return_exceptions=True)
         return {k: v for k, v in zip(keys, found, strict=True) if not isinstance(v, BaseException)}
 
-    def metadata_only(self) -> SnapshotStore:
-        """A snapshot of the same store that keeps only metadata documents, seeded with these."""
-        out = SnapshotStore(self._store, chunks=False)
+    def metadata_only(self, store: Store | None = None) -> SnapshotStore:
+        """A snapshot that keeps only metadata documents, seeded with these.
+
+        ``store``: the store it reads what it does not keep from and writes to
+        (this one's by default), e.g. the writable store of a snapshot taken
+        through a read-only view.
+        """
+        out = SnapshotStore(self._store if store is None else store, chunks=False)
         out._small = set(self._small)
         out._named = set(self._named)
         # Listings are kept: they name the group's members, which an append never changes.

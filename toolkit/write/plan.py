@@ -806,7 +806,9 @@ def plan_write(
     if isinstance(plain, SnapshotStore):
         plain = plain.inner  # the caller's snapshot (an append's), for the plan's reads
     elif mode != "w":
-        reads = SnapshotStore(plain)
+        # Through a read-only view: planning never writes (a local store's directory
+        # is not made by opening it), whatever the plan then refuses.
+        reads = SnapshotStore(_read_only(plain))
         # With the commit log's head: a region write reads it (the dimensions jobs append to).
         sync(reads.prefetch(group, extra=[log_head_key(group)]))
     zstore = wrap_store(reads, policy, plan_io)
@@ -877,8 +879,18 @@ def plan_write(
         dataset=ds,
         store=plain,
         encoding=enc_out,
-        reads=reads.metadata_only() if isinstance(reads, SnapshotStore) else None,
+        reads=reads.metadata_only(plain) if isinstance(reads, SnapshotStore) else None,
     )
+
+
+def _read_only(store: Store) -> Store:
+    """A read-only view of ``store`` (itself when it has none, or is read-only already)."""
+    if store.read_only:
+        return store
+    try:
+        return store.with_read_only(True)
+    except (NotImplementedError, TypeError, ValueError):
+        return store
 
 
 @dataclass(frozen=True)
