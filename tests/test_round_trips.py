@@ -116,7 +116,7 @@ def test_region_write(s3, proxy, client):
 @pytest.mark.timeout(120)
 def test_partition_overwrite(s3, proxy, client):
     """``toolkit.overwrite_partitions`` of one partition (one day, one step)."""
-    bound = {"obstore": 13, "s3fs": 14}[client]
+    bound = {"obstore": 15, "s3fs": 17}[client]
     _at_most(s3, proxy, "partition", client, bound=bound)  # goal: 10 (issue 28)
 
 

@@ -1000,16 +1000,12 @@ def _overwrite_one(
             if new_rows:
                 locks.check()  # fenced: a job that lost its lease publishes nothing
                 placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
-            # Planned from the job's snapshot of the metadata when it still holds: no
-            # rows published since by this job, and every span within the rows the
-            # snapshot saw (rows that other jobs published since are planned afresh).
-            seen_rows = max((b for _, b in stored.values()), default=0)  # the snapshot's rows
-            fresh = not new_rows and all(b <= seen_rows for _, b, _ in spans)
-            via = target.reads if target.reads is not None and fresh else base
+            # Planned afresh: the job's snapshot can be stale by now (a publication cut
+            # short that this job finished, rows other jobs published since).
             for a, b, at in spans:
                 rows = ds.isel({dim: slice(at, at + b - a)})
                 report = write_dataset(
-                    rows_along(rows, dim), via, mode="r+", region={dim: slice(a, b)},
+                    rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
                     group=group, job=job, record=False, **kw,
                 )  # fmt: skip
             if journal is not None:
