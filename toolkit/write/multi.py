@@ -395,9 +395,8 @@ def _landed_key(group: str | None, job: str) -> str:
 
 
 def _log_prefix(group: str | None) -> str:
-    """The commit log's prefix (listed in the snapshot's first round)."""
-    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
-    return f"{root}{RESERVED_PREFIX}/coord/log/"
+    """The commit log's prefix (listed in the snapshot's first round): its head's folder."""
+    return log_head_key(group).rsplit("/", 1)[0] + "/"
 
 
 def _log_head(snap: SnapshotStore, group: str | None, policy: Throttle | None) -> Any:
