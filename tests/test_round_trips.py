@@ -101,7 +101,7 @@ def test_create(s3, proxy, client):
 def test_append(s3, proxy, client):
     """``toolkit.append`` of one step to a one-step store."""
     _at_most(
-        s3, proxy, "append", client, bound={"obstore": 11, "s3fs": 13}[client]
+        s3, proxy, "append", client, bound={"obstore": 10, "s3fs": 13}[client]
     )  # goal: 8 (issue 28)
 
 

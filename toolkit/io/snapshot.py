@@ -143,12 +143,20 @@ class SnapshotStore(InterceptStore):
         return out
 
     async def prefetch(
-        self, group: str | None = None, extra: Sequence[str] = (), listings: Sequence[str] = ()
+        self,
+        group: str | None = None,
+        extra: Sequence[str] = (),
+        listings: Sequence[str] = (),
+        *,
+        beyond: bool = True,
     ) -> None:
         """Read the group's documents, its arrays' and its coordinates' chunks, in three rounds.
 
         ``extra`` keys are read in the first round too (kept whatever they are), and
-        the ``listings`` (prefixes) listed (see :meth:`listed`).
+        the ``listings`` (prefixes) listed (see :meth:`listed`). ``beyond``: read
+        each coordinate's chunk after its last too (an append reads it first; a
+        write within the stored rows never does, and a read of it that nothing
+        else waits for is a round trip of its own).
         """
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         first = [f"{root}{n}" for n in _METADATA]
@@ -171,7 +179,7 @@ class SnapshotStore(InterceptStore):
         keys = [f"{root}{n}/{doc}" for n in nodes for doc in docs_of]
         # A consolidated copy (Zarr 3) already says which coordinate chunks to read:
         # they come in the same round as the documents.
-        early = self._small_keys(root, {n: d for n, d in arrays.items() if d}, v3=True)
+        early = self._small_keys(root, {n: d for n, d in arrays.items() if d}, True, beyond)
         found = await self._fetch([*keys, *early])
         rest = {
             n: doc
@@ -181,14 +189,16 @@ class SnapshotStore(InterceptStore):
                 doc := _document(found.get(f"{root}{n}/{'zarr.json' if v3 else '.zarray'}")), dict
             )
         }
-        await self._fetch(self._small_keys(root, rest, v3))
+        await self._fetch(self._small_keys(root, rest, v3, beyond))
 
-    def _small_keys(self, root: str, docs: dict[str, Any], v3: bool) -> list[str]:
+    def _small_keys(
+        self, root: str, docs: dict[str, Any], v3: bool, beyond: bool = True
+    ) -> list[str]:
         """The chunk keys of the small one-dimensional arrays among ``docs``, remembered."""
         out = []
         for name, doc in docs.items():
             try:
-                small = _small_chunk_keys(f"{root}{name}", doc, v3)
+                small = _small_chunk_keys(f"{root}{name}", doc, v3, beyond)
             except (TypeError, ValueError, AttributeError, KeyError):
                 continue  # a damaged document: the open reads and reports it
             if small:
@@ -242,7 +252,7 @@ def _document(raw: Buffer | None) -> Any:
         return None
 
 
-def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool) -> list[str]:
+def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool, beyond: bool = True) -> list[str]:
     """Every chunk key of a small one-dimensional array (none for the others)."""
     shape = meta.get("shape") or []
     if len(shape) != 1 or shape[0] == 0:
@@ -268,7 +278,7 @@ def _small_chunk_keys(path: str, meta: dict[str, Any], v3: bool) -> list[str]:
     if shape[0] * itemsize > limit:
         return []
     # And the chunk after the last: the one an append along the array reads first.
-    n = math.ceil(shape[0] / grid[0]) + 1
+    n = math.ceil(shape[0] / grid[0]) + (1 if beyond else 0)
     if n > _MAX_CHUNKS:
         return []
     return [f"{path}/{i}" if v2_keys else f"{path}/c{sep}{i}" for i in range(n)]

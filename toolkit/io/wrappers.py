@@ -876,6 +876,11 @@ class MetadataBuffer(_OwnWrapper):
 
         return self._merged(listed, child)
 
+    @property
+    def pending(self) -> dict[str, Buffer | None]:
+        """The writes (None: deletes) not yet sent, by key (a copy)."""
+        return dict(self._pending)
+
     async def flush(self) -> int:
         """Send every buffered write and delete concurrently; how many requests.
 

@@ -36,7 +36,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from toolkit._render import html_table, text_table
-from toolkit._util import backoff
+from toolkit._util import Background, backoff
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.client import active_client
 from toolkit.cluster.progress import compute_with_progress
@@ -410,6 +410,12 @@ def execute(
         meta_written=meta.written,
         token=meta.token,
     )
+    beside = Background("eager")
+    if meta.unsent is not None:
+        if compute:
+            beside.run(functools.partial(sync, meta.unsent.flush()))
+        else:  # the caller runs the graph when it likes: sent now
+            sync(meta.unsent.flush())
     if not compute:
         if own_claim is not None:
             own_claim.release_when_done(meta.journal, report)
@@ -423,9 +429,13 @@ def execute(
             enabled=progress,
             threads=_small_write_threads(plan),
         )
+    except BaseException:
+        beside.settle(raise_errors=False)  # no request of the write outlives it
+        raise
     finally:
         if own_claim is not None:
             own_claim.release()
+    beside.settle()
     return result
 
 
@@ -464,6 +474,8 @@ class _Metadata:
     journal: WriteJournal | None  # None on a transactional store, or without a record
     done: Mapping[str, Any]  # tasks an earlier run of a resumable write landed
     written: Mapping[str, Any]  # what the round put in the store (key -> [size, checksum])
+    # Hidden rows' small variables, still to be sent (beside the data's round).
+    unsent: MetadataBuffer | None = None
 
 
 def _metadata_round(
@@ -514,6 +526,16 @@ def _metadata_round(
             # write's arrays without its record.
             resume_id = resume.id if resume is not None else None
             journal.begin(plan.record_summary(), direct, resume=resume_id)
+        if not record and not creating and not shared and resume is None:
+            # Rows no reader sees (an append's hidden rows): what xarray writes with
+            # the metadata (the appended labels) may land in any order with the
+            # data, so it is sent beside the data's round (see execute), not before.
+            for key, value in buffer.pending.items():
+                if value is None:
+                    recorded.written.deleted(key)
+                else:
+                    recorded.written.put(key, value.to_bytes())
+            return _Metadata(sources, token, journal, done, recorded.written.as_lists(), buffer)
         try:
             sync(buffer.flush())  # metadata and small variables, in one concurrent round
         except UnitConflict:

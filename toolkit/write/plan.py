@@ -810,7 +810,8 @@ def plan_write(
         # is not made by opening it), whatever the plan then refuses.
         reads = SnapshotStore(_read_only(plain))
         # With the commit log's head: a region write reads it (the dimensions jobs append to).
-        sync(reads.prefetch(group, extra=[log_head_key(group)]))
+        # An append reads each coordinate's chunk after its last; nothing else does.
+        sync(reads.prefetch(group, extra=[log_head_key(group)], beyond=append_dim is not None))
     zstore = wrap_store(reads, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
     fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
