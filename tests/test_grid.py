@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -174,3 +175,77 @@ def test_regroup_merges_tiny_blocks_on_aligned_edges(axes, itemsize, min_units, 
         block = itemsize * np.prod([max(s) for s in snapped])
         if 2 * block <= max_bytes:
             assert sum(len(o) for o in out) < sum(len(s) for s in snapped)
+
+
+# --------------------------------------------------------------------------- rechunk blocks
+
+
+def _starts(block: int, n: int) -> list[int]:
+    return list(range(0, n, block))
+
+
+def _owners(block: int, unit: int, n: int) -> dict[int, set[int]]:
+    """Element by element: which blocks each unit's elements fall in."""
+    out: dict[int, set[int]] = {}
+    for p in range(n):
+        out.setdefault(p // unit, set()).add(p // block)
+    return out
+
+
+_axis = st.tuples(st.integers(1, 60), st.integers(1, 60), st.integers(1, 60))
+
+
+@given(
+    st.lists(_axis, min_size=1, max_size=3),
+    st.sampled_from([1, 2, 4, 8]),
+    st.integers(2, 4000),
+    st.integers(1, 8),
+)
+def test_rechunk_blocks_read_every_chunk_once_and_write_every_unit_whole(
+    axes, itemsize, max_mem, min_tasks
+):
+    shape = [a[0] for a in axes]
+    source = [min(a[1], a[0]) for a in axes]
+    target = [min(a[2], a[0]) for a in axes]
+    try:
+        b = grid.rechunk_blocks(shape, source, target, itemsize, max_mem, min_tasks=min_tasks)
+    except ValueError as e:
+        # Refused only when one source chunk or one target unit alone is too big.
+        need = max(2 * itemsize * np.prod(source), 2 * itemsize * np.prod(target))
+        assert need > max_mem, e
+        assert "more than max_mem" in str(e)
+        return
+    assert b.peak_task_bytes <= max_mem
+    for axis, n in enumerate(shape):
+        # Stage 1 reads each source chunk in exactly one task.
+        assert all(len(o) == 1 for o in _owners(b.read[axis], source[axis], n).values())
+        # The last stage writes each target unit whole, in exactly one task.
+        assert all(len(o) == 1 for o in _owners(b.write[axis], target[axis], n).values())
+        if b.intermediate is None:
+            assert b.read == b.write
+            continue
+        c = b.intermediate[axis]
+        # Each intermediate chunk is written by one task and read by one task.
+        assert all(len(o) == 1 for o in _owners(b.read[axis], c, n).values())
+        assert all(len(o) == 1 for o in _owners(b.write[axis], c, n).values())
+
+
+def test_rechunk_blocks_maps_to_time_series_go_through_an_intermediate_copy():
+    b = grid.rechunk_blocks((4000, 360, 360), (1, 360, 360), (4000, 36, 36), 4, 2**30,
+                            min_tasks=2)  # fmt: skip
+    assert b.stages == 2
+    assert b.read[1:] == (360, 360) and 4000 % b.read[0] == 0  # whole maps, gathered
+    assert b.write[0] == 4000 and 360 % b.write[1] == 0  # whole series
+    assert b.intermediate == (b.read[0], b.write[1], b.write[2])
+    assert b.peak_task_bytes <= 2**30
+
+
+def test_rechunk_blocks_use_one_stage_when_aligned_blocks_fit():
+    b = grid.rechunk_blocks((100, 50), (10, 50), (20, 25), 8, 2**20, min_tasks=2)
+    assert b.stages == 1 and b.read == b.write
+    assert b.read[0] % 20 == 0 and b.read[1] == 50
+
+
+def test_rechunk_blocks_name_the_chunk_that_does_not_fit():
+    with pytest.raises(ValueError, match=r"one target unit \(100, 100\) needs 80,000 bytes"):
+        grid.rechunk_blocks((100, 100), (10, 100), (100, 100), 4, 50_000)

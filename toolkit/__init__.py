@@ -22,6 +22,7 @@ from toolkit.ingest import ingest
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.throttle import Throttle, ThrottleState
 from toolkit.read import iter_chunks, map_chunks, open_zarr
+from toolkit.rechunk import RechunkPlan, RechunkReport, execute_rechunk, plan_rechunk, rechunk
 from toolkit.stats.compute import DEFAULT_STATS, stats
 from toolkit.verify import VerifyReport, verify
 from toolkit.write.execute import WriteReport, execute
@@ -48,6 +49,8 @@ __all__ = [
     "DEFAULT_MAX_TASK_BYTES",
     "DEFAULT_STATS",
     "IOMetrics",
+    "RechunkPlan",
+    "RechunkReport",
     "Throttle",
     "ThrottleState",
     "VariablePlan",
@@ -59,13 +62,16 @@ __all__ = [
     "append",
     "errors",
     "execute",
+    "execute_rechunk",
     "ingest",
     "io_metrics",
     "iter_chunks",
     "map_chunks",
     "open_zarr",
     "overwrite_partitions",
+    "plan_rechunk",
     "plan_write",
+    "rechunk",
     "register_dashboard",
     "stats",
     "throttle_state",

@@ -1,4 +1,4 @@
-"""The ``toolkit`` command line: copy, ingest, verify, inspect, stats and demo."""
+"""The ``toolkit`` command line: copy, rechunk, ingest, verify, inspect, stats and demo."""
 
 from __future__ import annotations
 
@@ -55,6 +55,30 @@ def _parser() -> argparse.ArgumentParser:
         "--max-inflight", type=int, default=None, help="requests in flight (whole cluster)"
     )
     c.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser(
+        "rechunk", help="rechunk a Zarr store with memory bounded by --max-mem (one or two stages)"
+    )
+    r.add_argument("src", help="source Zarr store (path or URL)")
+    r.add_argument("dst", help="target Zarr store (path or URL)")
+    r.add_argument(
+        "--chunks", nargs="+", required=True, metavar="DIM=N", help="target chunk length per dim"
+    )
+    r.add_argument("--shards", nargs="+", metavar="DIM=N", help="target shard length per dim")
+    r.add_argument(
+        "--max-mem", default="1GiB", help="memory one task may use, e.g. 256MiB (default 1GiB)"
+    )
+    r.add_argument(
+        "--temp", default=None, help="where the intermediate copy goes (default: DST.rechunk-tmp)"
+    )
+    r.add_argument("--variables", nargs="+", default=None, help="variables (default: all)")
+    r.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    r.add_argument("--overwrite", action="store_true", help="replace an existing target")
+    r.add_argument("--plan", action="store_true", help="print the plan and write nothing")
+    r.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
+    r.add_argument("--rate", type=float, default=None, help="requests/s allowed")
+    r.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
+    r.add_argument("--no-progress", action="store_true")
 
     g = sub.add_parser(
         "ingest", help="many source files (netCDF, ...) along a dim into one chunk-aligned store"
@@ -153,6 +177,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     throttle=_throttle(args),
                 )
             print(report)
+            return 0
+        if args.command == "rechunk":
+            from toolkit.rechunk import execute_rechunk, plan_rechunk
+
+            with jobs._cluster(args.workers, 1, print):
+                plan = plan_rechunk(
+                    args.src,
+                    args.dst,
+                    _dim_sizes(args.chunks, "--chunks"),
+                    shards=_dim_sizes(args.shards, "--shards"),
+                    max_mem=args.max_mem,
+                    temp_store=args.temp,
+                    variables=args.variables,
+                    zarr_format=args.zarr_format,
+                    mode="w" if args.overwrite else "w-",
+                    throttle=_throttle(args),
+                    workers=args.workers or None,
+                )
+                print(plan)
+                if not args.plan:
+                    print(execute_rechunk(plan, progress=not args.no_progress))
             return 0
         if args.command == "ingest":
             from toolkit.ingest import ingest

@@ -28,6 +28,7 @@ __all__ = [
     "LeaseTimeoutError",
     "PartitionError",
     "PlanError",
+    "RechunkError",
     "RegionError",
     "RegionKeyError",
     "RequestAbortedError",
@@ -123,6 +124,10 @@ class PartitionError(PlanError):
 
 class IngestError(PlanError):
     """Sources to ingest are missing, unreadable or disagree; nothing was written."""
+
+
+class RechunkError(PlanError):
+    """A rechunk cannot run as asked (a memory limit below one chunk, a temporary store in use)."""
 
 
 class SourceChangedError(PlanError):

@@ -28,11 +28,13 @@ import numpy as np
 
 __all__ = [
     "AxisOwnership",
+    "RechunkBlocks",
     "RegularGrid",
     "axis_ownership",
     "default_chunks",
     "edges",
     "misaligned_edges",
+    "rechunk_blocks",
     "regroup",
     "snap_axis",
     "split_axis",
@@ -332,3 +334,152 @@ def default_chunks(
         axis = out.index(max(out))
         out[axis] = -(-out[axis] // 2)
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class RechunkBlocks:
+    """How one array is rechunked with bounded memory (see :func:`rechunk_blocks`).
+
+    Every length is per axis and uncapped (a block may reach past the array's
+    end; its last block along that axis is then shorter). ``intermediate`` is
+    None when one stage suffices: each task then reads ``read`` blocks of
+    whole source chunks and writes the whole target units inside them.
+    """
+
+    shape: tuple[int, ...]
+    source: tuple[int, ...]
+    target: tuple[int, ...]
+    itemsize: int
+    read: tuple[int, ...]
+    """Stage 1's task blocks: whole source chunks (and, with one stage, whole target units)."""
+    intermediate: tuple[int, ...] | None
+    """The intermediate copy's chunks (None: no intermediate copy)."""
+    write: tuple[int, ...]
+    """The last stage's task blocks: whole target units (the same as ``read`` with one stage)."""
+
+    @property
+    def stages(self) -> int:
+        """1 (source to target) or 2 (source to an intermediate copy to target)."""
+        return 1 if self.intermediate is None else 2
+
+    def block_bytes(self, block: Sequence[int]) -> int:
+        """Bytes of one block (capped at the array's shape)."""
+        return self.itemsize * math.prod(min(b, n) for b, n in zip(block, self.shape, strict=True))
+
+    def tasks(self, block: Sequence[int]) -> int:
+        """How many tasks blocks of ``block`` make of the array."""
+        return math.prod(-(-n // b) if n else 0 for b, n in zip(block, self.shape, strict=True))
+
+    @property
+    def peak_task_bytes(self) -> int:
+        """The projected memory of the largest task: its block decoded, and encoded."""
+        return 2 * max(self.block_bytes(self.read), self.block_bytes(self.write))
+
+
+def _divisor_multiples(step: int, of: int) -> list[int]:
+    """Multiples of ``step`` that divide ``of``, ascending (``[step]`` if none do)."""
+    if of % step:
+        return [step]
+    return [step * k for k in range(1, of // step + 1) if of % (step * k) == 0]
+
+
+def rechunk_blocks(
+    shape: Sequence[int],
+    source: Sequence[int],
+    target: Sequence[int],
+    itemsize: int,
+    max_mem: int,
+    *,
+    task_bytes: int = 64 * 2**20,
+    min_tasks: int = 1,
+) -> RechunkBlocks:
+    """Task blocks that rechunk an array from ``source`` chunks to ``target`` units.
+
+    Every source chunk is read by exactly one task of the first stage, every
+    intermediate chunk is written by one task and read by one task, every
+    target unit is written whole by exactly one task of the last stage, and no
+    task holds more than ``max_mem`` bytes (its block decoded, and encoded:
+    twice the block). Blocks grow in whole steps up to about ``task_bytes``
+    (decoded) while each stage keeps at least ``min_tasks`` tasks (the
+    workers' threads, so that all of them are busy).
+
+    One stage suffices when the blocks aligned with both grids (per axis the
+    least common multiple of the two chunk lengths, or the whole axis) fit
+    those limits and there are at least half ``min_tasks`` of them (two stages
+    move the data twice: they are worth it only to keep twice as many threads
+    busy). Otherwise, as rechunker does, the data goes through an
+    intermediate copy whose chunks divide both the first stage's blocks (whole
+    source chunks, grown along the axes the target gathers) and the last
+    stage's (whole target units, grown along the axes the target splits): per
+    axis their greatest common divisor.
+
+    Raises
+    ------
+    ValueError
+        If one source chunk or one target unit alone needs more than
+        ``max_mem`` (the message names which and how big).
+    """
+    n = [max(int(x), 1) for x in shape]
+    s = [max(1, min(int(x), m)) for x, m in zip(source, n, strict=True)]
+    t = [max(1, min(int(x), m)) for x, m in zip(target, n, strict=True)]
+
+    def nbytes(block: Sequence[int]) -> int:
+        return 2 * itemsize * math.prod(min(b, m) for b, m in zip(block, n, strict=True))
+
+    def ntasks(block: Sequence[int]) -> int:
+        return math.prod(-(-m // b) for b, m in zip(block, n, strict=True))
+
+    def fits(block: Sequence[int], base: Sequence[int]) -> bool:
+        return (
+            nbytes(block) <= max_mem
+            and nbytes(block) <= 2 * task_bytes
+            and ntasks(block) >= min(min_tasks, ntasks(base))
+        )
+
+    for name, block in (("target unit", t), ("source chunk", s)):
+        if nbytes(block) > max_mem:
+            raise ValueError(
+                f"one {name} {tuple(block)} needs {nbytes(block):,} bytes (decoded and encoded), "
+                f"more than max_mem={max_mem:,}"
+            )
+    frozen = (tuple(n), tuple(s), tuple(t), itemsize)
+    aligned = [min(math.lcm(a, b), m) for a, b, m in zip(s, t, n, strict=True)]
+    # One stage of k tasks on p threads takes about 1/min(k, p) of the data's time;
+    # two stages about 2/p: one stage wins from k >= p/2 on.
+    if (
+        nbytes(aligned) <= max_mem
+        and nbytes(aligned) <= 2 * task_bytes
+        and ntasks(aligned) >= -(-min_tasks // 2)
+    ) or aligned == t:
+        block = list(aligned)
+        # Grown in whole steps (first axes first) while the limits allow: fewer,
+        # larger tasks cost less overhead.
+        for axis in range(len(n)):
+            while block[axis] < n[axis]:
+                grown = [*block]
+                grown[axis] = min(block[axis] + aligned[axis], n[axis])
+                if not fits(grown, aligned):
+                    break
+                block = grown
+        return RechunkBlocks(*frozen, tuple(block), None, tuple(block))
+    read, write = list(s), list(t)
+    # The first stage gathers along the axes whose target units are longer, in
+    # lengths that divide the unit (so the intermediate chunk is that length).
+    for axis in range(len(n)):
+        for cand in _divisor_multiples(s[axis], t[axis]) if s[axis] < t[axis] else []:
+            trial = [*read]
+            trial[axis] = cand
+            if not fits(trial, s):
+                break
+            read = trial
+    # The last stage grows along the axes the target splits, in lengths that divide
+    # the first stage's blocks: the intermediate chunks there are as long.
+    for axis in range(len(n)):
+        for cand in _divisor_multiples(t[axis], read[axis]) if t[axis] < read[axis] else []:
+            trial = [*write]
+            trial[axis] = cand
+            if not fits(trial, t):
+                break
+            write = trial
+    inter = tuple(min(math.gcd(r, w), m) for r, w, m in zip(read, write, n, strict=True))
+    return RechunkBlocks(*frozen, tuple(read), inter, tuple(write))

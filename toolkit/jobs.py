@@ -30,6 +30,7 @@ from toolkit.io.groups import open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, source_objects
 from toolkit.io.throttle import Throttle
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
+from toolkit.rechunk import rechunk
 from toolkit.write.execute import WriteReport, execute, plan_resumable
 from toolkit.write.layout import choose_layout
 from toolkit.write.plan import CF_ENCODING_KEYS, DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
@@ -85,7 +86,10 @@ def copy(
 
     The source is opened lazily with dask chunks that are whole multiples of the
     *target's* write units, so every task reads its part of the source once and
-    writes whole units, with no rechunking in between.
+    writes whole units, with no rechunking in between. When the target's units
+    cut across a Zarr source's chunks, the copy is a :func:`toolkit.rechunk`
+    (with ``max_mem`` twice ``max_task_bytes``), which reads every source chunk
+    once.
 
     Parameters
     ----------
@@ -133,6 +137,15 @@ def copy(
             f"--chunks/--shards name dimensions {sorted(map(str, unknown))} that {src} does "
             f"not have (it has {list(lazy.dims)})"
         )
+    if _is_zarr(src) and _cuts_across(lazy, chunks, shards):
+        # Target units that cut across the source's chunks: a planned rechunk reads
+        # every source chunk once (a task's block decoded and encoded: twice its bytes).
+        done = rechunk(
+            src, dst, chunks, shards=shards or None, max_mem=2 * max_task_bytes,
+            zarr_format=zarr_format, mode=mode, storage_options=storage_options,
+            throttle=throttle, progress=progress,
+        )  # fmt: skip
+        return done.stages[-1]
     # The source's CF encoding (units, packing, fill values) is kept; its codecs and
     # layout are not (they may not exist in the target's Zarr format).
     lazy = lazy.copy(deep=False)
@@ -168,6 +181,21 @@ def copy(
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report
+
+
+def _cuts_across(
+    ds: xr.Dataset, chunks: Mapping[Hashable, int], shards: Mapping[Hashable, int]
+) -> bool:
+    """Whether some variable's target units differ from its source chunks along a dim."""
+    for name, var in ds.variables.items():
+        if name in ds.indexes or var.ndim == 0:
+            continue
+        c, s = choose_layout(var, chunks, shards)
+        preferred = var.encoding.get("preferred_chunks") or {}
+        source = tuple(preferred.get(d, n) for d, n in zip(var.dims, var.shape, strict=True))
+        if tuple(s or c) != source:
+            return True
+    return False
 
 
 def inspect(store: StoreLike, *, group: str | None = None) -> str:
