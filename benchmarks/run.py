@@ -4,6 +4,7 @@
     ./dev bench --size 256MiB --repeat 1 --only write
     ./dev bench --report benchmarks/results/latest.md
     ./dev bench --only latency --repeat 1 --chains   # round trips of the small operations
+    ./dev bench --only rechunk --rechunk-steps 1000,4000   # maps to series, peers, floor
 
 Every figure is a median of ``--repeat`` runs, measured in the same process on the
 same data, so ratios hold on any machine; absolute seconds are for context only.
@@ -788,6 +789,31 @@ def bench_jobs(writers: list[int], procs: int, delta_max: int) -> list[Row]:
     return out
 
 
+def bench_rechunk(steps: list[int], max_mem: str, limit: int) -> list[Row]:
+    """Maps to time series at each size: toolkit, xarray + dask, dask p2p, the floor."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import rechunk
+
+    names = {
+        "toolkit": f"toolkit rechunk, max_mem={max_mem}",
+        "xarray": "xarray open_zarr().chunk().to_zarr(), dask threads",
+        "p2p": "dask p2p rechunk, LocalCluster of 2 workers",
+    }
+    out = []
+    for r in rechunk.rows(steps, max_mem, limit):
+        case = f"rechunk {r['steps']} maps of 360x360 to series ({r['nbytes'] / 2**30:.2f} GiB)"
+        peak = f"peak {r['peak'] / 2**20:,.0f} MiB"
+        if r["method"] == "floor":
+            method = f"floor: read+decode once {r.get('read', 0):.1f} s + encode+write once " \
+                     f"{r.get('write', 0):.1f} s"  # fmt: skip
+        else:
+            method = f"{names[r['method']]} ({peak})"
+        if "error" in r:
+            method += f": {r['error']}"
+        out.append(Row(case, method, r["seconds"]))
+    return out
+
+
 def table(rows: list[Row]) -> str:
     """Rows with their ratio to toolkit's time on the same case (or the case it extends)."""
     lines = ["| case | method | seconds | vs toolkit |", "|---|---|---:|---:|"]
@@ -818,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
     p.add_argument(
         "--only",
-        choices=("write", "graph", "cloud", "latency", "stats", "ingest", "jobs"),
+        choices=("write", "graph", "cloud", "latency", "stats", "ingest", "jobs", "rechunk"),
         default=None,
     )
     p.add_argument(
@@ -830,6 +856,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
     p.add_argument(
         "--latency", default="0.02,0.1", help="cloud and latency proxy latencies, seconds"
+    )
+    p.add_argument("--rechunk-steps", default="1000,4000,16000", help="rechunk: time steps")
+    p.add_argument("--rechunk-mem", default="256MiB", help="rechunk: toolkit's max_mem")
+    p.add_argument(
+        "--rechunk-limit", default="6GiB", help="rechunk: memory limit of each method's processes"
     )
     p.add_argument("--report", default=None, help="also write a Markdown report here")
     args = p.parse_args(argv)
@@ -850,6 +881,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_ingest(Path(tmp), args.files, args.repeat)
         if args.only in (None, "jobs"):
             rows += bench_jobs([int(x) for x in args.writers.split(",")], 4, delta_max=100)
+        if args.only in (None, "rechunk"):
+            steps = [int(x) for x in args.rechunk_steps.split(",")]
+            rows += bench_rechunk(steps, args.rechunk_mem, parse_size(args.rechunk_limit))
         if args.only in (None, "latency"):
             lats = [float(x) for x in args.latency.split(",")]
             trips, block = bench_round_trips(lats, min(args.repeat, 2), args.chains)

@@ -110,7 +110,7 @@ def _dims(dims: Sequence[str], sizes: Sequence[int]) -> str:
     return ", ".join(f"{d}={n}" for d, n in zip(dims, sizes, strict=True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RechunkPlan:
     """A rechunk, planned and validated before anything is written (:func:`plan_rechunk`).
 
@@ -205,6 +205,8 @@ class RechunkPlan:
     def __str__(self) -> str:
         whys = [f"  {v.name}: {v.why}" for v in self.variables]
         return "\n".join([self._head(), text_table(self._rows()), *whys])
+
+    __repr__ = __str__
 
     def _repr_html_(self) -> str:
         return f"<div><p>{html.escape(self._head())}</p>{html_table(self._rows())}</div>"
