@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +28,9 @@ from toolkit.errors import ExistingStoreError, PlanError, RechunkError
 from toolkit.io.wrappers import InterceptStore
 
 
-def _maps(path: Path | str, nt: int = 24, ny: int = 12, nx: int = 10, fmt: int = 3) -> xr.Dataset:
+def _maps(
+    path: Path | str, nt: int = 24, ny: int = 12, nx: int = 10, fmt: int = 3, **kw: object
+) -> xr.Dataset:
     """A small dataset stored one map per chunk, with CF encodings worth keeping."""
     rng = np.random.default_rng(0)
     ds = xr.Dataset(
@@ -47,7 +50,7 @@ def _maps(path: Path | str, nt: int = 24, ny: int = 12, nx: int = 10, fmt: int =
     ds["p"][0, 0, 0] = np.nan
     ds.t2m.attrs["units"] = "K"
     toolkit.to_zarr(
-        ds, path, zarr_format=fmt, progress=False,
+        ds, path, zarr_format=fmt, progress=False, **kw,
         encoding={"t2m": {"chunks": (1, ny, nx)},
                   "p": {"chunks": (1, ny, nx), "dtype": "int16", "scale_factor": 0.01,
                         "_FillValue": -32768},
@@ -171,6 +174,40 @@ def test_copy_with_chunks_that_cut_across_the_source_is_a_rechunk(tmp_path):
     _same(src, dst)
     assert report.plan.mode in ("w-", "w")
     assert not Path(f"{dst}.rechunk-tmp").exists()
+
+
+@pytest.mark.timeout(180)
+def test_on_an_object_store_with_each_client(s3, client, tmp_path):
+    """Source, intermediate copy and target on S3 (moto's server), through the budget."""
+    local = tmp_path / "maps.zarr"
+    _maps(local)
+    opts = {**s3.storage_options(), "client": client}
+    src, dst = f"s3://data/rechunk-{client}/maps.zarr", f"s3://data/rechunk-{client}/series.zarr"
+    _maps(src, storage_options=opts, mode="w")
+    report = toolkit.rechunk(src, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB", mode="w",
+                             storage_options=opts, progress=False, workers=2)  # fmt: skip
+    assert report.plan.stages == 2 and report.plan.temp == f"{dst}.rechunk-tmp"
+    assert report.stages[0].io.sets > 0 and report.stages[1].io.gets > 0  # through the stack
+    xr.testing.assert_identical(toolkit.open_zarr(dst, storage_options=opts).load(),
+                                xr.open_zarr(local).load())  # fmt: skip
+    fs = fsspec.filesystem("s3", **s3.storage_options(), skip_instance_cache=True)
+    assert not fs.exists(f"{dst.removeprefix('s3://')}.rechunk-tmp")  # the copy is gone
+
+
+def test_into_an_icechunk_session_one_commit(tmp_path):
+    icechunk = pytest.importorskip("icechunk")
+    src = tmp_path / "maps.zarr"
+    _maps(src)
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "ice")))
+    session = repo.writable_session("main")
+    report = toolkit.rechunk(src, session.store, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB",
+                             temp_store=tmp_path / "tmp.zarr", progress=False)  # fmt: skip
+    assert report.plan.stages == 2
+    session.commit("rechunked")
+    got = xr.open_zarr(repo.readonly_session("main").store, consolidated=False).load()
+    xr.testing.assert_identical(got, xr.open_zarr(src).load())
+    assert next(s.message for s in repo.ancestry(branch="main")) == "rechunked"
+    assert not (tmp_path / "tmp.zarr").exists() or not any((tmp_path / "tmp.zarr").iterdir())
 
 
 # --------------------------------------------------------------------------- refusals

@@ -48,7 +48,13 @@ from toolkit._render import html_table, text_table
 from toolkit.errors import ExistingStoreError, PlanError, RechunkError
 from toolkit.grid import RechunkBlocks, rechunk_blocks
 from toolkit.io.groups import open_existing
-from toolkit.io.stores import StoreLike, resolve_store, source_objects, store_label
+from toolkit.io.stores import (
+    StoreLike,
+    is_icechunk,
+    resolve_store,
+    source_objects,
+    store_label,
+)
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.read import open_zarr
 from toolkit.state.records import ResumeLog
@@ -350,7 +356,10 @@ def plan_rechunk(
             src_label, sorted(map(str, raw.variables)), chunks_, shards_, limit, zarr_format
         )[:16]
     )
-    resuming = ResumeLog(tstore, None, rechunk_id, policy).started()
+    # An Icechunk session keeps no log (nothing is visible before its commit): a rerun
+    # writes the target again, from the intermediate copy if that was whole.
+    transactional = is_icechunk(tstore)
+    resuming = not transactional and ResumeLog(tstore, None, rechunk_id, policy).started()
     if mode == "w-" and not resuming and open_existing(tstore, None) is not None:
         raise ExistingStoreError(
             f"{store_label(target)} holds a dataset; rechunk refuses to replace it unless "
@@ -388,7 +397,7 @@ def plan_rechunk(
         _check_temp(temp, rechunk_id)
     objects = None
     if isinstance(source, (str, os.PathLike)):  # what a resumed run compares its source with
-        objects = source_objects([os.fspath(source)])
+        objects = source_objects([os.fspath(source)], storage_options)
     return RechunkPlan(
         source=src_label,
         target=store_label(target),
@@ -447,8 +456,10 @@ def _write(
     source: Mapping[str, str] | None,
     progress: bool,
 ) -> WriteReport:
+    # An Icechunk session shows nothing before its commit: no resume log in it.
+    wid = None if is_icechunk(store) else write_id
     wplan, log = plan_resumable(
-        ds, store, write_id=write_id, mode=mode, encoding=None, zarr_format=zarr_format,
+        ds, store, write_id=wid, mode=mode, encoding=None, zarr_format=zarr_format,
         max_task_bytes=max_task_bytes, throttle=plan.throttle, source=source,
     )  # fmt: skip
     report = execute(wplan, progress=progress, resume=log)

@@ -129,7 +129,9 @@ _SIGNED = re.compile(
 _USERINFO = re.compile(r"(\w+://)[^/\s@:]+(?::[^/\s@]*)?@")
 
 
-def source_objects(paths: Iterable[str]) -> dict[str, str]:
+def source_objects(
+    paths: Iterable[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """Every object of the sources, each with what changes when it changes.
 
     A file gives one entry, a directory or a Zarr store one per object below
@@ -141,13 +143,16 @@ def source_objects(paths: Iterable[str]) -> dict[str, str]:
     place (same size, new contents) is seen, not only files added or removed.
 
     Keys are ``<path>`` for a file and ``<path>/<key>`` below a directory.
+    ``storage_options``: fsspec's, for URLs (toolkit's own ``client`` key is
+    left out: the listing is fsspec's).
     """
     out: dict[str, str] = {}
+    opts = {k: v for k, v in (storage_options or {}).items() if k != "client"}
     for path in paths:
         if "://" not in path:
             _local_objects(path, out)
         else:
-            _remote_objects(path, out)
+            _remote_objects(path, out, opts)
     return out
 
 
@@ -168,10 +173,10 @@ def _local_objects(path: str, out: dict[str, str]) -> None:
             out[f"{base}/{os.path.relpath(full, base)}"] = f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _remote_objects(path: str, out: dict[str, str]) -> None:
+def _remote_objects(path: str, out: dict[str, str], opts: Mapping[str, Any]) -> None:
     import fsspec
 
-    fs, _, (p,) = fsspec.get_fs_token_paths(path)
+    fs, _, (p,) = fsspec.get_fs_token_paths(path, storage_options=dict(opts) or None)
     scheme = path.split("://", 1)[0]
     # One listing (paginated by the client) with each object's size and ETag.
     found = fs.find(p, detail=True) if fs.isdir(p) else {p: fs.info(p)}
