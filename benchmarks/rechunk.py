@@ -3,7 +3,8 @@
 Run by ``benchmarks/run.py --only rechunk`` (or directly: ``python benchmarks/rechunk.py
 --steps 1000,4000``). The source is ``T x 360 x 360`` float32 stored one map per chunk
 ``(1, 360, 360)``; the target is one time series of a 36 x 36 tile per chunk
-``(T, 36, 36)``. Each method runs in a process of its own (its time: the work, not the
+``(T, 36, 36)`` (two stages), and at one size slabs of 24 maps ``(24, 360, 360)``
+(one stage). Each method runs in a process of its own (its time: the work, not the
 imports or the cluster's start), and the resident memory of its whole process tree
 (workers included) is sampled every 50 ms; a method whose tree grows past ``--limit`` is
 killed, as a container's memory limit would, and reported so.
@@ -53,7 +54,7 @@ _METHODS = {
     "toolkit": """
         import toolkit
         t0 = time.perf_counter()
-        toolkit.rechunk(src, dst, {"time": T, "y": 36, "x": 36}, max_mem=max_mem, progress=False)
+        toolkit.rechunk(src, dst, CHUNKS, max_mem=max_mem, progress=False)
         print("SECONDS", time.perf_counter() - t0)
     """,
     "xarray": """
@@ -63,7 +64,7 @@ _METHODS = {
         for v in ds.variables.values():
             v.encoding.pop("chunks", None); v.encoding.pop("preferred_chunks", None)
         with dask.config.set(scheduler="threads"):
-            ds.chunk({"time": T, "y": 36, "x": 36}).to_zarr(dst, mode="w")
+            ds.chunk(CHUNKS).to_zarr(dst, mode="w")
         print("SECONDS", time.perf_counter() - t0)
     """,
     "p2p": """
@@ -76,7 +77,7 @@ _METHODS = {
             for v in ds.variables.values():
                 v.encoding.pop("chunks", None); v.encoding.pop("preferred_chunks", None)
             with dask.config.set({"array.rechunk.method": "p2p"}):
-                ds.chunk({"time": T, "y": 36, "x": 36}).to_zarr(dst, mode="w")
+                ds.chunk(CHUNKS).to_zarr(dst, mode="w")
             print("SECONDS", time.perf_counter() - t0)
     """,
     "floor": """
@@ -91,11 +92,16 @@ _METHODS = {
             list(ex.map(rd, range(0, T, 100)))
         t1 = time.perf_counter()
         g = zarr.open_group(dst, mode="w")
-        b = g.create_array("v", shape=a.shape, chunks=(T, 36, 36), dtype=a.dtype)
-        def wr(j):
-            b[:, j : j + 36, :] = data[:, j : j + 36, :]
+        shape = tuple(CHUNKS.get(d, n) for d, n in zip(("time", "y", "x"), a.shape))
+        b = g.create_array("v", shape=a.shape, chunks=shape, dtype=a.dtype)
+        if shape[0] == T:  # series: a block of whole series per call
+            blocks = [(slice(None), slice(j, j + 36)) for j in range(0, 360, 36)]
+        else:  # slabs of maps: ten chunks' worth per call
+            blocks = [(slice(i, i + 10 * shape[0]),) for i in range(0, T, 10 * shape[0])]
+        def wr(sel):
+            b[sel] = data[sel]
         with ThreadPoolExecutor(os.cpu_count()) as ex:
-            list(ex.map(wr, range(0, 360, 36)))
+            list(ex.map(wr, blocks))
         t2 = time.perf_counter()
         print("FLOOR", t1 - t0, t2 - t1)
     """,
@@ -103,12 +109,13 @@ _METHODS = {
 
 
 def _run(method: str, src: str, dst: str, steps: int, max_mem: str, limit: int,
-         timeout: float) -> dict[str, Any]:  # fmt: skip
+         timeout: float, target: str = "series") -> dict[str, Any]:  # fmt: skip
     head = "import os, sys, time\nsrc, dst, T, max_mem = sys.argv[1:3] + [int(sys.argv[3])] + "
-    code = head + "sys.argv[4:5]\n" + textwrap.dedent(_METHODS[method])
+    head += 'sys.argv[4:5]\nCHUNKS = {"time": T, "y": 36, "x": 36} if sys.argv[5] == "series" '
+    code = head + 'else {"time": 24}\n' + textwrap.dedent(_METHODS[method])
     shutil.rmtree(dst, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, src, dst, str(steps), max_mem],
+    proc = subprocess.Popen([sys.executable, "-c", code, src, dst, str(steps), max_mem, target],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     ps = psutil.Process(proc.pid)
     peak, killed = 0, None
@@ -145,18 +152,24 @@ def _run(method: str, src: str, dst: str, steps: int, max_mem: str, limit: int,
     return row
 
 
-def rows(steps: list[int], max_mem: str, limit: int, timeout: float = 1800) -> list[dict[str, Any]]:
-    """Every method at every size, in one run; each row a dict (see the module's doc)."""
+def rows(
+    steps: list[int], max_mem: str, limit: int, timeout: float = 1800, slabs: int | None = None
+) -> list[dict[str, Any]]:
+    """Every method at every size, in one run; each row a dict (see the module's doc).
+
+    ``slabs``: at this size, also maps to slabs of 24 maps (one stage suffices).
+    """
     out = []
     with tempfile.TemporaryDirectory(prefix="toolkit-rechunk-") as tmp:
         for t in steps:
             src = f"{tmp}/maps{t}.zarr"
             subprocess.run([sys.executable, "-c", _MAKE, src, str(t)], check=True)
-            for method in ("floor", "toolkit", "xarray", "p2p"):
-                row = _run(method, src, f"{tmp}/out.zarr", t, max_mem, limit, timeout)
-                row.update(steps=t, nbytes=t * 360 * 360 * 4, max_mem=max_mem)
-                out.append(row)
-                print(json.dumps(row), flush=True)
+            for target in ("series", "slabs") if t == slabs else ("series",):
+                for method in ("floor", "toolkit", "xarray", "p2p"):
+                    row = _run(method, src, f"{tmp}/out.zarr", t, max_mem, limit, timeout, target)
+                    row.update(steps=t, nbytes=t * 360 * 360 * 4, max_mem=max_mem, target=target)
+                    out.append(row)
+                    print(json.dumps(row), flush=True)
             shutil.rmtree(src, ignore_errors=True)
     return out
 
@@ -166,10 +179,11 @@ def main() -> None:
     p.add_argument("--steps", default="1000,4000,16000")
     p.add_argument("--max-mem", default="256MiB")
     p.add_argument("--limit", default="6GiB", help="memory limit of each method's process tree")
-    a = p.parse_args()
     from dask.utils import parse_bytes
 
-    rows([int(x) for x in a.steps.split(",")], a.max_mem, parse_bytes(a.limit))
+    p.add_argument("--slabs", type=int, default=None, help="at this size, also maps to slabs")
+    a = p.parse_args()
+    rows([int(x) for x in a.steps.split(",")], a.max_mem, parse_bytes(a.limit), slabs=a.slabs)
 
 
 if __name__ == "__main__":

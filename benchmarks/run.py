@@ -800,8 +800,9 @@ def bench_rechunk(steps: list[int], max_mem: str, limit: int) -> list[Row]:
         "p2p": "dask p2p rechunk, LocalCluster of 2 workers",
     }
     out = []
-    for r in rechunk.rows(steps, max_mem, limit):
-        case = f"rechunk {r['steps']} maps of 360x360 to series ({r['nbytes'] / 2**30:.2f} GiB)"
+    for r in rechunk.rows(steps, max_mem, limit, slabs=steps[len(steps) // 2]):
+        to = "series" if r["target"] == "series" else "slabs of 24 maps"
+        case = f"rechunk {r['steps']} maps of 360x360 to {to} ({r['nbytes'] / 2**30:.2f} GiB)"
         peak = f"peak {r['peak'] / 2**20:,.0f} MiB"
         if r["method"] == "floor":
             method = f"floor: read+decode once {r.get('read', 0):.1f} s + encode+write once " \
