@@ -93,7 +93,7 @@ def _at_most(s3, proxy, operation: str, client: str, bound: int, tries: int = 3)
 def test_create(s3, proxy, client):
     """``to_zarr(mode="w")`` of one step: claim, record, metadata, chunks, manifest, release."""
     _at_most(
-        s3, proxy, "create", client, bound={"obstore": 8, "s3fs": 9}[client]
+        s3, proxy, "create", client, bound={"obstore": 7, "s3fs": 8}[client]
     )  # goal: 6 (issue 28)
 
 

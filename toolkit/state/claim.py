@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ __all__ = [
     "CREATE_LEASE",
     "CreationClaim",
     "clear_group",
+    "doomed_keys",
+    "drop_keys",
     "group_contents",
     "is_stray",
     "remove_strays",
@@ -108,10 +111,43 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
     return sync(go()) if store.supports_listing else []
 
 
-def clear_group(store: Store, group: str | None) -> None:
-    """Delete everything in the group but its creation lease (mode ``"w"``'s replace)."""
+def clear_group(store: Store, group: str | None, *, records: bool = True) -> None:
+    """Delete everything in the group but its creation lease (mode ``"w"``'s replace).
+
+    ``records=False`` leaves the write records (``.toolkit/writes/``): a
+    replacing write that put its own record first removes the others when it
+    is done (:meth:`toolkit.state.records.WriteJournal.begin`).
+    """
+    drop_keys(store, doomed_keys(store, group, records=records))
+
+
+def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> list[str]:
+    """What :func:`clear_group` deletes: the group's children (keys or prefixes), listed.
+
+    The levels along the creation lease's path are known: they are listed at
+    once (one round trip, which also tells a new target from an old one).
+    """
     root = _root(group)
     keep = _LEASE_PATH.split("/")
+
+    async def go() -> list[str]:
+        levels = [root + "".join(f"{p}/" for p in keep[:i]) for i in range(len(keep))]
+        listed = await asyncio.gather(*(_children(store, level) for level in levels))
+        spared = {f"{root}{RESERVED_PREFIX}/tmp"}  # other jobs' conditional writes use it now
+        if not records:
+            spared.add(f"{root}{RESERVED_PREFIX}/writes")
+        return [
+            f"{level}{child.rstrip('/')}"
+            for level, part, children in zip(levels, keep, listed, strict=True)
+            for child in children
+            if child.rstrip("/") != part and f"{level}{child.rstrip('/')}" not in spared
+        ]
+
+    return sync(go())
+
+
+def drop_keys(store: Store, doomed: Sequence[str]) -> None:
+    """Delete each of ``doomed`` as a key and as a prefix, all at once (bounded)."""
 
     async def drop(key: str) -> None:
         # A child is a key or a prefix: delete it as both, at once.
@@ -126,19 +162,6 @@ def clear_group(store: Store, group: str | None) -> None:
         await asyncio.gather(as_key(), as_prefix())
 
     async def go() -> None:
-        # The levels along the lease's path are known: list them at once (one round
-        # trip, which also tells a new target from an old one), then drop every
-        # other child at once (two more), however many variables.
-        levels = [root + "".join(f"{p}/" for p in keep[:i]) for i in range(len(keep))]
-        listed = await asyncio.gather(*(_children(store, level) for level in levels))
-        doomed = [
-            f"{level}{child.rstrip('/')}"
-            for level, part, children in zip(levels, keep, listed, strict=True)
-            for child in children
-            if child.rstrip("/") != part
-            # Other jobs' conditional writes keep their temporary files there now.
-            and f"{level}{child.rstrip('/')}" != f"{root}{RESERVED_PREFIX}/tmp"
-        ]
         gate = asyncio.Semaphore(32)
 
         async def drop_one(key: str) -> None:
@@ -147,7 +170,8 @@ def clear_group(store: Store, group: str | None) -> None:
 
         await asyncio.gather(*(drop_one(key) for key in doomed))
 
-    sync(go())
+    if doomed:
+        sync(go())
 
 
 async def _children(store: Store, level: str) -> list[str]:

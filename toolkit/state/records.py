@@ -150,18 +150,29 @@ class WriteJournal:
         self._doc: dict[str, Any] = {}
         # The other records the store held when this one landed (read beside it).
         self._earlier: list[dict[str, Any]] | None = None
+        self._replaces = False
 
     def _put(self, doc: Mapping[str, Any], io: IOMetrics) -> None:
         sync(wrap_store(self.store, self.throttle, io).set(self.key, encode_json(doc)))
 
-    def begin(self, what: Mapping[str, Any], via: Store, resume: str | None = None) -> None:
+    def begin(
+        self,
+        what: Mapping[str, Any],
+        via: Store,
+        resume: str | None = None,
+        *,
+        replaces: bool = False,
+    ) -> None:
         """Say in the store that this write has started; returns once the record landed.
 
         ``what`` describes the write (JSON; the plan's ``record_summary()``).
         ``via`` is the store stack to write it through. It is called before any
         array metadata is sent, so that no reader can find arrays of this write
-        without its record.
+        without its record. ``replaces``: the write replaces the whole group
+        (mode ``"w"``), so every other record found now goes with its own in
+        :meth:`done` (they are the replaced dataset's).
         """
+        self._replaces = replaces
         self._doc = {
             "state": "writing",
             "started": _now(),
@@ -218,7 +229,7 @@ class WriteJournal:
             )
             # The interrupted runs of the same resumable write are complete now.
             resumed = bool(self._doc.get("resume")) and old.get("resume") == self._doc["resume"]
-            if repaired or resumed:
+            if repaired or resumed or self._replaces:
                 sync(store.delete(old["key"]))
         # Last: until this delete lands, readers take the store for incomplete.
         sync(store.delete(self.key))

@@ -18,6 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -58,7 +59,14 @@ from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import StoreLike, describe_store, is_icechunk, resolve_store, store_label
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
-from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
+from toolkit.state.claim import (
+    CreationClaim,
+    clear_group,
+    doomed_keys,
+    drop_keys,
+    group_contents,
+    remove_strays,
+)
 from toolkit.state.commitlog import HEAD as LOG_HEAD
 from toolkit.state.commitlog import log_head_key
 from toolkit.state.leases import Coordinator, job_id
@@ -495,7 +503,12 @@ def _metadata_round(
     conditionally, and the round is sent again if another job changed one in
     between (it only writes chunks then, never array metadata).
     """
-    if creating:
+    # A replacing creation with a record puts the record beside the listing of what
+    # to clear (records are left; the old ones go when this write is done), and
+    # deletes only once the record landed: a kill never leaves the old dataset torn
+    # without a record. A new target (nothing to delete) saves a round trip.
+    beside = creating and plan.mode == "w" and resume is None and record and not transactional
+    if creating and not beside:
         _prepare_group(plan, direct)
     # Read after the clear: a replacing run starts over, whatever an old log says.
     done = resume.done_tasks() if resume is not None else {}
@@ -525,7 +538,13 @@ def _metadata_round(
             # Landed before any array metadata is sent: no reader can find this
             # write's arrays without its record.
             resume_id = resume.id if resume is not None else None
-            journal.begin(plan.record_summary(), direct, resume=resume_id)
+            if beside:
+                with ThreadPoolExecutor(1, thread_name_prefix="toolkit-clear") as pool:
+                    listing = pool.submit(doomed_keys, direct, plan.group, records=False)
+                    journal.begin(plan.record_summary(), direct, replaces=True)
+                    drop_keys(direct, listing.result())
+            else:
+                journal.begin(plan.record_summary(), direct, resume=resume_id)
         if not record and not creating and not shared and resume is None:
             # Rows no reader sees (an append's hidden rows): what xarray writes with
             # the metadata (the appended labels) may land in any order with the
