@@ -594,11 +594,11 @@ def rechunk(
     >>> maps = xr.Dataset({"t2m": (("time", "y", "x"), np.random.rand(48, 20, 20))})
     >>> _ = toolkit.to_zarr(maps, "maps.zarr", encoding={"t2m": {"chunks": (1, 20, 20)}})
     >>> plan = toolkit.plan_rechunk("maps.zarr", "series.zarr", {"time": 48, "y": 5, "x": 5},
-    ...                             max_mem="1MiB")
+    ...                             max_mem="200KiB")
     >>> plan.stages
     2
     >>> report = toolkit.rechunk("maps.zarr", "series.zarr", {"time": 48, "y": 5, "x": 5},
-    ...                          max_mem="1MiB", progress=False)
+    ...                          max_mem="200KiB", progress=False)
     >>> toolkit.open_zarr("series.zarr").t2m.encoding["chunks"]
     (48, 5, 5)
     """
