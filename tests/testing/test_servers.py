@@ -227,3 +227,42 @@ def test_closing_the_proxy_hangs_up_on_stalled_requests(s3):
     assert len(outcome) == 1 and isinstance(outcome[0], Exception)
     assert proxy.counts.stalled == 1 and proxy.counts.forwarded == 0
     assert _exists(s3, "hung/x") is None
+
+
+@pytest.mark.timeout(120)
+def test_the_server_decides_concurrent_conditional_puts_atomically(s3):
+    """Eight creates-if-absent of one key at once: exactly one wins, as on S3, every time.
+
+    moto checks the precondition and stores the object in two steps; S3Server makes
+    the pair atomic (two "w-" creators once both won a creation claim on it).
+    """
+    import threading
+
+    import obstore
+    from obstore.store import S3Store
+
+    opts = s3.storage_options()
+    store = S3Store("data", endpoint=s3.endpoint_url, access_key_id=opts["key"],
+                    secret_access_key=opts["secret"], region="us-east-1",
+                    client_options={"allow_http": True})  # fmt: skip
+
+    def create(i: int, key: str, start: threading.Barrier, wins: list[int]) -> None:
+        start.wait(timeout=30)
+        try:
+            obstore.put(store, key, b"%d" % i, mode="create")
+        except Exception:  # AlreadyExistsError (412): another one won
+            return
+        wins.append(i)
+
+    for race in range(100):
+        wins: list[int] = []
+        start = threading.Barrier(8)
+        threads = [
+            threading.Thread(target=create, args=(i, f"races/{race}", start, wins))
+            for i in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(wins) == 1, (race, wins)
