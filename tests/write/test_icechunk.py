@@ -92,6 +92,12 @@ def test_partition_overwriters_and_appenders_with_a_polling_reader(kind, tmp_pat
             rs += [pool.apply_async(jobs.ice_days_job, (target, j, d, opts, "append"))
                    for j, d in appends.items()]  # fmt: skip
             placements = [r.get(timeout=240) for r in rs]
+        # The poller reads the last commit too before it stops (on a loaded machine all
+        # of them could land between two of its reads: it then saw only the first).
+        head = Repository(target, opts).repo.readonly_session(branch="main").snapshot_id
+        deadline = time.monotonic() + 120
+        while head not in poller.seen and poller.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         poller.stop.set()
         poller.join(30)
