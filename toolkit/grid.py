@@ -462,24 +462,27 @@ def rechunk_blocks(
                     break
                 block = grown
         return RechunkBlocks(*frozen, tuple(block), None, tuple(block))
-    read, write = list(s), list(t)
-    # The first stage gathers along the axes whose target units are longer, in
-    # lengths that divide the unit (so the intermediate chunk is that length).
-    for axis in range(len(n)):
-        for cand in _divisor_multiples(s[axis], t[axis]) if s[axis] < t[axis] else []:
-            trial = [*read]
-            trial[axis] = cand
-            if not fits(trial, s):
-                break
-            read = trial
-    # The last stage grows along the axes the target splits, in lengths that divide
-    # the first stage's blocks: the intermediate chunks there are as long.
-    for axis in range(len(n)):
-        for cand in _divisor_multiples(t[axis], read[axis]) if t[axis] < read[axis] else []:
-            trial = [*write]
-            trial[axis] = cand
-            if not fits(trial, t):
-                break
-            write = trial
+
+    def gathered(base: list[int], within: Sequence[int]) -> list[int]:
+        # ``base`` grown axis by axis in whole multiples of itself that divide ``within``
+        # (where ``within`` is longer), while the limits allow.
+        block = list(base)
+        for axis in range(len(n)):
+            for cand in (
+                _divisor_multiples(base[axis], within[axis]) if base[axis] < within[axis] else []
+            ):
+                trial = [*block]
+                trial[axis] = cand
+                if not fits(trial, base):
+                    break
+                block = trial
+        return block
+
+    # The first stage gathers along the axes whose target units are longer, in lengths
+    # that divide the unit (so the intermediate chunk is that length); the last stage
+    # grows along the axes the target splits, in lengths that divide the first stage's
+    # blocks (the intermediate chunks there are as long).
+    read = gathered(s, t)
+    write = gathered(t, read)
     inter = tuple(min(math.gcd(r, w), m) for r, w, m in zip(read, write, n, strict=True))
     return RechunkBlocks(*frozen, tuple(read), inter, tuple(write))

@@ -111,14 +111,9 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
     return sync(go()) if store.supports_listing else []
 
 
-def clear_group(store: Store, group: str | None, *, records: bool = True) -> None:
-    """Delete everything in the group but its creation lease (mode ``"w"``'s replace).
-
-    ``records=False`` leaves the write records (``.toolkit/writes/``): a
-    replacing write that put its own record first removes the others when it
-    is done (:meth:`toolkit.state.records.WriteJournal.begin`).
-    """
-    drop_keys(store, doomed_keys(store, group, records=records))
+def clear_group(store: Store, group: str | None) -> None:
+    """Delete everything in the group but its creation lease (mode ``"w"``'s replace)."""
+    drop_keys(store, doomed_keys(store, group))
 
 
 def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> list[str]:
@@ -126,6 +121,9 @@ def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> lis
 
     The levels along the creation lease's path are known: they are listed at
     once (one round trip, which also tells a new target from an old one).
+    ``records=False`` leaves the write records (``.toolkit/writes/``): a
+    replacing write that put its own record first removes the others when it
+    is done (:meth:`toolkit.state.records.WriteJournal.begin`).
     """
     root = _root(group)
     keep = _LEASE_PATH.split("/")

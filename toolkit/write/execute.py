@@ -418,10 +418,10 @@ def execute(
         meta_written=meta.written,
         token=meta.token,
     )
-    beside = Background("eager")
+    eager = Background("eager")
     if meta.unsent is not None:
         if compute:
-            beside.run(functools.partial(sync, meta.unsent.flush()))
+            eager.run(functools.partial(sync, meta.unsent.flush()))
         else:  # the caller runs the graph when it likes: sent now
             sync(meta.unsent.flush())
     if not compute:
@@ -438,12 +438,12 @@ def execute(
             threads=_small_write_threads(plan),
         )
     except BaseException:
-        beside.settle(raise_errors=False)  # no request of the write outlives it
+        eager.settle(raise_errors=False)  # no request of the write outlives it
         raise
     finally:
         if own_claim is not None:
             own_claim.release()
-    beside.settle()
+    eager.settle()
     return result
 
 
