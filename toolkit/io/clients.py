@@ -59,6 +59,7 @@ __all__ = [
     "open_url",
     "quiet_copy",
     "quiet_filesystem",
+    "s3_endpoint_from_environment",
     "secrets",
     "supports_atomic_create",
 ]
@@ -212,14 +213,20 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
         provider = BotocoreCredentials.for_profile(profile)
         if provider is not None:
             kwargs["credential_provider"] = provider
-    endpoint = str(config.get("endpoint", ""))
+    endpoint = str(config.get("endpoint") or "")
+    if scheme == "s3" and not endpoint:
+        # The AWS CLI's and botocore's variables (MinIO, moto, Ceph are set up this way):
+        # said to obstore explicitly, so that allow_http and the region follow from it.
+        endpoint = s3_endpoint_from_environment() or ""
+        if endpoint:
+            config["endpoint"] = endpoint
     if scheme == "s3" and not endpoint and not _region_given(config):
         # s3fs finds a bucket's region by itself; object_store assumes us-east-1 and
         # then fails on every other region's buckets. One anonymous HEAD says which.
         region = bucket_region(url.split("://", 1)[1].split("/", 1)[0])
         if region:
             config["region"] = region
-    if endpoint.startswith("http://"):
+    if endpoint.startswith("http://") or _truthy(os.environ.get("AWS_ALLOW_HTTP")):
         client_options.setdefault("allow_http", True)
     if "skip_signature" in config:
         config["skip_signature"] = bool(config["skip_signature"])
@@ -254,6 +261,23 @@ class BulkDeleteObjectStore(ObjectStore):  # type: ignore[type-arg]
         if paths:
             with contextlib.suppress(FileNotFoundError):
                 await obstore.delete_async(self.store, paths)
+
+
+def s3_endpoint_from_environment() -> str | None:
+    """The S3 endpoint the environment names, read as botocore and obstore read it.
+
+    ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL`` (botocore's and the AWS
+    CLI's), then ``AWS_ENDPOINT`` (object_store's). None when none is set.
+    """
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _credentials_given(config: Mapping[str, Any]) -> bool:

@@ -48,6 +48,7 @@ from zarr.abc.store import Store
 
 from toolkit._util import backoff
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
+from toolkit.io.clients import s3_endpoint_from_environment
 from toolkit.io.groups import array_dims
 from toolkit.io.stores import resolve_store
 from toolkit.state.claim import CreationClaim
@@ -376,7 +377,7 @@ def _storage(target: str, opts: Mapping[str, Any]) -> Any:
 
     if target.startswith(("s3://", "s3a://")):
         bucket, _, prefix = target.split("://", 1)[1].partition("/")
-        endpoint = opts.get("endpoint_url")
+        endpoint = opts.get("endpoint_url") or s3_endpoint_from_environment()
         region = (opts.get("client_kwargs") or {}).get("region_name") or opts.get("region")
         return icechunk.s3_storage(
             bucket=bucket,
