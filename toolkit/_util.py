@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -14,7 +15,7 @@ import zarr
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 
-__all__ = ["Background", "backoff", "encode_json", "zarr_concurrency"]
+__all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine", "zarr_concurrency"]
 
 
 def backoff(attempt: int, base: float, cap: float, draw: float | None = None) -> float:
@@ -128,3 +129,39 @@ class Background:
             errors, self._errors = self._errors, []
         if errors and raise_errors:
             raise errors[0]
+
+
+_NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5", ".he5")
+
+
+def need_netcdf_engine(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`~toolkit.errors.MissingExtraError` when ``path`` is netCDF and no engine is.
+
+    xarray reads netCDF through h5netcdf (with h5py) or netCDF4; without either
+    it fails with ``ModuleNotFoundError: h5py`` or a list of its backends,
+    naming nothing to install. Told by the name, or for a local file by its
+    first bytes (HDF5's or classic netCDF's signature).
+    """
+    from toolkit.errors import MissingExtraError
+
+    text = os.fspath(path)
+    if (_installed("h5netcdf") and _installed("h5py")) or _installed("netCDF4"):
+        return
+    netcdf = text.lower().endswith(_NETCDF_SUFFIXES)
+    if not netcdf and "://" not in text and os.path.isfile(text):
+        with open(text, "rb") as f:
+            head = f.read(8)
+        netcdf = head.startswith((b"\x89HDF", b"CDF"))
+    if netcdf:
+        module = "h5py" if _installed("h5netcdf") else "h5netcdf"
+        raise MissingExtraError(f"reading {text}", module, "netcdf")
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (a ``None`` in ``sys.modules`` blocks it)."""
+    import sys
+    from importlib.util import find_spec
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return find_spec(module) is not None

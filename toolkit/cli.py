@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import re
 import sys
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 from toolkit.errors import UsageError
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]
+
+#: The exit statuses of every command (the CLI reference lists them).
+EXIT_CODES = {
+    0: "done: written, or equal",
+    1: "the data is wrong or the run failed: values differ, a store is damaged, a write failed",
+    2: "the command cannot run as given: bad arguments, a missing file, store or extra, "
+    "access refused",
+    3: "cannot check: the store holds no manifest (verify)",
+    130: "interrupted (Ctrl-C); what landed is kept, and the same command resumes",
+}
+_DIM_FLAGS = ("--chunks", "--shards")
+_DIM_ITEM = re.compile(r"[A-Za-z_][\w.-]*=\d+(,[A-Za-z_][\w.-]*=\d+)*")
 
 
 def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[Hashable, int]:
@@ -23,21 +39,127 @@ def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[Hashable, int]:
     return out
 
 
+_CHUNKS_HELP = "target chunk length per dim: time=24,lat=90 (or the flag again per dim)"
+_SHARDS_HELP = "target shard length per dim, as --chunks"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from toolkit.errors import DISTRIBUTION
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
+def _store_options() -> argparse.ArgumentParser:
+    """The object-store flags every command takes, for each store it touches."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group(
+        "object stores",
+        "for s3://, gs:// and az:// URLs (every store the command touches; local paths ignore "
+        "them). Unset, the environment is read as the AWS CLI reads it: AWS_ENDPOINT_URL "
+        "(an http:// endpoint allows http), AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...",
+    )
+    g.add_argument("--endpoint-url", metavar="URL", help="the S3-compatible endpoint")
+    g.add_argument("--region", help="the bucket's region")
+    g.add_argument("--anon", action="store_true", help="no credentials (public data)")
+    g.add_argument("--profile", help="a profile of ~/.aws/config and ~/.aws/credentials")
+    g.add_argument(
+        "--client",
+        choices=("obstore", "s3fs"),
+        help="the object-store client (default: obstore where installed, else s3fs)",
+    )
+    g.add_argument(
+        "-o",
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="any storage option, fsspec's names (-o requester_pays=true -o key=...); "
+        "VALUE is read as JSON where it parses (true, 3, {...}), else as text",
+    )
+    return p
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``storage_options`` the store flags of ``args`` ask for (None: none)."""
+    opts: dict[str, Any] = {}
+    for item in getattr(args, "storage_option", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"-o takes KEY=VALUE, got {item!r}")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        opts[key.strip()] = value
+    if getattr(args, "endpoint_url", None):
+        opts["endpoint_url"] = args.endpoint_url
+    if getattr(args, "region", None):
+        # fsspec's place for it, which both clients read.
+        opts["client_kwargs"] = {**(opts.get("client_kwargs") or {}), "region_name": args.region}
+    if getattr(args, "anon", False):
+        opts["anon"] = True
+    if getattr(args, "profile", None):
+        opts["profile"] = args.profile
+    if getattr(args, "client", None):
+        opts["client"] = args.client
+    return opts or None
+
+
+def _for(path: str | None, opts: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The options for one path: URLs take them, local paths none."""
+    if path is None or "://" not in path or path.startswith("file://"):
+        return None
+    return opts
+
+
+def _merged_dims(argv: list[str]) -> list[str]:
+    """``--chunks time=4 y=6`` as ``--chunks time=4,y=6``: the old spelling keeps working.
+
+    Only words that look like ``DIM=N`` are taken, so that paths after the flag
+    stay positional (``--chunks time=4 src.nc dst.zarr``).
+    """
+    out: list[str] = []
+    in_dims = False
+    for word in argv:
+        if in_dims and _DIM_ITEM.fullmatch(word):
+            out[-1] = f"{out[-1]},{word}"
+            continue
+        in_dims = bool(out) and out[-1] in _DIM_FLAGS and _DIM_ITEM.fullmatch(word) is not None
+        out.append(word)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="toolkit",
         description="Chunk-safe parallel Zarr writes and aligned reads for xarray and dask.",
+        epilog="exit status: "
+        + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on an error, show the full traceback (also: TOOLKIT_DEBUG=1)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stores = _store_options()
 
     c = sub.add_parser(
-        "copy", help="rewrite a dataset (zarr, netCDF) into a chunk-aligned Zarr store"
+        "copy",
+        parents=[stores],
+        help="rewrite a dataset (zarr, netCDF) into a chunk-aligned Zarr store",
     )
     c.add_argument("src", help="source: a Zarr store or a file xarray opens")
     c.add_argument("dst", help="target Zarr store (path or URL)")
-    c.add_argument("--chunks", nargs="+", metavar="DIM=N", help="target chunk length per dim")
+    c.add_argument("--chunks", action="append", metavar="DIM=N[,DIM=N]", help=_CHUNKS_HELP)
     c.add_argument(
-        "--shards", nargs="+", metavar="DIM=N", help="target shard length per dim (zarr format 3)"
+        "--shards", action="append", metavar="DIM=N[,DIM=N]", help=_SHARDS_HELP + " (format 3)"
     )
     c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     c.add_argument("--overwrite", action="store_true", help="replace an existing target")
@@ -57,14 +179,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser(
-        "rechunk", help="rechunk a Zarr store with memory bounded by --max-mem (one or two stages)"
+        "rechunk",
+        parents=[stores],
+        help="rechunk a Zarr store with memory bounded by --max-mem (one or two stages)",
     )
     r.add_argument("src", help="source Zarr store (path or URL)")
     r.add_argument("dst", help="target Zarr store (path or URL)")
     r.add_argument(
-        "--chunks", nargs="+", required=True, metavar="DIM=N", help="target chunk length per dim"
+        "--chunks", action="append", required=True, metavar="DIM=N[,DIM=N]", help=_CHUNKS_HELP
     )
-    r.add_argument("--shards", nargs="+", metavar="DIM=N", help="target shard length per dim")
+    r.add_argument("--shards", action="append", metavar="DIM=N[,DIM=N]", help=_SHARDS_HELP)
     r.add_argument(
         "--max-mem", default="1GiB", help="memory one task may use, e.g. 256MiB (default 1GiB)"
     )
@@ -81,13 +205,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
 
     g = sub.add_parser(
-        "ingest", help="many source files (netCDF, ...) along a dim into one chunk-aligned store"
+        "ingest",
+        parents=[stores],
+        help="many source files (netCDF, ...) along a dim into one chunk-aligned store",
     )
-    g.add_argument("sources", help="a glob of source files (quote it), e.g. 'data/era5_*.nc'")
+    g.add_argument(
+        "sources",
+        nargs="+",
+        help="source files, or a glob ('data/era5_*.nc', quoted or as the shell expands it)",
+    )
     g.add_argument("dst", help="target Zarr store (path or URL)")
     g.add_argument("--concat-dim", required=True, help="the dim the files follow each other along")
-    g.add_argument("--chunks", nargs="+", metavar="DIM=N", help="target chunk length per dim")
-    g.add_argument("--shards", nargs="+", metavar="DIM=N", help="target shard length per dim")
+    g.add_argument("--chunks", action="append", metavar="DIM=N[,DIM=N]", help=_CHUNKS_HELP)
+    g.add_argument("--shards", action="append", metavar="DIM=N[,DIM=N]", help=_SHARDS_HELP)
     g.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     g.add_argument("--overwrite", action="store_true", help="replace an existing target")
     g.add_argument("--no-resume", action="store_true", help="start over, keep no resume log")
@@ -97,18 +227,29 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
     g.add_argument("--no-progress", action="store_true")
 
-    v = sub.add_parser("verify", help="compare a written store with its sources, block by block")
-    v.add_argument("src", help="the source (a store, a file, a quoted glob), or the store alone")
-    v.add_argument("dst", nargs="?", default=None, help="the written store (omit: manifest)")
+    v = sub.add_parser(
+        "verify", parents=[stores], help="compare a written store with its sources, block by block"
+    )
+    v.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="STORE alone (checked against its manifest), or SRC STORE (compared value by "
+        "value); with --concat-dim, many source files (or a glob) and then STORE",
+    )
     v.add_argument("--concat-dim", default=None, help="for many files: the dim they follow along")
     v.add_argument("--no-progress", action="store_true")
 
-    i = sub.add_parser("inspect", help="print variables, shapes, chunk/shard layout and sizes")
+    i = sub.add_parser(
+        "inspect", parents=[stores], help="print variables, shapes, chunk/shard layout and sizes"
+    )
     i.add_argument("store")
     i.add_argument("--group", default=None)
 
     st = sub.add_parser(
-        "stats", help="statistics of a store in one pass over its chunks (toolkit.stats)"
+        "stats",
+        parents=[stores],
+        help="statistics of a store in one pass over its chunks (toolkit.stats)",
     )
     st.add_argument("store", help="Zarr store (path or URL)")
     st.add_argument("--dim", nargs="+", default=None, help="dims to reduce (default: all)")
@@ -157,97 +298,221 @@ def _throttle(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
-    from toolkit import jobs
-    from toolkit.errors import CorruptChunkError, CorruptMetadataError, ToolkitError
-
+    """Run the command line; return the exit status (:data:`EXIT_CODES`)."""
+    args = _parser().parse_args(_merged_dims(list(sys.argv[1:] if argv is None else argv)))
+    debug = args.traceback or os.environ.get("TOOLKIT_DEBUG", "").lower() in ("1", "true", "yes")
     try:
-        if args.command == "copy":
-            with jobs._cluster(args.workers, 1, print):
-                report = jobs.copy(
-                    args.src,
-                    args.dst,
-                    chunks=_dim_sizes(args.chunks, "--chunks"),
-                    shards=_dim_sizes(args.shards, "--shards"),
-                    zarr_format=args.zarr_format,
-                    mode="w" if args.overwrite else "w-",
-                    max_task_bytes=args.max_task_mib * 2**20,
-                    progress=not args.no_progress,
-                    throttle=_throttle(args),
-                )
-            print(report)
-            return 0
-        if args.command == "rechunk":
-            from toolkit.rechunk import execute_rechunk, plan_rechunk
+        return _run(args)
+    except KeyboardInterrupt:
+        # The interrupted run's requests are abandoned on zarr's loop: asyncio would
+        # print a "Task was destroyed but it is pending!" for each at exit.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        print(f"toolkit {args.command}: interrupted; {_after_interrupt(args)}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        code, text = _explain(e)
+        print(f"toolkit {args.command}: error: {_cli_words(text)}", file=sys.stderr)
+        return code
 
-            with jobs._cluster(args.workers, 1, print):
-                plan = plan_rechunk(
-                    args.src,
-                    args.dst,
-                    _dim_sizes(args.chunks, "--chunks"),
-                    shards=_dim_sizes(args.shards, "--shards"),
-                    max_mem=args.max_mem,
-                    temp_store=args.temp,
-                    variables=args.variables,
-                    zarr_format=args.zarr_format,
-                    mode="w" if args.overwrite else "w-",
-                    throttle=_throttle(args),
-                    workers=args.workers or None,
-                )
-                print(plan)
-                if not args.plan:
-                    print(execute_rechunk(plan, progress=not args.no_progress))
-            return 0
-        if args.command == "ingest":
-            from toolkit.ingest import ingest
 
-            with jobs._cluster(args.workers, 1, print):
-                report = ingest(
-                    args.sources,
-                    args.dst,
-                    concat_dim=args.concat_dim,
-                    chunks=_dim_sizes(args.chunks, "--chunks"),
-                    shards=_dim_sizes(args.shards, "--shards"),
-                    zarr_format=args.zarr_format,
-                    mode="w" if args.overwrite else "w-",
-                    max_task_bytes=args.max_task_mib * 2**20,
-                    throttle=_throttle(args),
-                    progress=not args.no_progress,
-                    resume=not args.no_resume,
-                )
-            print(report)
-            return 0
-        if args.command == "verify":
-            from toolkit.verify import verify
+def _run(args: argparse.Namespace) -> int:
+    from toolkit import jobs
 
-            found = verify(
-                args.src, args.dst, concat_dim=args.concat_dim, progress=not args.no_progress
+    opts = storage_options(args)
+    if args.command == "copy":
+        with jobs._cluster(args.workers, 1, print):
+            report = jobs.copy(
+                args.src,
+                args.dst,
+                chunks=_dim_sizes(args.chunks, "--chunks"),
+                shards=_dim_sizes(args.shards, "--shards"),
+                zarr_format=args.zarr_format,
+                mode="w" if args.overwrite else "w-",
+                max_task_bytes=args.max_task_mib * 2**20,
+                progress=not args.no_progress,
+                storage_options=_for(args.dst, opts),
+                source_storage_options=_for(args.src, opts),
+                throttle=_throttle(args),
             )
-            print(found)
-            return 0 if found.ok else 1
-        if args.command == "inspect":
-            print(jobs.inspect(args.store, group=args.group))
-            return 0
-        if args.command == "stats":
-            with jobs._cluster(args.workers, 1):
-                print(_stats(args))
-            return 0
-        ok = jobs.demo(
-            size=args.size,
-            out=args.out,
-            workers=args.workers,
-            threads_per_worker=args.threads_per_worker,
-            zarr_format=args.zarr_format,
-            progress=not args.no_progress,
+        print(report)
+        return 0
+    if args.command == "rechunk":
+        from toolkit.rechunk import execute_rechunk, plan_rechunk
+
+        with jobs._cluster(args.workers, 1, print):
+            plan = plan_rechunk(
+                args.src,
+                args.dst,
+                _dim_sizes(args.chunks, "--chunks"),
+                shards=_dim_sizes(args.shards, "--shards"),
+                max_mem=args.max_mem,
+                temp_store=args.temp,
+                variables=args.variables,
+                zarr_format=args.zarr_format,
+                mode="w" if args.overwrite else "w-",
+                storage_options=_for(args.dst, opts) or _for(args.src, opts),
+                throttle=_throttle(args),
+                workers=args.workers or None,
+            )
+            print(plan)
+            if not args.plan:
+                print(execute_rechunk(plan, progress=not args.no_progress))
+        return 0
+    if args.command == "ingest":
+        from toolkit.ingest import ingest
+
+        sources = args.sources[0] if len(args.sources) == 1 else args.sources
+        with jobs._cluster(args.workers, 1, print):
+            report = ingest(
+                sources,
+                args.dst,
+                concat_dim=args.concat_dim,
+                chunks=_dim_sizes(args.chunks, "--chunks"),
+                shards=_dim_sizes(args.shards, "--shards"),
+                zarr_format=args.zarr_format,
+                mode="w" if args.overwrite else "w-",
+                max_task_bytes=args.max_task_mib * 2**20,
+                storage_options=_for(args.dst, opts),
+                throttle=_throttle(args),
+                progress=not args.no_progress,
+                resume=not args.no_resume,
+            )
+        print(report)
+        return 0
+    if args.command == "verify":
+        return _verify(args, opts)
+    if args.command == "inspect":
+        print(jobs.inspect(args.store, group=args.group, storage_options=_for(args.store, opts)))
+        return 0
+    if args.command == "stats":
+        with jobs._cluster(args.workers, 1):
+            print(_stats(args, _for(args.store, opts)))
+        return 0
+    ok = jobs.demo(
+        size=args.size,
+        out=args.out,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        zarr_format=args.zarr_format,
+        progress=not args.no_progress,
+    )
+    return 0 if ok else 1
+
+
+def _verify(args: argparse.Namespace, opts: dict[str, Any] | None) -> int:
+    from toolkit.verify import verify
+
+    paths: list[str] = args.paths
+    if args.concat_dim is None and len(paths) > 2:
+        raise UsageError(
+            f"verify takes STORE, or SRC STORE; got {len(paths)} paths. For many source "
+            "files, pass --concat-dim DIM (then the files, or a quoted glob, and STORE last)"
         )
-        return 0 if ok else 1
-    except (CorruptChunkError, CorruptMetadataError) as e:  # the store is damaged
-        print(f"toolkit {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except (ToolkitError, FileNotFoundError, ValueError) as e:
-        print(f"toolkit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    if args.concat_dim is not None and len(paths) < 2:
+        raise UsageError("with --concat-dim, verify takes the source files (or a glob), then STORE")
+    target = paths[-1] if len(paths) > 1 else None
+    source: str | list[str] = paths[0] if len(paths) <= 2 else paths[:-1]
+    found = verify(
+        source,
+        target,
+        concat_dim=args.concat_dim,
+        progress=not args.no_progress,
+        storage_options=_for(target or paths[0], opts),
+        source_storage_options=_for(paths[0], opts) if target is not None else None,
+    )
+    print(found)
+    if not found.checked:
+        return 3
+    return 0 if found.ok else 1
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, and what to do next."""
+    if args.command in ("verify", "inspect", "stats") or getattr(args, "plan", False):
+        return "nothing was written"
+    if args.command == "demo":
+        return "run it again to start over"
+    if args.command == "ingest" and args.no_resume:
+        return f"{args.dst} is incomplete; rerun with --overwrite to start over"
+    return (
+        f"what landed in {args.dst} is kept (readers refuse it until the write is whole): "
+        "run the same command again to resume; it writes only what is missing"
+    )
+
+
+#: The modules behind each extra: a missing one is named with the extra that brings it.
+_EXTRAS = {
+    "h5netcdf": "netcdf",
+    "h5py": "netcdf",
+    "netCDF4": "netcdf",
+    "s3fs": "cloud",
+    "obstore": "cloud",
+    "icechunk": "icechunk",
+    "numba": "fast",
+    "bokeh": "dashboard",
+}
+
+
+def _explain(e: BaseException) -> tuple[int, str]:
+    """The exit status and one line for an error: what went wrong and what to do."""
+    from toolkit import errors as err
+
+    data = (
+        err.CorruptChunkError,
+        err.CorruptMetadataError,
+        err.IncompleteStoreError,
+        err.WriteError,
+        err.CommitConflictError,
+        err.StatsOverflowError,
+        err.StoreThrottledError,
+        err.StoreUnavailableError,
+        err.CoordinationError,
+    )
+    if isinstance(e, data):
+        return 1, _one_line(e)
+    if isinstance(e, ImportError):
+        module = (e.name or "").split(".")[0]
+        if isinstance(e, err.MissingExtraError) or module not in _EXTRAS:
+            return 2, _one_line(e)
+        return 2, str(err.MissingExtraError("this command", module, _EXTRAS[module]))
+    if isinstance(e, err.StoreAccessError | PermissionError):
+        return 2, _one_line(e)
+    if isinstance(e, err.ToolkitError | FileNotFoundError | NotADirectoryError | ValueError):
+        return 2, _one_line(e)
+    return 1, f"{type(e).__name__}: {_one_line(e)} (rerun with --traceback to see where)"
+
+
+def _one_line(e: BaseException) -> str:
+    """An error's message on one line: no client debug dump, no line breaks."""
+    from toolkit.io.stores import redact
+
+    text = str(e).split("Debug source", 1)[0]  # obstore appends its request state's dump
+    text = " ".join(text.split())
+    if len(text) > 600:
+        text = text[:597] + "..."
+    return redact(text) or type(e).__name__
+
+
+#: Python's words in toolkit's messages, and the flags that say the same on the command line.
+_CLI_WORDS = (
+    (re.compile(r" and mode='w-' never overwrites; use mode='w' to replace it[^;]*"), ""),
+    (re.compile(r"mode='w' \(CLI: --overwrite\)"), "--overwrite"),
+    (re.compile(r"mode='w-' never overwrites"), "nothing is replaced without --overwrite"),
+    (re.compile(r"use mode='w'"), "pass --overwrite"),
+    (re.compile(r"\bconcat_dim="), "--concat-dim "),
+    (re.compile(r"\bmax_mem="), "--max-mem "),
+    (re.compile(r"in storage_options|storage_options="), "with --profile, --anon or -o KEY=VALUE"),
+)
+
+
+def _cli_words(text: str) -> str:
+    for pattern, words in _CLI_WORDS:
+        text = pattern.sub(words, text)
+    if "already holds data" in text and "--overwrite" not in text:
+        text += "; pass --overwrite to replace it"
+    return text
 
 
 def _numbers(text: str | None, flag: str) -> list[float] | None:
@@ -259,7 +524,7 @@ def _numbers(text: str | None, flag: str) -> list[float] | None:
         raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
-def _stats(args: argparse.Namespace) -> str:
+def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
     """The statistics of ``args.store``: a table when everything was reduced."""
     from toolkit._render import text_table
     from toolkit.stats.compute import stats
@@ -277,6 +542,7 @@ def _stats(args: argparse.Namespace) -> str:
         quantiles=_numbers(args.quantiles, "--quantiles"),
         throttle=_throttle(args),
         progress=not args.no_progress,
+        storage_options=opts,
     )
     scalars = [v for v in result.data_vars.values() if v.ndim == 0]
     if len(scalars) < len(result.data_vars):

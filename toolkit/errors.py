@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+#: The name toolkit is installed under (``pip install zarr-toolkit``); it imports as ``toolkit``.
+DISTRIBUTION = "zarr-toolkit"
+
 __all__ = [
     "AppendError",
     "AttributeTypeError",
@@ -26,6 +29,7 @@ __all__ = [
     "IngestError",
     "LeaseLostError",
     "LeaseTimeoutError",
+    "MissingExtraError",
     "PartitionError",
     "PlanError",
     "RechunkError",
@@ -57,6 +61,25 @@ class ToolkitError(Exception):
 
 class UnknownOptionError(ToolkitError, TypeError):
     """A keyword the function does not take (the message suggests the closest one)."""
+
+
+class MissingExtraError(ToolkitError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it.
+
+    ``err.extra`` is that extra (``"netcdf"``, ``"cloud"``, ...), ``err.name``
+    the missing module.
+    """
+
+    def __init__(self, what: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"{what} needs {module}, which is not installed: pip install "
+            f'"{DISTRIBUTION}[{extra}]" (or "{DISTRIBUTION}[all]" for every optional feature)',
+            name=module,
+        )
+        self.what, self.module, self.extra = what, module, extra
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.module, self.extra))
 
 
 class UsageError(ToolkitError, ValueError):

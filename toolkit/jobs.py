@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
@@ -24,11 +24,13 @@ from dask.utils import format_bytes
 from zarr.core.sync import sync
 
 from toolkit._render import text_table
+from toolkit._util import need_netcdf_engine
 from toolkit.dashboard import register_dashboard
-from toolkit.errors import PlanError
+from toolkit.errors import MissingExtraError, PlanError
 from toolkit.io.groups import open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, source_objects
 from toolkit.io.throttle import Throttle
+from toolkit.io.wrappers import wrap_store
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.rechunk import rechunk
 from toolkit.write.execute import WriteReport, execute, plan_resumable
@@ -81,6 +83,7 @@ def copy(
     storage_options: Mapping[str, Any] | None = None,
     throttle: Throttle | Literal[False] | None = None,
     resume: bool = True,
+    source_storage_options: Mapping[str, Any] | None = None,
 ) -> WriteReport:
     """Rewrite any dataset xarray can open into a chunk-aligned Zarr store.
 
@@ -116,17 +119,18 @@ def copy(
         Keep a log of landed write tasks in the target while writing; when the
         same copy (same source, layout and target) was interrupted, write only
         what it had not finished (see :func:`toolkit.ingest`).
+    source_storage_options : dict, optional
+        fsspec options for a URL source (a Zarr store, or a file read through
+        fsspec).
     """
     chunks = dict(chunks or {})
     shards = dict(shards or {})
     if src.rstrip("/") == str(dst).rstrip("/"):
         raise PlanError("copy source and target are the same; choose another target")
+    src_opts = dict(source_storage_options or {})
     try:
-        if _is_zarr(src):
-            lazy = xr.open_dataset(src, engine="zarr", chunks=None, cache=False)
-        else:
-            lazy = xr.open_dataset(src, chunks=None, cache=False)
-    except FileNotFoundError:
+        lazy = _open_source(src, src_opts)
+    except (FileNotFoundError, MissingExtraError):
         raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         # A truncated or foreign file: say which, before anything is written.
@@ -138,6 +142,11 @@ def copy(
             f"not have (it has {list(lazy.dims)})"
         )
     if _is_zarr(src) and _cuts_across(lazy, chunks, shards):
+        if src_opts and src_opts != dict(storage_options or {}):
+            raise PlanError(
+                "a copy that rechunks reads its source with the target's storage_options; "
+                "give both stores the same options, or rechunk with toolkit.rechunk"
+            )
         # Target units that cut across the source's chunks: a planned rechunk reads
         # every source chunk once (a task's block decoded and encoded: twice its bytes).
         done = rechunk(
@@ -171,7 +180,7 @@ def copy(
         # The identity leaves the source's contents out: a changed source is the same
         # write, refused by name (its first run kept the listing), not a stranger's.
         write_id = tokenize(src, encoding, zarr_format, max_task_bytes)[:16]
-        source = source_objects([src])
+        source = source_objects([src], src_opts)
     plan, log = plan_resumable(
         ds, dst, write_id=write_id, mode=mode, encoding=None,  # in each variable's own
         zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
@@ -181,6 +190,23 @@ def copy(
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report
+
+
+def _open_source(src: str, opts: Mapping[str, Any]) -> xr.Dataset:
+    """The copy's source, lazily: a Zarr store through toolkit's stores, a file through xarray."""
+    remote = "://" in src and not src.startswith("file://")
+    if _is_zarr(src):
+        store = resolve_store(src, storage_options=opts if remote else None)
+        store = store if store.read_only else store.with_read_only(True)  # a source is read
+        return xr.open_dataset(cast(Any, store), engine="zarr", chunks=None, cache=False)
+    need_netcdf_engine(src)
+    if remote:
+        import fsspec
+
+        # fsspec's options: toolkit's own ``client`` key means nothing to it.
+        fsopts = {k: v for k, v in opts.items() if k != "client"}
+        return xr.open_dataset(fsspec.open(src, "rb", **fsopts).open(), chunks=None, cache=False)
+    return xr.open_dataset(src, chunks=None, cache=False)
 
 
 def _cuts_across(
@@ -198,7 +224,12 @@ def _cuts_across(
     return False
 
 
-def inspect(store: StoreLike, *, group: str | None = None) -> str:
+def inspect(
+    store: StoreLike,
+    *,
+    group: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
     """Describe a Zarr store: variables, shapes, chunk/shard layout and sizes.
 
     Returns
@@ -206,8 +237,22 @@ def inspect(store: StoreLike, *, group: str | None = None) -> str:
     str
         An aligned text table; the CLI prints it.
     """
-    zstore = resolve_store(store)
+    base = resolve_store(store, storage_options=storage_options)
+    if not base.read_only:  # inspecting never writes
+        base = base.with_read_only(True)
+    # Through the URL's retries: a client's failure arrives as toolkit's error.
+    url = store if isinstance(store, str) else None
+    zstore = wrap_store(base, Throttle.for_url(url) if url else None)
     existing = open_existing(zstore, group)
+    if existing is None and group and open_existing(zstore, None) is not None:
+        import zarr
+
+        root = zarr.open_group(zstore, mode="r")
+        there = sorted(name for name, _ in root.groups())
+        raise FileNotFoundError(
+            f"{describe_store(zstore)} has no group {group!r}"
+            + (f" (its groups: {', '.join(there)})" if there else " (it has no groups)")
+        )
     if existing is None:
         raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
     rows = []
@@ -350,6 +395,7 @@ def demo(
     if out is None:
         tmp = tempfile.mkdtemp(prefix="toolkit-demo-")
         out = os.path.join(tmp, "demo.zarr")
+        echo(f"writing to a temporary store, {out}, removed at the end (keep it: --out PATH)")
     try:
         ds = demo_dataset(nbytes)
         chunks = (24, 90, 180)
@@ -378,3 +424,6 @@ def demo(
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+            echo(f"removed the temporary store {out} (keep the store: --out PATH)")
+        else:
+            echo(f"the store is at {out}: toolkit inspect {out}; toolkit verify {out}")

@@ -9,6 +9,7 @@ and reports every difference it found.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -21,7 +22,9 @@ import xarray as xr
 from dask.delayed import delayed
 
 from toolkit._render import html_table, text_table
+from toolkit._util import need_netcdf_engine
 from toolkit.cluster.progress import compute_with_progress
+from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
 from toolkit.io.stores import StoreLike, resolve_store, store_label
@@ -42,7 +45,8 @@ class VerifyReport:
         What was compared.
     variables : dict
         Per variable compared: ``{"values": n, "differ": k, "first": [index, ...]}``
-        (the index of the first differing value, when any).
+        (the index of the first differing value, when any). Against a manifest,
+        per array: ``{"objects": n, "differ": k, "first": key}``.
     problems : list of str
         Every difference found: values, missing or extra variables,
         coordinates, attributes.
@@ -56,18 +60,27 @@ class VerifyReport:
     """What was covered (a store checked against its manifest: how many objects of each kind)."""
     kind: str = "values"
     """What the per-variable counts count: ``"values"``, or ``"objects"`` (against a manifest)."""
+    checked: bool = True
+    """False when the store could not be checked at all (it holds no manifest): not a difference."""
 
     @property
     def ok(self) -> bool:
-        """Whether the target equals the source."""
-        return not self.problems
+        """Whether the target was checked and equals the source."""
+        return self.checked and not self.problems
+
+    @property
+    def status(self) -> str:
+        """``"equal"``, ``"different"`` or ``"unchecked"`` (no manifest to check against)."""
+        if not self.checked:
+            return "unchecked"
+        return "equal" if self.ok else "different"
 
     def _rows(self) -> list[dict[str, str]]:
         what = "array" if self.kind == "objects" else "variable"
         return [
             {
                 what: name,
-                self.kind: f"{v['values']:,}",
+                self.kind: f"{v[self.kind]:,}",
                 "differ": f"{v['differ']:,}",
                 "first difference": str(v["first"]) if v["first"] is not None else "-",
             }
@@ -75,15 +88,19 @@ class VerifyReport:
         ]
 
     def __repr__(self) -> str:
-        head = (
-            f"VerifyReport: {'equal' if self.ok else 'DIFFERENT'} ({self.target} vs {self.source})"
-        )
-        lines = [head, *([self.summary] if self.summary else []), text_table(self._rows())]
+        state = {"equal": "equal", "different": "DIFFERENT", "unchecked": "CANNOT CHECK"}
+        head = f"VerifyReport: {state[self.status]} ({self.target} vs {self.source})"
+        lines = [head, *([self.summary] if self.summary else [])]
+        lines += [text_table(self._rows())] if self.variables else []
         lines += [f"- {p}" for p in self.problems]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        state = "equal" if self.ok else "<b style='color:#b00'>different</b>"
+        state = {
+            "equal": "equal",
+            "different": "<b style='color:#b00'>different</b>",
+            "unchecked": "<b>cannot check</b>",
+        }[self.status]
         items = "".join(f"<li>{p}</li>" for p in self.problems)
         return (
             f"<div><b>VerifyReport</b>: {state}{html_table(self._rows())}"
@@ -116,16 +133,33 @@ def _collect(results: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return results
 
 
-def _open_source(source: Any, concat_dim: Hashable | None) -> tuple[xr.Dataset, str]:
+def _open_source(
+    source: Any, concat_dim: Hashable | None, storage_options: Mapping[str, Any] | None
+) -> tuple[xr.Dataset, str]:
     if isinstance(source, xr.Dataset):
         return source, "dataset"
-    if (isinstance(source, str | os.PathLike) and os.path.isdir(source)) or (
-        isinstance(source, str) and source.rstrip("/").endswith(".zarr")
+    if concat_dim is None and (
+        not isinstance(source, str | os.PathLike) or glob.has_magic(os.fspath(source))
     ):
-        return xr.open_zarr(source, chunks=None), str(source)
+        many = sorted(glob.glob(os.fspath(source))) if isinstance(source, str) else list(source)
+        raise PlanError(
+            f"{len(many)} source files match {source!r}: to compare them concatenated, "
+            "name the dim they follow each other along (concat_dim=; CLI: --concat-dim DIM)"
+            if isinstance(source, str)
+            else f"{len(many)} source files: name the dim they follow each other along "
+            "(concat_dim=; CLI: --concat-dim DIM)"
+        )
     if concat_dim is not None:
         return sources_dataset(source, concat_dim), str(source)
-    return xr.open_dataset(source, chunks=None, cache=False), str(source)
+    path = os.fspath(source)
+    if os.path.isdir(path) or path.rstrip("/").endswith(".zarr"):
+        remote = "://" in path and not path.startswith("file://")
+        store = _readonly(path, storage_options if remote else None)
+        return xr.open_zarr(store, chunks=None), path
+    if not os.path.exists(path) and "://" not in path:
+        raise FileNotFoundError(f"no source at {path}")
+    need_netcdf_engine(path)
+    return xr.open_dataset(path, chunks=None, cache=False), path
 
 
 def verify(
@@ -134,6 +168,8 @@ def verify(
     *,
     concat_dim: Hashable | None = None,
     progress: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    source_storage_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Compare a written store with its source: values, coordinates, attributes.
 
@@ -155,13 +191,22 @@ def verify(
         For many source files: the dim they follow each other along.
     progress : bool
         Show progress.
+    storage_options, source_storage_options : dict, optional
+        fsspec options for a URL target and a URL source (a Zarr store).
 
     Returns
     -------
     VerifyReport
         ``report.ok`` is True when nothing differs; ``report.problems`` lists
         every difference, each variable's count of differing values and the
-        index of the first.
+        index of the first. ``report.status`` is ``"unchecked"`` (and
+        ``report.ok`` False) for a store alone that holds no manifest.
+
+    Raises
+    ------
+    FileNotFoundError
+        The store (or a local source) is not there. Nothing is written,
+        whatever is found.
 
     Examples
     --------
@@ -177,9 +222,9 @@ def verify(
     True
     """
     if target is None:
-        return _verify_manifest(source)  # type: ignore[arg-type]
-    got = open_zarr(target)
-    want, label = _open_source(source, concat_dim)
+        return _verify_manifest(source, storage_options)  # type: ignore[arg-type]
+    got = open_zarr(_readonly(target, storage_options))
+    want, label = _open_source(source, concat_dim, source_storage_options)
     problems: list[str] = []
     missing = [str(n) for n in want.data_vars if n not in got.data_vars]
     extra = [str(n) for n in got.data_vars if n not in want.data_vars]
@@ -244,7 +289,9 @@ _NO_MANIFEST = (
 )
 
 
-def _verify_manifest(target: StoreLike, *, batch: int = 256) -> VerifyReport:
+def _verify_manifest(
+    target: StoreLike, storage_options: Mapping[str, Any] | None = None, *, batch: int = 256
+) -> VerifyReport:
     """Every object of the store read once, checked against the manifest; nothing written.
 
     Every key of the group (but toolkit's own state under ``.toolkit/``) is
@@ -259,11 +306,13 @@ def _verify_manifest(target: StoreLike, *, batch: int = 256) -> VerifyReport:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    store = wrap_store(_readonly(target), None)
+    store = wrap_store(_readonly(target, storage_options), None)
     label = store_label(target)
     manifest = read_manifest(store)
     if not manifest:
-        return VerifyReport(label, "manifest", {}, [_NO_MANIFEST], kind="objects")
+        return VerifyReport(
+            label, "manifest", {}, [], summary=_NO_MANIFEST, kind="objects", checked=False
+        )
 
     async def listed() -> list[str]:
         return [k async for k in store.list_prefix("") if not _skipped(k)]
@@ -298,10 +347,10 @@ def _verify_manifest(target: StoreLike, *, batch: int = 256) -> VerifyReport:
                 beyond.append(key)
                 if key not in manifest.digests:
                     continue
-            entry = variables.setdefault(_owner(key), {"values": 0, "differ": 0, "first": None})
+            entry = variables.setdefault(_owner(key), {"objects": 0, "differ": 0, "first": None})
             problem = _judge(key, data, manifest, checksum)
             if data is not None or problem:
-                entry["values"] += 1
+                entry["objects"] += 1
                 counts["metadata" if meta else "chunks"] += 1
             if problem:
                 entry["differ"] += 1
@@ -320,13 +369,32 @@ def _verify_manifest(target: StoreLike, *, batch: int = 256) -> VerifyReport:
     return VerifyReport(label, "its manifest", variables, problems, summary=summary, kind="objects")
 
 
-def _readonly(target: StoreLike) -> Any:
-    """The target's store, read-only; FileNotFoundError for a local path that is not there."""
+def _readonly(target: StoreLike, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """The target's store, read-only; FileNotFoundError for a store that is not there.
+
+    Checked before anything opens it: zarr's LocalStore makes its directory when
+    opened for writing, and a check must leave no trace.
+    """
     local = isinstance(target, str | os.PathLike) and "://" not in os.fspath(target)
     if local and not os.path.exists(target):  # type: ignore[arg-type]
         raise FileNotFoundError(f"no store at {os.fspath(target)}")  # type: ignore[arg-type]
-    store = resolve_store(target)
-    return store if store.read_only else store.with_read_only(True)
+    store = resolve_store(target, storage_options=storage_options)
+    store = store if store.read_only else store.with_read_only(True)
+    if not local and isinstance(target, str) and not _holds_anything(store):
+        raise FileNotFoundError(f"no store at {target}")
+    return store
+
+
+def _holds_anything(store: Any) -> bool:
+    """Whether a store holds at least one object (one listing request)."""
+    from zarr.core.sync import sync
+
+    async def first() -> bool:
+        async for _ in store.list_prefix(""):
+            return True
+        return False
+
+    return bool(sync(first()))
 
 
 def _skipped(key: str) -> bool:

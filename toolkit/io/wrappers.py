@@ -13,6 +13,7 @@ import copy
 import hashlib
 import logging
 import random
+import re
 import threading
 import time
 import weakref
@@ -714,20 +715,59 @@ class RetryStore(_PolicyStore):
                 "max_retry_seconds in toolkit.Throttle"
             )
         status, _ = http_status(e)
-        if isinstance(e, PermissionError) or status == 403:
+        if isinstance(e, PermissionError) or status in (401, 403) or _refused(e):
+            said = re.split(r"[.;] ", self._brief(e), maxsplit=1)[0][:200]
             return StoreAccessError(
-                f"{where}: access denied (403) to {op}; check the credentials and the "
-                "bucket policy in storage_options"
+                f"{where}: {op} was refused"
+                + (f" (HTTP {status})" if status else "")
+                + f": {type(e).__name__}: {said}. "
+                + _ACCESS_HINT
             )
         if status is not None and 400 <= status < 500 and status != 404:
             return StoreRequestError(
                 f"{where}: the store rejected {op} as invalid (HTTP {status}): {self._brief(e)}"
             )
+        if not isinstance(e, FileNotFoundError) and type(e).__module__.split(".")[0] in _CLIENTS:
+            # A client's own exception type reaches no caller: toolkit's, with it as the cause.
+            return StoreRequestError(f"{where}: {op} failed: {type(e).__name__}: {self._brief(e)}")
         return e
 
     def _brief(self, e: Exception) -> str:
         # obstore appends a multi-line "Debug source:" dump of its request state.
         return redact(str(e).split("\n\nDebug source", 1)[0], self._store)
+
+
+#: The modules of the clients' exception types (wrapped in toolkit's when final).
+_CLIENTS = frozenset({"obstore", "botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3"})
+#: The clients' names for "no or bad credentials", found anywhere along an error's causes.
+_REFUSALS = frozenset(
+    {
+        "UnauthenticatedError",
+        "PermissionDeniedError",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "ProfileNotFound",
+    }
+)
+_ACCESS_HINT = (
+    "Credentials are missing or wrong, or lack permission: give them as the AWS CLI reads "
+    "them (AWS_PROFILE, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials), "
+    "as storage_options (profile=, key= and secret=; CLI: --profile, -o key=...), or read "
+    "public data with anon=True (CLI: --anon)"
+)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a client refused for want of credentials (no HTTP status to tell it by)."""
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in _REFUSALS:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class MetadataBuffer(_OwnWrapper):

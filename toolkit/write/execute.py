@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Hashable, Iterable, Mapping
@@ -428,10 +429,18 @@ def execute(
         if own_claim is not None:
             own_claim.release_when_done(meta.journal, report)
         return report
+    landed = sum(len(v) for v in meta.done.values())
+    if landed and progress:
+        # Said before the bar, so that a rerun after an interrupt shows it resumed.
+        print(
+            f"resuming: {landed:,} of {plan.ntasks:,} write tasks already written, "
+            f"{plan.ntasks - landed:,} to go ({plan.target})",
+            file=sys.stderr,
+        )
     try:
         result: WriteReport = compute_with_progress(
             report,
-            total=plan.ntasks - sum(len(v) for v in meta.done.values()),
+            total=plan.ntasks - landed,
             desc="toolkit write",
             prefix="toolkit-write-",
             enabled=progress,
