@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import shutil
 import time
 from typing import Any
 
@@ -366,3 +367,39 @@ def test_metadata_buffer_flush_keeps_what_did_not_land_for_a_retry():
         k: v.to_bytes() for k, v in docs.items()
     }
     assert not buf._pending
+
+
+class _LosesDeleteRace(LocalStore):
+    """A LocalStore whose deletes of a directory lose a race to another deleter.
+
+    The other deleter removes the directory between LocalStore's check and its
+    rmtree, which then raises FileNotFoundError: what two concurrent deletes of
+    one directory do.
+    """
+
+    async def delete(self, key: str) -> None:
+        path = self.root / key
+        if path.is_dir():
+            await asyncio.to_thread(shutil.rmtree, path)  # the other deleter, first
+            await asyncio.to_thread(shutil.rmtree, path)  # this one
+        await super().delete(key)
+
+
+@pytest.mark.parametrize("policy", [None, Throttle(backoff_base=0.001)], ids=["plain", "retries"])
+def test_a_delete_that_finds_nothing_left_is_no_error(tmp_path, policy):
+    """Issue 30: a delete of what is already gone did its job (S3 answers 204), no error."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "0").write_bytes(b"x")
+    metrics = IOMetrics()
+    stack = wrap_store(_LosesDeleteRace(tmp_path), policy, metrics)
+    with pytest.raises(FileNotFoundError):  # told as it is: callers may care
+        sync(stack.delete("a"))
+    sync(stack.delete("never-there"))  # LocalStore raises nothing for an absent file
+    assert not (tmp_path / "a").exists()
+    assert (metrics.deletes, metrics.errors, metrics.failed, metrics.retries) == (2, 0, 0, 0)
+    # A delete the store refuses is an error still: delete_dir of a file.
+    (tmp_path / "zarr.json").write_bytes(b"{}")
+    with pytest.raises(ValueError, match="is a file"):
+        sync(stack.delete_dir("zarr.json"))
+    assert (metrics.deletes, metrics.errors) == (3, 1)
+    assert metrics.failed == (policy is not None)  # counted by the retries, when there are

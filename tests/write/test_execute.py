@@ -263,3 +263,38 @@ def test_graph_never_gathers_the_source(tmp_path):
     assert {n.split("-")[0] for n in extra} <= {"toolkit", "rechunk"}, extra
     delayed.compute()
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "g.zarr").v.values, 1.0)
+
+
+def _overwrites(target, opts=None):
+    """Replace the dataset at ``target`` three times (one variable fewer each time): the reports."""
+    first = make_dataset(chunks={"time": 10})
+    toolkit.to_zarr(first, target, storage_options=opts, progress=False)
+    reports = []
+    for seed, names in ((1, ["a", "b", "c"]), (2, ["a", "b"]), (3, ["a"])):
+        ds = make_dataset(seed=seed, chunks={"time": 10})[names]
+        reports.append(toolkit.to_zarr(ds, target, mode="w", storage_options=opts, progress=False))
+        back = toolkit.open_zarr(target, storage_options=opts).load()
+        xr.testing.assert_identical(back, ds.compute())  # the old variables are gone
+    return reports
+
+
+def test_a_plain_overwrite_reports_no_errors_local(tmp_path):
+    """Issue 30: replacing a local store showed 'throttled / errors 0 / 4'.
+
+    The old store was cleared by deleting each child as a key and as a prefix at
+    once: two rmtrees raced over each directory (the slower one raised
+    FileNotFoundError) and ``delete_dir`` of ``zarr.json`` raised ValueError.
+    """
+    for report in _overwrites(tmp_path / "o.zarr"):
+        assert report.io.deletes > 0  # the old dataset was cleared through the stack
+        assert (report.io.errors, report.io.failed, report.io.throttled) == (0, 0, 0)
+        assert report.io.summary()["throttled / errors"] == "0 / 0"
+
+
+@pytest.mark.timeout(180)
+def test_a_plain_overwrite_reports_no_errors_s3(s3, client):
+    opts = {**s3.storage_options(), "client": client}
+    for report in _overwrites(f"s3://data/overwrite-{client}/o.zarr", opts):
+        assert report.io.deletes > 0
+        assert (report.io.errors, report.io.failed, report.io.throttled) == (0, 0, 0)
+        assert report.io.summary()["throttled / errors"] == "0 / 0"

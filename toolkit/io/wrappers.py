@@ -114,6 +114,7 @@ _COUNTER_OF = {
     "list_dir": "lists",
     "is_empty": "lists",
 }
+_DELETES = frozenset({"delete", "delete_dir"})
 
 
 class _OwnWrapper(WrapperStore[Store]):
@@ -425,6 +426,10 @@ class MetricsStore(InterceptStore):
         m = self.metrics
         m.observe(time.perf_counter() - t0)
         counts: dict[str, float] = {_COUNTER_OF[op]: 1}
+        if op in _DELETES and isinstance(exc, FileNotFoundError):
+            # What was to be deleted is not there (a concurrent delete took it first):
+            # the delete did its job, as S3 answers 204 to the DELETE of an absent key.
+            exc = None
         if exc is None:
             counts["bytes_read"] = _nbytes(result)
             counts["bytes_written"] = size
@@ -666,6 +671,8 @@ class RetryStore(_PolicyStore):
                     if sink is not None:
                         sink.add(errors=1, failed=1)
                     raise self._past_deadline(op, key, attempt, spent) from e
+                if op in _DELETES and isinstance(e, FileNotFoundError):
+                    raise  # nothing was there to delete: no failure (see MetricsStore._done)
                 verdict = classify_error(e)
                 doublings = attempt
                 if verdict == "throttled" and p.adaptive:

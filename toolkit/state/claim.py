@@ -145,9 +145,21 @@ def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> lis
 
 
 def drop_keys(store: Store, doomed: Sequence[str]) -> None:
-    """Delete each of ``doomed`` as a key and as a prefix, all at once (bounded)."""
+    """Delete each of ``doomed`` as a key and as a prefix, all at once (bounded).
+
+    On zarr's ``LocalStore``, one delete per child: it removes a directory
+    whole.
+    """
+    local = isinstance(unwrap(store), LocalStore)
 
     async def drop(key: str) -> None:
+        if local:
+            # Deleting as both would run two rmtrees over the same files (the slower
+            # one fails on what the other removed) and a delete_dir of a file, which
+            # LocalStore refuses: errors in the write's report for a clean replace.
+            await store.delete(key)
+            return
+
         # A child is a key or a prefix: delete it as both, at once.
         async def as_key() -> None:
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
