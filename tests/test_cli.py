@@ -54,7 +54,7 @@ def test_copy_netcdf_to_sharded_zarr_and_inspect(tmp_path, netcdf):
     assert "4×6×10" in r.stdout and "12×6×10" in r.stdout
     # Copying again refuses to overwrite, leaving the store alone.
     r = run("copy", str(src), str(dst), "--no-progress")
-    assert r.returncode == 2 and "mode='w'" in r.stderr
+    assert r.returncode == 2 and "pass --overwrite" in r.stderr and "mode=" not in r.stderr
 
 
 def test_copy_zarr_to_zarr_v2_with_workers(tmp_path):
@@ -165,3 +165,272 @@ def test_bad_arguments_and_unreadable_sources_exit_2_with_nothing_written(tmp_pa
         assert r.returncode == 2, (args, r.returncode, r.stderr[-2000:])
         assert "Traceback" not in r.stderr and "error:" in r.stderr, (args, r.stderr[-2000:])
         assert not dst.exists(), args
+
+
+# -- the first hour (issue 30): each test below failed before its fix ----------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto_process():
+    """moto's S3 server started as users start one: its own process, an http:// endpoint."""
+    import os
+    import signal
+    import socket
+    import time
+
+    pytest.importorskip("moto.server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _env(**changes: str) -> dict[str, str]:
+    """This environment without any AWS settings or profile, plus ``changes``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TOOLKIT_CLIENT"))}
+    env.update(HOME="/nonexistent-home", AWS_EC2_METADATA_DISABLED="true", **changes)
+    return env
+
+
+def _bucket(endpoint: str, name: str) -> str:
+    import botocore.session
+
+    s3 = botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id="k", aws_secret_access_key="s",
+    )  # fmt: skip
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def run_env(env: dict[str, str], *args: str, timeout: float = 240):
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_an_http_endpoint_in_the_environment_is_enough(moto_process, netcdf, client):
+    """Finding 1: AWS_ENDPOINT_URL=http://... failed with obstore's 'builder error'."""
+    src, ds = netcdf
+    bucket = _bucket(moto_process, f"env-{client}")
+    env = _env(
+        AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
+        AWS_REGION="us-east-1", TOOLKIT_CLIENT=client,
+    )  # fmt: skip
+    url = f"s3://{bucket}/era5.zarr"
+    r = run_env(env, "copy", str(src), url, "--chunks", "time=8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_env(env, "verify", str(src), url, "--no-progress")
+    assert r.returncode == 0 and "equal" in r.stdout, r.stdout + r.stderr
+    r = run_env(env, "verify", url, "--no-progress")  # against its manifest
+    assert r.returncode == 0 and "equal" in r.stdout, r.stdout + r.stderr
+    r = run_env(env, "inspect", url)
+    assert r.returncode == 0 and "8×12×10" in r.stdout, r.stderr
+
+
+def test_store_flags_reach_both_stores_of_a_copy(moto_process, tmp_path):
+    """Finding 1: no way to pass an endpoint, region or options from the command line."""
+    ds = make_dataset(nt=20, chunks={"time": 5})
+    bucket = _bucket(moto_process, "flags")
+    env = _env(AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    flags = ["--endpoint-url", moto_process, "--region", "us-east-1", "--client", "s3fs"]
+    local = tmp_path / "a.zarr"
+    ds.to_zarr(local)
+    first, second = f"s3://{bucket}/a.zarr", f"s3://{bucket}/b.zarr"
+    r = run_env(env, "copy", str(local), first, *flags, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    # Both stores remote: the source is read with the same flags.
+    r = run_env(env, "copy", first, second, *flags, "-o", "client=obstore", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_env(env, "verify", str(local), second, *flags, "--no-progress")
+    assert r.returncode == 0 and "equal" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_python_api_reads_the_endpoint_from_the_environment(moto_process, monkeypatch):
+    import toolkit
+
+    bucket = _bucket(moto_process, "api-env")
+    for k, v in _env(AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k",
+                     AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1").items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    ds = make_dataset(nt=6)
+    toolkit.to_zarr(ds, f"s3://{bucket}/x.zarr", progress=False)
+    xr.testing.assert_identical(toolkit.open_zarr(f"s3://{bucket}/x.zarr").compute(), ds)
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_missing_credentials_are_one_line_exit_2(moto_process, client):
+    """Finding 2: 48 lines with a Rust Debug dump, exit 1, advice a CLI user cannot take."""
+    env = _env(AWS_ENDPOINT_URL=moto_process)
+    bucket = _bucket(moto_process, f"nocreds-{client}")
+    r = run_env(env, "inspect", f"s3://{bucket}/x.zarr", "--client", client)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("toolkit inspect: error:") and "Debug" not in line
+    assert "--profile" in line and "--anon" in line and "AWS_ACCESS_KEY_ID" in line
+    r = run_env(env, "--traceback", "inspect", f"s3://{bucket}/x.zarr", "--client", client)
+    assert r.returncode == 1 and "Traceback" in r.stderr  # the whole story, when asked
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_client_errors_reach_python_as_toolkit_errors(moto_process, monkeypatch, client):
+    """Finding 2: obstore.exceptions.UnauthenticatedError reached users unwrapped."""
+    import toolkit
+    from toolkit.errors import StoreAccessError
+
+    for k, v in _env(AWS_ENDPOINT_URL=moto_process).items():
+        monkeypatch.setenv(k, v)
+    bucket = _bucket(moto_process, f"wrapped-{client}")
+    with pytest.raises(StoreAccessError) as caught:
+        toolkit.to_zarr(make_dataset(nt=4), f"s3://{bucket}/x.zarr", progress=False,
+                        storage_options={"client": client})  # fmt: skip
+    assert isinstance(caught.value, PermissionError)
+    assert type(caught.value.__cause__).__module__.split(".")[0] in ("obstore", "botocore")
+
+
+def test_a_missing_extra_is_named(tmp_path, netcdf):
+    """Finding 2: a plain install reading netCDF said 'ModuleNotFoundError: h5py'."""
+    src, _ = netcdf
+    code = (
+        "import sys; sys.modules.update(h5netcdf=None, h5py=None, netCDF4=None)\n"
+        "from toolkit.cli import main\n"
+        f"sys.exit(main(['copy', {str(src)!r}, {str(tmp_path / 'x.zarr')!r}, '--no-progress']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert 'pip install "zarr-toolkit[netcdf]"' in line
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_verify_never_writes_and_tells_missing_from_unchecked(tmp_path, moto_process):
+    """Findings 3 and 4: verify made missing.zarr/, and 'no manifest' was exit 1 as damage."""
+    missing = tmp_path / "missing.zarr"
+    r = run("verify", str(missing))
+    assert r.returncode == 2 and "no store at" in r.stderr
+    r = run("verify", str(tmp_path / "src.zarr"), str(missing))
+    assert r.returncode == 2 and "no store at" in r.stderr
+    assert not missing.exists() and not (tmp_path / "src.zarr").exists()
+    env = _env(AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    bucket = _bucket(moto_process, "verify-missing")
+    r = run_env(env, "verify", f"s3://{bucket}/missing.zarr")
+    assert r.returncode == 2 and "no store at" in r.stderr, r.stderr
+    plain = tmp_path / "plain.zarr"
+    make_dataset(nt=4).to_zarr(plain)  # xarray's: no manifest
+    before = sorted(p.relative_to(plain) for p in plain.rglob("*"))
+    r = run("verify", str(plain))
+    assert r.returncode == 3 and "CANNOT CHECK" in r.stdout and "no manifest" in r.stdout
+    assert sorted(p.relative_to(plain) for p in plain.rglob("*")) == before
+
+
+def test_cli_words_not_python_words(tmp_path, netcdf):
+    """Finding 8: flags swallowing paths, unquoted globs, raw h5py errors, --version, groups."""
+    src, ds = netcdf
+    dst = tmp_path / "x.zarr"
+    # --chunks before the paths: the paths stay positional; the old spelling still works.
+    r = run("copy", "--chunks", "time=8", "y=6", str(src), str(dst), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert xr.open_zarr(dst).a.encoding["chunks"] == (8, 6, 10)
+    # An unquoted glob (the shell gave ingest many files).
+    parts = []
+    for i in range(3):
+        p = tmp_path / f"part{i}.nc"
+        ds.isel(time=slice(10 * i, 10 * i + 10)).to_netcdf(p, engine="h5netcdf")
+        parts.append(str(p))
+    r = run("ingest", *parts, str(tmp_path / "i.zarr"), "--concat-dim", "time", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    # verify with many files and no --concat-dim: what to do, not h5py's error.
+    r = run("verify", str(tmp_path / "part*.nc"), str(tmp_path / "i.zarr"))
+    assert r.returncode == 2 and "--concat-dim" in r.stderr and "h5py" not in r.stderr
+    r = run("verify", *parts, str(tmp_path / "i.zarr"))
+    assert r.returncode == 2 and "--concat-dim" in r.stderr
+    r = run("verify", *parts, str(tmp_path / "i.zarr"), "--concat-dim", "time", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # The values column counts values.
+    assert f"{30 * 12 * 10:,}" in r.stdout
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("toolkit ") and "0." in r.stdout
+    r = run("inspect", str(dst), "--group", "nope")
+    assert r.returncode == 2 and "has no group 'nope'" in r.stderr
+
+
+def test_ctrl_c_says_what_landed_and_the_rerun_resumes(tmp_path):
+    """Finding 8: Ctrl-C printed 25 lines and 'Task was destroyed'; the rerun said nothing."""
+    import signal
+    import time
+
+    from toolkit.state.records import _MARKER
+
+    src = tmp_path / "src.zarr"
+    make_dataset(nt=4000, ny=40, nx=40, chunks={"time": 40}).to_zarr(src)
+    dst = tmp_path / "dst.zarr"
+    # Tasks of 1 MiB at 50 requests/s: seconds of writes, so that the interrupt lands
+    # after some tasks landed and before the last.
+    copy = ["copy", str(src), str(dst), "--chunks", "time=40", "--max-task-mib", "1"]
+    argv = [sys.executable, "-m", "toolkit.cli", *copy, "--rate", "50", "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = dst / ".toolkit" / "resume"
+        deadline = time.monotonic() + 120
+        while not any(_MARKER.fullmatch(p.name) for p in log.rglob("*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    (line,) = err.strip().splitlines()
+    assert "interrupted" in line and "run the same command again to resume" in line
+    r = run(*copy, timeout=240)  # unthrottled, with progress
+    assert r.returncode == 0, r.stderr
+    assert "resuming: " in r.stderr and "already written" in r.stderr
+    xr.testing.assert_identical(xr.open_zarr(dst).compute(), xr.open_zarr(src).compute())
+
+
+def test_demo_says_where_its_store_is(tmp_path):
+    """Finding 9: the demo wrote a temporary store and deleted it without a word."""
+    r = run("demo", "--size", "2MB", "--workers", "0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "temporary store" in r.stdout and "removed the temporary store" in r.stdout
+
+
+def test_the_distribution_is_ours_and_has_an_all_extra():
+    """Finding 10: 'toolkit' on the package index is someone else's project."""
+    import tomllib
+    from importlib.metadata import metadata
+    from pathlib import Path
+
+    from toolkit.errors import DISTRIBUTION
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION != "toolkit"
+    assert "all" in project["optional-dependencies"]
+    assert metadata(DISTRIBUTION)["Name"] == DISTRIBUTION

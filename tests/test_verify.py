@@ -63,9 +63,9 @@ def test_a_store_without_a_manifest_is_not_ok_and_the_report_says_what_to_do(tmp
     out = tmp_path / "plain.zarr"
     ds.to_zarr(out)  # written by xarray alone: no manifest
     report = toolkit.verify(str(out), progress=False)
-    assert not report.ok
-    (problem,) = report.problems
-    assert "no manifest" in problem and "toolkit.verify(source, store)" in problem
+    assert not report.ok and report.status == "unchecked" and not report.problems
+    assert "no manifest" in report.summary and "toolkit.verify(source, store)" in report.summary
+    assert "CANNOT CHECK" in repr(report)
     assert toolkit.verify(ds, out, progress=False).ok  # the way it names
 
 
