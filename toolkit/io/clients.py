@@ -11,6 +11,9 @@ visible to the budget), and the two requests coordination needs that zarr's
 ``token``, ``anon``, ``endpoint_url``, ``client_kwargs={"region_name": ...}``),
 so that switching clients changes nothing else; obstore's own names
 (``region``, ``endpoint``, ``client_options=``, ...) are accepted as well.
+For ``az://`` and ``abfs://`` URLs they are adlfs's (``account_name``,
+``account_key``, ``connection_string``, ``sas_token``, ``anon``, ``account_host``),
+with ``endpoint_url`` as for S3; obstore's Azure names work too.
 The toolkit option ``client`` picks one: ``"obstore"`` (the default for
 ``s3://``, ``gs://`` and ``az://`` when obstore is installed) or ``"s3fs"``
 (fsspec: every other protocol, and the fallback).
@@ -25,7 +28,6 @@ either client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import importlib.util
 import logging
@@ -41,6 +43,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore
 
 from toolkit._util import backoff
+from toolkit.errors import MissingExtraError
 from toolkit.io.throttle import http_status
 
 __all__ = [
@@ -78,7 +81,15 @@ READ_TIMEOUT = 20.0
 _OBSTORE_REQUEST_TIMEOUT = 30.0
 
 #: The URL schemes obstore serves (and toolkit routes to it by default).
-_OBSTORE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az"}
+_OBSTORE_SCHEMES = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gs",
+    "gcs": "gs",
+    "az": "az",
+    "abfs": "az",
+    "abfss": "az",
+}
 
 
 def default_client(scheme: str) -> Client:
@@ -176,15 +187,28 @@ _FSSPEC_ONLY = frozenset(
 )
 _OBSTORE_KWARGS = frozenset({"client_options", "retry_config", "credential_provider", "config"})
 
+# fsspec/adlfs option -> obstore Azure config key (account_name, account_key, client_id,
+# client_secret and tenant_id are the same in both). endpoint_url is toolkit's name for
+# an endpoint whatever the scheme, as for S3.
+_ADLFS_NAMES = {
+    "sas_token": "sas_key",
+    "anon": "skip_signature",
+    "endpoint_url": "endpoint",
+}
+# adlfs options that tune adlfs and the Azure SDK's client, meaning nothing to obstore.
+_ADLFS_ONLY = frozenset(
+    ["blocksize", "assume_container_exists", "location_mode", "socket_timeout", "timeout",
+     "request_session", "account_url_suffix"]
+)  # fmt: skip
+# adlfs's timeouts, under the names toolkit reads from config_kwargs for either client.
+_ADLFS_TIMEOUTS = {"connection_timeout": "connect_timeout", "read_timeout": "read_timeout"}
+
 
 def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> Store:
     try:
         from obstore.store import from_url
     except ImportError as e:
-        raise ImportError(
-            "client='obstore' needs obstore: pip install 'toolkit[cloud]' (or obstore), "
-            "or use client='s3fs'"
-        ) from e
+        raise MissingExtraError("client='obstore'", "obstore", "cloud") from e
 
     scheme = _OBSTORE_SCHEMES[url.split("://", 1)[0].lower()]
     url = f"{scheme}://{url.split('://', 1)[1]}"
@@ -192,12 +216,18 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     kwargs: dict[str, Any] = {}
     client_options: dict[str, Any] = dict(opts.pop("client_options", None) or {})
     given = opts.get("config_kwargs")
-    _obstore_timeouts(given if isinstance(given, Mapping) else {}, client_options)
+    timeouts = dict(given) if isinstance(given, Mapping) else {}
+    if scheme == "az":
+        for name, ours in _ADLFS_TIMEOUTS.items():
+            if name in opts:
+                timeouts.setdefault(ours, opts.pop(name))
+    _obstore_timeouts(timeouts, client_options)
     profile = opts.pop("profile", None)
+    names = _S3FS_NAMES if scheme == "s3" else _ADLFS_NAMES if scheme == "az" else {}
     for k, v in opts.items():
         if k in _OBSTORE_KWARGS:
             kwargs[k] = v
-        elif k in _FSSPEC_ONLY:
+        elif k in _FSSPEC_ONLY or (scheme == "az" and k in _ADLFS_ONLY):
             continue
         elif k == "client_kwargs" and isinstance(v, Mapping):
             _from_client_kwargs(v, config)
@@ -206,7 +236,9 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
             # sizes are set by toolkit for obstore too.
             continue
         else:
-            config[_S3FS_NAMES.get(k, k) if scheme == "s3" else k] = v
+            config[names.get(k, k)] = v
+    if scheme == "az":
+        url = _azure_config(url, config)
     if scheme == "s3" and "credential_provider" not in kwargs and not _credentials_given(config):
         # botocore's chain (profiles in ~/.aws, SSO, roles, ...), as s3fs would use;
         # object_store alone reads only the environment and instance metadata.
@@ -240,13 +272,80 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     return BulkDeleteObjectStore(store)
 
 
+def _azure_config(url: str, config: dict[str, Any]) -> str:
+    """The Azure options in obstore's terms (adlfs's names mapped), in place; the URL to open.
+
+    A connection string gives what the options do not (its account, key,
+    signature and blob endpoint). A SAS token loses adlfs's leading ``?``. An
+    account named both by the URL (``abfs://container@account.dfs.core.windows.net``)
+    and by the options must be the same one, said once to obstore.
+    """
+    conn = config.pop("connection_string", None)
+    if conn:
+        for k, v in _connection_string(str(conn)).items():
+            config.setdefault(k, v)
+    host = config.pop("account_host", None)
+    if host:
+        config.setdefault("endpoint", f"https://{str(host).removeprefix('https://')}")
+    if "credential" in config:
+        raise ValueError(
+            "storage_options credential= is adlfs's (an azure.identity credential); for "
+            "obstore give account_key=, sas_token=, client_id= with client_secret= and "
+            "tenant_id=, or credential_provider= (obstore.auth.azure)"
+        )
+    sas = config.get("sas_key")
+    if isinstance(sas, str):
+        config["sas_key"] = sas.removeprefix("?")
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" in netloc and config.get("account_name"):
+        in_url = netloc.split("@", 1)[1].split(".", 1)[0]
+        if config["account_name"] != in_url:
+            raise ValueError(
+                f"the URL names the storage account {in_url!r} and storage_options "
+                f"{config['account_name']!r}: give one"
+            )
+        del config["account_name"]  # obstore refuses it said twice
+    return url
+
+
+def _connection_string(text: str) -> dict[str, Any]:
+    """The obstore Azure config an Azure Storage connection string gives.
+
+    ``AccountName``, ``AccountKey``, ``SharedAccessSignature``, ``BlobEndpoint``
+    (else one made of ``DefaultEndpointsProtocol`` and ``EndpointSuffix``), and
+    ``UseDevelopmentStorage=true`` (the emulator at its default address).
+    """
+    parts: dict[str, str] = {}
+    for part in text.split(";"):
+        name, eq, value = part.partition("=")  # values (keys, signatures) hold "=" too
+        if eq:
+            parts[name.strip().lower()] = value.strip()
+    out: dict[str, Any] = {}
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        out["use_emulator"] = True
+    account = parts.get("accountname")
+    if account:
+        out["account_name"] = account
+    if parts.get("accountkey"):
+        out["account_key"] = parts["accountkey"]
+    if parts.get("sharedaccesssignature"):
+        out["sas_key"] = parts["sharedaccesssignature"].removeprefix("?")
+    if parts.get("blobendpoint"):
+        out["endpoint"] = parts["blobendpoint"]
+    elif account and ("endpointsuffix" in parts or "defaultendpointsprotocol" in parts):
+        protocol = parts.get("defaultendpointsprotocol") or "https"
+        suffix = parts.get("endpointsuffix") or "core.windows.net"
+        out["endpoint"] = f"{protocol}://{account}.blob.{suffix}"
+    return out
+
+
 class BulkDeleteObjectStore(ObjectStore):  # type: ignore[type-arg]
     """zarr's :class:`~zarr.storage.ObjectStore`, deleting a prefix in bulk.
 
     zarr's deletes a prefix one request per key, ten at a time: overwriting a
     dataset of 256 chunks through a 100 ms link spent seconds there. obstore's
     bulk delete sends S3 ``DeleteObjects`` (1,000 keys a request) and Azure
-    blob batches; other backends delete concurrently.
+    blob batches (256 keys a request); other backends delete concurrently.
     """
 
     async def delete_dir(self, prefix: str) -> None:
@@ -256,11 +355,26 @@ class BulkDeleteObjectStore(ObjectStore):  # type: ignore[type-arg]
         self._check_writable()
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        metas = await obstore.list(self.store, prefix).collect_async()
-        paths = [m["path"] for m in metas]
-        if paths:
-            with contextlib.suppress(FileNotFoundError):
+        # A key gone between the listing and the delete (another job deleting the same
+        # prefix) is no error on S3, whose DeleteObjects takes it as deleted. Azure's blob
+        # batch answers it 404, and obstore then stops: the batches after it are never
+        # sent, and the keys in them stay (a delete of 600 keys left 88). So a 404 means:
+        # list again and delete what is left.
+        for _ in range(_DELETE_ROUNDS):
+            metas = await obstore.list(self.store, prefix).collect_async()
+            paths = [m["path"] for m in metas]
+            if not paths:
+                return
+            try:
                 await obstore.delete_async(self.store, paths)
+            except FileNotFoundError:
+                continue
+            return
+
+
+#: Listings and bulk deletes of one prefix before :meth:`BulkDeleteObjectStore.delete_dir`
+#: leaves what others keep deleting under it to them.
+_DELETE_ROUNDS = 8
 
 
 def s3_endpoint_from_environment() -> str | None:
