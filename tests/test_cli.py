@@ -434,3 +434,17 @@ def test_the_distribution_is_ours_and_has_an_all_extra():
     assert project["name"] == DISTRIBUTION != "toolkit"
     assert "all" in project["optional-dependencies"]
     assert metadata(DISTRIBUTION)["Name"] == DISTRIBUTION
+
+
+def test_the_cli_reference_lists_every_exit_status_and_store_flag():
+    from pathlib import Path
+
+    from toolkit.cli import EXIT_CODES, _parser
+
+    page = (Path(__file__).parents[1] / "docs" / "reference" / "cli.md").read_text()
+    for code in EXIT_CODES:
+        assert f"| {code} |" in page
+    help_text = _parser().format_help()
+    assert all(f"{code} " in help_text for code in EXIT_CODES)  # and --help says them
+    for flag in ("--endpoint-url", "--region", "--anon", "--profile", "--client", "-o KEY"):
+        assert flag in page
