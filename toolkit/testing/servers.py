@@ -1,11 +1,11 @@
 """Real servers for testing object-store code.
 
-An S3-compatible server and a fault-injecting proxy in front of it, both on
-127.0.0.1.
+An S3-compatible server, Azure's own Blob Storage emulator (Azurite), and a
+fault-injecting proxy in front of either, all on 127.0.0.1.
 
 Nothing here mocks a client: requests travel over real sockets through the
-proxy to moto's S3 server, so retries, throttling and dropped connections are
-exercised exactly as against a cloud store.
+proxy to moto's S3 server or to Azurite, so retries, throttling and dropped
+connections are exercised exactly as against a cloud store.
 
 Example
 -------
@@ -22,27 +22,37 @@ Example
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
 import http.client
+import os
 import random
 import re
+import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from typing import Any, Literal, Self
+from urllib.parse import quote, unquote, urlsplit
 
 from toolkit.io.metrics import Counters
 from toolkit.testing.ledger import Ledger, Request
 
-__all__ = ["FaultProxy", "ProxyCounts", "S3Server"]
+__all__ = ["AzuriteServer", "FaultProxy", "ProxyCounts", "S3Server", "find_azurite"]
 
 _HOP_BY_HOP = {
     "connection",
@@ -60,6 +70,16 @@ _SLOWDOWN = (
 _INTERNAL = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+# Azure Blob Storage's answers to the same (its error codes, and the x-ms-error-code header).
+_AZURE_BUSY = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+    b"<Message>The server is busy.</Message></Error>"
+)
+_AZURE_INTERNAL = (
+    b'<?xml version="1.0" encoding="utf-8"?><Error><Code>InternalError</Code>'
+    b"<Message>The server encountered an internal error. Please retry the request."
+    b"</Message></Error>"
 )
 
 
@@ -103,6 +123,9 @@ class S3Server:
     timeout : float
         Seconds to wait for the server to start.
     """
+
+    scheme = "s3"
+    dialect: Literal["s3", "azure"] = "s3"
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
@@ -170,6 +193,299 @@ class S3Server:
         }
 
 
+#: The emulator's one account and its key: Azurite's documented, well-known defaults
+#: (they open nothing but a local emulator, and every Azure SDK ships them).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+#: The REST API version of the emulator's own requests (container creation).
+_AZURE_API_VERSION = "2021-08-06"
+#: Where ``dev`` installs Azurite in a source checkout (``npm install --prefix``).
+_REPO_AZURITE = Path(__file__).resolve().parents[2] / ".cache" / "azurite"
+
+
+def find_azurite() -> str | None:
+    """The ``azurite-blob`` executable to run, or None where there is none.
+
+    ``TOOLKIT_AZURITE`` (a path, set by ``./dev test``), then ``azurite-blob``
+    on ``PATH``, then the repository's own install under ``.cache/azurite``
+    (``npm install --prefix .cache/azurite azurite``).
+    """
+    given = os.environ.get("TOOLKIT_AZURITE", "").strip()
+    if given:
+        return given if os.access(given, os.X_OK) else None
+    on_path = shutil.which("azurite-blob")
+    if on_path:
+        return on_path
+    local = _REPO_AZURITE / "node_modules" / ".bin" / "azurite-blob"
+    return str(local) if os.access(local, os.X_OK) else None
+
+
+# Azurite is a node process, which does not notice its parent's death: this keeper,
+# a Python process in a session of its own, runs it and ends it when its standard input
+# closes (the parent closed it, or died), as moto's server above does, then removes its
+# directory. Both are in the keeper's process group, which the parent kills last
+# whatever happened.
+_AZURITE_KEEPER = """
+import os, shutil, signal, subprocess, sys
+log = open(os.path.join(sys.argv[1], "azurite.log"), "wb")
+proc = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+sys.stdin.read()  # until the parent closes stdin (or dies)
+proc.send_signal(signal.SIGINT)  # Azurite's own clean shutdown
+try:
+    proc.wait(timeout=5)
+except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+shutil.rmtree(sys.argv[1], ignore_errors=True)  # also when the parent died
+"""
+_LISTENING = re.compile(rb"listens on http://127\.0\.0\.1:(\d+)")
+
+
+class AzuriteServer:
+    r"""Azure's Blob Storage emulator, Azurite, on 127.0.0.1, on a free port.
+
+    Use as a context manager. It serves the emulator's well-known account
+    (``devstoreaccount1``) in memory, from a process of its own in a temporary
+    directory, and answers as Azure Blob Storage does: SharedKey and SAS
+    signatures, ``If-None-Match: *`` and ``If-Match`` on PUT (409
+    ``BlobAlreadyExists``, 412 ``ConditionNotMet``), blob batches. It stops
+    when the context closes, and also when its parent dies; nothing is left
+    behind (the process group is killed, the directory removed).
+
+    Containers are created with :meth:`create_container` (obstore, like
+    object_store, cannot create them). URLs are ``az://<container>/<path>``,
+    with :meth:`storage_options`.
+
+    Parameters
+    ----------
+    binary : str, optional
+        The ``azurite-blob`` executable (default: :func:`find_azurite`).
+    timeout : float
+        Seconds to wait for it to answer.
+
+    Raises
+    ------
+    FileNotFoundError
+        When no ``azurite-blob`` is found (``npm install azurite``).
+
+    Examples
+    --------
+    ::
+
+        with AzuriteServer() as az, FaultProxy(az.endpoint_url, dialect="azure") as proxy:
+            az.create_container("data")
+            opts = az.storage_options(proxy.url)
+            toolkit.to_zarr(ds, "az://data/x.zarr", storage_options=opts)
+    """
+
+    scheme = "az"
+    dialect: Literal["s3", "azure"] = "azure"
+    account = AZURITE_ACCOUNT
+    account_key = AZURITE_KEY
+
+    def __init__(self, binary: str | None = None, timeout: float = 60.0) -> None:
+        self.binary = binary or find_azurite()
+        self.timeout = timeout
+        self.endpoint_url = ""
+        self._proc: subprocess.Popen[str] | None = None
+        self._dir: str | None = None
+
+    def __enter__(self) -> Self:
+        if not self.binary:
+            raise FileNotFoundError(
+                "azurite-blob not found: set TOOLKIT_AZURITE, put it on PATH, or "
+                f"npm install --prefix {_REPO_AZURITE} azurite"
+            )
+        self._dir = tempfile.mkdtemp(prefix="toolkit-azurite-")
+        log = os.path.join(self._dir, "azurite.log")
+        args = [
+            self.binary,
+            "--blobHost", "127.0.0.1",
+            "--blobPort", "0",  # the system picks a free port; the log says which
+            "--inMemoryPersistence",  # nothing on disk: the temporary directory stays empty
+            "--extentMemoryLimit", "2048",  # MB; its default is half the machine
+            "--disableTelemetry",
+            "--disableProductStyleUrl",  # the account is the path's first part, whatever the host
+            "--skipApiVersionCheck",  # obstore may speak a newer API than this Azurite
+            "--loose",
+            "--silent",
+            # Azure keeps an idle connection for minutes; Azurite's default is 5 s, and a
+            # request sent as it closes one would fail for a reason Azure does not have.
+            "--blobKeepAliveTimeout", "600",
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _AZURITE_KEEPER, self._dir, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self._dir,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            port = self._wait_listening(log)
+            self.endpoint_url = f"http://127.0.0.1:{port}"
+            self._wait_answering()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_listening(self, log: str) -> int:
+        deadline = time.monotonic() + self.timeout
+        assert self._proc is not None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError):
+                m = _LISTENING.search(Path(log).read_bytes())
+                if m:
+                    return int(m[1])
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            said = Path(log).read_text(errors="replace").strip()[-2000:]
+        raise RuntimeError(
+            f"Azurite ({self.binary}) did not start within {self.timeout:g} s: "
+            f"{said or 'it said nothing'}"
+        )
+
+    def _wait_answering(self) -> None:
+        """Until a request gets an HTTP answer (any: the server is up), within the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                self._request("GET", "", {"comp": "list"})
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None
+                proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            # Whatever the keeper managed: nothing of the group outlives the context.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    # -- requests of its own, signed with the account key ---------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """One request straight to the emulator, SharedKey-signed: its status and body.
+
+        A dozen lines of HMAC instead of the ``azure-storage-blob`` package: a test
+        dependency for the one request obstore cannot send (create a container).
+        """
+        query = dict(query or {})
+        headers = {
+            "x-ms-date": email.utils.formatdate(usegmt=True),
+            "x-ms-version": _AZURE_API_VERSION,
+            **(headers or {}),
+        }
+        # The path-style URL of the emulator: /<account>/<container>...
+        resource = f"/{self.account}/{path}".rstrip("/")
+        canonical = "".join(
+            f"{k.lower()}:{v}\n"
+            for k, v in sorted(headers.items())
+            if k.lower().startswith("x-ms-")
+        )
+        canonical += f"/{self.account}{resource}"
+        canonical += "".join(f"\n{k}:{v}" for k, v in sorted(query.items()))
+        # VERB, then the 11 standard headers this request leaves empty (Content-Length of
+        # an empty body included), then the x-ms- headers and the resource.
+        to_sign = f"{method}\n" + "\n" * 11 + canonical
+        key = base64.b64decode(self.account_key)
+        signature = base64.b64encode(
+            hmac.new(key, to_sign.encode(), hashlib.sha256).digest()
+        ).decode()
+        headers["Authorization"] = f"SharedKey {self.account}:{signature}"
+        target = quote(resource) + (
+            "?" + "&".join(f"{k}={quote(v)}" for k, v in query.items()) if query else ""
+        )
+        host, _, port = urlsplit(self.endpoint_url).netloc.partition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request(method, target, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def create_container(self, name: str, *, public: bool = False) -> None:
+        """Create a container (directly on the emulator, bypassing any proxy).
+
+        ``public``: anyone may read its blobs and list it, unsigned (``anon=True``).
+        """
+        headers = {"x-ms-blob-public-access": "container"} if public else {}
+        status, body = self._request("PUT", name, {"restype": "container"}, headers)
+        if status != 201:
+            raise RuntimeError(f"Azurite refused to create container {name!r}: {status} {body!r}")
+
+    def create_bucket(self, name: str) -> None:
+        """:meth:`create_container`, by the name :class:`S3Server` gives it."""
+        self.create_container(name)
+
+    # -- what a client needs --------------------------------------------------------
+
+    def blob_endpoint(self, endpoint_url: str | None = None) -> str:
+        """The account's blob endpoint on the emulator, or on a proxy at ``endpoint_url``."""
+        return f"{(endpoint_url or self.endpoint_url).rstrip('/')}/{self.account}"
+
+    def connection_string(self, endpoint_url: str | None = None) -> str:
+        """An Azure connection string for the emulator (or a proxy at ``endpoint_url``)."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};"
+            f"AccountKey={self.account_key};BlobEndpoint={self.blob_endpoint(endpoint_url)};"
+        )
+
+    def storage_options(self, endpoint_url: str | None = None, **extra: Any) -> dict[str, Any]:
+        """fsspec/adlfs options reaching the emulator, or a proxy at ``endpoint_url``.
+
+        A connection string, as adlfs and every Azure SDK take one for Azurite;
+        toolkit reads it for obstore (the account, its key, the endpoint).
+        """
+        return {"connection_string": self.connection_string(endpoint_url), **extra}
+
+    def sas_token(self, permissions: str = "rwdlac", hours: float = 2.0) -> str:
+        """An account SAS for the blob service, valid ``hours`` from now (``sv=...&sig=...``)."""
+        expiry = dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
+        fields = {
+            "sv": _AZURE_API_VERSION,
+            "ss": "b",
+            "srt": "sco",
+            "sp": permissions,
+            "se": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "spr": "https,http",
+        }
+        # account, permissions, services, resource types, start, expiry, IP, protocol,
+        # version, encryption scope, and a final newline (versions from 2020-12-06 on).
+        to_sign = "\n".join(
+            [self.account, fields["sp"], fields["ss"], fields["srt"], "", fields["se"], "",
+             fields["spr"], fields["sv"], "", ""]
+        )  # fmt: skip
+        key = base64.b64decode(self.account_key)
+        sig = base64.b64encode(hmac.new(key, to_sign.encode(), hashlib.sha256).digest()).decode()
+        return "&".join(f"{k}={quote(v, safe='')}" for k, v in {**fields, "sig": sig}.items())
+
+
 @dataclass
 class ProxyCounts(Counters):
     """What the proxy did, by kind and by HTTP method.
@@ -230,7 +546,8 @@ class FaultProxy:
         Seconds added before every forwarded request.
     rate : float, optional
         Requests per second allowed (token bucket); above it the proxy answers
-        ``503 SlowDown`` as S3 does (no body for HEAD).
+        ``503 SlowDown`` as S3 does (``503 ServerBusy`` in the Azure dialect; no
+        body for HEAD).
     burst : float, optional
         Bucket size (default: one second's worth of ``rate``).
     reset_prob, error_prob : float
@@ -248,6 +565,11 @@ class FaultProxy:
         Seconds sent as ``Retry-After`` with every ``503 SlowDown``.
     seed : int
         Seed of the fault draws.
+    dialect : {"s3", "azure"}
+        Whose answers the injected errors are: S3's (``503 SlowDown``, ``500
+        InternalError``) or Azure Blob Storage's (``503 ServerBusy``, ``500
+        InternalError``, with ``x-ms-error-code``). A server's ``dialect``
+        attribute says which it speaks.
     only : str, optional
         A regular expression searched (``re.search``) in every request's
         target, URL-decoded: its path and query string, e.g.
@@ -289,7 +611,11 @@ class FaultProxy:
         lost_prob: float = 0.0,
         stall_prob: float = 0.0,
         stall: float = 0.0,
+        dialect: Literal["s3", "azure"] = "s3",
     ) -> None:
+        if dialect not in ("s3", "azure"):
+            raise ValueError(f"dialect is 's3' or 'azure', got {dialect!r}")
+        self.dialect = dialect
         parts = urlsplit(target)
         self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.latency = latency
@@ -467,19 +793,25 @@ class FaultProxy:
                     self._fault("reset")
                     self._reset()
                     return
+                azure = proxy.dialect == "azure"
                 if faulted and proxy.error_prob and proxy._draw() < proxy.error_prob:
                     proxy.counts.add(errors=1)
                     self._fault("error")
-                    self._reply(500, _INTERNAL, [("Content-Type", "application/xml")])
+                    failed = [("Content-Type", "application/xml")]
+                    if azure:
+                        failed.append(("x-ms-error-code", "InternalError"))
+                    self._reply(500, _AZURE_INTERNAL if azure else _INTERNAL, failed)
                     return
                 bucket = proxy.bucket
                 if faulted and bucket is not None and not bucket.take():
                     proxy.counts.add(throttled=1)
                     self._fault("throttled")
                     slow = [("Content-Type", "application/xml")]
+                    if azure:
+                        slow.append(("x-ms-error-code", "ServerBusy"))
                     if proxy.retry_after is not None:
                         slow.append(("Retry-After", f"{proxy.retry_after:g}"))
-                    self._reply(503, _SLOWDOWN, slow)
+                    self._reply(503, _AZURE_BUSY if azure else _SLOWDOWN, slow)
                     return
                 lose = faulted and bool(proxy.lost_prob) and proxy._draw() < proxy.lost_prob
                 if faulted and proxy.stall_prob and proxy._draw() < proxy.stall_prob:
@@ -492,8 +824,13 @@ class FaultProxy:
                     time.sleep(proxy.latency)
                 conn = http.client.HTTPConnection(*proxy.target, timeout=60)
                 try:
+                    # The body is forwarded whole: its length replaces the client's header
+                    # (under any spelling; node's HTTP parser, Azurite's, answers 400 to a
+                    # request carrying two).
                     headers = {
-                        k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
                     }
                     if body or self.command in ("PUT", "POST"):
                         headers["Content-Length"] = str(len(body))
