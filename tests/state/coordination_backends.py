@@ -2,8 +2,9 @@
 
 Each mixin gives ``store_factory`` (see :mod:`toolkit.testing.conformance`): memory
 and local files need nothing installed; S3 runs on moto's server (the session's
-``s3`` fixture) through obstore or s3fs, and skips without them (a failure under
-``TOOLKIT_REQUIRE_EXTRAS=1``).
+``s3`` fixture) through obstore or s3fs, Azure Blob Storage on Azurite (the
+session's ``azurite`` fixture) through obstore, and each skips without them (a
+failure under ``TOOLKIT_REQUIRE_EXTRAS=1``).
 """
 
 from __future__ import annotations
@@ -53,3 +54,17 @@ class S3Obstore(_S3):
 
 class S3fs(_S3):
     client = "s3fs"
+
+
+class Azure:
+    """Azure Blob Storage (Azurite) through obstore: a container of its own per test."""
+
+    @pytest.fixture
+    def store_factory(self, request: pytest.FixtureRequest) -> Callable[[], Store]:
+        az = request.getfixturevalue("azurite")  # skips without obstore or Azurite
+        from toolkit.io.stores import resolve_store
+
+        container = f"coord-{uuid.uuid4().hex[:16]}"
+        az.create_container(container)
+        options = az.storage_options()
+        return lambda: resolve_store(f"az://{container}/x", storage_options=options)

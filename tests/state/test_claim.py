@@ -30,7 +30,7 @@ from toolkit.testing.conformance import CreationClaimTests
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import kill_jobs  # noqa: E402
-from coordination_backends import Local, Memory, S3fs, S3Obstore  # noqa: E402
+from coordination_backends import Azure, Local, Memory, S3fs, S3Obstore  # noqa: E402
 
 STEPS = 48  # 6 chunks of 8 steps: 6 write tasks of t2m
 
@@ -224,6 +224,10 @@ class TestCreationClaimS3Obstore(S3Obstore, CreationClaimTests):
 
 
 class TestCreationClaimS3fs(S3fs, CreationClaimTests):
+    pass
+
+
+class TestCreationClaimAzure(Azure, CreationClaimTests):
     pass
 
 

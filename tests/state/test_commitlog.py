@@ -1,12 +1,12 @@
 """The group-committed log: one sequence of decisions for many jobs, on every store.
 
 The behaviour is toolkit's conformance suite (``toolkit.testing.conformance``), run
-here for memory, local files and S3 (moto) through both clients.
+here for memory, local files, S3 (moto) through both clients, and Azure (Azurite).
 """
 
 from __future__ import annotations
 
-from coordination_backends import Local, Memory, S3fs, S3Obstore
+from coordination_backends import Azure, Local, Memory, S3fs, S3Obstore
 
 from toolkit.testing.conformance import CommitLogTests
 
@@ -24,4 +24,8 @@ class TestCommitLogS3Obstore(S3Obstore, CommitLogTests):
 
 
 class TestCommitLogS3fs(S3fs, CommitLogTests):
+    pass
+
+
+class TestCommitLogAzure(Azure, CommitLogTests):
     pass

@@ -1,13 +1,13 @@
 """Conditional writes, leases and lock sets on every store that coordinates.
 
 The behaviour is toolkit's conformance suites (``toolkit.testing.conformance``), run
-here for memory, local files and S3 (moto) through both clients.
+here for memory, local files, S3 (moto) through both clients, and Azure (Azurite).
 """
 
 from __future__ import annotations
 
 import pytest
-from coordination_backends import Local, Memory, S3fs, S3Obstore
+from coordination_backends import Azure, Local, Memory, S3fs, S3Obstore
 
 from toolkit.errors import CoordinationError
 from toolkit.state.leases import Coordinator, supports_atomic_create
@@ -30,6 +30,10 @@ class TestConditionalStoreS3fs(S3fs, ConditionalStoreTests):
     pass
 
 
+class TestConditionalStoreAzure(Azure, ConditionalStoreTests):
+    pass
+
+
 class TestLeaseMemory(Memory, LeaseTests):
     pass
 
@@ -43,6 +47,10 @@ class TestLeaseS3Obstore(S3Obstore, LeaseTests):
 
 
 class TestLeaseS3fs(S3fs, LeaseTests):
+    pass
+
+
+class TestLeaseAzure(Azure, LeaseTests):
     pass
 
 
