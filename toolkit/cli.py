@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from typing import Any
 
 from toolkit.errors import UsageError
 
-__all__ = ["EXIT_CODES", "main"]
+__all__ = ["EXIT_CODES", "entry", "main"]
 
 #: The exit statuses of every command (the CLI reference lists them).
 EXIT_CODES = {
@@ -554,5 +555,24 @@ def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
     return text_table(list(rows.values()))
 
 
+def entry() -> None:  # pragma: no cover - the installed ``toolkit`` command
+    """Run :func:`main` and end the process with its status, skipping interpreter teardown.
+
+    The object-store client's Rust threads can outlive the interpreter: after a
+    request that failed in obstore's Python credential provider, about one exit
+    in twenty aborted (SIGABRT, "Fatal Python error: Aborted") while the
+    interpreter was finalizing, after the command had printed its result, so the
+    documented status became -6. Everything the command opened (clusters,
+    stores, files) is closed by then; the output is flushed, then the process
+    ends without finalizing.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that went away (| head)
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()
