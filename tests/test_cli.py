@@ -238,7 +238,7 @@ def run_env(env: dict[str, str], *args: str, timeout: float = 240):
 @pytest.mark.parametrize("client", ["obstore", "s3fs"])
 def test_an_http_endpoint_in_the_environment_is_enough(moto_process, netcdf, client):
     """Finding 1: AWS_ENDPOINT_URL=http://... failed with obstore's 'builder error'."""
-    src, ds = netcdf
+    src, _ = netcdf
     bucket = _bucket(moto_process, f"env-{client}")
     env = _env(
         AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
@@ -403,7 +403,7 @@ def test_ctrl_c_says_what_landed_and_the_rerun_resumes(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
