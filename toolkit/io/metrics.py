@@ -89,9 +89,12 @@ class IOMetrics(Counters):
     retries : int
         Attempts repeated after a retryable error.
     backoff_seconds : float
-        Time slept between retries.
+        Time slept between retries, summed over the retries (they overlap).
     wait_seconds : float
-        Time requests waited for the rate budget before being sent.
+        Time requests waited for the rate budget before being sent, summed over
+        the requests: many wait at once, so it can exceed the run's wall time
+        many times over (divided by a run's duration, it is the mean number of
+        requests waiting).
     failed : int
         Requests that failed for good (retries exhausted, or a final error).
     latency : list of int
@@ -172,9 +175,26 @@ class IOMetrics(Counters):
                     setattr(self, f.name, getattr(self, f.name) + getattr(m, f.name))
 
     def summary(self) -> dict[str, str]:
-        """Human-readable figures, for reports."""
+        """Human-readable figures, for reports.
+
+        Times that requests spent backing off or waiting for the budget are
+        sums over requests, which overlap: they are said to be, and the wait
+        is also given per request, which compares with the latency.
+
+        Examples
+        --------
+        >>> m = IOMetrics(gets=7_224, sets=1_200, retries=3, backoff_seconds=0.4,
+        ...               wait_seconds=555.71)
+        >>> for k, v in m.summary().items():
+        ...     print(f"{k}: {v}")
+        requests: GET 7,224, PUT 1,200
+        latency: -
+        throttled / errors: 0 / 0
+        retries: 3 (0.40 s backing off, summed over them)
+        waited for budget: 66.0 ms per request on average (555.71 s summed over 8,424 requests)
+        """
         req = ", ".join(
-            f"{k} {v}"
+            f"{k} {v:,}"
             for k, v in (
                 ("GET", self.gets),
                 ("PUT", self.sets),
@@ -191,10 +211,29 @@ class IOMetrics(Counters):
         return {
             "requests": req or "-",
             "latency": lat,
-            "throttled / errors": f"{self.throttled} / {self.errors}",
-            "retries": f"{self.retries} ({self.backoff_seconds:.2f} s backing off)",
-            "waited for budget": f"{self.wait_seconds:.2f} s",
+            "throttled / errors": f"{self.throttled:,} / {self.errors:,}",
+            "retries": (
+                f"{self.retries:,} ({self.backoff_seconds:,.2f} s backing off, summed over them)"
+                if self.retries
+                else "0"
+            ),
+            "waited for budget": self._waited(),
         }
+
+    def _waited(self) -> str:
+        # Requests wait at once: summed, their waits exceed the run's wall time many
+        # times over, so the sum is said to be one, beside the mean per request.
+        if not self.wait_seconds:
+            return "-"
+        summed = f"{self.wait_seconds:,.2f} s summed over {self.total:,} requests"
+        if not self.total:  # figures without their requests (merged from elsewhere)
+            return summed
+        return f"{_duration(self.wait_seconds / self.total)} per request on average ({summed})"
+
+
+def _duration(seconds: float) -> str:
+    """A short time: milliseconds below a second."""
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
 
 
 _PROCESS: dict[str, IOMetrics] = {}
