@@ -50,6 +50,7 @@ from toolkit.grid import RechunkBlocks, rechunk_blocks
 from toolkit.io.groups import open_existing
 from toolkit.io.stores import (
     StoreLike,
+    display_location,
     is_icechunk,
     resolve_store,
     source_objects,
@@ -192,19 +193,20 @@ class RechunkPlan:
                     "stage 1 blocks": "x".join(map(str, b.read)),
                     "intermediate": "x".join(map(str, b.intermediate)) if b.intermediate else "-",
                     "last blocks": "x".join(map(str, b.write)),
-                    "tasks": str(b.tasks(b.write) + (b.tasks(b.read) if b.stages == 2 else 0)),
+                    "tasks": f"{b.tasks(b.write) + (b.tasks(b.read) if b.stages == 2 else 0):,}",
                     "task peak": format_bytes(b.peak_task_bytes),
                 }
             )
         return rows
 
     def _head(self) -> str:
-        via = f" via {self.temp}" if self.temp else ""
+        via = f" via {display_location(self.temp)}" if self.temp else ""
         return (
-            f"rechunk {self.source} -> {self.target}{via}: {len(self.variables)} variables, "
+            f"rechunk {display_location(self.source)} -> {display_location(self.target)}{via}: "
+            f"{len(self.variables)} variables, "
             f"{self.stages} stage(s), {format_bytes(self.nbytes)} (read "
             f"{format_bytes(self.bytes_read)}, written {format_bytes(self.bytes_written)}), "
-            f"{self.tasks} tasks, task peak {format_bytes(self.peak_task_bytes)} of max_mem "
+            f"{self.tasks:,} tasks, task peak {format_bytes(self.peak_task_bytes)} of max_mem "
             f"{format_bytes(self.max_mem)}"
         )
 
@@ -231,8 +233,9 @@ class RechunkReport:
     def __str__(self) -> str:
         rate = self.plan.nbytes / self.seconds / 2**20 if self.seconds else 0.0
         return (
-            f"rechunked {format_bytes(self.plan.nbytes)} into {self.plan.target} in "
-            f"{self.seconds:.1f} s ({rate:.0f} MiB/s), {self.plan.stages} stage(s)"
+            f"rechunked {format_bytes(self.plan.nbytes)} into "
+            f"{display_location(self.plan.target)} in {self.seconds:.1f} s ({rate:.0f} MiB/s), "
+            f"{self.plan.stages} stage(s)"
         )
 
 

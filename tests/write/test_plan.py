@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 import toolkit
 from toolkit.errors import UnsafePlanError
@@ -191,3 +192,40 @@ def test_html_repr_draws_tasks_units_and_dask_chunks():
     assert html.count("stroke='#111'") == task_edges == 9
     assert html.count("stroke='#999'") == dask_edges
     assert html.count("stroke='#1f77b4'") == 9  # shard edges: 9 along t, none along x
+
+
+def test_a_local_target_prints_as_the_path_given(tmp_path, monkeypatch):
+    """Issue 30: a relative path printed as ``file://x.zarr`` in plans and reports."""
+    monkeypatch.chdir(tmp_path)
+    ds = xr.Dataset({"v": (("t",), da.zeros(20, chunks=10, dtype="f8"))})
+    plan = toolkit.plan_write(ds, "x.zarr")
+    assert repr(plan).startswith("WritePlan → x.zarr (mode='w-', zarr_format=3): 2 tasks")
+    assert "file://" not in repr(plan) + plan._repr_html_()
+    # What write ids and rate budgets are keyed by stays as it was: only the printing changed.
+    assert plan.target == "file://x.zarr"
+    report = toolkit.execute(plan, progress=False)
+    assert report.target == "file://x.zarr"
+    assert repr(report).splitlines()[3].split() == ["target", "x.zarr"]
+    assert "file://" not in repr(report) + report._repr_html_()
+    with pytest.raises(toolkit.errors.ExistingStoreError, match=r"^x\.zarr already holds data"):
+        toolkit.plan_write(ds, "x.zarr")
+    # An absolute path prints absolute, and so does a store given as an object.
+    for target in (tmp_path / "y.zarr", LocalStore(tmp_path / "z.zarr")):
+        text = repr(toolkit.plan_write(ds, target))
+        where = tmp_path / ("y.zarr" if isinstance(target, Path) else "z.zarr")
+        assert text.startswith(f"WritePlan → {where} (mode='w-'"), text
+
+
+def test_counts_print_whole_with_thousands_separators(tmp_path):
+    """Issue 30: counts are integers with separators (1,200), sizes stay in KiB/MiB."""
+    ds = xr.Dataset({"v": (("t",), da.zeros(12_000, chunks=6_000, dtype="f8"))})
+    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10,)}},
+                              max_task_bytes=80)  # fmt: skip
+    assert plan.ntasks == plan.nunits == 1_200
+    text = repr(plan)
+    assert ": 1,200 tasks, 1,200 write units, 93.75 kiB, ~1,202 requests," in text
+    row = text.splitlines()[3].split()
+    assert row[:4] == ["v", "12000", "float64", "10"] and row[5:8] == ["2", "1,200", "1,200"]
+    report = toolkit.execute(plan, progress=False)
+    assert "1,200 / 1,200" in repr(report)
+    assert f"PUT {report.io.sets:,}" in repr(report) and report.io.sets > 1_000

@@ -18,6 +18,8 @@ __all__ = [
     "StoreLike",
     "changed_objects",
     "describe_store",
+    "display_location",
+    "display_store",
     "is_icechunk",
     "redact",
     "resolve_store",
@@ -83,11 +85,44 @@ def resolve_store(
 
 
 def describe_store(store: Store) -> str:
-    """A short, secret-free description of a store for reprs and reports."""
+    """A short, secret-free description of a store: ``file://<root>`` for a local one.
+
+    Also a key: rate budgets and running totals are kept per description, and
+    write ids hash a plan's target, which is one. Show people
+    :func:`display_store` instead.
+    """
     store = unwrap(store)
     if isinstance(store, LocalStore):
         return f"file://{store.root}"
     return clients.location(store) or f"<{type(store).__name__}>"
+
+
+def display_store(store: Store) -> str:
+    """Where ``store`` is, for people: a local store's path, or a URL (no secrets).
+
+    Examples
+    --------
+    >>> from zarr.storage import LocalStore
+    >>> display_store(LocalStore("out/era5.zarr"))
+    'out/era5.zarr'
+    """
+    return display_location(describe_store(store))
+
+
+def display_location(where: str) -> str:
+    """``where`` (from :func:`describe_store` or :func:`store_label`) as people read it.
+
+    A local path is printed as it was given, relative or absolute, without the
+    ``file://`` that :func:`describe_store` puts before it; URLs stay URLs.
+
+    Examples
+    --------
+    >>> display_location("file://example.zarr"), display_location("file:///data/x.zarr")
+    ('example.zarr', '/data/x.zarr')
+    >>> display_location("s3://bucket/era5.zarr")
+    's3://bucket/era5.zarr'
+    """
+    return where.removeprefix("file://")
 
 
 def unwrap(store: Store) -> Store:

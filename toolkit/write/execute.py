@@ -57,7 +57,14 @@ from toolkit.io.extent import ArrayExtent, Extents, ExtentStore, covering_length
 from toolkit.io.groups import array_dims
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.rmw import ConditionalUnits, UnitConflict
-from toolkit.io.stores import StoreLike, describe_store, is_icechunk, resolve_store, store_label
+from toolkit.io.stores import (
+    StoreLike,
+    describe_store,
+    display_location,
+    is_icechunk,
+    resolve_store,
+    store_label,
+)
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
 from toolkit.state.claim import (
@@ -101,7 +108,8 @@ class WriteReport:
     Attributes
     ----------
     target : str
-        Secret-free store description.
+        Secret-free store description (the plan's ``target``; the report prints a
+        local store's path without its ``file://``).
     variables : tuple of str
         Variables written by tasks.
     tasks, units : int
@@ -144,9 +152,9 @@ class WriteReport:
     def _rows(self) -> list[dict[str, str]]:
         ratio = self.nbytes / self.stored_bytes if self.stored_bytes else float("nan")
         return [
-            {"": "target", "value": self.target},
+            {"": "target", "value": display_location(self.target)},
             {"": "variables", "value": ", ".join(self.variables) or "-"},
-            {"": "tasks / units", "value": f"{self.tasks} / {self.units}"},
+            {"": "tasks / units", "value": f"{self.tasks:,} / {self.units:,}"},
             {
                 "": "bytes",
                 "value": f"{format_bytes(self.nbytes)} "
@@ -434,7 +442,7 @@ def execute(
         # Said before the bar, so that a rerun after an interrupt shows it resumed.
         print(
             f"resuming: {landed:,} of {plan.ntasks:,} write tasks already written, "
-            f"{plan.ntasks - landed:,} to go ({plan.target})",
+            f"{plan.ntasks - landed:,} to go ({display_location(plan.target)})",
             file=sys.stderr,
         )
     try:
@@ -624,8 +632,9 @@ def _prepare_group(plan: WritePlan, store: Store) -> None:
     found = group_contents(store, plan.group)
     if found:
         raise ExistingStoreError(
-            f"{plan.target} holds data since this write was planned ({found[0]!r}; another "
-            "job created it) and mode='w-' never overwrites; use mode='w' to replace it"
+            f"{display_location(plan.target)} holds data since this write was planned "
+            f"({found[0]!r}; another job created it) and mode='w-' never overwrites; use "
+            "mode='w' to replace it"
         )
     remove_strays(store, plan.group)
 
@@ -779,9 +788,9 @@ def _report(
         # Every unit landed; only the bookkeeping failed. The record stays, so
         # readers refuse the store until it is removed: say so, do not fail.
         warnings.warn(
-            f"every write unit of {plan.target} landed, but removing the write's record "
-            f"failed ({e}); readers refuse the store until it is gone. Rerun the write, "
-            "or remove it with toolkit.state.records.clear_records(store)",
+            f"every write unit of {display_location(plan.target)} landed, but removing the "
+            f"write's record failed ({e}); readers refuse the store until it is gone. Rerun the "
+            "write, or remove it with toolkit.state.records.clear_records(store)",
             CleanupWarning,
             stacklevel=2,
         )
@@ -845,11 +854,12 @@ def _failure_message(
         else "nowhere else: these rows were not visible to readers"
     )
     lines = [
-        f"writing {plan.target} failed: {missing} of {plan.nunits} write units are missing "
+        f"writing {display_location(plan.target)} failed: {missing:,} of {plan.nunits:,} "
+        "write units are missing "
         f"({', '.join(f'{k}: {len(v["missing"])}' for k, v in record.items() if v['missing'])}).",
         f"Cause: {errors[0] if errors else 'unknown'}",
-        f"Requests: {io.total} sent, {io.throttled} throttled, {io.errors} failed, "
-        f"{io.retries} retried.",
+        f"Requests: {io.total:,} sent, {io.throttled:,} throttled, {io.errors:,} failed, "
+        f"{io.retries:,} retried.",
         f"{still} The record of written and missing units is in err.record and {where}.",
     ]
     return "\n".join(lines)

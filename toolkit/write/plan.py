@@ -49,7 +49,15 @@ from toolkit.io.extent import open_settled
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.snapshot import SnapshotStore
-from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
+from toolkit.io.stores import (
+    StoreLike,
+    describe_store,
+    display_location,
+    display_store,
+    resolve_store,
+    store_label,
+    unwrap,
+)
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import group_contents
@@ -346,11 +354,11 @@ class VariablePlan:
             "dtype": str(self.dtype),
             "chunks": "×".join(map(str, self.chunks)),
             "shards": "×".join(map(str, self.shards)) if self.shards else "-",
-            "dask chunks": str(math.prod(len(c) for c in self.source_chunks)),
-            "tasks": str(self.ntasks),
-            "units": f"{self.nunits}" + (f" ({self.npartial} merge)" if self.npartial else ""),
+            "dask chunks": f"{math.prod(len(c) for c in self.source_chunks):,}",
+            "tasks": f"{self.ntasks:,}",
+            "units": f"{self.nunits:,}" + (f" ({self.npartial:,} merge)" if self.npartial else ""),
             "bytes": format_bytes(self.nbytes),
-            "requests": str(self.requests),
+            "requests": f"{self.requests:,}",
             "peak/task": format_bytes(self.peak_memory),
         }
 
@@ -365,7 +373,8 @@ class WritePlan:
     Attributes
     ----------
     target : str
-        A secret-free description of the store.
+        A secret-free description of the store (:func:`~toolkit.io.stores.describe_store`:
+        ``file://<path>`` for a local one; reprs print the path alone).
     mode : str
         Resolved write mode.
     zarr_format : int
@@ -480,9 +489,9 @@ class WritePlan:
                 + "}"
             )
         return (
-            f"WritePlan → {self.target} ({what}): {self.ntasks} tasks, {self.nunits} "
-            f"write units, {format_bytes(self.nbytes)}, ~{self.requests} requests, "
-            f"peak ~{format_bytes(self.peak_memory)}/task "
+            f"WritePlan → {display_location(self.target)} ({what}): {self.ntasks:,} tasks, "
+            f"{self.nunits:,} write units, {format_bytes(self.nbytes)}, "
+            f"~{self.requests:,} requests, peak ~{format_bytes(self.peak_memory)}/task "
             f"(target {format_bytes(self.max_task_bytes)})"
             + (f", {_throttle_text(self.throttle)}" if self.throttle else "")
         )
@@ -783,7 +792,7 @@ def plan_write(
     >>> plan.ntasks, plan.nunits, plan.nbytes  # nothing is written yet
     (3, 3, 384)
     >>> plan.validate()  # proves that no write unit belongs to two tasks; prints as a table
-    WritePlan → file://example.zarr (mode='w-', zarr_format=3): 3 tasks, 3 write units, ...
+    WritePlan → example.zarr (mode='w-', zarr_format=3): 3 tasks, 3 write units, ...
     variable  shape    dtype  chunks  shards  dask chunks  tasks  units  bytes  requests  peak/task
     --------  -----  -------  ------  ------  -----------  -----  -----  -----  --------  ---------
     t2m        12×4  float64     4×4       -            3      3      3  384 B         3      256 B
@@ -941,7 +950,7 @@ def _check_target(
     if mode == "w-" and not _store_is_empty(zstore, group):
         unfinished = read_records(zstore, group)
         raise ExistingStoreError(
-            f"{describe_store(zstore)} already holds data"
+            f"{display_store(zstore)} already holds data"
             + (
                 f" (of {len(unfinished)} unfinished write(s), killed or failed: see "
                 ".toolkit/writes/)"
@@ -953,11 +962,11 @@ def _check_target(
         )
     if mode == "r+" and existing is None:
         raise PlanError(
-            f"mode='r+' needs an existing Zarr group at {describe_store(zstore)}; "
+            f"mode='r+' needs an existing Zarr group at {display_store(zstore)}; "
             "create it first with mode='w-'"
         )
     if region is not None and existing is None:
-        raise RegionError(f"region writes need an existing Zarr group at {describe_store(zstore)}")
+        raise RegionError(f"region writes need an existing Zarr group at {display_store(zstore)}")
     if zarr_format is not None and zarr_format not in (2, 3):
         raise PlanError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if existing is not None and zarr_format is not None and zarr_format != existing.zarr_format:
