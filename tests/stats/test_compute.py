@@ -30,6 +30,7 @@ from zarr.storage import MemoryStore
 import toolkit
 from toolkit.errors import StatsError, StatsOverflowError, ToolkitError
 from toolkit.io.wrappers import InterceptStore
+from toolkit.stats.compute import summary_table
 
 T = TypeVar("T")
 DIMS = ("t", "y", "x")
@@ -299,3 +300,35 @@ def test_from_s3_through_a_throttling_proxy(s3: Any) -> None:
     assert int(got["a_count"]) == int(np.isfinite(a).sum())
     np.testing.assert_allclose(float(got["a_mean"]), np.nanmean(a), rtol=1e-12)
     assert float(got["c_max"]) == ds.c.values.max()
+
+
+def test_approximate_quantiles_say_so_in_attrs_and_table() -> None:
+    """Issue 30: sketch quantiles were not marked approximate (every quantile is one)."""
+    x = np.arange(1_000_000, dtype="f8")
+    ds = xr.Dataset({"v": ("t", x), "n": ("t", np.full(x.size, 123, dtype="i8"))}).chunk(t=250_000)
+    got = toolkit.stats(ds, stats=["count", "sum", "mean"], quantiles=[0.1, 0.5],
+                        quantile_error=0.02, progress=False)  # fmt: skip
+    attrs = got["v_quantiles"].attrs
+    assert attrs["approximate"] == 1 and attrs["method"] == "DDSketch"
+    assert attrs["relative_error"] == 0.02 and "within relative_error (0.02)" in attrs["comment"]
+    assert attrs["long_name"].startswith("approximate quantiles of v")
+    assert "approximate" not in got["v_mean"].attrs  # the exact statistics say nothing
+    # The bound said holds: within 2% of numpy's quantiles of 0 ... 999,999.
+    exact = np.quantile(x, [0.1, 0.5])
+    np.testing.assert_array_less(np.abs(got["v_quantiles"].values - exact), 0.02 * exact + 1)
+    lines = summary_table(got).splitlines()
+    head = ["variable", "count", "sum", "mean", "quantile 0.1 (approx.)", "quantile 0.5 (approx.)"]
+    assert [c.strip() for c in lines[0].split("  ") if c.strip()] == head
+    v, n = (dict(zip(head, ln.split(), strict=True)) for ln in lines[2:])
+    assert (v["variable"], v["count"], v["mean"]) == ("v", "1,000,000", "500000")
+    assert abs(float(v["quantile 0.5 (approx.)"]) - exact[1]) <= 0.02 * exact[1]
+    # Counts and integer sums print whole (an exact sum of 123,000,000, not 1.23e+08).
+    assert (n["count"], n["sum"], n["mean"]) == ("1,000,000", "123,000,000", "123")
+
+
+def test_the_summary_table_leaves_maps_and_series_to_the_dataset_repr() -> None:
+    ds = make_dataset(nt=10)
+    assert summary_table(toolkit.stats(ds, dim="time", stats=["mean"], progress=False)) is None
+    table = summary_table(toolkit.stats(ds, stats=["count", "max"], progress=False))
+    assert table is not None
+    assert [ln.split()[0] for ln in table.splitlines()[2:]] == ["a", "b", "c"]

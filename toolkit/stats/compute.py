@@ -27,9 +27,10 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from zarr.abc.store import Store
 
+from toolkit._render import text_table
 from toolkit.cluster.progress import compute_with_progress
 from toolkit.errors import StatsError
-from toolkit.io.stores import store_label
+from toolkit.io.stores import display_location, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.read import open_zarr
 from toolkit.stats.aggregations import (
@@ -44,7 +45,7 @@ from toolkit.stats.aggregations import (
     partial,
 )
 
-__all__ = ["DEFAULT_STATS", "stats"]
+__all__ = ["DEFAULT_STATS", "stats", "summary_table"]
 
 DEFAULT_STATS = ("count", "mean", "std", "min", "max")
 """The statistics :func:`stats` computes when none are named."""
@@ -319,7 +320,7 @@ def _as_dataset(
         return obj, False, None
     if isinstance(obj, str | os.PathLike | Store):
         ds = open_zarr(obj, throttle=throttle, storage_options=storage_options)
-        return ds, False, store_label(obj)
+        return ds, False, display_location(store_label(obj))
     raise TypeError(
         f"stats takes a DataArray, a Dataset, or a Zarr path, URL or store; "
         f"got {type(obj).__name__}"
@@ -575,9 +576,62 @@ def _attrs(
     if stat in ("var", "std"):
         attrs["ddof"] = ddof
     if stat == "quantiles":
+        # An int, as the result's skipna: netCDF has no boolean attributes.
+        attrs["approximate"] = 1
         attrs["method"] = "DDSketch"
         attrs["relative_error"] = alpha
+        attrs["comment"] = (
+            f"approximate quantiles: each is within relative_error ({alpha:g}) of "
+            "numpy.quantile's linear one, at most relative_error * max(|lower|, |higher|) "
+            "away, lower and higher being the order statistics around the quantile"
+        )
     return attrs
+
+
+def summary_table(result: xr.Dataset) -> str | None:
+    """A :func:`stats` result as a text table: a row per variable, a column per statistic.
+
+    Only for a result reduced to one value per variable and statistic (and per
+    quantile: a column each, ``quantile 0.5 (approx.)`` when approximate, as
+    every quantile of :func:`stats` is); None when a statistic keeps dims
+    (maps, series, histograms): print the Dataset then. Integers (counts,
+    integer sums and extrema) print whole with thousands separators, other
+    numbers with 6 significant digits.
+
+    Examples
+    --------
+    The median of 0, 1, ..., 1,499,999 is 749,999.5; the sketch's is within 1%
+    (``quantile_error``):
+
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> ds = xr.Dataset({"t2m": ("time", np.arange(1_500_000.0))})
+    >>> result = stats(ds, stats=["count", "mean"], quantiles=[0.5], progress=False)
+    >>> print(summary_table(result))
+    variable      count    mean  quantile 0.5 (approx.)
+    --------  ---------  ------  ----------------------
+    t2m       1,500,000  750000                  751932
+    """
+    rows: dict[str, dict[str, str]] = {}
+    for var in result.data_vars.values():
+        row = rows.setdefault(var.attrs["variable"], {"variable": var.attrs["variable"]})
+        if var.dims == ():
+            row[var.attrs["statistic"]] = _cell(var.values)
+        elif var.dims == ("quantile",):
+            approx = " (approx.)" if var.attrs.get("approximate") else ""
+            for q, value in zip(var["quantile"].values, var.values, strict=True):
+                row[f"quantile {q:g}{approx}"] = _cell(value)
+        else:
+            return None
+    columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+    return text_table([{c: row.get(c, "-") for c in columns} for row in rows.values()])
+
+
+def _cell(value: Any) -> str:
+    value = np.asarray(value)
+    if value.dtype.kind in "iu":
+        return f"{int(value):,}"
+    return f"{float(value):.6g}"
 
 
 def _compute(result: xr.Dataset, progress: bool, desc: str) -> xr.Dataset:
