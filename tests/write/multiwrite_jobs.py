@@ -37,15 +37,25 @@ def rows(job: int, times: np.ndarray, value: float | None = None) -> xr.Dataset:
 def target_for(kind: str, root: Any, s3: Any, name: str) -> tuple[str, dict[str, Any] | None]:
     """A dataset location for a test: a directory under ``root``, or a new bucket on ``s3``.
 
-    ``kind`` is ``"local"``, ``"s3"`` (the default client), or ``"s3-obstore"`` /
-    ``"s3-s3fs"``: the client toolkit uses.
+    ``kind`` is ``"local"``, ``"s3"`` (the default client), ``"s3-obstore"`` /
+    ``"s3-s3fs"`` (the client toolkit uses), or ``"azure"``: then ``s3`` is Azurite
+    (an :class:`~toolkit.testing.AzuriteServer`) and the bucket a container.
     """
     if kind == "local":
         return str(root / name), None
     bucket = f"mw-{name.replace('.', '-').replace('_', '-')}-{time.time_ns() % 10**9}"
     s3.create_bucket(bucket)
+    if kind == "azure":
+        return f"az://{bucket}/{name}", s3.storage_options()
     extra = {"client": kind.removeprefix("s3-")} if kind.startswith("s3-") else {}
     return f"s3://{bucket}/{name}", s3.storage_options(**extra)
+
+
+def server_for(kind: str, request: Any) -> Any:
+    """The server a test of ``kind`` writes to: None (local), moto's S3, or Azurite."""
+    if kind == "local":
+        return None
+    return request.getfixturevalue("azurite" if kind == "azure" else "s3")
 
 
 def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
