@@ -391,7 +391,7 @@ def test_verify_without_sources_checks_the_manifest(some, tmp_path):
     toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 32}, progress=False)
     good = toolkit.verify(out)
     # 160 steps in 32-step chunks, and the array's metadata document
-    assert good.ok and good.variables["t2m"]["values"] == 6
+    assert good.ok and good.variables["t2m"]["objects"] == 6
     arr = zarr.open_group(out)["t2m"]
     block = arr[70:71]
     block[0, 1, 1] = -5

@@ -527,8 +527,7 @@ def _numbers(text: str | None, flag: str) -> list[float] | None:
 
 def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
     """The statistics of ``args.store``: a table when everything was reduced."""
-    from toolkit._render import text_table
-    from toolkit.stats.compute import stats
+    from toolkit.stats.compute import stats, summary_table
 
     bin_range = _numbers(args.range, "--range")
     if bin_range is not None and len(bin_range) != 2:
@@ -545,14 +544,8 @@ def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
         progress=not args.no_progress,
         storage_options=opts,
     )
-    scalars = [v for v in result.data_vars.values() if v.ndim == 0]
-    if len(scalars) < len(result.data_vars):
-        return str(result)
-    rows: dict[str, dict[str, str]] = {}
-    for v in scalars:
-        rows.setdefault(v.attrs["variable"], {"variable": v.attrs["variable"]})
-        rows[v.attrs["variable"]][v.attrs["statistic"]] = f"{v.item():.6g}"
-    return text_table(list(rows.values()))
+    table = summary_table(result)  # None: some statistic keeps dims (a map, a histogram)
+    return table if table is not None else str(result)
 
 
 def entry() -> None:  # pragma: no cover - the installed ``toolkit`` command
