@@ -589,7 +589,14 @@ def secrets(base: Store) -> list[str]:
         for k, v in d.items():
             if isinstance(v, Mapping):
                 walk(v)
-            elif isinstance(v, str) and _SECRET_KEY.search(str(k)) and len(v) >= 4:
+            elif (
+                isinstance(v, str)
+                and _SECRET_KEY.search(str(k))
+                and len(v) >= 4
+                # obstore's flags (skip_signature, sse_bucket_key_enabled) have secret-like
+                # names and say "true": redacting that would mangle every message saying it.
+                and v.lower() not in ("true", "false")
+            ):
                 found.append(v)
 
     if isinstance(base, FsspecStore):
