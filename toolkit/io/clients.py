@@ -791,7 +791,8 @@ def _conditional_answer(exc: BaseException) -> str | None:
 
     Read from the status and code each client's errors carry, along the
     exception's causes: never from digits in its text, which also holds the key
-    (a lease's generation ``000000000412.json``).
+    (a lease's generation ``000000000412.json``). Azure answers a create of a
+    key that is there 409 ``BlobAlreadyExists``: "exists", not a conflict.
     """
     e: BaseException | None = exc
     seen: set[int] = set()
@@ -802,7 +803,7 @@ def _conditional_answer(exc: BaseException) -> str | None:
         if (
             type(e).__name__ in ("AlreadyExistsError", "PreconditionError")
             or status == 412
-            or code == "PreconditionFailed"
+            or code in ("PreconditionFailed", "BlobAlreadyExists", "ConditionNotMet")
             or "PreconditionFailed" in text
             or "At least one of the pre" in text
         ):

@@ -541,7 +541,10 @@ def _answer(exc: BaseException) -> str | None:
 
     Read from the status and code each client's errors carry, along the
     exception's causes: never from digits in its text, which also holds the key
-    (a lease's generation ``000000000412.json``).
+    (a lease's generation ``000000000412.json``). Azure refuses ``If-None-Match: *``
+    with 409 ``BlobAlreadyExists`` (not S3's 412) and ``If-Match`` with 412
+    ``ConditionNotMet``; obstore raises them as ``AlreadyExistsError`` and
+    ``PreconditionError``, and their codes say the same where it does not.
     """
     e: BaseException | None = exc
     seen: set[int] = set()
@@ -553,7 +556,7 @@ def _answer(exc: BaseException) -> str | None:
             isinstance(e, FileExistsError)  # s3fs's translation of If-None-Match's 412
             or type(e).__name__ in ("AlreadyExistsError", "PreconditionError")
             or status == 412
-            or code == "PreconditionFailed"
+            or code in _EXISTS_CODES
             or "PreconditionFailed" in text
             or "At least one of the pre" in text
         ):
@@ -566,6 +569,11 @@ def _answer(exc: BaseException) -> str | None:
             return "conflict"
         e = e.__cause__ or e.__context__
     return None
+
+
+#: Error codes saying a conditional write found the key there (or at another version):
+#: S3's, and Azure's (409 BlobAlreadyExists to If-None-Match, 412 ConditionNotMet).
+_EXISTS_CODES = frozenset({"PreconditionFailed", "BlobAlreadyExists", "ConditionNotMet"})
 
 
 # --------------------------------------------------------------------------- which
