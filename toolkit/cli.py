@@ -312,7 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()
+            return 1
         code, text = _explain(e)
         print(f"toolkit {args.command}: error: {_cli_words(text)}", file=sys.stderr)
         return code

@@ -28,7 +28,7 @@ from toolkit._util import need_netcdf_engine
 from toolkit.dashboard import register_dashboard
 from toolkit.errors import MissingExtraError, PlanError
 from toolkit.io.groups import open_existing
-from toolkit.io.stores import StoreLike, describe_store, resolve_store, source_objects
+from toolkit.io.stores import StoreLike, display_store, resolve_store, source_objects
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
@@ -250,11 +250,11 @@ def inspect(
         root = zarr.open_group(zstore, mode="r")
         there = sorted(name for name, _ in root.groups())
         raise FileNotFoundError(
-            f"{describe_store(zstore)} has no group {group!r}"
+            f"{display_store(zstore)} has no group {group!r}"
             + (f" (its groups: {', '.join(there)})" if there else " (it has no groups)")
         )
     if existing is None:
-        raise FileNotFoundError(f"no Zarr group at {describe_store(zstore)}")
+        raise FileNotFoundError(f"no Zarr group at {display_store(zstore)}")
     rows = []
     total_raw = total_stored = 0
     prefix = (group or "").strip("/")
@@ -280,7 +280,7 @@ def inspect(
             }
         )
     head = (
-        f"{describe_store(zstore)}  zarr_format={existing.zarr_format}  "
+        f"{display_store(zstore)}  zarr_format={existing.zarr_format}  "
         f"{len(rows)} arrays, {format_bytes(total_raw)} ({format_bytes(total_stored)} stored)"
     )
     return head + "\n" + text_table(rows)

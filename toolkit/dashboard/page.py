@@ -26,6 +26,7 @@ from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 from toolkit._render import html_table
 from toolkit.dashboard.feed import RATE_FIELDS, IOFeed
 from toolkit.io.metrics import IOMetrics
+from toolkit.io.stores import display_location
 
 __all__ = ["IOPage", "io_doc"]
 
@@ -235,7 +236,7 @@ def _row(
         set_ = [f"{k} {v:,.0f}/s" for k, v in limits.items() if v is not None]
         budget = ", ".join(set_) or "unlimited"
     return {
-        "store": scope,
+        "store": display_location(scope),
         "now": f"{rates.get('requests', 0.0):,.0f} req/s, {format_bytes(int(moved))}/s",
         "budget in force": budget,
         "rate control": control or "-",

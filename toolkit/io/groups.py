@@ -16,7 +16,7 @@ from zarr.core.sync import sync
 
 from toolkit.errors import CorruptMetadataError, ToolkitError
 from toolkit.io.reserved import RESERVED_PREFIX
-from toolkit.io.stores import describe_store
+from toolkit.io.stores import display_store
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -165,7 +165,7 @@ def _damaged_document(store: Store, prefix: str) -> str | None:
 
 def _corrupt(store: Store, key: str, error: BaseException) -> CorruptMetadataError:
     return CorruptMetadataError(
-        f"the Zarr metadata document {key!r} of {describe_store(store)} is there but cannot "
+        f"the Zarr metadata document {key!r} of {display_store(store)} is there but cannot "
         f"be read ({type(error).__name__}: {error}): the store is damaged, not empty, and "
         "nothing is read or written as if it were. Restore the document (copy the store "
         "again from its source), rewrite the whole dataset with mode='w', or delete the store",

@@ -46,7 +46,7 @@ from zarr.storage import LocalStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
-from toolkit.io.stores import describe_store, unwrap
+from toolkit.io.stores import describe_store, display_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
 from toolkit.state.records import WriteJournal
@@ -271,7 +271,7 @@ class CreationClaim:
             # A process never waits on itself: that write is computed later, by this
             # very process, or never.
             raise ExistingStoreError(
-                f"a deferred write of {describe_store(self.store)} made by this process "
+                f"a deferred write of {display_store(self.store)} made by this process "
                 f"(to_zarr(..., compute=False), job {(view.doc or {}).get('owner')}) holds "
                 "its creation claim until it is computed or dropped: compute it (or del it) "
                 "before writing this store again"
@@ -282,7 +282,7 @@ class CreationClaim:
             if wait:
                 raise
             raise ExistingStoreError(
-                f"another job is creating {describe_store(self.store)} right now and "
+                f"another job is creating {display_store(self.store)} right now and "
                 f"mode='w-' never overwrites ({e}); wait for it and read its dataset, "
                 "or use mode='w' to replace it once it is done"
             ) from e
