@@ -448,3 +448,19 @@ def test_the_cli_reference_lists_every_exit_status_and_store_flag():
     assert all(f"{code} " in help_text for code in EXIT_CODES)  # and --help says them
     for flag in ("--endpoint-url", "--region", "--anon", "--profile", "--client", "-o KEY"):
         assert flag in page
+
+
+def test_ingest_names_the_missing_extra_too(tmp_path, netcdf):
+    src, _ = netcdf
+    code = (
+        "import sys; sys.modules.update(h5netcdf=None, h5py=None, netCDF4=None)\n"
+        "import toolkit\n"
+        "from toolkit.errors import MissingExtraError\n"
+        "try:\n"
+        f"    toolkit.ingest({str(src)!r}, {str(tmp_path / 'i.zarr')!r}, concat_dim='time')\n"
+        "except MissingExtraError as e:\n"
+        "    print(e.extra, isinstance(e, ImportError))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["netcdf", "True"], r.stderr
+    assert not (tmp_path / "i.zarr").exists()

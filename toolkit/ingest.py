@@ -32,6 +32,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from toolkit._util import need_netcdf_engine
 from toolkit.cluster.client import active_client
 from toolkit.errors import IngestError, PlanError, WriteError
 from toolkit.io.metrics import IOMetrics
@@ -487,6 +488,8 @@ def _headers(
 ) -> tuple[list[Source], dict[str, Any]]:
     """The sources' headers in ``concat_dim`` order, checked; and the open options used."""
     paths = _expand(sources)
+    if "engine" not in kwargs:
+        need_netcdf_engine(paths[0])  # the extra named, not h5py's ModuleNotFoundError
     if "engine" not in kwargs and _is_hdf5(paths[0]):
         kwargs = {**kwargs, "engine": "h5netcdf"}  # xarray's guess costs a third of each open
     return _check(read_headers(paths, concat_dim, kwargs), concat_dim), kwargs
