@@ -34,7 +34,7 @@ extensions = [
     "toolkit_docs",
 ]
 
-exclude_patterns = ["_build", "**.ipynb_checkpoints", "jupyter_execute"]
+exclude_patterns = ["_build", "_inventories", "**.ipynb_checkpoints", "jupyter_execute"]
 templates_path = ["_templates"]
 html_static_path = ["_static"]
 html_css_files = ["toolkit.css"]
@@ -46,16 +46,55 @@ autodoc_typehints = "none"  # numpydoc's Parameters sections say the types
 numpydoc_show_class_members = False  # the class template documents members in full
 numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = False
-numpydoc_xref_param_type = False
 
-intersphinx_mapping = {}  # no network at build time: references stay internal
+# --- Links to the libraries' documentation. The build has no network, so each inventory
+# is a file kept in the repository (docs/_inventories/make.py writes them from the
+# installed packages and says why) instead of the site's own objects.inv.
+intersphinx_mapping = {
+    name: (url, f"_inventories/{name}.inv")
+    for name, url in {
+        "python": "https://docs.python.org/3/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "xarray": "https://docs.xarray.dev/en/stable/",
+        "dask": "https://docs.dask.org/en/stable/",
+        "distributed": "https://distributed.dask.org/en/stable/",
+        "zarr": "https://zarr.readthedocs.io/en/stable/",
+        "fsspec": "https://filesystem-spec.readthedocs.io/en/latest/",
+    }.items()
+}
+# Parameter types become links: "xarray.Dataset or xarray.DataArray" links both names.
+# The words below are prose inside a type ("dict of dim to slice", "zarr Store"); the
+# aliases give the short names the docstrings use their full names.
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = {
+    "optional", "or", "of", "to", "default", "dim", "dims", "path", "paths", "zarr",
+    "async", "etc", "the", "a", "an", "same", "as", "keyword", "arguments", "any",
+}  # fmt: skip
+numpydoc_xref_aliases = {
+    "Dataset": "xarray.Dataset",
+    "DataArray": "xarray.DataArray",
+    "hashable": ":term:`hashable`",
+    "mapping": ":term:`mapping`",
+    "iterable": ":term:`iterable`",
+    "sequence": ":term:`sequence`",
+    "path-like": ":term:`path-like object`",
+    "Store": "zarr.abc.store.Store",  # "zarr Store"
+    "Repository": "icechunk.Repository",
+    # toolkit's names as the docstrings of its inner modules write them
+    "Throttle": "toolkit.Throttle",
+    "IOMetrics": "toolkit.IOMetrics",
+    "UnsafePlanError": "toolkit.errors.UnsafePlanError",
+    "ResumeLog": "toolkit.state.records.ResumeLog",
+    "CreationClaim": "toolkit.state.claim.CreationClaim",
+}
 
-# A reference to a toolkit name that has no page fails the build (nitpicky), except the
-# libraries' names (no intersphinx) and the internals that docstrings name for readers
-# of the code (toolkit.io.*, .state.*, .cluster.*, .stats.*: documented in the source).
+# A reference that resolves nowhere fails the build (nitpicky), except the libraries
+# without an inventory here (pandas, obstore, icechunk) and the internals that
+# docstrings name for readers of the code (toolkit.io.*, .state.*, .cluster.*, .stats.*:
+# documented in the source). The other libraries' names must exist in their inventory.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(xarray|numpy|dask|distributed|zarr|pandas|fsspec|obstore)\..*"),
+    (r"py:.*", r"(pandas|obstore|icechunk)\..*"),
     (r"py:.*", r"toolkit\.(io|state|cluster|stats|write|_util|grid)\..*"),
 ]
 
