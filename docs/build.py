@@ -3,9 +3,9 @@
 Every build is a fresh one (``sphinx-build -E``) with warnings as errors, and it executes
 the notebooks and the executable pages, so a broken link, a bad docstring or a failing
 cell fails it. After a build that passed, a digest of everything the site is made of
-(the package, the docs, the notebooks, the benchmark results, ``pyproject.toml``) is kept
-next to it; ``./dev docs`` and the test suite skip the build while that digest still
-holds, so CI builds once. ``--force`` builds anyway.
+(the package, the docs, the notebooks, the benchmark results and their plot,
+``pyproject.toml``) is kept next to it; ``./dev docs`` and the test suite skip the build
+while that digest still holds, so CI builds once. ``--force`` builds anyway.
 
 Usage: ``python docs/build.py [--force] [extra sphinx-build arguments]``
 """
@@ -22,7 +22,10 @@ REPO = DOCS.parent
 HTML = DOCS / "_build" / "html"
 STAMP = DOCS / "_build" / "inputs.sha256"
 # What the site is made of. Generated pages and mirrored notebooks are outputs, not inputs.
-INPUTS = ["toolkit", "docs", "notebooks", "benchmarks/results/latest.md", "pyproject.toml"]
+INPUTS = [
+    "toolkit", "docs", "notebooks", "benchmarks/results/latest.md", "benchmarks/plot.py",
+    "pyproject.toml",
+]  # fmt: skip
 GENERATED = ("docs/_build", "docs/notebooks", "docs/reference/generated")
 
 
