@@ -95,6 +95,9 @@ def to_zarr(
 
     Raises
     ------
+    toolkit.errors.UnknownOptionError
+        On a keyword not listed above (a :class:`TypeError`, as Python raises
+        for an unexpected keyword), naming the closest parameter.
     toolkit.errors.PlanError
         Before anything is written, on any invalid input.
     toolkit.errors.WriteError

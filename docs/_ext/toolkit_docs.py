@@ -7,6 +7,9 @@
   error also is.
 - The notebooks live in ``notebooks/`` at the top of the repository; they are mirrored
   into ``docs/notebooks/`` (not tracked) before Sphinx reads its sources.
+- A signature's ``**unknown`` is left out: :func:`toolkit.to_zarr` takes it only to refuse
+  every other keyword with :class:`~toolkit.errors.UnknownOptionError` (naming the
+  closest parameter), so the parameters it documents are all it accepts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import filecmp
 import html
 import inspect
+import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -40,6 +44,16 @@ def _mirror_notebooks(app: Sphinx, config: Config) -> None:
     for name in wanted:
         if not (dst / name).exists() or not filecmp.cmp(src / name, dst / name, shallow=False):
             shutil.copyfile(src / name, dst / name)  # an unchanged copy keeps its mtime
+
+
+def _drop_refused_keywords(
+    app: Sphinx, what: str, name: str, obj: object, options: object,
+    signature: str | None, return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:  # fmt: skip
+    """Autodoc's signature without a trailing ``**unknown`` (keywords refused, not taken)."""
+    if signature is None or "**unknown" not in signature:
+        return None
+    return re.sub(r",\s*\*\*unknown(:[^,)]*)?\)$", ")", signature), return_annotation
 
 
 def _layers() -> list[list[str]]:
@@ -149,6 +163,7 @@ class ErrorsTree(SphinxDirective):
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the directives and the notebooks' mirror."""
     app.connect("config-inited", _mirror_notebooks)
+    app.connect("autodoc-process-signature", _drop_refused_keywords)
     app.add_directive("toolkit-layers", LayersDiagram)
     app.add_directive("toolkit-steps", StepsDiagram)
     app.add_directive("toolkit-errors", ErrorsTree)
