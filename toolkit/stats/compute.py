@@ -44,6 +44,7 @@ from toolkit.stats.aggregations import (
     finalize,
     partial,
 )
+from toolkit.stats.groupby import GroupBy, Groups, chunk, combine_groups, finalize_groups, resolve
 
 __all__ = ["DEFAULT_STATS", "stats", "summary_table"]
 
@@ -67,6 +68,7 @@ def stats(
     quantiles: float | Sequence[float] | None = None,
     quantile_error: float = 0.01,
     variables: Sequence[Hashable] | None = None,
+    groupby: GroupBy | None = None,
     split_every: int | Mapping[Hashable, int] | None = None,
     throttle: Throttle | Literal[False] | None = None,
     storage_options: Mapping[str, Any] | None = None,
@@ -128,6 +130,24 @@ def stats(
         The variables of a Dataset to summarize (default: every numeric data
         variable; others are skipped and named in ``skipped``). Naming a
         non-numeric variable is an error.
+    groupby : str, DataArray, mapping or sequence, optional
+        Statistics per group, as xarray's ``groupby`` and ``resample`` take
+        them: a coordinate or virtual coordinate name (``"time.month"``,
+        ``"time.season"``, ``"region"``), a named 1-D DataArray of labels
+        aligned with the data, a mapping of such names to
+        :mod:`xarray.groupers` objects (``{"time": TimeResampler("1D")}``,
+        ``{"depth": BinGrouper(bins=[0, 10, 100])}``, ``{"region":
+        UniqueGrouper()}``), or a sequence of names or labels (one group dim
+        each: month x region). Every statistic is computed per group in the
+        same single pass over the chunks (groups that span chunks merge
+        exactly; quantiles keep their bound per group; nothing is
+        rechunked). Each grouper is along one dim, which must be reduced
+        (in ``dim``). The result has xarray's group dims and labels where the
+        grouped dim was (``month``; ``time`` with every resample bin;
+        ``<name>_bins``), empty groups included: a group with no value has
+        ``count`` 0 and NaN statistics (its ``sum`` too, as xarray's), an
+        all-NaN group ``count`` 0 and NaN statistics (``sum`` 0). Variables
+        without every grouped dim are skipped.
     split_every : int or mapping, optional
         Partials merged per combine task (default 8), or per dim.
     throttle : Throttle, False or None
@@ -155,7 +175,9 @@ def stats(
     toolkit.errors.StatsError
         Unknown statistics, dims not present, non-numeric variables asked for
         by name, quantiles outside [0, 1], bad bins, or bins without a range
-        on data with no finite value.
+        on data with no finite value; for ``groupby``, an unknown coordinate,
+        labels that are not 1-D or do not align with the data, or a grouper
+        along a dim that is not reduced.
 
     Examples
     --------
@@ -179,7 +201,8 @@ def stats(
         raise StatsError(f"ddof must be >= 0, got {ddof}")
     ds, single, source = _as_dataset(obj, throttle=throttle, storage_options=storage_options)
     reduce_dims = _check_dims(ds, dim)
-    chosen, skipped = _choose_variables(ds, variables, reduce_dims)
+    groups = resolve(ds, groupby, reduce_dims) if groupby is not None else None
+    chosen, skipped = _choose_variables(ds, variables, reduce_dims, groups)
     if not chosen:
         raise StatsError(
             "no variable to summarize: "
@@ -194,7 +217,7 @@ def stats(
 
     build = functools.partial(
         _build, ds, chosen, reduce_dims, every=every, skipna=skipna, ddof=ddof, qs=qs,
-        alpha=quantile_error, single=single,
+        alpha=quantile_error, single=single, groups=groups,
     )  # fmt: skip
     if "histogram" in names and edges is None:
         # numpy's bins=int: equal bins between the data's min and max (a first pass).
@@ -222,6 +245,8 @@ def stats(
     )
     if "var" in names or "std" in names:
         result.attrs["ddof"] = ddof
+    if groups is not None:
+        result.attrs["groupby"] = groups.describe()
     if source is not None:
         result.attrs["source"] = source
     if skipped:
@@ -344,9 +369,13 @@ def _numeric(var: xr.DataArray) -> bool:
 
 
 def _choose_variables(
-    ds: xr.Dataset, variables: Sequence[Hashable] | None, dims: tuple[Hashable, ...]
+    ds: xr.Dataset,
+    variables: Sequence[Hashable] | None,
+    dims: tuple[Hashable, ...],
+    groups: Groups | None = None,
 ) -> tuple[list[Hashable], dict[Hashable, str]]:
     skipped: dict[Hashable, str] = {}
+    grouped = groups.dims if groups is not None else ()
     if variables is not None:
         names: list[Hashable] = [variables] if isinstance(variables, str) else list(variables)
         for name in names:
@@ -361,6 +390,8 @@ def _choose_variables(
                 )
             if not set(ds[name].dims) & set(dims):
                 raise StatsError(f"{name!r} has none of the dims {list(dims)}")
+            if not set(grouped) <= set(ds[name].dims):
+                raise StatsError(f"{name!r} is not along every grouped dim {list(grouped)}")
         return names, skipped
     chosen = []
     for name, var in ds.data_vars.items():
@@ -368,6 +399,8 @@ def _choose_variables(
             skipped[name] = f"not numeric ({var.dtype})"
         elif not set(var.dims) & set(dims):
             skipped[name] = f"none of the dims {', '.join(map(str, dims))}"
+        elif not set(grouped) <= set(var.dims):
+            skipped[name] = f"not along every grouped dim ({', '.join(map(str, grouped))})"
         else:
             chosen.append(name)
     return chosen, skipped
@@ -407,13 +440,31 @@ def _finalize_task(part: Partial, names: Sequence[str], context: Context) -> dic
     return finalize(part, names, context)
 
 
+def _combine_groups_task(parts: list[Any], aggs: Sequence[Aggregation]) -> Any:
+    return combine_groups(parts, aggs)
+
+
+def _finalize_groups_task(
+    part: Any,
+    names: Sequence[str],
+    context: Context,
+    aggs: Sequence[Aggregation],
+    group_shape: tuple[int, ...],
+) -> dict[str, Any]:
+    return finalize_groups(part, names, context, aggs, group_shape)
+
+
 def _out_name(var: Hashable, stat: str, single: bool) -> str:
     return stat if single else f"{var}_{stat}"
 
 
-def _result_dtype(stat: str, dtype: np.dtype[Any], empty: bool) -> np.dtype[Any]:
+def _result_dtype(
+    stat: str, dtype: np.dtype[Any], empty: bool, grouped: bool = False
+) -> np.dtype[Any]:
     if stat in ("count", "nan_count", "histogram"):
         return np.dtype("int64")
+    if grouped and empty and stat == "sum":
+        return np.dtype("float64")  # a group with no member: NaN, as xarray's
     if stat in ("min", "max"):
         return dtype if dtype.kind == "f" or not empty else np.dtype("float64")
     if stat == "sum" and dtype.kind in "biu":
@@ -430,21 +481,41 @@ def _variable_stats(
     context: Context,
     aggs: Sequence[Aggregation],
     token: str,
+    groups: Groups | None = None,
 ) -> dict[str, tuple[da.Array, tuple[Hashable, ...]]]:
-    """Dask arrays of each statistic of one variable, and their dims."""
+    """Dask arrays of each statistic of one variable, and their dims.
+
+    With ``groups``, each task's partial state is one per group (see
+    :mod:`toolkit.stats.groupby`), and the statistics have the groups'
+    dims first, then the kept dims.
+    """
     x = var.data if isinstance(var.data, da.Array) else da.from_array(np.asarray(var.values))
     axes = tuple(i for i, d in enumerate(var.dims) if d in dims)
     kept = [i for i in range(x.ndim) if i not in axes]
     tag = f"{name}-{token}"
-    parts = da.map_blocks(
-        _chunk_task,
-        x,
-        axes=axes,
-        aggs=aggs,
-        dtype=object,
-        meta=np.empty((0,) * x.ndim, dtype=object),
-        name=f"toolkit-stats-chunk-{tag}",
-    )
+    meta = np.empty((0,) * x.ndim, dtype=object)
+    cname = f"toolkit-stats-chunk-{tag}"
+    if groups is None:
+        parts = da.map_blocks(
+            _chunk_task, x, axes=axes, aggs=aggs, dtype=object, meta=meta, name=cname
+        )
+        combine_task: Any = _combine_task
+    else:
+        # Each grouper's codes go in as a small dask array along its dim (length 1
+        # along the others), so a chunk task gets its block's codes and no more.
+        group_axes = tuple(var.dims.index(g.dim) for g in groups.groups)
+        codes = [
+            da.from_array(
+                g.codes.reshape([-1 if i == a else 1 for i in range(x.ndim)]),
+                chunks=tuple(x.chunks[i] if i == a else (1,) for i in range(x.ndim)),
+            )
+            for g, a in zip(groups.groups, group_axes, strict=True)
+        ]
+        parts = da.map_blocks(
+            chunk, x, *codes, axes=axes, group_axes=group_axes, aggs=aggs, dtype=object,
+            meta=meta, name=cname,
+        )  # fmt: skip
+        combine_task = _combine_groups_task
     layer: dict[Any, Any] = {}
     current = {idx: (parts.name, *idx) for idx in np.ndindex(*x.numblocks)}
     nb = list(x.numblocks)
@@ -454,27 +525,41 @@ def _variable_stats(
         cname = f"toolkit-stats-combine-{level}-{tag}"
         fan = {a: every[var.dims[a]] if nb[a] > 1 else 1 for a in axes}
         new_nb = [(-(-n // fan[a]) if a in fan else n) for a, n in enumerate(nb)]
-        groups: dict[tuple[int, ...], list[Any]] = {}
+        batches: dict[tuple[int, ...], list[Any]] = {}
         for idx, key in current.items():
             new = tuple(i // fan[a] if a in fan else i for a, i in enumerate(idx))
-            groups.setdefault(new, []).append(key)
+            batches.setdefault(new, []).append(key)
         current = {}
-        for new, keys in groups.items():
+        for new, keys in batches.items():
             key = (cname, *new)
-            layer[key] = (_combine_task, keys, aggs) if len(keys) > 1 else keys[0]
+            layer[key] = (combine_task, keys, aggs) if len(keys) > 1 else keys[0]
             current[new] = key
         nb = new_nb
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
+    gshape = groups.shape if groups is not None else ()
     for idx, key in current.items():
         kidx = tuple(idx[a] for a in kept)
         shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
         ctx = dataclasses.replace(context, shape=shape)
-        layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
+        gidx = (0,) * len(gshape)
+        if groups is None:
+            layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
+        else:
+            layer[(fname, *gidx, *kidx)] = (
+                _finalize_groups_task,
+                key,
+                list(names),
+                ctx,
+                aggs,
+                gshape,
+            )
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
-    empty = math.prod(x.shape[a] for a in axes) == 0
+    empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
     out = {}
     kept_dims = tuple(var.dims[a] for a in kept)
+    group_chunks = tuple((n,) for n in gshape)
+    group_dims = groups.out_dims if groups is not None else ()
     for stat in names:
         sname = f"toolkit-stats-{stat}-{tag}"
         extra: tuple[tuple[int, ...], ...] = ()
@@ -493,9 +578,9 @@ def _variable_stats(
             {**graph.layers, sname: MaterializedLayer(pick)},
             {**graph.dependencies, sname: {fname}},
         )
-        dtype = _result_dtype(stat, var.dtype, empty)
-        arr = da.Array(g, sname, (*kept_chunks, *extra), dtype=dtype)
-        out[stat] = (arr, (*kept_dims, *extra_dims))
+        dtype = _result_dtype(stat, var.dtype, empty, grouped=groups is not None)
+        arr = da.Array(g, sname, (*group_chunks, *kept_chunks, *extra), dtype=dtype)
+        out[stat] = (arr, (*group_dims, *kept_dims, *extra_dims))
     return out
 
 
@@ -512,40 +597,58 @@ def _build(
     qs: tuple[float, ...],
     alpha: float,
     single: bool,
+    groups: Groups | None = None,
 ) -> xr.Dataset:
     """The lazy result Dataset for ``names`` of the ``chosen`` variables."""
-    token = tokenize(ds, list(chosen), dims, list(names), every, skipna, ddof, edges, qs, alpha)[
-        :10
-    ]
+    grouping = (
+        None
+        if groups is None
+        else ([g.codes for g in groups.groups], list(map(str, groups.out_dims)), groups.shape)
+    )
+    token = tokenize(
+        ds, list(chosen), dims, list(names), every, skipna, ddof, edges, qs, alpha, grouping
+    )[:10]
     data_vars: dict[Hashable, xr.DataArray] = {}
     for name in chosen:
         var = ds[name]
         vdims = tuple(d for d in dims if d in var.dims)
         aggs = components(names, edges=edges.get(name), alpha=alpha)
-        if not skipna and not any(isinstance(a, Count) for a in aggs):
+        # Counts say where NaN propagates (skipna=False) and which groups had no member.
+        if (not skipna or groups is not None) and not any(isinstance(a, Count) for a in aggs):
             aggs.insert(0, Count())
         context = Context(
             dtype=var.dtype, shape=(), ddof=ddof, skipna=skipna, quantiles=qs, alpha=alpha
         )
-        arrays = _variable_stats(name, var, vdims, names, every, context, aggs, token)
+        arrays = _variable_stats(name, var, vdims, names, every, context, aggs, token, groups)
+        kept = [d for d in var.dims if d not in vdims]
         for stat, (arr, odims) in arrays.items():
             out = _out_name(name, stat, single)
             prefix = "" if single else f"{name}_"
             odims = tuple(f"{prefix}bin" if d == "bin" else d for d in odims)
+            # Coordinates of kept dims only: a resample's "time" is the bins', not the data's.
             coords = {
                 k: c.variable
                 for k, c in var.coords.items()
-                if set(c.dims) <= set(odims) and k not in vdims
+                if set(c.dims) <= set(kept) and k not in vdims
             }
+            if groups is not None:
+                for g in groups.groups:
+                    coords.update({k: c.variable for k, c in g.coords.items()})
             if stat == "histogram":
                 e = edges[name]
                 coords[f"{prefix}bin_lower"] = xr.Variable(f"{prefix}bin", e[:-1])
                 coords[f"{prefix}bin_upper"] = xr.Variable(f"{prefix}bin", e[1:])
             if stat == "quantiles":
                 coords["quantile"] = xr.Variable("quantile", np.asarray(qs))
-            data_vars[out] = xr.DataArray(
+            result = xr.DataArray(
                 arr, dims=odims, coords=coords, attrs=_attrs(name, var, stat, vdims, ddof, alpha)
             )
+            if groups is not None:
+                # xarray's order: the groups where their dim was, then the bin/quantile dim.
+                order = groups.out_order(var.dims, kept)
+                result = result.transpose(*order, *(d for d in odims if d not in order))
+                result.attrs["groupby"] = groups.describe()
+            data_vars[out] = result
     return xr.Dataset(data_vars)
 
 
