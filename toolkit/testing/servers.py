@@ -244,7 +244,7 @@ _LISTENING = re.compile(rb"listens on http://127\.0\.0\.1:(\d+)")
 
 
 class AzuriteServer:
-    r"""Azure's Blob Storage emulator, Azurite, on 127.0.0.1, on a free port.
+    """Azure's Blob Storage emulator, Azurite, on 127.0.0.1, on a free port.
 
     Use as a context manager. It serves the emulator's well-known account
     (``devstoreaccount1``) in memory, from a process of its own in a temporary
@@ -261,9 +261,18 @@ class AzuriteServer:
     Parameters
     ----------
     binary : str, optional
-        The ``azurite-blob`` executable (default: :func:`find_azurite`).
+        The ``azurite-blob`` executable. By default ``TOOLKIT_AZURITE``, then
+        ``azurite-blob`` on ``PATH``, then the repository's ``.cache/azurite``
+        (``toolkit.testing.servers.find_azurite``).
     timeout : float
         Seconds to wait for it to answer.
+
+    Attributes
+    ----------
+    endpoint_url : str
+        ``http://127.0.0.1:<port>``, where it listens: a proxy's target.
+    account, account_key : str
+        The emulator's well-known account (``devstoreaccount1``) and its key.
 
     Raises
     ------
@@ -440,7 +449,7 @@ class AzuriteServer:
             raise RuntimeError(f"Azurite refused to create container {name!r}: {status} {body!r}")
 
     def create_bucket(self, name: str) -> None:
-        """:meth:`create_container`, by the name :class:`S3Server` gives it."""
+        """:meth:`create_container`, by the name :class:`~toolkit.testing.S3Server` gives it."""
         self.create_container(name)
 
     # -- what a client needs --------------------------------------------------------
