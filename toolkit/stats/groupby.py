@@ -102,13 +102,19 @@ class Groups:
         return tuple(g.out_dim for g in self.groups)
 
     def out_order(self, dims: Sequence[Hashable], kept: Sequence[Hashable]) -> list[Hashable]:
-        """The dim order of xarray's result: each grouped dim's groups where it was."""
+        """The dim order of xarray's result.
+
+        One grouper's groups take the place of its dim; several groupers'
+        come after the kept dims, in the groupers' order.
+        """
+        if len(self.groups) > 1:
+            return [*(d for d in dims if d in kept), *self.out_dims]
         order: list[Hashable] = []
         for d in dims:
             if d in kept:
                 order.append(d)
-            elif d in self.dims:
-                order += [g.out_dim for g in self.groups if g.dim == d]
+            elif d == self.groups[0].dim:
+                order.append(self.groups[0].out_dim)
         return order
 
     def any_empty(self) -> bool:
@@ -215,7 +221,7 @@ def _labels(ds: xr.Dataset, key: Hashable | xr.DataArray) -> tuple[xr.DataArray,
         label = repr(key)
         try:
             labels = ds[key]
-        except KeyError:
+        except (KeyError, AttributeError):  # AttributeError: "time.mnth"
             coords = ", ".join(map(repr, ds.coords)) or "none"
             raise StatsError(
                 f"groupby {label}: no such coordinate or virtual coordinate "
