@@ -106,6 +106,7 @@ XARRAY_UNDOCUMENTED = {
     "Variable.broadcast_to", "Variable.chunksizes", "Variable.coarsen_reshape",
     "Variable.expand_dims", "Variable.permute_dims", "Variable.reset_encoding",
     "Variable.to_numpy", "testing.assert_duckarray_allclose", "testing.assert_duckarray_equal",
+    "coders.CFTimedeltaCoder", "indexes.Index",
 }  # fmt: skip
 
 
@@ -137,9 +138,17 @@ def _xarray_entries() -> Iterator[Entry]:
         full = f"xarray.{name}"
         cls = getattr(xarray, name)
         yield from _with_members(full, cls, page(full), ("xarray",), "generated/{}.html")
-    for name in _public(xarray.testing.__all__):
-        full = f"xarray.testing.{name}"
-        yield full, "py:function", f"{page(full)}#{full}", "-"
+    # The submodules: a reference page each, a generated page per name.
+    for sub, api_page in (
+        ("coders", "api/encoding.html"), ("groupers", "api/groupby.html#grouper-objects"),
+        ("indexes", "api/indexes.html"), ("testing", "api/testing.html"),
+        ("ufuncs", "api/ufuncs.html"),
+    ):  # fmt: skip
+        module = getattr(xarray, sub)
+        yield f"xarray.{sub}", "py:module", api_page, "-"
+        for name in _public(module.__all__):
+            full = f"xarray.{sub}.{name}"
+            yield full, _role(getattr(module, name)), f"{page(full)}#{full}", "-"
 
 
 # --------------------------------------------------------------------------- dask
