@@ -5,6 +5,7 @@
     ./dev bench --report benchmarks/results/latest.md
     ./dev bench --only latency --repeat 1 --chains   # round trips of the small operations
     ./dev bench --only rechunk --rechunk-steps 1000,4000   # maps to series, peers, floor
+    ./dev bench --only groupby --groupby-size 256MiB --repeat 1   # climatology, resample
 
 Every figure is a median of ``--repeat`` runs, measured in the same process on the
 same data, so ratios hold on any machine; absolute seconds are for context only.
@@ -703,6 +704,105 @@ def bench_stats(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     ]
 
 
+def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
+    """Monthly climatology and daily resample of hourly float32 zstd data, 6 statistics.
+
+    count, mean, std, min, max and quantiles 0.05/0.5/0.95 per group, kept
+    (y, x) maps. toolkit computes all in one pass; xarray computes the same
+    six in one ``dask.compute``: its groupby/resample reductions on
+    ``xr.open_zarr`` (dask chunks = zarr chunks) and its groupby quantile,
+    which needs each group in one chunk, so the climatology's quantiles
+    include the rechunk to whole time series (space split to keep chunks
+    ~64 MiB); the daily groups lie in one chunk each (chunks are whole
+    weeks), so the resample's need none. The floor reads and decodes every
+    chunk and does nothing with it. Every statistic of toolkit's is checked
+    against xarray's in the same run: counts and extrema equal, moments
+    within float32 rounding, quantiles within the sketch's bound.
+    """
+    import pandas as pd
+    from xarray.groupers import TimeResampler
+
+    ny, nx = 64, 128
+    week = 168
+    nt = max(2 * week, nbytes // (ny * nx * 4) // week * week)
+    path = tmp / "groupby.zarr"
+    base = np.sin(np.linspace(0, 20, ny * nx, dtype="f4")).reshape(ny, nx)
+    noise = da.random.default_rng(0).standard_normal((nt, ny, nx), chunks=(week, ny, nx))
+    data = (base[None] + 0.1 * noise.astype("f4")).round(3)
+    time = pd.date_range("2001-01-01", periods=nt, freq="h")
+    ds = xr.Dataset({"v": (("time", "y", "x"), data)}, coords={"time": time})
+    toolkit.to_zarr(ds, path, mode="w", encoding={"v": {"chunks": (week, ny, nx)}}, progress=False)
+    size = nt * ny * nx * 4
+    qs = [0.05, 0.5, 0.95]
+    alpha = 0.01
+    five = ["count", "mean", "std", "min", "max"]
+    tile = max(1, (64 << 20) // (nt * nx * 4))  # rows of y per whole-time-series chunk
+
+    def floor() -> None:
+        d = toolkit.open_zarr(path).v.data
+        d.map_blocks(lambda b: np.zeros((1,) * b.ndim), chunks=(1,) * d.ndim).sum().compute()
+
+    cases: list[tuple[str, Any, Callable[[xr.DataArray], Any], Callable[[xr.DataArray], Any]]] = [
+        (
+            "monthly climatology",
+            "time.month",
+            lambda v: v.groupby("time.month"),
+            lambda v: v.chunk({"time": -1, "y": tile}).groupby("time.month"),
+        ),
+        (
+            "daily resample",
+            {"time": TimeResampler("1D")},
+            lambda v: v.resample(time="1D"),
+            lambda v: v.resample(time="1D"),
+        ),
+    ]
+    rows = []
+    floor_s = timed(floor, repeat)
+    for label, groupby, group, qgroup in cases:
+
+        def tk(groupby: Any = groupby) -> xr.Dataset:
+            return toolkit.stats(path, "time", groupby=groupby, stats=five, quantiles=qs,
+                                 quantile_error=alpha, progress=False)  # fmt: skip
+
+        def xarray_six(group: Any = group, qgroup: Any = qgroup) -> dict[str, Any]:
+            v = xr.open_zarr(path).v
+            g = group(v)
+            lazy = {s: getattr(g, s)() for s in five}
+            lazy["quantiles"] = qgroup(v).quantile(qs, dim="time")
+            return dict(zip(lazy, dask.compute(*lazy.values()), strict=True))
+
+        def tk_five(groupby: Any = groupby) -> xr.Dataset:
+            return toolkit.stats(path, "time", groupby=groupby, stats=five, progress=False)
+
+        got = tk()
+        want = xarray_six()
+        np.testing.assert_array_equal(got["v_count"].values, want["count"].values)
+        for s in ("min", "max"):
+            np.testing.assert_array_equal(got[f"v_{s}"].values, want[s].values)
+        for s in ("mean", "std"):  # xarray's float32 accumulation
+            np.testing.assert_allclose(got[f"v_{s}"].values, want[s].values, rtol=1e-4, atol=1e-5)
+        q = want["quantiles"].transpose(*got["v_quantiles"].dims).values
+        err = np.abs(got["v_quantiles"].values - q)
+        assert (err <= alpha * np.abs(q) * (1 + 1e-6) + 2e-3).all(), float(err.max())
+        case = f"groupby {label}, {size / 2**30:.2f} GiB hourly f32 zstd, 6 statistics"
+        ngroups = got.sizes["month" if "month" in got.sizes else "time"]
+        rows += [
+            Row(case, "floor: read + decode every chunk", floor_s),
+            Row(
+                case,
+                "xarray, one dask.compute (+ rechunk for quantile)",
+                timed(xarray_six, max(1, repeat - 1)),
+            ),
+            Row(case, f"toolkit stats(groupby=...), {ngroups} groups, checked", timed(tk, repeat)),
+            Row(
+                case,
+                "toolkit, the 5 without quantiles (the sketch's share)",
+                timed(tk_five, repeat),
+            ),
+        ]
+    return rows
+
+
 _INGEST_RUN = """
 import sys, time, warnings
 warnings.filterwarnings("ignore")
@@ -845,7 +945,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunks", default="10000,100000", help="graph benchmark chunk counts")
     p.add_argument(
         "--only",
-        choices=("write", "graph", "cloud", "latency", "stats", "ingest", "jobs", "rechunk"),
+        choices=(
+            "write",
+            "graph",
+            "cloud",
+            "latency",
+            "stats",
+            "groupby",
+            "ingest",
+            "jobs",
+            "rechunk",
+        ),
         default=None,
     )
     p.add_argument(
@@ -854,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writers", default="10,100,1000", help="many-writers benchmark N values")
     p.add_argument("--files", type=int, default=2000, help="ingest benchmark files (default 2000)")
     p.add_argument("--stats-size", default="2GiB", help="statistics benchmark size (default 2GiB)")
+    p.add_argument(
+        "--groupby-size", default="2GiB", help="grouped statistics benchmark size (default 2GiB)"
+    )
     p.add_argument("--cloud-size", default="256MiB", help="cloud benchmark size (default 256MiB)")
     p.add_argument(
         "--latency", default="0.02,0.1", help="cloud and latency proxy latencies, seconds"
@@ -878,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_graph(Path(tmp), n, args.repeat if n <= 10_000 else 1)
         if args.only in (None, "stats"):
             rows += bench_stats(Path(tmp), parse_size(args.stats_size), args.repeat)
+        if args.only in (None, "groupby"):
+            rows += bench_groupby(Path(tmp), parse_size(args.groupby_size), args.repeat)
         if args.only in (None, "ingest"):
             rows += bench_ingest(Path(tmp), args.files, args.repeat)
         if args.only in (None, "jobs"):

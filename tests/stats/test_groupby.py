@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ MOMENTS = ["count", "mean", "var", "std", "min", "max", "sum"]
 QS = [0.05, 0.5, 0.95]
 
 try:
-    import flox  # noqa: F401
+    import flox  # type: ignore[import-not-found]  # noqa: F401
 
     FLOX = [False, True]
 except ImportError:  # not a dependency: xarray's own groupby only
@@ -183,9 +184,9 @@ def test_all_nan_groups_are_count_zero_and_nan_quietly() -> None:
         assert feb[s].isnull().all(), s
     assert float(feb["sum"]) == 0.0  # all-NaN, not empty: numpy's (and xarray's) 0
     assert (feb["histogram"] == 0).all()
-    assert got["mean"].dims == ("month",)  # every dim reduced: one value per month
-    np.testing.assert_allclose(got["mean"].sel(month=1), arr.sel(time="2001-01").astype("f8").mean(),
-                               rtol=1e-12)  # fmt: skip
+    assert got["mean"].dims == ("month",)  # all dims reduced: one per month
+    jan = arr.sel(time="2001-01").astype("f8").mean()
+    np.testing.assert_allclose(got["mean"].sel(month=1), jan, rtol=1e-12)
 
 
 def test_int_data_with_empty_groups_gives_float_nan_like_xarray() -> None:
@@ -207,15 +208,16 @@ def test_many_groups_keep_each_chunks_state_to_the_groups_present() -> None:
     n, ngroups = 200_000, 10_000
     rng = np.random.default_rng(1)
     station = np.repeat(np.arange(ngroups), n // ngroups)  # sorted: stations one after another
-    arr = xr.DataArray(rng.standard_normal(n), dims="obs",
-                       coords={"station": ("obs", station)}, name="v").chunk(obs=20_000)  # fmt: skip
+    arr = xr.DataArray(
+        rng.standard_normal(n), dims="obs", coords={"station": ("obs", station)}, name="v"
+    ).chunk(obs=20_000)
     lazy = toolkit.stats(arr, groupby="station", stats=["count", "mean", "max"],
                          quantiles=[0.5], compute=False)  # fmt: skip
     graph = dict(lazy.__dask_graph__())
     keys = [k for k in graph if isinstance(k, tuple) and k[0].startswith("toolkit-stats-chunk")]
     with dask.config.set(scheduler="sync"):
         for k in keys:
-            state = dask.get(graph, k)
+            state = dask.get(graph, k)  # type: ignore[attr-defined]
             block = slice(k[1] * 20_000, (k[1] + 1) * 20_000)
             assert sorted(state) == [(s,) for s in np.unique(station[block])]  # 1,000 of 10,000
     got = lazy.compute()
@@ -311,7 +313,7 @@ def test_grouped_partial_states_merge_the_same_in_every_tree(case: dict[str, Any
     edges = [0, *case["cuts"], case["n"]]
     blocks = [
         chunk(x[a:b], codes[a:b, None], axes=(0,), group_axes=(0,), aggs=aggs)
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
+        for a, b in itertools.pairwise(edges)
     ]
     ctx = Context(dtype=x.dtype, shape=(2,), quantiles=(0.0, 0.5, 1.0))
     with warnings.catch_warnings():
@@ -337,7 +339,7 @@ def test_grouped_partial_states_merge_the_same_in_every_tree(case: dict[str, Any
     atol = {"sum": scale * case["n"], "mean": scale, "var": scale**2, "skew": 1.0}
     for s in names:
         exact = s in ("count", "nan_count", "min", "max", "quantiles")
-        if exact or x.dtype.kind in "iu" and s == "sum":
+        if exact or (x.dtype.kind in "iu" and s == "sum"):
             np.testing.assert_array_equal(got[s], one[s], err_msg=s)
         else:
             np.testing.assert_allclose(got[s], one[s], rtol=1e-9, atol=1e-9 * atol[s], err_msg=s)

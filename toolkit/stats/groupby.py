@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -41,7 +42,7 @@ from toolkit.stats.aggregations import (
 
 __all__ = ["GroupBy", "Groups", "resolve"]
 
-GroupBy = Hashable | xr.DataArray | Mapping[Hashable, Grouper] | Sequence[Hashable | xr.DataArray]
+GroupBy = Hashable | xr.DataArray | Mapping[Any, Grouper] | Sequence[Any]
 """What ``groupby=`` takes: xarray's spellings of one grouper or several."""
 
 Grouped = dict[tuple[int, ...], Partial]
