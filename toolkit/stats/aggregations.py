@@ -465,12 +465,16 @@ class QuantileSketch:
     def bucket(self, v: np.ndarray) -> np.ndarray:
         """Signed bucket of each (non-NaN, float64) value."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.ceil(np.log(np.abs(v)) / self._log_gamma)
-        k[np.isinf(v)] = self._inf - self._offset
-        b = np.zeros(v.shape, dtype=_I8)
-        nz = v != 0
-        b[nz] = k[nz].astype(_I8) + self._offset
-        return np.where(v < 0, -b, b)
+            k = np.log(np.abs(v))
+            np.divide(k, self._log_gamma, out=k)
+            np.ceil(k, out=k)
+        k += self._offset
+        # log(0) = -inf and log(inf) = inf land on the buckets of zero and the
+        # infinities; every finite non-zero double's is strictly between.
+        np.clip(k, 0, self._inf, out=k)
+        b = k.astype(_I8)
+        np.negative(b, out=b, where=v < 0)
+        return b
 
     def value(self, b: np.ndarray) -> np.ndarray:
         """The value a bucket answers with."""
@@ -487,20 +491,102 @@ class QuantileSketch:
 
     def chunk(self, slab: Slab) -> Partial:  # noqa: D102
         values, cell = slab.cells
-        codes = cell.astype(_I8) * self.span + (self.bucket(values) + self._inf)
-        codes, counts = np.unique(codes, return_counts=True)
-        return {"codes": codes, "counts": counts.astype(_I8), "cells": math.prod(slab.kept_shape)}
+        b = self.bucket(values) + self._inf  # in [0, span)
+        return self._count(cell.astype(_I8), b, math.prod(slab.kept_shape))
+
+    def block(self, x: np.ndarray, axes: tuple[int, ...]) -> Partial:
+        """The state of a whole block, its values sorted per cell.
+
+        The same state as :meth:`chunk`'s, without slabs to merge: each cell's
+        row of values is sorted on its own (many short sorts are several
+        times faster than one sort of every code), or, when the block's
+        buckets are few against its values, counted without sorting.
+        """
+        kept = [a for a in range(x.ndim) if a not in axes]
+        ncells = math.prod(x.shape[a] for a in kept)
+        size = math.prod(x.shape[a] for a in axes)
+        rows = np.moveaxis(x, kept, list(range(len(kept)))).reshape(ncells, size)
+        v = rows.astype(_F8)  # a copy: NaN are overwritten below
+        nan = np.isnan(v) if x.dtype.kind == "f" else None
+        if nan is not None:
+            v[nan] = 0.0
+        b = self.bucket(v) + self._inf
+        if nan is not None:
+            b[nan] = self.span  # after every bucket of the row: cut off below
+        lo, hi = (int(b.min()), int(min(b.max(), self.span - 1))) if b.size else (0, 0)
+        if ncells * (hi - lo + 1) <= 4 * b.size + 4096:
+            cell = np.broadcast_to(np.arange(ncells, dtype=_I8)[:, None], b.shape).ravel()
+            b = b.ravel()
+            ok = b < self.span
+            return self._count(cell[ok], b[ok], ncells, lo, hi)
+        b.sort(axis=1)
+        key = (np.arange(ncells, dtype=_I8)[:, None] * (self.span + 1) + b).ravel()
+        if key.size == 0:
+            return {"codes": key, "counts": key.copy(), "cells": ncells}
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        counts = np.diff(np.r_[first, key.size]).astype(_I8)
+        bucket = key[first] % (self.span + 1)
+        ok = bucket < self.span
+        codes = (key[first] // (self.span + 1)) * self.span + bucket
+        return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
+
+    def _count(
+        self,
+        cell: np.ndarray,
+        b: np.ndarray,
+        ncells: int,
+        lo: int | None = None,
+        hi: int | None = None,
+        weights: np.ndarray | None = None,
+    ) -> Partial:
+        """Sorted codes and their counts of (cell, bucket) pairs (each weighted by ``weights``)."""
+        if b.size and lo is None:
+            lo, hi = int(b.min()), int(b.max())
+        if b.size and hi is not None and lo is not None:
+            width = hi - lo + 1
+            if ncells * width <= 4 * b.size + 4096:
+                # Few buckets against the values: counted in place of a sort.
+                dense = np.bincount(cell * width + (b - lo), weights=weights,
+                                    minlength=ncells * width)  # fmt: skip
+                nz = np.flatnonzero(dense)
+                return {
+                    "codes": (nz // width) * self.span + (nz % width + lo),
+                    "counts": np.asarray(dense[nz], dtype=_I8),
+                    "cells": ncells,
+                }
+        codes = cell * self.span + b
+        if weights is None:
+            codes, counts = np.unique(codes, return_counts=True)
+            return {"codes": codes, "counts": counts.astype(_I8), "cells": ncells}
+        order = np.argsort(codes, kind="stable")
+        codes, weights = codes[order], weights[order]
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else codes
+        return {
+            "codes": codes[first],
+            "counts": np.add.reduceat(weights, first).astype(_I8) if codes.size else weights,
+            "cells": ncells,
+        }
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
         codes = np.concatenate([p["codes"] for p in parts])
         counts = np.concatenate([p["counts"] for p in parts])
+        ncells = parts[0]["cells"]
+        if codes.size == 0:
+            return {"codes": codes, "counts": counts, "cells": ncells}
+        # Buckets span a narrow window in every cell: (cell, bucket - lowest) codes
+        # are dense enough to be counted, not sorted, when they are few enough.
+        cell, b = np.divmod(codes, self.span)
+        lo, hi = int(b.min()), int(b.max())
+        if ncells * (hi - lo + 1) <= 4 * codes.size + 4096:
+            # float64 weights: exact sums of counts below 2**53.
+            return self._count(cell, b, ncells, lo, hi, weights=counts.astype(_F8))
         order = np.argsort(codes, kind="stable")
         codes, counts = codes[order], counts[order]
-        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else codes
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         return {
             "codes": codes[first],
-            "counts": np.add.reduceat(counts, first) if codes.size else counts,
-            "cells": parts[0]["cells"],
+            "counts": np.add.reduceat(counts, first),
+            "cells": ncells,
         }
 
     def quantiles(self, p: Partial, qs: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
@@ -512,8 +598,7 @@ class QuantileSketch:
         """
         ncells = math.prod(shape)
         codes, counts = p["codes"], p["counts"]
-        cell = codes // self.span
-        buckets = codes % self.span - self._inf
+        cell, buckets = np.divmod(codes, self.span)
         n = np.bincount(cell, weights=counts, minlength=ncells).astype(_I8)
         cum = np.cumsum(counts)
         start = np.concatenate([[0], np.cumsum(n)[:-1]])
@@ -521,14 +606,13 @@ class QuantileSketch:
         has = n > 0
         if codes.size == 0:
             return out.reshape(*shape, len(qs))
-        vals = self.value(buckets)
         for j, q in enumerate(qs):
             rank = q * (n[has] - 1)
             lo, hi = np.floor(rank), np.ceil(rank)
 
             def at(r: np.ndarray) -> np.ndarray:
                 pos = np.searchsorted(cum, start[has] + r.astype(_I8), side="right")
-                return np.asarray(vals[pos], dtype=_F8)
+                return np.asarray(self.value(buckets[pos] - self._inf), dtype=_F8)
 
             out[has, j] = _lerp(at(lo), at(hi), rank - lo)
         return out.reshape(*shape, len(qs))
@@ -774,15 +858,21 @@ def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -
     if not axes:
         # Nothing reduced: every value is its own cell.
         x, axes = x[..., None], (x.ndim,)
-    elif len(axes) == x.ndim:
+    # The sketch takes the whole block at once (see QuantileSketch.block): slabs'
+    # sketches would need merging, which costs more than making them.
+    sketches = [a for a in aggs if isinstance(a, QuantileSketch)]
+    rest = [a for a in aggs if not isinstance(a, QuantileSketch)]
+    out: Partial = {}
+    if len(axes) == x.ndim:
         # Everything reduced: a flat view slices into slabs of any size.
         x, axes = x.reshape(-1), (0,)
-        fused = _fused(x, aggs)
-        rest = [a for a in aggs if a.key not in fused]
-        if not rest:
-            return fused
-        return {**_slabs(x, axes, rest), **fused}
-    return _slabs(x, axes, aggs)
+        fused = _fused(x, rest)
+        rest = [a for a in rest if a.key not in fused]
+        out.update(fused)
+    if rest:
+        out.update(_slabs(x, axes, rest))
+    out.update({a.key: a.block(x, axes) for a in sketches})
+    return out
 
 
 def _slabs(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
