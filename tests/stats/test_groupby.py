@@ -385,3 +385,32 @@ def test_unique_grouper_in_a_mapping_and_the_accessor() -> None:
                            variables=["b"], progress=False)  # fmt: skip
     np.testing.assert_allclose(got["b_mean"], ds.b.groupby("time.season").mean(), rtol=1e-12)
     assert list(got.season.values) == list(ds.b.groupby("time.season").mean().season.values)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "float64"])
+def test_lazy_dtypes_are_the_computed_ones_with_empty_groups(dtype: str) -> None:
+    arr = hourly(100, dtype, nan=0.2).isel(time=np.r_[0:10, 60:100])
+    kwargs: dict[str, Any] = dict(stats=MOMENTS, quantiles=[0.5], bins=4, bin_range=(-1, 1))
+    lazy = toolkit.stats(arr.chunk(time=9), "time", groupby={"time": TimeResampler("1D")},
+                         compute=False, **kwargs)  # fmt: skip
+    got = lazy.compute()
+    assert {k: v.dtype for k, v in lazy.items()} == {k: v.dtype for k, v in got.items()}
+    assert got["min"].dtype == (np.float64 if dtype == "int16" else np.dtype(dtype))
+
+
+def test_bins_from_the_datas_range_and_skipna_false_per_group() -> None:
+    arr = hourly(300, "float64", nan=0.0)
+    arr[5, 1, 1] = np.nan  # January, one cell
+    got = toolkit.stats(arr.chunk(time=40), "time", groupby="time.month",
+                        stats=["count", "mean", "histogram"], bins=5, progress=False)  # fmt: skip
+    v = arr.values
+    edges = np.histogram_bin_edges(v[~np.isnan(v)], bins=5)
+    np.testing.assert_array_equal(got["bin_lower"], edges[:-1])
+    for i, (_, sub) in enumerate(arr.groupby("time.month")):
+        s = sub.values[:, 2, 3]
+        np.testing.assert_array_equal(got["histogram"][i, 2, 3], np.histogram(s, edges)[0])
+    strict = toolkit.stats(arr.chunk(time=40), "time", groupby="time.month", skipna=False,
+                           stats=["count", "mean"], quantiles=[0.5], progress=False)  # fmt: skip
+    assert np.isnan(strict["mean"].sel(month=1)[1, 1]) and not np.isnan(strict["mean"][1, 1, 1])
+    assert np.isnan(strict["quantiles"].sel(month=1)[1, 1]).all()
+    assert int(strict["count"].sel(month=1)[1, 1]) == int((arr.time.dt.month == 1).sum()) - 1

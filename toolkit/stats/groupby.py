@@ -319,7 +319,8 @@ def finalize_groups(
         if none.any():
             for name, v in out.items():
                 if name not in _UNGROUPED:
-                    v = v.astype(np.result_type(v.dtype, np.float64), copy=True)
+                    kind = v.dtype if v.dtype.kind == "f" else np.dtype(np.float64)
+                    v = v.astype(kind, copy=True)  # float32 min and max stay float32
                     v[none] = np.nan  # no member at all: xarray's NaN, even for a sum
                     out[name] = v
     return out
