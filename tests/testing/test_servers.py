@@ -1,4 +1,4 @@
-"""The shipped test servers: a real S3 server and the fault-injecting proxy, and
+"""The shipped test servers: a real S3 server, Azurite and the fault-injecting proxy, and
 toolkit writing through them."""
 
 from __future__ import annotations
@@ -266,3 +266,94 @@ def test_the_server_decides_concurrent_conditional_puts_atomically(s3):
         for t in threads:
             t.join(timeout=60)
         assert len(wins) == 1, (race, wins)
+
+
+@pytest.mark.timeout(120)
+def test_azurite_decides_concurrent_conditional_puts_atomically(azurite):
+    """Eight creates-if-absent of one blob at once, then eight replaces of one ETag: exactly
+    one wins each race (Azurite needs no help here, unlike moto)."""
+    import threading
+
+    import obstore
+
+    from toolkit.io.stores import resolve_store, unwrap
+
+    store = unwrap(resolve_store("az://data", storage_options=azurite.storage_options())).store
+
+    def race(key: str, mode: object) -> list[int]:
+        wins: list[int] = []
+        start = threading.Barrier(8)
+
+        def put(i: int) -> None:
+            start.wait(timeout=30)
+            try:
+                obstore.put(store, key, b"%d" % i, mode=mode)
+            except Exception:  # 409 BlobAlreadyExists / 412 ConditionNotMet: another won
+                return
+            wins.append(i)
+
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return wins
+
+    for n in range(30):
+        assert len(race(f"races/{n}", "create")) == 1, n
+    obstore.put(store, "races/cas", b"start")
+    for n in range(30):
+        e_tag = obstore.head(store, "races/cas")["e_tag"]
+        assert len(race("races/cas", {"e_tag": e_tag})) == 1, n
+
+
+def _gone(group: int, directory: str, within: float = 20.0) -> bool:
+    """Whether no process of ``group`` and no ``directory`` are left, waiting ``within`` s."""
+    import os
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            if not os.path.exists(directory):
+                return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_azurite_leaves_nothing_behind_even_when_its_parent_dies():
+    """Closed, or its parent killed: no process of Azurite's group, no temporary directory."""
+    import signal
+    import subprocess
+    import sys
+
+    from toolkit.testing import AzuriteServer
+    from toolkit.testing.servers import find_azurite
+
+    if find_azurite() is None:
+        pytest.skip("needs an extra: Azurite (npm install azurite, or ./dev test)")
+    with AzuriteServer() as az:
+        assert az._proc is not None and az._dir is not None
+        group, directory = az._proc.pid, az._dir
+        az.create_container("closing")
+    assert _gone(group, directory)
+
+    starter = (
+        "import sys, time\n"
+        "from toolkit.testing import AzuriteServer\n"
+        "az = AzuriteServer().__enter__()\n"
+        "print(az._proc.pid, az._dir, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        group_text, directory = parent.stdout.readline().split()
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no context exit: the keeper must notice
+        parent.wait(timeout=10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    assert _gone(int(group_text), directory)
