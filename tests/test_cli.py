@@ -464,3 +464,22 @@ def test_ingest_names_the_missing_extra_too(tmp_path, netcdf):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["netcdf", "True"], r.stderr
     assert not (tmp_path / "i.zarr").exists()
+
+
+def test_stats_per_group_from_the_command_line(tmp_path):
+    """Issue 31: toolkit stats STORE --groupby time.month (and --resample time=1D)."""
+    import toolkit
+
+    ds = make_dataset(nt=70, chunks={"time": 16})
+    store = tmp_path / "s.zarr"
+    toolkit.to_zarr(ds, store, progress=False)
+    r = run("stats", str(store), "--groupby", "time.month", "--stats", "count,mean", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    want = ds.a.groupby("time.month").mean(dim=...)
+    for month, value in zip(want.month.values, want.values, strict=True):
+        assert str(month) in r.stdout and f"{value:.4g}"[:5] in r.stdout
+    r = run("stats", str(store), "--resample", "time=1W", "--variables", "c", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "time" in r.stdout
+    r = run("stats", str(store), "--resample", "time", "--no-progress")
+    assert r.returncode == 2 and "DIM=FREQ" in r.stderr

@@ -263,6 +263,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--bins", type=int, default=None, help="histogram: number of equal bins")
     st.add_argument("--range", default=None, metavar="LOW,HIGH", help="histogram range")
     st.add_argument("--quantiles", default=None, metavar="Q,...", help="e.g. 0.05,0.5,0.95")
+    st.add_argument(
+        "--groupby",
+        action="append",
+        metavar="NAME",
+        help="statistics per group of a coordinate or a virtual one (time.month, time.season, "
+        "region); again for groups of several (month x region)",
+    )
+    st.add_argument(
+        "--resample",
+        action="append",
+        metavar="DIM=FREQ",
+        help="statistics per time bin, as xarray's resample: time=1D, time=MS",
+    )
     st.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
     st.add_argument("--rate", type=float, default=None, help="requests/s allowed")
     st.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
@@ -528,6 +541,23 @@ def _numbers(text: str | None, flag: str) -> list[float] | None:
         raise UsageError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def _groupby(args: argparse.Namespace) -> Any:
+    """``groupby=`` of :func:`toolkit.stats` from ``--groupby`` and ``--resample``."""
+    names: list[str] = args.groupby or []
+    if not args.resample:
+        return names[0] if len(names) == 1 else (names or None)
+    from xarray.groupers import TimeResampler, UniqueGrouper
+
+    groupers: dict[str, Any] = {}
+    for item in args.resample:
+        dim, sep, freq = item.partition("=")
+        if not sep or not dim.strip() or not freq.strip():
+            raise UsageError(f"--resample takes DIM=FREQ (time=1D), got {item!r}")
+        groupers[dim.strip()] = TimeResampler(freq.strip())
+    groupers.update({name: UniqueGrouper() for name in names})
+    return groupers
+
+
 def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
     """The statistics of ``args.store``: a table when everything was reduced."""
     from toolkit.stats.compute import stats, summary_table
@@ -543,6 +573,7 @@ def _stats(args: argparse.Namespace, opts: dict[str, Any] | None) -> str:
         bins=args.bins,
         bin_range=(bin_range[0], bin_range[1]) if bin_range else None,
         quantiles=_numbers(args.quantiles, "--quantiles"),
+        groupby=_groupby(args),
         throttle=_throttle(args),
         progress=not args.no_progress,
         storage_options=opts,
