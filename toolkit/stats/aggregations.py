@@ -598,21 +598,23 @@ class QuantileSketch:
         """
         ncells = math.prod(shape)
         codes, counts = p["codes"], p["counts"]
-        cell, buckets = np.divmod(codes, self.span)
-        n = np.bincount(cell, weights=counts, minlength=ncells).astype(_I8)
-        cum = np.cumsum(counts)
-        start = np.concatenate([[0], np.cumsum(n)[:-1]])
         out = np.full((ncells, len(qs)), np.nan)
-        has = n > 0
         if codes.size == 0:
             return out.reshape(*shape, len(qs))
+        cum = np.cumsum(counts)
+        # Codes are sorted, cell by cell: each cell's first code is found by
+        # bisection, and the values before it are a running count there.
+        first = np.searchsorted(codes, np.arange(ncells + 1, dtype=_I8) * self.span)
+        before = np.concatenate([[0], cum])[first]
+        start, n = before[:-1], np.diff(before)
+        has = n > 0
         for j, q in enumerate(qs):
             rank = q * (n[has] - 1)
             lo, hi = np.floor(rank), np.ceil(rank)
 
             def at(r: np.ndarray) -> np.ndarray:
                 pos = np.searchsorted(cum, start[has] + r.astype(_I8), side="right")
-                return np.asarray(self.value(buckets[pos] - self._inf), dtype=_F8)
+                return np.asarray(self.value(codes[pos] % self.span - self._inf), dtype=_F8)
 
             out[has, j] = _lerp(at(lo), at(hi), rank - lo)
         return out.reshape(*shape, len(qs))
