@@ -313,7 +313,10 @@ class MetricsStore(InterceptStore):
     the store would count them. With ``track_keys``, the keys written or
     deleted successfully are collected (a write's record of what landed).
     Unlike the other wrappers, it keeps zarr's synchronous fast paths for local
-    stores, and counts those too.
+    stores, and counts those too. Being innermost, it is also the gate of a
+    failing write: after :meth:`abort`, nothing more is sent (requests raise
+    ``RequestAbortedError``), and :meth:`wait_idle` waits until no request is
+    still at the store.
 
     Parameters
     ----------
@@ -327,10 +330,6 @@ class MetricsStore(InterceptStore):
         Count into this process's running totals for ``scope``
         (:func:`toolkit.io.metrics.process_metrics`) instead; a copy unpickled in
         another process counts into that process's totals.
-
-    Being innermost, it is also the gate of a failing write: after
-    :meth:`abort`, nothing more is sent (requests raise ``RequestAbortedError``), and
-    :meth:`wait_idle` waits until no request is still at the store.
     """
 
     def __init__(
