@@ -473,7 +473,8 @@ def test_stats_per_group_from_the_command_line(tmp_path):
     ds = make_dataset(nt=70, chunks={"time": 16})
     store = tmp_path / "s.zarr"
     toolkit.to_zarr(ds, store, progress=False)
-    r = run("stats", str(store), "--groupby", "time.month", "--stats", "count,mean", "--no-progress")
+    r = run("stats", str(store), "--groupby", "time.month", "--stats", "count,mean",
+            "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr
     want = ds.a.groupby("time.month").mean(dim=...)
     for month, value in zip(want.month.values, want.values, strict=True):

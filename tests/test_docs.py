@@ -105,7 +105,6 @@ def _text(page: str) -> str:
 # paragraph after the last "Parameters" entry, which numpydoc reads as more parameters
 # (the fix: move it above the section, or under a "Notes" heading).
 ROLES_SHOWN_ELSEWHERE = {
-    "reference/generated/toolkit.testing.FaultProxy.html",  # toolkit/testing/servers.py
 }
 
 

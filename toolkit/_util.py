@@ -15,6 +15,8 @@ import zarr
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 
+from toolkit.errors import MissingExtraError
+
 __all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine", "zarr_concurrency"]
 
 
@@ -142,8 +144,6 @@ def need_netcdf_engine(path: str | os.PathLike[str]) -> None:
     naming nothing to install. Told by the name, or for a local file by its
     first bytes (HDF5's or classic netCDF's signature).
     """
-    from toolkit.errors import MissingExtraError
-
     text = os.fspath(path)
     if (_installed("h5netcdf") and _installed("h5py")) or _installed("netCDF4"):
         return

@@ -601,6 +601,8 @@ class FaultProxy:
         order; ``kind`` is ``"reset"``, ``"error"``, ``"throttled"``, ``"lost"``
         (with the server's status: ``"lost 200"``) or ``"stalled"``.
 
+    Notes
+    -----
     :meth:`ledger` records every request with its start and end, from which
     :mod:`toolkit.testing.ledger` derives the serial round trips of an operation.
     """
