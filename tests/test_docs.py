@@ -101,23 +101,17 @@ def _text(page: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", page))
 
 
-# Pages whose docstring shows a role as text, in files this test's owners do not edit: a
-# paragraph after the last "Parameters" entry, which numpydoc reads as more parameters
-# (the fix: move it above the section, or under a "Notes" heading).
-ROLES_SHOWN_ELSEWHERE = {
-}
-
-
 def test_no_myst_or_rst_role_shows_as_text(docs_site: Path) -> None:
     # A mistyped role ("{func}{func}`x`", or reST's ":func:`x`" on a MyST page) is not an
-    # error to Sphinx: it shows its markup as text beside the link.
+    # error to Sphinx: it shows its markup as text beside the link. Nor is a paragraph after
+    # a docstring's last "Parameters" entry, which numpydoc reads as one more parameter.
     role = r"(?:\{|:)(?:func|class|meth|mod|attr|doc|ref|obj|exc|data|term)(?:\}|:`)"
     shown = {}
     for page in _pages(docs_site):
         found = re.findall(role, _text(page.read_text()))
         if found:
             shown[page.relative_to(docs_site).as_posix()] = found
-    assert set(shown) <= ROLES_SHOWN_ELSEWHERE, shown
+    assert shown == {}
     for guide in ("writes", "reads"):  # where the issue saw "{func}" before 9 links
         page = (docs_site / "user-guide" / f"{guide}.html").read_text()
         assert "{func}" not in _text(page) and 'href="../reference/generated/toolkit.' in page
