@@ -495,12 +495,12 @@ class QuantileSketch:
         return self._count(cell.astype(_I8), b, math.prod(slab.kept_shape))
 
     def block(self, x: np.ndarray, axes: tuple[int, ...]) -> Partial:
-        """The state of a whole block, its values sorted per cell.
+        """The state of a whole block: the same as :meth:`chunk`'s, without slabs to merge.
 
-        The same state as :meth:`chunk`'s, without slabs to merge: each cell's
-        row of values is sorted on its own (many short sorts are several
-        times faster than one sort of every code), or, when the block's
-        buckets are few against its values, counted without sorting.
+        The (cell, bucket) pairs are counted without sorting when the block's
+        distinct buckets are few against its values (see :meth:`_count`);
+        otherwise each cell's row of buckets is sorted on its own (many
+        short sorts are several times faster than one sort of every code).
         """
         kept = [a for a in range(x.ndim) if a not in axes]
         ncells = math.prod(x.shape[a] for a in kept)
@@ -508,21 +508,25 @@ class QuantileSketch:
         rows = np.moveaxis(x, kept, list(range(len(kept)))).reshape(ncells, size)
         v = rows.astype(_F8)  # a copy: NaN are overwritten below
         nan = np.isnan(v) if x.dtype.kind == "f" else None
+        if nan is not None and not nan.any():
+            nan = None
         if nan is not None:
             v[nan] = 0.0
         b = self.bucket(v) + self._inf
         if nan is not None:
             b[nan] = self.span  # after every bucket of the row: cut off below
-        lo, hi = (int(b.min()), int(min(b.max(), self.span - 1))) if b.size else (0, 0)
-        if ncells * (hi - lo + 1) <= 4 * b.size + 4096:
-            cell = np.broadcast_to(np.arange(ncells, dtype=_I8)[:, None], b.shape).ravel()
-            b = b.ravel()
-            ok = b < self.span
-            return self._count(cell[ok], b[ok], ncells, lo, hi)
+        if b.size == 0:
+            return {"codes": np.zeros(0, _I8), "counts": np.zeros(0, _I8), "cells": ncells}
+        flat = b.ravel()
+        cell = np.repeat(np.arange(ncells, dtype=_I8), size)
+        if nan is not None:
+            ok = flat < self.span
+            cell, flat = cell[ok], flat[ok]
+        dense = self._dense(cell, flat, ncells)
+        if dense is not None:
+            return dense
         b.sort(axis=1)
         key = (np.arange(ncells, dtype=_I8)[:, None] * (self.span + 1) + b).ravel()
-        if key.size == 0:
-            return {"codes": key, "counts": key.copy(), "cells": ncells}
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         counts = np.diff(np.r_[first, key.size]).astype(_I8)
         bucket = key[first] % (self.span + 1)
@@ -530,42 +534,43 @@ class QuantileSketch:
         codes = (key[first] // (self.span + 1)) * self.span + bucket
         return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
 
-    def _count(
-        self,
-        cell: np.ndarray,
-        b: np.ndarray,
-        ncells: int,
-        lo: int | None = None,
-        hi: int | None = None,
-        weights: np.ndarray | None = None,
-    ) -> Partial:
-        """Sorted codes and their counts of (cell, bucket) pairs (each weighted by ``weights``)."""
-        if b.size and lo is None:
-            lo, hi = int(b.min()), int(b.max())
-        if b.size and hi is not None and lo is not None:
-            width = hi - lo + 1
-            if ncells * width <= 4 * b.size + 4096:
-                # Few buckets against the values: counted in place of a sort.
-                dense = np.bincount(cell * width + (b - lo), weights=weights,
-                                    minlength=ncells * width)  # fmt: skip
-                nz = np.flatnonzero(dense)
-                return {
-                    "codes": (nz // width) * self.span + (nz % width + lo),
-                    "counts": np.asarray(dense[nz], dtype=_I8),
-                    "cells": ncells,
-                }
-        codes = cell * self.span + b
-        if weights is None:
-            codes, counts = np.unique(codes, return_counts=True)
-            return {"codes": codes, "counts": counts.astype(_I8), "cells": ncells}
-        order = np.argsort(codes, kind="stable")
-        codes, weights = codes[order], weights[order]
-        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else codes
+    def _dense(
+        self, cell: np.ndarray, b: np.ndarray, ncells: int, weights: np.ndarray | None = None
+    ) -> Partial | None:
+        """Sorted codes and counts of (cell, bucket) pairs, counted instead of sorted.
+
+        The distinct buckets present are numbered in order (a count over the
+        buckets' range, at most ``span``), so (cell, number) indexes a dense
+        table that is counted in one pass, and its non-zero entries come out
+        in code order. None when that table would be large against the
+        pairs (many cells with few values each, in buckets far apart).
+        """
+        if b.size == 0:
+            return None
+        lo = int(b.min())
+        seen = np.bincount(b - lo) > 0
+        present = np.flatnonzero(seen)
+        width = present.size
+        if ncells * width > 4 * b.size + 4096:
+            return None
+        rank = np.cumsum(seen) - 1
+        table = np.bincount(cell * width + rank[b - lo], weights=weights,
+                            minlength=ncells * width)  # fmt: skip
+        nz = np.flatnonzero(table)
+        cells, which = np.divmod(nz, width)
         return {
-            "codes": codes[first],
-            "counts": np.add.reduceat(weights, first).astype(_I8) if codes.size else weights,
+            "codes": cells * self.span + present[which] + lo,
+            "counts": np.asarray(table[nz], dtype=_I8),  # float64 weights: exact below 2**53
             "cells": ncells,
         }
+
+    def _count(self, cell: np.ndarray, b: np.ndarray, ncells: int) -> Partial:
+        """Sorted codes and counts of (cell, bucket) pairs."""
+        dense = self._dense(cell, b, ncells)
+        if dense is not None:
+            return dense
+        codes, counts = np.unique(cell * self.span + b, return_counts=True)
+        return {"codes": codes, "counts": counts.astype(_I8), "cells": ncells}
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
         codes = np.concatenate([p["codes"] for p in parts])
@@ -573,21 +578,14 @@ class QuantileSketch:
         ncells = parts[0]["cells"]
         if codes.size == 0:
             return {"codes": codes, "counts": counts, "cells": ncells}
-        # Buckets span a narrow window in every cell: (cell, bucket - lowest) codes
-        # are dense enough to be counted, not sorted, when they are few enough.
         cell, b = np.divmod(codes, self.span)
-        lo, hi = int(b.min()), int(b.max())
-        if ncells * (hi - lo + 1) <= 4 * codes.size + 4096:
-            # float64 weights: exact sums of counts below 2**53.
-            return self._count(cell, b, ncells, lo, hi, weights=counts.astype(_F8))
+        dense = self._dense(cell, b, ncells, weights=counts.astype(_F8))
+        if dense is not None:
+            return dense
         order = np.argsort(codes, kind="stable")
         codes, counts = codes[order], counts[order]
         first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        return {
-            "codes": codes[first],
-            "counts": np.add.reduceat(counts, first),
-            "cells": ncells,
-        }
+        return {"codes": codes[first], "counts": np.add.reduceat(counts, first), "cells": ncells}
 
     def quantiles(self, p: Partial, qs: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
         """Estimates of quantiles ``qs`` per cell (NaN for empty cells), shape ``shape + (q,)``.
