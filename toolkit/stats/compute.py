@@ -230,7 +230,10 @@ def stats(
             hist_edges[name] = _data_edges(name, int(bins), lo, hi)  # type: ignore[arg-type]
         first = first.drop_vars([_out_name(n, s, single) for n in chosen for s in extra])
         second = _compute(build(["histogram"], hist_edges), progress, "stats (pass 2 of 2)")
-        result = xr.merge([first, second], combine_attrs="override")
+        # (The same coordinates in both: said, so that xarray does not warn.)
+        result = xr.merge(
+            [first, second], compat="no_conflicts", join="exact", combine_attrs="override"
+        )
         result = result[[_out_name(n, s, single) for n in chosen for s in names]]
     else:
         result = build(names, dict.fromkeys(chosen, edges) if edges is not None else {})
