@@ -604,7 +604,7 @@ class FaultProxy:
     Notes
     -----
     :meth:`ledger` records every request with its start and end, from which
-    :mod:`toolkit.testing.ledger` derives the serial round trips of an operation.
+    ``toolkit.testing.ledger`` derives the serial round trips of an operation.
     """
 
     def __init__(
