@@ -718,19 +718,43 @@ def summary_table(result: xr.Dataset) -> str | None:
     --------  ---------  ------  ----------------------
     t2m       1,500,000  750000                  751932
     """
-    rows: dict[str, dict[str, str]] = {}
+    # Grouped results (``groupby=``) reduced to one value per group: a row per group too.
+    groups = [str(d) for d in result.dims if d != "quantile"] if "groupby" in result.attrs else []
+    if math.prod(result.sizes[d] for d in groups) > _MAX_TABLE_ROWS:
+        return None
+    rows: dict[tuple[Any, ...], dict[str, str]] = {}
     for var in result.data_vars.values():
-        row = rows.setdefault(var.attrs["variable"], {"variable": var.attrs["variable"]})
-        if var.dims == ():
-            row[var.attrs["statistic"]] = _cell(var.values)
-        elif var.dims == ("quantile",):
+        vgroups = [d for d in groups if d in var.dims]
+        if set(map(str, var.dims)) - {*vgroups, "quantile"} or len(vgroups) != len(groups):
+            return None  # a map, a series or a histogram
+        ordered = var.transpose(*vgroups, *(["quantile"] if "quantile" in var.dims else []))
+        for at in np.ndindex(*(result.sizes[d] for d in vgroups)):
+            labels = tuple(_label(result[d].values[i]) for d, i in zip(vgroups, at, strict=True))
+            name = var.attrs["variable"]
+            row = rows.setdefault(
+                (name, *labels), {"variable": name, **dict(zip(vgroups, labels, strict=True))}
+            )
+            values = ordered.values[at]
+            if "quantile" not in var.dims:
+                row[var.attrs["statistic"]] = _cell(values)
+                continue
             approx = " (approx.)" if var.attrs.get("approximate") else ""
-            for q, value in zip(var["quantile"].values, var.values, strict=True):
+            for q, value in zip(var["quantile"].values, values, strict=True):
                 row[f"quantile {q:g}{approx}"] = _cell(value)
-        else:
-            return None
     columns = list(dict.fromkeys(c for row in rows.values() for c in row))
     return text_table([{c: row.get(c, "-") for c in columns} for row in rows.values()])
+
+
+#: Groups beyond which a grouped result is printed as its Dataset, not as a table.
+_MAX_TABLE_ROWS = 1_000
+
+
+def _label(value: Any) -> str:
+    """A group's label as a table shows it (a day for a daily bin, not nanoseconds)."""
+    if isinstance(value, np.datetime64):
+        text = str(value)
+        return text.split("T")[0] if text.endswith("T00:00:00.000000000") else text
+    return str(value)
 
 
 def _cell(value: Any) -> str:
