@@ -487,3 +487,23 @@ def test_stats_per_group_from_the_command_line(tmp_path):
     assert "time" in r.stdout
     r = run("stats", str(store), "--resample", "time", "--no-progress")
     assert r.returncode == 2 and "DIM=FREQ" in r.stderr
+
+
+def test_overwrite_replaces_a_zarr_store_only(tmp_path, netcdf):
+    """A hostile first hour: `copy x.nc . --overwrite` in a directory of other files deleted them."""
+    src, _ = netcdf
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    for target in (home, tmp_path / "home"):
+        r = run("copy", str(src), str(target), "--overwrite", "--no-progress")
+        assert r.returncode == 2 and "not a Zarr store" in r.stderr and "thesis.tex" in r.stderr
+    r = run("demo", "--size", "1MB", "--workers", "0", "--out", str(home), "--no-progress")
+    assert r.returncode == 2 and "not a Zarr store" in r.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+    assert (home / "thesis.tex").read_text() == "years of work"
+    # A Zarr store (even one a killed write left half written) is replaced as before.
+    dst = tmp_path / "x.zarr"
+    assert run("copy", str(src), str(dst), "--no-progress").returncode == 0
+    r = run("copy", str(src), str(dst), "--overwrite", "--no-progress")
+    assert r.returncode == 0, r.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import html
 import math
+import re
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
@@ -938,6 +939,18 @@ class _Placement:
     explicit: bool = False
 
 
+_ZARR_DOCUMENTS = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
+_V2_CHUNK = re.compile(r"\d+([./]\d+)*")
+
+
+def _zarr_key(key: str) -> bool:
+    """Whether a key can be part of a Zarr store (or of toolkit's state in one)."""
+    parts = key.split("/")
+    if ".toolkit" in parts or parts[-1] in _ZARR_DOCUMENTS or "c" in parts[:-1]:
+        return True
+    return parts[-1] == "c" or _V2_CHUNK.fullmatch(parts[-1]) is not None
+
+
 def _check_target(
     zstore: Store,
     group: str | None,
@@ -960,6 +973,16 @@ def _check_target(
             + " and mode='w-' never overwrites; use mode='w' to replace it, mode='a' to "
             "add variables, or append_dim/region"
         )
+    if mode == "w" and existing is None:
+        foreign = [k for k in group_contents(zstore, group, limit=200) if not _zarr_key(k)]
+        if foreign:
+            # mode="w" replaces a Zarr store; a directory or bucket of other files is not one
+            # (`copy x.nc . --overwrite` in a home directory must not delete it).
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ExistingStoreError(
+                f"{display_store(zstore)} holds files that are not a Zarr store ({shown}); "
+                "only a Zarr store is replaced: choose a new or empty path for the target"
+            )
     if mode == "r+" and existing is None:
         raise PlanError(
             f"mode='r+' needs an existing Zarr group at {display_store(zstore)}; "
