@@ -295,8 +295,10 @@ def test_missing_credentials_are_one_line_exit_2(moto_process, client):
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("toolkit inspect: error:") and "Debug" not in line
     assert "--profile" in line and "--anon" in line and "AWS_ACCESS_KEY_ID" in line
-    r = run_env(env, "--traceback", "inspect", f"s3://{bucket}/x.zarr", "--client", client)
-    assert r.returncode == 1 and "Traceback" in r.stderr  # the whole story, when asked
+    r = run_env(env, "inspect", f"s3://{bucket}/x.zarr", "--client", client, "--traceback")
+    assert r.returncode == 2 and "Traceback" in r.stderr  # the whole story, when asked
+    r = run_env(env, "verify", f"s3://{bucket}/x.zarr", "--client", client)
+    assert r.returncode == 2 and "--profile" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("client", ["obstore", "s3fs"])
@@ -490,7 +492,7 @@ def test_stats_per_group_from_the_command_line(tmp_path):
 
 
 def test_overwrite_replaces_a_zarr_store_only(tmp_path, netcdf):
-    """A hostile first hour: `copy x.nc . --overwrite` in a directory of other files deleted them."""
+    """A hostile first hour: `copy x.nc . --overwrite` in a home directory deleted its files."""
     src, _ = netcdf
     home = tmp_path / "home"
     home.mkdir()
@@ -507,3 +509,27 @@ def test_overwrite_replaces_a_zarr_store_only(tmp_path, netcdf):
     assert run("copy", str(src), str(dst), "--no-progress").returncode == 0
     r = run("copy", str(src), str(dst), "--overwrite", "--no-progress")
     assert r.returncode == 0, r.stderr
+
+
+def test_what_a_hostile_first_hour_found(tmp_path, netcdf, moto_process):
+    """One line and the documented status for what a hostile first-hour run tripped on."""
+    src, _ = netcdf
+    dst = str(tmp_path / "x.zarr")
+    cases = [
+        (("copy", str(src), dst, "--bogus"), "unrecognized arguments"),  # argparse: one line
+        (("rechunk", str(src), dst), "--chunks"),
+        (("copy", str(src), str(src), str(src), dst), "toolkit ingest"),  # an unquoted glob
+        (("copy", str(tmp_path / "missing.nc"), dst), "no source at"),
+        (("copy", str(src), dst, "--chunks", "time=24,time=12"), "twice"),
+        (("copy", str(src), "s3://b/x.zarr", "--endpoint-url", "127.0.0.1:9"), "no scheme"),
+        (("verify", str(tmp_path / "missing.zarr"), "--traceback"), "no store at"),
+    ]
+    for argv, says in cases:
+        r = run(*argv)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        if "--traceback" in argv:
+            assert r.returncode == 2 and "Traceback" in r.stderr and says in r.stderr
+            continue
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(lines) == 1 and says in lines[0], (argv, r.stderr)
+    assert not (tmp_path / "x.zarr").exists()

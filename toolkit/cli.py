@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from toolkit.errors import UsageError
 
@@ -36,6 +36,8 @@ def _dim_sizes(items: Sequence[str] | None, flag: str) -> dict[Hashable, int]:
             dim, sep, n = part.partition("=")
             if not sep or not n.strip().isdigit() or int(n) < 1:
                 raise UsageError(f"{flag} takes dim=N with N >= 1, got {part!r}")
+            if dim.strip() in out and out[dim.strip()] != int(n):
+                raise UsageError(f"{flag} gives {dim.strip()!r} twice ({out[dim.strip()]} and {n})")
             out[dim.strip()] = int(n)
     return out
 
@@ -55,9 +57,9 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _store_options() -> argparse.ArgumentParser:
+def _store_options() -> _Parser:
     """The object-store flags every command takes, for each store it touches."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     g = p.add_argument_group(
         "object stores",
         "for s3://, gs:// and az:// URLs (every store the command touches; local paths ignore "
@@ -135,8 +137,15 @@ def _merged_dims(argv: list[str]) -> list[str]:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="toolkit",
         description="Chunk-safe parallel Zarr writes and aligned reads for xarray and dask.",
         epilog="exit status: "
@@ -313,8 +322,23 @@ def _throttle(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (:data:`EXIT_CODES`)."""
-    args = _parser().parse_args(_merged_dims(list(sys.argv[1:] if argv is None else argv)))
-    debug = args.traceback or os.environ.get("TOOLKIT_DEBUG", "").lower() in ("1", "true", "yes")
+    words = list(sys.argv[1:] if argv is None else argv)
+    # --traceback is taken before or after the command's name.
+    debug = "--traceback" in words or os.environ.get("TOOLKIT_DEBUG", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    words = [w for w in words if w != "--traceback"]
+    args, extra = _parser().parse_known_args(_merged_dims(words))
+    if extra:
+        hint = "; for many source files, use toolkit ingest" if args.command == "copy" else ""
+        print(
+            f"toolkit {args.command}: error: unrecognized arguments: {' '.join(extra)}{hint} "
+            f"(see toolkit {args.command} --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return _run(args)
     except KeyboardInterrupt:
@@ -324,12 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"toolkit {args.command}: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     except Exception as e:
+        code, text = _explain(e)
         if debug:
             import traceback
 
             traceback.print_exc()
-            return 1
-        code, text = _explain(e)
+            return code
         print(f"toolkit {args.command}: error: {_cli_words(text)}", file=sys.stderr)
         return code
 
@@ -475,6 +499,7 @@ _EXTRAS = {
 def _explain(e: BaseException) -> tuple[int, str]:
     """The exit status and one line for an error: what went wrong and what to do."""
     from toolkit import errors as err
+    from toolkit.io.wrappers import ACCESS_HINT, refused
 
     data = (
         err.CorruptChunkError,
@@ -496,6 +521,8 @@ def _explain(e: BaseException) -> tuple[int, str]:
         return 2, str(err.MissingExtraError("this command", module, _EXTRAS[module]))
     if isinstance(e, err.StoreAccessError | PermissionError):
         return 2, _one_line(e)
+    if refused(e):  # a client's own "no credentials", met outside toolkit's retries
+        return 2, f"{type(e).__name__}: {_one_line(e)}. {ACCESS_HINT}"
     if isinstance(e, err.ToolkitError | FileNotFoundError | NotADirectoryError | ValueError):
         return 2, _one_line(e)
     return 1, f"{type(e).__name__}: {_one_line(e)} (rerun with --traceback to see where)"

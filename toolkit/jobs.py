@@ -128,6 +128,8 @@ def copy(
     if src.rstrip("/") == str(dst).rstrip("/"):
         raise PlanError("copy source and target are the same; choose another target")
     src_opts = dict(source_storage_options or {})
+    if "://" not in src and not os.path.exists(src):
+        raise FileNotFoundError(f"no source at {src}")
     try:
         lazy = _open_source(src, src_opts)
     except (FileNotFoundError, MissingExtraError):

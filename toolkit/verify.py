@@ -28,6 +28,7 @@ from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
 from toolkit.io.stores import StoreLike, resolve_store, store_label
+from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
 from toolkit.state.manifest import is_metadata, read_manifest
@@ -283,9 +284,10 @@ def verify(
 
 
 _NO_MANIFEST = (
-    "the store holds no manifest: toolkit writes leave one (every to_zarr, append, "
-    "partition overwrite, region write, ingest and copy since toolkit 0.2); compare the "
-    "store with its source instead: toolkit.verify(source, store) (CLI: verify SRC DST)"
+    "the store holds no manifest (every toolkit write leaves one: to_zarr, append, "
+    "partition overwrite, region write, ingest, copy, rechunk; this store was written "
+    "otherwise); compare it with its source instead: toolkit.verify(source, store) "
+    "(CLI: toolkit verify SRC STORE)"
 )
 
 
@@ -306,7 +308,8 @@ def _verify_manifest(
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    store = wrap_store(_readonly(target, storage_options), None)
+    url = target if isinstance(target, str) else None
+    store = wrap_store(_readonly(target, storage_options), Throttle.for_url(url) if url else None)
     label = store_label(target)
     manifest = read_manifest(store)
     if not manifest:
@@ -380,7 +383,9 @@ def _readonly(target: StoreLike, storage_options: Mapping[str, Any] | None = Non
         raise FileNotFoundError(f"no store at {os.fspath(target)}")  # type: ignore[arg-type]
     store = resolve_store(target, storage_options=storage_options)
     store = store if store.read_only else store.with_read_only(True)
-    if not local and isinstance(target, str) and not _holds_anything(store):
+    # Through the URL's retries: a client's refusal arrives as toolkit's error.
+    remote = not local and isinstance(target, str)
+    if remote and not _holds_anything(wrap_store(store, Throttle.for_url(str(target)))):
         raise FileNotFoundError(f"no store at {target}")
     return store
 

@@ -134,12 +134,21 @@ def open_url(
         raise ValueError(f"storage_options client= is 'obstore' or 's3fs', got {client!r}")
     if scheme in ("s3", "s3a"):
         opts = _s3fs_timeouts(opts)
+        endpoint = s3_endpoint_from_environment()
+        if endpoint and not (opts.get("endpoint_url") or _kwargs_endpoint(opts)):
+            # botocore reads AWS_ENDPOINT_URL itself, not object_store's AWS_ENDPOINT.
+            opts["endpoint_url"] = endpoint
     if in_flight is None:
         return FsspecStore.from_url(url, storage_options=opts)
     if scheme in ("s3", "s3a"):
         opts = _s3fs_defaults(opts, in_flight)
     # A filesystem of toolkit's own, trying once: not the one fsspec shares with others.
     return quiet_copy(FsspecStore.from_url(url, storage_options=opts))
+
+
+def _kwargs_endpoint(opts: Mapping[str, Any]) -> Any:
+    kwargs = opts.get("client_kwargs")
+    return kwargs.get("endpoint_url") if isinstance(kwargs, Mapping) else None
 
 
 def _s3fs_timeouts(opts: dict[str, Any]) -> dict[str, Any]:
@@ -258,6 +267,12 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
         region = bucket_region(url.split("://", 1)[1].split("/", 1)[0])
         if region:
             config["region"] = region
+    if endpoint and "://" not in endpoint:
+        # object_store would panic on its first request (a Rust panic, not an error).
+        raise ValueError(
+            f"the endpoint {endpoint!r} has no scheme: write http://{endpoint} or "
+            f"https://{endpoint}"
+        )
     if endpoint.startswith("http://") or _truthy(os.environ.get("AWS_ALLOW_HTTP")):
         client_options.setdefault("allow_http", True)
     if "skip_signature" in config:

@@ -59,6 +59,7 @@ from toolkit.io.throttle import (
 )
 
 __all__ = [
+    "ACCESS_HINT",
     "DigestStore",
     "InterceptStore",
     "MetadataBuffer",
@@ -67,6 +68,7 @@ __all__ = [
     "SharedRemoteBudget",
     "ThrottleStore",
     "digest",
+    "refused",
     "without_client_retries",
     "wrap_store",
 ]
@@ -721,13 +723,13 @@ class RetryStore(_PolicyStore):
                 "max_retry_seconds in toolkit.Throttle"
             )
         status, _ = http_status(e)
-        if isinstance(e, PermissionError) or status in (401, 403) or _refused(e):
-            said = re.split(r"[.;] ", self._brief(e), maxsplit=1)[0][:200]
+        if isinstance(e, PermissionError) or status in (401, 403) or refused(e):
+            said = re.split(r"[.;] ", self._brief(e), maxsplit=1)[0][:120]
             return StoreAccessError(
                 f"{where}: {op} was refused"
                 + (f" (HTTP {status})" if status else "")
                 + f": {type(e).__name__}: {said}. "
-                + _ACCESS_HINT
+                + ACCESS_HINT
             )
         if status is not None and 400 <= status < 500 and status != 404:
             return StoreRequestError(
@@ -756,15 +758,16 @@ _REFUSALS = frozenset(
         "ProfileNotFound",
     }
 )
-_ACCESS_HINT = (
-    "Credentials are missing or wrong, or lack permission: give them as the AWS CLI reads "
-    "them (AWS_PROFILE, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws/credentials), "
-    "as storage_options (profile=, key= and secret=; CLI: --profile, -o key=...), or read "
-    "public data with anon=True (CLI: --anon)"
+ACCESS_HINT = (
+    "Give credentials as the AWS CLI reads them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials) or in the options (CLI: --profile NAME, "
+    "-o key=... -o secret=...; Python: storage_options), or read public data anonymously "
+    "(CLI: --anon; Python: storage_options={'anon': True})"
 )
+"""What to do when a store refuses access for want of credentials (said by every refusal)."""
 
 
-def _refused(exc: BaseException) -> bool:
+def refused(exc: BaseException) -> bool:
     """Whether a client refused for want of credentials (no HTTP status to tell it by)."""
     e: BaseException | None = exc
     seen: set[int] = set()
