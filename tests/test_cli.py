@@ -533,3 +533,9 @@ def test_what_a_hostile_first_hour_found(tmp_path, netcdf, moto_process):
         assert r.returncode == 2, (argv, r.stderr)
         assert len(lines) == 1 and says in lines[0], (argv, r.stderr)
     assert not (tmp_path / "x.zarr").exists()
+    env = _env(AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s")
+    for client in ("obstore", "s3fs"):  # obstore quoted S3's XML error body whole
+        r = run_env(env, "copy", str(src), "s3://no-such-bucket/x.zarr", "--client", client)
+        (line,) = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "bucket does not exist" in line and "<Error>" not in line
+        assert "create the bucket first" in line

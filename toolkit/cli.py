@@ -556,6 +556,8 @@ def _cli_words(text: str) -> str:
         text = pattern.sub(words, text)
     if "already holds data" in text and "--overwrite" not in text:
         text += "; pass --overwrite to replace it"
+    if "bucket does not exist" in text:
+        text += " (create the bucket first, or check its name, --endpoint-url and --region)"
     return text
 
 

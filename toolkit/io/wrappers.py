@@ -741,10 +741,18 @@ class RetryStore(_PolicyStore):
         return e
 
     def _brief(self, e: Exception) -> str:
-        # obstore appends a multi-line "Debug source:" dump of its request state.
-        return redact(str(e).split("\n\nDebug source", 1)[0], self._store)
+        # obstore appends a multi-line "Debug source:" dump of its request state, and quotes
+        # S3's XML error body whole: its code and message are what a person reads.
+        text = str(e).split("\n\nDebug source", 1)[0]
+        code, message = _XML_CODE.search(text), _XML_MESSAGE.search(text)
+        if code and message:
+            text = f"{_XML_BODY.sub('', text).strip()} {code[1]}: {message[1]}"
+        return redact(text, self._store)
 
 
+_XML_CODE = re.compile(r"<Code>([^<]*)</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]*)</Message>")
+_XML_BODY = re.compile(r"(?s)<\?xml.*?</Error>|<Error>.*?</Error>")
 #: The modules of the clients' exception types (wrapped in toolkit's when final).
 _CLIENTS = frozenset({"obstore", "botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3"})
 #: The clients' names for "no or bad credentials", found anywhere along an error's causes.
