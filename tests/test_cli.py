@@ -523,6 +523,7 @@ def test_what_a_hostile_first_hour_found(tmp_path, netcdf, moto_process):
         (("copy", str(src), dst, "--chunks", "time=24,time=12"), "twice"),
         (("copy", str(src), "s3://b/x.zarr", "--endpoint-url", "127.0.0.1:9"), "no scheme"),
         (("verify", str(tmp_path / "missing.zarr"), "--traceback"), "no store at"),
+        (("inspect", "s3://b/x.zarr", "-o", "foo=bar", "--client", "s3fs"), "-o"),
     ]
     for argv, says in cases:
         r = run(*argv)

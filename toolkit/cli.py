@@ -525,6 +525,9 @@ def _explain(e: BaseException) -> tuple[int, str]:
         return 2, f"{type(e).__name__}: {_one_line(e)}. {ACCESS_HINT}"
     if isinstance(e, err.ToolkitError | FileNotFoundError | NotADirectoryError | ValueError):
         return 2, _one_line(e)
+    if isinstance(e, TypeError) and "unexpected keyword argument" in str(e):
+        # A storage option the client does not know (-o NAME=...).
+        return 2, f"{_one_line(e)}: an option (-o) the store's client does not take"
     return 1, f"{type(e).__name__}: {_one_line(e)} (rerun with --traceback to see where)"
 
 
@@ -545,6 +548,7 @@ _CLI_WORDS = (
     (re.compile(r"mode='w' \(CLI: --overwrite\)"), "--overwrite"),
     (re.compile(r"mode='w-' never overwrites"), "nothing is replaced without --overwrite"),
     (re.compile(r"use mode='w'"), "pass --overwrite"),
+    (re.compile(r", or raise max_retries / max_retry_seconds in toolkit\.Throttle"), ""),
     (re.compile(r"\bconcat_dim="), "--concat-dim "),
     (re.compile(r"\bmax_mem="), "--max-mem "),
     (re.compile(r"in storage_options|storage_options="), "with --profile, --anon or -o KEY=VALUE"),
