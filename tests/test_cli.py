@@ -540,3 +540,25 @@ def test_what_a_hostile_first_hour_found(tmp_path, netcdf, moto_process):
         (line,) = r.stderr.strip().splitlines()
         assert r.returncode == 2 and "bucket does not exist" in line and "<Error>" not in line
         assert "create the bucket first" in line
+
+
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_a_profile_gives_credentials_and_the_endpoint(moto_process, netcdf, tmp_path, client):
+    """A profile in ~/.aws that sets endpoint_url: s3fs honoured it, obstore went to AWS."""
+    src, _ = netcdf
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    (home / ".aws" / "config").write_text(
+        f"[profile research]\nregion = us-east-1\nendpoint_url = {moto_process}\n"
+    )
+    (home / ".aws" / "credentials").write_text(
+        "[research]\naws_access_key_id = k\naws_secret_access_key = s\n"
+    )
+    bucket = _bucket(moto_process, f"profile-{client}")
+    env = {**_env(), "HOME": str(home)}
+    url = f"s3://{bucket}/x.zarr"
+    flags = ["--profile", "research", "--client", client]
+    r = run_env(env, "copy", str(src), url, *flags, "--no-progress", timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = run_env(env, "verify", str(src), url, *flags, "--no-progress", timeout=120)
+    assert r.returncode == 0 and "equal" in r.stdout, r.stderr

@@ -258,7 +258,7 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     if scheme == "s3" and not endpoint:
         # The AWS CLI's and botocore's variables (MinIO, moto, Ceph are set up this way):
         # said to obstore explicitly, so that allow_http and the region follow from it.
-        endpoint = s3_endpoint_from_environment() or ""
+        endpoint = s3_endpoint_from_environment() or _profile_endpoint(profile) or ""
         if endpoint:
             config["endpoint"] = endpoint
     if scheme == "s3" and not endpoint and not _region_given(config):
@@ -473,6 +473,23 @@ def _botocore_session(profile: str | None) -> Any:
         if profile not in _SESSIONS:
             _SESSIONS[profile] = botocore.session.Session(profile=profile)
         return _SESSIONS[profile]
+
+
+def _profile_endpoint(profile: str | None) -> str | None:
+    """The S3 endpoint a profile of ``~/.aws/config`` sets (``endpoint_url``), as botocore reads it.
+
+    s3fs gets it from botocore; object_store reads no profile, so it is said to it.
+    """
+    if importlib.util.find_spec("botocore") is None:
+        return None
+    try:
+        config = _botocore_session(profile or os.environ.get("AWS_PROFILE")).get_scoped_config()
+    except Exception:  # no such profile, no config file: botocore's chain says so later
+        return None
+    s3 = config.get("s3")
+    nested = s3.get("endpoint_url") if isinstance(s3, Mapping) else None
+    found = nested or config.get("endpoint_url")
+    return str(found) if found else None
 
 
 def _region_given(config: Mapping[str, Any]) -> bool:
