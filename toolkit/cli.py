@@ -560,6 +560,12 @@ def _cli_words(text: str) -> str:
         text = pattern.sub(words, text)
     if "already holds data" in text and "--overwrite" not in text:
         text += "; pass --overwrite to replace it"
+    if "Account must be specified" in text:  # an az:// URL with no account anywhere
+        text += (
+            " (give the storage account: -o account_name=NAME with -o account_key=... or "
+            "-o sas_token=..., or -o connection_string=..., or AZURE_STORAGE_ACCOUNT_NAME and "
+            "AZURE_STORAGE_ACCOUNT_KEY in the environment)"
+        )
     if "bucket does not exist" in text:
         text += " (create the bucket first, or check its name, --endpoint-url and --region)"
     return text
