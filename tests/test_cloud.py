@@ -293,6 +293,20 @@ def test_secrets_stay_secret(cloud, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_azure_reads_the_environment_as_adlfs_does(azurite, monkeypatch):
+    """AZURE_STORAGE_CONNECTION_STRING, or the account's name and key: obstore read the name
+    itself and built a store whose description panicked ('Account name should always exist')."""
+    ds = _rows(8, width=4).chunk({"t": 4})
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string())
+    toolkit.to_zarr(ds, "az://data/env.zarr", progress=False)
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", azurite.account)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", azurite.account_key)
+    back = toolkit.open_zarr("az://data/env.zarr",
+                             storage_options={"endpoint_url": azurite.blob_endpoint()})  # fmt: skip
+    xr.testing.assert_equal(back.load(), ds.compute())
+
+
 def test_azure_takes_adlfs_option_names(azurite):
     """adlfs's names reach obstore: a connection string (the fixture's), the account and its
     key with an endpoint, a SAS token, anonymous reads of a public container; az://,

@@ -287,6 +287,13 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     return BulkDeleteObjectStore(store)
 
 
+_AZURE_ENVIRONMENT = (
+    ("AZURE_STORAGE_ACCOUNT_NAME", "account_name"),
+    ("AZURE_STORAGE_ACCOUNT_KEY", "account_key"),
+    ("AZURE_STORAGE_SAS_TOKEN", "sas_key"),
+)
+
+
 def _azure_config(url: str, config: dict[str, Any]) -> str:
     """The Azure options in obstore's terms (adlfs's names mapped), in place; the URL to open.
 
@@ -295,10 +302,19 @@ def _azure_config(url: str, config: dict[str, Any]) -> str:
     account named both by the URL (``abfs://container@account.dfs.core.windows.net``)
     and by the options must be the same one, said once to obstore.
     """
-    conn = config.pop("connection_string", None)
+    # The environment as adlfs and the Azure CLI read it; said to obstore explicitly (its own
+    # reading of AZURE_STORAGE_ACCOUNT_NAME builds a store whose repr then panics).
+    conn = config.pop("connection_string", None) or os.environ.get(
+        "AZURE_STORAGE_CONNECTION_STRING"
+    )
     if conn:
         for k, v in _connection_string(str(conn)).items():
             config.setdefault(k, v)
+    account_in_url = "@" in url.split("://", 1)[1].split("/", 1)[0]
+    for name, key in _AZURE_ENVIRONMENT:
+        named_twice = key == "account_name" and account_in_url
+        if os.environ.get(name) and key not in config and not named_twice:
+            config[key] = os.environ[name]
     host = config.pop("account_host", None)
     if host:
         config.setdefault("endpoint", f"https://{str(host).removeprefix('https://')}")
