@@ -414,6 +414,7 @@ def test_ctrl_c_says_what_landed_and_the_rerun_resumes(tmp_path):
     r = run(*copy, timeout=240)  # unthrottled, with progress
     assert r.returncode == 0, r.stderr
     assert "resuming: " in r.stderr and "already written" in r.stderr
+    assert "tasks were written by an earlier run" in r.stdout  # the report says it too
     xr.testing.assert_identical(xr.open_zarr(dst).compute(), xr.open_zarr(src).compute())
 
 

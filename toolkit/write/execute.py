@@ -143,6 +143,8 @@ class WriteReport:
     plan: WritePlan = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     placement: Mapping[str, Any] | None = field(repr=False, compare=False, default=None)
     forks: tuple[Any, ...] = field(repr=False, compare=False, default=())
+    resumed: int = field(compare=False, default=0)
+    """Write tasks an interrupted run of the same write had finished, not run again."""
 
     @property
     def throughput(self) -> float:
@@ -166,6 +168,11 @@ class WriteReport:
                 f"metadata), {format_bytes(int(self.throughput))}/s",
             },
             *({"": k, "value": v} for k, v in self.io.summary().items()),
+            *(
+                [{"": "resumed", "value": f"{self.resumed:,} tasks were written by an earlier run"}]
+                if self.resumed
+                else []
+            ),
         ]
 
     def __repr__(self) -> str:
@@ -426,6 +433,7 @@ def execute(
         strays_before=t0 if (own_claim or claim) is not None else None,
         meta_written=meta.written,
         token=meta.token,
+        resumed=sum(len(v) for v in meta.done.values()),
     )
     eager = Background("eager")
     if meta.unsent is not None:
@@ -754,6 +762,7 @@ def _report(
     strays_before: float | None = None,
     meta_written: Mapping[str, Any] | None = None,
     token: str = "",
+    resumed: int = 0,
 ) -> WriteReport:
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
@@ -808,6 +817,7 @@ def _report(
         io=io,
         plan=plan,
         forks=tuple(stats.get("forks", ())),
+        resumed=resumed,
     )
 
 
