@@ -218,7 +218,12 @@ def _env(**changes: str) -> dict[str, str]:
 
 
 def _bucket(endpoint: str, name: str) -> str:
+    """A new bucket named after ``name`` (unique: the server lives for the whole module)."""
+    import uuid
+
     import botocore.session
+
+    name = f"{name}-{uuid.uuid4().hex[:8]}"
 
     s3 = botocore.session.get_session().create_client(
         "s3", endpoint_url=endpoint, region_name="us-east-1",
