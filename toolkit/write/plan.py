@@ -974,8 +974,12 @@ def _check_target(
             "add variables, or append_dim/region"
         )
     if mode == "w" and existing is None:
-        foreign = [k for k in group_contents(zstore, group, limit=200) if not _zarr_key(k)]
-        if foreign:
+        keys = group_contents(zstore, group, limit=200)
+        foreign = [k for k in keys if not _zarr_key(k)]
+        # A store another toolkit job is creating right now has its state or documents at
+        # the root: that is a Zarr store in the making, replaced as any other.
+        ours = any(k.split("/")[0] == ".toolkit" or k in _ZARR_DOCUMENTS for k in keys)
+        if foreign and not ours:
             # mode="w" replaces a Zarr store; a directory or bucket of other files is not one
             # (`copy x.nc . --overwrite` in a home directory must not delete it).
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
