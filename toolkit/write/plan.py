@@ -976,10 +976,10 @@ def _check_target(
     if mode == "w" and existing is None:
         keys = group_contents(zstore, group, limit=200)
         foreign = [k for k in keys if not _zarr_key(k)]
-        # A store another toolkit job is creating right now has its state or documents at
-        # the root: that is a Zarr store in the making, replaced as any other.
-        ours = any(k.split("/")[0] == ".toolkit" or k in _ZARR_DOCUMENTS for k in keys)
-        if foreign and not ours:
+        # Any key a Zarr store (or toolkit) would hold makes it a store, perhaps one another
+        # job is creating right now (racing "w" creators): replaced as before. Refused: a
+        # target of other files only (a home directory, a bucket of other data).
+        if foreign and len(foreign) == len(keys):
             # mode="w" replaces a Zarr store; a directory or bucket of other files is not one
             # (`copy x.nc . --overwrite` in a home directory must not delete it).
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
