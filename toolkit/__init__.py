@@ -21,7 +21,7 @@ from toolkit.dashboard import ensure_registered, register_dashboard
 from toolkit.ingest import ingest
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.throttle import Throttle, ThrottleState
-from toolkit.read import iter_chunks, map_chunks, open_zarr
+from toolkit.read import iter_chunks, map_chunks, open_datatree, open_zarr
 from toolkit.rechunk import RechunkPlan, RechunkReport, execute_rechunk, plan_rechunk, rechunk
 from toolkit.stats.compute import DEFAULT_STATS, stats
 from toolkit.verify import VerifyReport, verify
@@ -35,6 +35,7 @@ from toolkit.write.plan import (
     WriteTask,
     plan_write,
 )
+from toolkit.write.tree import TreeWritePlan, TreeWriteReport, execute_tree, plan_tree_write
 
 # The composition root's one wiring: the dashboard page subscribes to the clients
 # toolkit finds (the cluster layer below it never imports it).
@@ -53,6 +54,8 @@ __all__ = [
     "RechunkReport",
     "Throttle",
     "ThrottleState",
+    "TreeWritePlan",
+    "TreeWriteReport",
     "VariablePlan",
     "VerifyReport",
     "WritePlan",
@@ -63,13 +66,16 @@ __all__ = [
     "errors",
     "execute",
     "execute_rechunk",
+    "execute_tree",
     "ingest",
     "io_metrics",
     "iter_chunks",
     "map_chunks",
+    "open_datatree",
     "open_zarr",
     "overwrite_partitions",
     "plan_rechunk",
+    "plan_tree_write",
     "plan_write",
     "rechunk",
     "register_dashboard",

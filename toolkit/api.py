@@ -21,12 +21,13 @@ from toolkit.io.throttle import Throttle
 from toolkit.write.execute import WriteReport, as_dataset, reject_unknown, write_dataset
 from toolkit.write.multi import append, overwrite_partitions
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
+from toolkit.write.tree import TreeWriteReport, write_tree
 
 __all__ = ["to_zarr"]
 
 
 def to_zarr(
-    ds: xr.Dataset | xr.DataArray,
+    ds: xr.Dataset | xr.DataArray | xr.DataTree,
     store: StoreLike,
     mode: WriteMode | Literal["overwrite-partitions"] | None = None,
     *,
@@ -46,8 +47,9 @@ def to_zarr(
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
+    write_inherited_coords: bool = False,
     **unknown: Any,
-) -> WriteReport | Delayed:
+) -> WriteReport | TreeWriteReport | Delayed:
     """Write ``ds`` to Zarr in parallel, with every task owning whole stored objects.
 
     Takes the parameters of :meth:`xarray.Dataset.to_zarr` with the same
@@ -56,9 +58,12 @@ def to_zarr(
 
     Parameters
     ----------
-    ds : xarray.Dataset or xarray.DataArray
+    ds : xarray.Dataset, xarray.DataArray or xarray.DataTree
         Data to write; a DataArray is stored as :meth:`xarray.DataArray.to_zarr`
-        stores it.
+        stores it, a DataTree as :meth:`xarray.DataTree.to_zarr` stores it: one
+        plan, one metadata round and one graph for all its nodes
+        (:func:`toolkit.write.tree.plan_tree_write`; ``encoding`` is then by node
+        path, and ``append_dim`` appends every node that has the dimension).
     store : str, os.PathLike or zarr Store
         Target path, URL or store.
     mode, append_dim, region, encoding, zarr_format, consolidated : optional
@@ -88,10 +93,13 @@ def to_zarr(
         ``None`` takes the URL's defaults (none for local paths), ``False`` none.
     progress : bool
         Show progress.
+    write_inherited_coords : bool
+        DataTrees only, as in :meth:`xarray.DataTree.to_zarr`: store inherited
+        coordinates again in every node.
 
     Returns
     -------
-    WriteReport or dask.delayed.Delayed
+    WriteReport, TreeWriteReport (of a DataTree) or dask.delayed.Delayed
 
     Raises
     ------
@@ -125,10 +133,23 @@ def to_zarr(
     >>> toolkit.open_zarr("example.zarr").sizes["time"]
     24
     """
-    ds = as_dataset(ds)
     reject_unknown(
         unknown, [p for p in inspect.signature(to_zarr).parameters if p != "unknown"], "to_zarr"
     )
+    if isinstance(ds, xr.DataTree):
+        if mode == "overwrite-partitions" or partition is not None:
+            raise PlanError("mode='overwrite-partitions' takes a Dataset, not a DataTree")
+        tree: TreeWriteReport | Delayed = write_tree(
+            ds, store, mode=mode, append_dim=append_dim, region=region, encoding=encoding,
+            zarr_format=zarr_format, consolidated=consolidated, storage_options=storage_options,
+            group=group, write_empty_chunks=write_empty_chunks, compute=compute,
+            max_task_bytes=max_task_bytes, throttle=throttle, progress=progress,
+            write_inherited_coords=write_inherited_coords,
+        )  # fmt: skip
+        return tree
+    if write_inherited_coords:
+        raise PlanError("write_inherited_coords applies to a DataTree only")
+    ds = as_dataset(ds)
     job: dict[str, Any] = {
         "group": group,
         "storage_options": storage_options,

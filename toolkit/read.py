@@ -42,7 +42,14 @@ from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
 from toolkit.state.records import read_records
 
-__all__ = ["DEFAULT_READ_TASK_BYTES", "aligned_chunks", "iter_chunks", "map_chunks", "open_zarr"]
+__all__ = [
+    "DEFAULT_READ_TASK_BYTES",
+    "aligned_chunks",
+    "iter_chunks",
+    "map_chunks",
+    "open_datatree",
+    "open_zarr",
+]
 
 DEFAULT_READ_TASK_BYTES = 128 * 2**20
 """Default target size of one read task (128 MiB)."""
@@ -242,6 +249,71 @@ def open_zarr(
 # Where toolkit's writes leave their checksum fragments and the folded manifest
 # (toolkit.state.manifest): every write that lands adds a fragment named after it.
 _HISTORY = f"{RESERVED_PREFIX}/manifest"
+
+
+def open_datatree(
+    store: StoreLike,
+    *,
+    group: str | None = None,
+    consolidated: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    target_task_bytes: int = DEFAULT_READ_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
+    incomplete: Literal["raise", "warn", "ignore"] = "raise",
+    chunks: Any = "aligned",
+    **open_kwargs: Any,
+) -> xr.DataTree:
+    """Open every group of a Zarr store as an :class:`xarray.DataTree`, as :func:`open_zarr` does.
+
+    The tree equals ``xr.open_datatree(store, engine="zarr")``; each node is
+    opened by :func:`open_zarr` (aligned dask chunks of whole write units, the
+    request budget, a refusal of groups with unfinished writes), all nodes at
+    once: the groups are found from the metadata (consolidated when the store
+    has it), then every node's open runs concurrently. The parameters are
+    :func:`open_zarr`'s; ``group`` is the tree's root group.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xarray as xr
+    >>> import toolkit
+    >>> root = xr.Dataset({"a": ("x", np.arange(4.0))})
+    >>> tree = xr.DataTree.from_dict({"/": root, "/fine": xr.Dataset({"b": ("y", [1, 2])})})
+    >>> _ = toolkit.to_zarr(tree, "tree.zarr", mode="w", progress=False)
+    >>> toolkit.open_datatree("tree.zarr").groups
+    ('/', '/fine')
+    """
+    policy = resolve_throttle(throttle, store_label(store))
+    plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+    root = (group or "").strip("/")
+    found = zarr.open_group(
+        MetadataBuffer(wrap_store(plain, cluster_share(policy))),
+        path=root,
+        mode="r",
+        use_consolidated=consolidated,
+    )
+    groups = sorted(
+        name
+        for name, member in found.members(max_depth=None)
+        if isinstance(member, zarr.Group) and RESERVED_PREFIX not in name.split("/")
+    )
+    paths = ["", *groups]
+
+    def one(rel: str) -> xr.Dataset:
+        return open_zarr(
+            plain,
+            group="/".join(p for p in (root, rel) if p) or None,
+            consolidated=consolidated,
+            target_task_bytes=target_task_bytes,
+            throttle=policy if policy is not None else False,
+            incomplete=incomplete,
+            chunks=chunks,
+            **open_kwargs,
+        )
+
+    with cf.ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="toolkit-open") as pool:
+        datasets = list(pool.map(one, paths))
+    return xr.DataTree.from_dict({"/" + rel: ds for rel, ds in zip(paths, datasets, strict=True)})
 
 
 def _written_history(store: Store, group: str | None) -> tuple[str, ...]:

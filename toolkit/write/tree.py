@@ -1,0 +1,871 @@
+"""DataTree writes: one plan for the whole tree, one metadata round, one graph.
+
+:func:`plan_tree_write` plans every node of an :class:`xarray.DataTree` as
+:func:`~toolkit.plan_write` plans a dataset (one :class:`~toolkit.WritePlan` per
+node, its group the node's path), concurrently, and freezes them into a
+:class:`TreeWritePlan`. Nothing is written until every node's plan is made and
+validated: a refusal of any node leaves the store as it was.
+
+:func:`execute_tree` then runs the whole tree as one write. A creation takes the
+tree's creation claim once (on its root group) and clears or checks the root
+once. Each node's metadata is made by xarray into an in-memory buffer (as a
+dataset's is), the buffers are merged (each group's documents are its own
+node's), the tree is consolidated once, the write records of all nodes are put
+in one concurrent round and then every node's metadata in another, whatever the
+number of nodes. The data of all nodes is one dask graph, computed once; each
+task owns whole stored objects of one array, as in a dataset write.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import html
+import os
+import time
+import warnings
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import xarray as xr
+import zarr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+from dask.utils import format_bytes
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+
+from toolkit._render import html_table, text_table
+from toolkit.cluster.progress import compute_with_progress
+from toolkit.errors import (
+    AppendError,
+    EncodingError,
+    ExistingStoreError,
+    PlanError,
+    RegionError,
+    UnknownVariableError,
+    VariableNameError,
+    WriteError,
+)
+from toolkit.io.digests import WrittenStore
+from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.stores import (
+    StoreLike,
+    describe_store,
+    display_location,
+    is_icechunk,
+    resolve_store,
+    store_label,
+)
+from toolkit.io.throttle import Throttle, resolve_throttle
+from toolkit.io.wrappers import MetadataBuffer, wrap_store
+from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
+from toolkit.state.leases import job_id
+from toolkit.state.records import WriteJournal
+from toolkit.write.execute import (
+    _SMALL_WRITE_BYTES,
+    _SMALL_WRITE_THREADS,
+    WriteReport,
+    _report,
+    _write_io,
+    _write_metadata,
+    derive_write_id,
+)
+from toolkit.write.graph import WriteSource, build_write_graph
+from toolkit.write.plan import (
+    DEFAULT_MAX_TASK_BYTES,
+    WriteMode,
+    WritePlan,
+    _resolve_mode,
+    _unstorable,
+    plan_write,
+)
+
+__all__ = ["TreeWritePlan", "TreeWriteReport", "execute_tree", "plan_tree_write", "write_tree"]
+
+#: Nodes planned at once (each plan reads its group's metadata: a few round trips).
+_PLANNERS = 16
+
+
+def _node_group(root: str | None, rel: str) -> str | None:
+    """The group of a node: its path under the tree's root group (None: the store's root)."""
+    parts = [p for p in ((root or "").strip("/"), rel.strip("/")) if p]
+    return "/".join(parts) or None
+
+
+def _prefix(group: str | None) -> str:
+    return (group or "").strip("/")
+
+
+def _tree_nodes(tree: xr.DataTree) -> list[tuple[str, xr.DataTree]]:
+    """Every node with its path relative to ``tree`` (``"/"``, ``"/a"``, ...), parents first."""
+    out = []
+    for node in tree.subtree:  # breadth first: a parent before its children
+        rel = node.relative_to(tree)
+        out.append(("/" if rel == "." else "/" + rel, node))
+    return out
+
+
+def _check_node_names(nodes: Sequence[tuple[str, xr.DataTree]]) -> None:
+    """Refuse a node whose name cannot be a Zarr group's (a metadata document's, toolkit's)."""
+    for path, node in nodes:
+        if path == "/":
+            continue
+        name = str(node.name)
+        reason = _unstorable(name, False)
+        if reason is not None and "nested group" not in reason:
+            raise VariableNameError(
+                f"node {path!r}: its name {name!r} cannot be a Zarr group's: {reason}; rename "
+                "the node"
+            )
+
+
+def _tree_encoding(
+    encoding: Mapping[str, Mapping[Hashable, Mapping[str, Any]]] | None,
+    nodes: Sequence[tuple[str, xr.DataTree]],
+) -> dict[str, Mapping[Hashable, Mapping[str, Any]]]:
+    """``encoding`` by node path (as ``DataTree.to_zarr``: ``{"/": {...}, "/child": {...}}``)."""
+    if encoding is None:
+        return {}
+    if not isinstance(encoding, Mapping):
+        raise EncodingError(
+            "encoding of a DataTree must be a dict of node path -> {variable: encoding}, got "
+            f"{type(encoding).__name__}"
+        )
+    # Keys are node paths, relative to the tree written or (as xarray's) the nodes' own.
+    by_key: dict[str, str] = {}
+    for path, node in nodes:
+        by_key[path] = path
+        by_key.setdefault(node.path, path)
+    out: dict[str, Mapping[Hashable, Mapping[str, Any]]] = {}
+    for key, enc in encoding.items():
+        k = str(key)
+        k = "/" + k.strip("/") if k.strip("/") else "/"
+        if k not in by_key:
+            paths = [p for p, _ in nodes]
+            close = difflib.get_close_matches(k, paths, 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownVariableError(
+                f"encoding names group {key!r}, which is not a node of the tree (its nodes: "
+                f"{', '.join(paths[:10])}{', ...' if len(paths) > 10 else ''}); the keys of a "
+                "tree's encoding are node paths, each mapping to that node's "
+                "{variable: encoding}" + hint
+            )
+        if not isinstance(enc, Mapping):
+            raise EncodingError(
+                f"encoding[{key!r}] must be a dict of variable -> encoding (the node's), got "
+                f"{type(enc).__name__} {enc!r}"
+            )
+        out[by_key[k]] = enc
+    return out
+
+
+def _in_node(path: str, e: BaseException) -> BaseException:
+    """``e`` again, its message prefixed with the node it is about (``e`` when it cannot be)."""
+    if not e.args or not isinstance(e.args[0], str):
+        return e
+    try:
+        return type(e)(f"node {path!r}: {e.args[0]}", *e.args[1:])
+    except Exception:
+        return e
+
+
+@dataclass(frozen=True)
+class TreeWritePlan:
+    """A validated-before-writing description of the write of a whole DataTree.
+
+    One :class:`~toolkit.WritePlan` per node written, each for the node's group;
+    build it with :func:`plan_tree_write` (:func:`toolkit.to_zarr` of a tree does
+    both), run it with :func:`execute_tree`.
+
+    Attributes
+    ----------
+    target : str
+        A secret-free description of the store.
+    mode : str
+        The tree's mode (each node's plan says its own: a node an ``"a"`` write
+        creates is planned ``"a"`` too).
+    zarr_format : int
+        2 or 3, the same for every node.
+    group : str or None
+        The tree's root group in the store.
+    consolidated : bool
+        Whether the tree's metadata is consolidated at its root once written.
+    append_dim : str or None
+        The dimension appended to, by every node that has it.
+    nodes : tuple of (str, WritePlan)
+        Each node's path in the tree (``"/"``, ``"/child"``, ...) and its plan, parents
+        first.
+    left_alone : tuple of str
+        Nodes not written: without ``append_dim`` (an append) or without a
+        dimension of ``region`` (a region write).
+    """
+
+    target: str
+    mode: str
+    zarr_format: int
+    group: str | None
+    consolidated: bool
+    append_dim: str | None
+    nodes: tuple[tuple[str, WritePlan], ...]
+    left_alone: tuple[str, ...] = ()
+    throttle: Throttle | None = None
+    store: Store = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths of the nodes written, parents first."""
+        return tuple(p for p, _ in self.nodes)
+
+    def __getitem__(self, path: str) -> WritePlan:
+        for p, plan in self.nodes:
+            if p == path:
+                return plan
+        raise KeyError(path)
+
+    @property
+    def ntasks(self) -> int:
+        """Write tasks in all nodes."""
+        return sum(p.ntasks for _, p in self.nodes)
+
+    @property
+    def nunits(self) -> int:
+        """Write units in all nodes."""
+        return sum(p.nunits for _, p in self.nodes)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes written by tasks."""
+        return sum(p.nbytes for _, p in self.nodes)
+
+    @property
+    def requests(self) -> int:
+        """Expected store requests, data and metadata."""
+        return sum(p.requests for _, p in self.nodes)
+
+    @property
+    def peak_memory(self) -> int:
+        """Projected peak memory of the largest task."""
+        return max((p.peak_memory for _, p in self.nodes), default=0)
+
+    @property
+    def max_task_bytes(self) -> int:
+        """The memory target per task."""
+        return max((p.max_task_bytes for _, p in self.nodes), default=DEFAULT_MAX_TASK_BYTES)
+
+    def tasks(self) -> Iterator[tuple[str, Any]]:
+        """Every write task of every node: (node path, :class:`~toolkit.WriteTask`)."""
+        for path, p in self.nodes:
+            for t in p.tasks():
+                yield path, t
+
+    def validate(self) -> TreeWritePlan:
+        """Check every node's plan (:meth:`WritePlan.validate`) and that they agree."""
+        for path, p in self.nodes:
+            try:
+                p.validate()
+            except PlanError as e:
+                raise _in_node(path, e) from e
+            if p.zarr_format != self.zarr_format:
+                raise PlanError(
+                    f"node {path!r} is planned as zarr_format={p.zarr_format} but the tree as "
+                    f"zarr_format={self.zarr_format}; a tree is stored in one format"
+                )
+        return self
+
+    def _summary(self) -> str:
+        what = f"mode={self.mode!r}, zarr_format={self.zarr_format}"
+        if self.group:
+            what += f", group={self.group!r}"
+        if self.append_dim:
+            what += f", append_dim={self.append_dim!r}"
+        return (
+            f"TreeWritePlan → {display_location(self.target)} ({what}): {len(self.nodes)} "
+            f"nodes, {self.ntasks:,} tasks, {self.nunits:,} write units, "
+            f"{format_bytes(self.nbytes)}, ~{self.requests:,} requests, peak "
+            f"~{format_bytes(self.peak_memory)}/task"
+        )
+
+    def _left_alone_text(self) -> str:
+        why = (
+            f"without {self.append_dim!r}"
+            if self.append_dim
+            else "sharing no dimension with the region"
+        )
+        return f"left alone ({why}): " + ", ".join(self.left_alone)
+
+    def __repr__(self) -> str:
+        lines = [self._summary()]
+        for path, p in self.nodes:
+            rows = [v._row() for v in p.variables]
+            head = f"node {path}" + (f" (mode={p.mode!r})" if p.mode != self.mode else "")
+            lines.append("")
+            lines.append(
+                head
+                + f": {p.ntasks:,} tasks, {p.nunits:,} units, {format_bytes(p.nbytes)}"
+                + ("" if rows or p.eager else ", nothing but the group")
+            )
+            if rows:
+                lines.append(text_table(rows))
+            if p.eager:
+                lines.append("written with the metadata: " + ", ".join(p.eager))
+        if self.left_alone:
+            lines += ["", self._left_alone_text()]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        parts = [f"<div><p><b>{html.escape(self._summary())}</b></p>"]
+        for path, p in self.nodes:
+            parts.append(
+                f"<details open><summary><b>{html.escape(path)}</b> "
+                f"({p.ntasks:,} tasks, {format_bytes(p.nbytes)})</summary>"
+            )
+            if p.variables:
+                parts.append(html_table([v._row() for v in p.variables]))
+            if p.eager:
+                parts.append(f"<p>Written with the metadata: {html.escape(', '.join(p.eager))}</p>")
+            parts.append("</details>")
+        if self.left_alone:
+            parts.append(f"<p>{html.escape(self._left_alone_text())}</p>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class TreeWriteReport:
+    """What a tree's write did: one :class:`~toolkit.WriteReport` per node, and the totals.
+
+    Attributes
+    ----------
+    target : str
+        Secret-free store description.
+    nodes : tuple of (str, WriteReport)
+        Each node's path and report.
+    seconds, metadata_seconds : float
+        Wall time of the whole write, and of its metadata phase (all nodes').
+    io : IOMetrics
+        Everything the store stack measured, all nodes.
+    plan : TreeWritePlan
+        The plan that ran.
+    """
+
+    target: str
+    nodes: tuple[tuple[str, WriteReport], ...]
+    seconds: float
+    metadata_seconds: float
+    io: IOMetrics = field(repr=False, compare=False, default_factory=IOMetrics)
+    plan: TreeWritePlan = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    def __getitem__(self, path: str) -> WriteReport:
+        for p, r in self.nodes:
+            if p == path:
+                return r
+        raise KeyError(path)
+
+    @property
+    def tasks(self) -> int:
+        """Write tasks run."""
+        return sum(r.tasks for _, r in self.nodes)
+
+    @property
+    def units(self) -> int:
+        """Write units written."""
+        return sum(r.units for _, r in self.nodes)
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes written."""
+        return sum(r.nbytes for _, r in self.nodes)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes sent for chunk data."""
+        return sum(r.stored_bytes for _, r in self.nodes)
+
+    def _rows(self) -> list[dict[str, str]]:
+        return [
+            {
+                "node": path,
+                "variables": ", ".join(r.variables) or "-",
+                "tasks": f"{r.tasks:,}",
+                "units": f"{r.units:,}",
+                "bytes": format_bytes(r.nbytes),
+                "stored": format_bytes(r.stored_bytes),
+            }
+            for path, r in self.nodes
+        ]
+
+    def _summary(self) -> str:
+        return (
+            f"TreeWriteReport → {display_location(self.target)}: {len(self.nodes)} nodes, "
+            f"{self.tasks:,} tasks, {self.units:,} units, {format_bytes(self.nbytes)} in "
+            f"{self.seconds:.2f} s ({self.metadata_seconds:.2f} s metadata), "
+            f"{self.io.total:,} requests"
+        )
+
+    def __repr__(self) -> str:
+        return self._summary() + "\n" + text_table(self._rows())
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>{html.escape(self._summary())}</b>{html_table(self._rows())}</div>"
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_tree_write(
+    tree: xr.DataTree,
+    store: StoreLike,
+    *,
+    mode: WriteMode | None = None,
+    encoding: Mapping[str, Mapping[Hashable, Mapping[str, Any]]] | None = None,
+    consolidated: bool | None = None,
+    group: str | None = None,
+    write_inherited_coords: bool = False,
+    append_dim: Hashable | None = None,
+    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None = None,
+    zarr_format: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    write_empty_chunks: bool | None = None,
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
+    throttle: Throttle | Literal[False] | None = None,
+) -> TreeWritePlan:
+    """Plan the write of a whole :class:`xarray.DataTree` without writing anything.
+
+    The parameters take the names and meanings of :meth:`xarray.DataTree.to_zarr`
+    (and, per node, of :func:`toolkit.plan_write`): ``encoding`` maps node paths
+    (``"/"``, ``"/child"``) to that node's encoding; ``write_inherited_coords``
+    stores inherited coordinates again in each node; ``consolidated`` (default
+    True, as xarray's) consolidates the whole tree at its root. Beyond xarray,
+    ``group`` puts the tree under a group of the store, ``append_dim`` appends
+    every node that has the dimension (the others are left alone), and
+    ``region`` writes into every node that has a dimension of it.
+
+    Every node is planned concurrently; any refusal names its node and leaves
+    the store as it was.
+
+    Returns
+    -------
+    TreeWritePlan
+
+    Raises
+    ------
+    toolkit.errors.PlanError
+        (or a subclass) on any invalid input, naming the node; nothing is written.
+    """
+    if not isinstance(tree, xr.DataTree):
+        raise TypeError(f"plan_tree_write needs an xarray.DataTree, got {type(tree).__name__}")
+    if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
+        raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
+    tmode = _resolve_mode(mode, append_dim, region)
+    if zarr_format is not None and zarr_format not in (2, 3):
+        raise PlanError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    nodes = _tree_nodes(tree)
+    _check_node_names(nodes)
+    enc = _tree_encoding(encoding, nodes)
+    policy = resolve_throttle(throttle, store_label(store))
+    plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+
+    jobs: list[tuple[str, xr.Dataset, dict[str, Any]]] = []
+    left_alone: list[str] = []
+    for path, node in nodes:
+        ds = node.to_dataset(inherit=write_inherited_coords or path == "/")
+        options: dict[str, Any] = {}
+        if append_dim is not None:
+            if append_dim not in ds.dims:
+                left_alone.append(path)
+                continue
+            options["append_dim"] = append_dim
+        if region is not None:
+            if region == "auto":
+                if not ds.dims:
+                    left_alone.append(path)
+                    continue
+                options["region"] = "auto"
+            elif isinstance(region, Mapping):
+                mine = {d: s for d, s in region.items() if d in ds.dims}
+                if not mine:
+                    left_alone.append(path)
+                    continue
+                options["region"] = mine
+            else:
+                raise RegionError(
+                    f"region must be a dict of dim -> slice or 'auto', got {region!r}"
+                )
+        jobs.append((path, ds, options))
+    if not jobs:
+        what = f"append_dim={append_dim!r}" if append_dim is not None else f"region={region!r}"
+        raise (AppendError if append_dim is not None else RegionError)(
+            f"{what}: no node of the tree has "
+            + ("that dimension" if append_dim is not None else "a dimension of the region")
+            + f" (its dimensions: {sorted({str(d) for _, n in nodes for d in n.dims})})"
+        )
+
+    def plan_node(job: tuple[str, xr.Dataset, dict[str, Any]], fmt: int | None) -> WritePlan:
+        path, ds, options = job
+        try:
+            return plan_write(
+                ds,
+                plain,
+                mode=tmode,
+                encoding=enc.get(path),
+                zarr_format=fmt,
+                consolidated=False,  # the tree is consolidated once, at its root
+                group=_node_group(group, path),
+                write_empty_chunks=write_empty_chunks,
+                max_task_bytes=max_task_bytes,
+                throttle=policy if policy is not None else False,
+                **options,
+            )
+        except PlanError as e:
+            raise _in_node(path, e) from e
+
+    fmt: int | None = zarr_format
+    planned: list[WritePlan] = []
+    if fmt is None and tmode in ("w", "w-"):
+        fmt = int(zarr.config.get("default_zarr_format"))
+    elif fmt is None:
+        # The format of what is stored: the first node's plan reads it (a node the
+        # write creates takes it too).
+        planned.append(plan_node(jobs[0], None))
+        fmt = planned[0].zarr_format
+    rest = jobs[len(planned) :]
+    if rest:
+        with ThreadPoolExecutor(min(_PLANNERS, len(rest)), "toolkit-plan-tree") as pool:
+            futures = [pool.submit(plan_node, j, fmt) for j in rest]
+            results = [f.exception() or f.result() for f in futures]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        planned += [r for r in results if isinstance(r, WritePlan)]
+    out = TreeWritePlan(
+        target=describe_store(plain),
+        mode=tmode,
+        zarr_format=fmt,
+        group=_prefix(group) or None,
+        consolidated=consolidated is not False,
+        append_dim=str(append_dim) if append_dim is not None else None,
+        nodes=tuple((path, p) for (path, _, _), p in zip(jobs, planned, strict=True)),
+        left_alone=tuple(left_alone),
+        throttle=policy,
+        store=plain,
+    )
+    return out.validate()
+
+
+# --------------------------------------------------------------------------- executing
+
+
+@dataclass(frozen=True)
+class _TreeMetadata:
+    """What the tree's metadata round leaves for the data phase, per node (in plan order)."""
+
+    sources: list[list[WriteSource]]
+    tokens: list[str]
+    journals: list[WriteJournal | None]
+    written: list[dict[str, Any]]
+
+
+def _owner_of(groups: Sequence[str]) -> Any:
+    """A function giving the group (of ``groups``) a key belongs to: the deepest holding it."""
+    deepest = sorted(set(groups), key=len, reverse=True)
+
+    def owner(key: str) -> str | None:
+        for g in deepest:
+            if g == "" or key.startswith(g + "/"):
+                return g
+        return None
+
+    return owner
+
+
+def _prepare_root(plan: TreeWritePlan, direct: Store) -> None:
+    """Under the creation claim: replace the tree's group (``"w"``) or prove it empty (``"w-"``)."""
+    if plan.mode == "w":
+        clear_group(direct, plan.group)
+        return
+    found = group_contents(direct, plan.group)
+    if found:
+        raise ExistingStoreError(
+            f"{display_location(plan.target)} holds data since this write was planned "
+            f"({found[0]!r}; another job created it) and mode='w-' never overwrites; use "
+            "mode='w' to replace it"
+        )
+    remove_strays(plan.store, plan.group)
+
+
+def _tree_metadata(
+    plan: TreeWritePlan, direct: Store, meta_io: IOMetrics, creating: bool, t0: float
+) -> _TreeMetadata:
+    """Every node's metadata made into memory, then records and metadata in two rounds."""
+    if creating:
+        _prepare_root(plan, direct)
+    root = _prefix(plan.group)
+    recorded = WrittenStore(direct)
+    nodes = plan.nodes
+
+    def fill(p: WritePlan) -> tuple[MetadataBuffer, list[WriteSource]]:
+        # Only reads reach the store from a node's buffer: its writes are merged below.
+        if creating:
+            buf = MetadataBuffer(direct, empty_prefix=root)
+        else:
+            reads = p.reads if p.mode == "r+" and p.reads is not None else p.store
+            buf = MetadataBuffer(wrap_store(reads, p.throttle, meta_io))
+        return buf, _write_metadata(p, buf, mode="w-" if creating else p.mode)
+
+    with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-meta") as pool:
+        filled = list(pool.map(fill, [p for _, p in nodes]))
+    # Each group's documents are its own node's: a child's buffer also holds the
+    # parents zarr created for it (empty), which must not replace the parent's own.
+    groups = [_prefix(p.group) for _, p in nodes]
+    owner = _owner_of(groups)
+    merged: dict[str, Any] = {}
+    foreign: dict[str, Any] = {}
+    for g, (buf, _) in zip(groups, filled, strict=True):
+        for key, value in buf.pending.items():
+            if owner(key) == g:
+                merged[key] = value
+            else:
+                foreign.setdefault(key, value)
+    for key, value in foreign.items():
+        merged.setdefault(key, value)
+    final = MetadataBuffer(recorded, empty_prefix=root if creating else None)
+
+    async def put_all() -> None:
+        for key, value in merged.items():
+            await (final.delete(key) if value is None else final.set(key, value))
+
+    sync(put_all())
+    if plan.consolidated and plan.mode != "r+":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(final, path=root, zarr_format=plan.zarr_format)  # type: ignore[arg-type]
+    sources = [s for _, s in filled]
+    tokens = [
+        derive_write_id(p)
+        if not creating
+        else tokenize(p.target, p.group, p.mode, [(s.plan, s.data.name) for s in src], t0)
+        for (_, p), src in zip(nodes, sources, strict=True)
+    ]
+    journals: list[WriteJournal | None] = [None] * len(nodes)
+    if not is_icechunk(plan.store):
+        journals = [
+            WriteJournal(p.store, p.group, token, p.throttle)
+            for (_, p), token in zip(nodes, tokens, strict=True)
+        ]
+
+        def begin(i: int) -> None:
+            j = journals[i]
+            assert j is not None
+            j.begin(nodes[i][1].record_summary(), direct)
+
+        # Every record lands before any array metadata: no reader finds a node's
+        # arrays without its record.
+        with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-records") as pool:
+            list(pool.map(begin, range(len(nodes))))
+    sync(final.flush())  # every node's metadata and small variables, in one round
+    written: list[dict[str, Any]] = [{} for _ in nodes]
+    index = {g: i for i, g in enumerate(groups)}
+    for key, landed in recorded.written.as_lists().items():
+        # Keys above the tree's root (parents zarr made) go to its first node's.
+        written[index.get(owner(key) or "", 0)][key] = landed
+    return _TreeMetadata(sources, tokens, journals, written)
+
+
+def _tree_report(
+    stats: Sequence[Mapping[str, Any]],
+    *,
+    plan: TreeWritePlan,
+    journals: Sequence[WriteJournal | None],
+    tokens: Sequence[str],
+    written: Sequence[Mapping[str, Any]],
+    t0: float,
+    meta: float,
+    meta_io: Mapping[str, Any],
+    strays_before: float | None,
+    root_last: bool = False,
+) -> TreeWriteReport:
+    """The last task: every node's bookkeeping, all at once, and the tree's report.
+
+    ``root_last``: the first node's record goes after the others' (a deferred
+    write's creation claim watches it, and must outlive every node's write).
+    """
+    nodes = plan.nodes
+    none = IOMetrics().as_dict()
+
+    def one(i: int) -> WriteReport:
+        return _report(
+            stats[i],
+            nodes[i][1],
+            t0,
+            meta,
+            meta_io if i == 0 else none,
+            journals[i],
+            strays_before=strays_before if i == 0 else None,
+            meta_written=written[i],
+            token=tokens[i],
+        )
+
+    results: list[WriteReport | BaseException] = [None] * len(nodes)  # type: ignore[list-item]
+    first = 1 if root_last else 0
+    with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-done") as pool:
+        futures = {i: pool.submit(one, i) for i in range(first, len(nodes))}
+        for i, f in futures.items():
+            results[i] = f.exception() or f.result()
+    if root_last:
+        try:
+            results[0] = one(0)
+        except WriteError as e:
+            results[0] = e
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    reports = [r for r in results if isinstance(r, WriteReport)]
+    return TreeWriteReport(
+        target=plan.target,
+        nodes=tuple((path, r) for (path, _), r in zip(nodes, reports, strict=True)),
+        seconds=time.time() - t0,
+        metadata_seconds=meta,
+        io=IOMetrics.merged([r.io for r in reports]),
+        plan=plan,
+    )
+
+
+def _tree_graph(
+    plan: TreeWritePlan,
+    meta: _TreeMetadata,
+    owner: str,
+    t0: float,
+    meta_seconds: float,
+    meta_io: IOMetrics,
+    strays_before: float | None,
+    root_last: bool,
+) -> Delayed:
+    """One graph writing every node's data; computes to the :class:`TreeWriteReport`."""
+    layers: dict[str, Any] = {}
+    deps: dict[str, set[str]] = {}
+    finals: list[str] = []
+    for (_, p), sources, token in zip(plan.nodes, meta.sources, meta.tokens, strict=True):
+        # Each node's own token: its tasks' keys and abort gate are never another's.
+        io = _write_io(p, tokenize(token, owner, t0), None, owner)
+        graph = build_write_graph(p, sources, io)
+        hlg = graph.__dask_graph__()
+        assert isinstance(hlg, HighLevelGraph)
+        layers.update(hlg.layers)
+        deps.update(hlg.dependencies)
+        finals.append(str(graph.key))
+    # Light: dask would otherwise traverse the plans and gather each source dataset.
+    light = replace(plan, nodes=tuple((n, replace(p, dataset=xr.Dataset())) for n, p in plan.nodes))
+    key = f"toolkit-tree-report-{tokenize(*finals)}"
+    task = (
+        functools.partial(
+            _tree_report,
+            plan=light,
+            journals=meta.journals,
+            tokens=meta.tokens,
+            written=meta.written,
+            t0=t0,
+            meta=meta_seconds,
+            meta_io=meta_io.as_dict(),
+            strays_before=strays_before,
+            root_last=root_last,
+        ),
+        list(finals),
+    )
+    layers[key] = {key: task}
+    deps[key] = set(finals)
+    return Delayed(key, HighLevelGraph(layers, deps), layer=key)
+
+
+def _threads(plan: TreeWritePlan) -> int | None:
+    """As a dataset's small write: one thread per task when the whole tree is small."""
+    if plan.nbytes > _SMALL_WRITE_BYTES or plan.ntasks <= (os.cpu_count() or 1):
+        return None
+    return min(plan.ntasks, _SMALL_WRITE_THREADS)
+
+
+def execute_tree(
+    plan: TreeWritePlan, *, compute: bool = True, progress: bool = True
+) -> TreeWriteReport | Delayed:
+    """Run a tree's plan: one claim, one metadata round for all nodes, one graph.
+
+    A creation (``"w"``, ``"w-"``) holds the creation claim of the tree's root
+    group until its last object landed, as a dataset's does. While the data is
+    written each node's group holds the record of its write (readers refuse
+    it), removed when the write succeeds, or rewritten with what is missing
+    when it fails.
+
+    Parameters
+    ----------
+    plan : TreeWritePlan
+        From :func:`plan_tree_write`.
+    compute : bool
+        If False, write the metadata now and return a ``Delayed`` that writes
+        every node's data and computes to the :class:`TreeWriteReport`.
+    progress : bool
+        Show a progress bar.
+
+    Raises
+    ------
+    toolkit.errors.WriteError
+        When the data phase failed; the first failing node's ``err.record``.
+    """
+    plan.validate()
+    t0 = time.time()
+    meta_io = live_metrics(describe_store(plan.store))
+    direct = wrap_store(plan.store, plan.throttle, meta_io)
+    owner = job_id()
+    creating = plan.mode in ("w", "w-")
+    claim: CreationClaim | None = None
+    if creating and not is_icechunk(plan.store):
+        claim = CreationClaim(plan.store, plan.group, owner, plan.throttle)
+        claim.acquire(wait=plan.mode != "w-")
+    try:
+        meta = _tree_metadata(plan, direct, meta_io, creating, t0)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    report = _tree_graph(
+        plan,
+        meta,
+        owner,
+        t0,
+        time.time() - t0,
+        meta_io,
+        strays_before=t0 if claim is not None else None,
+        root_last=claim is not None and not compute,
+    )
+    if not compute:
+        if claim is not None:
+            claim.release_when_done(meta.journals[0], report)
+        return report
+    try:
+        result: TreeWriteReport = compute_with_progress(
+            report,
+            total=plan.ntasks,
+            desc="toolkit write",
+            prefix="toolkit-write-",
+            enabled=progress,
+            threads=_threads(plan),
+        )
+    finally:
+        if claim is not None:
+            claim.release()
+    return result
+
+
+def write_tree(
+    tree: xr.DataTree,
+    store: StoreLike,
+    *,
+    compute: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> TreeWriteReport | Delayed:
+    """:func:`plan_tree_write`, then :func:`execute_tree` (what :func:`toolkit.to_zarr` does)."""
+    plan = plan_tree_write(tree, store, **options)
+    return execute_tree(plan, compute=compute, progress=progress)
