@@ -16,13 +16,13 @@ import xarray as xr
 from conftest import make_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from stats_reference import check_quantiles, values
+from stats_reference import check_quantiles, quantiles, values
 from xarray.groupers import BinGrouper, TimeResampler, UniqueGrouper
 
 import toolkit
 from toolkit.errors import StatsError
 from toolkit.stats.aggregations import Context, components
-from toolkit.stats.groupby import chunk, combine_groups, finalize_groups
+from toolkit.stats.groupby import chunk, combine_groups, finalize_groups, whole
 
 MOMENTS = ["count", "mean", "var", "std", "min", "max", "sum"]
 QS = [0.05, 0.5, 0.95]
@@ -343,6 +343,100 @@ def test_grouped_partial_states_merge_the_same_in_every_tree(case: dict[str, Any
             np.testing.assert_array_equal(got[s], one[s], err_msg=s)
         else:
             np.testing.assert_allclose(got[s], one[s], rtol=1e-9, atol=1e-9 * atol[s], err_msg=s)
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
+@given(trees())
+@settings(deadline=None, max_examples=100)
+def test_groups_whole_in_a_block_have_numpys_exact_quantiles_in_every_tree(
+    kernels: str, case: dict[str, Any]
+) -> None:
+    """A group all of whose values lie in one block: numpy's quantiles, exactly.
+
+    The others' come from sketches merged in the tree, within the bound; the
+    rest of the statistics are the sketch path's.
+    """
+    rng = np.random.default_rng(case["seed"])
+    x = values(rng, case["dtype"], (case["n"], 2), case["nan"])
+    codes = np.asarray(case["codes"], dtype=np.int64)
+    names = ["count", "nan_count", "min", "max", "mean", "quantiles"]
+    aggs = components(names, alpha=0.01)
+    edges = [0, *case["cuts"], case["n"]]
+    sizes = tuple(int(b - a) for a, b in itertools.pairwise(edges))
+    (flags,) = whole([codes], (0,), (sizes,), (0,))
+    for g in range(case["ngroups"]):  # whole: every member in one block
+        held = {i for i, (a, b) in enumerate(itertools.pairwise(edges)) if (codes[a:b] == g).any()}
+        assert (flags[codes == g] == (len(held) == 1)).all()
+    ctx = Context(dtype=x.dtype, shape=(2,), quantiles=tuple(QS))
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        mp.setenv("TOOLKIT_KERNELS", kernels)
+        warnings.simplefilter("error")
+        blocks = [
+            chunk(x[a:b], codes[a:b, None], flags[a:b, None], axes=(0,), group_axes=(0,),
+                  aggs=aggs, quantiles=QS)
+            for a, b in itertools.pairwise(edges)
+        ]  # fmt: skip
+        got = finalize_groups(_tree(blocks, case["shape"], aggs), names, ctx, aggs,
+                              (case["ngroups"],))  # fmt: skip
+        plain = [
+            chunk(x[a:b], codes[a:b, None], axes=(0,), group_axes=(0,), aggs=aggs)
+            for a, b in itertools.pairwise(edges)
+        ]
+        sketched = finalize_groups(_tree(plain, case["shape"], aggs), names, ctx, aggs,
+                                   (case["ngroups"],))  # fmt: skip
+    for s in names[:-1]:
+        np.testing.assert_array_equal(got[s], sketched[s], err_msg=s)
+    for g in range(case["ngroups"]):
+        v = x[codes == g].astype(np.float64)
+        for cell in range(2):
+            finite = v[:, cell][~np.isnan(v[:, cell])]
+            check_quantiles(got["quantiles"][g, cell], finite, QS, 0.01)
+            if flags[codes == g].all() and finite.size:
+                want, _, _ = quantiles(finite, QS)
+                np.testing.assert_array_equal(got["quantiles"][g, cell], want)
+
+
+def test_whole_groups_with_several_groupers_and_other_reduced_dims() -> None:
+    codes = [np.array([0, 0, 1, 1, 1, 2]), np.array([0, 1, 0, 1, 0, 1]), np.array([3, 3, -1, 4])]
+    # Two groupers along axis 0, chunks (2, 3, 1): (0, 0) (0, 1) whole in block 0, (1, 0)
+    # (1, 1) in block 1, (2, 1) in block 2; along axis 1 (chunks 2, 2) group 3 is in
+    # block 0 and group 4 in block 1 (a position in no group, -1, is never whole).
+    got = whole(codes, (0, 0, 1), ((2, 3, 1), (2, 2)), (0, 1))
+    assert got[0].tolist() == got[1].tolist() == [True] * 6
+    assert got[2].tolist() == [True, True, False, True]
+    assert not whole(codes, (0, 0, 1), ((2, 3, 1), (1, 3)), (0, 1))[2][:2].any()  # 3 split
+    got = whole(codes, (0, 0, 1), ((3, 3), (2, 2)), (0, 1))
+    assert got[0].tolist() == [True, True, False, True, False, True]  # (1, 0) in both
+    # A reduced dim that no grouper is along, in two chunks: no group is whole.
+    got = whole(codes[:1], (0,), ((6,), (1, 1)), (0, 1))
+    assert not got[0].any()
+    assert whole(codes[:1], (0,), ((6,), (1, 1)), (0,))[0].all()  # (axis 1 kept)
+
+
+@pytest.mark.parametrize("kernels", ["1", "0"], ids=["kernels", "numpy"])
+def test_resample_quantiles_are_exact_where_each_bin_is_in_one_chunk(kernels: str) -> None:
+    arr = hourly(400, "float32", nan=0.1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", kernels)
+        got = toolkit.stats(arr.chunk(time=12), "time", groupby={"time": TimeResampler("1D")},
+                            quantiles=QS, stats=["count"], progress=False)  # fmt: skip
+        month = toolkit.stats(arr.chunk(time=12), "time", groupby="time.month",
+                              quantiles=QS, stats=["count"], progress=False)  # fmt: skip
+    with quiet():
+        want = arr.astype("f8").resample(time="1D").quantile(QS, dim="time")
+        mwant = arr.astype("f8").groupby("time.month").quantile(QS, dim="time")
+    # 7-hourly: a day has 3 or 4 values; chunks of 12 split some days, not others.
+    codes = arr.time.dt.floor("1D").values.astype("datetime64[ns]").astype("int64")
+    split = {d for d in np.unique(codes) if len({i // 12 for i in np.flatnonzero(codes == d)}) > 1}
+    day = got.time.values.astype("datetime64[ns]").astype("int64")
+    exact = np.array([d not in split for d in day])
+    w = want.transpose(*got["quantiles"].dims).values
+    np.testing.assert_array_equal(got["quantiles"].values[exact], w[exact])
+    assert exact.sum() > 10 and (~exact).sum() > 10
+    err = np.abs(got["quantiles"].values - w)
+    assert (np.nan_to_num(err) <= 0.01 * np.abs(np.nan_to_num(w)) * (1 + 1e-9)).all()
+    merr = np.abs(month["quantiles"].values - mwant.transpose(*month["quantiles"].dims).values)
+    assert (merr <= 0.01 * np.abs(mwant.transpose(*month["quantiles"].dims).values) + 1e-12).all()
 
 
 # Stores and clusters ---------------------------------------------------------

@@ -22,10 +22,15 @@ import numpy as np
 __all__ = [
     "AVAILABLE",
     "enabled",
+    "exact_rows",
     "finite_pass",
     "histogram_pass",
     "moments_pass",
+    "sketch_merge",
+    "sketch_ranks",
+    "sketch_rows",
     "summary_pass",
+    "transpose",
 ]
 
 numba: Any
@@ -148,10 +153,214 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
     return counts[:nbins]
 
 
+def _sketch_rows(
+    rows: Any, log_gamma: float, offset: int, inf: int, span: int
+) -> tuple[Any, Any]:  # pragma: no cover - compiled
+    """Sorted ``(cell, bucket)`` codes and counts of a block's rows (one row per cell).
+
+    The buckets are :meth:`QuantileSketch.bucket`'s (NaN skipped), counted
+    per row in a table of every bucket; the row's range of buckets is then
+    read off in order when it is short against the row, else the distinct
+    buckets are sorted. One pass over the values, no sort of them.
+    """
+    ncells, size = rows.shape
+    table = np.zeros(span, np.int64)
+    buf = np.empty(max(1, size), np.int64)
+    cap = max(64, min(ncells * size, 4 * ncells + 1024))
+    codes = np.empty(cap, np.int64)
+    counts = np.empty(cap, np.int64)
+    out = 0
+    top = np.float64(inf)
+    for c in range(ncells):
+        m = 0
+        lo = span
+        hi = -1
+        for j in range(size):
+            v = np.float64(rows[c, j])
+            if v != v:
+                continue
+            a = np.abs(v)
+            if a == 0.0:
+                k = np.float64(0.0)
+            elif a == np.inf:
+                k = top
+            else:
+                k = min(max(np.ceil(np.log(a) / log_gamma) + offset, 0.0), top)
+            b = inf - int(k) if v < 0 else inf + int(k)
+            buf[m] = b
+            m += 1
+            table[b] += 1
+            lo = min(lo, b)
+            hi = max(hi, b)
+        if m == 0:
+            continue
+        if out + min(m, hi - lo + 1) > cap:
+            cap = max(2 * cap, out + m)
+            grown = np.empty(cap, np.int64)
+            grown[:out] = codes[:out]
+            codes = grown
+            grown = np.empty(cap, np.int64)
+            grown[:out] = counts[:out]
+            counts = grown
+        base = np.int64(c) * span
+        if hi - lo < 4 * m + 64:
+            for b in range(lo, hi + 1):
+                n = table[b]
+                if n:
+                    codes[out] = base + b
+                    counts[out] = n
+                    table[b] = 0
+                    out += 1
+        else:
+            here = np.sort(buf[:m])
+            for i in range(m):
+                b = here[i]
+                n = table[b]
+                if n:
+                    codes[out] = base + b
+                    counts[out] = n
+                    table[b] = 0
+                    out += 1
+    return codes[:out].copy(), counts[:out].copy()
+
+
+def _sketch_merge(a: Any, na: Any, b: Any, nb: Any) -> tuple[Any, Any]:  # pragma: no cover
+    """Two sorted code lists merged, the counts of equal codes added."""
+    codes = np.empty(a.size + b.size, np.int64)
+    counts = np.empty(a.size + b.size, np.int64)
+    i = j = out = 0
+    while i < a.size and j < b.size:
+        if a[i] < b[j]:
+            codes[out] = a[i]
+            counts[out] = na[i]
+            i += 1
+        elif b[j] < a[i]:
+            codes[out] = b[j]
+            counts[out] = nb[j]
+            j += 1
+        else:
+            codes[out] = a[i]
+            counts[out] = na[i] + nb[j]
+            i += 1
+            j += 1
+        out += 1
+    while i < a.size:
+        codes[out] = a[i]
+        counts[out] = na[i]
+        i += 1
+        out += 1
+    while j < b.size:
+        codes[out] = b[j]
+        counts[out] = nb[j]
+        j += 1
+        out += 1
+    return codes[:out].copy(), counts[:out].copy()
+
+
+def _sketch_ranks(
+    codes: Any, counts: Any, ncells: int, span: int, qs: Any
+) -> tuple[Any, Any, Any, Any]:  # pragma: no cover - compiled
+    """Per cell and quantile: the buckets of the order statistics around numpy's rank.
+
+    numpy.quantile's "linear" rank ``q (n - 1)``; the buckets (``code % span``)
+    holding order statistics ``floor`` and ``ceil`` of it, and the weight
+    between them. Cells with no value have ``n`` 0 (their row is left as is).
+    """
+    nq = qs.size
+    lo = np.zeros((ncells, nq), np.int64)
+    hi = np.zeros((ncells, nq), np.int64)
+    t = np.zeros((ncells, nq), np.float64)
+    n = np.zeros(ncells, np.int64)
+    i = 0
+    while i < codes.size:
+        c = codes[i] // span
+        end = i
+        total = np.int64(0)
+        while end < codes.size and codes[end] // span == c:
+            total += counts[end]
+            end += 1
+        n[c] = total
+        for q in range(nq):
+            rank = qs[q] * (total - 1)
+            r0 = np.floor(rank)
+            r1 = np.ceil(rank)
+            t[c, q] = rank - r0
+            k0 = np.int64(r0)
+            k1 = np.int64(r1)
+            seen = np.int64(0)
+            p = i
+            while seen + counts[p] <= k0:
+                seen += counts[p]
+                p += 1
+            lo[c, q] = codes[p] % span
+            while seen + counts[p] <= k1:
+                seen += counts[p]
+                p += 1
+            hi[c, q] = codes[p] % span
+        i = end
+    return lo, hi, t, n
+
+
+def _transpose(x: Any) -> Any:  # pragma: no cover - compiled
+    """A C-contiguous copy of ``x.T`` (2-D), copied in tiles.
+
+    numpy's copy of a transposed array reads with a stride of a row: for rows
+    of a power-of-two size (a 64 x 128 map), every read falls in the same cache
+    set; tiles of 32 x 32 keep both sides in the cache.
+    """
+    m, n = x.shape
+    out = np.empty((n, m), x.dtype)
+    for i0 in range(0, m, 32):
+        for j0 in range(0, n, 32):
+            for i in range(i0, min(i0 + 32, m)):
+                for j in range(j0, min(j0 + 32, n)):
+                    out[j, i] = x[i, j]
+    return out
+
+
+def _lerp(a: float, b: float, t: float) -> float:  # pragma: no cover - compiled
+    """:func:`toolkit.stats.aggregations._lerp` of one pair, to the same answer."""
+    if t == 0 or a == b:
+        return a
+    if np.isinf(a) and np.isfinite(b):
+        return a
+    if np.isfinite(a) and np.isinf(b):
+        return b
+    d = b - a
+    v = b - d * (1 - t) if t >= 0.5 else a + d * t
+    if np.isinf(v) and np.isfinite(a) and np.isfinite(b):
+        v = a * (1 - t) + b * t
+    return v
+
+
+def _exact_rows(srt: Any, qs: Any) -> Any:  # pragma: no cover - compiled
+    """The "linear" quantiles (numpy's) of each row of sorted values (NaN last); NaN for none."""
+    ncells, size = srt.shape
+    out = np.full((ncells, qs.size), np.nan)
+    for c in range(ncells):
+        n = size
+        while n > 0 and srt[c, n - 1] != srt[c, n - 1]:  # NaN sort last
+            n -= 1
+        if n == 0:
+            continue
+        for j in range(qs.size):
+            rank = qs[j] * np.float64(n - 1)
+            lo = np.floor(rank)
+            a = np.float64(srt[c, np.int64(lo)])
+            b = np.float64(srt[c, np.int64(np.ceil(rank))])
+            out[c, j] = _lerp_one(a, b, rank - lo)
+    return out
+
+
 summary_pass: Callable[[Any], tuple[Any, float]]
 finite_pass: Callable[[Any], tuple[Any, float, Any, Any]]
 moments_pass: Callable[[Any, float, int], tuple[float, float, float, float]]
 histogram_pass: Callable[[Any, float, float, int], Any]
+sketch_rows: Callable[[Any, float, int, int, int], tuple[Any, Any]]
+sketch_merge: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
+sketch_ranks: Callable[[Any, Any, int, int, Any], tuple[Any, Any, Any, Any]]
+transpose: Callable[[Any], Any]
+exact_rows: Callable[[Any, Any], Any]
 if AVAILABLE:  # pragma: no branch
     # "reassoc" lets the sums vectorize (several partial sums, as pairwise
     # summation has); no flag that would change NaN or infinity handling. The
@@ -161,8 +370,21 @@ if AVAILABLE:  # pragma: no branch
     finite_pass = _sums(_finite_pass)
     moments_pass = _sums(_moments_pass)
     histogram_pass = numba.njit(cache=True, nogil=True)(_histogram_pass)
+    # The sketch's buckets must be numpy's (QuantileSketch.bucket): no flags either.
+    sketch_rows = numba.njit(cache=True, nogil=True)(_sketch_rows)
+    sketch_merge = numba.njit(cache=True, nogil=True)(_sketch_merge)
+    sketch_ranks = numba.njit(cache=True, nogil=True)(_sketch_ranks)
+    transpose = numba.njit(cache=True, nogil=True)(_transpose)
+    _lerp_one = numba.njit(cache=True, nogil=True)(_lerp)
+    exact_rows = numba.njit(cache=True, nogil=True)(_exact_rows)
 else:  # pragma: no cover
     summary_pass = _summary_pass
     finite_pass = _finite_pass
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass
+    sketch_rows = _sketch_rows
+    sketch_merge = _sketch_merge
+    sketch_ranks = _sketch_ranks
+    transpose = _transpose
+    _lerp_one = _lerp
+    exact_rows = _exact_rows

@@ -48,6 +48,7 @@ __all__ = [
     "Statistic",
     "Sum",
     "combine",
+    "exact_quantiles",
     "finalize",
     "partial",
     "quantile_bound",
@@ -502,10 +503,17 @@ class QuantileSketch:
         otherwise each cell's row of buckets is sorted on its own (many
         short sorts are several times faster than one sort of every code).
         """
-        kept = [a for a in range(x.ndim) if a not in axes]
-        ncells = math.prod(x.shape[a] for a in kept)
-        size = math.prod(x.shape[a] for a in axes)
-        rows = np.moveaxis(x, kept, list(range(len(kept)))).reshape(ncells, size)
+        ncells, rows = _rows(x, axes)
+        if _kernels.enabled() and x.dtype.kind in "fiub" and rows.size:
+            # One compiled pass: each row's buckets counted in a table, read off in order.
+            if x.dtype not in (np.float32, np.float64):
+                rows = rows.astype(_F8)  # as below (one compiled version per dtype)
+            else:
+                rows = _contiguous(rows)  # a row's values next to each other
+            codes, counts = _kernels.sketch_rows(
+                rows, self._log_gamma, self._offset, self._inf, self.span
+            )
+            return {"codes": codes, "counts": counts, "cells": ncells}
         v = rows.astype(_F8)  # a copy: NaN are overwritten below
         nan = np.isnan(v) if x.dtype.kind == "f" else None
         if nan is not None and not nan.any():
@@ -518,7 +526,7 @@ class QuantileSketch:
         if b.size == 0:
             return {"codes": np.zeros(0, _I8), "counts": np.zeros(0, _I8), "cells": ncells}
         flat = b.ravel()
-        cell = np.repeat(np.arange(ncells, dtype=_I8), size)
+        cell = np.repeat(np.arange(ncells, dtype=_I8), rows.shape[1])
         if nan is not None:
             ok = flat < self.span
             cell, flat = cell[ok], flat[ok]
@@ -573,6 +581,20 @@ class QuantileSketch:
         return {"codes": codes, "counts": counts.astype(_I8), "cells": ncells}
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
+        if any("exact" in p for p in parts):
+            # A whole group's exact quantiles (toolkit.stats.groupby.chunk): no other state
+            # of its group exists, so none may come here.
+            raise ValueError("a group's exact quantiles do not merge with other states")
+        if _kernels.enabled() and len(parts) > 1:
+            # Sorted lists merged pairwise, in a balanced tree: linear passes, no sort.
+            pairs = [(np.asarray(p["codes"], _I8), np.asarray(p["counts"], _I8)) for p in parts]
+            while len(pairs) > 1:
+                merged = [
+                    _kernels.sketch_merge(*pairs[i], *pairs[i + 1])
+                    for i in range(0, len(pairs) - 1, 2)
+                ]
+                pairs = merged + pairs[len(merged) * 2 :]
+            return {"codes": pairs[0][0], "counts": pairs[0][1], "cells": parts[0]["cells"]}
         codes = np.concatenate([p["codes"] for p in parts])
         counts = np.concatenate([p["counts"] for p in parts])
         ncells = parts[0]["cells"]
@@ -599,6 +621,17 @@ class QuantileSketch:
         out = np.full((ncells, len(qs)), np.nan)
         if codes.size == 0:
             return out.reshape(*shape, len(qs))
+        if _kernels.enabled():
+            # One walk over each cell's codes for every quantile.
+            lo_b, hi_b, t, n = _kernels.sketch_ranks(
+                np.asarray(codes, _I8), np.asarray(counts, _I8), ncells, self.span,
+                np.asarray(qs, _F8),
+            )  # fmt: skip
+            has = n > 0
+            lo_v = self.value(lo_b[has] - self._inf)
+            hi_v = self.value(hi_b[has] - self._inf)
+            out[has] = _lerp(np.asarray(lo_v, _F8), np.asarray(hi_v, _F8), t[has])
+            return out.reshape(*shape, len(qs))
         cum = np.cumsum(counts)
         # Codes are sorted, cell by cell: each cell's first code is found by
         # bisection, and the values before it are a running count there.
@@ -618,6 +651,53 @@ class QuantileSketch:
         return out.reshape(*shape, len(qs))
 
 
+def _rows(x: np.ndarray, axes: tuple[int, ...]) -> tuple[int, np.ndarray]:
+    """The number of kept cells and the values as one row per cell (a view where it can be)."""
+    kept = [a for a in range(x.ndim) if a not in axes]
+    ncells = math.prod(x.shape[a] for a in kept)
+    size = math.prod(x.shape[a] for a in axes)
+    return ncells, np.moveaxis(x, kept, list(range(len(kept)))).reshape(ncells, size)
+
+
+def _contiguous(rows: np.ndarray) -> np.ndarray:
+    """``rows`` C-contiguous: a transposed array is copied in tiles by the kernel."""
+    if rows.flags.c_contiguous:
+        return rows
+    if rows.T.flags.c_contiguous and _kernels.enabled() and rows.dtype in (np.float32, np.float64):
+        return np.asarray(_kernels.transpose(rows.T))
+    return np.ascontiguousarray(rows)
+
+
+def exact_quantiles(x: np.ndarray, axes: tuple[int, ...], qs: Sequence[float]) -> np.ndarray:
+    """The ``"linear"`` quantiles ``qs`` (numpy's) of the non-NaN values per cell, (cells, q).
+
+    Each cell's values sorted (NaN last) and interpolated as :func:`_lerp`
+    does: numpy's answer, with the limits numpy's formula misses at
+    infinities. NaN for a cell with no value. This is what a group whose
+    values all lie in one block costs less to answer with than a sketch.
+    """
+    ncells, rows = _rows(np.asarray(x), axes)
+    out = np.full((ncells, len(qs)), np.nan)
+    if rows.size == 0 or not qs:
+        return out
+    srt = np.sort(_contiguous(rows), axis=-1)  # NaN last
+    if _kernels.enabled() and srt.dtype in (np.float32, np.float64):
+        return np.asarray(_kernels.exact_rows(srt, np.asarray(qs, _F8)))
+    size = srt.shape[1]
+    n = size - np.count_nonzero(np.isnan(srt), axis=1) if srt.dtype.kind == "f" else None
+    has = slice(None) if n is None else n > 0
+    if n is not None and not n.all():
+        srt, n = srt[has], n[has]
+    count = np.full(srt.shape[0], size, dtype=_I8) if n is None else n.astype(_I8)
+    for j, q in enumerate(qs):
+        rank = q * (count - 1).astype(_F8)
+        lo = np.floor(rank)
+        a = np.take_along_axis(srt, lo.astype(_I8)[:, None], axis=1)[:, 0].astype(_F8)
+        b = np.take_along_axis(srt, np.ceil(rank).astype(_I8)[:, None], axis=1)[:, 0]
+        out[has, j] = _lerp(a, b.astype(_F8), rank - lo)
+    return out
+
+
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     """The linear quantile between order statistics ``a <= b`` at weight ``t`` in [0, 1).
 
@@ -629,7 +709,9 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     has these limits too.
     """
     with np.errstate(invalid="ignore", over="ignore"):
-        v = a + t * (b - a)
+        d = b - a
+        # numpy's own formula (numpy.lib._function_base_impl._lerp): from b above t = 0.5.
+        v = np.where(t >= 0.5, b - d * (1 - t), a + d * t)
         # b - a overflowing between two finite values: the weighted mean instead.
         v = np.where(np.isinf(v) & np.isfinite(a) & np.isfinite(b), a * (1 - t) + b * t, v)
     v = np.where(np.isinf(a) & np.isfinite(b), a, v)  # -inf, then finite values

@@ -44,7 +44,15 @@ from toolkit.stats.aggregations import (
     finalize,
     partial,
 )
-from toolkit.stats.groupby import GroupBy, Groups, chunk, combine_groups, finalize_groups, resolve
+from toolkit.stats.groupby import (
+    GroupBy,
+    Groups,
+    chunk,
+    combine_groups,
+    finalize_groups,
+    resolve,
+    whole,
+)
 
 __all__ = ["DEFAULT_STATS", "stats", "summary_table"]
 
@@ -507,16 +515,21 @@ def _variable_stats(
         # Each grouper's codes go in as a small dask array along its dim (length 1
         # along the others), so a chunk task gets its block's codes and no more.
         group_axes = tuple(var.dims.index(g.dim) for g in groups.groups)
+        along = [g.codes for g in groups.groups]
+        if context.quantiles:
+            # And whether each position's group lies wholly in its block: such a
+            # group's quantiles are answered exactly there, without a sketch.
+            along += whole(along, group_axes, x.chunks, axes)
         codes = [
             da.from_array(
-                g.codes.reshape([-1 if i == a else 1 for i in range(x.ndim)]),
+                c.reshape([-1 if i == a else 1 for i in range(x.ndim)]),
                 chunks=tuple(x.chunks[i] if i == a else (1,) for i in range(x.ndim)),
             )
-            for g, a in zip(groups.groups, group_axes, strict=True)
+            for c, a in zip(along, group_axes * 2, strict=False)
         ]
         parts = da.map_blocks(
             chunk, x, *codes, axes=axes, group_axes=group_axes, aggs=aggs, dtype=object,
-            meta=meta, name=cname,
+            meta=meta, name=cname, quantiles=context.quantiles,
         )  # fmt: skip
         combine_task = _combine_groups_task
     layer: dict[Any, Any] = {}

@@ -36,11 +36,12 @@ from toolkit.stats.aggregations import (
     Partial,
     QuantileSketch,
     combine,
+    exact_quantiles,
     finalize,
     partial,
 )
 
-__all__ = ["GroupBy", "Groups", "resolve"]
+__all__ = ["GroupBy", "Groups", "resolve", "whole"]
 
 GroupBy = Hashable | xr.DataArray | Mapping[Any, Grouper] | Sequence[Any]
 """What ``groupby=`` takes: xarray's spellings of one grouper or several."""
@@ -239,39 +240,56 @@ def _labels(ds: xr.Dataset, key: Hashable | xr.DataArray) -> tuple[xr.DataArray,
 
 def chunk(
     x: np.ndarray,
-    *codes: np.ndarray,
+    *arrays: np.ndarray,
     axes: tuple[int, ...],
     group_axes: tuple[int, ...],
     aggs: Sequence[Aggregation],
+    quantiles: Sequence[float] = (),
 ) -> Grouped:
     """The partial state of each group present in a block.
 
-    ``codes[j]`` are grouper ``j``'s codes along axis ``group_axes[j]`` for
-    this block (the block's length along that axis, 1 along the others).
+    ``arrays[j]`` are grouper ``j``'s codes along axis ``group_axes[j]`` for
+    this block (the block's length along that axis, 1 along the others). With
+    ``quantiles``, ``arrays`` go on with one array per grouper, in the same
+    layout, of whether each position's group lies wholly in this block (see
+    :func:`whole`): a group that does has its quantiles answered exactly here
+    (:func:`~toolkit.stats.aggregations.exact_quantiles`), which costs less
+    than its sketch, and its state is those quantiles, which no other block's
+    state merges with.
     """
     x = np.asarray(x)
-    # Per grouped axis: the groupers' code tuples present, and their positions.
-    per_axis: list[tuple[int, list[int], list[tuple[tuple[int, ...], np.ndarray]]]] = []
+    codes = arrays[: len(group_axes)]
+    flags = arrays[len(group_axes) :] if quantiles else ()
+    # Per grouped axis: the groupers' code tuples present, their positions,
+    # and whether all of those positions' groups are whole in this block.
+    per_axis: list[tuple[int, list[int], list[tuple[tuple[int, ...], np.ndarray, bool]]]] = []
     for axis in dict.fromkeys(group_axes):
         which = [j for j, a in enumerate(group_axes) if a == axis]
         stacked = np.stack([np.asarray(codes[j]).reshape(-1) for j in which])
         valid = np.flatnonzero((stacked >= 0).all(axis=0))
         if valid.size == 0:
             return {}
+        here = (
+            np.stack([np.asarray(flags[j]).reshape(-1) for j in which]).all(axis=0)
+            if flags
+            else np.zeros(stacked.shape[1], bool)
+        )
         keys, inverse = np.unique(stacked[:, valid], axis=1, return_inverse=True)
         inverse = inverse.reshape(-1)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(keys.shape[1] + 1))
-        members = [
-            (tuple(int(c) for c in keys[:, i]), valid[order[bounds[i] : bounds[i + 1]]])
-            for i in range(keys.shape[1])
-        ]
+        members = []
+        for i in range(keys.shape[1]):
+            idx = valid[order[bounds[i] : bounds[i + 1]]]
+            members.append((tuple(int(c) for c in keys[:, i]), idx, bool(here[idx].all())))
         per_axis.append((axis, which, members))
+    sketches = [a for a in aggs if isinstance(a, QuantileSketch)]
+    rest = [a for a in aggs if not isinstance(a, QuantileSketch)]
     out: Grouped = {}
     for combo in itertools.product(*(m for _, _, m in per_axis)):
         sub = x
         key = [0] * len(group_axes)
-        for (axis, which, _), (codes_here, idx) in zip(per_axis, combo, strict=True):
+        for (axis, which, _), (codes_here, idx, _) in zip(per_axis, combo, strict=True):
             for j, c in zip(which, codes_here, strict=True):
                 key[j] = c
             # Runs of a group (months, days of sorted time) are views, not copies.
@@ -279,7 +297,46 @@ def chunk(
                 sub = sub[(slice(None),) * axis + (slice(int(idx[0]), int(idx[-1]) + 1),)]
             else:
                 sub = np.take(sub, idx, axis=axis)
-        out[tuple(key)] = partial(sub, axes, aggs)
+        if sketches and all(w for _, _, w in combo):
+            state = partial(sub, axes, rest)
+            for a in sketches:
+                state[a.key] = {"exact": exact_quantiles(sub, axes, quantiles)}
+        else:
+            state = partial(sub, axes, aggs)
+        out[tuple(key)] = state
+    return out
+
+
+def whole(codes: Sequence[np.ndarray], group_axes: Sequence[int], chunks: Sequence[Sequence[int]],
+          axes: Sequence[int]) -> list[np.ndarray]:  # fmt: skip
+    """Per grouper, whether each position's group lies wholly in that position's block.
+
+    A group (the groupers' codes along one axis) is whole in a block when
+    all its positions along that axis are in that block and the block spans
+    every other reduced axis that no grouper is along. A state of several
+    groupers' groups is whole when each of its groups is. ``chunks`` are the
+    data's chunks, ``axes`` the reduced axes.
+    """
+    grouped = set(group_axes)
+    if any(len(chunks[a]) > 1 for a in axes if a not in grouped):
+        return [np.zeros(len(c), bool) for c in codes]
+    out: list[np.ndarray] = [np.zeros(0, bool)] * len(codes)
+    for axis in dict.fromkeys(group_axes):
+        which = [j for j, a in enumerate(group_axes) if a == axis]
+        stacked = np.stack([np.asarray(codes[j], np.int64) for j in which])
+        block = np.repeat(np.arange(len(chunks[axis])), chunks[axis])
+        ok = np.zeros(stacked.shape[1], bool)
+        valid = np.flatnonzero((stacked >= 0).all(axis=0))
+        if valid.size:
+            _, inverse = np.unique(stacked[:, valid], axis=1, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            first = np.full(inverse.max() + 1, np.iinfo(np.int64).max)
+            last = np.full(inverse.max() + 1, -1)
+            np.minimum.at(first, inverse, block[valid])
+            np.maximum.at(last, inverse, block[valid])
+            ok[valid] = (first == last)[inverse]
+        for j in which:
+            out[j] = ok
     return out
 
 
@@ -309,11 +366,26 @@ def finalize_groups(
     empty = partial(np.empty((0, *kept), dtype=dtype), (0,), aggs)
     ngroups = math.prod(group_shape)
     states: list[Partial] = [empty] * ngroups
+    exact: dict[int, np.ndarray] = {}  # groups whose quantiles a chunk answered exactly
     for key, state in part.items():
-        states[int(np.ravel_multi_index(key, group_shape))] = state
+        g = int(np.ravel_multi_index(key, group_shape))
+        sketch = state.get("sketch")
+        if sketch is not None and "exact" in sketch:
+            exact[g] = sketch["exact"]
+            state = {**state, "sketch": empty["sketch"]}
+        states[g] = state
     stacked = _stack(states, aggs, math.prod(kept), group_shape, empty)
     ctx = dataclasses.replace(context, shape=(*group_shape, *kept))
     out = finalize(stacked, names, ctx)
+    if exact and "quantiles" in out:
+        shape = out["quantiles"].shape
+        q = np.array(out["quantiles"]).reshape(ngroups, -1, len(context.quantiles))
+        for g, values in exact.items():
+            q[g] = values
+        out["quantiles"] = q.reshape(shape)
+        if not context.skipna and "count" in stacked:  # as finalize has it
+            nan = np.asarray(stacked["count"]["size"] > stacked["count"]["n"])
+            out["quantiles"][nan] = np.nan
     if "count" in stacked:
         none = np.asarray(stacked["count"]["size"]) == 0
         if none.any():
