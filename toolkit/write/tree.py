@@ -541,6 +541,33 @@ def plan_tree_write(
             if isinstance(r, BaseException):
                 raise r
         planned += [r for r in results if isinstance(r, WritePlan)]
+    if append_dim is not None and left_alone and not any(p.append_dim for p in planned):
+        # Appended to nothing: the tree is created, as a dataset is, with every node.
+        alone = [(path, n) for path, n in nodes if path in left_alone]
+        extra: list[tuple[str, xr.Dataset, dict[str, Any]]] = [
+            (path, n.to_dataset(inherit=write_inherited_coords or path == "/"), {})
+            for path, n in alone
+        ]
+        with ThreadPoolExecutor(min(_PLANNERS, len(extra)), "toolkit-plan-tree") as pool:
+            more = list(pool.map(functools.partial(plan_node, fmt=fmt), extra))
+        order = {path: i for i, (path, _) in enumerate(nodes)}
+        pairs = sorted(
+            [*zip(jobs, planned, strict=True), *zip(extra, more, strict=True)],
+            key=lambda jp: order[jp[0][0]],
+        )
+        jobs, planned = [j for j, _ in pairs], [p for _, p in pairs]
+        left_alone = []
+        tmode = "w-"  # a creation: under the claim, into an empty group
+    if append_dim is not None:
+        created = [path for (path, _, _), p in zip(jobs, planned, strict=True) if not p.append_dim]
+        if created and len(created) < len(planned):
+            # Its arrays would hold the appended rows alone: a tree no longer aligned.
+            raise AppendError(
+                f"node {created[0]!r} has append_dim={append_dim!r} but no arrays in the store "
+                "to append to, while other nodes are appended; write it first with the whole "
+                "dimension (mode='a', without append_dim), or drop its variables along "
+                f"{append_dim!r}"
+            )
     out = TreeWritePlan(
         target=describe_store(plain),
         mode=tmode,
@@ -614,7 +641,10 @@ def _tree_metadata(
         else:
             reads = p.reads if p.mode == "r+" and p.reads is not None else p.store
             buf = MetadataBuffer(wrap_store(reads, p.throttle, meta_io))
-        return buf, _write_metadata(p, buf, mode="w-" if creating else p.mode)
+        # A node an append or an "a" write creates (planned "w-": its group holds no
+        # arrays) is created in its group, which may exist, as xarray's "a" does.
+        xmode = "w-" if creating else "a" if p.mode == "w-" else p.mode
+        return buf, _write_metadata(p, buf, mode=xmode)
 
     with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-meta") as pool:
         filled = list(pool.map(fill, [p for _, p in nodes]))
@@ -642,7 +672,8 @@ def _tree_metadata(
     if plan.consolidated and plan.mode != "r+":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(final, path=root, zarr_format=plan.zarr_format)  # type: ignore[arg-type]
+            # At the store's root, as xarray does (a tree under a group included).
+            zarr.consolidate_metadata(final, zarr_format=plan.zarr_format)  # type: ignore[arg-type]
     sources = [s for _, s in filled]
     tokens = [
         derive_write_id(p)
