@@ -91,6 +91,8 @@ def test_a_tree_is_stored_as_xarray_stores_it(tmp_path, zarr_format, inherited):
     mine = toolkit.open_datatree(ours)
     xr.testing.assert_identical(mine, back)
     assert mine["fine/u"].chunks is not None  # dask, in whole stored chunks
+    verified = toolkit.verify(ours, progress=False)  # the root's manifest lists every node's
+    assert verified.ok, verified.problems
 
 
 def test_open_datatree_equals_xarrays_and_is_aligned(tmp_path):

@@ -726,6 +726,13 @@ def _tree_report(
     """
     nodes = plan.nodes
     none = IOMetrics().as_dict()
+    first_written = dict(written[0])
+    if nodes and nodes[0][0] == "/":
+        # The tree's root lists every object of the tree in its manifest, so that
+        # toolkit.verify of the store checks the children too; each child lists its own.
+        for i in range(1, len(nodes)):
+            first_written.update(written[i])
+            first_written.update(stats[i].get("objects", {}))
 
     def one(i: int) -> WriteReport:
         return _report(
@@ -736,7 +743,7 @@ def _tree_report(
             meta_io if i == 0 else none,
             journals[i],
             strays_before=strays_before if i == 0 else None,
-            meta_written=written[i],
+            meta_written=first_written if i == 0 else written[i],
             token=tokens[i],
         )
 
