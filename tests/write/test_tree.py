@@ -337,3 +337,27 @@ def test_append_to_a_node_with_no_arrays_is_refused_by_name(tmp_path):
     assert toolkit.plan_tree_write(later, new, append_dim="time").mode == "w-"
     toolkit.to_zarr(later, new, append_dim="time", progress=False)
     xr.testing.assert_identical(toolkit.open_datatree(new), later.compute())
+
+
+@pytest.mark.timeout(300)
+def test_a_failed_node_keeps_its_record_and_a_rerun_repairs_the_tree(s3):
+    """The failing node's units are named; readers refuse it until the write is redone."""
+    from toolkit.errors import WriteError
+    from toolkit.testing import FaultProxy
+
+    tree = make_tree()
+    url = f"s3://data/tree-fail-{next(_names)}-{time.time_ns()}.zarr"
+    policy = toolkit.Throttle(max_retries=1, backoff_base=0.01, backoff_max=0.02)
+    with FaultProxy(s3.endpoint_url, error_prob=1.0, only=r"/fine/u/c/") as proxy:
+        opts = {**s3.storage_options(proxy.url), "client": "obstore"}
+        with pytest.raises(WriteError) as failed:
+            toolkit.to_zarr(tree, url, storage_options=opts, throttle=policy, progress=False)
+    assert failed.value.record["u"]["missing"]
+    direct = {**s3.storage_options(), "client": "obstore"}
+    with pytest.raises(IncompleteStoreError):
+        toolkit.open_zarr(url, group="fine", storage_options=direct)
+    toolkit.open_zarr(url, storage_options=direct)  # the root's own write landed whole
+    toolkit.to_zarr(tree, url, mode="w", storage_options=direct, progress=False)
+    xr.testing.assert_identical(
+        toolkit.open_datatree(url, storage_options=direct).compute(), tree.compute()
+    )
