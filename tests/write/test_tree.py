@@ -262,6 +262,24 @@ def test_region_writes_every_node_that_has_the_dims(tmp_path):
     np.testing.assert_array_equal(back["t2m"][:2], tree["t2m"][:2])
 
 
+def test_region_auto_places_a_child_by_its_parents_index(tmp_path):
+    """A child's data has no index of an inherited dim: its slice is the parent's."""
+    tree = make_tree()
+    path = tmp_path / "t.zarr"
+    toolkit.to_zarr(tree, path, progress=False)
+    piece = make_tree(t0=50).isel(time=slice(2, 6))
+    root = piece.to_dataset(inherit=False).assign_coords(time=tree["time"][2:6].values)
+    piece["/"].dataset = root
+    plan = toolkit.plan_tree_write(piece, path, region="auto")
+    assert plan["/fine"].region["time"] == slice(2, 6)
+    assert "node /fine region {time: 2:6, y: 0:6}" in repr(plan)
+    toolkit.to_zarr(piece, path, region="auto", progress=False)
+    back = toolkit.open_datatree(path).compute()
+    np.testing.assert_array_equal(back["fine/u"][2:6], piece["fine/u"])
+    np.testing.assert_array_equal(back["fine/u"][:2], tree["fine/u"][:2])
+    np.testing.assert_array_equal(back["t2m"][2:6], piece["t2m"])
+
+
 def test_group_puts_the_tree_under_a_group(tmp_path):
     tree = make_tree()
     path = tmp_path / "t.zarr"

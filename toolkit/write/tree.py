@@ -302,6 +302,10 @@ class TreeWritePlan:
         for path, p in self.nodes:
             rows = [v._row() for v in p.variables]
             head = f"node {path}" + (f" (mode={p.mode!r})" if p.mode != self.mode else "")
+            if p.region:
+                head += " region {" + ", ".join(
+                    f"{d}: {sl.start}:{sl.stop}" for d, sl in p.region.items()
+                ) + "}"  # fmt: skip
             lines.append("")
             lines.append(
                 head
@@ -480,11 +484,11 @@ def plan_tree_write(
                 continue
             options["append_dim"] = append_dim
         if region is not None:
-            if region == "auto":
+            if isinstance(region, str) and region == "auto":
                 if not ds.dims:
                     left_alone.append(path)
                     continue
-                options["region"] = "auto"
+                options["region"] = dict.fromkeys(ds.dims, "auto")
             elif isinstance(region, Mapping):
                 mine = {d: s for d, s in region.items() if d in ds.dims}
                 if not mine:
@@ -524,23 +528,62 @@ def plan_tree_write(
             raise _in_node(path, e) from e
 
     fmt: int | None = zarr_format
-    planned: list[WritePlan] = []
     if fmt is None and tmode in ("w", "w-"):
         fmt = int(zarr.config.get("default_zarr_format"))
-    elif fmt is None:
-        # The format of what is stored: the first node's plan reads it (a node the
-        # write creates takes it too).
-        planned.append(plan_node(jobs[0], None))
-        fmt = planned[0].zarr_format
-    rest = jobs[len(planned) :]
-    if rest:
-        with ThreadPoolExecutor(min(_PLANNERS, len(rest)), "toolkit-plan-tree") as pool:
-            futures = [pool.submit(plan_node, j, fmt) for j in rest]
+    done: dict[int, WritePlan] = {}
+
+    def plan_all(which: Sequence[int]) -> None:
+        if not which:
+            return
+        with ThreadPoolExecutor(min(_PLANNERS, len(which)), "toolkit-plan-tree") as pool:
+            futures = [pool.submit(plan_node, jobs[i], fmt) for i in which]
             results = [f.exception() or f.result() for f in futures]
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        planned += [r for r in results if isinstance(r, WritePlan)]
+        done.update((i, r) for i, r in zip(which, results, strict=True) if isinstance(r, WritePlan))
+
+    # region="auto" along a dimension is found from its index, which is stored in the
+    # node that defines it: a node is planned once the nodes defining the indexes it
+    # lacks have found their slices, which it takes (a child's data has no index of an
+    # inherited dimension, and would otherwise be placed at the start).
+    owners: dict[Hashable, int] = {}
+    for i, (_, ds, options) in enumerate(jobs):
+        for d, sl in (options.get("region") or {}).items():
+            if isinstance(sl, str) and sl == "auto" and d in ds.indexes:
+                owners.setdefault(d, i)
+    resolved: dict[Hashable, slice] = {}
+
+    def waiting(i: int) -> bool:
+        _, ds, options = jobs[i]
+        return any(
+            isinstance(sl, str) and sl == "auto" and d in owners and d not in ds.indexes
+            and d not in resolved
+            for d, sl in (options.get("region") or {}).items()
+        )  # fmt: skip
+
+    pending = list(range(len(jobs)))
+    while pending:
+        ready = [i for i in pending if not waiting(i)] or pending
+        for i in ready:
+            _, ds, options = jobs[i]
+            if options.get("region"):
+                options["region"] = {
+                    d: resolved[d] if d in resolved and d not in ds.indexes else sl
+                    for d, sl in options["region"].items()
+                }
+        if fmt is None:  # the format of what is stored: the first node's plan reads it
+            done[ready[0]] = plan_node(jobs[ready[0]], None)
+            fmt = done[ready[0]].zarr_format
+        plan_all([i for i in ready if i not in done])
+        for d, i in owners.items():
+            if i in ready:
+                found = (done[i].region or {}).get(str(d))
+                if found is not None:
+                    resolved[d] = found
+        pending = [i for i in pending if i not in ready]
+    assert fmt is not None
+    planned = [done[i] for i in range(len(jobs))]
     if append_dim is not None and left_alone and not any(p.append_dim for p in planned):
         # Appended to nothing: the tree is created, as a dataset is, with every node.
         alone = [(path, n) for path, n in nodes if path in left_alone]
