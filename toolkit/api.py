@@ -39,6 +39,7 @@ def to_zarr(
     consolidated: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
     group: str | None = None,
+    write_inherited_coords: bool = False,
     write_empty_chunks: bool | None = None,
     compute: bool = True,
     safe_chunks: bool = True,
@@ -47,7 +48,6 @@ def to_zarr(
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES,
     throttle: Throttle | Literal[False] | None = None,
     progress: bool = True,
-    write_inherited_coords: bool = False,
     **unknown: Any,
 ) -> WriteReport | TreeWriteReport | Delayed:
     """Write ``ds`` to Zarr in parallel, with every task owning whole stored objects.
@@ -77,6 +77,9 @@ def to_zarr(
         With ``mode="overwrite-partitions"``: the coordinate labelling partitions.
     storage_options, group, write_empty_chunks : optional
         As in :meth:`xarray.Dataset.to_zarr`.
+    write_inherited_coords : bool
+        DataTrees only, as in :meth:`xarray.DataTree.to_zarr`: store inherited
+        coordinates again in every node.
     compute : bool
         If False, return a ``Delayed`` writing the data (metadata is written now).
     safe_chunks, align_chunks : bool
@@ -93,9 +96,6 @@ def to_zarr(
         ``None`` takes the URL's defaults (none for local paths), ``False`` none.
     progress : bool
         Show progress.
-    write_inherited_coords : bool
-        DataTrees only, as in :meth:`xarray.DataTree.to_zarr`: store inherited
-        coordinates again in every node.
 
     Returns
     -------

@@ -379,3 +379,12 @@ def test_a_failed_node_keeps_its_record_and_a_rerun_repairs_the_tree(s3):
     xr.testing.assert_identical(
         toolkit.open_datatree(url, storage_options=direct).compute(), tree.compute()
     )
+
+
+def test_execute_names_execute_tree_for_a_trees_plan(tmp_path):
+    plan = toolkit.plan_tree_write(make_tree(), tmp_path / "t.zarr")
+    with pytest.raises(TypeError, match="execute_tree"):
+        toolkit.execute(plan)  # type: ignore[arg-type]
+    report = toolkit.execute_tree(plan, progress=False)
+    assert "TreeWriteReport" in repr(report) and "/fine/grand" in repr(report)
+    assert report["/fine"].variables == ("u", "mask")

@@ -73,6 +73,8 @@ from toolkit.state.claim import (
     doomed_keys,
     drop_keys,
     group_contents,
+    listing_is_free,
+    refuse_foreign,
     remove_strays,
 )
 from toolkit.state.commitlog import HEAD as LOG_HEAD
@@ -391,6 +393,12 @@ def execute(
     >>> report.units == plan.nunits
     True
     """
+    if not isinstance(plan, WritePlan):
+        raise TypeError(
+            f"execute() runs a WritePlan, got {type(plan).__name__}"
+            + ("; a DataTree's plan runs with toolkit.execute_tree(plan)" if hasattr(plan, "nodes")
+               else "")
+        )  # fmt: skip
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))
@@ -409,7 +417,22 @@ def execute(
         creating or (resume is not None and plan.mode == "r+" and not transactional)
     ):
         own_claim = CreationClaim(plan.store, plan.group, owner, plan.throttle)
-        own_claim.acquire(wait=plan.mode != "w-")
+    # Mode "w" replaces a Zarr store only (refuse_foreign): a local target was checked by
+    # the plan; an object store's is listed here, beside the lease's request, which it
+    # would otherwise wait for (one round trip). Refused, the lease it took is withdrawn.
+    guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
+    if own_claim is not None:
+        with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
+            checked = pool.submit(refuse_foreign, direct, plan.group) if guard else None
+            own_claim.acquire(wait=plan.mode != "w-")
+            try:
+                if checked is not None:
+                    checked.result()
+            except BaseException:
+                own_claim.withdraw()
+                raise
+    elif guard:
+        refuse_foreign(direct, plan.group)
     if job is None and not creating and resume is None:
         job = derive_write_id(plan)
     try:
