@@ -149,14 +149,15 @@ def test_one_graph_and_one_compute_for_every_node(tmp_path):
     xr.testing.assert_identical(toolkit.open_datatree(path), tree.compute())
 
 
-def test_accessor_and_modes(tmp_path):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_accessor_and_modes(tmp_path, zarr_format):
     tree = make_tree()
     path = tmp_path / "t.zarr"
-    tree.toolkit.to_zarr(path, progress=False)
+    tree.toolkit.to_zarr(path, zarr_format=zarr_format, progress=False)
     with pytest.raises(ExistingStoreError):
         tree.toolkit.to_zarr(path, progress=False)  # "w-" is the default, as xarray's
     other = make_tree(t0=100)
-    toolkit.to_zarr(other, path, mode="w", progress=False)
+    toolkit.to_zarr(other, path, mode="w", zarr_format=zarr_format, progress=False)
     xr.testing.assert_identical(xr.open_datatree(path, engine="zarr"), other.compute())
     # mode="a": overwrite the variables, add a node and a variable.
     more = other.copy()
@@ -169,6 +170,8 @@ def test_accessor_and_modes(tmp_path):
     changed["fine/u"] = changed["fine/u"] + 1
     toolkit.to_zarr(changed, path, mode="r+", progress=False)
     xr.testing.assert_identical(toolkit.open_datatree(path), changed.compute())
+    # The node added by "a" took the store's format.
+    assert (path / "extra" / ("zarr.json" if zarr_format == 3 else ".zgroup")).is_file()
 
 
 def test_append_dim_appends_every_node_that_has_it(tmp_path):
@@ -280,13 +283,19 @@ def test_region_auto_places_a_child_by_its_parents_index(tmp_path):
     np.testing.assert_array_equal(back["t2m"][2:6], piece["t2m"])
 
 
-def test_group_puts_the_tree_under_a_group(tmp_path):
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_group_puts_the_tree_under_a_group(tmp_path, zarr_format):
     tree = make_tree()
     path = tmp_path / "t.zarr"
-    xr.Dataset({"other": ("k", [1, 2])}, attrs={"keep": 1}).to_zarr(path)
-    toolkit.to_zarr(tree, path, group="run1", mode="a", progress=False)
+    xr.Dataset({"other": ("k", [1, 2])}, attrs={"keep": 1}).to_zarr(path, zarr_format=zarr_format)
+    toolkit.to_zarr(tree, path, group="run1", mode="a", zarr_format=zarr_format, progress=False)
     xr.testing.assert_identical(toolkit.open_datatree(path, group="run1"), tree.compute())
     assert xr.open_zarr(path).attrs == {"keep": 1}
+    # A new tree under another group: created under the claim of its own group only.
+    toolkit.to_zarr(tree, path, group="run2", zarr_format=zarr_format, progress=False)
+    whole = xr.open_datatree(path, engine="zarr")
+    assert {"/run1", "/run2", "/run2/fine/grand"} <= set(whole.groups)
+    xr.testing.assert_identical(toolkit.open_datatree(path, group="run2"), tree.compute())
 
 
 def test_on_a_local_cluster(tmp_path, cluster_client):
