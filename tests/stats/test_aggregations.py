@@ -22,7 +22,7 @@ from stats_reference import (
 )
 
 from toolkit.errors import StatsOverflowError
-from toolkit.stats import aggregations
+from toolkit.stats import _kernels, aggregations
 from toolkit.stats.aggregations import (
     STATISTICS,
     Context,
@@ -351,3 +351,38 @@ def test_every_statistic_is_declared_with_its_components() -> None:
     for name, stat in STATISTICS.items():
         aggs = components([name], edges=np.array([0.0, 1.0]))
         assert {a.key for a in aggs} >= {k.rstrip("1234") for k in stat.needs}, name
+
+
+@pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_sketch_buckets_are_numpys_at_every_edge(alpha: float, dtype: str) -> None:
+    """The kernel finds buckets by a table of float bits, not a logarithm: the same ones.
+
+    Values from the subnormals to the largest float, every bucket's answer and
+    the floats either side of it, zeros of both signs, infinities and NaN.
+    """
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(3)
+    info = np.finfo(dtype)
+    sketch = QuantileSketch(alpha)
+    with np.errstate(over="ignore", under="ignore"):  # the float32 ends: infinities, zeros
+        answers = sketch.value(np.arange(-sketch._inf, sketch._inf + 1)).astype(dtype)
+        edges = np.exp(np.arange(-800, 800) * sketch._log_gamma)
+        edges = np.concatenate([edges, -edges]).astype(dtype)
+        wide = rng.standard_normal(20_000) * 10.0 ** rng.integers(
+            info.minexp // 3, info.maxexp // 3, 20_000
+        )
+        x = np.concatenate([
+            answers, np.nextafter(answers, np.inf), np.nextafter(answers, -np.inf), edges,
+            np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), wide.astype(dtype),
+            info.smallest_subnormal * np.arange(-50, 50), [0.0, -0.0, np.inf, -np.inf, np.nan],
+        ]).astype(dtype)  # fmt: skip
+    x = x[: x.size // 4 * 4].reshape(4, -1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", "1")
+        got = sketch.block(x, (1,))
+        mp.setenv("TOOLKIT_KERNELS", "0")
+        want = sketch.block(x, (1,))
+    np.testing.assert_array_equal(got["codes"], want["codes"])
+    np.testing.assert_array_equal(got["counts"], want["counts"])

@@ -508,3 +508,19 @@ def test_bins_from_the_datas_range_and_skipna_false_per_group() -> None:
     assert np.isnan(strict["mean"].sel(month=1)[1, 1]) and not np.isnan(strict["mean"][1, 1, 1])
     assert np.isnan(strict["quantiles"].sel(month=1)[1, 1]).all()
     assert int(strict["count"].sel(month=1)[1, 1]) == int((arr.time.dt.month == 1).sum()) - 1
+
+
+def test_finalize_split_by_group_ranges_gives_the_same_answer(monkeypatch: Any) -> None:
+    from toolkit.stats import compute
+
+    arr = hourly(300, "float64", nan=0.1)
+    kwargs: dict[str, Any] = dict(stats=["count", "mean", "max"], quantiles=QS, progress=False)
+    for dims, groupby in (("time", {"time": TimeResampler("1D")}),
+                          (["time", "x"], ["time.month", "region"])):  # fmt: skip
+        whole_task = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, **kwargs)
+        monkeypatch.setattr(compute, "_FINALIZE_CELLS", 30)  # a few groups per task
+        lazy = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, compute=False, **kwargs)
+        monkeypatch.undo()
+        first = lazy["count"].dims.index("month" if "month" in lazy.dims else "time")
+        assert len(lazy["count"].chunks[first]) > 1
+        xr.testing.assert_identical(lazy.compute(), whole_task)

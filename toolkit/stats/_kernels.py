@@ -21,6 +21,8 @@ import numpy as np
 
 __all__ = [
     "AVAILABLE",
+    "cells_moments",
+    "cells_pass",
     "enabled",
     "exact_rows",
     "finite_pass",
@@ -153,48 +155,158 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
     return counts[:nbins]
 
 
+_ROWS = 128  # rows summed into per-cell run accumulators before the totals
+
+
+def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
+    """Per column of ``x`` (rows: the values reduced; columns: the cells kept), one pass.
+
+    Non-NaN count and float64 sum, finite count and float64 sum, infinity
+    flags (1: +inf, 2: -inf) and NaN-skipping min and max (+inf and -inf
+    where a column has no value). The loops over columns vectorize; sums
+    go through run accumulators of ``_ROWS`` rows, so rounding grows with
+    ``_ROWS + rows / _ROWS``, not with the rows.
+    """
+    size, ncells = x.shape
+    n = np.zeros(ncells, np.int64)
+    total = np.zeros(ncells)
+    fn = np.zeros(ncells, np.int64)
+    ftotal = np.zeros(ncells)
+    flags = np.zeros(ncells, np.uint8)
+    lo = np.full(ncells, np.inf)
+    hi = np.full(ncells, -np.inf)
+    run = np.zeros(ncells)
+    frun = np.zeros(ncells)
+    for start in range(0, size, _ROWS):
+        run[:] = 0.0
+        frun[:] = 0.0
+        for t in range(start, min(start + _ROWS, size)):
+            row = x[t]
+            for c in range(ncells):
+                f = np.float64(row[c])
+                ok = f == f
+                fin = np.abs(f) < np.inf
+                n[c] += np.int64(ok)
+                fn[c] += np.int64(fin)
+                run[c] += f if ok else 0.0
+                frun[c] += f if fin else 0.0
+                flags[c] |= np.uint8(f == np.inf) | (np.uint8(f == -np.inf) << np.uint8(1))
+                lo[c] = f if f < lo[c] else lo[c]
+                hi[c] = f if f > hi[c] else hi[c]
+        for c in range(ncells):
+            total[c] += run[c]
+            ftotal[c] += frun[c]
+    return n, total, fn, ftotal, flags, lo, hi
+
+
+def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragma: no cover
+    """Per column: sums of ``d``, ``d**2`` (to ``d**order``), ``d = x - centre`` over finite x."""
+    size, ncells = x.shape
+    s1 = np.zeros(ncells)
+    s2 = np.zeros(ncells)
+    s3 = np.zeros(ncells if order >= 3 else 0)
+    s4 = np.zeros(ncells if order >= 4 else 0)
+    r1 = np.zeros(ncells)
+    r2 = np.zeros(ncells)
+    r3 = np.zeros(ncells if order >= 3 else 0)
+    r4 = np.zeros(ncells if order >= 4 else 0)
+    for start in range(0, size, _ROWS):
+        r1[:] = 0.0
+        r2[:] = 0.0
+        r3[:] = 0.0
+        r4[:] = 0.0
+        for t in range(start, min(start + _ROWS, size)):
+            row = x[t]
+            if order == 2:
+                for c in range(ncells):
+                    f = np.float64(row[c])
+                    d = f - centre[c] if np.abs(f) < np.inf else 0.0
+                    r1[c] += d
+                    r2[c] += d * d
+            else:
+                for c in range(ncells):
+                    f = np.float64(row[c])
+                    d = f - centre[c] if np.abs(f) < np.inf else 0.0
+                    d2 = d * d
+                    r1[c] += d
+                    r2[c] += d2
+                    r3[c] += d2 * d
+                    if order >= 4:
+                        r4[c] += d2 * d2
+        s1 += r1
+        s2 += r2
+        s3 += r3
+        s4 += r4
+    return s1, s2, s3, s4
+
+
 def _sketch_rows(
-    rows: Any, log_gamma: float, offset: int, inf: int, span: int
+    bits: Any,
+    ptr: Any,
+    bounds: Any,
+    shift: int,
+    lowest: int,
+    absmask: int,
+    infbits: int,
+    inf: int,
+    span: int,
 ) -> tuple[Any, Any]:  # pragma: no cover - compiled
     """Sorted ``(cell, bucket)`` codes and counts of a block's rows (one row per cell).
 
-    The buckets are :meth:`QuantileSketch.bucket`'s (NaN skipped), counted
-    per row in a table of every bucket; the row's range of buckets is then
-    read off in order when it is short against the row, else the distinct
-    buckets are sorted. One pass over the values, no sort of them.
+    ``bits`` are the values viewed as unsigned integers of their width. The
+    buckets are :meth:`QuantileSketch.bucket`'s (NaN skipped): a non-zero
+    finite magnitude's is ``lowest`` plus the number of ``bounds`` at or
+    below its bits, counted on from ``ptr`` of its bits shifted right by
+    ``shift`` (see :meth:`QuantileSketch._lut`). Each row's buckets are
+    counted in a table and read off in order, per sign, over the row's range
+    of buckets when it is short against the row, else after sorting the
+    row's distinct buckets. One pass over the values, no sort of them, no
+    logarithm.
     """
-    ncells, size = rows.shape
+    ncells, size = bits.shape
     table = np.zeros(span, np.int64)
     buf = np.empty(max(1, size), np.int64)
     cap = max(64, min(ncells * size, 4 * ncells + 1024))
     codes = np.empty(cap, np.int64)
     counts = np.empty(cap, np.int64)
     out = 0
-    top = np.float64(inf)
+    amask = np.uint64(absmask)
+    ibits = np.uint64(infbits)
+    sh = np.uint64(shift)
     for c in range(ncells):
         m = 0
-        lo = span
-        hi = -1
+        lo0 = span  # buckets below zero's (negative values), zero's and above
+        hi0 = -1
+        lo1 = span
+        hi1 = -1
         for j in range(size):
-            v = np.float64(rows[c, j])
-            if v != v:
+            raw = np.uint64(bits[c, j])
+            mag = raw & amask
+            if mag > ibits:  # NaN
                 continue
-            a = np.abs(v)
-            if a == 0.0:
-                k = np.float64(0.0)
-            elif a == np.inf:
-                k = top
+            if mag == 0:
+                k = 0
+            elif mag == ibits:
+                k = inf
             else:
-                k = min(max(np.ceil(np.log(a) / log_gamma) + offset, 0.0), top)
-            b = inf - int(k) if v < 0 else inf + int(k)
+                p = ptr[mag >> sh]
+                while bounds[p] <= mag:
+                    p += 1
+                k = lowest + p
+            if raw != mag:  # the sign bit
+                b = inf - k
+                lo0 = min(lo0, b)
+                hi0 = max(hi0, b)
+            else:
+                b = inf + k
+                lo1 = min(lo1, b)
+                hi1 = max(hi1, b)
             buf[m] = b
             m += 1
             table[b] += 1
-            lo = min(lo, b)
-            hi = max(hi, b)
         if m == 0:
             continue
-        if out + min(m, hi - lo + 1) > cap:
+        if out + m > cap:
             cap = max(2 * cap, out + m)
             grown = np.empty(cap, np.int64)
             grown[:out] = codes[:out]
@@ -203,14 +315,16 @@ def _sketch_rows(
             grown[:out] = counts[:out]
             counts = grown
         base = np.int64(c) * span
-        if hi - lo < 4 * m + 64:
-            for b in range(lo, hi + 1):
-                n = table[b]
-                if n:
-                    codes[out] = base + b
-                    counts[out] = n
-                    table[b] = 0
-                    out += 1
+        width = max(hi0 - lo0 + 1, 0) + max(hi1 - lo1 + 1, 0)
+        if width < 4 * m + 64:
+            for lo, hi in ((lo0, hi0), (lo1, hi1)):
+                for b in range(lo, hi + 1):
+                    n = table[b]
+                    if n:
+                        codes[out] = base + b
+                        counts[out] = n
+                        table[b] = 0
+                        out += 1
         else:
             here = np.sort(buf[:m])
             for i in range(m):
@@ -356,10 +470,12 @@ summary_pass: Callable[[Any], tuple[Any, float]]
 finite_pass: Callable[[Any], tuple[Any, float, Any, Any]]
 moments_pass: Callable[[Any, float, int], tuple[float, float, float, float]]
 histogram_pass: Callable[[Any, float, float, int], Any]
-sketch_rows: Callable[[Any, float, int, int, int], tuple[Any, Any]]
+sketch_rows: Callable[..., tuple[Any, Any]]
 sketch_merge: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 sketch_ranks: Callable[[Any, Any, int, int, Any], tuple[Any, Any, Any, Any]]
 transpose: Callable[[Any], Any]
+cells_pass: Callable[[Any], tuple[Any, ...]]
+cells_moments: Callable[[Any, Any, int], tuple[Any, ...]]
 exact_rows: Callable[[Any, Any], Any]
 if AVAILABLE:  # pragma: no branch
     # "reassoc" lets the sums vectorize (several partial sums, as pairwise
@@ -376,6 +492,10 @@ if AVAILABLE:  # pragma: no branch
     sketch_ranks = numba.njit(cache=True, nogil=True)(_sketch_ranks)
     transpose = numba.njit(cache=True, nogil=True)(_transpose)
     _lerp_one = numba.njit(cache=True, nogil=True)(_lerp)
+    # Per-cell sums accumulate cell by cell (no reassociation): the loops over cells
+    # vectorize as they are; NaN and infinity comparisons must stay IEEE's.
+    cells_pass = numba.njit(cache=True, nogil=True)(_cells_pass)
+    cells_moments = numba.njit(cache=True, nogil=True)(_cells_moments)
     exact_rows = numba.njit(cache=True, nogil=True)(_exact_rows)
 else:  # pragma: no cover
     summary_pass = _summary_pass
@@ -387,4 +507,6 @@ else:  # pragma: no cover
     sketch_ranks = _sketch_ranks
     transpose = _transpose
     _lerp_one = _lerp
+    cells_pass = _cells_pass
+    cells_moments = _cells_moments
     exact_rows = _exact_rows

@@ -510,9 +510,14 @@ class QuantileSketch:
                 rows = rows.astype(_F8)  # as below (one compiled version per dtype)
             else:
                 rows = _contiguous(rows)  # a row's values next to each other
+            ptr, bounds, shift, lowest = self._lut(rows.dtype)
+            ints = np.uint32 if rows.dtype == np.float32 else np.uint64
+            absmask = (1 << (np.finfo(rows.dtype).bits - 1)) - 1
+            infbits = int(np.array(np.inf, rows.dtype).view(ints))
             codes, counts = _kernels.sketch_rows(
-                rows, self._log_gamma, self._offset, self._inf, self.span
-            )
+                rows.view(ints), ptr, bounds, shift, lowest, absmask, infbits, self._inf,
+                self.span,
+            )  # fmt: skip
             return {"codes": codes, "counts": counts, "cells": ncells}
         v = rows.astype(_F8)  # a copy: NaN are overwritten below
         nan = np.isnan(v) if x.dtype.kind == "f" else None
@@ -541,6 +546,20 @@ class QuantileSketch:
         ok = bucket < self.span
         codes = (key[first] // (self.span + 1)) * self.span + bucket
         return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
+
+    def _lut(self, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """:meth:`bucket` as bounds on a float's magnitude bits, for the kernel.
+
+        Positive floats order as their bits do, so a positive value's bucket
+        (the magnitude of :meth:`bucket`'s) is ``lowest`` plus the number of
+        ``bounds`` at or below its bits: ``bounds`` are each bucket's first
+        float, found by bisection with :meth:`bucket` itself, so the kernel's
+        buckets are this method's, to the last float. The bits shifted right
+        by ``shift`` index ``ptr``, the number of bounds at or below the start
+        of that range of floats; a range is narrower than a bucket, so the
+        kernel counts at most a bound or two more (subnormals: more).
+        """
+        return _lut(self.alpha, np.dtype(dtype).str)
 
     def _dense(
         self, cell: np.ndarray, b: np.ndarray, ncells: int, weights: np.ndarray | None = None
@@ -649,6 +668,39 @@ class QuantileSketch:
 
             out[has, j] = _lerp(at(lo), at(hi), rank - lo)
         return out.reshape(*shape, len(qs))
+
+
+@functools.lru_cache(maxsize=8)
+def _lut(alpha: float, dtype: str) -> tuple[np.ndarray, np.ndarray, int, int]:
+    sketch = QuantileSketch(alpha)
+    info = np.finfo(np.dtype(dtype))
+    ints = np.uint32 if info.bits == 32 else np.uint64
+    inf = int(np.array(np.inf, info.dtype).view(ints))
+
+    def k(bits: np.ndarray) -> np.ndarray:
+        return sketch.bucket(bits.astype(ints).view(info.dtype).astype(_F8))
+
+    # Every bucket's first float, by bisection of the bits (positive floats
+    # order as their bits), with bucket() itself: bounds[j] is the first with
+    # a bucket above lowest + j. Buckets no float falls in share their bound.
+    lowest, highest = (int(b) for b in k(np.array([1, inf - 1], dtype=np.uint64)))
+    want = np.arange(lowest + 1, highest + 1)
+    lo = np.zeros(want.size, np.uint64)  # bucket below want
+    hi = np.full(want.size, inf - 1, np.uint64)  # bucket at least want
+    while (hi - lo > 1).any():
+        mid = lo + (hi - lo) // np.uint64(2)
+        up = k(mid) >= want
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid)
+    bounds = np.append(hi, np.iinfo(np.uint64).max).astype(np.uint64)  # a sentinel
+    # m mantissa bits: ranges of relative width 2**-m below gamma - 1 (one bound in
+    # each, mostly); a table of at most 2**18 ranges.
+    gamma = (1 + alpha) / (1 - alpha)
+    m = min(max(1, math.ceil(-math.log2(gamma - 1))), 18 - info.nexp, info.nmant)
+    shift = info.nmant - m
+    starts = np.arange(1 << (info.nexp + m), dtype=np.uint64) << np.uint64(shift)
+    ptr = np.searchsorted(bounds, starts, side="right").astype(np.int64)
+    return ptr, bounds, shift, lowest
 
 
 def _rows(x: np.ndarray, axes: tuple[int, ...]) -> tuple[int, np.ndarray]:
@@ -951,6 +1003,10 @@ def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -
         fused = _fused(x, rest)
         rest = [a for a in rest if a.key not in fused]
         out.update(fused)
+    else:
+        fused = _fused_cells(x, axes, rest)
+        rest = [a for a in rest if a.key not in fused]
+        out.update(fused)
     if rest:
         out.update(_slabs(x, axes, rest))
     out.update({a.key: a.block(x, axes) for a in sketches})
@@ -1021,6 +1077,69 @@ def _fused(x: np.ndarray, aggs: Sequence[Aggregation]) -> dict[str, Partial]:
             with np.errstate(invalid="ignore", over="ignore"):  # an overflowed sum
                 out[a.key] = _fused_moments(x, a.order, fn, ftotal, inf)
     return out
+
+
+def _fused_cells(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
+    """Partials of a float block with cells kept, from the compiled per-cell kernels.
+
+    The block as rows of the values reduced by columns of the cells kept: a
+    pass for counts, sums, infinities and extrema, and one for the central
+    sums, each vectorized across the cells. The state is the components'
+    ``chunk``'s, with the same arithmetic (float64 sums, the corrected two-pass
+    moments of the finite values); histograms and sketches are left to numpy
+    and :meth:`QuantileSketch.block`.
+    """
+    covered = (Count, Extrema, Sum, Moments)
+    if (
+        x.dtype not in (np.float32, np.float64)
+        or not _kernels.enabled()
+        or not any(isinstance(a, covered) for a in aggs)
+    ):
+        return {}
+    kept = [a for a in range(x.ndim) if a not in axes]
+    kept_shape = tuple(x.shape[a] for a in kept)
+    ncells = math.prod(kept_shape)
+    size = math.prod(x.shape[a] for a in axes)
+    if size == 0 or ncells == 0:
+        return {}
+    v = np.moveaxis(x, list(axes), list(range(len(axes)))).reshape(size, ncells)
+    v = np.ascontiguousarray(v)  # a view for a block of whole maps (time, y, x)
+    n, total, fn, ftotal, flags, lo, hi = _kernels.cells_pass(v)
+    out: dict[str, Partial] = {}
+    for a in aggs:
+        if isinstance(a, Count):
+            out[a.key] = {"n": n.reshape(kept_shape), "size": np.full(kept_shape, size, _I8)}
+        elif isinstance(a, Extrema):
+            none = n == 0
+            lo = np.where(none, np.nan, lo).astype(x.dtype).reshape(kept_shape)
+            hi = np.where(none, np.nan, hi).astype(x.dtype).reshape(kept_shape)
+            out[a.key] = {"min": lo, "max": hi}
+        elif isinstance(a, Sum):
+            out[a.key] = {"sum": total.reshape(kept_shape)}
+        elif isinstance(a, Moments):
+            out[a.key] = _cells_moments(v, a.order, fn, ftotal, flags, kept_shape)
+    return out
+
+
+def _cells_moments(
+    v: np.ndarray, order: int, n: np.ndarray, total: np.ndarray, inf: np.ndarray,
+    shape: tuple[int, ...],
+) -> Partial:  # fmt: skip
+    """:meth:`Moments.chunk`'s state from the per-cell kernels' finite counts and sums."""
+    nz = np.maximum(n, 1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = np.where(n > 0, total / nz, 0.0)
+        out: Partial = {"n": n, "mean": mean, "mean_lo": np.zeros_like(mean), "inf": inf}
+        if order >= 2:
+            s1, s2, s3, s4 = _kernels.cells_moments(v, mean, order)
+            c = np.where(n > 0, s1 / nz, 0.0)
+            out["mean_lo"] = c
+            out["m2"] = s2 - s1 * c
+            if order >= 3:
+                out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
+            if order >= 4:
+                out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
+    return {k: np.asarray(a).reshape(shape) for k, a in out.items()}
 
 
 def _fused_moments(x: np.ndarray, order: int, n: Any, total: float, inf: np.uint8) -> Partial:

@@ -455,14 +455,19 @@ def _combine_groups_task(parts: list[Any], aggs: Sequence[Aggregation]) -> Any:
     return combine_groups(parts, aggs)
 
 
+_FINALIZE_CELLS = 1 << 20
+"""Groups times kept cells that one grouped finalize task answers, about."""
+
+
 def _finalize_groups_task(
     part: Any,
     names: Sequence[str],
     context: Context,
     aggs: Sequence[Aggregation],
     group_shape: tuple[int, ...],
+    first: int = 0,
 ) -> dict[str, Any]:
-    return finalize_groups(part, names, context, aggs, group_shape)
+    return finalize_groups(part, names, context, aggs, group_shape, first)
 
 
 def _out_name(var: Hashable, stat: str, single: bool) -> str:
@@ -554,27 +559,38 @@ def _variable_stats(
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
     gshape = groups.shape if groups is not None else ()
+    # Many groups: finalize tasks per range of the first group dim, each of about
+    # _FINALIZE_CELLS group cells, in parallel and with memory to match.
+    cells = math.prod(max(c) for c in kept_chunks) * math.prod(gshape[1:])
+    nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS)) if gshape else 1
+    ranges = (
+        [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))] if gshape else []
+    )
     for idx, key in current.items():
         kidx = tuple(idx[a] for a in kept)
         shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
         ctx = dataclasses.replace(context, shape=shape)
-        gidx = (0,) * len(gshape)
         if groups is None:
             layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
-        else:
+            continue
+        start = 0
+        for i, size in enumerate(ranges):
+            gidx = (i,) + (0,) * (len(gshape) - 1)
             layer[(fname, *gidx, *kidx)] = (
                 _finalize_groups_task,
                 key,
                 list(names),
                 ctx,
                 aggs,
-                gshape,
+                (size, *gshape[1:]),
+                start,
             )
+            start += size
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
     empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
     out = {}
     kept_dims = tuple(var.dims[a] for a in kept)
-    group_chunks = tuple((n,) for n in gshape)
+    group_chunks = (tuple(ranges), *((n,) for n in gshape[1:])) if gshape else ()
     group_dims = groups.out_dims if groups is not None else ()
     for stat in names:
         sname = f"toolkit-stats-{stat}-{tag}"

@@ -355,11 +355,15 @@ def finalize_groups(
     context: Context,
     aggs: Sequence[Aggregation],
     group_shape: tuple[int, ...],
+    first: int = 0,
 ) -> dict[str, np.ndarray]:
     """Every statistic of every group, shape ``group_shape + context.shape (+ extra)``.
 
     A group no chunk had (an empty resample bin, a bin with no value) is the
-    partial state of no value: counts 0 and NaN statistics, as xarray's.
+    partial state of no value: counts 0 and NaN statistics, as xarray's. With
+    ``first``, the groups are those from ``first`` on along the first group
+    dim, ``group_shape[0]`` of them (one finalize task of several), and
+    ``part``'s other groups are left alone.
     """
     kept = context.shape
     dtype = context.dtype
@@ -368,6 +372,9 @@ def finalize_groups(
     states: list[Partial] = [empty] * ngroups
     exact: dict[int, np.ndarray] = {}  # groups whose quantiles a chunk answered exactly
     for key, state in part.items():
+        if not first <= key[0] < first + group_shape[0]:
+            continue
+        key = (key[0] - first, *key[1:])
         g = int(np.ravel_multi_index(key, group_shape))
         sketch = state.get("sketch")
         if sketch is not None and "exact" in sketch:
@@ -379,7 +386,7 @@ def finalize_groups(
     out = finalize(stacked, names, ctx)
     if exact and "quantiles" in out:
         shape = out["quantiles"].shape
-        q = np.array(out["quantiles"]).reshape(ngroups, -1, len(context.quantiles))
+        q = np.asarray(out["quantiles"]).reshape(ngroups, -1, len(context.quantiles))
         for g, values in exact.items():
             q[g] = values
         out["quantiles"] = q.reshape(shape)
