@@ -28,9 +28,9 @@ __all__ = [
     "finite_pass",
     "histogram_pass",
     "moments_pass",
+    "sketch_columns",
     "sketch_merge",
     "sketch_ranks",
-    "sketch_rows",
     "summary_pass",
     "transpose",
 ]
@@ -156,6 +156,7 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
 
 
 _ROWS = 128  # rows summed into per-cell run accumulators before the totals
+_TILE = 32  # cells whose buckets the sketch kernel finds together, row by row
 
 
 def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
@@ -240,7 +241,7 @@ def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragm
     return s1, s2, s3, s4
 
 
-def _sketch_rows(
+def _sketch_columns(
     bits: Any,
     ptr: Any,
     bounds: Any,
@@ -251,21 +252,24 @@ def _sketch_rows(
     inf: int,
     span: int,
 ) -> tuple[Any, Any]:  # pragma: no cover - compiled
-    """Sorted ``(cell, bucket)`` codes and counts of a block's rows (one row per cell).
+    """Sorted ``(cell, bucket)`` codes and counts of a block's columns (one column per cell).
 
-    ``bits`` are the values viewed as unsigned integers of their width. The
-    buckets are :meth:`QuantileSketch.bucket`'s (NaN skipped): a non-zero
-    finite magnitude's is ``lowest`` plus the number of ``bounds`` at or
-    below its bits, counted on from ``ptr`` of its bits shifted right by
-    ``shift`` (see :meth:`QuantileSketch._lut`). Each row's buckets are
-    counted in a table and read off in order, per sign, over the row's range
-    of buckets when it is short against the row, else after sorting the
-    row's distinct buckets. One pass over the values, no sort of them, no
-    logarithm.
+    ``bits`` are the values viewed as unsigned integers of their width, the
+    values reduced down the rows and the cells kept across (a block of whole
+    maps as it is in memory). The buckets are :meth:`QuantileSketch.bucket`'s
+    (NaN skipped): a non-zero finite magnitude's is ``lowest`` plus the
+    number of ``bounds`` at or below its bits, counted on from ``ptr`` of its
+    bits shifted right by ``shift`` (see :meth:`QuantileSketch._lut`). Cells
+    go in tiles of ``_TILE`` columns: the tile's buckets are found row by
+    row (contiguous reads), then each cell's are counted in a table and read
+    off in order, over the cell's range of buckets when it is short against
+    its values, else after sorting its distinct buckets. One pass over the
+    values, no sort of them, no logarithm, no transposed copy.
     """
-    ncells, size = bits.shape
+    size, ncells = bits.shape
     table = np.zeros(span, np.int64)
-    buf = np.empty(max(1, size), np.int64)
+    buf = np.empty((_TILE, max(1, size)), np.int32)
+    used = np.zeros(_TILE, np.int64)
     cap = max(64, min(ncells * size, 4 * ncells + 1024))
     codes = np.empty(cap, np.int64)
     counts = np.empty(cap, np.int64)
@@ -273,68 +277,76 @@ def _sketch_rows(
     amask = np.uint64(absmask)
     ibits = np.uint64(infbits)
     sh = np.uint64(shift)
-    for c in range(ncells):
-        m = 0
-        lo0 = span  # buckets below zero's (negative values), zero's and above
-        hi0 = -1
-        lo1 = span
-        hi1 = -1
-        for j in range(size):
-            raw = np.uint64(bits[c, j])
-            mag = raw & amask
-            if mag > ibits:  # NaN
-                continue
-            if mag == 0:
-                k = 0
-            elif mag == ibits:
-                k = inf
-            else:
+    for c0 in range(0, ncells, _TILE):
+        width = min(_TILE, ncells - c0)
+        used[:] = 0
+        for t in range(size):
+            row = bits[t, c0 : c0 + width]
+            for cc in range(width):
+                raw = np.uint64(row[cc])
+                mag = raw & amask
+                if mag > ibits:  # NaN
+                    continue
                 p = ptr[mag >> sh]
                 while bounds[p] <= mag:
                     p += 1
                 k = lowest + p
-            if raw != mag:  # the sign bit
-                b = inf - k
-                lo0 = min(lo0, b)
-                hi0 = max(hi0, b)
-            else:
-                b = inf + k
-                lo1 = min(lo1, b)
-                hi1 = max(hi1, b)
-            buf[m] = b
-            m += 1
-            table[b] += 1
-        if m == 0:
-            continue
-        if out + m > cap:
-            cap = max(2 * cap, out + m)
-            grown = np.empty(cap, np.int64)
-            grown[:out] = codes[:out]
-            codes = grown
-            grown = np.empty(cap, np.int64)
-            grown[:out] = counts[:out]
-            counts = grown
-        base = np.int64(c) * span
-        width = max(hi0 - lo0 + 1, 0) + max(hi1 - lo1 + 1, 0)
-        if width < 4 * m + 64:
-            for lo, hi in ((lo0, hi0), (lo1, hi1)):
-                for b in range(lo, hi + 1):
+                k = 0 if mag == 0 else k
+                k = inf if mag == ibits else k
+                b = inf - k if raw != mag else inf + k
+                buf[cc, used[cc]] = b
+                used[cc] += 1
+        for cc in range(width):
+            m = used[cc]
+            if m == 0:
+                continue
+            lo0 = span  # buckets below zero's (negative values), zero's and above
+            hi0 = -1
+            lo1 = span
+            hi1 = -1
+            for j in range(m):
+                b = buf[cc, j]
+                table[b] += 1
+                if b < inf:
+                    lo0 = min(lo0, b)
+                    hi0 = max(hi0, b)
+                else:
+                    lo1 = min(lo1, b)
+                    hi1 = max(hi1, b)
+            if out + m > cap:
+                cap = max(2 * cap, out + m)
+                grown = np.empty(cap, np.int64)
+                grown[:out] = codes[:out]
+                codes = grown
+                grown = np.empty(cap, np.int64)
+                grown[:out] = counts[:out]
+                counts = grown
+            base = np.int64(c0 + cc) * span
+            if max(hi0 - lo0 + 1, 0) + max(hi1 - lo1 + 1, 0) < 4 * m + 64:
+                for b in range(lo0, hi0 + 1):
                     n = table[b]
                     if n:
                         codes[out] = base + b
                         counts[out] = n
                         table[b] = 0
                         out += 1
-        else:
-            here = np.sort(buf[:m])
-            for i in range(m):
-                b = here[i]
-                n = table[b]
-                if n:
-                    codes[out] = base + b
-                    counts[out] = n
-                    table[b] = 0
-                    out += 1
+                for b in range(lo1, hi1 + 1):
+                    n = table[b]
+                    if n:
+                        codes[out] = base + b
+                        counts[out] = n
+                        table[b] = 0
+                        out += 1
+            else:
+                here = np.sort(buf[cc, :m])
+                for i in range(m):
+                    b = here[i]
+                    n = table[b]
+                    if n:
+                        codes[out] = base + b
+                        counts[out] = n
+                        table[b] = 0
+                        out += 1
     return codes[:out].copy(), counts[:out].copy()
 
 
@@ -470,7 +482,7 @@ summary_pass: Callable[[Any], tuple[Any, float]]
 finite_pass: Callable[[Any], tuple[Any, float, Any, Any]]
 moments_pass: Callable[[Any, float, int], tuple[float, float, float, float]]
 histogram_pass: Callable[[Any, float, float, int], Any]
-sketch_rows: Callable[..., tuple[Any, Any]]
+sketch_columns: Callable[..., tuple[Any, Any]]
 sketch_merge: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 sketch_ranks: Callable[[Any, Any, int, int, Any], tuple[Any, Any, Any, Any]]
 transpose: Callable[[Any], Any]
@@ -487,7 +499,7 @@ if AVAILABLE:  # pragma: no branch
     moments_pass = _sums(_moments_pass)
     histogram_pass = numba.njit(cache=True, nogil=True)(_histogram_pass)
     # The sketch's buckets must be numpy's (QuantileSketch.bucket): no flags either.
-    sketch_rows = numba.njit(cache=True, nogil=True)(_sketch_rows)
+    sketch_columns = numba.njit(cache=True, nogil=True)(_sketch_columns)
     sketch_merge = numba.njit(cache=True, nogil=True)(_sketch_merge)
     sketch_ranks = numba.njit(cache=True, nogil=True)(_sketch_ranks)
     transpose = numba.njit(cache=True, nogil=True)(_transpose)
@@ -502,7 +514,7 @@ else:  # pragma: no cover
     finite_pass = _finite_pass
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass
-    sketch_rows = _sketch_rows
+    sketch_columns = _sketch_columns
     sketch_merge = _sketch_merge
     sketch_ranks = _sketch_ranks
     transpose = _transpose

@@ -505,17 +505,19 @@ class QuantileSketch:
         """
         ncells, rows = _rows(x, axes)
         if _kernels.enabled() and x.dtype.kind in "fiub" and rows.size:
-            # One compiled pass: each row's buckets counted in a table, read off in order.
+            # One compiled pass (_kernels.sketch_columns): buckets counted per cell, in order.
+            # The kernel reads cells across, values down: a block of whole maps as it is.
+            cols = rows.T
             if x.dtype not in (np.float32, np.float64):
-                rows = rows.astype(_F8)  # as below (one compiled version per dtype)
-            else:
-                rows = _contiguous(rows)  # a row's values next to each other
-            ptr, bounds, shift, lowest = self._lut(rows.dtype)
-            ints = np.uint32 if rows.dtype == np.float32 else np.uint64
-            absmask = (1 << (np.finfo(rows.dtype).bits - 1)) - 1
-            infbits = int(np.array(np.inf, rows.dtype).view(ints))
-            codes, counts = _kernels.sketch_rows(
-                rows.view(ints), ptr, bounds, shift, lowest, absmask, infbits, self._inf,
+                cols = cols.astype(_F8)  # as below (one compiled version per dtype)
+            elif not cols.flags.c_contiguous:
+                cols = np.ascontiguousarray(cols)
+            ptr, bounds, shift, lowest = self._lut(cols.dtype)
+            ints = np.uint32 if cols.dtype == np.float32 else np.uint64
+            absmask = (1 << (np.finfo(cols.dtype).bits - 1)) - 1
+            infbits = int(np.array(np.inf, cols.dtype).view(ints))
+            codes, counts = _kernels.sketch_columns(
+                cols.view(ints), ptr, bounds, shift, lowest, absmask, infbits, self._inf,
                 self.span,
             )  # fmt: skip
             return {"codes": codes, "counts": counts, "cells": ncells}
