@@ -490,3 +490,31 @@ def test_a_failed_create_of_generation_412_is_an_error_not_a_lost_race(s3, clien
         with pytest.raises(Exception) as err:  # the 500, whichever way the client words it
             sync(clients.create_if_absent(base, "leases/create/000000000412.json", b"{}"))
     assert classify_error(err.value) == "transient"
+
+
+def test_a_listing_never_returns_the_stores_own_path_for_a_key(s3):
+    """s3fs's ``find`` may return the listed path itself (a directory it found by ``info``).
+
+    Here from its listings cache: the bucket was listed while ``t.zarr`` held a key,
+    which another client then deleted. The next listing of ``t.zarr`` finds no key,
+    asks ``info``, which answers "a directory" from the cache, and ``find`` returns
+    ``data/t.zarr``: zarr's ``FsspecStore`` passes it on as a key. The same happens
+    when another job's first keys land between ``find``'s two requests (racing
+    ``mode="w"`` creators: one took the other's store for a stranger's file).
+    """
+    from toolkit.state.claim import group_contents
+
+    opts = {k: v for k, v in s3.storage_options().items() if k != "client"}
+    base = FsspecStore.from_url("s3://data/phantom/t.zarr", storage_options=opts)
+    other = s3.client()
+    other.put_object(Bucket="data", Key="phantom/t.zarr/zarr.json", Body=b"{}")
+    sync(base.fs._ls("data/phantom"))  # cached: data/phantom/t.zarr is a directory
+    other.delete_object(Bucket="data", Key="phantom/t.zarr/zarr.json")
+
+    async def listed(store: Any) -> list[str]:
+        return [k async for k in store.list_prefix("")]
+
+    assert sync(listed(base)) == ["data/phantom/t.zarr"]  # the client's answer (s3fs 2025.x)
+    wrapped = wrap_store(base, None, toolkit.IOMetrics())
+    assert sync(listed(wrapped)) == []
+    assert group_contents(wrapped, None, limit=10) == []

@@ -231,6 +231,35 @@ class TestCreationClaimAzure(Azure, CreationClaimTests):
     pass
 
 
+def test_mode_w_replaces_a_zarr_store_only_on_an_object_store(s3, client):
+    """A prefix of other files is refused, beside the lease's request, and left as it was.
+
+    The check lists the target while the creation lease is taken (no round trip of its
+    own); refused, the lease document it created is deleted again: the bucket holds
+    exactly what it held. A Zarr store there is replaced as before.
+    """
+    bucket = f"foreign-{client}"
+    s3.create_bucket(bucket)
+    raw = s3.client()
+    for key in ("other/report.csv", "other/raw/day1.bin"):
+        raw.put_object(Bucket=bucket, Key=key, Body=b"years of work")
+
+    def listing() -> list[tuple[str, str]]:
+        out = raw.list_objects_v2(Bucket=bucket).get("Contents", [])
+        return sorted((o["Key"], o["ETag"]) for o in out)
+
+    before = listing()
+    options = s3.storage_options()
+    with pytest.raises(ExistingStoreError, match="not a Zarr store.*report.csv"):
+        toolkit.to_zarr(_source(), f"s3://{bucket}/other", mode="w", storage_options=options,
+                        progress=False)  # fmt: skip
+    assert listing() == before
+    url = f"s3://{bucket}/x.zarr"
+    toolkit.to_zarr(_source(), url, mode="w", storage_options=options, progress=False)
+    toolkit.to_zarr(_source() + 1, url, mode="w", storage_options=options, progress=False)
+    xr.testing.assert_equal(toolkit.open_zarr(url, storage_options=options).load(), _source() + 1)
+
+
 # -- concurrent creators ----------------------------------------------------------
 
 
@@ -246,8 +275,8 @@ def _creator(rank: int, url: str, options: dict[str, Any] | None, trials: int, m
             tk.to_zarr(ds, f"{url}/t{trial}.zarr", mode=mode, storage_options=options,
                        encoding={"t2m": {"chunks": (8, 20, 30)}}, progress=False)  # fmt: skip
             results.put((trial, rank, "ok"))
-        except ExistingStoreError:
-            results.put((trial, rank, "refused"))
+        except ExistingStoreError as e:
+            results.put((trial, rank, f"refused: {e}"))
         except Exception as e:  # reported to the test, which fails on it
             results.put((trial, rank, f"error: {type(e).__name__}: {e}"))
 
@@ -281,6 +310,7 @@ def _check_race(outcomes: dict, n: int, mode: str, trials: int, read: Any) -> No
             by_rank
         )
         won = [r for r, w in by_rank.items() if w == "ok"]
+        assert all(w == "ok" or w.startswith("refused") for w in by_rank.values()), by_rank
         if mode == "w-":
             assert len(won) == 1, by_rank  # exactly one creator wins
         else:

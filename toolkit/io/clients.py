@@ -58,6 +58,7 @@ __all__ = [
     "default_client",
     "has_own_retries",
     "list_keys",
+    "listed_self",
     "location",
     "open_url",
     "quiet_copy",
@@ -138,6 +139,9 @@ def open_url(
         if endpoint and not (opts.get("endpoint_url") or _kwargs_endpoint(opts)):
             # botocore reads AWS_ENDPOINT_URL itself, not object_store's AWS_ENDPOINT.
             opts["endpoint_url"] = endpoint
+        # One GET per read, no HEAD first: s3fs asks an object's size before each whole
+        # read when it may split it (max_concurrency > 1), unless a listing cached it.
+        opts.setdefault("max_concurrency", 1)
     if in_flight is None:
         return FsspecStore.from_url(url, storage_options=opts)
     if scheme in ("s3", "s3a"):
@@ -866,13 +870,28 @@ def _conditional_answer(exc: BaseException) -> str | None:
     return None
 
 
+def listed_self(base: Store) -> str | None:
+    """The name a listing of ``base`` may return for the store's own directory, never a key.
+
+    s3fs's ``find`` (behind zarr's ``FsspecStore.list_prefix``) lists a prefix,
+    finds nothing, then asks ``info`` of the path: when another job's first
+    keys landed in between, ``info`` answers "a directory" and ``find`` returns
+    the path itself, even with ``withdirs=False`` (s3fs 2025.x). Through
+    ``FsspecStore`` that comes out as the store's path, unprefixed: a key no
+    store holds (a real one would be ``<path>/<path>``), which a caller would
+    take for a stranger's file.
+    """
+    return base.path.strip("/") if isinstance(base, FsspecStore) else None
+
+
 async def list_keys(base: Store, prefix: str) -> list[str]:
     """Keys under ``prefix``: one LIST request per 1,000 keys, no directory probing.
 
-    s3fs's ``find`` probes directories; obstore's listing (what zarr's
-    ``ObjectStore`` uses) already is one paginated LIST.
+    s3fs's ``find`` probes directories (an empty prefix costs a LIST, a HEAD and
+    a LIST, in turn); obstore's listing (what zarr's ``ObjectStore`` uses)
+    already is one paginated LIST, as is any other store's own.
     """
-    if isinstance(base, FsspecStore):
+    if isinstance(base, FsspecStore) and _is_s3fs(type(base.fs)):
         root = base.path.rstrip("/")
         bucket, _, key_root = f"{root}/{prefix}".partition("/")
         keys: list[str] = []
@@ -884,5 +903,7 @@ async def list_keys(base: Store, prefix: str) -> list[str]:
                 break
             token = {"ContinuationToken": out["NextContinuationToken"]}
         strip = len(root.partition("/")[2]) + 1 if "/" in root else 0
-        return [k[strip:] for k in keys]
-    return [k async for k in base.list_prefix(prefix)]
+        # A key ending in "/" is a folder placeholder (some tools make them): no Zarr key.
+        return [k[strip:] for k in keys if not k.endswith("/")]
+    own = listed_self(base)
+    return [k async for k in base.list_prefix(prefix) if k != own]

@@ -268,22 +268,25 @@ class InterceptStore(_OwnWrapper):
         await self._call("delete_dir", "", lambda: self._store.clear())
 
     async def _listing(
-        self, op: str, prefix: str, it: Callable[[], AsyncIterator[str]]
+        self, op: str, prefix: str, keys: Callable[[], Awaitable[list[str]]]
     ) -> AsyncIterator[str]:
-        for key in await self._call(op, prefix, lambda: _collect(it())):
-            yield key
+        own = clients.listed_self(self._store)
+        for key in await self._call(op, prefix, keys):
+            if key != own:
+                yield key
 
     @override
     def list(self) -> AsyncIterator[str]:
-        return self._listing("list", "", self._store.list)
+        return self._listing("list", "", lambda: _collect(self._store.list()))
 
     @override
     def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        return self._listing("list_prefix", prefix, lambda: self._store.list_prefix(prefix))
+        # One LIST per 1,000 keys whatever the client (s3fs's own listing probes).
+        return self._listing("list_prefix", prefix, lambda: clients.list_keys(self._store, prefix))
 
     @override
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        return self._listing("list_dir", prefix, lambda: self._store.list_dir(prefix))
+        return self._listing("list_dir", prefix, lambda: _collect(self._store.list_dir(prefix)))
 
 
 def digest(data: bytes) -> str:

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -42,7 +43,7 @@ from typing import Any
 
 from zarr.abc.store import Store
 from zarr.core.sync import sync
-from zarr.storage import LocalStore
+from zarr.storage import LocalStore, MemoryStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
@@ -61,6 +62,8 @@ __all__ = [
     "drop_keys",
     "group_contents",
     "is_stray",
+    "listing_is_free",
+    "refuse_foreign",
     "remove_strays",
 ]
 
@@ -109,6 +112,42 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
         return found
 
     return sync(go()) if store.supports_listing else []
+
+
+_ZARR_DOCUMENTS = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
+_V2_CHUNK = re.compile(r"\d+([./]\d+)*")
+
+
+def _zarr_key(key: str) -> bool:
+    """Whether a key can be part of a Zarr store (or of toolkit's state in one)."""
+    parts = key.split("/")
+    if RESERVED_PREFIX in parts or parts[-1] in _ZARR_DOCUMENTS or "c" in parts[:-1]:
+        return True
+    return parts[-1] == "c" or _V2_CHUNK.fullmatch(parts[-1]) is not None
+
+
+def listing_is_free(store: Store) -> bool:
+    """Whether listing ``store`` costs no round trip (a local directory, memory)."""
+    return isinstance(unwrap(store), (LocalStore, MemoryStore))
+
+
+def refuse_foreign(store: Store, group: str | None) -> None:
+    """Raise :class:`~toolkit.errors.ExistingStoreError` when the group holds other files only.
+
+    Mode ``"w"`` replaces a Zarr store; a directory or bucket of other files is not
+    one (``toolkit copy x.nc . --overwrite`` in a home directory must not delete
+    it). Any key a Zarr store (or toolkit) would hold makes the target a store,
+    perhaps one another job is creating right now (racing ``"w"`` creators, whose
+    clear leaves some of its keys at every moment): it is replaced as before.
+    """
+    keys = group_contents(store, group, limit=200)
+    foreign = [k for k in keys if not _zarr_key(k)]
+    if foreign and len(foreign) == len(keys):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ExistingStoreError(
+            f"{display_store(store)} holds files that are not a Zarr store ({shown}); "
+            "only a Zarr store is replaced: choose a new or empty path for the target"
+        )
 
 
 def clear_group(store: Store, group: str | None) -> None:
@@ -304,6 +343,16 @@ class CreationClaim:
         self._done.set()
         if self.locks is not None:
             self.locks.stop()
+
+    def withdraw(self) -> None:
+        """Give the lease up, deleting its document if this claim created it.
+
+        For a creation refused after the claim was taken (:func:`refuse_foreign`
+        beside the lease's request): the store is left as it was found.
+        """
+        self._done.set()
+        if self.locks is not None:
+            self.locks.stop(withdraw=True)
 
     def __enter__(self) -> CreationClaim:
         return self

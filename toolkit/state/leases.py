@@ -356,6 +356,7 @@ class Lease:
     _version: str | None = field(default=None, repr=False)
     _valid_until: float = field(default=0.0, repr=False)
     _seen: tuple[str, float] | None = field(default=None, repr=False)
+    _created: bool = field(default=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -409,7 +410,7 @@ class Lease:
             self.fresh = False  # only the first attempt: then it is read as any lease
             new = await self.coord.acreate(self.key, self._doc("held", 1))
             if new is not None:
-                self.generation, self._version = 1, new
+                self.generation, self._version, self._created = 1, new, True
                 self._valid_until = sent + self.ttl - _margin(self.ttl)
                 return True
             sent = time.monotonic()
@@ -427,6 +428,7 @@ class Lease:
             new = await self.coord.areplace(self.key, self._doc("held", gen), version)
         if new is None:
             return False  # another actor won the same race
+        self._created = verdict == "free"
         self.generation, self._version = gen, new
         self._valid_until = sent + self.ttl - _margin(self.ttl)
         return True
@@ -492,6 +494,21 @@ class Lease:
     def release(self) -> None:
         """Give the lease up (a no-op if it was lost)."""
         sync(self.arelease())
+
+    async def awithdraw(self) -> None:
+        """Give the lease up and, when this holder created its document, delete it.
+
+        For a job that took the lease and then found it must not run (a refused
+        creation): the store is left as it was found. A document that existed
+        before is released as usual (its generation goes on counting).
+        """
+        if not self._created:
+            await self.arelease()
+            return
+        if self.generation is None:
+            return
+        self.generation = self._version = None
+        await self.coord.adelete(self.key)
 
 
 class LockSet:
@@ -585,15 +602,23 @@ class LockSet:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop renewing and release every lease (released concurrently)."""
+    def stop(self, *, withdraw: bool = False) -> None:
+        """Stop renewing and release every lease (released concurrently).
+
+        ``withdraw=True``: the documents this holder created are deleted
+        (:meth:`Lease.awithdraw`), for a job refused after taking its leases.
+        """
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         held = [lease for lease in self.leases if lease.generation is not None]
         if held:
             with contextlib.suppress(Exception):
-                sync(gather_limited([lease.arelease() for lease in held]))
+                sync(
+                    gather_limited(
+                        [lease.awithdraw() if withdraw else lease.arelease() for lease in held]
+                    )
+                )
 
     @contextlib.contextmanager
     def hold(self, timeout: float = 300.0) -> Iterator[LockSet]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import html
 import math
-import re
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
@@ -61,7 +60,7 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
-from toolkit.state.claim import group_contents
+from toolkit.state.claim import group_contents, listing_is_free, refuse_foreign
 from toolkit.state.commitlog import log_head_key
 from toolkit.state.records import read_records
 
@@ -939,18 +938,6 @@ class _Placement:
     explicit: bool = False
 
 
-_ZARR_DOCUMENTS = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
-_V2_CHUNK = re.compile(r"\d+([./]\d+)*")
-
-
-def _zarr_key(key: str) -> bool:
-    """Whether a key can be part of a Zarr store (or of toolkit's state in one)."""
-    parts = key.split("/")
-    if ".toolkit" in parts or parts[-1] in _ZARR_DOCUMENTS or "c" in parts[:-1]:
-        return True
-    return parts[-1] == "c" or _V2_CHUNK.fullmatch(parts[-1]) is not None
-
-
 def _check_target(
     zstore: Store,
     group: str | None,
@@ -973,20 +960,10 @@ def _check_target(
             + " and mode='w-' never overwrites; use mode='w' to replace it, mode='a' to "
             "add variables, or append_dim/region"
         )
-    if mode == "w" and existing is None:
-        keys = group_contents(zstore, group, limit=200)
-        foreign = [k for k in keys if not _zarr_key(k)]
-        # Any key a Zarr store (or toolkit) would hold makes it a store, perhaps one another
-        # job is creating right now (racing "w" creators): replaced as before. Refused: a
-        # target of other files only (a home directory, a bucket of other data).
-        if foreign and len(foreign) == len(keys):
-            # mode="w" replaces a Zarr store; a directory or bucket of other files is not one
-            # (`copy x.nc . --overwrite` in a home directory must not delete it).
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ExistingStoreError(
-                f"{display_store(zstore)} holds files that are not a Zarr store ({shown}); "
-                "only a Zarr store is replaced: choose a new or empty path for the target"
-            )
+    if mode == "w" and listing_is_free(zstore):
+        # A local target is checked here, before anything is written; an object store's
+        # beside the creation lease (execute), where the listing costs no round trip.
+        refuse_foreign(zstore, group)
     if mode == "r+" and existing is None:
         raise PlanError(
             f"mode='r+' needs an existing Zarr group at {display_store(zstore)}; "
