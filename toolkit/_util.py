@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,6 +15,7 @@ import numpy as np
 import zarr
 from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
+from zarr.core.sync import sync
 
 from toolkit.errors import MissingExtraError
 
@@ -87,6 +89,32 @@ def zarr_concurrency(n: int) -> Iterator[None]:
             _CONCURRENCY_USERS -= 1
             if _CONCURRENCY_USERS == 0:
                 zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
+
+
+def settle_zarr_calls(timeout: float) -> bool:
+    """Wait, at most ``timeout`` seconds, for the chunk tasks failed zarr calls left behind.
+
+    zarr's ``concurrent_map`` gathers its per-chunk tasks without cancelling
+    them: when one request fails, the call returns the error while its siblings
+    still wait on zarr's semaphore, on zarr's event loop. Refused by an aborted
+    write, they end in moments; a process that exits before that prints
+    "Task was destroyed but it is pending" for each. True when none is left.
+    (zarr's private loop and the name of its task function live here alone.)
+    """
+
+    async def settled() -> bool:
+        me = asyncio.current_task()
+        left = [t for t in asyncio.all_tasks() if t is not me and _zarr_chunk_task(t)]
+        if not left:
+            return True
+        _, pending = await asyncio.wait(left, timeout=timeout)
+        return not pending
+
+    return bool(sync(settled()))
+
+
+def _zarr_chunk_task(task: asyncio.Task[Any]) -> bool:
+    return "concurrent_iter" in getattr(task.get_coro(), "__qualname__", "")
 
 
 class Background:

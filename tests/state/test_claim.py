@@ -250,9 +250,10 @@ def test_mode_w_replaces_a_zarr_store_only_on_an_object_store(s3, client):
 
     before = listing()
     options = s3.storage_options()
-    with pytest.raises(ExistingStoreError, match="not a Zarr store.*report.csv"):
-        toolkit.to_zarr(_source(), f"s3://{bucket}/other", mode="w", storage_options=options,
-                        progress=False)  # fmt: skip
+    with pytest.raises(ExistingStoreError, match=r"not a Zarr store.*report\.csv"):
+        toolkit.to_zarr(
+            _source(), f"s3://{bucket}/other", mode="w", storage_options=options, progress=False
+        )
     assert listing() == before
     url = f"s3://{bucket}/x.zarr"
     toolkit.to_zarr(_source(), url, mode="w", storage_options=options, progress=False)

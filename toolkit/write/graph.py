@@ -30,7 +30,7 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
 from toolkit import grid
-from toolkit._util import backoff, zarr_concurrency
+from toolkit._util import backoff, settle_zarr_calls, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.metrics import publish
 from toolkit.io.conditional import ConditionalStore
@@ -262,6 +262,8 @@ def write_block(
     except Exception as e:
         gate.abort()
         idle = gate.wait_idle(timeout=_IDLE_TIMEOUT)
+        # Not in flight, but queued in zarr's loop: they would outlive the task.
+        idle = settle_zarr_calls(_IDLE_TIMEOUT) and idle
         _abort(io)
         written = gate.written or set()
         landed = [unit_key(target, u) in written for u in every()]
