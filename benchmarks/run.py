@@ -6,6 +6,7 @@
     ./dev bench --only latency --repeat 1 --chains   # round trips of the small operations
     ./dev bench --only rechunk --rechunk-steps 1000,4000   # maps to series, peers, floor
     ./dev bench --only groupby --groupby-size 256MiB --repeat 1   # climatology, resample
+    ./dev bench --only tree --repeat 1   # a DataTree of 13 small nodes, toolkit vs xarray
 
 Every figure is a median of ``--repeat`` runs, measured in the same process on the
 same data, so ratios hold on any machine; absolute seconds are for context only.
@@ -938,6 +939,95 @@ def machine() -> str:
     )
 
 
+def tree_of(nodes: int = 13, variables: int = 2, values: int = 10) -> xr.DataTree:
+    """Issue 32's tree: ``nodes`` nodes (a root, 3 children, grandchildren) of small variables."""
+    out = {}
+    for i in range(nodes):
+        path = (
+            "/"
+            if i == 0
+            else f"/n{(i - 1) // 4}"
+            if (i - 1) % 4 == 0
+            else (f"/n{(i - 1) // 4}/m{i}")
+        )
+        out[path] = xr.Dataset(
+            {f"v{k}": ("x", np.arange(values, dtype="f8") + i + k) for k in range(variables)}
+        )
+    return xr.DataTree.from_dict(out)
+
+
+def bench_tree(latencies: list[float], repeat: int) -> list[Row]:
+    """A DataTree of 13 nodes of 2 variables of 10 values, locally and on S3 behind a proxy.
+
+    toolkit (one plan, one metadata round, one graph) against ``DataTree.to_zarr``
+    with xarray's defaults, into zarr's ObjectStore (obstore) and through fsspec
+    (s3fs), and the reads: ``toolkit.open_datatree`` (lazy) and ``xr.open_datatree``.
+    Each S3 row names the serial round trips the proxy counted (``toolkit.testing.ledger``).
+    """
+    import logging
+
+    from toolkit.testing import FaultProxy, S3Server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    tree = tree_of()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="toolkit-bench-tree-") as tmp:
+        case = "DataTree of 13 nodes x 2 variables x 10 values, local"
+        path = Path(tmp) / "t.zarr"
+        toolkit.to_zarr(tree, path, mode="w", progress=False)  # warm: imports, first pools
+        t = timed(lambda: toolkit.to_zarr(tree, path, mode="w", progress=False), repeat)
+        rows.append(Row(f"{case}, write", "toolkit (to_zarr)", t))
+        rows.append(Row(f"{case}, write", "DataTree.to_zarr",
+                        timed(lambda: tree.to_zarr(path, mode="w"), repeat)))  # fmt: skip
+        rows.append(Row(f"{case}, read (lazy)", "toolkit (open_datatree)",
+                        timed(lambda: toolkit.open_datatree(path), repeat)))  # fmt: skip
+        rows.append(Row(f"{case}, read (lazy)", "xr.open_datatree",
+                        timed(lambda: xr.open_datatree(path, engine="zarr"), repeat)))  # fmt: skip
+    with S3Server() as s3:
+        s3.create_bucket("data")
+        for lat in latencies:
+            with FaultProxy(s3.endpoint_url, latency=lat) as proxy:
+                rows += _tree_case(tree, s3, proxy, lat, repeat)
+    return rows
+
+
+def _tree_case(tree: xr.DataTree, s3: Any, proxy: Any, lat: float, repeat: int) -> list[Row]:
+    from toolkit.io.stores import resolve_store
+    from toolkit.testing.ledger import summarize
+
+    case = f"DataTree of 13 nodes x 2 variables x 10 values, S3 + {lat * 1e3:.0f} ms"
+    rows: list[Row] = []
+
+    def measured(what: str, method: str, fn: Callable[[], object], runs: int) -> None:
+        times, trips = [], []
+        for _ in range(runs):
+            with proxy.ledger() as ledger:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            trips.append(summarize(ledger.requests).round_trips)
+        trip = f"{statistics.median(trips):.0f} round trips"
+        rows.append(Row(f"{case}, {what}", f"{method}, {trip}", statistics.median(times), trip))
+
+    opts = {**s3.storage_options(proxy.url), "client": "obstore"}
+    url = f"s3://data/tree-{int(lat * 1e3)}.zarr"
+    measured("write", "toolkit (to_zarr)", lambda: toolkit.to_zarr(
+        tree, url, mode="w", storage_options=opts, progress=False), repeat)  # fmt: skip
+    for client in ("obstore", "s3fs"):
+        store = resolve_store(f"s3://data/xr-{client}-{int(lat * 1e3)}.zarr",
+                              storage_options={**opts, "client": client})  # fmt: skip
+        label = "zarr's ObjectStore" if client == "obstore" else "fsspec"
+        # One run each: tens of seconds at 100 ms.
+        measured("write", f"DataTree.to_zarr ({label})",
+                 lambda store=store: tree.to_zarr(store, mode="w"), 1)  # fmt: skip
+    measured("read (lazy)", "toolkit (open_datatree)",
+             lambda: toolkit.open_datatree(url, storage_options=opts), repeat)  # fmt: skip
+    read = resolve_store(url, storage_options=opts)
+    measured("read (lazy)", "xr.open_datatree",
+             lambda: xr.open_datatree(read, engine="zarr"), repeat)  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", default="1GiB", help="write benchmark size (default 1GiB)")
@@ -955,6 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest",
             "jobs",
             "rechunk",
+            "tree",
         ),
         default=None,
     )
@@ -1005,6 +1096,8 @@ def main(argv: list[str] | None = None) -> int:
             trips, block = bench_round_trips(lats, min(args.repeat, 2), args.chains)
             rows += trips
             extra.append(block)
+        if args.only in (None, "tree"):
+            rows += bench_tree([float(x) for x in args.latency.split(",")], min(args.repeat, 2))
         if args.only in (None, "cloud"):
             lats = [float(x) for x in args.latency.split(",")]
             rows += bench_cloud(parse_size(args.cloud_size), lats, min(args.repeat, 2))
