@@ -397,3 +397,33 @@ def test_execute_names_execute_tree_for_a_trees_plan(tmp_path):
     report = toolkit.execute_tree(plan, progress=False)
     assert "TreeWriteReport" in repr(report) and "/fine/grand" in repr(report)
     assert report["/fine"].variables == ("u", "mask")
+
+
+@pytest.mark.timeout(120)
+def test_mode_w_on_an_object_store_replaces_only_a_zarr_store(s3):
+    """A prefix of other files is refused and left as found (no lease document either)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from toolkit.io.stores import resolve_store
+
+    opts = {**s3.storage_options(), "client": "obstore"}
+    name = f"tree-foreign-{next(_names)}-{time.time_ns()}"
+    store = resolve_store(f"s3://data/{name}", storage_options=opts)
+    buf = default_buffer_prototype().buffer.from_bytes(b"my notes")
+    sync(store.set("notes.txt", buf))
+
+    async def keys() -> list[str]:
+        return sorted([k async for k in store.list()])
+
+    with pytest.raises(ExistingStoreError, match="not a Zarr store"):
+        toolkit.to_zarr(make_tree(), f"s3://data/{name}", mode="w", storage_options=opts,
+                        progress=False)  # fmt: skip
+    assert sync(keys()) == ["notes.txt"]
+    # A Zarr store there is replaced.
+    url = f"s3://data/{name}-z.zarr"
+    toolkit.to_zarr(make_tree(), url, storage_options=opts, progress=False)
+    toolkit.to_zarr(make_tree(t0=5), url, mode="w", storage_options=opts, progress=False)
+    xr.testing.assert_identical(
+        toolkit.open_datatree(url, storage_options=opts).compute(), make_tree(t0=5).compute()
+    )

@@ -62,7 +62,14 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
-from toolkit.state.claim import CreationClaim, clear_group, group_contents, remove_strays
+from toolkit.state.claim import (
+    CreationClaim,
+    clear_group,
+    group_contents,
+    listing_is_free,
+    refuse_foreign,
+    remove_strays,
+)
 from toolkit.state.leases import job_id
 from toolkit.state.records import WriteJournal
 from toolkit.write.execute import (
@@ -903,7 +910,22 @@ def execute_tree(
     claim: CreationClaim | None = None
     if creating and not is_icechunk(plan.store):
         claim = CreationClaim(plan.store, plan.group, owner, plan.throttle)
-        claim.acquire(wait=plan.mode != "w-")
+    # Mode "w" replaces a Zarr store only, as a dataset's write: a local target was
+    # checked by the plans, an object store's is listed here, beside the claim's
+    # request (one round trip, not two); refused, the claim it took is withdrawn.
+    guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
+    if claim is not None:
+        with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
+            checked = pool.submit(refuse_foreign, direct, plan.group) if guard else None
+            claim.acquire(wait=plan.mode != "w-")
+            try:
+                if checked is not None:
+                    checked.result()
+            except BaseException:
+                claim.withdraw()
+                raise
+    elif guard:
+        refuse_foreign(direct, plan.group)
     try:
         meta = _tree_metadata(plan, direct, meta_io, creating, t0)
     except BaseException:
