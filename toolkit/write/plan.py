@@ -1285,6 +1285,7 @@ def _check_with_xarray(
     ``explicit``: the encoding was given as ``encoding=`` (xarray refuses its
     unknown keys) rather than being the variable's own (xarray drops them).
     """
+    from xarray.backends.writers import to_zarr as xarray_to_zarr
     from xarray.backends.zarr import extract_zarr_variable_encoding
 
     probe = var.copy(deep=False)
@@ -1302,7 +1303,10 @@ def _check_with_xarray(
         lazy = xr.Variable(var.dims, _probe_data(var), var.attrs, {**own, **encoding})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the real write shows xarray's warnings
-            xr.Dataset({"probe": lazy}).to_zarr(
+            # xarray's function, not the method: a user may have routed
+            # ``Dataset.to_zarr`` itself through toolkit (this would then recurse).
+            xarray_to_zarr(
+                xr.Dataset({"probe": lazy}),
                 zarr.storage.MemoryStore(),
                 mode="w",
                 compute=False,
