@@ -9,7 +9,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 from toolkit.errors import UsageError
@@ -17,14 +18,16 @@ from toolkit.errors import UsageError
 __all__ = ["EXIT_CODES", "entry", "main"]
 
 #: The exit statuses of every command (the CLI reference lists them).
-EXIT_CODES = {
-    0: "done: written, or equal",
-    1: "the data is wrong or the run failed: values differ, a store is damaged, a write failed",
-    2: "the command cannot run as given: bad arguments, a missing file, store or extra, "
-    "access refused",
-    3: "cannot check: the store holds no manifest (verify)",
-    130: "interrupted (Ctrl-C); what landed is kept, and the same command resumes",
-}
+EXIT_CODES: Mapping[int, str] = MappingProxyType(
+    {
+        0: "done: written, or equal",
+        1: "the data is wrong or the run failed: values differ, a store is damaged, a write failed",
+        2: "the command cannot run as given: bad arguments, a missing file, store or extra, "
+        "access refused",
+        3: "cannot check: the store holds no manifest (verify)",
+        130: "interrupted (Ctrl-C); what landed is kept, and the same command resumes",
+    }
+)
 _DIM_FLAGS = ("--chunks", "--shards")
 _DIM_ITEM = re.compile(r"[A-Za-z_][\w.-]*=\d+(,[A-Za-z_][\w.-]*=\d+)*")
 
@@ -484,16 +487,18 @@ def _after_interrupt(args: argparse.Namespace) -> str:
 
 
 #: The modules behind each extra: a missing one is named with the extra that brings it.
-_EXTRAS = {
-    "h5netcdf": "netcdf",
-    "h5py": "netcdf",
-    "netCDF4": "netcdf",
-    "s3fs": "cloud",
-    "obstore": "cloud",
-    "icechunk": "icechunk",
-    "numba": "fast",
-    "bokeh": "dashboard",
-}
+_EXTRAS = MappingProxyType(
+    {
+        "h5netcdf": "netcdf",
+        "h5py": "netcdf",
+        "netCDF4": "netcdf",
+        "s3fs": "cloud",
+        "obstore": "cloud",
+        "icechunk": "icechunk",
+        "numba": "fast",
+        "bokeh": "dashboard",
+    }
+)
 
 
 def _explain(e: BaseException) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from zarr.storage import FsspecStore, ObjectStore
 from zarr.testing.store import StoreTests
 
 import toolkit
+from toolkit import runtime
 from toolkit.io import clients
 from toolkit.io.stores import describe_store, redact, resolve_store, unwrap
 from toolkit.io.throttle import Throttle, classify_error, http_status
@@ -455,7 +456,7 @@ def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch)
     creds = tmp_path / "credentials"
     creds.write_text("[tk]\naws_access_key_id = PROFILE-KEY-1\naws_secret_access_key = PROFILE-S\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
-    monkeypatch.setattr(clients, "_SESSIONS", {})
+    runtime.current().get(clients._SESSIONS).clear()  # sessions are kept per runtime
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     opts = {"endpoint_url": s3.endpoint_url, "profile": "tk", "region": "us-east-1"}
@@ -475,7 +476,7 @@ def test_credentials_come_from_a_profile_as_with_s3fs(s3, tmp_path, monkeypatch)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setattr(clients, "_SESSIONS", {})  # sessions are kept per process
+    runtime.current().get(clients._SESSIONS).clear()  # sessions are kept per runtime
     bare = clients.BotocoreCredentials()
     with pytest.raises(PermissionError, match="anon=True"):
         bare()

@@ -7,11 +7,13 @@ holds it (never inside a task); hooks are idempotent and cheap once done.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import dask
+
+from toolkit import runtime
+from toolkit.runtime import Registry, Slot
 
 __all__ = ["active_client", "on_client"]
 
@@ -19,8 +21,10 @@ _LOCAL_SCHEDULERS = frozenset(
     {"threads", "threading", "sync", "synchronous", "single-threaded", "processes"}
 )
 
-_HOOKS: list[Callable[[Any], None]] = []
-_LOCK = threading.Lock()
+#: The hooks, in the order added (wiring: a new runtime starts with the current one's).
+_HOOKS: Slot[Registry[Callable[[Any], None], None]] = Slot(
+    "cluster.client.hooks", Registry, inherited=True
+)
 
 
 def on_client(hook: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -29,9 +33,10 @@ def on_client(hook: Callable[[Any], None]) -> Callable[[Any], None]:
     A hook is added once however often it is passed; it must be idempotent and
     cheap when it has nothing left to do.
     """
-    with _LOCK:
-        if hook not in _HOOKS:
-            _HOOKS.append(hook)
+    hooks = runtime.current().get(_HOOKS)
+    with hooks.lock:
+        if hook not in hooks:
+            hooks.put(hook, None)
     return hook
 
 
@@ -56,8 +61,7 @@ def active_client() -> Any | None:
 
 
 def _announce(client: Any) -> None:
-    with _LOCK:
-        hooks = list(_HOOKS)
+    hooks = runtime.current().get(_HOOKS).keys()
     if not hooks or _in_task():  # a task must not register plugins on its client
         return
     for hook in hooks:

@@ -24,6 +24,7 @@ from typing import Any, Self
 from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from toolkit import runtime
 from toolkit.io.ratecontrol import Grant, Pacer
 from toolkit.io.throttle import (
     Budget,
@@ -36,6 +37,7 @@ from toolkit.io.throttle import (
     limiters_of,
     sit_out_pauses,
 )
+from toolkit.runtime import Registry, Slot
 
 __all__ = [
     "CoordinatedThrottle",
@@ -354,8 +356,8 @@ class _RemoteBudget:
         fut.add_done_callback(answered)
 
 
-_REMOTE: dict[str, _RemoteBudget] = {}
-_REMOTE_LOCK = threading.Lock()
+#: This worker's coordinated budgets (in the current runtime: a worker process's own).
+_REMOTE: Slot[Registry[str, _RemoteBudget]] = Slot("cluster.coordinator.remote", Registry)
 
 
 def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
@@ -369,10 +371,12 @@ def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
     # One budget on the scheduler whatever the in-flight share or the worker count.
     key = tokenize(Throttle(**{**_fields_of(policy), "max_inflight": 1, "coordinated": False}),
                    scope)  # fmt: skip
-    with _REMOTE_LOCK:
-        rb = _REMOTE.get(key)
+    remote = runtime.current().get(_REMOTE)
+    with remote.lock:
+        rb = remote.get(key)
         if rb is None or rb.worker is not worker:
-            rb = _REMOTE[key] = _RemoteBudget(key, policy, worker, scope)
+            rb = _RemoteBudget(key, policy, worker, scope)
+            remote.put(key, rb)
         elif isinstance(policy, CoordinatedThrottle):
             rb.workers = policy.workers  # the latest share's count of the cluster
         return rb

@@ -31,13 +31,24 @@ from typing import Any
 
 import dask
 
+from toolkit import runtime
 from toolkit.dashboard.feed import PAGE, RATE_FIELDS, IOFeed, RatePoint
+from toolkit.runtime import Slot
 
 __all__ = ["PAGE", "RATE_FIELDS", "IOFeed", "RatePoint", "ensure_registered", "register_dashboard"]
 
-_REGISTERED: weakref.WeakSet[Any] = weakref.WeakSet()
-_REGISTER_LOCK = threading.Lock()
-_WARNED = False
+
+class _Registered:
+    """The clients whose scheduler has the page (weakly), and whether a failure was said."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.warned = False
+
+
+#: In the current runtime: registered once per client, a failure said once.
+_REGISTERED: Slot[_Registered] = Slot("dashboard.registered", _Registered)
 
 
 def register_dashboard(client: Any = None) -> str:
@@ -67,11 +78,12 @@ def register_dashboard(client: Any = None) -> str:
         client = default_client()
     from toolkit.dashboard.plugins import DashboardPlugin, HeartbeatPlugin, is_mounted
 
-    with _REGISTER_LOCK:
-        if client not in _REGISTERED:
+    done = runtime.current().get(_REGISTERED)
+    with done.lock:
+        if client not in done.clients:
             client.register_plugin(HeartbeatPlugin())
             client.register_plugin(DashboardPlugin())
-            _REGISTERED.add(client)
+            done.clients.add(client)
     mounted = client.run_on_scheduler(is_mounted)
     if not mounted:
         return ""
@@ -81,17 +93,17 @@ def register_dashboard(client: Any = None) -> str:
 
 def ensure_registered(client: Any) -> None:
     """Register the page for ``client`` unless done, disabled or impossible (warns once)."""
-    global _WARNED
-    if client in _REGISTERED or not dask.config.get("toolkit.dashboard", True):
+    done = runtime.current().get(_REGISTERED)
+    if client in done.clients or not dask.config.get("toolkit.dashboard", True):
         return
     if getattr(client, "asynchronous", False):
         return  # an asynchronous client cannot be called from here; register_dashboard can
     try:
         register_dashboard(client)
     except Exception as e:
-        _REGISTERED.add(client)  # one try per client
-        if not _WARNED:
-            _WARNED = True
+        done.clients.add(client)  # one try per client
+        if not done.warned:
+            done.warned = True
             warnings.warn(
                 f"toolkit could not add its I/O page to the dashboard ({type(e).__name__}: {e}); "
                 "install toolkit and bokeh on the scheduler, or silence this with "

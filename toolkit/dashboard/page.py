@@ -34,36 +34,36 @@ _HISTORY = 1200  # points kept per store in the browser (10 min at 0.5 s)
 _MAX_PLOTTED = 8  # stores drawn; the table lists every one
 
 # name, title, y-axis format, [(field, label suffix, dash)]
-_PLOTS: list[tuple[str, str, str, list[tuple[str, str, str]]]] = [
+_PLOTS: tuple[tuple[str, str, str, tuple[tuple[str, str, str], ...]], ...] = (
     (
         "requests",
         "Requests / s",
         "0,0",
-        [("requests", "", "solid"), ("limit", " budget in force", "dashed")],
+        (("requests", "", "solid"), ("limit", " budget in force", "dashed")),
     ),
     (
         "bytes",
         "Bytes / s",
         "0.0 b",
-        [("bytes_written", " written", "solid"), ("bytes_read", " read", "dashed")],
+        (("bytes_written", " written", "solid"), ("bytes_read", " read", "dashed")),
     ),
     (
         "throttling",
         "Throttling answers, retries, errors / s",
         "0,0.[0]",
-        [
+        (
             ("throttled", " throttled", "solid"),
             ("retries", " retries", "dashed"),
             ("errors", " errors", "dotted"),
-        ],
+        ),
     ),
     (
         "waiting",
         "Requests backing off, waiting for budget (average number)",
         "0.[00]",
-        [("backoff_seconds", " backoff", "solid"), ("wait_seconds", " budget wait", "dashed")],
+        (("backoff_seconds", " backoff", "solid"), ("wait_seconds", " budget wait", "dashed")),
     ),
-]
+)
 
 
 def _or_nan(x: float | None) -> float:

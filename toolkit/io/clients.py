@@ -37,14 +37,17 @@ import threading
 import types
 import weakref
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore
 
+from toolkit import runtime
 from toolkit._util import backoff
 from toolkit.errors import MissingExtraError
 from toolkit.io.throttle import http_status
+from toolkit.runtime import Registry, Slot
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -82,15 +85,17 @@ READ_TIMEOUT = 20.0
 _OBSTORE_REQUEST_TIMEOUT = 30.0
 
 #: The URL schemes obstore serves (and toolkit routes to it by default).
-_OBSTORE_SCHEMES = {
-    "s3": "s3",
-    "s3a": "s3",
-    "gs": "gs",
-    "gcs": "gs",
-    "az": "az",
-    "abfs": "az",
-    "abfss": "az",
-}
+_OBSTORE_SCHEMES = MappingProxyType(
+    {
+        "s3": "s3",
+        "s3a": "s3",
+        "gs": "gs",
+        "gcs": "gs",
+        "az": "az",
+        "abfs": "az",
+        "abfss": "az",
+    }
+)
 
 
 def default_client(scheme: str) -> Client:
@@ -173,14 +178,16 @@ def _s3fs_defaults(opts: dict[str, Any], in_flight: int) -> dict[str, Any]:
 
 
 # fsspec/s3fs option -> obstore S3 config key. The values carry over as they are.
-_S3FS_NAMES = {
-    "key": "access_key_id",
-    "secret": "secret_access_key",
-    "token": "token",
-    "anon": "skip_signature",
-    "endpoint_url": "endpoint",
-    "requester_pays": "request_payer",
-}
+_S3FS_NAMES = MappingProxyType(
+    {
+        "key": "access_key_id",
+        "secret": "secret_access_key",
+        "token": "token",
+        "anon": "skip_signature",
+        "endpoint_url": "endpoint",
+        "requester_pays": "request_payer",
+    }
+)
 # fsspec options that tune fsspec itself and mean nothing to obstore.
 _FSSPEC_ONLY = frozenset(
     [
@@ -203,18 +210,22 @@ _OBSTORE_KWARGS = frozenset({"client_options", "retry_config", "credential_provi
 # fsspec/adlfs option -> obstore Azure config key (account_name, account_key, client_id,
 # client_secret and tenant_id are the same in both). endpoint_url is toolkit's name for
 # an endpoint whatever the scheme, as for S3.
-_ADLFS_NAMES = {
-    "sas_token": "sas_key",
-    "anon": "skip_signature",
-    "endpoint_url": "endpoint",
-}
+_ADLFS_NAMES = MappingProxyType(
+    {
+        "sas_token": "sas_key",
+        "anon": "skip_signature",
+        "endpoint_url": "endpoint",
+    }
+)
 # adlfs options that tune adlfs and the Azure SDK's client, meaning nothing to obstore.
 _ADLFS_ONLY = frozenset(
     ["blocksize", "assume_container_exists", "location_mode", "socket_timeout", "timeout",
      "request_session", "account_url_suffix"]
 )  # fmt: skip
 # adlfs's timeouts, under the names toolkit reads from config_kwargs for either client.
-_ADLFS_TIMEOUTS = {"connection_timeout": "connect_timeout", "read_timeout": "read_timeout"}
+_ADLFS_TIMEOUTS = MappingProxyType(
+    {"connection_timeout": "connect_timeout", "read_timeout": "read_timeout"}
+)
 
 
 def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> Store:
@@ -236,7 +247,9 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
                 timeouts.setdefault(ours, opts.pop(name))
     _obstore_timeouts(timeouts, client_options)
     profile = opts.pop("profile", None)
-    names = _S3FS_NAMES if scheme == "s3" else _ADLFS_NAMES if scheme == "az" else {}
+    names: Mapping[str, str] = (
+        _S3FS_NAMES if scheme == "s3" else _ADLFS_NAMES if scheme == "az" else {}
+    )
     for k, v in opts.items():
         if k in _OBSTORE_KWARGS:
             kwargs[k] = v
@@ -282,7 +295,7 @@ def _open_obstore(url: str, opts: dict[str, Any], *, in_flight: int | None) -> S
     if "skip_signature" in config:
         config["skip_signature"] = bool(config["skip_signature"])
     if in_flight is not None:
-        kwargs.setdefault("retry_config", _NO_RETRIES)
+        kwargs.setdefault("retry_config", dict(_NO_RETRIES))
     kwargs["client_options"] = client_options
     try:
         store = from_url(url, config=cast(Any, config or None), **kwargs)
@@ -481,18 +494,16 @@ class BotocoreCredentials:
         }
 
 
-_SESSIONS: dict[str | None, Any] = {}
-_SESSIONS_LOCK = threading.Lock()
+#: One botocore session per profile (in the current runtime).
+_SESSIONS: Slot[Registry[str | None, Any]] = Slot("io.clients.sessions", Registry)
 
 
 def _botocore_session(profile: str | None) -> Any:
     """One botocore session per profile and process: every unpickled store shares it."""
     import botocore.session
 
-    with _SESSIONS_LOCK:
-        if profile not in _SESSIONS:
-            _SESSIONS[profile] = botocore.session.Session(profile=profile)
-        return _SESSIONS[profile]
+    sessions = runtime.current().get(_SESSIONS)
+    return sessions.setdefault(profile, lambda: botocore.session.Session(profile=profile))
 
 
 def _profile_endpoint(profile: str | None) -> str | None:
@@ -521,7 +532,8 @@ def _region_given(config: Mapping[str, Any]) -> bool:
     )
 
 
-_REGIONS: dict[tuple[str, str], str | None] = {}
+#: The regions of S3 buckets asked (in the current runtime).
+_REGIONS: Slot[Registry[tuple[str, str], str | None]] = Slot("io.clients.regions", Registry)
 
 
 def bucket_region(
@@ -536,7 +548,8 @@ def bucket_region(
     import urllib.request
 
     key = (endpoint, bucket)
-    if key not in _REGIONS:
+    known = runtime.current().get(_REGIONS)
+    if key not in known:
         region = None
         req = urllib.request.Request(f"{endpoint.rstrip('/')}/{bucket}", method="HEAD")
         try:
@@ -546,8 +559,8 @@ def bucket_region(
             region = e.headers.get("x-amz-bucket-region")
         except (OSError, ValueError):
             region = None
-        _REGIONS[key] = region
-    return _REGIONS[key]
+        known.put(key, region)
+    return known.get(key)
 
 
 def _from_client_kwargs(v: Mapping[str, Any], config: dict[str, Any]) -> None:
@@ -580,7 +593,10 @@ def _obstore_timeouts(config_kwargs: Mapping[str, Any], client_options: dict[str
 
 # obstore's own retry loop hides 503s from the budget and can spend minutes on one
 # request: none here, toolkit's RetryStore retries instead.
-_NO_RETRIES: dict[str, Any] = {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=30)}
+# (Handed to obstore as a new dict each time: it takes a dict.)
+_NO_RETRIES: Mapping[str, Any] = MappingProxyType(
+    {"max_retries": 0, "retry_timeout": dt.timedelta(seconds=30)}
+)
 
 
 def _first_line(e: BaseException) -> str:
@@ -603,14 +619,16 @@ def _is_object_store(base: Store) -> bool:
     return isinstance(base, ObjectStore)
 
 
-_OBSTORE_CLASS_SCHEME = {
-    "S3Store": "s3",
-    "GCSStore": "gs",
-    "AzureStore": "az",
-    "LocalStore": "file",
-    "MemoryStore": "memory",
-    "HTTPStore": "https",
-}
+_OBSTORE_CLASS_SCHEME = MappingProxyType(
+    {
+        "S3Store": "s3",
+        "GCSStore": "gs",
+        "AzureStore": "az",
+        "LocalStore": "file",
+        "MemoryStore": "memory",
+        "HTTPStore": "https",
+    }
+)
 
 
 def location(base: Store) -> str | None:
@@ -704,7 +722,7 @@ def quiet_copy(base: Store) -> Store:
             return clone
         inner = base.store  # type: ignore[attr-defined]
         copied = base.with_read_only(base.read_only)
-        copied.store = _rebuilt(inner, retry_config=_NO_RETRIES)  # type: ignore[attr-defined]
+        copied.store = _rebuilt(inner, retry_config=dict(_NO_RETRIES))  # type: ignore[attr-defined]
         return copied
     except Exception as e:  # an unusual filesystem or store: its own retries stay on
         logger.debug(
@@ -717,17 +735,29 @@ def quiet_copy(base: Store) -> Store:
         return base
 
 
-#: A weak cache, keyed by fsspec filesystem class: its quiet subclass (see
-#: :func:`quiet_filesystem`), kept as long as the class itself, so that fsspec's cache of
-#: the subclass's filesystems lives as the class's own does (a filesystem dropped with its
-#: class would leave its connections unclosed).
-_QUIET_CLASSES: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
-_QUIET_LOCK = threading.Lock()
+class _QuietClasses:
+    """A weak cache, keyed by fsspec filesystem class: its quiet subclass.
+
+    (See :func:`quiet_filesystem`.) Kept as long as the class itself, so that fsspec's
+    cache of the subclass's filesystems lives as the class's own does (a filesystem
+    dropped with its class would leave its connections unclosed).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.of: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+
+
+#: Process-wide, as classes are, whatever runtime is current.
+_QUIET_CLASSES: Slot[_QuietClasses] = Slot(
+    "io.clients.quiet_classes", _QuietClasses, process_wide=True
+)
 
 
 def _quiet_class(cls: type) -> type:
-    with _QUIET_LOCK:
-        quiet = _QUIET_CLASSES.get(cls)
+    known = runtime.current().get(_QUIET_CLASSES)
+    with known.lock:
+        quiet = known.of.get(cls)
         if quiet is None:
             body: dict[str, Any] = {
                 "retries": 1,
@@ -738,7 +768,7 @@ def _quiet_class(cls: type) -> type:
             if _is_s3fs(cls):
                 body["set_session"] = _set_session_without_expect
             quiet = types.new_class(f"Quiet{cls.__name__}", (cls,), {}, lambda ns: ns.update(body))
-            _QUIET_CLASSES[cls] = quiet
+            known.of[cls] = quiet
         return quiet
 
 

@@ -394,16 +394,11 @@ class _MemoryConditional(ConditionalStore):
         return content_version(data)
 
 
-_MEMORY_LOCKS_LOCK = threading.Lock()
-
-
 def _memory_lock(store: MemoryStore) -> threading.Lock:
     # Kept on the store object itself: stores and their locks live and die together.
-    with _MEMORY_LOCKS_LOCK:
-        lock = store.__dict__.get("_toolkit_cas_lock")
-        if lock is None:
-            lock = store.__dict__["_toolkit_cas_lock"] = threading.Lock()
-        return lock
+    # (dict.setdefault is atomic: two threads get the same lock.)
+    lock: threading.Lock = store.__dict__.setdefault("_toolkit_cas_lock", threading.Lock())
+    return lock
 
 
 # --------------------------------------------------------------------------- obstore

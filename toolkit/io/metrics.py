@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
+from toolkit import runtime
+from toolkit.runtime import Registry, Slot
+
 __all__ = [
     "Counters",
     "IOMetrics",
@@ -236,17 +239,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
 
 
-_PROCESS: dict[str, IOMetrics] = {}
-_PROCESS_LOCK = threading.Lock()
+#: This process's running totals, per store (in the current runtime).
+_PROCESS: Slot[Registry[str, IOMetrics]] = Slot("io.metrics.process", Registry)
 
 
 def process_metrics(scope: str) -> IOMetrics:
     """The running totals of this process for one store (``scope``), created on first use."""
-    with _PROCESS_LOCK:
-        m = _PROCESS.get(scope)
-        if m is None:
-            m = _PROCESS[scope] = IOMetrics()
-        return m
+    return runtime.current().get(_PROCESS).setdefault(scope, IOMetrics)
 
 
 def live_metrics(scope: str) -> IOMetrics:
@@ -260,8 +259,7 @@ def live_metrics(scope: str) -> IOMetrics:
 
 def process_totals() -> dict[str, dict[str, Any]]:
     """The running totals of this process, per store, as plain dicts (:meth:`IOMetrics.as_dict`)."""
-    with _PROCESS_LOCK:
-        items = list(_PROCESS.items())
+    items = runtime.current().get(_PROCESS).items()
     return {scope: m.as_dict() for scope, m in items}
 
 

@@ -29,9 +29,11 @@ from typing import Literal, Protocol
 
 from dask.base import tokenize
 
+from toolkit import runtime
 from toolkit._render import html_table, text_table
 from toolkit._util import backoff
 from toolkit.io.ratecontrol import Allocator, Grant, Pacer, RateLaw
+from toolkit.runtime import Registry, Slot
 
 __all__ = [
     "Budget",
@@ -61,19 +63,23 @@ RequestKind = Literal["read", "write", "list"]
 
 ErrorClass = Literal["throttled", "transient", "fatal"]
 
-_THROTTLE_STATUS = {429, 503}
-_TRANSIENT_STATUS = {500, 502, 504, 408}
-_THROTTLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequests",
-    "TooManyRequestsException",
-    "ServerBusy",
-    "503",
-}
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "504"}
+_THROTTLE_STATUS = frozenset({429, 503})
+_TRANSIENT_STATUS = frozenset({500, 502, 504, 408})
+_THROTTLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "ServerBusy",
+        "503",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "504"}
+)
 
 
 @dataclass(frozen=True)
@@ -733,8 +739,8 @@ class ThrottleState:
         return html_table([b._row() for b in self.budgets]) or "<p>no request budget in use</p>"
 
 
-_BUDGETS: dict[str, Budget] = {}
-_BUDGETS_LOCK = threading.Lock()
+#: This process's budgets, by policy and scope (in the current runtime).
+_BUDGETS: Slot[Registry[str, Budget]] = Slot("io.throttle.budgets", Registry)
 
 
 class RemoteBudget(Protocol):
@@ -755,16 +761,10 @@ type RemoteBudgets = Callable[[Throttle, str], RemoteBudget | None]
 
 def local_states() -> list[BudgetState]:
     """Where each of this process's budgets stands."""
-    with _BUDGETS_LOCK:
-        local = list(_BUDGETS.values())
-    return [b.state() for b in local]
+    return [b.state() for b in runtime.current().get(_BUDGETS).values()]
 
 
 def budget_for(policy: Throttle, scope: str = "") -> Budget:
     """The :class:`Budget` of this process for ``policy`` within ``scope`` (e.g. a store)."""
     key = tokenize(policy, scope)
-    with _BUDGETS_LOCK:
-        b = _BUDGETS.get(key)
-        if b is None:
-            b = _BUDGETS[key] = Budget(policy, scope)
-        return b
+    return runtime.current().get(_BUDGETS).setdefault(key, lambda: Budget(policy, scope))

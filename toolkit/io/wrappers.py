@@ -24,8 +24,10 @@ from collections.abc import (
     Callable,
     Iterable,
     Iterator,
+    Mapping,
     Sequence,
 )
+from types import MappingProxyType
 from typing import Any, Protocol, Self, TypeVar, cast, override, runtime_checkable
 
 import zarr
@@ -35,6 +37,7 @@ from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
+from toolkit import runtime
 from toolkit.errors import (
     RequestAbortedError,
     StoreAccessError,
@@ -57,6 +60,7 @@ from toolkit.io.throttle import (
     http_status,
     retry_after,
 )
+from toolkit.runtime import Slot
 
 __all__ = [
     "ACCESS_HINT",
@@ -92,30 +96,34 @@ def _nbytes(result: Any) -> int:
     return 0
 
 
-_KIND_OF: dict[str, RequestKind] = {
-    "get": "read",
-    "exists": "read",
-    "set": "write",
-    "set_if_not_exists": "write",
-    "delete": "write",
-    "delete_dir": "write",
-    "list": "list",
-    "list_prefix": "list",
-    "list_dir": "list",
-    "is_empty": "list",
-}
-_COUNTER_OF = {
-    "get": "gets",
-    "exists": "gets",
-    "set": "sets",
-    "set_if_not_exists": "sets",
-    "delete": "deletes",
-    "delete_dir": "deletes",
-    "list": "lists",
-    "list_prefix": "lists",
-    "list_dir": "lists",
-    "is_empty": "lists",
-}
+_KIND_OF: Mapping[str, RequestKind] = MappingProxyType(
+    {
+        "get": "read",
+        "exists": "read",
+        "set": "write",
+        "set_if_not_exists": "write",
+        "delete": "write",
+        "delete_dir": "write",
+        "list": "list",
+        "list_prefix": "list",
+        "list_dir": "list",
+        "is_empty": "list",
+    }
+)
+_COUNTER_OF: Mapping[str, str] = MappingProxyType(
+    {
+        "get": "gets",
+        "exists": "gets",
+        "set": "sets",
+        "set_if_not_exists": "sets",
+        "delete": "deletes",
+        "delete_dir": "deletes",
+        "list": "lists",
+        "list_prefix": "lists",
+        "list_dir": "lists",
+        "is_empty": "lists",
+    }
+)
 _DELETES = frozenset({"delete", "delete_dir"})
 
 
@@ -566,9 +574,10 @@ class ThrottleStore(_PolicyStore):
         alone = remote.alone if isinstance(remote, SharedRemoteBudget) else self.policy
         scope = describe_store(self._store)
         fallback = budget_for(alone, scope)
-        with _ALONE_LOCK:
-            first = fallback not in _ALONE_ANNOUNCED
-            _ALONE_ANNOUNCED.add(fallback)
+        announced = runtime.current().get(_ALONE_ANNOUNCED)
+        with announced.lock:
+            first = fallback not in announced.budgets
+            announced.budgets.add(fallback)
         if first:
             reason = redact(str(error).split("\n", 1)[0][:200], self._store)
             logger.warning(
@@ -599,9 +608,15 @@ class SharedRemoteBudget(RemoteBudget, Protocol):
         ...
 
 
-#: A weak set: the fallback budgets whose use was announced (each once per process).
-_ALONE_ANNOUNCED: weakref.WeakSet[Budget] = weakref.WeakSet()
-_ALONE_LOCK = threading.Lock()
+class _Announced:
+    """A weak set: the fallback budgets whose use was announced (each once per runtime)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.budgets: weakref.WeakSet[Budget] = weakref.WeakSet()
+
+
+_ALONE_ANNOUNCED: Slot[_Announced] = Slot("io.wrappers.alone_announced", _Announced)
 
 
 def _rates_text(policy: Throttle) -> str:

@@ -39,8 +39,8 @@ Example
 
 from __future__ import annotations
 
-import itertools
 import time
+import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +57,6 @@ from toolkit.testing.servers import FaultProxy, S3Server
 __all__ = ["OPERATIONS", "Measured", "dataset", "measure"]
 
 OPERATIONS = ("create", "append", "region", "partition", "stream batch", "open", "verify", "stats")
-
-_names = itertools.count()
 
 
 @dataclass
@@ -129,7 +127,7 @@ def measure(
     """
     if operation not in OPERATIONS:
         raise ValueError(f"operation {operation!r} is none of {OPERATIONS}")
-    name = f"rt-{operation.replace(' ', '-')}-{client}-{next(_names)}-{time.time_ns()}.zarr"
+    name = f"rt-{operation.replace(' ', '-')}-{client}-{uuid.uuid4().hex[:8]}-{time.time_ns()}.zarr"
     url = f"s3://{bucket}/{name}"
     opts = {**s3.storage_options(proxy.url), "client": client}
     direct = {**s3.storage_options(), "client": client}

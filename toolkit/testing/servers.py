@@ -54,15 +54,17 @@ from toolkit.testing.ledger import Ledger, Request
 
 __all__ = ["AzuriteServer", "FaultProxy", "ProxyCounts", "S3Server", "find_azurite"]
 
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-}
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
 _SLOWDOWN = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
     b"<Message>Please reduce your request rate.</Message></Error>"
