@@ -524,3 +524,17 @@ def test_finalize_split_by_group_ranges_gives_the_same_answer(monkeypatch: Any) 
         first = lazy["count"].dims.index("month" if "month" in lazy.dims else "time")
         assert len(lazy["count"].chunks[first]) > 1
         xr.testing.assert_identical(lazy.compute(), whole_task)
+
+
+def test_exact_quantiles_of_whole_groups_propagate_nan_with_skipna_false() -> None:
+    arr = hourly(200, "float32", nan=0.0)
+    arr[3, 1, 1] = np.nan  # the first day, one cell
+    kwargs: dict[str, Any] = dict(groupby={"time": TimeResampler("1D")}, quantiles=QS,
+                                  stats=["count"], progress=False)  # fmt: skip
+    strict = toolkit.stats(arr.chunk(time=-1), "time", skipna=False, **kwargs)["quantiles"]
+    assert np.isnan(strict[0, 1, 1]).all() and not np.isnan(strict[0, 1, 2]).any()
+    loose = toolkit.stats(arr.chunk(time=-1), "time", **kwargs)["quantiles"]
+    with quiet():
+        want = arr.astype("f8").resample(time="1D").quantile(QS, dim="time", skipna=True)
+    np.testing.assert_array_equal(loose.values, want.transpose(*loose.dims).values)
+    np.testing.assert_array_equal(strict.values[1:], loose.values[1:])

@@ -451,8 +451,10 @@ def _finalize_task(part: Partial, names: Sequence[str], context: Context) -> dic
     return finalize(part, names, context)
 
 
-def _combine_groups_task(parts: list[Any], aggs: Sequence[Aggregation]) -> Any:
-    return combine_groups(parts, aggs)
+def _combine_groups_task(
+    parts: list[Any], aggs: Sequence[Aggregation], start: int = 0, stop: int | None = None
+) -> Any:
+    return combine_groups(parts, aggs, start, stop)
 
 
 _FINALIZE_CELLS = 1 << 20
@@ -460,14 +462,51 @@ _FINALIZE_CELLS = 1 << 20
 
 
 def _finalize_groups_task(
-    part: Any,
+    parts: list[Any],
     names: Sequence[str],
     context: Context,
     aggs: Sequence[Aggregation],
     group_shape: tuple[int, ...],
     first: int = 0,
 ) -> dict[str, Any]:
+    part = combine_groups(parts, aggs, first, first + group_shape[0])
     return finalize_groups(part, names, context, aggs, group_shape, first)
+
+
+def _tree(
+    layer: dict[Any, Any],
+    name: str,
+    x: da.Array,
+    axes: tuple[int, ...],
+    every: Mapping[Hashable, int],
+    dims: Sequence[Hashable],
+    tag: str,
+    combine_task: Any,
+    aggs: Sequence[Aggregation],
+) -> dict[tuple[int, ...], Any]:
+    """Combine tasks merging the blocks along ``axes``, ``every[dim]`` at a time per dim.
+
+    Returns the key holding each kept block's merged state, by block index.
+    """
+    current = {idx: (name, *idx) for idx in np.ndindex(*x.numblocks)}
+    nb = list(x.numblocks)
+    level = 0
+    while any(nb[a] > 1 for a in axes):
+        level += 1
+        cname = f"toolkit-stats-combine-{level}-{tag}"
+        fan = {a: every[dims[a]] if nb[a] > 1 else 1 for a in axes}
+        new_nb = [(-(-n // fan[a]) if a in fan else n) for a, n in enumerate(nb)]
+        batches: dict[tuple[int, ...], list[Any]] = {}
+        for idx, key in current.items():
+            new = tuple(i // fan[a] if a in fan else i for a, i in enumerate(idx))
+            batches.setdefault(new, []).append(key)
+        current = {}
+        for new, keys in batches.items():
+            key = (cname, *new)
+            layer[key] = (combine_task, keys, aggs) if len(keys) > 1 else keys[0]
+            current[new] = key
+        nb = new_nb
+    return current
 
 
 def _out_name(var: Hashable, stat: str, single: bool) -> str:
@@ -538,54 +577,67 @@ def _variable_stats(
         )  # fmt: skip
         combine_task = _combine_groups_task
     layer: dict[Any, Any] = {}
-    current = {idx: (parts.name, *idx) for idx in np.ndindex(*x.numblocks)}
-    nb = list(x.numblocks)
-    level = 0
-    while any(nb[a] > 1 for a in axes):
-        level += 1
-        cname = f"toolkit-stats-combine-{level}-{tag}"
-        fan = {a: every[var.dims[a]] if nb[a] > 1 else 1 for a in axes}
-        new_nb = [(-(-n // fan[a]) if a in fan else n) for a, n in enumerate(nb)]
-        batches: dict[tuple[int, ...], list[Any]] = {}
-        for idx, key in current.items():
-            new = tuple(i // fan[a] if a in fan else i for a, i in enumerate(idx))
-            batches.setdefault(new, []).append(key)
-        current = {}
-        for new, keys in batches.items():
-            key = (cname, *new)
-            layer[key] = (combine_task, keys, aggs) if len(keys) > 1 else keys[0]
-            current[new] = key
-        nb = new_nb
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
     gshape = groups.shape if groups is not None else ()
-    # Many groups: finalize tasks per range of the first group dim, each of about
-    # _FINALIZE_CELLS group cells, in parallel and with memory to match.
-    cells = math.prod(max(c) for c in kept_chunks) * math.prod(gshape[1:])
-    nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS)) if gshape else 1
-    ranges = (
-        [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))] if gshape else []
-    )
-    for idx, key in current.items():
-        kidx = tuple(idx[a] for a in kept)
-        shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
-        ctx = dataclasses.replace(context, shape=shape)
-        if groups is None:
+    ranges: list[int] = []
+    if groups is None:
+        current = _tree(layer, parts.name, x, axes, every, var.dims, tag, combine_task, aggs)
+        for idx, key in current.items():
+            kidx = tuple(idx[a] for a in kept)
+            shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
+            ctx = dataclasses.replace(context, shape=shape)
             layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
-            continue
-        start = 0
-        for i, size in enumerate(ranges):
-            gidx = (i,) + (0,) * (len(gshape) - 1)
-            layer[(fname, *gidx, *kidx)] = (
-                _finalize_groups_task,
-                key,
-                list(names),
-                ctx,
-                aggs,
-                (size, *gshape[1:]),
-                start,
-            )
-            start += size
+    else:
+        # Many groups: finalize tasks per range of the first group dim, each of about
+        # _FINALIZE_CELLS group cells, in parallel and with memory to match. Each
+        # merges, in a tree of its own, only the blocks that hold groups of its range.
+        cells = math.prod(max(c, default=0) for c in kept_chunks) * math.prod(gshape[1:])
+        nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS))
+        ranges = [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))]
+        a0 = var.dims.index(groups.groups[0].dim)
+        edges = np.cumsum((0, *x.chunks[a0]))
+        held = []  # the first grouper's smallest and largest code in each block along a0
+        for i in range(len(x.chunks[a0])):
+            c = groups.groups[0].codes[edges[i] : edges[i + 1]]
+            c = c[c >= 0]
+            held.append((int(c.min()), int(c.max())) if c.size else (1, 0))
+        fan = max(2, math.prod(every[var.dims[a]] if x.numblocks[a] > 1 else 1 for a in axes))
+        blocks = list(np.ndindex(*x.numblocks))
+        for kidx in np.ndindex(*(len(c) for c in kept_chunks)):
+            shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
+            ctx = dataclasses.replace(context, shape=shape)
+            start = 0
+            for r, size in enumerate(ranges):
+                stop = start + size
+                keys: list[Any] = [
+                    (parts.name, *idx)
+                    for idx in blocks
+                    if tuple(idx[a] for a in kept) == kidx
+                    and held[idx[a0]][0] < stop
+                    and held[idx[a0]][1] >= start
+                ]
+                level = 0
+                while len(keys) > fan:
+                    level += 1
+                    cname = f"toolkit-stats-combine-{level}-{tag}"
+                    batches = [keys[j : j + fan] for j in range(0, len(keys), fan)]
+                    keys = []
+                    for j, batch in enumerate(batches):
+                        key = (cname, r, j, *kidx)
+                        layer[key] = (_combine_groups_task, batch, aggs, start, stop)
+                        keys.append(key)
+                gidx = (r,) + (0,) * (len(gshape) - 1)
+                layer[(fname, *gidx, *kidx)] = (
+                    _finalize_groups_task,
+                    keys,
+                    list(names),
+                    ctx,
+                    aggs,
+                    (size, *gshape[1:]),
+                    start,
+                )
+                start = stop
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
     empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
     out = {}

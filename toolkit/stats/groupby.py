@@ -340,12 +340,22 @@ def whole(codes: Sequence[np.ndarray], group_axes: Sequence[int], chunks: Sequen
     return out
 
 
-def combine_groups(parts: Sequence[Grouped], aggs: Sequence[Aggregation]) -> Grouped:
-    """Merge grouped partial states: each group's partials, wherever they came from."""
+def combine_groups(
+    parts: Sequence[Grouped],
+    aggs: Sequence[Aggregation],
+    start: int = 0,
+    stop: int | None = None,
+) -> Grouped:
+    """Merge grouped partial states: each group's partials, wherever they came from.
+
+    With ``stop``, only the groups from ``start`` to ``stop`` along the first
+    group dim (the others are another task's).
+    """
     by: dict[tuple[int, ...], list[Partial]] = {}
     for p in parts:
         for key, state in p.items():
-            by.setdefault(key, []).append(state)
+            if stop is None or start <= key[0] < stop:
+                by.setdefault(key, []).append(state)
     return {key: combine(states, aggs) for key, states in by.items()}
 
 
