@@ -35,6 +35,7 @@ __all__ = [
     "RechunkError",
     "RegionError",
     "RegionKeyError",
+    "RegionTypeError",
     "RequestAbortedError",
     "SourceChangedError",
     "StatsError",
@@ -99,6 +100,10 @@ class RegionKeyError(RegionError, KeyError):
 
     def __str__(self) -> str:  # KeyError's own would show the message quoted
         return str(self.args[0]) if self.args else ""
+
+
+class RegionTypeError(RegionError, TypeError):
+    """``region`` is not a dict of dimension -> slice (or ``"auto"``)."""
 
 
 class AppendError(PlanError):

@@ -183,7 +183,7 @@ def test_append_of_bad_data_fails_before_writing(tmp_path):
     bad = jobs.rows(1, np.arange(4)).assign(v=lambda d: d.v.astype("i2").rename({"x": "y"}))
     with pytest.raises(AppendError):
         toolkit.append(bad, target, "time", progress=False)
-    with pytest.raises(AppendError, match="not a dimension"):
+    with pytest.raises(AppendError, match="does not match any existing dataset dimensions"):
         toolkit.append(jobs.rows(1, np.arange(4)), target, "depth", progress=False)
     assert snapshot(target) == before
 
@@ -254,3 +254,29 @@ def test_a_bad_call_in_a_batch_gets_its_own_error(tmp_path):
     for j, p in zip([1, 2, 4, 5, 6], ok, strict=True):
         assert (ds.v.values[p["start"] : p["stop"]] == j).all()
         assert (ds.time.values[p["start"] : p["stop"]] == j * 1000 + np.arange(3)).all()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_appends_to_a_group_are_seen_by_every_reader(tmp_path, zarr_format):
+    """xarray opens a group from the store root's consolidated document: it is grown too.
+
+    An append to ``group=`` used to plan its hidden rows from the group's own
+    consolidated copy, which xarray's writes of a group do not make (they
+    consolidate at the root): the rows' region write saw the old length and failed,
+    and a published append would have stayed invisible to xarray's readers.
+    """
+    from xarray.tests.test_backends import create_append_test_data
+
+    ds, more, _ = create_append_test_data()
+    store = str(tmp_path / "g.zarr")
+    for group in (None, "g", "a/b"):
+        toolkit.to_zarr(ds, store, mode="w" if group is None else "a", group=group,
+                        zarr_format=zarr_format, progress=False)  # fmt: skip
+        toolkit.to_zarr(more, store, append_dim="time", group=group, progress=False)
+        want = xr.concat([ds, more], dim="time")
+        for opened in (
+            xr.open_zarr(store, group=group),  # the root's consolidated copy
+            xr.open_zarr(store, group=group, consolidated=False),
+            toolkit.open_zarr(store, group=group),
+        ):
+            xr.testing.assert_identical(opened.load(), want)

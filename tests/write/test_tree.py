@@ -223,7 +223,7 @@ def test_append_refusals_name_the_node_and_write_nothing(tmp_path):
         ({"encoding": {"/fine": {"nope": {"chunks": 4}}}}, UnknownVariableError, "node '/fine'"),
         ({"encoding": {"/fine": {"u": {"chunks": (0, 3)}}}}, EncodingError, "node '/fine'"),
         ({"encoding": {"/fine": 3}}, EncodingError, "/fine"),
-        ({"mode": "r+", "append_dim": "time"}, PlanError, "append_dim needs"),
+        ({"mode": "r+", "append_dim": "time"}, PlanError, "cannot set append_dim unless"),
         ({"region": {"time": slice(0, 99)}}, PlanError, "node '/'"),
         ({"mode": "zz"}, PlanError, "mode must be"),
         ({"zarr_format": 2}, PlanError, "zarr_format"),

@@ -292,8 +292,12 @@ class _LocalConditional(ConditionalStore):
     def _replace_sync(self, key: str, data: bytes, version: str) -> str | None:
         path = self.root / key
         for attempt in range(_LOCAL_ATTEMPTS):
+            if not path.exists():
+                # Gone (the store was deleted): a replace never makes its directories
+                # again, as a late lease renewal or release would.
+                return None
             try:
-                tmp = _written_temp(path, data, self.root)
+                tmp = _written_temp(path, data, self.root, parents=False)
             except FileNotFoundError:
                 return None  # its directory went: so did the object
             try:
@@ -323,16 +327,19 @@ def _drop(tmp: Path, root: Path) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def _written_temp(path: Path, data: bytes, root: Path | None = None) -> Path:
+def _written_temp(path: Path, data: bytes, root: Path | None = None, parents: bool = True) -> Path:
     """``data`` in a synced temporary file, to be linked or renamed to ``path``.
 
     Under ``root/.toolkit/tmp/`` when a root is given: on the same file system,
     where no reader of the groups lists it (beside ``path`` a group's listing
-    would find ``zarr.json.<id>.partial``).
+    would find ``zarr.json.<id>.partial``). ``parents=False`` (a replace of a key
+    that exists) makes no directory but ``.toolkit/tmp``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     where = root / ".toolkit" / "tmp" if root is not None else path.parent
-    where.mkdir(parents=True, exist_ok=True)
+    # Without ``parents``, only the temporary directory, under a ``.toolkit`` that exists.
+    where.mkdir(parents=parents, exist_ok=True)
     tmp = where / f"{path.name}.{uuid.uuid4().hex}.partial"
     with open(tmp, "wb") as f:
         f.write(data)

@@ -28,8 +28,9 @@ from typing import Any, Self
 
 import xarray as xr
 from zarr.abc.store import ByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
+from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 from zarr.storage._utils import _normalize_byte_range_index
 
@@ -41,6 +42,8 @@ __all__ = [
     "ExtentStore",
     "Extents",
     "consistent_view",
+    "consolidated_key",
+    "consolidated_root",
     "covering_length",
     "open_settled",
     "publish",
@@ -144,7 +147,13 @@ def _consolidated_grown(
     root: str,
     exact: bool = False,
 ) -> bytes | None:
-    """The consolidated document with each array's copy grown as :func:`_grown` grows it."""
+    """The consolidated document with each array's copy grown as :func:`_grown` grows it.
+
+    ``root`` is the directory of the document (arrays' paths are relative to it).
+    A format 3 document also holds each subgroup's own consolidated copy, nested
+    in the subgroup's entry: what xarray reads when it opens the subgroup from
+    the root's document. Every copy is grown.
+    """
     doc = json.loads(data)
     if fmt == 3:
         meta = (doc.get("consolidated_metadata") or {}).get("metadata")
@@ -152,9 +161,23 @@ def _consolidated_grown(
         meta = doc.get("metadata")
     if not isinstance(meta, dict):
         return None
+    changed = _grow_entries(meta, arrays, length, fmt, root, exact)
+    return json.dumps(doc, indent=2).encode() if changed else None
+
+
+def _grow_entries(
+    meta: dict[str, Any],
+    arrays: Sequence[ArrayExtent],
+    length: int,
+    fmt: int,
+    root: str,
+    exact: bool,
+) -> bool:
     changed = False
     for a in arrays:
-        rel = a.path[len(root) :] if root and a.path.startswith(root) else a.path
+        if root and not a.path.startswith(root):
+            continue
+        rel = a.path[len(root) :]
         key = rel if fmt == 3 else f"{rel}/.zarray"
         entry = meta.get(key)
         if not isinstance(entry, dict) or "shape" not in entry:
@@ -163,7 +186,44 @@ def _consolidated_grown(
         if new is not None:
             meta[key] = json.loads(new)
             changed = True
-    return json.dumps(doc, indent=2).encode() if changed else None
+    if fmt == 3:
+        for name, entry in meta.items():
+            nested = (entry.get("consolidated_metadata") or {}) if isinstance(entry, dict) else {}
+            if isinstance(nested.get("metadata"), dict):
+                sub = f"{root}{name}/"
+                changed |= _grow_entries(nested["metadata"], arrays, length, fmt, sub, exact)
+    return changed
+
+
+def consolidated_root(key: str | None) -> str:
+    """The directory of a consolidated document's key (its entries' paths are relative to it)."""
+    return key.rsplit("/", 1)[0] + "/" if key and "/" in key else ""
+
+
+def consolidated_key(store: Store, group: str | None, zarr_format: int, own: bool) -> str | None:
+    """The consolidated document readers of ``group`` open, or None.
+
+    xarray opens the store root's consolidated document, then the group in it
+    (its writes of a group consolidate at the root too): that copy, when the
+    root has one. Else the group's own (``own``: the group's document holds one).
+    """
+    name = "zarr.json" if zarr_format == 3 else ".zmetadata"
+    g = (group or "").strip("/")
+    if g:
+        buf = sync(store.get(name, default_buffer_prototype()))
+        if buf is not None and (zarr_format == 2 or _holds_consolidated(buf.to_bytes())):
+            return name
+    if own:
+        return f"{g}/{name}" if g else name
+    return None
+
+
+def _holds_consolidated(data: bytes) -> bool:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("consolidated_metadata"), dict)
 
 
 async def read_extents(
@@ -172,19 +232,16 @@ async def read_extents(
     paths: Mapping[str, int],
     dim: str,
     zarr_format: int,
-    consolidated: bool,
+    ckey: str | None,
 ) -> Extents:
     """Read the metadata documents of the arrays ``paths`` (path -> axis), concurrently.
 
     ``paths`` name the arrays along ``dim`` (found once, from the group's
     listing or consolidated metadata); each document comes with its version,
-    to publish against.
+    to publish against. ``ckey``: the consolidated document readers open
+    (:func:`consolidated_key`), or None.
     """
     name = "zarr.json" if zarr_format == 3 else ".zarray"
-    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
-    ckey = None
-    if consolidated:
-        ckey = f"{root}zarr.json" if zarr_format == 3 else f"{root}.zmetadata"
     keys = [f"{p}/{name}" for p in paths]
     got = await asyncio.gather(*(cas.get(k) for k in [*keys, *([ckey] if ckey else [])]))
     arrays = []
@@ -197,7 +254,7 @@ async def read_extents(
     ext = Extents(dim, arrays, ckey if copy else None, zarr_format, copy and copy.version,
                   consolidated_data=copy.data if copy else None)  # fmt: skip
     if copy is not None:
-        root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+        root = consolidated_root(ckey)
         # A copy behind its arrays (a publication cut short before its last
         # step): the caller brings it along (see Extents.copy_lags).
         behind = _consolidated_grown(copy.data, arrays, ext.visible, zarr_format, root)
@@ -212,7 +269,7 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
     (another publisher) is read again and grown from what it holds. Returns the
     extents as published.
     """
-    root = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    root = consolidated_root(ext.consolidated_key)
 
     async def grow(a: ArrayExtent) -> ArrayExtent:
         data, version = a.data, a.version
@@ -317,7 +374,7 @@ class ExtentStore(WrapperStore[Store]):
         if key in self._axes:
             return _grown(data, self._axes[key], self.length, self.exact) or data
         if key == self.extents.consolidated_key:
-            root = f"{self.group.strip('/')}/" if self.group and self.group.strip("/") else ""
+            root = consolidated_root(key)
             fmt = self.extents.zarr_format
             return _consolidated_grown(data, self.extents.arrays, self.length, fmt, root) or data
         return data

@@ -66,6 +66,7 @@ from toolkit.io.digests import checksum
 from toolkit.io.extent import (
     Extents,
     ExtentStore,
+    consolidated_key,
     covering_length,
     open_settled,
     publish,
@@ -201,7 +202,7 @@ class _Dataset:
     dim: str
     paths: dict[str, int]  # array path -> axis of dim
     zarr_format: int
-    consolidated: bool
+    consolidated: str | None  # the consolidated document readers open (consolidated_key)
     policy: Throttle | None = None  # the retries (and budget) of its requests
     # Its metadata as the job found it: documents a write plans from, read once.
     reads: Store | None = None
@@ -229,16 +230,18 @@ class _Dataset:
         policy: Throttle | None = None,
         snapshot: SnapshotStore | None = None,
     ) -> _Dataset:
-        grp = open_group(wrap_store(snapshot or store, policy), group, use_consolidated=None)
+        reading = wrap_store(snapshot or store, policy)
+        grp = open_group(reading, group, use_consolidated=None)
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
         paths = {}
         for name, arr in grp.arrays():
             dims = array_dims(arr)
             if dim in dims:
                 paths[f"{root}{name}"] = dims.index(dim)
-        consolidated = getattr(grp.metadata, "consolidated_metadata", None) is not None
+        own = getattr(grp.metadata, "consolidated_metadata", None) is not None
         reads = snapshot.metadata_only() if snapshot is not None else None
         fmt = grp.metadata.zarr_format
+        consolidated = consolidated_key(reading, group, fmt, own)
         return cls(store, group, dim, paths, fmt, consolidated, policy, reads)
 
     def extents(self) -> Extents:

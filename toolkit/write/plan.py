@@ -40,6 +40,7 @@ from toolkit.errors import (
     PlanError,
     RegionError,
     RegionKeyError,
+    RegionTypeError,
     UnknownVariableError,
     UnsafePlanError,
     UnsupportedVariableError,
@@ -551,9 +552,14 @@ def _resolve_mode(mode: str | None, append_dim: Hashable | None, region: object)
     if mode is None:
         return "a" if append_dim is not None else "r+" if region is not None else "w-"
     if append_dim is not None and mode not in ("a", "a-"):
-        raise PlanError(f"append_dim needs mode='a' or 'a-', got mode={mode!r}")
-    if region is not None and mode not in ("a", "r+"):
-        raise PlanError(f"region needs mode='r+' or 'a', got mode={mode!r}")
+        raise PlanError(f"cannot set append_dim unless mode='a' or mode='a-', got mode={mode!r}")
+    if region is not None and mode not in ("a", "a-", "r+"):
+        raise PlanError(
+            "cannot set region unless mode='a', mode='a-', mode='r+' or mode=None, got "
+            f"mode={mode!r}"
+        )
+    if region is not None and mode == "a-":
+        return "a"  # "a-" differs from "a" in appends only (xarray's meaning)
     return mode  # type: ignore[return-value]
 
 
@@ -651,14 +657,14 @@ def _resolve_region(
     if region == "auto":
         region = dict.fromkeys(ds.dims, "auto")
     if not isinstance(region, Mapping):
-        raise RegionError(f"region must be a dict of dim -> slice or 'auto', got {region!r}")
+        raise RegionTypeError(f"region must be a dict of dim -> slice or 'auto', got {region!r}")
     out: dict[str, slice] = {}
     auto_index: xr.Dataset | None = None
     for dim, sl in region.items():
         if dim not in ds.dims:
             raise RegionError(
-                f"region names dimension {dim!r}, which the dataset does not have "
-                f"(it has {list(ds.dims)})"
+                f"all keys in ``region`` are not in Dataset dimensions: {dim!r} is not "
+                f"(the dataset has {list(ds.dims)})"
             )
         if dim not in sizes:
             raise RegionError(
@@ -691,10 +697,12 @@ def _resolve_region(
                 )
             out[str(dim)] = slice(int(idx[0]), int(idx[-1]) + 1)
             continue
-        if not isinstance(sl, slice) or sl.step not in (None, 1):
-            raise RegionError(
-                f"region[{dim!r}] must be a slice with step 1 (or 'auto'), got {sl!r}"
+        if not isinstance(sl, slice):
+            raise RegionTypeError(
+                f"region values must be slice objects (or 'auto'), got region[{dim!r}] = {sl!r}"
             )
+        if sl.step not in (None, 1):
+            raise RegionError(f"the step on all slices of region must be 1 or None, got {sl!r}")
         start, stop = sl.start or 0, sizes[dim] if sl.stop is None else sl.stop
         if not (0 <= start <= stop <= sizes[dim]):
             raise RegionError(
@@ -702,7 +710,9 @@ def _resolve_region(
                 f"dimension of length {sizes[dim]}"
             )
         if stop - start != ds.sizes[dim]:
+            along = [str(k) for k, v in ds.data_vars.items() if dim in v.dims] or [str(dim)]
             raise RegionError(
+                f"variable {along[0]!r} already exists with different dimension sizes: "
                 f"region[{dim!r}] = {start}:{stop} has length {stop - start}, but the "
                 f"dataset's {dim!r} has length {ds.sizes[dim]}; use "
                 f"region={{{dim!r}: slice({start}, {start + ds.sizes[dim]})}}"
@@ -712,8 +722,9 @@ def _resolve_region(
     unrelated = [k for k in unrelated if k not in ds.indexes]
     if unrelated:
         raise RegionError(
-            f"variables {unrelated} share no dimension with region {list(out)}, so a "
-            f"region write cannot place them; write ds.drop_vars({unrelated!r})"
+            "all variables in the dataset to write must have at least one dimension in "
+            f"common with the region's dimensions {list(out)}: {unrelated} have none, so "
+            f"a region write cannot place them; write ds.drop_vars({unrelated!r})"
         )
     return out
 
@@ -803,6 +814,9 @@ def plan_write(
         raise TypeError(f"plan_write needs an xarray.Dataset, got {type(ds).__name__}")
     if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
         raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
+    if isinstance(region, Mapping) and not region:
+        # region={} slices no dimension: every variable is written whole (xarray's meaning).
+        region, mode = None, mode or "r+"
     mode = _resolve_mode(mode, append_dim, region)
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
@@ -835,8 +849,14 @@ def plan_write(
         if append_dim is not None:
             # Checked after the region, as xarray does: labels that are not in the
             # store raise the KeyError above.
+            same = (
+                f"cannot list the same dimension in both ``append_dim`` and ``region`` "
+                f"({append_dim!r}); "
+                if append_dim in resolved_region
+                else ""
+            )
             raise PlanError(
-                "append_dim and region cannot be used together; write the region "
+                same + "append_dim and region cannot be used together; write the region "
                 "(region=...) and append the new rows (append_dim=...) in two calls"
             )
     appending = _check_append(ds, append_dim, existing)
@@ -1002,7 +1022,8 @@ def _check_append(
     """Check ``append_dim`` against the data and the store; whether this is an append."""
     if append_dim is not None and append_dim not in ds.dims:
         raise AppendError(
-            f"append_dim={append_dim!r} is not a dimension of the dataset (it has {list(ds.dims)})"
+            f"append_dim={append_dim!r} does not match any existing dataset dimensions "
+            f"(the dataset has {list(ds.dims)})"
         )
     if (
         append_dim is not None
@@ -1032,8 +1053,8 @@ def _plan_variable(
     if target.mode == "r+" and not is_existing:
         new_names = [str(k) for k in ds.variables if existing and str(k) not in existing.arrays]
         raise PlanError(
-            f"mode='r+' cannot create variables {new_names}; use mode='a' to add "
-            "variables, or drop them"
+            f"dataset contains non-pre-existing variables {new_names}, which mode='r+' "
+            "cannot create; use mode='a' to add variables, or drop them"
         )
     if is_existing:
         placed = _place_in_existing(sname, var, enc, target)
@@ -1059,8 +1080,8 @@ def _place_in_existing(
     stored_dims = existing.dims[sname]
     if set(stored_dims) != set(var.dims) or len(stored_dims) != var.ndim:
         raise (AppendError if appending else PlanError)(
-            f"{sname!r} has dims {var.dims} but the stored array has "
-            f"{stored_dims}; rename or transpose to match"
+            f"{sname!r} has different dimension names than the stored array: {var.dims} "
+            f"vs {stored_dims}; rename or transpose to match"
         )
     var = var.transpose(*stored_dims)
     _check_encoding_of_existing(sname, enc, arr)
@@ -1087,8 +1108,8 @@ def _place_in_existing(
         elif var.shape[i] != arr.shape[i]:
             err = AppendError if appending else (RegionError if region else PlanError)
             raise err(
-                f"{sname!r} has {d}={var.shape[i]} but the stored array has "
-                f"{d}={arr.shape[i]}; only "
+                f"{sname!r} has different dimension sizes than the stored array: "
+                f"{d}={var.shape[i]} vs {d}={arr.shape[i]}; only "
                 + (
                     f"{append_dim!r} may differ when appending"
                     if appending
@@ -1304,8 +1325,9 @@ def _check_with_xarray(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the real write shows xarray's warnings
             # xarray's function, not the method: a user may have routed
-            # ``Dataset.to_zarr`` itself through toolkit (this would then recurse).
-            xarray_to_zarr(
+            # ``Dataset.to_zarr`` itself through toolkit (this would then recurse). Its
+            # overloads leave out zarr_format, which it takes.
+            xarray_to_zarr(  # type: ignore[call-overload]
                 xr.Dataset({"probe": lazy}),
                 zarr.storage.MemoryStore(),
                 mode="w",
@@ -1500,7 +1522,8 @@ def _bad_attribute(
     else:
         hint = f"del {path}.attrs[{key!r}]"
     return AttributeTypeError(
-        f"attribute {key!r} of {owner} is a {kind.__module__}.{kind.__qualname__} "
+        f"Invalid attribute in Dataset.attrs: {key!r} of {owner} is a "
+        f"{kind.__module__}.{kind.__qualname__} "
         f"({value!r:.60}), which Zarr's JSON metadata cannot hold ({type(err).__name__}: "
         f"{err}); store a string, a number, a bool, None, or a list or dict of them "
         f"instead, e.g. {hint}"

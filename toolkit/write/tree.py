@@ -156,7 +156,7 @@ def _tree_encoding(
             close = difflib.get_close_matches(k, paths, 1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UnknownVariableError(
-                f"encoding names group {key!r}, which is not a node of the tree (its nodes: "
+                f"unexpected encoding group {key!r}: it is not a node of the tree (its nodes: "
                 f"{', '.join(paths[:10])}{', ...' if len(paths) > 10 else ''}); the keys of a "
                 "tree's encoding are node paths, each mapping to that node's "
                 "{variable: encoding}" + hint
