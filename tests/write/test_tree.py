@@ -427,3 +427,44 @@ def test_mode_w_on_an_object_store_replaces_only_a_zarr_store(s3):
     xr.testing.assert_identical(
         toolkit.open_datatree(url, storage_options=opts).compute(), make_tree(t0=5).compute()
     )
+
+
+def _append_rows(path: str, k: int) -> None:
+    import toolkit as tk
+
+    later = make_tree(nt=5, t0=12 + 5 * k)
+    tk.to_zarr(later, path, append_dim="time", progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_concurrent_tree_appends_all_land(tmp_path):
+    """Jobs appending to one tree at once: every row of every job, once, in every node.
+
+    Each node's rows are reserved in its commit log (the many-jobs append): one graph
+    planned from the stored length would have given two jobs the same rows.
+    """
+    import multiprocessing as mp
+
+    path = str(tmp_path / "t.zarr")
+    toolkit.to_zarr(make_tree(nt=12), path, progress=False)
+    ctx = mp.get_context("spawn")
+    jobs = [ctx.Process(target=_append_rows, args=(path, k)) for k in range(3)]
+    for p in jobs:
+        p.start()
+    for p in jobs:
+        p.join(240)
+    assert [p.exitcode for p in jobs] == [0, 0, 0]
+    got = toolkit.open_datatree(path)
+    for node in ("/", "/fine"):
+        ds = got[node].to_dataset(inherit=False) if node != "/" else got.to_dataset()
+        times = ds["time"].values if "time" in ds.coords else got["time"].values
+        assert len(times) == 12 + 15 and len(set(times.tolist())) == 27  # no row lost or doubled
+        want = xr.concat(
+            [make_tree(nt=12)[node].to_dataset()]
+            + [make_tree(nt=5, t0=12 + 5 * k)[node].to_dataset() for k in range(3)],
+            "time",
+            data_vars="minimal",
+        ).sortby("time")
+        have = got[node].to_dataset().sortby("time")
+        xr.testing.assert_equal(have[list(want.data_vars)].compute(), want[list(want.data_vars)])

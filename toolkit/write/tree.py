@@ -18,6 +18,7 @@ task owns whole stored objects of one array, as in a dataset write.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import functools
 import html
@@ -969,6 +970,71 @@ def write_tree(
     progress: bool = True,
     **options: Any,
 ) -> TreeWriteReport | Delayed:
-    """:func:`plan_tree_write`, then :func:`execute_tree` (what :func:`toolkit.to_zarr` does)."""
+    """:func:`plan_tree_write`, then :func:`execute_tree` (what :func:`toolkit.to_zarr` does).
+
+    An append to a tree that exists (``append_dim``, ``mode`` None or ``"a"``)
+    goes node by node through the many-jobs append instead
+    (:func:`_append_nodes`): the plan still refuses bad input first.
+    """
     plan = plan_tree_write(tree, store, **options)
+    if compute and _appends_only(plan, options):
+        return _append_nodes(tree, plan, store, options)
     return execute_tree(plan, compute=compute, progress=progress)
+
+
+def _appends_only(plan: TreeWritePlan, options: Mapping[str, Any]) -> bool:
+    """Whether every node written is an append to arrays the store holds."""
+    return (
+        plan.append_dim is not None
+        and options.get("mode") in (None, "a")
+        and options.get("region") is None
+        and not is_icechunk(plan.store)
+        and all(p.append_dim is not None for _, p in plan.nodes)
+    )
+
+
+def _append_nodes(
+    tree: xr.DataTree, plan: TreeWritePlan, store: StoreLike, options: Mapping[str, Any]
+) -> TreeWriteReport:
+    """Each node's rows through :func:`toolkit.write.multi.append`, the nodes at once.
+
+    One graph for the tree would plan every node's rows at the stored length it
+    read: two jobs appending to one tree at once would write the same rows, and
+    one job's rows would be lost. Through the many-jobs append, each node's rows
+    are reserved in that node's commit log, written hidden and then published:
+    concurrent appenders of a tree (or of one of its groups, as a dataset) all
+    land. A reader may see one node appended before another (each node is a
+    group of its own, published when its rows landed).
+    """
+    from toolkit.write.multi import append
+
+    t0 = time.time()
+    inherit = bool(options.get("write_inherited_coords"))
+    keep = ("storage_options", "write_empty_chunks", "max_task_bytes", "throttle")
+    kw = {k: options[k] for k in keep if options.get(k) is not None}
+
+    def one(path: str) -> WriteReport:
+        node = tree[path]
+        assert isinstance(node, xr.DataTree)  # plan.paths are the tree's nodes
+        ds = node.to_dataset(inherit=inherit or path == "/")
+        try:
+            report: WriteReport = append(
+                ds, store, str(plan.append_dim), group=_node_group(plan.group, path),
+                progress=False, **kw,
+            )  # fmt: skip
+        except PlanError as e:
+            raise _in_node(path, e) from e
+        return report
+
+    paths = plan.paths
+    with ThreadPoolExecutor(min(_PLANNERS, len(paths)), "toolkit-tree-append") as pool:
+        # Each in a copy of this thread's context (toolkit's runtime goes along).
+        futures = [pool.submit(contextvars.copy_context().run, one, p) for p in paths]
+        reports = [f.result() for f in futures]
+    return TreeWriteReport(
+        target=plan.target,
+        nodes=tuple(zip(paths, reports, strict=True)),
+        seconds=time.time() - t0,
+        metadata_seconds=max((r.metadata_seconds for r in reports), default=0.0),
+        plan=plan,
+    )
