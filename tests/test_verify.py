@@ -134,3 +134,26 @@ def test_verify_of_a_store_that_is_not_there_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no store at"):
         toolkit.verify(str(tmp_path / "missing.zarr"), progress=False)
     assert not (tmp_path / "missing.zarr").exists()
+
+
+def test_a_store_with_groups_verifies_against_every_groups_manifest(tmp_path):
+    """Writes under group= keep their group's manifest: ``verify(store)`` reads them all.
+
+    It said "different" for a legitimate write of a group into an existing store (its
+    objects "not on record", the root's consolidated document changed); damage inside
+    a group is still named.
+    """
+    ds = xr.Dataset({"v": (("t", "x"), np.arange(40.0).reshape(8, 5))}, coords={"t": np.arange(8)})
+    store = tmp_path / "s.zarr"
+    toolkit.to_zarr(ds, store, progress=False)
+    toolkit.to_zarr(ds * 2, store, group="g", mode="w", progress=False)
+    toolkit.to_zarr(ds.assign_coords(t=ds.t + 8), store, group="g", append_dim="t", progress=False)
+    toolkit.to_zarr(ds, store, group="g/h", mode="w", progress=False)
+    report = toolkit.verify(store)
+    assert report.ok and report.checked, report
+    chunk = store / "g" / "v" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    report = toolkit.verify(store)
+    assert not report.ok and "g/v/c/1/0" in str(report)

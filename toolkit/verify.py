@@ -27,11 +27,12 @@ from toolkit.cluster.progress import compute_with_progress
 from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
+from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import StoreLike, resolve_store, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
-from toolkit.state.manifest import is_metadata, read_manifest
+from toolkit.state.manifest import aread_manifest, is_metadata
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -311,14 +312,25 @@ def _verify_manifest(
     url = target if isinstance(target, str) else None
     store = wrap_store(_readonly(target, storage_options), Throttle.for_url(url) if url else None)
     label = store_label(target)
-    manifest = read_manifest(store)
+
+    async def listed() -> list[str]:
+        return [k async for k in store.list_prefix("")]
+
+    async def manifests() -> tuple[Any, list[str]]:
+        # The root's manifest beside the listing; then those of groups that other
+        # writes made (to_zarr(..., group=...)) keep their own: the store's is all of them.
+        everything, manifest = await asyncio.gather(listed(), aread_manifest(store))
+        mark = f"{RESERVED_PREFIX}/manifest"
+        groups = sorted({k.split(f"/{mark}", 1)[0] for k in everything if f"/{mark}" in k})
+        for other in await asyncio.gather(*(aread_manifest(store, g) for g in groups)):
+            manifest.merge(other)
+        return manifest, [k for k in everything if not _skipped(k)]
+
+    manifest, listing = sync(manifests())
     if not manifest:
         return VerifyReport(
             label, "manifest", {}, [], summary=_NO_MANIFEST, kind="objects", checked=False
         )
-
-    async def listed() -> list[str]:
-        return [k async for k in store.list_prefix("") if not _skipped(k)]
 
     async def check(keys: list[str]) -> list[tuple[str, bytes | None]]:
         async def one(key: str) -> tuple[str, bytes | None]:
@@ -327,7 +339,7 @@ def _verify_manifest(
 
         return list(await asyncio.gather(*(one(k) for k in keys)))
 
-    present = set(sync(listed()))
+    present = set(listing)
     keys = sorted(present | {k for k in manifest.digests if not _skipped(k)})
     problems: list[str] = []
     variables: dict[str, dict[str, Any]] = {}

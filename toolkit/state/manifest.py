@@ -37,6 +37,7 @@ from toolkit.io.groups import RESERVED_PREFIX
 __all__ = [
     "ALGORITHM",
     "Manifest",
+    "aread_manifest",
     "compact",
     "fragment_prefix",
     "is_metadata",
@@ -104,6 +105,20 @@ class Manifest:
             del seen[:-_KEEP_DIGESTS]
             self.sizes[key] = int(size)
             self.deleted.discard(key)
+
+    def merge(self, other: Manifest) -> None:
+        """Add another group's manifest (for a check of the whole store).
+
+        Keys are the store's, so two groups share none but the documents a
+        group's write rewrites above it (the root's consolidated copy): every
+        checksum either has on record is kept.
+        """
+        for key, seen in other.digests.items():
+            mine = self.digests.setdefault(key, [])
+            mine.extend(c for c in seen if c not in mine)
+        self.sizes.update(other.sizes)
+        self.deleted |= {k for k in other.deleted if k not in other.digests}
+        self.fragments.extend(other.fragments)
 
     def as_doc(self) -> dict[str, Any]:
         """The folded manifest as a JSON document."""
