@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextvars
 import itertools
 import math
 import os
@@ -312,7 +313,9 @@ def open_datatree(
         )
 
     with cf.ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="toolkit-open") as pool:
-        datasets = list(pool.map(one, paths))
+        # Each in a copy of this thread's context (toolkit's runtime goes along).
+        futures = [pool.submit(contextvars.copy_context().run, one, p) for p in paths]
+        datasets = [f.result() for f in futures]
     return xr.DataTree.from_dict({"/" + rel: ds for rel, ds in zip(paths, datasets, strict=True)})
 
 
