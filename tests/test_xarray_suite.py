@@ -1,9 +1,11 @@
 """xarray's own Zarr test suite, with writes (and in one variant reads) routed through toolkit.
 
-The classes come from the installed xarray (``xarray.tests.test_backends``), so
-the suite always matches the xarray in use. Each routed class overrides only
-how a dataset is saved (``toolkit.to_zarr``) or opened (``toolkit.open_zarr``);
-every assertion is xarray's. Tests that fail on xarray itself in this
+The classes come from the installed xarray (``xarray.tests.test_backends`` and
+``test_backends_datatree``), so the suite always matches the xarray in use. The
+routed classes replace ``Dataset.to_zarr``, ``DataArray.to_zarr`` and
+``DataTree.to_zarr`` themselves by ``toolkit.to_zarr`` (every write the tests make,
+not only their ``self.save``), and one variant also opens through
+``toolkit.open_zarr``; every assertion is xarray's. Tests that fail on xarray itself in this
 environment are skipped with the reason (``_XARRAY_FAILS``); tests where toolkit
 deliberately differs from xarray are xfailed with the reason (``DEVIATIONS``,
 and the "Differences from xarray" page, docs/user-guide/xarray.md). Nothing else is skipped.
@@ -135,23 +137,8 @@ class _RoutedReads(_RoutedWrites):
             ds.close()
 
 
-class TestToolkitZarrDirectoryStore(_RoutedWrites, xt.TestZarrDirectoryStore):
-    """xarray's directory-store suite, written by toolkit."""
-
-
-class TestToolkitZarrDictStore(_RoutedWrites, xt.TestZarrDictStore):
-    """xarray's memory-store suite, written by toolkit."""
-
-
 class TestToolkitZarrDirectoryStoreReads(_RoutedReads, xt.TestZarrDirectoryStore):
     """xarray's directory-store suite, written and read by toolkit."""
-
-
-class TestToolkitZarrRegionAuto(xt.TestZarrRegionAuto):
-    """xarray's region='auto' tests, written by toolkit."""
-
-    def save(self, target: Any, ds: Any, **kwargs: Any) -> Any:
-        return _save(ds, target, **kwargs)
 
 
 class TestToolkitDataArrayToZarr(xt.TestDataArrayToZarr):
@@ -172,7 +159,8 @@ class _RoutedMethods:
     """``xarray.Dataset.to_zarr`` and ``DataArray.to_zarr`` themselves replaced by toolkit's.
 
     What a user does who routes every write of a code base through toolkit: each
-    ``to_zarr`` call of xarray's suite, ``self.save`` and the tests' own, is toolkit's.
+    ``to_zarr`` call of xarray's suite, ``self.save`` and the tests' own, is toolkit's
+    (a superset of routing ``self.save`` alone, which these classes replace).
     """
 
     @pytest.fixture(autouse=True)
