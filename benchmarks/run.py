@@ -705,6 +705,15 @@ def bench_stats(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     ]
 
 
+def _flox() -> str:
+    """`` + flox <version>`` when xarray's groupby runs through flox (installed), else ""."""
+    try:
+        import flox
+    except ImportError:
+        return " (flox not installed)"
+    return f" + flox {flox.__version__}" if xr.get_options()["use_flox"] else ""
+
+
 def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     """Monthly climatology and daily resample of hourly float32 zstd data, 6 statistics.
 
@@ -791,7 +800,7 @@ def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
             Row(case, "floor: read + decode every chunk", floor_s),
             Row(
                 case,
-                "xarray, one dask.compute (+ rechunk for quantile)",
+                f"xarray{_flox()}, one dask.compute (+ rechunk for quantile)",
                 timed(xarray_six, max(1, repeat - 1)),
             ),
             Row(case, f"toolkit stats(groupby=...), {ngroups} groups, checked", timed(tk, repeat)),
