@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import random
@@ -17,7 +18,9 @@ from zarr.core.buffer import Buffer
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import sync
 
+from toolkit import runtime
 from toolkit.errors import MissingExtraError
+from toolkit.runtime import Slot
 
 __all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine", "zarr_concurrency"]
 
@@ -62,9 +65,20 @@ def _json_value(obj: object) -> bool | int | float:
     )
 
 
-_CONCURRENCY_LOCK = threading.Lock()
-_CONCURRENCY_USERS = 0
-_CONCURRENCY_SAVED: Any = None
+class _ZarrConcurrency:
+    """Who raised zarr's ``async.concurrency``, and what it was before the first of them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.saved: Any = None
+
+
+#: zarr's configuration is one per process: so is its count, whatever runtime is current
+#: (two runtimes counting apart would restore it under each other's feet).
+_ZARR_CONCURRENCY: Slot[_ZarrConcurrency] = Slot(
+    "_util.zarr_concurrency", _ZarrConcurrency, process_wide=True
+)
 
 
 @contextlib.contextmanager
@@ -75,20 +89,20 @@ def zarr_concurrency(n: int) -> Iterator[None]:
     concurrent users from restoring it under each other's feet, and the last
     one out restores what it was.
     """
-    global _CONCURRENCY_USERS, _CONCURRENCY_SAVED
-    with _CONCURRENCY_LOCK:
-        if _CONCURRENCY_USERS == 0:
-            _CONCURRENCY_SAVED = zarr.config.get("async.concurrency")
-        _CONCURRENCY_USERS += 1
+    count = runtime.current().get(_ZARR_CONCURRENCY)
+    with count.lock:
+        if count.users == 0:
+            count.saved = zarr.config.get("async.concurrency")
+        count.users += 1
         if int(zarr.config.get("async.concurrency")) < n:
             zarr.config.set({"async.concurrency": n})
     try:
         yield
     finally:
-        with _CONCURRENCY_LOCK:
-            _CONCURRENCY_USERS -= 1
-            if _CONCURRENCY_USERS == 0:
-                zarr.config.set({"async.concurrency": _CONCURRENCY_SAVED})
+        with count.lock:
+            count.users -= 1
+            if count.users == 0:
+                zarr.config.set({"async.concurrency": count.saved})
 
 
 def settle_zarr_calls(timeout: float) -> bool:
@@ -143,8 +157,12 @@ class Background:
                     self._errors.append(e)
 
         # A daemon: a process that exits without settling (killed, or a hint
-        # nobody waits for) loses only what the thread had not sent.
-        t = threading.Thread(target=body, name=f"toolkit-{self._name}", daemon=True)
+        # nobody waits for) loses only what the thread had not sent. It runs in
+        # the caller's context (its toolkit runtime), as a coroutine would.
+        ctx = contextvars.copy_context()
+        t = threading.Thread(
+            target=ctx.run, args=(body,), name=f"toolkit-{self._name}", daemon=True
+        )
         with self._lock:
             self._threads.append(t)
         t.start()

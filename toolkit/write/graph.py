@@ -29,7 +29,7 @@ from zarr.abc.store import Store
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
-from toolkit import grid
+from toolkit import grid, runtime
 from toolkit._util import backoff, settle_zarr_calls, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.metrics import publish
@@ -40,6 +40,7 @@ from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import MetricsStore, find_wrapper, rebind, wrap_store
+from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.state.records import task_marker
 from toolkit.write.plan import VariablePlan, WritePlan
 
@@ -115,15 +116,21 @@ class WriteIO:
     transactional: bool = False
 
 
-_ABORTED: set[str] = set()
+#: The writes (by token) whose tasks are to stop, in the current runtime: a write's
+#: token is dropped by its last task (:func:`summarize`).
+_ABORTED: Slot[Registry[str, None]] = Slot("write.graph.aborted", Registry)
 
 
 def _mark_aborted(token: str) -> None:
-    _ABORTED.add(token)
+    runtime.current().get(_ABORTED).put(token, None)
+
+
+def _forget_aborted(token: str) -> None:
+    runtime.current().get(_ABORTED).pop(token)
 
 
 def _aborted(io: WriteIO) -> bool:
-    return io.token in _ABORTED
+    return io.token in runtime.current().get(_ABORTED)
 
 
 def _abort(io: WriteIO) -> None:
@@ -216,6 +223,7 @@ def write_block(
     region: tuple[slice, ...],
     units: tuple[tuple[int, int], ...],
     io: WriteIO,
+    rt: Runtime | None = None,
 ) -> dict[str, Any]:
     """Write one task's block: whole units, one concurrent zarr call.
 
@@ -224,7 +232,20 @@ def write_block(
     written and which are missing. The write's last task then raises with the
     record of the whole write, and nothing of it is still running by then.
     Returns the task's measured figures (requests, bytes, latency, retries).
+    Runs in ``rt``, the runtime the graph was built in (a worker process's
+    own on a cluster), the current one if None.
     """
+    with runtime.using(rt or runtime.current()):
+        return _write_block(block, target, region, units, io)
+
+
+def _write_block(
+    block: np.ndarray,
+    target: zarr.Array[Any],
+    region: tuple[slice, ...],
+    units: tuple[tuple[int, int], ...],
+    io: WriteIO,
+) -> dict[str, Any]:
     nunits = math.prod(b - a for a, b in units)
     out: dict[str, Any] = {
         "variable": target.basename,
@@ -308,6 +329,13 @@ def _portable(e: BaseException) -> BaseException | None:
     return e
 
 
+def _flat(parts: Sequence[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        out.extend(_flat(p) if isinstance(p, list) else [p])
+    return out
+
+
 def merge_results(*parts: Any) -> list[dict[str, Any]]:
     """One node of the tree merging write results: their Icechunk forks become one."""
     flat: list[dict[str, Any]] = []
@@ -320,8 +348,25 @@ def merge_results(*parts: Any) -> list[dict[str, Any]]:
     return flat
 
 
-def summarize(results: Sequence[Any], started: float) -> dict[str, Any]:
-    """Add up the figures of every write task (runs as the graph's last task)."""
+def summarize(
+    results: Sequence[Any],
+    started: float,
+    io: WriteIO | None = None,
+    rt: Runtime | None = None,
+) -> dict[str, Any]:
+    """Add up the figures of every write task (runs as the graph's last task).
+
+    Every task of the write has ended by then: its abort gate is dropped, here
+    and, if a task tripped it on a cluster, on every worker.
+    """
+    if io is not None:
+        with runtime.using(rt or runtime.current()):
+            _forget_aborted(io.token)
+        if io.distributed and any(r.get("error") or r.get("skipped") for r in _flat(results)):
+            with contextlib.suppress(Exception):  # not in a worker (a direct call in tests)
+                from distributed import get_client
+
+                get_client().run(_forget_aborted, io.token, wait=False)
     results = merge_results(*results)
     out: dict[str, Any] = dict.fromkeys(_STAT_KEYS, 0)
     out["forks"] = [r.pop("fork") for r in results if "fork" in r]
@@ -367,6 +412,11 @@ def build_write_graph(
     iokey = f"toolkit-io-{token}"
     layers[iokey] = {iokey: io}
     deps[iokey] = set()
+    # The runtime the tasks run in: this one in this process; pickled to a worker, the
+    # worker's own (a Runtime arrives as the receiving process's current runtime).
+    rtkey = f"toolkit-runtime-{token}"
+    layers[rtkey] = {rtkey: runtime.current()}
+    deps[rtkey] = set()
     for src in sources:
         vp = src.plan
         data = src.data
@@ -398,10 +448,10 @@ def build_write_graph(
             if done and task_marker(units) in done:
                 continue
             key = (name, *idx)
-            layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey)
+            layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey, rtkey)
             write_keys.append(key)
         layers[name] = layer
-        deps[name] = {data.name, tkey, iokey}
+        deps[name] = {data.name, tkey, iokey, rtkey}
 
     fin = f"toolkit-finalize-{token}"
     tops: list[Any] = list(write_keys)
@@ -415,6 +465,6 @@ def build_write_graph(
         }
         deps[name] = below
         tops, below, level = list(layers[name]), {name}, level + 1
-    layers[fin] = {fin: (summarize, tops, time.time())}
-    deps[fin] = below
+    layers[fin] = {fin: (summarize, tops, time.time(), iokey, rtkey)}
+    deps[fin] = below | {iokey, rtkey}
     return Delayed(fin, HighLevelGraph(layers, deps), layer=fin)

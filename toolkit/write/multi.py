@@ -36,6 +36,7 @@ conditionally (:mod:`toolkit.io.rmw`): no update is ever lost.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -60,6 +61,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from toolkit import runtime
 from toolkit._util import Background, backoff
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
@@ -78,6 +80,7 @@ from toolkit.io.snapshot import SnapshotStore
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
+from toolkit.runtime import Slot
 from toolkit.state.claim import CreationClaim
 from toolkit.state.commitlog import Batch, CommitLog, CommitStats, log_head_key
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
@@ -720,7 +723,7 @@ def _append_one(
     # The lengths are read while the job's lease is taken: one round trip, not two
     # (reading them first is as good as after: publication reads them again).
     with ThreadPoolExecutor(1, thread_name_prefix="toolkit-extents") as pool:
-        lengths = pool.submit(target.extents)
+        lengths = pool.submit(contextvars.copy_context().run, target.extents)
         locks = _hold_job(target, job)
     with _job_held(target, locks):
         ext = lengths.result()
@@ -941,7 +944,7 @@ def _overwrite_one(
     kw = {k: v for k, v in kwargs.items() if k not in _CREATE_ONLY}
     # The lengths are read while the job's lease is taken (as an append's).
     with ThreadPoolExecutor(1, thread_name_prefix="toolkit-extents") as pool:
-        lengths = pool.submit(target.extents)
+        lengths = pool.submit(contextvars.copy_context().run, target.extents)
         locks = _hold_job(target, job)
     parts: LockSet | None = None
     with _job_held(target, locks):
@@ -1094,9 +1097,21 @@ class _Waiting:
     error: BaseException | None = None
 
 
-_QUEUES: dict[str, list[_Waiting]] = {}
-_LEADERS: set[str] = set()
-_QUEUE_LOCK = threading.Lock()
+class _Batches:
+    """The calls waiting, per batch key, and the keys whose batch has a leader.
+
+    A key is dropped once its leader finds its queue empty: a finished target
+    leaves nothing behind.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queues: dict[str, list[_Waiting]] = {}
+        self.leaders: set[str] = set()
+
+
+#: In the current runtime: the calls of one process's threads batch together.
+_BATCHES: Slot[_Batches] = Slot("write.multi.batches", _Batches)
 _WINDOW = 0.02  # seconds a batch leader waits for company
 
 
@@ -1117,17 +1132,18 @@ def _batch_key(
 def _coalesce(key: str, ds: xr.Dataset, job: str, run: Callable[[list[_Waiting]], None]) -> Any:
     """Join the batch for ``key``; the first caller leads, running batches until none is left."""
     me = _Waiting(ds, job)
-    with _QUEUE_LOCK:
-        _QUEUES.setdefault(key, []).append(me)
-        lead = key not in _LEADERS
-        _LEADERS.add(key)
+    batches = runtime.current().get(_BATCHES)
+    with batches.lock:
+        batches.queues.setdefault(key, []).append(me)
+        lead = key not in batches.leaders
+        batches.leaders.add(key)
     if lead:
         while True:
             time.sleep(_WINDOW)
-            with _QUEUE_LOCK:
-                batch = _QUEUES.pop(key, [])
+            with batches.lock:
+                batch = batches.queues.pop(key, [])
                 if not batch:
-                    _LEADERS.discard(key)
+                    batches.leaders.discard(key)
                     break
             try:
                 run(batch)
