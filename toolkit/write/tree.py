@@ -83,6 +83,7 @@ from toolkit.write.execute import (
     derive_write_id,
 )
 from toolkit.write.graph import WriteSource, build_write_graph
+from toolkit.write.multi import append
 from toolkit.write.plan import (
     DEFAULT_MAX_TASK_BYTES,
     WriteMode,
@@ -1006,8 +1007,6 @@ def _append_nodes(
     land. A reader may see one node appended before another (each node is a
     group of its own, published when its rows landed).
     """
-    from toolkit.write.multi import append
-
     t0 = time.time()
     inherit = bool(options.get("write_inherited_coords"))
     keep = ("storage_options", "write_empty_chunks", "max_task_bytes", "throttle")
