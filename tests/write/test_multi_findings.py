@@ -65,12 +65,12 @@ def test_a_batch_that_fails_after_reserving_fails_for_every_call_and_reruns_land
     original = conditional._written_temp
     failed = threading.Event()
 
-    def once(path, data, root=None):
+    def once(path, data, root=None, **kw):
         # The appended rows share their units with others: conditional writes.
         if "/v/c/" in str(path) and not failed.is_set():
             failed.set()
             raise PermissionError("the disk said no, once")  # final: not retried
-        return original(path, data, root)
+        return original(path, data, root, **kw)
 
     monkeypatch.setattr(conditional, "_written_temp", once)
     calls = {j: jobs.rows(j, j * 1000 + np.arange(2)) for j in (1, 2, 3)}
