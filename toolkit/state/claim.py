@@ -38,6 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ __all__ = [
     "listing_is_free",
     "refuse_foreign",
     "remove_strays",
+    "take_claim",
 ]
 
 CREATE_LEASE = "create"
@@ -148,6 +150,30 @@ def refuse_foreign(store: Store, group: str | None) -> None:
             f"{display_store(store)} holds files that are not a Zarr store ({shown}); "
             "only a Zarr store is replaced: choose a new or empty path for the target"
         )
+
+
+def take_claim(
+    claim: CreationClaim | None, store: Store, group: str | None, *, mode: str, guard: bool
+) -> None:
+    """Take ``claim`` (when there is one), with mode ``"w"``'s foreign-files check if ``guard``.
+
+    The check (:func:`refuse_foreign`) lists ``store`` beside the lease's request,
+    which it would otherwise wait for (one round trip); refused, the lease it
+    took is withdrawn (:meth:`CreationClaim.withdraw`): the store is as found.
+    """
+    if claim is None:
+        if guard:
+            refuse_foreign(store, group)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
+        checked = pool.submit(refuse_foreign, store, group) if guard else None
+        claim.acquire(wait=mode != "w-")
+        try:
+            if checked is not None:
+                checked.result()
+        except BaseException:
+            claim.withdraw()
+            raise
 
 
 def clear_group(store: Store, group: str | None) -> None:

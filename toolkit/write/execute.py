@@ -74,8 +74,8 @@ from toolkit.state.claim import (
     drop_keys,
     group_contents,
     listing_is_free,
-    refuse_foreign,
     remove_strays,
+    take_claim,
 )
 from toolkit.state.commitlog import HEAD as LOG_HEAD
 from toolkit.state.commitlog import log_head_key
@@ -421,18 +421,7 @@ def execute(
     # the plan; an object store's is listed here, beside the lease's request, which it
     # would otherwise wait for (one round trip). Refused, the lease it took is withdrawn.
     guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
-    if own_claim is not None:
-        with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
-            checked = pool.submit(refuse_foreign, direct, plan.group) if guard else None
-            own_claim.acquire(wait=plan.mode != "w-")
-            try:
-                if checked is not None:
-                    checked.result()
-            except BaseException:
-                own_claim.withdraw()
-                raise
-    elif guard:
-        refuse_foreign(direct, plan.group)
+    take_claim(own_claim, direct, plan.group, mode=plan.mode, guard=guard)
     if job is None and not creating and resume is None:
         job = derive_write_id(plan)
     try:

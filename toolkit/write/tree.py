@@ -68,8 +68,8 @@ from toolkit.state.claim import (
     clear_group,
     group_contents,
     listing_is_free,
-    refuse_foreign,
     remove_strays,
+    take_claim,
 )
 from toolkit.state.leases import job_id
 from toolkit.state.records import WriteJournal
@@ -916,18 +916,7 @@ def execute_tree(
     # checked by the plans, an object store's is listed here, beside the claim's
     # request (one round trip, not two); refused, the claim it took is withdrawn.
     guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
-    if claim is not None:
-        with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
-            checked = pool.submit(refuse_foreign, direct, plan.group) if guard else None
-            claim.acquire(wait=plan.mode != "w-")
-            try:
-                if checked is not None:
-                    checked.result()
-            except BaseException:
-                claim.withdraw()
-                raise
-    elif guard:
-        refuse_foreign(direct, plan.group)
+    take_claim(claim, direct, plan.group, mode=plan.mode, guard=guard)
     try:
         meta = _tree_metadata(plan, direct, meta_io, creating, t0)
     except BaseException:
