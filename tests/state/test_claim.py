@@ -261,6 +261,87 @@ def test_mode_w_replaces_a_zarr_store_only_on_an_object_store(s3, client):
     xr.testing.assert_equal(toolkit.open_zarr(url, storage_options=options).load(), _source() + 1)
 
 
+@pytest.mark.parametrize("creator", ["toolkit", "xarray"])
+@pytest.mark.parametrize("kind", ["dataset", "tree"])
+def test_a_creation_planned_on_an_empty_store_refuses_what_landed_since(s3, client, kind, creator):
+    """``mode="w-"`` planned on an empty prefix, executed after another job created it there.
+
+    Another toolkit job leaves its creation lease (the claim reads it, not only its
+    listing beside); plain xarray leaves none (the listing beside the claim sees its
+    keys). Either way the write is refused and the other dataset is read back intact:
+    the listing beside the lease is only trusted when the claim made the lease's
+    document and found nothing at all.
+    """
+    bucket = f"since-{kind}-{creator}-{client}"
+    s3.create_bucket(bucket)
+    url = f"s3://{bucket}/x.zarr"
+    options = s3.storage_options()
+    theirs = _source().isel(time=slice(0, 8)) + 1
+    ours: Any = _source()
+    if kind == "dataset":
+        plan = toolkit.plan_write(ours, url, mode="w-", storage_options=options)
+    else:
+        from toolkit.write.tree import execute_tree, plan_tree_write
+
+        child = xr.Dataset({"b": ("y", np.arange(3.0))})
+        ours = xr.DataTree.from_dict({"/": _source(), "/child": child})
+        plan = plan_tree_write(ours, url, mode="w-", storage_options=options)
+    if creator == "toolkit":
+        toolkit.to_zarr(theirs, url, mode="w-", storage_options=options, progress=False)
+    else:
+        from toolkit.io.stores import resolve_store
+
+        theirs.to_zarr(resolve_store(url, storage_options=options), mode="w-")
+    raw = s3.client()
+    before = sorted(
+        (o["Key"], o["ETag"]) for o in raw.list_objects_v2(Bucket=bucket).get("Contents", [])
+    )
+    with pytest.raises(ExistingStoreError, match="holds data since this write was planned"):
+        if kind == "dataset":
+            toolkit.execute(plan, progress=False)
+        else:
+            execute_tree(plan, progress=False)
+    after = raw.list_objects_v2(Bucket=bucket).get("Contents", [])
+    # Only the creation lease may differ (this job's claim on it, released).
+    lease = "x.zarr/.toolkit/coord/leases/create.json"
+    assert [k for k in before if k[0] != lease] == sorted(
+        (o["Key"], o["ETag"]) for o in after if o["Key"] != lease
+    )
+    got = toolkit.open_zarr(url, storage_options=options, incomplete="raise").load()
+    xr.testing.assert_identical(got, theirs)
+
+
+def test_the_listing_beside_the_claim_is_trusted_only_when_the_claim_made_the_lease(
+    tmp_path, monkeypatch
+):
+    """``take_claim`` says "empty" only for a listing of nothing under a lease it created.
+
+    The listing is sent beside the lease's request, so it may be older than the
+    claim: a lease document that exists (another creator's, released) means that
+    creator may have written after the listing was served. Here the listing is
+    made stale on purpose (it always finds nothing).
+    """
+    import toolkit.state.claim as claim_mod
+    from toolkit.state.claim import CreationClaim, take_claim
+
+    monkeypatch.setattr(claim_mod, "listing_is_free", lambda store: False)
+    monkeypatch.setattr(claim_mod, "_listing", lambda store, group, limit=200: [])
+
+    def taken(path: Path) -> bool:
+        store = LocalStore(path)
+        claim = CreationClaim(store, None, f"test-{path.name}")
+        try:
+            return take_claim(claim, store, None, mode="w-", guard=False)
+        finally:
+            claim.release()
+
+    assert taken(tmp_path / "new.zarr") is True  # nothing there, and the lease is new
+    toolkit.to_zarr(_source(), tmp_path / "made.zarr", mode="w-", progress=False)
+    assert taken(tmp_path / "made.zarr") is False  # a creator held the lease before
+    monkeypatch.setattr(claim_mod, "_listing", lambda store, group, limit=200: ["t2m/c/0/0/0"])
+    assert taken(tmp_path / "other.zarr") is False  # the listing found something
+
+
 # -- concurrent creators ----------------------------------------------------------
 
 

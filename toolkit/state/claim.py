@@ -142,7 +142,10 @@ def refuse_foreign(store: Store, group: str | None) -> None:
     perhaps one another job is creating right now (racing ``"w"`` creators, whose
     clear leaves some of its keys at every moment): it is replaced as before.
     """
-    keys = group_contents(store, group, limit=200)
+    _refuse_foreign_keys(store, group_contents(store, group, limit=200))
+
+
+def _refuse_foreign_keys(store: Store, keys: Sequence[str]) -> None:
     foreign = [k for k in keys if not _zarr_key(k)]
     if foreign and len(foreign) == len(keys):
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -154,26 +157,57 @@ def refuse_foreign(store: Store, group: str | None) -> None:
 
 def take_claim(
     claim: CreationClaim | None, store: Store, group: str | None, *, mode: str, guard: bool
-) -> None:
+) -> bool:
     """Take ``claim`` (when there is one), with mode ``"w"``'s foreign-files check if ``guard``.
 
-    The check (:func:`refuse_foreign`) lists ``store`` beside the lease's request,
-    which it would otherwise wait for (one round trip); refused, the lease it
-    took is withdrawn (:meth:`CreationClaim.withdraw`): the store is as found.
+    The group is listed beside the lease's request, which the listing would
+    otherwise wait for (one round trip): for the check (:func:`refuse_foreign`)
+    and, on an object store, to learn whether the group is empty. Refused, the
+    lease it took is withdrawn (:meth:`CreationClaim.withdraw`): the store is as
+    found.
+
+    Returns
+    -------
+    bool
+        True when the group is known to be empty under the claim: the listing
+        found nothing at all in it (no data, records or coordination state) and
+        the claim made its lease's document, so no creator wrote there before
+        it (:attr:`CreationClaim.first`) and none can while it holds it. The
+        caller then skips its own emptiness check, clear and records read.
     """
     if claim is None:
         if guard:
             refuse_foreign(store, group)
-        return
+        return False
+    lists = guard or (claim.locks is not None and not listing_is_free(store))
     with ThreadPoolExecutor(1, thread_name_prefix="toolkit-check") as pool:
-        checked = pool.submit(refuse_foreign, store, group) if guard else None
+        listed = pool.submit(_listing, store, group) if lists else None
         claim.acquire(wait=mode != "w-")
         try:
-            if checked is not None:
-                checked.result()
+            keys = listed.result() if listed is not None else None
+            if guard and keys is not None:
+                _refuse_foreign_keys(store, [k for k in keys if not _ignored(k, _root(group))])
         except BaseException:
             claim.withdraw()
             raise
+    return keys == [] and claim.first
+
+
+def _listing(store: Store, group: str | None, limit: int = 200) -> list[str]:
+    """Up to ``limit`` keys of the group but strays and its creation lease, in one listing."""
+    root = _root(group)
+    lease = f"{root}{_LEASE_PATH}"
+
+    async def go() -> list[str]:
+        found: list[str] = []
+        async for key in store.list_prefix(root):
+            if key != lease and not is_stray(key):
+                found.append(key)
+                if len(found) >= limit:
+                    break
+        return found
+
+    return sync(go()) if store.supports_listing else []
 
 
 def clear_group(store: Store, group: str | None) -> None:
@@ -320,6 +354,11 @@ class CreationClaim:
         if supports_atomic_create(store):
             self._coord = Coordinator(store, group, policy)
             self.locks = LockSet(self._coord, [CREATE_LEASE], owner, fresh=True)
+
+    @property
+    def first(self) -> bool:
+        """Whether this claim made its lease's document: no creator held it before."""
+        return self.locks is not None and self.locks.leases[0].created
 
     def acquire(self, *, wait: bool) -> None:
         """Take the lease: ask once (``wait=False``) or wait for a live holder to finish."""

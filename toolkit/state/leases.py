@@ -454,6 +454,17 @@ class Lease:
             attempt += 1
 
     @property
+    def created(self) -> bool:
+        """Whether this holder created the lease's document (none existed when it took it).
+
+        No holder before it ever wrote under the lease: a document is made by
+        the first holder and never deleted once that holder may have written
+        (:meth:`awithdraw` deletes only a document its holder made and used for
+        nothing).
+        """
+        return self._created and self.generation is not None
+
+    @property
     def held(self) -> bool:
         """Whether this holder may still trust the lease, by its own monotonic clock."""
         return self.generation is not None and time.monotonic() < self._valid_until

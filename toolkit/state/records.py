@@ -162,6 +162,7 @@ class WriteJournal:
         resume: str | None = None,
         *,
         replaces: bool = False,
+        alone: bool = False,
     ) -> None:
         """Say in the store that this write has started; returns once the record landed.
 
@@ -170,7 +171,9 @@ class WriteJournal:
         array metadata is sent, so that no reader can find arrays of this write
         without its record. ``replaces``: the write replaces the whole group
         (mode ``"w"``), so every other record found now goes with its own in
-        :meth:`done` (they are the replaced dataset's).
+        :meth:`done` (they are the replaced dataset's). ``alone``: the group is
+        known to hold no other record (seen empty under the creation claim,
+        :func:`toolkit.state.claim.take_claim`); they are not read.
         """
         self._replaces = replaces
         self._doc = {
@@ -186,6 +189,9 @@ class WriteJournal:
 
         async def both() -> list[dict[str, Any]]:
             earlier: list[dict[str, Any]]
+            if alone:
+                await via.set(self.key, encode_json(self._doc))
+                return []
             _, earlier = await asyncio.gather(
                 via.set(self.key, encode_json(self._doc)),
                 _aread_records(reads, self.group, skip=self.key),

@@ -421,11 +421,13 @@ def execute(
     # the plan; an object store's is listed here, beside the lease's request, which it
     # would otherwise wait for (one round trip). Refused, the lease it took is withdrawn.
     guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
-    take_claim(own_claim, direct, plan.group, mode=plan.mode, guard=guard)
+    empty = take_claim(own_claim, direct, plan.group, mode=plan.mode, guard=guard)
     if job is None and not creating and resume is None:
         job = derive_write_id(plan)
     try:
-        meta = _metadata_round(plan, direct, resume, creating, transactional, t0, job, record)
+        meta = _metadata_round(
+            plan, direct, resume, creating, transactional, t0, job, record, empty=empty
+        )
     except BaseException:
         if own_claim is not None:
             own_claim.release()
@@ -532,8 +534,13 @@ def _metadata_round(
     t0: float,
     job: str | None,
     record: bool,
+    *,
+    empty: bool = False,
 ) -> _Metadata:
     """Prepare the group, put the write's record, and send all metadata in one round.
+
+    ``empty``: the group was seen empty under the creation claim
+    (:func:`~toolkit.state.claim.take_claim`): nothing to check, clear or read.
 
     A region write's variables written with the metadata may share write units
     with other jobs' regions: those units are read-modify-written
@@ -545,7 +552,7 @@ def _metadata_round(
     # deletes only once the record landed: a kill never leaves the old dataset torn
     # without a record. A new target (nothing to delete) saves a round trip.
     beside = creating and plan.mode == "w" and resume is None and record and not transactional
-    if creating and not beside:
+    if creating and not beside and not empty:
         _prepare_group(plan, direct)
     # Read after the clear: a replacing run starts over, whatever an old log says.
     done = resume.done_tasks() if resume is not None else {}
@@ -575,13 +582,15 @@ def _metadata_round(
             # Landed before any array metadata is sent: no reader can find this
             # write's arrays without its record.
             resume_id = resume.id if resume is not None else None
-            if beside:
+            if beside and empty:
+                journal.begin(plan.record_summary(), direct, replaces=True, alone=True)
+            elif beside:
                 with ThreadPoolExecutor(1, thread_name_prefix="toolkit-clear") as pool:
                     listing = pool.submit(doomed_keys, direct, plan.group, records=False)
                     journal.begin(plan.record_summary(), direct, replaces=True)
                     drop_keys(direct, listing.result())
             else:
-                journal.begin(plan.record_summary(), direct, resume=resume_id)
+                journal.begin(plan.record_summary(), direct, resume=resume_id, alone=empty)
         if not record and not creating and not shared and resume is None:
             # Rows no reader sees (an append's hidden rows): what xarray writes with
             # the metadata (the appended labels) may land in any order with the

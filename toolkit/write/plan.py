@@ -541,9 +541,15 @@ def _open_decoded(store: Store, group: str | None) -> xr.Dataset:
     return ds
 
 
-def _store_is_empty(store: Store, group: str | None) -> bool:
-    # Killed writes' temporary files and coordination state are no data.
-    return not group_contents(store, group)
+def _store_is_empty(store: Store, group: str | None, members: list[str] | None = None) -> bool:
+    # Killed writes' temporary files and coordination state are no data. ``members``: the
+    # group's listing, when it was listed already (nothing in it is nothing below it).
+    return members == [] or not group_contents(store, group)
+
+
+def _group_root(group: str | None) -> str:
+    g = (group or "").strip("/")
+    return f"{g}/" if g else ""
 
 
 def _resolve_mode(mode: str | None, append_dim: Hashable | None, region: object) -> WriteMode:
@@ -837,7 +843,9 @@ def plan_write(
         sync(reads.prefetch(group, extra=[log_head_key(group)], beyond=append_dim is not None))
     zstore = wrap_store(reads, policy, plan_io)
     existing = None if mode == "w" else open_existing(zstore, group)
-    fmt = _check_target(zstore, group, mode, existing, region, zarr_format)
+    # The snapshot listed the group's members: a group with none is empty, no LIST more.
+    members = reads.listed(_group_root(group)) if isinstance(reads, SnapshotStore) else None
+    fmt = _check_target(zstore, group, mode, existing, region, zarr_format, members)
     ds = _check_variables(ds, plain, fmt)
     user_enc = _check_encoding(ds, encoding, fmt)
     ds = _without_preferred_chunks(ds)
@@ -965,9 +973,13 @@ def _check_target(
     existing: ExistingGroup | None,
     region: object,
     zarr_format: int | None,
+    members: list[str] | None = None,
 ) -> int:
-    """Check that the store can take a write of this mode; the Zarr format to write."""
-    if mode == "w-" and not _store_is_empty(zstore, group):
+    """Check that the store can take a write of this mode; the Zarr format to write.
+
+    ``members``: the group's direct members, when its snapshot listed them.
+    """
+    if mode == "w-" and not _store_is_empty(zstore, group, members):
         unfinished = read_records(zstore, group)
         raise ExistingStoreError(
             f"{display_store(zstore)} already holds data"

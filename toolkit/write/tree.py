@@ -677,10 +677,20 @@ def _prepare_root(plan: TreeWritePlan, direct: Store) -> None:
 
 
 def _tree_metadata(
-    plan: TreeWritePlan, direct: Store, meta_io: IOMetrics, creating: bool, t0: float
+    plan: TreeWritePlan,
+    direct: Store,
+    meta_io: IOMetrics,
+    creating: bool,
+    t0: float,
+    *,
+    empty: bool = False,
 ) -> _TreeMetadata:
-    """Every node's metadata made into memory, then records and metadata in two rounds."""
-    if creating:
+    """Every node's metadata made into memory, then records and metadata in two rounds.
+
+    ``empty``: the root group was seen empty under the creation claim
+    (:func:`~toolkit.state.claim.take_claim`): nothing to check, clear or read.
+    """
+    if creating and not empty:
         _prepare_root(plan, direct)
     root = _prefix(plan.group)
     recorded = WrittenStore(direct)
@@ -743,7 +753,7 @@ def _tree_metadata(
         def begin(i: int) -> None:
             j = journals[i]
             assert j is not None
-            j.begin(nodes[i][1].record_summary(), direct)
+            j.begin(nodes[i][1].record_summary(), direct, alone=empty)
 
         # Every record lands before any array metadata: no reader finds a node's
         # arrays without its record.
@@ -916,9 +926,9 @@ def execute_tree(
     # checked by the plans, an object store's is listed here, beside the claim's
     # request (one round trip, not two); refused, the claim it took is withdrawn.
     guard = creating and plan.mode == "w" and not listing_is_free(plan.store)
-    take_claim(claim, direct, plan.group, mode=plan.mode, guard=guard)
+    empty = take_claim(claim, direct, plan.group, mode=plan.mode, guard=guard)
     try:
-        meta = _tree_metadata(plan, direct, meta_io, creating, t0)
+        meta = _tree_metadata(plan, direct, meta_io, creating, t0, empty=empty)
     except BaseException:
         if claim is not None:
             claim.release()
