@@ -9,6 +9,7 @@ number in flight.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures as cf
 import contextvars
@@ -37,11 +38,11 @@ from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.extent import consistent_view
-from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, open_existing
+from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, array_dims, open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
-from toolkit.state.records import read_records
+from toolkit.state.records import aread_records, read_records
 
 __all__ = [
     "DEFAULT_READ_TASK_BYTES",
@@ -222,6 +223,20 @@ def open_zarr(
         raise _corrupt(bad, e) from e
     if not aligned:
         return ds
+    return _aligned(ds, existing, written, plain, scope, group, target_task_bytes, share)
+
+
+def _aligned(
+    ds: xr.Dataset,
+    existing: ExistingGroup,
+    written: tuple[str, ...],
+    plain: Store,
+    scope: str,
+    group: str | None,
+    target_task_bytes: int,
+    share: Throttle | None,
+) -> xr.Dataset:
+    """``ds`` (opened lazily, without dask) in dask chunks of whole write units."""
     # What changes when the stored values do, so that a reopened store's tasks are
     # not taken for the old ones (a persisted collection, distributed's cache).
     token = tokenize(scope, group, target_task_bytes, written)
@@ -284,32 +299,50 @@ def open_datatree(
     >>> toolkit.open_datatree("tree.zarr").groups
     ('/', '/fine')
     """
+    if incomplete not in ("raise", "warn", "ignore"):
+        raise ValueError(f"incomplete= must be 'raise', 'warn' or 'ignore', got {incomplete!r}")
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+    share = cluster_share(policy)
+    scope = describe_store(plain)
+    # One buffer for the whole tree: a document read once is never read again.
+    zstore = MetadataBuffer(wrap_store(plain, share, scope=scope, remote=remote_budget_for))
     root = (group or "").strip("/")
-    found = zarr.open_group(
-        MetadataBuffer(wrap_store(plain, cluster_share(policy))),
-        path=root,
-        mode="r",
-        use_consolidated=consolidated,
-    )
+    aligned = isinstance(chunks, str) and chunks == "aligned"
+    want = {"records": incomplete != "ignore", "history": aligned}
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-open") as pool:
+        # The root's records and history are listed beside its documents' reads.
+        first = pool.submit(
+            contextvars.copy_context().run, sync, _anode_state(zstore, root or None, **want)
+        )
+        found = zarr.open_group(zstore, path=root, mode="r", use_consolidated=consolidated)
+        root_state = first.result()
     groups = sorted(
         name
         for name, member in found.members(max_depth=None)
         if isinstance(member, zarr.Group) and RESERVED_PREFIX not in name.split("/")
     )
     paths = ["", *groups]
+    options = {
+        "consolidated": consolidated,
+        "target_task_bytes": target_task_bytes,
+        "incomplete": incomplete,
+        "chunks": chunks,
+        **open_kwargs,
+    }
+    if found.metadata.consolidated_metadata is not None:
+        tree = _open_consolidated_tree(
+            found, paths, zstore, plain, root, share, scope, options, root_state
+        )
+        if tree is not None:
+            return tree
 
     def one(rel: str) -> xr.Dataset:
         return open_zarr(
             plain,
             group="/".join(p for p in (root, rel) if p) or None,
-            consolidated=consolidated,
-            target_task_bytes=target_task_bytes,
             throttle=policy if policy is not None else False,
-            incomplete=incomplete,
-            chunks=chunks,
-            **open_kwargs,
+            **options,
         )
 
     with cf.ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="toolkit-open") as pool:
@@ -319,6 +352,94 @@ def open_datatree(
     return xr.DataTree.from_dict({"/" + rel: ds for rel, ds in zip(paths, datasets, strict=True)})
 
 
+def _open_consolidated_tree(
+    found: zarr.Group,
+    paths: Sequence[str],
+    zstore: Store,
+    plain: Store,
+    root: str,
+    share: Throttle | None,
+    scope: str,
+    options: Mapping[str, Any],
+    root_state: tuple[list[dict[str, Any]], tuple[str, ...]],
+) -> xr.DataTree | None:
+    """The tree of a consolidated store in one more round trip; None to open node by node.
+
+    Every node's metadata is in the root's consolidated document (read already):
+    xarray opens all groups from it (:func:`xarray.open_groups`, as
+    ``xr.open_datatree`` does) while every node's write records and written
+    history are listed, all at once. Anything xarray's open raises (appended
+    rows being published, a damaged coordinate chunk, an option it does not
+    take) sends the caller to the node-by-node open, which waits, names or
+    raises as :func:`open_zarr` does.
+    """
+    chunks = options["chunks"]
+    incomplete = options["incomplete"]
+    target_task_bytes = options["target_task_bytes"]
+    aligned = isinstance(chunks, str) and chunks == "aligned"
+    rest = {k: v for k, v in options.items() if k not in ("target_task_bytes", "incomplete")}
+    rest["chunks"] = None if aligned else chunks
+    rest = {"zarr_format": found.metadata.zarr_format, **rest}
+    if aligned:
+        rest = {"cache": False, **rest}
+    groups = ["/".join(p for p in (root, rel) if p) or None for rel in paths]
+
+    def opened() -> dict[str, xr.Dataset]:
+        return xr.open_groups(zstore, engine="zarr", group=root or None, **rest)  # type: ignore[arg-type]
+
+    async def listed() -> list[tuple[list[dict[str, Any]], tuple[str, ...]]]:
+        # The other nodes' records and histories, all at once (the root's are known).
+        want = {"records": incomplete != "ignore", "history": aligned}
+        rest = await asyncio.gather(*(_anode_state(zstore, g, **want) for g in groups[1:]))
+        return [root_state, *rest]
+
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-open") as pool:
+        # xarray's open, beside the listings (in a copy of this thread's context).
+        opening = pool.submit(contextvars.copy_context().run, opened)
+        states = sync(listed())
+        for records, _ in states:
+            _check_complete(records, scope, incomplete)
+        try:
+            datasets = opening.result()
+        except ToolkitError:
+            raise
+        except Exception:
+            return None
+    # xarray names the groups from the tree's root: "/", "/child" ("." for a group's own).
+    by_path = {("" if k.strip("/") == "." else k.strip("/")): ds for k, ds in datasets.items()}
+    out = {}
+    for rel, g, (_, done) in zip(paths, groups, states, strict=True):
+        ds = by_path[rel]
+        if aligned:
+            node = found[rel] if rel else found
+            assert isinstance(node, zarr.Group)
+            arrays = {name: a for name, a in node.arrays() if isinstance(a, zarr.Array)}
+            existing = ExistingGroup(
+                zarr_format=found.metadata.zarr_format,
+                arrays=arrays,
+                dims={k: array_dims(a) for k, a in arrays.items()},
+            )
+            ds = _aligned(ds, existing, done, plain, scope, g, target_task_bytes, share)
+        out["/" + rel] = ds
+    return xr.DataTree.from_dict(out)
+
+
+async def _anode_state(
+    store: Store, group: str | None, *, records: bool, history: bool
+) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """A group's unfinished write records and written history, from one listing.
+
+    One LIST of the group's ``.toolkit/`` (LISTs are paced: one per group, not
+    two), then the records found fetched at once (none in a finished store).
+    """
+    if not (records or history) or not store.supports_listing:
+        return [], ()
+    top = f"{group.strip('/')}/" if group and group.strip("/") else ""
+    keys = [k async for k in store.list_prefix(f"{top}{RESERVED_PREFIX}/")]
+    written = tuple(sorted(k for k in keys if k.startswith(top + _HISTORY))) if history else ()
+    return (await aread_records(store, group, listed=keys) if records else []), written
+
+
 def _written_history(store: Store, group: str | None) -> tuple[str, ...]:
     """The keys of the writes the group's manifest has recorded (one LIST request).
 
@@ -326,14 +447,14 @@ def _written_history(store: Store, group: str | None) -> tuple[str, ...]:
     write of other values has another name), so this changes with every
     rewrite, whole or of a region, whatever the store.
     """
+    return sync(_awritten_history(store, group))
+
+
+async def _awritten_history(store: Store, group: str | None) -> tuple[str, ...]:
     if not store.supports_listing:
         return ()
     root = f"{group.strip('/')}/" if group and group.strip("/") else ""
-
-    async def go() -> list[str]:
-        return [k async for k in store.list_prefix(root + _HISTORY)]
-
-    return tuple(sorted(sync(go())))
+    return tuple(sorted([k async for k in store.list_prefix(root + _HISTORY)]))
 
 
 def _array_stamps(store: Store, existing: ExistingGroup) -> dict[str, tuple[Any, ...]]:

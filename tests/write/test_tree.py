@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -315,38 +316,58 @@ def thirteen_nodes() -> xr.DataTree:
     return xr.DataTree.from_dict(nodes)
 
 
-#: Measured 8 on a quiet machine: claim, clear, records, metadata, chunks, manifests,
-#: records removed, claim released; 10-11 on this shared 2-core machine under load, where
-#: a wave (the 26 chunks, the 26 record requests) splits in two. A node-by-node write
-#: would wait for 13 rounds of metadata alone.
-BOUND = 11
+#: A new tree: the plan's reads, the claim (its listing beside it), records, metadata,
+#: chunks, manifests, records removed, claim released; 4 before the data (issue 32's
+#: goal: at most 6). Was 11 before the claim's listing told an empty store.
+WRITE_BOUND = 8
+#: Opening it: the root's documents (the consolidated tree) and its records' listing,
+#: then every other node's records and history listed at once: 2 at 100 ms; at 50 ms the
+#: 12 LISTs, paced at S3's default 100 per second, span two waves (was 7).
+OPEN_BOUND = 3
+
+
+def _busy() -> float | None:
+    """The machine's load per core when above 2 (a fan-out may split in two waves)."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return load if load > 2 else None
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_thirteen_nodes_over_a_slow_link_take_a_handful_of_round_trips(s3):
-    """Every node's records in one round, every node's metadata in another: not 13 times."""
+    """Every node's records in one round, every node's metadata in another: not 13 times.
+
+    Counted by the proxy's ledger, the best of three runs (timing can only split a
+    wave, never join two); when every run over a bound ended on a machine loaded
+    above 2 per core, the test skips and says so.
+    """
     from toolkit.testing import FaultProxy
     from toolkit.testing.ledger import summarize
 
     tree = thirteen_nodes()
-    name = f"tree-{next(_names)}-{time.time_ns()}.zarr"
+    counts: dict[str, list[int]] = {"write": [], "open": []}
+    loads: list[float | None] = []
     with FaultProxy(s3.endpoint_url, latency=0.05) as proxy:
         opts = {**s3.storage_options(proxy.url), "client": "obstore"}
-        best = None
-        for _ in range(3):  # a busy machine can split a wave in two: the best of three
+        for _ in range(3):
+            name = f"tree-{next(_names)}-{time.time_ns()}.zarr"
+            url = f"s3://data/{name}"
             with proxy.ledger() as ledger:
-                toolkit.to_zarr(tree, f"s3://data/{name}", mode="w", storage_options=opts,
-                                progress=False)  # fmt: skip
-            summary = summarize(ledger.requests, root=name)
-            best = summary if best is None or summary.round_trips < best.round_trips else best
-            if best.round_trips <= BOUND:
-                break
-        assert best is not None
-        print("\n".join(best.lines()))
-        assert best.round_trips <= BOUND, best.lines()
-        back = toolkit.open_datatree(f"s3://data/{name}", storage_options=opts)
-        xr.testing.assert_identical(back, tree)
+                toolkit.to_zarr(tree, url, storage_options=opts, progress=False)
+            write = summarize(ledger.requests, root=name)
+            with proxy.ledger() as ledger:
+                back = toolkit.open_datatree(url, storage_options=opts)
+            opened = summarize(ledger.requests, root=name)
+            xr.testing.assert_identical(back, tree)
+            print("\n".join(write.lines() + opened.lines()))
+            counts["write"].append(write.round_trips)
+            counts["open"].append(opened.round_trips)
+            loads.append(_busy())
+            if write.round_trips <= WRITE_BOUND and opened.round_trips <= OPEN_BOUND:
+                return
+    if all(loads):
+        pytest.skip(f"round trips {counts} on a machine too busy to count them ({loads})")
+    raise AssertionError(f"round trips {counts}, bounds {WRITE_BOUND} and {OPEN_BOUND}")
 
 
 def test_append_to_a_node_with_no_arrays_is_refused_by_name(tmp_path):
@@ -467,4 +488,46 @@ def test_concurrent_tree_appends_all_land(tmp_path):
             data_vars="minimal",
         ).sortby("time")
         have = got[node].to_dataset().sortby("time")
+        xr.testing.assert_equal(have[list(want.data_vars)].compute(), want[list(want.data_vars)])
+
+
+def test_an_interrupted_tree_append_blocks_others_until_it_is_run_again(tmp_path, monkeypatch):
+    """A tree append that stopped between nodes leaves its pending document.
+
+    Another job's append would take its rows in the parent and the child in other
+    orders; it is refused, naming the interrupted call, the store untouched. The same
+    call run again appends only what is missing; then the other job appends, and
+    every node holds each job's rows once, aligned with the parent's labels.
+    """
+    import toolkit.write.tree as tree_mod
+
+    path = str(tmp_path / "t.zarr")
+    toolkit.to_zarr(make_tree(nt=12), path, progress=False)
+    first, second = make_tree(nt=5, t0=12), make_tree(nt=5, t0=17)
+    real = tree_mod.append
+
+    def dies_on_the_child(ds, store, dim, *, group=None, **kw):  # a kill between the nodes
+        if group == "fine":
+            raise KeyboardInterrupt("killed")
+        return real(ds, store, dim, group=group, **kw)
+
+    monkeypatch.setattr(tree_mod, "append", dies_on_the_child)
+    with pytest.raises(KeyboardInterrupt):
+        toolkit.to_zarr(first, path, append_dim="time", progress=False)
+    monkeypatch.setattr(tree_mod, "append", real)
+    before = _documents(Path(path))
+    with pytest.raises(AppendError, match=r"interrupted.*run that call again"):
+        toolkit.to_zarr(second, path, append_dim="time", progress=False)
+    assert _documents(Path(path)) == before
+    toolkit.to_zarr(first, path, append_dim="time", progress=False)  # the same call again
+    toolkit.to_zarr(second, path, append_dim="time", progress=False)
+    got = toolkit.open_datatree(path)
+    for node in ("/", "/fine"):
+        want = xr.concat(
+            [make_tree(nt=12)[node].to_dataset(), first[node].to_dataset(),
+             second[node].to_dataset()],
+            "time",
+            data_vars="minimal",
+        )  # fmt: skip
+        have = got[node].to_dataset()
         xr.testing.assert_equal(have[list(want.data_vars)].compute(), want[list(want.data_vars)])

@@ -55,6 +55,7 @@ from toolkit.state.manifest import write_fragment
 __all__ = [
     "ResumeLog",
     "WriteJournal",
+    "aread_records",
     "clear_records",
     "manifest_key",
     "read_manifest",
@@ -194,7 +195,7 @@ class WriteJournal:
                 return []
             _, earlier = await asyncio.gather(
                 via.set(self.key, encode_json(self._doc)),
-                _aread_records(reads, self.group, skip=self.key),
+                aread_records(reads, self.group, skip=self.key),
             )
             return earlier
 
@@ -266,13 +267,21 @@ def read_records(
     One listing request, then every record fetched at once. ``skip`` is a key
     the caller knows already (its own record): listed, not fetched or returned.
     """
-    return sync(_aread_records(store, group, skip=skip))
+    return sync(aread_records(store, group, skip=skip))
 
 
-async def _aread_records(
-    store: Store, group: str | None = None, *, skip: str | None = None
+async def aread_records(
+    store: Store,
+    group: str | None = None,
+    *,
+    skip: str | None = None,
+    listed: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`read_records`, awaited."""
+    """:func:`read_records`, awaited (for many groups at once).
+
+    ``listed``: keys of a listing that covers the group's records (of its
+    ``.toolkit/`` prefix, say, listed with other things): not listed again.
+    """
 
     async def one(k: str) -> dict[str, Any] | None:
         buf = await store.get(k, default_buffer_prototype())
@@ -289,9 +298,12 @@ async def _aread_records(
         doc["key"] = k
         return doc
 
-    if not store.supports_listing:
+    if listed is not None:
+        keys = [k for k in listed if k.startswith(_prefix(group))]
+    elif not store.supports_listing:
         return []
-    keys = [k async for k in store.list_prefix(_prefix(group))]
+    else:
+        keys = [k async for k in store.list_prefix(_prefix(group))]
     # Not "<key>.<id>.partial": a killed write's temporary file.
     wanted = sorted(k for k in keys if k.endswith(".json") and k != skip)
     docs = await asyncio.gather(*(one(k) for k in wanted))

@@ -71,7 +71,7 @@ from toolkit.state.claim import (
     remove_strays,
     take_claim,
 )
-from toolkit.state.leases import job_id
+from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
 from toolkit.state.records import WriteJournal
 from toolkit.write.execute import (
     _SMALL_WRITE_BYTES,
@@ -1001,11 +1001,69 @@ def _append_nodes(
     One graph for the tree would plan every node's rows at the stored length it
     read: two jobs appending to one tree at once would write the same rows, and
     one job's rows would be lost. Through the many-jobs append, each node's rows
-    are reserved in that node's commit log, written hidden and then published:
-    concurrent appenders of a tree (or of one of its groups, as a dataset) all
-    land. A reader may see one node appended before another (each node is a
-    group of its own, published when its rows landed).
+    are reserved in that node's commit log, written hidden and then published. A
+    reader may see one node appended before another (each node is a group of its
+    own, published when its rows landed).
+
+    Tree appends run one at a time (the tree's ``tree-append`` lease): each node
+    has its own commit log, and two jobs reserving at once could take their rows
+    in one order in a parent and in the other in a child that shares its index,
+    tying a child's rows to another job's labels. A job leaves a pending
+    document until every node is appended: a later job that finds another's
+    (its holder died) refuses, naming it, and the interrupted call run again
+    finishes it (each node's append is exactly-once by its job id).
     """
+    base = plan.store
+    if is_icechunk(base) or not supports_atomic_create(base):
+        return _append_each(tree, plan, store, options)
+    tree_job = tokenize(
+        plan.target,
+        plan.group,
+        str(plan.append_dim),
+        [tokenize(_node(tree, p).to_dataset(inherit=False)) for p in plan.paths],
+    )
+    coord = Coordinator(base, plan.group, plan.throttle)
+    locks = LockSet(coord, [_TREE_APPEND], job_id()).start(_append_wait())
+    try:
+        pending = coord.get(_PENDING)
+        if pending is not None and pending.get("job") != tree_job:
+            raise AppendError(
+                f"an append of this tree was interrupted (started {pending.get('started')}, "
+                f"nodes {', '.join(pending.get('nodes') or [])}) and may have appended some "
+                "nodes but not others: run that call again to finish it (it appends only "
+                "what is missing), then this one; nothing was written"
+            )
+        if pending is None:
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            coord.put(_PENDING, {"job": tree_job, "started": started, "nodes": list(plan.paths)})
+        report = _append_each(tree, plan, store, options)
+        locks.leases[0].check()  # fenced: a job that lost the lease leaves the document
+        coord.delete(_PENDING)
+        return report
+    finally:
+        locks.stop()
+
+
+def _node(tree: xr.DataTree, path: str) -> xr.DataTree:
+    node = tree[path]
+    assert isinstance(node, xr.DataTree)  # plan.paths are the tree's nodes
+    return node
+
+
+#: The lease tree appends take in turn, and the document of the one under way.
+_TREE_APPEND = "tree-append"
+_PENDING = "tree-append.json"
+
+
+def _append_wait() -> float:
+    """Seconds a tree append waits for another: ``TOOLKIT_CREATE_TIMEOUT``, or 600."""
+    return float(os.environ.get("TOOLKIT_CREATE_TIMEOUT", "600"))
+
+
+def _append_each(
+    tree: xr.DataTree, plan: TreeWritePlan, store: StoreLike, options: Mapping[str, Any]
+) -> TreeWriteReport:
+    """Every node of ``plan`` appended through the many-jobs append, at once."""
     t0 = time.time()
     inherit = bool(options.get("write_inherited_coords"))
     keep = ("storage_options", "write_empty_chunks", "max_task_bytes", "throttle")
