@@ -48,6 +48,10 @@ def _is_metadata(key: str) -> bool:
     return key.rsplit("/", 1)[-1] in _METADATA
 
 
+# The requests that only read (listings aside).
+_READS = frozenset({"get", "exists", "is_empty"})
+
+
 class SnapshotStore(InterceptStore):
     """Reads kept after their first answer; writes go through and forget their key.
 
@@ -69,6 +73,8 @@ class SnapshotStore(InterceptStore):
         self._small: set[str] = set()
         # Keys asked for by name (prefetch's ``extra``): kept whatever they are.
         self._named: set[str] = set()
+        # Prefixes known to hold nothing (see empty_below).
+        self._empty: set[str] = set()
 
     @property
     def inner(self) -> Store:
@@ -81,7 +87,23 @@ class SnapshotStore(InterceptStore):
         path = key.rsplit("/c/", 1)[0] if "/c/" in key else key.rsplit("/", 1)[0]
         return path in self._small
 
+    def empty_below(self, prefix: str) -> None:
+        """Answer every read under ``prefix`` as of an empty prefix, with no request.
+
+        For a caller that listed ``prefix`` and found nothing (a new tree's root:
+        every node's plan then reads nothing). A write under it ends that.
+        """
+        self._empty.add(prefix)
+
+    def _known_empty(self, key: str) -> bool:
+        return any(key.startswith(p) or f"{key}/".startswith(p) for p in self._empty)
+
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        if self._empty and op not in _READS and not op.startswith("list"):
+            self._empty.clear()  # something is written: nothing is known empty any more
+        elif self._empty and self._known_empty(key):
+            nothing: Any = {"exists": False, "is_empty": True}.get(op)
+            return cast(T, [] if op.startswith("list") else nothing)
         if op in ("set", "set_if_not_exists", "delete"):
             self._kept.pop(("get", key), None)
             self._kept.pop(("exists", key), None)

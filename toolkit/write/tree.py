@@ -53,6 +53,7 @@ from toolkit.errors import (
 )
 from toolkit.io.digests import WrittenStore
 from toolkit.io.metrics import IOMetrics, live_metrics
+from toolkit.io.snapshot import SnapshotStore
 from toolkit.io.stores import (
     StoreLike,
     describe_store,
@@ -517,12 +518,23 @@ def plan_tree_write(
             + f" (its dimensions: {sorted({str(d) for _, n in nodes for d in n.dims})})"
         )
 
+    # A new tree on an object store (nothing in its root group): every node's plan reads
+    # one snapshot, which answers their reads of the nodes' groups with no request (its
+    # listing found none). A local one answers at once anyway (and must not be made).
+    reads: Store = plain
+    if tmode != "w" and not is_icechunk(plain) and not listing_is_free(plain):
+        snap = SnapshotStore(plain)
+        sync(snap.prefetch(group))
+        if snap.listed(_prefix(group)) == []:
+            snap.empty_below(f"{_prefix(group)}/" if _prefix(group) else "")
+            reads = snap
+
     def plan_node(job: tuple[str, xr.Dataset, dict[str, Any]], fmt: int | None) -> WritePlan:
         path, ds, options = job
         try:
             return plan_write(
                 ds,
-                plain,
+                reads,
                 mode=tmode,
                 encoding=enc.get(path),
                 zarr_format=fmt,
