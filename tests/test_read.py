@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -251,3 +252,58 @@ def test_a_coordinate_that_no_chunk_of_decodes_is_not_called_damaged(tmp_path):
     with pytest.raises(ValueError, match="unable to decode time units") as err:
         toolkit.open_zarr(path)
     assert not isinstance(err.value, toolkit.errors.CorruptChunkError)
+
+
+# -- open_datatree --------------------------------------------------------------------
+
+
+def _tree(big: bool) -> xr.DataTree:
+    leaf = xr.Dataset({"w": ("k", np.arange(1100.0 if big else 4.0))})
+    return xr.DataTree.from_dict(
+        {
+            "/": xr.Dataset({"a": ("x", np.arange(3.0))}),
+            "/child": xr.Dataset({"b": ("y", np.arange(2.0))}),
+            "/child/leaf": leaf,
+        }
+    )
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["one-page", "many-pages"])
+def test_open_datatree_refuses_any_nodes_unfinished_write_in_one_round_trip_or_more(s3, big):
+    """A record in a deep node is found whether the tree's first page held every key or not.
+
+    A small tree is read whole from one listing beside the root's documents (one
+    round trip); a bigger one (1,100 chunks in a leaf) lists every node's ``.toolkit/``
+    instead. Either way the tree equals xarray's, and a record of an unfinished write
+    anywhere in it makes the open refuse (``incomplete="ignore"`` reads it anyway).
+    """
+    from toolkit.errors import IncompleteStoreError
+    from toolkit.state.records import record_key
+    from toolkit.testing import FaultProxy
+    from toolkit.testing.ledger import summarize
+
+    tree = _tree(big)
+    name = f"tree-{'big' if big else 'small'}.zarr"
+    url = f"s3://data/{name}"
+    opts = {**s3.storage_options(), "client": "obstore"}
+    enc = {"/child/leaf": {"w": {"chunks": (1,)}}}
+    toolkit.to_zarr(tree, url, storage_options=opts, encoding=enc, progress=False)
+    with FaultProxy(s3.endpoint_url, latency=0.05) as proxy:
+        through = {**opts, **s3.storage_options(proxy.url)}
+        with proxy.ledger() as ledger:
+            got = toolkit.open_datatree(url, storage_options=through)
+        trips = summarize(ledger.requests, root=name).round_trips
+        got = got.load()
+    theirs = xr.open_datatree(resolve_store(url, storage_options=opts), engine="zarr")
+    xr.testing.assert_identical(got, theirs)
+    if big:
+        assert trips >= 2, trips  # the first page did not hold every key: listed by node
+    else:  # one wave, unless a machine loaded above 2 per core sent it in two
+        assert trips == 1 or os.getloadavg()[0] / (os.cpu_count() or 1) > 2, trips
+    raw = s3.client()
+    record = b'{"state": "writing", "started": "2026-12-05T00:00:00Z"}'
+    raw.put_object(Bucket="data", Key=f"{name}/{record_key('child/leaf', 'job-x')}", Body=record)
+    with pytest.raises(IncompleteStoreError, match="job-x"):
+        toolkit.open_datatree(url, storage_options=opts)
+    ignored = toolkit.open_datatree(url, storage_options=opts, incomplete="ignore")
+    assert ignored.groups == got.groups

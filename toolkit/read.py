@@ -37,11 +37,12 @@ from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
+from toolkit.io.clients import list_page
 from toolkit.io.extent import consistent_view
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, array_dims, open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
-from toolkit.io.wrappers import MetadataBuffer, wrap_store
+from toolkit.io.wrappers import InterceptStore, MetadataBuffer, wrap_store
 from toolkit.state.records import aread_records, read_records
 
 __all__ = [
@@ -305,18 +306,22 @@ def open_datatree(
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     share = cluster_share(policy)
     scope = describe_store(plain)
+    stack = wrap_store(plain, share, scope=scope, remote=remote_budget_for)
     # One buffer for the whole tree: a document read once is never read again.
-    zstore = MetadataBuffer(wrap_store(plain, share, scope=scope, remote=remote_budget_for))
+    zstore = MetadataBuffer(stack)
     root = (group or "").strip("/")
-    aligned = isinstance(chunks, str) and chunks == "aligned"
-    want = {"records": incomplete != "ignore", "history": aligned}
     with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-open") as pool:
-        # The root's records and history are listed beside its documents' reads.
-        first = pool.submit(
-            contextvars.copy_context().run, sync, _anode_state(zstore, root or None, **want)
+        # Beside the root's documents, the tree's first page of keys: a small tree's
+        # records and histories, all of them, in the same round trip.
+        first = (
+            pool.submit(
+                contextvars.copy_context().run, sync, _apage(stack, f"{root}/" if root else "")
+            )
+            if stack.supports_listing and (incomplete != "ignore" or chunks == "aligned")
+            else None
         )
         found = zarr.open_group(zstore, path=root, mode="r", use_consolidated=consolidated)
-        root_state = first.result()
+        page = first.result() if first is not None else None
     groups = sorted(
         name
         for name, member in found.members(max_depth=None)
@@ -332,7 +337,7 @@ def open_datatree(
     }
     if found.metadata.consolidated_metadata is not None:
         tree = _open_consolidated_tree(
-            found, paths, zstore, plain, root, share, scope, options, root_state
+            found, paths, zstore, plain, root, share, scope, options, page
         )
         if tree is not None:
             return tree
@@ -361,7 +366,7 @@ def _open_consolidated_tree(
     share: Throttle | None,
     scope: str,
     options: Mapping[str, Any],
-    root_state: tuple[list[dict[str, Any]], tuple[str, ...]],
+    page: tuple[list[str], bool] | None,
 ) -> xr.DataTree | None:
     """The tree of a consolidated store in one more round trip; None to open node by node.
 
@@ -388,10 +393,12 @@ def _open_consolidated_tree(
         return xr.open_groups(zstore, engine="zarr", group=root or None, **rest)  # type: ignore[arg-type]
 
     async def listed() -> list[tuple[list[dict[str, Any]], tuple[str, ...]]]:
-        # The other nodes' records and histories, all at once (the root's are known).
+        # Every node's records and history: from the tree's first page of keys when it
+        # held them all (no request unless a record is there), else listed at once.
+        keys = page[0] if page is not None and page[1] else None
         want = {"records": incomplete != "ignore", "history": aligned}
-        rest = await asyncio.gather(*(_anode_state(zstore, g, **want) for g in groups[1:]))
-        return [root_state, *rest]
+        states = [_anode_state(zstore, g, listed=keys, **want) for g in groups]
+        return list(await asyncio.gather(*states))
 
     with cf.ThreadPoolExecutor(1, thread_name_prefix="toolkit-open") as pool:
         # xarray's open, beside the listings (in a copy of this thread's context).
@@ -425,19 +432,36 @@ def _open_consolidated_tree(
 
 
 async def _anode_state(
-    store: Store, group: str | None, *, records: bool, history: bool
+    store: Store,
+    group: str | None,
+    *,
+    records: bool,
+    history: bool,
+    listed: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
     """A group's unfinished write records and written history, from one listing.
 
     One LIST of the group's ``.toolkit/`` (LISTs are paced: one per group, not
-    two), then the records found fetched at once (none in a finished store).
+    two), or ``listed`` (a whole listing of the group, or of a tree holding it),
+    then the records found fetched at once (none in a finished store).
     """
-    if not (records or history) or not store.supports_listing:
+    if not (records or history) or (listed is None and not store.supports_listing):
         return [], ()
     top = f"{group.strip('/')}/" if group and group.strip("/") else ""
-    keys = [k async for k in store.list_prefix(f"{top}{RESERVED_PREFIX}/")]
+    keys = (
+        [k async for k in store.list_prefix(f"{top}{RESERVED_PREFIX}/")]
+        if listed is None
+        else [k for k in listed if k.startswith(f"{top}{RESERVED_PREFIX}/")]
+    )
     written = tuple(sorted(k for k in keys if k.startswith(top + _HISTORY))) if history else ()
     return (await aread_records(store, group, listed=keys) if records else []), written
+
+
+async def _apage(store: Store, prefix: str) -> tuple[list[str], bool]:
+    """One LIST request's keys under ``prefix`` and whether that is all (through ``store``)."""
+    if isinstance(store, InterceptStore):
+        return await store.list_page(prefix)
+    return await list_page(store, prefix)
 
 
 def _written_history(store: Store, group: str | None) -> tuple[str, ...]:

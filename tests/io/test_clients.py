@@ -256,6 +256,39 @@ def test_deleting_a_prefix_is_one_request_per_thousand_keys(s3):
     assert sync(clients.list_keys(direct, "")) == ["b/keep"]
 
 
+@pytest.mark.parametrize("client", ["obstore", "s3fs"])
+def test_a_listings_first_page_is_one_request_and_says_whether_it_is_all(s3, client):
+    """``list_page``: a small prefix whole in one LIST; a big one's first page, said so."""
+    bucket = _bucket(s3, f"page-{client}")
+    opts = {**s3.storage_options(), "client": client}
+    direct = resolve_store(f"s3://{bucket}/d", storage_options=opts)
+
+    async def fill() -> None:
+        import asyncio
+
+        gate = asyncio.Semaphore(64)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await direct.set(key, Buffer.from_bytes(b"x"))
+
+        await asyncio.gather(*(one(f"big/c/{i:04d}") for i in range(1200)))
+        await asyncio.gather(*(one(f"small/{i}") for i in range(3)))
+
+    sync(fill())
+    with FaultProxy(s3.endpoint_url) as proxy:
+        through = {**opts, **s3.storage_options(proxy.url)}
+        store = wrap_store(resolve_store(f"s3://{bucket}/d", storage_options=through), Throttle())
+        small = sync(store.list_page("small/"))
+        assert proxy.counts.by_method.get("GET", 0) == 1
+        big = sync(store.list_page("big/"))
+        assert proxy.counts.by_method.get("GET", 0) == 2  # one LIST each, never a second page
+    assert small == (["small/0", "small/1", "small/2"], True)
+    keys, whole = big
+    assert not whole and 0 < len(keys) <= clients.PAGE
+    assert keys == sorted(keys) and all(k.startswith("big/c/") for k in keys)
+
+
 # -- toolkit through a zarr ObjectStore the caller built ---------------------------------
 
 

@@ -51,6 +51,7 @@ from toolkit.runtime import Registry, Slot
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "PAGE",
     "READ_TIMEOUT",
     "BotocoreCredentials",
     "BulkDeleteObjectStore",
@@ -61,6 +62,7 @@ __all__ = [
     "default_client",
     "has_own_retries",
     "list_keys",
+    "list_page",
     "listed_self",
     "location",
     "open_url",
@@ -921,6 +923,25 @@ async def list_keys(base: Store, prefix: str) -> list[str]:
     a LIST, in turn); obstore's listing (what zarr's ``ObjectStore`` uses)
     already is one paginated LIST, as is any other store's own.
     """
+    keys, _ = await _listed(base, prefix, None)
+    return keys
+
+
+async def list_page(base: Store, prefix: str) -> tuple[list[str], bool]:
+    """The keys under ``prefix`` that one LIST request answers, and whether that is all.
+
+    For a caller that reads a small store whole in one round trip and falls
+    back to narrower listings when it is not small. A listing that costs no
+    request (a directory, memory) is always whole.
+    """
+    return await _listed(base, prefix, PAGE)
+
+
+#: Keys one LIST request answers (S3's and Azure's page).
+PAGE = 1000
+
+
+async def _listed(base: Store, prefix: str, limit: int | None) -> tuple[list[str], bool]:
     if isinstance(base, FsspecStore) and _is_s3fs(type(base.fs)):
         root = base.path.rstrip("/")
         bucket, _, key_root = f"{root}/{prefix}".partition("/")
@@ -930,10 +951,25 @@ async def list_keys(base: Store, prefix: str) -> list[str]:
             out = await base.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key_root, **token)
             keys += [o["Key"] for o in out.get("Contents", [])]
             if not out.get("IsTruncated"):
+                whole = True
+                break
+            if limit is not None:
+                whole = False
                 break
             token = {"ContinuationToken": out["NextContinuationToken"]}
         strip = len(root.partition("/")[2]) + 1 if "/" in root else 0
         # A key ending in "/" is a folder placeholder (some tools make them): no Zarr key.
-        return [k[strip:] for k in keys if not k.endswith("/")]
+        return [k[strip:] for k in keys if not k.endswith("/")], whole
     own = listed_self(base)
-    return [k async for k in base.list_prefix(prefix) if k != own]
+    if limit is None or isinstance(base, LocalStore | MemoryStore):
+        return [k async for k in base.list_prefix(prefix) if k != own], True
+    # obstore's listing (zarr's ObjectStore) asks for the next page only when its keys
+    # are read: the page's last key is not read, so no second request goes out.
+    found: list[str] = []
+    async for k in base.list_prefix(prefix):
+        if k == own:
+            continue
+        if len(found) == limit - 1:
+            return found, False
+        found.append(k)
+    return found, True

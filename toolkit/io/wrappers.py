@@ -8,6 +8,7 @@ the others.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import copy
 import hashlib
@@ -295,6 +296,21 @@ class InterceptStore(_OwnWrapper):
     @override
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
         return self._listing("list_dir", prefix, lambda: _collect(self._store.list_dir(prefix)))
+
+    async def list_page(self, prefix: str) -> tuple[builtins.list[str], bool]:
+        """The keys one LIST request answers under ``prefix``, and whether that is all.
+
+        See :func:`toolkit.io.clients.list_page`: a small store's whole listing in
+        one round trip, through every wrapper's budget, retries and metrics.
+        """
+        inner = self._store
+
+        async def page() -> tuple[builtins.list[str], bool]:
+            if isinstance(inner, InterceptStore):
+                return await inner.list_page(prefix)
+            return await clients.list_page(inner, prefix)
+
+        return await self._call("list_prefix", f"{prefix}?page", page)
 
 
 def digest(data: bytes) -> str:
