@@ -5,7 +5,8 @@ the layers below it. These tests add the rules it has no contract for: no
 import cycle anywhere in the package, toolkit modules imported inside functions
 only where an optional extra is dispatched (the dashboard's Bokeh page) or for
 the CLI's start-up time, private names used only inside their own subpackage,
-and nothing done to the process by importing toolkit.
+upstream libraries' private names used only in toolkit.upstream, and nothing done
+to the process by importing toolkit.
 """
 
 from __future__ import annotations
@@ -280,3 +281,214 @@ class L:
         p.write_text(source)
         bound = sorted({b for b, _ in _module_state("m", p)})
     assert bound == ["A", "B", "C", "D", "E", "F", "K", "shared"]
+
+
+# ------------------------------------------------------------------- upstream's private names
+
+#: The upstream libraries whose private names only ``toolkit.upstream`` may use.
+UPSTREAM = frozenset(
+    {
+        "xarray", "zarr", "fsspec", "s3fs", "obstore", "icechunk", "numpy", "pandas", "dask",
+        "distributed", "numcodecs", "botocore", "aiobotocore", "bokeh",
+    }
+)  # fmt: skip
+
+#: Upstream modules that are private though no part of their name starts with "_": all
+#: of ``zarr.core`` (zarr 3.1's release notes), and xarray's internals (its API is the
+#: ``xarray`` namespace and a few public submodules; ``xarray.backends`` is public, its
+#: submodules are not).
+PRIVATE_MODULES = (
+    "zarr.core",
+    "xarray.core",
+    "xarray.coding",
+    "xarray.conventions",
+    "xarray.namedarray",
+    "xarray.structure",
+    "xarray.computation",
+)
+
+#: Private attribute names that are upstream's *and* names toolkit uses for its own (so
+#: not told apart by toolkit defining them): upstream's on anything but ``self``, ``cls``,
+#: and the ``other`` and ``clone`` of toolkit's own wrappers' ``__eq__`` and ``_with_store``.
+SHADOWED = frozenset({"_store", "_session", "_get_many", "_set_many"})
+_OWN_BASES = frozenset({"self", "cls", "other", "clone"})
+
+#: Private names of the standard library used by toolkit, each with why it is fine.
+STDLIB_PRIVATE = {"os._exit": "documented: exit at once, without cleanup (the CLI's child)"}
+
+#: Upstream private names still used outside toolkit.upstream, in modules another session
+#: was editing when the rule came: each is to become the name given (then drop it here).
+UPSTREAM_PRIVATE_PENDING = {
+    ("toolkit.read", "zarr.core.buffer.default_buffer_prototype"): (
+        "zarr.buffer.default_buffer_prototype"
+    ),
+    ("toolkit.read", "zarr.core.sync.sync"): "toolkit.upstream.sync",
+    ("toolkit.read", "xarray.conventions.decode_cf_variable"): (
+        "toolkit.upstream.decode_cf_variable"
+    ),
+    ("toolkit.write.tree", "zarr.core.sync.sync"): "toolkit.upstream.sync",
+    ("toolkit.state.records", "zarr.core.buffer.default_buffer_prototype"): (
+        "zarr.buffer.default_buffer_prototype"
+    ),
+    ("toolkit.state.records", "zarr.core.sync.sync"): "toolkit.upstream.sync",
+}
+
+
+def _private_module(module: str) -> bool:
+    parts = module.split(".")
+    return (
+        any(p.startswith("_") for p in parts)
+        or any(module == m or module.startswith(m + ".") for m in PRIVATE_MODULES)
+        or (len(parts) > 2 and parts[:2] == ["xarray", "backends"])
+    )
+
+
+def _defined_names(paths: list[Path]) -> set[str]:
+    """Every name toolkit gives anything: functions, classes, attributes, variables, keys."""
+    out: set[str] = set()
+    for path in paths:
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                out.add(n.name)
+            elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store):
+                out.add(n.attr)
+            elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                out.add(n.id)
+            elif isinstance(n, ast.arg):
+                out.add(n.arg)
+            elif isinstance(n, ast.alias):
+                out.add(n.asname or n.name.split(".")[0])
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                out.add(n.value)  # attributes set through a class body or __dict__
+    return out
+
+
+def _upstream_private_uses(path: Path, defined: set[str]) -> list[tuple[str, int]]:
+    """(the upstream private name, line) for each use in the module at ``path``."""
+    found = []
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+            if n.module.split(".")[0] not in UPSTREAM:
+                continue
+            for a in n.names:
+                if _private_module(n.module) or a.name.startswith("_"):
+                    found.append((f"{n.module}.{a.name}", n.lineno))
+        elif isinstance(n, ast.Import):
+            for a in n.names:
+                if a.name.split(".")[0] in UPSTREAM and _private_module(a.name):
+                    found.append((a.name, n.lineno))
+        elif isinstance(n, ast.Attribute) and n.attr.startswith("_"):
+            if n.attr.startswith("__"):
+                continue
+            base = n.value.id if isinstance(n.value, ast.Name) else "<expression>"
+            if base in _OWN_BASES or f"{base}.{n.attr}" in STDLIB_PRIVATE:
+                continue
+            if n.attr in SHADOWED or n.attr not in defined:
+                found.append((f"{base}.{n.attr}", n.lineno))
+    return found
+
+
+def _all_upstream_private_uses() -> dict[tuple[str, str], int]:
+    mods = _modules()
+    defined = _defined_names(list(mods.values()))
+    return {
+        (name, what): line
+        for name, path in mods.items()
+        if name != "toolkit.upstream"
+        for what, line in _upstream_private_uses(path, defined)
+    }
+
+
+def test_only_toolkit_upstream_uses_upstream_private_names():
+    """xarray's, zarr's, s3fs's, Icechunk's private names are used in toolkit.upstream alone.
+
+    Each has a function there saying what it stands for and why, and a test in
+    tests/test_upstream.py that fails when upstream changes it.
+    """
+    found = [
+        f"{name}:{line} uses {what}"
+        for (name, what), line in sorted(_all_upstream_private_uses().items())
+        if (name, what) not in UPSTREAM_PRIVATE_PENDING
+    ]
+    assert found == [], (
+        "an upstream private name outside toolkit.upstream: add a function there (with a "
+        "test in tests/test_upstream.py) and call it"
+    )
+
+
+def test_what_is_pending_is_still_there():
+    uses = _all_upstream_private_uses()
+    for (name, what), instead in UPSTREAM_PRIVATE_PENDING.items():
+        assert (name, what) in uses, f"{name} no longer uses {what}: drop it from the list"
+        assert instead
+
+
+def test_the_upstream_check_sees_private_names():
+    """The rule itself: what it flags and what it lets through."""
+    source = """
+import os
+import zarr.core.sync
+from zarr.core.buffer import default_buffer_prototype
+from zarr.storage._utils import _normalize_byte_range_index
+from zarr.abc.store import Store, _store_supports_sync_io
+from zarr.buffer import default_buffer_prototype
+from xarray.backends.writers import dump_to_store
+from xarray.backends import BackendEntrypoint
+from toolkit._util import backoff
+class W:
+    def _with_store(self, store):
+        clone = object()
+        clone._store = store
+        return self._store == store._store
+async def f(fs, g, session, s):
+    await fs._call_s3("get_object")
+    g._async_group, session._session, W._with_store, Store._get_many(s, [])
+    os._exit(0)
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.py"
+        p.write_text(source)
+        found = sorted({what for what, _ in _upstream_private_uses(p, _defined_names([p]))})
+    assert found == [
+        "Store._get_many",
+        "fs._call_s3",
+        "g._async_group",
+        "session._session",
+        "store._store",
+        "xarray.backends.writers.dump_to_store",
+        "zarr.abc.store._store_supports_sync_io",
+        "zarr.core.buffer.default_buffer_prototype",
+        "zarr.core.sync",
+        "zarr.storage._utils._normalize_byte_range_index",
+    ]
+
+
+def test_upstream_hooks_that_toolkit_overrides_are_listed():
+    """A toolkit class overriding a private method of an upstream base names it in STORE_HOOKS.
+
+    (zarr calls those hooks on toolkit's wrappers; tests/test_upstream.py checks it still does.)
+    """
+    import importlib
+    import inspect
+    import pkgutil
+
+    from toolkit.upstream import STORE_HOOKS
+
+    overridden: dict[str, set[str]] = {}
+    for info in pkgutil.walk_packages(toolkit.__path__, "toolkit."):
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+                continue
+            for attr in vars(cls):
+                if not attr.startswith("_") or attr.startswith("__") or attr == "_abc_impl":
+                    continue
+                for base in cls.__mro__[1:]:
+                    if base.__module__.split(".")[0] in UPSTREAM and attr in vars(base):
+                        overridden.setdefault(attr, set()).add(cls.__qualname__)
+    assert set(overridden) <= set(STORE_HOOKS), {
+        k: v for k, v in overridden.items() if k not in STORE_HOOKS
+    }
+    assert set(overridden) == set(STORE_HOOKS), "a hook in STORE_HOOKS nobody overrides"

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import Buffer
-from zarr.core.buffer.cpu import Buffer as CPUBuffer
-from zarr.core.sync import sync
+from zarr.abc.buffer import Buffer
+from zarr.buffer.cpu import Buffer as CPUBuffer
 
 from toolkit import runtime
 from toolkit.errors import MissingExtraError
 from toolkit.runtime import Slot
+from toolkit.upstream import is_zarr_chunk_task, sync
 
 __all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine", "zarr_concurrency"]
 
@@ -113,22 +113,18 @@ def settle_zarr_calls(timeout: float) -> bool:
     still wait on zarr's semaphore, on zarr's event loop. Refused by an aborted
     write, they end in moments; a process that exits before that prints
     "Task was destroyed but it is pending" for each. True when none is left.
-    (zarr's private loop and the name of its task function live here alone.)
+    (The name of zarr's task function: :func:`toolkit.upstream.is_zarr_chunk_task`.)
     """
 
     async def settled() -> bool:
         me = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not me and _zarr_chunk_task(t)]
+        left = [t for t in asyncio.all_tasks() if t is not me and is_zarr_chunk_task(t)]
         if not left:
             return True
         _, pending = await asyncio.wait(left, timeout=timeout)
         return not pending
 
     return bool(sync(settled()))
-
-
-def _zarr_chunk_task(task: asyncio.Task[Any]) -> bool:
-    return "concurrent_iter" in getattr(task.get_coro(), "__qualname__", "")
 
 
 class Background:

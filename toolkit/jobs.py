@@ -21,7 +21,6 @@ import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 from dask.utils import format_bytes
-from zarr.core.sync import sync
 
 from toolkit._render import text_table
 from toolkit._util import need_netcdf_engine
@@ -33,6 +32,7 @@ from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.rechunk import rechunk
+from toolkit.upstream import sync
 from toolkit.write.execute import WriteReport, execute, plan_resumable
 from toolkit.write.layout import choose_layout
 from toolkit.write.plan import CF_ENCODING_KEYS, DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write

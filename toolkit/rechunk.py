@@ -41,8 +41,7 @@ import xarray as xr
 from dask.base import tokenize
 from dask.utils import format_bytes, parse_bytes
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 
 from toolkit._render import html_table, text_table
 from toolkit.errors import ExistingStoreError, PlanError, RechunkError
@@ -59,6 +58,7 @@ from toolkit.io.stores import (
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.read import open_zarr
 from toolkit.state.records import ResumeLog
+from toolkit.upstream import sync
 from toolkit.write.execute import WriteReport, execute, plan_resumable
 from toolkit.write.layout import choose_layout
 

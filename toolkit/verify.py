@@ -33,6 +33,7 @@ from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
 from toolkit.state.manifest import aread_manifest, is_metadata
+from toolkit.upstream import sync
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -306,8 +307,7 @@ def _verify_manifest(
     """
     import asyncio
 
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+    from zarr.buffer import default_buffer_prototype
 
     url = target if isinstance(target, str) else None
     store = wrap_store(_readonly(target, storage_options), Throttle.for_url(url) if url else None)
@@ -404,7 +404,6 @@ def _readonly(target: StoreLike, storage_options: Mapping[str, Any] | None = Non
 
 def _holds_anything(store: Any) -> bool:
     """Whether a store holds at least one object (one listing request)."""
-    from zarr.core.sync import sync
 
     async def first() -> bool:
         async for _ in store.list_prefix(""):

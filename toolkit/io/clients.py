@@ -48,6 +48,7 @@ from toolkit._util import backoff
 from toolkit.errors import MissingExtraError
 from toolkit.io.throttle import http_status
 from toolkit.runtime import Registry, Slot
+from toolkit.upstream import call_s3, pipe_file_create
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -853,7 +854,7 @@ async def create_if_absent(base: Store, key: str, data: bytes) -> bool:
     for attempt in range(8):
         try:
             if isinstance(base, FsspecStore):
-                await base.fs._pipe_file(f"{base.path.rstrip('/')}/{key}", data, mode="create")
+                await pipe_file_create(base.fs, f"{base.path.rstrip('/')}/{key}", data)
             else:
                 import obstore
 
@@ -948,7 +949,7 @@ async def _listed(base: Store, prefix: str, limit: int | None) -> tuple[list[str
         keys: list[str] = []
         token: dict[str, str] = {}
         while True:
-            out = await base.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=key_root, **token)
+            out = await call_s3(base.fs, "list_objects_v2", Bucket=bucket, Prefix=key_root, **token)
             keys += [o["Key"] for o in out.get("Contents", [])]
             if not out.get("IsTruncated"):
                 whole = True

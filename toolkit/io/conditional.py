@@ -41,13 +41,13 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from zarr.abc.store import Store
-from zarr.core.buffer.cpu import Buffer
+from zarr.buffer.cpu import Buffer
 from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore, WrapperStore
 
 from toolkit.errors import (
@@ -60,6 +60,7 @@ from toolkit.errors import (
 from toolkit.io.clients import list_keys
 from toolkit.io.stores import describe_store
 from toolkit.io.throttle import Throttle, classify_error, http_status
+from toolkit.upstream import call_s3, memory_store_dict, wrapped_store
 
 __all__ = [
     "ConditionalStore",
@@ -105,7 +106,7 @@ class ConditionalStore(ABC):
     """Versioned reads and conditional writes on one store (keys relative to its root).
 
     Use :func:`conditional_store` to get the one for a zarr store. Every method
-    is a coroutine: run it with ``zarr.core.sync.sync`` from plain code, or
+    is a coroutine: run it with :func:`toolkit.upstream.sync` (zarr's) from plain code, or
     await it on zarr's event loop.
     """
 
@@ -373,9 +374,9 @@ class _MemoryConditional(ConditionalStore):
         self._lock = _memory_lock(store)
 
     @property
-    def _dict(self) -> dict[str, Any]:
+    def _dict(self) -> MutableMapping[str, Any]:
         assert isinstance(self.store, MemoryStore)
-        return self.store._store_dict  # type: ignore[return-value]
+        return memory_store_dict(self.store)
 
     async def _get(self, key: str) -> Versioned | None:
         with self._lock:
@@ -477,7 +478,7 @@ class _S3fsConditional(ConditionalStore):
     async def _get(self, key: str) -> Versioned | None:
         fs, bucket, path = self._where(key)
         try:
-            out = await fs._call_s3("get_object", Bucket=bucket, Key=path)
+            out = await call_s3(fs, "get_object", Bucket=bucket, Key=path)
         except FileNotFoundError:
             return None
         body = out["Body"]
@@ -490,8 +491,8 @@ class _S3fsConditional(ConditionalStore):
     async def _create(self, key: str, data: bytes) -> str | None:
         fs, bucket, path = self._where(key)
         try:
-            out = await fs._call_s3(
-                "put_object", Bucket=bucket, Key=path, Body=data, IfNoneMatch="*"
+            out = await call_s3(
+                fs, "put_object", Bucket=bucket, Key=path, Body=data, IfNoneMatch="*"
             )
         except Exception as e:
             if _answer(e) != "exists":
@@ -505,8 +506,8 @@ class _S3fsConditional(ConditionalStore):
     async def _replace(self, key: str, data: bytes, version: str) -> str | None:
         fs, bucket, path = self._where(key)
         try:
-            out = await fs._call_s3(
-                "put_object", Bucket=bucket, Key=path, Body=data, IfMatch=version
+            out = await call_s3(
+                fs, "put_object", Bucket=bucket, Key=path, Body=data, IfMatch=version
             )
         except FileNotFoundError:
             return None
@@ -583,7 +584,7 @@ _EXISTS_CODES = frozenset({"PreconditionFailed", "BlobAlreadyExists", "Condition
 
 def _base(store: Store) -> Store:
     while isinstance(store, WrapperStore):
-        store = store._store
+        store = wrapped_store(store)
     return store
 
 

@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 from typing import Self, override
 
+from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
-from zarr.core.buffer import Buffer
 
 from toolkit.io.wrappers import InterceptStore
 

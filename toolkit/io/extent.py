@@ -27,15 +27,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
 import xarray as xr
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.core.buffer.cpu import Buffer as CPUBuffer
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
+from zarr.buffer.cpu import Buffer as CPUBuffer
 from zarr.storage import WrapperStore
-from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.io.conditional import ConditionalStore
 from toolkit.io.groups import array_dims, open_group
+from toolkit.upstream import normalize_byte_range, sync
 
 __all__ = [
     "ArrayExtent",
@@ -389,7 +389,7 @@ class ExtentStore(WrapperStore[Store]):
         if buf is None:
             return None
         data = self._looks(key, buf.to_bytes())
-        start, stop = _normalize_byte_range_index(CPUBuffer.from_bytes(data), byte_range)
+        start, stop = normalize_byte_range(CPUBuffer.from_bytes(data), byte_range)
         return prototype.buffer.from_bytes(data[start:stop])
 
     async def get_partial_values(

@@ -11,12 +11,12 @@ from typing import Any, Literal
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 
 from toolkit.errors import CorruptMetadataError, ToolkitError
 from toolkit.io.reserved import RESERVED_PREFIX
 from toolkit.io.stores import display_store
+from toolkit.upstream import async_group, sync
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -107,7 +107,7 @@ def _member_arrays(store: Store, g: zarr.Group) -> dict[str, zarr.Array[Any]]:
     parsed raises :class:`~toolkit.errors.CorruptMetadataError` instead of
     being skipped (or failing with a bare ``JSONDecodeError``).
     """
-    node = g._async_group
+    node = async_group(g)
     base = node.store_path.path
 
     async def one(name: str, limit: asyncio.Semaphore) -> tuple[str, Any]:

@@ -19,15 +19,15 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype
-from zarr.core.buffer.cpu import Buffer as CPUBuffer
+from zarr.buffer.cpu import Buffer as CPUBuffer
 from zarr.storage import WrapperStore
-from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit.io.conditional import ConditionalStore, Versioned
 from toolkit.io.digests import Written
 from toolkit.io.wrappers import MetricsStore, ThrottleStore
+from toolkit.upstream import normalize_byte_range, wrapped_store
 
 __all__ = ["ConditionalUnits", "UnitConflict"]
 
@@ -51,7 +51,7 @@ def _through[T](stack: Store, op: str, key: str, fn: Callable[[], Awaitable[T]])
     while isinstance(s, WrapperStore):
         if isinstance(s, ThrottleStore | MetricsStore):
             layers.append(s)
-        s = s._store
+        s = wrapped_store(s)
     call = fn
     for layer in reversed(layers):  # innermost first
         call = functools.partial(layer._call, op, key, call)
@@ -116,7 +116,7 @@ class ConditionalUnits(WrapperStore[Store]):
         got = await self._versioned(key)
         if got is None:
             return None
-        start, stop = _normalize_byte_range_index(CPUBuffer.from_bytes(got.data), byte_range)
+        start, stop = normalize_byte_range(CPUBuffer.from_bytes(got.data), byte_range)
         return prototype.buffer.from_bytes(got.data[start:stop])
 
     async def get_partial_values(

@@ -13,6 +13,7 @@ from zarr.storage import LocalStore, MemoryStore, WrapperStore
 from toolkit.io import clients
 from toolkit.io.reserved import hide_reserved_prefix_warnings
 from toolkit.io.throttle import Throttle
+from toolkit.upstream import wrapped_store
 
 __all__ = [
     "StoreLike",
@@ -128,7 +129,7 @@ def display_location(where: str) -> str:
 def unwrap(store: Store) -> Store:
     """The innermost store below any wrappers."""
     while isinstance(store, WrapperStore):
-        store = store._store
+        store = wrapped_store(store)
     return store
 
 

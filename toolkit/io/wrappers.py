@@ -32,11 +32,10 @@ from types import MappingProxyType
 from typing import Any, Protocol, Self, TypeVar, cast, override, runtime_checkable
 
 import zarr
-from zarr.abc.store import ByteRequest, Store, _store_supports_sync_io
-from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.abc.buffer import Buffer, BufferPrototype
+from zarr.abc.store import ByteRequest, Store
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import WrapperStore
-from zarr.storage._utils import _normalize_byte_range_index
 
 from toolkit import runtime
 from toolkit.errors import (
@@ -62,6 +61,13 @@ from toolkit.io.throttle import (
     retry_after,
 )
 from toolkit.runtime import Slot
+from toolkit.upstream import (
+    get_many_through_get,
+    normalize_byte_range,
+    store_supports_sync_io,
+    sync,
+    wrapped_store,
+)
 
 __all__ = [
     "ACCESS_HINT",
@@ -239,7 +245,7 @@ class InterceptStore(_OwnWrapper):
     async def _get_many(
         self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
     ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
-        async for item in Store._get_many(self, requests):
+        async for item in get_many_through_get(self, requests):
             yield item
 
     @override
@@ -399,7 +405,7 @@ class MetricsStore(InterceptStore):
 
     @property
     def _supports_sync_io(self) -> bool:
-        return _store_supports_sync_io(self._store)
+        return store_supports_sync_io(self._store)
 
     @property
     def inflight(self) -> int:
@@ -878,7 +884,7 @@ class MetadataBuffer(_OwnWrapper):
         buf = await self._lookup(key)
         if buf is None:
             return None
-        start, stop = _normalize_byte_range_index(buf, byte_range)
+        start, stop = normalize_byte_range(buf, byte_range)
         return prototype.buffer.from_bytes(buf.to_bytes()[start:stop])
 
     @override
@@ -1102,8 +1108,9 @@ def without_client_retries(store: Store) -> Store:
 
 def _quiet_stack(store: Store) -> Store:
     if isinstance(store, _OwnWrapper):
-        inner = _quiet_stack(store._store)
-        return store if inner is store._store else store._with_store(inner)
+        below = wrapped_store(store)
+        inner = _quiet_stack(below)
+        return store if inner is below else store._with_store(inner)
     if isinstance(store, WrapperStore):
         if clients.has_own_retries(unwrap(store)):
             logger.debug(
@@ -1123,7 +1130,7 @@ def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:
             return store
         if not isinstance(store, WrapperStore):
             return None
-        store = store._store
+        store = wrapped_store(store)
 
 
 def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
@@ -1131,8 +1138,8 @@ def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
 
     No request is made: the metadata already in ``array`` is reused.
     """
-    from zarr.core.array import AsyncArray
-    from zarr.storage._common import StorePath
+    from zarr import AsyncArray
+    from zarr.storage import StorePath
 
     a = array.async_array
     return zarr.Array(AsyncArray(a.metadata, StorePath(store, a.store_path.path), a.config))

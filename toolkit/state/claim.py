@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
@@ -52,6 +51,7 @@ from toolkit.io.stores import describe_store, display_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
 from toolkit.state.records import WriteJournal
+from toolkit.upstream import sync
 
 _log = logging.getLogger(__name__)
 
@@ -396,8 +396,7 @@ class CreationClaim:
         key = (doc or {}).get("record")
         if not isinstance(key, str):
             return True
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
+        from zarr.buffer import default_buffer_prototype
 
         buf = sync(unwrap(self.store).get(key, default_buffer_prototype()))
         # Done or failed: its watcher gives the claim up within a moment; wait for it.

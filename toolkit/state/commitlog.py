@@ -40,12 +40,11 @@ from dataclasses import dataclass, field
 from types import EllipsisType
 from typing import Any
 
-from zarr.core.sync import sync
-
 from toolkit._util import Background, backoff
 from toolkit.errors import LeaseTimeoutError
 from toolkit.io.reserved import RESERVED_PREFIX
 from toolkit.state.leases import Coordinator, Lease, default_ttl, gather_limited, job_id, numbered
+from toolkit.upstream import sync
 
 __all__ = ["HEAD", "Batch", "CommitLog", "CommitStats", "log_head_key"]
 

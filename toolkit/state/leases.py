@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 
 from toolkit._util import backoff, encode_json
 from toolkit.errors import LeaseLostError, LeaseTimeoutError
@@ -53,6 +52,7 @@ from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.stores import describe_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import RetryStore, find_wrapper
+from toolkit.upstream import sync
 
 _log = logging.getLogger(__name__)
 

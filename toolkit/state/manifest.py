@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 
 from toolkit._util import encode_json
 from toolkit.io.conditional import conditional_store
 from toolkit.io.groups import RESERVED_PREFIX
+from toolkit.upstream import sync
 
 __all__ = [
     "ALGORITHM",
@@ -171,7 +171,7 @@ async def awrite_fragment(store: Store, group: str | None, token: str, objects: 
     write, through its budget and retries. Keys of toolkit's own state
     (under ``.toolkit/``) are no dataset objects and are left out.
     """
-    from zarr.core.buffer.cpu import Buffer
+    from zarr.buffer.cpu import Buffer
 
     objects = {k: v for k, v in objects.items() if not _own_state(k)}
     if not objects:

@@ -65,8 +65,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from zarr.abc.store import Store
-from zarr.core.buffer.cpu import Buffer
-from zarr.core.sync import sync
+from zarr.buffer.cpu import Buffer
 
 import toolkit
 from toolkit.errors import ExistingStoreError, LeaseLostError, LeaseTimeoutError
@@ -76,6 +75,7 @@ from toolkit.state import leases as _leases
 from toolkit.state.claim import CreationClaim, clear_group, group_contents
 from toolkit.state.commitlog import HEAD, Batch, CommitLog
 from toolkit.state.leases import Coordinator, Lease, LockSet, numbered
+from toolkit.upstream import sync
 
 __all__ = [
     "CommitLogTests",

@@ -30,12 +30,8 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import format_bytes
-from xarray.backends.common import ArrayWriter
-from xarray.backends.writers import dump_to_store, get_writable_zarr_store
-from xarray.coding.common import SerializationWarning
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 
 from toolkit._render import html_table, text_table
 from toolkit._util import Background, backoff
@@ -82,6 +78,15 @@ from toolkit.state.commitlog import log_head_key
 from toolkit.state.leases import Coordinator, job_id
 from toolkit.state.manifest import objects_of_lists, write_fragment
 from toolkit.state.records import ResumeLog, WriteJournal
+from toolkit.upstream import (
+    DATAARRAY_NAME,
+    DATAARRAY_VARIABLE,
+    ArrayWriter,
+    autodetect_region,
+    dump_to_store,
+    sync,
+    writable_zarr_store,
+)
 from toolkit.write.graph import (
     WriteIO,
     WriteSource,
@@ -227,13 +232,13 @@ def _write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSourc
                     "to determine a data type that can be safely stored on disk. "
                     "To avoid this, coerce this variable to a fixed-size dtype "
                     "with astype() before saving it.",
-                    SerializationWarning,
+                    xr.SerializationWarning,
                     stacklevel=4,
                 )
             ds.variables[name].data = ds.variables[name].compute().data
-    zstore = get_writable_zarr_store(
+    zstore = writable_zarr_store(
         store,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         group=plan.group,
         consolidated=plan.consolidated,
         append_dim=plan.append_dim,
@@ -242,12 +247,12 @@ def _write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSourc
         zarr_format=plan.zarr_format,
         write_empty_chunks=plan.write_empty_chunks,
     )
-    ds = zstore._validate_and_autodetect_region(ds)
+    ds = autodetect_region(zstore, ds)
     writer = _CapturingWriter()
     with warnings.catch_warnings():
         # zarr warns that v3 consolidated metadata is an extension; xarray chose it.
         warnings.filterwarnings("ignore", "Consolidated metadata", category=UserWarning)
-        dump_to_store(ds, zstore, writer, encoding=dict(plan.encoding))
+        dump_to_store(ds, zstore, writer, encoding=plan.encoding)
     out = []
     for vp in plan.variables:
         source, target = writer.captured[vp.name]
@@ -905,8 +910,6 @@ def as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
         return obj
     if not isinstance(obj, xr.DataArray):
         raise TypeError(f"to_zarr needs an xarray Dataset or DataArray, got {type(obj).__name__}")
-    from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
-
     if obj.name is None:
         return obj.to_dataset(name=DATAARRAY_VARIABLE)
     if obj.name in obj.coords or obj.name in obj.dims:

@@ -26,8 +26,7 @@ import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from zarr.abc.store import Store
-from zarr.core.buffer.cpu import Buffer
-from zarr.core.sync import sync
+from zarr.buffer.cpu import Buffer
 
 from toolkit import grid, runtime
 from toolkit._util import backoff, settle_zarr_calls, zarr_concurrency
@@ -42,6 +41,7 @@ from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import MetricsStore, find_wrapper, rebind, wrap_store
 from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.state.records import task_marker
+from toolkit.upstream import sync
 from toolkit.write.plan import VariablePlan, WritePlan
 
 __all__ = [
@@ -310,7 +310,7 @@ def _writing_empty_chunks(array: zarr.Array[Any]) -> zarr.Array[Any]:
     """``array`` set to write chunks that hold only the fill value (never delete them)."""
     from dataclasses import replace as _with
 
-    from zarr.core.array import AsyncArray
+    from zarr import AsyncArray
 
     a = array.async_array
     return zarr.Array(

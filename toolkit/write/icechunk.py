@@ -55,6 +55,12 @@ from toolkit.state.claim import CreationClaim
 from toolkit.state.commitlog import Batch, CommitLog
 from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, job_id
 from toolkit.state.rows import decide_rows, outstanding, shift_out
+from toolkit.upstream import (
+    ICECHUNK_FORK_FIELDS,
+    ICECHUNK_SESSION_FIELDS,
+    fork_from_bytes,
+    session_bytes,
+)
 from toolkit.write.execute import WriteReport, eager_regions, unit_ranges, write_dataset
 from toolkit.write.multi import (
     _has_arrays,
@@ -305,14 +311,12 @@ def _grow(store: Store, dim: str, length: int) -> None:
 
 # -- forks as bytes ------------------------------------------------------------
 
-# A serialized Icechunk session is a MessagePack array of ten fields: the
-# repository's configuration, storage settings and storage (twice), the virtual
-# chunk resolver, the read-only flag, the branch, the snapshot id, the change
-# set and the default commit metadata (icechunk 2.3, ``Session::as_bytes``). The
-# storage fields may hold a credential fetcher that Icechunk unpickles: only the
-# snapshot id and the change set are taken from a fork read from shared storage.
-_FIELDS = 10
-_FROM_FORK = (7, 8)
+# A serialized Icechunk session is a MessagePack array of fields (their layout is
+# Icechunk's own: toolkit.upstream, ICECHUNK_SESSION_FIELDS). The storage fields may
+# hold a credential fetcher that Icechunk unpickles: only the snapshot id and the
+# change set (ICECHUNK_FORK_FIELDS) are taken from a fork read from shared storage.
+_FIELDS = ICECHUNK_SESSION_FIELDS
+_FROM_FORK = ICECHUNK_FORK_FIELDS
 
 
 def _fields(data: bytes) -> list[bytes]:
@@ -346,7 +350,7 @@ def _checked(data: bytes) -> bytes:
 
 def _trusted_parts(session: Any) -> list[bytes]:
     """The committer's own configuration, from a fork of its own session."""
-    return _fields(session.fork()._session.as_bytes())
+    return _fields(session_bytes(session.fork()))
 
 
 def _load_fork(data: bytes, trusted: list[bytes]) -> Any:
@@ -357,13 +361,10 @@ def _load_fork(data: bytes, trusted: list[bytes]) -> Any:
     storage and virtual-chunk configuration are the committer's own. Nothing
     in ``data`` is ever unpickled.
     """
-    from icechunk import ForkSession
-    from icechunk._icechunk_python import PySession
-
     theirs = _fields(_checked(data))
     parts = [theirs[i] if i in _FROM_FORK else trusted[i] for i in range(_FIELDS)]
     rebuilt = _array_header(_FIELDS) + b"".join(parts)
-    return ForkSession(PySession.from_bytes(rebuilt))
+    return fork_from_bytes(rebuilt)
 
 
 def _array_header(n: int) -> bytes:
@@ -690,7 +691,7 @@ def _attempt(
         for a, keys in _touched(report).items():
             touched.setdefault(a, []).extend(keys)
     key = f"forks/{job}-{attempt}.bin"
-    repo.coord.put_bytes(key, fork._session.as_bytes())
+    repo.coord.put_bytes(key, session_bytes(fork))
     answer = repo.log.submit(
         {"kind": "commit", "fork": key, "base": base, "touched": touched, "owner": job,
          "rows": dict(rows) if rows is not None else None},

@@ -57,8 +57,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from toolkit import runtime
@@ -87,6 +86,7 @@ from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, suppo
 from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
+from toolkit.upstream import sync
 from toolkit.write.execute import WriteReport, execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
 

@@ -25,7 +25,6 @@ import xarray as xr
 import zarr
 from dask.utils import format_bytes
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from toolkit import grid
@@ -64,6 +63,14 @@ from toolkit.io.wrappers import wrap_store
 from toolkit.state.claim import group_contents, listing_is_free, refuse_foreign
 from toolkit.state.commitlog import log_head_key
 from toolkit.state.records import read_records
+from toolkit.upstream import (
+    determine_zarr_chunks,
+    encode_variable_name,
+    encode_zarr_attr_value,
+    extract_zarr_variable_encoding,
+    sync,
+    xarray_to_zarr,
+)
 
 __all__ = [
     "CF_ENCODING_KEYS",
@@ -1290,12 +1297,10 @@ def _own_layout(name: str, var: xr.Variable) -> dict[str, Any]:
     Its ``chunks`` (and ``shards``) are checked as xarray checks them; keys that
     Zarr does not take stay in the variable's encoding for xarray to drop.
     """
-    from xarray.backends.zarr import _determine_zarr_chunks
-
     own = dict(var.encoding)
     if own.get("chunks") is not None:
         try:
-            own["chunks"] = _determine_zarr_chunks(own["chunks"], None, var.ndim, name)
+            own["chunks"] = determine_zarr_chunks(own["chunks"], None, var.ndim, name)
         except TypeError as e:
             raise EncodingTypeError(f"{name!r}.encoding['chunks']: {e}") from e
         except ValueError as e:
@@ -1318,9 +1323,6 @@ def _check_with_xarray(
     ``explicit``: the encoding was given as ``encoding=`` (xarray refuses its
     unknown keys) rather than being the variable's own (xarray drops them).
     """
-    from xarray.backends.writers import to_zarr as xarray_to_zarr
-    from xarray.backends.zarr import extract_zarr_variable_encoding
-
     probe = var.copy(deep=False)
     probe.encoding = {k: v for k, v in encoding.items() if k not in _CF_KEYS}
     try:
@@ -1337,9 +1339,8 @@ def _check_with_xarray(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the real write shows xarray's warnings
             # xarray's function, not the method: a user may have routed
-            # ``Dataset.to_zarr`` itself through toolkit (this would then recurse). Its
-            # overloads leave out zarr_format, which it takes.
-            xarray_to_zarr(  # type: ignore[call-overload]
+            # ``Dataset.to_zarr`` itself through toolkit (this would then recurse).
+            xarray_to_zarr(
                 xr.Dataset({"probe": lazy}),
                 zarr.storage.MemoryStore(),
                 mode="w",
@@ -1389,8 +1390,6 @@ def _check_variables(ds: xr.Dataset, store: Store, zarr_format: int) -> xr.Datas
     A variable named ``None`` is stored under xarray's own name for it (and read
     back as ``None`` by xarray).
     """
-    from xarray.backends.common import _encode_variable_name
-
     for name, index in ds.xindexes.items():
         if isinstance(getattr(index, "index", None), pd.MultiIndex):
             raise UnsupportedVariableError(
@@ -1404,7 +1403,7 @@ def _check_variables(ds: xr.Dataset, store: Store, zarr_format: int) -> xr.Datas
             _check_name(name, local=local)
     _check_attributes(ds, zarr_format)
     if None in ds.variables:
-        ds = ds.rename({None: _encode_variable_name(None)})
+        ds = ds.rename({None: encode_variable_name(None)})
     return ds
 
 
@@ -1481,8 +1480,6 @@ def _check_attributes(ds: xr.Dataset, zarr_format: int) -> None:
     the mode. The CF keys of a variable (``units``, ``_FillValue``, ...) are
     xarray's encoders' to check, as they rewrite them.
     """
-    from xarray.backends.zarr import encode_zarr_attr_value
-
     owners: list[tuple[str, str, Mapping[Any, Any]]] = [("the dataset", "ds", ds.attrs)]
     owners += [
         (f"variable {name!r}", f"ds[{name!r}]", {k: v for k, v in var.attrs.items()
@@ -1513,8 +1510,6 @@ def _bad_attribute(
     owner: str, path: str, key: Any, value: Any, probe: zarr.Group, err: Exception
 ) -> AttributeTypeError:
     """The error for one attribute: its value's type, or its name's, and what to do."""
-    from xarray.backends.zarr import encode_zarr_attr_value
-
     try:
         probe.attrs.put({"value": encode_zarr_attr_value(value)})
     except (TypeError, ValueError):
