@@ -316,22 +316,9 @@ _OWN_BASES = frozenset({"self", "cls", "other", "clone"})
 #: Private names of the standard library used by toolkit, each with why it is fine.
 STDLIB_PRIVATE = {"os._exit": "documented: exit at once, without cleanup (the CLI's child)"}
 
-#: Upstream private names still used outside toolkit.upstream, in modules another session
-#: was editing when the rule came: each is to become the name given (then drop it here).
-UPSTREAM_PRIVATE_PENDING = {
-    ("toolkit.read", "zarr.core.buffer.default_buffer_prototype"): (
-        "zarr.buffer.default_buffer_prototype"
-    ),
-    ("toolkit.read", "zarr.core.sync.sync"): "toolkit.upstream.sync",
-    ("toolkit.read", "xarray.conventions.decode_cf_variable"): (
-        "toolkit.upstream.decode_cf_variable"
-    ),
-    ("toolkit.write.tree", "zarr.core.sync.sync"): "toolkit.upstream.sync",
-    ("toolkit.state.records", "zarr.core.buffer.default_buffer_prototype"): (
-        "zarr.buffer.default_buffer_prototype"
-    ),
-    ("toolkit.state.records", "zarr.core.sync.sync"): "toolkit.upstream.sync",
-}
+#: Upstream private names still used outside toolkit.upstream, each with the name it is to
+#: become (then dropped here). None left: read, write.tree and state.records moved too.
+UPSTREAM_PRIVATE_PENDING: dict[tuple[str, str], str] = {}
 
 
 def _private_module(module: str) -> bool:

@@ -28,8 +28,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from toolkit._util import zarr_concurrency
@@ -44,6 +43,7 @@ from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_la
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import InterceptStore, MetadataBuffer, wrap_store
 from toolkit.state.records import aread_records, read_records
+from toolkit.upstream import decode_cf_variable, sync
 
 __all__ = [
     "DEFAULT_READ_TASK_BYTES",
@@ -525,8 +525,6 @@ def _undecodable_on_open(
     chunk of garbage may be bytes zarr decodes, as times that overflow).
     Empty if the store cannot be opened even undecoded (another failure).
     """
-    from xarray.conventions import decode_cf_variable
-
     decode: dict[str, Any] = {"stack_char_dim": False}
     if open_kwargs.get("decode_cf") is False:
         decode.update(dict.fromkeys(_DECODING, False), use_cftime=None)

@@ -38,8 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from toolkit._util import encode_json
@@ -51,6 +50,7 @@ from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.state import manifest as _manifest
 from toolkit.state.manifest import write_fragment
+from toolkit.upstream import sync
 
 __all__ = [
     "ResumeLog",

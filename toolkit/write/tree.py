@@ -37,7 +37,6 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import format_bytes
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 
 from toolkit._render import html_table, text_table
 from toolkit.cluster.progress import compute_with_progress
@@ -74,6 +73,7 @@ from toolkit.state.claim import (
 )
 from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
 from toolkit.state.records import WriteJournal
+from toolkit.upstream import sync
 from toolkit.write.execute import (
     _SMALL_WRITE_BYTES,
     _SMALL_WRITE_THREADS,
