@@ -59,6 +59,7 @@ __all__ = [
     "CREATE_LEASE",
     "CreationClaim",
     "clear_group",
+    "create_timeout",
     "doomed_keys",
     "drop_keys",
     "group_contents",
@@ -315,7 +316,7 @@ def remove_strays(store: Store, group: str | None, older_than: float | None = No
     return n
 
 
-def _create_timeout() -> float:
+def create_timeout() -> float:
     """Seconds a replacing write waits for another creator: ``TOOLKIT_CREATE_TIMEOUT``, or 600."""
     return float(os.environ.get("TOOLKIT_CREATE_TIMEOUT", "600"))
 
@@ -381,7 +382,7 @@ class CreationClaim:
                 "before writing this store again"
             )
         try:
-            self.locks.start(_create_timeout() if wait else 2.0)
+            self.locks.start(create_timeout() if wait else 2.0)
         except LeaseTimeoutError as e:
             if wait:
                 raise

@@ -66,6 +66,7 @@ from toolkit.io.wrappers import MetadataBuffer, wrap_store
 from toolkit.state.claim import (
     CreationClaim,
     clear_group,
+    create_timeout,
     group_contents,
     listing_is_free,
     remove_strays,
@@ -1035,7 +1036,7 @@ def _append_nodes(
         [tokenize(_node(tree, p).to_dataset(inherit=False)) for p in plan.paths],
     )
     coord = Coordinator(base, plan.group, plan.throttle)
-    locks = LockSet(coord, [_TREE_APPEND], job_id()).start(_append_wait())
+    locks = LockSet(coord, [_TREE_APPEND], job_id()).start(create_timeout())
     try:
         pending = coord.get(_PENDING)
         if pending is not None and pending.get("job") != tree_job:
@@ -1067,11 +1068,6 @@ _TREE_APPEND = "tree-append"
 _PENDING = "tree-append.json"
 
 
-def _append_wait() -> float:
-    """Seconds a tree append waits for another: ``TOOLKIT_CREATE_TIMEOUT``, or 600."""
-    return float(os.environ.get("TOOLKIT_CREATE_TIMEOUT", "600"))
-
-
 def _append_each(
     tree: xr.DataTree, plan: TreeWritePlan, store: StoreLike, options: Mapping[str, Any]
 ) -> TreeWriteReport:
@@ -1082,9 +1078,7 @@ def _append_each(
     kw = {k: options[k] for k in keep if options.get(k) is not None}
 
     def one(path: str) -> WriteReport:
-        node = tree[path]
-        assert isinstance(node, xr.DataTree)  # plan.paths are the tree's nodes
-        ds = node.to_dataset(inherit=inherit or path == "/")
+        ds = _node(tree, path).to_dataset(inherit=inherit or path == "/")
         try:
             report: WriteReport = append(
                 ds, store, str(plan.append_dim), group=_node_group(plan.group, path),
