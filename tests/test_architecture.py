@@ -479,3 +479,50 @@ def test_upstream_hooks_that_toolkit_overrides_are_listed():
         k: v for k, v in overridden.items() if k not in STORE_HOOKS
     }
     assert set(overridden) == set(STORE_HOOKS), "a hook in STORE_HOOKS nobody overrides"
+
+
+#: Where the question "where do tasks run?" may be asked: the executor answers it for
+#: everyone (toolkit.cluster.executor); the client query it asks, and the coordinator's
+#: "which worker am I" (a worker's own budget) beside it, in the cluster layer.
+WHERE_TASKS_RUN = {
+    "active_client": {"toolkit.cluster.client", "toolkit.cluster.executor"},
+    "default_client": {"toolkit.cluster.client"},
+    "get_client": {"toolkit.cluster.executor"},
+    "get_worker": {
+        "toolkit.cluster.client",
+        "toolkit.cluster.executor",
+        "toolkit.cluster.coordinator",
+    },
+    "worker_client": set(),
+}
+
+
+def _cluster_lookups(path: Path) -> list[tuple[str, int]]:
+    found = []
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.ImportFrom) and n.module in ("distributed", "toolkit.cluster.client"):
+            found += [(a.name, n.lineno) for a in n.names if a.name in WHERE_TASKS_RUN]
+        elif (
+            isinstance(n, ast.Attribute)
+            and n.attr in WHERE_TASKS_RUN
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "distributed"
+        ):
+            found.append((n.attr, n.lineno))
+    return found
+
+
+def test_only_the_executor_decides_where_tasks_run():
+    """No job asks for itself whether it runs on a cluster (issue 33: it was 8 places).
+
+    Each asks ``toolkit.cluster.executor.executor()`` (or ``in_task()`` from a task)
+    and uses what it answers: how many processes, run everywhere, on the scheduler.
+    """
+    found = [
+        f"{name}:{line} looks up {what}"
+        for name, path in sorted(_modules().items())
+        for what, line in _cluster_lookups(path)
+        if name not in WHERE_TASKS_RUN[what]
+    ]
+    assert found == [], "ask toolkit.cluster.executor.executor() instead"
+    assert _cluster_lookups(ROOT / "cluster" / "executor.py")  # the check sees them

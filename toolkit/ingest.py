@@ -33,7 +33,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from toolkit._util import need_netcdf_engine
-from toolkit.cluster.client import active_client
+from toolkit.cluster.executor import executor
 from toolkit.errors import IngestError, PlanError, WriteError
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import StoreLike, source_objects, store_label
@@ -270,13 +270,9 @@ def read_headers(
     threads were twice as slow as one). For parallel headers, use a cluster of
     worker processes (``toolkit ingest --workers N``).
     """
-    kwargs = dict(open_kwargs or {})
-    client = active_client()
-    if client is not None:
-        futures = client.map(_header, list(paths), concat_dim=concat_dim, open_kwargs=kwargs,
-                             pure=False)  # fmt: skip
-        return list(client.gather(futures))
-    return [_header(p, concat_dim, kwargs) for p in paths]
+    return executor().map(
+        _header, paths, concat_dim=concat_dim, open_kwargs=dict(open_kwargs or {})
+    )
 
 
 def _expand(sources: str | Sequence[str | os.PathLike[str]]) -> list[str]:

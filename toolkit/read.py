@@ -10,9 +10,9 @@ number in flight.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures as cf
 import contextvars
+import functools
 import itertools
 import math
 import os
@@ -33,8 +33,8 @@ from zarr.storage import LocalStore
 
 from toolkit._util import zarr_concurrency
 from toolkit.cluster.budgets import cluster_share
-from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import remote_budget_for
+from toolkit.cluster.executor import executor
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.clients import list_page
 from toolkit.io.extent import consistent_view
@@ -167,7 +167,7 @@ def open_zarr(
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
     scope = describe_store(plain)
-    share = cluster_share(policy)
+    share = cluster_share(policy, executor())
     # Metadata read to plan the chunks is not read again by xarray's open.
     zstore = MetadataBuffer(wrap_store(plain, share, scope=scope, remote=remote_budget_for))
     aligned = isinstance(chunks, str) and chunks == "aligned"
@@ -304,7 +304,7 @@ def open_datatree(
         raise ValueError(f"incomplete= must be 'raise', 'warn' or 'ignore', got {incomplete!r}")
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
-    share = cluster_share(policy)
+    share = cluster_share(policy, executor())
     scope = describe_store(plain)
     stack = wrap_store(plain, share, scope=scope, remote=remote_budget_for)
     # One buffer for the whole tree: a document read once is never read again.
@@ -769,59 +769,16 @@ def _run[T](
     limit = max_inflight or max(2, (os.cpu_count() or 2) * 2)
     if limit < 1:
         raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
-    client = active_client()
-
-    def local(index: tuple[int, ...]) -> Any:
-        block = _block_getter(obj, index).compute(scheduler="synchronous")
-        return func(block) if func is not None else block
-
-    pending: collections.OrderedDict[Any, tuple[int, ...]] = collections.OrderedDict()
-    todo = iter(indices)
-    done = 0
-    executor = (
-        cf.ThreadPoolExecutor(limit, thread_name_prefix="toolkit-read") if client is None else None
+    blocks = executor().stream(
+        indices, functools.partial(_block_getter, obj), func, limit=limit, ordered=ordered
     )
     try:
-
-        def submit() -> bool:
-            index = next(todo, None)
-            if index is None:
-                return False
-            if client is None:
-                assert executor is not None
-                pending[executor.submit(local, index)] = index
-            else:
-                fut = client.compute(_block_getter(obj, index))
-                if func is not None:
-                    fut = client.submit(func, fut)
-                pending[fut] = index
-            return True
-
-        while len(pending) < limit and submit():
-            pass
-        while pending:
-            if ordered:
-                fut = next(iter(pending))
-            elif client is None:
-                finished, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                fut = next(f for f in pending if f in finished)
-            else:
-                from distributed import wait
-
-                finished = wait(list(pending), return_when="FIRST_COMPLETED").done
-                fut = next(f for f in pending if f in finished)
-            index = pending.pop(fut)
-            result = fut.result()
-            submit()
-            done += 1
+        for done, (index, result) in enumerate(blocks, 1):
             if progress is not None:
                 progress(done, total)
             yield index, result
     finally:
-        for fut in pending:
-            fut.cancel()
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        blocks.close()
 
 
 def iter_chunks(

@@ -23,7 +23,8 @@ from dask.delayed import delayed
 
 from toolkit._render import html_table, text_table
 from toolkit._util import need_netcdf_engine
-from toolkit.cluster.progress import compute_with_progress
+from toolkit.cluster.executor import executor
+from toolkit.cluster.progress import progress_bar
 from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
@@ -262,12 +263,9 @@ def verify(
     nblocks = sum(v.npartitions for v in lazy.values())
     computed: dict[str, np.ndarray] = {}
     if lazy:
-        computed = compute_with_progress(
+        computed = executor().compute(
             delayed(_collect)(lazy),
-            total=nblocks,
-            desc="toolkit verify",
-            prefix="toolkit-verify",
-            enabled=progress,
+            callbacks=progress_bar(progress, nblocks, "toolkit verify", "toolkit-verify"),
         )
     variables: dict[str, dict[str, Any]] = {}
     for name, res in computed.items():

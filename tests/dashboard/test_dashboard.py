@@ -202,7 +202,7 @@ def _until_page(driver: Any, store: str, ok: Any, timeout: float, what: str) -> 
 
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)
 def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
     """Load the page during a throttled write on a cluster: the figures appear and move."""
     from distributed import Client
@@ -214,7 +214,10 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
     with (
         cluster_of(2, 1) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
-        FaultProxy(s3.endpoint_url, latency=0.01, rate=40) as proxy,
+        # A bucket of one request: two requests within 25 ms, one is throttled. A
+        # bucket of a second's worth let every request through when a loaded machine
+        # (load 18) sent fewer than 40 a second, and nothing was throttled.
+        FaultProxy(s3.endpoint_url, latency=0.01, rate=40, burst=1) as proxy,
         headless_chromium() as driver,
     ):
         # Any toolkit call that finds the client adds the page; no set-up needed.
@@ -226,24 +229,28 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
 
         # 360 one-row chunks through a proxy that allows 40 requests/s, while toolkit
         # asks for 100/s: throttling answers, retries and backoff, for ~10 s.
+        # Written again until the page has shown the figures moving: on a loaded
+        # machine the page may take longer to come up than one write takes.
         reports: list[Any] = []
+        seen = threading.Event()
 
         def write() -> None:
             opts = s3.storage_options(proxy.url)
             throttle = toolkit.Throttle(rate=100)
             enc = {"v": {"chunks": (1, 64)}}
             chunked = ds.chunk({"t": 1})
-            reports.append(
-                toolkit.to_zarr(
-                    chunked,
-                    url,
-                    mode="w",
-                    storage_options=opts,
-                    encoding=enc,
-                    throttle=throttle,
-                    progress=False,
+            while not reports or not seen.is_set():
+                reports.append(
+                    toolkit.to_zarr(
+                        chunked,
+                        url,
+                        mode="w",
+                        storage_options=opts,
+                        encoding=enc,
+                        throttle=throttle,
+                        progress=False,
+                    )
                 )
-            )
 
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
@@ -252,34 +259,40 @@ def test_the_page_shows_a_throttled_write_live_in_chromium(s3: Any) -> None:
             assert 'href="toolkit-io"' in status.read().decode()
         driver.get(page)
         assert "toolkit I/O" in driver.title or "Dask" in driver.title
+        # Generous: at load 20 the renderer answered none of 30 s of tries (Bokeh's
+        # first document competes with a cluster, a write and the proxy for 2 cores);
+        # at load 3 it answers within seconds.
         first = _until_page(
-            driver, url, lambda r: url in r["store"] and r["points"] > 0, 30, "the store"
+            driver, url, lambda r: url in r["store"] and r["points"] > 0, 180, "the store"
         )
         i = first["store"].index(url)
         later = _until_page(
             driver,
             url,
             lambda r: r["requests"][i] > first["requests"][i] and r["points"] > first["points"],
-            30,
+            90,
             "the figures moving",
         )
-        _until(driver, lambda n: n >= 4, 30, "the four plots drawn", _COUNT_CANVASES)
+        seen.set()
+        _until(driver, lambda n: n >= 4, 90, "the four plots drawn", _COUNT_CANVASES)
         # NaN (no sample of the store at that time) arrives as null.
         assert max(x for x in later["rate"] if x is not None) > 0
-        writer.join(120)
-        assert reports, "the write did not finish"
-        report = reports[0]
-        assert report.io.throttled > 0 and report.io.retries > 0
-        # Once the last heartbeats arrived, the page's totals are the write's own.
+        writer.join(180)
+        assert reports and not writer.is_alive(), "the write did not finish"
+        sets, throttled, retries = (
+            sum(getattr(r.io, k) for r in reports) for k in ("sets", "throttled", "retries")
+        )
+        assert throttled > 0 and retries > 0
+        # Once the last heartbeats arrived, the page's totals are the writes' own.
         final = _until_page(
             driver,
             url,
-            lambda r: r["sets"][i] == report.io.sets and r["throttled"][i] == report.io.throttled,
-            15,
-            f"the write's totals ({report.io.sets} PUTs, {report.io.throttled} throttled)",
+            lambda r: r["sets"][i] == sets and r["throttled"][i] == throttled,
+            30,
+            f"the writes' totals ({sets} PUTs, {throttled} throttled)",
         )
-        assert final["retries"][i] == report.io.retries
-        assert final["backoff"][i] == pytest.approx(report.io.backoff_seconds)
+        assert final["retries"][i] == retries
+        assert final["backoff"][i] == pytest.approx(sum(r.io.backoff_seconds for r in reports))
         assert url in final["table"] and "throttled" in final["table"]
         # The budget's rate in force: 100/s configured, cut by the store's answers.
         limits = [x for x in final["limit"] if x is not None]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 
 import numpy as np
+import pytest
 import zarr
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,3 +43,36 @@ def test_partial_units_match_brute_force(case):
         if not covered[cell].all():
             expected.append(u)
     assert sorted(partial_units(arr, region, units)) == sorted(expected)
+
+
+def _trip(io: object) -> None:
+    from toolkit.write import graph
+
+    graph._abort(io)  # type: ignore[arg-type]
+
+
+def _tripped(io: object) -> bool:
+    from toolkit.write import graph
+
+    return graph._aborted(io)  # type: ignore[arg-type]
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_a_task_that_fails_on_one_worker_stops_the_writes_tasks_on_every_worker(cluster_client):
+    """The abort gate reaches every worker process, not only the failing task's.
+
+    It did not: the broadcast asked distributed to run a plain function without
+    waiting, which every worker refused ("Combination not supported"), and the
+    refusal was swallowed; the other workers wrote on after a failure.
+    """
+    from toolkit.write.graph import WriteIO
+
+    io = WriteIO(token=uuid.uuid4().hex, throttle=None, concurrency=1, distributed=True)
+    first, *others = sorted(cluster_client.scheduler_info(n_workers=-1)["workers"])
+    assert others
+    cluster_client.submit(_trip, io, workers=[first], pure=False).result(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(cluster_client.run(_tripped, io).values()):
+        time.sleep(0.05)
+    assert all(cluster_client.run(_tripped, io).values())

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolkit.cluster.client import active_client
 from toolkit.cluster.coordinator import (
     CoordinatedThrottle,
     coordinated_states,
     install_coordinator,
 )
+from toolkit.cluster.executor import Executor, executor
 from toolkit.io.throttle import Throttle, ThrottleState, local_states
 
 __all__ = ["cluster_share", "throttle_state"]
@@ -27,15 +27,11 @@ def throttle_state() -> ThrottleState:
     rates in force and configured, the last cut, the recovery in progress.
     """
     states = local_states()
-
-    client = active_client()
-    if client is not None:
-        states = client.run_on_scheduler(coordinated_states) + states
-    return ThrottleState(tuple(states))
+    return ThrottleState(tuple((executor().on_scheduler(coordinated_states) or []) + states))
 
 
-def cluster_share(policy: Throttle | None) -> Throttle | None:
-    """``policy`` as one process of the active ``distributed`` cluster applies it.
+def cluster_share(policy: Throttle | None, runner: Executor) -> Throttle | None:
+    """``policy`` as one process of ``runner``'s cluster applies it (itself for threads).
 
     With the scheduler-side :class:`~toolkit.cluster.coordinator.ThrottleCoordinator`
     (installed here on first use), the rates stay whole, since the coordinator enforces them for
@@ -48,13 +44,11 @@ def cluster_share(policy: Throttle | None) -> Throttle | None:
     if policy is None:
         return None
 
-    client = active_client()
-    if client is None:
+    if not runner.distributed:
         return policy
-    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) or 1
-
+    workers = runner.processes()
     try:
-        client.run_on_scheduler(install_coordinator)
+        runner.on_scheduler(install_coordinator)
     except Exception:  # a scheduler without toolkit installed: split the rates instead
         return replace(policy.share(workers), coordinated=False)
     return CoordinatedThrottle.of(policy, workers)

@@ -7,7 +7,7 @@ from typing import Any
 
 from distributed.metrics import context_meter
 
-from toolkit.cluster.client import active_client
+from toolkit.cluster.executor import executor
 from toolkit.io.metrics import IOMetrics, snapshot
 from toolkit.io.stores import describe_store, resolve_store
 
@@ -30,12 +30,7 @@ def io_metrics(store: Any = None, *, storage_options: Mapping[str, Any] | None =
     scope = None
     if store is not None:
         scope = describe_store(resolve_store(store, storage_options=storage_options))
-    parts = snapshot(scope)
-    client = active_client()
-    if client is not None:
-        for per_worker in client.run(snapshot, scope).values():
-            parts.extend(per_worker)
-    return IOMetrics.merged(parts)
+    return IOMetrics.merged(p for parts in executor().everywhere(snapshot, scope) for p in parts)
 
 
 def publish(metrics: Mapping[str, Any]) -> None:

@@ -1,66 +1,49 @@
-"""Progress for long work.
+"""Progress for long work: a :class:`ProgressBar` subscribed to a run of an executor.
 
 tqdm (``tqdm.auto``: a bar in a terminal, a widget in Jupyter) under dask's local
-schedulers; distributed's own progress bar when a client is active.
+scheduler; distributed's own progress bar on a cluster (see
+:class:`toolkit.cluster.executor.Callback`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from typing import Any, override
 
-import dask
-from dask.callbacks import Callback
+from toolkit.cluster.executor import Callback, Executor
 
-from toolkit.cluster.client import active_client
-
-__all__ = ["compute_with_progress"]
+__all__ = ["ProgressBar", "progress_bar"]
 
 
-class _TqdmCallback(Callback):
-    """Advance a tqdm bar each time a task whose key starts with ``prefix`` ends."""
+class ProgressBar(Callback):
+    """A tqdm bar of ``total`` steps, one for each ended task whose name starts with ``prefix``."""
+
+    shows_progress = True
 
     def __init__(self, total: int, desc: str, prefix: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        self.total, self.desc, self.prefix = total, desc, prefix
+        self._bar: Any = None
+
+    @override
+    def on_start(self, tasks: int, executor: Executor) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="task", leave=True)
-        self._prefix = prefix
+        if self._bar is None and not executor.distributed:  # a cluster shows its own
+            self._bar = tqdm(total=self.total, desc=self.desc, unit="task", leave=True)
 
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
+    @override
+    def on_task_end(self, key: Hashable) -> None:
         name = key[0] if isinstance(key, tuple) else key
-        if isinstance(name, str) and name.startswith(self._prefix):
+        if self._bar is not None and isinstance(name, str) and name.startswith(self.prefix):
             self._bar.update(1)
 
-    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
-        self._bar.close()
+    @override
+    def on_end(self, errored: bool) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
-def compute_with_progress(
-    obj: Any,
-    *,
-    total: int,
-    desc: str,
-    prefix: str,
-    enabled: bool = True,
-    threads: int | None = None,
-) -> Any:
-    """Compute the dask collection ``obj`` on the active scheduler, with progress if ``enabled``.
-
-    ``threads``: on dask's local threaded scheduler, the threads to run it with
-    (its default, one per core, when None). Distributed clusters keep theirs.
-    """
-    client = active_client()
-    if client is not None:
-        future = client.compute(obj)
-        if enabled:
-            from distributed import progress
-
-            progress(future)
-        return future.result()
-    kwargs: dict[str, Any] = {}
-    if threads is not None and dask.config.get("scheduler", None) in (None, "threads", "threading"):
-        kwargs["num_workers"] = threads
-    if not enabled:
-        return obj.compute(**kwargs)
-    with _TqdmCallback(total, desc, prefix):
-        return obj.compute(**kwargs)
+def progress_bar(enabled: bool, total: int, desc: str, prefix: str) -> tuple[Callback, ...]:
+    """The callbacks of a run shown with a bar if ``enabled``: one bar, or none."""
+    return (ProgressBar(total, desc, prefix),) if enabled else ()

@@ -32,6 +32,7 @@ from typing import Any
 import dask
 
 from toolkit import runtime
+from toolkit.cluster.executor import Cluster, executor
 from toolkit.dashboard.feed import PAGE, RATE_FIELDS, IOFeed, RatePoint
 from toolkit.runtime import Slot
 
@@ -73,9 +74,13 @@ def register_dashboard(client: Any = None) -> str:
         No client was given and none is active.
     """
     if client is None:
-        from distributed import default_client
-
-        client = default_client()
+        runner = executor()
+        if not isinstance(runner, Cluster):
+            raise ValueError(
+                "no client is active (distributed's): start one with distributed.Client(), "
+                "or pass client="
+            )
+        client = runner.client
     from toolkit.dashboard.plugins import DashboardPlugin, HeartbeatPlugin, is_mounted
 
     done = runtime.current().get(_REGISTERED)

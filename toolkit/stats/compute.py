@@ -28,7 +28,8 @@ from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 from zarr.abc.store import Store
 
 from toolkit._render import text_table
-from toolkit.cluster.progress import compute_with_progress
+from toolkit.cluster.executor import executor
+from toolkit.cluster.progress import progress_bar
 from toolkit.errors import StatsError
 from toolkit.io.stores import display_location, store_label
 from toolkit.io.throttle import Throttle
@@ -857,12 +858,8 @@ def _compute(result: xr.Dataset, progress: bool, desc: str) -> xr.Dataset:
         for k in result.__dask_graph__()
         if isinstance(k, tuple) and str(k[0]).startswith("toolkit-stats-chunk-")
     )
-    out = compute_with_progress(
-        result,
-        total=chunk_tasks or total,
-        desc=desc,
-        prefix="toolkit-stats-chunk",
-        enabled=progress,
+    out = executor().compute(
+        result, callbacks=progress_bar(progress, chunk_tasks or total, desc, "toolkit-stats-chunk")
     )
     assert isinstance(out, xr.Dataset)
     return out

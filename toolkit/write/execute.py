@@ -36,8 +36,8 @@ from zarr.buffer import default_buffer_prototype
 from toolkit._render import html_table, text_table
 from toolkit._util import Background, backoff
 from toolkit.cluster.budgets import cluster_share
-from toolkit.cluster.client import active_client
-from toolkit.cluster.progress import compute_with_progress
+from toolkit.cluster.executor import Executor, executor
+from toolkit.cluster.progress import progress_bar
 from toolkit.errors import (
     CleanupWarning,
     ExistingStoreError,
@@ -438,7 +438,8 @@ def execute(
             own_claim.release()
         raise
     # Each run's own token: its tasks' keys and abort gate are never another run's.
-    io = _write_io(plan, tokenize(meta.token, owner, t0), resume, owner)
+    runner = executor()
+    io = _write_io(plan, tokenize(meta.token, owner, t0), resume, owner, runner)
     meta_seconds = time.time() - t0
     graph = build_write_graph(plan, meta.sources, io, skip=meta.done)
     report = _with_report(
@@ -473,12 +474,11 @@ def execute(
             file=sys.stderr,
         )
     try:
-        result: WriteReport = compute_with_progress(
+        result: WriteReport = runner.compute(
             report,
-            total=plan.ntasks - landed,
-            desc="toolkit write",
-            prefix="toolkit-write-",
-            enabled=progress,
+            callbacks=progress_bar(
+                progress, plan.ntasks - landed, "toolkit write", "toolkit-write-"
+            ),
             threads=_small_write_threads(plan),
         )
     except BaseException:
@@ -622,9 +622,11 @@ def _metadata_round(
 _RMW_ATTEMPTS = 32
 
 
-def _write_io(plan: WritePlan, token: str, resume: ResumeLog | None, owner: str) -> WriteIO:
+def _write_io(
+    plan: WritePlan, token: str, resume: ResumeLog | None, owner: str, runner: Executor
+) -> WriteIO:
     """What every write task needs: this process's share of the budget, markers, shared units."""
-    share = cluster_share(plan.throttle)
+    share = cluster_share(plan.throttle, runner)
     # Any region write may share units: with other regions at its edges, and with an
     # append's hidden rows in the last unit (see _edge_store).
     cas = None
@@ -634,7 +636,7 @@ def _write_io(plan: WritePlan, token: str, resume: ResumeLog | None, owner: str)
         token=token,
         throttle=share,
         concurrency=share.max_inflight if share is not None else _DEFAULT_CONCURRENCY,
-        distributed=active_client() is not None,
+        distributed=runner.distributed,
         resume_prefix=resume.prefix if resume is not None else None,
         cas=cas,
         owner=owner,

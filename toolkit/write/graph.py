@@ -31,6 +31,7 @@ from zarr.buffer.cpu import Buffer
 from toolkit import grid, runtime
 from toolkit._util import backoff, settle_zarr_calls, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
+from toolkit.cluster.executor import in_task
 from toolkit.cluster.metrics import publish
 from toolkit.io.conditional import ConditionalStore
 from toolkit.io.digests import WrittenStore
@@ -141,10 +142,8 @@ def _abort(io: WriteIO) -> None:
     """
     _mark_aborted(io.token)
     if io.distributed:
-        with contextlib.suppress(Exception):  # not in a worker (a direct call in tests)
-            from distributed import get_client
-
-            get_client().run(_mark_aborted, io.token, wait=False)
+        with contextlib.suppress(Exception):  # the scheduler gone: the write fails anyway
+            in_task().tell(_mark_aborted, io.token)
 
 
 def unit_key(target: zarr.Array[Any], unit: tuple[int, ...]) -> str:
@@ -363,10 +362,8 @@ def summarize(
         with runtime.using(rt or runtime.current()):
             _forget_aborted(io.token)
         if io.distributed and any(r.get("error") or r.get("skipped") for r in _flat(results)):
-            with contextlib.suppress(Exception):  # not in a worker (a direct call in tests)
-                from distributed import get_client
-
-                get_client().run(_forget_aborted, io.token, wait=False)
+            with contextlib.suppress(Exception):  # the scheduler gone: nothing to forget
+                in_task().tell(_forget_aborted, io.token)
     results = merge_results(*results)
     out: dict[str, Any] = dict.fromkeys(_STAT_KEYS, 0)
     out["forks"] = [r.pop("fork") for r in results if "fork" in r]

@@ -29,7 +29,7 @@ from zarr.storage import LocalStore
 
 from toolkit import grid
 from toolkit._render import grid_svg, html_table, text_table
-from toolkit.cluster.client import active_client
+from toolkit.cluster.executor import executor
 from toolkit.errors import (
     AppendError,
     AttributeTypeError,
@@ -1541,7 +1541,7 @@ def _check_store_reachable(store: Store) -> None:
     """Refuse a process-local store when tasks run in other processes."""
     from zarr.storage import MemoryStore
 
-    if isinstance(store, MemoryStore) and active_client() is not None:
+    if isinstance(store, MemoryStore) and executor().distributed:
         raise PlanError(
             "a zarr MemoryStore lives in this process, but a distributed client is active "
             "and its workers would each write to their own copy (the data would be lost). "

@@ -39,7 +39,8 @@ from dask.utils import format_bytes
 from zarr.abc.store import Store
 
 from toolkit._render import html_table, text_table
-from toolkit.cluster.progress import compute_with_progress
+from toolkit.cluster.executor import Executor, executor
+from toolkit.cluster.progress import progress_bar
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -849,6 +850,7 @@ def _tree_report(
 
 def _tree_graph(
     plan: TreeWritePlan,
+    runner: Executor,
     meta: _TreeMetadata,
     owner: str,
     t0: float,
@@ -863,7 +865,7 @@ def _tree_graph(
     finals: list[str] = []
     for (_, p), sources, token in zip(plan.nodes, meta.sources, meta.tokens, strict=True):
         # Each node's own token: its tasks' keys and abort gate are never another's.
-        io = _write_io(p, tokenize(token, owner, t0), None, owner)
+        io = _write_io(p, tokenize(token, owner, t0), None, owner, runner)
         graph = build_write_graph(p, sources, io)
         hlg = graph.__dask_graph__()
         assert isinstance(hlg, HighLevelGraph)
@@ -946,8 +948,10 @@ def execute_tree(
         if claim is not None:
             claim.release()
         raise
+    runner = executor()
     report = _tree_graph(
         plan,
+        runner,
         meta,
         owner,
         t0,
@@ -961,12 +965,9 @@ def execute_tree(
             claim.release_when_done(meta.journals[0], report)
         return report
     try:
-        result: TreeWriteReport = compute_with_progress(
+        result: TreeWriteReport = runner.compute(
             report,
-            total=plan.ntasks,
-            desc="toolkit write",
-            prefix="toolkit-write-",
-            enabled=progress,
+            callbacks=progress_bar(progress, plan.ntasks, "toolkit write", "toolkit-write-"),
             threads=_threads(plan),
         )
     finally:
