@@ -359,7 +359,7 @@ def test_an_async_stream(tmp_path):
 def test_the_quick_header_reads_what_h5netcdf_reads(tmp_path, monkeypatch):
     import importlib
 
-    ing = importlib.import_module("toolkit.ingest")
+    ing = importlib.import_module("toolkit.ingest.sources")
     step_file(tmp_path / "a.nc", 3, steps=2)
     ds = xr.open_dataset(tmp_path / "a.nc").load()
     # A dim without a coordinate variable, a bounds variable along time, a scalar.
@@ -513,7 +513,7 @@ def test_a_stream_raising_its_own_error_is_closed_and_says_what_landed(tmp_path,
 def test_an_interrupted_ingest_closes_the_stream_and_notes_what_landed(tmp_path, kind, monkeypatch):
     import importlib
 
-    ing = importlib.import_module("toolkit.ingest")
+    ing = importlib.import_module("toolkit.ingest.stream")
     check = ing._check_piece
 
     def interrupted(piece, first, concat_dim, last, n):  # Ctrl-C in the caller, at piece 5
@@ -547,7 +547,7 @@ def test_an_interrupted_ingest_closes_the_stream_and_notes_what_landed(tmp_path,
 def test_a_failed_append_closes_the_stream_and_says_what_landed(tmp_path, monkeypatch):
     import importlib
 
-    ing = importlib.import_module("toolkit.ingest")
+    ing = importlib.import_module("toolkit.ingest.stream")
     appends: list[int] = []
     real = ing.append
 
