@@ -31,17 +31,24 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(name: str, path: Path):
-    """(imported module, imported names, inside a function) for each toolkit import."""
+def _imports(name: str, path: Path, annotations: bool = True):
+    """(imported module, imported names, inside a function) for each toolkit import.
+
+    ``annotations=False``: without those under ``if TYPE_CHECKING:``, which never run
+    (names for annotations only, e.g. a plan's type in the module that renders it).
+    """
     tree = ast.parse(path.read_text())
     parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom | ast.Import):
             continue
-        up, in_function = node, False
+        up, in_function, typing_only = node, False, False
         while up in parents:
             up = parents[up]
             in_function |= isinstance(up, ast.FunctionDef | ast.AsyncFunctionDef)
+            typing_only |= isinstance(up, ast.If) and ast.unparse(up.test) == "TYPE_CHECKING"
+        if typing_only and not annotations:
+            continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("toolkit"):
@@ -54,7 +61,7 @@ def _graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
-        for target, names, _ in _imports(name, path):
+        for target, names, _ in _imports(name, path, annotations=False):
             for n in names or [""]:
                 full = f"{target}.{n}"
                 dep = full if full in mods else target
@@ -143,14 +150,6 @@ MODULE_STATE_ALLOWED = {
     # naming the runtime of a context. Everything else toolkit keeps lives in them.
     ("toolkit.runtime", "_CURRENT"): "the context variable naming the current runtime",
     ("toolkit.runtime", "_PROCESS"): "the process's own runtime (the context's default)",
-    # Constants written as set/dict displays in modules other sessions own at the time
-    # of writing (never mutated: checked below); frozenset / MappingProxyType them when
-    # those modules are next edited.
-    ("toolkit.write.plan", "_LAYOUT_KEYS"): "a constant set (owned elsewhere)",
-    ("toolkit.write.plan", "_ZARR_KEYS"): "a constant set (owned elsewhere)",
-    ("toolkit.write.plan", "_CF_KEYS"): "a constant set (owned elsewhere)",
-    ("toolkit.write.plan", "_V3_ONLY_KEYS"): "a constant set (owned elsewhere)",
-    ("toolkit.stats.aggregations", "STATISTICS"): "a constant table (owned elsewhere)",
 }
 
 _MUTATING_METHODS = frozenset(

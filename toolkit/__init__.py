@@ -25,7 +25,7 @@ from toolkit.read import iter_chunks, map_chunks, open_datatree, open_zarr
 from toolkit.rechunk import RechunkPlan, RechunkReport, execute_rechunk, plan_rechunk, rechunk
 from toolkit.stats.compute import DEFAULT_STATS, stats
 from toolkit.verify import VerifyReport, verify
-from toolkit.write.execute import WriteReport, execute
+from toolkit.write.execute import execute
 from toolkit.write.icechunk import to_icechunk
 from toolkit.write.multi import append, overwrite_partitions
 from toolkit.write.plan import (
@@ -35,6 +35,7 @@ from toolkit.write.plan import (
     WriteTask,
     plan_write,
 )
+from toolkit.write.report import WriteReport
 from toolkit.write.tree import TreeWritePlan, TreeWriteReport, execute_tree, plan_tree_write
 
 # The composition root's one wiring: the dashboard page subscribes to the clients

@@ -10,8 +10,8 @@ from dask.delayed import Delayed
 from toolkit.api import to_zarr
 from toolkit.io.stores import StoreLike
 from toolkit.stats.compute import stats
-from toolkit.write.execute import WriteReport
 from toolkit.write.plan import WritePlan, plan_write
+from toolkit.write.report import WriteReport
 from toolkit.write.tree import TreeWritePlan, TreeWriteReport, plan_tree_write
 
 __all__ = ["ToolkitAccessor", "ToolkitArrayAccessor", "ToolkitTreeAccessor"]

@@ -18,9 +18,10 @@ from dask.delayed import Delayed
 from toolkit.errors import PlanError
 from toolkit.io.stores import StoreLike
 from toolkit.io.throttle import Throttle
-from toolkit.write.execute import WriteReport, as_dataset, reject_unknown, write_dataset
+from toolkit.write.execute import as_dataset, reject_unknown, write_dataset
 from toolkit.write.multi import append, overwrite_partitions
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
+from toolkit.write.report import WriteReport
 from toolkit.write.tree import TreeWriteReport, write_tree
 
 __all__ = ["to_zarr"]

@@ -33,9 +33,11 @@ from toolkit.io.wrappers import wrap_store
 from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.rechunk import rechunk
 from toolkit.upstream import sync
-from toolkit.write.execute import WriteReport, execute, plan_resumable
+from toolkit.write.checks import CF_ENCODING_KEYS
+from toolkit.write.execute import execute, plan_resumable
 from toolkit.write.layout import choose_layout
-from toolkit.write.plan import CF_ENCODING_KEYS, DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
+from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
+from toolkit.write.report import WriteReport
 
 __all__ = ["copy", "demo", "demo_dataset", "inspect", "parse_size"]
 

@@ -59,8 +59,9 @@ from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.read import open_zarr
 from toolkit.state.records import ResumeLog
 from toolkit.upstream import sync
-from toolkit.write.execute import WriteReport, execute, plan_resumable
+from toolkit.write.execute import execute, plan_resumable
 from toolkit.write.layout import choose_layout
+from toolkit.write.report import WriteReport
 
 __all__ = [
     "RechunkPlan",

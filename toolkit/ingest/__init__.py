@@ -27,8 +27,9 @@ from toolkit.ingest.sources import Source, read_headers
 from toolkit.ingest.stream import _ingest_stream, _is_stream
 from toolkit.io.stores import StoreLike, source_objects
 from toolkit.io.throttle import Throttle
-from toolkit.write.execute import WriteReport, execute, plan_resumable
+from toolkit.write.execute import execute, plan_resumable
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
+from toolkit.write.report import WriteReport
 
 __all__ = ["Source", "ingest", "read_headers", "sources_dataset"]
 

@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -913,46 +914,48 @@ def _quantile(p: Mapping[str, Partial], c: Context) -> np.ndarray:
     return QuantileSketch(c.alpha).quantiles(p["sketch"], c.quantiles, c.shape)
 
 
-STATISTICS: dict[str, Statistic] = {
-    s.name: s
-    for s in [
-        Statistic(
-            "count",
-            ("count",),
-            lambda p, c: p["count"]["n"],
-            "count",
-            nan_propagates=False,
-            doc="number of non-NaN values",
-        ),
-        Statistic(
-            "nan_count",
-            ("count",),
-            lambda p, c: p["count"]["size"] - p["count"]["n"],
-            "count",
-            nan_propagates=False,
-            doc="number of NaN values",
-        ),
-        Statistic("sum", ("sum",), _sum, "sum", doc="sum (exact for integers)"),
-        Statistic("mean", ("moments1",), _mean, "mean", doc="arithmetic mean"),
-        Statistic("var", ("moments2",), _var, "variance", doc="variance, with ddof"),
-        Statistic("std", ("moments2",), _std, "standard_deviation", doc="standard deviation"),
-        Statistic("min", ("extrema",), _extreme("min"), "minimum", doc="minimum"),
-        Statistic("max", ("extrema",), _extreme("max"), "maximum", doc="maximum"),
-        Statistic("skew", ("moments3",), _skew, "skewness", doc="skewness (biased, g1)"),
-        Statistic(
-            "kurtosis", ("moments4",), _kurtosis, "kurtosis", doc="excess kurtosis (biased, g2)"
-        ),
-        Statistic(
-            "histogram",
-            ("histogram",),
-            lambda p, c: p["histogram"]["hist"],
-            "histogram",
-            nan_propagates=False,
-            doc="counts per bin",
-        ),
-        Statistic("quantiles", ("sketch",), _quantile, "quantile", doc="approximate quantiles"),
-    ]
-}
+STATISTICS: Mapping[str, Statistic] = MappingProxyType(
+    {
+        s.name: s
+        for s in [
+            Statistic(
+                "count",
+                ("count",),
+                lambda p, c: p["count"]["n"],
+                "count",
+                nan_propagates=False,
+                doc="number of non-NaN values",
+            ),
+            Statistic(
+                "nan_count",
+                ("count",),
+                lambda p, c: p["count"]["size"] - p["count"]["n"],
+                "count",
+                nan_propagates=False,
+                doc="number of NaN values",
+            ),
+            Statistic("sum", ("sum",), _sum, "sum", doc="sum (exact for integers)"),
+            Statistic("mean", ("moments1",), _mean, "mean", doc="arithmetic mean"),
+            Statistic("var", ("moments2",), _var, "variance", doc="variance, with ddof"),
+            Statistic("std", ("moments2",), _std, "standard_deviation", doc="standard deviation"),
+            Statistic("min", ("extrema",), _extreme("min"), "minimum", doc="minimum"),
+            Statistic("max", ("extrema",), _extreme("max"), "maximum", doc="maximum"),
+            Statistic("skew", ("moments3",), _skew, "skewness", doc="skewness (biased, g1)"),
+            Statistic(
+                "kurtosis", ("moments4",), _kurtosis, "kurtosis", doc="excess kurtosis (biased, g2)"
+            ),
+            Statistic(
+                "histogram",
+                ("histogram",),
+                lambda p, c: p["histogram"]["hist"],
+                "histogram",
+                nan_propagates=False,
+                doc="counts per bin",
+            ),
+            Statistic("quantiles", ("sketch",), _quantile, "quantile", doc="approximate quantiles"),
+        ]
+    }
+)
 """Every statistic :func:`toolkit.stats` computes, by name."""
 
 

@@ -46,6 +46,7 @@ from toolkit.upstream import sync
 from toolkit.write.plan import VariablePlan, WritePlan
 
 __all__ = [
+    "IDLE_TIMEOUT",
     "WriteIO",
     "WriteSource",
     "build_write_graph",
@@ -178,7 +179,7 @@ def partial_units(
 
 
 _RMW_ATTEMPTS = 32
-_IDLE_TIMEOUT = 120.0  # seconds a failed task waits for its requests to come back
+IDLE_TIMEOUT = 120.0  # seconds a failed task waits for its requests to come back
 
 
 def _write_units(
@@ -281,9 +282,9 @@ def _write_block(
         out["objects"] = recorded.written.as_lists()
     except Exception as e:
         gate.abort()
-        idle = gate.wait_idle(timeout=_IDLE_TIMEOUT)
+        idle = gate.wait_idle(timeout=IDLE_TIMEOUT)
         # Not in flight, but queued in zarr's loop: they would outlive the task.
-        idle = settle_zarr_calls(_IDLE_TIMEOUT) and idle
+        idle = settle_zarr_calls(IDLE_TIMEOUT) and idle
         _abort(io)
         written = gate.written or set()
         landed = [unit_key(target, u) in written for u in every()]

@@ -61,7 +61,8 @@ from toolkit.upstream import (
     fork_from_bytes,
     session_bytes,
 )
-from toolkit.write.execute import WriteReport, eager_regions, unit_ranges, write_dataset
+from toolkit.write.execute import write_dataset
+from toolkit.write.metadata import eager_regions, unit_ranges
 from toolkit.write.multi import (
     _has_arrays,
     _placed,
@@ -71,6 +72,7 @@ from toolkit.write.multi import (
     rows_along,
 )
 from toolkit.write.plan import plan_write
+from toolkit.write.report import WriteReport
 
 __all__ = ["Repository", "to_icechunk"]
 

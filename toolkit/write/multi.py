@@ -87,8 +87,9 @@ from toolkit.state.manifest import write_fragment
 from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
 from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.upstream import sync
-from toolkit.write.execute import WriteReport, execute, write_dataset
+from toolkit.write.execute import execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
+from toolkit.write.report import WriteReport
 
 __all__ = ["append", "commit_log", "derive_job_id", "overwrite_partitions", "rows_along"]
 

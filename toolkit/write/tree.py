@@ -22,7 +22,6 @@ import contextvars
 import difflib
 import functools
 import html
-import os
 import time
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -76,25 +75,20 @@ from toolkit.state.claim import (
 from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
 from toolkit.state.records import WriteJournal
 from toolkit.upstream import sync
-from toolkit.write.execute import (
-    _SMALL_WRITE_BYTES,
-    _SMALL_WRITE_THREADS,
-    WriteReport,
-    _report,
-    _write_io,
-    _write_metadata,
-    derive_write_id,
-)
+from toolkit.write.checks import unstorable
+from toolkit.write.execute import derive_write_id, small_write_threads, write_io
 from toolkit.write.graph import WriteSource, build_write_graph
+from toolkit.write.metadata import write_metadata
 from toolkit.write.multi import append
 from toolkit.write.plan import (
     DEFAULT_MAX_TASK_BYTES,
     WriteMode,
     WritePlan,
-    _resolve_mode,
-    _unstorable,
     plan_write,
+    resolve_mode,
 )
+from toolkit.write.render import variable_row
+from toolkit.write.report import WriteReport, conclude
 
 __all__ = ["TreeWritePlan", "TreeWriteReport", "execute_tree", "plan_tree_write", "write_tree"]
 
@@ -127,7 +121,7 @@ def _check_node_names(nodes: Sequence[tuple[str, xr.DataTree]]) -> None:
         if path == "/":
             continue
         name = str(node.name)
-        reason = _unstorable(name, False)
+        reason = unstorable(name, False)
         if reason is not None and "nested group" not in reason:
             raise VariableNameError(
                 f"node {path!r}: its name {name!r} cannot be a Zarr group's: {reason}; rename "
@@ -312,7 +306,7 @@ class TreeWritePlan:
     def __repr__(self) -> str:
         lines = [self._summary()]
         for path, p in self.nodes:
-            rows = [v._row() for v in p.variables]
+            rows = [variable_row(v) for v in p.variables]
             head = f"node {path}" + (f" (mode={p.mode!r})" if p.mode != self.mode else "")
             if p.region:
                 head += " region {" + ", ".join(
@@ -340,7 +334,7 @@ class TreeWritePlan:
                 f"({p.ntasks:,} tasks, {format_bytes(p.nbytes)})</summary>"
             )
             if p.variables:
-                parts.append(html_table([v._row() for v in p.variables]))
+                parts.append(html_table([variable_row(v) for v in p.variables]))
             if p.eager:
                 parts.append(f"<p>Written with the metadata: {html.escape(', '.join(p.eager))}</p>")
             parts.append("</details>")
@@ -476,7 +470,7 @@ def plan_tree_write(
         raise TypeError(f"plan_tree_write needs an xarray.DataTree, got {type(tree).__name__}")
     if not isinstance(max_task_bytes, int) or max_task_bytes <= 0:
         raise PlanError(f"max_task_bytes must be a positive int, got {max_task_bytes!r}")
-    tmode = _resolve_mode(mode, append_dim, region)
+    tmode = resolve_mode(mode, append_dim, region)
     if zarr_format is not None and zarr_format not in (2, 3):
         raise PlanError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     nodes = _tree_nodes(tree)
@@ -720,7 +714,7 @@ def _tree_metadata(
         # A node an append or an "a" write creates (planned "w-": its group holds no
         # arrays) is created in its group, which may exist, as xarray's "a" does.
         xmode = "w-" if creating else "a" if p.mode == "w-" else p.mode
-        return buf, _write_metadata(p, buf, mode=xmode)
+        return buf, write_metadata(p, buf, mode=xmode)
 
     with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-meta") as pool:
         filled = list(pool.map(fill, [p for _, p in nodes]))
@@ -811,7 +805,7 @@ def _tree_report(
             first_written.update(stats[i].get("objects", {}))
 
     def one(i: int) -> WriteReport:
-        return _report(
+        return conclude(
             stats[i],
             nodes[i][1],
             t0,
@@ -865,7 +859,7 @@ def _tree_graph(
     finals: list[str] = []
     for (_, p), sources, token in zip(plan.nodes, meta.sources, meta.tokens, strict=True):
         # Each node's own token: its tasks' keys and abort gate are never another's.
-        io = _write_io(p, tokenize(token, owner, t0), None, owner, runner)
+        io = write_io(p, tokenize(token, owner, t0), None, owner, runner)
         graph = build_write_graph(p, sources, io)
         hlg = graph.__dask_graph__()
         assert isinstance(hlg, HighLevelGraph)
@@ -897,9 +891,7 @@ def _tree_graph(
 
 def _threads(plan: TreeWritePlan) -> int | None:
     """As a dataset's small write: one thread per task when the whole tree is small."""
-    if plan.nbytes > _SMALL_WRITE_BYTES or plan.ntasks <= (os.cpu_count() or 1):
-        return None
-    return min(plan.ntasks, _SMALL_WRITE_THREADS)
+    return small_write_threads(plan.nbytes, plan.ntasks)
 
 
 def execute_tree(
