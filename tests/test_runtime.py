@@ -15,8 +15,9 @@ import toolkit
 from toolkit import runtime
 from toolkit._util import _ZARR_CONCURRENCY, zarr_concurrency
 from toolkit.cluster.client import _HOOKS, on_client
+from toolkit.io.budget import _BUDGETS, budget_for, local_states
 from toolkit.io.metrics import _PROCESS, process_totals
-from toolkit.io.throttle import _BUDGETS, Throttle, budget_for, local_states
+from toolkit.io.throttle import Throttle
 from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.testing import FaultStore
 from toolkit.write import graph, multi

@@ -19,8 +19,9 @@ from toolkit.cluster.client import on_client
 from toolkit.cluster.metrics import io_metrics
 from toolkit.dashboard import ensure_registered, register_dashboard
 from toolkit.ingest import ingest
+from toolkit.io.budget import ThrottleState
 from toolkit.io.metrics import IOMetrics
-from toolkit.io.throttle import Throttle, ThrottleState
+from toolkit.io.throttle import Throttle
 from toolkit.read import iter_chunks, map_chunks, open_datatree, open_zarr
 from toolkit.rechunk import RechunkPlan, RechunkReport, execute_rechunk, plan_rechunk, rechunk
 from toolkit.stats.compute import DEFAULT_STATS, stats

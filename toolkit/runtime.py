@@ -5,7 +5,7 @@ gates, batched-append queues, client hooks: each module that keeps such state
 declares a :class:`Slot` (a constant: a name and how to make the empty value) and
 finds the value in the current runtime::
 
-    _BUDGETS: Slot[Registry[str, Budget]] = Slot("io.throttle.budgets", Registry)
+    _BUDGETS: Slot[Registry[str, Budget]] = Slot("io.budget.budgets", Registry)
 
     def budget_for(...):
         budgets = runtime.current().get(_BUDGETS)
@@ -46,7 +46,7 @@ class Slot[T]:
     Parameters
     ----------
     name : str
-        Where it belongs (``"io.throttle.budgets"``), for reprs.
+        Where it belongs (``"io.budget.budgets"``), for reprs.
     factory : callable
         Makes the empty value, on first use in a runtime (and again after
         :meth:`Runtime.close`).

@@ -200,7 +200,7 @@ def test_a_retry_after_pauses_the_budget(s3, monkeypatch):
     read it; 150 ms at load 18.) The pause's arithmetic on a clock of its own is
     tests/io/test_throttle.py's.
     """
-    from toolkit.io.throttle import Budget
+    from toolkit.io.budget import Budget
 
     sends: list[tuple[int, float]] = []
     pauses: list[tuple[int, float, float]] = []
@@ -330,7 +330,7 @@ def _send_without_the_coordinator(share, n: int) -> dict:
     from zarr.storage import MemoryStore
 
     from toolkit.cluster.coordinator import remote_budget_for
-    from toolkit.io.throttle import local_states
+    from toolkit.io.budget import local_states
     from toolkit.io.wrappers import ThrottleStore
 
     said: list[str] = []

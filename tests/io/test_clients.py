@@ -18,8 +18,9 @@ from zarr.testing.store import StoreTests
 import toolkit
 from toolkit import runtime
 from toolkit.io import clients
+from toolkit.io.classify import classify_error, http_status
 from toolkit.io.stores import describe_store, redact, resolve_store, unwrap
-from toolkit.io.throttle import Throttle, classify_error, http_status
+from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import RetryStore, wrap_store
 from toolkit.testing import FaultProxy
 

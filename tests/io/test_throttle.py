@@ -15,7 +15,9 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.storage import MemoryStore
 
 import toolkit
-from toolkit.io.throttle import Budget, Throttle, classify_error, resolve_throttle, retry_after
+from toolkit.io.budget import Budget
+from toolkit.io.classify import classify_error, retry_after
+from toolkit.io.throttle import Throttle, resolve_throttle
 
 
 class _Clock:
@@ -244,7 +246,7 @@ def test_answers_to_requests_sent_before_a_cut_are_ignored():
 
 
 def test_throttle_state_shows_the_rates_in_force_per_store():
-    from toolkit.io.throttle import budget_for
+    from toolkit.io.budget import budget_for
 
     scope = f"s3://bucket/state-test-{uuid.uuid4().hex[:8]}.zarr"  # a budget of its own
     b = budget_for(Throttle(rate=100, write_rate=50, cooldown=0.0), scope)

@@ -28,9 +28,10 @@ from zarr.storage import MemoryStore
 import toolkit
 from toolkit.errors import StoreUnavailableError, WriteError
 from toolkit.io import clients
+from toolkit.io.classify import classify_error
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import resolve_store
-from toolkit.io.throttle import Throttle, classify_error
+from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.testing import FaultProxy
 

@@ -284,7 +284,7 @@ async def test_an_unreachable_coordinator_leaves_this_process_its_share_and_says
     """
     from dataclasses import replace
 
-    from toolkit.io.throttle import budget_for
+    from toolkit.io.budget import budget_for
 
     policy = Throttle(write_rate=1204, read_rate=2408, max_inflight=8, coordinated=True)
     share = replace(policy.share(4), max_inflight=8, coordinated=False)  # one of 4 workers

@@ -74,10 +74,10 @@ def test_azures_refusals_are_read_as_refusals(azurite):
     import obstore
     from obstore.exceptions import GenericError
 
+    from toolkit.io.classify import http_status
     from toolkit.io.clients import _conditional_answer
     from toolkit.io.conditional import _answer
     from toolkit.io.stores import resolve_store, unwrap
-    from toolkit.io.throttle import http_status
 
     opts = azurite.storage_options()
     store = unwrap(resolve_store("az://data/answers", storage_options=opts)).store

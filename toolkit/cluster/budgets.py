@@ -14,7 +14,8 @@ from toolkit.cluster.coordinator import (
     install_coordinator,
 )
 from toolkit.cluster.executor import Executor, executor
-from toolkit.io.throttle import Throttle, ThrottleState, local_states
+from toolkit.io.budget import ThrottleState, local_states
+from toolkit.io.throttle import Throttle
 
 __all__ = ["cluster_share", "throttle_state"]
 

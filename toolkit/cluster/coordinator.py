@@ -25,18 +25,17 @@ from dask.base import tokenize
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from toolkit import runtime
-from toolkit.io.ratecontrol import Grant, Pacer
-from toolkit.io.throttle import (
+from toolkit.io.budget import (
     Budget,
     BudgetState,
     Limiter,
-    RequestKind,
-    Throttle,
     describe_cut,
     describe_recovery,
     limiters_of,
     sit_out_pauses,
 )
+from toolkit.io.ratecontrol import Grant, Pacer
+from toolkit.io.throttle import RequestKind, Throttle
 from toolkit.runtime import Registry, Slot
 
 __all__ = [

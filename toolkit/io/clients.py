@@ -46,7 +46,7 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore, ObjectStore
 from toolkit import runtime
 from toolkit._util import backoff
 from toolkit.errors import MissingExtraError
-from toolkit.io.throttle import http_status
+from toolkit.io.classify import http_status
 from toolkit.runtime import Registry, Slot
 from toolkit.upstream import call_s3, pipe_file_create
 

@@ -57,9 +57,10 @@ from toolkit.errors import (
     StoreThrottledError,
     StoreUnavailableError,
 )
+from toolkit.io.classify import classify_error, http_status
 from toolkit.io.clients import list_keys
 from toolkit.io.stores import describe_store
-from toolkit.io.throttle import Throttle, classify_error, http_status
+from toolkit.io.throttle import Throttle
 from toolkit.upstream import call_s3, memory_store_dict, wrapped_store
 
 __all__ = [

@@ -46,20 +46,12 @@ from toolkit.errors import (
     StoreUnavailableError,
 )
 from toolkit.io import clients
+from toolkit.io.budget import Budget, RemoteBudget, RemoteBudgets, budget_for
+from toolkit.io.classify import classify_error, http_status, retry_after
 from toolkit.io.metrics import IOMetrics, process_metrics
 from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
-from toolkit.io.throttle import (
-    Budget,
-    RemoteBudget,
-    RemoteBudgets,
-    RequestKind,
-    Throttle,
-    budget_for,
-    classify_error,
-    http_status,
-    retry_after,
-)
+from toolkit.io.throttle import RequestKind, Throttle
 from toolkit.runtime import Slot
 from toolkit.upstream import (
     get_many_through_get,
@@ -508,7 +500,7 @@ class _PolicyStore(InterceptStore):
 class ThrottleStore(_PolicyStore):
     """Keeps requests within a :class:`~toolkit.Throttle`'s rates and in-flight cap.
 
-    The enforcing state (:class:`toolkit.io.throttle.Budget`) is shared by every
+    The enforcing state (:class:`toolkit.io.budget.Budget`) is shared by every
     wrapper of the process with the same policy and store. It is not pickled:
     a copy in another process joins that process's budget. Throttling answers
     passing back through it slow the budget down (adaptive mode).

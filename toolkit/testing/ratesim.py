@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.io.budget import law_for
 from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS, Allocator, Grant, Pacer
-from toolkit.io.throttle import Throttle, law_for
+from toolkit.io.throttle import Throttle
 
 __all__ = ["Outcome", "Scenario", "simulate"]
 
