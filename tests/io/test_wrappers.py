@@ -20,6 +20,7 @@ from toolkit.io.stores import describe_store, resolve_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import (
     DigestStore,
+    GateStore,
     MetadataBuffer,
     MetricsStore,
     RetryStore,
@@ -65,6 +66,10 @@ class _WrapperConformance(StoreTests[Any, Buffer]):
 
 class TestMetricsStore(_WrapperConformance):
     store_cls = MetricsStore
+
+
+class TestGateStore(_WrapperConformance):
+    store_cls = GateStore
 
 
 class TestThrottleStore(_WrapperConformance):
@@ -224,9 +229,9 @@ def test_final_errors_are_not_retried():
 def test_aborted_gate_sends_nothing_and_waits_for_inflight():
     base = MemoryStore()
     metrics = IOMetrics()
-    stack = wrap_store(FaultStore(base, latency=0.05), FAST, metrics, track_keys=True)
-    gate = stack._store._store  # RetryStore -> ThrottleStore -> MetricsStore
-    assert isinstance(gate, MetricsStore)
+    stack = wrap_store(FaultStore(base, latency=0.05), FAST, metrics, gate=True)
+    gate = stack._store._store  # RetryStore -> ThrottleStore -> GateStore -> MetricsStore
+    assert isinstance(gate, GateStore)
 
     async def go():
         first = asyncio.ensure_future(stack.set("a", Buffer.from_bytes(b"1")))
@@ -238,7 +243,23 @@ def test_aborted_gate_sends_nothing_and_waits_for_inflight():
 
     sync(go())
     assert gate.wait_idle(timeout=1)
-    assert gate.written == {"a"} and set(base._store_dict) == {"a"}
+    assert gate.landed == {"a"} and set(base._store_dict) == {"a"}
+    # The refused request was sent nowhere, and counted nowhere: one set in all.
+    assert metrics.sets == 1 and metrics.errors == 0
+
+
+def test_the_gate_counts_what_landed_through_zarrs_sync_paths(tmp_path):
+    """A local store's synchronous fast path passes the gate too: counted, and refused."""
+    gate = GateStore(MetricsStore(LocalStore(str(tmp_path))))
+    assert gate._supports_sync_io
+    gate.set_sync("a", Buffer.from_bytes(b"1"))
+    gate.delete_sync("a")
+    gate.delete_sync("never-there")  # an absent key's delete did its job
+    assert gate.landed == {"a", "never-there"} and gate.inflight == 0
+    gate.abort()
+    with pytest.raises(RequestAbortedError):
+        gate.set_sync("b", Buffer.from_bytes(b"2"))
+    assert not (tmp_path / "b").exists()
 
 
 def test_metadata_buffer_turns_a_chain_into_one_round():

@@ -64,6 +64,7 @@ from toolkit.upstream import (
 __all__ = [
     "ACCESS_HINT",
     "DigestStore",
+    "GateStore",
     "InterceptStore",
     "MetadataBuffer",
     "MetricsStore",
@@ -333,49 +334,21 @@ class DigestStore(InterceptStore):
         self.digests[key] = digest(value.to_bytes())
 
 
-class MetricsStore(InterceptStore):
-    """Counts every request, its bytes, latency and outcome into an :class:`~toolkit.IOMetrics`.
+class GateStore(InterceptStore):
+    """The gate of one write task: counts its requests at the store, and stops them on failure.
 
-    Placed next to the real store, it sees every attempt, retries included, as
-    the store would count them. With ``track_keys``, the keys written or
-    deleted successfully are collected (a write's record of what landed).
-    Unlike the other wrappers, it keeps zarr's synchronous fast paths for local
-    stores, and counts those too. Being innermost, it is also the gate of a
-    failing write: after :meth:`abort`, nothing more is sent (requests raise
-    ``RequestAbortedError``), and :meth:`wait_idle` waits until no request is
-    still at the store.
-
-    Parameters
-    ----------
-    store : Store
-        The store to measure.
-    metrics : IOMetrics, optional
-        Where to count (a new one by default).
-    track_keys : bool
-        Collect successfully written keys in ``written``.
-    scope : str, optional
-        Count into this process's running totals for ``scope``
-        (:func:`toolkit.io.metrics.process_metrics`) instead; a copy unpickled in
-        another process counts into that process's totals.
+    After :meth:`abort`, nothing more is sent (requests raise
+    :class:`~toolkit.errors.RequestAbortedError`), and :meth:`wait_idle` waits
+    until no request is still at the store; ``landed`` collects the keys that
+    were written or deleted, so that a failed task can say which of its units
+    landed. Placed just above the :class:`MetricsStore` (see :func:`wrap_store`),
+    it sees every attempt, retries included, and a refused request is counted
+    nowhere. It keeps zarr's synchronous fast paths for local stores.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        metrics: IOMetrics | None = None,
-        *,
-        track_keys: bool = False,
-        scope: str | None = None,
-    ) -> None:
+    def __init__(self, store: Store) -> None:
         super().__init__(store)
-        self.scope = scope
-        if scope is not None:
-            metrics = process_metrics(scope)
-        self.metrics = metrics if metrics is not None else IOMetrics()
-        self.written: set[str] | None = set() if track_keys else None
-        self._init_gate()
-
-    def _init_gate(self) -> None:
+        self.landed: set[str] = set()
         self._idle = threading.Condition()
         self._inflight = 0
         self._aborted = False
@@ -387,13 +360,6 @@ class MetricsStore(InterceptStore):
         self.__dict__.update(state)
         self._idle = threading.Condition()
         self._inflight = 0
-        if self.scope is not None:
-            self.metrics = process_metrics(self.scope)
-
-    def _with_store(self, store: Store) -> Self:
-        clone = type(self)(store, self.metrics, track_keys=self.written is not None)
-        clone.scope = self.scope
-        return clone
 
     @property
     def _supports_sync_io(self) -> bool:
@@ -415,52 +381,117 @@ class MetricsStore(InterceptStore):
         with self._idle:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
-    def _enter(self, op: str, key: str) -> None:
+    @contextlib.contextmanager
+    def _passing(self, op: str, key: str) -> Iterator[None]:
         with self._idle:
             if self._aborted:
                 raise RequestAbortedError(f"{op} {key!r} not sent: the write was aborted")
             self._inflight += 1
+        try:
+            yield
+        except FileNotFoundError:
+            # What was to be deleted is not there (a concurrent delete took it first):
+            # the delete did its job, as S3 answers 204 to the DELETE of an absent key.
+            if op in _DELETES:
+                self.landed.add(key)
+            raise
+        else:
+            if op in ("set", "set_if_not_exists", "delete"):
+                self.landed.add(key)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
 
-    def _leave(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            self._idle.notify_all()
+    async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
+        with self._passing(op, key):
+            return await fn()
+
+    @override
+    def get_sync(self, key: str, **kw: Any) -> Buffer | None:
+        with self._passing("get", key):
+            return WrapperStore.get_sync(self, key, **kw)
+
+    @override
+    def set_sync(self, key: str, value: Buffer) -> None:
+        with self._passing("set", key):
+            WrapperStore.set_sync(self, key, value)
+
+    @override
+    def delete_sync(self, key: str) -> None:
+        with self._passing("delete", key):
+            WrapperStore.delete_sync(self, key)
+
+
+class MetricsStore(InterceptStore):
+    """Counts every request, its bytes, latency and outcome into an :class:`~toolkit.IOMetrics`.
+
+    Placed next to the real store, it sees every attempt, retries included, as
+    the store would count them. Unlike the other wrappers, it keeps zarr's
+    synchronous fast paths for local stores, and counts those too.
+
+    Parameters
+    ----------
+    store : Store
+        The store to measure.
+    metrics : IOMetrics, optional
+        Where to count (a new one by default).
+    scope : str, optional
+        Count into this process's running totals for ``scope``
+        (:func:`toolkit.io.metrics.process_metrics`) instead; a copy unpickled in
+        another process counts into that process's totals.
+    """
+
+    def __init__(
+        self, store: Store, metrics: IOMetrics | None = None, *, scope: str | None = None
+    ) -> None:
+        super().__init__(store)
+        self.scope = scope
+        if scope is not None:
+            metrics = process_metrics(scope)
+        self.metrics = metrics if metrics is not None else IOMetrics()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.scope is not None:
+            self.metrics = process_metrics(self.scope)
+
+    def _with_store(self, store: Store) -> Self:
+        return type(self)(store, self.metrics, scope=self.scope)
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        return store_supports_sync_io(self._store)
 
     @contextlib.contextmanager
     def _measured(self, op: str, key: str, size: int) -> Iterator[list[Any]]:
-        """Gate, time and count one request; the caller puts its result in the list."""
-        self._enter(op, key)
+        """Time and count one request; the caller puts its result in the list."""
         t0 = time.perf_counter()
         result: list[Any] = []
         try:
             yield result
         except BaseException as e:
-            self._leave()
-            self._done(op, key, size, None, t0, e)
+            self._done(op, size, None, t0, e)
             raise
-        self._leave()
-        self._done(op, key, size, result[0] if result else None, t0, None)
+        self._done(op, size, result[0] if result else None, t0, None)
 
     async def _call(self, op: str, key: str, fn: Callable[[], Awaitable[T]], size: int = 0) -> T:
         with self._measured(op, key, size) as result:
             result.append(await fn())
         return cast(T, result[0])
 
-    def _done(
-        self, op: str, key: str, size: int, result: Any, t0: float, exc: BaseException | None
-    ) -> None:
+    def _done(self, op: str, size: int, result: Any, t0: float, exc: BaseException | None) -> None:
         m = self.metrics
         m.observe(time.perf_counter() - t0)
         counts: dict[str, float] = {_COUNTER_OF[op]: 1}
         if op in _DELETES and isinstance(exc, FileNotFoundError):
-            # What was to be deleted is not there (a concurrent delete took it first):
-            # the delete did its job, as S3 answers 204 to the DELETE of an absent key.
-            exc = None
+            exc = None  # the delete did its job (see GateStore)
         if exc is None:
             counts["bytes_read"] = _nbytes(result)
             counts["bytes_written"] = size
-            if self.written is not None and op in ("set", "set_if_not_exists", "delete"):
-                self.written.add(key)
         elif isinstance(exc, Exception):
             counts["throttled" if classify_error(exc) == "throttled" else "errors"] = 1
         m.add(**counts)
@@ -1021,7 +1052,7 @@ def wrap_store(
     policy: Throttle | None,
     metrics: IOMetrics | None = None,
     *,
-    track_keys: bool = False,
+    gate: bool = False,
     scope: str | None = None,
     remote: RemoteBudgets | None = None,
 ) -> Store:
@@ -1029,7 +1060,8 @@ def wrap_store(
 
     The budget sits inside the retries, so that every attempt spends from it;
     the metrics sit next to the store, so that they see every attempt and time
-    the store alone. Without a policy (local paths), only metrics. ``scope``
+    the store alone. Without a policy (local paths), only metrics. ``gate``:
+    a write task's :class:`GateStore` just above the metrics. ``scope``
     counts into per-process running totals (see :class:`MetricsStore`);
     ``remote`` gives the cluster's budgets to a coordinated policy
     (see :class:`ThrottleStore`).
@@ -1042,7 +1074,9 @@ def wrap_store(
     """
     if policy is not None:
         store = without_client_retries(store)
-    measured = MetricsStore(store, metrics, track_keys=track_keys, scope=scope)
+    measured: Store = MetricsStore(store, metrics, scope=scope)
+    if gate:
+        measured = GateStore(measured)
     if policy is None:
         return measured
     # The outer layers count into the MetricsStore's metrics, looked up when used.

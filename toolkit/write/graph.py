@@ -39,7 +39,7 @@ from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
-from toolkit.io.wrappers import MetricsStore, find_wrapper, rebind, wrap_store
+from toolkit.io.wrappers import GateStore, find_wrapper, rebind, wrap_store
 from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.state.records import task_marker
 from toolkit.upstream import sync
@@ -262,10 +262,8 @@ def _write_block(
         out.update(units=0, nbytes=0, missing=every(), written=[], skipped=True, io={})
         return out
     metrics = live_metrics(describe_store(target.store))
-    stack = wrap_store(
-        target.store, io.throttle, metrics, track_keys=True, remote=remote_budget_for
-    )
-    gate = find_wrapper(stack, MetricsStore)
+    stack = wrap_store(target.store, io.throttle, metrics, gate=True, remote=remote_budget_for)
+    gate = find_wrapper(stack, GateStore)
     assert gate is not None
     # What the task puts in the store, for the write's manifest fragment.
     recorded = WrittenStore(stack)
@@ -286,8 +284,7 @@ def _write_block(
         # Not in flight, but queued in zarr's loop: they would outlive the task.
         idle = settle_zarr_calls(IDLE_TIMEOUT) and idle
         _abort(io)
-        written = gate.written or set()
-        landed = [unit_key(target, u) in written for u in every()]
+        landed = [unit_key(target, u) in gate.landed for u in every()]
         out.update(
             units=sum(landed),
             written=[u for u, ok in zip(every(), landed, strict=True) if ok],
