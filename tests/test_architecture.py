@@ -161,19 +161,36 @@ _MUTATING_METHODS = frozenset(
 )  # fmt: skip
 
 
-def _mutable(value: ast.expr) -> bool:
-    """Whether evaluating ``value`` makes a mutable object (looking inside tuples)."""
+def _mutable(value: ast.expr, own: frozenset[str] = frozenset()) -> bool:
+    """Whether evaluating ``value`` makes a mutable object (looking inside tuples).
+
+    ``own``: the module's classes whose instances are mutable (all but frozen
+    dataclasses): an instance of one made at import is state too.
+    """
     if isinstance(value, ast.Dict | ast.List | ast.Set | ast.DictComp | ast.ListComp | ast.SetComp):
         return True
     if isinstance(value, ast.Tuple):
-        return any(_mutable(e) for e in value.elts)
+        return any(_mutable(e, own) for e in value.elts)
     if isinstance(value, ast.BinOp):
-        return _mutable(value.left) or _mutable(value.right)
+        return _mutable(value.left, own) or _mutable(value.right, own)
     if isinstance(value, ast.Call):
         f = value.func
         name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
-        return name in MUTABLE_CALLS
+        return name in MUTABLE_CALLS or name in own
     return False
+
+
+def _mutable_classes(tree: ast.Module) -> frozenset[str]:
+    """The module's own classes, but frozen dataclasses."""
+
+    def frozen(c: ast.ClassDef) -> bool:
+        return any(
+            isinstance(d, ast.Call)
+            and any(k.arg == "frozen" and ast.unparse(k.value) == "True" for k in d.keywords)
+            for d in c.decorator_list
+        )
+
+    return frozenset(n.name for n in tree.body if isinstance(n, ast.ClassDef) and not frozen(n))
 
 
 def _module_statements(body: list[ast.stmt]):
@@ -197,11 +214,12 @@ def _module_statements(body: list[ast.stmt]):
 def _module_state(name: str, path: Path) -> list[tuple[str, str]]:
     """(name bound, where) for each mutable object bound at import, and each ``global``."""
     tree = ast.parse(path.read_text())
+    own = _mutable_classes(tree)
     found = []
     for s in _module_statements(tree.body):
         if isinstance(s, ast.Assign | ast.AnnAssign | ast.AugAssign) and s.value is not None:
             targets = s.targets if isinstance(s, ast.Assign) else [s.target]
-            if isinstance(s, ast.AugAssign) or _mutable(s.value):
+            if isinstance(s, ast.AugAssign) or _mutable(s.value, own):
                 for t in targets:
                     for n in ast.walk(t):
                         if isinstance(n, ast.Name) and n.id != "__all__":
@@ -272,6 +290,11 @@ def f():
 class L:
     shared = []
     fine = ("a",)
+@dataclass(frozen=True)
+class Frozen:
+    a: int = 1
+M = L()
+N = Frozen()
 """
     import tempfile
 
@@ -279,7 +302,7 @@ class L:
         p = Path(d) / "m.py"
         p.write_text(source)
         bound = sorted({b for b, _ in _module_state("m", p)})
-    assert bound == ["A", "B", "C", "D", "E", "F", "K", "shared"]
+    assert bound == ["A", "B", "C", "D", "E", "F", "K", "M", "shared"]
 
 
 # ------------------------------------------------------------------- upstream's private names

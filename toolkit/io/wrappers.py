@@ -1117,7 +1117,8 @@ class _QuietCopies:
             self._copies.pop(key, None)
 
 
-_QUIET_COPIES = _QuietCopies()
+#: The copies of stores without their clients' retries (in the current runtime).
+_QUIET_COPIES: Slot[_QuietCopies] = Slot("io.wrappers.quiet_copies", _QuietCopies)
 
 
 def without_client_retries(store: Store) -> Store:
@@ -1129,7 +1130,7 @@ def without_client_retries(store: Store) -> Store:
     below another library's wrapper cannot be copied: its client's retries
     then stay on (a debug log says so).
     """
-    return _QUIET_COPIES.get(store, _quiet_stack)
+    return runtime.current().get(_QUIET_COPIES).get(store, _quiet_stack)
 
 
 def _quiet_stack(store: Store) -> Store:
