@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import json
 import os
 import random
@@ -125,6 +126,26 @@ def settle_zarr_calls(timeout: float) -> bool:
         return not pending
 
     return bool(sync(settled()))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a big graph is built.
+
+    100,000 write tasks are about a million new objects, and each of the
+    collector's full passes on the way walks the whole heap (the caller's
+    datasets and graphs too): the build takes 3x as long with it running
+    (1.3 s against 0.5 s on this machine). The build makes no reference cycles,
+    so nothing is left for the collector afterwards. The collector is resumed
+    only if it was running: a caller that had paused it keeps it paused.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Background:

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import Task, TaskRef
 
 from toolkit._util import need_netcdf_engine
 from toolkit.ingest.sources import (
@@ -137,7 +138,9 @@ def _lazy(
             if hi > lo:
                 pieces.append((sources[j].path, int(lo), int(hi)))
             j += 1
-        layer[(read, i)] = (_read_block, pieces, names, concat_dim, dict(open_kwargs))
+        layer[(read, i)] = Task(
+            (read, i), _read_block, pieces, names, concat_dim, dict(open_kwargs)
+        )
     sizes = tuple(min(step, total - a) for a in starts)
     layers: dict[str, Any] = {read: layer}
     deps: dict[str, set[str]] = {read: set()}
@@ -148,8 +151,9 @@ def _lazy(
         axis = dims.index(concat_dim)
         name = f"toolkit-ingest-{n}-{token}"
         layers[name] = {
-            (name, *(i if a == axis else 0 for a in range(len(dims)))): (_pick, (read, i), n)
+            key: Task(key, _pick, TaskRef((read, i)), n)
             for i in range(len(starts))
+            for key in [(name, *(i if a == axis else 0 for a in range(len(dims))))]
         }
         deps[name] = {read}
         chunks = tuple(sizes if a == axis else (m,) for a, m in enumerate(shape))

@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.task_spec import Alias, List, Task, TaskRef
 from zarr.abc.store import Store
 
 from toolkit._render import text_table
@@ -504,7 +505,10 @@ def _tree(
         current = {}
         for new, keys in batches.items():
             key = (cname, *new)
-            layer[key] = (combine_task, keys, aggs) if len(keys) > 1 else keys[0]
+            if len(keys) > 1:
+                layer[key] = Task(key, combine_task, List(*map(TaskRef, keys)), aggs)
+            else:
+                layer[key] = Alias(key, keys[0])
             current[new] = key
         nb = new_nb
     return current
@@ -588,7 +592,9 @@ def _variable_stats(
             kidx = tuple(idx[a] for a in kept)
             shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
             ctx = dataclasses.replace(context, shape=shape)
-            layer[(fname, *kidx)] = (_finalize_task, key, list(names), ctx)
+            layer[(fname, *kidx)] = Task(
+                (fname, *kidx), _finalize_task, TaskRef(key), list(names), ctx
+            )
     else:
         # Many groups: finalize tasks per range of the first group dim, each of about
         # _FINALIZE_CELLS group cells, in parallel and with memory to match. Each
@@ -626,12 +632,14 @@ def _variable_stats(
                     keys = []
                     for j, batch in enumerate(batches):
                         key = (cname, r, j, *kidx)
-                        layer[key] = (_combine_groups_task, batch, aggs, start, stop)
+                        merged = List(*map(TaskRef, batch))
+                        layer[key] = Task(key, _combine_groups_task, merged, aggs, start, stop)
                         keys.append(key)
                 gidx = (r,) + (0,) * (len(gshape) - 1)
-                layer[(fname, *gidx, *kidx)] = (
+                layer[(fname, *gidx, *kidx)] = Task(
+                    (fname, *gidx, *kidx),
                     _finalize_groups_task,
-                    keys,
+                    List(*map(TaskRef, keys)),
                     list(names),
                     ctx,
                     aggs,
@@ -655,9 +663,10 @@ def _variable_stats(
         elif stat == "quantiles":
             extra, extra_dims = ((len(context.quantiles),),), ("quantile",)
         pick = {
-            (sname, *k[1:], *([0] if extra else [])): (operator.getitem, k, stat)
+            key: Task(key, operator.getitem, TaskRef(k), stat)
             for k in layer
             if k[0] == fname
+            for key in [(sname, *k[1:], *([0] if extra else []))]
         }
         g = HighLevelGraph(
             {**graph.layers, sname: MaterializedLayer(pick)},

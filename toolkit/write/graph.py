@@ -25,11 +25,12 @@ import numpy as np
 import zarr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import DataNode, List, Task, TaskRef
 from zarr.abc.store import Store
 from zarr.buffer.cpu import Buffer
 
 from toolkit import grid, runtime
-from toolkit._util import backoff, settle_zarr_calls, zarr_concurrency
+from toolkit._util import backoff, collector_paused, settle_zarr_calls, zarr_concurrency
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import in_task
 from toolkit.cluster.metrics import publish
@@ -380,6 +381,7 @@ def summarize(
     return out
 
 
+@collector_paused()  # a million new objects for 100,000 tasks
 def build_write_graph(
     plan: WritePlan,
     sources: Sequence[WriteSource],
@@ -400,17 +402,20 @@ def build_write_graph(
         Per variable, the completion markers of tasks to leave out (they landed
         in an earlier run of a resumable write). Their source blocks are not read.
     """
+    # dask's task spec (dask.task_spec), not tuples: dask would convert a tuple graph
+    # task by task when it runs it, 10 s for 100,000 write tasks before the first byte.
     layers: dict[str, Any] = {}
     deps: dict[str, set[str]] = {}
     write_keys: list[tuple[Any, ...]] = []
     token = io.token
     iokey = f"toolkit-io-{token}"
-    layers[iokey] = {iokey: io}
+    layers[iokey] = {iokey: DataNode(iokey, io)}
     deps[iokey] = set()
     # The runtime the tasks run in: this one in this process; pickled to a worker, the
     # worker's own (a Runtime arrives as the receiving process's current runtime).
     rtkey = f"toolkit-runtime-{token}"
-    layers[rtkey] = {rtkey: runtime.current()}
+    io_ref, rt_ref = TaskRef(iokey), TaskRef(rtkey)
+    layers[rtkey] = {rtkey: DataNode(rtkey, runtime.current())}
     deps[rtkey] = set()
     for src in sources:
         vp = src.plan
@@ -425,8 +430,9 @@ def build_write_graph(
         name = f"toolkit-write-{_safe(vp.name)}-{token}"
         tkey = f"toolkit-target-{_safe(vp.name)}-{token}"
         # The target is its own key: shipped to each worker once, not once per task.
-        layers[tkey] = {tkey: src.target}
+        layers[tkey] = {tkey: DataNode(tkey, src.target)}
         deps[tkey] = set()
+        target = TaskRef(tkey)
         own = vp._ownership
         # Per axis, each block's slice and unit range, as plain ints: the loop below
         # runs once per task (100k+), so it only picks from these.
@@ -437,13 +443,18 @@ def build_write_graph(
         ranges = [list(zip(a.first.tolist(), a.stop.tolist(), strict=True)) for a in own]
         done = (skip or {}).get(vp.name)
         layer: dict[Any, Any] = {}
-        for idx in itertools.product(*(range(n) for n in data.numblocks)):
-            region = tuple(sl[i] for sl, i in zip(slices, idx, strict=True))
-            units = tuple(r[i] for r, i in zip(ranges, idx, strict=True))
+        blocks = zip(
+            itertools.product(*(range(n) for n in data.numblocks)),
+            itertools.product(*slices),
+            itertools.product(*ranges),
+            strict=True,
+        )
+        for idx, region, units in blocks:
             if done and task_marker(units) in done:
                 continue
             key = (name, *idx)
-            layer[key] = (write_block, (data.name, *idx), tkey, region, units, iokey, rtkey)
+            block = TaskRef((data.name, *idx))
+            layer[key] = Task(key, write_block, block, target, region, units, io_ref, rt_ref)
             write_keys.append(key)
         layers[name] = layer
         deps[name] = {data.name, tkey, iokey, rtkey}
@@ -455,11 +466,12 @@ def build_write_graph(
     while io.transactional and io.distributed and len(tops) > _FAN_IN:
         name = f"toolkit-merge-{level}-{token}"
         layers[name] = {
-            (name, i): (merge_results, *tops[j : j + _FAN_IN])
+            (name, i): Task((name, i), merge_results, *map(TaskRef, tops[j : j + _FAN_IN]))
             for i, j in enumerate(range(0, len(tops), _FAN_IN))
         }
         deps[name] = below
         tops, below, level = list(layers[name]), {name}, level + 1
-    layers[fin] = {fin: (summarize, tops, time.time(), iokey, rtkey)}
+    results = List(*map(TaskRef, tops))
+    layers[fin] = {fin: Task(fin, summarize, results, time.time(), io_ref, rt_ref)}
     deps[fin] = below | {iokey, rtkey}
     return Delayed(fin, HighLevelGraph(layers, deps), layer=fin)

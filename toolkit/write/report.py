@@ -20,6 +20,7 @@ from typing import Any
 import xarray as xr
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import Task, TaskRef
 from dask.utils import format_bytes
 
 from toolkit._render import html_table, text_table
@@ -135,10 +136,8 @@ def then_report(graph: Delayed, *, plan: WritePlan, meta_io: IOMetrics, **report
     # dataset in it, and gather all of it into one task just to hand it over.
     light = replace(plan, dataset=xr.Dataset())
     key = f"toolkit-report-{graph.key}"
-    task = (
-        functools.partial(conclude, plan=light, meta_io=meta_io.as_dict(), **report),
-        graph.key,
-    )
+    finish = functools.partial(conclude, plan=light, meta_io=meta_io.as_dict(), **report)
+    task = Task(key, finish, TaskRef(graph.key))
     base = graph.__dask_graph__()
     assert isinstance(base, HighLevelGraph)
     hlg = HighLevelGraph({**base.layers, key: {key: task}}, {**base.dependencies, key: {graph.key}})

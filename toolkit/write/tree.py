@@ -34,6 +34,7 @@ import zarr
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.task_spec import List, Task, TaskRef
 from dask.utils import format_bytes
 from zarr.abc.store import Store
 
@@ -869,22 +870,19 @@ def _tree_graph(
     # Light: dask would otherwise traverse the plans and gather each source dataset.
     light = replace(plan, nodes=tuple((n, replace(p, dataset=xr.Dataset())) for n, p in plan.nodes))
     key = f"toolkit-tree-report-{tokenize(*finals)}"
-    task = (
-        functools.partial(
-            _tree_report,
-            plan=light,
-            journals=meta.journals,
-            tokens=meta.tokens,
-            written=meta.written,
-            t0=t0,
-            meta=meta_seconds,
-            meta_io=meta_io.as_dict(),
-            strays_before=strays_before,
-            root_last=root_last,
-        ),
-        list(finals),
+    finish = functools.partial(
+        _tree_report,
+        plan=light,
+        journals=meta.journals,
+        tokens=meta.tokens,
+        written=meta.written,
+        t0=t0,
+        meta=meta_seconds,
+        meta_io=meta_io.as_dict(),
+        strays_before=strays_before,
+        root_last=root_last,
     )
-    layers[key] = {key: task}
+    layers[key] = {key: Task(key, finish, List(*map(TaskRef, finals)))}
     deps[key] = set(finals)
     return Delayed(key, HighLevelGraph(layers, deps), layer=key)
 
