@@ -24,7 +24,7 @@ import functools
 import html
 import time
 import warnings
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -479,11 +479,74 @@ def plan_tree_write(
     enc = _tree_encoding(encoding, nodes)
     policy = resolve_throttle(throttle, store_label(store))
     plain = resolve_store(store, storage_options=storage_options, throttle=policy)
+    jobs, left_alone = _node_jobs(nodes, write_inherited_coords, append_dim, region)
+    plan_node = functools.partial(
+        _plan_node,
+        reads=_tree_reads(plain, tmode, group),
+        mode=tmode,
+        encoding=enc,
+        group=group,
+        write_empty_chunks=write_empty_chunks,
+        max_task_bytes=max_task_bytes,
+        throttle=policy if policy is not None else False,
+    )
+    fmt: int | None = zarr_format
+    if fmt is None and tmode in ("w", "w-"):
+        fmt = int(zarr.config.get("default_zarr_format"))
+    planned, fmt = _plan_nodes(jobs, plan_node, fmt)
+    if append_dim is not None and left_alone and not any(p.append_dim for p in planned):
+        # Appended to nothing: the tree is created, as a dataset is, with every node.
+        alone = [(path, n) for path, n in nodes if path in left_alone]
+        extra: list[_NodeJob] = [
+            (path, n.to_dataset(inherit=write_inherited_coords or path == "/"), {})
+            for path, n in alone
+        ]
+        with ThreadPoolExecutor(min(_PLANNERS, len(extra)), "toolkit-plan-tree") as pool:
+            more = list(pool.map(functools.partial(plan_node, fmt=fmt), extra))
+        order = {path: i for i, (path, _) in enumerate(nodes)}
+        pairs = sorted(
+            [*zip(jobs, planned, strict=True), *zip(extra, more, strict=True)],
+            key=lambda jp: order[jp[0][0]],
+        )
+        jobs, planned = [j for j, _ in pairs], [p for _, p in pairs]
+        left_alone = []
+        tmode = "w-"  # a creation: under the claim, into an empty group
+    if append_dim is not None:
+        _check_appended_together(jobs, planned, append_dim)
+    out = TreeWritePlan(
+        target=describe_store(plain),
+        mode=tmode,
+        zarr_format=fmt,
+        group=_prefix(group) or None,
+        consolidated=consolidated is not False,
+        append_dim=str(append_dim) if append_dim is not None else None,
+        nodes=tuple((path, p) for (path, _, _), p in zip(jobs, planned, strict=True)),
+        left_alone=tuple(left_alone),
+        throttle=policy,
+        store=plain,
+    )
+    return out.validate()
 
-    jobs: list[tuple[str, xr.Dataset, dict[str, Any]]] = []
+
+#: A node to plan: its path, its dataset, and plan_write's options of its own.
+type _NodeJob = tuple[str, xr.Dataset, dict[str, Any]]
+
+
+def _node_jobs(
+    nodes: Sequence[tuple[str, xr.DataTree]],
+    inherited: bool,
+    append_dim: Hashable | None,
+    region: Mapping[Hashable, slice | Literal["auto"]] | Literal["auto"] | None,
+) -> tuple[list[_NodeJob], list[str]]:
+    """The nodes written, with their options, and those left alone.
+
+    An append (a region) writes the nodes that have the dimension (a dimension
+    of the region); the others are left alone. None written is refused.
+    """
+    jobs: list[_NodeJob] = []
     left_alone: list[str] = []
     for path, node in nodes:
-        ds = node.to_dataset(inherit=write_inherited_coords or path == "/")
+        ds = node.to_dataset(inherit=inherited or path == "/")
         options: dict[str, Any] = {}
         if append_dim is not None:
             if append_dim not in ds.dims:
@@ -514,43 +577,69 @@ def plan_tree_write(
             + ("that dimension" if append_dim is not None else "a dimension of the region")
             + f" (its dimensions: {sorted({str(d) for _, n in nodes for d in n.dims})})"
         )
+    return jobs, left_alone
 
-    # A new tree on an object store (nothing in its root group): every node's plan reads
-    # one snapshot, which answers their reads of the nodes' groups with no request (its
-    # listing found none). A local one answers at once anyway (and must not be made).
-    reads: Store = plain
-    if tmode != "w" and not is_icechunk(plain) and not listing_is_free(plain):
-        snap = SnapshotStore(plain)
-        sync(snap.prefetch(group))
-        if snap.listed(_prefix(group)) == []:
-            snap.empty_below(f"{_prefix(group)}/" if _prefix(group) else "")
-            reads = snap
 
-    def plan_node(job: tuple[str, xr.Dataset, dict[str, Any]], fmt: int | None) -> WritePlan:
-        path, ds, options = job
-        try:
-            return plan_write(
-                ds,
-                reads,
-                mode=tmode,
-                encoding=enc.get(path),
-                zarr_format=fmt,
-                consolidated=False,  # the tree is consolidated once, at its root
-                group=_node_group(group, path),
-                write_empty_chunks=write_empty_chunks,
-                max_task_bytes=max_task_bytes,
-                throttle=policy if policy is not None else False,
-                **options,
-            )
-        except PlanError as e:
-            raise _in_node(path, e) from e
+def _tree_reads(plain: Store, mode: str, group: str | None) -> Store:
+    """What the nodes' plans read: a snapshot of an empty object store's group, else the store.
 
-    fmt: int | None = zarr_format
-    if fmt is None and tmode in ("w", "w-"):
-        fmt = int(zarr.config.get("default_zarr_format"))
+    On a new tree in an object store (nothing in its root group), every node's
+    plan reads one snapshot, which answers their reads of the nodes' groups
+    with no request (its listing found none). A local store answers at once
+    anyway (and must not be made one).
+    """
+    if mode == "w" or is_icechunk(plain) or listing_is_free(plain):
+        return plain
+    snap = SnapshotStore(plain)
+    sync(snap.prefetch(group))
+    if snap.listed(_prefix(group)) != []:
+        return plain
+    snap.empty_below(f"{_prefix(group)}/" if _prefix(group) else "")
+    return snap
+
+
+def _plan_node(
+    job: _NodeJob,
+    fmt: int | None,
+    *,
+    reads: Store,
+    encoding: Mapping[str, Mapping[Hashable, Mapping[str, Any]]],
+    group: str | None,
+    **options: Any,
+) -> WritePlan:
+    """One node's :func:`~toolkit.plan_write`; a refusal names the node."""
+    path, ds, own = job
+    try:
+        return plan_write(
+            ds,
+            reads,
+            encoding=encoding.get(path),
+            zarr_format=fmt,
+            consolidated=False,  # the tree is consolidated once, at its root
+            group=_node_group(group, path),
+            **options,
+            **own,
+        )
+    except PlanError as e:
+        raise _in_node(path, e) from e
+
+
+def _plan_nodes(
+    jobs: Sequence[_NodeJob],
+    plan_node: Callable[[_NodeJob, int | None], WritePlan],
+    fmt: int | None,
+) -> tuple[list[WritePlan], int]:
+    """Every node's plan, concurrently, in the order ``region="auto"`` needs; and the format.
+
+    ``region="auto"`` along a dimension is found from its index, which is stored
+    in the node that defines it: a node is planned once the nodes defining the
+    indexes it lacks have found their slices, which it takes (a child's data has
+    no index of an inherited dimension, and would otherwise be placed at the
+    start). Without ``fmt``, the first node's plan reads the stored format.
+    """
     done: dict[int, WritePlan] = {}
 
-    def plan_all(which: Sequence[int]) -> None:
+    def plan_all(which: Sequence[int], fmt: int) -> None:
         if not which:
             return
         with ThreadPoolExecutor(min(_PLANNERS, len(which)), "toolkit-plan-tree") as pool:
@@ -561,10 +650,6 @@ def plan_tree_write(
                 raise r
         done.update((i, r) for i, r in zip(which, results, strict=True) if isinstance(r, WritePlan))
 
-    # region="auto" along a dimension is found from its index, which is stored in the
-    # node that defines it: a node is planned once the nodes defining the indexes it
-    # lacks have found their slices, which it takes (a child's data has no index of an
-    # inherited dimension, and would otherwise be placed at the start).
     owners: dict[Hashable, int] = {}
     for i, (_, ds, options) in enumerate(jobs):
         for d, sl in (options.get("region") or {}).items():
@@ -593,7 +678,7 @@ def plan_tree_write(
         if fmt is None:  # the format of what is stored: the first node's plan reads it
             done[ready[0]] = plan_node(jobs[ready[0]], None)
             fmt = done[ready[0]].zarr_format
-        plan_all([i for i in ready if i not in done])
+        plan_all([i for i in ready if i not in done], fmt)
         for d, i in owners.items():
             if i in ready:
                 found = (done[i].region or {}).get(str(d))
@@ -601,47 +686,22 @@ def plan_tree_write(
                     resolved[d] = found
         pending = [i for i in pending if i not in ready]
     assert fmt is not None
-    planned = [done[i] for i in range(len(jobs))]
-    if append_dim is not None and left_alone and not any(p.append_dim for p in planned):
-        # Appended to nothing: the tree is created, as a dataset is, with every node.
-        alone = [(path, n) for path, n in nodes if path in left_alone]
-        extra: list[tuple[str, xr.Dataset, dict[str, Any]]] = [
-            (path, n.to_dataset(inherit=write_inherited_coords or path == "/"), {})
-            for path, n in alone
-        ]
-        with ThreadPoolExecutor(min(_PLANNERS, len(extra)), "toolkit-plan-tree") as pool:
-            more = list(pool.map(functools.partial(plan_node, fmt=fmt), extra))
-        order = {path: i for i, (path, _) in enumerate(nodes)}
-        pairs = sorted(
-            [*zip(jobs, planned, strict=True), *zip(extra, more, strict=True)],
-            key=lambda jp: order[jp[0][0]],
+    return [done[i] for i in range(len(jobs))], fmt
+
+
+def _check_appended_together(
+    jobs: Sequence[_NodeJob], planned: Sequence[WritePlan], append_dim: Hashable
+) -> None:
+    """Refuse an append that would create some nodes while it appends to others."""
+    created = [path for (path, _, _), p in zip(jobs, planned, strict=True) if not p.append_dim]
+    if created and len(created) < len(planned):
+        # Its arrays would hold the appended rows alone: a tree no longer aligned.
+        raise AppendError(
+            f"node {created[0]!r} has append_dim={append_dim!r} but no arrays in the store "
+            "to append to, while other nodes are appended; write it first with the whole "
+            "dimension (mode='a', without append_dim), or drop its variables along "
+            f"{append_dim!r}"
         )
-        jobs, planned = [j for j, _ in pairs], [p for _, p in pairs]
-        left_alone = []
-        tmode = "w-"  # a creation: under the claim, into an empty group
-    if append_dim is not None:
-        created = [path for (path, _, _), p in zip(jobs, planned, strict=True) if not p.append_dim]
-        if created and len(created) < len(planned):
-            # Its arrays would hold the appended rows alone: a tree no longer aligned.
-            raise AppendError(
-                f"node {created[0]!r} has append_dim={append_dim!r} but no arrays in the store "
-                "to append to, while other nodes are appended; write it first with the whole "
-                "dimension (mode='a', without append_dim), or drop its variables along "
-                f"{append_dim!r}"
-            )
-    out = TreeWritePlan(
-        target=describe_store(plain),
-        mode=tmode,
-        zarr_format=fmt,
-        group=_prefix(group) or None,
-        consolidated=consolidated is not False,
-        append_dim=str(append_dim) if append_dim is not None else None,
-        nodes=tuple((path, p) for (path, _, _), p in zip(jobs, planned, strict=True)),
-        left_alone=tuple(left_alone),
-        throttle=policy,
-        store=plain,
-    )
-    return out.validate()
 
 
 # --------------------------------------------------------------------------- executing
