@@ -433,7 +433,7 @@ class ResumeLog:
 
         return sync(go()) if self.store.supports_listing else {}
 
-    def seal(self, io: IOMetrics | None = None) -> None:
+    def write_manifest(self, io: IOMetrics | None = None) -> None:
         """The write is complete: keep its objects' checksums in a manifest fragment.
 
         Each marker holds the sizes and checksums of its task's objects (of
@@ -465,7 +465,7 @@ class ResumeLog:
         write_fragment(store, self.group, f"resume-{self.id}", objects)
 
     def clear(self, io: IOMetrics | None = None) -> None:
-        """Delete the log (after :meth:`seal` and the record's removal)."""
+        """Delete the log (after :meth:`write_manifest` and the record's removal)."""
         store = wrap_store(self.store, self.throttle, io)
         sync(store.delete_dir(self.prefix.rstrip("/")))
         resume = _prefix(self.group, "resume")

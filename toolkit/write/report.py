@@ -162,9 +162,9 @@ def conclude(
     A failure ends the write's record as failed (the missing units in it) and
     raises :class:`~toolkit.errors.WriteError`. Else, in this order (a kill
     between any two leaves a store that readers refuse and a rerun finishes):
-    the manifest fragment of what the write put, the resumable log's seal,
-    the killed runs' temporary files removed, the record ended, the log
-    cleared. ``meta`` and ``meta_io`` are the metadata round's seconds and
+    the manifest fragment of what the write put (and, for a resumable write,
+    the one its log's markers make), the killed runs' temporary files removed,
+    the record ended, the log cleared. ``meta`` and ``meta_io`` are the metadata round's seconds and
     requests.
     """
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
@@ -188,7 +188,7 @@ def conclude(
             write_fragment(wrap_store(plan.store, plan.throttle, tail), plan.group, token,
                            objects_of_lists(written))  # fmt: skip
         if resume is not None:
-            resume.seal(tail)
+            resume.write_manifest(tail)
         if strays_before is not None:
             # Under the creation lease: temporary files of killed runs are nobody's.
             remove_strays(plan.store, plan.group, older_than=strays_before)
