@@ -108,121 +108,129 @@ def decide_rows(
     (dict, dict)
         The new state and an answer per job. Other kinds are left unanswered.
     """
-    dims: dict[str, int] = dict(state.get("dims", {}))
-    res: list[dict[str, Any]] = [dict(r) for r in state.get("reservations", [])]
-    parts: dict[str, Any] = {
-        k: {"dim": v["dim"], "labels": dict(v["labels"])}
-        for k, v in state.get("partitions", {}).items()
-    }
-    landed: dict[str, list[Any]] = dict(state.get("landed", {}))
-    answers: dict[str, dict[str, Any]] = {}
+    d = _Decision(state, read_partitions)
+    for req in requests:
+        kind, job = req.get("kind"), req["job"]
+        if kind == "release":
+            d.answers[job] = {"released": d.release(list(req.get("ids", [])))}
+        elif kind in ("reserve", "partitions"):
+            dim = str(req["dim"])
+            visible = int(req.get("visible", 0))
+            d.dims[dim] = max(d.dims.get(dim, 0), visible)
+            d.publish_below(dim, visible)
+            tail = [r["id"] for r in d.res if r["dim"] == dim and dead is not None and dead(r)]
+            released = d.release(list(req.get("release", [])) + tail)
+            if kind == "reserve":
+                d.answers[job] = d.reserve(req, job, dim, released)
+            else:
+                d.answers[job] = d.partitions(req, job, dim)
+    landed = d.landed
+    if len(landed) > KEEP_LANDED:
+        landed = dict(list(landed.items())[-KEEP_LANDED:])
+    new_state = {**state, "dims": d.dims, "reservations": d.res, "partitions": d.parts,
+                 "landed": landed}  # fmt: skip
+    return new_state, d.answers
 
-    def publish_below(dim: str, visible: int) -> None:
-        for r in [r for r in res if r["dim"] == dim and r["stop"] <= visible]:
-            res.remove(r)
-            landed[r["job"]] = [dim, r["start"], r["stop"]]
 
-    def release(ids: Sequence[str]) -> list[str]:
+class _Decision:
+    """The state :func:`decide_rows` works on (copies of the log's), and its rules by kind."""
+
+    def __init__(self, state: Mapping[str, Any], read_partitions: ReadPartitions) -> None:
+        self.dims: dict[str, int] = dict(state.get("dims", {}))
+        self.res: list[dict[str, Any]] = [dict(r) for r in state.get("reservations", [])]
+        self.parts: dict[str, Any] = {
+            k: {"dim": v["dim"], "labels": dict(v["labels"])}
+            for k, v in state.get("partitions", {}).items()
+        }
+        self.landed: dict[str, list[Any]] = dict(state.get("landed", {}))
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.read_partitions = read_partitions
+
+    def publish_below(self, dim: str, visible: int) -> None:
+        """Reservations readers now see whole leave: their jobs landed."""
+        for r in [r for r in self.res if r["dim"] == dim and r["stop"] <= visible]:
+            self.res.remove(r)
+            self.landed[r["job"]] = [dim, r["start"], r["stop"]]
+
+    def release(self, ids: Sequence[str]) -> list[str]:
+        """Hand out again the rows of the reservations ``ids`` at the end of their dimension."""
         gone: list[str] = []
         changed = True
         while changed:
             changed = False
-            for r in list(res):
-                if r["id"] in ids and r["stop"] == dims.get(r["dim"]):
-                    res.remove(r)
-                    dims[r["dim"]] = r["start"]
+            for r in list(self.res):
+                if r["id"] in ids and r["stop"] == self.dims.get(r["dim"]):
+                    self.res.remove(r)
+                    self.dims[r["dim"]] = r["start"]
                     for lab, _, _ in r.get("labels", []):
-                        for p in parts.values():
+                        for p in self.parts.values():
                             if p["dim"] == r["dim"]:
                                 p["labels"].pop(lab, None)
                     gone.append(r["id"])
                     changed = True
         return gone
 
-    for req in requests:
-        kind, job = req.get("kind"), req["job"]
-        if kind not in ("reserve", "partitions", "release"):
-            continue
-        if kind == "release":
-            answers[job] = {"released": release(list(req.get("ids", [])))}
-            continue
-        dim = str(req["dim"])
-        visible = int(req.get("visible", 0))
-        dims[dim] = max(dims.get(dim, 0), visible)
-        publish_below(dim, visible)
-        tail = [r["id"] for r in res if r["dim"] == dim and dead is not None and dead(r)]
-        released = release(list(req.get("release", [])) + tail)
-        mine = [r for r in res if r["job"] == job and r["dim"] == dim]
-        if kind == "reserve":
-            if mine:
-                r = mine[0]
-                r.update(_lease_of(req))  # the rerun holds the job's lease now
-                answers[job] = {"id": r["id"], "start": r["start"], "stop": r["stop"],
-                                "resumed": True}  # fmt: skip
-                continue
-            if job in landed:
-                _, a, b = landed[job]
-                answers[job] = {"landed": True, "start": a, "stop": b}
-                continue
-            members = [(str(m), int(n)) for m, n in req.get("members") or ()]
-            if members:
-                again = [m for m, _ in members if m in landed or any(r["job"] == m for r in res)]
-                if again:
-                    # A member runs again: it goes alone, to find its own rows.
-                    answers[job] = {
-                        "error": f"members {again} were reserved before",
-                        "again": again,
-                    }
-                    continue
-                pos = start = dims[dim]
-                for m, n in members:
-                    res.append({"id": m, "job": m, "dim": dim, "start": pos, "stop": pos + n,
-                                "kind": "append", "batch": job, **_lease_of(req)})  # fmt: skip
-                    pos += n
-                dims[dim] = pos
-                spans = {
-                    m: [a, a + n]
-                    for (m, n), a in zip(members, _starts(start, members), strict=True)
-                }
-                answers[job] = {"id": job, "start": start, "stop": pos, "members": spans}
-                continue
-            start = dims[dim]
-            stop = start + int(req["n"])
-            dims[dim] = stop
-            runs = {str(c): [list(x) for x in r] for c, r in (req.get("runs") or {}).items()}
-            res.append({"id": job, "job": job, "dim": dim, "start": start, "stop": stop,
-                        "kind": "append", "runs": runs, **_lease_of(req)})  # fmt: skip
-            # Labels of partition coordinates arrive with appends too: kept with the
-            # reservation (a coordinate may become a partition coordinate later),
-            # and added to the coordinates already tracked.
-            for coord, coord_runs in runs.items():
-                if coord in parts and parts[coord]["dim"] == dim:
-                    _place(parts[coord]["labels"], coord_runs, start)
-            answers[job] = {"id": job, "start": start, "stop": stop,
-                            **({"released": released} if released else {})}  # fmt: skip
-            continue
-        # kind == "partitions"
+    def reserve(
+        self, req: Mapping[str, Any], job: str, dim: str, released: list[str]
+    ) -> dict[str, Any]:
+        """An append's rows: its own again on a rerun, else the next free ones."""
+        mine = [r for r in self.res if r["job"] == job and r["dim"] == dim]
+        if mine:
+            r = mine[0]
+            r.update(_lease_of(req))  # the rerun holds the job's lease now
+            return {"id": r["id"], "start": r["start"], "stop": r["stop"], "resumed": True}
+        if job in self.landed:
+            _, a, b = self.landed[job]
+            return {"landed": True, "start": a, "stop": b}
+        members = [(str(m), int(n)) for m, n in req.get("members") or ()]
+        if members:
+            return self._reserve_members(req, job, dim, members)
+        start = self.dims[dim]
+        stop = start + int(req["n"])
+        self.dims[dim] = stop
+        runs = {str(c): [list(x) for x in r] for c, r in (req.get("runs") or {}).items()}
+        self.res.append({"id": job, "job": job, "dim": dim, "start": start, "stop": stop,
+                         "kind": "append", "runs": runs, **_lease_of(req)})  # fmt: skip
+        # Labels of partition coordinates arrive with appends too: kept with the
+        # reservation (a coordinate may become a partition coordinate later),
+        # and added to the coordinates already tracked.
+        for coord, coord_runs in runs.items():
+            if coord in self.parts and self.parts[coord]["dim"] == dim:
+                _place(self.parts[coord]["labels"], coord_runs, start)
+        return {"id": job, "start": start, "stop": stop,
+                **({"released": released} if released else {})}  # fmt: skip
+
+    def _reserve_members(
+        self, req: Mapping[str, Any], job: str, dim: str, members: list[tuple[str, int]]
+    ) -> dict[str, Any]:
+        """A batch's rows: one reservation per member, in order, from the next free row."""
+        again = [m for m, _ in members if m in self.landed or any(r["job"] == m for r in self.res)]
+        if again:
+            # A member runs again: it goes alone, to find its own rows.
+            return {"error": f"members {again} were reserved before", "again": again}
+        pos = start = self.dims[dim]
+        for m, n in members:
+            self.res.append({"id": m, "job": m, "dim": dim, "start": pos, "stop": pos + n,
+                             "kind": "append", "batch": job, **_lease_of(req)})  # fmt: skip
+            pos += n
+        self.dims[dim] = pos
+        spans = {m: [a, a + n] for (m, n), a in zip(members, _starts(start, members), strict=True)}
+        return {"id": job, "start": start, "stop": pos, "members": spans}
+
+    def partitions(self, req: Mapping[str, Any], job: str, dim: str) -> dict[str, Any]:
+        """A partition overwrite's rows: each label's stored rows, new labels at the end."""
         coord = str(req["coord"])
+        mine = [r for r in self.res if r["job"] == job and r["dim"] == dim]
         if mine:
             r = mine[0]
             r.update(_lease_of(req))
-            answers[job] = {**r["answer"], "resumed": True}
-            continue
+            return {**r["answer"], "resumed": True}
         try:
-            if coord not in parts:
-                # The stored (visible) labels, and those of rows handed out and not yet
-                # visible: an append's labels are in its reservation.
-                labels = read_partitions(coord, dim)
-                for r in sorted(res, key=lambda r: r["start"]):
-                    if r["dim"] == dim and coord in (r.get("runs") or {}):
-                        _place(labels, r["runs"][coord], r["start"])
-                parts[coord] = {"dim": dim, "labels": labels}
+            labels = self._labels(coord, dim)
         except PartitionError as e:
-            answers[job] = {"error": str(e)}
-            continue
-        labels = parts[coord]["labels"]
+            return {"error": str(e)}
         ranges: list[list[Any]] = []
-        end, bad = dims[dim], []
+        end, bad = self.dims[dim], []
         for lab, n in req["runs"]:
             if lab in labels:
                 a, b = labels[lab]
@@ -233,18 +241,17 @@ def decide_rows(
                 ranges.append([lab, end, end + n])
                 end += n
         if bad:
-            answers[job] = {
+            return {
                 "error": "partitions cannot change size in place: "
                 + "; ".join(bad)
                 + f". Bring exactly the stored rows of each {coord!r} partition"
             }
-            continue
-        new = [rg for rg in ranges if rg[1] >= dims[dim]]
+        new = [rg for rg in ranges if rg[1] >= self.dims[dim]]
         # Rows of other jobs' reservations (labels they add, not yet visible).
         waits = sorted(
             {
                 r["id"]
-                for r in res
+                for r in self.res
                 if r["dim"] == dim
                 for _, a, b in ranges
                 if a < r["stop"] and r["start"] < b and [_, a, b] not in new
@@ -252,19 +259,28 @@ def decide_rows(
         )
         answer: dict[str, Any] = {"ranges": ranges, "waits": waits}
         if new:
-            answer["id"], answer["start"], answer["stop"] = job, dims[dim], end
-            res.append({"id": job, "job": job, "dim": dim, "start": dims[dim], "stop": end,
-                        "kind": "partition", "coord": coord, "labels": new,
-                        "answer": answer, **_lease_of(req)})  # fmt: skip
+            answer["id"], answer["start"], answer["stop"] = job, self.dims[dim], end
+            self.res.append({"id": job, "job": job, "dim": dim, "start": self.dims[dim],
+                             "stop": end, "kind": "partition", "coord": coord, "labels": new,
+                             "answer": answer, **_lease_of(req)})  # fmt: skip
         for lab, a, b in ranges:
             labels[lab] = [a, b]
-        dims[dim] = end
-        answers[job] = answer
-    if len(landed) > KEEP_LANDED:
-        landed = dict(list(landed.items())[-KEEP_LANDED:])
-    new_state = {**state, "dims": dims, "reservations": res, "partitions": parts,
-                 "landed": landed}  # fmt: skip
-    return new_state, answers
+        self.dims[dim] = end
+        return answer
+
+    def _labels(self, coord: str, dim: str) -> dict[str, list[int]]:
+        """Each label's rows of ``coord``, read the first time the coordinate is met.
+
+        The stored (visible) labels, and those of rows handed out and not yet
+        visible: an append's labels are in its reservation.
+        """
+        if coord not in self.parts:
+            labels = self.read_partitions(coord, dim)
+            for r in sorted(self.res, key=lambda r: r["start"]):
+                if r["dim"] == dim and coord in (r.get("runs") or {}):
+                    _place(labels, r["runs"][coord], r["start"])
+            self.parts[coord] = {"dim": dim, "labels": labels}
+        return self.parts[coord]["labels"]  # type: ignore[no-any-return]
 
 
 def shift_out(state: Mapping[str, Any], rid: str) -> dict[str, Any]:
