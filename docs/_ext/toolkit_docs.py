@@ -58,7 +58,8 @@ def _drop_refused_keywords(
 
 def _layers() -> list[list[str]]:
     contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
-    (layers,) = [c["layers"] for c in contracts["contracts"] if c["type"] == "layers"]
+    # The package's layers (the other layers contracts are inside its subpackages).
+    (layers,) = [c["layers"] for c in contracts["contracts"] if c.get("id") == "layers"]
     return [[m.strip() for m in row.split("|")] for row in layers]
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "eager_regions",
     "edge_store",
     "metadata_round",
+    "prepare_group",
     "unit_ranges",
     "write_metadata",
 ]
@@ -199,7 +200,7 @@ def metadata_round(
     # without a record. A new target (nothing to delete) saves a round trip.
     beside = creating and plan.mode == "w" and resume is None and record and not transactional
     if creating and not beside and not empty:
-        _prepare_group(plan, direct)
+        prepare_group(direct, plan.mode, plan.group, plan.target)
     # Read after the clear: a replacing run starts over, whatever an old log says.
     done = resume.done_tasks() if resume is not None else {}
     if resume is not None and creating:
@@ -263,19 +264,25 @@ def metadata_round(
 _RMW_ATTEMPTS = 32
 
 
-def _prepare_group(plan: WritePlan, store: Store) -> None:
-    """Under the creation lease: replace the group (``"w"``) or prove it empty (``"w-"``)."""
-    if plan.mode == "w":
-        clear_group(store, plan.group)
+def prepare_group(
+    store: Store, mode: str, group: str | None, target: str, strays: Store | None = None
+) -> None:
+    """Under the creation claim: replace the group (``"w"``) or prove it empty (``"w-"``).
+
+    ``target`` names the store in the refusal; ``strays``: where killed runs'
+    temporary files are removed (``store`` by default).
+    """
+    if mode == "w":
+        clear_group(store, group)
         return
-    found = group_contents(store, plan.group)
+    found = group_contents(store, group)
     if found:
         raise ExistingStoreError(
-            f"{display_location(plan.target)} holds data since this write was planned "
+            f"{display_location(target)} holds data since this write was planned "
             f"({found[0]!r}; another job created it) and mode='w-' never overwrites; use "
             "mode='w' to replace it"
         )
-    remove_strays(store, plan.group)
+    remove_strays(strays if strays is not None else store, group)
 
 
 def edge_store(plan: WritePlan, reads: Store | None = None) -> Store:

@@ -44,7 +44,6 @@ from toolkit.cluster.progress import progress_bar
 from toolkit.errors import (
     AppendError,
     EncodingError,
-    ExistingStoreError,
     PlanError,
     RegionError,
     UnknownVariableError,
@@ -66,11 +65,8 @@ from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
 from toolkit.state.claim import (
     CreationClaim,
-    clear_group,
     create_timeout,
-    group_contents,
     listing_is_free,
-    remove_strays,
     take_claim,
 )
 from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
@@ -79,7 +75,7 @@ from toolkit.upstream import sync
 from toolkit.write.checks import unstorable
 from toolkit.write.execute import derive_write_id, small_write_threads, write_io
 from toolkit.write.graph import WriteSource, build_write_graph
-from toolkit.write.metadata import write_metadata
+from toolkit.write.metadata import prepare_group, write_metadata
 from toolkit.write.multi import append
 from toolkit.write.plan import (
     DEFAULT_MAX_TASK_BYTES,
@@ -730,21 +726,6 @@ def _owner_of(groups: Sequence[str]) -> Any:
     return owner
 
 
-def _prepare_root(plan: TreeWritePlan, direct: Store) -> None:
-    """Under the creation claim: replace the tree's group (``"w"``) or prove it empty (``"w-"``)."""
-    if plan.mode == "w":
-        clear_group(direct, plan.group)
-        return
-    found = group_contents(direct, plan.group)
-    if found:
-        raise ExistingStoreError(
-            f"{display_location(plan.target)} holds data since this write was planned "
-            f"({found[0]!r}; another job created it) and mode='w-' never overwrites; use "
-            "mode='w' to replace it"
-        )
-    remove_strays(plan.store, plan.group)
-
-
 def _tree_metadata(
     plan: TreeWritePlan,
     direct: Store,
@@ -760,7 +741,7 @@ def _tree_metadata(
     (:func:`~toolkit.state.claim.take_claim`): nothing to check, clear or read.
     """
     if creating and not empty:
-        _prepare_root(plan, direct)
+        prepare_group(direct, plan.mode, plan.group, plan.target, strays=plan.store)
     root = _prefix(plan.group)
     recorded = WrittenStore(direct)
     nodes = plan.nodes
