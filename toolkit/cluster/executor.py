@@ -226,8 +226,10 @@ class Cluster(Executor):
     def compute(
         self, obj: Any, *, callbacks: Sequence[Callback] = (), threads: int | None = None
     ) -> Any:
-        for cb in callbacks:
-            cb.on_start(len(obj.__dask_graph__()), self)
+        if callbacks:
+            tasks = len(obj.__dask_graph__())  # once: a big graph's length is not free
+            for cb in callbacks:
+                cb.on_start(tasks, self)
         future = self.client.compute(obj)
         try:
             if any(cb.shows_progress for cb in callbacks):
