@@ -76,3 +76,45 @@ def test_a_task_that_fails_on_one_worker_stops_the_writes_tasks_on_every_worker(
     while time.monotonic() < deadline and not all(cluster_client.run(_tripped, io).values()):
         time.sleep(0.05)
     assert all(cluster_client.run(_tripped, io).values())
+
+
+def test_the_write_graph_is_built_in_dasks_task_spec_so_nothing_is_converted():
+    """Every node toolkit adds is a dask.task_spec node, never a tuple.
+
+    dask converts a tuple graph task by task before it runs it (10 s for 100,000
+    write tasks); a graph of Task nodes is handed over as it is.
+    """
+    import dask.array as da
+    import xarray as xr
+    from dask.task_spec import GraphNode
+
+    import toolkit
+
+    ds = xr.Dataset({"v": (("t", "x"), da.zeros((40, 8), chunks=(1, 8), dtype="f4"))})
+    lazy = toolkit.to_zarr(ds, zarr.storage.MemoryStore(), encoding={"v": {"chunks": (2, 8)}},
+                           compute=False)  # fmt: skip
+    graph = lazy.__dask_graph__()
+    ours = {n: layer for n, layer in graph.layers.items() if n.startswith("toolkit-")}
+    assert any(n.startswith("toolkit-write-") for n in ours)
+    kinds = {type(task).__name__ for layer in ours.values() for task in dict(layer).values()}
+    assert all(isinstance(t, GraphNode) for lay in ours.values() for t in dict(lay).values()), kinds
+    assert len(ours[next(n for n in ours if n.startswith("toolkit-write-"))]) == 20
+    assert lazy.compute().units == 20
+
+
+def test_the_collector_is_paused_while_a_graph_is_built_and_resumed_as_it_was():
+    import gc
+
+    from toolkit._util import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller that had paused it keeps it paused
+    finally:
+        gc.enable()
