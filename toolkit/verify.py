@@ -29,11 +29,12 @@ from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
 from toolkit.io.groups import RESERVED_PREFIX
+from toolkit.io.keys import is_metadata
 from toolkit.io.stores import StoreLike, resolve_store, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
-from toolkit.state.manifest import aread_manifest, is_metadata
+from toolkit.state.manifest import aread_manifest
 from toolkit.upstream import sync
 
 __all__ = ["VerifyReport", "verify"]

@@ -35,6 +35,7 @@ from zarr.storage import WrapperStore
 
 from toolkit.io.conditional import ConditionalStore
 from toolkit.io.groups import array_dims, open_group
+from toolkit.io.keys import is_metadata
 from toolkit.upstream import normalize_byte_range, sync
 
 __all__ = [
@@ -401,8 +402,7 @@ class ExtentStore(WrapperStore[Store]):
         return [await self.get(k, prototype, r) for k, r in key_ranges]
 
     def _refuse(self, key: str) -> None:
-        name = key.rsplit("/", 1)[-1]
-        if name in ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"):
+        if is_metadata(key):
             raise RuntimeError(
                 f"a write of hidden rows tried to write metadata ({key}); it would publish "
                 "rows before their data landed"

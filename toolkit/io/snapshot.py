@@ -29,13 +29,13 @@ from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest, Store
 from zarr.buffer import default_buffer_prototype
 
+from toolkit.io.keys import METADATA_DOCUMENTS, is_metadata
 from toolkit.io.wrappers import InterceptStore
 
 __all__ = ["SnapshotStore"]
 
 T = TypeVar("T")
 
-_METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 #: One-dimensional arrays up to this size have their chunks read in the snapshot.
 _SMALL_ARRAY_BYTES = 4 * 2**20
 #: Other one-dimensional arrays up to this size (labels) have their chunks read too.
@@ -43,10 +43,6 @@ _SMALL_LABELS_BYTES = 256 * 2**10
 #: Coordinates in more chunks than this are read when asked, not in the snapshot.
 _MAX_CHUNKS = 256
 _MISSING = object()
-
-
-def _is_metadata(key: str) -> bool:
-    return key.rsplit("/", 1)[-1] in _METADATA
 
 
 # The requests that only read (listings aside).
@@ -83,7 +79,7 @@ class SnapshotStore(InterceptStore):
         return self._store
 
     def _keeps(self, key: str) -> bool:
-        if self._chunks or _is_metadata(key) or key in self._named:
+        if self._chunks or is_metadata(key) or key in self._named:
             return True
         path = key.rsplit("/c/", 1)[0] if "/c/" in key else key.rsplit("/", 1)[0]
         return path in self._small
@@ -182,7 +178,7 @@ class SnapshotStore(InterceptStore):
         else waits for is a round trip of its own).
         """
         root = f"{group.strip('/')}/" if group and group.strip("/") else ""
-        first = [f"{root}{n}" for n in _METADATA]
+        first = [f"{root}{n}" for n in sorted(METADATA_DOCUMENTS)]
         listing = asyncio.ensure_future(self._collect_dir(root))
         lists = [asyncio.ensure_future(self._collect_dir(p)) for p in listings]
         self._named.update(extra)
@@ -198,7 +194,7 @@ class SnapshotStore(InterceptStore):
         docs_of = ("zarr.json", ".zarray", ".zattrs")
         # Every member's documents: the arrays', and the others' (zarr asks each).
         # (The listing names the group's own documents too: no members.)
-        nodes = {*arrays, *(n for n in members if n not in _METADATA)}
+        nodes = {*arrays, *(n for n in members if n not in METADATA_DOCUMENTS)}
         keys = [f"{root}{n}/{doc}" for n in nodes for doc in docs_of]
         # A consolidated copy (Zarr 3) already says which coordinate chunks to read:
         # they come in the same round as the documents.

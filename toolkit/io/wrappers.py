@@ -48,6 +48,7 @@ from toolkit.errors import (
 from toolkit.io import clients
 from toolkit.io.budget import Budget, RemoteBudget, RemoteBudgets, budget_for
 from toolkit.io.classify import classify_error, http_status, retry_after
+from toolkit.io.keys import is_metadata
 from toolkit.io.metrics import IOMetrics, process_metrics
 from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
@@ -896,7 +897,7 @@ class MetadataBuffer(_OwnWrapper):
 
     def _passes(self, key: str) -> bool:
         """Whether a read of ``key`` goes straight to the store, uncached."""
-        return key not in self._pending and not self._known_absent(key) and not _is_meta(key)
+        return key not in self._pending and not self._known_absent(key) and not is_metadata(key)
 
     @override
     async def get(
@@ -1030,7 +1031,7 @@ class MetadataBuffer(_OwnWrapper):
 
         if is_icechunk(self._store):
             # Icechunk takes a chunk only for an array that exists: metadata first.
-            meta = {k: v for k, v in pending.items() if _is_meta(k)}
+            meta = {k: v for k, v in pending.items() if is_metadata(k)}
             await send(meta)
             rest = {k: v for k, v in pending.items() if k not in meta}
             await send(rest)
@@ -1040,11 +1041,6 @@ class MetadataBuffer(_OwnWrapper):
 
 
 _PROTO = default_buffer_prototype()
-_META_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
-
-
-def _is_meta(key: str) -> bool:
-    return key.rsplit("/", 1)[-1] in _META_NAMES
 
 
 def wrap_store(

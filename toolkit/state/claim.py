@@ -47,6 +47,7 @@ from zarr.storage import LocalStore, MemoryStore
 
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
+from toolkit.io.keys import METADATA_DOCUMENTS
 from toolkit.io.stores import describe_store, display_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
@@ -117,14 +118,13 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
     return sync(go()) if store.supports_listing else []
 
 
-_ZARR_DOCUMENTS = frozenset({"zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata"})
 _V2_CHUNK = re.compile(r"\d+([./]\d+)*")
 
 
 def _zarr_key(key: str) -> bool:
     """Whether a key can be part of a Zarr store (or of toolkit's state in one)."""
     parts = key.split("/")
-    if RESERVED_PREFIX in parts or parts[-1] in _ZARR_DOCUMENTS or "c" in parts[:-1]:
+    if RESERVED_PREFIX in parts or parts[-1] in METADATA_DOCUMENTS or "c" in parts[:-1]:
         return True
     return parts[-1] == "c" or _V2_CHUNK.fullmatch(parts[-1]) is not None
 

@@ -40,7 +40,6 @@ __all__ = [
     "aread_manifest",
     "compact",
     "fragment_prefix",
-    "is_metadata",
     "manifest_key",
     "objects_of_lists",
     "read_manifest",
@@ -49,15 +48,9 @@ __all__ = [
 
 ALGORITHM = "blake2b-128"
 _KEEP_DIGESTS = 8  # checksums kept per key when fragments are folded
-_META_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 
 #: Per key: ``(size, checksum)`` as written, or None: deleted.
 type Objects = Mapping[str, tuple[int, str] | None]
-
-
-def is_metadata(key: str) -> bool:
-    """Whether ``key`` is a metadata document (not a chunk)."""
-    return key.rsplit("/", 1)[-1] in _META_NAMES
 
 
 def _root(group: str | None) -> str:

@@ -50,6 +50,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from toolkit.io.keys import is_metadata
+
 __all__ = ["Ledger", "LedgerSummary", "Request", "critical_path", "key_kind", "summarize", "waves"]
 
 RESERVED = ".toolkit/"
@@ -141,7 +143,7 @@ def key_kind(method: str, key: str, query: str = "") -> str:
             return "bulk delete"
         return "bucket"
     name = key.rpartition("/")[2]
-    metadata = name in ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
+    metadata = is_metadata(key)
     at = key.find(RESERVED) if key.startswith(RESERVED) else key.find("/" + RESERVED) + 1
     if key.startswith(RESERVED) or at > 0:
         rest = key[at + len(RESERVED) :]

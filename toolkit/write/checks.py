@@ -37,6 +37,7 @@ from toolkit.errors import (
 )
 from toolkit.io.extent import open_settled
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup
+from toolkit.io.keys import METADATA_DOCUMENTS
 from toolkit.io.stores import unwrap
 from toolkit.upstream import (
     determine_zarr_chunks,
@@ -385,7 +386,6 @@ def check_variables(ds: xr.Dataset, store: Store, zarr_format: int) -> xr.Datase
 
 # Zarr's metadata documents (v3's and v2's): an array of that name would be a
 # directory (or a key prefix) where the group keeps its own document.
-_DOCUMENT_NAMES = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
 _NAME_MAX = 255  # bytes of one file name on every common local file system
 
 
@@ -410,7 +410,7 @@ def check_name(name: Hashable, *, local: bool = False) -> str:
     if reason is not None:
         fixed = name.strip("./").replace("/", "_").replace("\\", "_").replace("\0", "")
         fixed = fixed.encode()[:64].decode(errors="ignore") if len(fixed.encode()) > 64 else fixed
-        if fixed.casefold() in _DOCUMENT_NAMES or not fixed:
+        if fixed.casefold() in METADATA_DOCUMENTS or not fixed:
             fixed = "var"
         raise VariableNameError(
             f"variable name {name!r} cannot be a Zarr array name: {reason}; rename it, "
@@ -421,8 +421,8 @@ def check_name(name: Hashable, *, local: bool = False) -> str:
 
 def unstorable(name: str, local: bool) -> str | None:
     """Why ``name`` cannot be an array's path in a Zarr group (None: it can)."""
-    if name.casefold() in _DOCUMENT_NAMES:
-        case = "" if name in _DOCUMENT_NAMES else " on file systems that ignore case"
+    if name.casefold() in METADATA_DOCUMENTS:
+        case = "" if name in METADATA_DOCUMENTS else " on file systems that ignore case"
         return (
             f"{name!r} is the name of a Zarr metadata document, and the array would "
             f"collide with the group's own{case}"
