@@ -90,9 +90,10 @@ def test_the_write_graph_is_built_in_dasks_task_spec_so_nothing_is_converted():
 
     import toolkit
 
-    ds = xr.Dataset({"v": (("t", "x"), da.zeros((40, 8), chunks=(1, 8), dtype="f4"))})
-    lazy = toolkit.to_zarr(ds, zarr.storage.MemoryStore(), encoding={"v": {"chunks": (2, 8)}},
-                           compute=False)  # fmt: skip
+    values = np.arange(320, dtype="f4").reshape(40, 8)
+    ds = xr.Dataset({"v": (("t", "x"), da.from_array(values, chunks=(1, 8)))})
+    store = zarr.storage.MemoryStore()
+    lazy = toolkit.to_zarr(ds, store, encoding={"v": {"chunks": (2, 8)}}, compute=False)
     graph = lazy.__dask_graph__()
     ours = {n: layer for n, layer in graph.layers.items() if n.startswith("toolkit-")}
     assert any(n.startswith("toolkit-write-") for n in ours)
@@ -100,6 +101,7 @@ def test_the_write_graph_is_built_in_dasks_task_spec_so_nothing_is_converted():
     assert all(isinstance(t, GraphNode) for lay in ours.values() for t in dict(lay).values()), kinds
     assert len(ours[next(n for n in ours if n.startswith("toolkit-write-"))]) == 20
     assert lazy.compute().units == 20
+    np.testing.assert_array_equal(xr.open_zarr(store, consolidated=False).v.values, values)
 
 
 def test_the_collector_is_paused_while_a_graph_is_built_and_resumed_as_it_was():
