@@ -343,8 +343,38 @@ def test_sketch_state_grows_with_range_not_count() -> None:
     aggs = components(["quantiles"])
     small = partial(np.random.default_rng(0).uniform(1, 10, 1_000), (0,), aggs)
     large = partial(np.random.default_rng(0).uniform(1, 10, 1_000_000), (0,), aggs)
-    bound = math.log(10) / math.log((1 + sketch.alpha) / (1 - sketch.alpha)) + 2
+    # The cubic mapping has at most 1% more buckets than the logarithmic one.
+    bound = 1.01 * math.log(10) / math.log((1 + sketch.alpha) / (1 - sketch.alpha)) + 2
     assert len(small["sketch"]["codes"]) <= len(large["sketch"]["codes"]) <= bound
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 0.001, 0.01, 0.05, 0.3])
+def test_every_bucket_spans_at_most_gamma(alpha: float) -> None:
+    """Each bucket's values lie within a factor gamma = (1 + a) / (1 - a): its answer within a.
+
+    Every bucket's first float and the next bucket's, for the buckets at both
+    ends of the doubles (subnormals, the largest) and 20,000 others; and the
+    buckets are in the order of the values.
+    """
+    sketch = QuantileSketch(alpha)
+    top = sketch._inf
+    rng = np.random.default_rng(0)
+    k = np.unique(np.r_[np.arange(1, 300), rng.integers(1, top, 20_000), np.arange(top - 300, top)])
+    lo, hi = sketch._lower(k), sketch._lower(k + 1)
+    gamma = (1 + alpha) / (1 - alpha)
+    normal = lo >= np.finfo(np.float64).tiny
+    # Subnormals are spaced by the smallest one: the lowest buckets hold no float.
+    has = sketch.bucket(lo) == k
+    assert has[normal].all()
+    k, lo, hi = k[has], lo[has], hi[has]
+    last = np.nextafter(hi, 0)  # each bucket's largest value (the top one's: the largest double)
+    np.testing.assert_array_equal(sketch.bucket(last), k)
+    normal = lo >= np.finfo(np.float64).tiny
+    assert (last[normal] / lo[normal] <= gamma * (1 + 1e-12)).all()
+    answer = sketch.value(k)
+    assert ((lo <= answer) & (answer <= last)).all()
+    assert (np.abs(answer - last) <= alpha * last * (1 + 1e-12) + 5e-324).all()
+    assert (np.abs(answer - lo) <= alpha * lo * (1 + 1e-12) + 5e-324).all()
 
 
 def test_every_statistic_is_declared_with_its_components() -> None:
@@ -356,19 +386,22 @@ def test_every_statistic_is_declared_with_its_components() -> None:
 @pytest.mark.parametrize("alpha", [0.001, 0.01, 0.05])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_compiled_sketch_buckets_are_numpys_at_every_edge(alpha: float, dtype: str) -> None:
-    """The kernel finds buckets by a table of float bits, not a logarithm: the same ones.
+    """The kernel reads buckets off the float's bits, not a logarithm: numpy's, to the float.
 
-    Values from the subnormals to the largest float, every bucket's answer and
-    the floats either side of it, zeros of both signs, infinities and NaN.
+    Values from the subnormals to the largest float: buckets' answers and first
+    floats (every bucket's at the ends of the range, 20,000 others) and the
+    floats either side of them, zeros of both signs, infinities and NaN.
     """
     if not _kernels.AVAILABLE:
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(3)
     info = np.finfo(dtype)
     sketch = QuantileSketch(alpha)
+    top = sketch._inf
+    k = np.unique(np.r_[np.arange(1, 200), rng.integers(1, top, 20_000), np.arange(top - 200, top)])
     with np.errstate(over="ignore", under="ignore"):  # the float32 ends: infinities, zeros
-        answers = sketch.value(np.arange(-sketch._inf, sketch._inf + 1)).astype(dtype)
-        edges = np.exp(np.arange(-800, 800) * sketch._log_gamma)
+        answers = sketch.value(np.r_[-k, k]).astype(dtype)
+        edges = sketch._lower(k)
         edges = np.concatenate([edges, -edges]).astype(dtype)
         wide = rng.standard_normal(20_000) * 10.0 ** rng.integers(
             info.minexp // 3, info.maxexp // 3, 20_000
@@ -386,3 +419,30 @@ def test_compiled_sketch_buckets_are_numpys_at_every_edge(alpha: float, dtype: s
         want = sketch.block(x, (1,))
     np.testing.assert_array_equal(got["codes"], want["codes"])
     np.testing.assert_array_equal(got["counts"], want["counts"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_sketch_counts_cells_of_only_subnormals_zeros_or_infinities(dtype: str) -> None:
+    """Cells whose every value takes the kernel's rare paths keep them all, in numpy's buckets."""
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    tiny = np.finfo(dtype).smallest_subnormal
+    cols = [
+        tiny * np.arange(1, 9),  # positive subnormals only
+        -tiny * np.arange(1, 9),  # negative ones only
+        tiny * np.arange(-4, 4),  # both, and zero
+        [0.0, -0.0] * 4,
+        [np.inf, -np.inf, np.nan, 0.0] * 2,
+        [np.nan] * 8,
+    ]
+    x = np.array(cols, dtype=dtype).T  # values down, cells across: the kernel's layout
+    sketch = QuantileSketch(0.01)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", "1")
+        got = sketch.block(x, (0,))
+        mp.setenv("TOOLKIT_KERNELS", "0")
+        want = sketch.block(x, (0,))
+    np.testing.assert_array_equal(got["codes"], want["codes"])
+    np.testing.assert_array_equal(got["counts"], want["counts"])
+    per_cell = np.bincount(got["codes"] // sketch.span, weights=got["counts"], minlength=6)
+    np.testing.assert_array_equal(per_cell, [8, 8, 8, 8, 6, 0])

@@ -13,6 +13,7 @@ The numpy path remains the reference; the tests run both.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 
 __all__ = [
     "AVAILABLE",
+    "CUBIC",
     "cells_moments",
     "cells_pass",
     "enabled",
@@ -157,6 +159,8 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
 
 _ROWS = 128  # rows summed into per-cell run accumulators before the totals
 _TILE = 32  # cells whose buckets the sketch kernel finds together, row by row
+CUBIC = (6 / 35, -3 / 5, 10 / 7)
+"""DDSketch's cubic ``P(s)`` for ``log2(1 + s)``: coefficients of ``s**3``, ``s**2``, ``s``."""
 
 
 def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
@@ -243,78 +247,106 @@ def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragm
 
 def _sketch_columns(
     bits: Any,
-    ptr: Any,
-    bounds: Any,
-    shift: int,
-    lowest: int,
-    absmask: int,
-    infbits: int,
+    values: Any,
+    f32: bool,
+    multiplier: float,
+    offset: int,
     inf: int,
     span: int,
 ) -> tuple[Any, Any]:  # pragma: no cover - compiled
     """Sorted ``(cell, bucket)`` codes and counts of a block's columns (one column per cell).
 
-    ``bits`` are the values viewed as unsigned integers of their width, the
-    values reduced down the rows and the cells kept across (a block of whole
-    maps as it is in memory). The buckets are :meth:`QuantileSketch.bucket`'s
-    (NaN skipped): a non-zero finite magnitude's is ``lowest`` plus the
-    number of ``bounds`` at or below its bits, counted on from ``ptr`` of its
-    bits shifted right by ``shift`` (see :meth:`QuantileSketch._lut`). Cells
-    go in tiles of ``_TILE`` columns: the tile's buckets are found row by
-    row (contiguous reads), then each cell's are counted in a table and read
-    off in order, over the cell's range of buckets when it is short against
-    its values, else after sorting its distinct buckets. One pass over the
-    values, no sort of them, no logarithm, no transposed copy.
+    ``bits`` are ``values`` viewed as unsigned integers of their width (float32
+    when ``f32``, else float64), the values reduced down the rows and the
+    cells kept across (a block of whole maps as it is in memory). The buckets
+    are :meth:`QuantileSketch.bucket`'s (NaN skipped), read off each float's
+    exponent and mantissa bits with the same arithmetic, in the same order;
+    subnormals, rare, go through ``frexp`` as numpy's path does. Cells go in
+    tiles of ``_TILE`` columns: the tile's buckets, and each cell's smallest
+    and largest finite non-zero magnitude's bucket and signs, are found row
+    by row (contiguous reads, vectorized), then each cell's buckets are
+    counted in a table and read off in order over that range of magnitudes
+    on each sign seen (zero and the infinities apart: a range across zero
+    would span every tiny magnitude's bucket). No sort, no logarithm, no
+    transposed copy.
     """
     size, ncells = bits.shape
-    table = np.zeros(span, np.int64)
-    buf = np.empty((_TILE, max(1, size)), np.int32)
-    used = np.zeros(_TILE, np.int64)
+    a3, b3, c3 = CUBIC
+    if f32:
+        amask = np.int64(0x7FFFFFFF)
+        nmant = np.int64(23)
+        bias = np.int64(127)
+        scale = 2.0**-23
+    else:
+        amask = np.int64(0x7FFFFFFFFFFFFFFF)
+        nmant = np.int64(52)
+        bias = np.int64(1023)
+        scale = 2.0**-52
+    fmask = (np.int64(1) << nmant) - 1
+    ibits = amask ^ fmask  # the infinities' magnitude: every exponent bit set
+    zero, top, nan = np.int64(0), np.int64(inf), np.int64(-1)  # zero's, infinity's, NaN's
+    table = np.zeros(span, np.int32)
+    buf = np.empty((max(1, size), _TILE), np.int32)
+    kmin = np.empty(_TILE, np.int64)  # per cell: the smallest and largest finite non-zero
+    kmax = np.empty(_TILE, np.int64)  # magnitude's bucket, and the signs seen (1 -, 2 +)
+    signs = np.empty(_TILE, np.int64)
     cap = max(64, min(ncells * size, 4 * ncells + 1024))
     codes = np.empty(cap, np.int64)
     counts = np.empty(cap, np.int64)
     out = 0
-    amask = np.uint64(absmask)
-    ibits = np.uint64(infbits)
-    sh = np.uint64(shift)
     for c0 in range(0, ncells, _TILE):
         width = min(_TILE, ncells - c0)
-        used[:] = 0
-        for t in range(size):
+        kmin[:] = span
+        kmax[:] = -1
+        signs[:] = 0
+        tiny = False
+        for t in range(size):  # branch-free: every value's bucket, NaN as -1
             row = bits[t, c0 : c0 + width]
+            brow = buf[t]
             for cc in range(width):
-                raw = np.uint64(row[cc])
+                raw = np.int64(row[cc])
                 mag = raw & amask
-                if mag > ibits:  # NaN
-                    continue
-                p = ptr[mag >> sh]
-                while bounds[p] <= mag:
-                    p += 1
-                k = lowest + p
-                k = 0 if mag == 0 else k
-                k = inf if mag == ibits else k
-                b = inf - k if raw != mag else inf + k
-                buf[cc, used[cc]] = b
-                used[cc] += 1
+                ex = mag >> nmant
+                s = np.float64(mag & fmask) * scale
+                p = ((a3 * s + b3) * s + c3) * s
+                k = np.int64(np.floor((np.float64(ex - bias) + p) * multiplier)) + offset
+                k = zero if mag == 0 else k
+                k = top if mag >= ibits else k
+                b = top - k if raw != mag else top + k
+                b = nan if mag > ibits else b
+                brow[cc] = b
+                fin = (ex != 0) & (mag < ibits)
+                tiny |= (ex == 0) & (mag != 0)
+                kmin[cc] = min(kmin[cc], k if fin else span)
+                kmax[cc] = max(kmax[cc], k if fin else -1)
+                signs[cc] |= (1 if raw != mag else 2) if fin else 0
+        if tiny:  # subnormals: their exponent bits are not their exponent
+            for t in range(size):
+                for cc in range(width):
+                    mag = np.int64(bits[t, c0 + cc]) & amask
+                    if (mag >> nmant) != 0 or mag == 0:
+                        continue
+                    m, e = math.frexp(abs(np.float64(values[t, c0 + cc])))
+                    s = np.float64(2 * m - 1)
+                    p = ((a3 * s + b3) * s + c3) * s
+                    k = np.int64(np.floor((np.float64(e - 1) + p) * multiplier)) + offset
+                    b = inf - k if values[t, c0 + cc] < 0 else inf + k
+                    buf[t, cc] = b
+                    kmin[cc] = min(kmin[cc], k)
+                    kmax[cc] = max(kmax[cc], k)
+                    signs[cc] |= 1 if b < inf else 2
         for cc in range(width):
-            m = used[cc]
+            m = 0
+            for t in range(size):
+                b = buf[t, cc]
+                if b >= 0:
+                    table[b] += 1
+                    m += 1
             if m == 0:
                 continue
-            lo0 = span  # buckets below zero's (negative values), zero's and above
-            hi0 = -1
-            lo1 = span
-            hi1 = -1
-            for j in range(m):
-                b = buf[cc, j]
-                table[b] += 1
-                if b < inf:
-                    lo0 = min(lo0, b)
-                    hi0 = max(hi0, b)
-                else:
-                    lo1 = min(lo1, b)
-                    hi1 = max(hi1, b)
-            if out + m > cap:
-                cap = max(2 * cap, out + m)
+            need = out + 3 + 2 * max(kmax[cc] - kmin[cc] + 1, 0)
+            if need > cap:
+                cap = max(2 * cap, need)
                 grown = np.empty(cap, np.int64)
                 grown[:out] = codes[:out]
                 codes = grown
@@ -322,32 +354,35 @@ def _sketch_columns(
                 grown[:out] = counts[:out]
                 counts = grown
             base = np.int64(c0 + cc) * span
-            if max(hi0 - lo0 + 1, 0) + max(hi1 - lo1 + 1, 0) < 4 * m + 64:
-                for b in range(lo0, hi0 + 1):
-                    n = table[b]
-                    if n:
-                        codes[out] = base + b
-                        counts[out] = n
-                        table[b] = 0
-                        out += 1
-                for b in range(lo1, hi1 + 1):
-                    n = table[b]
-                    if n:
-                        codes[out] = base + b
-                        counts[out] = n
-                        table[b] = 0
-                        out += 1
-            else:
-                here = np.sort(buf[cc, :m])
-                for i in range(m):
-                    b = here[i]
-                    n = table[b]
-                    if n:
-                        codes[out] = base + b
-                        counts[out] = n
-                        table[b] = 0
-                        out += 1
+            # In code order: -inf, the negative range, zero, the positive range, +inf.
+            # A sign not seen has an empty range.
+            lo = kmin[cc]
+            hi = kmax[cc] if signs[cc] & 1 else lo - 1
+            out = _emit_one(table, codes, counts, out, base, 0, 0)
+            out = _emit_one(table, codes, counts, out, base, inf - hi, inf - lo)
+            out = _emit_one(table, codes, counts, out, base, inf, inf)
+            hi = kmax[cc] if signs[cc] & 2 else lo - 1
+            out = _emit_one(table, codes, counts, out, base, inf + lo, inf + hi)
+            out = _emit_one(table, codes, counts, out, base, 2 * inf, 2 * inf)
     return codes[:out].copy(), counts[:out].copy()
+
+
+def _emit(
+    table: Any, codes: Any, counts: Any, out: int, base: int, first: int, last: int
+) -> int:  # pragma: no cover - compiled
+    """``table[first:last + 1]``'s non-zero counts and their codes written from ``out``; reset.
+
+    Branch-free: every slot is written, and kept when its count is not 0
+    (whether a bucket is present is a coin toss the branch predictor loses).
+    Returns the new ``out``.
+    """
+    for j in range(first, last + 1):
+        n = table[j]
+        codes[out] = base + j
+        counts[out] = n
+        table[j] = 0
+        out += n != 0
+    return out
 
 
 def _sketch_merge(a: Any, na: Any, b: Any, nb: Any) -> tuple[Any, Any]:  # pragma: no cover
@@ -489,6 +524,8 @@ transpose: Callable[[Any], Any]
 cells_pass: Callable[[Any], tuple[Any, ...]]
 cells_moments: Callable[[Any, Any, int], tuple[Any, ...]]
 exact_rows: Callable[[Any, Any], Any]
+_emit_one: Callable[..., int]
+_lerp_one: Callable[[float, float, float], float]
 if AVAILABLE:  # pragma: no branch
     # "reassoc" lets the sums vectorize (several partial sums, as pairwise
     # summation has); no flag that would change NaN or infinity handling. The
@@ -499,6 +536,7 @@ if AVAILABLE:  # pragma: no branch
     moments_pass = _sums(_moments_pass)
     histogram_pass = numba.njit(cache=True, nogil=True)(_histogram_pass)
     # The sketch's buckets must be numpy's (QuantileSketch.bucket): no flags either.
+    _emit_one = numba.njit(cache=True, nogil=True)(_emit)
     sketch_columns = numba.njit(cache=True, nogil=True)(_sketch_columns)
     sketch_merge = numba.njit(cache=True, nogil=True)(_sketch_merge)
     sketch_ranks = numba.njit(cache=True, nogil=True)(_sketch_ranks)
@@ -514,6 +552,7 @@ else:  # pragma: no cover
     finite_pass = _finite_pass
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass
+    _emit_one = _emit
     sketch_columns = _sketch_columns
     sketch_merge = _sketch_merge
     sketch_ranks = _sketch_ranks

@@ -18,7 +18,8 @@ the same cells. All floating accumulation is in float64:
   per chunk and 2**32 values in all, for any int64 value); a sum that does not
   fit the result's int64 (uint64 for unsigned data) raises, never wraps;
 * quantiles come from a DDSketch (Masson, Rim & Lee 2019): values fall into
-  logarithmic buckets of relative width ``alpha``, so the sketch is mergeable,
+  buckets of relative width ``alpha`` (its cubically interpolated mapping of
+  the floats' bits, close to logarithmic), so the sketch is mergeable,
   deterministic, and its answer is within ``alpha`` relative of the exact
   order statistics around the quantile (see :func:`quantile_bound`).
 """
@@ -61,6 +62,7 @@ Partial = dict[str, Any]
 _F8 = np.float64
 _I8 = np.int64
 _MAX = float(np.finfo(np.float64).max)
+_INF_BITS = np.uint64(0x7FF0000000000000)  # +inf's bits: every positive float64's are below
 _SLAB_ELEMENTS = 1 << 16  # reduce a chunk in slabs whose float64 temporaries stay in L2
 POS_INF = np.uint8(1)
 """Flag of a cell holding ``+inf`` (in the moments' ``inf``)."""
@@ -433,62 +435,99 @@ class Histogram:
 class QuantileSketch:
     """A DDSketch with relative accuracy ``alpha`` per cell.
 
-    A non-zero value ``x`` falls into bucket ``k = ceil(log_gamma |x|)`` with
-    ``gamma = (1 + alpha) / (1 - alpha)``; a bucket answers with
-    ``2 gamma**k / (gamma + 1)``, within ``alpha`` relative of every value in it.
-    Buckets are signed so that their order is the order of the values; zero
-    and the infinities have buckets of their own. The state is the sorted
-    ``(cell, bucket)`` codes present and their counts: its size grows with the
-    values' dynamic range (``log(max/min) / log(gamma)`` buckets per sign and
-    cell), never with their number.
+    A non-zero value ``x = 2**e (1 + s)`` (``0 <= s < 1``) falls into bucket
+    ``floor((e + P(s)) c)``, where the cubic ``P`` follows ``log2(1 + s)``
+    closely (DDSketch's cubically interpolated mapping) and ``c`` is the
+    fewest buckets per doubling for which every bucket's largest value is at
+    most ``gamma = (1 + alpha) / (1 - alpha)`` times its smallest: about 1%
+    more buckets than the logarithmic mapping ``ceil(log_gamma |x|)``, read
+    off the float's exponent and mantissa with a few multiplications instead
+    of a logarithm. A bucket answers with ``2 lo hi / (lo + hi)`` of its
+    smallest and largest values, within ``alpha`` relative of every value in
+    it. Buckets are signed so that their order is the order of the values;
+    zero and the infinities have buckets of their own. The state is the
+    sorted ``(cell, bucket)`` codes present and their counts: its size grows
+    with the values' dynamic range (about ``log(max/min) / log(gamma)``
+    buckets per sign and cell), never with their number.
     """
 
     alpha: float = 0.01
     key: str = field(init=False, default="sketch")
 
     @cached_property
-    def _log_gamma(self) -> float:
-        return math.log((1 + self.alpha) / (1 - self.alpha))
+    def _multiplier(self) -> float:
+        # A bucket spans 1/c of e + P(s), so its values' ratio is at most
+        # exp(D / c), D the largest d(ln x)/d(e + P) = 1 / ((1 + s) P'(s)):
+        # c = D / ln(gamma), with a margin for rounding in P.
+        a, b, c = _kernels.CUBIC
+        s = np.linspace(0.0, 1.0, 1 << 16)
+        slope = (1 + s) * ((3 * a * s + 2 * b) * s + c)
+        d = float(1 / slope.min()) * (1 + 1e-6)
+        return d / math.log((1 + self.alpha) / (1 - self.alpha))
 
     @cached_property
     def _offset(self) -> int:
-        # Buckets of the smallest subnormal up to the largest double.
-        return math.ceil(746 / self._log_gamma) + 1
+        # The smallest subnormal (2**-1074, s = 0) is bucket 1.
+        return 1 - math.floor(-1074 * self._multiplier)
 
     @cached_property
     def _inf(self) -> int:
-        return 2 * self._offset + 1
+        return int(self._index(np.array([_MAX]))[0]) + 1  # above the largest double's bucket
 
     @cached_property
     def span(self) -> int:
         """Codes per cell."""
         return 2 * self._inf + 1
 
+    def _index(self, a: np.ndarray) -> np.ndarray:
+        """The bucket of each non-zero finite magnitude (float64; others: anything)."""
+        with np.errstate(invalid="ignore"):
+            m, ex = np.frexp(a)
+            s = 2 * m - 1  # exact: the mantissa's fraction, as the kernel reads it from the bits
+            a3, b3, c3 = _kernels.CUBIC
+            # Term by term, as the kernel computes it (one rounding each, no fused multiply-add).
+            p = ((a3 * s + b3) * s + c3) * s
+            k: np.ndarray = np.floor(((ex - 1) + p) * self._multiplier)
+        return k + self._offset
+
+    def _magnitude(self, a: np.ndarray) -> np.ndarray:
+        """Unsigned bucket of each magnitude (non-negative float64, no NaN)."""
+        k = np.where(a == 0, 0.0, self._index(a))
+        k = np.where(np.isinf(a), self._inf, k)
+        return k.astype(_I8)
+
     def bucket(self, v: np.ndarray) -> np.ndarray:
         """Signed bucket of each (non-NaN, float64) value."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.log(np.abs(v))
-            np.divide(k, self._log_gamma, out=k)
-            np.ceil(k, out=k)
-        k += self._offset
-        # log(0) = -inf and log(inf) = inf land on the buckets of zero and the
-        # infinities; every finite non-zero double's is strictly between.
-        np.clip(k, 0, self._inf, out=k)
-        b = k.astype(_I8)
+        b = self._magnitude(np.abs(v))
         np.negative(b, out=b, where=v < 0)
         return b
 
+    def _lower(self, k: np.ndarray) -> np.ndarray:
+        """The smallest magnitude in each unsigned bucket ``k`` (``1 <= k <= inf``).
+
+        By bisection of the float64 bits (non-negative floats order as their
+        bits), with :meth:`_magnitude` itself, so the bounds are the mapping's
+        to the last float.
+        """
+        lo = np.zeros(k.shape, np.uint64)  # bucket 0 (zero) is below every k
+        hi = np.full(k.shape, _INF_BITS, np.uint64)  # the infinities' bucket is at least k
+        while (hi - lo > 1).any():
+            mid = lo + (hi - lo) // np.uint64(2)
+            up = self._magnitude(mid.view(_F8)) >= k
+            hi = np.where(up, mid, hi)
+            lo = np.where(up, lo, mid)
+        return hi.view(_F8)
+
     def value(self, b: np.ndarray) -> np.ndarray:
         """The value a bucket answers with."""
-        k = np.abs(b) - self._offset
-        g = self._log_gamma
-        with np.errstate(over="ignore"):
-            mag = np.exp(k * g + math.log(2 / (1 + math.exp(g))))
-        # The top finite buckets' value can exceed the largest double; the
-        # largest double is closer to every value in them (still within alpha).
-        mag = np.minimum(mag, _MAX)
-        mag = np.where(np.abs(b) == self._inf, np.inf, mag)
-        mag = np.where(b == 0, 0.0, mag)
+        b = np.asarray(b, _I8)
+        k, where = np.unique(np.abs(b), return_inverse=True)
+        finite = (k > 0) & (k < self._inf)
+        lo = self._lower(np.where(finite, k, 1))
+        # The top bucket's values end at the largest double, not at the next bucket's first.
+        hi = np.minimum(self._lower(np.where(finite, k + 1, 1)), _MAX)
+        mag = np.where(finite, lo * (2 / (1 + lo / hi)), 0.0)
+        mag = np.where(k == self._inf, np.inf, mag)[where.reshape(b.shape)]
         return np.where(b < 0, -mag, mag)
 
     def chunk(self, slab: Slab) -> Partial:  # noqa: D102
@@ -513,14 +552,16 @@ class QuantileSketch:
                 cols = cols.astype(_F8)  # as below (one compiled version per dtype)
             elif not cols.flags.c_contiguous:
                 cols = np.ascontiguousarray(cols)
-            ptr, bounds, shift, lowest = self._lut(cols.dtype)
-            ints = np.uint32 if cols.dtype == np.float32 else np.uint64
-            absmask = (1 << (np.finfo(cols.dtype).bits - 1)) - 1
-            infbits = int(np.array(np.inf, cols.dtype).view(ints))
+            f32 = bool(cols.dtype == np.float32)
             codes, counts = _kernels.sketch_columns(
-                cols.view(ints), ptr, bounds, shift, lowest, absmask, infbits, self._inf,
+                cols.view(np.uint32 if f32 else np.uint64),
+                cols,
+                f32,
+                self._multiplier,
+                self._offset,
+                self._inf,
                 self.span,
-            )  # fmt: skip
+            )
             return {"codes": codes, "counts": counts, "cells": ncells}
         v = rows.astype(_F8)  # a copy: NaN are overwritten below
         nan = np.isnan(v) if x.dtype.kind == "f" else None
@@ -549,20 +590,6 @@ class QuantileSketch:
         ok = bucket < self.span
         codes = (key[first] // (self.span + 1)) * self.span + bucket
         return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
-
-    def _lut(self, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """:meth:`bucket` as bounds on a float's magnitude bits, for the kernel.
-
-        Positive floats order as their bits do, so a positive value's bucket
-        (the magnitude of :meth:`bucket`'s) is ``lowest`` plus the number of
-        ``bounds`` at or below its bits: ``bounds`` are each bucket's first
-        float, found by bisection with :meth:`bucket` itself, so the kernel's
-        buckets are this method's, to the last float. The bits shifted right
-        by ``shift`` index ``ptr``, the number of bounds at or below the start
-        of that range of floats; a range is narrower than a bucket, so the
-        kernel counts at most a bound or two more (subnormals: more).
-        """
-        return _lut(self.alpha, np.dtype(dtype).str)
 
     def _dense(
         self, cell: np.ndarray, b: np.ndarray, ncells: int, weights: np.ndarray | None = None
@@ -671,39 +698,6 @@ class QuantileSketch:
 
             out[has, j] = _lerp(at(lo), at(hi), rank - lo)
         return out.reshape(*shape, len(qs))
-
-
-@functools.lru_cache(maxsize=8)
-def _lut(alpha: float, dtype: str) -> tuple[np.ndarray, np.ndarray, int, int]:
-    sketch = QuantileSketch(alpha)
-    info = np.finfo(np.dtype(dtype))
-    ints = np.uint32 if info.bits == 32 else np.uint64
-    inf = int(np.array(np.inf, info.dtype).view(ints))
-
-    def k(bits: np.ndarray) -> np.ndarray:
-        return sketch.bucket(bits.astype(ints).view(info.dtype).astype(_F8))
-
-    # Every bucket's first float, by bisection of the bits (positive floats
-    # order as their bits), with bucket() itself: bounds[j] is the first with
-    # a bucket above lowest + j. Buckets no float falls in share their bound.
-    lowest, highest = (int(b) for b in k(np.array([1, inf - 1], dtype=np.uint64)))
-    want = np.arange(lowest + 1, highest + 1)
-    lo = np.zeros(want.size, np.uint64)  # bucket below want
-    hi = np.full(want.size, inf - 1, np.uint64)  # bucket at least want
-    while (hi - lo > 1).any():
-        mid = lo + (hi - lo) // np.uint64(2)
-        up = k(mid) >= want
-        hi = np.where(up, mid, hi)
-        lo = np.where(up, lo, mid)
-    bounds = np.append(hi, np.iinfo(np.uint64).max).astype(np.uint64)  # a sentinel
-    # m mantissa bits: ranges of relative width 2**-m below gamma - 1 (one bound in
-    # each, mostly); a table of at most 2**18 ranges.
-    gamma = (1 + alpha) / (1 - alpha)
-    m = min(max(1, math.ceil(-math.log2(gamma - 1))), 18 - info.nexp, info.nmant)
-    shift = info.nmant - m
-    starts = np.arange(1 << (info.nexp + m), dtype=np.uint64) << np.uint64(shift)
-    ptr = np.searchsorted(bounds, starts, side="right").astype(np.int64)
-    return ptr, bounds, shift, lowest
 
 
 def _rows(x: np.ndarray, axes: tuple[int, ...]) -> tuple[int, np.ndarray]:
