@@ -286,7 +286,7 @@ def _sketch_columns(
     ibits = amask ^ fmask  # the infinities' magnitude: every exponent bit set
     zero, top, nan = np.int64(0), np.int64(inf), np.int64(-1)  # zero's, infinity's, NaN's
     table = np.zeros(span, np.int32)
-    buf = np.empty((max(1, size), _TILE), np.int32)
+    buf = np.empty((_TILE, max(1, size)), np.int32)
     kmin = np.empty(_TILE, np.int64)  # per cell: the smallest and largest finite non-zero
     kmax = np.empty(_TILE, np.int64)  # magnitude's bucket, and the signs seen (1 -, 2 +)
     signs = np.empty(_TILE, np.int64)
@@ -302,7 +302,6 @@ def _sketch_columns(
         tiny = False
         for t in range(size):  # branch-free: every value's bucket, NaN as -1
             row = bits[t, c0 : c0 + width]
-            brow = buf[t]
             for cc in range(width):
                 raw = np.int64(row[cc])
                 mag = raw & amask
@@ -314,7 +313,7 @@ def _sketch_columns(
                 k = top if mag >= ibits else k
                 b = top - k if raw != mag else top + k
                 b = nan if mag > ibits else b
-                brow[cc] = b
+                buf[cc, t] = b
                 fin = (ex != 0) & (mag < ibits)
                 tiny |= (ex == 0) & (mag != 0)
                 kmin[cc] = min(kmin[cc], k if fin else span)
@@ -331,14 +330,14 @@ def _sketch_columns(
                     p = ((a3 * s + b3) * s + c3) * s
                     k = np.int64(np.floor((np.float64(e - 1) + p) * multiplier)) + offset
                     b = inf - k if values[t, c0 + cc] < 0 else inf + k
-                    buf[t, cc] = b
+                    buf[cc, t] = b
                     kmin[cc] = min(kmin[cc], k)
                     kmax[cc] = max(kmax[cc], k)
                     signs[cc] |= 1 if b < inf else 2
         for cc in range(width):
             m = 0
             for t in range(size):
-                b = buf[t, cc]
+                b = buf[cc, t]
                 if b >= 0:
                     table[b] += 1
                     m += 1
