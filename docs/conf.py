@@ -84,12 +84,12 @@ numpydoc_xref_aliases = {
     "Throttle": "toolkit.Throttle",
     "IOMetrics": "toolkit.IOMetrics",
     "UnsafePlanError": "toolkit.errors.UnsafePlanError",
-    "ResumeLog": "toolkit.state.records.ResumeLog",
-    "CreationClaim": "toolkit.state.claim.CreationClaim",
+    "ResumeLog": "toolkit.coordination.records.ResumeLog",
+    "CreationClaim": "toolkit.coordination.claim.CreationClaim",
 }
 
 # A reference to a toolkit name that has no page fails the build (nitpicky), except the
-# internals that docstrings name for readers of the code (toolkit.io.*, .state.*,
+# internals that docstrings name for readers of the code (toolkit.io.*, .coordination.*,
 # .cluster.*, .stats.*: documented in the source). The libraries' names link through the
 # inventories above; one an inventory lacks stays plain text rather than failing the build
 # (the inventories are made here, not the sites' own: see docs/_inventories/make.py).
@@ -100,7 +100,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:obj", r".*"),
     (r"py:.*", r"(xarray|numpy|dask|distributed|zarr|pandas|fsspec|obstore|icechunk)\..*"),
-    (r"py:.*", r"toolkit\.(io|state|cluster|stats|write|_util|grid)\..*"),
+    (r"py:.*", r"toolkit\.(io|coordination|cluster|stats|write|_util|grid)\..*"),
 ]
 
 # --- Notebooks and MyST pages: executed at build time; a failing cell fails the build.

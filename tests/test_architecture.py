@@ -339,7 +339,7 @@ _OWN_BASES = frozenset({"self", "cls", "other", "clone"})
 STDLIB_PRIVATE = {"os._exit": "documented: exit at once, without cleanup (the CLI's child)"}
 
 #: Upstream private names still used outside toolkit.upstream, each with the name it is to
-#: become (then dropped here). None left: read, write.tree and state.records moved too.
+#: become (then dropped here). None left: read, write.tree and coordination.records moved too.
 UPSTREAM_PRIVATE_PENDING: dict[tuple[str, str], str] = {}
 
 

@@ -393,7 +393,7 @@ def test_ctrl_c_says_what_landed_and_the_rerun_resumes(tmp_path):
     import signal
     import time
 
-    from toolkit.state.records import _MARKER
+    from toolkit.coordination.records import _MARKER
 
     src = tmp_path / "src.zarr"
     make_dataset(nt=4000, ny=40, nx=40, chunks={"time": 40}).to_zarr(src)

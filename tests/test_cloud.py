@@ -279,8 +279,8 @@ def test_secrets_stay_secret(cloud, tmp_path):
     texts += [repr(back), str(back.v.data.name), *map(str, back.__dask_graph__())]
     report = toolkit.to_zarr(ds, str(tmp_path / "x.zarr"), progress=False)
     texts += [repr(report), report._repr_html_()]
+    from toolkit.coordination.records import read_records
     from toolkit.io.stores import resolve_store
-    from toolkit.state.records import read_records
 
     records = read_records(resolve_store(url, storage_options=opts))
     texts += [repr(records)]

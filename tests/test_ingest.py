@@ -21,9 +21,9 @@ import zarr
 from conftest import snapshot
 
 import toolkit
+from toolkit.coordination.records import ResumeLog
 from toolkit.errors import IngestError, PlanError
 from toolkit.io.stores import resolve_store
-from toolkit.state.records import ResumeLog
 
 NY, NX = 6, 8
 

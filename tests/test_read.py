@@ -277,8 +277,8 @@ def test_open_datatree_refuses_any_nodes_unfinished_write_in_one_round_trip_or_m
     instead. Either way the tree equals xarray's, and a record of an unfinished write
     anywhere in it makes the open refuse (``incomplete="ignore"`` reads it anyway).
     """
+    from toolkit.coordination.records import record_key
     from toolkit.errors import IncompleteStoreError
-    from toolkit.state.records import record_key
     from toolkit.testing import FaultProxy
     from toolkit.testing.ledger import summarize
 

@@ -20,7 +20,7 @@ from toolkit.io.metrics import _PROCESS, process_totals
 from toolkit.io.throttle import Throttle
 from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.testing import FaultStore
-from toolkit.write import graph, multi
+from toolkit.write import graph, manyjobs
 
 _THING: Slot[Registry[str, int]] = Slot("tests.thing", Registry)
 
@@ -134,7 +134,7 @@ def test_a_finished_targets_batch_queue_is_dropped(tmp_path):
     toolkit.to_zarr(_ds(), store, progress=False)
     with Runtime() as rt:
         toolkit.append(_ds().isel(t=slice(0, 2)), store, "t", progress=False)
-        batches = rt.get(multi._BATCHES)
+        batches = rt.get(manyjobs._BATCHES)
         assert batches.queues == {} and batches.leaders == set()
 
 

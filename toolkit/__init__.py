@@ -28,7 +28,7 @@ from toolkit.stats.compute import DEFAULT_STATS, stats
 from toolkit.verify import VerifyReport, verify
 from toolkit.write.execute import execute
 from toolkit.write.icechunk import to_icechunk
-from toolkit.write.multi import append, overwrite_partitions
+from toolkit.write.manyjobs import append, overwrite_partitions
 from toolkit.write.plan import (
     DEFAULT_MAX_TASK_BYTES,
     VariablePlan,

@@ -19,7 +19,7 @@ from toolkit.errors import PlanError
 from toolkit.io.stores import StoreLike
 from toolkit.io.throttle import Throttle
 from toolkit.write.execute import as_dataset, reject_unknown, write_dataset
-from toolkit.write.multi import append, overwrite_partitions
+from toolkit.write.manyjobs import append, overwrite_partitions
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
 from toolkit.write.report import WriteReport
 from toolkit.write.tree import TreeWriteReport, write_tree

@@ -284,7 +284,7 @@ class CleanupWarning(ToolkitError, UserWarning):
     """A write landed whole, but removing its bookkeeping (record, resume log) failed.
 
     Readers refuse the store until the record is gone: rerun the write, or
-    remove it with :func:`toolkit.state.records.clear_records`.
+    remove it with :func:`toolkit.coordination.records.clear_records`.
     """
 
 

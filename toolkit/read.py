@@ -35,6 +35,7 @@ from toolkit._util import zarr_concurrency
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import executor
+from toolkit.coordination.records import aread_records, read_records
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.clients import list_page
 from toolkit.io.extent import consistent_view
@@ -42,7 +43,6 @@ from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, array_dims, open_e
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import InterceptStore, MetadataBuffer, wrap_store
-from toolkit.state.records import aread_records, read_records
 from toolkit.upstream import decode_cf_variable, sync
 
 __all__ = [
@@ -264,7 +264,7 @@ def _aligned(
 
 
 # Where toolkit's writes leave their checksum fragments and the folded manifest
-# (toolkit.state.manifest): every write that lands adds a fragment named after it.
+# (toolkit.coordination.manifest): every write that lands adds a fragment named after it.
 _HISTORY = f"{RESERVED_PREFIX}/manifest"
 
 
@@ -721,7 +721,7 @@ def _check_complete(records: list[dict[str, Any]], scope: str, how: str) -> None
         f"{scope} is incomplete: " + "; ".join(parts) + ". Missing parts would read as fill "
         "values. Rerun the job (the same call, or the same job_id=, finishes it and removes "
         "its record), or read anyway with incomplete='warn' or 'ignore'. To accept the rows "
-        "as they are: toolkit.state.records.clear_records(store, job="
+        "as they are: toolkit.coordination.records.clear_records(store, job="
         + repr(jobs[0])
         + ")"
         + (f" for each of {jobs}" if len(jobs) > 1 else "")

@@ -44,6 +44,7 @@ from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
 from toolkit._render import html_table, text_table
+from toolkit.coordination.records import ResumeLog
 from toolkit.errors import ExistingStoreError, PlanError, RechunkError
 from toolkit.grid import RechunkBlocks, rechunk_blocks
 from toolkit.io.groups import open_existing
@@ -57,7 +58,6 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.read import open_zarr
-from toolkit.state.records import ResumeLog
 from toolkit.upstream import sync
 from toolkit.write.execute import execute, plan_resumable
 from toolkit.write.layout import choose_layout

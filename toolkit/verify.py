@@ -25,6 +25,7 @@ from toolkit._render import html_table, text_table
 from toolkit._util import need_netcdf_engine
 from toolkit.cluster.executor import executor
 from toolkit.cluster.progress import progress_bar
+from toolkit.coordination.manifest import aread_manifest
 from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
 from toolkit.io.digests import checksum
@@ -34,7 +35,6 @@ from toolkit.io.stores import StoreLike, resolve_store, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.read import open_zarr
-from toolkit.state.manifest import aread_manifest
 from toolkit.upstream import sync
 
 __all__ = ["VerifyReport", "verify"]
@@ -179,7 +179,7 @@ def verify(
     """Compare a written store with its source: values, coordinates, attributes.
 
     With a store alone (``verify(store)``), check it against its manifest
-    (:mod:`toolkit.state.manifest`), which every toolkit write keeps: every
+    (:mod:`toolkit.coordination.manifest`), which every toolkit write keeps: every
     object of the store (chunks of data and coordinates, every metadata
     document) is read once and its checksum compared with those on record;
     objects missing, damaged or on no record are named, and ``report.summary``

@@ -537,7 +537,7 @@ def test_a_listing_never_returns_the_stores_own_path_for_a_key(s3):
     when another job's first keys land between ``find``'s two requests (racing
     ``mode="w"`` creators: one took the other's store for a stranger's file).
     """
-    from toolkit.state.claim import group_contents
+    from toolkit.coordination.claim import group_contents
 
     opts = {k: v for k, v in s3.storage_options().items() if k != "client"}
     base = FsspecStore.from_url("s3://data/phantom/t.zarr", storage_options=opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -411,14 +412,21 @@ def test_compiled_sketch_buckets_are_numpys_at_every_edge(alpha: float, dtype: s
             np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), wide.astype(dtype),
             info.smallest_subnormal * np.arange(-50, 50), [0.0, -0.0, np.inf, -np.inf, np.nan],
         ]).astype(dtype)  # fmt: skip
-    x = x[: x.size // 4 * 4].reshape(4, -1)
+    _compiled_sketch_is_numpys(sketch, x[: x.size // 4 * 4].reshape(4, -1), (1,))
+
+
+def _compiled_sketch_is_numpys(
+    sketch: QuantileSketch, x: np.ndarray, axes: tuple[int, ...]
+) -> dict[str, Any]:
+    """``sketch.block`` of ``x`` by the kernel, checked equal to numpy's path's; returned."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOOLKIT_KERNELS", "1")
-        got = sketch.block(x, (1,))
+        got = sketch.block(x, axes)
         mp.setenv("TOOLKIT_KERNELS", "0")
-        want = sketch.block(x, (1,))
+        want = sketch.block(x, axes)
     np.testing.assert_array_equal(got["codes"], want["codes"])
     np.testing.assert_array_equal(got["counts"], want["counts"])
+    return got
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -437,12 +445,6 @@ def test_compiled_sketch_counts_cells_of_only_subnormals_zeros_or_infinities(dty
     ]
     x = np.array(cols, dtype=dtype).T  # values down, cells across: the kernel's layout
     sketch = QuantileSketch(0.01)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOOLKIT_KERNELS", "1")
-        got = sketch.block(x, (0,))
-        mp.setenv("TOOLKIT_KERNELS", "0")
-        want = sketch.block(x, (0,))
-    np.testing.assert_array_equal(got["codes"], want["codes"])
-    np.testing.assert_array_equal(got["counts"], want["counts"])
+    got = _compiled_sketch_is_numpys(sketch, x, (0,))
     per_cell = np.bincount(got["codes"] // sketch.span, weights=got["counts"], minlength=6)
     np.testing.assert_array_equal(per_cell, [8, 8, 8, 8, 6, 0])

@@ -1,4 +1,4 @@
-"""Jobs run in spawned processes by tests/write/test_multi_mixed.py (importable by children).
+"""Jobs run in spawned processes by tests/write/test_manyjobs_mixed.py (importable by children).
 
 Every job writes values that identify it: ``v = job`` on every row it writes,
 and (appenders and partition overwriters) ``w = job * 1000 + i`` for its own

@@ -1,4 +1,4 @@
-"""Jobs run in separate processes by tests/write/test_multi.py (importable by spawned children).
+"""Jobs run in separate processes by tests/write/test_manyjobs.py (importable by spawned children).
 
 Every job writes values that identify it (its job number), so a test can tell
 from the data read back which job wrote every value.

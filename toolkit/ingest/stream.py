@@ -23,7 +23,7 @@ from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import StoreLike, store_label
 from toolkit.io.throttle import Throttle
 from toolkit.write.execute import write_dataset
-from toolkit.write.multi import append
+from toolkit.write.manyjobs import append
 from toolkit.write.plan import WriteMode
 from toolkit.write.report import WriteReport
 

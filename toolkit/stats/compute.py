@@ -807,7 +807,7 @@ def summary_table(result: xr.Dataset) -> str | None:
     >>> print(summary_table(result))
     variable      count    mean  quantile 0.5 (approx.)
     --------  ---------  ------  ----------------------
-    t2m       1,500,000  750000                  751932
+    t2m       1,500,000  750000                  756089
     """
     # Grouped results (``groupby=``) reduced to one value per group: a row per group too.
     groups = [str(d) for d in result.dims if d != "quantile"] if "groupby" in result.attrs else []

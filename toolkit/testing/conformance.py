@@ -2,8 +2,8 @@
 
 Concurrent jobs coordinate through conditional writes in the dataset's own store
 (:mod:`toolkit.io.conditional`), and on them rest the leases
-(:mod:`toolkit.state.leases`), the creation claim (:mod:`toolkit.state.claim`) and
-the commit log (:mod:`toolkit.state.commitlog`). Each suite here is a class of
+(:mod:`toolkit.coordination.leases`), the creation claim (:mod:`toolkit.coordination.claim`) and
+the commit log (:mod:`toolkit.coordination.commitlog`). Each suite here is a class of
 pytest tests of that behaviour on one backend, written once; a backend's tests
 subclass it and say where a fresh store is:
 
@@ -39,7 +39,7 @@ one; the same object for an in-memory store). It may override ``policy``, the
             return lambda: LocalStore(str(tmp_path / "store"))
 
 Time-dependent cases do not sleep: they replace the monotonic clock of
-:mod:`toolkit.state.leases` with a :class:`ManualClock` the test moves (the
+:mod:`toolkit.coordination.leases` with a :class:`ManualClock` the test moves (the
 ``clock`` fixture). Waits that remain (a background renewer, another thread) are
 bounded by wide limits that only a hang reaches.
 
@@ -68,13 +68,13 @@ from zarr.abc.store import Store
 from zarr.buffer.cpu import Buffer
 
 import toolkit
+from toolkit.coordination import leases as _leases
+from toolkit.coordination.claim import CreationClaim, clear_group, group_contents
+from toolkit.coordination.commitlog import HEAD, Batch, CommitLog
+from toolkit.coordination.leases import Coordinator, Lease, LockSet, numbered
 from toolkit.errors import ExistingStoreError, LeaseLostError, LeaseTimeoutError
 from toolkit.io.conditional import ConditionalStore, conditional_store, supports_conditional
 from toolkit.io.throttle import Throttle
-from toolkit.state import leases as _leases
-from toolkit.state.claim import CreationClaim, clear_group, group_contents
-from toolkit.state.commitlog import HEAD, Batch, CommitLog
-from toolkit.state.leases import Coordinator, Lease, LockSet, numbered
 from toolkit.upstream import sync
 
 __all__ = [
@@ -96,7 +96,7 @@ _HANG = 120.0
 
 
 class ManualClock:
-    """A clock that moves only when told: the clocks of :mod:`toolkit.state.leases`.
+    """A clock that moves only when told: the clocks of :mod:`toolkit.coordination.leases`.
 
     ``monotonic()`` reads it; ``advance(s)`` and ``sleep(s)`` move it on by ``s``
     seconds (``sleep`` also yields the thread), so that a lease waiting out a
@@ -133,7 +133,7 @@ class ManualClock:
 
 
 class _WallClock:
-    """Stands in for :mod:`datetime` in :mod:`toolkit.state.leases`: a host's wall clock."""
+    """Stands in for :mod:`datetime` in :mod:`toolkit.coordination.leases`: a host's wall clock."""
 
     UTC = dt.UTC
 
@@ -417,7 +417,7 @@ class ConditionalStoreTests(CoordinationTests):
 
 
 class LeaseTests(CoordinationTests):
-    """Leases and lock sets (:mod:`toolkit.state.leases`) on one backend."""
+    """Leases and lock sets (:mod:`toolkit.coordination.leases`) on one backend."""
 
     def test_a_lease_excludes_others_until_released(self, coordinator: CoordinatorFactory) -> None:
         """One holder at a time; released, free at once; the generation grows."""
@@ -653,7 +653,7 @@ def _wait_for_new_version(coord: Coordinator, key: str, seen: str | None) -> str
 
 
 class CreationClaimTests(CoordinationTests):
-    """The creation claim (:mod:`toolkit.state.claim`) on one backend."""
+    """The creation claim (:mod:`toolkit.coordination.claim`) on one backend."""
 
     @pytest.fixture(autouse=True)
     def _claim_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -781,7 +781,7 @@ class CreationClaimTests(CoordinationTests):
 
 
 class CommitLogTests(CoordinationTests):
-    """The commit log (:mod:`toolkit.state.commitlog`) on one backend."""
+    """The commit log (:mod:`toolkit.coordination.commitlog`) on one backend."""
 
     def test_group_commit_answers_many_jobs_with_few_entries(
         self, coordinator: CoordinatorFactory, monkeypatch: pytest.MonkeyPatch

@@ -1,6 +1,6 @@
 """Writing datasets.
 
 Plan (:mod:`.plan`), graph (:mod:`.graph`), execute (:mod:`.execute`), many jobs on
-one dataset (:mod:`.multi`) and Icechunk transactions (:mod:`.icechunk`); the
+one dataset (:mod:`.manyjobs`) and Icechunk transactions (:mod:`.icechunk`); the
 layout a copy or an ingest gives new variables (:mod:`.layout`).
 """

@@ -26,6 +26,13 @@ from toolkit._util import Background
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.executor import Executor, executor
 from toolkit.cluster.progress import progress_bar
+from toolkit.coordination.claim import (
+    CreationClaim,
+    listing_is_free,
+    take_claim,
+)
+from toolkit.coordination.leases import job_id
+from toolkit.coordination.records import ResumeLog
 from toolkit.errors import (
     PlanError,
     SourceChangedError,
@@ -43,13 +50,6 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
-from toolkit.state.claim import (
-    CreationClaim,
-    listing_is_free,
-    take_claim,
-)
-from toolkit.state.leases import job_id
-from toolkit.state.records import ResumeLog
 from toolkit.upstream import (
     DATAARRAY_NAME,
     DATAARRAY_VARIABLE,
@@ -220,7 +220,7 @@ def execute(
     owner = job_id()
     transactional = is_icechunk(plan.store)
     # A creation (and the resumption of one) holds the group's creation lease
-    # until its last object landed: two creators never mix (toolkit.state.claim).
+    # until its last object landed: two creators never mix (toolkit.coordination.claim).
     creating = plan.mode in ("w", "w-") and not transactional
     own_claim: CreationClaim | None = None
     if claim is None and (
@@ -253,7 +253,7 @@ def execute(
         t0=t0,
         meta=meta_seconds,
         meta_io=meta_io,
-        journal=meta.journal,
+        write_record=meta.write_record,
         resume=resume,
         strays_before=t0 if (own_claim or claim) is not None else None,
         meta_written=meta.written,
@@ -268,7 +268,7 @@ def execute(
             sync(meta.unsent.flush())
     if not compute:
         if own_claim is not None:
-            own_claim.release_when_done(meta.journal, report)
+            own_claim.release_when_done(meta.write_record, report)
         return report
     landed = sum(len(v) for v in meta.done.values())
     if landed and progress:

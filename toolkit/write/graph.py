@@ -34,6 +34,7 @@ from toolkit._util import backoff, collector_paused, settle_zarr_calls, zarr_con
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import in_task
 from toolkit.cluster.metrics import publish
+from toolkit.coordination.records import task_marker
 from toolkit.io.conditional import ConditionalStore
 from toolkit.io.digests import WrittenStore
 from toolkit.io.metrics import IOMetrics, live_metrics
@@ -42,7 +43,6 @@ from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import GateStore, find_wrapper, rebind, wrap_store
 from toolkit.runtime import Registry, Runtime, Slot
-from toolkit.state.records import task_marker
 from toolkit.upstream import sync
 from toolkit.write.plan import VariablePlan, WritePlan
 
@@ -96,7 +96,7 @@ class WriteIO:
         tells every worker to skip the write's remaining tasks).
     resume_prefix : str, optional
         Where a resumable write's tasks put their completion markers
-        (:class:`toolkit.state.records.ResumeLog`).
+        (:class:`toolkit.coordination.records.ResumeLog`).
     cas : ConditionalStore, optional
         For region writes: the store's conditional operations, through which
         the write units a task covers only partly are read-modify-written

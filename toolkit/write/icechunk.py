@@ -9,7 +9,7 @@ system (no atomic conditional writes) concurrent commits can be lost. Here:
   :func:`toolkit.to_zarr`'s tasks, and does not commit it itself. On a
   ``distributed`` cluster each task writes into its worker's copy of the fork
   and the copies come back merged in a tree (:func:`toolkit.write.graph.merge_results`);
-- it hands the fork to the store's commit log (:mod:`toolkit.state.commitlog`)
+- it hands the fork to the store's commit log (:mod:`toolkit.coordination.commitlog`)
   as Icechunk's own bytes (MessagePack, never pickle). The elected committer
   rebuilds each fork from *its own* repository configuration and only the
   fork's snapshot and changes, so that no configuration read from shared
@@ -47,14 +47,14 @@ import zarr
 from zarr.abc.store import Store
 
 from toolkit._util import backoff
+from toolkit.coordination.claim import CreationClaim
+from toolkit.coordination.commitlog import Batch, CommitLog
+from toolkit.coordination.leases import Coordinator, Lease, LockSet, holder_dead, job_id
+from toolkit.coordination.rows import decide_rows, outstanding, shift_out
 from toolkit.errors import CommitConflictError, PartitionError, PlanError, WriteError
 from toolkit.io.clients import s3_endpoint_from_environment
 from toolkit.io.groups import array_dims
 from toolkit.io.stores import resolve_store
-from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import Batch, CommitLog
-from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, job_id
-from toolkit.state.rows import decide_rows, outstanding, shift_out
 from toolkit.upstream import (
     ICECHUNK_FORK_FIELDS,
     ICECHUNK_SESSION_FIELDS,
@@ -62,8 +62,7 @@ from toolkit.upstream import (
     session_bytes,
 )
 from toolkit.write.execute import write_dataset
-from toolkit.write.metadata import eager_regions, unit_ranges
-from toolkit.write.multi import (
+from toolkit.write.manyjobs import (
     _has_arrays,
     _placed,
     _runs,
@@ -71,6 +70,7 @@ from toolkit.write.multi import (
     derive_job_id,
     rows_along,
 )
+from toolkit.write.metadata import eager_regions, unit_ranges
 from toolkit.write.plan import plan_write
 from toolkit.write.report import WriteReport
 

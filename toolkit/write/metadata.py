@@ -27,6 +27,17 @@ from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 
 from toolkit._util import backoff
+from toolkit.coordination.claim import (
+    clear_group,
+    doomed_keys,
+    drop_keys,
+    group_contents,
+    remove_strays,
+)
+from toolkit.coordination.commitlog import HEAD as LOG_HEAD
+from toolkit.coordination.commitlog import log_head_key
+from toolkit.coordination.leases import Coordinator
+from toolkit.coordination.records import ResumeLog, WriteRecord
 from toolkit.errors import (
     ExistingStoreError,
     WriteError,
@@ -41,17 +52,6 @@ from toolkit.io.stores import (
     is_icechunk,
 )
 from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
-from toolkit.state.claim import (
-    clear_group,
-    doomed_keys,
-    drop_keys,
-    group_contents,
-    remove_strays,
-)
-from toolkit.state.commitlog import HEAD as LOG_HEAD
-from toolkit.state.commitlog import log_head_key
-from toolkit.state.leases import Coordinator
-from toolkit.state.records import ResumeLog, WriteJournal
 from toolkit.upstream import (
     ArrayWriter,
     autodetect_region,
@@ -165,7 +165,7 @@ class MetadataRound:
 
     sources: list[WriteSource]
     token: str
-    journal: WriteJournal | None  # None on a transactional store, or without a record
+    write_record: WriteRecord | None  # None on a transactional store, or without a record
     done: Mapping[str, Any]  # tasks an earlier run of a resumable write landed
     written: Mapping[str, Any]  # what the round put in the store (key -> [size, checksum])
     # Hidden rows' small variables, still to be sent (beside the data's round).
@@ -187,7 +187,7 @@ def metadata_round(
     """Prepare the group, put the write's record, and send all metadata in one round.
 
     ``empty``: the group was seen empty under the creation claim
-    (:func:`~toolkit.state.claim.take_claim`): nothing to check, clear or read.
+    (:func:`~toolkit.coordination.claim.take_claim`): nothing to check, clear or read.
 
     A region write's variables written with the metadata may share write units
     with other jobs' regions: those units are read-modify-written
@@ -207,7 +207,7 @@ def metadata_round(
         # First object of the write: a store holding begin.json holds only this write.
         resume.begin(direct, {"target": plan.target})
     shared = _eager_shared_units(plan, direct)
-    journal: WriteJournal | None = None
+    write_record: WriteRecord | None = None
     # What the round puts in the store, for the write's manifest fragment.
     recorded = WrittenStore(direct)
     for attempt in range(_RMW_ATTEMPTS):
@@ -224,20 +224,20 @@ def metadata_round(
         token = job or tokenize(plan.target, plan.mode, planned, t0)
         # A transactional store (Icechunk) shows readers nothing before the commit:
         # it needs no record of the write, and accepts only Zarr keys.
-        if journal is None and record and not transactional:
-            journal = WriteJournal(plan.store, plan.group, token, plan.throttle)
+        if write_record is None and record and not transactional:
+            write_record = WriteRecord(plan.store, plan.group, token, plan.throttle)
             # Landed before any array metadata is sent: no reader can find this
             # write's arrays without its record.
             resume_id = resume.id if resume is not None else None
             if beside and empty:
-                journal.begin(plan.record_summary(), direct, replaces=True, alone=True)
+                write_record.begin(plan.record_summary(), direct, replaces=True, alone=True)
             elif beside:
                 with ThreadPoolExecutor(1, thread_name_prefix="toolkit-clear") as pool:
                     listing = pool.submit(doomed_keys, direct, plan.group, records=False)
-                    journal.begin(plan.record_summary(), direct, replaces=True)
+                    write_record.begin(plan.record_summary(), direct, replaces=True)
                     drop_keys(direct, listing.result())
             else:
-                journal.begin(plan.record_summary(), direct, resume=resume_id, alone=empty)
+                write_record.begin(plan.record_summary(), direct, resume=resume_id, alone=empty)
         if not record and not creating and not shared and resume is None:
             # Rows no reader sees (an append's hidden rows): what xarray writes with
             # the metadata (the appended labels) may land in any order with the
@@ -247,7 +247,9 @@ def metadata_round(
                     recorded.written.deleted(key)
                 else:
                     recorded.written.put(key, value.to_bytes())
-            return MetadataRound(sources, token, journal, done, recorded.written.as_lists(), buffer)
+            return MetadataRound(
+                sources, token, write_record, done, recorded.written.as_lists(), buffer
+            )
         try:
             sync(buffer.flush())  # metadata and small variables, in one concurrent round
         except UnitConflict:
@@ -258,7 +260,7 @@ def metadata_round(
         break
     if resume is not None and creating:
         resume.metadata_done(direct, recorded.written.as_lists())
-    return MetadataRound(sources, token, journal, done, recorded.written.as_lists())
+    return MetadataRound(sources, token, write_record, done, recorded.written.as_lists())
 
 
 _RMW_ATTEMPTS = 32

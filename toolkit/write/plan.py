@@ -23,6 +23,9 @@ from dask.utils import format_bytes
 from zarr.abc.store import Store
 
 from toolkit import grid
+from toolkit.coordination.claim import group_contents, listing_is_free, refuse_foreign
+from toolkit.coordination.commitlog import log_head_key
+from toolkit.coordination.records import read_records
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -44,9 +47,6 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
-from toolkit.state.claim import group_contents, listing_is_free, refuse_foreign
-from toolkit.state.commitlog import log_head_key
-from toolkit.state.records import read_records
 from toolkit.upstream import (
     sync,
 )

@@ -24,6 +24,11 @@ from dask.task_spec import Task, TaskRef
 from dask.utils import format_bytes
 
 from toolkit._render import html_table, text_table
+from toolkit.coordination.claim import (
+    remove_strays,
+)
+from toolkit.coordination.manifest import objects_of_lists, write_fragment
+from toolkit.coordination.records import ResumeLog, WriteRecord
 from toolkit.errors import (
     CleanupWarning,
     StoreError,
@@ -36,11 +41,6 @@ from toolkit.io.stores import (
     is_icechunk,
 )
 from toolkit.io.wrappers import wrap_store
-from toolkit.state.claim import (
-    remove_strays,
-)
-from toolkit.state.manifest import objects_of_lists, write_fragment
-from toolkit.state.records import ResumeLog, WriteJournal
 from toolkit.write.graph import (
     IDLE_TIMEOUT,
 )
@@ -150,7 +150,7 @@ def conclude(
     t0: float,
     meta: float,
     meta_io: Mapping[str, Any],
-    journal: WriteJournal | None,
+    write_record: WriteRecord | None,
     resume: ResumeLog | None = None,
     strays_before: float | None = None,
     meta_written: Mapping[str, Any] | None = None,
@@ -170,13 +170,15 @@ def conclude(
     io = IOMetrics.merged([plan.io, meta_io, stats["io"]])
     if stats["failures"]:
         record = _record(plan, stats)
-        if journal is not None:
+        if write_record is not None:
             with contextlib.suppress(Exception):  # the error below matters more
-                journal.fail(record, io)
+                write_record.fail(record, io)
         failures = stats["failures"]
         cause = next((f["exception"] for f in failures if f.get("exception")), None)
         running = sum(int(f.get("still_running") or 0) for f in failures)
-        raise WriteError(_failure_message(plan, record, io, running, journal), record) from cause
+        raise WriteError(
+            _failure_message(plan, record, io, running, write_record), record
+        ) from cause
     # The bookkeeping's requests count in the running totals as they happen (the
     # dashboard's figures end at the report's), and in the report.
     tail = live_metrics(describe_store(plan.store))
@@ -192,8 +194,8 @@ def conclude(
         if strays_before is not None:
             # Under the creation lease: temporary files of killed runs are nobody's.
             remove_strays(plan.store, plan.group, older_than=strays_before)
-        if journal is not None:
-            journal.done(tail, plan.unit_spans())
+        if write_record is not None:
+            write_record.done(tail, plan.unit_spans())
         if resume is not None:
             resume.clear(tail)
     except StoreError as e:
@@ -202,7 +204,7 @@ def conclude(
         warnings.warn(
             f"every write unit of {display_location(plan.target)} landed, but removing the "
             f"write's record failed ({e}); readers refuse the store until it is gone. Rerun the "
-            "write, or remove it with toolkit.state.records.clear_records(store)",
+            "write, or remove it with toolkit.coordination.records.clear_records(store)",
             CleanupWarning,
             stacklevel=2,
         )
@@ -250,7 +252,7 @@ def _failure_message(
     record: Mapping[str, Any],
     io: IOMetrics,
     running: int = 0,
-    journal: WriteJournal | None = None,
+    write_record: WriteRecord | None = None,
 ) -> str:
     missing = sum(len(v["missing"]) for v in record.values())
     errors = [e for v in record.values() for e in v["errors"]]
@@ -261,9 +263,9 @@ def _failure_message(
         "failure and may still land."
     )
     where = (
-        f"in the store as {journal.key}; readers refuse the store until the write is redone "
+        f"in the store as {write_record.key}; readers refuse the store until the write is redone "
         "(rerun it: the same call finishes it) or the record is cleared"
-        if journal is not None
+        if write_record is not None
         else "nowhere else: these rows were not visible to readers"
     )
     lines = [

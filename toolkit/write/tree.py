@@ -41,6 +41,14 @@ from zarr.abc.store import Store
 from toolkit._render import html_table, text_table
 from toolkit.cluster.executor import Executor, executor
 from toolkit.cluster.progress import progress_bar
+from toolkit.coordination.claim import (
+    CreationClaim,
+    create_timeout,
+    listing_is_free,
+    take_claim,
+)
+from toolkit.coordination.leases import Coordinator, LockSet, job_id, supports_atomic_create
+from toolkit.coordination.records import WriteRecord
 from toolkit.errors import (
     AppendError,
     EncodingError,
@@ -63,20 +71,12 @@ from toolkit.io.stores import (
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import MetadataBuffer, wrap_store
-from toolkit.state.claim import (
-    CreationClaim,
-    create_timeout,
-    listing_is_free,
-    take_claim,
-)
-from toolkit.state.leases import Coordinator, LockSet, job_id, supports_atomic_create
-from toolkit.state.records import WriteJournal
 from toolkit.upstream import sync
 from toolkit.write.checks import unstorable
 from toolkit.write.execute import derive_write_id, small_write_threads, write_io
 from toolkit.write.graph import WriteSource, build_write_graph
+from toolkit.write.manyjobs import append
 from toolkit.write.metadata import prepare_group, write_metadata
-from toolkit.write.multi import append
 from toolkit.write.plan import (
     DEFAULT_MAX_TASK_BYTES,
     WriteMode,
@@ -709,7 +709,7 @@ class _TreeMetadata:
 
     sources: list[list[WriteSource]]
     tokens: list[str]
-    journals: list[WriteJournal | None]
+    write_records: list[WriteRecord | None]
     written: list[dict[str, Any]]
 
 
@@ -738,7 +738,7 @@ def _tree_metadata(
     """Every node's metadata made into memory, then records and metadata in two rounds.
 
     ``empty``: the root group was seen empty under the creation claim
-    (:func:`~toolkit.state.claim.take_claim`): nothing to check, clear or read.
+    (:func:`~toolkit.coordination.claim.take_claim`): nothing to check, clear or read.
     """
     if creating and not empty:
         prepare_group(direct, plan.mode, plan.group, plan.target, strays=plan.store)
@@ -793,15 +793,15 @@ def _tree_metadata(
         else tokenize(p.target, p.group, p.mode, [(s.plan, s.data.name) for s in src], t0)
         for (_, p), src in zip(nodes, sources, strict=True)
     ]
-    journals: list[WriteJournal | None] = [None] * len(nodes)
+    write_records: list[WriteRecord | None] = [None] * len(nodes)
     if not is_icechunk(plan.store):
-        journals = [
-            WriteJournal(p.store, p.group, token, p.throttle)
+        write_records = [
+            WriteRecord(p.store, p.group, token, p.throttle)
             for (_, p), token in zip(nodes, tokens, strict=True)
         ]
 
         def begin(i: int) -> None:
-            j = journals[i]
+            j = write_records[i]
             assert j is not None
             j.begin(nodes[i][1].record_summary(), direct, alone=empty)
 
@@ -815,14 +815,14 @@ def _tree_metadata(
     for key, landed in recorded.written.as_lists().items():
         # Keys above the tree's root (parents zarr made) go to its first node's.
         written[index.get(owner(key) or "", 0)][key] = landed
-    return _TreeMetadata(sources, tokens, journals, written)
+    return _TreeMetadata(sources, tokens, write_records, written)
 
 
 def _tree_report(
     stats: Sequence[Mapping[str, Any]],
     *,
     plan: TreeWritePlan,
-    journals: Sequence[WriteJournal | None],
+    write_records: Sequence[WriteRecord | None],
     tokens: Sequence[str],
     written: Sequence[Mapping[str, Any]],
     t0: float,
@@ -853,7 +853,7 @@ def _tree_report(
             t0,
             meta,
             meta_io if i == 0 else none,
-            journals[i],
+            write_records[i],
             strays_before=strays_before if i == 0 else None,
             meta_written=first_written if i == 0 else written[i],
             token=tokens[i],
@@ -914,7 +914,7 @@ def _tree_graph(
     finish = functools.partial(
         _tree_report,
         plan=light,
-        journals=meta.journals,
+        write_records=meta.write_records,
         tokens=meta.tokens,
         written=meta.written,
         t0=t0,
@@ -993,7 +993,7 @@ def execute_tree(
     )
     if not compute:
         if claim is not None:
-            claim.release_when_done(meta.journals[0], report)
+            claim.release_when_done(meta.write_records[0], report)
         return report
     try:
         result: TreeWriteReport = runner.compute(
@@ -1041,7 +1041,7 @@ def _appends_only(plan: TreeWritePlan, options: Mapping[str, Any]) -> bool:
 def _append_nodes(
     tree: xr.DataTree, plan: TreeWritePlan, store: StoreLike, options: Mapping[str, Any]
 ) -> TreeWriteReport:
-    """Each node's rows through :func:`toolkit.write.multi.append`, the nodes at once.
+    """Each node's rows through :func:`toolkit.write.manyjobs.append`, the nodes at once.
 
     One graph for the tree would plan every node's rows at the stored length it
     read: two jobs appending to one tree at once would write the same rows, and

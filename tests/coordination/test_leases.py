@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from coordination_backends import Azure, Local, Memory, S3fs, S3Obstore
 
+from toolkit.coordination.leases import Coordinator, supports_atomic_create
 from toolkit.errors import CoordinationError
-from toolkit.state.leases import Coordinator, supports_atomic_create
 from toolkit.testing.conformance import ConditionalStoreTests, LeaseTests
 
 

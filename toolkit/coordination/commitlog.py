@@ -41,9 +41,16 @@ from types import EllipsisType
 from typing import Any
 
 from toolkit._util import Background, backoff
+from toolkit.coordination.leases import (
+    Coordinator,
+    Lease,
+    default_ttl,
+    gather_limited,
+    job_id,
+    numbered,
+)
 from toolkit.errors import LeaseTimeoutError
 from toolkit.io.reserved import RESERVED_PREFIX
-from toolkit.state.leases import Coordinator, Lease, default_ttl, gather_limited, job_id, numbered
 from toolkit.upstream import sync
 
 __all__ = ["HEAD", "Batch", "CommitLog", "CommitStats", "log_head_key"]
@@ -266,7 +273,7 @@ class CommitLog:
         request : mapping
             What the job asks (JSON); ``job`` is added.
         job : str, optional
-            The job's identity (a new :func:`~toolkit.state.leases.job_id` by default).
+            The job's identity (a new :func:`~toolkit.coordination.leases.job_id` by default).
         timeout : float
             Seconds to wait for an answer.
         direct : bool

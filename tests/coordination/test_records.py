@@ -13,8 +13,8 @@ import zarr
 from zarr.storage import LocalStore
 
 import toolkit
+from toolkit.coordination.records import clear_records, read_records
 from toolkit.errors import IncompleteStoreError, WriteError
-from toolkit.state.records import clear_records, read_records
 from toolkit.testing import FaultStore
 
 NOFAIL = toolkit.Throttle(max_retries=0, adaptive=False)

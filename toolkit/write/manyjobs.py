@@ -1,7 +1,7 @@
 """Many independent jobs writing one dataset: appends and partition overwrites.
 
 Each job validates its data against the store first (nothing is written on
-bad input), then asks the store's commit log (:mod:`toolkit.state.commitlog`)
+bad input), then asks the store's commit log (:mod:`toolkit.coordination.commitlog`)
 where its rows go, then writes them. Every job has an identity (``job_id=``,
 or one derived from the request and its data), and a lease
 (``.toolkit/coord/leases/jobs/<id>.json``) that it renews while it runs.
@@ -62,6 +62,18 @@ from zarr.storage import LocalStore
 
 from toolkit import runtime
 from toolkit._util import Background, backoff
+from toolkit.coordination.claim import CreationClaim
+from toolkit.coordination.commitlog import Batch, CommitLog, CommitStats, log_head_key
+from toolkit.coordination.leases import (
+    Coordinator,
+    Lease,
+    LockSet,
+    holder_dead,
+    supports_atomic_create,
+)
+from toolkit.coordination.manifest import write_fragment
+from toolkit.coordination.records import WriteRecord, read_record, record_key, write_hole
+from toolkit.coordination.rows import decide_rows, outstanding, runs_of
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
 from toolkit.io.extent import (
@@ -80,12 +92,6 @@ from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_la
 from toolkit.io.throttle import Throttle, resolve_throttle
 from toolkit.io.wrappers import wrap_store
 from toolkit.runtime import Slot
-from toolkit.state.claim import CreationClaim
-from toolkit.state.commitlog import Batch, CommitLog, CommitStats, log_head_key
-from toolkit.state.leases import Coordinator, Lease, LockSet, holder_dead, supports_atomic_create
-from toolkit.state.manifest import write_fragment
-from toolkit.state.records import WriteJournal, read_record, record_key, write_hole
-from toolkit.state.rows import decide_rows, outstanding, runs_of
 from toolkit.upstream import sync
 from toolkit.write.execute import execute, write_dataset
 from toolkit.write.plan import WritePlan, plan_write
@@ -997,12 +1003,12 @@ def _overwrite_one(
             # Rows readers can see change from here on: one record of the job for the
             # whole of it (partitions replaced in place, new ones published), so that
             # a reader never finds half of the job.
-            journal = None
+            write_record = None
             if spans:
-                journal = WriteJournal(base, group, job, plan.throttle)
+                write_record = WriteRecord(base, group, job, plan.throttle)
                 what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
                         "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
-                journal.begin(what, wrap_store(base, plan.throttle))
+                write_record.begin(what, wrap_store(base, plan.throttle))
             if new_rows:
                 locks.check()  # fenced: a job that lost its lease publishes nothing
                 placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
@@ -1014,8 +1020,8 @@ def _overwrite_one(
                     rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
                     group=group, job=job, record=False, **kw,
                 )  # fmt: skip
-            if journal is not None:
-                journal.done(IOMetrics())
+            if write_record is not None:
+                write_record.done(IOMetrics())
             if report is None:
                 report = _landed_report(plan, placement)
             return _placed(report, placement, target.log)
@@ -1112,7 +1118,7 @@ class _Batches:
 
 
 #: In the current runtime: the calls of one process's threads batch together.
-_BATCHES: Slot[_Batches] = Slot("write.multi.batches", _Batches)
+_BATCHES: Slot[_Batches] = Slot("write.manyjobs.batches", _Batches)
 _WINDOW = 0.02  # seconds a batch leader waits for company
 
 

@@ -1,8 +1,8 @@
 """One test per finding of the hostile run on the many-jobs paths (each failed before the fix).
 
-The kills themselves are in ``test_multi_kills.py``, concurrency in
-``test_multi.py`` and ``test_multi_mixed.py``, faults on coordination requests in
-``tests/state/test_coordination_faults.py``.
+The kills themselves are in ``test_manyjobs_kills.py``, concurrency in
+``test_manyjobs.py`` and ``test_manyjobs_mixed.py``, faults on coordination requests in
+``tests/coordination/test_coordination_faults.py``.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ def test_a_disk_full_ingest_says_so_once_with_no_asyncio_noise(tmp_path):
 
 def test_partition_jobs_go_on_beside_a_dead_one_that_added_labels(tmp_path):
     """A job that reserved rows for new labels and died: later partition jobs proceed."""
-    sys.path.insert(0, str(Path(__file__).parent.parent / "state"))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "coordination"))
     import kill_jobs
 
     target = str(tmp_path / "p.zarr")
@@ -368,30 +368,30 @@ def test_a_writer_stalled_between_its_read_and_its_write_cannot_overwrite(tmp_pa
     np.testing.assert_array_equal(v[12:], -1.0)
 
 
-# -- partition jobs: found by the mixed-jobs test (tests/write/test_multi_mixed.py) -------
+# -- partition jobs: found by the mixed-jobs test (tests/write/test_manyjobs_mixed.py) -------
 
 
 def test_days_appended_before_the_first_partition_job_are_replaced_not_duplicated(tmp_path):
     """An append's labels are known to the log before its rows are visible."""
-    from toolkit.write import multi
+    from toolkit.write import manyjobs
 
     target = str(tmp_path / "a.zarr")
     toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01"]), target, progress=False)
     gate, go = threading.Event(), threading.Event()
-    original = multi._publish_rows
+    original = manyjobs._publish_rows
 
     def slow(*args, **kwargs):  # the appender's rows stay hidden until the overwrite is decided
         gate.set()
         assert go.wait(30)
         return original(*args, **kwargs)
 
-    multi._publish_rows = slow
+    manyjobs._publish_rows = slow
     try:
         appender = ThreadPoolExecutor(1).submit(
             toolkit.append, jobs.day_rows(5, ["2024-02-01"]), target, "time", progress=False
         )
         assert gate.wait(30)
-        multi._publish_rows = original
+        manyjobs._publish_rows = original
         replace = ThreadPoolExecutor(1).submit(
             toolkit.overwrite_partitions, jobs.day_rows(9, ["2024-02-01"]), target, "day",
             progress=False,
@@ -401,7 +401,7 @@ def test_days_appended_before_the_first_partition_job_are_replaced_not_duplicate
         appender.result(60)
         replace.result(60)
     finally:
-        multi._publish_rows = original
+        manyjobs._publish_rows = original
     ds = _read(target)
     days = ds.day.values.astype(str)
     assert (days == "2024-02-01").sum() == jobs.DAY  # one copy of the day
@@ -429,13 +429,13 @@ def test_new_days_apart_in_the_job_are_written_where_the_log_put_them(tmp_path):
 
 def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
     """One job waits for the other's new rows without holding a partition lock."""
-    from toolkit.write import multi
+    from toolkit.write import manyjobs
 
     target = str(tmp_path / "d.zarr")
     toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), target, progress=False)
     toolkit.overwrite_partitions(jobs.day_rows(-1, ["2024-01-02"]), target, "day",
                                  progress=False)  # fmt: skip
-    original = multi.LockSet.start
+    original = manyjobs.LockSet.start
     first = threading.Event()
 
     def slow_start(self, *args, **kwargs):  # the first job is slow to take its locks
@@ -445,7 +445,7 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
             time.sleep(2)
         return original(self, *args, **kwargs)
 
-    multi.LockSet.start = slow_start
+    manyjobs.LockSet.start = slow_start
     try:
         with ThreadPoolExecutor(2) as pool:
             a = pool.submit(toolkit.overwrite_partitions,
@@ -460,7 +460,7 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
             b.result(60)
             assert time.monotonic() - t0 < 25  # not a lock timeout
     finally:
-        multi.LockSet.start = original
+        manyjobs.LockSet.start = original
     ds = _read(target)
     for d in ("2024-01-01", "2024-05-01"):
         vals = set(np.unique(ds.v.values[ds.day.values.astype(str) == d]))

@@ -1,6 +1,6 @@
 """Many jobs under SIGKILL: appends, partition overwrites, region writes, Icechunk appends.
 
-The kill harness (``tests/state/kill_jobs.py``) runs one job in a process of its
+The kill harness (``tests/coordination/kill_jobs.py``) runs one job in a process of its
 own that SIGKILLs itself at a named event of its write: a request left pending,
 the log entry granting its rows, a chunk, half of them, the document saying its
 data landed, the middle of the publication of its rows, the removal of its
@@ -31,7 +31,7 @@ import toolkit
 from toolkit.errors import IncompleteStoreError
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent / "state"))
+sys.path.insert(0, str(HERE.parent / "coordination"))
 import kill_jobs  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -99,7 +99,7 @@ def _child(
         env["TOOLKIT_KILL"] = spec
         if spec.startswith("put:after:1:\\.toolkit/coord/pending/"):
             env["TOOLKIT_LOG_DIRECT_ATTEMPTS"] = "0"  # a lone job commits through the group
-    args = [sys.executable, str(HERE.parent / "state" / "kill_jobs.py"), job, "-", "-", dst]
+    args = [sys.executable, str(HERE.parent / "coordination" / "kill_jobs.py"), job, "-", "-", dst]
     return subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -151,7 +151,7 @@ def _check(job: str, dst: str, opts: dict | None, job_id: str) -> str:
 
 
 def _job_id(job: str, dst: str) -> str:
-    from toolkit.write.multi import derive_job_id
+    from toolkit.write.manyjobs import derive_job_id
 
     data = kill_jobs.data_of(job)
     if job == "append":

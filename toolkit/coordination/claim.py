@@ -45,13 +45,13 @@ from typing import Any
 from zarr.abc.store import Store
 from zarr.storage import LocalStore, MemoryStore
 
+from toolkit.coordination.leases import Coordinator, LockSet, supports_atomic_create
+from toolkit.coordination.records import WriteRecord
 from toolkit.errors import ExistingStoreError, LeaseTimeoutError
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.keys import METADATA_DOCUMENTS
 from toolkit.io.stores import describe_store, display_store, unwrap
 from toolkit.io.throttle import Throttle
-from toolkit.state.leases import Coordinator, LockSet, supports_atomic_create
-from toolkit.state.records import WriteJournal
 from toolkit.upstream import sync
 
 _log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> lis
     once (one round trip, which also tells a new target from an old one).
     ``records=False`` leaves the write records (``.toolkit/writes/``): a
     replacing write that put its own record first removes the others when it
-    is done (:meth:`toolkit.state.records.WriteJournal.begin`).
+    is done (:meth:`toolkit.coordination.records.WriteRecord.begin`).
     """
     root = _root(group)
     keep = _LEASE_PATH.split("/")
@@ -425,7 +425,7 @@ class CreationClaim:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def release_when_done(self, journal: WriteJournal | None, deferred: object = None) -> None:
+    def release_when_done(self, write_record: WriteRecord | None, deferred: object = None) -> None:
         """For a write computed later: hold the lease while its record says "writing".
 
         The lease document says it is a deferred write's. The renewer also looks
@@ -435,11 +435,11 @@ class CreationClaim:
         finalizer), or after ``TOOLKIT_DEFERRED_CLAIM_SECONDS`` (an hour) at the
         latest. If this process ends first, the lease expires on its own.
         """
-        if self.locks is None or journal is None:
+        if self.locks is None or write_record is None:
             self.release()
             return
         for lease in self.locks.leases:
-            lease.note.update(deferred=True, record=journal.key)
+            lease.note.update(deferred=True, record=write_record.key)
         with contextlib.suppress(Exception):
             self.locks.renew_now()  # the note reaches the store now
         if deferred is not None:
@@ -460,7 +460,7 @@ class CreationClaim:
                     )
                     break
                 try:
-                    if journal.state() != "writing":
+                    if write_record.state() != "writing":
                         break
                 except Exception as e:
                     # The store went away (or refuses us): the lease cannot be renewed

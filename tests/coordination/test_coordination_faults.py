@@ -211,8 +211,8 @@ def test_a_log_entry_whose_answer_was_lost_answers_its_job(server_client):
     Whatever the create was told, the entry holding the job's answer is in the log; the
     job must find it there rather than wait for a later entry that never comes.
     """
-    from toolkit.state.commitlog import Batch, CommitLog
-    from toolkit.state.leases import Coordinator
+    from toolkit.coordination.commitlog import Batch, CommitLog
+    from toolkit.coordination.leases import Coordinator
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Batch:
         n = int(state.get("n", 0))

@@ -20,7 +20,7 @@ marker per write task whose units have all landed, named after the units it
 owns and holding their sizes and checksums. Started again with the same
 arguments (the same id), the write resumes only past ``metadata.json``
 (skipping the marked tasks) and starts over otherwise; at the end the
-checksums make a manifest fragment (:mod:`toolkit.state.manifest`) and the
+checksums make a manifest fragment (:mod:`toolkit.coordination.manifest`) and the
 prefix is deleted.
 
 Readers of ``.toolkit/`` ignore ``*.partial`` keys: the temporary files zarr's
@@ -42,19 +42,19 @@ from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
 from toolkit._util import encode_json
+from toolkit.coordination import manifest as _manifest
+from toolkit.coordination.manifest import write_fragment
 from toolkit.io.conditional import conditional_store
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import changed_objects, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import wrap_store
-from toolkit.state import manifest as _manifest
-from toolkit.state.manifest import write_fragment
 from toolkit.upstream import sync
 
 __all__ = [
     "ResumeLog",
-    "WriteJournal",
+    "WriteRecord",
     "aread_records",
     "clear_records",
     "manifest_key",
@@ -130,7 +130,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-class WriteJournal:
+class WriteRecord:
     """The record of one write in its store (picklable: it travels to the last task).
 
     Parameters
@@ -174,7 +174,7 @@ class WriteJournal:
         (mode ``"w"``), so every other record found now goes with its own in
         :meth:`done` (they are the replaced dataset's). ``alone``: the group is
         known to hold no other record (seen empty under the creation claim,
-        :func:`toolkit.state.claim.take_claim`); they are not read.
+        :func:`toolkit.coordination.claim.take_claim`); they are not read.
         """
         self._replaces = replaces
         self._doc = {
@@ -438,7 +438,7 @@ class ResumeLog:
 
         Each marker holds the sizes and checksums of its task's objects (of
         whichever run wrote them); they make the write's fragment
-        (:mod:`toolkit.state.manifest`). The log stays until :meth:`clear`,
+        (:mod:`toolkit.coordination.manifest`). The log stays until :meth:`clear`,
         after the write's record is gone, so that a run killed in between is
         finished by a rerun that finds every task marked.
         """
@@ -473,7 +473,7 @@ class ResumeLog:
 
 
 def manifest_key(group: str | None = None) -> str:
-    """Where a group's folded checksum manifest is kept (see :mod:`toolkit.state.manifest`)."""
+    """Where a group's checksum manifest is kept (:mod:`toolkit.coordination.manifest`)."""
     return _manifest.manifest_key(group)
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from toolkit.coordination.rows import decide_rows, outstanding, runs_of, shift_out
 from toolkit.errors import PartitionError
-from toolkit.state.rows import decide_rows, outstanding, runs_of, shift_out
 
 
 def _none(coord: str, dim: str) -> dict[str, list[int]]:

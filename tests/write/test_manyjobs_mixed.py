@@ -29,7 +29,7 @@ import pytest
 import xarray as xr
 
 import toolkit
-from toolkit.state.rows import runs_of
+from toolkit.coordination.rows import runs_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

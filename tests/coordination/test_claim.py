@@ -23,8 +23,8 @@ import xarray as xr
 from zarr.storage import LocalStore
 
 import toolkit
+from toolkit.coordination.claim import group_contents
 from toolkit.errors import ExistingStoreError, IncompleteStoreError
-from toolkit.state.claim import group_contents
 from toolkit.testing.conformance import CreationClaimTests
 
 HERE = Path(__file__).parent
@@ -180,7 +180,7 @@ def test_overwrite_rerun_after_kill_starts_over_and_the_manifest_covers_every_ob
     back = toolkit.open_zarr(dst).load()
     assert int(back.t2m.isnull().sum()) == 0
     xr.testing.assert_identical(back, sources["ingest"])
-    manifest = toolkit.state.records.read_manifest(LocalStore(dst))
+    manifest = toolkit.coordination.records.read_manifest(LocalStore(dst))
     stored = {str(p.relative_to(dst)) for p in (dst / "t2m" / "c").rglob("*") if p.is_file()}
     assert stored and stored <= set(manifest)
     assert all((dst / k).exists() for k in manifest)  # only objects that exist
@@ -321,8 +321,8 @@ def test_the_listing_beside_the_claim_is_trusted_only_when_the_claim_made_the_le
     creator may have written after the listing was served. Here the listing is
     made stale on purpose (it always finds nothing).
     """
-    import toolkit.state.claim as claim_mod
-    from toolkit.state.claim import CreationClaim, take_claim
+    import toolkit.coordination.claim as claim_mod
+    from toolkit.coordination.claim import CreationClaim, take_claim
 
     monkeypatch.setattr(claim_mod, "listing_is_free", lambda store: False)
     monkeypatch.setattr(claim_mod, "_listing", lambda store, group, limit=200: [])
