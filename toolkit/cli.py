@@ -504,7 +504,7 @@ _EXTRAS = MappingProxyType(
 def _explain(e: BaseException) -> tuple[int, str]:
     """The exit status and one line for an error: what went wrong and what to do."""
     from toolkit import errors as err
-    from toolkit.io.wrappers import ACCESS_HINT, refused
+    from toolkit.io.classify import ACCESS_HINT, refused
 
     data = (
         err.CorruptChunkError,

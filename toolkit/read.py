@@ -37,12 +37,13 @@ from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import executor
 from toolkit.coordination.records import aread_records, read_records
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
+from toolkit.io.buffer import MetadataBuffer
 from toolkit.io.clients import list_page
 from toolkit.io.extent import consistent_view
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, array_dims, open_existing
 from toolkit.io.stores import StoreLike, describe_store, resolve_store, store_label, unwrap
 from toolkit.io.throttle import Throttle, resolve_throttle
-from toolkit.io.wrappers import InterceptStore, MetadataBuffer, wrap_store
+from toolkit.io.wrappers import InterceptStore, wrap_store
 from toolkit.upstream import decode_cf_variable, sync
 
 __all__ = [

@@ -15,13 +15,13 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.storage import LocalStore, MemoryStore
 from zarr.testing.store import StoreTests
 
+from toolkit.io.buffer import MetadataBuffer
 from toolkit.io.metrics import IOMetrics
 from toolkit.io.stores import describe_store, resolve_store, unwrap
 from toolkit.io.throttle import Throttle
 from toolkit.io.wrappers import (
     DigestStore,
     GateStore,
-    MetadataBuffer,
     MetricsStore,
     RetryStore,
     ThrottleStore,
@@ -262,27 +262,6 @@ def test_the_gate_counts_what_landed_through_zarrs_sync_paths(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_metadata_buffer_turns_a_chain_into_one_round():
-    base = MemoryStore()
-    counted = MetricsStore(base)
-    buf = MetadataBuffer(counted, empty_prefix="")
-    g = zarr.create_group(buf)
-    g.create_array("a", shape=(4,), dtype="f8")
-    g.attrs["x"] = 1
-    assert counted.metrics.total == 0  # a fresh store: nothing needs asking
-    assert sync(buf.flush()) == 2 and counted.metrics.sets == 2
-    back = zarr.open_group(base, mode="r")
-    assert back.attrs["x"] == 1 and list(back.array_keys()) == ["a"]
-    # On an existing store, reads go through once and are remembered.
-    buf2 = MetadataBuffer(counted)
-    zarr.open_group(buf2, mode="r")
-    first = counted.metrics.gets
-    assert first > 0
-    for _ in range(3):
-        zarr.open_group(buf2, mode="r")
-    assert counted.metrics.gets == first
-
-
 def test_redact_removes_credentials_and_signatures(tmp_path):
     store = resolve_store(
         "s3://bucket/x.zarr",
@@ -354,40 +333,6 @@ async def test_a_remote_budget_without_a_share_falls_back_to_the_policy_warning_
             await store.set(f"k{i}", Buffer.from_bytes(b"x"))
     assert len([r for r in caplog.records if "coordinator" in r.getMessage()]) == 1
     assert store.budget.pacers["write"].grant.rate == pytest.approx(1206)
-
-
-class _FailsOneSet(zarr.storage.WrapperStore[Any]):
-    """Fails the first set of one key (the others land, after a delay)."""
-
-    def __init__(self, store: Any, key: str) -> None:
-        super().__init__(store)
-        self.key, self.failed = key, False
-
-    async def set(self, key: str, value: Buffer) -> None:
-        if key == self.key and not self.failed:
-            self.failed = True
-            raise ConnectionError(f"lost {key}")
-        await asyncio.sleep(0.01)  # the failure arrives while the others are in flight
-        await self._store.set(key, value)
-
-
-def test_metadata_buffer_flush_keeps_what_did_not_land_for_a_retry():
-    """Finding 6: a flush that failed one request forgot the entries it had swapped out."""
-    base = MemoryStore()
-    buf = MetadataBuffer(_FailsOneSet(base, "b/zarr.json"), empty_prefix="")
-    docs = {k: Buffer.from_bytes(k.encode()) for k in ("a/zarr.json", "b/zarr.json", "zarr.json")}
-    for k, v in docs.items():
-        sync(buf.set(k, v))
-    with pytest.raises(ConnectionError, match=r"lost b/zarr\.json"):
-        sync(buf.flush())
-    assert set(base._store_dict) == {"a/zarr.json", "zarr.json"}  # the others landed
-    assert set(buf._pending) == {"b/zarr.json"}  # what did not land is kept
-    assert sync(buf.exists("b/zarr.json"))  # and still seen by readers of the buffer
-    assert sync(buf.flush()) == 1  # a retry sends it
-    assert {k: v.to_bytes() for k, v in base._store_dict.items()} == {
-        k: v.to_bytes() for k, v in docs.items()
-    }
-    assert not buf._pending
 
 
 class _LosesDeleteRace(LocalStore):

@@ -15,7 +15,14 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-__all__ = ["ErrorClass", "classify_error", "http_status", "retry_after"]
+__all__ = [
+    "ACCESS_HINT",
+    "ErrorClass",
+    "classify_error",
+    "http_status",
+    "refused",
+    "retry_after",
+]
 
 ErrorClass = Literal["throttled", "transient", "fatal"]
 
@@ -173,3 +180,35 @@ def retry_after(exc: BaseException) -> float | None:
             return float(m[1]) / (1000 if ms else 1) or None
         e = e.__cause__ or e.__context__
     return None
+
+
+#: The clients' names for "no or bad credentials", found anywhere along an error's causes.
+_REFUSALS = frozenset(
+    {
+        "UnauthenticatedError",
+        "PermissionDeniedError",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "CredentialRetrievalError",
+        "ProfileNotFound",
+    }
+)
+ACCESS_HINT = (
+    "Give credentials as the AWS CLI reads them (AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials) or in the options (CLI: --profile NAME, "
+    "-o key=... -o secret=...; Python: storage_options), or read public data anonymously "
+    "(CLI: --anon; Python: storage_options={'anon': True})"
+)
+"""What to do when a store refuses access for want of credentials (said by every refusal)."""
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a client refused for want of credentials (no HTTP status to tell it by)."""
+    e: BaseException | None = exc
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in _REFUSALS:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -1,7 +1,7 @@
 """A write's metadata round: arrays created or resized, small variables written, at once.
 
 Through xarray's own Zarr backend (so that stores written here open in xarray
-like any other), into a :class:`~toolkit.io.wrappers.MetadataBuffer` that
+like any other), into a :class:`~toolkit.io.buffer.MetadataBuffer` that
 sends every document in one concurrent round, after the write's record: the
 dask sources of the data variables are handed to toolkit's graph instead
 (:func:`write_metadata`). A region write's shared units are merged
@@ -42,6 +42,7 @@ from toolkit.errors import (
     ExistingStoreError,
     WriteError,
 )
+from toolkit.io.buffer import MetadataBuffer
 from toolkit.io.conditional import conditional_store, supports_conditional
 from toolkit.io.digests import WrittenStore
 from toolkit.io.extent import ArrayExtent, Extents, ExtentStore, covering_length
@@ -51,7 +52,7 @@ from toolkit.io.stores import (
     display_location,
     is_icechunk,
 )
-from toolkit.io.wrappers import MetadataBuffer, rebind, wrap_store
+from toolkit.io.wrappers import rebind, wrap_store
 from toolkit.upstream import (
     ArrayWriter,
     autodetect_region,

@@ -58,6 +58,7 @@ from toolkit.errors import (
     VariableNameError,
     WriteError,
 )
+from toolkit.io.buffer import MetadataBuffer
 from toolkit.io.digests import WrittenStore
 from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.snapshot import SnapshotStore
@@ -70,7 +71,7 @@ from toolkit.io.stores import (
     store_label,
 )
 from toolkit.io.throttle import Throttle, resolve_throttle
-from toolkit.io.wrappers import MetadataBuffer, wrap_store
+from toolkit.io.wrappers import wrap_store
 from toolkit.upstream import sync
 from toolkit.write.checks import unstorable
 from toolkit.write.execute import derive_write_id, small_write_threads, write_io
