@@ -47,9 +47,13 @@ def _toolkit_writer(url: str, opts: dict[str, Any], i: int) -> dict[str, Any]:
 
     with dask.config.set(scheduler="sync"):
         r = toolkit.to_zarr(
-            _part(i), url, mode="overwrite-partitions", partition="part",
-            storage_options=opts, progress=False,
-        )  # fmt: skip
+            _part(i),
+            url,
+            mode="overwrite-partitions",
+            partition="part",
+            storage_options=opts,
+            progress=False,
+        )
     # Calls batched in one process share one job's figures: say by how many.
     return {**r.placement["commit"], "batched_calls": r.placement.get("batched_calls", 1)}
 
@@ -91,10 +95,17 @@ def run(kind: str, n: int, procs: int, endpoint: str, bucket: str, timeout: floa
         import toolkit
 
         toolkit.to_zarr(
-            _part(-1), url, storage_options=opts, progress=False, throttle=False,
-            encoding={"v": {"chunks": (ROWS, WIDTH)}, "time": {"chunks": (ROWS,)},
-                      "part": {"chunks": (ROWS,)}},
-        )  # fmt: skip
+            _part(-1),
+            url,
+            storage_options=opts,
+            progress=False,
+            throttle=False,
+            encoding={
+                "v": {"chunks": (ROWS, WIDTH)},
+                "time": {"chunks": (ROWS,)},
+                "part": {"chunks": (ROWS,)},
+            },
+        )
     else:
         opts = _delta_options(endpoint)
         _delta_writer(url, opts, -1)  # the table exists before the writers start, as for toolkit
@@ -178,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delta-max", type=int, default=200, help="largest N tried with delta-rs")
     p.add_argument("--timeout", type=float, default=600)
     args = p.parse_args(argv)
-    for row in rows([int(x) for x in args.writers.split(",")], args.procs, args.delta_max,
-                    args.timeout):  # fmt: skip
+    for row in rows(
+        [int(x) for x in args.writers.split(",")], args.procs, args.delta_max, args.timeout
+    ):
         print(row)
     return 0
 

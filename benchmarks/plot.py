@@ -99,17 +99,29 @@ def figure(report: str) -> Any:
     for y, (text, bar) in enumerate(lines):
         if bar is None:  # a case's heading, from the figure's left edge across the plot
             ax.annotate(
-                text, xy=(0, y), xycoords=("figure fraction", "data"), xytext=(6, 0),
-                textcoords="offset points", ha="left", va="center", fontsize=FONT_SIZE,
-                fontweight="bold", bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
-            )  # fmt: skip
+                text,
+                xy=(0, y),
+                xycoords=("figure fraction", "data"),
+                xytext=(6, 0),
+                textcoords="offset points",
+                ha="left",
+                va="center",
+                fontsize=FONT_SIZE,
+                fontweight="bold",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+            )
             continue
         ax.barh(y, bar.ratio - 1, left=1, height=0.7, color=FLOOR if bar.floor else INCUMBENT)
         # The value, right of the line: after a slower bar's end, beside a faster bar.
         ax.annotate(
-            f"{bar.ratio:.2f}x", (max(bar.ratio, 1), y), xytext=(4, 0),
-            textcoords="offset points", va="center", ha="left", fontsize=FONT_SIZE - 1,
-        )  # fmt: skip
+            f"{bar.ratio:.2f}x",
+            (max(bar.ratio, 1), y),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            ha="left",
+            fontsize=FONT_SIZE - 1,
+        )
     ax.axvline(1, color="#2f6690", lw=1.5)
     ax.set_xscale("log")
     lo, hi = min(ratios) / 1.5, max(ratios) * 2.2  # room for the values
@@ -134,10 +146,14 @@ def figure(report: str) -> Any:
             Patch(color=INCUMBENT, label="the incumbent (xarray, zarr, delta-rs)"),
             Patch(color=FLOOR, label="the physical floor"),
         ],
-        loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False,
-        fontsize=FONT_SIZE, title="right of the blue line: slower than toolkit",
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncol=2,
+        frameon=False,
+        fontsize=FONT_SIZE,
+        title="right of the blue line: slower than toolkit",
         title_fontsize=FONT_SIZE,
-    )  # fmt: skip
+    )
     fig.tight_layout()
     return fig
 

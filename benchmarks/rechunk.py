@@ -108,15 +108,27 @@ _METHODS = {
 }
 
 
-def _run(method: str, src: str, dst: str, steps: int, max_mem: str, limit: int,
-         timeout: float, target: str = "series") -> dict[str, Any]:  # fmt: skip
+def _run(
+    method: str,
+    src: str,
+    dst: str,
+    steps: int,
+    max_mem: str,
+    limit: int,
+    timeout: float,
+    target: str = "series",
+) -> dict[str, Any]:
     head = "import os, sys, time\nsrc, dst, T, max_mem = sys.argv[1:3] + [int(sys.argv[3])] + "
     head += 'sys.argv[4:5]\nCHUNKS = {"time": T, "y": 36, "x": 36} if sys.argv[5] == "series" '
     code = head + 'else {"time": 24}\n' + textwrap.dedent(_METHODS[method])
     shutil.rmtree(dst, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, src, dst, str(steps), max_mem, target],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, src, dst, str(steps), max_mem, target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ps = psutil.Process(proc.pid)
     peak, killed = 0, None
     while proc.poll() is None:

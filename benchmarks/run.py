@@ -250,10 +250,23 @@ def bench_cloud(nbytes: int, latencies: list[float], repeat: int) -> list[Row]:
                 if cpu_encode is not None and cpu_put is not None:
                     # Encoding and sending may overlap, but not beyond the cores: the
                     # machine's busy time of both (server included) over its cores.
-                    rows.append(Row(w, f"floor: CPU of encode + raw obstore PUTs / {cores} cores",
-                                    (cpu_encode + cpu_put) / cores))  # fmt: skip
-                rows += _cloud_case(case, ds, values, f"s3://data/b{int(lat * 1e3)}.zarr", opts,
-                                    repeat, raw, (t_decode, cpu_decode))  # fmt: skip
+                    rows.append(
+                        Row(
+                            w,
+                            f"floor: CPU of encode + raw obstore PUTs / {cores} cores",
+                            (cpu_encode + cpu_put) / cores,
+                        )
+                    )
+                rows += _cloud_case(
+                    case,
+                    ds,
+                    values,
+                    f"s3://data/b{int(lat * 1e3)}.zarr",
+                    opts,
+                    repeat,
+                    raw,
+                    (t_decode, cpu_decode),
+                )
     return rows
 
 
@@ -280,8 +293,9 @@ def bench_latency(lat: float, repeat: int) -> list[Row]:
         s3.create_bucket("data")
         with FaultProxy(s3.endpoint_url, latency=lat) as proxy:
             opts = s3.storage_options(proxy.url)
-            store = resolve_store("s3://data/zarr.zarr", storage_options=opts,
-                                  throttle=toolkit.Throttle())  # fmt: skip
+            store = resolve_store(
+                "s3://data/zarr.zarr", storage_options=opts, throttle=toolkit.Throttle()
+            )
             arr = zarr.create_array(store, shape=values.shape, chunks=(1, 128, 128), dtype="f4")
 
             def zarr_alone() -> None:
@@ -289,8 +303,14 @@ def bench_latency(lat: float, repeat: int) -> list[Row]:
                     arr[:] = values
 
             def tk() -> None:
-                toolkit.to_zarr(ds, "s3://data/tk.zarr", mode="w", storage_options=opts,
-                                encoding=enc, progress=False)  # fmt: skip
+                toolkit.to_zarr(
+                    ds,
+                    "s3://data/tk.zarr",
+                    mode="w",
+                    storage_options=opts,
+                    encoding=enc,
+                    progress=False,
+                )
 
             return [
                 Row(case, "floor: requests x latency / 64 in flight", n * lat / 64),
@@ -359,8 +379,11 @@ def bench_round_trips(
                     measure(s3, proxy, "open", client=client)
                 for op in OPERATIONS:
                     for client in ("obstore", "s3fs"):
-                        method = ("toolkit (obstore, the default)" if client == "obstore"
-                                  else "toolkit with client='s3fs'")  # fmt: skip
+                        method = (
+                            "toolkit (obstore, the default)"
+                            if client == "obstore"
+                            else "toolkit with client='s3fs'"
+                        )
                         ms = [measure(s3, proxy, op, client=client) for _ in range(repeat)]
                         record(op, method, lat, [(m.seconds, m.summary) for m in ms])
                         if chains and lat == max(latencies):
@@ -373,8 +396,12 @@ def bench_round_trips(
             f"{lat * 1e3:.0f} ms: seconds | {lat * 1e3:.0f} ms: serial round trips"
             for lat in latencies
         )
-        lines = [f"{_CASES[op]}:", "", head + " | requests |",
-                 "|---|" + "---:|---:|" * len(latencies) + "---:|"]  # fmt: skip
+        lines = [
+            f"{_CASES[op]}:",
+            "",
+            head + " | requests |",
+            "|---|" + "---:|---:|" * len(latencies) + "---:|",
+        ]
         for (o, method), by_lat in grid.items():
             if o != op:
                 continue
@@ -385,8 +412,10 @@ def bench_round_trips(
             n = by_lat[max(by_lat)][2]
             lines.append(f"| {method} | {cells} | {n} |")
         blocks.append("\n".join(lines))
-    text = "Round trips of the small operations (serial round trips: the critical path of " \
-        "the requests the proxy recorded):\n\n" + "\n\n".join(blocks) + "\n"  # fmt: skip
+    text = (
+        "Round trips of the small operations (serial round trips: the critical path of "
+        "the requests the proxy recorded):\n\n" + "\n\n".join(blocks) + "\n"
+    )
     if shown:
         text += "\nThe critical paths (toolkit):\n\n" + "\n\n".join(shown) + "\n"
     return rows, text
@@ -413,10 +442,14 @@ def _peers(s3: Any, proxy: Any, op: str) -> list[tuple[str, Callable[[], tuple[f
 
     def zstore(prefix: str, endpoint: str) -> ObjectStore:
         s = obstore.store.S3Store(
-            "data", prefix=prefix, endpoint=endpoint, access_key_id="testing",
-            secret_access_key="testing", region="us-east-1",
+            "data",
+            prefix=prefix,
+            endpoint=endpoint,
+            access_key_id="testing",
+            secret_access_key="testing",
+            region="us-east-1",
             client_options={"allow_http": True},
-        )  # fmt: skip
+        )
         return ObjectStore(s, read_only=False)
 
     def timed_ledger(fn: Callable[[], object]) -> tuple[float, Any]:
@@ -451,10 +484,15 @@ def _peers(s3: Any, proxy: Any, op: str) -> list[tuple[str, Callable[[], tuple[f
 
     def storage(prefix: str, endpoint: str) -> Any:
         return icechunk.s3_storage(
-            bucket="data", prefix=prefix, region="us-east-1", endpoint_url=endpoint,
-            allow_http=True, access_key_id="testing", secret_access_key="testing",
+            bucket="data",
+            prefix=prefix,
+            region="us-east-1",
+            endpoint_url=endpoint,
+            allow_http=True,
+            access_key_id="testing",
+            secret_access_key="testing",
             force_path_style=True,
-        )  # fmt: skip
+        )
 
     def ice_run() -> tuple[float, Any]:
         name = f"peer-ice-{next(counter)}-{time.time_ns()}"
@@ -506,15 +544,20 @@ def bench_budget(repeat: int) -> tuple[list[Row], str]:
             processes=True,
             dashboard_address=None,
             silence_logs=40,
-        ) as cluster,  # fmt: skip
+        ) as cluster,
         Client(cluster) as client,
         FaultProxy(s3.endpoint_url, rate=100, burst=10) as proxy,
     ):
         s3.create_bucket("data")
         opts = s3.storage_options(proxy.url)
         client.run(__import__, "toolkit")
-        toolkit.to_zarr(ds.isel(t=slice(0, 8)), "s3://data/warm.zarr", storage_options=opts,
-                        encoding=enc, progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            ds.isel(t=slice(0, 8)),
+            "s3://data/warm.zarr",
+            storage_options=opts,
+            encoding=enc,
+            progress=False,
+        )
 
         def measured(name: str, fn: Callable[[], object]) -> int:
             """Best of ``repeat`` runs as a row; the requests that run sent."""
@@ -525,8 +568,9 @@ def bench_budget(repeat: int) -> tuple[list[Row], str]:
                 try:
                     fn()
                 except Exception as e:  # the incumbent may give up: say so
-                    rows.append(Row(case, f"{name}: failed ({type(e).__name__})",
-                                    time.perf_counter() - t))  # fmt: skip
+                    rows.append(
+                        Row(case, f"{name}: failed ({type(e).__name__})", time.perf_counter() - t)
+                    )
                     return 0
                 e = time.perf_counter() - t
                 got = e, proxy.counts.requests - r0, proxy.counts.throttled - th0
@@ -534,20 +578,48 @@ def bench_budget(repeat: int) -> tuple[list[Row], str]:
                     best = got
             assert best is not None
             e, req, th = best
-            rows.append(Row(case, f"{name}: {(req - th) / e:.0f}/s delivered, "
-                            f"{th / max(req, 1):.1%} throttled", e))  # fmt: skip
+            rows.append(
+                Row(
+                    case,
+                    f"{name}: {(req - th) / e:.0f}/s delivered, {th / max(req, 1):.1%} throttled",
+                    e,
+                )
+            )
             return req - th
 
         k = iter(range(10**6))
-        requests = measured("toolkit with Throttle(rate=90)", lambda: toolkit.to_zarr(
-            ds, f"s3://data/tk{next(k)}.zarr", storage_options=opts, encoding=enc,
-            throttle=toolkit.Throttle(rate=90), progress=False))  # fmt: skip
-        measured("toolkit with the S3 defaults (adaptive)", lambda: toolkit.to_zarr(
-            ds, f"s3://data/td{next(k)}.zarr", storage_options=opts, encoding=enc,
-            progress=False))  # fmt: skip
-        measured("xarray.to_zarr + dask (s3fs retries)", lambda: ds.to_zarr(
-            f"s3://data/xr{next(k)}.zarr", storage_options=opts, encoding=enc,
-            mode="w", zarr_format=3, consolidated=False))  # fmt: skip
+        requests = measured(
+            "toolkit with Throttle(rate=90)",
+            lambda: toolkit.to_zarr(
+                ds,
+                f"s3://data/tk{next(k)}.zarr",
+                storage_options=opts,
+                encoding=enc,
+                throttle=toolkit.Throttle(rate=90),
+                progress=False,
+            ),
+        )
+        measured(
+            "toolkit with the S3 defaults (adaptive)",
+            lambda: toolkit.to_zarr(
+                ds,
+                f"s3://data/td{next(k)}.zarr",
+                storage_options=opts,
+                encoding=enc,
+                progress=False,
+            ),
+        )
+        measured(
+            "xarray.to_zarr + dask (s3fs retries)",
+            lambda: ds.to_zarr(
+                f"s3://data/xr{next(k)}.zarr",
+                storage_options=opts,
+                encoding=enc,
+                mode="w",
+                zarr_format=3,
+                consolidated=False,
+            ),
+        )
         for r in range(repeat):
             back = xr.open_zarr(f"s3://data/tk{r}.zarr", storage_options=s3.storage_options())
             _check(back.v.values, values)
@@ -561,8 +633,11 @@ def bench_budget(repeat: int) -> tuple[list[Row], str]:
     ]
     for workers in (10, 100, 1000):
         t = time.perf_counter()
-        o = simulate(Scenario(workers=workers, rate=3000.0, limit=3500.0, duration=10.0,
-                              die=(3, 4.0), join=7.0))  # fmt: skip
+        o = simulate(
+            Scenario(
+                workers=workers, rate=3000.0, limit=3500.0, duration=10.0, die=(3, 4.0), join=7.0
+            )
+        )
         cpu = time.perf_counter() - t
         worst = min(o.delivered(a, a + 1) for a in range(1, 10)) / 3000
         lines.append(
@@ -632,8 +707,9 @@ def _cloud_case(
 
     def tk_write(client: str) -> Callable[[], None]:
         o = {**opts, "client": client}
-        return lambda: toolkit.to_zarr(ds, url, mode="w", storage_options=o, encoding=enc,
-                                       progress=False)  # fmt: skip
+        return lambda: toolkit.to_zarr(
+            ds, url, mode="w", storage_options=o, encoding=enc, progress=False
+        )
 
     def xr_read() -> None:
         assert np.array_equal(xr.open_zarr(url, storage_options=plain).v.values, values)
@@ -650,8 +726,13 @@ def _cloud_case(
         floors.append(Row(r, f"floor: raw {c} GETs, 64 in flight", t_get))
     if decode[1] is not None and cpu_get is not None:
         cores = os.cpu_count() or 1
-        floors.append(Row(r, f"floor: CPU of raw obstore GETs + decode / {cores} cores",
-                          (cpu_get + decode[1]) / cores))  # fmt: skip
+        floors.append(
+            Row(
+                r,
+                f"floor: CPU of raw obstore GETs + decode / {cores} cores",
+                (cpu_get + decode[1]) / cores,
+            )
+        )
     return [
         Row(w, "xarray to_zarr (dask, defaults: s3fs)", timed(xr_write, repeat)),
         Row(w, "toolkit (obstore, the default)", timed(tk_write("obstore"), repeat)),
@@ -703,8 +784,13 @@ def bench_stats(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
         d.map_blocks(lambda b: np.zeros((1,) * b.ndim), chunks=(1,) * d.ndim).sum().compute()
 
     def tk() -> None:
-        toolkit.stats(path, stats=["count", "mean", "std", "min", "max"], bins=100,
-                      bin_range=edges, progress=False)  # fmt: skip
+        toolkit.stats(
+            path,
+            stats=["count", "mean", "std", "min", "max"],
+            bins=100,
+            bin_range=edges,
+            progress=False,
+        )
 
     got = toolkit.stats(path, stats=["mean", "std"], progress=False)
     v = xr.open_zarr(path).v.astype("f8")
@@ -784,8 +870,15 @@ def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     for label, groupby, group, qgroup in cases:
 
         def tk(groupby: Any = groupby) -> xr.Dataset:
-            return toolkit.stats(path, "time", groupby=groupby, stats=five, quantiles=qs,
-                                 quantile_error=alpha, progress=False)  # fmt: skip
+            return toolkit.stats(
+                path,
+                "time",
+                groupby=groupby,
+                stats=five,
+                quantiles=qs,
+                quantile_error=alpha,
+                progress=False,
+            )
 
         def xarray_six(group: Any = group, qgroup: Any = qgroup) -> dict[str, Any]:
             v = xr.open_zarr(path).v
@@ -860,9 +953,10 @@ def bench_ingest(tmp: Path, nfiles: int, repeat: int) -> list[Row]:
     for i in range(nfiles):
         t = pd.date_range("2020-01-01", periods=1, freq="h") + pd.Timedelta(hours=i)
         v = (280 + 10 * rng.standard_normal((1, 180, 360))).astype("f4")
-        xr.Dataset({"t2m": (("time", "lat", "lon"), v, {"units": "K"})},
-                   coords={"time": t, "lat": lat, "lon": lon}).to_netcdf(
-            root / f"f{i:05d}.nc", engine="h5netcdf")  # fmt: skip
+        xr.Dataset(
+            {"t2m": (("time", "lat", "lon"), v, {"units": "K"})},
+            coords={"time": t, "lat": lat, "lon": lon},
+        ).to_netcdf(root / f"f{i:05d}.nc", engine="h5netcdf")
     files = sorted(str(p) for p in root.glob("*.nc"))
     rows = []
     for n in (nfiles // 4, nfiles):
@@ -876,8 +970,10 @@ def bench_ingest(tmp: Path, nfiles: int, repeat: int) -> list[Row]:
                 out = tmp / f"out-{method}-{n}-{k}.zarr"
                 r = subprocess.run(
                     [sys.executable, "-c", _INGEST_RUN, method, str(sub / "*.nc"), str(out)],
-                    capture_output=True, text=True, check=True,
-                )  # fmt: skip
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 sec, rss = r.stdout.split()[-2:]
                 times.append(float(sec))
                 peaks.append(int(rss) / 1024)
@@ -928,8 +1024,10 @@ def bench_rechunk(steps: list[int], max_mem: str, limit: int) -> list[Row]:
         case = f"rechunk {r['steps']} maps of 360x360 to {to} ({r['nbytes'] / 2**30:.2f} GiB)"
         peak = f"peak {r['peak'] / 2**20:,.0f} MiB"
         if r["method"] == "floor":
-            method = f"floor: read+decode once {r.get('read', 0):.1f} s + encode+write once " \
-                     f"{r.get('write', 0):.1f} s"  # fmt: skip
+            method = (
+                f"floor: read+decode once {r.get('read', 0):.1f} s + encode+write once "
+                f"{r.get('write', 0):.1f} s"
+            )
         else:
             method = f"{names[r['method']]} ({peak})"
         if "error" in r:
@@ -999,12 +1097,27 @@ def bench_tree(latencies: list[float], repeat: int) -> list[Row]:
         toolkit.to_zarr(tree, path, mode="w", progress=False)  # warm: imports, first pools
         t = timed(lambda: toolkit.to_zarr(tree, path, mode="w", progress=False), repeat)
         rows.append(Row(f"{case}, write", "toolkit (to_zarr)", t))
-        rows.append(Row(f"{case}, write", "DataTree.to_zarr",
-                        timed(lambda: tree.to_zarr(path, mode="w"), repeat)))  # fmt: skip
-        rows.append(Row(f"{case}, read (lazy)", "toolkit (open_datatree)",
-                        timed(lambda: toolkit.open_datatree(path), repeat)))  # fmt: skip
-        rows.append(Row(f"{case}, read (lazy)", "xr.open_datatree",
-                        timed(lambda: xr.open_datatree(path, engine="zarr"), repeat)))  # fmt: skip
+        rows.append(
+            Row(
+                f"{case}, write",
+                "DataTree.to_zarr",
+                timed(lambda: tree.to_zarr(path, mode="w"), repeat),
+            )
+        )
+        rows.append(
+            Row(
+                f"{case}, read (lazy)",
+                "toolkit (open_datatree)",
+                timed(lambda: toolkit.open_datatree(path), repeat),
+            )
+        )
+        rows.append(
+            Row(
+                f"{case}, read (lazy)",
+                "xr.open_datatree",
+                timed(lambda: xr.open_datatree(path, engine="zarr"), repeat),
+            )
+        )
     with S3Server() as s3:
         s3.create_bucket("data")
         for lat in latencies:
@@ -1035,24 +1148,47 @@ def _tree_case(tree: xr.DataTree, s3: Any, proxy: Any, lat: float, repeat: int) 
     url = f"s3://data/tree-{int(lat * 1e3)}.zarr"
     fresh = itertools.count()
     # A new store each run, as xarray's rows write one: the creation, claim included.
-    measured("write", "toolkit (to_zarr)", lambda: toolkit.to_zarr(
-        tree, f"s3://data/tree-{int(lat * 1e3)}-{next(fresh)}.zarr", storage_options=opts,
-        progress=False), repeat)  # fmt: skip
+    measured(
+        "write",
+        "toolkit (to_zarr)",
+        lambda: toolkit.to_zarr(
+            tree,
+            f"s3://data/tree-{int(lat * 1e3)}-{next(fresh)}.zarr",
+            storage_options=opts,
+            progress=False,
+        ),
+        repeat,
+    )
     toolkit.to_zarr(tree, url, storage_options=opts, progress=False)
-    measured("overwrite", "toolkit (to_zarr, mode='w')", lambda: toolkit.to_zarr(
-        tree, url, mode="w", storage_options=opts, progress=False), repeat)  # fmt: skip
+    measured(
+        "overwrite",
+        "toolkit (to_zarr, mode='w')",
+        lambda: toolkit.to_zarr(tree, url, mode="w", storage_options=opts, progress=False),
+        repeat,
+    )
     for client in ("obstore", "s3fs"):
-        store = resolve_store(f"s3://data/xr-{client}-{int(lat * 1e3)}.zarr",
-                              storage_options={**opts, "client": client})  # fmt: skip
+        store = resolve_store(
+            f"s3://data/xr-{client}-{int(lat * 1e3)}.zarr",
+            storage_options={**opts, "client": client},
+        )
         label = "zarr's ObjectStore" if client == "obstore" else "fsspec"
         # One run each: tens of seconds at 100 ms.
-        measured("write", f"DataTree.to_zarr ({label})",
-                 lambda store=store: tree.to_zarr(store, mode="w"), 1)  # fmt: skip
-    measured("read (lazy)", "toolkit (open_datatree)",
-             lambda: toolkit.open_datatree(url, storage_options=opts), repeat)  # fmt: skip
+        measured(
+            "write",
+            f"DataTree.to_zarr ({label})",
+            lambda store=store: tree.to_zarr(store, mode="w"),
+            1,
+        )
+    measured(
+        "read (lazy)",
+        "toolkit (open_datatree)",
+        lambda: toolkit.open_datatree(url, storage_options=opts),
+        repeat,
+    )
     read = resolve_store(url, storage_options=opts)
-    measured("read (lazy)", "xr.open_datatree",
-             lambda: xr.open_datatree(read, engine="zarr"), repeat)  # fmt: skip
+    measured(
+        "read (lazy)", "xr.open_datatree", lambda: xr.open_datatree(read, engine="zarr"), repeat
+    )
     return rows
 
 

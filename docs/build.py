@@ -23,9 +23,13 @@ HTML = DOCS / "_build" / "html"
 STAMP = DOCS / "_build" / "inputs.sha256"
 # What the site is made of. Generated pages and mirrored notebooks are outputs, not inputs.
 INPUTS = [
-    "toolkit", "docs", "notebooks", "benchmarks/results/latest.md", "benchmarks/plot.py",
+    "toolkit",
+    "docs",
+    "notebooks",
+    "benchmarks/results/latest.md",
+    "benchmarks/plot.py",
     "pyproject.toml",
-]  # fmt: skip
+]
 GENERATED = ("docs/_build", "docs/notebooks", "docs/reference/generated")
 
 

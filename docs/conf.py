@@ -67,9 +67,27 @@ intersphinx_mapping = {
 # aliases give the short names the docstrings use their full names.
 numpydoc_xref_param_type = True
 numpydoc_xref_ignore = {
-    "optional", "or", "of", "to", "default", "dim", "dims", "path", "paths", "zarr",
-    "async", "etc", "the", "a", "an", "same", "as", "keyword", "arguments", "any",
-}  # fmt: skip
+    "optional",
+    "or",
+    "of",
+    "to",
+    "default",
+    "dim",
+    "dims",
+    "path",
+    "paths",
+    "zarr",
+    "async",
+    "etc",
+    "the",
+    "a",
+    "an",
+    "same",
+    "as",
+    "keyword",
+    "arguments",
+    "any",
+}
 numpydoc_xref_aliases = {
     "Dataset": "xarray.Dataset",
     "DataArray": "xarray.DataArray",

@@ -329,10 +329,17 @@ def headless_chromium() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="toolkit-chromium-")
     # The machine has no internet: background networking would only be refused.
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--window-size=1400,1100", f"--user-data-dir={profile}",
-    ):  # fmt: skip
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1100",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(found[1]), options=options)
@@ -363,8 +370,11 @@ def docs_site() -> Path:
 
     done = subprocess.run(
         [sys.executable, str(REPO / "docs" / "build.py")],
-        cwd=REPO, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if done.returncode != 0:
         pytest.fail(f"the docs build failed:\n{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
     return REPO / "docs" / "_build" / "html"

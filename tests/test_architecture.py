@@ -135,13 +135,36 @@ def test_importing_toolkit_changes_no_process_state():
 #: Calls that make a mutable object (or a lock, a counter, a context variable).
 MUTABLE_CALLS = frozenset(
     {
-        "dict", "list", "set", "bytearray", "defaultdict", "OrderedDict", "Counter", "deque",
-        "ChainMap", "WeakKeyDictionary", "WeakValueDictionary", "WeakSet", "Lock", "RLock",
-        "Condition", "Semaphore", "BoundedSemaphore", "Event", "Barrier", "local", "count",
-        "ContextVar", "Queue", "SimpleQueue", "LifoQueue", "PriorityQueue", "Runtime",
+        "dict",
+        "list",
+        "set",
+        "bytearray",
+        "defaultdict",
+        "OrderedDict",
+        "Counter",
+        "deque",
+        "ChainMap",
+        "WeakKeyDictionary",
+        "WeakValueDictionary",
+        "WeakSet",
+        "Lock",
+        "RLock",
+        "Condition",
+        "Semaphore",
+        "BoundedSemaphore",
+        "Event",
+        "Barrier",
+        "local",
+        "count",
+        "ContextVar",
+        "Queue",
+        "SimpleQueue",
+        "LifoQueue",
+        "PriorityQueue",
+        "Runtime",
         "Registry",
     }
-)  # fmt: skip
+)
 
 #: The module-level bindings of a mutable object that stay, each with why. Nothing
 #: here may be mutated by its module (checked below).
@@ -154,11 +177,22 @@ MODULE_STATE_ALLOWED = {
 
 _MUTATING_METHODS = frozenset(
     {
-        "add", "append", "clear", "discard", "extend", "insert", "pop", "popitem", "remove",
-        "setdefault", "update", "difference_update", "intersection_update",
+        "add",
+        "append",
+        "clear",
+        "discard",
+        "extend",
+        "insert",
+        "pop",
+        "popitem",
+        "remove",
+        "setdefault",
+        "update",
+        "difference_update",
+        "intersection_update",
         "symmetric_difference_update",
     }
-)  # fmt: skip
+)
 
 
 def _mutable(value: ast.expr, own: frozenset[str] = frozenset()) -> bool:
@@ -259,11 +293,12 @@ def test_what_is_allowed_at_import_level_is_there_and_never_mutated():
             ) or (
                 isinstance(n, ast.Assign | ast.AugAssign | ast.Delete)
                 and any(
-                    isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                    isinstance(t, ast.Subscript)
+                    and isinstance(t.value, ast.Name)
                     and t.value.id == bound
                     for t in (n.targets if isinstance(n, ast.Assign | ast.Delete) else [n.target])
                 )
-            )  # fmt: skip
+            )
             assert not mutated, f"{name} mutates {bound} (line {n.lineno})"
 
 
@@ -310,10 +345,22 @@ N = Frozen()
 #: The upstream libraries whose private names only ``toolkit.upstream`` may use.
 UPSTREAM = frozenset(
     {
-        "xarray", "zarr", "fsspec", "s3fs", "obstore", "icechunk", "numpy", "pandas", "dask",
-        "distributed", "numcodecs", "botocore", "aiobotocore", "bokeh",
+        "xarray",
+        "zarr",
+        "fsspec",
+        "s3fs",
+        "obstore",
+        "icechunk",
+        "numpy",
+        "pandas",
+        "dask",
+        "distributed",
+        "numcodecs",
+        "botocore",
+        "aiobotocore",
+        "bokeh",
     }
-)  # fmt: skip
+)
 
 #: Upstream modules that are private though no part of their name starts with "_": all
 #: of ``zarr.core`` (zarr 3.1's release notes), and xarray's internals (its API is the

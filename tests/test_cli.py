@@ -140,8 +140,9 @@ def test_stats_prints_a_table_and_refuses_bad_names(tmp_path):
     a = ds.a.values.astype("f8")
     assert int(row["count"].replace(",", "")) == np.isfinite(a).sum()
     assert float(row["mean"]) == pytest.approx(np.nanmean(a), rel=1e-5)
-    kept = run("stats", store, "--dim", "time", "--stats", "std", "--variables", "b",
-               "--no-progress")  # fmt: skip
+    kept = run(
+        "stats", store, "--dim", "time", "--stats", "std", "--variables", "b", "--no-progress"
+    )
     assert kept.returncode == 0 and "b_std" in kept.stdout and "(y: 12)" in kept.stdout
     bad = run("stats", store, "--stats", "mean,stdev", "--no-progress")
     assert bad.returncode == 2 and "did you mean 'std'" in bad.stderr
@@ -226,9 +227,12 @@ def _bucket(endpoint: str, name: str) -> str:
     name = f"{name}-{uuid.uuid4().hex[:8]}"
 
     s3 = botocore.session.get_session().create_client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="k", aws_secret_access_key="s",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
     s3.create_bucket(Bucket=name)
     return name
 
@@ -236,8 +240,11 @@ def _bucket(endpoint: str, name: str) -> str:
 def run_env(env: dict[str, str], *args: str, timeout: float = 240):
     return subprocess.run(
         [sys.executable, "-m", "toolkit.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("client", ["obstore", "s3fs"])
@@ -246,9 +253,12 @@ def test_an_http_endpoint_in_the_environment_is_enough(moto_process, netcdf, cli
     src, _ = netcdf
     bucket = _bucket(moto_process, f"env-{client}")
     env = _env(
-        AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
-        AWS_REGION="us-east-1", TOOLKIT_CLIENT=client,
-    )  # fmt: skip
+        AWS_ENDPOINT_URL=moto_process,
+        AWS_ACCESS_KEY_ID="k",
+        AWS_SECRET_ACCESS_KEY="s",
+        AWS_REGION="us-east-1",
+        TOOLKIT_CLIENT=client,
+    )
     url = f"s3://{bucket}/era5.zarr"
     r = run_env(env, "copy", str(src), url, "--chunks", "time=8", "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -282,8 +292,12 @@ def test_the_python_api_reads_the_endpoint_from_the_environment(moto_process, mo
     import toolkit
 
     bucket = _bucket(moto_process, "api-env")
-    for k, v in _env(AWS_ENDPOINT_URL=moto_process, AWS_ACCESS_KEY_ID="k",
-                     AWS_SECRET_ACCESS_KEY="s", AWS_REGION="us-east-1").items():  # fmt: skip
+    for k, v in _env(
+        AWS_ENDPOINT_URL=moto_process,
+        AWS_ACCESS_KEY_ID="k",
+        AWS_SECRET_ACCESS_KEY="s",
+        AWS_REGION="us-east-1",
+    ).items():
         monkeypatch.setenv(k, v)
     ds = make_dataset(nt=6)
     toolkit.to_zarr(ds, f"s3://{bucket}/x.zarr", progress=False)
@@ -316,8 +330,12 @@ def test_client_errors_reach_python_as_toolkit_errors(moto_process, monkeypatch,
         monkeypatch.setenv(k, v)
     bucket = _bucket(moto_process, f"wrapped-{client}")
     with pytest.raises(StoreAccessError) as caught:
-        toolkit.to_zarr(make_dataset(nt=4), f"s3://{bucket}/x.zarr", progress=False,
-                        storage_options={"client": client})  # fmt: skip
+        toolkit.to_zarr(
+            make_dataset(nt=4),
+            f"s3://{bucket}/x.zarr",
+            progress=False,
+            storage_options={"client": client},
+        )
     assert isinstance(caught.value, PermissionError)
     assert type(caught.value.__cause__).__module__.split(".")[0] in ("obstore", "botocore")
 
@@ -481,8 +499,9 @@ def test_stats_per_group_from_the_command_line(tmp_path):
     ds = make_dataset(nt=70, chunks={"time": 16})
     store = tmp_path / "s.zarr"
     toolkit.to_zarr(ds, store, progress=False)
-    r = run("stats", str(store), "--groupby", "time.month", "--stats", "count,mean",
-            "--no-progress")  # fmt: skip
+    r = run(
+        "stats", str(store), "--groupby", "time.month", "--stats", "count,mean", "--no-progress"
+    )
     assert r.returncode == 0, r.stderr
     want = ds.a.groupby("time.month").mean(dim=...)
     head, _, *lines = r.stdout.strip().splitlines()

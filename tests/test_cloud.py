@@ -49,8 +49,14 @@ def _direct(server, url):
 
 def _seed(server, url: str, ds: xr.Dataset, chunks: tuple[int, ...]) -> None:
     """Write the starting store straight to the server (no proxy, no faults)."""
-    toolkit.to_zarr(ds, url, mode="w", storage_options=server.storage_options(), progress=False,
-                    encoding={"v": {"chunks": chunks}})  # fmt: skip
+    toolkit.to_zarr(
+        ds,
+        url,
+        mode="w",
+        storage_options=server.storage_options(),
+        progress=False,
+        encoding={"v": {"chunks": chunks}},
+    )
 
 
 def _rows(n: int, width: int = 64, seed: int = 0) -> xr.Dataset:
@@ -108,24 +114,36 @@ def test_cluster_write_holds_a_100_per_second_limit(s3, client, cluster4):
         start = published(0)
         warm = f"s3://data/{client}-warm.zarr"
         toolkit.to_zarr(
-            _rows(8).chunk({"t": 1}), warm, mode="w", storage_options=opts, encoding=enc,
-            throttle=toolkit.Throttle(rate=100, max_inflight=2), progress=False,
-        )  # fmt: skip
+            _rows(8).chunk({"t": 1}),
+            warm,
+            mode="w",
+            storage_options=opts,
+            encoding=enc,
+            throttle=toolkit.Throttle(rate=100, max_inflight=2),
+            progress=False,
+        )
         first = published(start + 8)
         before = proxy.counts.requests, proxy.counts.throttled
         puts = proxy.counts.by_method.get("PUT", 0)
         logged = len(proxy.log)
         t0 = time.perf_counter()
         report = toolkit.to_zarr(
-            ds, f"s3://data/{client}-rate.zarr", mode="w", storage_options=opts, encoding=enc,
-            throttle=policy, progress=False,
-        )  # fmt: skip
+            ds,
+            f"s3://data/{client}-rate.zarr",
+            mode="w",
+            storage_options=opts,
+            encoding=enc,
+            throttle=policy,
+            progress=False,
+        )
         elapsed = time.perf_counter() - t0
         requests = proxy.counts.requests - before[0]
         throttled = proxy.counts.throttled - before[1]
         puts = proxy.counts.by_method.get("PUT", 0) - puts
-        leases = sum(what.startswith("PUT ") and "/.toolkit/coord/" in what
-                     for _, _, what in proxy.log[logged:])  # fmt: skip
+        leases = sum(
+            what.startswith("PUT ") and "/.toolkit/coord/" in what
+            for _, _, what in proxy.log[logged:]
+        )
         # Each task's I/O figures reach the scheduler (the dashboard's fine metrics).
         sets = published(first + 1000)
     assert first == start + 8 and sets == first + 1000  # the warm-up's units, then this write's
@@ -197,8 +215,15 @@ def test_a_limit_the_budget_cannot_meet_fails_with_an_exact_record(cloud):
     with cloud.proxy(rate=1, burst=20) as proxy:
         opts = cloud.storage_options(proxy.url)
         with pytest.raises(WriteError) as err:
-            toolkit.to_zarr(new, url, mode="r+", region={"t": slice(0, 40)},
-                            storage_options=opts, throttle=policy, progress=False)  # fmt: skip
+            toolkit.to_zarr(
+                new,
+                url,
+                mode="r+",
+                region={"t": slice(0, 40)},
+                storage_options=opts,
+                throttle=policy,
+                progress=False,
+            )
         arrived = proxy.counts.requests
         time.sleep(1.5)
         # Nothing of the failed write is still running once the error is raised.
@@ -248,8 +273,11 @@ def _secret_options(cloud, endpoint_url: str | None = None) -> tuple[dict, list[
     """
     if cloud.server.scheme == "az":
         az = cloud.server
-        opts = {"account_name": az.account, "account_key": az.account_key,
-                "endpoint_url": az.blob_endpoint(endpoint_url)}  # fmt: skip
+        opts = {
+            "account_name": az.account,
+            "account_key": az.account_key,
+            "endpoint_url": az.blob_endpoint(endpoint_url),
+        }
         return opts, [az.account_key]
     key, secret = "AKIA-TOOLKIT-KEY-7q1", "SECRET-TOOLKIT-VALUE-9x2"
     return {**cloud.storage_options(endpoint_url), "key": key, "secret": secret}, [key, secret]
@@ -265,8 +293,9 @@ def test_secrets_stay_secret(cloud, tmp_path):
     with cloud.proxy(rate=1, burst=24) as proxy:
         opts, secrets = _secret_options(cloud, proxy.url)
         tight = toolkit.Throttle(max_retries=1, max_retry_seconds=0.5, adaptive=False)
-        plan = toolkit.plan_write(ds, url, storage_options=opts,
-                                  encoding={"v": {"chunks": (1, 64)}}, throttle=tight)  # fmt: skip
+        plan = toolkit.plan_write(
+            ds, url, storage_options=opts, encoding={"v": {"chunks": (1, 64)}}, throttle=tight
+        )
         texts += [repr(plan), plan._repr_html_()]
         delayed = toolkit.execute(plan, compute=False, progress=False)
         texts += [str(k) for k in delayed.__dask_graph__()]
@@ -302,8 +331,9 @@ def test_azure_reads_the_environment_as_adlfs_does(azurite, monkeypatch):
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", azurite.account)
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", azurite.account_key)
-    back = toolkit.open_zarr("az://data/env.zarr",
-                             storage_options={"endpoint_url": azurite.blob_endpoint()})  # fmt: skip
+    back = toolkit.open_zarr(
+        "az://data/env.zarr", storage_options={"endpoint_url": azurite.blob_endpoint()}
+    )
     xr.testing.assert_equal(back.load(), ds.compute())
 
 
@@ -317,13 +347,20 @@ def test_azure_takes_adlfs_option_names(azurite):
 
     ds = _rows(12, width=4).chunk({"t": 4})
     expected = ds.compute()
-    toolkit.to_zarr(ds, "az://data/names.zarr", storage_options=azurite.storage_options(),
-                    progress=False)  # fmt: skip
-    keyed = {"account_name": azurite.account, "account_key": azurite.account_key,
-             "endpoint_url": azurite.blob_endpoint()}  # fmt: skip
+    toolkit.to_zarr(
+        ds, "az://data/names.zarr", storage_options=azurite.storage_options(), progress=False
+    )
+    keyed = {
+        "account_name": azurite.account,
+        "account_key": azurite.account_key,
+        "endpoint_url": azurite.blob_endpoint(),
+    }
     sas = azurite.sas_token(permissions="rl")
-    signed = {"account_name": azurite.account, "sas_token": f"?{sas}",
-              "endpoint_url": azurite.blob_endpoint()}  # fmt: skip
+    signed = {
+        "account_name": azurite.account,
+        "sas_token": f"?{sas}",
+        "endpoint_url": azurite.blob_endpoint(),
+    }
     for url, opts in [
         ("az://data/names.zarr", keyed),
         ("abfs://data/names.zarr", azurite.storage_options()),
@@ -345,11 +382,13 @@ def test_azure_takes_adlfs_option_names(azurite):
         assert toolkit.Throttle.for_url(url) == toolkit.Throttle.for_url("az://x")
 
     azurite.create_container("public", public=True)
-    toolkit.to_zarr(ds, "az://public/open.zarr", storage_options=azurite.storage_options(),
-                    progress=False)  # fmt: skip
+    toolkit.to_zarr(
+        ds, "az://public/open.zarr", storage_options=azurite.storage_options(), progress=False
+    )
     anon = {"account_name": azurite.account, "anon": True, "endpoint_url": azurite.blob_endpoint()}
-    xr.testing.assert_equal(toolkit.open_zarr("az://public/open.zarr", storage_options=anon).load(),
-                            expected)  # fmt: skip
+    xr.testing.assert_equal(
+        toolkit.open_zarr("az://public/open.zarr", storage_options=anon).load(), expected
+    )
     assert secrets(unwrap(resolve_store("az://public/open.zarr", storage_options=anon))) == []
 
     other = {**keyed, "account_name": "someoneelse"}
@@ -385,8 +424,9 @@ def test_an_azure_prefix_delete_finishes_when_a_key_goes_meanwhile(azurite):
     sync(put_all())
     assert len(sync(list_keys(direct, "p/"))) == 600
     failed: list[BaseException] = []
-    with FaultProxy(azurite.endpoint_url, dialect="azure", only=r"comp=batch", stall_prob=1.0,
-                    stall=0.5) as proxy:  # fmt: skip
+    with FaultProxy(
+        azurite.endpoint_url, dialect="azure", only=r"comp=batch", stall_prob=1.0, stall=0.5
+    ) as proxy:
         opts = azurite.storage_options(proxy.url)
         store = unwrap(resolve_store("az://data/gone", storage_options=opts))
 
@@ -404,8 +444,10 @@ def test_an_azure_prefix_delete_finishes_when_a_key_goes_meanwhile(azurite):
         assert proxy.counts.stalled, "no blob batch reached the proxy"
         obstore.delete(direct.store, "p/k0003")  # another job's, meanwhile
         worker.join(60)
-        log = [what.split(" ", 1)[0] + (" list" if "comp=list" in what else "")
-               for _, _, what in proxy.log]  # fmt: skip
+        log = [
+            what.split(" ", 1)[0] + (" list" if "comp=list" in what else "")
+            for _, _, what in proxy.log
+        ]
     assert not worker.is_alive() and not failed, failed
     assert sync(list_keys(direct, "p/")) == []
     # The 404 was seen (the batch holding the key was answered), and the prefix listed again.

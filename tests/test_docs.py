@@ -27,19 +27,34 @@ from toolkit.cli import _parser
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the first one may build
 
 GUIDE = [
-    "writes", "reads", "object-stores", "statistics", "many-jobs", "ingest", "dashboard",
+    "writes",
+    "reads",
+    "object-stores",
+    "statistics",
+    "many-jobs",
+    "ingest",
+    "dashboard",
     "xarray",
-]  # fmt: skip
+]
 NOTEBOOKS = sorted(p.stem for p in (Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def test_every_page_is_built(docs_site: Path) -> None:
     pages = [
-        "index", "getting-started", "user-guide/index", *(f"user-guide/{g}" for g in GUIDE),
-        "notebooks", *(f"notebooks/{n}" for n in NOTEBOOKS), "reference/api",
-        "reference/storage", "reference/cli", "how-it-works/architecture",
-        "how-it-works/benchmarks", "search", "genindex",
-    ]  # fmt: skip
+        "index",
+        "getting-started",
+        "user-guide/index",
+        *(f"user-guide/{g}" for g in GUIDE),
+        "notebooks",
+        *(f"notebooks/{n}" for n in NOTEBOOKS),
+        "reference/api",
+        "reference/storage",
+        "reference/cli",
+        "how-it-works/architecture",
+        "how-it-works/benchmarks",
+        "search",
+        "genindex",
+    ]
     missing = [p for p in pages if not (docs_site / f"{p}.html").is_file()]
     assert not missing
 
@@ -90,9 +105,7 @@ PAGES_SKIPPED = {"_modules", "_static", "_sources", "_images"}
 
 
 def _pages(docs_site: Path) -> list[Path]:
-    return [
-        p for p in sorted(docs_site.rglob("*.html")) if not PAGES_SKIPPED & set(p.parts)
-    ]  # fmt: skip
+    return [p for p in sorted(docs_site.rglob("*.html")) if not PAGES_SKIPPED & set(p.parts)]
 
 
 def _text(page: str) -> str:
@@ -174,9 +187,11 @@ def test_wide_tables_and_code_scroll_sideways(docs_site: Path) -> None:
         return next(body for sel, body in rules.items() if selector in sel.split(",\n"))
 
     for selector in (
-        ".bd-article .pst-scrollable-table-container", ".bd-article pre",
-        ".bd-article div.cell_output", ".bd-article div.cell_output table",
-    ):  # fmt: skip
+        ".bd-article .pst-scrollable-table-container",
+        ".bd-article pre",
+        ".bd-article div.cell_output",
+        ".bd-article div.cell_output table",
+    ):
         assert "overflow-x: auto" in rule_for(selector), selector
     assert "overflow-wrap: anywhere" in rule_for(".bd-article h1")
     for page in ("how-it-works/benchmarks.html", "notebooks/quickstart.html"):
@@ -211,22 +226,31 @@ def test_library_names_link_to_their_documentation(docs_site: Path) -> None:
         in (to_zarr)
     )  # "zarr Store"
     sites = {
-        "https://docs.xarray.dev/", "https://docs.dask.org/", "https://zarr.readthedocs.io/",
-        "https://numpy.org/doc/", "https://docs.python.org/3/",
-    }  # fmt: skip
+        "https://docs.xarray.dev/",
+        "https://docs.dask.org/",
+        "https://zarr.readthedocs.io/",
+        "https://numpy.org/doc/",
+        "https://docs.python.org/3/",
+    }
     linked = {
-        site for page in _pages(docs_site) for href in _parse(page).hrefs for site in sites
+        site
+        for page in _pages(docs_site)
+        for href in _parse(page).hrefs
+        for site in sites
         if href.startswith(site)
-    }  # fmt: skip
+    }
     assert linked == sites
     # The inventories are files in the repository (the build has no network).
     from sphinx.util.inventory import InventoryFile
 
     inventories = REPO / "docs" / "_inventories"
     wanted = {
-        "xarray": "xarray.Dataset.to_zarr", "dask": "dask.array.Array.rechunk",
-        "zarr": "zarr.storage.ObjectStore", "numpy": "numpy.ndarray", "python": "os.PathLike",
-    }  # fmt: skip
+        "xarray": "xarray.Dataset.to_zarr",
+        "dask": "dask.array.Array.rechunk",
+        "zarr": "zarr.storage.ObjectStore",
+        "numpy": "numpy.ndarray",
+        "python": "os.PathLike",
+    }
     for name, entry in wanted.items():
         with (inventories / f"{name}.inv").open("rb") as f:
             inv = InventoryFile.load(f, "https://example.invalid/", lambda base, uri: base + uri)
@@ -356,8 +380,10 @@ def test_wide_content_scrolls_in_chromium(served: str) -> None:
     # the article: nothing pushes the article itself sideways (cutting off its right edge).
     pages = [
         "reference/generated/toolkit.errors.UnsupportedVariableError.html",
-        "how-it-works/benchmarks.html", "notebooks/quickstart.html", "user-guide/writes.html",
-    ]  # fmt: skip
+        "how-it-works/benchmarks.html",
+        "notebooks/quickstart.html",
+        "user-guide/writes.html",
+    ]
     with headless_chromium() as driver:
         for width in (1400, 900):
             driver.set_window_size(width, 1000)

@@ -302,10 +302,17 @@ def test_encode_json_refuses_what_json_cannot_hold_instead_of_stringifying_it():
     from toolkit._util import encode_json
 
     doc = {"n": np.int64(3), "x": np.float32(0.5), "ok": np.bool_(True), "rows": (1, 2)}
-    assert json.loads(encode_json(doc).to_bytes()) == {"n": 3, "x": 0.5, "ok": True,
-                                                       "rows": [1, 2]}  # fmt: skip
-    for bad in ({1, 2}, b"x", object(), dt.datetime(2000, 1, 1), np.datetime64("2000-01-01"),
-                np.arange(2), 1j, np.complex64(1)):  # fmt: skip
+    assert json.loads(encode_json(doc).to_bytes()) == {"n": 3, "x": 0.5, "ok": True, "rows": [1, 2]}
+    for bad in (
+        {1, 2},
+        b"x",
+        object(),
+        dt.datetime(2000, 1, 1),
+        np.datetime64("2000-01-01"),
+        np.arange(2),
+        1j,
+        np.complex64(1),
+    ):
         kind = type(bad)
         with pytest.raises(TypeError, match=f"{kind.__module__}.{kind.__qualname__}"):
             encode_json({"state": "writing", "nested": [{"value": bad}]})

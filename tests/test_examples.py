@@ -26,8 +26,11 @@ def test_the_readme_shows_the_ten_lines_of_the_example():
 def test_the_ten_lines_run(tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "ten_lines.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "WritePlan" in r.stdout and "t2m_mean" in r.stdout
     era5 = xr.open_zarr(tmp_path / "era5.zarr")

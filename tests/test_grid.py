@@ -231,8 +231,7 @@ def test_rechunk_blocks_read_every_chunk_once_and_write_every_unit_whole(
 
 
 def test_rechunk_blocks_maps_to_time_series_go_through_an_intermediate_copy():
-    b = grid.rechunk_blocks((4000, 360, 360), (1, 360, 360), (4000, 36, 36), 4, 2**30,
-                            min_tasks=2)  # fmt: skip
+    b = grid.rechunk_blocks((4000, 360, 360), (1, 360, 360), (4000, 36, 36), 4, 2**30, min_tasks=2)
     assert b.stages == 2
     assert b.read[1:] == (360, 360) and 4000 % b.read[0] == 0  # whole maps, gathered
     assert b.write[0] == 4000 and 360 % b.write[1] == 0  # whole series

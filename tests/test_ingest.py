@@ -72,16 +72,26 @@ def some(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, xr.Dataset]:
 
 def expected(root: Path) -> xr.Dataset:
     return xr.open_mfdataset(
-        sorted(root.glob("*.nc")), engine="h5netcdf", combine="by_coords",
-        data_vars="minimal", coords="minimal", compat="override",
-    ).load()  # fmt: skip
+        sorted(root.glob("*.nc")),
+        engine="h5netcdf",
+        combine="by_coords",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+    ).load()
 
 
 @pytest.mark.slow
 def test_520_step_files_into_sharded_48_step_chunks_equal_open_mfdataset(many, want, tmp_path):
     out = tmp_path / "out.zarr"
-    report = toolkit.ingest(str(many / "*.nc"), out, concat_dim="time",
-                            chunks={"time": 48}, shards={"time": 96}, progress=False)  # fmt: skip
+    report = toolkit.ingest(
+        str(many / "*.nc"),
+        out,
+        concat_dim="time",
+        chunks={"time": 48},
+        shards={"time": 96},
+        progress=False,
+    )
     got = xr.open_zarr(out).load()
     xr.testing.assert_identical(got, want)
     assert got.t2m.encoding["chunks"] == (48, NY, NX)
@@ -186,16 +196,23 @@ def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
     assert already >= landed
     with pytest.raises(toolkit.errors.IncompleteStoreError):
         toolkit.open_zarr(out)  # the killed run's record says the store is incomplete
-    report = toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 8},
-                            max_task_bytes=per_task, progress=False)  # fmt: skip
+    report = toolkit.ingest(
+        str(src / "*.nc"),
+        out,
+        concat_dim="time",
+        chunks={"time": 8},
+        max_task_bytes=per_task,
+        progress=False,
+    )
     assert report.tasks == report.plan.ntasks - already  # only the tasks that had not landed
     xr.testing.assert_identical(toolkit.open_zarr(out).load(), want)  # no record is left
     assert not (out / ".toolkit" / "resume").exists()
     # The manifest holds the checksums of both runs' objects: every chunk, each verified.
     stored = [
-        p for p in out.rglob("*")
+        p
+        for p in out.rglob("*")
         if p.is_file() and ".toolkit" not in p.parts and ".partial" not in p.name
-    ]  # fmt: skip
+    ]
     chunks = [p for p in stored if "c" in p.relative_to(out).parts]
     report = toolkit.verify(out)
     assert report.ok and report.summary.startswith(
@@ -245,15 +262,50 @@ def test_cli_ingest_then_verify(some, tmp_path):
     src, _ = some
     out = tmp_path / "cli.zarr"
     run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=240)
-    r = run([sys.executable, "-m", "toolkit.cli", "ingest", str(src / "*.nc"), str(out),
-             "--concat-dim", "time", "--chunks", "time=32", "--no-progress"])  # fmt: skip
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "ingest",
+            str(src / "*.nc"),
+            str(out),
+            "--concat-dim",
+            "time",
+            "--chunks",
+            "time=32",
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "tasks / units" in r.stdout
-    r = run([sys.executable, "-m", "toolkit.cli", "verify", str(src / "*.nc"), str(out),
-             "--concat-dim", "time", "--no-progress"])  # fmt: skip
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "verify",
+            str(src / "*.nc"),
+            str(out),
+            "--concat-dim",
+            "time",
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0 and "equal" in r.stdout, r.stdout + r.stderr
-    again = run([sys.executable, "-m", "toolkit.cli", "ingest", str(src / "*.nc"), str(out),
-                 "--concat-dim", "time", "--no-progress"])  # fmt: skip
+    again = run(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "ingest",
+            str(src / "*.nc"),
+            str(out),
+            "--concat-dim",
+            "time",
+            "--no-progress",
+        ]
+    )
     assert again.returncode == 2 and "already holds data" in again.stderr
 
 
@@ -274,8 +326,15 @@ def _pieces(total: int, seed: int = 0, side: int = 40):
 
 def test_a_stream_of_random_pieces_lands_in_whole_units(tmp_path):
     out = tmp_path / "s.zarr"
-    report = toolkit.ingest(_pieces(403), out, concat_dim="time", chunks={"time": 24},
-                            shards={"time": 48}, max_writers=3, progress=False)  # fmt: skip
+    report = toolkit.ingest(
+        _pieces(403),
+        out,
+        concat_dim="time",
+        chunks={"time": 24},
+        shards={"time": 48},
+        max_writers=3,
+        progress=False,
+    )
     want = xr.concat(list(_pieces(403)), dim="time")
     got = xr.open_zarr(out).load()
     xr.testing.assert_identical(got, want)
@@ -321,8 +380,9 @@ def test_a_piece_that_does_not_fit_raises_and_what_came_before_stays(tmp_path):
     before = xr.concat(list(_pieces(100))[:20], dim="time")
     n = before.sizes["time"]
     with pytest.raises(IngestError, match=r"piece 20 of the stream: 'v' is float64") as info:
-        toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 10}, max_writers=1,
-                       progress=False)  # fmt: skip
+        toolkit.ingest(
+            stream(), out, concat_dim="time", chunks={"time": 10}, max_writers=1, progress=False
+        )
     assert f"20 pieces ({n} steps along 'time', {-(-n // 10)} chunks of 10) landed" in str(
         info.value
     )
@@ -401,8 +461,12 @@ def test_verify_without_sources_checks_the_manifest(some, tmp_path):
     assert not bad.ok
     problems = "\n".join(bad.problems)
     assert "t2m/c/2/0/0: checksum differs" in problems and "flag/c/0: missing" in problems
-    r = subprocess.run([sys.executable, "-m", "toolkit.cli", "verify", str(out)],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "verify", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "checksum differs" in r.stdout
 
 
@@ -424,8 +488,9 @@ def _new_toolkit_threads(before: set[threading.Thread], seconds: float = 5.0) ->
         time.sleep(0.02)
 
 
-def _stopping_stream(kind: str, pieces: list[xr.Dataset], last: xr.Dataset | Exception,
-                     closed: list[str]):  # fmt: skip
+def _stopping_stream(
+    kind: str, pieces: list[xr.Dataset], last: xr.Dataset | Exception, closed: list[str]
+):
     """``pieces``, then ``last`` (a piece, or an exception raised), then nothing for an hour.
 
     ``closed`` gets an entry when the generator's ``finally`` runs.
@@ -475,8 +540,14 @@ def test_a_refused_piece_closes_the_stream_and_says_what_landed(tmp_path, kind, 
     out = tmp_path / "refused.zarr"
     before = set(threading.enumerate())
     with pytest.raises(IngestError) as info:
-        toolkit.ingest(_stopping_stream(kind, five, bad, closed), out, concat_dim="time",
-                       chunks={"time": 4}, max_writers=max_writers, progress=False)  # fmt: skip
+        toolkit.ingest(
+            _stopping_stream(kind, five, bad, closed),
+            out,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_writers=max_writers,
+            progress=False,
+        )
     message = str(info.value)
     assert f"5 pieces ({steps} steps along 'time', {-(-steps // 4)} chunks of 4) landed" in message
     assert "piece 5 of the stream: 'v' is float64" in message
@@ -496,9 +567,14 @@ def test_a_stream_raising_its_own_error_is_closed_and_says_what_landed(tmp_path,
     out = tmp_path / "raised.zarr"
     before = set(threading.enumerate())
     with pytest.raises(IngestError) as info:
-        toolkit.ingest(_stopping_stream(kind, five, OSError("sensor offline"), closed), out,
-                       concat_dim="time", chunks={"time": 4}, max_writers=2,
-                       progress=False)  # fmt: skip
+        toolkit.ingest(
+            _stopping_stream(kind, five, OSError("sensor offline"), closed),
+            out,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_writers=2,
+            progress=False,
+        )
     message = str(info.value)
     assert f"5 pieces ({steps} steps along 'time'" in message
     assert "reading piece 5 raised OSError: sensor offline" in message
@@ -527,8 +603,14 @@ def test_an_interrupted_ingest_closes_the_stream_and_notes_what_landed(tmp_path,
     out = tmp_path / "interrupted.zarr"
     before = set(threading.enumerate())
     with pytest.raises(KeyboardInterrupt) as info:
-        toolkit.ingest(_stopping_stream(kind, five, five[0], closed), out, concat_dim="time",
-                       chunks={"time": 4}, max_writers=1, progress=False)  # fmt: skip
+        toolkit.ingest(
+            _stopping_stream(kind, five, five[0], closed),
+            out,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_writers=1,
+            progress=False,
+        )
     (note,) = info.value.__notes__
     assert closed == ["closed"]
     assert _new_toolkit_threads(before) == []
@@ -563,9 +645,14 @@ def test_a_failed_append_closes_the_stream_and_says_what_landed(tmp_path, monkey
     out = tmp_path / "failed.zarr"
     before = set(threading.enumerate())
     with pytest.raises(toolkit.errors.WriteError) as info:
-        toolkit.ingest(_stopping_stream("sync", pieces[:-1], pieces[-1], closed), out,
-                       concat_dim="time", chunks={"time": 4}, max_writers=1,
-                       progress=False)  # fmt: skip
+        toolkit.ingest(
+            _stopping_stream("sync", pieces[:-1], pieces[-1], closed),
+            out,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_writers=1,
+            progress=False,
+        )
     message = str(info.value)
     # The first batch (write_dataset) and the first append landed: 8 steps.
     assert "(8 steps along 'time', 2 chunks of 4) landed" in message
@@ -614,8 +701,9 @@ def test_ctrl_c_while_an_async_stream_waits_cancels_its_read(tmp_path):
     before = set(threading.enumerate())
     threading.Thread(target=ctrl_c, daemon=True).start()
     with pytest.raises(KeyboardInterrupt) as info:
-        toolkit.ingest(stream(), out, concat_dim="time", chunks={"time": 4}, max_writers=1,
-                       progress=False)  # fmt: skip
+        toolkit.ingest(
+            stream(), out, concat_dim="time", chunks={"time": 4}, max_writers=1, progress=False
+        )
     (note,) = info.value.__notes__
     # 16 of the 18 steps (4 whole units) were handed to the writer and landed; 2 were buffered.
     assert (
@@ -641,15 +729,28 @@ def test_a_resumed_ingest_refuses_a_source_file_rewritten_since(tmp_path):
     out = tmp_path / "out.zarr"
     stopping = _DiesAfter(LocalStore(out), 1, "t2m")
     with pytest.raises(toolkit.errors.WriteError):
-        toolkit.ingest(str(src / "*.nc"), stopping, concat_dim="time", chunks={"time": 4},
-                       max_task_bytes=4 * NY * NX * 4 * 2, progress=False)  # fmt: skip
+        toolkit.ingest(
+            str(src / "*.nc"),
+            stopping,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_task_bytes=4 * NY * NX * 4 * 2,
+            progress=False,
+        )
     step_file(src / "s0003.nc", 3, seed=99)  # the same step, other values: same size
     before = snapshot(out)
     with pytest.raises(toolkit.errors.SourceChangedError) as e:
-        toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4},
-                       max_task_bytes=4 * NY * NX * 4 * 2, progress=False)  # fmt: skip
+        toolkit.ingest(
+            str(src / "*.nc"),
+            out,
+            concat_dim="time",
+            chunks={"time": 4},
+            max_task_bytes=4 * NY * NX * 4 * 2,
+            progress=False,
+        )
     assert e.value.changed == [f"{src / 's0003.nc'} (changed)"]
     assert snapshot(out) == before
-    toolkit.ingest(str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4}, mode="w",
-                   progress=False)  # fmt: skip
+    toolkit.ingest(
+        str(src / "*.nc"), out, concat_dim="time", chunks={"time": 4}, mode="w", progress=False
+    )
     xr.testing.assert_identical(toolkit.open_zarr(out).load(), expected(src))

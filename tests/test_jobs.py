@@ -53,8 +53,13 @@ def _stopped_copy(src: Path, dst: Path) -> None:
     nothing to skip.
     """
     with pytest.raises(WriteError), dask.config.set(scheduler="synchronous"):
-        toolkit.jobs.copy(str(src), _DiesAfter(LocalStore(dst), 3), chunks={"t": 4},
-                          max_task_bytes=TASK, progress=False)  # fmt: skip
+        toolkit.jobs.copy(
+            str(src),
+            _DiesAfter(LocalStore(dst), 3),
+            chunks={"t": 4},
+            max_task_bytes=TASK,
+            progress=False,
+        )
 
 
 def test_a_resumed_copy_refuses_a_source_changed_in_place(source, tmp_path):
@@ -71,8 +76,9 @@ def test_a_resumed_copy_refuses_a_source_changed_in_place(source, tmp_path):
     with pytest.raises(toolkit.errors.IncompleteStoreError):
         toolkit.open_zarr(dst)  # the stopped copy still says it is incomplete
     # Starting over copies the new values; the target then verifies against the source.
-    toolkit.jobs.copy(str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False,
-                      mode="w")  # fmt: skip
+    toolkit.jobs.copy(
+        str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False, mode="w"
+    )
     got = toolkit.open_zarr(dst).load()
     xr.testing.assert_identical(got, xr.open_zarr(source).load())
     assert float(got.v[0:16].max()) == -1
@@ -82,8 +88,9 @@ def test_a_resumed_copy_refuses_a_source_changed_in_place(source, tmp_path):
 def test_a_resumed_copy_of_an_unchanged_source_writes_only_what_is_missing(source, tmp_path):
     dst = tmp_path / "dst.zarr"
     _stopped_copy(source, dst)
-    report = toolkit.jobs.copy(str(source), dst, chunks={"t": 4}, max_task_bytes=TASK,
-                               progress=False)  # fmt: skip
+    report = toolkit.jobs.copy(
+        str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False
+    )
     # The target's units (4 steps) split the source's chunks (8): the copy is a rechunk,
     # one task per source chunk; the tasks the stopped run landed are not run again.
     assert report.plan.ntasks == 8
@@ -121,8 +128,10 @@ def test_source_listing_covers_every_object_but_toolkit_state(source):
     st = (source / "v" / "zarr.json").stat()
     assert (int(size), int(mtime)) == (st.st_size, st.st_mtime_ns)
     assert changed_objects({"a": "1:1", "b": "1:1"}, {"b": "1:2", "c": "1:1"}) == [
-        "a (removed)", "b (changed)", "c (added)"
-    ]  # fmt: skip
+        "a (removed)",
+        "b (changed)",
+        "c (added)",
+    ]
 
 
 def test_source_listing_of_an_object_store_uses_etags(s3, monkeypatch):

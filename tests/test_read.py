@@ -168,9 +168,11 @@ def test_a_damaged_chunk_is_named_by_its_key_by_reads_verify_and_stats(tmp_path,
     toolkit.open_zarr(dst).b.load()  # the other variables read as before
     for cmd in (["verify", str(src), str(dst)], ["stats", str(dst)]):
         proc = subprocess.run(
-            [sys.executable, "-m", "toolkit.cli", *cmd], capture_output=True, text=True,
+            [sys.executable, "-m", "toolkit.cli", *cmd],
+            capture_output=True,
+            text=True,
             timeout=120,
-        )  # fmt: skip
+        )
         assert proc.returncode == 1 and key in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -181,8 +183,9 @@ def _coordinate_store(tmp_path):
     )
     path = tmp_path / "coords.zarr"
     raw = {"chunks": (3,), "compressors": None}  # raw bytes: garbage decodes to garbage
-    toolkit.to_zarr(ds, path, encoding={"time": raw, "valid": raw, "y": {"chunks": (4,)}},
-                    progress=False)  # fmt: skip
+    toolkit.to_zarr(
+        ds, path, encoding={"time": raw, "valid": raw, "y": {"chunks": (4,)}}, progress=False
+    )
     return path, ds
 
 

@@ -49,12 +49,22 @@ def _maps(
     ds["p"][0, 0, 0] = np.nan
     ds.t2m.attrs["units"] = "K"
     toolkit.to_zarr(
-        ds, path, zarr_format=fmt, progress=False, **kw,
-        encoding={"t2m": {"chunks": (1, ny, nx)},
-                  "p": {"chunks": (1, ny, nx), "dtype": "int16", "scale_factor": 0.01,
-                        "_FillValue": -32768},
-                  "area": {"chunks": (ny // 2 or 1, nx)}},
-    )  # fmt: skip
+        ds,
+        path,
+        zarr_format=fmt,
+        progress=False,
+        **kw,
+        encoding={
+            "t2m": {"chunks": (1, ny, nx)},
+            "p": {
+                "chunks": (1, ny, nx),
+                "dtype": "int16",
+                "scale_factor": 0.01,
+                "_FillValue": -32768,
+            },
+            "area": {"chunks": (ny // 2 or 1, nx)},
+        },
+    )
     return ds
 
 
@@ -96,8 +106,7 @@ def test_maps_to_series_through_an_intermediate_copy(tmp_path, fmt):
     src, dst = tmp_path / "maps.zarr", tmp_path / "series.zarr"
     _maps(src, fmt=fmt)
     reads = _Reads(LocalStore(src, read_only=True))
-    plan = toolkit.plan_rechunk(reads, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB",
-                                workers=2)  # fmt: skip
+    plan = toolkit.plan_rechunk(reads, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB", workers=2)
     assert plan.stages == 2 and plan.temp == f"file://{dst}.rechunk-tmp"
     assert not dst.exists()  # planning wrote nothing
     report = toolkit.execute_rechunk(plan, progress=False)
@@ -125,8 +134,15 @@ def test_one_stage_when_blocks_aligned_with_both_grids_fit(tmp_path):
 def test_sharded_target_and_whole_dimension(tmp_path):
     src, dst = tmp_path / "maps.zarr", tmp_path / "sharded.zarr"
     _maps(src)
-    toolkit.rechunk(src, dst, {"time": -1, "y": 3, "x": 5}, shards={"y": 6, "x": 10},
-                    max_mem="16KiB", progress=False, workers=2)  # fmt: skip
+    toolkit.rechunk(
+        src,
+        dst,
+        {"time": -1, "y": 3, "x": 5},
+        shards={"y": 6, "x": 10},
+        max_mem="16KiB",
+        progress=False,
+        workers=2,
+    )
     _same(src, dst)
     arr = zarr.open_group(dst, mode="r")["t2m"]
     assert arr.chunks == (24, 3, 5) and arr.shards == (24, 6, 10)
@@ -149,17 +165,25 @@ def test_any_chunking_to_any_other_gives_numpy_values(shape, data):
         xr.Dataset({"v": (dims, values)}).to_zarr(src, encoding={"v": {"chunks": src_chunks}})
         shards = {d: c * 2 for d, c in zip(dims, dst_chunks, strict=True)} if shard else None
         try:
-            report = toolkit.rechunk(src, dst, dict(zip(dims, dst_chunks, strict=True)),
-                                     shards=shards, max_mem=max_mem, progress=False,
-                                     workers=2)  # fmt: skip
+            report = toolkit.rechunk(
+                src,
+                dst,
+                dict(zip(dims, dst_chunks, strict=True)),
+                shards=shards,
+                max_mem=max_mem,
+                progress=False,
+                workers=2,
+            )
         except RechunkError as e:
             assert "more than max_mem" in str(e)
             assert not os.path.exists(dst)
             return
         got = zarr.open_group(dst, mode="r")["v"]
         np.testing.assert_array_equal(got[...], values)
-        unit = [min(c * 2, -(-n // c) * c) if shard else c
-                for c, n in zip(dst_chunks, shape, strict=True)]  # fmt: skip
+        unit = [
+            min(c * 2, -(-n // c) * c) if shard else c
+            for c, n in zip(dst_chunks, shape, strict=True)
+        ]
         assert list(got.shards or got.chunks) == unit
         assert report.plan.peak_task_bytes <= max_mem
         assert not os.path.exists(f"{dst}.rechunk-tmp")
@@ -179,12 +203,14 @@ def test_every_dtype_through_two_stages(tmp_path, dtype):
     src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
     ds.to_zarr(src, encoding={"v": {"chunks": (1, 8, 6)}}, zarr_format=3)
     try:
-        report = toolkit.rechunk(src, dst, {"t": 12, "y": 2, "x": 3}, max_mem=2048,
-                                 progress=False, workers=2)  # fmt: skip
+        report = toolkit.rechunk(
+            src, dst, {"t": 12, "y": 2, "x": 3}, max_mem=2048, progress=False, workers=2
+        )
     except RechunkError as e:  # a unit of wide strings can be over the tiny limit
         assert "more than max_mem" in str(e)
-        report = toolkit.rechunk(src, dst, {"t": 12, "y": 2, "x": 3}, max_mem="64KiB",
-                                 progress=False, workers=2)  # fmt: skip
+        report = toolkit.rechunk(
+            src, dst, {"t": 12, "y": 2, "x": 3}, max_mem="64KiB", progress=False, workers=2
+        )
     xr.testing.assert_identical(toolkit.open_zarr(dst).load(), xr.open_zarr(src).load())
     assert report.plan.variables[0].chunks == (12, 2, 3)
 
@@ -195,8 +221,9 @@ def test_copy_with_chunks_that_cut_across_the_source_is_a_rechunk(tmp_path, monk
     calls = []
     real = toolkit.jobs.rechunk
     monkeypatch.setattr(toolkit.jobs, "rechunk", lambda *a, **k: calls.append(a) or real(*a, **k))
-    report = toolkit.jobs.copy(str(src), dst, chunks={"time": 24, "y": 6, "x": 5},
-                               max_task_bytes=4096, progress=False)  # fmt: skip
+    report = toolkit.jobs.copy(
+        str(src), dst, chunks={"time": 24, "y": 6, "x": 5}, max_task_bytes=4096, progress=False
+    )
     _same(src, dst)
     assert _chunks(dst, "t2m") == (24, 6, 5)
     assert {v.name: v.chunks for v in report.plan.variables}["t2m"] == (24, 6, 5)  # as planned
@@ -212,12 +239,21 @@ def test_on_an_object_store_with_each_client(s3, client, tmp_path):
     opts = {**s3.storage_options(), "client": client}
     src, dst = f"s3://data/rechunk-{client}/maps.zarr", f"s3://data/rechunk-{client}/series.zarr"
     _maps(src, storage_options=opts, mode="w")
-    report = toolkit.rechunk(src, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB", mode="w",
-                             storage_options=opts, progress=False, workers=2)  # fmt: skip
+    report = toolkit.rechunk(
+        src,
+        dst,
+        {"time": 24, "y": 3, "x": 5},
+        max_mem="8KiB",
+        mode="w",
+        storage_options=opts,
+        progress=False,
+        workers=2,
+    )
     assert report.plan.stages == 2 and report.plan.temp == f"{dst}.rechunk-tmp"
     assert report.stages[0].io.sets > 0 and report.stages[1].io.gets > 0  # through the stack
-    xr.testing.assert_identical(toolkit.open_zarr(dst, storage_options=opts).load(),
-                                xr.open_zarr(local).load())  # fmt: skip
+    xr.testing.assert_identical(
+        toolkit.open_zarr(dst, storage_options=opts).load(), xr.open_zarr(local).load()
+    )
     fs = fsspec.filesystem("s3", **s3.storage_options(), skip_instance_cache=True)
     assert not fs.exists(f"{dst.removeprefix('s3://')}.rechunk-tmp")  # the copy is gone
 
@@ -228,8 +264,14 @@ def test_into_an_icechunk_session_one_commit(tmp_path):
     _maps(src)
     repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "ice")))
     session = repo.writable_session("main")
-    report = toolkit.rechunk(src, session.store, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB",
-                             temp_store=tmp_path / "tmp.zarr", progress=False)  # fmt: skip
+    report = toolkit.rechunk(
+        src,
+        session.store,
+        {"time": 24, "y": 3, "x": 5},
+        max_mem="8KiB",
+        temp_store=tmp_path / "tmp.zarr",
+        progress=False,
+    )
     assert report.plan.stages == 2
     session.commit("rechunked")
     got = xr.open_zarr(repo.readonly_session("main").store, consolidated=False).load()
@@ -244,9 +286,12 @@ def test_into_an_icechunk_session_one_commit(tmp_path):
 def test_refusals_before_anything_is_written(tmp_path):
     src, dst = tmp_path / "maps.zarr", tmp_path / "out.zarr"
     _maps(src)
-    with pytest.raises(RechunkError, match=r"'p' \(time=24, y=12, x=10, int16\): one target "
-                                           r"unit \(24, 12, 10\) needs 11,520 bytes.*raise "
-                                           r"max_mem"):  # fmt: skip
+    with pytest.raises(
+        RechunkError,
+        match=r"'p' \(time=24, y=12, x=10, int16\): one target "
+        r"unit \(24, 12, 10\) needs 11,520 bytes.*raise "
+        r"max_mem",
+    ):
         toolkit.rechunk(src, dst, {"time": 24}, max_mem="10KiB", progress=False)
     with pytest.raises(RechunkError, match=r"one source chunk"):
         toolkit.rechunk(src, dst, {"time": 1, "y": 1}, max_mem=500, progress=False)
@@ -272,12 +317,14 @@ def test_a_temporary_store_holding_something_else_is_refused(tmp_path):
     _maps(src)
     _maps(tmp)
     with pytest.raises(RechunkError, match="not this rechunk's copy"):
-        toolkit.rechunk(src, dst, {"time": 24, "y": 3}, max_mem="8KiB", temp_store=tmp,
-                        progress=False)  # fmt: skip
+        toolkit.rechunk(
+            src, dst, {"time": 24, "y": 3}, max_mem="8KiB", temp_store=tmp, progress=False
+        )
     assert not dst.exists()
     with pytest.raises(RechunkError, match="give temp_store="):
-        toolkit.rechunk(src, zarr.storage.MemoryStore(), {"time": 24, "y": 3},
-                        max_mem="8KiB", progress=False)  # fmt: skip
+        toolkit.rechunk(
+            src, zarr.storage.MemoryStore(), {"time": 24, "y": 3}, max_mem="8KiB", progress=False
+        )
 
 
 def test_the_plan_shows_blocks_stages_and_memory(tmp_path):
@@ -325,14 +372,17 @@ def test_a_killed_rechunk_resumes_and_rewrites_only_what_is_missing(tmp_path, st
     prefix, after = (".rechunk-tmp" if stage == "intermediate" else "series.zarr"), "2"
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(src), str(dst), prefix, after],
-        capture_output=True, text=True, timeout=100,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     if stage == "target":
         with pytest.raises(toolkit.errors.IncompleteStoreError):
             toolkit.open_zarr(dst)  # a killed rechunk never reads as data
-    report = toolkit.rechunk(src, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB",
-                             progress=False, workers=2)  # fmt: skip
+    report = toolkit.rechunk(
+        src, dst, {"time": 24, "y": 3, "x": 5}, max_mem="8KiB", progress=False, workers=2
+    )
     _same(src, dst)
     assert not Path(f"{dst}.rechunk-tmp").exists()
     if stage == "target":
@@ -377,21 +427,31 @@ def test_memory_stays_under_max_mem_per_thread(tmp_path):
     """400 maps of 360 x 360 float32 (207 MB) to series, max_mem 32 MiB, 2 threads."""
     src, dst = tmp_path / "maps.zarr", tmp_path / "series.zarr"
     g = zarr.open_group(src, mode="w")
-    arr = g.create_array("v", shape=(400, 360, 360), chunks=(1, 360, 360), dtype="f4",
-                         dimension_names=("time", "y", "x"))  # fmt: skip
+    arr = g.create_array(
+        "v",
+        shape=(400, 360, 360),
+        chunks=(1, 360, 360),
+        dtype="f4",
+        dimension_names=("time", "y", "x"),
+    )
     rng = np.random.default_rng(1)
     for i in range(0, 400, 50):
         arr[i : i + 50] = rng.random((50, 360, 360), dtype="f4")
-    proc = subprocess.run([sys.executable, "-c", _MEASURED, str(src), str(dst), "32MiB"],
-                          capture_output=True, text=True, timeout=280)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURED, str(src), str(dst), "32MiB"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["stages"] == 2 and got["task_peak"] <= 32 * 2**20
     grown = (got["peak"] - got["base"]) / 2**20
     # Two threads, each task under max_mem; 64 MiB for zarr's and dask's own buffers.
     assert grown < 2 * 32 + 64, f"the process grew by {grown:.0f} MiB"
-    np.testing.assert_array_equal(zarr.open_group(dst, mode="r")["v"][:, :40, :40],
-                                  arr[:, :40, :40])  # fmt: skip
+    np.testing.assert_array_equal(
+        zarr.open_group(dst, mode="r")["v"][:, :40, :40], arr[:, :40, :40]
+    )
 
 
 @pytest.mark.cluster
@@ -402,8 +462,9 @@ def test_on_a_cluster_of_worker_processes(tmp_path):
     src, dst = tmp_path / "maps.zarr", tmp_path / "series.zarr"
     _maps(src, nt=48)
     with cluster_of(2, 1) as cluster, Client(cluster):
-        report = toolkit.rechunk(src, dst, {"time": 48, "y": 3, "x": 5}, max_mem="16KiB",
-                                 progress=False, workers=2)  # fmt: skip
+        report = toolkit.rechunk(
+            src, dst, {"time": 48, "y": 3, "x": 5}, max_mem="16KiB", progress=False, workers=2
+        )
     assert report.plan.stages == 2
     _same(src, dst)
 
@@ -413,8 +474,7 @@ def test_the_command_line(tmp_path, capsys):
 
     src, dst = tmp_path / "maps.zarr", tmp_path / "series.zarr"
     _maps(src)
-    argv = [str(src), str(dst), "--chunks", "time=24,y=3,x=5", "--max-mem", "8KiB",
-            "--no-progress"]  # fmt: skip
+    argv = [str(src), str(dst), "--chunks", "time=24,y=3,x=5", "--max-mem", "8KiB", "--no-progress"]
     assert main(["rechunk", *argv, "--plan"]) == 0
     assert "2 stage(s)" in capsys.readouterr().out and not dst.exists()
     assert main(["rechunk", *argv]) == 0

@@ -78,8 +78,9 @@ def _store(tmp_path, **enc):
         coords={"time": np.arange(12), "x": np.arange(4)},
     ).chunk({"time": 5})
     out = tmp_path / "s.zarr"
-    toolkit.to_zarr(ds, str(out), encoding={"t2m": {"chunks": (5, 4)}, "time": {"chunks": (5,)}},
-                    progress=False)  # fmt: skip
+    toolkit.to_zarr(
+        ds, str(out), encoding={"t2m": {"chunks": (5, 4)}, "time": {"chunks": (5,)}}, progress=False
+    )
     return ds, out
 
 

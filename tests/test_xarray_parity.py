@@ -127,9 +127,12 @@ def test_written_by_xarray_and_by_toolkit_opens_identically(
         ds.to_zarr(tmp_path / "x.zarr", zarr_format=zarr_format, encoding=encoding)
         source = ds.chunk({"time": 3}) if backing != "numpy" else ds
         toolkit.to_zarr(
-            source, tmp_path / "t.zarr", zarr_format=zarr_format, encoding=encoding,
+            source,
+            tmp_path / "t.zarr",
+            zarr_format=zarr_format,
+            encoding=encoding,
             progress=False,
-        )  # fmt: skip
+        )
         want = xr.open_zarr(tmp_path / "x.zarr").load()
         got = xr.open_zarr(tmp_path / "t.zarr").load()
         back = toolkit.open_zarr(tmp_path / "t.zarr").load()

@@ -141,12 +141,23 @@ def to_zarr(
         if mode == "overwrite-partitions" or partition is not None:
             raise PlanError("mode='overwrite-partitions' takes a Dataset, not a DataTree")
         tree: TreeWriteReport | Delayed = write_tree(
-            ds, store, mode=mode, append_dim=append_dim, region=region, encoding=encoding,
-            zarr_format=zarr_format, consolidated=consolidated, storage_options=storage_options,
-            group=group, write_empty_chunks=write_empty_chunks, compute=compute,
-            max_task_bytes=max_task_bytes, throttle=throttle, progress=progress,
+            ds,
+            store,
+            mode=mode,
+            append_dim=append_dim,
+            region=region,
+            encoding=encoding,
+            zarr_format=zarr_format,
+            consolidated=consolidated,
+            storage_options=storage_options,
+            group=group,
+            write_empty_chunks=write_empty_chunks,
+            compute=compute,
+            max_task_bytes=max_task_bytes,
+            throttle=throttle,
+            progress=progress,
             write_inherited_coords=write_inherited_coords,
-        )  # fmt: skip
+        )
         return tree
     if write_inherited_coords:
         raise PlanError("write_inherited_coords applies to a DataTree only")

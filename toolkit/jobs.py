@@ -154,10 +154,17 @@ def copy(
         # Target units that cut across the source's chunks: a planned rechunk reads
         # every source chunk once (a task's block decoded and encoded: twice its bytes).
         done = rechunk(
-            src, dst, chunks, shards=shards or None, max_mem=2 * max_task_bytes,
-            zarr_format=zarr_format, mode=mode, storage_options=storage_options,
-            throttle=throttle, progress=progress,
-        )  # fmt: skip
+            src,
+            dst,
+            chunks,
+            shards=shards or None,
+            max_mem=2 * max_task_bytes,
+            zarr_format=zarr_format,
+            mode=mode,
+            storage_options=storage_options,
+            throttle=throttle,
+            progress=progress,
+        )
         return done.stages[-1]
     # The source's CF encoding (units, packing, fill values) is kept; its codecs and
     # layout are not (they may not exist in the target's Zarr format).
@@ -186,11 +193,17 @@ def copy(
         write_id = tokenize(src, encoding, zarr_format, max_task_bytes)[:16]
         source = source_objects([src], src_opts)
     plan, log = plan_resumable(
-        ds, dst, write_id=write_id, mode=mode, encoding=None,  # in each variable's own
+        ds,
+        dst,
+        write_id=write_id,
+        mode=mode,
+        encoding=None,  # in each variable's own
         zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
-        max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
+        max_task_bytes=max_task_bytes,
+        storage_options=storage_options,
+        throttle=throttle,
         source=source,
-    )  # fmt: skip
+    )
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report

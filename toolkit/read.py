@@ -507,8 +507,13 @@ def _array_stamps(store: Store, existing: ExistingGroup) -> dict[str, tuple[Any,
 
 
 # Keywords of xarray's open that say how variables are decoded.
-_DECODING = ("mask_and_scale", "decode_times", "decode_timedelta", "use_cftime",
-             "concat_characters")  # fmt: skip
+_DECODING = (
+    "mask_and_scale",
+    "decode_times",
+    "decode_timedelta",
+    "use_cftime",
+    "concat_characters",
+)
 
 
 def _undecodable_on_open(
@@ -557,8 +562,10 @@ def _undecodable_on_open(
         if var.dims == (name,):
             regions = [(slice(None),)]  # the index's values: all of them
         else:
-            regions = [tuple(slice(0, 1) for _ in var.shape),
-                       tuple(slice(n - 1, n) for n in var.shape)]  # fmt: skip
+            regions = [
+                tuple(slice(0, 1) for _ in var.shape),
+                tuple(slice(n - 1, n) for n in var.shape),
+            ]
         # Chunks whose bytes zarr cannot decode are damaged. Chunks that only
         # xarray cannot decode are, if others of the variable decode: when none
         # does, the variable's encoding (or the open's options) is at fault.

@@ -338,9 +338,14 @@ def plan_rechunk(
         raise PlanError(f"max_mem must be positive, got {max_mem!r}")
     src_label = store_label(source)
     raw = open_zarr(
-        source, group=group, chunks=None, storage_options=storage_options, throttle=throttle,
-        decode_cf=False, cache=False,
-    )  # fmt: skip
+        source,
+        group=group,
+        chunks=None,
+        storage_options=storage_options,
+        throttle=throttle,
+        decode_cf=False,
+        cache=False,
+    )
     if variables is not None:
         unknown = sorted(map(str, set(variables) - set(raw.data_vars)))
         if unknown:
@@ -375,11 +380,14 @@ def plan_rechunk(
         if name in raw.indexes or var.ndim == 0 or var.dtype.kind == "O":
             continue  # written whole by xarray with the metadata
         c, s = choose_layout(var, chunks_, shards_)
-        src = tuple(var.encoding.get("preferred_chunks", {}).get(d, n)
-                    for d, n in zip(var.dims, var.shape, strict=True))  # fmt: skip
+        src = tuple(
+            var.encoding.get("preferred_chunks", {}).get(d, n)
+            for d, n in zip(var.dims, var.shape, strict=True)
+        )
         try:
-            blocks = rechunk_blocks(var.shape, src, s or c, max(var.dtype.itemsize, 1), limit,
-                                    min_tasks=threads)  # fmt: skip
+            blocks = rechunk_blocks(
+                var.shape, src, s or c, max(var.dtype.itemsize, 1), limit, min_tasks=threads
+            )
         except ValueError as e:
             raise RechunkError(
                 f"{name!r} ({_dims(tuple(map(str, var.dims)), var.shape)}, {var.dtype}): {e}; "
@@ -396,8 +404,11 @@ def plan_rechunk(
                 "this rechunk needs an intermediate copy (see the plan) and the target is a "
                 "store object: give temp_store= (a path, URL or store to write it to)"
             )
-        temp = resolve_store(where, storage_options=storage_options,
-                             throttle=resolve_throttle(throttle, store_label(where)))  # fmt: skip
+        temp = resolve_store(
+            where,
+            storage_options=storage_options,
+            throttle=resolve_throttle(throttle, store_label(where)),
+        )
         _check_temp(temp, rechunk_id)
     objects = None
     if isinstance(source, (str, os.PathLike)):  # what a resumed run compares its source with
@@ -463,9 +474,16 @@ def _write(
     # An Icechunk session shows nothing before its commit: no resume log in it.
     wid = None if is_icechunk(store) else write_id
     wplan, log = plan_resumable(
-        ds, store, write_id=wid, mode=mode, encoding=None, zarr_format=zarr_format,
-        max_task_bytes=max_task_bytes, throttle=plan.throttle, source=source,
-    )  # fmt: skip
+        ds,
+        store,
+        write_id=wid,
+        mode=mode,
+        encoding=None,
+        zarr_format=zarr_format,
+        max_task_bytes=max_task_bytes,
+        throttle=plan.throttle,
+        source=source,
+    )
     report = execute(wplan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report

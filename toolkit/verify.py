@@ -127,9 +127,15 @@ def _diff_block(a: np.ndarray, b: np.ndarray, *, block_info: Any = None) -> np.n
     if n:
         local = np.unravel_index(int(np.argmax(bad)), bad.shape)
         offset = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0] * a.ndim
-        first = int(np.ravel_multi_index(
-            tuple(i + o for i, o in zip(local, offset, strict=True)), block_info[0]["shape"]
-        )) if block_info else int(np.argmax(bad))  # fmt: skip
+        first = (
+            int(
+                np.ravel_multi_index(
+                    tuple(i + o for i, o in zip(local, offset, strict=True)), block_info[0]["shape"]
+                )
+            )
+            if block_info
+            else int(np.argmax(bad))
+        )
     out = np.array([[n, first]], dtype=np.int64)
     return out.reshape((1,) * (a.ndim - 1) + (1, 2)) if a.ndim else out
 
@@ -257,10 +263,14 @@ def verify(
         x = a.data
         y = b.chunk(dict(zip(b.dims, x.chunks, strict=True))).data
         lazy[str(name)] = da.map_blocks(
-            _diff_block, x, y, dtype=np.int64, new_axis=x.ndim,
+            _diff_block,
+            x,
+            y,
+            dtype=np.int64,
+            new_axis=x.ndim,
             chunks=(*((1,) * len(c) for c in x.chunks), (2,)),
             name=f"toolkit-verify-{name}",
-        )  # fmt: skip
+        )
     nblocks = sum(v.npartitions for v in lazy.values())
     computed: dict[str, np.ndarray] = {}
     if lazy:

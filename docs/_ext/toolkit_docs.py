@@ -47,9 +47,14 @@ def _mirror_notebooks(app: Sphinx, config: Config) -> None:
 
 
 def _drop_refused_keywords(
-    app: Sphinx, what: str, name: str, obj: object, options: object,
-    signature: str | None, return_annotation: str | None,
-) -> tuple[str | None, str | None] | None:  # fmt: skip
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
     """Autodoc's signature without a trailing ``**unknown`` (keywords refused, not taken)."""
     if signature is None or "**unknown" not in signature:
         return None
@@ -139,9 +144,14 @@ class ErrorsTree(SphinxDirective):
 
         def item(c: type) -> nodes.list_item:
             ref = addnodes.pending_xref(
-                "", refdomain="py", reftype="class", reftarget=f"toolkit.errors.{c.__name__}",
-                refexplicit=False, refwarn=True, refdoc=self.env.docname,
-            )  # fmt: skip
+                "",
+                refdomain="py",
+                reftype="class",
+                reftarget=f"toolkit.errors.{c.__name__}",
+                refexplicit=False,
+                refwarn=True,
+                refdoc=self.env.docname,
+            )
             ref += nodes.literal(c.__name__, c.__name__, classes=["xref", "py", "py-class"])
             para = nodes.paragraph("", "", ref)
             also = [b.__name__ for b in c.__bases__ if b not in ours]
@@ -149,10 +159,11 @@ class ErrorsTree(SphinxDirective):
                 para += nodes.Text(f" (also {', '.join(also)})")
             li = nodes.list_item("", para)
             children = [
-                k for k in sorted(classes, key=lambda k: k.__name__)
+                k
+                for k in sorted(classes, key=lambda k: k.__name__)
                 if k is not errors.ToolkitError
                 and next(b for b in k.__bases__ if b in ours) is c  # under its first base
-            ]  # fmt: skip
+            ]
             if children:
                 li += nodes.bullet_list("", *(item(k) for k in children))
             return li

@@ -63,9 +63,15 @@ def _messages(dc) -> int:
 def _warm(s3, dc, proxy: FaultProxy) -> None:
     """A small write first: S3 sessions and the coordinator exist before the clock runs."""
     opts = s3.storage_options(proxy.url)
-    toolkit.to_zarr(_rows(8).chunk({"t": 1}), "s3://data/budget-warm.zarr", mode="w",
-                    storage_options=opts, encoding=ENC, progress=False,
-                    throttle=toolkit.Throttle(rate=90, max_inflight=4))  # fmt: skip
+    toolkit.to_zarr(
+        _rows(8).chunk({"t": 1}),
+        "s3://data/budget-warm.zarr",
+        mode="w",
+        storage_options=opts,
+        encoding=ENC,
+        progress=False,
+        throttle=toolkit.Throttle(rate=90, max_inflight=4),
+    )
 
 
 def _read(s3, url: str) -> np.ndarray:
@@ -85,24 +91,33 @@ def test_a_strict_limit_is_met_smoothly_as_the_model_says(s3, dc):
         _warm(s3, dc, proxy)
         before = _messages(dc)
         t0 = time.monotonic()
-        report = toolkit.to_zarr(ds, "s3://data/budget-strict.zarr", mode="w",
-                                 storage_options=s3.storage_options(proxy.url), encoding=ENC,
-                                 throttle=toolkit.Throttle(rate=90), progress=False)  # fmt: skip
+        report = toolkit.to_zarr(
+            ds,
+            "s3://data/budget-strict.zarr",
+            mode="w",
+            storage_options=s3.storage_options(proxy.url),
+            encoding=ENC,
+            throttle=toolkit.Throttle(rate=90),
+            progress=False,
+        )
         t1 = time.monotonic()
         messages = _messages(dc) - before
         answered, throttled = _answers(proxy, t0, t1)
     assert report.units == 900
     np.testing.assert_array_equal(_read(s3, "s3://data/budget-strict.zarr"), ds.v.values)
     delivered = (answered - throttled) / (t1 - t0)
-    print(f"{answered} requests in {t1 - t0:.2f} s: {delivered:.1f}/s delivered of 90, "
-          f"{throttled} throttled, {messages / (t1 - t0):.1f} lease messages/s")  # fmt: skip
+    print(
+        f"{answered} requests in {t1 - t0:.2f} s: {delivered:.1f}/s delivered of 90, "
+        f"{throttled} throttled, {messages / (t1 - t0):.1f} lease messages/s"
+    )
     assert answered >= 800
     assert throttled < 0.01 * answered, (throttled, answered)
     assert t1 - t0 < 10 * 900 / 90, t1 - t0  # a budget that stopped sending, not slowness
 
     # The model of the same set-up: the real coordinator does what it predicts.
-    model = simulate(Scenario(workers=4, rate=90.0, limit=100.0, burst=10, duration=10.0,
-                              latency=0.01))  # fmt: skip
+    model = simulate(
+        Scenario(workers=4, rate=90.0, limit=100.0, burst=10, duration=10.0, latency=0.01)
+    )
     assert model.throttled() == 0 and model.delivered(1.0, 10.0) >= 0.99 * 90
     assert throttled <= 0.01 * answered  # the model sends no 503: nor does the cluster, nearly
     # Leases, not slot bookings: a few messages per worker per second, as modelled.
@@ -122,8 +137,11 @@ def test_a_limit_that_drops_and_returns_is_followed_within_5_s():
     loaded machine manages (the real cluster's run is the next test).
     """
     drop, rise = 3.0, 12.0
-    model = simulate(Scenario(workers=4, rate=90.0, limit=_drop_and_return, burst=10,
-                              duration=25.0, latency=0.01))  # fmt: skip
+    model = simulate(
+        Scenario(
+            workers=4, rate=90.0, limit=_drop_and_return, burst=10, duration=25.0, latency=0.01
+        )
+    )
 
     def rate(a: float) -> float:
         return model.delivered(a, a + 2.0)
@@ -171,9 +189,15 @@ def test_a_cluster_whose_limit_drops_and_returns_is_cut_and_loses_nothing(s3, dc
 
         changer = threading.Thread(target=limits, daemon=True)
         changer.start()
-        report = toolkit.to_zarr(ds, url, mode="w", storage_options=s3.storage_options(proxy.url),
-                                 encoding=ENC, throttle=toolkit.Throttle(rate=90),
-                                 progress=False)  # fmt: skip
+        report = toolkit.to_zarr(
+            ds,
+            url,
+            mode="w",
+            storage_options=s3.storage_options(proxy.url),
+            encoding=ENC,
+            throttle=toolkit.Throttle(rate=90),
+            progress=False,
+        )
         t_end = time.monotonic()
         changer.join(15)
         drop, rise = changes
@@ -222,8 +246,15 @@ def test_a_retry_after_pauses_the_budget(s3, monkeypatch):
     url = "s3://data/budget-retry-after.zarr"
     with FaultProxy(s3.endpoint_url, rate=20, burst=5, retry_after=0.5) as proxy:
         opts = s3.storage_options(proxy.url, client="s3fs")  # botocore hands over the header
-        toolkit.to_zarr(ds, url, mode="w", storage_options=opts, encoding=ENC,
-                        throttle=toolkit.Throttle(rate=200), progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            ds,
+            url,
+            mode="w",
+            storage_options=opts,
+            encoding=ENC,
+            throttle=toolkit.Throttle(rate=200),
+            progress=False,
+        )
         answered = sum(s == 503 for _, s, _ in proxy.log)
     np.testing.assert_array_equal(_read(s3, url), ds.v.values)
     assert pauses and answered >= len(pauses)
@@ -351,8 +382,11 @@ def _send_without_the_coordinator(share, n: int) -> dict:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
-    paced = [(s.policy.write_rate, s.policy.coordinated) for s in local_states()
-             if s.store == scope_of and s.processes > 0]  # fmt: skip
+    paced = [
+        (s.policy.write_rate, s.policy.coordinated)
+        for s in local_states()
+        if s.store == scope_of and s.processes > 0
+    ]
     return {"said": [m for m in said if "coordinator" in m], "paced": paced}
 
 
@@ -373,8 +407,17 @@ def test_workers_that_cannot_reach_the_coordinator_keep_to_their_share(dc):
     assert len(workers) == 4
     dc.run_on_scheduler(_refuse_leases)
     try:
-        futures = [dc.submit(_send_without_the_coordinator, share, 30, workers=[w],
-                             allow_other_workers=False, pure=False) for w in workers]  # fmt: skip
+        futures = [
+            dc.submit(
+                _send_without_the_coordinator,
+                share,
+                30,
+                workers=[w],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for w in workers
+        ]
         results = [f.result(timeout=60) for f in futures]
     finally:
         dc.run_on_scheduler(_restore_leases)

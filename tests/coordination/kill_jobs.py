@@ -157,8 +157,12 @@ def base_of(job: str) -> Any:
     return rows(-1, np.arange(30) - 10_000)
 
 
-ENCODING = {"v": {"chunks": (4, NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)},
-            "day": {"chunks": (4,)}}  # fmt: skip
+ENCODING = {
+    "v": {"chunks": (4, NX)},
+    "w": {"chunks": (4,)},
+    "time": {"chunks": (4,)},
+    "day": {"chunks": (4,)},
+}
 
 
 def data_of(job: str) -> Any:
@@ -225,14 +229,23 @@ def run(job: str, mode: str, src: str, dst: Any) -> Any:
         )
     if job == "ingest":
         return toolkit.ingest(
-            src, dst, concat_dim="time", chunks={"time": CHUNK_STEPS}, mode=mode,
-            max_task_bytes=TASK_BYTES, progress=False,
-        )  # fmt: skip
+            src,
+            dst,
+            concat_dim="time",
+            chunks={"time": CHUNK_STEPS},
+            mode=mode,
+            max_task_bytes=TASK_BYTES,
+            progress=False,
+        )
     assert job == "copy"
     return copy(
-        src, dst, chunks={"time": CHUNK_STEPS}, mode=mode, max_task_bytes=TASK_BYTES,
+        src,
+        dst,
+        chunks={"time": CHUNK_STEPS},
+        mode=mode,
+        max_task_bytes=TASK_BYTES,
         progress=False,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

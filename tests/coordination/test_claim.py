@@ -345,8 +345,15 @@ def test_the_listing_beside_the_claim_is_trusted_only_when_the_claim_made_the_le
 # -- concurrent creators ----------------------------------------------------------
 
 
-def _creator(rank: int, url: str, options: dict[str, Any] | None, trials: int, mode: str,
-             barrier: Any, results: Any) -> None:  # fmt: skip
+def _creator(
+    rank: int,
+    url: str,
+    options: dict[str, Any] | None,
+    trials: int,
+    mode: str,
+    barrier: Any,
+    results: Any,
+) -> None:
     import toolkit as tk
 
     for trial in range(trials):
@@ -354,8 +361,14 @@ def _creator(rank: int, url: str, options: dict[str, Any] | None, trials: int, m
         ds = ds.chunk({"time": 8})
         barrier.wait(timeout=120)
         try:
-            tk.to_zarr(ds, f"{url}/t{trial}.zarr", mode=mode, storage_options=options,
-                       encoding={"t2m": {"chunks": (8, 20, 30)}}, progress=False)  # fmt: skip
+            tk.to_zarr(
+                ds,
+                f"{url}/t{trial}.zarr",
+                mode=mode,
+                storage_options=options,
+                encoding={"t2m": {"chunks": (8, 20, 30)}},
+                progress=False,
+            )
             results.put((trial, rank, "ok"))
         except ExistingStoreError as e:
             results.put((trial, rank, f"refused: {e}"))
@@ -366,8 +379,10 @@ def _creator(rank: int, url: str, options: dict[str, Any] | None, trials: int, m
 def _race(url: str, options: dict[str, Any] | None, n: int, mode: str, trials: int) -> dict:
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_creator, args=(r, url, options, trials, mode, barrier, results))
-             for r in range(n)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_creator, args=(r, url, options, trials, mode, barrier, results))
+        for r in range(n)
+    ]
     for p in procs:
         p.start()
     try:
@@ -427,9 +442,12 @@ def test_concurrent_creators_make_exactly_one_whole_dataset_s3(s3, client, n, mo
     options = s3.storage_options()
     outcomes = _race(f"s3://{bucket}", options, n, mode, trials)
     _check_race(
-        outcomes, n, mode, trials,
+        outcomes,
+        n,
+        mode,
+        trials,
         lambda t: toolkit.open_zarr(f"s3://{bucket}/t{t}.zarr", storage_options=options),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.slow
@@ -447,9 +465,12 @@ def test_concurrent_creators_make_exactly_one_whole_dataset_azure(azurite, mode)
     options = azurite.storage_options()
     outcomes = _race(f"az://{container}", options, n, mode, trials)
     _check_race(
-        outcomes, n, mode, trials,
+        outcomes,
+        n,
+        mode,
+        trials,
         lambda t: toolkit.open_zarr(f"az://{container}/t{t}.zarr", storage_options=options),
-    )  # fmt: skip
+    )
 
 
 # -- bad inputs: a toolkit error at plan time, the store untouched -----------------
@@ -461,17 +482,28 @@ def _bad_inputs() -> dict[str, Any]:
     base = xr.Dataset({"v": (("t", "x"), np.zeros((4, 3)))}, coords={"t": np.arange(4)})
     return {
         "string region slice": (
-            base.isel(t=slice(0, 2)), {"mode": "r+", "region": {"t": "0:2"}}, IndexError),
-        "unknown codec": (base, {"mode": "w", "encoding": {"v": {"compressors": ["nope"]}}},
-                          TypeError),
-        "invalid _FillValue": (base, {"mode": "w", "encoding": {"v": {"_FillValue": "abc"}}},
-                               ValueError),
+            base.isel(t=slice(0, 2)),
+            {"mode": "r+", "region": {"t": "0:2"}},
+            IndexError,
+        ),
+        "unknown codec": (
+            base,
+            {"mode": "w", "encoding": {"v": {"compressors": ["nope"]}}},
+            TypeError,
+        ),
+        "invalid _FillValue": (
+            base,
+            {"mode": "w", "encoding": {"v": {"_FillValue": "abc"}}},
+            ValueError,
+        ),
         "name with a slash": (base.rename(v="a/b"), {"mode": "w"}, ValueError),
         "name that is a number": (base.rename(v=5), {"mode": "w"}, TypeError),
         "zero-length dask dim, wrong chunks": (
             xr.Dataset({"e": (("t", "x"), da.zeros((0, 3), chunks=(1, 3)))}),
-            {"mode": "w", "encoding": {"e": {"chunks": (0, 3)}}}, ValueError),
-    }  # fmt: skip
+            {"mode": "w", "encoding": {"e": {"chunks": (0, 3)}}},
+            ValueError,
+        ),
+    }
 
 
 @pytest.mark.parametrize("case", list(_bad_inputs()))

@@ -93,8 +93,9 @@ def test_every_write_lands_through_coordination_faults_on_azure(azurite, seed):
 
 def _every_write_lands(s3: Any, client: str, seed: int) -> None:
     url = f"{s3.scheme}://data/coord-faults-{client}-{seed}.zarr"
-    with FaultProxy(s3.endpoint_url, only=COORDINATION, seed=seed, dialect=s3.dialect,
-                    **FAULTS) as proxy:  # fmt: skip
+    with FaultProxy(
+        s3.endpoint_url, only=COORDINATION, seed=seed, dialect=s3.dialect, **FAULTS
+    ) as proxy:
         opts = s3.storage_options(proxy.url, client=client)
         kw: dict[str, Any] = {"storage_options": opts, "throttle": QUICK, "progress": False}
 
@@ -187,8 +188,13 @@ def test_a_write_whose_answer_was_lost_counts_as_done(server_client, op):
         direct = _conditional(url, s3.storage_options(client=client))
         version = sync(direct.create(key, old))
         assert version is not None
-    with FaultProxy(s3.endpoint_url, lost_prob=0.5, seed=_lose_first_answer(),
-                    only=r"/lost-answer-", dialect=s3.dialect) as proxy:  # fmt: skip
+    with FaultProxy(
+        s3.endpoint_url,
+        lost_prob=0.5,
+        seed=_lose_first_answer(),
+        only=r"/lost-answer-",
+        dialect=s3.dialect,
+    ) as proxy:
         cas = _conditional(url, s3.storage_options(proxy.url, client=client))
         write = cas.create(key, new) if op == "create" else cas.replace(key, new, version)
         got = sync(write)
@@ -220,8 +226,13 @@ def test_a_log_entry_whose_answer_was_lost_answers_its_job(server_client):
 
     s3, client = server_client
     url = f"{s3.scheme}://data/lost-entry-{client}"
-    with FaultProxy(s3.endpoint_url, lost_prob=0.5, seed=_lose_first_answer(),
-                    only=r"/log/0+1\.json", dialect=s3.dialect) as proxy:  # fmt: skip
+    with FaultProxy(
+        s3.endpoint_url,
+        lost_prob=0.5,
+        seed=_lose_first_answer(),
+        only=r"/log/0+1\.json",
+        dialect=s3.dialect,
+    ) as proxy:
         store = _conditional(url, s3.storage_options(proxy.url, client=client)).store
         log = CommitLog(Coordinator(store, policy=QUICK), decide)
         t0 = time.monotonic()
@@ -282,8 +293,14 @@ def _run_bounded(fn: Any, within: float) -> BaseException | None:
 
 def _setup(s3: Any, url: str, client: str) -> xr.Dataset:
     base = rows(1, ["d1", "d2", "d3"], 0)
-    toolkit.to_zarr(base, url, mode="w", encoding=ENC, progress=False,
-                    storage_options=s3.storage_options(client=client))  # fmt: skip
+    toolkit.to_zarr(
+        base,
+        url,
+        mode="w",
+        encoding=ENC,
+        progress=False,
+        storage_options=s3.storage_options(client=client),
+    )
     return base
 
 
@@ -310,8 +327,11 @@ def test_exhausted_retries_raise_store_unavailable(s3, client, op):
     url = f"s3://data/coord-down-{client}-{op}.zarr"
     before = None if op == "create" else _setup(s3, url, client)
     with FaultProxy(s3.endpoint_url, only=ALWAYS, error_prob=1.0) as proxy:
-        kw = {"storage_options": s3.storage_options(proxy.url, client=client),
-              "throttle": SMALL, "progress": False}  # fmt: skip
+        kw = {
+            "storage_options": s3.storage_options(proxy.url, client=client),
+            "throttle": SMALL,
+            "progress": False,
+        }
         err = _run_bounded(lambda: OPERATIONS[op](url, kw), GIVE_UP_WITHIN)
     assert err is not None, "the write succeeded although no coordination request could"
     assert isinstance(err, StoreUnavailableError) and isinstance(err, ConnectionError), (
@@ -345,8 +365,11 @@ def test_a_replacement_cut_short_by_its_record_is_refused(s3, client):
     url = f"s3://data/coord-records-down-{client}.zarr"
     before = _setup(s3, url, client)
     with FaultProxy(s3.endpoint_url, only=r"\.toolkit/writes/", error_prob=1.0) as proxy:
-        kw = {"storage_options": s3.storage_options(proxy.url, client=client),
-              "throttle": SMALL, "progress": False}  # fmt: skip
+        kw = {
+            "storage_options": s3.storage_options(proxy.url, client=client),
+            "throttle": SMALL,
+            "progress": False,
+        }
         err = _run_bounded(lambda: OPERATIONS["replace"](url, kw), GIVE_UP_WITHIN)
     assert isinstance(err, StoreUnavailableError), f"{type(err).__name__}: {err}"
     assert url in str(err)

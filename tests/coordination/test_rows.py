@@ -17,8 +17,17 @@ def _none(coord: str, dim: str) -> dict[str, list[int]]:
 
 
 def _reserve(job: str, n: int, visible: int = 0, **kw) -> dict:
-    return {"kind": "reserve", "job": job, "dim": "t", "n": n, "visible": visible,
-            "lease": f"jobs/{job}", "host": "h", "pid": 1, **kw}  # fmt: skip
+    return {
+        "kind": "reserve",
+        "job": job,
+        "dim": "t",
+        "n": n,
+        "visible": visible,
+        "lease": f"jobs/{job}",
+        "host": "h",
+        "pid": 1,
+        **kw,
+    }
 
 
 def _step(state: dict, *requests: dict, dead=None) -> tuple[dict, dict]:
@@ -95,8 +104,17 @@ def test_a_batch_reserves_each_member_its_own_rows():
 
 
 def _parts(job: str, runs: list[list], visible: int) -> dict:
-    return {"kind": "partitions", "job": job, "dim": "t", "coord": "day", "runs": runs,
-            "visible": visible, "lease": f"jobs/{job}", "host": "h", "pid": 1}  # fmt: skip
+    return {
+        "kind": "partitions",
+        "job": job,
+        "dim": "t",
+        "coord": "day",
+        "runs": runs,
+        "visible": visible,
+        "lease": f"jobs/{job}",
+        "host": "h",
+        "pid": 1,
+    }
 
 
 def test_partitions_keep_their_rows_and_new_labels_are_reserved_at_the_end():

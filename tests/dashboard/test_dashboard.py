@@ -323,8 +323,9 @@ def test_a_disabled_page_leaves_the_cluster_alone(tmp_path: Any) -> None:
 
     with cluster_of(1, 1) as cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
         with dask.config.set({"toolkit.dashboard": False}):
-            toolkit.to_zarr(xr.Dataset({"v": ("t", np.arange(4.0))}), str(tmp_path / "a.zarr"),
-                            progress=False)  # fmt: skip
+            toolkit.to_zarr(
+                xr.Dataset({"v": ("t", np.arange(4.0))}), str(tmp_path / "a.zarr"), progress=False
+            )
         assert not client.run_on_scheduler(is_mounted)
         assert "toolkit-dashboard" not in client.run_on_scheduler(
             lambda dask_scheduler: list(dask_scheduler.plugins)

@@ -79,13 +79,17 @@ def test_both_clients_bound_connects_and_reads_and_take_fsspecs_names_for_it(s3,
     """
 
     def obstore_options(**opts: Any) -> dict[str, str]:
-        store = resolve_store("s3://data/x", storage_options=s3.storage_options(**opts),
-                              throttle=policy)  # fmt: skip
+        store = resolve_store(
+            "s3://data/x", storage_options=s3.storage_options(**opts), throttle=policy
+        )
         return dict(store.store.client_options)
 
     def s3fs_config(**opts: Any) -> dict[str, Any]:
-        store = resolve_store("s3://data/x", storage_options=s3.storage_options(client="s3fs",
-                              **opts), throttle=policy)  # fmt: skip
+        store = resolve_store(
+            "s3://data/x",
+            storage_options=s3.storage_options(client="s3fs", **opts),
+            throttle=policy,
+        )
         again = pickle.loads(pickle.dumps(store))  # as a worker gets it
         assert again.fs.config_kwargs == store.fs.config_kwargs
         return dict(store.fs.config_kwargs)
@@ -144,9 +148,15 @@ def test_secrets_of_either_client_are_redacted(s3):
 
 
 def _obstore_error(url: str, fn: str = "put") -> BaseException:
-    st = S3Store("data", endpoint=url, access_key_id="testing", secret_access_key="testing",
-                 region="us-east-1", client_options={"allow_http": True},
-                 retry_config={"max_retries": 0})  # fmt: skip
+    st = S3Store(
+        "data",
+        endpoint=url,
+        access_key_id="testing",
+        secret_access_key="testing",
+        region="us-east-1",
+        client_options={"allow_http": True},
+        retry_config={"max_retries": 0},
+    )
     with pytest.raises(Exception) as err:  # the kind is what is tested
         if fn == "put":
             obstore.put(st, "k", b"x")
@@ -157,9 +167,18 @@ def _obstore_error(url: str, fn: str = "put") -> BaseException:
 
 def test_obstore_errors_from_the_real_server_are_classified(s3):
     with FaultProxy(s3.endpoint_url, rate=0.01, burst=1) as proxy:
-        obstore.put(S3Store("data", endpoint=proxy.url, access_key_id="testing",
-                            secret_access_key="testing", region="us-east-1",
-                            client_options={"allow_http": True}), "warm", b"x")  # fmt: skip
+        obstore.put(
+            S3Store(
+                "data",
+                endpoint=proxy.url,
+                access_key_id="testing",
+                secret_access_key="testing",
+                region="us-east-1",
+                client_options={"allow_http": True},
+            ),
+            "warm",
+            b"x",
+        )
         slow = _obstore_error(proxy.url)
         slow_get = _obstore_error(proxy.url, "get")
     assert http_status(slow) == (503, "SlowDown")
@@ -190,9 +209,17 @@ def test_a_request_the_retries_cannot_save_names_the_store_briefly(s3):
 
 def test_an_instance_without_retry_config_is_copied_quiet_one_with_it_is_left(s3):
     def instance(**kw: Any) -> ObjectStore:
-        return ObjectStore(S3Store("data", endpoint=s3.endpoint_url, access_key_id="testing",
-                                   secret_access_key="testing", region="us-east-1",
-                                   client_options={"allow_http": True}, **kw))  # fmt: skip
+        return ObjectStore(
+            S3Store(
+                "data",
+                endpoint=s3.endpoint_url,
+                access_key_id="testing",
+                secret_access_key="testing",
+                region="us-east-1",
+                client_options={"allow_http": True},
+                **kw,
+            )
+        )
 
     given = instance()
     inner = given.store
@@ -296,9 +323,15 @@ def test_a_listings_first_page_is_one_request_and_says_whether_it_is_all(s3, cli
 def test_a_zarr_object_store_instance_gets_the_s3_defaults_and_round_trips(s3):
     ds = xr.Dataset({"v": (("t", "x"), np.arange(64.0).reshape(16, 4))}).chunk({"t": 4})
     with FaultProxy(s3.endpoint_url) as proxy:
-        inner = S3Store("data", prefix="instance.zarr", endpoint=proxy.url,
-                        access_key_id="testing", secret_access_key="testing",
-                        region="us-east-1", client_options={"allow_http": True})  # fmt: skip
+        inner = S3Store(
+            "data",
+            prefix="instance.zarr",
+            endpoint=proxy.url,
+            access_key_id="testing",
+            secret_access_key="testing",
+            region="us-east-1",
+            client_options={"allow_http": True},
+        )
         store = ObjectStore(inner)
         plan = toolkit.plan_write(ds, store)
         assert plan.throttle == Throttle.for_url("s3://data/instance.zarr")
@@ -313,8 +346,13 @@ def _ds(n: int = 16) -> xr.Dataset:
 
 
 def _s3fs_args(s3: Any) -> dict[str, Any]:
-    return {"key": "testing", "secret": "testing", "endpoint_url": s3.endpoint_url,
-            "client_kwargs": {"region_name": "us-east-1"}, "asynchronous": True}  # fmt: skip
+    return {
+        "key": "testing",
+        "secret": "testing",
+        "endpoint_url": s3.endpoint_url,
+        "client_kwargs": {"region_name": "us-east-1"},
+        "asynchronous": True,
+    }
 
 
 def _unpickled_elsewhere(obj: Any, expr: str) -> str:
@@ -323,8 +361,13 @@ def _unpickled_elsewhere(obj: Any, expr: str) -> str:
     import sys
 
     code = f"import pickle, sys; x = pickle.loads(sys.stdin.buffer.read()); print({expr})"
-    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(obj),
-                          capture_output=True, timeout=60, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=pickle.dumps(obj),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout.decode().strip()
 
 
@@ -362,9 +405,15 @@ def test_a_users_fsspec_store_is_left_as_given(s3):
 
 def test_a_users_object_store_is_left_as_given(s3):
     """The caller's zarr ObjectStore keeps the very obstore store it was given."""
-    inner = S3Store("data", prefix="users-obstore.zarr", endpoint=s3.endpoint_url,
-                    access_key_id="testing", secret_access_key="testing", region="us-east-1",
-                    client_options={"allow_http": True})  # fmt: skip
+    inner = S3Store(
+        "data",
+        prefix="users-obstore.zarr",
+        endpoint=s3.endpoint_url,
+        access_key_id="testing",
+        secret_access_key="testing",
+        region="us-east-1",
+        client_options={"allow_http": True},
+    )
     store = ObjectStore(inner)
     ds = _ds()
     report = toolkit.to_zarr(ds, store, mode="w", progress=False)
@@ -392,8 +441,9 @@ def test_a_store_toolkit_made_from_a_url_is_quiet_already(s3):
         assert unwrap(wrap_store(made, policy)) is made
     s3fs = pytest.importorskip("s3fs")
     shared = s3fs.S3FileSystem(**_s3fs_args(s3))
-    resolve_store("s3://data/made.zarr", storage_options={**_s3fs_args(s3), "client": "s3fs"},
-                  throttle=policy)  # fmt: skip
+    resolve_store(
+        "s3://data/made.zarr", storage_options={**_s3fs_args(s3), "client": "s3fs"}, throttle=policy
+    )
     assert shared.retries == 5  # fsspec's shared filesystem of the same options: untouched
 
 

@@ -119,8 +119,9 @@ def test_a_black_hole_is_a_named_retried_error_for_every_request(black_hole, cli
         "config_kwargs": FAST_TIMEOUTS,
     }
     metrics = IOMetrics()
-    store = wrap_store(resolve_store("s3://data/x.zarr", storage_options=opts, throttle=SHORT),
-                       SHORT, metrics)  # fmt: skip
+    store = wrap_store(
+        resolve_store("s3://data/x.zarr", storage_options=opts, throttle=SHORT), SHORT, metrics
+    )
     requests = {
         "get": lambda: store.get("zarr.json", default_buffer_prototype()),
         "small put": lambda: store.set("zarr.json", Buffer.from_bytes(b"{}")),
@@ -167,8 +168,14 @@ def test_a_retry_never_starts_past_the_deadline():
     from toolkit.testing import FaultStore
 
     metrics = IOMetrics()
-    policy = Throttle(max_retries=1000, max_retry_seconds=600, request_deadline=0.3,
-                      backoff_base=0.05, backoff_max=0.1, adaptive=False)  # fmt: skip
+    policy = Throttle(
+        max_retries=1000,
+        max_retry_seconds=600,
+        request_deadline=0.3,
+        backoff_base=0.05,
+        backoff_max=0.1,
+        adaptive=False,
+    )
     stack = wrap_store(FaultStore(MemoryStore(), error_prob=1.0), policy, metrics)
     with pytest.raises(StoreUnavailableError, match="retryable errors"):
         sync(stack.get("k", default_buffer_prototype()))
@@ -185,16 +192,23 @@ def test_a_write_to_a_store_that_stalls_every_request_fails_named_within_a_bound
     with FaultProxy(s3.endpoint_url, stall_prob=1.0, stall=600) as proxy:
         t0 = time.monotonic()
         with pytest.raises(StoreUnavailableError) as err:
-            toolkit.to_zarr(_rows(), f"s3://data/stalled-{client}.zarr", mode="w",
-                            storage_options=_opts(s3, proxy.url, client), throttle=SHORT,
-                            progress=False)  # fmt: skip
+            toolkit.to_zarr(
+                _rows(),
+                f"s3://data/stalled-{client}.zarr",
+                mode="w",
+                storage_options=_opts(s3, proxy.url, client),
+                throttle=SHORT,
+                progress=False,
+            )
         took = time.monotonic() - t0
     assert took < BOUND, took
     assert proxy.counts.stalled >= 1 and proxy.counts.forwarded == 0
     text = str(err.value)
     assert "retryable errors" in text and "stalled-" in text, text  # a timeout: transient
-    assert any("timeout" in f"{type(c).__name__} {c}".lower() or "error sending request"
-               in str(c) for c in _causes(err.value)), text  # fmt: skip
+    assert any(
+        "timeout" in f"{type(c).__name__} {c}".lower() or "error sending request" in str(c)
+        for c in _causes(err.value)
+    ), text
 
 
 @pytest.mark.slow
@@ -209,8 +223,14 @@ def test_a_write_whose_chunk_writes_stall_fails_with_its_record_within_a_bound(s
     with FaultProxy(s3.endpoint_url, stall_prob=1.0, stall=600, only=r"/v/c/") as proxy:
         t0 = time.monotonic()
         with pytest.raises(WriteError) as err:
-            toolkit.to_zarr(_rows(), url, mode="w", storage_options=_opts(s3, proxy.url, client),
-                            throttle=SHORT, progress=False)  # fmt: skip
+            toolkit.to_zarr(
+                _rows(),
+                url,
+                mode="w",
+                storage_options=_opts(s3, proxy.url, client),
+                throttle=SHORT,
+                progress=False,
+            )
         took = time.monotonic() - t0
     assert took < 2 * BOUND, took
     assert isinstance(err.value.__cause__, StoreUnavailableError), repr(err.value.__cause__)
@@ -228,13 +248,20 @@ def test_a_write_through_some_stalled_requests_lands_whole(s3, client):
     """
     ds = _rows(128)
     url = f"s3://data/some-stalled-{client}.zarr"
-    policy = Throttle(max_retry_seconds=60.0, request_deadline=90.0, backoff_base=0.05,
-                      backoff_max=0.5)  # fmt: skip
+    policy = Throttle(
+        max_retry_seconds=60.0, request_deadline=90.0, backoff_base=0.05, backoff_max=0.5
+    )
     with FaultProxy(s3.endpoint_url, stall_prob=0.3, stall=600, seed=7) as proxy:
         t0 = time.monotonic()
-        report = toolkit.to_zarr(ds, url, mode="w", storage_options=_opts(s3, proxy.url, client),
-                                 encoding={"v": {"chunks": (8, 8)}}, throttle=policy,
-                                 progress=False)  # fmt: skip
+        report = toolkit.to_zarr(
+            ds,
+            url,
+            mode="w",
+            storage_options=_opts(s3, proxy.url, client),
+            encoding={"v": {"chunks": (8, 8)}},
+            throttle=policy,
+            progress=False,
+        )
         took = time.monotonic() - t0
         stalled = proxy.counts.stalled
     assert stalled > 0  # held requests timed out, were retried and landed (below)

@@ -231,9 +231,14 @@ def test_histogram_is_numpys_on_edges_and_outside(kernels: str, monkeypatch) -> 
     rng = np.random.default_rng(1)
     edges = np.histogram_bin_edges(np.empty(0), bins=7, range=(-1.0, 1.3))
     x = np.concatenate(
-        [rng.uniform(-2, 2, 10_000), edges, np.nextafter(edges, np.inf),
-         np.nextafter(edges, -np.inf), [np.nan, np.inf, -np.inf]]
-    )  # fmt: skip
+        [
+            rng.uniform(-2, 2, 10_000),
+            edges,
+            np.nextafter(edges, np.inf),
+            np.nextafter(edges, -np.inf),
+            [np.nan, np.inf, -np.inf],
+        ]
+    )
     awkward = np.histogram_bin_edges(np.empty(0), bins=49, range=(0.1, 0.7))
     x = np.concatenate([x, awkward, np.nextafter(awkward, -1), np.nextafter(awkward, 1)])
     for e in (edges, awkward, np.array([-1.0, -0.5, 0.0, 0.01, 1.3])):
@@ -407,11 +412,19 @@ def test_compiled_sketch_buckets_are_numpys_at_every_edge(alpha: float, dtype: s
         wide = rng.standard_normal(20_000) * 10.0 ** rng.integers(
             info.minexp // 3, info.maxexp // 3, 20_000
         )
-        x = np.concatenate([
-            answers, np.nextafter(answers, np.inf), np.nextafter(answers, -np.inf), edges,
-            np.nextafter(edges, np.inf), np.nextafter(edges, -np.inf), wide.astype(dtype),
-            info.smallest_subnormal * np.arange(-50, 50), [0.0, -0.0, np.inf, -np.inf, np.nan],
-        ]).astype(dtype)  # fmt: skip
+        x = np.concatenate(
+            [
+                answers,
+                np.nextafter(answers, np.inf),
+                np.nextafter(answers, -np.inf),
+                edges,
+                np.nextafter(edges, np.inf),
+                np.nextafter(edges, -np.inf),
+                wide.astype(dtype),
+                info.smallest_subnormal * np.arange(-50, 50),
+                [0.0, -0.0, np.inf, -np.inf, np.nan],
+            ]
+        ).astype(dtype)
     _compiled_sketch_is_numpys(sketch, x[: x.size // 4 * 4].reshape(4, -1), (1,))
 
 

@@ -65,8 +65,9 @@ def test_any_chunking_and_split_every_gives_the_exact_answer(case: dict[str, Any
     reduce = [dims[a] for a in case["axes"]]
     edges = np.array([-50.0, -1.0, 0.0, 0.5, 3.0, 1e6])
     qs = [0.0, 0.3, 0.5, 0.99, 1.0]
-    kwargs = dict(ddof=case["ddof"], bins=edges, quantiles=qs, split_every=case["split_every"],
-                  progress=False)  # fmt: skip
+    kwargs = dict(
+        ddof=case["ddof"], bins=edges, quantiles=qs, split_every=case["split_every"], progress=False
+    )
     if sum_overflows(x, case["axes"]):
         with pytest.raises(StatsOverflowError):
             toolkit.stats(arr, dim=reduce, stats=MOMENTS, **kwargs)
@@ -108,9 +109,16 @@ def test_infinities_give_xarrays_answers_in_every_chunking() -> None:
     for chunks in (6, 1, 2, 4):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # toolkit's inf - inf stays inside
-            got = toolkit.stats(arr.chunk({"b": chunks}), "b", stats=list(want), bins=3,
-                                bin_range=(0, 6), quantiles=[0.5, 1.0], split_every=2,
-                                progress=False)  # fmt: skip
+            got = toolkit.stats(
+                arr.chunk({"b": chunks}),
+                "b",
+                stats=list(want),
+                bins=3,
+                bin_range=(0, 6),
+                quantiles=[0.5, 1.0],
+                split_every=2,
+                progress=False,
+            )
         for s, w in want.items():
             xr.testing.assert_allclose(got[s].drop_attrs(), w, rtol=1e-12)
         for i, row in enumerate(x):
@@ -147,8 +155,9 @@ def test_a_dataset_keeps_dims_coords_and_says_what_each_value_is() -> None:
 
 def test_the_graph_names_its_tasks_and_reads_lazily() -> None:
     ds = make_dataset(chunks={"time": 5})
-    lazy = toolkit.stats(ds.a, stats=["mean", "min"], bins=4, bin_range=(-3, 3),
-                         split_every=2, compute=False)  # fmt: skip
+    lazy = toolkit.stats(
+        ds.a, stats=["mean", "min"], bins=4, bin_range=(-3, 3), split_every=2, compute=False
+    )
     names = {k[0] if isinstance(k, tuple) else k for k in dict(lazy.__dask_graph__())}
     prefixes = {n.rsplit("-", 2)[0] for n in names if n.startswith("toolkit-stats")}
     assert {"toolkit-stats-chunk", "toolkit-stats-combine-1", "toolkit-stats-finalize"} <= {
@@ -165,8 +174,14 @@ def test_the_graph_names_its_tasks_and_reads_lazily() -> None:
 def test_skipna_false_propagates_nan_except_counts() -> None:
     x = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]])
     names = ["count", "nan_count", "mean", "min", "sum"]
-    got = toolkit.stats(xr.DataArray(x, dims=("a", "b")), "b", skipna=False, progress=False,
-                        stats=names, quantiles=0.5)  # fmt: skip
+    got = toolkit.stats(
+        xr.DataArray(x, dims=("a", "b")),
+        "b",
+        skipna=False,
+        progress=False,
+        stats=names,
+        quantiles=0.5,
+    )
     assert np.isnan(got["mean"][0]) and got["mean"][1] == 2.0
     assert np.isnan(got["min"][0]) and np.isnan(got["quantiles"][0]).all()
     assert list(got["count"].values) == [2, 3] and list(got["nan_count"].values) == [1, 0]
@@ -255,11 +270,17 @@ class CountingStore(InterceptStore):
 def test_every_chunk_is_read_exactly_once_for_many_statistics() -> None:
     ds = make_dataset(nt=60, chunks={"time": 6})
     memory = MemoryStore()
-    toolkit.to_zarr(ds, memory, mode="w", progress=False,
-                    encoding={"a": {"chunks": (6, 6, 5)}, "b": {"chunks": (10, 12)}})  # fmt: skip
+    toolkit.to_zarr(
+        ds,
+        memory,
+        mode="w",
+        progress=False,
+        encoding={"a": {"chunks": (6, 6, 5)}, "b": {"chunks": (10, 12)}},
+    )
     store = CountingStore(memory)
-    toolkit.stats(store, stats=[*MOMENTS], bins=5, bin_range=(-2, 2), quantiles=[0.1, 0.9],
-                  progress=False)  # fmt: skip
+    toolkit.stats(
+        store, stats=[*MOMENTS], bins=5, bin_range=(-2, 2), quantiles=[0.1, 0.9], progress=False
+    )
     # Data variables' chunks (xarray's open reads the index coordinates on its own).
     data = {k: n for k, n in store.gets.items() if k.startswith(("a/c/", "b/c/", "c/c/"))}
     stored = {k for k in memory._store_dict if k.startswith(("a/c/", "b/c/", "c/c/"))}
@@ -274,11 +295,13 @@ def test_on_a_cluster_of_worker_processes(cluster_client: Any, tmp_path: Any) ->
     ds = make_dataset(nt=80, chunks={"time": 8})
     url = str(tmp_path / "s.zarr")
     toolkit.to_zarr(ds, url, mode="w", progress=False)
-    got = toolkit.stats(url, "time", stats=["mean", "std", "skew"], quantiles=[0.5],
-                        split_every=3, progress=False)  # fmt: skip
+    got = toolkit.stats(
+        url, "time", stats=["mean", "std", "skew"], quantiles=[0.5], split_every=3, progress=False
+    )
     with dask.config.set(scheduler="sync"):
-        want = toolkit.stats(ds.compute(), "time", stats=["mean", "std", "skew"],
-                             quantiles=[0.5], progress=False)  # fmt: skip
+        want = toolkit.stats(
+            ds.compute(), "time", stats=["mean", "std", "skew"], quantiles=[0.5], progress=False
+        )
     xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs(), rtol=1e-12)
     assert got.attrs["source"] == url
 
@@ -290,11 +313,21 @@ def test_from_s3_through_a_throttling_proxy(s3: Any) -> None:
 
     ds = make_dataset(nt=40)
     url = "s3://data/stats.zarr"
-    toolkit.to_zarr(ds, url, mode="w", storage_options=s3.storage_options(), progress=False,
-                    encoding={"a": {"chunks": (2, 6, 5)}})  # fmt: skip
+    toolkit.to_zarr(
+        ds,
+        url,
+        mode="w",
+        storage_options=s3.storage_options(),
+        progress=False,
+        encoding={"a": {"chunks": (2, 6, 5)}},
+    )
     with FaultProxy(s3.endpoint_url, latency=0.005, rate=30, burst=5) as proxy:
-        got = toolkit.stats(url, storage_options=s3.storage_options(proxy.url),
-                            stats=["count", "mean", "max"], progress=False)  # fmt: skip
+        got = toolkit.stats(
+            url,
+            storage_options=s3.storage_options(proxy.url),
+            stats=["count", "mean", "max"],
+            progress=False,
+        )
         assert proxy.counts.throttled > 0  # the budget had to adapt, and nothing was lost
     a = ds.a.values.astype(np.float64)
     assert int(got["a_count"]) == int(np.isfinite(a).sum())
@@ -306,8 +339,13 @@ def test_approximate_quantiles_say_so_in_attrs_and_table() -> None:
     """Issue 30: sketch quantiles were not marked approximate (every quantile is one)."""
     x = np.arange(1_000_000, dtype="f8")
     ds = xr.Dataset({"v": ("t", x), "n": ("t", np.full(x.size, 123, dtype="i8"))}).chunk(t=250_000)
-    got = toolkit.stats(ds, stats=["count", "sum", "mean"], quantiles=[0.1, 0.5],
-                        quantile_error=0.02, progress=False)  # fmt: skip
+    got = toolkit.stats(
+        ds,
+        stats=["count", "sum", "mean"],
+        quantiles=[0.1, 0.5],
+        quantile_error=0.02,
+        progress=False,
+    )
     attrs = got["v_quantiles"].attrs
     assert attrs["approximate"] == 1 and attrs["method"] == "DDSketch"
     assert attrs["relative_error"] == 0.02 and "within relative_error (0.02)" in attrs["comment"]

@@ -92,8 +92,14 @@ def test_monthly_statistics_are_xarrays(dtype: str, chunks: int, use_flox: bool)
     arr = hourly(700, dtype, nan=0.2)
     if arr.dtype.kind == "f":
         arr[:, 0, 0] = np.nan  # an all-NaN cell: count 0 and NaN statistics
-    got = toolkit.stats(arr.chunk(time=chunks, x=3), "time", groupby="time.month",
-                        stats=MOMENTS, quantiles=QS, progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(time=chunks, x=3),
+        "time",
+        groupby="time.month",
+        stats=MOMENTS,
+        quantiles=QS,
+        progress=False,
+    )
     with xr.set_options(use_flox=use_flox):
         # float64 sums and moments: xarray's float32 ones are less exact than toolkit's.
         f8 = arr.astype("f8") if arr.dtype.kind == "f" else arr
@@ -115,8 +121,14 @@ def test_monthly_statistics_are_xarrays(dtype: str, chunks: int, use_flox: bool)
 def test_a_daily_resample_has_every_bin_empty_ones_too(chunks: int, use_flox: bool) -> None:
     arr = hourly(300, "float64", nan=0.1)
     arr = arr.isel(time=np.r_[0:40, 120:300])  # a gap: days with no value
-    got = toolkit.stats(arr.chunk(time=chunks), "time", groupby={"time": TimeResampler("1D")},
-                        stats=MOMENTS, quantiles=QS, progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(time=chunks),
+        "time",
+        groupby={"time": TimeResampler("1D")},
+        stats=MOMENTS,
+        quantiles=QS,
+        progress=False,
+    )
     with xr.set_options(use_flox=use_flox):
         want = xarray_answers(arr.resample(time="1D"), MOMENTS)
     assert_matches(got, want, arr.dtype)
@@ -133,24 +145,35 @@ def test_a_daily_resample_has_every_bin_empty_ones_too(chunks: int, use_flox: bo
 def test_several_groupers_at_once_month_by_region(dtype: str, use_flox: bool) -> None:
     arr = hourly(500, dtype, nan=0.3, seed=3)
     for chunks in ({"time": 17, "x": 3}, {"time": 200, "x": 1}, {"time": 500, "x": 4}):
-        got = toolkit.stats(arr.chunk(chunks), ("time", "x"), groupby=["time.month", "region"],
-                            stats=MOMENTS, split_every=2, progress=False)  # fmt: skip
+        got = toolkit.stats(
+            arr.chunk(chunks),
+            ("time", "x"),
+            groupby=["time.month", "region"],
+            stats=MOMENTS,
+            split_every=2,
+            progress=False,
+        )
         with xr.set_options(use_flox=use_flox):
             grouped = arr.groupby(["time.month", "region"])
             want = xarray_answers(grouped, ["count", "min", "max"])
             f8 = arr.astype("f8") if arr.dtype.kind == "f" else arr
-            want.update(xarray_answers(f8.groupby(["time.month", "region"]),
-                                       ["mean", "std", "var", "sum"]))  # fmt: skip
+            want.update(
+                xarray_answers(f8.groupby(["time.month", "region"]), ["mean", "std", "var", "sum"])
+            )
         assert_matches(got, want, arr.dtype)
         assert got["mean"].dims == ("y", "month", "region")  # xarray's: groups last
 
 
 def test_two_groupers_on_the_same_dim_and_labels_given_as_a_dataarray() -> None:
     arr = hourly(400, "float64", nan=0.0)
-    labels = xr.DataArray(np.arange(400) % 3, dims="time", coords={"time": arr.time},
-                          name="shift")  # fmt: skip
-    got = toolkit.stats(arr.chunk(time=33), ("time", "y"), groupby=["time.month", labels],
-                        stats=["count", "mean", "max"], progress=False)  # fmt: skip
+    labels = xr.DataArray(np.arange(400) % 3, dims="time", coords={"time": arr.time}, name="shift")
+    got = toolkit.stats(
+        arr.chunk(time=33),
+        ("time", "y"),
+        groupby=["time.month", labels],
+        stats=["count", "mean", "max"],
+        progress=False,
+    )
     want = arr.assign_coords(shift=labels).groupby(["time.month", "shift"])
     assert got["mean"].dims == ("x", "month", "shift")
     xr.testing.assert_allclose(got["mean"].drop_attrs(), want.mean(("time", "y")), rtol=1e-12)
@@ -158,8 +181,13 @@ def test_two_groupers_on_the_same_dim_and_labels_given_as_a_dataarray() -> None:
     # A mapping of names to groupers, and a BinGrouper: xarray's "<name>_bins".
     arr = arr.assign_coords(depth=("y", [5.0, 50.0, 500.0]))
     bins = [0, 10, 100, 1000, 5000]
-    got = toolkit.stats(arr.chunk(y=1), "y", groupby={"depth": BinGrouper(bins=bins)},
-                        stats=["count", "mean"], progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(y=1),
+        "y",
+        groupby={"depth": BinGrouper(bins=bins)},
+        stats=["count", "mean"],
+        progress=False,
+    )
     want = arr.groupby(depth=BinGrouper(bins=bins))
     with quiet():
         w = want.mean()
@@ -173,9 +201,15 @@ def test_all_nan_groups_are_count_zero_and_nan_quietly() -> None:
     arr[(arr.time.dt.month == 2).values] = np.nan
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = toolkit.stats(arr.chunk(time=30), groupby="time.month",
-                            stats=["count", "nan_count", "mean", "std", "min", "sum"],
-                            quantiles=[0.5], bins=3, bin_range=(-1, 1), progress=False)  # fmt: skip
+        got = toolkit.stats(
+            arr.chunk(time=30),
+            groupby="time.month",
+            stats=["count", "nan_count", "mean", "std", "min", "sum"],
+            quantiles=[0.5],
+            bins=3,
+            bin_range=(-1, 1),
+            progress=False,
+        )
     feb = got.sel(month=2)
     assert (
         int(feb["count"]) == 0 and int(feb["nan_count"]) == int((arr.time.dt.month == 2).sum()) * 12
@@ -191,15 +225,21 @@ def test_all_nan_groups_are_count_zero_and_nan_quietly() -> None:
 
 def test_int_data_with_empty_groups_gives_float_nan_like_xarray() -> None:
     arr = hourly(100, "int16", nan=0.0).isel(time=np.r_[0:10, 60:100])
-    got = toolkit.stats(arr.chunk(time=7), "time", groupby={"time": TimeResampler("1D")},
-                        stats=["min", "max", "sum", "count"], progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(time=7),
+        "time",
+        groupby={"time": TimeResampler("1D")},
+        stats=["min", "max", "sum", "count"],
+        progress=False,
+    )
     want = arr.resample(time="1D")
     for s in ("min", "max", "sum"):
         assert got[s].dtype == np.float64
         xr.testing.assert_equal(got[s].drop_attrs(), getattr(want, s)().astype(np.float64))
     # No empty group: integer extrema and sums stay integers.
-    got = toolkit.stats(arr.chunk(time=7), "time", groupby="time.month",
-                        stats=["min", "sum"], progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(time=7), "time", groupby="time.month", stats=["min", "sum"], progress=False
+    )
     assert got["min"].dtype == np.int16 and got["sum"].dtype == np.int64
 
 
@@ -211,8 +251,9 @@ def test_many_groups_keep_each_chunks_state_to_the_groups_present() -> None:
     arr = xr.DataArray(
         rng.standard_normal(n), dims="obs", coords={"station": ("obs", station)}, name="v"
     ).chunk(obs=20_000)
-    lazy = toolkit.stats(arr, groupby="station", stats=["count", "mean", "max"],
-                         quantiles=[0.5], compute=False)  # fmt: skip
+    lazy = toolkit.stats(
+        arr, groupby="station", stats=["count", "mean", "max"], quantiles=[0.5], compute=False
+    )
     graph = dict(lazy.__dask_graph__())
     keys = [k for k in graph if isinstance(k, tuple) and k[0].startswith("toolkit-stats-chunk")]
     with dask.config.set(scheduler="sync"):
@@ -241,8 +282,10 @@ def test_many_groups_keep_each_chunks_state_to_the_groups_present() -> None:
 )
 def test_bad_groupers_are_refused_clearly(groupby: Any, dim: Any, match: str) -> None:
     ds = make_dataset(chunks={"time": 10})
-    ds = ds.assign_coords(region=("x", np.arange(ds.sizes["x"]) % 2),
-                          lat2d=(("y", "x"), np.zeros((ds.sizes["y"], ds.sizes["x"]))))  # fmt: skip
+    ds = ds.assign_coords(
+        region=("x", np.arange(ds.sizes["x"]) % 2),
+        lat2d=(("y", "x"), np.zeros((ds.sizes["y"], ds.sizes["x"]))),
+    )
     with pytest.raises(StatsError, match=match):
         toolkit.stats(ds, dim, groupby=groupby, progress=False)
 
@@ -252,8 +295,12 @@ def test_labels_that_do_not_align_are_refused() -> None:
     short = xr.DataArray(np.arange(10), dims="time", name="lab")
     with pytest.raises(StatsError, match="has 10 values along 'time'; the data has 50"):
         toolkit.stats(ds, groupby=short, progress=False)
-    shifted = xr.DataArray(np.arange(50), dims="time", name="lab",
-                           coords={"time": ds.time.values + np.timedelta64(1, "h")})  # fmt: skip
+    shifted = xr.DataArray(
+        np.arange(50),
+        dims="time",
+        name="lab",
+        coords={"time": ds.time.values + np.timedelta64(1, "h")},
+    )
     with pytest.raises(StatsError, match="do not align with the data along 'time'"):
         toolkit.stats(ds, groupby=shifted, progress=False)
     with pytest.raises(StatsError, match="need a name"):
@@ -318,8 +365,9 @@ def test_grouped_partial_states_merge_the_same_in_every_tree(case: dict[str, Any
     ctx = Context(dtype=x.dtype, shape=(2,), quantiles=(0.0, 0.5, 1.0))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = finalize_groups(_tree(blocks, case["shape"], aggs), names, ctx, aggs,
-                              (case["ngroups"],))  # fmt: skip
+        got = finalize_groups(
+            _tree(blocks, case["shape"], aggs), names, ctx, aggs, (case["ngroups"],)
+        )
         whole = chunk(x, codes[:, None], axes=(0,), group_axes=(0,), aggs=aggs)
         one = finalize_groups(whole, names, ctx, aggs, (case["ngroups"],))
     for g in range(case["ngroups"]):
@@ -372,18 +420,27 @@ def test_groups_whole_in_a_block_have_numpys_exact_quantiles_in_every_tree(
         mp.setenv("TOOLKIT_KERNELS", kernels)
         warnings.simplefilter("error")
         blocks = [
-            chunk(x[a:b], codes[a:b, None], flags[a:b, None], axes=(0,), group_axes=(0,),
-                  aggs=aggs, quantiles=QS)
+            chunk(
+                x[a:b],
+                codes[a:b, None],
+                flags[a:b, None],
+                axes=(0,),
+                group_axes=(0,),
+                aggs=aggs,
+                quantiles=QS,
+            )
             for a, b in itertools.pairwise(edges)
-        ]  # fmt: skip
-        got = finalize_groups(_tree(blocks, case["shape"], aggs), names, ctx, aggs,
-                              (case["ngroups"],))  # fmt: skip
+        ]
+        got = finalize_groups(
+            _tree(blocks, case["shape"], aggs), names, ctx, aggs, (case["ngroups"],)
+        )
         plain = [
             chunk(x[a:b], codes[a:b, None], axes=(0,), group_axes=(0,), aggs=aggs)
             for a, b in itertools.pairwise(edges)
         ]
-        sketched = finalize_groups(_tree(plain, case["shape"], aggs), names, ctx, aggs,
-                                   (case["ngroups"],))  # fmt: skip
+        sketched = finalize_groups(
+            _tree(plain, case["shape"], aggs), names, ctx, aggs, (case["ngroups"],)
+        )
     for s in names[:-1]:
         np.testing.assert_array_equal(got[s], sketched[s], err_msg=s)
     for g in range(case["ngroups"]):
@@ -418,10 +475,22 @@ def test_resample_quantiles_are_exact_where_each_bin_is_in_one_chunk(kernels: st
     arr = hourly(400, "float32", nan=0.1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TOOLKIT_KERNELS", kernels)
-        got = toolkit.stats(arr.chunk(time=12), "time", groupby={"time": TimeResampler("1D")},
-                            quantiles=QS, stats=["count"], progress=False)  # fmt: skip
-        month = toolkit.stats(arr.chunk(time=12), "time", groupby="time.month",
-                              quantiles=QS, stats=["count"], progress=False)  # fmt: skip
+        got = toolkit.stats(
+            arr.chunk(time=12),
+            "time",
+            groupby={"time": TimeResampler("1D")},
+            quantiles=QS,
+            stats=["count"],
+            progress=False,
+        )
+        month = toolkit.stats(
+            arr.chunk(time=12),
+            "time",
+            groupby="time.month",
+            quantiles=QS,
+            stats=["count"],
+            progress=False,
+        )
     with quiet():
         want = arr.astype("f8").resample(time="1D").quantile(QS, dim="time")
         mwant = arr.astype("f8").groupby("time.month").quantile(QS, dim="time")
@@ -460,23 +529,33 @@ def test_grouped_on_a_cluster_of_worker_processes(cluster_client: Any, tmp_path:
     ds = make_dataset(nt=120, chunks={"time": 11})
     url = str(tmp_path / "g.zarr")
     toolkit.to_zarr(ds, url, mode="w", progress=False)
-    kwargs: dict[str, Any] = dict(stats=["count", "mean", "std", "max"], quantiles=[0.5],
-                                  groupby={"time": TimeResampler("MS")}, split_every=3,
-                                  progress=False)  # fmt: skip
+    kwargs: dict[str, Any] = dict(
+        stats=["count", "mean", "std", "max"],
+        quantiles=[0.5],
+        groupby={"time": TimeResampler("MS")},
+        split_every=3,
+        progress=False,
+    )
     got = toolkit.stats(url, "time", **kwargs)
     with dask.config.set(scheduler="sync"):
         want = toolkit.stats(ds.compute(), "time", **kwargs)
     xr.testing.assert_allclose(got.drop_attrs(), want.drop_attrs(), rtol=1e-12)
     with quiet():
-        xr.testing.assert_allclose(got["b_std"].drop_attrs(), ds.b.resample(time="MS").std(),
-                                   rtol=1e-12)  # fmt: skip
+        xr.testing.assert_allclose(
+            got["b_std"].drop_attrs(), ds.b.resample(time="MS").std(), rtol=1e-12
+        )
     assert list(got.time.values) == list(ds.b.resample(time="MS").mean().time.values)
 
 
 def test_unique_grouper_in_a_mapping_and_the_accessor() -> None:
     ds = make_dataset(nt=60, chunks={"time": 7})
-    got = ds.toolkit.stats("time", groupby={"time.season": UniqueGrouper()}, stats=["mean"],
-                           variables=["b"], progress=False)  # fmt: skip
+    got = ds.toolkit.stats(
+        "time",
+        groupby={"time.season": UniqueGrouper()},
+        stats=["mean"],
+        variables=["b"],
+        progress=False,
+    )
     np.testing.assert_allclose(got["b_mean"], ds.b.groupby("time.season").mean(), rtol=1e-12)
     assert list(got.season.values) == list(ds.b.groupby("time.season").mean().season.values)
 
@@ -485,8 +564,9 @@ def test_unique_grouper_in_a_mapping_and_the_accessor() -> None:
 def test_lazy_dtypes_are_the_computed_ones_with_empty_groups(dtype: str) -> None:
     arr = hourly(100, dtype, nan=0.2).isel(time=np.r_[0:10, 60:100])
     kwargs: dict[str, Any] = dict(stats=MOMENTS, quantiles=[0.5], bins=4, bin_range=(-1, 1))
-    lazy = toolkit.stats(arr.chunk(time=9), "time", groupby={"time": TimeResampler("1D")},
-                         compute=False, **kwargs)  # fmt: skip
+    lazy = toolkit.stats(
+        arr.chunk(time=9), "time", groupby={"time": TimeResampler("1D")}, compute=False, **kwargs
+    )
     got = lazy.compute()
     assert {k: v.dtype for k, v in lazy.items()} == {k: v.dtype for k, v in got.items()}
     assert got["min"].dtype == (np.float64 if dtype == "int16" else np.dtype(dtype))
@@ -495,16 +575,29 @@ def test_lazy_dtypes_are_the_computed_ones_with_empty_groups(dtype: str) -> None
 def test_bins_from_the_datas_range_and_skipna_false_per_group() -> None:
     arr = hourly(300, "float64", nan=0.0)
     arr[5, 1, 1] = np.nan  # January, one cell
-    got = toolkit.stats(arr.chunk(time=40), "time", groupby="time.month",
-                        stats=["count", "mean", "histogram"], bins=5, progress=False)  # fmt: skip
+    got = toolkit.stats(
+        arr.chunk(time=40),
+        "time",
+        groupby="time.month",
+        stats=["count", "mean", "histogram"],
+        bins=5,
+        progress=False,
+    )
     v = arr.values
     edges = np.histogram_bin_edges(v[~np.isnan(v)], bins=5)
     np.testing.assert_array_equal(got["bin_lower"], edges[:-1])
     for i, (_, sub) in enumerate(arr.groupby("time.month")):
         s = sub.values[:, 2, 3]
         np.testing.assert_array_equal(got["histogram"][i, 2, 3], np.histogram(s, edges)[0])
-    strict = toolkit.stats(arr.chunk(time=40), "time", groupby="time.month", skipna=False,
-                           stats=["count", "mean"], quantiles=[0.5], progress=False)  # fmt: skip
+    strict = toolkit.stats(
+        arr.chunk(time=40),
+        "time",
+        groupby="time.month",
+        skipna=False,
+        stats=["count", "mean"],
+        quantiles=[0.5],
+        progress=False,
+    )
     assert np.isnan(strict["mean"].sel(month=1)[1, 1]) and not np.isnan(strict["mean"][1, 1, 1])
     assert np.isnan(strict["quantiles"].sel(month=1)[1, 1]).all()
     assert int(strict["count"].sel(month=1)[1, 1]) == int((arr.time.dt.month == 1).sum()) - 1
@@ -515,8 +608,10 @@ def test_finalize_split_by_group_ranges_gives_the_same_answer(monkeypatch: Any) 
 
     arr = hourly(300, "float64", nan=0.1)
     kwargs: dict[str, Any] = dict(stats=["count", "mean", "max"], quantiles=QS, progress=False)
-    for dims, groupby in (("time", {"time": TimeResampler("1D")}),
-                          (["time", "x"], ["time.month", "region"])):  # fmt: skip
+    for dims, groupby in (
+        ("time", {"time": TimeResampler("1D")}),
+        (["time", "x"], ["time.month", "region"]),
+    ):
         whole_task = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, **kwargs)
         monkeypatch.setattr(compute, "_FINALIZE_CELLS", 30)  # a few groups per task
         lazy = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, compute=False, **kwargs)
@@ -529,8 +624,9 @@ def test_finalize_split_by_group_ranges_gives_the_same_answer(monkeypatch: Any) 
 def test_exact_quantiles_of_whole_groups_propagate_nan_with_skipna_false() -> None:
     arr = hourly(200, "float32", nan=0.0)
     arr[3, 1, 1] = np.nan  # the first day, one cell
-    kwargs: dict[str, Any] = dict(groupby={"time": TimeResampler("1D")}, quantiles=QS,
-                                  stats=["count"], progress=False)  # fmt: skip
+    kwargs: dict[str, Any] = dict(
+        groupby={"time": TimeResampler("1D")}, quantiles=QS, stats=["count"], progress=False
+    )
     strict = toolkit.stats(arr.chunk(time=-1), "time", skipna=False, **kwargs)["quantiles"]
     assert np.isnan(strict[0, 1, 1]).all() and not np.isnan(strict[0, 1, 2]).any()
     loose = toolkit.stats(arr.chunk(time=-1), "time", **kwargs)["quantiles"]

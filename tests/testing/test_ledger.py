@@ -57,8 +57,9 @@ def test_waves_partition_the_requests_into_moments(intervals):
         assert max(r.start for r in wave) <= min(r.end for r in wave)  # a common moment
     for r, lv in zip(reqs, level, strict=True):
         before = [q for q, lq in zip(reqs, level, strict=True) if q.end < r.start]
-        assert lv == 1 + max((lq for q, lq in zip(reqs, level, strict=True) if q in before),
-                             default=0)  # fmt: skip
+        assert lv == 1 + max(
+            (lq for q, lq in zip(reqs, level, strict=True) if q in before), default=0
+        )
     widths = summarize(reqs).widths
     assert sum(widths) == len(reqs) and len(widths) == max(level, default=0)
 
@@ -171,8 +172,12 @@ def test_proxy_records_each_request(s3):
     assert reqs[3].params["prefix"] == "ledger/" and reqs[3].kind == "listing"
     assert all(r.end - r.start >= 0.02 for r in reqs)  # the latency is inside each interval
     assert ledger.round_trips == 4
-    assert [r.key for r in ledger.critical_path()] == ["ledger/a b", "ledger/a b",
-                                                       "ledger/missing", ""]  # fmt: skip
+    assert [r.key for r in ledger.critical_path()] == [
+        "ledger/a b",
+        "ledger/a b",
+        "ledger/missing",
+        "",
+    ]
 
 
 def test_concurrent_requests_are_one_round_trip(s3):
@@ -186,9 +191,13 @@ def test_concurrent_requests_are_one_round_trip(s3):
 
     with FaultProxy(s3.endpoint_url, latency=0.2) as proxy:
         client = botocore.session.get_session().create_client(
-            "s3", endpoint_url=proxy.url, region_name="us-east-1", aws_access_key_id="testing",
-            aws_secret_access_key="testing", config=Config(max_pool_connections=32),
-        )  # fmt: skip
+            "s3",
+            endpoint_url=proxy.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(max_pool_connections=32),
+        )
         for i in range(16):
             client.put_object(Bucket="data", Key=f"waves/{i}", Body=b"x")
         gate = threading.Barrier(16)

@@ -52,8 +52,9 @@ def test_a_new_worker_gets_its_share_within_a_second(churn):
 
 def test_a_worker_that_dies_unnoticed_leaks_nothing_for_long():
     """The scheduler never hears of the death: the lease expires after two periods."""
-    o = simulate(Scenario(workers=10, rate=RATE, limit=3500, duration=6.0, die=(3, 2.0),
-                          noticed=None))  # fmt: skip
+    o = simulate(
+        Scenario(workers=10, rate=RATE, limit=3500, duration=6.0, die=(3, 2.0), noticed=None)
+    )
     expiry = 2.0 + 2 * renew_period(10) + renew_period(10)
     assert o.delivered(expiry, 6.0) >= 0.95 * RATE
     assert o.delivered(2.0, expiry) >= 0.85 * RATE  # at most its tenth missing meanwhile
@@ -61,8 +62,7 @@ def test_a_worker_that_dies_unnoticed_leaks_nothing_for_long():
 
 def test_a_strict_store_limit_under_the_budget():
     """4 workers, 90/s asked, a store allowing 100/s with a burst of 10: no 503 at all."""
-    o = simulate(Scenario(workers=4, rate=90.0, limit=100.0, burst=10, duration=12.0,
-                          latency=0.01))  # fmt: skip
+    o = simulate(Scenario(workers=4, rate=90.0, limit=100.0, burst=10, duration=12.0, latency=0.01))
     assert o.throttled() == 0
     assert o.delivered(1.0, 12.0) >= 0.99 * 90
 
@@ -71,8 +71,7 @@ def test_a_limit_that_drops_to_30_and_returns_to_100_is_followed_within_5_s():
     def limit(t: float) -> float:
         return 30.0 if 5.0 <= t < 15.0 else 100.0
 
-    o = simulate(Scenario(workers=4, rate=90.0, limit=limit, burst=10, duration=25.0,
-                          latency=0.01))  # fmt: skip
+    o = simulate(Scenario(workers=4, rate=90.0, limit=limit, burst=10, duration=25.0, latency=0.01))
     assert o.follows(15.0, 90.0, 25.0) <= 5.0
     for t in np.arange(10.0, 13.0, 0.5):  # from 5 s after the drop: near the new limit
         # (2 s at 30/s, plus the store's burst of 10: up to 1.17 x 30)

@@ -242,9 +242,14 @@ def test_the_server_decides_concurrent_conditional_puts_atomically(s3):
     from obstore.store import S3Store
 
     opts = s3.storage_options()
-    store = S3Store("data", endpoint=s3.endpoint_url, access_key_id=opts["key"],
-                    secret_access_key=opts["secret"], region="us-east-1",
-                    client_options={"allow_http": True})  # fmt: skip
+    store = S3Store(
+        "data",
+        endpoint=s3.endpoint_url,
+        access_key_id=opts["key"],
+        secret_access_key=opts["secret"],
+        region="us-east-1",
+        client_options={"allow_http": True},
+    )
 
     def create(i: int, key: str, start: threading.Barrier, wins: list[int]) -> None:
         start.wait(timeout=30)

@@ -145,9 +145,12 @@ def write_rows(
         n = stop - start
         ds = xr.Dataset({"v": (("time", "x"), np.full((n, NX), job, "f8"))}).chunk({"time": 6})
         toolkit.to_zarr(
-            ds, target, region={"time": slice(start, stop)}, progress=False,
+            ds,
+            target,
+            region={"time": slice(start, stop)},
+            progress=False,
             **_opts(storage_options),
-        )  # fmt: skip
+        )
         return [start, stop]
 
     return _run(job, "region", start_at, stacks, go)

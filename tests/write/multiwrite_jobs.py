@@ -218,8 +218,9 @@ def kill_midway(job: str, *args: Any, ready: str, ttl: str = "4") -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     call = ", ".join(repr(a) for a in (*args, ready))
     code = f"import sys; sys.path.insert(0, {here!r}); import multiwrite_jobs as j; j.{job}({call})"
-    victim = subprocess.Popen([sys.executable, "-c", code], env={**os.environ,
-                              "TOOLKIT_LEASE_TTL": ttl})  # fmt: skip
+    victim = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "TOOLKIT_LEASE_TTL": ttl}
+    )
     try:
         deadline = time.time() + 120
         while not os.path.exists(ready):

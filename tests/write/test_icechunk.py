@@ -22,8 +22,12 @@ from toolkit.write.icechunk import Repository, to_icechunk
 
 pytestmark = pytest.mark.timeout(300)
 CTX = mp.get_context("spawn")
-ENC = {"v": {"chunks": (10, jobs.NX)}, "w": {"chunks": (10,)}, "time": {"chunks": (10,)},
-       "day": {"chunks": (10,)}}  # fmt: skip
+ENC = {
+    "v": {"chunks": (10, jobs.NX)},
+    "w": {"chunks": (10,)},
+    "time": {"chunks": (10,)},
+    "day": {"chunks": (10,)},
+}
 
 
 def _whole(ds: xr.Dataset, owners: dict[str, set[int]]) -> dict[str, int]:
@@ -87,10 +91,13 @@ def test_partition_overwriters_and_appenders_with_a_polling_reader(kind, tmp_pat
     poller.start()
     try:
         with CTX.Pool(6) as pool:
-            rs = [pool.apply_async(jobs.ice_days_job, (target, j, d, opts))
-                  for j, d in plan.items()]  # fmt: skip
-            rs += [pool.apply_async(jobs.ice_days_job, (target, j, d, opts, "append"))
-                   for j, d in appends.items()]  # fmt: skip
+            rs = [
+                pool.apply_async(jobs.ice_days_job, (target, j, d, opts)) for j, d in plan.items()
+            ]
+            rs += [
+                pool.apply_async(jobs.ice_days_job, (target, j, d, opts, "append"))
+                for j, d in appends.items()
+            ]
             placements = [r.get(timeout=240) for r in rs]
         # The poller reads the last commit too before it stops (on a loaded machine all
         # of them could land between two of its reads: it then saw only the first).
@@ -138,8 +145,10 @@ def test_conflicts_past_the_retry_budget_raise_naming_chunks(tmp_path):
     real = repo._decide
 
     def hostile(state, requests):
-        state = {**state, "history": [*state.get("history", []),
-                                      {"snapshot": "X", "touched": {"v": ["0.0"]}}]}  # fmt: skip
+        state = {
+            **state,
+            "history": [*state.get("history", []), {"snapshot": "X", "touched": {"v": ["0.0"]}}],
+        }
         return real(state, requests)
 
     repo.log.decide = hostile
@@ -173,14 +182,22 @@ def test_tasks_on_a_cluster_write_forks_merged_in_a_tree(tmp_path, cluster_clien
     through a tree of merges, and the job's one commit holds every chunk."""
     target = str(tmp_path / "cluster")
     days = [f"2024-01-{d:02d}" for d in range(1, 4)]
-    enc = {"v": {"chunks": (2, jobs.NX)}, "w": {"chunks": (2,)}, "time": {"chunks": (2,)},
-           "day": {"chunks": (2,)}}  # fmt: skip
+    enc = {
+        "v": {"chunks": (2, jobs.NX)},
+        "w": {"chunks": (2,)},
+        "time": {"chunks": (2,)},
+        "day": {"chunks": (2,)},
+    }
     to_icechunk(jobs.day_rows(-1, days), target, encoding=enc)
     ds = jobs.day_rows(3, days).chunk({"time": 2})  # 36 tasks per variable: a 2-level tree
     report = to_icechunk(ds, target, partition="day")
     assert report.forks  # the workers' forks came back
-    graph_keys = {k for k in cluster_client.run_on_scheduler(lambda dask_scheduler: [
-        str(t) for t in dask_scheduler.task_prefixes])}  # fmt: skip
+    graph_keys = {
+        k
+        for k in cluster_client.run_on_scheduler(
+            lambda dask_scheduler: [str(t) for t in dask_scheduler.task_prefixes]
+        )
+    }
     assert "toolkit-merge" in graph_keys
     back = xr.open_zarr(Repository(target).readonly(), consolidated=False).load()
     assert _whole(back, {d: {3} for d in days}) == dict.fromkeys(days, 3)

@@ -66,8 +66,9 @@ def test_eight_concurrent_appenders_all_land(kind, tmp_path, request):
     target, opts = jobs.target_for(kind, tmp_path, jobs.server_for(kind, request), "app.zarr")
     n = _jobs(kind, 8, on_azure=4)
     enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
-    toolkit.to_zarr(jobs.base_dataset(30), target, encoding=enc, progress=False,
-                    storage_options=opts)  # fmt: skip
+    toolkit.to_zarr(
+        jobs.base_dataset(30), target, encoding=enc, progress=False, storage_options=opts
+    )
     placements = _run(jobs.append_job, [(target, j, 10, opts) for j in range(1, n + 1)])
 
     ds = _open(target, opts)
@@ -96,8 +97,13 @@ def test_sixteen_region_writers_sharing_edge_units(kind, tmp_path, request):
     target, opts = jobs.target_for(kind, tmp_path, jobs.server_for(kind, request), "region.zarr")
     writers = _jobs(kind, 16, on_azure=6)
     enc = {"v": {"chunks": (10, jobs.NX)}}
-    toolkit.to_zarr(jobs.base_dataset(writers * 7)[["v"]], target, encoding=enc, progress=False,
-                    storage_options=opts)  # fmt: skip
+    toolkit.to_zarr(
+        jobs.base_dataset(writers * 7)[["v"]],
+        target,
+        encoding=enc,
+        progress=False,
+        storage_options=opts,
+    )
     _run(jobs.region_job, [(target, j, 7 * j, 7 * (j + 1), opts) for j in range(writers)])
     v = _open(target, opts).v.values
     expected = np.repeat(np.arange(writers), 7)
@@ -127,8 +133,9 @@ def test_partition_overwriters_beside_appenders(kind, tmp_path, request):
     target, opts = jobs.target_for(kind, tmp_path, jobs.server_for(kind, request), "parts.zarr")
     first = [f"2024-01-{d:02d}" for d in range(1, 7)]
     enc = {"v": {"chunks": (10, jobs.NX)}, "w": {"chunks": (10,)}, "time": {"chunks": (10,)}}
-    toolkit.to_zarr(jobs.day_rows(-1, first), target, encoding=enc, progress=False,
-                    storage_options=opts)  # fmt: skip
+    toolkit.to_zarr(
+        jobs.day_rows(-1, first), target, encoding=enc, progress=False, storage_options=opts
+    )
     plan = {
         1: ["2024-01-01", "2024-01-02", "2024-01-03"],
         2: ["2024-01-02", "2024-01-03", "2024-01-04"],
@@ -194,15 +201,16 @@ def test_partition_errors_name_the_fix(tmp_path):
     before = snapshot(target)
     short = jobs.day_rows(1, ["2024-01-01"]).isel(time=slice(0, 20))
     with pytest.raises(PartitionError, match="24 rows in the store, the job brings 20"):
-        toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="day",
-                        progress=False)  # fmt: skip
+        toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="day", progress=False)
     scattered = jobs.day_rows(1, ["2024-01-02", "2024-01-03"]).isel(time=np.r_[0:10, 30:40, 10:20])
     with pytest.raises(PartitionError, match="sortby"):
-        toolkit.to_zarr(scattered, target, mode="overwrite-partitions", partition="day",
-                        progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            scattered, target, mode="overwrite-partitions", partition="day", progress=False
+        )
     with pytest.raises(PartitionError, match="1-D coordinate"):
-        toolkit.to_zarr(short, target, mode="overwrite-partitions", partition="nope",
-                        progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            short, target, mode="overwrite-partitions", partition="nope", progress=False
+        )
     with pytest.raises(toolkit.errors.PlanError, match="partition="):
         toolkit.to_zarr(short, target, mode="overwrite-partitions", progress=False)
 
@@ -270,8 +278,14 @@ def test_appends_to_a_group_are_seen_by_every_reader(tmp_path, zarr_format):
     ds, more, _ = create_append_test_data()
     store = str(tmp_path / "g.zarr")
     for group in (None, "g", "a/b"):
-        toolkit.to_zarr(ds, store, mode="w" if group is None else "a", group=group,
-                        zarr_format=zarr_format, progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            ds,
+            store,
+            mode="w" if group is None else "a",
+            group=group,
+            zarr_format=zarr_format,
+            progress=False,
+        )
         toolkit.to_zarr(more, store, append_dim="time", group=group, progress=False)
         want = xr.concat([ds, more], dim="time")
         for opened in (

@@ -167,8 +167,10 @@ def test_a_failed_write_chains_its_cause_and_leaves_nothing_running(tmp_path):
     target = tmp_path / "f.zarr"
     proc = subprocess.run(
         [sys.executable, "-c", _FAILING, str(target)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "cause: PermissionError" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert "still running: False" in proc.stdout
     # Nothing of the write after the error was raised, and no asyncio noise.
@@ -210,8 +212,10 @@ except toolkit.errors.WriteError as e:
 def test_a_disk_full_ingest_says_so_once_with_no_asyncio_noise(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _DISK_FULL, str(tmp_path / "o.zarr"), str(tmp_path / "src")],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert "error: writing" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     assert "Task was destroyed" not in proc.stderr, proc.stderr[-3000:]
     assert "never retrieved" not in proc.stderr, proc.stderr[-3000:]
@@ -268,10 +272,18 @@ def test_a_planted_fork_blob_is_never_executed_and_blocks_nobody(tmp_path):
     repo.coord.put_bytes("forks/evil-0.bin", pickle.dumps([_Evil(str(marker))]))
     repo.coord.put(
         "pending/evil.json",
-        {"kind": "commit", "job": "evil-0", "req": "evil", "owner": "evil", "fork":
-         "forks/evil-0.bin", "base": "x", "touched": {}, "rows": None,
-         "submitted": "2000-01-01T00:00:00"},
-    )  # fmt: skip
+        {
+            "kind": "commit",
+            "job": "evil-0",
+            "req": "evil",
+            "owner": "evil",
+            "fork": "forks/evil-0.bin",
+            "base": "x",
+            "touched": {},
+            "rows": None,
+            "submitted": "2000-01-01T00:00:00",
+        },
+    )
     placed = to_icechunk(jobs.rows(5, np.arange(4)), repo, append_dim="time")
     assert not marker.exists()
     assert placed.placement["snapshot"] in repo.history()
@@ -300,17 +312,28 @@ def test_a_crafted_icechunk_session_with_a_pickled_credential_fetcher_is_never_r
     fields = list(msgpack.unpackb(raw, raw=False, use_list=False, strict_map_key=False))
     evil = {
         "type": "S3Storage",
-        "config": {"region": "us-east-1", "endpoint_url": "http://127.0.0.1:9",
-                   "anonymous": False, "allow_http": True, "force_path_style": True,
-                   "network_stream_timeout_seconds": 1, "requester_pays": False,
-                   "checksum_algorithm": None},
-        "credentials": {"s3_credential_type": "refreshable",
-                        "s3_credentials_fetcher_type": "PythonCredentialsFetcher",
-                        "pickled_function": list(pickle.dumps(_Evil(str(marker)))),
-                        "initial": None},
-        "bucket": "b", "prefix": "p", "can_write": True, "extra_read_headers": [],
+        "config": {
+            "region": "us-east-1",
+            "endpoint_url": "http://127.0.0.1:9",
+            "anonymous": False,
+            "allow_http": True,
+            "force_path_style": True,
+            "network_stream_timeout_seconds": 1,
+            "requester_pays": False,
+            "checksum_algorithm": None,
+        },
+        "credentials": {
+            "s3_credential_type": "refreshable",
+            "s3_credentials_fetcher_type": "PythonCredentialsFetcher",
+            "pickled_function": list(pickle.dumps(_Evil(str(marker)))),
+            "initial": None,
+        },
+        "bucket": "b",
+        "prefix": "p",
+        "can_write": True,
+        "extra_read_headers": [],
         "extra_write_headers": [],
-    }  # fmt: skip
+    }
     fields[2] = evil
     fields[3] = [evil, *fields[3][1:]]
     crafted = msgpack.packb(fields, use_bin_type=True)
@@ -393,9 +416,12 @@ def test_days_appended_before_the_first_partition_job_are_replaced_not_duplicate
         assert gate.wait(30)
         manyjobs._publish_rows = original
         replace = ThreadPoolExecutor(1).submit(
-            toolkit.overwrite_partitions, jobs.day_rows(9, ["2024-02-01"]), target, "day",
+            toolkit.overwrite_partitions,
+            jobs.day_rows(9, ["2024-02-01"]),
+            target,
+            "day",
             progress=False,
-        )  # fmt: skip
+        )
         time.sleep(1.0)
         go.set()
         appender.result(60)
@@ -413,12 +439,17 @@ def test_new_days_apart_in_the_job_are_written_where_the_log_put_them(tmp_path):
     target = str(tmp_path / "p.zarr")
     toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), target, progress=False)
     days = ["2024-05-01", "2024-01-01", "2024-05-02"]  # new, stored, new
-    report = toolkit.to_zarr(jobs.day_rows(7, days), target, mode="overwrite-partitions",
-                             partition="day", progress=False)  # fmt: skip
+    report = toolkit.to_zarr(
+        jobs.day_rows(7, days), target, mode="overwrite-partitions", partition="day", progress=False
+    )
     ds = _read(target)
     stored = ds.day.values.astype(str)
-    assert [d for d in dict.fromkeys(stored)] == ["2024-01-01", "2024-01-02", "2024-05-01",
-                                                  "2024-05-02"]  # fmt: skip
+    assert [d for d in dict.fromkeys(stored)] == [
+        "2024-01-01",
+        "2024-01-02",
+        "2024-05-01",
+        "2024-05-02",
+    ]
     for i, d in enumerate(days):
         rows = stored == d
         assert rows.sum() == jobs.DAY and (ds.v.values[rows] == 7).all(), d
@@ -433,8 +464,7 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
 
     target = str(tmp_path / "d.zarr")
     toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), target, progress=False)
-    toolkit.overwrite_partitions(jobs.day_rows(-1, ["2024-01-02"]), target, "day",
-                                 progress=False)  # fmt: skip
+    toolkit.overwrite_partitions(jobs.day_rows(-1, ["2024-01-02"]), target, "day", progress=False)
     original = manyjobs.LockSet.start
     first = threading.Event()
 
@@ -448,13 +478,23 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
     manyjobs.LockSet.start = slow_start
     try:
         with ThreadPoolExecutor(2) as pool:
-            a = pool.submit(toolkit.overwrite_partitions,
-                            jobs.day_rows(7, ["2024-01-01", "2024-05-01"]), target, "day",
-                            lock_timeout=30, progress=False)  # fmt: skip
+            a = pool.submit(
+                toolkit.overwrite_partitions,
+                jobs.day_rows(7, ["2024-01-01", "2024-05-01"]),
+                target,
+                "day",
+                lock_timeout=30,
+                progress=False,
+            )
             assert first.wait(30)
-            b = pool.submit(toolkit.overwrite_partitions,
-                            jobs.day_rows(8, ["2024-01-01", "2024-05-01"]), target, "day",
-                            lock_timeout=30, progress=False)  # fmt: skip
+            b = pool.submit(
+                toolkit.overwrite_partitions,
+                jobs.day_rows(8, ["2024-01-01", "2024-05-01"]),
+                target,
+                "day",
+                lock_timeout=30,
+                progress=False,
+            )
             t0 = time.monotonic()
             a.result(60)
             b.result(60)

@@ -236,8 +236,11 @@ def _check(
     for x in layout:
         rows = slice(pos[x], pos[x] + DAY)
         e = expected[x]
-        for name, got, want in (("v", v[rows, 0], e.v), ("w", w[rows], e.w),
-                                ("time", t[rows], e.time)):  # fmt: skip
+        for name, got, want in (
+            ("v", v[rows, 0], e.v),
+            ("w", w[rows], e.w),
+            ("time", t[rows], e.time),
+        ):
             if not np.array_equal(got, want):
                 wrong = np.flatnonzero(got != want)
                 pytest.fail(
@@ -261,8 +264,10 @@ def _check(
 def test_mixed_jobs_rounds(kind, tmp_path, s3):
     """8 appenders, 3 partition overwriters, 2 region writers at once, 3 rounds: all rows right."""
     target, opts = jobs.target_for(kind, tmp_path, s3, "mixed.zarr")
-    enc = {name: {"chunks": (UNIT, jobs.NX) if name == "v" else (UNIT,)}
-           for name in ("v", "w", "time", "day")}  # fmt: skip
+    enc = {
+        name: {"chunks": (UNIT, jobs.NX) if name == "v" else (UNIT,)}
+        for name in ("v", "w", "time", "day")
+    }
     base = jobs.day_rows(-1, BASE_DAYS)
     toolkit.to_zarr(base, target, encoding=enc, progress=False, storage_options=opts)
     model = _model_rows(-1, BASE_DAYS)

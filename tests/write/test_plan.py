@@ -219,8 +219,9 @@ def test_a_local_target_prints_as_the_path_given(tmp_path, monkeypatch):
 def test_counts_print_whole_with_thousands_separators(tmp_path):
     """Issue 30: counts are integers with separators (1,200), sizes stay in KiB/MiB."""
     ds = xr.Dataset({"v": (("t",), da.zeros(12_000, chunks=6_000, dtype="f8"))})
-    plan = toolkit.plan_write(ds, MemoryStore(), encoding={"v": {"chunks": (10,)}},
-                              max_task_bytes=80)  # fmt: skip
+    plan = toolkit.plan_write(
+        ds, MemoryStore(), encoding={"v": {"chunks": (10,)}}, max_task_bytes=80
+    )
     assert plan.ntasks == plan.nunits == 1_200
     text = repr(plan)
     assert ": 1,200 tasks, 1,200 write units, 93.75 kiB, ~1,202 requests," in text

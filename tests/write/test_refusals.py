@@ -127,12 +127,16 @@ MODES = {
     "append": (_append, {"append_dim": "time"}),
     "mode-a": (lambda ds: ds, {"mode": "a"}),
     "mode-a-new-variable": (lambda ds: ds[["b"]].rename({"b": "b2"}), {"mode": "a"}),
-    "region-r+": (lambda ds: ds.isel(time=slice(0, 10)).drop_vars(["time", "x", "y"]),
-                  {"region": {"time": slice(0, 10)}}),
-    "region-a": (lambda ds: ds.isel(time=slice(0, 10)).drop_vars(["time", "x", "y"]),
-                 {"region": {"time": slice(0, 10)}, "mode": "a"}),
+    "region-r+": (
+        lambda ds: ds.isel(time=slice(0, 10)).drop_vars(["time", "x", "y"]),
+        {"region": {"time": slice(0, 10)}},
+    ),
+    "region-a": (
+        lambda ds: ds.isel(time=slice(0, 10)).drop_vars(["time", "x", "y"]),
+        {"region": {"time": slice(0, 10)}, "mode": "a"},
+    ),
     "mode-w": (lambda ds: ds, {"mode": "w"}),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("how", list(MODES))

@@ -75,16 +75,23 @@ def test_a_tree_is_stored_as_xarray_stores_it(tmp_path, zarr_format, inherited):
     enc = {"/fine": {"u": {"chunks": (4, 3)}}, "/": {"t2m": {"chunks": (4, 4)}}}
     ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
     report = toolkit.to_zarr(
-        tree, ours, encoding=enc, zarr_format=zarr_format, write_inherited_coords=inherited,
+        tree,
+        ours,
+        encoding=enc,
+        zarr_format=zarr_format,
+        write_inherited_coords=inherited,
         progress=False,
-    )  # fmt: skip
+    )
     assert isinstance(report, TreeWriteReport)
     assert [p for p, _ in report.nodes] == ["/", "/fine", "/empty", "/fine/grand"]
     # xarray refuses dask chunks that straddle its Zarr chunks unless it aligns them.
     tree.to_zarr(
-        theirs, encoding=enc, zarr_format=zarr_format, write_inherited_coords=inherited,
+        theirs,
+        encoding=enc,
+        zarr_format=zarr_format,
+        write_inherited_coords=inherited,
         align_chunks=True,
-    )  # fmt: skip
+    )
     assert _documents(ours) == _documents(theirs)
     back = xr.open_datatree(ours, engine="zarr")
     xr.testing.assert_identical(back, xr.open_datatree(theirs, engine="zarr"))
@@ -437,8 +444,9 @@ def test_mode_w_on_an_object_store_replaces_only_a_zarr_store(s3):
         return sorted([k async for k in store.list()])
 
     with pytest.raises(ExistingStoreError, match="not a Zarr store"):
-        toolkit.to_zarr(make_tree(), f"s3://data/{name}", mode="w", storage_options=opts,
-                        progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            make_tree(), f"s3://data/{name}", mode="w", storage_options=opts, progress=False
+        )
     assert sync(keys()) == ["notes.txt"]
     # A Zarr store there is replaced.
     url = f"s3://data/{name}-z.zarr"
@@ -523,10 +531,13 @@ def test_an_interrupted_tree_append_blocks_others_until_it_is_run_again(tmp_path
     got = toolkit.open_datatree(path)
     for node in ("/", "/fine"):
         want = xr.concat(
-            [make_tree(nt=12)[node].to_dataset(), first[node].to_dataset(),
-             second[node].to_dataset()],
+            [
+                make_tree(nt=12)[node].to_dataset(),
+                first[node].to_dataset(),
+                second[node].to_dataset(),
+            ],
             "time",
             data_vars="minimal",
-        )  # fmt: skip
+        )
         have = got[node].to_dataset()
         xr.testing.assert_equal(have[list(want.data_vars)].compute(), want[list(want.data_vars)])

@@ -368,8 +368,9 @@ def remote_budget_for(policy: Throttle, scope: str) -> _RemoteBudget | None:
     except (ImportError, ValueError):
         return None
     # One budget on the scheduler whatever the in-flight share or the worker count.
-    key = tokenize(Throttle(**{**_fields_of(policy), "max_inflight": 1, "coordinated": False}),
-                   scope)  # fmt: skip
+    key = tokenize(
+        Throttle(**{**_fields_of(policy), "max_inflight": 1, "coordinated": False}), scope
+    )
     remote = runtime.current().get(_REMOTE)
     with remote.lock:
         rb = remote.get(key)

@@ -127,8 +127,13 @@ def decide_rows(
     landed = d.landed
     if len(landed) > KEEP_LANDED:
         landed = dict(list(landed.items())[-KEEP_LANDED:])
-    new_state = {**state, "dims": d.dims, "reservations": d.res, "partitions": d.parts,
-                 "landed": landed}  # fmt: skip
+    new_state = {
+        **state,
+        "dims": d.dims,
+        "reservations": d.res,
+        "partitions": d.parts,
+        "landed": landed,
+    }
     return new_state, d.answers
 
 
@@ -189,16 +194,30 @@ class _Decision:
         stop = start + int(req["n"])
         self.dims[dim] = stop
         runs = {str(c): [list(x) for x in r] for c, r in (req.get("runs") or {}).items()}
-        self.res.append({"id": job, "job": job, "dim": dim, "start": start, "stop": stop,
-                         "kind": "append", "runs": runs, **_lease_of(req)})  # fmt: skip
+        self.res.append(
+            {
+                "id": job,
+                "job": job,
+                "dim": dim,
+                "start": start,
+                "stop": stop,
+                "kind": "append",
+                "runs": runs,
+                **_lease_of(req),
+            }
+        )
         # Labels of partition coordinates arrive with appends too: kept with the
         # reservation (a coordinate may become a partition coordinate later),
         # and added to the coordinates already tracked.
         for coord, coord_runs in runs.items():
             if coord in self.parts and self.parts[coord]["dim"] == dim:
                 _place(self.parts[coord]["labels"], coord_runs, start)
-        return {"id": job, "start": start, "stop": stop,
-                **({"released": released} if released else {})}  # fmt: skip
+        return {
+            "id": job,
+            "start": start,
+            "stop": stop,
+            **({"released": released} if released else {}),
+        }
 
     def _reserve_members(
         self, req: Mapping[str, Any], job: str, dim: str, members: list[tuple[str, int]]
@@ -210,8 +229,18 @@ class _Decision:
             return {"error": f"members {again} were reserved before", "again": again}
         pos = start = self.dims[dim]
         for m, n in members:
-            self.res.append({"id": m, "job": m, "dim": dim, "start": pos, "stop": pos + n,
-                             "kind": "append", "batch": job, **_lease_of(req)})  # fmt: skip
+            self.res.append(
+                {
+                    "id": m,
+                    "job": m,
+                    "dim": dim,
+                    "start": pos,
+                    "stop": pos + n,
+                    "kind": "append",
+                    "batch": job,
+                    **_lease_of(req),
+                }
+            )
             pos += n
         self.dims[dim] = pos
         spans = {m: [a, a + n] for (m, n), a in zip(members, _starts(start, members), strict=True)}
@@ -260,9 +289,20 @@ class _Decision:
         answer: dict[str, Any] = {"ranges": ranges, "waits": waits}
         if new:
             answer["id"], answer["start"], answer["stop"] = job, self.dims[dim], end
-            self.res.append({"id": job, "job": job, "dim": dim, "start": self.dims[dim],
-                             "stop": end, "kind": "partition", "coord": coord, "labels": new,
-                             "answer": answer, **_lease_of(req)})  # fmt: skip
+            self.res.append(
+                {
+                    "id": job,
+                    "job": job,
+                    "dim": dim,
+                    "start": self.dims[dim],
+                    "stop": end,
+                    "kind": "partition",
+                    "coord": coord,
+                    "labels": new,
+                    "answer": answer,
+                    **_lease_of(req),
+                }
+            )
         for lab, a, b in ranges:
             labels[lab] = [a, b]
         self.dims[dim] = end

@@ -149,9 +149,14 @@ class IOPage:
         for fig, (_, _, _, lines) in zip(self.figures, _PLOTS, strict=True):
             for field, suffix, dash in lines:
                 fig.line(
-                    "time", f"{field}-{i}", source=self.rates, color=color, line_dash=dash,
-                    line_width=2, legend_label=scope + suffix,
-                )  # fmt: skip
+                    "time",
+                    f"{field}-{i}",
+                    source=self.rates,
+                    color=color,
+                    line_dash=dash,
+                    line_width=2,
+                    legend_label=scope + suffix,
+                )
             fig.legend.location = "top_left"
             fig.legend.click_policy = "hide"
             fig.legend.label_text_font_size = "8pt"
@@ -196,9 +201,12 @@ class IOPage:
                     f"{len(totals)} store(s): {m.total:,} requests, {m.throttled:,} throttled, "
                     f"{m.retries:,} retries, {m.backoff_seconds:,.1f} s backing off, "
                     f"{format_bytes(m.bytes_written)} written, {format_bytes(m.bytes_read)} read."
-                    + (f" {hidden} store(s) idle here or past {_MAX_PLOTTED}: in the table only."
-                       if hidden else "")
-                )  # fmt: skip
+                    + (
+                        f" {hidden} store(s) idle here or past {_MAX_PLOTTED}: in the table only."
+                        if hidden
+                        else ""
+                    )
+                )
 
 
 def _totals_columns(

@@ -157,11 +157,20 @@ def ingest(
     """
     if _is_stream(sources):
         return _ingest_stream(
-            sources, target, concat_dim=concat_dim, chunks=dict(chunks or {}),
-            shards=dict(shards or {}), encoding=encoding, mode=mode, zarr_format=zarr_format,
-            max_writers=max_writers, max_buffer_bytes=max_buffer_bytes,
-            storage_options=storage_options, throttle=throttle, progress=progress,
-        )  # fmt: skip
+            sources,
+            target,
+            concat_dim=concat_dim,
+            chunks=dict(chunks or {}),
+            shards=dict(shards or {}),
+            encoding=encoding,
+            mode=mode,
+            zarr_format=zarr_format,
+            max_writers=max_writers,
+            max_buffer_bytes=max_buffer_bytes,
+            storage_options=storage_options,
+            throttle=throttle,
+            progress=progress,
+        )
     kwargs = dict(open_kwargs or {})
     ordered, kwargs = _headers(sources, concat_dim, kwargs)  # type: ignore[arg-type]
     ds, layouts, step = _dataset(
@@ -175,15 +184,27 @@ def ingest(
     if resume:
         # As in copy: the sources' contents are checked by name, not part of the identity.
         write_id = tokenize(
-            [s.path for s in ordered], concat_dim, enc, zarr_format, max_task_bytes, step,
+            [s.path for s in ordered],
+            concat_dim,
+            enc,
+            zarr_format,
+            max_task_bytes,
+            step,
             dict(kwargs),
-        )[:16]  # fmt: skip
+        )[:16]
         source = source_objects(s.path for s in ordered)
     plan, log = plan_resumable(
-        ds, target, write_id=write_id, mode=mode, encoding=enc, zarr_format=zarr_format,
-        max_task_bytes=max_task_bytes, storage_options=storage_options, throttle=throttle,
+        ds,
+        target,
+        write_id=write_id,
+        mode=mode,
+        encoding=enc,
+        zarr_format=zarr_format,
+        max_task_bytes=max_task_bytes,
+        storage_options=storage_options,
+        throttle=throttle,
         source=source,
-    )  # fmt: skip
+    )
     report = execute(plan, progress=progress, resume=log)
     assert isinstance(report, WriteReport)
     return report

@@ -67,9 +67,13 @@ Piece = dict[Hashable, tuple[int, np.ndarray]]
 
 
 def _h5netcdf_piece(
-    path: str, names: Sequence[Hashable], concat_dim: Hashable, start: int, stop: int,
+    path: str,
+    names: Sequence[Hashable],
+    concat_dim: Hashable,
+    start: int,
+    stop: int,
     open_kwargs: Mapping[str, Any],
-) -> Piece:  # fmt: skip
+) -> Piece:
     """Steps ``start:stop`` of each variable: (its concat axis, decoded values)."""
     out: Piece = {}
     with _h5(path) as f:
@@ -82,9 +86,13 @@ def _h5netcdf_piece(
 
 
 def _h5py_piece(
-    path: str, names: Sequence[Hashable], concat_dim: Hashable, start: int, stop: int,
+    path: str,
+    names: Sequence[Hashable],
+    concat_dim: Hashable,
+    start: int,
+    stop: int,
     open_kwargs: Mapping[str, Any],
-) -> Piece | None:  # fmt: skip
+) -> Piece | None:
     """:func:`_h5netcdf_piece` through h5py alone, or None where it cannot tell the dims."""
     import h5py
 
@@ -260,9 +268,19 @@ def sources_dataset(
 _READ_BLOCK_BYTES = 32 * 2**20
 
 _SOURCE_STORAGE_KEYS = (
-    "chunksizes", "contiguous", "zlib", "shuffle", "complevel", "fletcher32", "source",
-    "original_shape", "preferred_chunks", "chunks", "compression", "compression_opts",
-)  # fmt: skip
+    "chunksizes",
+    "contiguous",
+    "zlib",
+    "shuffle",
+    "complevel",
+    "fletcher32",
+    "source",
+    "original_shape",
+    "preferred_chunks",
+    "chunks",
+    "compression",
+    "compression_opts",
+)
 
 
 def _is_hdf5(path: str) -> bool:

@@ -45,9 +45,16 @@ class Source:
 
 
 _DECODE_KEYS = frozenset(
-    {"decode_cf", "decode_times", "mask_and_scale", "decode_timedelta", "use_cftime",
-     "concat_characters", "decode_coords"}
-)  # fmt: skip
+    {
+        "decode_cf",
+        "decode_times",
+        "mask_and_scale",
+        "decode_timedelta",
+        "use_cftime",
+        "concat_characters",
+        "decode_coords",
+    }
+)
 
 
 def _lean(open_kwargs: Mapping[str, Any]) -> bool:
@@ -61,9 +68,12 @@ def _lean(open_kwargs: Mapping[str, Any]) -> bool:
 
 
 def _decode(
-    name: Hashable, dims: tuple[Hashable, ...], raw: Any, attrs: Mapping[str, Any],
+    name: Hashable,
+    dims: tuple[Hashable, ...],
+    raw: Any,
+    attrs: Mapping[str, Any],
     open_kwargs: Mapping[str, Any],
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Values as ``xarray.open_dataset`` would give them (CF decoding)."""
     if not open_kwargs.get("decode_cf", True):
         return np.asarray(raw)
@@ -95,9 +105,16 @@ def _no_dim(path: str, concat_dim: Hashable, dims: Sequence[Hashable]) -> Ingest
 
 
 _H5_INTERNAL = frozenset(
-    {"CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "_Netcdf4Dimid", "_Netcdf4Coordinates",
-     "_nc3_strict"}
-)  # fmt: skip
+    {
+        "CLASS",
+        "NAME",
+        "REFERENCE_LIST",
+        "DIMENSION_LIST",
+        "_Netcdf4Dimid",
+        "_Netcdf4Coordinates",
+        "_nc3_strict",
+    }
+)
 
 
 def _plain_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

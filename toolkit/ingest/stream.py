@@ -283,8 +283,15 @@ def _ingest_stream(
         kw: dict[str, Any] = {"storage_options": storage_options, "throttle": throttle}
         if not created:
             created = True
-            out = write_dataset(batch, target, mode=mode, encoding=enc, zarr_format=zarr_format,
-                          progress=False, **kw)  # fmt: skip
+            out = write_dataset(
+                batch,
+                target,
+                mode=mode,
+                encoding=enc,
+                zarr_format=zarr_format,
+                progress=False,
+                **kw,
+            )
         else:
             out = append(batch, target, concat_dim, progress=False, **kw)
         assert isinstance(out, WriteReport)
@@ -295,8 +302,14 @@ def _ingest_stream(
         nonlocal buffered, nbuffered
         joined = buffered[0]
         if len(buffered) > 1:
-            joined = xr.concat(buffered, dim=concat_dim, data_vars="minimal", coords="minimal",
-                               compat="override", join="override")  # fmt: skip
+            joined = xr.concat(
+                buffered,
+                dim=concat_dim,
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                join="override",
+            )
         head, rest = (
             joined.isel({concat_dim: slice(0, n)}),
             joined.isel({concat_dim: slice(n, None)}),
@@ -364,8 +377,9 @@ def _ingest_stream(
             bar(None, 0)
     if failure is None and writer is not None and writer.error is None:
         if close_error is not None:
-            warnings.warn(f"the stream did not close: {_describe(close_error)}",
-                          RuntimeWarning, stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"the stream did not close: {_describe(close_error)}", RuntimeWarning, stacklevel=3
+            )
         return _merge_reports(writer.reports)
     raise _stream_error(failure, stage, writer, ends, close_error, concat_dim, enc, first, target)
 
@@ -452,9 +466,11 @@ def _stream_error(
     if stage == "check" and not ends and not landed and werr is None:
         return failure  # the first piece (or none) refused: nothing was accepted
     if stage == "check":
-        reason = str(failure) if isinstance(failure, IngestError) else (
-            f"piece {n} was refused: {_describe(failure)}"
-        )  # fmt: skip
+        reason = (
+            str(failure)
+            if isinstance(failure, IngestError)
+            else (f"piece {n} was refused: {_describe(failure)}")
+        )
     elif stage == "read":
         reason = f"reading piece {n} raised {_describe(failure)}"
     elif stage == "load":
@@ -476,10 +492,14 @@ def _stream_layout(
     max_buffer_bytes: int | None,
 ) -> tuple[dict[Hashable, dict[str, Any]], int, int]:
     """Encoding, the unit length along ``concat_dim`` and the units per batch."""
-    step_bytes = max(1, sum(
-        v.dtype.itemsize * v.size // max(piece.sizes[concat_dim], 1)
-        for v in piece.data_vars.values() if concat_dim in v.dims
-    ))  # fmt: skip
+    step_bytes = max(
+        1,
+        sum(
+            v.dtype.itemsize * v.size // max(piece.sizes[concat_dim], 1)
+            for v in piece.data_vars.values()
+            if concat_dim in v.dims
+        ),
+    )
     if concat_dim not in chunks:
         # zarr's guess needs the full length; aim at ~4 MiB chunks instead.
         chunks = {**chunks, concat_dim: max(1, 4 * 2**20 // step_bytes)}

@@ -222,9 +222,16 @@ _ADLFS_NAMES = MappingProxyType(
 )
 # adlfs options that tune adlfs and the Azure SDK's client, meaning nothing to obstore.
 _ADLFS_ONLY = frozenset(
-    ["blocksize", "assume_container_exists", "location_mode", "socket_timeout", "timeout",
-     "request_session", "account_url_suffix"]
-)  # fmt: skip
+    [
+        "blocksize",
+        "assume_container_exists",
+        "location_mode",
+        "socket_timeout",
+        "timeout",
+        "request_session",
+        "account_url_suffix",
+    ]
+)
 # adlfs's timeouts, under the names toolkit reads from config_kwargs for either client.
 _ADLFS_TIMEOUTS = MappingProxyType(
     {"connection_timeout": "connect_timeout", "read_timeout": "read_timeout"}

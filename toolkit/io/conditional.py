@@ -99,8 +99,9 @@ class _Retries:
     def of(cls, policy: Throttle | None) -> _Retries:
         if policy is None:
             return cls()
-        return cls(policy.max_retries, policy.max_retry_seconds, policy.backoff_base,
-                   policy.backoff_max)  # fmt: skip
+        return cls(
+            policy.max_retries, policy.max_retry_seconds, policy.backoff_base, policy.backoff_max
+        )
 
 
 class ConditionalStore(ABC):

@@ -252,8 +252,14 @@ async def read_extents(
         length = _shape_of(json.loads(g.data))[axis]
         arrays.append(ArrayExtent(path, key, axis, length, g.version, g.data))
     copy = got[-1] if ckey else None
-    ext = Extents(dim, arrays, ckey if copy else None, zarr_format, copy and copy.version,
-                  consolidated_data=copy.data if copy else None)  # fmt: skip
+    ext = Extents(
+        dim,
+        arrays,
+        ckey if copy else None,
+        zarr_format,
+        copy and copy.version,
+        consolidated_data=copy.data if copy else None,
+    )
     if copy is not None:
         root = consolidated_root(ckey)
         # A copy behind its arrays (a publication cut short before its last
@@ -282,8 +288,9 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
                 data, version = got.data, got.version
             new = _grown(data, a.axis, length)
             if new is None:  # long enough already (another publisher went further)
-                return replace(a, length=_shape_of(json.loads(data))[a.axis], version=version,
-                               data=data)  # fmt: skip
+                return replace(
+                    a, length=_shape_of(json.loads(data))[a.axis], version=version, data=data
+                )
             landed = await cas.replace(a.meta_key, new, version)
             if landed is not None:
                 written[a.meta_key] = new
@@ -316,8 +323,15 @@ async def publish(cas: ConditionalStore, ext: Extents, length: int, group: str |
                 break
         else:
             raise RuntimeError(f"could not publish {key}: it kept changing")
-    return Extents(ext.dim, arrays, ext.consolidated_key, ext.zarr_format, cver, written=written,
-                   consolidated_data=cdata)  # fmt: skip
+    return Extents(
+        ext.dim,
+        arrays,
+        ext.consolidated_key,
+        ext.zarr_format,
+        cver,
+        written=written,
+        consolidated_data=cdata,
+    )
 
 
 class ExtentStore(WrapperStore[Store]):

@@ -661,8 +661,12 @@ _ALONE_ANNOUNCED: Slot[_Announced] = Slot("io.wrappers.alone_announced", _Announ
 
 
 def _rates_text(policy: Throttle) -> str:
-    kinds = (("rate", policy.rate), ("read", policy.read_rate), ("write", policy.write_rate),
-             ("list", policy.list_rate))  # fmt: skip
+    kinds = (
+        ("rate", policy.rate),
+        ("read", policy.read_rate),
+        ("write", policy.write_rate),
+        ("list", policy.list_rate),
+    )
     rates = [f"{name} {v:g}/s" for name, v in kinds if v is not None]
     return ", ".join(rates) if rates else "no rate limit"
 

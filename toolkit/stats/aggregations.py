@@ -611,8 +611,7 @@ class QuantileSketch:
         if ncells * width > 4 * b.size + 4096:
             return None
         rank = np.cumsum(seen) - 1
-        table = np.bincount(cell * width + rank[b - lo], weights=weights,
-                            minlength=ncells * width)  # fmt: skip
+        table = np.bincount(cell * width + rank[b - lo], weights=weights, minlength=ncells * width)
         nz = np.flatnonzero(table)
         cells, which = np.divmod(nz, width)
         return {
@@ -673,9 +672,12 @@ class QuantileSketch:
         if _kernels.enabled():
             # One walk over each cell's codes for every quantile.
             lo_b, hi_b, t, n = _kernels.sketch_ranks(
-                np.asarray(codes, _I8), np.asarray(counts, _I8), ncells, self.span,
+                np.asarray(codes, _I8),
+                np.asarray(counts, _I8),
+                ncells,
+                self.span,
                 np.asarray(qs, _F8),
-            )  # fmt: skip
+            )
             has = n > 0
             lo_v = self.value(lo_b[has] - self._inf)
             hi_v = self.value(hi_b[has] - self._inf)
@@ -1121,9 +1123,13 @@ def _fused_cells(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregatio
 
 
 def _cells_moments(
-    v: np.ndarray, order: int, n: np.ndarray, total: np.ndarray, inf: np.ndarray,
+    v: np.ndarray,
+    order: int,
+    n: np.ndarray,
+    total: np.ndarray,
+    inf: np.ndarray,
     shape: tuple[int, ...],
-) -> Partial:  # fmt: skip
+) -> Partial:
     """:meth:`Moments.chunk`'s state from the per-cell kernels' finite counts and sums."""
     nz = np.maximum(n, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):

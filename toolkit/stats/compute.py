@@ -226,9 +226,18 @@ def stats(
         )
 
     build = functools.partial(
-        _build, ds, chosen, reduce_dims, every=every, skipna=skipna, ddof=ddof, qs=qs,
-        alpha=quantile_error, single=single, groups=groups,
-    )  # fmt: skip
+        _build,
+        ds,
+        chosen,
+        reduce_dims,
+        every=every,
+        skipna=skipna,
+        ddof=ddof,
+        qs=qs,
+        alpha=quantile_error,
+        single=single,
+        groups=groups,
+    )
     if "histogram" in names and edges is None:
         # numpy's bins=int: equal bins between the data's min and max (a first pass).
         first_names = [n for n in names if n != "histogram"]
@@ -577,9 +586,17 @@ def _variable_stats(
             for c, a in zip(along, group_axes * 2, strict=False)
         ]
         parts = da.map_blocks(
-            chunk, x, *codes, axes=axes, group_axes=group_axes, aggs=aggs, dtype=object,
-            meta=meta, name=cname, quantiles=context.quantiles,
-        )  # fmt: skip
+            chunk,
+            x,
+            *codes,
+            axes=axes,
+            group_axes=group_axes,
+            aggs=aggs,
+            dtype=object,
+            meta=meta,
+            name=cname,
+            quantiles=context.quantiles,
+        )
         combine_task = _combine_groups_task
     layer: dict[Any, Any] = {}
     fname = f"toolkit-stats-finalize-{tag}"

@@ -307,8 +307,12 @@ def chunk(
     return out
 
 
-def whole(codes: Sequence[np.ndarray], group_axes: Sequence[int], chunks: Sequence[Sequence[int]],
-          axes: Sequence[int]) -> list[np.ndarray]:  # fmt: skip
+def whole(
+    codes: Sequence[np.ndarray],
+    group_axes: Sequence[int],
+    chunks: Sequence[Sequence[int]],
+    axes: Sequence[int],
+) -> list[np.ndarray]:
     """Per grouper, whether each position's group lies wholly in that position's block.
 
     A group (the groupers' codes along one axis) is whole in a block when

@@ -161,10 +161,16 @@ def _dead_pid() -> int:
 def _lease_doc(name: str, *, pid: int, ttl: float, generation: int) -> dict[str, Any]:
     """A held lease document as another holder of this host wrote it."""
     return {
-        "lease": name, "owner": "someone-else", "run": "another-run",
-        "host": socket.gethostname(), "pid": pid, "state": "held",
-        "generation": generation, "ttl": ttl, "at": "2001-01-01T00:00:00.000+00:00",
-    }  # fmt: skip
+        "lease": name,
+        "owner": "someone-else",
+        "run": "another-run",
+        "host": socket.gethostname(),
+        "pid": pid,
+        "state": "held",
+        "generation": generation,
+        "ttl": ttl,
+        "at": "2001-01-01T00:00:00.000+00:00",
+    }
 
 
 def _all_keys(store: Store, prefix: str = "") -> list[str]:
@@ -530,8 +536,11 @@ class LeaseTests(CoordinationTests):
         doc = coord.get("leases/f.json")
         assert doc is not None
         assert (doc["owner"], doc["state"], doc["generation"], doc["run"]) == (
-            "new", "held", 2, new.run,
-        )  # fmt: skip
+            "new",
+            "held",
+            2,
+            new.run,
+        )
         assert new.renew()
 
     def test_exactly_one_of_racing_acquirers_wins_free_or_expired(
@@ -686,15 +695,19 @@ class CreationClaimTests(CoordinationTests):
             b.acquire(wait=False)
         doc = coord.get("leases/create.json")
         assert doc is not None and (doc["owner"], doc["state"], doc["generation"]) == (
-            "job-a", "held", 1,
-        )  # fmt: skip
+            "job-a",
+            "held",
+            1,
+        )
         a.release()
         assert _read(coord, "leases/create.json")["state"] == "released"
         b.acquire(wait=False)
         doc = coord.get("leases/create.json")
         assert doc is not None and (doc["owner"], doc["state"], doc["generation"]) == (
-            "job-b", "held", 2,
-        )  # fmt: skip
+            "job-b",
+            "held",
+            2,
+        )
         b.release()
         assert _read(coord, "leases/create.json")["state"] == "released"
 
@@ -943,8 +956,9 @@ class CommitLogTests(CoordinationTests):
         """The committer lease of a dead or silent job: the next job commits anyway."""
         coord = coordinator()
         pid, ttl = (_dead_pid(), 3600.0) if committer == "dead" else (os.getpid(), 0.2)
-        assert coord.create("leases/committer.json", _lease_doc("committer", pid=pid, ttl=ttl,
-                                                                generation=5))  # fmt: skip
+        assert coord.create(
+            "leases/committer.json", _lease_doc("committer", pid=pid, ttl=ttl, generation=5)
+        )
         answer = CommitLog(coordinator(), _counter).submit(
             {"k": 1}, job="job-a", direct=False, timeout=_HANG
         )

@@ -158,8 +158,12 @@ def key_kind(method: str, key: str, query: str = "") -> str:
             return {"leases": "lease", "log": "commit log", "pending": "log request"}.get(
                 part, "coordination"
             )
-        kinds = {"writes": "record", "manifest": "manifest", "manifest.json": "manifest",
-                 "resume": "resume"}  # fmt: skip
+        kinds = {
+            "writes": "record",
+            "manifest": "manifest",
+            "manifest.json": "manifest",
+            "resume": "resume",
+        }
         return kinds.get(top, "toolkit other")
     if metadata:
         return "metadata"

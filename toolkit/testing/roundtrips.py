@@ -136,8 +136,9 @@ def measure(
         return dataset(steps, start, variables=variables, ny=ny, nx=nx, day=day)
 
     def seed(ds: xr.Dataset) -> None:
-        toolkit.to_zarr(ds, url, mode="w", storage_options=direct, encoding=_encoding(ds),
-                        progress=False)  # fmt: skip
+        toolkit.to_zarr(
+            ds, url, mode="w", storage_options=direct, encoding=_encoding(ds), progress=False
+        )
 
     run: Callable[[], object]
     split: Callable[[list[Request]], list[Request]] = list
@@ -145,8 +146,9 @@ def measure(
         ds = make(1)
 
         def run() -> object:
-            return toolkit.to_zarr(ds, url, mode="w", storage_options=opts,
-                                   encoding=_encoding(ds), progress=False)  # fmt: skip
+            return toolkit.to_zarr(
+                ds, url, mode="w", storage_options=opts, encoding=_encoding(ds), progress=False
+            )
 
     elif operation == "append":
         seed(make(1))
@@ -160,16 +162,18 @@ def measure(
         step = make(1, 1).drop_vars(["lat", "lon"])
 
         def run() -> object:
-            return toolkit.to_zarr(step, url, region={"time": slice(1, 2)},
-                                   storage_options=opts, progress=False)  # fmt: skip
+            return toolkit.to_zarr(
+                step, url, region={"time": slice(1, 2)}, storage_options=opts, progress=False
+            )
 
     elif operation == "partition":
         seed(make(2, day=True))
         step = make(1, 1, day=True)
 
         def run() -> object:
-            return toolkit.overwrite_partitions(step, url, "day", storage_options=opts,
-                                                progress=False)  # fmt: skip
+            return toolkit.overwrite_partitions(
+                step, url, "day", storage_options=opts, progress=False
+            )
 
     elif operation == "stream batch":
         run, split = _stream_batch(url, opts, make)
@@ -218,8 +222,15 @@ def _stream_batch(
 
     def run() -> object:
         pieces = (make(1, i) for i in range(8))
-        return toolkit.ingest(pieces, url, concat_dim="time", chunks={"time": 1}, max_writers=4,
-                              storage_options=opts, progress=False)  # fmt: skip
+        return toolkit.ingest(
+            pieces,
+            url,
+            concat_dim="time",
+            chunks={"time": 1},
+            max_writers=4,
+            storage_options=opts,
+            progress=False,
+        )
 
     def split(reqs: list[Request]) -> list[Request]:
         released = max(r.end for r in reqs if r.kind == "claim" and r.method not in ("GET", "HEAD"))

@@ -313,10 +313,13 @@ class AzuriteServer:
         log = os.path.join(self._dir, "azurite.log")
         args = [
             self.binary,
-            "--blobHost", "127.0.0.1",
-            "--blobPort", "0",  # the system picks a free port; the log says which
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            "0",  # the system picks a free port; the log says which
             "--inMemoryPersistence",  # nothing on disk: the temporary directory stays empty
-            "--extentMemoryLimit", "2048",  # MB; its default is half the machine
+            "--extentMemoryLimit",
+            "2048",  # MB; its default is half the machine
             "--disableTelemetry",
             "--disableProductStyleUrl",  # the account is the path's first part, whatever the host
             "--skipApiVersionCheck",  # obstore may speak a newer API than this Azurite
@@ -324,8 +327,9 @@ class AzuriteServer:
             "--silent",
             # Azure keeps an idle connection for minutes; Azurite's default is 5 s, and a
             # request sent as it closes one would fail for a reason Azure does not have.
-            "--blobKeepAliveTimeout", "600",
-        ]  # fmt: skip
+            "--blobKeepAliveTimeout",
+            "600",
+        ]
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _AZURITE_KEEPER, self._dir, *args],
             stdin=subprocess.PIPE,
@@ -489,9 +493,20 @@ class AzuriteServer:
         # account, permissions, services, resource types, start, expiry, IP, protocol,
         # version, encryption scope, and a final newline (versions from 2020-12-06 on).
         to_sign = "\n".join(
-            [self.account, fields["sp"], fields["ss"], fields["srt"], "", fields["se"], "",
-             fields["spr"], fields["sv"], "", ""]
-        )  # fmt: skip
+            [
+                self.account,
+                fields["sp"],
+                fields["ss"],
+                fields["srt"],
+                "",
+                fields["se"],
+                "",
+                fields["spr"],
+                fields["sv"],
+                "",
+                "",
+            ]
+        )
         key = base64.b64decode(self.account_key)
         sig = base64.b64encode(hmac.new(key, to_sign.encode(), hashlib.sha256).digest()).decode()
         return "&".join(f"{k}={quote(v, safe='')}" for k, v in {**fields, "sig": sig}.items())
@@ -705,8 +720,16 @@ class FaultProxy:
                 self._ledgers.remove(ledger)
             ledger.close()
 
-    def _record(self, command: str, target: str, start: float, status: int, sent: int,
-                received: int, end: float | None = None) -> None:  # fmt: skip
+    def _record(
+        self,
+        command: str,
+        target: str,
+        start: float,
+        status: int,
+        sent: int,
+        received: int,
+        end: float | None = None,
+    ) -> None:
         with self._ledgers_lock:
             ledgers = list(self._ledgers)
         if not ledgers:
@@ -714,8 +737,7 @@ class FaultProxy:
             return
         path, _, query = target.partition("?")
         end = time.monotonic() if end is None else end
-        req = Request(command, unquote(path), query, start, end, status, sent,
-                      received)  # fmt: skip
+        req = Request(command, unquote(path), query, start, end, status, sent, received)
         for ledger in ledgers:
             ledger.add(req)
         self._answered()
@@ -773,9 +795,15 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
-                proxy._record(self.command, self.path, self._started, status, self._sent,
-                              0 if self.command == "HEAD" else len(body),
-                              time.monotonic())  # fmt: skip
+                proxy._record(
+                    self.command,
+                    self.path,
+                    self._started,
+                    status,
+                    self._sent,
+                    0 if self.command == "HEAD" else len(body),
+                    time.monotonic(),
+                )
 
             def _fault(self, kind: str) -> None:
                 proxy.faults.append((time.monotonic(), kind, f"{self.command} {self.path}"))

@@ -458,10 +458,13 @@ def _check_attributes(ds: xr.Dataset, zarr_format: int) -> None:
     """
     owners: list[tuple[str, str, Mapping[Any, Any]]] = [("the dataset", "ds", ds.attrs)]
     owners += [
-        (f"variable {name!r}", f"ds[{name!r}]", {k: v for k, v in var.attrs.items()
-                                                 if k not in _CF_KEYS})
+        (
+            f"variable {name!r}",
+            f"ds[{name!r}]",
+            {k: v for k, v in var.attrs.items() if k not in _CF_KEYS},
+        )
         for name, var in ds.variables.items()
-    ]  # fmt: skip
+    ]
     probe: zarr.Group | None = None
     for owner, path, attrs in owners:
         if not attrs:

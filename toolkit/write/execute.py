@@ -108,9 +108,13 @@ def plan_resumable(
     policy = resolve_throttle(throttle, store_label(target))
     store = resolve_store(target, storage_options=storage_options, throttle=policy)
     planned = functools.partial(
-        plan_write, ds, store, zarr_format=zarr_format, max_task_bytes=max_task_bytes,
+        plan_write,
+        ds,
+        store,
+        zarr_format=zarr_format,
+        max_task_bytes=max_task_bytes,
         throttle=policy,
-    )  # fmt: skip
+    )
     if write_id is None:
         return planned(mode=mode, encoding=encoding), None
     log = ResumeLog(store, None, write_id, policy, source=source)
@@ -206,9 +210,12 @@ def execute(
     if not isinstance(plan, WritePlan):
         raise TypeError(
             f"execute() runs a WritePlan, got {type(plan).__name__}"
-            + ("; a DataTree's plan runs with toolkit.execute_tree(plan)" if hasattr(plan, "nodes")
-               else "")
-        )  # fmt: skip
+            + (
+                "; a DataTree's plan runs with toolkit.execute_tree(plan)"
+                if hasattr(plan, "nodes")
+                else ""
+            )
+        )
     plan.validate()
     t0 = time.time()
     meta_io = live_metrics(describe_store(plan.store))

@@ -470,8 +470,11 @@ def to_icechunk(
     repo = target if isinstance(target, Repository) else Repository(target, storage_options, branch)
     if sum(x is not None for x in (region, append_dim, partition)) > 1:
         raise PlanError("pass one of region, append_dim and partition")
-    what = str(append_dim or partition or sorted((str(k), (v.start, v.stop))
-                                                 for k, v in (region or {}).items()))  # fmt: skip
+    what = str(
+        append_dim
+        or partition
+        or sorted((str(k), (v.start, v.stop)) for k, v in (region or {}).items())
+    )
     kind = (
         "append" if append_dim is not None else "partitions" if partition is not None else "region"
     )
@@ -500,8 +503,7 @@ def to_icechunk(
     locks = LockSet(repo.coord, [f"jobs/{job}"], job)
     locks.start(timeout=max(5.0, locks.ttl * 1.5))
     try:
-        return _run(ds, repo, branch, job, locks, region, dim, partition, retries, progress,
-                    kwargs)  # fmt: skip
+        return _run(ds, repo, branch, job, locks, region, dim, partition, retries, progress, kwargs)
     finally:
         locks.stop()
 
@@ -538,8 +540,9 @@ def _run(
     last: dict[str, list[str]] = {}
     conflicts = moves = 0
     while True:
-        answer, report = _attempt(repo, branch, job, conflicts + moves, pieces, rows, region,
-                                  progress, kwargs)  # fmt: skip
+        answer, report = _attempt(
+            repo, branch, job, conflicts + moves, pieces, rows, region, progress, kwargs
+        )
         if "error" in answer:
             raise WriteError(f"Icechunk commit of job {job} failed: {answer['error']}")
         if answer.get("landed"):
@@ -594,12 +597,21 @@ def _ask(
     import os
     import socket
 
-    who = {**lease, "host": socket.gethostname(), "pid": os.getpid(), "dim": dim,
-           "visible": visible}  # fmt: skip
+    who = {
+        **lease,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "dim": dim,
+        "visible": visible,
+    }
     if partition is None:
         return {"kind": "reserve", "n": ds.sizes[dim], "runs": {}, **who}
-    return {"kind": "partitions", "coord": str(partition), "runs": _runs(ds[partition].values),
-            **who}  # fmt: skip
+    return {
+        "kind": "partitions",
+        "coord": str(partition),
+        "runs": _runs(ds[partition].values),
+        **who,
+    }
 
 
 # Rows of the job, the dim they follow (None: the region given), and where they go on it.
@@ -631,9 +643,16 @@ def _pieces(
 
 def _nothing(ds: xr.Dataset, repo: Repository) -> Any:
     return WriteReport(
-        target=repo.target, variables=(), tasks=0, units=0, nbytes=0, stored_bytes=0,
-        seconds=0.0, metadata_seconds=0.0, requests={},
-    )  # fmt: skip
+        target=repo.target,
+        variables=(),
+        tasks=0,
+        units=0,
+        nbytes=0,
+        stored_bytes=0,
+        seconds=0.0,
+        metadata_seconds=0.0,
+        requests={},
+    )
 
 
 def _create(
@@ -695,9 +714,15 @@ def _attempt(
     key = f"forks/{job}-{attempt}.bin"
     repo.coord.put_bytes(key, session_bytes(fork))
     answer = repo.log.submit(
-        {"kind": "commit", "fork": key, "base": base, "touched": touched, "owner": job,
-         "rows": dict(rows) if rows is not None else None},
+        {
+            "kind": "commit",
+            "fork": key,
+            "base": base,
+            "touched": touched,
+            "owner": job,
+            "rows": dict(rows) if rows is not None else None,
+        },
         job=f"{job}-{attempt}",
         direct=False,
-    )  # fmt: skip
+    )
     return answer, report

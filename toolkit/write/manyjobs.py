@@ -449,9 +449,14 @@ def _hidden_write(
     # Planned from the documents the job read at its start (ExtentStore sets the lengths).
     hidden = ExtentStore(ds.reads or ds.store, ext, covering_length(stop, ext.units()), ds.group)
     return write_dataset(
-        part, hidden, mode="r+", region={ds.dim: slice(start, stop)}, group=ds.group,
-        record=False, **kw,
-    )  # fmt: skip
+        part,
+        hidden,
+        mode="r+",
+        region={ds.dim: slice(start, stop)},
+        group=ds.group,
+        record=False,
+        **kw,
+    )
 
 
 def _landed_report(plan: WritePlan, placement: dict[str, Any]) -> Any:
@@ -581,8 +586,9 @@ def append(
     if kwargs.get("compute", True) is False:
         return _append_one(ds, store, dim, group, storage_options, kwargs, job)
     key = _batch_key("append", store, group, dim, storage_options, kwargs)
-    return _coalesce(key, ds, job, lambda batch: _append_batch(batch, store, dim, group,
-                                                              storage_options, kwargs))  # fmt: skip
+    return _coalesce(
+        key, ds, job, lambda batch: _append_batch(batch, store, dim, group, storage_options, kwargs)
+    )
 
 
 def _append_batch(
@@ -613,8 +619,9 @@ def _append_batch(
     members = [(w.job, int(w.ds.sizes[dim])) for w in batch]
     batch_job = derive_job_id("batch", store, group, dim, sorted(m for m, _ in members))
     try:
-        report = _append_one(combined, store, dim, group, storage_options, kwargs, batch_job,
-                             members=members)  # fmt: skip
+        report = _append_one(
+            combined, store, dim, group, storage_options, kwargs, batch_job, members=members
+        )
     except _MembersAgain:
         # Some calls run again (their rows were reserved before): each alone, to find them.
         for w in batch:
@@ -650,9 +657,11 @@ def _snapshot(
     too (the log's entries).
     """
     policy = resolve_throttle(kwargs.get("throttle"), store_label(store))
-    plain = store if isinstance(store, Store) else resolve_store(
-        store, storage_options=storage_options, throttle=policy
-    )  # fmt: skip
+    plain = (
+        store
+        if isinstance(store, Store)
+        else resolve_store(store, storage_options=storage_options, throttle=policy)
+    )
     snap = SnapshotStore(plain)
     sync(snap.prefetch(group, extra, listings))
     return snap
@@ -677,13 +686,19 @@ def _validated(
     """
     extra = [record_key(group, job), _landed_key(group, job), log_head_key(group)] if job else []
     lists = [_log_prefix(group)] if job else []
-    snap = store if isinstance(store, SnapshotStore) else _snapshot(
-        store, storage_options, kwargs, group, extra, lists
-    )  # fmt: skip
+    snap = (
+        store
+        if isinstance(store, SnapshotStore)
+        else _snapshot(store, storage_options, kwargs, group, extra, lists)
+    )
     plan = plan_write(
-        ds, snap, mode="a", append_dim=dim, group=group,
+        ds,
+        snap,
+        mode="a",
+        append_dim=dim,
+        group=group,
         **{k: v for k, v in kwargs.items() if k in _PLAN_KEYS},
-    )  # fmt: skip
+    )
     if plan.mode != "w-":
         _check_append(ds, snap, group, dim)
     return replace(plan, store=snap.inner), snap
@@ -795,13 +810,19 @@ def _fill_record(
     try:
         # In place, visible rows: the record (this job's) keeps readers out until the end.
         report = write_dataset(
-            part, target.store, mode="r+", region={target.dim: slice(start, stop)},
-            group=target.group, job=job, **kw,
-        )  # fmt: skip
+            part,
+            target.store,
+            mode="r+",
+            region={target.dim: slice(start, stop)},
+            group=target.group,
+            job=job,
+            **kw,
+        )
     finally:
         locks.stop()
-    return _placed(report, {"dim": target.dim, "start": start, "stop": stop, "job": job,
-                            "filled": True}, None)  # fmt: skip
+    return _placed(
+        report, {"dim": target.dim, "start": start, "stop": stop, "job": job, "filled": True}, None
+    )
 
 
 def _create_first(
@@ -900,8 +921,9 @@ def overwrite_partitions(
     job = job_id or derive_job_id("partitions", store, group, coord, ds)
 
     def one(w: _Waiting) -> Any:
-        return _overwrite_one(w.ds, store, coord, group, storage_options, lock_timeout,
-                              kwargs, w.job)  # fmt: skip
+        return _overwrite_one(
+            w.ds, store, coord, group, storage_options, lock_timeout, kwargs, w.job
+        )
 
     if kwargs.get("compute", True) is False:
         return one(_Waiting(ds, job))
@@ -990,8 +1012,9 @@ def _overwrite_one(
                 rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
                 landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
                 if not (landed.get("landed") and landed.get("start") == answer["start"]):
-                    report = _hidden_write(rows_along(rows, dim), target, ext, answer["start"],
-                                           answer["stop"], kw)  # fmt: skip
+                    report = _hidden_write(
+                        rows_along(rows, dim), target, ext, answer["start"], answer["stop"], kw
+                    )
                     _land(target, job, answer["start"], answer["stop"])
             placement: dict[str, Any] = {
                 "dim": dim,
@@ -1006,8 +1029,13 @@ def _overwrite_one(
             write_record = None
             if spans:
                 write_record = WriteRecord(base, group, job, plan.throttle)
-                what = {"job": job, "kind": "partitions", "dim": dim, "coord": coord,
-                        "labels": [lab for lab, _, _ in answer["ranges"]]}  # fmt: skip
+                what = {
+                    "job": job,
+                    "kind": "partitions",
+                    "dim": dim,
+                    "coord": coord,
+                    "labels": [lab for lab, _, _ in answer["ranges"]],
+                }
                 write_record.begin(what, wrap_store(base, plan.throttle))
             if new_rows:
                 locks.check()  # fenced: a job that lost its lease publishes nothing
@@ -1017,9 +1045,15 @@ def _overwrite_one(
             for a, b, at in spans:
                 rows = ds.isel({dim: slice(at, at + b - a)})
                 report = write_dataset(
-                    rows_along(rows, dim), base, mode="r+", region={dim: slice(a, b)},
-                    group=group, job=job, record=False, **kw,
-                )  # fmt: skip
+                    rows_along(rows, dim),
+                    base,
+                    mode="r+",
+                    region={dim: slice(a, b)},
+                    group=group,
+                    job=job,
+                    record=False,
+                    **kw,
+                )
             if write_record is not None:
                 write_record.done(IOMetrics())
             if report is None:
@@ -1186,8 +1220,13 @@ def _split(report: Any, members: Sequence[tuple[str, int]]) -> list[Any]:
         return [report] * len(members)  # the batch created the dataset
     out, start = [], placement["start"]
     for job, n in members:
-        mine = {**placement, "start": start, "stop": start + n, "job": job,
-                "batched_calls": len(members)}  # fmt: skip
+        mine = {
+            **placement,
+            "start": start,
+            "stop": start + n,
+            "job": job,
+            "batched_calls": len(members),
+        }
         out.append(dataclasses.replace(report, placement=mine))
         start += n
     return out

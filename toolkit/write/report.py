@@ -187,8 +187,12 @@ def conclude(
         # readers still refuse and a rerun finishes (every task is marked).
         if not is_icechunk(plan.store):
             written = {**(meta_written or {}), **stats.get("objects", {})}
-            write_fragment(wrap_store(plan.store, plan.throttle, tail), plan.group, token,
-                           objects_of_lists(written))  # fmt: skip
+            write_fragment(
+                wrap_store(plan.store, plan.throttle, tail),
+                plan.group,
+                token,
+                objects_of_lists(written),
+            )
         if resume is not None:
             resume.write_manifest(tail)
         if strays_before is not None:

@@ -307,9 +307,11 @@ class TreeWritePlan:
             rows = [variable_row(v) for v in p.variables]
             head = f"node {path}" + (f" (mode={p.mode!r})" if p.mode != self.mode else "")
             if p.region:
-                head += " region {" + ", ".join(
-                    f"{d}: {sl.start}:{sl.stop}" for d, sl in p.region.items()
-                ) + "}"  # fmt: skip
+                head += (
+                    " region {"
+                    + ", ".join(f"{d}: {sl.start}:{sl.stop}" for d, sl in p.region.items())
+                    + "}"
+                )
             lines.append("")
             lines.append(
                 head
@@ -657,10 +659,13 @@ def _plan_nodes(
     def waiting(i: int) -> bool:
         _, ds, options = jobs[i]
         return any(
-            isinstance(sl, str) and sl == "auto" and d in owners and d not in ds.indexes
+            isinstance(sl, str)
+            and sl == "auto"
+            and d in owners
+            and d not in ds.indexes
             and d not in resolved
             for d, sl in (options.get("region") or {}).items()
-        )  # fmt: skip
+        )
 
     pending = list(range(len(jobs)))
     while pending:
@@ -1114,9 +1119,13 @@ def _append_each(
         ds = _node(tree, path).to_dataset(inherit=inherit or path == "/")
         try:
             report: WriteReport = append(
-                ds, store, str(plan.append_dim), group=_node_group(plan.group, path),
-                progress=False, **kw,
-            )  # fmt: skip
+                ds,
+                store,
+                str(plan.append_dim),
+                group=_node_group(plan.group, path),
+                progress=False,
+                **kw,
+            )
         except PlanError as e:
             raise _in_node(path, e) from e
         return report
