@@ -343,7 +343,7 @@ def open_datatree(
         if tree is not None:
             return tree
 
-    def one(rel: str) -> xr.Dataset:
+    def open_node(rel: str) -> xr.Dataset:
         return open_zarr(
             plain,
             group="/".join(p for p in (root, rel) if p) or None,
@@ -353,7 +353,7 @@ def open_datatree(
 
     with cf.ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="toolkit-open") as pool:
         # Each in a copy of this thread's context (toolkit's runtime goes along).
-        futures = [pool.submit(contextvars.copy_context().run, one, p) for p in paths]
+        futures = [pool.submit(contextvars.copy_context().run, open_node, p) for p in paths]
         datasets = [f.result() for f in futures]
     return xr.DataTree.from_dict({"/" + rel: ds for rel, ds in zip(paths, datasets, strict=True)})
 

@@ -342,11 +342,11 @@ def _verify_manifest(
         )
 
     async def check(keys: list[str]) -> list[tuple[str, bytes | None]]:
-        async def one(key: str) -> tuple[str, bytes | None]:
+        async def fetch(key: str) -> tuple[str, bytes | None]:
             buf = await store.get(key, default_buffer_prototype())
             return key, None if buf is None else buf.to_bytes()
 
-        return list(await asyncio.gather(*(one(k) for k in keys)))
+        return list(await asyncio.gather(*(fetch(k) for k in keys)))
 
     present = set(listing)
     keys = sorted(present | {k for k in manifest.digests if not _skipped(k)})

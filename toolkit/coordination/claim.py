@@ -106,7 +106,7 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
         return []
     root = _root(group)
 
-    async def go() -> list[str]:
+    async def first_keys() -> list[str]:
         found: list[str] = []
         async for key in store.list_prefix(root):
             if not _ignored(key, root):
@@ -115,7 +115,7 @@ def group_contents(store: Store, group: str | None, limit: int = 1) -> list[str]
                     break
         return found
 
-    return sync(go()) if store.supports_listing else []
+    return sync(first_keys()) if store.supports_listing else []
 
 
 _V2_CHUNK = re.compile(r"\d+([./]\d+)*")
@@ -199,7 +199,7 @@ def _listing(store: Store, group: str | None, limit: int = 200) -> list[str]:
     root = _root(group)
     lease = f"{root}{_LEASE_PATH}"
 
-    async def go() -> list[str]:
+    async def first_keys() -> list[str]:
         found: list[str] = []
         async for key in store.list_prefix(root):
             if key != lease and not is_stray(key):
@@ -208,7 +208,7 @@ def _listing(store: Store, group: str | None, limit: int = 200) -> list[str]:
                     break
         return found
 
-    return sync(go()) if store.supports_listing else []
+    return sync(first_keys()) if store.supports_listing else []
 
 
 def clear_group(store: Store, group: str | None) -> None:
@@ -228,7 +228,7 @@ def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> lis
     root = _root(group)
     keep = _LEASE_PATH.split("/")
 
-    async def go() -> list[str]:
+    async def doomed() -> list[str]:
         levels = [root + "".join(f"{p}/" for p in keep[:i]) for i in range(len(keep))]
         listed = await asyncio.gather(*(_children(store, level) for level in levels))
         spared = {f"{root}{RESERVED_PREFIX}/tmp"}  # other jobs' conditional writes use it now
@@ -241,7 +241,7 @@ def doomed_keys(store: Store, group: str | None, *, records: bool = True) -> lis
             if child.rstrip("/") != part and f"{level}{child.rstrip('/')}" not in spared
         ]
 
-    return sync(go())
+    return sync(doomed())
 
 
 def drop_keys(store: Store, doomed: Sequence[str]) -> None:
@@ -271,7 +271,7 @@ def drop_keys(store: Store, doomed: Sequence[str]) -> None:
 
         await asyncio.gather(as_key(), as_prefix())
 
-    async def go() -> None:
+    async def drop_all() -> None:
         gate = asyncio.Semaphore(32)
 
         async def drop_one(key: str) -> None:
@@ -281,7 +281,7 @@ def drop_keys(store: Store, doomed: Sequence[str]) -> None:
         await asyncio.gather(*(drop_one(key) for key in doomed))
 
     if doomed:
-        sync(go())
+        sync(drop_all())
 
 
 async def _children(store: Store, level: str) -> list[str]:

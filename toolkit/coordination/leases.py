@@ -246,11 +246,11 @@ async def gather_limited[T](aws: Sequence[Any], limit: int = 64) -> list[T]:
     """``asyncio.gather`` with at most ``limit`` of the awaitables running at once."""
     gate = asyncio.Semaphore(limit)
 
-    async def one(aw: Any) -> T:
+    async def bounded(aw: Any) -> T:
         async with gate:
             return await aw  # type: ignore[no-any-return]
 
-    return list(await asyncio.gather(*(one(aw) for aw in aws)))
+    return list(await asyncio.gather(*(bounded(aw) for aw in aws)))
 
 
 # -- leases -----------------------------------------------------------------

@@ -233,7 +233,7 @@ def compact(store: Store, group: str | None = None) -> int:
     the document holding them has landed, so none is ever lost.
     """
 
-    async def go() -> int:
+    async def fold() -> int:
         cas = conditional_store(store)
         for _ in range(16):
             got = await cas.get(manifest_key(group))
@@ -250,4 +250,4 @@ def compact(store: Store, group: str | None = None) -> int:
                 return len(manifest.fragments)
         return 0
 
-    return sync(go())
+    return sync(fold())

@@ -283,7 +283,7 @@ async def aread_records(
     ``.toolkit/`` prefix, say, listed with other things): not listed again.
     """
 
-    async def one(k: str) -> dict[str, Any] | None:
+    async def read_doc(k: str) -> dict[str, Any] | None:
         buf = await store.get(k, default_buffer_prototype())
         if buf is None:
             return None
@@ -306,7 +306,7 @@ async def aread_records(
         keys = [k async for k in store.list_prefix(_prefix(group))]
     # Not "<key>.<id>.partial": a killed write's temporary file.
     wanted = sorted(k for k in keys if k.endswith(".json") and k != skip)
-    docs = await asyncio.gather(*(one(k) for k in wanted))
+    docs = await asyncio.gather(*(read_doc(k) for k in wanted))
     return [d for d in docs if d is not None]
 
 
@@ -317,7 +317,7 @@ def clear_records(store: Store, group: str | None = None, *, job: str | None = N
     they are. Rerunning the job it names is the repair that loses nothing.
     """
 
-    async def go() -> int:
+    async def clear() -> int:
         if job is not None:
             key = record_key(group, job)
             if await store.get(key, default_buffer_prototype()) is None:
@@ -329,7 +329,7 @@ def clear_records(store: Store, group: str | None = None, *, job: str | None = N
             await store.delete(k)
         return len(keys)
 
-    return sync(go())
+    return sync(clear())
 
 
 _MARKER = re.compile(r"[0-9]+-[0-9]+(_[0-9]+-[0-9]+)*")
@@ -419,7 +419,7 @@ class ResumeLog:
     def done_tasks(self) -> dict[str, set[str]]:
         """Per variable, the markers of the tasks whose units all landed (one listing)."""
 
-        async def go() -> dict[str, set[str]]:
+        async def list_markers() -> dict[str, set[str]]:
             out: dict[str, set[str]] = {}
             store = wrap_store(self.store, self.throttle)
             async for key in store.list_prefix(self.prefix):
@@ -431,7 +431,7 @@ class ResumeLog:
                         out.setdefault(var, set()).add(marker)
             return out
 
-        return sync(go()) if self.store.supports_listing else {}
+        return sync(list_markers()) if self.store.supports_listing else {}
 
     def write_manifest(self, io: IOMetrics | None = None) -> None:
         """The write is complete: keep its objects' checksums in a manifest fragment.

@@ -186,7 +186,7 @@ class MetadataBuffer(_OwnWrapper):
         """
         pending = dict(self._pending)
 
-        async def one(key: str, value: Buffer | None) -> None:
+        async def land(key: str, value: Buffer | None) -> None:
             if value is None:
                 await self._store.delete(key)
             else:
@@ -197,7 +197,7 @@ class MetadataBuffer(_OwnWrapper):
 
         async def send(batch: dict[str, Buffer | None]) -> None:
             results = await asyncio.gather(
-                *(one(k, v) for k, v in batch.items()), return_exceptions=True
+                *(land(k, v) for k, v in batch.items()), return_exceptions=True
             )
             failed = [r for r in results if isinstance(r, BaseException)]
             if failed:

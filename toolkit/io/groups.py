@@ -110,7 +110,7 @@ def _member_arrays(store: Store, g: zarr.Group) -> dict[str, zarr.Array[Any]]:
     node = async_group(g)
     base = node.store_path.path
 
-    async def one(name: str, limit: asyncio.Semaphore) -> tuple[str, Any]:
+    async def member(name: str, limit: asyncio.Semaphore) -> tuple[str, Any]:
         async with limit:
             try:
                 return name, await node.getitem(name)
@@ -127,15 +127,15 @@ def _member_arrays(store: Store, g: zarr.Group) -> dict[str, zarr.Array[Any]]:
             return name, None
         raise _corrupt(store, key, failure) from failure
 
-    async def go() -> list[tuple[str, Any]]:
+    async def members() -> list[tuple[str, Any]]:
         limit = asyncio.Semaphore(max(1, int(zarr.config.get("async.concurrency") or 10)))
         names = [n async for n in store.list_dir(base)]
         names = [n for n in names if n not in _DOCUMENTS and n != RESERVED_PREFIX]
-        return list(await asyncio.gather(*(one(n, limit) for n in names)))
+        return list(await asyncio.gather(*(member(n, limit) for n in names)))
 
     return {
         name: zarr.Array(node)
-        for name, node in sorted(sync(go()))
+        for name, node in sorted(sync(members()))
         if isinstance(node, zarr.AsyncArray)
     }
 

@@ -174,10 +174,10 @@ def _lease_doc(name: str, *, pid: int, ttl: float, generation: int) -> dict[str,
 
 
 def _all_keys(store: Store, prefix: str = "") -> list[str]:
-    async def go() -> list[str]:
+    async def listed() -> list[str]:
         return sorted([k async for k in store.list_prefix(prefix)])
 
-    return sync(go())
+    return sync(listed())
 
 
 def _read(coord: Coordinator, key: str) -> dict[str, Any]:

@@ -256,11 +256,11 @@ def _write_block(
         "error": None,
     }
 
-    def every() -> list[tuple[int, ...]]:
+    def all_units() -> list[tuple[int, ...]]:
         return list(itertools.product(*(range(a, b) for a, b in units)))
 
     if _aborted(io):
-        out.update(units=0, nbytes=0, missing=every(), written=[], skipped=True, io={})
+        out.update(units=0, nbytes=0, missing=all_units(), written=[], skipped=True, io={})
         return out
     metrics = live_metrics(describe_store(target.store))
     stack = wrap_store(target.store, io.throttle, metrics, gate=True, remote=remote_budget_for)
@@ -285,11 +285,11 @@ def _write_block(
         # Not in flight, but queued in zarr's loop: they would outlive the task.
         idle = settle_zarr_calls(IDLE_TIMEOUT) and idle
         _abort(io)
-        landed = [unit_key(target, u) in gate.landed for u in every()]
+        landed = [unit_key(target, u) in gate.landed for u in all_units()]
         out.update(
             units=sum(landed),
-            written=[u for u, ok in zip(every(), landed, strict=True) if ok],
-            missing=[u for u, ok in zip(every(), landed, strict=True) if not ok],
+            written=[u for u, ok in zip(all_units(), landed, strict=True) if ok],
+            missing=[u for u, ok in zip(all_units(), landed, strict=True) if not ok],
             error=f"{type(e).__name__}: {redact(str(e), target.store)}",
             error_type=type(e).__name__,
             exception=_portable(e),

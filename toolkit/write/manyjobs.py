@@ -920,20 +920,20 @@ def overwrite_partitions(
         )
     job = job_id or derive_job_id("partitions", store, group, coord, ds)
 
-    def one(w: _Waiting) -> Any:
+    def overwrite_alone(w: _Waiting) -> Any:
         return _overwrite_one(
             w.ds, store, coord, group, storage_options, lock_timeout, kwargs, w.job
         )
 
     if kwargs.get("compute", True) is False:
-        return one(_Waiting(ds, job))
+        return overwrite_alone(_Waiting(ds, job))
     key = _batch_key("partitions", store, group, coord, storage_options, kwargs)
 
     def run(batch: list[_Waiting]) -> None:
         # Each call is its own job (partition overwrites are not merged): they share
         # only the batching window, and each gets its own answer or error.
         for w in batch:
-            _settle([w], functools.partial(lambda w: [one(w)], w))
+            _settle([w], functools.partial(lambda w: [overwrite_alone(w)], w))
 
     return _coalesce(key, ds, job, run)
 

@@ -852,7 +852,7 @@ def _tree_report(
             first_written.update(written[i])
             first_written.update(stats[i].get("objects", {}))
 
-    def one(i: int) -> WriteReport:
+    def node_report(i: int) -> WriteReport:
         return conclude(
             stats[i],
             nodes[i][1],
@@ -868,12 +868,12 @@ def _tree_report(
     results: list[WriteReport | BaseException] = [None] * len(nodes)  # type: ignore[list-item]
     first = 1 if root_last else 0
     with ThreadPoolExecutor(min(_PLANNERS, len(nodes)), "toolkit-tree-done") as pool:
-        futures = {i: pool.submit(one, i) for i in range(first, len(nodes))}
+        futures = {i: pool.submit(node_report, i) for i in range(first, len(nodes))}
         for i, f in futures.items():
             results[i] = f.exception() or f.result()
     if root_last:
         try:
-            results[0] = one(0)
+            results[0] = node_report(0)
         except WriteError as e:
             results[0] = e
     for r in results:
@@ -1115,7 +1115,7 @@ def _append_each(
     keep = ("storage_options", "write_empty_chunks", "max_task_bytes", "throttle")
     kw = {k: options[k] for k in keep if options.get(k) is not None}
 
-    def one(path: str) -> WriteReport:
+    def append_node(path: str) -> WriteReport:
         ds = _node(tree, path).to_dataset(inherit=inherit or path == "/")
         try:
             report: WriteReport = append(
@@ -1133,7 +1133,7 @@ def _append_each(
     paths = plan.paths
     with ThreadPoolExecutor(min(_PLANNERS, len(paths)), "toolkit-tree-append") as pool:
         # Each in a copy of this thread's context (toolkit's runtime goes along).
-        futures = [pool.submit(contextvars.copy_context().run, one, p) for p in paths]
+        futures = [pool.submit(contextvars.copy_context().run, append_node, p) for p in paths]
         reports = [f.result() for f in futures]
     return TreeWriteReport(
         target=plan.target,
