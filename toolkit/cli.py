@@ -162,7 +162,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stores = _store_options()
+    _add_copy(sub, stores)
+    _add_rechunk(sub, stores)
+    _add_ingest(sub, stores)
+    _add_verify(sub, stores)
+    _add_inspect(sub, stores)
+    _add_stats(sub, stores)
+    _add_demo(sub)
+    return p
 
+
+def _add_run_options(cmd: argparse.ArgumentParser) -> None:
+    """Where a command runs and how hard it may press the store."""
+    cmd.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
+    cmd.add_argument("--rate", type=float, default=None, help="requests/s allowed")
+    cmd.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
+    cmd.add_argument("--no-progress", action="store_true")
+
+
+def _add_copy(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit copy``: one dataset into a chunk-aligned store."""
     c = sub.add_parser(
         "copy",
         parents=[stores],
@@ -191,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-progress", action="store_true")
 
+
+def _add_rechunk(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit rechunk``: a store's chunks changed with bounded memory."""
     r = sub.add_parser(
         "rechunk",
         parents=[stores],
@@ -212,11 +234,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     r.add_argument("--overwrite", action="store_true", help="replace an existing target")
     r.add_argument("--plan", action="store_true", help="print the plan and write nothing")
-    r.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
-    r.add_argument("--rate", type=float, default=None, help="requests/s allowed")
-    r.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
-    r.add_argument("--no-progress", action="store_true")
+    _add_run_options(r)
 
+
+def _add_ingest(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit ingest``: many files along a dim into one store."""
     g = sub.add_parser(
         "ingest",
         parents=[stores],
@@ -235,11 +257,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing target")
     g.add_argument("--no-resume", action="store_true", help="start over, keep no resume log")
     g.add_argument("--max-task-mib", type=int, default=256, help="memory target per task")
-    g.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
-    g.add_argument("--rate", type=float, default=None, help="requests/s allowed")
-    g.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
-    g.add_argument("--no-progress", action="store_true")
+    _add_run_options(g)
 
+
+def _add_verify(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit verify``: a store against its sources or its manifest."""
     v = sub.add_parser(
         "verify", parents=[stores], help="compare a written store with its sources, block by block"
     )
@@ -253,12 +275,18 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--concat-dim", default=None, help="for many files: the dim they follow along")
     v.add_argument("--no-progress", action="store_true")
 
+
+def _add_inspect(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit inspect``: what a store holds."""
     i = sub.add_parser(
         "inspect", parents=[stores], help="print variables, shapes, chunk/shard layout and sizes"
     )
     i.add_argument("store")
     i.add_argument("--group", default=None)
 
+
+def _add_stats(sub: Any, stores: argparse.ArgumentParser) -> None:
+    """``toolkit stats``: statistics in one pass, per group too."""
     st = sub.add_parser(
         "stats",
         parents=[stores],
@@ -288,11 +316,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIM=FREQ",
         help="statistics per time bin, as xarray's resample: time=1D, time=MS",
     )
-    st.add_argument("--workers", type=int, default=0, help="LocalCluster worker processes")
-    st.add_argument("--rate", type=float, default=None, help="requests/s allowed")
-    st.add_argument("--max-inflight", type=int, default=None, help="requests in flight")
-    st.add_argument("--no-progress", action="store_true")
+    _add_run_options(st)
 
+
+def _add_demo(sub: Any) -> None:
+    """``toolkit demo``: the embedded default, end to end."""
     d = sub.add_parser(
         "demo",
         help="generate a sample dataset, write it on a LocalCluster, read it back and verify",
@@ -303,7 +331,6 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threads-per-worker", type=int, default=1)
     d.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     d.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def _throttle(args: argparse.Namespace) -> Any:
