@@ -562,49 +562,13 @@ def _variable_stats(
     axes = tuple(i for i, d in enumerate(var.dims) if d in dims)
     kept = [i for i in range(x.ndim) if i not in axes]
     tag = f"{name}-{token}"
-    meta = np.empty((0,) * x.ndim, dtype=object)
-    cname = f"toolkit-stats-chunk-{tag}"
-    if groups is None:
-        parts = da.map_blocks(
-            _chunk_task, x, axes=axes, aggs=aggs, dtype=object, meta=meta, name=cname
-        )
-        combine_task: Any = _combine_task
-    else:
-        # Each grouper's codes go in as a small dask array along its dim (length 1
-        # along the others), so a chunk task gets its block's codes and no more.
-        group_axes = tuple(var.dims.index(g.dim) for g in groups.groups)
-        along = [g.codes for g in groups.groups]
-        if context.quantiles:
-            # And whether each position's group lies wholly in its block: such a
-            # group's quantiles are answered exactly there, without a sketch.
-            along += whole(along, group_axes, x.chunks, axes)
-        codes = [
-            da.from_array(
-                c.reshape([-1 if i == a else 1 for i in range(x.ndim)]),
-                chunks=tuple(x.chunks[i] if i == a else (1,) for i in range(x.ndim)),
-            )
-            for c, a in zip(along, group_axes * 2, strict=False)
-        ]
-        parts = da.map_blocks(
-            chunk,
-            x,
-            *codes,
-            axes=axes,
-            group_axes=group_axes,
-            aggs=aggs,
-            dtype=object,
-            meta=meta,
-            name=cname,
-            quantiles=context.quantiles,
-        )
-        combine_task = _combine_groups_task
+    parts = _chunk_parts(x, var, axes, aggs, context, groups, f"toolkit-stats-chunk-{tag}")
     layer: dict[Any, Any] = {}
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
-    gshape = groups.shape if groups is not None else ()
     ranges: list[int] = []
     if groups is None:
-        current = _tree(layer, parts.name, x, axes, every, var.dims, tag, combine_task, aggs)
+        current = _tree(layer, parts.name, x, axes, every, var.dims, tag, _combine_task, aggs)
         for idx, key in current.items():
             kidx = tuple(idx[a] for a in kept)
             shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
@@ -613,63 +577,16 @@ def _variable_stats(
                 (fname, *kidx), _finalize_task, TaskRef(key), list(names), ctx
             )
     else:
-        # Many groups: finalize tasks per range of the first group dim, each of about
-        # _FINALIZE_CELLS group cells, in parallel and with memory to match. Each
-        # merges, in a tree of its own, only the blocks that hold groups of its range.
-        cells = math.prod(max(c, default=0) for c in kept_chunks) * math.prod(gshape[1:])
-        nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS))
-        ranges = [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))]
-        a0 = var.dims.index(groups.groups[0].dim)
-        edges = np.cumsum((0, *x.chunks[a0]))
-        held = []  # the first grouper's smallest and largest code in each block along a0
-        for i in range(len(x.chunks[a0])):
-            c = groups.groups[0].codes[edges[i] : edges[i + 1]]
-            c = c[c >= 0]
-            held.append((int(c.min()), int(c.max())) if c.size else (1, 0))
-        fan = max(2, math.prod(every[var.dims[a]] if x.numblocks[a] > 1 else 1 for a in axes))
-        blocks = list(np.ndindex(*x.numblocks))
-        for kidx in np.ndindex(*(len(c) for c in kept_chunks)):
-            shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
-            ctx = dataclasses.replace(context, shape=shape)
-            start = 0
-            for r, size in enumerate(ranges):
-                stop = start + size
-                keys: list[Any] = [
-                    (parts.name, *idx)
-                    for idx in blocks
-                    if tuple(idx[a] for a in kept) == kidx
-                    and held[idx[a0]][0] < stop
-                    and held[idx[a0]][1] >= start
-                ]
-                level = 0
-                while len(keys) > fan:
-                    level += 1
-                    cname = f"toolkit-stats-combine-{level}-{tag}"
-                    batches = [keys[j : j + fan] for j in range(0, len(keys), fan)]
-                    keys = []
-                    for j, batch in enumerate(batches):
-                        key = (cname, r, j, *kidx)
-                        merged = List(*map(TaskRef, batch))
-                        layer[key] = Task(key, _combine_groups_task, merged, aggs, start, stop)
-                        keys.append(key)
-                gidx = (r,) + (0,) * (len(gshape) - 1)
-                layer[(fname, *gidx, *kidx)] = Task(
-                    (fname, *gidx, *kidx),
-                    _finalize_groups_task,
-                    List(*map(TaskRef, keys)),
-                    list(names),
-                    ctx,
-                    aggs,
-                    (size, *gshape[1:]),
-                    start,
-                )
-                start = stop
+        ranges = _finalize_groups_layer(
+            layer, parts, x, var, axes, every, names, context, aggs, groups, tag, fname
+        )
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
     empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
-    out = {}
-    kept_dims = tuple(var.dims[a] for a in kept)
+    gshape = groups.shape if groups is not None else ()
     group_chunks = (tuple(ranges), *((n,) for n in gshape[1:])) if gshape else ()
     group_dims = groups.out_dims if groups is not None else ()
+    kept_dims = tuple(var.dims[a] for a in kept)
+    out = {}
     for stat in names:
         sname = f"toolkit-stats-{stat}-{tag}"
         extra: tuple[tuple[int, ...], ...] = ()
@@ -693,6 +610,124 @@ def _variable_stats(
         arr = da.Array(g, sname, (*group_chunks, *kept_chunks, *extra), dtype=dtype)
         out[stat] = (arr, (*group_dims, *kept_dims, *extra_dims))
     return out
+
+
+def _chunk_parts(
+    x: da.Array,
+    var: xr.DataArray,
+    axes: tuple[int, ...],
+    aggs: Sequence[Aggregation],
+    context: Context,
+    groups: Groups | None,
+    name: str,
+) -> Any:
+    """Each block's partial state (one per group present with ``groups``), a dask array."""
+    meta = np.empty((0,) * x.ndim, dtype=object)
+    if groups is None:
+        return da.map_blocks(
+            _chunk_task, x, axes=axes, aggs=aggs, dtype=object, meta=meta, name=name
+        )
+    # Each grouper's codes go in as a small dask array along its dim (length 1
+    # along the others), so a chunk task gets its block's codes and no more.
+    group_axes = tuple(var.dims.index(g.dim) for g in groups.groups)
+    along = [g.codes for g in groups.groups]
+    if context.quantiles:
+        # And whether each position's group lies wholly in its block: such a
+        # group's quantiles are answered exactly there, without a sketch.
+        along += whole(along, group_axes, x.chunks, axes)
+    codes = [
+        da.from_array(
+            c.reshape([-1 if i == a else 1 for i in range(x.ndim)]),
+            chunks=tuple(x.chunks[i] if i == a else (1,) for i in range(x.ndim)),
+        )
+        for c, a in zip(along, group_axes * 2, strict=False)
+    ]
+    return da.map_blocks(
+        chunk,
+        x,
+        *codes,
+        axes=axes,
+        group_axes=group_axes,
+        aggs=aggs,
+        dtype=object,
+        meta=meta,
+        name=name,
+        quantiles=context.quantiles,
+    )
+
+
+def _finalize_groups_layer(
+    layer: dict[Any, Any],
+    parts: Any,
+    x: da.Array,
+    var: xr.DataArray,
+    axes: tuple[int, ...],
+    every: Mapping[Hashable, int],
+    names: Sequence[str],
+    context: Context,
+    aggs: Sequence[Aggregation],
+    groups: Groups,
+    tag: str,
+    fname: str,
+) -> list[int]:
+    """The grouped statistics' combine and finalize tasks, into ``layer``; their group ranges.
+
+    Many groups: finalize tasks per range of the first group dim, each of about
+    ``_FINALIZE_CELLS`` group cells, in parallel and with memory to match. Each
+    merges, in a tree of its own, only the blocks that hold groups of its range.
+    """
+    kept = [i for i in range(x.ndim) if i not in axes]
+    kept_chunks = [x.chunks[a] for a in kept]
+    gshape = groups.shape
+    cells = math.prod(max(c, default=0) for c in kept_chunks) * math.prod(gshape[1:])
+    nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS))
+    ranges = [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))]
+    a0 = var.dims.index(groups.groups[0].dim)
+    edges = np.cumsum((0, *x.chunks[a0]))
+    held = []  # the first grouper's smallest and largest code in each block along a0
+    for i in range(len(x.chunks[a0])):
+        c = groups.groups[0].codes[edges[i] : edges[i + 1]]
+        c = c[c >= 0]
+        held.append((int(c.min()), int(c.max())) if c.size else (1, 0))
+    fan = max(2, math.prod(every[var.dims[a]] if x.numblocks[a] > 1 else 1 for a in axes))
+    blocks = list(np.ndindex(*x.numblocks))
+    for kidx in np.ndindex(*(len(c) for c in kept_chunks)):
+        shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
+        ctx = dataclasses.replace(context, shape=shape)
+        start = 0
+        for r, size in enumerate(ranges):
+            stop = start + size
+            keys: list[Any] = [
+                (parts.name, *idx)
+                for idx in blocks
+                if tuple(idx[a] for a in kept) == kidx
+                and held[idx[a0]][0] < stop
+                and held[idx[a0]][1] >= start
+            ]
+            level = 0
+            while len(keys) > fan:
+                level += 1
+                cname = f"toolkit-stats-combine-{level}-{tag}"
+                batches = [keys[j : j + fan] for j in range(0, len(keys), fan)]
+                keys = []
+                for j, batch in enumerate(batches):
+                    key = (cname, r, j, *kidx)
+                    merged = List(*map(TaskRef, batch))
+                    layer[key] = Task(key, _combine_groups_task, merged, aggs, start, stop)
+                    keys.append(key)
+            gidx = (r,) + (0,) * (len(gshape) - 1)
+            layer[(fname, *gidx, *kidx)] = Task(
+                (fname, *gidx, *kidx),
+                _finalize_groups_task,
+                List(*map(TaskRef, keys)),
+                list(names),
+                ctx,
+                aggs,
+                (size, *gshape[1:]),
+                start,
+            )
+            start = stop
+    return ranges
 
 
 def _build(
