@@ -12,7 +12,7 @@ from toolkit.coordination.rows import decide_rows, outstanding, runs_of, shift_o
 from toolkit.errors import PartitionError
 
 
-def _none(coord: str, dim: str) -> dict[str, list[int]]:
+def _none(coord: str, dim: str, visible: int) -> dict[str, list[int]]:
     return {}
 
 
@@ -119,19 +119,46 @@ def _parts(job: str, runs: list[list], visible: int) -> dict:
 
 def test_partitions_keep_their_rows_and_new_labels_are_reserved_at_the_end():
     stored = {"mon": [0, 3], "tue": [3, 6]}
-    state, out = decide_rows({}, [_parts("p", [["tue", 3], ["wed", 2]], 6)], lambda c, d: stored)
+    state, out = decide_rows({}, [_parts("p", [["tue", 3], ["wed", 2]], 6)], lambda c, d, n: stored)
     a = out["p"]
     assert a["ranges"] == [["tue", 3, 6], ["wed", 6, 8]]
     assert (a["start"], a["stop"]) == (6, 8) and a["waits"] == []
     # another job replacing wed before p published it waits for p's rows
-    state, out = decide_rows(state, [_parts("q", [["wed", 2]], 6)], lambda c, d: stored)
+    state, out = decide_rows(state, [_parts("q", [["wed", 2]], 6)], lambda c, d, n: stored)
     assert out["q"]["ranges"] == [["wed", 6, 8]] and out["q"]["waits"] == ["p"]
-    _, out = decide_rows(state, [_parts("r", [["tue", 5]], 6)], lambda c, d: stored)
+    _, out = decide_rows(state, [_parts("r", [["tue", 5]], 6)], lambda c, d, n: stored)
     assert "3 rows in the store, the job brings 5" in out["r"]["error"]
 
 
+def test_labels_are_read_at_the_rows_visible_after_a_publication():
+    """An append published before the coordinate is first met has left the reservations.
+
+    Its labels are then in the store alone: the reader is asked for the rows
+    visible by then, and labels read before (a job's snapshot) must not stand
+    in for them, or its partition is taken for a new one and written twice.
+    """
+    state, out = _step({}, _reserve("a", 2, visible=10, runs={"day": [["x", 2]]}))
+    assert (out["a"]["start"], out["a"]["stop"]) == (10, 12)
+    asked = []
+
+    def read(coord: str, dim: str, visible: int) -> dict[str, list[int]]:
+        asked.append(visible)
+        return {"old": [0, 10], "x": [10, 12]} if visible >= 12 else {"old": [0, 10]}
+
+    # a's rows are visible (12) when p comes: a leaves the reservations
+    state, out = decide_rows(state, [_parts("p", [["x", 2]], 12)], read)
+    assert asked == [12]
+    assert out["p"]["ranges"] == [["x", 10, 12]] and "id" not in out["p"]  # in place
+    assert state["dims"]["t"] == 12
+    # While a is outstanding the rows before it are the visible ones, a's labels its own.
+    state, _ = _step({}, _reserve("a", 2, visible=10, runs={"day": [["x", 2]]}))
+    asked.clear()
+    _, out = decide_rows(state, [_parts("q", [["x", 2]], 10)], read)
+    assert asked == [10] and out["q"]["ranges"] == [["x", 10, 12]] and out["q"]["waits"] == ["a"]
+
+
 def test_a_coordinate_that_cannot_partition_is_an_answer_not_a_crash():
-    def bad(coord, dim):
+    def bad(coord, dim, visible):
         raise PartitionError("not one contiguous run")
 
     _, out = decide_rows({}, [_parts("p", [["mon", 1]], 0)], bad)
@@ -141,7 +168,7 @@ def test_a_coordinate_that_cannot_partition_is_an_answer_not_a_crash():
 def test_shift_out_moves_later_rows_and_their_labels_down():
     stored: dict = {}
     state, _ = _step({}, _reserve("a", 3), _reserve("dead", 4))
-    state, _ = decide_rows(state, [_parts("p", [["wed", 2]], 0)], lambda c, d: stored)
+    state, _ = decide_rows(state, [_parts("p", [["wed", 2]], 0)], lambda c, d, n: stored)
     state = shift_out(state, "dead")
     left = {r["job"]: (r["start"], r["stop"]) for r in outstanding(state)}
     assert left == {"a": (0, 3), "p": (3, 5)}

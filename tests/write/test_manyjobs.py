@@ -294,3 +294,41 @@ def test_appends_to_a_group_are_seen_by_every_reader(tmp_path, zarr_format):
             toolkit.open_zarr(store, group=group),
         ):
             xr.testing.assert_identical(opened.load(), want)
+
+
+def test_the_commit_log_takes_a_snapshots_labels_only_while_nothing_was_published(tmp_path):
+    """The labels a partition job read at its start serve the log only at that length.
+
+    An append published between the job's snapshot and the log's first decision
+    on the coordinate has left the log's reservations: the decision reads the
+    store again (else that append's label is taken for a new partition, and its
+    rows are written twice: the mixed-jobs rounds caught it on S3 under load).
+    """
+    from zarr.storage import LocalStore
+
+    from toolkit.write.manyjobs import commit_log
+
+    days = ["mon"] * 3 + ["tue"] * 2
+    ds = xr.Dataset({"v": ("t", np.arange(5.0))}, coords={"day": ("t", days)})
+    toolkit.to_zarr(ds, tmp_path / "d.zarr", progress=False)
+    stale = {"day": {"mon": [0, 3]}}  # read before "tue" (rows 3-5) was published
+    request = {
+        "kind": "partitions",
+        "job": "p",
+        "dim": "t",
+        "coord": "day",
+        "runs": [["tue", 2]],
+        "visible": 5,
+        "lease": "jobs/p",
+        "host": "h",
+        "pid": 1,
+    }
+    log = commit_log(LocalStore(str(tmp_path / "d.zarr")), known=stale)
+    batch = log.decide({"dims": {"t": 5}}, [request])
+    assert batch.answers["p"]["ranges"] == [["tue", 3, 5]]  # in place: the store read again
+    assert "id" not in batch.answers["p"]
+    # Covering the visible rows, the snapshot is taken as it is (no read of the store).
+    fresh = {"day": {"mon": [0, 3], "tue": [3, 5]}}
+    log = commit_log(LocalStore(str(tmp_path / "missing.zarr")), known=fresh)
+    batch = log.decide({"dims": {"t": 5}}, [request])
+    assert batch.answers["p"]["ranges"] == [["tue", 3, 5]]

@@ -36,7 +36,7 @@ __all__ = ["KEEP_LANDED", "decide_rows", "outstanding", "runs_of", "shift_out"]
 KEEP_LANDED = 2000
 """How many landed jobs the state remembers (a rerun of an older one is told by its record)."""
 
-ReadPartitions = Callable[[str, str], dict[str, list[int]]]
+ReadPartitions = Callable[[str, str, int], dict[str, list[int]]]
 
 
 def runs_of(labels: Sequence[str]) -> list[tuple[str, int]]:
@@ -95,8 +95,13 @@ def decide_rows(
         ``partitions`` has ``coord`` and ``runs`` (``[[label, n], ...]``);
         any may carry ``release`` (ids of reservations it found dead).
     read_partitions : callable
-        ``read_partitions(coord, dim)``: each label's rows in the stored
-        (visible) coordinate, read the first time ``coord`` is met. Raises
+        ``read_partitions(coord, dim, visible)``: each label's rows in the
+        stored (visible) coordinate, read the first time ``coord`` is met,
+        when the first ``visible`` rows along ``dim`` are visible (as this
+        state has it: the rows before its first unpublished reservation). A
+        reader that holds labels read earlier may answer with them only if
+        they cover exactly those rows: a reservation published since has left
+        the state, and its labels are then in the store alone. Raises
         :class:`~toolkit.errors.PartitionError` for a coordinate it cannot use.
     dead : callable, optional
         ``dead(reservation)``: whether its job is known dead at once (a process
@@ -315,7 +320,12 @@ class _Decision:
         visible: an append's labels are in its reservation.
         """
         if coord not in self.parts:
-            labels = self.read_partitions(coord, dim)
+            # Rows are published in the order they were handed out: the visible ones
+            # are those before the first reservation still outstanding.
+            visible = min(
+                (r["start"] for r in self.res if r["dim"] == dim), default=self.dims.get(dim, 0)
+            )
+            labels = self.read_partitions(coord, dim, visible)
             for r in sorted(self.res, key=lambda r: r["start"]):
                 if r["dim"] == dim and coord in (r.get("runs") or {}):
                     _place(labels, r["runs"][coord], r["start"])

@@ -141,7 +141,8 @@ class Repository:
         new, answers = decide_rows(
             state,
             rows,
-            lambda coord, dim: _stored_partitions(self.readonly(), None, coord, dim),
+            # The branch head, read at the decision: current whatever ``visible`` says.
+            lambda coord, dim, _visible: _stored_partitions(self.readonly(), None, coord, dim),
             dead=holder_dead,
         )
         history: list[dict[str, Any]] = list(state.get("history", []))

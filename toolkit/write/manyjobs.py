@@ -174,14 +174,19 @@ def commit_log(
     ``policy`` gives the retries of its requests (and of the reads its
     decisions make): the write's own. ``known``: a partition coordinate's
     stored labels as the job read them (its snapshot), which a decision that
-    meets the coordinate for the first time takes instead of opening the store.
+    meets the coordinate for the first time takes instead of opening the store,
+    when they cover the rows visible then (see :func:`decide_rows`).
     """
     base = wrap_store(unwrap(store), policy)
     read = dict(known or {})
 
-    def stored(coord: str, dim: str) -> dict[str, list[int]]:
-        if coord in read:  # a copy: the decision adds to what it is given
-            return {lab: list(rows) for lab, rows in read[coord].items()}
+    def stored(coord: str, dim: str, visible: int) -> dict[str, list[int]]:
+        labels = read.get(coord)
+        # The snapshot only if nothing was published since it was read: an append
+        # published in between has left the log's reservations, and its labels
+        # would be lost (its rows then taken for new partitions: rows twice).
+        if labels is not None and max((b for _, b in labels.values()), default=0) == visible:
+            return {lab: list(rows) for lab, rows in labels.items()}  # a copy: decisions add
         return _stored_partitions(base, group, coord, dim)
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
