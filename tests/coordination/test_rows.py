@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -155,6 +156,64 @@ def test_labels_are_read_at_the_rows_visible_after_a_publication():
     asked.clear()
     _, out = decide_rows(state, [_parts("q", [["x", 2]], 10)], read)
     assert asked == [10] and out["q"]["ranges"] == [["x", 10, 12]] and out["q"]["waits"] == ["a"]
+
+
+def _tracked(stored: dict[str, list[int]]) -> tuple[dict, Any]:
+    """A state whose log tracks ``day`` (a partitions job met it), and the labels reader."""
+
+    def read(coord: str, dim: str, visible: int) -> dict[str, list[int]]:
+        return {k: list(v) for k, v in stored.items()}
+
+    end = max((b for _, b in stored.values()), default=0)
+    state, _ = decide_rows({}, [_parts("p0", [[next(iter(stored)), end]], end)], read)
+    return state, read
+
+
+def test_a_released_appends_labels_go_with_its_rows():
+    """Its rows are handed out again: an overwrite of its label must not land on them."""
+    state, read = _tracked({"old": [0, 10]})
+    state, _ = _step(state, _reserve("a", 2, visible=10, runs={"day": [["x", 2]]}))
+    assert state["partitions"]["day"]["labels"]["x"] == [10, 12]
+    state, _ = decide_rows(state, [{"kind": "release", "job": "r", "ids": ["a"]}], read)
+    assert "x" not in state["partitions"]["day"]["labels"]
+    state, out = _step(state, _reserve("b", 2, visible=10, runs={"day": [["y", 2]]}))
+    assert (out["b"]["start"], out["b"]["stop"]) == (10, 12)  # a's rows, b's label
+    state, out = decide_rows(state, [_parts("p", [["x", 2]], 10)], read)
+    assert out["p"]["ranges"] == [["x", 12, 14]]  # a new partition, not b's rows
+    assert state["partitions"]["day"]["labels"]["y"] == [10, 12]
+
+
+def test_a_batchs_members_keep_their_labels():
+    """Appends written together keep their labels as lone appends do; a label across
+    members, or continuing the last one, is one run of rows."""
+    state, read = _tracked({"old": [0, 10]})
+    batch = _reserve(
+        "batch",
+        5,
+        visible=10,
+        runs={"day": [["old", 1], ["m", 2], ["n", 2]]},
+        members=[["m1", 2], ["m2", 3]],
+    )
+    state, out = _step(state, batch)
+    assert out["batch"]["members"] == {"m1": [10, 12], "m2": [12, 15]}
+    assert state["partitions"]["day"]["labels"] == {"old": [0, 11], "m": [11, 13], "n": [13, 15]}
+    runs = {r["job"]: r["runs"]["day"] for r in outstanding(state)}
+    assert runs == {"m1": [["old", 1], ["m", 1]], "m2": [["m", 1], ["n", 2]]}
+    # An overwrite of m is m's rows in place (it waits for the members to publish).
+    _, out = decide_rows(state, [_parts("p", [["m", 2]], 10)], read)
+    assert out["p"]["ranges"] == [["m", 11, 13]] and out["p"]["waits"] == ["m1", "m2"]
+    # The coordinate met only now: the members' labels are read from their reservations.
+    state, _ = _step({}, batch)
+    _, out = decide_rows(state, [_parts("q", [["n", 2]], 10)], lambda c, d, n: {"old": [0, 10]})
+    assert out["q"]["ranges"] == [["n", 13, 15]]
+
+
+def test_shift_out_takes_an_appends_labels_with_its_rows():
+    state, _ = _tracked({"old": [0, 10]})
+    state, _ = _step(state, _reserve("dead", 2, visible=10, runs={"day": [["x", 2]]}))
+    state, _ = _step(state, _reserve("b", 3, visible=10, runs={"day": [["y", 3]]}))
+    state = shift_out(state, "dead")
+    assert state["partitions"]["day"]["labels"] == {"old": [0, 10], "y": [10, 13]}
 
 
 def test_a_coordinate_that_cannot_partition_is_an_answer_not_a_crash():

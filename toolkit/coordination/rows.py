@@ -65,11 +65,45 @@ def _starts(start: int, members: Sequence[tuple[str, int]]) -> list[int]:
 
 
 def _place(labels: dict[str, list[int]], runs: Sequence[Sequence[Any]], start: int) -> None:
-    """Record ``runs`` (``[[label, n], ...]``) as rows from ``start`` in ``labels``."""
+    """Record ``runs`` (``[[label, n], ...]``) as rows from ``start`` in ``labels``.
+
+    A label whose rows end where its run begins grows (a batch's members, or
+    an append of more rows of the last label, continue it).
+    """
     pos = start
     for lab, n in runs:
-        labels[str(lab)] = [pos, pos + int(n)]
+        old = labels.get(str(lab))
+        labels[str(lab)] = [old[0] if old and old[1] == pos else pos, pos + int(n)]
         pos += int(n)
+
+
+def _runs_between(runs: Sequence[Sequence[Any]], first: int, n: int) -> list[list[Any]]:
+    """The part of ``runs`` (rows from 0) that covers rows ``[first, first + n)``."""
+    out: list[list[Any]] = []
+    pos = 0
+    for lab, k in runs:
+        a, b = max(pos, first), min(pos + int(k), first + n)
+        if a < b:
+            out.append([lab, b - a])
+        pos += int(k)
+    return out
+
+
+def _cut_rows(labels: dict[str, list[int]], start: int, stop: int) -> None:
+    """Take rows ``[start, stop)`` out of ``labels``; later rows move down to ``start``.
+
+    A label only in those rows is gone, one across them keeps its other rows.
+    """
+    size = stop - start
+
+    def moved(x: int) -> int:
+        return x if x <= start else start if x <= stop else x - size
+
+    for lab, (a, b) in list(labels.items()):
+        if moved(b) > moved(a):
+            labels[lab] = [moved(a), moved(b)]
+        else:
+            del labels[lab]
 
 
 def _lease_of(req: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,10 +206,11 @@ class _Decision:
                 if r["id"] in ids and r["stop"] == self.dims.get(r["dim"]):
                     self.res.remove(r)
                     self.dims[r["dim"]] = r["start"]
-                    for lab, _, _ in r.get("labels", []):
-                        for p in self.parts.values():
-                            if p["dim"] == r["dim"]:
-                                p["labels"].pop(lab, None)
+                    # Its labels go with its rows (a partition's new labels, an
+                    # append's runs): the rows are handed out again, to other labels.
+                    for p in self.parts.values():
+                        if p["dim"] == r["dim"]:
+                            _cut_rows(p["labels"], r["start"], r["stop"])
                     gone.append(r["id"])
                     changed = True
         return gone
@@ -233,7 +268,10 @@ class _Decision:
             # A member runs again: it goes alone, to find its own rows.
             return {"error": f"members {again} were reserved before", "again": again}
         pos = start = self.dims[dim]
+        runs = {str(c): [list(x) for x in r] for c, r in (req.get("runs") or {}).items()}
         for m, n in members:
+            # Each member keeps the labels of its own rows, as a lone append does.
+            mine = {c: _runs_between(r, pos - start, n) for c, r in runs.items()}
             self.res.append(
                 {
                     "id": m,
@@ -243,9 +281,13 @@ class _Decision:
                     "stop": pos + n,
                     "kind": "append",
                     "batch": job,
+                    "runs": mine,
                     **_lease_of(req),
                 }
             )
+            for coord, coord_runs in mine.items():
+                if coord in self.parts and self.parts[coord]["dim"] == dim:
+                    _place(self.parts[coord]["labels"], coord_runs, pos)
             pos += n
         self.dims[dim] = pos
         spans = {m: [a, a + n] for (m, n), a in zip(members, _starts(start, members), strict=True)}
@@ -353,13 +395,8 @@ def shift_out(state: Mapping[str, Any], rid: str) -> dict[str, Any]:
         for k, v in state.get("partitions", {}).items()
     }
     for p in parts.values():
-        if p["dim"] != dim:
-            continue
-        for lab, _, _ in gone.get("labels", []):
-            p["labels"].pop(lab, None)
-        for lab, (a, b) in list(p["labels"].items()):
-            if a >= gone["stop"]:
-                p["labels"][lab] = [a - size, b - size]
+        if p["dim"] == dim:  # its labels go (a partition's new ones, an append's runs)
+            _cut_rows(p["labels"], gone["start"], gone["stop"])
     for r in res:
         if r["dim"] == dim and r["start"] >= gone["stop"]:
             r["start"] -= size
