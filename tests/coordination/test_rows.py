@@ -247,3 +247,116 @@ def test_release_of_unknown_ids_changes_nothing(n):
     state, _ = _step({}, *[_reserve(f"j{i}", 2) for i in range(n)])
     again, out = _step(state, {"kind": "release", "job": "r", "ids": ["nope"]})
     assert out["r"]["released"] == [] and again["reservations"] == state.get("reservations", [])
+
+
+class _Rows:
+    """Brute force of one dimension's rows: the label of every row handed out."""
+
+    def __init__(self, base: int) -> None:
+        self.labels = ["base"] * base  # the stored rows, one partition
+        self.visible = base  # rows readers see: the store's coordinate
+        self.res: list[tuple[str, int, int]] = []  # outstanding (id, start, stop), in order
+        self.fresh = itertools.count()
+
+    def new_label(self) -> str:
+        return f"L{next(self.fresh)}"
+
+    def span(self, lab: str) -> tuple[int, int] | None:
+        at = [i for i, x in enumerate(self.labels) if x == lab]
+        return (at[0], at[-1] + 1) if at else None
+
+    def read(self, coord: str, dim: str, visible: int) -> dict[str, list[int]]:
+        """The store's coordinate: each label's rows among the visible ones."""
+        out: dict[str, list[int]] = {}
+        for i, lab in enumerate(self.labels[: self.visible]):
+            out[lab] = [out.get(lab, [i])[0], i + 1]
+        return out
+
+    def hand_out(self, rid: str, runs: list[list[Any]]) -> None:
+        start = len(self.labels)
+        self.labels += [lab for lab, n in runs for _ in range(n)]
+        self.res.append((rid, start, len(self.labels)))
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["append", "continue", "batch", "publish", "release", "partitions"]),
+        st.integers(1, 4),
+        st.integers(0, 3),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(st.integers(0, 6), _OPS)
+def test_partitions_find_every_labels_rows_in_any_mix_of_jobs(base, ops):
+    """Appends (alone, continuing the last label, in batches), publications, releases of
+    the last rows and partition overwrites, in any order: every overwrite finds each
+    label's rows where a brute force of all rows handed out has them, in place, and new
+    labels after every row; no row is handed out twice.
+    """
+    rows = _Rows(base)
+    state: dict = {}
+    for i, (op, n, pick) in enumerate(ops):
+        job = f"j{i}"
+        if op in ("append", "continue"):
+            last = rows.labels[-1] if rows.labels and op == "continue" else rows.new_label()
+            runs = [[last, n], [rows.new_label(), 1]][: 1 + pick % 2]
+            req = _reserve(job, sum(k for _, k in runs), rows.visible, runs={"day": runs})
+            state, out = decide_rows(state, [req], rows.read)
+            assert (out[job]["start"], out[job]["stop"]) == (
+                len(rows.labels),
+                len(rows.labels) + req["n"],
+            )
+            rows.hand_out(job, runs)
+        elif op == "batch":
+            runs = [[rows.new_label(), n], [rows.new_label(), pick + 1]]
+            total = n + pick + 1
+            split = max(1, total // 2)
+            members = [[f"{job}a", split], [f"{job}b", total - split]]
+            req = _reserve(job, total, rows.visible, runs={"day": runs}, members=members)
+            state, out = decide_rows(state, [req], rows.read)
+            start = len(rows.labels)
+            assert out[job]["members"] == {
+                f"{job}a": [start, start + split],
+                f"{job}b": [start + split, start + total],
+            }
+            labs = [lab for lab, k in runs for _ in range(k)]
+            rows.labels += labs
+            rows.res += [
+                (f"{job}a", start, start + split),
+                (f"{job}b", start + split, start + total),
+            ]
+        elif op == "publish" and rows.res:
+            # The first outstanding reservations land in order; readers see them.
+            k = min(pick + 1, len(rows.res))
+            rows.visible = rows.res[k - 1][2]
+            del rows.res[:k]
+        elif op == "release" and rows.res:
+            rid, start, _ = rows.res[-1]
+            state, out = decide_rows(
+                state, [{"kind": "release", "job": job, "ids": [rid]}], rows.read
+            )
+            assert out[job]["released"] == [rid]
+            del rows.labels[start:]
+            rows.res.pop()
+        elif op == "partitions":
+            known = list(dict.fromkeys(rows.labels))
+            chosen = known[pick % len(known) :: 2] if known else []
+            runs = [[lab, rows.span(lab)[1] - rows.span(lab)[0]] for lab in chosen]  # type: ignore[index]
+            runs.append([rows.new_label(), n])
+            req = _parts(job, runs, rows.visible)
+            state, out = decide_rows(state, [req], rows.read)
+            assert "error" not in out[job], out[job]
+            end = len(rows.labels)
+            for lab, a, b in out[job]["ranges"]:
+                have = rows.span(lab)
+                if have is not None:
+                    assert (a, b) == have, (lab, a, b, have)
+                else:
+                    assert (a, b) == (end, end + b - a)
+                    end = b
+            new = [[lab, b - a] for lab, a, b in out[job]["ranges"] if rows.span(lab) is None]
+            rows.hand_out(job, new)
+        assert state.get("dims", {}).get("t", len(rows.labels)) == len(rows.labels)
