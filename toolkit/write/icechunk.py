@@ -536,7 +536,7 @@ def _run(
             raise PartitionError(answer["error"])
         if answer.get("landed"):
             placement.update(dim=dim, start=answer["start"], stop=answer["stop"], landed=True)
-            return _placed(_nothing(ds, repo), placement, repo.log)
+            return _placed(WriteReport.nothing(repo.target), placement, repo.log)
         pieces, rows = _pieces(ds, dim, partition, answer, placement)
     last: dict[str, list[str]] = {}
     conflicts = moves = 0
@@ -549,7 +549,7 @@ def _run(
         if answer.get("landed"):
             # An earlier run of this job (killed after handing its fork over) committed.
             placement["landed"] = True
-            return _placed(_nothing(ds, repo), placement, repo.log)
+            return _placed(WriteReport.nothing(repo.target), placement, repo.log)
         if "moved" in answer or "released" in answer:
             # Rows before this job's were taken back (their job died), or this job's
             # own were: write again where the log now says.
@@ -563,7 +563,7 @@ def _run(
                 )
                 if answer.get("landed"):
                     placement.update(start=answer["start"], stop=answer["stop"], landed=True)
-                    return _placed(_nothing(ds, repo), placement, repo.log)
+                    return _placed(WriteReport.nothing(repo.target), placement, repo.log)
             else:
                 a, b = answer["moved"]
                 ranges = {"ranges": answer["ranges"]} if "ranges" in answer else {}
@@ -640,20 +640,6 @@ def _pieces(
     if answer.get("start") is None:
         return pieces, None
     return pieces, {"dim": dim, "start": answer["start"], "stop": answer["stop"]}
-
-
-def _nothing(ds: xr.Dataset, repo: Repository) -> Any:
-    return WriteReport(
-        target=repo.target,
-        variables=(),
-        tasks=0,
-        units=0,
-        nbytes=0,
-        stored_bytes=0,
-        seconds=0.0,
-        metadata_seconds=0.0,
-        requests={},
-    )
 
 
 def _create(

@@ -466,18 +466,7 @@ def _hidden_write(
 
 def _landed_report(plan: WritePlan, placement: dict[str, Any]) -> Any:
     _log.info("toolkit: job %s landed before; nothing written", placement.get("job"))
-    report = WriteReport(
-        target=plan.target,
-        variables=(),
-        tasks=0,
-        units=0,
-        nbytes=0,
-        stored_bytes=0,
-        seconds=0.0,
-        metadata_seconds=0.0,
-        requests={},
-        plan=plan,
-    )
+    report = WriteReport.nothing(plan.target, plan)
     return _placed(report, {**placement, "landed": True}, None)
 
 

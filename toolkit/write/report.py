@@ -94,6 +94,22 @@ class WriteReport:
     resumed: int = field(compare=False, default=0)
     """Write tasks an interrupted run of the same write had finished, not run again."""
 
+    @classmethod
+    def nothing(cls, target: str, plan: WritePlan | None = None) -> WriteReport:
+        """The report of a job that wrote nothing (it had landed before, say)."""
+        return cls(
+            target=target,
+            variables=(),
+            tasks=0,
+            units=0,
+            nbytes=0,
+            stored_bytes=0,
+            seconds=0.0,
+            metadata_seconds=0.0,
+            requests={},
+            plan=plan,  # type: ignore[arg-type]
+        )
+
     @property
     def throughput(self) -> float:
         """Uncompressed bytes per second."""
