@@ -28,7 +28,7 @@ from toolkit.cluster.progress import progress_bar
 from toolkit.coordination.manifest import aread_manifest
 from toolkit.errors import PlanError
 from toolkit.ingest import sources_dataset
-from toolkit.io.digests import checksum
+from toolkit.io.digests import matches
 from toolkit.io.groups import RESERVED_PREFIX
 from toolkit.io.keys import is_metadata
 from toolkit.io.stores import StoreLike, resolve_store, store_label
@@ -372,7 +372,7 @@ def _verify_manifest(
                 if key not in manifest.digests:
                     continue
             entry = variables.setdefault(_owner(key), {"objects": 0, "differ": 0, "first": None})
-            problem = _judge(key, data, manifest, checksum)
+            problem = _judge(key, data, manifest)
             if data is not None or problem:
                 entry["objects"] += 1
                 counts["metadata" if meta else "chunks"] += 1
@@ -435,7 +435,7 @@ def _owner(key: str) -> str:
     return head or "/"
 
 
-def _judge(key: str, data: bytes | None, manifest: Any, checksum: Any) -> str | None:
+def _judge(key: str, data: bytes | None, manifest: Any) -> str | None:
     """What is wrong with one object, or None."""
     on_record = manifest.digests.get(key)
     if data is None:
@@ -444,7 +444,7 @@ def _judge(key: str, data: bytes | None, manifest: Any, checksum: Any) -> str | 
         return None
     if on_record is None:
         return "not on record (no write recorded it)"
-    if checksum(data) not in on_record:
+    if not matches(data, on_record):
         return "checksum differs (damaged, or changed outside toolkit)"
     if is_metadata(key):
         try:

@@ -1,7 +1,8 @@
 """The manifest of a store: the checksum of every object every write put there.
 
 Every write adds a *fragment*, ``.toolkit/manifest/<write>.json``: the size and
-checksum (BLAKE2b, 128 bits) of each object it wrote (chunks of data and
+checksum (XXH3, 128 bits; BLAKE2b-128 before 2026-12, still checked: see
+:func:`toolkit.io.digests.checksum`) of each object it wrote (chunks of data and
 coordinate variables, every ``zarr.json``, ``.zarray``, ``.zattrs``,
 ``.zgroup``, ``.zmetadata``), and the keys it deleted. A fragment is the
 write's own key, so concurrent jobs never contend for it; it lands before the
@@ -46,7 +47,8 @@ __all__ = [
     "write_fragment",
 ]
 
-ALGORITHM = "blake2b-128"
+ALGORITHM = "xxh3-128"
+"""The checksums written now (:func:`toolkit.io.digests.checksum`); each says its own."""
 _KEEP_DIGESTS = 8  # checksums kept per key when fragments are folded
 
 #: Per key: ``(size, checksum)`` as written, or None: deleted.

@@ -4,19 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterable
 from typing import Self, override
 
+import xxhash
 from zarr.abc.buffer import Buffer
 from zarr.abc.store import Store
 
 from toolkit.io.wrappers import InterceptStore
 
-__all__ = ["Written", "WrittenStore", "checksum"]
+__all__ = ["PREFIX", "Written", "WrittenStore", "checksum", "matches"]
+
+
+#: How a checksum written now begins: the algorithm, so that one on record says how to
+#: check it. A checksum without a prefix is BLAKE2b-128 (written before XXH3-128, 2026-12).
+PREFIX = "xxh3-128:"
 
 
 def checksum(data: bytes | memoryview) -> str:
-    """The checksum kept for a stored object (BLAKE2b, 128 bits, hex)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    """The checksum kept for a stored object: ``xxh3-128:`` and XXH3's 128 bits in hex.
+
+    XXH3 is no cryptographic hash, and needs to be none: the manifest finds
+    objects damaged or changed outside toolkit, not forged ones. It sums ~30 GB/s
+    a core where BLAKE2b sums ~1 (which cost a local write ~0.5 s a GiB).
+    """
+    return PREFIX + xxhash.xxh3_128_hexdigest(data)
+
+
+def matches(data: bytes | memoryview, on_record: Iterable[str]) -> bool:
+    """Whether ``data``'s checksum is one of those on record, in each one's algorithm."""
+    sums: dict[bool, str] = {}
+    for c in on_record:
+        new = c.startswith(PREFIX)
+        if new not in sums:
+            sums[new] = checksum(data) if new else hashlib.blake2b(data, digest_size=16).hexdigest()
+        if sums[new] == c:
+            return True
+    return False
 
 
 #: Objects at least this big are summed in a worker thread (hashlib releases the GIL):
