@@ -257,6 +257,18 @@ def test_a_starving_lease_renews_before_booking_a_far_slot():
     assert p.take(0.0, patient=False) == pytest.approx(2.0)
 
 
+def test_what_the_store_took_is_its_answers_not_what_was_sent():
+    p = Pacer()
+    p.apply(Grant(1000.0, 0.0, 100.0, 100.0), 0.0)
+    for i in range(100):  # 100/s sent (refused requests and their retries among them)
+        p.take(i / 100)
+        if i % 4 == 0:
+            p.took(i / 100 + 0.005)  # 25/s answered
+    assert p.sending(0.995) == pytest.approx(100, rel=0.02)
+    assert p.taken(0.995) == pytest.approx(25, rel=0.05)
+    assert p.taken(2.5) == 0  # the last second's: nothing answered in it
+
+
 def test_demand_is_measured_from_what_was_asked():
     p = Pacer()
     p.apply(Grant(1000.0, 0.0, 100.0, 100.0), 0.0)

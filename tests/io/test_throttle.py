@@ -144,14 +144,25 @@ def test_adaptive_cuts_on_throttling_and_recovers_along_the_cubic():
     b.reserve("write")
 
 
-def test_adaptive_without_a_rate_learns_one_from_traffic():
+def test_adaptive_without_a_rate_learns_one_from_what_the_store_took():
     clock = _Clock()
     b = Budget(Throttle(cooldown=0.0), clock=clock)
-    for _ in range(40):  # 80 requests/s for half a second
+    for i in range(40):  # 80 requests/s sent for half a second, the store answered 30/s
         b.reserve("read")
+        if i % 8 < 3:
+            b.took("read")
         clock.advance(0.0125)
     b.throttled("read")
-    assert b.current_rates()["read"] == pytest.approx(0.7 * 80)  # 0.7 of what was sent
+    # 0.7 of what the store took: what was sent counts the requests it refused.
+    assert b.current_rates()["read"] == pytest.approx(0.7 * 30)
+
+
+def test_a_cut_with_nothing_answered_yet_starts_low():
+    clock = _Clock()
+    b = Budget(Throttle(cooldown=0.0), clock=clock)
+    b.reserve("read")
+    b.throttled("read")
+    assert b.current_rates()["read"] == pytest.approx(0.7 * 20)
 
 
 def test_cooldown_limits_decreases():
@@ -202,6 +213,9 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
         def throttled(self, kind, sent_at, retry_after):
             pass
 
+        def took(self, kind):
+            pass
+
     store = ThrottleStore(
         MemoryStore(),
         Throttle(write_rate=1000, coordinated=True),
@@ -211,11 +225,12 @@ async def test_an_unreachable_coordinator_falls_back_to_the_local_budget():
     assert store._store._store_dict["k"].to_bytes() == b"x"
 
 
-def test_a_cut_follows_what_was_sent_not_a_distant_limit():
+def test_a_cut_follows_what_the_store_took_not_a_distant_limit():
     clock = _Clock()
     b = Budget(Throttle(read_rate=5000, cooldown=0.0), clock=clock)
     for _ in range(50):  # 100 requests/s for half a second, far below the 5,000/s limit
         b.reserve("read")
+        b.took("read")
         clock.advance(0.01)
     b.throttled("read", clock())
     assert b.current_rates()["read"] == pytest.approx(0.7 * 100)  # of 100, not of 5,000

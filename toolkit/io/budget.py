@@ -149,7 +149,10 @@ class Budget:
         processes: int,
         now: float | None = None,
     ) -> dict[Limiter, Grant]:
-        """``who`` got a throttling answer to a request sent at ``sent_at``: new leases."""
+        """``who`` got a throttling answer to a request sent at ``sent_at``: new leases.
+
+        ``sending`` is the rate the store took from ``who``, per rate.
+        """
         now = self.clock() if now is None else now
         with self._lock:
             return {
@@ -207,10 +210,17 @@ class Budget:
         now = self.clock()
         names = limiters_of(self.policy, kind)
         with self._pace_lock:
-            sending = {n: self.pacers[n].sending(now) for n in names}
+            sending = {n: self.pacers[n].taken(now) for n in names}
             grants = self.report(self._ME, names, sent_at, retry_after, sending, 1, now)
             for n, grant in grants.items():
                 self.pacers[n].apply(grant, now)
+
+    def took(self, kind: RequestKind) -> None:
+        """The store answered a request of ``kind`` (the rate it takes, for the next cut)."""
+        now = self.clock()
+        with self._pace_lock:
+            for n in limiters_of(self.policy, kind):
+                self.pacers[n].took(now)
 
     def current_rates(self) -> dict[str, float | None]:
         """The rates in force now, by kind (they move in adaptive mode)."""
@@ -378,6 +388,10 @@ class RemoteBudget(Protocol):
 
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
         """Report a throttling answer to a request sent at ``sent_at`` (monotonic)."""
+        ...
+
+    def took(self, kind: RequestKind) -> None:
+        """The store answered a request of ``kind`` (not "slow down")."""
         ...
 
 

@@ -20,7 +20,9 @@ The control law
 A throttling answer (503 SlowDown, 429) to a request sent after the last cut,
 at least ``cooldown`` seconds after it, cuts the rate to ``β·w``, where ``w`` is
 the rate the store refused: the lower of the rate in force and the rate the
-processes were really using. ``t`` seconds after the cut the rate is::
+store answered over the last second (:meth:`Pacer.taken`; not the rate sent,
+which counts the refused requests and their retries). ``t`` seconds after the
+cut the rate is::
 
     r(t) = w · (1 + c · (t - K)³),   c = (1 - β) / K³
 
@@ -165,7 +167,7 @@ class RateLaw:
     ) -> bool:
         """A throttling answer at ``now`` to a request sent at ``sent_at``; True if it cut.
 
-        ``used`` is the rate the senders were really using. Answers to requests
+        ``used`` is the rate the store really took from the senders. Answers to requests
         sent before the last cut are ignored: they went out at the old rate, and
         reacting to each would collapse the rate for one burst.
         """
@@ -385,7 +387,10 @@ class Allocator:
         retry_after: float | None = None,
         sending: float | None = None,
     ) -> Grant:
-        """``who`` got a throttling answer to a request sent at ``sent_at``: its new lease."""
+        """``who`` got a throttling answer to a request sent at ``sent_at``: its new lease.
+
+        ``sending`` is the rate the store took from ``who`` (:meth:`Pacer.taken`).
+        """
         self.messages += 1
         self._expire(now)
         lease = self.leases.get(who)
@@ -447,6 +452,7 @@ class Pacer:
     _taken: int = 0
     _waited: int = 0
     _recent: collections.deque[float] = field(default_factory=collections.deque)
+    _took: collections.deque[float] = field(default_factory=collections.deque)
     _run: float = 0.0  # start of the current run of requests
 
     def needs_grant(self, now: float) -> bool:
@@ -526,7 +532,26 @@ class Pacer:
         A run's first few requests, at once, must not read as a rate of a few
         per second.
         """
-        q = self._recent
+        return self._per_second(self._recent, now)
+
+    def took(self, now: float) -> None:
+        """The store answered one of this process's requests (not "slow down") at ``now``."""
+        self._took.append(now)
+
+    def taken(self, now: float) -> float:
+        """Requests per second the store answered over the last second (or this run).
+
+        What a cut starts from when the store refuses: about what it takes. The
+        rate sent is no measure of that: it counts the refused requests and
+        their retries, so a cut from it left the budget far above what the
+        store takes, and the next cuts closed in only by ``decrease`` each
+        ``cooldown`` against a recovery that climbs meanwhile (4 s of refusals
+        from S3's default 5,500 reads a second down to a store's 30, and a
+        request refused 20 times in them).
+        """
+        return self._per_second(self._took, now)
+
+    def _per_second(self, q: collections.deque[float], now: float) -> float:
         while q and q[0] < now - 1.0:
             q.popleft()
         return len(q) / min(1.0, max(0.05, now - self._run))

@@ -593,7 +593,7 @@ class ThrottleStore(_PolicyStore):
                 sink.add(wait_seconds=waited)
             sent = time.monotonic()
             try:
-                return await fn()
+                answer = await fn()
             except Exception as e:
                 # Judged by when the request was sent: one sent before the last cut
                 # went out at the old rate and says nothing about the new one.
@@ -604,6 +604,8 @@ class ThrottleStore(_PolicyStore):
                     else:
                         pacing.throttled(kind, sent, after)
                 raise
+            (pacing if remote is None else remote).took(kind)
+            return answer
 
     def _alone(self, remote: RemoteBudget, error: Exception) -> Budget:
         """The budget pacing this process while ``remote`` cannot be reached.
