@@ -216,6 +216,29 @@ def test_shift_out_takes_an_appends_labels_with_its_rows():
     assert state["partitions"]["day"]["labels"] == {"old": [0, 10], "y": [10, 13]}
 
 
+def test_an_append_of_an_earlier_label_splits_it_and_no_overwrite_takes_it():
+    """Rows of a label stored earlier, not last: the label is in two runs from then on.
+
+    The log tracked the new run only: an overwrite of the label then replaced those rows
+    and left the first run (the label twice, half old). It is refused now, with the rows
+    named, as the store's coordinate read afresh refuses it; other labels go on.
+    """
+    state, read = _tracked({"mon": [0, 3], "tue": [3, 6]})
+    state, _ = _step(state, _reserve("a", 3, visible=6, runs={"day": [["mon", 3]]}))
+    assert state["partitions"]["day"]["labels"]["mon"] == [0, 3, 6, 9]
+    state, out = decide_rows(state, [_parts("p", [["mon", 3]], 6)], read)
+    assert "not one contiguous run" in out["p"]["error"] and "0-3, 6-9" in out["p"]["error"]
+    state, out = decide_rows(state, [_parts("q", [["tue", 3]], 6)], read)
+    assert out["q"]["ranges"] == [["tue", 3, 6]]
+    # Released (its rows handed out again), the label is one run again.
+    state, _ = decide_rows(state, [{"kind": "release", "job": "r", "ids": ["a"]}], read)
+    assert state["partitions"]["day"]["labels"]["mon"] == [0, 3]
+    # The store's coordinate, read by the first decision on it, says the same.
+    split = {"mon": [0, 3, 6, 9], "tue": [3, 6]}
+    _, out = decide_rows({}, [_parts("s", [["mon", 3]], 9)], lambda c, d, n: split)
+    assert "not one contiguous run" in out["s"]["error"]
+
+
 def test_a_coordinate_that_cannot_partition_is_an_answer_not_a_crash():
     def bad(coord, dim, visible):
         raise PartitionError("not one contiguous run")
@@ -265,11 +288,20 @@ class _Rows:
         at = [i for i, x in enumerate(self.labels) if x == lab]
         return (at[0], at[-1] + 1) if at else None
 
+    def split(self, lab: str) -> bool:
+        """Whether the label's rows are in more than one run."""
+        span = self.span(lab)
+        return span is not None and set(self.labels[span[0] : span[1]]) != {lab}
+
     def read(self, coord: str, dim: str, visible: int) -> dict[str, list[int]]:
-        """The store's coordinate: each label's rows among the visible ones."""
+        """The store's coordinate: each label's runs of rows among the visible ones."""
         out: dict[str, list[int]] = {}
         for i, lab in enumerate(self.labels[: self.visible]):
-            out[lab] = [out.get(lab, [i])[0], i + 1]
+            rows = out.setdefault(lab, [])
+            if rows and rows[-1] == i:
+                rows[-1] = i + 1
+            else:
+                rows += [i, i + 1]
         return out
 
     def hand_out(self, rid: str, runs: list[list[Any]]) -> None:
@@ -280,7 +312,9 @@ class _Rows:
 
 _OPS = st.lists(
     st.tuples(
-        st.sampled_from(["append", "continue", "batch", "publish", "release", "partitions"]),
+        st.sampled_from(
+            ["append", "continue", "again", "batch", "publish", "release", "partitions"]
+        ),
         st.integers(1, 4),
         st.integers(0, 3),
     ),
@@ -291,17 +325,24 @@ _OPS = st.lists(
 
 @given(st.integers(0, 6), _OPS)
 def test_partitions_find_every_labels_rows_in_any_mix_of_jobs(base, ops):
-    """Appends (alone, continuing the last label, in batches), publications, releases of
-    the last rows and partition overwrites, in any order: every overwrite finds each
-    label's rows where a brute force of all rows handed out has them, in place, and new
-    labels after every row; no row is handed out twice.
+    """Appends (alone, continuing the last label, of an earlier label, in batches),
+    publications, releases of the last rows and partition overwrites, in any order: every
+    overwrite finds each label's rows where a brute force of all rows handed out has them,
+    in place, and new labels after every row, or is refused when a label it brings is in
+    several runs of rows; no row is handed out twice.
     """
     rows = _Rows(base)
     state: dict = {}
     for i, (op, n, pick) in enumerate(ops):
         job = f"j{i}"
-        if op in ("append", "continue"):
-            last = rows.labels[-1] if rows.labels and op == "continue" else rows.new_label()
+        if op in ("append", "continue", "again"):
+            known = list(dict.fromkeys(rows.labels))
+            if op == "again" and known:  # rows of any label handed out before
+                last = known[pick % len(known)]
+            elif op == "continue" and rows.labels:
+                last = rows.labels[-1]
+            else:
+                last = rows.new_label()
             runs = [[last, n], [rows.new_label(), 1]][: 1 + pick % 2]
             req = _reserve(job, sum(k for _, k in runs), rows.visible, runs={"day": runs})
             state, out = decide_rows(state, [req], rows.read)
@@ -348,6 +389,10 @@ def test_partitions_find_every_labels_rows_in_any_mix_of_jobs(base, ops):
             runs.append([rows.new_label(), n])
             req = _parts(job, runs, rows.visible)
             state, out = decide_rows(state, [req], rows.read)
+            if any(rows.split(lab) for lab in chosen):
+                # A label in several runs: refused, nothing handed out.
+                assert "not one contiguous run" in out[job]["error"], out[job]
+                continue
             assert "error" not in out[job], out[job]
             end = len(rows.labels)
             for lab, a, b in out[job]["ranges"]:

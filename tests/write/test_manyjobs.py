@@ -221,6 +221,27 @@ def test_partition_errors_name_the_fix(tmp_path):
     assert data(snapshot(target)) == data(before)
 
 
+def test_a_label_in_two_runs_is_refused_by_name_and_the_others_are_replaced(tmp_path):
+    """An append of rows of an earlier label leaves it in two runs: no overwrite takes it
+    (replacing one run would leave the other: the label twice), the others are replaced."""
+    target = str(tmp_path / "split.zarr")
+    toolkit.to_zarr(jobs.day_rows(0, ["2024-01-01", "2024-01-02"]), target, progress=False)
+    toolkit.append(jobs.day_rows(1, ["2024-01-01"]), target, "time", progress=False)
+    before = snapshot(target)
+    again = jobs.day_rows(2, ["2024-01-01"])
+    with pytest.raises(PartitionError, match=r"'2024-01-01' \(rows 0-24, 48-72\).*sorted"):
+        toolkit.to_zarr(again, target, mode="overwrite-partitions", partition="day", progress=False)
+    assert snapshot(target) == before
+    toolkit.to_zarr(
+        jobs.day_rows(3, ["2024-01-02"]), target, mode="overwrite-partitions", partition="day"
+    )
+    ds = _open(target, None)
+    assert ds.sizes["time"] == 72
+    np.testing.assert_array_equal(np.unique(ds.v.values[24:48]), [3])
+    np.testing.assert_array_equal(np.unique(ds.v.values[np.r_[0:24, 48:72]]), [0, 1])
+    assert (ds.v.values[48:72] == 1).all()
+
+
 def test_appends_in_one_process_keep_order_and_batch(tmp_path):
     """Threads appending at once: one reservation entry answers many of them."""
     from concurrent.futures import ThreadPoolExecutor

@@ -11,7 +11,10 @@ The state, per dimension, as the log keeps it (JSON):
   Each has an ``id``, the ``job`` and the lease (``lease``, ``host``, ``pid``)
   that show whether the job still runs, ``start``/``stop``, and for a
   partition overwrite the ``labels`` it adds (``[[label, start, stop], ...]``);
-- ``partitions[coord]``: each partition label's rows (visible or reserved);
+- ``partitions[coord]``: each partition label's rows (visible or reserved), as
+  ``[start, stop]``; a label whose rows are in several runs (an append added
+  rows of it after other labels' rows) as ``[start, stop, start, stop, ...]``,
+  which no partition overwrite may take (see :func:`partition_problem`);
 - ``landed``: the recent jobs whose rows became visible (job -> dim, start,
   stop), so that a rerun of a job that landed is told so, not given new rows.
 
@@ -31,7 +34,14 @@ from typing import Any
 
 from toolkit.errors import PartitionError
 
-__all__ = ["KEEP_LANDED", "decide_rows", "outstanding", "runs_of", "shift_out"]
+__all__ = [
+    "KEEP_LANDED",
+    "decide_rows",
+    "outstanding",
+    "partition_problem",
+    "runs_of",
+    "shift_out",
+]
 
 KEEP_LANDED = 2000
 """How many landed jobs the state remembers (a rerun of an older one is told by its record)."""
@@ -64,17 +74,64 @@ def _starts(start: int, members: Sequence[tuple[str, int]]) -> list[int]:
     return out
 
 
+def partition_problem(
+    labels: Mapping[str, Sequence[int]], runs: Sequence[Sequence[Any]], coord: str
+) -> str | None:
+    """Why a partition overwrite bringing ``runs`` cannot replace the labels in place.
+
+    ``labels`` are the stored rows of each label (runs of ``[start, stop]``),
+    ``runs`` the job's ``[[label, n], ...]``. A label in several runs of rows
+    cannot be replaced (its rows are not one block to write over, and writing
+    one of its runs would leave the others: the label twice); a label cannot
+    change its number of rows in place. None: it can.
+    """
+    split = [
+        f"{lab!r} (rows "
+        + ", ".join(f"{a}-{b}" for a, b in zip(rows[::2], rows[1::2], strict=True))
+        + ")"
+        for lab, _ in runs
+        if len(rows := labels.get(str(lab), ())) > 2
+    ]
+    if split:
+        return (
+            f"partitions of {coord!r} are not one contiguous run of rows in the store: "
+            + "; ".join(split)
+            + " (rows of them were appended after other partitions' rows); "
+            "overwrite-partitions needs each label's rows together: rewrite the dataset "
+            f"sorted by {coord!r}"
+        )
+    bad = [
+        f"{lab!r} has {have[1] - have[0]} rows in the store, the job brings {n}"
+        for lab, n in runs
+        if (have := labels.get(str(lab))) is not None and have[1] - have[0] != int(n)
+    ]
+    if bad:
+        return (
+            "partitions cannot change size in place: "
+            + "; ".join(bad)
+            + f". Bring exactly the stored rows of each {coord!r} partition"
+        )
+    return None
+
+
 def _place(labels: dict[str, list[int]], runs: Sequence[Sequence[Any]], start: int) -> None:
     """Record ``runs`` (``[[label, n], ...]``) as rows from ``start`` in ``labels``.
 
     A label whose rows end where its run begins grows (a batch's members, or
-    an append of more rows of the last label, continue it).
+    an append of more rows of the last label, continue it); one whose rows end
+    elsewhere gets a second run (an append of rows of an earlier label).
     """
     pos = start
     for lab, n in runs:
         old = labels.get(str(lab))
-        labels[str(lab)] = [old[0] if old and old[1] == pos else pos, pos + int(n)]
-        pos += int(n)
+        end = pos + int(n)
+        if old is None:
+            labels[str(lab)] = [pos, end]
+        elif old[-1] == pos:
+            labels[str(lab)] = [*old[:-1], end]
+        else:
+            labels[str(lab)] = [*old, pos, end]
+        pos = end
 
 
 def _runs_between(runs: Sequence[Sequence[Any]], first: int, n: int) -> list[list[Any]]:
@@ -92,16 +149,26 @@ def _runs_between(runs: Sequence[Sequence[Any]], first: int, n: int) -> list[lis
 def _cut_rows(labels: dict[str, list[int]], start: int, stop: int) -> None:
     """Take rows ``[start, stop)`` out of ``labels``; later rows move down to ``start``.
 
-    A label only in those rows is gone, one across them keeps its other rows.
+    A label only in those rows is gone, one across them keeps its other rows
+    (and two runs of a label that then meet are one).
     """
     size = stop - start
 
     def moved(x: int) -> int:
         return x if x <= start else start if x <= stop else x - size
 
-    for lab, (a, b) in list(labels.items()):
-        if moved(b) > moved(a):
-            labels[lab] = [moved(a), moved(b)]
+    for lab, rows in list(labels.items()):
+        kept: list[int] = []
+        for a, b in zip(rows[::2], rows[1::2], strict=True):
+            a, b = moved(a), moved(b)
+            if b <= a:
+                continue
+            if kept and kept[-1] == a:
+                kept[-1] = b
+            else:
+                kept += [a, b]
+        if kept:
+            labels[lab] = kept
         else:
             del labels[lab]
 
@@ -305,23 +372,17 @@ class _Decision:
             labels = self._labels(coord, dim)
         except PartitionError as e:
             return {"error": str(e)}
+        problem = partition_problem(labels, req["runs"], coord)
+        if problem is not None:
+            return {"error": problem}
         ranges: list[list[Any]] = []
-        end, bad = self.dims[dim], []
+        end = self.dims[dim]
         for lab, n in req["runs"]:
             if lab in labels:
-                a, b = labels[lab]
-                if b - a != n:
-                    bad.append(f"{lab!r} has {b - a} rows in the store, the job brings {n}")
-                ranges.append([lab, a, b])
+                ranges.append([lab, *labels[lab]])
             else:
                 ranges.append([lab, end, end + n])
                 end += n
-        if bad:
-            return {
-                "error": "partitions cannot change size in place: "
-                + "; ".join(bad)
-                + f". Bring exactly the stored rows of each {coord!r} partition"
-            }
         new = [rg for rg in ranges if rg[1] >= self.dims[dim]]
         # Rows of other jobs' reservations (labels they add, not yet visible).
         waits = sorted(

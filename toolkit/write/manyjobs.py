@@ -73,7 +73,7 @@ from toolkit.coordination.leases import (
 )
 from toolkit.coordination.manifest import write_fragment
 from toolkit.coordination.records import WriteRecord, read_record, record_key, write_hole
-from toolkit.coordination.rows import decide_rows, outstanding, runs_of
+from toolkit.coordination.rows import decide_rows, outstanding, partition_problem, runs_of
 from toolkit.errors import AppendError, CoordinationError, LeaseTimeoutError, PartitionError
 from toolkit.io.digests import checksum
 from toolkit.io.extent import (
@@ -146,19 +146,18 @@ def _location(store: StoreLike) -> str:
 def _stored_partitions(
     store: Store, group: str | None, coord: str, dim: str
 ) -> dict[str, list[int]]:
-    """Each label's rows in the stored (visible) coordinate ``coord``."""
+    """Each label's rows in the stored (visible) coordinate ``coord``.
+
+    ``[start, stop]``, or several such runs for a label whose rows are not
+    together (which no partition overwrite may take: :func:`partition_problem`).
+    """
     ds = open_settled(store, group, consolidated=False, chunks=None)
     if coord not in ds.variables or ds[coord].ndim != 1:
         raise PartitionError(f"the store has no 1-D coordinate {coord!r} to partition by")
     out: dict[str, list[int]] = {}
     start = 0
     for lab, n in _runs(ds[coord].values):
-        if lab in out:
-            raise PartitionError(
-                f"partition {lab!r} of {coord!r} is not one contiguous run of rows in the "
-                "store; overwrite-partitions needs each label's rows together"
-            )
-        out[lab] = [start, start + n]
+        out[lab] = [*out.get(lab, []), start, start + n]
         start += n
     return out
 
@@ -185,7 +184,7 @@ def commit_log(
         # The snapshot only if nothing was published since it was read: an append
         # published in between has left the log's reservations, and its labels
         # would be lost (its rows then taken for new partitions: rows twice).
-        if labels is not None and max((b for _, b in labels.values()), default=0) == visible:
+        if labels is not None and max((r[-1] for r in labels.values()), default=0) == visible:
             return {lab: list(rows) for lab, rows in labels.items()}  # a copy: decisions add
         return _stored_partitions(base, group, coord, dim)
 
@@ -1062,22 +1061,14 @@ def _overwrite_one(
 def _check_sizes(
     stored: Mapping[str, list[int]], runs: Sequence[tuple[str, int]], coord: str
 ) -> None:
-    """Refuse, before anything is written, partitions that would change size in place.
+    """Refuse, before anything is written, partitions that cannot be replaced in place.
 
     The log decides again under its own state (labels reserved meanwhile by
     other jobs count there too); this catches bad input with the store untouched.
     """
-    bad = [
-        f"{lab!r} has {stored[lab][1] - stored[lab][0]} rows in the store, the job brings {n}"
-        for lab, n in runs
-        if lab in stored and stored[lab][1] - stored[lab][0] != n
-    ]
-    if bad:
-        raise PartitionError(
-            "partitions cannot change size in place: "
-            + "; ".join(bad)
-            + f". Bring exactly the stored rows of each {coord!r} partition"
-        )
+    problem = partition_problem(stored, runs, coord)
+    if problem is not None:
+        raise PartitionError(problem)
 
 
 def _merged(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
