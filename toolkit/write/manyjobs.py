@@ -888,7 +888,8 @@ def overwrite_partitions(
     ------
     toolkit.errors.PartitionError
         Before anything is written, when a label's rows are not together in
-        ``ds`` or a stored partition has another number of rows.
+        ``ds`` or in the store (an append added rows of it after other labels'
+        rows), or a stored partition has another number of rows.
 
     Examples
     --------
