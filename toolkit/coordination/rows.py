@@ -119,18 +119,22 @@ def _place(labels: dict[str, list[int]], runs: Sequence[Sequence[Any]], start: i
 
     A label whose rows end where its run begins grows (a batch's members, or
     an append of more rows of the last label, continue it); one whose rows end
-    elsewhere gets a second run (an append of rows of an earlier label).
+    elsewhere gets a second run (an append of rows of an earlier label). Rows
+    recorded already are not recorded twice: the store read after a
+    publication holds rows that the log's state still has reserved.
     """
     pos = start
     for lab, n in runs:
-        old = labels.get(str(lab))
         end = pos + int(n)
-        if old is None:
-            labels[str(lab)] = [pos, end]
-        elif old[-1] == pos:
-            labels[str(lab)] = [*old[:-1], end]
-        else:
-            labels[str(lab)] = [*old, pos, end]
+        old = labels.get(str(lab), [])
+        spans = sorted([*zip(old[::2], old[1::2], strict=True), (pos, end)])
+        kept: list[int] = []
+        for a, b in spans:
+            if kept and a <= kept[-1]:  # overlapping or touching: one run
+                kept[-1] = max(kept[-1], b)
+            else:
+                kept += [a, b]
+        labels[str(lab)] = kept
         pos = end
 
 
