@@ -245,6 +245,50 @@ def test_partition_jobs_go_on_beside_a_dead_one_that_added_labels(tmp_path):
     assert got["2024-01-02"] == {-1} and got["2024-01-03"] == {-1}
 
 
+# -- a finished job's published rows were handed out again as a dead job's ---------------
+
+
+def _append_day(target: str) -> None:
+    toolkit.append(jobs.day_rows(1, ["2024-02-01"]), target, "time", progress=False)
+
+
+def test_a_job_that_published_and_ended_keeps_its_rows(tmp_path, monkeypatch):
+    """B reads the lengths, A appends, publishes and exits, then B's reservation is decided.
+
+    The log still held A's rows (no request had reported them visible yet) and A's
+    process was gone, so they were released as a dead job's and handed to B, which wrote
+    over them: A's day lost, both jobs told "success" (a helper's stress run found it).
+    """
+    import multiprocessing as mp
+
+    import toolkit.write.manyjobs as manyjobs
+
+    target = str(tmp_path / "d.zarr")
+    days = [f"2024-01-{d:02d}" for d in range(1, 11)]
+    toolkit.to_zarr(jobs.day_rows(-1, days), target, progress=False)
+    real = manyjobs._Dataset.extents
+    ran: list[int | None] = []
+
+    def extents(self):  # B's lengths read; then A runs whole in a process of its own
+        ext = real(self)
+        if not ran:
+            a = mp.get_context("spawn").Process(target=_append_day, args=(target,))
+            a.start()
+            a.join(120)
+            ran.append(a.exitcode)
+        return ext
+
+    monkeypatch.setattr(manyjobs._Dataset, "extents", extents)
+    report = toolkit.append(jobs.day_rows(2, ["2024-02-02"]), target, "time", progress=False)
+    assert ran == [0]
+    assert (report.placement["start"], report.placement["stop"]) == (264, 288)
+    ds = _read(target)
+    assert ds.sizes["time"] == 288
+    np.testing.assert_array_equal(ds.v.values[240:264], 1)
+    np.testing.assert_array_equal(ds.v.values[264:288], 2)
+    assert list(dict.fromkeys(ds.day.values.astype(str)))[-2:] == ["2024-02-01", "2024-02-02"]
+
+
 # -- Icechunk: nothing read from shared storage is ever unpickled ------------------------
 
 

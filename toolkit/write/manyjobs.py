@@ -162,6 +162,19 @@ def _stored_partitions(
     return out
 
 
+def _longest(store: Store, group: str | None, dim: str) -> int:
+    """The greatest stored length along ``dim``: every row below it landed.
+
+    Above the visible length (the least) while a publication is under way or
+    was cut short; a job that publishes next grows every array to it.
+    """
+    grp = open_group(store, group)  # mode "r"
+    return max(
+        (arr.shape[dims.index(dim)] for _, arr in grp.arrays() if dim in (dims := array_dims(arr))),
+        default=0,
+    )
+
+
 def commit_log(
     store: Store,
     group: str | None = None,
@@ -188,8 +201,20 @@ def commit_log(
             return {lab: list(rows) for lab, rows in labels.items()}  # a copy: decisions add
         return _stored_partitions(base, group, coord, dim)
 
+    def dead(r: Mapping[str, Any]) -> bool:
+        # A job that ended on this host: its rows are free again only if no array shows
+        # any of them. One that published (or began to) before it ended has rows readers
+        # see, though the log still holds them: the request's visible length may have
+        # been read before that publication. Handing them out again wrote over them.
+        if not holder_dead(r):
+            return False
+        try:
+            return _longest(base, group, str(r["dim"])) <= int(r["start"])
+        except Exception:  # unknown: kept (a later job publishes past it, or marks it)
+            return False
+
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
-        new, answers = decide_rows(state, requests, stored, dead=holder_dead)
+        new, answers = decide_rows(state, requests, stored, dead=dead)
         return Batch(new, answers)
 
     return CommitLog(Coordinator(store, group, policy), decide)
