@@ -266,7 +266,17 @@ def test_what_the_store_took_is_its_answers_not_what_was_sent():
             p.took(i / 100 + 0.005)  # 25/s answered
     assert p.sending(0.995) == pytest.approx(100, rel=0.02)
     assert p.taken(0.995) == pytest.approx(25, rel=0.05)
+    # A cut starts from what was sent, at most 1/0.7 of what was answered.
+    assert p.refused_at(0.995, 0.7) == pytest.approx(25 / 0.7, rel=0.05)
     assert p.taken(2.5) == 0  # the last second's: nothing answered in it
+    q = Pacer()
+    q.apply(Grant(1000.0, 0.0, 100.0, 100.0), 0.0)
+    for i in range(100):  # near the store's limit: 90% answered
+        q.take(i / 100)
+        if i % 10:
+            q.took(i / 100 + 0.005)
+    assert q.refused_at(0.995, 0.7) == pytest.approx(q.sending(0.995))
+    assert Pacer().refused_at(0.0, 0.7) == 0  # nothing sent, nothing answered
 
 
 def test_demand_is_measured_from_what_was_asked():

@@ -300,9 +300,6 @@ async def test_an_unreachable_coordinator_leaves_this_process_its_share_and_says
         def throttled(self, kind, sent_at, retry_after):
             raise AssertionError("not reported to a remote budget out of reach")
 
-        def took(self, kind):
-            raise AssertionError("not reported to a remote budget out of reach")
-
     store = ThrottleStore(MemoryStore(), policy, remote=lambda p, scope: Unreachable())
     with caplog.at_level("WARNING", logger="toolkit.io.wrappers"):
         for i in range(25):
@@ -327,9 +324,6 @@ async def test_a_remote_budget_without_a_share_falls_back_to_the_policy_warning_
             raise OSError("gone")
 
         def throttled(self, kind, sent_at, retry_after):
-            pass
-
-        def took(self, kind):
             pass
 
     policy = Throttle(write_rate=1206, coordinated=True)

@@ -89,21 +89,6 @@ def test_a_store_far_below_the_budget_is_found():
     assert o.throttled(5.0, 15.0) < 0.05
 
 
-@pytest.mark.parametrize("workers", [1, 4])
-def test_a_store_far_below_a_default_budget_is_found_within_a_second_and_a_half(workers):
-    """S3's default 5,500 reads/s against a store taking 30/s, 64 requests in flight.
-
-    A cut starts from what the store answered over the last second, not from what
-    was sent (the refused requests and their retries with it): from a rate sent
-    it took 4 s of cuts to get down, ~90% of the requests refused meanwhile, and
-    a request refused twenty times gave up (the 20 retries of ``Throttle``).
-    """
-    s = Scenario(workers, 5500.0, limit=30.0, burst=30, latency=0.005, inflight=64 // workers)
-    o = simulate(s)
-    assert o.throttled(1.5, 10.0) < 0.1
-    assert o.delivered(1.5, 10.0) >= 0.9 * 30
-
-
 def test_the_model_is_deterministic():
     s = Scenario(workers=20, rate=500.0, limit=450.0, duration=4.0, seed=3)
     a, b = simulate(s), simulate(s)

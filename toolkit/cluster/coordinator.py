@@ -330,14 +330,6 @@ class _RemoteBudget:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(self._renew(names)), 10.0)
 
-    def took(self, kind: RequestKind) -> None:
-        """The store answered a request of ``kind``: counted for the next report."""
-        now = time.monotonic()
-        with self._lock:
-            for n in limiters_of(self.throttle, kind):
-                if n in self.pacers:
-                    self.pacers[n].took(now)
-
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
         """Report a throttling answer to a request sent at ``sent_at`` (our clock)."""
         names = limiters_of(self.throttle, kind)
@@ -347,7 +339,7 @@ class _RemoteBudget:
             if busy or (sent_at < self._answered and not retry_after):
                 return  # the scheduler has not answered yet, or knew already
             offset = max((self.pacers[n].offset for n in names if n in self.pacers), default=0.0)
-            sending = {n: self.pacers[n].taken(now) for n in names if n in self.pacers}
+            sending = {n: self.pacers[n].sending(now) for n in names if n in self.pacers}
             fut = self._reporting = self._rpc(
                 "toolkit_throttle_throttled",
                 limiters=list(names),

@@ -151,7 +151,8 @@ class Budget:
     ) -> dict[Limiter, Grant]:
         """``who`` got a throttling answer to a request sent at ``sent_at``: new leases.
 
-        ``sending`` is the rate the store took from ``who``, per rate.
+        ``sending`` is the rate ``who`` says the store refused, per rate
+        (:meth:`~toolkit.io.ratecontrol.Pacer.refused_at`).
         """
         now = self.clock() if now is None else now
         with self._lock:
@@ -210,7 +211,7 @@ class Budget:
         now = self.clock()
         names = limiters_of(self.policy, kind)
         with self._pace_lock:
-            sending = {n: self.pacers[n].taken(now) for n in names}
+            sending = {n: self.pacers[n].refused_at(now, self.policy.decrease) for n in names}
             grants = self.report(self._ME, names, sent_at, retry_after, sending, 1, now)
             for n, grant in grants.items():
                 self.pacers[n].apply(grant, now)
@@ -388,10 +389,6 @@ class RemoteBudget(Protocol):
 
     def throttled(self, kind: RequestKind, sent_at: float, retry_after: float | None) -> None:
         """Report a throttling answer to a request sent at ``sent_at`` (monotonic)."""
-        ...
-
-    def took(self, kind: RequestKind) -> None:
-        """The store answered a request of ``kind`` (not "slow down")."""
         ...
 
 

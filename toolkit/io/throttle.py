@@ -50,8 +50,9 @@ class Throttle:
     adaptive : bool
         Adapt to the store: a throttling answer (503 SlowDown, 429) cuts the
         rate of its kind to ``decrease`` times the rate the store refused (the
-        lower of the rate in force and the rate it answered over the last
-        second). The rate then
+        lower of the rate in force and the rate sent; in one process, at most
+        ``1 / decrease`` times the rate the store answered over the last
+        second: far above its limit, what it took). The rate then
         climbs back along a cubic curve: to the refused rate in ``recovery``
         seconds, flat around it, then ever faster up to the configured rate
         (see :mod:`toolkit.io.ratecontrol`). Answers to requests sent before

@@ -604,7 +604,10 @@ class ThrottleStore(_PolicyStore):
                     else:
                         pacing.throttled(kind, sent, after)
                 raise
-            (pacing if remote is None else remote).took(kind)
+            if remote is None:
+                # What the store answers, for this process's next cut. A cluster's
+                # coordinator cuts from the rates its workers send (see Pacer.refused_at).
+                pacing.took(kind)
             return answer
 
     def _alone(self, remote: RemoteBudget, error: Exception) -> Budget:

@@ -275,12 +275,11 @@ def simulate(s: Scenario) -> Outcome:
             if not w.alive:
                 continue
             if ok:
-                w.pacer.took(now)
                 book(w, now)
                 continue
             if not w.reporting and sent >= w.answered:
                 w.reporting = True
-                at(now + s.rpc, "report", (w, sent, w.pacer.taken(now)))
+                at(now + s.rpc, "report", (w, sent, w.pacer.sending(now)))
             # As toolkit's RetryStore: a short jittered pause, the budget paces the rest.
             delay = rng.uniform(0, min(5.0, 0.05 * 2 ** min(attempt, THROTTLED_DOUBLINGS)))
             at(now + delay, "retry", (w, attempt + 1))
