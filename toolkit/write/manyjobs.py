@@ -201,20 +201,24 @@ def commit_log(
             return {lab: list(rows) for lab, rows in labels.items()}  # a copy: decisions add
         return _stored_partitions(base, group, coord, dim)
 
-    def dead(r: Mapping[str, Any]) -> bool:
+    def dead(longest: dict[str, int], r: Mapping[str, Any]) -> bool:
         # A job that ended on this host: its rows are free again only if no array shows
         # any of them. One that published (or began to) before it ended has rows readers
         # see, though the log still holds them: the request's visible length may have
         # been read before that publication. Handing them out again wrote over them.
+        # The store is read once per dimension and decision (``longest``), not per job.
         if not holder_dead(r):
             return False
+        dim = str(r["dim"])
         try:
-            return _longest(base, group, str(r["dim"])) <= int(r["start"])
+            if dim not in longest:
+                longest[dim] = _longest(base, group, dim)
         except Exception:  # unknown: kept (a later job publishes past it, or marks it)
             return False
+        return longest[dim] <= int(r["start"])
 
     def decide(state: dict[str, Any], requests: list[dict[str, Any]]) -> Any:
-        new, answers = decide_rows(state, requests, stored, dead=dead)
+        new, answers = decide_rows(state, requests, stored, dead=functools.partial(dead, {}))
         return Batch(new, answers)
 
     return CommitLog(Coordinator(store, group, policy), decide)
