@@ -63,6 +63,11 @@ def test_a_job_without_a_client_runs_on_threads():
     assert isinstance(in_task(), Threads)  # not in a worker
     ex = Threads()
     assert ex.processes() == 1 and not ex.distributed
+    assert ex.threads() == (os.cpu_count() or 1)
+    with dask.config.set(num_workers=3):
+        assert ex.threads() == 3
+    with dask.config.set(scheduler="synchronous"):
+        assert ex.threads() == 1
     assert ex.map(_pid, range(3)) == [os.getpid()] * 3
     assert ex.everywhere(_pid) == [os.getpid()]
     assert ex.on_scheduler(lambda dask_scheduler: 1) is None
@@ -152,6 +157,7 @@ def test_a_cluster_answers_for_each_of_its_worker_processes(cluster_client):
     ex = executor()
     assert isinstance(ex, Cluster) and ex.distributed
     assert ex.processes() == 2
+    assert ex.threads() == 4  # 2 threads each
     pids = ex.everywhere(_pid)
     assert pids[0] == os.getpid() and len(set(pids)) == 3  # here, and each worker
     assert set(ex.map(_pid, range(8))) <= set(pids[1:])

@@ -612,13 +612,30 @@ def test_finalize_split_by_group_ranges_gives_the_same_answer(monkeypatch: Any) 
         ("time", {"time": TimeResampler("1D")}),
         (["time", "x"], ["time.month", "region"]),
     ):
-        whole_task = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, **kwargs)
+        with dask.config.set(scheduler="synchronous"):  # one thread: one finalize task
+            whole_task = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, **kwargs)
         monkeypatch.setattr(compute, "_FINALIZE_CELLS", 30)  # a few groups per task
         lazy = toolkit.stats(arr.chunk(time=40), dims, groupby=groupby, compute=False, **kwargs)
         monkeypatch.undo()
         first = lazy["count"].dims.index("month" if "month" in lazy.dims else "time")
         assert len(lazy["count"].chunks[first]) > 1
         xr.testing.assert_identical(lazy.compute(), whole_task)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_finalize_task_per_thread_where_blocks_hold_few_groups(threads: int) -> None:
+    # The merges after the last block are shared by the threads: one range of
+    # groups each (a single finalize task kept the other threads idle).
+    arr = hourly(2880, "float32", nan=0.1)  # 7-hourly over 27 months; blocks of 70 days
+    kwargs: dict[str, Any] = dict(stats=["count", "mean", "max"], quantiles=QS, progress=False)
+    with dask.config.set(scheduler="synchronous"):
+        one = toolkit.stats(arr.chunk(time=240), "time", groupby="time.month", **kwargs)
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        lazy = toolkit.stats(
+            arr.chunk(time=240), "time", groupby="time.month", compute=False, **kwargs
+        )
+        assert len(lazy["count"].chunks[lazy["count"].dims.index("month")]) == threads
+        xr.testing.assert_identical(lazy.compute(), one)
 
 
 def test_exact_quantiles_of_whole_groups_propagate_nan_with_skipna_false() -> None:

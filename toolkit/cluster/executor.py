@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, override
@@ -94,6 +95,10 @@ class Executor(ABC):
         """The processes the tasks are spread over (1: this one)."""
 
     @abstractmethod
+    def threads(self) -> int:
+        """How many tasks run at once (at least 1)."""
+
+    @abstractmethod
     def compute(
         self, obj: Any, *, callbacks: Sequence[Callback] = (), threads: int | None = None
     ) -> Any:
@@ -144,6 +149,12 @@ class Threads(Executor):
     @override
     def processes(self) -> int:
         return 1
+
+    @override
+    def threads(self) -> int:
+        if dask.config.get("scheduler", None) not in (None, "threads", "threading"):
+            return 1  # "synchronous", or a pool of processes dask names: counted as one
+        return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
     @override
     def compute(
@@ -221,6 +232,11 @@ class Cluster(Executor):
     def processes(self) -> int:
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         return len(workers) or 1
+
+    @override
+    def threads(self) -> int:
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
     @override
     def compute(

@@ -567,6 +567,7 @@ def _variable_stats(
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
     ranges: list[int] = []
+    run = executor()
     if groups is None:
         current = _tree(layer, parts.name, x, axes, every, var.dims, tag, _combine_task, aggs)
         for idx, key in current.items():
@@ -578,7 +579,20 @@ def _variable_stats(
             )
     else:
         ranges = _finalize_groups_layer(
-            layer, parts, x, var, axes, every, names, context, aggs, groups, tag, fname
+            layer,
+            parts,
+            x,
+            var,
+            axes,
+            every,
+            names,
+            context,
+            aggs,
+            groups,
+            tag,
+            fname,
+            run.threads(),
+            run.distributed,
         )
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
     empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
@@ -669,19 +683,22 @@ def _finalize_groups_layer(
     groups: Groups,
     tag: str,
     fname: str,
+    threads: int = 1,
+    distributed: bool = False,
 ) -> list[int]:
     """The grouped statistics' combine and finalize tasks, into ``layer``; their group ranges.
 
     Many groups: finalize tasks per range of the first group dim, each of about
-    ``_FINALIZE_CELLS`` group cells, in parallel and with memory to match. Each
-    merges, in a tree of its own, only the blocks that hold groups of its range.
+    ``_FINALIZE_CELLS`` group cells, in parallel and with memory to match; at
+    least one per thread (``threads``), on a cluster (``distributed``) where
+    blocks hold a few groups each.
+    Each merges, in a tree of its own, only the blocks that hold groups of its
+    range.
     """
     kept = [i for i in range(x.ndim) if i not in axes]
     kept_chunks = [x.chunks[a] for a in kept]
     gshape = groups.shape
     cells = math.prod(max(c, default=0) for c in kept_chunks) * math.prod(gshape[1:])
-    nparts = min(gshape[0], -(-gshape[0] * cells // _FINALIZE_CELLS))
-    ranges = [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))]
     a0 = var.dims.index(groups.groups[0].dim)
     edges = np.cumsum((0, *x.chunks[a0]))
     held = []  # the first grouper's smallest and largest code in each block along a0
@@ -689,6 +706,17 @@ def _finalize_groups_layer(
         c = groups.groups[0].codes[edges[i] : edges[i + 1]]
         c = c[c >= 0]
         held.append((int(c.min()), int(c.max())) if c.size else (1, 0))
+    nparts = -(-gshape[0] * cells // _FINALIZE_CELLS)
+    spans = [hi - lo + 1 for lo, hi in held if hi >= lo]
+    if not distributed or (spans and sum(spans) <= len(spans) * gshape[0] // 2):
+        # A finalize task per thread, each merging only its groups' blocks, so that
+        # the merges after the last block are shared (one task alone kept the other
+        # thread idle: 8% of a monthly climatology's time on 2 threads). On a
+        # cluster, only where blocks hold a few groups each: a block's whole state
+        # travels to each range that takes some of its groups.
+        nparts = max(nparts, threads)
+    nparts = min(gshape[0], nparts)
+    ranges = [len(r) for r in np.array_split(np.arange(gshape[0]), max(nparts, 1))]
     fan = max(2, math.prod(every[var.dims[a]] if x.numblocks[a] > 1 else 1 for a in axes))
     blocks = list(np.ndindex(*x.numblocks))
     for kidx in np.ndindex(*(len(c) for c in kept_chunks)):
