@@ -461,3 +461,37 @@ def test_compiled_sketch_counts_cells_of_only_subnormals_zeros_or_infinities(dty
     got = _compiled_sketch_is_numpys(sketch, x, (0,))
     per_cell = np.bincount(got["codes"] // sketch.span, weights=got["counts"], minlength=6)
     np.testing.assert_array_equal(per_cell, [8, 8, 8, 8, 6, 0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("names", [["count", "mean", "std", "min", "max"], ["kurtosis", "sum"]])
+def test_statistics_and_a_sketch_in_one_kernel_are_each_on_its_own(
+    dtype: str, names: list[str]
+) -> None:
+    """The sketch's kernel computing the statistics too gives the states of the kernels apart.
+
+    600 cells (tiles of 256 and a part), values down; cells with NaN, both
+    infinities, zeros, subnormals and values spanning many doublings.
+    """
+    if not _kernels.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(7)
+    tiny = np.finfo(dtype).smallest_subnormal
+    x = (rng.standard_normal((300, 600)) * 10.0 ** rng.uniform(-3, 3, 600)).astype(dtype)
+    x[:, 5] = np.nan
+    x[::7, 6] = np.nan
+    x[3, 7], x[4, 8], x[5, 8] = np.inf, -np.inf, np.inf
+    x[:, 9] = 0.0
+    x[::3, 300] = tiny * 5
+    x[1::3, 301] = -tiny
+    x[10:20, 599] = np.nan
+    rest = [a for a in components(names) if not isinstance(a, QuantileSketch)]
+    sketch = QuantileSketch(0.01)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TOOLKIT_KERNELS", "1")
+        fused = partial(x, (0,), [*rest, sketch])
+        apart = {**partial(x, (0,), rest), "sketch": sketch.block(x, (0,))}
+    assert fused.keys() == apart.keys()
+    for key, state in apart.items():
+        for part, want in state.items():
+            np.testing.assert_array_equal(fused[key][part], want, err_msg=f"{key} {part}")

@@ -25,12 +25,12 @@ __all__ = [
     "CUBIC",
     "cells_moments",
     "cells_pass",
+    "cells_sketch",
     "enabled",
     "exact_rows",
     "finite_pass",
     "histogram_pass",
     "moments_pass",
-    "sketch_columns",
     "sketch_merge",
     "sketch_ranks",
     "summary_pass",
@@ -158,7 +158,7 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
 
 
 _ROWS = 128  # rows summed into per-cell run accumulators before the totals
-_TILE = 32  # cells whose buckets the sketch kernel finds together, row by row
+_CELLS = 256  # cells whose buckets the sketch kernel finds together, row by row
 CUBIC = (6 / 35, -3 / 5, 10 / 7)
 """DDSketch's cubic ``P(s)`` for ``log2(1 + s)``: coefficients of ``s**3``, ``s**2``, ``s``."""
 
@@ -245,7 +245,7 @@ def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragm
     return s1, s2, s3, s4
 
 
-def _sketch_columns(
+def _cells_sketch(
     bits: Any,
     values: Any,
     f32: bool,
@@ -253,22 +253,36 @@ def _sketch_columns(
     offset: int,
     inf: int,
     span: int,
-) -> tuple[Any, Any]:  # pragma: no cover - compiled
-    """Sorted ``(cell, bucket)`` codes and counts of a block's columns (one column per cell).
+    stats: bool,
+    order: int,
+) -> tuple[Any, ...]:  # pragma: no cover - compiled
+    """A block's sketch codes and counts per column (one column per cell); its statistics too.
 
     ``bits`` are ``values`` viewed as unsigned integers of their width (float32
     when ``f32``, else float64), the values reduced down the rows and the
     cells kept across (a block of whole maps as it is in memory). The buckets
     are :meth:`QuantileSketch.bucket`'s (NaN skipped), read off each float's
     exponent and mantissa bits with the same arithmetic, in the same order;
-    subnormals, rare, go through ``frexp`` as numpy's path does. Cells go in
-    tiles of ``_TILE`` columns: the tile's buckets, and each cell's smallest
-    and largest finite non-zero magnitude's bucket and signs, are found row
-    by row (contiguous reads, vectorized), then each cell's buckets are
-    counted in a table and read off in order over that range of magnitudes
-    on each sign seen (zero and the infinities apart: a range across zero
-    would span every tiny magnitude's bucket). No sort, no logarithm, no
-    transposed copy.
+    subnormals, rare, go through ``frexp`` as numpy's path does.
+
+    Cells go in tiles of ``_CELLS`` columns, read row by row (contiguous,
+    vectorized). A first pass finds every value's bucket, each cell's
+    smallest and largest finite non-zero magnitude's bucket and the signs
+    seen; with ``stats``, also :func:`_cells_pass`'s counts, sums and extrema
+    with its arithmetic (the finite values' apart only where a cell holds an
+    infinity). A second pass counts the buckets, row by row, in a table that
+    gives each cell a slot per bucket of its range on each sign, and zero,
+    the infinities and NaN a slot each (consecutive counts go to different
+    cells: no count waits for the one before); with ``order`` >= 2, it also
+    sums the central powers :func:`_cells_moments` does, about the finite
+    mean. The table is then read off in code order per cell. No sort, no
+    logarithm, no transposed copy; the statistics cost one read of the
+    block, not two.
+
+    Returns ``n, total, fn, ftotal, flags, lo, hi`` (as :func:`_cells_pass`;
+    empty without ``stats``), ``s1, s2, s3, s4`` (as :func:`_cells_moments`;
+    empty below ``order`` 2), and the sorted ``(cell, bucket)`` codes and
+    their counts.
     """
     size, ncells = bits.shape
     a3, b3, c3 = CUBIC
@@ -285,40 +299,89 @@ def _sketch_columns(
     fmask = (np.int64(1) << nmant) - 1
     ibits = amask ^ fmask  # the infinities' magnitude: every exponent bit set
     zero, top, nan = np.int64(0), np.int64(inf), np.int64(-1)  # zero's, infinity's, NaN's
-    table = np.zeros(span, np.int32)
-    buf = np.empty((_TILE, max(1, size)), np.int32)
-    kmin = np.empty(_TILE, np.int64)  # per cell: the smallest and largest finite non-zero
-    kmax = np.empty(_TILE, np.int64)  # magnitude's bucket, and the signs seen (1 -, 2 +)
-    signs = np.empty(_TILE, np.int64)
-    cap = max(64, min(ncells * size, 4 * ncells + 1024))
+    kept = ncells if stats else 0
+    n = np.zeros(kept, np.int64)
+    total = np.zeros(kept)
+    fn = np.zeros(kept, np.int64)
+    ftotal = np.zeros(kept)
+    flags = np.zeros(kept, np.uint8)
+    lo = np.full(kept, np.inf)
+    hi = np.full(kept, -np.inf)
+    moments = ncells if stats and order >= 2 else 0
+    s1 = np.zeros(moments)
+    s2 = np.zeros(moments)
+    s3 = np.zeros(moments if order >= 3 else 0)
+    s4 = np.zeros(moments if order >= 4 else 0)
+    tile = _CELLS
+    buf = np.empty((max(1, size), tile), np.int32)  # each value's code; NaN -1
+    kmin = np.empty(tile, np.int64)  # per cell: the smallest and largest finite non-zero
+    kmax = np.empty(tile, np.int64)  # magnitude's bucket, and the signs seen (1 -, 2 +)
+    signs = np.empty(tile, np.int64)
+    tn = np.empty(tile, np.int64)
+    ttot = np.empty(tile)
+    tlo = np.empty(tile)
+    thi = np.empty(tile)
+    run = np.empty(tile)
+    centre = np.empty(tile)
+    r1 = np.empty(tile)
+    r2 = np.empty(tile)
+    r3 = np.empty(tile)
+    r4 = np.empty(tile)
+    width_of = np.empty(tile, np.int64)  # per cell: buckets in its magnitude range
+    base = np.empty(tile, np.int64)  # where its slots start in the table
+    neg = np.empty(tile, np.int64)  # slot of a negative value: neg + (code - inf)
+    pos = np.empty(tile, np.int64)  # slot of a positive value: pos + (code - inf)
+    slots = np.empty(tile, np.int64)
+    table = np.zeros(4096, np.int32)
+    cap = max(64, 4 * ncells + 1024)
     codes = np.empty(cap, np.int64)
     counts = np.empty(cap, np.int64)
     out = 0
-    for c0 in range(0, ncells, _TILE):
-        width = min(_TILE, ncells - c0)
+    for c0 in range(0, ncells, tile):
+        width = min(tile, ncells - c0)
         kmin[:] = span
         kmax[:] = -1
         signs[:] = 0
+        tn[:] = 0
+        ttot[:] = 0.0
+        tlo[:] = np.inf
+        thi[:] = -np.inf
         tiny = False
-        for t in range(size):  # branch-free: every value's bucket, NaN as -1
-            row = bits[t, c0 : c0 + width]
+        special = False  # zero, an infinity or NaN: slots of their own
+        for start in range(0, size, _ROWS):
+            run[:] = 0.0
+            for t in range(start, min(start + _ROWS, size)):
+                row = bits[t, c0 : c0 + width]
+                dst = buf[t]
+                for cc in range(width):  # branch-free: every value's code
+                    raw = np.int64(row[cc])
+                    mag = raw & amask
+                    ex = mag >> nmant
+                    s = np.float64(mag & fmask) * scale
+                    p = ((a3 * s + b3) * s + c3) * s
+                    k = np.int64(np.floor((np.float64(ex - bias) + p) * multiplier)) + offset
+                    k = zero if mag == 0 else k
+                    k = top if mag >= ibits else k
+                    b = top - k if raw != mag else top + k
+                    b = nan if mag > ibits else b
+                    dst[cc] = b
+                    fin = (ex != 0) & (mag < ibits)
+                    tiny |= (ex == 0) & (mag != 0)
+                    special |= (mag == 0) | (mag >= ibits)
+                    kmin[cc] = min(kmin[cc], k if fin else span)
+                    kmax[cc] = max(kmax[cc], k if fin else -1)
+                    signs[cc] |= (1 if raw != mag else 2) if fin else 0
+                if stats:  # _cells_pass's arithmetic
+                    vrow = values[t, c0 : c0 + width]
+                    for cc in range(width):
+                        f = np.float64(vrow[cc])
+                        ok = f == f
+                        tn[cc] += np.int64(ok)
+                        run[cc] += f if ok else 0.0
+                        tlo[cc] = f if f < tlo[cc] else tlo[cc]
+                        thi[cc] = f if f > thi[cc] else thi[cc]
             for cc in range(width):
-                raw = np.int64(row[cc])
-                mag = raw & amask
-                ex = mag >> nmant
-                s = np.float64(mag & fmask) * scale
-                p = ((a3 * s + b3) * s + c3) * s
-                k = np.int64(np.floor((np.float64(ex - bias) + p) * multiplier)) + offset
-                k = zero if mag == 0 else k
-                k = top if mag >= ibits else k
-                b = top - k if raw != mag else top + k
-                b = nan if mag > ibits else b
-                buf[cc, t] = b
-                fin = (ex != 0) & (mag < ibits)
-                tiny |= (ex == 0) & (mag != 0)
-                kmin[cc] = min(kmin[cc], k if fin else span)
-                kmax[cc] = max(kmax[cc], k if fin else -1)
-                signs[cc] |= (1 if raw != mag else 2) if fin else 0
+                ttot[cc] += run[cc]
         if tiny:  # subnormals: their exponent bits are not their exponent
             for t in range(size):
                 for cc in range(width):
@@ -330,40 +393,155 @@ def _sketch_columns(
                     p = ((a3 * s + b3) * s + c3) * s
                     k = np.int64(np.floor((np.float64(e - 1) + p) * multiplier)) + offset
                     b = inf - k if values[t, c0 + cc] < 0 else inf + k
-                    buf[cc, t] = b
+                    buf[t, cc] = b
                     kmin[cc] = min(kmin[cc], k)
                     kmax[cc] = max(kmax[cc], k)
                     signs[cc] |= 1 if b < inf else 2
+        # Each cell's slots: its range of magnitudes for each sign (in code order:
+        # the negative ones from the largest magnitude down), then zero, +inf, -inf, NaN.
+        need = 0
         for cc in range(width):
-            m = 0
-            for t in range(size):
-                b = buf[cc, t]
-                if b >= 0:
-                    table[b] += 1
-                    m += 1
-            if m == 0:
-                continue
-            need = out + 3 + 2 * max(kmax[cc] - kmin[cc] + 1, 0)
+            r = max(kmax[cc] - kmin[cc] + 1, 0)
+            width_of[cc] = r
+            base[cc] = need
+            neg[cc] = need + kmax[cc]
+            pos[cc] = need + r - kmin[cc]
+            need += 2 * r + 4
+        if table.size < need:
+            table = np.zeros(max(need, 2 * table.size), np.int32)
+        if stats:
+            infinite = False
+            for cc in range(width):
+                c = c0 + cc
+                n[c] = tn[cc]
+                total[c] = ttot[cc]
+                lo[c] = tlo[cc]
+                hi[c] = thi[cc]
+                infinite |= (tlo[cc] == -np.inf) | (thi[cc] == np.inf)
+            if infinite:  # rare: the finite values' count and sum, and the infinities seen
+                for start in range(0, size, _ROWS):
+                    run[:] = 0.0
+                    for t in range(start, min(start + _ROWS, size)):
+                        vrow = values[t, c0 : c0 + width]
+                        for cc in range(width):
+                            f = np.float64(vrow[cc])
+                            fin = np.abs(f) < np.inf
+                            fn[c0 + cc] += np.int64(fin)
+                            run[cc] += f if fin else 0.0
+                            flags[c0 + cc] |= np.uint8(f == np.inf) | (
+                                np.uint8(f == -np.inf) << np.uint8(1)
+                            )
+                    for cc in range(width):
+                        ftotal[c0 + cc] += run[cc]
+            else:
+                for cc in range(width):
+                    fn[c0 + cc] = tn[cc]
+                    ftotal[c0 + cc] = ttot[cc]
+            for cc in range(width):
+                c = c0 + cc
+                centre[cc] = ftotal[c] / max(fn[c], 1) if fn[c] > 0 else 0.0
+        for start in range(0, size, _ROWS):
+            r1[:] = 0.0
+            r2[:] = 0.0
+            r3[:] = 0.0
+            r4[:] = 0.0
+            for t in range(start, min(start + _ROWS, size)):
+                src = buf[t]
+                if special:
+                    for cc in range(width):
+                        b = np.int64(src[cc])
+                        rel = b - top
+                        r = width_of[cc]
+                        slot = (pos[cc] if rel > 0 else neg[cc]) + rel
+                        slot = base[cc] + 2 * r if rel == 0 else slot
+                        slot = base[cc] + 2 * r + 1 if b == 2 * top else slot
+                        slot = base[cc] + 2 * r + 2 if b == 0 else slot
+                        slot = base[cc] + 2 * r + 3 if b < 0 else slot
+                        slots[cc] = slot
+                else:
+                    for cc in range(width):
+                        rel = np.int64(src[cc]) - top
+                        slots[cc] = (pos[cc] if rel > 0 else neg[cc]) + rel
+                for cc in range(width):
+                    table[slots[cc]] += 1
+                if stats and order >= 2:  # _cells_moments's arithmetic
+                    vrow = values[t, c0 : c0 + width]
+                    if order == 2:
+                        for cc in range(width):
+                            f = np.float64(vrow[cc])
+                            d = f - centre[cc] if np.abs(f) < np.inf else 0.0
+                            r1[cc] += d
+                            r2[cc] += d * d
+                    else:
+                        for cc in range(width):
+                            f = np.float64(vrow[cc])
+                            d = f - centre[cc] if np.abs(f) < np.inf else 0.0
+                            d2 = d * d
+                            r1[cc] += d
+                            r2[cc] += d2
+                            r3[cc] += d2 * d
+                            if order >= 4:
+                                r4[cc] += d2 * d2
+            if stats and order >= 2:
+                for cc in range(width):
+                    c = c0 + cc
+                    s1[c] += r1[cc]
+                    s2[c] += r2[cc]
+                    if order >= 3:
+                        s3[c] += r3[cc]
+                    if order >= 4:
+                        s4[c] += r4[cc]
+        for cc in range(width):
+            r = width_of[cc]
+            first = base[cc]
+            table[first + 2 * r + 3] = 0  # NaN's, not read off
+            need = out + 3 + 2 * r
             if need > cap:
-                cap = max(2 * cap, need)
+                # A guess from the cells so far, so that the arrays grow about once.
+                cap = max(2 * cap, need, out * ncells // max(c0 + cc, 1) + 2 * r + 4)
                 grown = np.empty(cap, np.int64)
                 grown[:out] = codes[:out]
                 codes = grown
                 grown = np.empty(cap, np.int64)
                 grown[:out] = counts[:out]
                 counts = grown
-            base = np.int64(c0 + cc) * span
+            cell = np.int64(c0 + cc) * span
             # In code order: -inf, the negative range, zero, the positive range, +inf.
-            # A sign not seen has an empty range.
-            lo = kmin[cc]
-            hi = kmax[cc] if signs[cc] & 1 else lo - 1
-            out = _emit_one(table, codes, counts, out, base, 0, 0)
-            out = _emit_one(table, codes, counts, out, base, inf - hi, inf - lo)
-            out = _emit_one(table, codes, counts, out, base, inf, inf)
-            hi = kmax[cc] if signs[cc] & 2 else lo - 1
-            out = _emit_one(table, codes, counts, out, base, inf + lo, inf + hi)
-            out = _emit_one(table, codes, counts, out, base, 2 * inf, 2 * inf)
-    return codes[:out].copy(), counts[:out].copy()
+            j = first + 2 * r + 2
+            out = _emit_one(table, codes, counts, out, cell - j, j, j)
+            if signs[cc] & 1:  # slot first + i: magnitude kmax - i, code inf - kmax + i
+                out = _emit_one(
+                    table, codes, counts, out, cell + inf - kmax[cc] - first, first, first + r - 1
+                )
+            j = first + 2 * r
+            out = _emit_one(table, codes, counts, out, cell + inf - j, j, j)
+            if signs[cc] & 2:  # slot first + r + i: magnitude kmin + i, code inf + kmin + i
+                out = _emit_one(
+                    table,
+                    codes,
+                    counts,
+                    out,
+                    cell + inf + kmin[cc] - first - r,
+                    first + r,
+                    first + 2 * r - 1,
+                )
+            j = first + 2 * r + 1
+            out = _emit_one(table, codes, counts, out, cell + 2 * inf - j, j, j)
+    return (
+        n,
+        total,
+        fn,
+        ftotal,
+        flags,
+        lo,
+        hi,
+        s1,
+        s2,
+        s3,
+        s4,
+        codes[:out].copy(),
+        counts[:out].copy(),
+    )
 
 
 def _emit(
@@ -516,7 +694,7 @@ summary_pass: Callable[[Any], tuple[Any, float]]
 finite_pass: Callable[[Any], tuple[Any, float, Any, Any]]
 moments_pass: Callable[[Any, float, int], tuple[float, float, float, float]]
 histogram_pass: Callable[[Any, float, float, int], Any]
-sketch_columns: Callable[..., tuple[Any, Any]]
+cells_sketch: Callable[..., tuple[Any, ...]]
 sketch_merge: Callable[[Any, Any, Any, Any], tuple[Any, Any]]
 sketch_ranks: Callable[[Any, Any, int, int, Any], tuple[Any, Any, Any, Any]]
 transpose: Callable[[Any], Any]
@@ -536,7 +714,7 @@ if AVAILABLE:  # pragma: no branch
     histogram_pass = numba.njit(cache=True, nogil=True)(_histogram_pass)
     # The sketch's buckets must be numpy's (QuantileSketch.bucket): no flags either.
     _emit_one = numba.njit(cache=True, nogil=True)(_emit)
-    sketch_columns = numba.njit(cache=True, nogil=True)(_sketch_columns)
+    cells_sketch = numba.njit(cache=True, nogil=True)(_cells_sketch)
     sketch_merge = numba.njit(cache=True, nogil=True)(_sketch_merge)
     sketch_ranks = numba.njit(cache=True, nogil=True)(_sketch_ranks)
     transpose = numba.njit(cache=True, nogil=True)(_transpose)
@@ -552,7 +730,7 @@ else:  # pragma: no cover
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass
     _emit_one = _emit
-    sketch_columns = _sketch_columns
+    cells_sketch = _cells_sketch
     sketch_merge = _sketch_merge
     sketch_ranks = _sketch_ranks
     transpose = _transpose

@@ -545,24 +545,13 @@ class QuantileSketch:
         """
         ncells, rows = _rows(x, axes)
         if _kernels.enabled() and x.dtype.kind in "fiub" and rows.size:
-            # One compiled pass (_kernels.sketch_columns): buckets counted per cell, in order.
-            # The kernel reads cells across, values down: a block of whole maps as it is.
+            # One compiled kernel (_kernels.cells_sketch): buckets counted per cell, in order.
+            # It reads cells across, values down: a block of whole maps as it is.
             cols = rows.T
             if x.dtype not in (np.float32, np.float64):
                 cols = cols.astype(_F8)  # as below (one compiled version per dtype)
-            elif not cols.flags.c_contiguous:
-                cols = np.ascontiguousarray(cols)
-            f32 = bool(cols.dtype == np.float32)
-            codes, counts = _kernels.sketch_columns(
-                cols.view(np.uint32 if f32 else np.uint64),
-                cols,
-                f32,
-                self._multiplier,
-                self._offset,
-                self._inf,
-                self.span,
-            )
-            return {"codes": codes, "counts": counts, "cells": ncells}
+            state: Partial = self.kernel(np.ascontiguousarray(cols), stats=False, order=0)[-1]
+            return state
         v = rows.astype(_F8)  # a copy: NaN are overwritten below
         nan = np.isnan(v) if x.dtype.kind == "f" else None
         if nan is not None and not nan.any():
@@ -590,6 +579,27 @@ class QuantileSketch:
         ok = bucket < self.span
         codes = (key[first] // (self.span + 1)) * self.span + bucket
         return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
+
+    def kernel(self, cols: np.ndarray, *, stats: bool, order: int) -> tuple[Any, ...]:
+        """:func:`toolkit.stats._kernels.cells_sketch` of ``cols`` (values down, cells across).
+
+        ``cols`` C-contiguous float32 or float64. Returns the kernel's per-cell
+        statistics (with ``stats``; central sums up to ``order``) and, last,
+        this component's state.
+        """
+        f32 = bool(cols.dtype == np.float32)
+        *cells, codes, counts = _kernels.cells_sketch(
+            cols.view(np.uint32 if f32 else np.uint64),
+            cols,
+            f32,
+            self._multiplier,
+            self._offset,
+            self._inf,
+            self.span,
+            stats,
+            order,
+        )
+        return (*cells, {"codes": codes, "counts": counts, "cells": cols.shape[1]})
 
     def _dense(
         self, cell: np.ndarray, b: np.ndarray, ncells: int, weights: np.ndarray | None = None
@@ -1005,8 +1015,9 @@ def partial(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -
         rest = [a for a in rest if a.key not in fused]
         out.update(fused)
     else:
-        fused = _fused_cells(x, axes, rest)
+        fused = _fused_cells(x, axes, rest, sketches)
         rest = [a for a in rest if a.key not in fused]
+        sketches = [a for a in sketches if a.key not in fused]
         out.update(fused)
     if rest:
         out.update(_slabs(x, axes, rest))
@@ -1080,15 +1091,22 @@ def _fused(x: np.ndarray, aggs: Sequence[Aggregation]) -> dict[str, Partial]:
     return out
 
 
-def _fused_cells(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregation]) -> Partial:
+def _fused_cells(
+    x: np.ndarray,
+    axes: tuple[int, ...],
+    aggs: Sequence[Aggregation],
+    sketches: Sequence[QuantileSketch] = (),
+) -> Partial:
     """Partials of a float block with cells kept, from the compiled per-cell kernels.
 
     The block as rows of the values reduced by columns of the cells kept: a
     pass for counts, sums, infinities and extrema, and one for the central
     sums, each vectorized across the cells. The state is the components'
     ``chunk``'s, with the same arithmetic (float64 sums, the corrected two-pass
-    moments of the finite values); histograms and sketches are left to numpy
-    and :meth:`QuantileSketch.block`.
+    moments of the finite values); histograms are left to numpy. With one
+    quantile sketch in ``sketches``, its kernel computes the statistics in
+    its own two passes over the block, and its state is in the result too;
+    else sketches are left to :meth:`QuantileSketch.block`.
     """
     covered = (Count, Extrema, Sum, Moments)
     if (
@@ -1105,8 +1123,16 @@ def _fused_cells(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregatio
         return {}
     v = np.moveaxis(x, list(axes), list(range(len(axes)))).reshape(size, ncells)
     v = np.ascontiguousarray(v)  # a view for a block of whole maps (time, y, x)
-    n, total, fn, ftotal, flags, lo, hi = _kernels.cells_pass(v)
     out: dict[str, Partial] = {}
+    sums = None
+    if len(sketches) == 1:
+        order = max((a.order for a in aggs if isinstance(a, Moments)), default=0)
+        *cells, state = sketches[0].kernel(v, stats=True, order=order)
+        n, total, fn, ftotal, flags, lo, hi, *central = cells
+        sums = tuple(central)
+        out[sketches[0].key] = state
+    else:
+        n, total, fn, ftotal, flags, lo, hi = _kernels.cells_pass(v)
     for a in aggs:
         if isinstance(a, Count):
             out[a.key] = {"n": n.reshape(kept_shape), "size": np.full(kept_shape, size, _I8)}
@@ -1118,7 +1144,7 @@ def _fused_cells(x: np.ndarray, axes: tuple[int, ...], aggs: Sequence[Aggregatio
         elif isinstance(a, Sum):
             out[a.key] = {"sum": total.reshape(kept_shape)}
         elif isinstance(a, Moments):
-            out[a.key] = _cells_moments(v, a.order, fn, ftotal, flags, kept_shape)
+            out[a.key] = _cells_moments(v, a.order, fn, ftotal, flags, kept_shape, sums)
     return out
 
 
@@ -1129,14 +1155,19 @@ def _cells_moments(
     total: np.ndarray,
     inf: np.ndarray,
     shape: tuple[int, ...],
+    sums: tuple[np.ndarray, ...] | None = None,
 ) -> Partial:
-    """:meth:`Moments.chunk`'s state from the per-cell kernels' finite counts and sums."""
+    """:meth:`Moments.chunk`'s state from the per-cell kernels' finite counts and sums.
+
+    ``sums``: the central sums about the finite mean, when a kernel summed
+    them already (else :func:`~toolkit.stats._kernels.cells_moments` does).
+    """
     nz = np.maximum(n, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         mean = np.where(n > 0, total / nz, 0.0)
         out: Partial = {"n": n, "mean": mean, "mean_lo": np.zeros_like(mean), "inf": inf}
         if order >= 2:
-            s1, s2, s3, s4 = _kernels.cells_moments(v, mean, order)
+            s1, s2, s3, s4 = sums if sums is not None else _kernels.cells_moments(v, mean, order)
             c = np.where(n > 0, s1 / nz, 0.0)
             out["mean_lo"] = c
             out["m2"] = s2 - s1 * c
