@@ -163,6 +163,19 @@ CUBIC = (6 / 35, -3 / 5, 10 / 7)
 """DDSketch's cubic ``P(s)`` for ``log2(1 + s)``: coefficients of ``s**3``, ``s**2``, ``s``."""
 
 
+def _summaries(ncells: int) -> tuple[Any, ...]:  # pragma: no cover - compiled
+    """:func:`_cells_pass`'s results before any value: counts and sums 0, no extrema."""
+    return (
+        np.zeros(ncells, np.int64),
+        np.zeros(ncells),
+        np.zeros(ncells, np.int64),
+        np.zeros(ncells),
+        np.zeros(ncells, np.uint8),
+        np.full(ncells, np.inf),
+        np.full(ncells, -np.inf),
+    )
+
+
 def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
     """Per column of ``x`` (rows: the values reduced; columns: the cells kept), one pass.
 
@@ -173,13 +186,7 @@ def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
     ``_ROWS + rows / _ROWS``, not with the rows.
     """
     size, ncells = x.shape
-    n = np.zeros(ncells, np.int64)
-    total = np.zeros(ncells)
-    fn = np.zeros(ncells, np.int64)
-    ftotal = np.zeros(ncells)
-    flags = np.zeros(ncells, np.uint8)
-    lo = np.full(ncells, np.inf)
-    hi = np.full(ncells, -np.inf)
+    n, total, fn, ftotal, flags, lo, hi = _summaries_one(ncells)
     run = np.zeros(ncells)
     frun = np.zeros(ncells)
     for start in range(0, size, _ROWS):
@@ -204,6 +211,31 @@ def _cells_pass(x: Any) -> tuple[Any, ...]:  # pragma: no cover - compiled
     return n, total, fn, ftotal, flags, lo, hi
 
 
+def _central(
+    row: Any, centre: Any, order: int, r1: Any, r2: Any, r3: Any, r4: Any
+) -> None:  # pragma: no cover - compiled
+    """Add one row's powers of ``d = x - centre`` (finite x; else 0) to the run sums, per cell.
+
+    ``d`` and ``d**2`` always, ``d**3`` from ``order`` 3, ``d**4`` from 4.
+    """
+    if order == 2:
+        for c in range(row.size):
+            f = np.float64(row[c])
+            d = f - centre[c] if np.abs(f) < np.inf else 0.0
+            r1[c] += d
+            r2[c] += d * d
+    else:
+        for c in range(row.size):
+            f = np.float64(row[c])
+            d = f - centre[c] if np.abs(f) < np.inf else 0.0
+            d2 = d * d
+            r1[c] += d
+            r2[c] += d2
+            r3[c] += d2 * d
+            if order >= 4:
+                r4[c] += d2 * d2
+
+
 def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragma: no cover
     """Per column: sums of ``d``, ``d**2`` (to ``d**order``), ``d = x - centre`` over finite x."""
     size, ncells = x.shape
@@ -221,23 +253,7 @@ def _cells_moments(x: Any, centre: Any, order: int) -> tuple[Any, ...]:  # pragm
         r3[:] = 0.0
         r4[:] = 0.0
         for t in range(start, min(start + _ROWS, size)):
-            row = x[t]
-            if order == 2:
-                for c in range(ncells):
-                    f = np.float64(row[c])
-                    d = f - centre[c] if np.abs(f) < np.inf else 0.0
-                    r1[c] += d
-                    r2[c] += d * d
-            else:
-                for c in range(ncells):
-                    f = np.float64(row[c])
-                    d = f - centre[c] if np.abs(f) < np.inf else 0.0
-                    d2 = d * d
-                    r1[c] += d
-                    r2[c] += d2
-                    r3[c] += d2 * d
-                    if order >= 4:
-                        r4[c] += d2 * d2
+            _central_one(x[t], centre, order, r1, r2, r3, r4)
         s1 += r1
         s2 += r2
         s3 += r3
@@ -299,14 +315,7 @@ def _cells_sketch(
     fmask = (np.int64(1) << nmant) - 1
     ibits = amask ^ fmask  # the infinities' magnitude: every exponent bit set
     zero, top, nan = np.int64(0), np.int64(inf), np.int64(-1)  # zero's, infinity's, NaN's
-    kept = ncells if stats else 0
-    n = np.zeros(kept, np.int64)
-    total = np.zeros(kept)
-    fn = np.zeros(kept, np.int64)
-    ftotal = np.zeros(kept)
-    flags = np.zeros(kept, np.uint8)
-    lo = np.full(kept, np.inf)
-    hi = np.full(kept, -np.inf)
+    n, total, fn, ftotal, flags, lo, hi = _summaries_one(ncells if stats else 0)
     moments = ncells if stats and order >= 2 else 0
     s1 = np.zeros(moments)
     s2 = np.zeros(moments)
@@ -465,23 +474,7 @@ def _cells_sketch(
                 for cc in range(width):
                     table[slots[cc]] += 1
                 if stats and order >= 2:  # _cells_moments's arithmetic
-                    vrow = values[t, c0 : c0 + width]
-                    if order == 2:
-                        for cc in range(width):
-                            f = np.float64(vrow[cc])
-                            d = f - centre[cc] if np.abs(f) < np.inf else 0.0
-                            r1[cc] += d
-                            r2[cc] += d * d
-                    else:
-                        for cc in range(width):
-                            f = np.float64(vrow[cc])
-                            d = f - centre[cc] if np.abs(f) < np.inf else 0.0
-                            d2 = d * d
-                            r1[cc] += d
-                            r2[cc] += d2
-                            r3[cc] += d2 * d
-                            if order >= 4:
-                                r4[cc] += d2 * d2
+                    _central_one(values[t, c0 : c0 + width], centre, order, r1, r2, r3, r4)
             if stats and order >= 2:
                 for cc in range(width):
                     c = c0 + cc
@@ -702,6 +695,8 @@ cells_pass: Callable[[Any], tuple[Any, ...]]
 cells_moments: Callable[[Any, Any, int], tuple[Any, ...]]
 exact_rows: Callable[[Any, Any], Any]
 _emit_one: Callable[..., int]
+_central_one: Callable[..., None]
+_summaries_one: Callable[[int], tuple[Any, ...]]
 _lerp_one: Callable[[float, float, float], float]
 if AVAILABLE:  # pragma: no branch
     # "reassoc" lets the sums vectorize (several partial sums, as pairwise
@@ -721,6 +716,8 @@ if AVAILABLE:  # pragma: no branch
     _lerp_one = numba.njit(cache=True, nogil=True)(_lerp)
     # Per-cell sums accumulate cell by cell (no reassociation): the loops over cells
     # vectorize as they are; NaN and infinity comparisons must stay IEEE's.
+    _central_one = numba.njit(cache=True, nogil=True)(_central)
+    _summaries_one = numba.njit(cache=True, nogil=True)(_summaries)
     cells_pass = numba.njit(cache=True, nogil=True)(_cells_pass)
     cells_moments = numba.njit(cache=True, nogil=True)(_cells_moments)
     exact_rows = numba.njit(cache=True, nogil=True)(_exact_rows)
@@ -730,6 +727,8 @@ else:  # pragma: no cover
     moments_pass = _moments_pass
     histogram_pass = _histogram_pass
     _emit_one = _emit
+    _central_one = _central
+    _summaries_one = _summaries
     cells_sketch = _cells_sketch
     sketch_merge = _sketch_merge
     sketch_ranks = _sketch_ranks
