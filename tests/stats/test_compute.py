@@ -221,6 +221,8 @@ def test_all_nan_and_empty_give_nan_and_zero_counts_quietly() -> None:
         ({"dim": "depth"}, "dim 'depth' is not in the data; its dims are"),
         ({"quantiles": [0.5, 50]}, r"quantiles must lie in \[0, 1\], got \[50.0\]"),
         ({"quantiles": 0.5, "quantile_error": 2}, "quantile_error must lie in"),
+        # Finer sketches' codes overflowed the kernel's int32 (a segfault at 5e-7).
+        ({"quantiles": 0.5, "quantile_error": 5e-7}, r"must lie in \[1e-05, 1\).*1/quantile_error"),
         ({"stats": ["histogram"]}, "'histogram' needs bins="),
         ({"stats": ["quantiles"]}, "'quantiles' needs quantiles="),
         ({"bins": 0}, "bins must be a positive number"),

@@ -159,6 +159,7 @@ def _histogram_pass(x: Any, first: float, last: float, nbins: int) -> Any:  # pr
 
 _ROWS = 128  # rows summed into per-cell run accumulators before the totals
 _CELLS = 256  # cells whose buckets the sketch kernel finds together, row by row
+_SLOTS = 1 << 22  # the sketch kernel's table of counts: 16 MiB, but for one cell's range
 CUBIC = (6 / 35, -3 / 5, 10 / 7)
 """DDSketch's cubic ``P(s)`` for ``log2(1 + s)``: coefficients of ``s**3``, ``s**2``, ``s``."""
 
@@ -289,7 +290,9 @@ def _cells_sketch(
     infinity). A second pass counts the buckets, row by row, in a table that
     gives each cell a slot per bucket of its range on each sign, and zero,
     the infinities and NaN a slot each (consecutive counts go to different
-    cells: no count waits for the one before); with ``order`` >= 2, it also
+    cells: no count waits for the one before; cells whose ranges are wide
+    take turns, so that the table stays within ``_SLOTS`` counts but for a
+    cell alone that needs more); with ``order`` >= 2, it also
     sums the central powers :func:`_cells_moments` does, about the finite
     mean. The table is then read off in code order per cell. No sort, no
     logarithm, no transposed copy; the statistics cost one read of the
@@ -406,18 +409,6 @@ def _cells_sketch(
                     kmin[cc] = min(kmin[cc], k)
                     kmax[cc] = max(kmax[cc], k)
                     signs[cc] |= 1 if b < inf else 2
-        # Each cell's slots: its range of magnitudes for each sign (in code order:
-        # the negative ones from the largest magnitude down), then zero, +inf, -inf, NaN.
-        need = 0
-        for cc in range(width):
-            r = max(kmax[cc] - kmin[cc] + 1, 0)
-            width_of[cc] = r
-            base[cc] = need
-            neg[cc] = need + kmax[cc]
-            pos[cc] = need + r - kmin[cc]
-            need += 2 * r + 4
-        if table.size < need:
-            table = np.zeros(max(need, 2 * table.size), np.int32)
         if stats:
             infinite = False
             for cc in range(width):
@@ -449,77 +440,109 @@ def _cells_sketch(
             for cc in range(width):
                 c = c0 + cc
                 centre[cc] = ftotal[c] / max(fn[c], 1) if fn[c] > 0 else 0.0
-        for start in range(0, size, _ROWS):
-            r1[:] = 0.0
-            r2[:] = 0.0
-            r3[:] = 0.0
-            r4[:] = 0.0
-            for t in range(start, min(start + _ROWS, size)):
-                src = buf[t]
-                if special:
-                    for cc in range(width):
-                        b = np.int64(src[cc])
-                        rel = b - top
-                        r = width_of[cc]
-                        slot = (pos[cc] if rel > 0 else neg[cc]) + rel
-                        slot = base[cc] + 2 * r if rel == 0 else slot
-                        slot = base[cc] + 2 * r + 1 if b == 2 * top else slot
-                        slot = base[cc] + 2 * r + 2 if b == 0 else slot
-                        slot = base[cc] + 2 * r + 3 if b < 0 else slot
-                        slots[cc] = slot
-                else:
-                    for cc in range(width):
-                        rel = np.int64(src[cc]) - top
-                        slots[cc] = (pos[cc] if rel > 0 else neg[cc]) + rel
-                for cc in range(width):
-                    table[slots[cc]] += 1
-                if stats and order >= 2:  # _cells_moments's arithmetic
-                    _central_one(values[t, c0 : c0 + width], centre, order, r1, r2, r3, r4)
-            if stats and order >= 2:
-                for cc in range(width):
-                    c = c0 + cc
-                    s1[c] += r1[cc]
-                    s2[c] += r2[cc]
-                    if order >= 3:
-                        s3[c] += r3[cc]
-                    if order >= 4:
-                        s4[c] += r4[cc]
-        for cc in range(width):
-            r = width_of[cc]
-            first = base[cc]
-            table[first + 2 * r + 3] = 0  # NaN's, not read off
-            need = out + 3 + 2 * r
-            if need > cap:
-                # A guess from the cells so far, so that the arrays grow about once.
-                cap = max(2 * cap, need, out * ncells // max(c0 + cc, 1) + 2 * r + 4)
-                grown = np.empty(cap, np.int64)
-                grown[:out] = codes[:out]
-                codes = grown
-                grown = np.empty(cap, np.int64)
-                grown[:out] = counts[:out]
-                counts = grown
-            cell = np.int64(c0 + cc) * span
-            # In code order: -inf, the negative range, zero, the positive range, +inf.
-            j = first + 2 * r + 2
-            out = _emit_one(table, codes, counts, out, cell - j, j, j)
-            if signs[cc] & 1:  # slot first + i: magnitude kmax - i, code inf - kmax + i
-                out = _emit_one(
-                    table, codes, counts, out, cell + inf - kmax[cc] - first, first, first + r - 1
-                )
-            j = first + 2 * r
-            out = _emit_one(table, codes, counts, out, cell + inf - j, j, j)
-            if signs[cc] & 2:  # slot first + r + i: magnitude kmin + i, code inf + kmin + i
-                out = _emit_one(
-                    table,
-                    codes,
-                    counts,
-                    out,
-                    cell + inf + kmin[cc] - first - r,
-                    first + r,
-                    first + 2 * r - 1,
-                )
-            j = first + 2 * r + 1
-            out = _emit_one(table, codes, counts, out, cell + 2 * inf - j, j, j)
+        # Cells in groups whose slots fit the table (_SLOTS; a cell alone may take
+        # more): each cell's range of magnitudes for each sign (in code order: the
+        # negative ones from the largest magnitude down), then zero, +inf, -inf, NaN.
+        ga = 0
+        while ga < width:
+            need = 0
+            gb = ga
+            while gb < width:
+                r = max(kmax[gb] - kmin[gb] + 1, 0)
+                if gb > ga and need + 2 * r + 4 > _SLOTS:
+                    break
+                width_of[gb] = r
+                base[gb] = need
+                neg[gb] = need + kmax[gb]
+                pos[gb] = need + r - kmin[gb]
+                need += 2 * r + 4
+                gb += 1
+            if table.size < need:
+                table = np.zeros(max(need, min(2 * table.size, _SLOTS)), np.int32)
+            # The group's per-cell arrays as slices: loops over a slice vectorize.
+            gw = gb - ga
+            gpos, gneg, gbase, gwidth = pos[ga:gb], neg[ga:gb], base[ga:gb], width_of[ga:gb]
+            gslots = slots[:gw]
+            g1, g2, g3, g4 = r1[ga:gb], r2[ga:gb], r3[ga:gb], r4[ga:gb]
+            gcentre = centre[ga:gb]
+            for start in range(0, size, _ROWS):
+                g1[:] = 0.0
+                g2[:] = 0.0
+                g3[:] = 0.0
+                g4[:] = 0.0
+                for t in range(start, min(start + _ROWS, size)):
+                    src = buf[t, ga:gb]
+                    if special:
+                        for cc in range(gw):
+                            b = np.int64(src[cc])
+                            rel = b - top
+                            r = gwidth[cc]
+                            slot = (gpos[cc] if rel > 0 else gneg[cc]) + rel
+                            slot = gbase[cc] + 2 * r if rel == 0 else slot
+                            slot = gbase[cc] + 2 * r + 1 if b == 2 * top else slot
+                            slot = gbase[cc] + 2 * r + 2 if b == 0 else slot
+                            slot = gbase[cc] + 2 * r + 3 if b < 0 else slot
+                            gslots[cc] = slot
+                    else:
+                        for cc in range(gw):
+                            rel = np.int64(src[cc]) - top
+                            gslots[cc] = (gpos[cc] if rel > 0 else gneg[cc]) + rel
+                    for cc in range(gw):
+                        table[gslots[cc]] += 1
+                    if stats and order >= 2:  # _cells_moments's arithmetic
+                        _central_one(values[t, c0 + ga : c0 + gb], gcentre, order, g1, g2, g3, g4)
+                if stats and order >= 2:
+                    for cc in range(ga, gb):
+                        c = c0 + cc
+                        s1[c] += r1[cc]
+                        s2[c] += r2[cc]
+                        if order >= 3:
+                            s3[c] += r3[cc]
+                        if order >= 4:
+                            s4[c] += r4[cc]
+            for cc in range(ga, gb):
+                r = width_of[cc]
+                first = base[cc]
+                table[first + 2 * r + 3] = 0  # NaN's, not read off
+                need = out + 3 + 2 * r
+                if need > cap:
+                    # A guess from the cells so far, so that the arrays grow about once.
+                    cap = max(2 * cap, need, out * ncells // max(c0 + cc, 1) + 2 * r + 4)
+                    grown = np.empty(cap, np.int64)
+                    grown[:out] = codes[:out]
+                    codes = grown
+                    grown = np.empty(cap, np.int64)
+                    grown[:out] = counts[:out]
+                    counts = grown
+                cell = np.int64(c0 + cc) * span
+                # In code order: -inf, the negative range, zero, the positive range, +inf.
+                j = first + 2 * r + 2
+                out = _emit_one(table, codes, counts, out, cell - j, j, j)
+                if signs[cc] & 1:  # slot first + i: magnitude kmax - i, code inf - kmax + i
+                    out = _emit_one(
+                        table,
+                        codes,
+                        counts,
+                        out,
+                        cell + inf - kmax[cc] - first,
+                        first,
+                        first + r - 1,
+                    )
+                j = first + 2 * r
+                out = _emit_one(table, codes, counts, out, cell + inf - j, j, j)
+                if signs[cc] & 2:  # slot first + r + i: magnitude kmin + i, code inf + kmin + i
+                    out = _emit_one(
+                        table,
+                        codes,
+                        counts,
+                        out,
+                        cell + inf + kmin[cc] - first - r,
+                        first + r,
+                        first + 2 * r - 1,
+                    )
+                j = first + 2 * r + 1
+                out = _emit_one(table, codes, counts, out, cell + 2 * inf - j, j, j)
+            ga = gb
     return (
         n,
         total,

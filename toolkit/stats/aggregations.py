@@ -544,7 +544,7 @@ class QuantileSketch:
         short sorts are several times faster than one sort of every code).
         """
         ncells, rows = _rows(x, axes)
-        if _kernels.enabled() and x.dtype.kind in "fiub" and rows.size:
+        if self.compiled and x.dtype.kind in "fiub" and rows.size:
             # One compiled kernel (_kernels.cells_sketch): buckets counted per cell, in order.
             # It reads cells across, values down: a block of whole maps as it is.
             cols = rows.T
@@ -579,6 +579,11 @@ class QuantileSketch:
         ok = bucket < self.span
         codes = (key[first] // (self.span + 1)) * self.span + bucket
         return {"codes": codes[ok], "counts": counts[ok], "cells": ncells}
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled kernel counts this sketch (its codes fit its int32 buffer)."""
+        return _kernels.enabled() and self.span < 2**31
 
     def kernel(self, cols: np.ndarray, *, stats: bool, order: int) -> tuple[Any, ...]:
         """:func:`toolkit.stats._kernels.cells_sketch` of ``cols`` (values down, cells across).
@@ -1125,7 +1130,7 @@ def _fused_cells(
     v = np.ascontiguousarray(v)  # a view for a block of whole maps (time, y, x)
     out: dict[str, Partial] = {}
     sums = None
-    if len(sketches) == 1:
+    if len(sketches) == 1 and sketches[0].compiled:
         order = max((a.order for a in aggs if isinstance(a, Moments)), default=0)
         *cells, state = sketches[0].kernel(v, stats=True, order=order)
         n, total, fn, ftotal, flags, lo, hi, *central = cells

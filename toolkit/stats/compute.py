@@ -134,7 +134,7 @@ def stats(
         between ``-inf`` and ``inf``), where numpy's formula sometimes gives
         NaN (numpy issue 21091).
     quantile_error : float
-        Relative accuracy of the sketch, in (0, 1) (default 1%). Its size
+        Relative accuracy of the sketch, in [1e-5, 1) (default 1%). Its size
         grows as ``log(max/min) / quantile_error`` per kept cell.
     variables : sequence of hashable, optional
         The variables of a Dataset to summarize (default: every numeric data
@@ -298,6 +298,10 @@ def _statistic_names(stats: Sequence[str] | str, bins: object, quantiles: object
     return names
 
 
+_MIN_QUANTILE_ERROR = 1e-5
+"""The finest sketch: 14.7 M buckets of each sign (codes must fit the kernel's int32)."""
+
+
 def _check_quantiles(quantiles: object, error: float) -> tuple[float, ...]:
     qs = np.atleast_1d(np.asarray(quantiles, dtype=float))
     if qs.ndim != 1 or qs.size == 0:
@@ -307,8 +311,16 @@ def _check_quantiles(quantiles: object, error: float) -> tuple[float, ...]:
         raise StatsError(
             f"quantiles must lie in [0, 1], got {bad.tolist()}; for percentiles divide by 100"
         )
-    if not 0 < error < 1:
-        raise StatsError(f"quantile_error must lie in (0, 1), got {error}")
+    if not _MIN_QUANTILE_ERROR <= error < 1:
+        raise StatsError(
+            f"quantile_error must lie in [{_MIN_QUANTILE_ERROR:g}, 1), got {error}"
+            + (
+                "; the sketch's buckets per cell grow as 1/quantile_error (grouped "
+                "statistics answer a group that lies whole in one chunk exactly)"
+                if 0 < error < _MIN_QUANTILE_ERROR
+                else ""
+            )
+        )
     return tuple(float(q) for q in qs)
 
 
