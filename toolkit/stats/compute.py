@@ -734,32 +734,41 @@ def _finalize_groups_layer(
     for kidx in np.ndindex(*(len(c) for c in kept_chunks)):
         shape = tuple(kept_chunks[j][i] for j, i in enumerate(kidx))
         ctx = dataclasses.replace(context, shape=shape)
+        mine = [idx for idx in blocks if tuple(idx[a] for a in kept) == kidx]
         start = 0
         for r, size in enumerate(ranges):
             stop = start + size
-            keys: list[Any] = [
-                (parts.name, *idx)
-                for idx in blocks
-                if tuple(idx[a] for a in kept) == kidx
-                and held[idx[a0]][0] < stop
-                and held[idx[a0]][1] >= start
+            # Batches are windows of ``fan`` of all the blocks, those without a group
+            # of the range left out: each group's states merge in the same tree
+            # however the groups are split into ranges (so the answer does not
+            # depend on the threads), and a window left with one state passes it on.
+            keys: list[tuple[int, Any]] = [
+                (j, (parts.name, *idx))
+                for j, idx in enumerate(mine)
+                if held[idx[a0]][0] < stop and held[idx[a0]][1] >= start
             ]
-            level = 0
-            while len(keys) > fan:
+            level, width = 0, len(mine)
+            while width > fan:
                 level += 1
                 cname = f"toolkit-stats-combine-{level}-{tag}"
-                batches = [keys[j : j + fan] for j in range(0, len(keys), fan)]
+                windows: dict[int, list[Any]] = {}
+                for j, key in keys:
+                    windows.setdefault(j // fan, []).append(key)
                 keys = []
-                for j, batch in enumerate(batches):
-                    key = (cname, r, j, *kidx)
+                for w, batch in windows.items():
+                    if len(batch) == 1:
+                        keys.append((w, batch[0]))
+                        continue
+                    key = (cname, r, w, *kidx)
                     merged = List(*map(TaskRef, batch))
                     layer[key] = Task(key, _combine_groups_task, merged, aggs, start, stop)
-                    keys.append(key)
+                    keys.append((w, key))
+                width = -(-width // fan)
             gidx = (r,) + (0,) * (len(gshape) - 1)
             layer[(fname, *gidx, *kidx)] = Task(
                 (fname, *gidx, *kidx),
                 _finalize_groups_task,
-                List(*map(TaskRef, keys)),
+                List(*(TaskRef(key) for _, key in keys)),
                 list(names),
                 ctx,
                 aggs,
