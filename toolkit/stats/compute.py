@@ -299,7 +299,7 @@ def _statistic_names(stats: Sequence[str] | str, bins: object, quantiles: object
 
 
 _MIN_QUANTILE_ERROR = 1e-5
-"""The finest sketch: 14.7 M buckets of each sign (codes must fit the kernel's int32)."""
+"""The finest sketch: 73 M buckets of each sign (its codes must fit the kernel's int32)."""
 
 
 def _check_quantiles(quantiles: object, error: float) -> tuple[float, ...]:
