@@ -187,6 +187,18 @@ def test_skipna_false_propagates_nan_except_counts() -> None:
     assert list(got["count"].values) == [2, 3] and list(got["nan_count"].values) == [1, 0]
 
 
+def test_skipna_false_keeps_float32_extrema_float32_as_xarray_and_the_lazy_result() -> None:
+    # A NaN made them float64 (found by a helper's stress run); without one they stayed
+    # float32, as the lazy result said and xarray's min and max are.
+    arr = xr.DataArray(np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), dims=("a", "b"))
+    lazy = toolkit.stats(arr, "b", skipna=False, stats=["min", "max"], compute=False)
+    got = lazy.compute()
+    for name in ("min", "max"):
+        want = getattr(arr, name)("b", skipna=False)
+        assert got[name].dtype == lazy[name].dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got[name].values, want.values)
+
+
 def test_bins_without_a_range_take_the_datas_range_in_a_second_pass() -> None:
     ds = make_dataset(chunks={"time": 9})
     got = toolkit.stats(ds, stats=["count", "histogram"], bins=6, progress=False)

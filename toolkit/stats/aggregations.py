@@ -1220,7 +1220,9 @@ def finalize(part: Partial, names: Sequence[str], context: Context) -> dict[str,
         stat = STATISTICS[name]
         v = np.asarray(stat.finalize(part, context))
         if nan is not None and stat.nan_propagates and nan.any():
-            v = v.astype(np.result_type(v.dtype, _F8), copy=True)
+            # A float result keeps its dtype (float32 min and max stay float32, as
+            # xarray's and the lazy result's); others become float64 to hold NaN.
+            v = v.astype(v.dtype if v.dtype.kind == "f" else np.result_type(v.dtype, _F8))
             v[nan] = np.nan  # broadcasts over a trailing quantile axis
         out[name] = v
     return out
