@@ -579,7 +579,6 @@ def _variable_stats(
     fname = f"toolkit-stats-finalize-{tag}"
     kept_chunks = [x.chunks[a] for a in kept]
     ranges: list[int] = []
-    run = executor()
     if groups is None:
         current = _tree(layer, parts.name, x, axes, every, var.dims, tag, _combine_task, aggs)
         for idx, key in current.items():
@@ -603,8 +602,7 @@ def _variable_stats(
             groups,
             tag,
             fname,
-            run.threads(),
-            run.distributed,
+            *_parallelism(),
         )
     graph = HighLevelGraph.from_collections(fname, layer, dependencies=[parts])
     empty = math.prod(x.shape[a] for a in axes) == 0 or (groups is not None and groups.any_empty())
@@ -680,6 +678,12 @@ def _chunk_parts(
         name=name,
         quantiles=context.quantiles,
     )
+
+
+def _parallelism() -> tuple[int, bool]:
+    """How many tasks the executor runs at once, and whether it is a cluster."""
+    run = executor()
+    return run.threads(), run.distributed
 
 
 def _finalize_groups_layer(
