@@ -550,3 +550,63 @@ def test_two_jobs_adding_one_new_day_never_deadlock(tmp_path):
         vals = set(np.unique(ds.v.values[ds.day.values.astype(str) == d]))
         assert len(vals) == 1 and vals <= {7.0, 8.0}, (d, vals)
     assert ds.sizes["time"] == 3 * jobs.DAY
+
+
+# -- a deferred append (compute=False) showed fill rows until computed, for good if never --
+
+
+def test_a_deferred_append_shows_its_rows_only_with_their_data(tmp_path):
+    from dask.delayed import Delayed
+
+    target = str(tmp_path / "deferred.zarr")
+    toolkit.to_zarr(jobs.base_dataset(8), target, progress=False)
+    deferred = toolkit.to_zarr(
+        jobs.rows(1, np.arange(5)), target, append_dim="time", compute=False, progress=False
+    )
+    assert isinstance(deferred, Delayed)
+    assert _read(target).sizes["time"] == 8  # nothing reserved yet: no fill rows to read
+    toolkit.append(jobs.rows(2, np.arange(10, 13)), target, "time", progress=False)
+    report = deferred.compute()
+    assert (report.placement["start"], report.placement["stop"]) == (11, 16)  # after job 2's
+    ds = _read(target)
+    assert ds.sizes["time"] == 8 + 3 + 5
+    np.testing.assert_array_equal(ds.w.values[8:], [2000, 2001, 2002, 1000, 1001, 1002, 1003, 1004])
+    np.testing.assert_array_equal(ds.time.values[8:], [10, 11, 12, 0, 1, 2, 3, 4])
+    assert not np.isnan(ds.v.values).any()
+    assert deferred.compute().placement["landed"]  # a job: computed again, it lands once
+    assert _read(target).sizes["time"] == 16
+
+
+def test_a_deferred_append_of_bad_data_is_refused_when_called_store_untouched(tmp_path):
+    from conftest import snapshot
+
+    target = tmp_path / "bad.zarr"
+    toolkit.to_zarr(jobs.base_dataset(8), str(target), progress=False)
+    before = snapshot(target)
+    without_w = jobs.rows(1, np.arange(4)).drop_vars("w")
+    with pytest.raises(AppendError, match=r"leaves out \['w'\]"):
+        toolkit.to_zarr(without_w, str(target), append_dim="time", compute=False, progress=False)
+    assert snapshot(target) == before
+
+
+def test_a_deferred_partition_overwrite_changes_nothing_until_computed(tmp_path):
+    from conftest import snapshot
+
+    target = tmp_path / "p.zarr"
+    toolkit.to_zarr(jobs.day_rows(-1, ["2024-01-01", "2024-01-02"]), str(target), progress=False)
+    before = snapshot(target)
+    short = jobs.day_rows(1, ["2024-01-01"]).isel(time=slice(0, 20))
+    with pytest.raises(toolkit.errors.PartitionError, match="24 rows in the store"):
+        toolkit.to_zarr(
+            short, str(target), mode="overwrite-partitions", partition="day", compute=False
+        )
+    new = jobs.day_rows(3, ["2024-01-02", "2024-01-03"])
+    deferred = toolkit.to_zarr(
+        new, str(target), mode="overwrite-partitions", partition="day", compute=False
+    )
+    assert snapshot(target) == before
+    deferred.compute()
+    ds = _read(target)
+    assert ds.sizes["time"] == 3 * jobs.DAY
+    np.testing.assert_array_equal(ds.v.values[: jobs.DAY], -1)
+    np.testing.assert_array_equal(ds.v.values[jobs.DAY :], 3)

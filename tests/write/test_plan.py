@@ -230,3 +230,62 @@ def test_counts_print_whole_with_thousands_separators(tmp_path):
     report = toolkit.execute(plan, progress=False)
     assert "1,200 / 1,200" in repr(report)
     assert f"PUT {report.io.sets:,}" in repr(report) and report.io.sets > 1_000
+
+
+# -- an append's plan placed at the rows the commit log hands it -------------------
+
+
+@pytest.mark.parametrize("shards", [False, True])
+@pytest.mark.parametrize("start", [0, 5, 7, 13, 40, 47])
+@pytest.mark.parametrize("chunk", [1, 4, 13, None])
+def test_an_appends_plan_at_its_rows_is_the_region_plan_of_those_rows(
+    tmp_path, shards, start, chunk
+):
+    """``at_rows`` moves only the task grid: the planner itself, asked afresh, agrees."""
+    from toolkit.write.manyjobs import rows_along
+
+    store = LocalStore(tmp_path / "s.zarr")
+    n, nx = 60, 3
+    stored = xr.Dataset(
+        {
+            "v": (("time", "x"), np.arange(n * nx, dtype="f4").reshape(n, nx)),
+            "w": ("time", np.arange(n)),
+        },
+        coords={"time": np.arange(n), "x": np.arange(nx)},
+    )
+    enc = {
+        "v": {"chunks": (7, nx), **({"shards": (14, nx)} if shards else {})},
+        "w": {"chunks": (5,)},
+    }
+    toolkit.to_zarr(stored, store, encoding=enc, progress=False)
+    new = stored.isel(time=slice(0, 13)).assign_coords(time=np.arange(100, 113))
+    if chunk is not None:
+        new = new.chunk({"time": chunk})
+    plan = toolkit.plan_write(new, store, mode="a", append_dim="time")
+    rows = rows_along(new, "time")
+    placed = plan.at_rows(rows, start, store, n)
+    fresh = toolkit.plan_write(rows, store, mode="r+", region={"time": slice(start, start + 13)})
+    assert (placed.mode, placed.append_dim, placed.region) == ("r+", None, fresh.region)
+    assert placed.variables == fresh.variables
+    assert placed.eager == fresh.eager == ("time",)
+    assert list(placed.tasks()) == list(fresh.tasks())
+    assert placed.metadata_requests == fresh.metadata_requests
+    placed.validate()
+
+
+def test_at_rows_takes_an_appends_plan_and_rows_that_fit(tmp_path):
+    store = LocalStore(tmp_path / "s.zarr")
+    ds = xr.Dataset({"v": ("time", np.arange(10.0))}, coords={"time": np.arange(10)})
+    toolkit.to_zarr(ds, store, progress=False)
+    rows = ds.drop_indexes("time")
+    with pytest.raises(ValueError, match="appends to nothing"):
+        toolkit.plan_write(ds, store, mode="r+", region={"time": slice(0, 10)}).at_rows(
+            rows, 0, store, 10
+        )
+    plan = toolkit.plan_write(
+        ds.assign_coords(time=ds.time + 10), store, mode="a", append_dim="time"
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        plan.at_rows(rows, 5, store, 10)
+    with pytest.raises(ValueError, match="along 'time' only"):
+        plan.at_rows(rows.assign(other=("y", [1])), 0, store, 10)

@@ -56,6 +56,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from dask.delayed import delayed
 from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
@@ -102,7 +103,15 @@ __all__ = ["append", "commit_log", "derive_job_id", "overwrite_partitions", "row
 _log = logging.getLogger(__name__)
 
 _MAX_RUNS = 4096
-_PLAN_KEYS = ("encoding", "zarr_format", "throttle", "consolidated", "max_task_bytes")
+_PLAN_KEYS = (
+    "encoding",
+    "zarr_format",
+    "throttle",
+    "consolidated",
+    "max_task_bytes",
+    "write_empty_chunks",
+)
+_RUN_KEYS = ("progress", "compute")  # execute's; the rest are the plan's
 _CREATE_ONLY = ("encoding", "zarr_format", "consolidated")
 
 
@@ -476,19 +485,25 @@ def _land(ds: _Dataset, job: str, start: int, stop: int) -> None:
 
 
 def _hidden_write(
-    part: xr.Dataset, ds: _Dataset, ext: Extents, start: int, stop: int, kw: Mapping[str, Any]
+    plan: WritePlan,
+    part: xr.Dataset,
+    ds: _Dataset,
+    ext: Extents,
+    start: int,
+    stop: int,
+    kwargs: Mapping[str, Any],
 ) -> Any:
-    """Write rows ``[start, stop)`` beyond the stored length (no record: nobody sees them)."""
-    # Planned from the documents the job read at its start (ExtentStore sets the lengths).
-    hidden = ExtentStore(ds.reads or ds.store, ext, covering_length(stop, ext.units()), ds.group)
-    return write_dataset(
-        part,
-        hidden,
-        mode="r+",
-        region={ds.dim: slice(start, stop)},
-        group=ds.group,
+    """Write rows ``[start, stop)`` beyond the stored length (no record: nobody sees them).
+
+    The job's plan placed at its rows: its metadata comes from the documents
+    the job read at its start, the lengths from ``ext`` (the ExtentStore).
+    """
+    length = covering_length(stop, ext.units())
+    hidden = ExtentStore(ds.reads or ds.store, ext, length, ds.group)
+    return execute(
+        plan.at_rows(part, start, hidden, length),
         record=False,
-        **kw,
+        **{k: v for k, v in kwargs.items() if k in _RUN_KEYS},
     )
 
 
@@ -630,19 +645,27 @@ def _append_batch(
         alone(batch[0])
         return
 
+    members = [(w.job, int(w.ds.sizes[dim])) for w in batch]
+    batch_job = derive_job_id("batch", store, group, dim, sorted(m for m, _ in members))
     try:
         combined = xr.concat([w.ds for w in batch], dim, join="outer")
-        _validated(combined, store, dim, group, storage_options, kwargs)
+        validated = _validated(combined, store, dim, group, storage_options, kwargs, batch_job)
     except Exception:
         # Bad input somewhere: nothing was written; each call gets its own verdict.
         for w in batch:
             alone(w)
         return
-    members = [(w.job, int(w.ds.sizes[dim])) for w in batch]
-    batch_job = derive_job_id("batch", store, group, dim, sorted(m for m, _ in members))
     try:
         report = _append_one(
-            combined, store, dim, group, storage_options, kwargs, batch_job, members=members
+            combined,
+            store,
+            dim,
+            group,
+            storage_options,
+            kwargs,
+            batch_job,
+            members=members,
+            validated=validated,
         )
     except _MembersAgain:
         # Some calls run again (their rows were reserved before): each alone, to find them.
@@ -735,15 +758,22 @@ def _append_one(
     kwargs: Mapping[str, Any],
     job: str,
     members: Sequence[tuple[str, int]] | None = None,
+    validated: tuple[WritePlan, SnapshotStore] | None = None,
 ) -> Any:
-    plan, snap = _validated(ds, store, dim, group, storage_options, kwargs, job)
+    """One append job: planned (``validated``: already), rows reserved, written, published."""
+    plan, snap = validated or _validated(ds, store, dim, group, storage_options, kwargs, job)
     base = plan.store
     if not supports_atomic_create(base):
         # A store without conditional writes (Icechunk, fsspec's other stores):
         # one writer at a time, as plain xarray.
-        return execute(plan, **{k: v for k, v in kwargs.items() if k in ("progress", "compute")})
+        return execute(plan, **{k: v for k, v in kwargs.items() if k in _RUN_KEYS})
+    if kwargs.get("compute", True) is False:
+        now = {**kwargs, "compute": True}
+        return _deferred(
+            functools.partial(_append_one, ds, store, dim, group, storage_options, now, job)
+        )
     if plan.mode == "w-":
-        created = _create_first(ds, base, group, job, kwargs, plan.throttle)
+        created = _create_first(plan, job, kwargs)
         if created is not None:
             return created
         plan, snap = _validated(ds, base, dim, group, None, kwargs, job)  # another job created it
@@ -793,7 +823,7 @@ def _append_one(
             report = _landed_report(plan, placement)  # its data landed; it was not yet visible
         else:
             try:
-                report = _hidden_write(part, target, ext, start, stop, kw)
+                report = _hidden_write(plan, part, target, ext, start, stop, kwargs)
             except BaseException:
                 # Nothing of it is visible: if its rows are the last handed out, hand
                 # them out again; else they wait for this job's rerun (same job_id).
@@ -818,6 +848,17 @@ def _append_one(
         return _placed(report, placement, target.log)
 
 
+def _deferred(job: Callable[[], Any]) -> Any:
+    """A job that runs when its result is computed (``compute=False``), checked already.
+
+    Not xarray's split (metadata now, data when computed): the rows a job
+    reserves become visible only with their data, so a job whose data waits
+    reserves nothing yet. Run in a task, the job plans the store it finds
+    then, and writes with the threads of the process it runs in.
+    """
+    return delayed(job, pure=False)()
+
+
 def _fill_record(
     part: xr.Dataset, target: _Dataset, job: str, record: Mapping[str, Any], kw: Mapping[str, Any]
 ) -> Any:
@@ -831,6 +872,8 @@ def _fill_record(
     locks = _hold_job(target, job)
     try:
         # In place, visible rows: the record (this job's) keeps readers out until the end.
+        # Planned against the store as it is now, not placed from the job's plan: the
+        # lengths its snapshot read are older than the publication that passed its rows.
         report = write_dataset(
             part,
             target.store,
@@ -847,21 +890,18 @@ def _fill_record(
     )
 
 
-def _create_first(
-    ds: xr.Dataset,
-    base: Store,
-    group: str | None,
-    job: str,
-    kwargs: Mapping[str, Any],
-    policy: Throttle | None = None,
-) -> Any:
-    """Create the dataset under the creation claim; None if another job created it first."""
-    claim = CreationClaim(base, group, job, policy)
+def _create_first(plan: WritePlan, job: str, kwargs: Mapping[str, Any]) -> Any:
+    """Run the job's plan (a creation) under the creation claim; None if another job created it.
+
+    The plan was made from the empty store the job found; under the claim, a
+    store still without arrays is one that plan holds for.
+    """
+    claim = CreationClaim(plan.store, plan.group, job, plan.throttle)
     claim.acquire(wait=True)
     try:
-        if _has_arrays(base, group):
+        if _has_arrays(plan.store, plan.group):
             return None
-        return write_dataset(ds, base, mode="w-", group=group, claim=claim, **kwargs)
+        return execute(plan, claim=claim, **{k: v for k, v in kwargs.items() if k in _RUN_KEYS})
     finally:
         claim.release()
 
@@ -983,8 +1023,19 @@ def _overwrite_one(
         seen.add(lab)
     plan, snap = _validated(ds, store, dim, group, storage_options, kwargs, job)
     base = plan.store
+    if kwargs.get("compute", True) is False:
+        if plan.mode != "w-":  # refused now, as the job would refuse it
+            _check_sizes(
+                _stored_partitions(wrap_store(snap, plan.throttle), group, coord, dim), runs, coord
+            )
+        now = {**kwargs, "compute": True}
+        return _deferred(
+            functools.partial(
+                _overwrite_one, ds, store, coord, group, storage_options, lock_timeout, now, job
+            )
+        )
     if plan.mode == "w-":
-        created = _create_first(ds, base, group, job, kwargs, plan.throttle)
+        created = _create_first(plan, job, kwargs)
         if created is not None:
             return created
         plan, snap = _validated(ds, base, dim, group, None, kwargs, job)
@@ -1036,7 +1087,13 @@ def _overwrite_one(
                 landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
                 if not (landed.get("landed") and landed.get("start") == answer["start"]):
                     report = _hidden_write(
-                        rows_along(rows, dim), target, ext, answer["start"], answer["stop"], kw
+                        plan,
+                        rows_along(rows, dim),
+                        target,
+                        ext,
+                        answer["start"],
+                        answer["stop"],
+                        kwargs,
                     )
                     _land(target, job, answer["start"], answer["stop"])
             placement: dict[str, Any] = {

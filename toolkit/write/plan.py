@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
@@ -394,6 +394,81 @@ class WritePlan:
         """Every write task of every variable."""
         for v in self.variables:
             yield from v.tasks()
+
+    def at_rows(self, rows: xr.Dataset, start: int, store: Store, length: int) -> WritePlan:
+        """An append's plan placed at rows ``start`` on of its dimension: a region write.
+
+        Jobs that append beside others learn their rows from the dataset's
+        commit log only after planning, since the plan refuses bad input before
+        anything (a reservation included) is written. What the rows change is
+        the task grid alone: every check, layout, dtype and encoding stays this
+        plan's, so the job is planned once.
+
+        Parameters
+        ----------
+        rows : xarray.Dataset
+            What goes into the rows: the plan's variables along the dimension
+            (all of its rows, or some of them), the index as a plain variable.
+        start : int
+            The first row.
+        store : zarr Store
+            Where the rows go.
+        length : int
+            The arrays' length along the dimension as ``store`` shows them (at
+            least ``start`` plus the rows).
+
+        Returns
+        -------
+        WritePlan
+            Mode ``"r+"`` with ``region={dim: slice(start, start + n)}``.
+        """
+        dim = self.append_dim
+        if dim is None:
+            raise ValueError("at_rows places an append's plan; this plan appends to nothing")
+        n = rows.sizes.get(dim, 0)
+        if start < 0 or start + n > length:
+            raise ValueError(f"rows {start}-{start + n} of {dim!r} do not fit a length of {length}")
+        unknown = sorted(str(k) for k in rows.variables if str(k) not in self.dataset.variables)
+        if unknown or any(dim not in rows[k].dims for k in rows.variables):
+            raise ValueError(
+                f"at_rows takes the plan's variables along {dim!r} only; got {list(rows.variables)}"
+            )
+        min_units = self.throttle.max_inflight if self.throttle is not None else 1
+        variables = []
+        for vp in self.variables:
+            if dim not in vp.dims:
+                continue  # rows hold only what lies along the dimension
+            var = rows.variables[vp.name].transpose(*vp.dims)
+            axis = vp.dims.index(dim)
+            placed = _Placement(
+                var=var,
+                offset=[start if i == axis else o for i, o in enumerate(vp.offset)],
+                array_shape=[length if i == axis else s for i, s in enumerate(vp.array_shape)],
+                chunks=vp.chunks,
+                shards=vp.shards,
+                dtype=vp.dtype,
+                new=False,
+                own={},
+            )
+            variables.append(_variable_plan(vp.name, placed, self.max_task_bytes, min_units))
+        eager = tuple(name for name in self.eager if name in rows.variables)
+        return replace(
+            self,
+            mode="r+",
+            append_dim=None,
+            region={dim: slice(start, start + n)},
+            variables=tuple(variables),
+            eager=eager,
+            # A region writes no array's metadata: what xarray writes itself, the group.
+            metadata_requests=len(eager) + 1,
+            # Never consolidated here: consolidated metadata read through ``store``
+            # would show the rows; whoever makes them visible rewrites it.
+            consolidated=None,
+            dataset=rows,
+            store=store,
+            encoding={k: v for k, v in (self.encoding or {}).items() if k in rows.variables},
+            reads=None,
+        )
 
     def validate(self) -> WritePlan:
         """Check the plan: return it, or raise :class:`~toolkit.errors.UnsafePlanError`."""
@@ -809,7 +884,7 @@ def _plan_variable(
         _settle_new_layout(name, sname, placed, small, target, enc_out)
     if small:
         return sname
-    return _variable_plan(sname, placed, target)
+    return _variable_plan(sname, placed, target.max_task_bytes, target.min_units)
 
 
 def _place_in_existing(
@@ -958,7 +1033,9 @@ def _settle_new_layout(
         var.encoding = {**var.encoding, **layout}  # ds is a shallow copy
 
 
-def _variable_plan(sname: str, placed: _Placement, target: _Target) -> VariablePlan:
+def _variable_plan(
+    sname: str, placed: _Placement, max_task_bytes: int, min_units: int
+) -> VariablePlan:
     """The write tasks of one variable: its source chunks regrouped to whole write units."""
     var, chunks, shards = placed.var, placed.chunks, placed.shards
     assert chunks is not None
@@ -968,12 +1045,12 @@ def _variable_plan(sname: str, placed: _Placement, target: _Target) -> VariableP
         tuple(shards or chunks),
         placed.offset,
         itemsize=max(placed.dtype.itemsize, 1),
-        max_bytes=target.max_task_bytes,
+        max_bytes=max_task_bytes,
         # On an object store, tiny aligned blocks are merged until a task alone can
         # fill the in-flight cap: while one task waits on its slowest request, the
         # next thread's keeps the cap full (half the cap left the link idle between
         # tasks: a 200 ms link took 1.4x as long).
-        min_units=target.min_units,
+        min_units=min_units,
     )
     return VariablePlan(
         name=sname,
