@@ -372,8 +372,11 @@ def _creator(
             results.put((trial, rank, "ok"))
         except ExistingStoreError as e:
             results.put((trial, rank, f"refused: {e}"))
-        except Exception as e:  # reported to the test, which fails on it
-            results.put((trial, rank, f"error: {type(e).__name__}: {e}"))
+        except Exception as e:  # reported to the test, which fails on it, with where
+            import traceback
+
+            where = "".join(traceback.format_exception(e)[-6:])
+            results.put((trial, rank, f"error: {type(e).__name__}: {e}\n{where}"))
 
 
 def _race(url: str, options: dict[str, Any] | None, n: int, mode: str, trials: int) -> dict:
@@ -471,6 +474,24 @@ def test_concurrent_creators_make_exactly_one_whole_dataset_azure(azurite, mode)
         trials,
         lambda t: toolkit.open_zarr(f"az://{container}/t{t}.zarr", storage_options=options),
     )
+
+
+def test_a_creator_whose_listing_missed_a_racers_arrays_is_refused(tmp_path, monkeypatch):
+    """The race above on Azure: the listing read empty, the group's documents then held arrays.
+
+    The plan read both views of one store apart in time; it took the listing's word
+    (empty) and failed an internal assertion on the arrays. Either view holding data
+    now refuses, as a creation that lost the race.
+    """
+    from toolkit.write import plan as planning
+
+    target = tmp_path / "raced.zarr"
+    ds = _source().isel(time=slice(0, 8))
+    toolkit.to_zarr(ds, target, progress=False)
+    monkeypatch.setattr(planning, "_store_is_empty", lambda *a, **k: True)  # listed before
+    with pytest.raises(ExistingStoreError, match="mode='w-' never overwrites"):
+        toolkit.to_zarr(ds + 1, target, mode="w-", progress=False)
+    xr.testing.assert_equal(toolkit.open_zarr(target).load(), ds)
 
 
 # -- bad inputs: a toolkit error at plan time, the store untouched -----------------

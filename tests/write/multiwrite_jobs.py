@@ -62,13 +62,18 @@ def _opts(storage_options: dict[str, Any] | None) -> dict[str, Any]:
     return {"storage_options": storage_options} if storage_options else {}
 
 
+def with_lead(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with ``lead``, an in-memory coordinate along time that is not its index: 2 * time."""
+    return ds.assign_coords(lead=("time", 2 * ds.time.values))
+
+
 def append_job(
     target: str, job: int, n: int, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Append ``n`` rows whose time coordinate is job * 1000 + i."""
+    """Append ``n`` rows whose time coordinate is job * 1000 + i (and ``lead``, 2 * time)."""
     import toolkit
 
-    ds = rows(job, job * 1000 + np.arange(n)).chunk({"time": 4})
+    ds = with_lead(rows(job, job * 1000 + np.arange(n))).chunk({"time": 4})
     report = toolkit.append(ds, target, "time", progress=False, **_opts(storage_options))
     return dict(report.placement)
 

@@ -65,15 +65,21 @@ def test_eight_concurrent_appenders_all_land(kind, tmp_path, request):
     """8 processes (4 on Azure) append 10 rows each onto 30: each job's rows together, whole."""
     target, opts = jobs.target_for(kind, tmp_path, jobs.server_for(kind, request), "app.zarr")
     n = _jobs(kind, 8, on_azure=4)
-    enc = {"v": {"chunks": (4, jobs.NX)}, "w": {"chunks": (4,)}, "time": {"chunks": (4,)}}
-    toolkit.to_zarr(
-        jobs.base_dataset(30), target, encoding=enc, progress=False, storage_options=opts
-    )
+    enc = {
+        "v": {"chunks": (4, jobs.NX)},
+        "w": {"chunks": (4,)},
+        "time": {"chunks": (4,)},
+        "lead": {"chunks": (4,)},
+    }
+    base = jobs.with_lead(jobs.base_dataset(30))
+    toolkit.to_zarr(base, target, encoding=enc, progress=False, storage_options=opts)
     placements = _run(jobs.append_job, [(target, j, 10, opts) for j in range(1, n + 1)])
 
     ds = _open(target, opts)
     assert ds.sizes["time"] == 30 + n * 10
     v, w, t = ds.v.values, ds.w.values, ds.time.values
+    # the coordinate that is not the index: every job's edge units merged, none lost
+    np.testing.assert_array_equal(ds.lead.values, 2 * t)
     assert (v[:30] == -1).all() and (t[:30] == np.arange(30) - 10_000).all()
     for p, job in zip(placements, range(1, n + 1), strict=True):
         a, b = p["start"], p["stop"]
@@ -247,11 +253,12 @@ def test_appends_in_one_process_keep_order_and_batch(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     target = str(tmp_path / "threads.zarr")
-    toolkit.to_zarr(jobs.base_dataset(5), target, progress=False)
+    toolkit.to_zarr(jobs.with_lead(jobs.base_dataset(5)), target, progress=False)
     with ThreadPoolExecutor(8) as pool:
         placements = list(pool.map(lambda j: jobs.append_job(target, j, 3), range(1, 9)))
     ds = _open(target, None)
     assert ds.sizes["time"] == 5 + 24
+    np.testing.assert_array_equal(ds.lead.values, 2 * ds.time.values)
     for j, p in zip(range(1, 9), placements, strict=True):
         assert (ds.v.values[p["start"] : p["stop"]] == j).all()
     assert Counter(ds.v.values[:, 0].tolist())[-1] == 5

@@ -784,7 +784,10 @@ def _check_target(
 
     ``members``: the group's direct members, when its snapshot listed them.
     """
-    if mode == "w-" and not _store_is_empty(zstore, group, members):
+    # Either view showing data refuses: on an object store the listing and the group's
+    # documents are read apart, and a creator racing this one may land in between.
+    held = existing is not None and bool(existing.arrays)
+    if mode == "w-" and (held or not _store_is_empty(zstore, group, members)):
         unfinished = read_records(zstore, group)
         raise ExistingStoreError(
             f"{display_store(zstore)} already holds data"
