@@ -39,7 +39,7 @@ import xarray as xr
 import zarr
 
 import toolkit
-from toolkit.jobs import parse_size
+from toolkit.commands import parse_size
 
 warnings.filterwarnings("ignore", category=UserWarning)
 

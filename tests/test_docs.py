@@ -73,7 +73,7 @@ def test_the_api_reference_documents_every_public_name(docs_site: Path) -> None:
             assert (generated / f"toolkit.errors.{name}.html").is_file(), name
             assert f'href="generated/toolkit.errors.{name}.html' in tree, name  # linked
     for job in ("copy", "inspect", "demo"):  # the command line's jobs, as functions
-        assert (generated / f"toolkit.jobs.{job}.html").is_file(), job
+        assert (generated / f"toolkit.commands.{job}.html").is_file(), job
     accessor = (generated / "toolkit.accessor.ToolkitAccessor.html").read_text()
     for method in ("to_zarr", "plan_write", "stats"):
         assert f"ToolkitAccessor.{method}" in accessor

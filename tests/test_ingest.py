@@ -248,7 +248,7 @@ def test_verify_a_large_copied_store(tmp_path):
     ds["v"][5, 5, 5] = np.nan
     src, dst = tmp_path / "src.zarr", tmp_path / "dst.zarr"
     ds.to_zarr(src, encoding={"v": {"chunks": (50, 160, 160)}})
-    toolkit.jobs.copy(str(src), dst, chunks={"t": 16}, progress=False)
+    toolkit.commands.copy(str(src), dst, chunks={"t": 16}, progress=False)
     assert toolkit.verify(str(src), dst, progress=False).ok  # NaN equals NaN
     arr = zarr.open_group(dst)["v"]
     block = arr[333:334]
@@ -719,7 +719,7 @@ def test_ctrl_c_while_an_async_stream_waits_cancels_its_read(tmp_path):
 
 
 def test_a_resumed_ingest_refuses_a_source_file_rewritten_since(tmp_path):
-    from test_jobs import _DiesAfter
+    from test_commands import _DiesAfter
     from zarr.storage import LocalStore
 
     src = tmp_path / "src"

@@ -219,9 +219,11 @@ def test_copy_with_chunks_that_cut_across_the_source_is_a_rechunk(tmp_path, monk
     src, dst = tmp_path / "maps.zarr", tmp_path / "copy.zarr"
     _maps(src)
     calls = []
-    real = toolkit.jobs.rechunk
-    monkeypatch.setattr(toolkit.jobs, "rechunk", lambda *a, **k: calls.append(a) or real(*a, **k))
-    report = toolkit.jobs.copy(
+    real = toolkit.commands.rechunk
+    monkeypatch.setattr(
+        toolkit.commands, "rechunk", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    report = toolkit.commands.copy(
         str(src), dst, chunks={"time": 24, "y": 6, "x": 5}, max_task_bytes=4096, progress=False
     )
     _same(src, dst)

@@ -9,7 +9,7 @@ import xarray as xr
 import zarr
 
 import toolkit
-from toolkit.jobs import copy
+from toolkit.commands import copy
 
 
 def _ds() -> xr.Dataset:

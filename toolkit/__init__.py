@@ -11,8 +11,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from toolkit import accessor as _accessor  # noqa: F401  (registers ds.toolkit)
+from toolkit import commands as commands  # toolkit.commands.copy, inspect, demo
 from toolkit import errors
-from toolkit import jobs as jobs  # toolkit.jobs.copy, inspect, demo (as before the layers)
+from toolkit import jobs as jobs  # their first name, kept: toolkit.jobs.copy
 from toolkit.api import to_zarr
 from toolkit.cluster.budgets import throttle_state
 from toolkit.cluster.client import on_client

@@ -389,12 +389,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from toolkit import jobs
+    from toolkit import commands
 
     opts = storage_options(args)
     if args.command == "copy":
-        with jobs._cluster(args.workers, 1, print):
-            report = jobs.copy(
+        with commands.local_cluster(args.workers, 1, print):
+            report = commands.copy(
                 args.src,
                 args.dst,
                 chunks=_dim_sizes(args.chunks, "--chunks"),
@@ -412,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "rechunk":
         from toolkit.rechunk import execute_rechunk, plan_rechunk
 
-        with jobs._cluster(args.workers, 1, print):
+        with commands.local_cluster(args.workers, 1, print):
             plan = plan_rechunk(
                 args.src,
                 args.dst,
@@ -435,7 +435,7 @@ def _run(args: argparse.Namespace) -> int:
         from toolkit.ingest import ingest
 
         sources = args.sources[0] if len(args.sources) == 1 else args.sources
-        with jobs._cluster(args.workers, 1, print):
+        with commands.local_cluster(args.workers, 1, print):
             report = ingest(
                 sources,
                 args.dst,
@@ -455,13 +455,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "verify":
         return _verify(args, opts)
     if args.command == "inspect":
-        print(jobs.inspect(args.store, group=args.group, storage_options=_for(args.store, opts)))
+        print(
+            commands.inspect(args.store, group=args.group, storage_options=_for(args.store, opts))
+        )
         return 0
     if args.command == "stats":
-        with jobs._cluster(args.workers, 1):
+        with commands.local_cluster(args.workers, 1):
             print(_stats(args, _for(args.store, opts)))
         return 0
-    ok = jobs.demo(
+    ok = commands.demo(
         size=args.size,
         out=args.out,
         workers=args.workers,

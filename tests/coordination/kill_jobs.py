@@ -219,7 +219,7 @@ def run(job: str, mode: str, src: str, dst: Any) -> Any:
     import xarray as xr
 
     import toolkit
-    from toolkit.jobs import copy
+    from toolkit.commands import copy
 
     if job == "to_zarr":
         ds = xr.open_dataset(src, chunks={"time": 5})  # dask chunks straddling the zarr chunks

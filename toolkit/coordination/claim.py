@@ -12,7 +12,7 @@ every lease) before anything else and holds it until its last object landed:
   between planning and now.
 - ``"w"`` waits for the lease, then clears the group (all but the lease), so it
   replaces whatever it finds whole.
-- A resumed creation (:func:`toolkit.ingest` and :func:`toolkit.jobs.copy` after a
+- A resumed creation (:func:`toolkit.ingest` and :func:`toolkit.commands.copy` after a
   kill) waits for it too, so that two reruns never resume one store at once.
 
 A dead holder's lease expires after its time to live, at once when the holder

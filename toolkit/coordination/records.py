@@ -12,7 +12,7 @@ than hand back fill values as data.
 The records are small, human-readable JSON documents, one per write, so that
 concurrent writers never contend for one object.
 
-A resumable write (:func:`toolkit.ingest`, :func:`toolkit.jobs.copy`) also
+A resumable write (:func:`toolkit.ingest`, :func:`toolkit.commands.copy`) also
 keeps ``.toolkit/resume/<id>/``: ``begin.json``, put before anything else of
 the write (on an empty group, so a store holding it holds only this write);
 ``metadata.json``, put once the whole metadata round has landed; and one

@@ -298,6 +298,6 @@ def _layout_of(
     chunks: Mapping[Hashable, int],
     shards: Mapping[Hashable, int],
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """:func:`toolkit.jobs.choose_layout` for a variable known from headers only."""
+    """:func:`toolkit.write.layout.choose_layout` for a variable known from headers only."""
     stand_in = xr.Variable(dims, da.empty(shape, dtype=dtype, chunks=-1))
     return choose_layout(stand_in, chunks, shards)

@@ -172,7 +172,7 @@ def execute(
         Make the write resumable: each task marks its units as landed in the
         store, tasks marked by an earlier run of the same write are skipped,
         and the marks are deleted at the end (:func:`toolkit.ingest` and
-        :func:`toolkit.jobs.copy` pass one).
+        :func:`toolkit.commands.copy` pass one).
     job : str, optional
         The write's identity: its record is ``.toolkit/writes/<job>.json``, so
         that a rerun of a killed write (the same ``job``) takes over its record

@@ -1,4 +1,4 @@
-"""toolkit.jobs.copy: a resumed copy sees any change of its source."""
+"""toolkit.commands.copy: a resumed copy sees any change of its source."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _stopped_copy(src: Path, dst: Path) -> None:
     nothing to skip.
     """
     with pytest.raises(WriteError), dask.config.set(scheduler="synchronous"):
-        toolkit.jobs.copy(
+        toolkit.commands.copy(
             str(src),
             _DiesAfter(LocalStore(dst), 3),
             chunks={"t": 4},
@@ -69,14 +69,16 @@ def test_a_resumed_copy_refuses_a_source_changed_in_place(source, tmp_path):
     zarr.open_array(source / "v", mode="r+")[0:16] = -1
     before = snapshot(dst)
     with pytest.raises(SourceChangedError) as e:
-        toolkit.jobs.copy(str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False)
+        toolkit.commands.copy(
+            str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False
+        )
     assert snapshot(dst) == before  # refused before anything was written
     assert e.value.changed == [f"{source}/v/c/0/0/0 (changed)", f"{source}/v/c/1/0/0 (changed)"]
     assert "2 objects" in str(e.value) and "mode='w'" in str(e.value)
     with pytest.raises(toolkit.errors.IncompleteStoreError):
         toolkit.open_zarr(dst)  # the stopped copy still says it is incomplete
     # Starting over copies the new values; the target then verifies against the source.
-    toolkit.jobs.copy(
+    toolkit.commands.copy(
         str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False, mode="w"
     )
     got = toolkit.open_zarr(dst).load()
@@ -88,7 +90,7 @@ def test_a_resumed_copy_refuses_a_source_changed_in_place(source, tmp_path):
 def test_a_resumed_copy_of_an_unchanged_source_writes_only_what_is_missing(source, tmp_path):
     dst = tmp_path / "dst.zarr"
     _stopped_copy(source, dst)
-    report = toolkit.jobs.copy(
+    report = toolkit.commands.copy(
         str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False
     )
     # The target's units (4 steps) split the source's chunks (8): the copy is a rechunk,
@@ -109,7 +111,9 @@ def test_a_resumed_copy_sees_objects_added_removed_and_metadata(source, tmp_path
     else:
         zarr.open_group(source, mode="r+")["v"].attrs["units"] = "K"
     with pytest.raises(SourceChangedError) as e:
-        toolkit.jobs.copy(str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False)
+        toolkit.commands.copy(
+            str(source), dst, chunks={"t": 4}, max_task_bytes=TASK, progress=False
+        )
     want = {
         "added": f"{source}/w/zarr.json (added)",
         "removed": f"{source}/v/c/7/0/0 (removed)",
@@ -146,3 +150,17 @@ def test_source_listing_of_an_object_store_uses_etags(s3, monkeypatch):
     fs.pipe("data/etags.zarr/v/c/0", fs.cat("data/etags.zarr/v/c/1"))  # same size, new bytes
     after = source_objects(["s3://data/etags.zarr"])
     assert changed_objects(before, after) == ["s3://data/etags.zarr/v/c/0 (changed)"]
+
+
+def test_the_modules_first_name_still_imports_its_functions():
+    """``toolkit.jobs`` was this module's name: code that imports from it keeps working."""
+    from toolkit.jobs import copy, demo, demo_dataset, inspect, parse_size
+
+    assert (copy, demo, demo_dataset, inspect, parse_size) == (
+        toolkit.commands.copy,
+        toolkit.commands.demo,
+        toolkit.commands.demo_dataset,
+        toolkit.commands.inspect,
+        toolkit.commands.parse_size,
+    )
+    assert toolkit.jobs.copy is toolkit.commands.copy
