@@ -83,6 +83,8 @@ def to_zarr(
         coordinates again in every node.
     compute : bool
         If False, return a ``Delayed`` writing the data (metadata is written now).
+        An append or a partition overwrite beside other jobs is checked now and
+        runs whole when computed: its rows are reserved then, never shown empty.
     safe_chunks, align_chunks : bool
         Taken for compatibility with xarray, and without effect: every write is
         chunk-safe, whatever the dask chunks, because the plan regroups them to

@@ -74,10 +74,11 @@ def test_the_wait_for_the_budget_is_said_to_be_a_sum_and_given_per_request():
     sync(twenty())
     wall = time.monotonic() - t0
     assert metrics.sets == metrics.total == 20
-    assert 3.0 < metrics.wait_seconds < 6.0  # sleeps overshoot on a loaded machine
+    # At least the budget's waits (sleeps never end early; on a loaded machine they
+    # end late, by any amount: no upper bound, CI once measured 14 s).
+    assert metrics.wait_seconds > 3.0
     assert metrics.wait_seconds > 3 * wall  # a sum over requests, not a time of the run
     mean = metrics.wait_seconds / 20
-    assert 0.15 < mean < 0.3
     assert metrics.summary()["waited for budget"] == (
         f"{mean * 1e3:.1f} ms per request on average "
         f"({metrics.wait_seconds:.2f} s summed over 20 requests)"

@@ -610,3 +610,111 @@ def test_a_deferred_partition_overwrite_changes_nothing_until_computed(tmp_path)
     assert ds.sizes["time"] == 3 * jobs.DAY
     np.testing.assert_array_equal(ds.v.values[: jobs.DAY], -1)
     np.testing.assert_array_equal(ds.v.values[jobs.DAY :], 3)
+
+
+# -- the hostile run of the plan-once change --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "new"),
+    [
+        (np.zeros(2, "i8"), np.zeros(1, "i8")),  # the shared edge unit stays all fill value
+        (np.ones(4), np.full(1, np.nan)),  # a new edge unit of fill values only
+        (np.array(["", ""]), np.array([""])),  # strings: the same path before the change
+    ],
+)
+def test_an_append_whose_edge_unit_is_all_fill_value_lands(tmp_path, values, new):
+    """An in-memory coordinate off the index, at its fill value: its shared unit is written.
+
+    zarr deletes a chunk that became all fill value; the metadata round refused to
+    delete a shared unit unconditionally (RuntimeError) and the append failed.
+    """
+    target = str(tmp_path / "fill.zarr")
+    n = len(values)
+
+    def rows(t: np.ndarray, lead: np.ndarray) -> xr.Dataset:
+        return xr.Dataset({"v": ("time", t * 1.0)}, coords={"time": t, "lead": ("time", lead)})
+
+    toolkit.to_zarr(rows(np.arange(n), values), target, encoding={"lead": {"chunks": (4,)}})
+    toolkit.to_zarr(rows(np.arange(n, n + 1), new), target, append_dim="time", progress=False)
+    back = _read(target)
+    np.testing.assert_array_equal(back.time.values, np.arange(n + 1))
+    np.testing.assert_array_equal(back.lead.values, np.concatenate([values, new]))
+
+
+def test_deferred_appends_that_take_every_thread_of_a_cluster_land(tmp_path):
+    """Two deferred appends on one worker thread: each job's task steps aside for its graph."""
+    from distributed import Client, LocalCluster
+
+    target = str(tmp_path / "cluster.zarr")
+    toolkit.to_zarr(jobs.base_dataset(4), target, progress=False)
+    deferred = [
+        toolkit.to_zarr(
+            jobs.rows(j, j * 1000 + np.arange(3)), target, append_dim="time", compute=False
+        )
+        for j in (1, 2)
+    ]
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        reports = [f.result(timeout=120) for f in client.compute(deferred)]
+    ds = _read(target)
+    assert ds.sizes["time"] == 4 + 6
+    for j, report in zip((1, 2), reports, strict=True):
+        a, b = report.placement["start"], report.placement["stop"]
+        np.testing.assert_array_equal(ds.w.values[a:b], j * 1000 + np.arange(3))
+
+
+def test_strings_of_another_width_are_refused_before_anything_is_written(tmp_path):
+    """xarray's rule for appends, now in the plan: the store byte-identical, alone or batched."""
+    from conftest import snapshot
+
+    target = tmp_path / "labels.zarr"
+
+    def rows(t: np.ndarray, width: int) -> xr.Dataset:
+        labels = np.array([f"L{i:0{width}d}" for i in t])
+        return jobs.rows(1, t).assign_coords(label=("time", labels))
+
+    toolkit.to_zarr(rows(np.arange(4), 3), str(target), progress=False)
+    before = snapshot(target)
+    for compute in (True, False):
+        with pytest.raises(AppendError, match="Mismatched dtypes for variable 'label'"):
+            toolkit.to_zarr(
+                rows(np.arange(4, 6), 4), str(target), append_dim="time", compute=compute
+            )
+    assert snapshot(target) == before
+    # Threads batched together: the bad call fails alone, the others land.
+    calls = {j: rows(np.arange(10 * j, 10 * j + 2), 3 if j != 2 else 4) for j in (1, 2, 3)}
+    with ThreadPoolExecutor(3) as pool:
+        futures = {
+            j: pool.submit(toolkit.append, ds, str(target), "time", progress=False)
+            for j, ds in calls.items()
+        }
+    with pytest.raises(AppendError, match="Mismatched dtypes"):
+        futures[2].result()
+    assert futures[1].result() and futures[3].result()
+    assert sorted(_read(target).time.values.tolist()) == [0, 1, 2, 3, 10, 11, 30, 31]
+
+
+def test_an_append_refuses_what_it_would_not_write_store_untouched(tmp_path):
+    """Variables without the dimension: xarray overwrites or creates them; appends refuse."""
+    from conftest import snapshot
+
+    target = tmp_path / "static.zarr"
+    static = xr.DataArray([1.0, 2.0, np.nan] + [0.0] * (jobs.NX - 3), dims="x")
+    toolkit.to_zarr(jobs.base_dataset(4).assign(static=static), str(target), progress=False)
+    before = snapshot(target)
+    new_rows = jobs.rows(1, np.arange(4, 6))
+    with pytest.raises(AppendError, match="variable 'static' differs from the stored one"):
+        toolkit.append(new_rows.assign(static=static * 2), str(target), "time", progress=False)
+    with pytest.raises(AppendError, match="'extra' is not in the store and has no 'time'"):
+        toolkit.append(
+            new_rows.assign(static=static, extra=static), str(target), "time", progress=False
+        )
+    assert snapshot(target) == before
+    # The same values (NaN included) are no change: the rows land.
+    toolkit.append(new_rows.assign(static=static), str(target), "time", progress=False)
+    assert _read(target).sizes["time"] == 6

@@ -38,7 +38,7 @@ from dask.callbacks import Callback as _DaskCallback
 
 from toolkit.cluster.client import active_client
 
-__all__ = ["Callback", "Cluster", "Executor", "Threads", "executor", "in_task"]
+__all__ = ["Callback", "Cluster", "Executor", "Threads", "detached", "executor", "in_task"]
 
 
 class Callback:
@@ -364,3 +364,25 @@ def in_task() -> Executor:
     except (ImportError, ValueError):
         return Threads()
     return Cluster(get_client())
+
+
+def detached[T](job: Callable[[], T]) -> T:
+    """Run ``job``, a whole job that a task started, without holding the task's thread.
+
+    A deferred job (``compute=False``) runs as one task and sends its own graph
+    to the same cluster: on a worker, the task steps out of the worker's thread
+    pool while the job runs (distributed's ``secede``/``rejoin``), or jobs that
+    took every thread would wait for ever on tasks that find none. Elsewhere
+    it simply runs.
+    """
+    try:
+        from distributed import get_worker, rejoin, secede
+
+        get_worker()
+    except (ImportError, ValueError):
+        return job()
+    secede()
+    try:
+        return job()
+    finally:
+        rejoin()

@@ -541,3 +541,12 @@ def check_dtype(name: str, old: np.dtype[Any], new: np.dtype[Any], appending: bo
             f"{name!r} is stored as {old} but the data is {new}, which it cannot hold "
             f"without losing values; cast it first, e.g. ds[{name!r}].astype({str(old)!r})"
         )
+    if appending and new.kind in "SU" and old.kind != "O" and new != old:
+        # xarray's rule for appends (_validate_datatypes_for_zarr_append), checked here
+        # before anything is written: fixed-width strings of another width would be cut.
+        raise AppendError(
+            f"Mismatched dtypes for variable {name!r} between the store and the data to "
+            f"append: the store has {old}, the data {new}; strings of another fixed width "
+            f"would be cut or refused. Cast them to the stored width if they fit "
+            f"(ds[{name!r}].astype({str(old)!r})), or rewrite the store with the wider dtype"
+        )

@@ -63,6 +63,7 @@ from zarr.storage import LocalStore
 
 from toolkit import runtime
 from toolkit._util import Background, backoff
+from toolkit.cluster.executor import detached
 from toolkit.coordination.claim import CreationClaim
 from toolkit.coordination.commitlog import Batch, CommitLog, CommitStats, log_head_key
 from toolkit.coordination.leases import (
@@ -527,18 +528,37 @@ def _check_append(ds: xr.Dataset, store: Store, group: str | None, dim: str) -> 
             f"the append along {dim!r} leaves out {missing}, which the store holds along "
             f"{dim!r}; they would read as fill values. Include them in the dataset"
         )
-    for name, var in ds.coords.items():
-        if dim in var.dims or name not in stored.variables:
+    for name, var in ds.variables.items():
+        if dim in var.dims:
             continue
-        old = stored[name]
-        if old.shape != var.shape or not np.array_equal(
-            np.asarray(old.values), np.asarray(var.values)
-        ):
+        what = "coordinate" if name in ds.coords else "variable"
+        if name not in stored.variables:
+            if what == "coordinate":
+                continue  # an index of a new dimension: checked with the variables on it
+            # xarray would create it beside the append; these jobs only add rows.
             raise AppendError(
-                f"coordinate {str(name)!r} differs from the stored one (stored "
-                f"{_brief(old.values)}, given {_brief(var.values)}); an append along {dim!r} "
-                f"must bring the same {str(name)!r}: select or reindex it first"
+                f"variable {str(name)!r} is not in the store and has no {dim!r} dimension: an "
+                f"append along {dim!r} only adds rows. Write it first (mode='a' without "
+                f"append_dim), or drop it"
             )
+        old = stored[name]
+        if old.shape != var.shape or not _same(old.values, var.values):
+            # xarray would overwrite it for every row, older ones included.
+            raise AppendError(
+                f"{what} {str(name)!r} differs from the stored one (stored "
+                f"{_brief(old.values)}, given {_brief(var.values)}); an append along {dim!r} "
+                f"must bring the same {str(name)!r}: select or reindex it first, or write "
+                f"it apart (mode='a' without append_dim)"
+            )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN where the dtype has it."""
+    a, b = np.asarray(a), np.asarray(b)
+    try:
+        return bool(np.array_equal(a, b, equal_nan=True))
+    except TypeError:  # strings, objects: no NaN to compare
+        return bool(np.array_equal(a, b))
 
 
 def _brief(values: Any) -> str:
@@ -854,9 +874,9 @@ def _deferred(job: Callable[[], Any]) -> Any:
     Not xarray's split (metadata now, data when computed): the rows a job
     reserves become visible only with their data, so a job whose data waits
     reserves nothing yet. Run in a task, the job plans the store it finds
-    then, and writes with the threads of the process it runs in.
+    then; on a cluster its graph runs there while its task steps aside.
     """
-    return delayed(job, pure=False)()
+    return delayed(functools.partial(detached, job), pure=False)()
 
 
 def _fill_record(

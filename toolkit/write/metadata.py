@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask.array as da
@@ -220,7 +220,11 @@ def metadata_round(
         # The group is known to be empty now: the buffer answers its probes itself.
         fresh = (plan.group or "") if creating or plan.mode == "w-" else None
         buffer = MetadataBuffer(below, empty_prefix=fresh)
-        sources = write_metadata(plan, buffer, mode="w-" if creating else plan.mode)
+        # zarr deletes a chunk that became all fill value; a shared unit is never deleted
+        # (a conditional delete would be needed, which not every store has): it is
+        # written, fill values and all. ``write_empty_chunks`` saves storage only.
+        round_plan = replace(plan, write_empty_chunks=True) if shared else plan
+        sources = write_metadata(round_plan, buffer, mode="w-" if creating else plan.mode)
         planned = [(s.plan, s.data.name) for s in sources]
         token = job or tokenize(plan.target, plan.mode, planned, t0)
         # A transactional store (Icechunk) shows readers nothing before the commit:
