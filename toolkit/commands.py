@@ -35,7 +35,7 @@ from toolkit.read import DEFAULT_READ_TASK_BYTES, aligned_chunks, open_zarr
 from toolkit.rechunk import rechunk
 from toolkit.upstream import sync
 from toolkit.write.checks import CF_ENCODING_KEYS
-from toolkit.write.execute import execute, plan_resumable
+from toolkit.write.execute import execute, write_resumable
 from toolkit.write.layout import choose_layout
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode, plan_write
 from toolkit.write.report import WriteReport
@@ -193,21 +193,19 @@ def copy(
         # write, refused by name (its first run kept the listing), not a stranger's.
         write_id = tokenize(src, encoding, zarr_format, max_task_bytes)[:16]
         source = source_objects([src], src_opts)
-    plan, log = plan_resumable(
+    return write_resumable(
         ds,
         dst,
+        progress=progress,
         write_id=write_id,
         mode=mode,
         encoding=None,  # in each variable's own
-        zarr_format=zarr_format,  # type: ignore[arg-type]  # 2 or 3, checked by the plan
+        zarr_format=zarr_format,  # 2 or 3, checked by the plan
         max_task_bytes=max_task_bytes,
         storage_options=storage_options,
         throttle=throttle,
         source=source,
     )
-    report = execute(plan, progress=progress, resume=log)
-    assert isinstance(report, WriteReport)
-    return report
 
 
 def _open_source(src: str, opts: Mapping[str, Any]) -> xr.Dataset:

@@ -27,7 +27,7 @@ from toolkit.ingest.sources import Source, read_headers
 from toolkit.ingest.stream import _ingest_stream, _is_stream
 from toolkit.io.stores import StoreLike, source_objects
 from toolkit.io.throttle import Throttle
-from toolkit.write.execute import execute, plan_resumable
+from toolkit.write.execute import write_resumable
 from toolkit.write.plan import DEFAULT_MAX_TASK_BYTES, WriteMode
 from toolkit.write.report import WriteReport
 
@@ -193,9 +193,10 @@ def ingest(
             dict(kwargs),
         )[:16]
         source = source_objects(s.path for s in ordered)
-    plan, log = plan_resumable(
+    return write_resumable(
         ds,
         target,
+        progress=progress,
         write_id=write_id,
         mode=mode,
         encoding=enc,
@@ -205,6 +206,3 @@ def ingest(
         throttle=throttle,
         source=source,
     )
-    report = execute(plan, progress=progress, resume=log)
-    assert isinstance(report, WriteReport)
-    return report

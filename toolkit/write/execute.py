@@ -142,6 +142,19 @@ def plan_resumable(
         return planned(mode="w", encoding=encoding), log
 
 
+def write_resumable(
+    ds: xr.Dataset, target: StoreLike, *, progress: bool = True, **options: Any
+) -> WriteReport:
+    """A write that resumes (a copy's, an ingest's): :func:`plan_resumable`, then :func:`execute`.
+
+    ``options`` are :func:`plan_resumable`'s.
+    """
+    plan, log = plan_resumable(ds, target, **options)
+    report = execute(plan, progress=progress, resume=log)
+    assert isinstance(report, WriteReport)  # computed: not a Delayed
+    return report
+
+
 def execute(
     plan: WritePlan,
     *,
