@@ -95,10 +95,16 @@ class _CapturingWriter(ArrayWriter):
             super().add(source, target, region)  # type: ignore[no-untyped-call]
 
 
-def write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSource]:
+def write_metadata(
+    plan: WritePlan, store: Store, mode: str, *, shared: bool = False
+) -> list[WriteSource]:
     """Create or resize arrays and write small variables, through xarray, into ``store``.
 
     ``mode`` is xarray's: ``"w-"`` for a group :func:`execute` has just cleared.
+    ``shared``: some units the small variables cover partly are shared with other
+    jobs (merged conditionally): they are written even when they hold only fill
+    values, since zarr would delete them unconditionally. The tasks' arrays keep
+    the plan's ``write_empty_chunks``.
     """
     ds = plan.dataset
     # In-memory data variables become dask arrays chunked as their tasks, so that
@@ -134,7 +140,7 @@ def write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSource
         region=dict(plan.region) if plan.region is not None else None,
         safe_chunks=False,  # toolkit's plan makes every task own whole units
         zarr_format=plan.zarr_format,
-        write_empty_chunks=plan.write_empty_chunks,
+        write_empty_chunks=True if shared else plan.write_empty_chunks,
     )
     ds = autodetect_region(zstore, ds)
     writer = _CapturingWriter()
@@ -156,8 +162,21 @@ def write_metadata(plan: WritePlan, store: Store, mode: str) -> list[WriteSource
                 f"(shape {target.shape}, chunks {target.chunks}; planned {vp.array_shape}, "
                 f"{vp.chunks}); another writer is active. Plan again."
             )
+        if shared:
+            target = _with_empty_chunks(target, plan.write_empty_chunks)
         out.append(WriteSource(vp, source, rebind(target, plan.store)))
     return out
+
+
+def _with_empty_chunks(array: zarr.Array[Any], write_empty: bool | None) -> zarr.Array[Any]:
+    """``array`` with the ``write_empty_chunks`` a write asked for (None: zarr's default)."""
+    from zarr import AsyncArray
+
+    a = array.async_array
+    value = zarr.config.get("array.write_empty_chunks") if write_empty is None else write_empty
+    return zarr.Array(
+        AsyncArray(a.metadata, a.store_path, replace(a.config, write_empty_chunks=value))
+    )
 
 
 @dataclass(frozen=True)
@@ -223,8 +242,9 @@ def metadata_round(
         # zarr deletes a chunk that became all fill value; a shared unit is never deleted
         # (a conditional delete would be needed, which not every store has): it is
         # written, fill values and all. ``write_empty_chunks`` saves storage only.
-        round_plan = replace(plan, write_empty_chunks=True) if shared else plan
-        sources = write_metadata(round_plan, buffer, mode="w-" if creating else plan.mode)
+        sources = write_metadata(
+            plan, buffer, mode="w-" if creating else plan.mode, shared=bool(shared)
+        )
         planned = [(s.plan, s.data.name) for s in sources]
         token = job or tokenize(plan.target, plan.mode, planned, t0)
         # A transactional store (Icechunk) shows readers nothing before the commit:
