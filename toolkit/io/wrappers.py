@@ -938,6 +938,24 @@ def find_wrapper[W: Store](store: Store, kind: type[W]) -> W | None:
         store = wrapped_store(store)
 
 
+def writing_empty_chunks(
+    array: zarr.Array[Any], write_empty: bool | None = True
+) -> zarr.Array[Any]:
+    """``array`` with ``write_empty_chunks`` set (None: zarr's default); no request is made.
+
+    True: chunks that hold only the fill value are written, never deleted.
+    """
+    from dataclasses import replace
+
+    from zarr import AsyncArray
+
+    a = array.async_array
+    value = zarr.config.get("array.write_empty_chunks") if write_empty is None else write_empty
+    return zarr.Array(
+        AsyncArray(a.metadata, a.store_path, replace(a.config, write_empty_chunks=value))
+    )
+
+
 def rebind(array: zarr.Array[Any], store: Store) -> zarr.Array[Any]:
     """The same array (metadata, path, config) reading and writing through ``store``.
 

@@ -41,7 +41,7 @@ from toolkit.io.metrics import IOMetrics, live_metrics
 from toolkit.io.rmw import ConditionalUnits, UnitConflict
 from toolkit.io.stores import describe_store, redact, unwrap
 from toolkit.io.throttle import Throttle
-from toolkit.io.wrappers import GateStore, find_wrapper, rebind, wrap_store
+from toolkit.io.wrappers import GateStore, find_wrapper, rebind, wrap_store, writing_empty_chunks
 from toolkit.runtime import Registry, Runtime, Slot
 from toolkit.upstream import sync
 from toolkit.write.plan import VariablePlan, WritePlan
@@ -206,7 +206,7 @@ def _write_units(
     shared = ConditionalUnits(stack, io.cas, [unit_key(target, u) for u in partial], record)
     # A shared unit that became all fill value is written, never deleted: a delete
     # cannot be conditional on every store.
-    array = _writing_empty_chunks(rebind(target, shared))
+    array = writing_empty_chunks(rebind(target, shared))
     for attempt in range(_RMW_ATTEMPTS):
         try:
             array[region] = block
@@ -302,18 +302,6 @@ def _write_block(
         # This worker's copy of the fork holds the task's chunk references.
         out["fork"] = getattr(unwrap(target.store), "session")  # noqa: B009  (IcechunkStore)
     return out
-
-
-def _writing_empty_chunks(array: zarr.Array[Any]) -> zarr.Array[Any]:
-    """``array`` set to write chunks that hold only the fill value (never delete them)."""
-    from dataclasses import replace as _with
-
-    from zarr import AsyncArray
-
-    a = array.async_array
-    return zarr.Array(
-        AsyncArray(a.metadata, a.store_path, _with(a.config, write_empty_chunks=True))
-    )
 
 
 def _portable(e: BaseException) -> BaseException | None:

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
@@ -52,7 +52,7 @@ from toolkit.io.stores import (
     display_location,
     is_icechunk,
 )
-from toolkit.io.wrappers import rebind, wrap_store
+from toolkit.io.wrappers import rebind, wrap_store, writing_empty_chunks
 from toolkit.upstream import (
     ArrayWriter,
     autodetect_region,
@@ -163,20 +163,9 @@ def write_metadata(
                 f"{vp.chunks}); another writer is active. Plan again."
             )
         if shared:
-            target = _with_empty_chunks(target, plan.write_empty_chunks)
+            target = writing_empty_chunks(target, plan.write_empty_chunks)
         out.append(WriteSource(vp, source, rebind(target, plan.store)))
     return out
-
-
-def _with_empty_chunks(array: zarr.Array[Any], write_empty: bool | None) -> zarr.Array[Any]:
-    """``array`` with the ``write_empty_chunks`` a write asked for (None: zarr's default)."""
-    from zarr import AsyncArray
-
-    a = array.async_array
-    value = zarr.config.get("array.write_empty_chunks") if write_empty is None else write_empty
-    return zarr.Array(
-        AsyncArray(a.metadata, a.store_path, replace(a.config, write_empty_chunks=value))
-    )
 
 
 @dataclass(frozen=True)
