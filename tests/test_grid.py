@@ -248,3 +248,37 @@ def test_rechunk_blocks_use_one_stage_when_aligned_blocks_fit():
 def test_rechunk_blocks_name_the_chunk_that_does_not_fit():
     with pytest.raises(ValueError, match=r"one target unit \(100, 100\) needs 80,000 bytes"):
         grid.rechunk_blocks((100, 100), (10, 100), (100, 100), 4, 50_000)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 9)), min_size=0, max_size=3
+    ),
+    st.integers(1, 40),
+)
+def test_split_box_tiles_the_box_and_never_shares_a_unit(dims, parts):
+    box = tuple((min(a, b), max(a, b)) for a, b, _ in dims)
+    unit = tuple(c for _, _, c in dims)
+    out = grid.split_box(box, unit, parts)
+    shape = tuple(b - a for a, b in box)
+    units = {
+        tuple(p // c for p, c in zip(pos, unit, strict=True))
+        for pos in np.ndindex(*shape)
+        for pos in [tuple(a + i for (a, _), i in zip(box, pos, strict=True))]
+    }
+    if not units:
+        assert out == [box]
+        return
+    assert len(out) == min(parts, len(units))
+    owner: dict[tuple[int, ...], int] = {}
+    covered = 0
+    for k, sub in enumerate(out):
+        assert all(lo <= a < b <= hi for (a, b), (lo, hi) in zip(sub, box, strict=True))
+        covered += int(np.prod([b - a for a, b in sub]))
+        for pos in np.ndindex(*(b - a for a, b in sub)):
+            u = tuple((a + i) // c for (a, _), i, c in zip(sub, pos, unit, strict=True))
+            assert owner.setdefault(u, k) == k  # a unit in two boxes: two writers race
+    assert covered == int(np.prod(shape))  # disjoint (no unit shared) and complete
+    assert set(owner) == units
+    sizes = [sum(1 for v in owner.values() if v == k) for k in range(len(out))]
+    assert max(sizes) <= 2 * len(units) / len(out)  # no box twice its share

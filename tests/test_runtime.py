@@ -13,7 +13,6 @@ from zarr.storage import LocalStore, MemoryStore
 
 import toolkit
 from toolkit import runtime
-from toolkit._util import _ZARR_CONCURRENCY, zarr_concurrency
 from toolkit.cluster.client import _HOOKS, on_client
 from toolkit.io.budget import _BUDGETS, budget_for, local_states
 from toolkit.io.metrics import _PROCESS, process_totals
@@ -94,19 +93,6 @@ def test_a_new_runtime_starts_with_the_wiring_and_keeps_it_when_closed():
         assert hook in rt.get(_HOOKS)
     assert hook not in runtime.process().get(_HOOKS)
     assert Runtime(inherit=False).get(_HOOKS).keys() == []
-
-
-def test_zarr_concurrency_is_counted_per_process_whatever_runtime():
-    import zarr
-
-    before = zarr.config.get("async.concurrency")
-    with Runtime() as rt:
-        assert rt.get(_ZARR_CONCURRENCY) is runtime.process().get(_ZARR_CONCURRENCY)
-        with zarr_concurrency(before + 50):
-            with Runtime(), zarr_concurrency(before + 60):
-                assert zarr.config.get("async.concurrency") == before + 60
-            assert zarr.config.get("async.concurrency") == before + 60  # not restored yet
-    assert zarr.config.get("async.concurrency") == before
 
 
 def test_a_write_in_its_own_runtime_counts_its_io_there(tmp_path):

@@ -1,4 +1,4 @@
-"""Small pieces every layer uses: one backoff, one JSON document encoding, zarr's concurrency."""
+"""Small pieces every layer uses: one backoff, one JSON document encoding, background work."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import zarr
 from zarr.abc.buffer import Buffer
 from zarr.buffer.cpu import Buffer as CPUBuffer
 
-from toolkit import runtime
 from toolkit.errors import MissingExtraError
-from toolkit.runtime import Slot
 from toolkit.upstream import is_zarr_chunk_task, sync
 
-__all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine", "zarr_concurrency"]
+__all__ = [
+    "Background",
+    "backoff",
+    "encode_json",
+    "need_netcdf_engine",
+]
 
 
 def backoff(attempt: int, base: float, cap: float, draw: float | None = None) -> float:
@@ -64,46 +66,6 @@ def _json_value(obj: object) -> bool | int | float:
         f"got a {kind.__module__}.{kind.__qualname__} ({obj!r:.80}), which JSON cannot hold "
         "as it is"
     )
-
-
-class _ZarrConcurrency:
-    """Who raised zarr's ``async.concurrency``, and what it was before the first of them."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.users = 0
-        self.saved: Any = None
-
-
-#: zarr's configuration is one per process: so is its count, whatever runtime is current
-#: (two runtimes counting apart would restore it under each other's feet).
-_ZARR_CONCURRENCY: Slot[_ZarrConcurrency] = Slot(
-    "_util.zarr_concurrency", _ZarrConcurrency, process_wide=True
-)
-
-
-@contextlib.contextmanager
-def zarr_concurrency(n: int) -> Iterator[None]:
-    """Let one zarr call keep at least ``n`` requests in flight, within this block.
-
-    zarr's ``async.concurrency`` is process-wide; a reference count keeps
-    concurrent users from restoring it under each other's feet, and the last
-    one out restores what it was.
-    """
-    count = runtime.current().get(_ZARR_CONCURRENCY)
-    with count.lock:
-        if count.users == 0:
-            count.saved = zarr.config.get("async.concurrency")
-        count.users += 1
-        if int(zarr.config.get("async.concurrency")) < n:
-            zarr.config.set({"async.concurrency": n})
-    try:
-        yield
-    finally:
-        with count.lock:
-            count.users -= 1
-            if count.users == 0:
-                zarr.config.set({"async.concurrency": count.saved})
 
 
 def settle_zarr_calls(timeout: float) -> bool:

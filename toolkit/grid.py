@@ -20,6 +20,7 @@ validation per axis is a proof for the whole grid.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "regroup",
     "snap_axis",
     "split_axis",
+    "split_box",
     "units_touched",
 ]
 
@@ -72,6 +74,62 @@ def units_touched(start: int, stop: int, unit: int) -> range:
     if stop <= start:
         return range(start // unit, start // unit)
     return range(start // unit, -(-stop // unit))
+
+
+Box = tuple[tuple[int, int], ...]
+
+
+def split_box(box: Sequence[tuple[int, int]], unit: Sequence[int], parts: int) -> list[Box]:
+    """Absolute ``box`` (a start and stop per axis) cut into at most ``parts`` boxes.
+
+    Every cut falls on a multiple of ``unit``, so no unit lies in two boxes, and
+    the boxes tile ``box``: there are ``min(parts, units)`` of them, none with
+    more than twice its share of the units (so that concurrent calls, one a
+    box, finish within twice the time an even split would take).
+    """
+    ranges = [units_touched(a, b, c) for (a, b), c in zip(box, unit, strict=True)]
+    if any(len(r) == 0 for r in ranges):
+        return [tuple(box)]
+    return [
+        tuple(
+            (max(lo, a * c), min(hi, b * c))
+            for (a, b), (lo, hi), c in zip(ub, box, unit, strict=True)
+        )
+        for ub in _split_units(tuple((r.start, r.stop) for r in ranges), parts)
+    ]
+
+
+def _split_units(ub: Box, parts: int) -> list[Box]:
+    """Unit ranges ``ub`` in ``min(parts, units)`` boxes (:func:`split_box`)."""
+    total = math.prod(b - a for a, b in ub)
+    if parts <= 1 or total == 1:
+        return [ub]
+    if parts >= total:
+        every = itertools.product(*(range(a, b) for a, b in ub))
+        return [tuple((i, i + 1) for i in u) for u in every]
+    # One cut in two, each side given boxes in proportion to its units (never more
+    # boxes than units): of the cuts near the middle of each axis, the one whose
+    # busier side has the fewest units a box.
+    best: tuple[float, int, int, int, int] | None = None
+    for axis, (a, b) in enumerate(ub):
+        n = b - a
+        for cut in {math.floor(n / 2), math.ceil(n / 2), round(n * (parts // 2) / parts)}:
+            if not 0 < cut < n:
+                continue
+            lu = cut * (total // n)
+            left = min(lu, max(1, round(parts * lu / total)))
+            right = min(total - lu, parts - left)
+            left = parts - right
+            load = max(lu / left, (total - lu) / right)
+            if best is None or load < best[0]:
+                best = (load, axis, cut, left, right)
+    assert best is not None
+    _, axis, cut, left, right = best
+    a, b = ub[axis]
+    return [
+        *_split_units((*ub[:axis], (a, a + cut), *ub[axis + 1 :]), left),
+        *_split_units((*ub[:axis], (a + cut, b), *ub[axis + 1 :]), right),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,13 +31,13 @@ from zarr.abc.store import Store
 from zarr.buffer import default_buffer_prototype
 from zarr.storage import LocalStore
 
-from toolkit._util import zarr_concurrency
 from toolkit.cluster.budgets import cluster_share
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import executor
 from toolkit.coordination.records import aread_records, read_records
 from toolkit.errors import CorruptChunkError, IncompleteStoreError, ToolkitError
 from toolkit.io.buffer import MetadataBuffer
+from toolkit.io.calls import local_slices, zarr_parts
 from toolkit.io.clients import list_page
 from toolkit.io.extent import consistent_view
 from toolkit.io.groups import RESERVED_PREFIX, ExistingGroup, array_dims, open_existing
@@ -106,8 +106,9 @@ def open_zarr(
     for the whole cluster under an active ``distributed`` client), its
     retries, and I/O metrics. The metrics add up per process, and
     :func:`toolkit.io_metrics` gathers them. With a throttle, each aligned read task
-    raises zarr's per-call ``async.concurrency`` to the in-flight cap while it
-    runs, so that two dask threads still keep many requests in flight.
+    keeps up to the in-flight cap of requests going (in as many concurrent zarr
+    calls as zarr's own cap per call, ``async.concurrency``, needs), so that two
+    dask threads still keep many requests in flight.
 
     Parameters
     ----------
@@ -638,20 +639,65 @@ class _NamedChunkErrors:
         self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
 
     def _read(self, key: tuple[slice, ...]) -> None:
-        np.asarray(self.var[key].values)
+        self._values(key)
+
+    def _values(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        return np.asarray(self.var[key].values)
+
+    def _in_parts(
+        self, key: tuple[slice, ...], parts: list[tuple[slice, ...]]
+    ) -> np.ndarray[Any, Any]:
+        """``key``'s values read in concurrent calls, one a part (``zarr_parts``).
+
+        A thread a part, since xarray's decoding reads synchronously; each runs
+        in the caller's context (its runtime: budgets, metrics). Every read has
+        ended when this returns or raises.
+        """
+        shape = tuple(len(range(*sl.indices(n))) for sl, n in zip(key, self.shape, strict=True))
+        out: np.ndarray[Any, Any] | None = None
+        with cf.ThreadPoolExecutor(len(parts), thread_name_prefix="toolkit-read") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, self._values, p) for p in parts]
+            for part, future in zip(parts, futures, strict=True):
+                values = future.result()
+                if out is None:
+                    out = np.empty(shape, dtype=values.dtype)
+                out[local_slices(part, key)] = values
+        assert out is not None
+        return out
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         try:
-            # As many requests in flight as the budget allows (zarr's 10 otherwise).
-            with zarr_concurrency(self.concurrency):
-                return np.asarray(self.var[key].values)
+            # As many requests in flight as the budget allows (zarr's 10 a call otherwise).
+            parts = zarr_parts(self.arr, key, self.concurrency)
+            if len(parts) == 1:
+                return self._values(key)
+            return self._in_parts(key, parts)
         except ToolkitError:
             raise
         except Exception as e:
-            bad = undecodable_chunks(self.arr, key, read=self._read)
+            bad = undecodable_chunks(self.arr, _box(key, self.shape), read=self._read)
             if not bad:
                 raise
             raise _corrupt(bad, e, f" of {self.arr.path!r}") from e
+
+
+def _box(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The box of the array that ``key`` reads from: dask folds a selection of a
+    block (an integer, a step) into the block's read.
+    """
+    if len(key) != len(shape):
+        return tuple(slice(0, n) for n in shape)
+    out = []
+    for k, n in zip(key, shape, strict=True):
+        if isinstance(k, slice):
+            start, stop, _ = k.indices(n)
+            out.append(slice(start, max(start, stop)))
+        elif isinstance(k, (int, np.integer)):
+            i = range(n)[k]
+            out.append(slice(i, i + 1))
+        else:
+            out.append(slice(0, n))
+    return tuple(out)
 
 
 def undecodable_chunks(

@@ -1,17 +1,24 @@
-"""Write-unit arithmetic of the graph: which units a task covers only partly."""
+"""The write graph: which units a task covers only partly, aborts, requests in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 import time
 import uuid
+from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from hypothesis import given
 from hypothesis import strategies as st
+from zarr.storage import LocalStore
 
+import toolkit
 from toolkit.write.graph import partial_units
 
 
@@ -120,3 +127,73 @@ def test_the_collector_is_paused_while_a_graph_is_built_and_resumed_as_it_was():
         assert not gc.isenabled()  # a caller that had paused it keeps it paused
     finally:
         gc.enable()
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.caps: set[object] = set()
+        self.lock = threading.Lock()
+
+
+class _Peak(LocalStore):
+    """Chunk requests in flight at once (each held 20 ms), and zarr's cap each one saw.
+
+    A store of its own, not a wrapper: toolkit reads below any wrapper.
+    """
+
+    def __init__(self, root: Path, *, read_only: bool = False, counts: _Counts | None = None):
+        super().__init__(root, read_only=read_only)
+        self.counts = counts or _Counts()
+
+    def with_read_only(self, read_only: bool = False) -> _Peak:
+        return _Peak(self.root, read_only=read_only, counts=self.counts)
+
+    async def _held(self, key, request):  # type: ignore[no-untyped-def]
+        if "/c/" not in key:
+            return await request
+        c = self.counts
+        with c.lock:
+            c.now += 1
+            c.peak = max(c.peak, c.now)
+            c.caps.add(zarr.config.get("async.concurrency"))
+        try:
+            await asyncio.sleep(0.02)
+            return await request
+        finally:
+            with c.lock:
+                c.now -= 1
+
+    async def get(self, key, prototype, byte_range=None):  # type: ignore[no-untyped-def]
+        return await self._held(key, super().get(key, prototype, byte_range))
+
+    async def set(self, key, value):  # type: ignore[no-untyped-def]
+        return await self._held(key, super().set(key, value))
+
+
+@pytest.mark.parametrize("inflight", [4, 40])
+def test_a_task_keeps_its_share_in_flight_and_never_raises_zarrs_cap(tmp_path, inflight):
+    """The budget's in-flight cap is reached in concurrent zarr calls, not by raising
+    zarr's process-wide ``async.concurrency`` (other code in the process relies on it)."""
+    cap = zarr.config.get("async.concurrency")
+    store = _Peak(tmp_path / "d.zarr")
+    values = np.arange(4000.0)
+    policy = toolkit.Throttle(max_inflight=inflight)
+    with dask.config.set(scheduler="sync"):  # one task at a time: the peak is one task's
+        toolkit.to_zarr(
+            xr.Dataset({"v": ("x", values)}),
+            store,
+            encoding={"v": {"chunks": (10,)}},
+            throttle=policy,
+            progress=False,
+        )
+        written, store.counts.peak = store.counts.peak, 0
+        back = toolkit.open_zarr(store, throttle=policy).v.values
+        read = store.counts.peak
+    np.testing.assert_array_equal(back, values)
+    assert store.counts.caps == {cap}
+    if inflight > cap:
+        assert cap < written <= inflight
+        assert cap < read <= inflight
+    else:
+        assert written <= cap and read <= cap

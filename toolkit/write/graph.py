@@ -1,15 +1,17 @@
 """From a validated plan to one dask graph.
 
-Each write task owns whole write units (the plan proves it) and writes all of
-them in one zarr call, which zarr runs concurrently on its own event loop: I/O
-concurrency is zarr's ``async.concurrency`` per task, not the number of dask
-threads. The graph is assembled layer by layer as plain dicts (no optimisation
-pass over the whole array graph), so building it costs about as much as
-enumerating the tasks.
+Each write task owns whole write units (the plan proves it) and writes them in
+zarr calls that zarr runs concurrently on its own event loop: one call, or as
+many at once as keep the task's share of requests in flight (zarr caps each
+call at its ``async.concurrency``, which toolkit never changes). I/O concurrency
+is per task, not the number of dask threads. The graph is assembled layer by
+layer as plain dicts (no optimisation pass over the whole array graph), so
+building it costs about as much as enumerating the tasks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -30,11 +32,12 @@ from zarr.abc.store import Store
 from zarr.buffer.cpu import Buffer
 
 from toolkit import grid, runtime
-from toolkit._util import backoff, collector_paused, settle_zarr_calls, zarr_concurrency
+from toolkit._util import backoff, collector_paused, settle_zarr_calls
 from toolkit.cluster.coordinator import remote_budget_for
 from toolkit.cluster.executor import in_task
 from toolkit.cluster.metrics import publish
 from toolkit.coordination.records import task_marker
+from toolkit.io.calls import local_slices, zarr_parts
 from toolkit.io.conditional import ConditionalStore
 from toolkit.io.digests import WrittenStore
 from toolkit.io.metrics import IOMetrics, live_metrics
@@ -90,7 +93,8 @@ class WriteIO:
     throttle : Throttle or None
         This process's share of the budget (already split among workers).
     concurrency : int
-        Requests one task keeps in flight (zarr's ``async.concurrency``).
+        Requests one task keeps in flight (in as many concurrent zarr calls as
+        zarr's ``async.concurrency`` per call needs).
     distributed : bool
         Whether the tasks run on a ``distributed`` cluster (a failing task then
         tells every worker to skip the write's remaining tasks).
@@ -199,7 +203,7 @@ def _write_units(
     """
     partial = partial_units(target, region, units) if io.cas is not None else []
     if not partial:
-        rebind(target, stack)[region] = block
+        _set_in_parts(rebind(target, stack), region, block, io.concurrency)
         return
     assert io.cas is not None
     record = stack.written if isinstance(stack, WrittenStore) else None
@@ -209,13 +213,38 @@ def _write_units(
     array = writing_empty_chunks(rebind(target, shared))
     for attempt in range(_RMW_ATTEMPTS):
         try:
-            array[region] = block
+            _set_in_parts(array, region, block, io.concurrency)
             return
         except UnitConflict:
             if attempt + 1 == _RMW_ATTEMPTS:
                 raise
             shared.forget()
             time.sleep(backoff(attempt, base=0.005, cap=0.5))
+
+
+def _set_in_parts(
+    array: zarr.Array[Any], region: tuple[slice, ...], block: np.ndarray, inflight: int
+) -> None:
+    """``array[region] = block`` in concurrent zarr calls keeping ``inflight`` requests going.
+
+    (:func:`toolkit.io.calls.zarr_parts`: zarr's own cap per call is never raised.)
+    Every call runs to its end before this returns or raises, so that none
+    writes on behind a retry or an abort. A store's error is raised before a
+    shared unit's conflict (which only asks for the whole region again).
+    """
+    parts = zarr_parts(array, region, inflight)
+    if len(parts) == 1:
+        array[region] = block
+        return
+
+    async def every() -> list[BaseException | None]:
+        calls = (array.async_array.setitem(p, block[local_slices(p, region)]) for p in parts)
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    errors = [e for e in sync(every()) if isinstance(e, BaseException)]
+    errors.sort(key=lambda e: isinstance(e, UnitConflict))
+    if errors:
+        raise errors[0]
 
 
 def write_block(
@@ -270,14 +299,13 @@ def _write_block(
     recorded = WrittenStore(stack)
     out["objects"] = {}
     try:
-        with zarr_concurrency(io.concurrency):
-            _write_units(block, target, region, units, recorded, io)
-            if io.resume_prefix is not None:
-                # After every unit landed: a resumed run skips this task. The marker
-                # holds the units' sizes and checksums, from which the manifest is made.
-                marker = f"{io.resume_prefix}{target.basename}/{task_marker(units)}"
-                body = json.dumps(recorded.written.as_lists(), sort_keys=True).encode()
-                sync(stack.set(marker, Buffer.from_bytes(body)))
+        _write_units(block, target, region, units, recorded, io)
+        if io.resume_prefix is not None:
+            # After every unit landed: a resumed run skips this task. The marker
+            # holds the units' sizes and checksums, from which the manifest is made.
+            marker = f"{io.resume_prefix}{target.basename}/{task_marker(units)}"
+            body = json.dumps(recorded.written.as_lists(), sort_keys=True).encode()
+            sync(stack.set(marker, Buffer.from_bytes(body)))
         out["objects"] = recorded.written.as_lists()
     except Exception as e:
         gate.abort()
