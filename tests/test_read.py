@@ -164,7 +164,7 @@ def test_a_damaged_chunk_is_named_by_its_key_by_reads_verify_and_stats(tmp_path,
     # A selection inside the damaged chunk (dask folds it into the block's read as an
     # integer, which the check of each chunk took for a slice).
     with pytest.raises(toolkit.errors.CorruptChunkError, match=key):
-        toolkit.open_zarr(dst).a.isel({ds.a.dims[0]: 9 if sharded else 5}).values
+        toolkit.open_zarr(dst).a.isel({ds.a.dims[0]: 9 if sharded else 5}).load()
     with pytest.raises(toolkit.errors.CorruptChunkError, match=key):
         toolkit.verify(str(src), str(dst), progress=False)
     with pytest.raises(toolkit.errors.CorruptChunkError, match=key):
