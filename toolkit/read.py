@@ -682,8 +682,9 @@ class _NamedChunkErrors:
 
 
 def _box(key: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """The box of the array that ``key`` reads from: dask folds a selection of a
-    block (an integer, a step) into the block's read.
+    """The box of the array that ``key`` reads from.
+
+    dask folds a selection of a block (an integer, a step) into the block's read.
     """
     if len(key) != len(shape):
         return tuple(slice(0, n) for n in shape)
