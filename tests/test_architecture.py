@@ -595,3 +595,53 @@ def test_only_the_executor_decides_where_tasks_run():
     ]
     assert found == [], "ask toolkit.cluster.executor.executor() instead"
     assert _cluster_lookups(ROOT / "cluster" / "executor.py")  # the check sees them
+
+
+def _process_settings(path: Path) -> list[tuple[str, int]]:
+    """Calls in ``path`` that change a setting of the whole process: zarr's
+    configuration, or a warnings filter outside a ``warnings.catch_warnings()`` block."""
+    tree = ast.parse(path.read_text())
+    parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        if name.startswith("zarr.config.") and name.split(".")[-1] in ("set", "update", "refresh"):
+            found.append((name, node.lineno))
+        elif name in ("warnings.filterwarnings", "warnings.simplefilter"):
+            up, scoped = node, False
+            while up in parents and not scoped:
+                up = parents[up]
+                scoped = isinstance(up, ast.With) and any(
+                    ast.unparse(i.context_expr).startswith("warnings.catch_warnings")
+                    for i in up.items
+                )
+            if not scoped:
+                found.append((name, node.lineno))
+    return found
+
+
+def test_no_module_changes_a_setting_of_the_whole_process():
+    """Issue 33: zarr's ``async.concurrency`` was raised while write tasks ran, and a
+    warnings filter for ``.toolkit`` installed at run time; other code in the process
+    relies on both."""
+    found = [
+        f"{name}:{line} calls {what}"
+        for name, path in sorted(_modules().items())
+        if not name.startswith("toolkit.testing")
+        for what, line in _process_settings(path)
+    ]
+    assert found == []
+
+
+def test_the_process_settings_check_sees_them(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import warnings, zarr\n"
+        "zarr.config.set({'async.concurrency': 64})\n"
+        "warnings.filterwarnings('ignore')\n"
+        "with warnings.catch_warnings():\n"
+        "    warnings.simplefilter('ignore')\n"
+    )
+    assert [line for _, line in _process_settings(probe)] == [2, 3]

@@ -72,3 +72,17 @@ def test_metadata_buffer_flush_keeps_what_did_not_land_for_a_retry():
         k: v.to_bytes() for k, v in docs.items()
     }
     assert not buf._pending
+
+
+def test_listing_a_group_hides_toolkits_prefix_from_zarr_but_not_from_deletes():
+    store = MemoryStore()
+    for key in ("zarr.json", ".toolkit/lease", "a/zarr.json"):
+        sync(store.set(key, Buffer.from_bytes(b"{}")))
+    buffer = MetadataBuffer(store)
+
+    async def listed(it: Any) -> list[str]:
+        return sorted([k async for k in it])
+
+    assert sync(listed(buffer.list_dir(""))) == ["a", "zarr.json"]
+    assert ".toolkit/lease" in sync(listed(buffer.list_prefix("")))
+    assert not sync(buffer.is_empty(""))

@@ -44,7 +44,7 @@ def test_one_call_when_zarrs_cap_allows_it_or_there_is_none(sharded, cap):
     region = (slice(0, 95), slice(0, 30))
     with zarr.config.set({"async.concurrency": cap}):
         assert zarr_parts(sharded, region, 10) == [region]
-        assert len(zarr_parts(sharded, region, 64)) == (1 if cap in (64, None) else 6)
+        assert len(zarr_parts(sharded, region, 64)) == (1 if cap in (64, None) else 7)
 
 
 def test_a_region_that_is_no_box_is_one_call(sharded):

@@ -16,6 +16,7 @@ from zarr.abc.store import ByteRequest, Store
 from zarr.buffer import default_buffer_prototype
 
 from toolkit.io.keys import is_metadata
+from toolkit.io.reserved import hiding_reserved
 from toolkit.io.stores import is_icechunk
 from toolkit.io.wrappers import _OwnWrapper
 from toolkit.upstream import normalize_byte_range
@@ -169,7 +170,7 @@ class MetadataBuffer(_OwnWrapper):
         def child(k: str) -> str | None:
             return k[len(base) :].split("/", 1)[0] if k.startswith(base) else None
 
-        return self._merged(listed, child)
+        return hiding_reserved(self._merged(listed, child))
 
     @property
     def pending(self) -> dict[str, Buffer | None]:

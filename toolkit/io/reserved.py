@@ -1,4 +1,4 @@
-"""toolkit's own prefix inside a group, and zarr's warning about it, silenced.
+"""toolkit's own prefix inside a group, which zarr's listings of a hierarchy never see.
 
 A module of its own, below :mod:`toolkit.io.stores` and :mod:`toolkit.io.groups`,
 which both need it.
@@ -6,28 +6,24 @@ which both need it.
 
 from __future__ import annotations
 
-import re
-import warnings
+from collections.abc import AsyncIterator
 
-__all__ = ["RESERVED_PREFIX", "hide_reserved_prefix_warnings"]
+__all__ = ["RESERVED_PREFIX", "hiding_reserved"]
 
 RESERVED_PREFIX = ".toolkit"
 """Top-level prefix (inside the group) where toolkit keeps its own state."""
 
-_RESERVED_WARNING = rf"Object at {re.escape(RESERVED_PREFIX)} is not recognized"
 
+async def hiding_reserved(names: AsyncIterator[str]) -> AsyncIterator[str]:
+    """A ``list_dir``'s ``names`` but toolkit's own prefix, no member of a zarr hierarchy.
 
-def hide_reserved_prefix_warnings() -> None:
-    """Silence zarr's warning about toolkit's own prefix in group listings.
-
-    zarr warns of any key that is no array or group while it lists a group's
-    members; for ``.toolkit/`` the warning says nothing useful. Installed when
-    toolkit resolves a store (never on import), for that prefix's message only,
-    and again whenever something (``warnings.catch_warnings``, a test runner)
-    has restored the filters without it.
+    zarr lists a group's children to find its members and asks each for its
+    metadata: for ``.toolkit/`` that is requests for nothing and a warning
+    ("Object at .toolkit is not recognized"), which toolkit would otherwise
+    have to silence with a filter of the whole process. Only ``list_dir``
+    hides it: ``list_prefix`` (deletes, emptiness, toolkit's own state) sees
+    every key.
     """
-    if not any(
-        f[0] == "ignore" and f[1] is not None and f[1].pattern == _RESERVED_WARNING
-        for f in warnings.filters
-    ):
-        warnings.filterwarnings("ignore", message=_RESERVED_WARNING, category=Warning)
+    async for name in names:
+        if name.rstrip("/") != RESERVED_PREFIX:
+            yield name

@@ -11,7 +11,6 @@ from zarr.abc.store import Store
 from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from toolkit.io import clients
-from toolkit.io.reserved import hide_reserved_prefix_warnings
 from toolkit.io.throttle import Throttle
 from toolkit.upstream import wrapped_store
 
@@ -66,7 +65,6 @@ def resolve_store(
         read, with no HEAD first; for s3fs, a connection pool as large as the
         in-flight cap.
     """
-    hide_reserved_prefix_warnings()
     if isinstance(store, Store):
         if storage_options:
             raise TypeError("storage_options apply to URLs only, not to a Store instance")

@@ -50,6 +50,7 @@ from toolkit.io.budget import Budget, RemoteBudget, RemoteBudgets, budget_for
 from toolkit.io.classify import ACCESS_HINT, classify_error, http_status, refused, retry_after
 from toolkit.io.metrics import IOMetrics, process_metrics
 from toolkit.io.ratecontrol import THROTTLED_DOUBLINGS
+from toolkit.io.reserved import hiding_reserved
 from toolkit.io.stores import describe_store, is_icechunk, redact, unwrap
 from toolkit.io.throttle import RequestKind, Throttle
 from toolkit.runtime import Slot
@@ -290,7 +291,8 @@ class InterceptStore(_OwnWrapper):
 
     @override
     def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        return self._listing("list_dir", prefix, lambda: _collect(self._store.list_dir(prefix)))
+        listed = self._listing("list_dir", prefix, lambda: _collect(self._store.list_dir(prefix)))
+        return hiding_reserved(listed)
 
     async def list_page(self, prefix: str) -> tuple[builtins.list[str], bool]:
         """The keys one LIST request answers under ``prefix``, and whether that is all.
