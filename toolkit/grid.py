@@ -113,11 +113,11 @@ def _split_units(ub: Box, parts: int) -> list[Box]:
     best: tuple[float, int, int, int, int] | None = None
     for axis, (a, b) in enumerate(ub):
         n = b - a
-        for cut in {math.floor(n / 2), math.ceil(n / 2), round(n * (parts // 2) / parts)}:
+        for cut in sorted({n // 2, -(-n // 2), round(n * (parts // 2) / parts)}):
             if not 0 < cut < n:
                 continue
             lu = cut * (total // n)
-            left = min(lu, max(1, round(parts * lu / total)))
+            left = min(lu, parts - 1, max(1, round(parts * lu / total)))
             right = min(total - lu, parts - left)
             left = parts - right
             load = max(lu / left, (total - lu) / right)

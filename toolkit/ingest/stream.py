@@ -158,6 +158,75 @@ def _stream_pieces(sources: Any) -> _SyncPieces | _AsyncPieces:
     return _SyncPieces(sources)
 
 
+class _Buffer:
+    """The steps of a stream accepted and not yet handed to the writer, along ``dim``."""
+
+    def __init__(self, dim: Hashable) -> None:
+        self.dim = dim
+        self.pieces: list[xr.Dataset] = []
+        self.steps = 0
+
+    def add(self, piece: xr.Dataset) -> None:
+        self.pieces.append(piece)
+        self.steps += piece.sizes[self.dim]
+
+    def cut(self, n: int) -> xr.Dataset:
+        """The first ``n`` buffered steps as one dataset; the rest stays buffered."""
+        joined = self.pieces[0]
+        if len(self.pieces) > 1:
+            joined = xr.concat(
+                self.pieces,
+                dim=self.dim,
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+                join="override",
+            )
+        head, rest = joined.isel({self.dim: slice(0, n)}), joined.isel({self.dim: slice(n, None)})
+        self.pieces = [rest] if rest.sizes[self.dim] else []
+        self.steps = rest.sizes[self.dim]
+        return head
+
+
+class _Destination:
+    """Where a stream's batches go: the first creates the dataset, the others append.
+
+    ``encoding`` is the stream's layout, set from its first piece.
+    """
+
+    def __init__(
+        self,
+        target: StoreLike,
+        dim: Hashable,
+        mode: WriteMode,
+        zarr_format: Literal[2, 3],
+        storage_options: Mapping[str, Any] | None,
+        throttle: Throttle | Literal[False] | None,
+    ) -> None:
+        self.target, self.dim, self.mode, self.zarr_format = target, dim, mode, zarr_format
+        self.options: dict[str, Any] = {"storage_options": storage_options, "throttle": throttle}
+        self.encoding: dict[Hashable, dict[str, Any]] = {}
+        self.created = False
+
+    def write(self, batch: xr.Dataset) -> WriteReport:
+        """Write one batch (in the writer's thread, one at a time)."""
+        if not self.created:
+            self.created = True
+            out = write_dataset(
+                batch,
+                self.target,
+                mode=self.mode,
+                encoding=self.encoding,
+                zarr_format=self.zarr_format,
+                progress=False,
+                **self.options,
+            )
+        else:
+            out = append(batch, self.target, self.dim, progress=False, **self.options)
+        assert isinstance(out, WriteReport)
+        return out
+
+
 class _Writer:
     """Appends whole-unit batches in order, in a thread, with at most ``depth`` queued.
 
@@ -265,8 +334,7 @@ def _ingest_stream(
     interrupted; the error says how many pieces and steps landed.
     """
     pieces = _stream_pieces(sources)
-    buffered: list[xr.Dataset] = []
-    nbuffered = 0
+    buffered = _Buffer(concat_dim)
     first: xr.Dataset | None = None
     last = None
     unit = 0
@@ -275,54 +343,13 @@ def _ingest_stream(
     sent = 0  # steps handed to the writer
     ends: list[int] = []  # steps accepted through each piece
     bar = _stream_bar(progress)
-    created = False
-    enc: dict[Hashable, dict[str, Any]] = {}
-
-    def write(batch: xr.Dataset) -> WriteReport:
-        nonlocal created
-        kw: dict[str, Any] = {"storage_options": storage_options, "throttle": throttle}
-        if not created:
-            created = True
-            out = write_dataset(
-                batch,
-                target,
-                mode=mode,
-                encoding=enc,
-                zarr_format=zarr_format,
-                progress=False,
-                **kw,
-            )
-        else:
-            out = append(batch, target, concat_dim, progress=False, **kw)
-        assert isinstance(out, WriteReport)
-        return out
-
-    def cut(n: int) -> xr.Dataset:
-        """The first ``n`` buffered steps as one dataset; the rest stays buffered."""
-        nonlocal buffered, nbuffered
-        joined = buffered[0]
-        if len(buffered) > 1:
-            joined = xr.concat(
-                buffered,
-                dim=concat_dim,
-                data_vars="minimal",
-                coords="minimal",
-                compat="override",
-                join="override",
-            )
-        head, rest = (
-            joined.isel({concat_dim: slice(0, n)}),
-            joined.isel({concat_dim: slice(n, None)}),
-        )
-        buffered = [rest] if rest.sizes[concat_dim] else []
-        nbuffered = rest.sizes[concat_dim]
-        return head
+    dest = _Destination(target, concat_dim, mode, zarr_format, storage_options, throttle)
 
     def send(n: int) -> None:
         """Hand the first ``n`` buffered steps to the writer (blocks while it is behind)."""
         nonlocal sent
         assert writer is not None
-        batch = cut(n)
+        batch = buffered.cut(n)
         writer.put(batch, n)
         sent += n
         bar(sent, batch.nbytes)
@@ -336,28 +363,27 @@ def _ingest_stream(
                 if not isinstance(piece, xr.Dataset):
                     raise IngestError(f"piece 0 of the stream is a {type(piece).__name__}")
                 first = piece
-                enc, unit, batch_units = _stream_layout(
+                dest.encoding, unit, batch_units = _stream_layout(
                     piece, concat_dim, chunks, shards, encoding, max_writers, max_buffer_bytes
                 )
-                writer = _Writer(write, depth=1)
+                writer = _Writer(dest.write, depth=1)
             _check_piece(piece, first, concat_dim, last, len(ends))
             if concat_dim in piece.coords and piece.sizes[concat_dim]:
                 last = piece[concat_dim].values[-1]
             stage = "load"
             loaded = piece.load()
             stage = "write"
-            buffered.append(loaded)
-            nbuffered += loaded.sizes[concat_dim]
+            buffered.add(loaded)
             ends.append((ends[-1] if ends else 0) + loaded.sizes[concat_dim])
-            while nbuffered >= unit * batch_units:
+            while buffered.steps >= unit * batch_units:
                 send(unit * batch_units)
             stage = "read"
         stage = "check"
         if first is None:
             raise IngestError("the stream gave no piece")
         stage = "write"
-        if nbuffered:  # the last, partial unit, once
-            send(nbuffered)
+        if buffered.steps:  # the last, partial unit, once
+            send(buffered.steps)
     except BaseException as e:  # the stream stops: closed, and what was accepted lands
         failure = e
     close_error: Exception | None = None
@@ -369,9 +395,9 @@ def _ingest_stream(
     finally:
         try:
             if writer is not None:
-                if isinstance(failure, Exception) and writer.error is None and nbuffered:
+                if isinstance(failure, Exception) and writer.error is None and buffered.steps:
                     with contextlib.suppress(Exception):  # a failed write: writer.error
-                        send(nbuffered)  # the pieces accepted before the stream stopped
+                        send(buffered.steps)  # the pieces accepted before the stream stopped
                 writer.close()  # what was queued lands (or fails)
         finally:
             bar(None, 0)
@@ -381,7 +407,9 @@ def _ingest_stream(
                 f"the stream did not close: {_describe(close_error)}", RuntimeWarning, stacklevel=3
             )
         return _merge_reports(writer.reports)
-    raise _stream_error(failure, stage, writer, ends, close_error, concat_dim, enc, first, target)
+    raise _stream_error(
+        failure, stage, writer, ends, close_error, concat_dim, dest.encoding, first, target
+    )
 
 
 def _describe(e: BaseException) -> str:

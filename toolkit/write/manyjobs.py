@@ -1032,15 +1032,7 @@ def _overwrite_one(
     job: str,
 ) -> Any:
     dim = str(ds[coord].dims[0])
-    runs = _runs(ds[coord].values)
-    seen: set[str] = set()
-    for lab, _ in runs:
-        if lab in seen:
-            raise PartitionError(
-                f"partition {lab!r} of {coord!r} appears in more than one run of rows; "
-                f"sort the dataset first: ds.sortby({coord!r})"
-            )
-        seen.add(lab)
+    runs = _partition_runs(ds, coord)
     plan, snap = _validated(ds, store, dim, group, storage_options, kwargs, job)
     base = plan.store
     if kwargs.get("compute", True) is False:
@@ -1087,42 +1079,16 @@ def _overwrite_one(
             names = [f"partitions/{coord}/{lab}" for lab, _, _ in answer["ranges"]]
             parts = LockSet(target.coord, names, job, fresh=True)
             parts.start(timeout=lock_timeout)
+            spans, new_parts = _placed_ranges(answer)
             report: Any = None
-            new = answer.get("id") is not None
-            pos = 0
-            old_spans, new_parts = [], []
-            for _, a, b in answer["ranges"]:
-                if new and a >= answer["start"]:
-                    new_parts.append((a, pos, b - a))
-                else:
-                    old_spans.append((a, b, pos))
-                pos += b - a
-            new_rows = bool(new_parts)
             if new_parts:
-                ext = target.extents()
-                # The log places the new labels one after the other at the end, in the
-                # order of the job's runs, wherever they are in the job's data.
-                new_parts.sort()
-                rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
-                landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
-                if not (landed.get("landed") and landed.get("start") == answer["start"]):
-                    report = _hidden_write(
-                        plan,
-                        rows_along(rows, dim),
-                        target,
-                        ext,
-                        answer["start"],
-                        answer["stop"],
-                        kwargs,
-                    )
-                    _land(target, job, answer["start"], answer["stop"])
+                report = _write_new_labels(plan, ds, dim, target, job, answer, new_parts, kwargs)
             placement: dict[str, Any] = {
                 "dim": dim,
                 "coord": coord,
                 "job": job,
                 "partitions": {lab: [a, b] for lab, a, b in answer["ranges"]},
             }
-            spans = _merged(old_spans)
             # Rows readers can see change from here on: one record of the job for the
             # whole of it (partitions replaced in place, new ones published), so that
             # a reader never finds half of the job.
@@ -1137,23 +1103,11 @@ def _overwrite_one(
                     "labels": [lab for lab, _, _ in answer["ranges"]],
                 }
                 write_record.begin(what, wrap_store(base, plan.throttle))
-            if new_rows:
+            if new_parts:
                 locks.check()  # fenced: a job that lost its lease publishes nothing
                 placement["publish"] = _publish_rows(target, job, answer["start"], answer["stop"])
-            # Planned afresh: the job's snapshot can be stale by now (a publication cut
-            # short that this job finished, rows other jobs published since).
-            for a, b, at in spans:
-                rows = ds.isel({dim: slice(at, at + b - a)})
-                report = write_dataset(
-                    rows_along(rows, dim),
-                    base,
-                    mode="r+",
-                    region={dim: slice(a, b)},
-                    group=group,
-                    job=job,
-                    record=False,
-                    **kw,
-                )
+            if spans:
+                report = _replace_in_place(ds, dim, base, group, job, spans, kw)
             if write_record is not None:
                 write_record.done(IOMetrics())
             if report is None:
@@ -1163,6 +1117,98 @@ def _overwrite_one(
             if parts is not None:
                 # Given back beside the job's own lease (see _job_held).
                 target.background.run(parts.stop)
+
+
+def _partition_runs(ds: xr.Dataset, coord: str) -> list[tuple[str, int]]:
+    """The job's runs of rows, a label each; refused when a label has two runs."""
+    runs = _runs(ds[coord].values)
+    seen: set[str] = set()
+    for lab, _ in runs:
+        if lab in seen:
+            raise PartitionError(
+                f"partition {lab!r} of {coord!r} appears in more than one run of rows; "
+                f"sort the dataset first: ds.sortby({coord!r})"
+            )
+        seen.add(lab)
+    return runs
+
+
+def _placed_ranges(
+    answer: Mapping[str, Any],
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Where the log put the job's partitions: replaced in place, and new labels.
+
+    In place: merged spans of stored rows ``(start, stop, the job's first row)``.
+    New: ``(stored start, the job's first row, rows)`` in stored order; the log
+    places new labels one after the other at the end, in the order of the job's
+    runs, wherever they are in the job's data.
+    """
+    new = answer.get("id") is not None
+    pos = 0
+    in_place, new_parts = [], []
+    for _, a, b in answer["ranges"]:
+        if new and a >= answer["start"]:
+            new_parts.append((a, pos, b - a))
+        else:
+            in_place.append((a, b, pos))
+        pos += b - a
+    return _merged(in_place), sorted(new_parts)
+
+
+def _write_new_labels(
+    plan: WritePlan,
+    ds: xr.Dataset,
+    dim: str,
+    target: _Dataset,
+    job: str,
+    answer: Mapping[str, Any],
+    new_parts: Sequence[tuple[int, int, int]],
+    kwargs: Mapping[str, Any],
+) -> Any:
+    """The rows of labels new to the store, written hidden where the log put them.
+
+    Once: a rerun of a job whose rows landed there skips them (None).
+    """
+    ext = target.extents()
+    rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
+    landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
+    if landed.get("landed") and landed.get("start") == answer["start"]:
+        return None
+    report = _hidden_write(
+        plan, rows_along(rows, dim), target, ext, answer["start"], answer["stop"], kwargs
+    )
+    _land(target, job, answer["start"], answer["stop"])
+    return report
+
+
+def _replace_in_place(
+    ds: xr.Dataset,
+    dim: str,
+    base: Store,
+    group: str | None,
+    job: str,
+    spans: Sequence[tuple[int, int, int]],
+    kw: Mapping[str, Any],
+) -> Any:
+    """The job's rows of stored partitions written over them; the last span's report.
+
+    Planned afresh: the job's snapshot can be stale by now (a publication cut
+    short that this job finished, rows other jobs published since).
+    """
+    report = None
+    for a, b, at in spans:
+        rows = ds.isel({dim: slice(at, at + b - a)})
+        report = write_dataset(
+            rows_along(rows, dim),
+            base,
+            mode="r+",
+            region={dim: slice(a, b)},
+            group=group,
+            job=job,
+            record=False,
+            **kw,
+        )
+    return report
 
 
 def _check_sizes(
