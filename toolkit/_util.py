@@ -20,12 +20,7 @@ from zarr.buffer.cpu import Buffer as CPUBuffer
 from toolkit.errors import MissingExtraError
 from toolkit.upstream import is_zarr_chunk_task, sync
 
-__all__ = [
-    "Background",
-    "backoff",
-    "encode_json",
-    "need_netcdf_engine",
-]
+__all__ = ["Background", "backoff", "encode_json", "need_netcdf_engine"]
 
 
 def backoff(attempt: int, base: float, cap: float, draw: float | None = None) -> float:

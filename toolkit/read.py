@@ -638,9 +638,6 @@ class _NamedChunkErrors:
         self.var, self.arr, self.concurrency = var, arr, concurrency
         self.shape, self.dtype, self.ndim = var.shape, var.dtype, var.ndim
 
-    def _read(self, key: tuple[slice, ...]) -> None:
-        self._values(key)
-
     def _values(self, key: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         return np.asarray(self.var[key].values)
 
@@ -675,7 +672,7 @@ class _NamedChunkErrors:
         except ToolkitError:
             raise
         except Exception as e:
-            bad = undecodable_chunks(self.arr, _box(key, self.shape), read=self._read)
+            bad = undecodable_chunks(self.arr, _box(key, self.shape), read=self._values)
             if not bad:
                 raise
             raise _corrupt(bad, e, f" of {self.arr.path!r}") from e

@@ -1169,11 +1169,11 @@ def _write_new_labels(
 
     Once: a rerun of a job whose rows landed there skips them (None).
     """
-    ext = target.extents()
-    rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
     landed = target.coord.get(f"jobs/{_safe(job)}.json") or {}
     if landed.get("landed") and landed.get("start") == answer["start"]:
         return None
+    ext = target.extents()
+    rows = xr.concat([ds.isel({dim: slice(at, at + n)}) for _, at, n in new_parts], dim)
     report = _hidden_write(
         plan, rows_along(rows, dim), target, ext, answer["start"], answer["stop"], kwargs
     )
