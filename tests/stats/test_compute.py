@@ -129,6 +129,38 @@ def test_infinities_give_xarrays_answers_in_every_chunking() -> None:
     np.testing.assert_allclose(got["quantiles"][:, 1], [inf, inf, 5, inf, 6], rtol=0.01)
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_squares_past_float64_give_numpys_infinite_std_in_every_chunking(
+    kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finite values whose deviations' squares overflow: numpy's variance and std are
+    # inf. A chunk's sum of squares about its centre was inf - inf there: NaN, which
+    # says "no value", for a spread that is too large to hold.
+    monkeypatch.setenv("TOOLKIT_KERNELS", kernels)
+    x = np.array([1e299, -1e299, 5e298, 1e299, -2e299, 3e299] * 4)
+    arr = xr.DataArray(
+        np.stack([x, x / 1e290]),
+        dims=("c", "time"),
+        coords={"time": pd.date_range("2000-01-01", periods=x.size, freq="7D")},
+    )
+    with np.errstate(over="ignore"):
+        want_std, want_var = np.std(arr.values, axis=1), np.var(arr.values, axis=1)
+    assert np.isinf(want_std[0]) and np.isfinite(want_std[1])
+    for chunks in (x.size, 1, 5):
+        got = toolkit.stats(
+            arr.chunk({"time": chunks}), "time", stats=["std", "var", "mean"], progress=False
+        )
+        np.testing.assert_allclose(got["std"].values, want_std, rtol=1e-12)
+        np.testing.assert_allclose(got["var"].values, want_var, rtol=1e-12)
+        grouped = toolkit.stats(
+            arr.chunk({"time": chunks}), "time", groupby="time.year", stats=["std"], progress=False
+        )
+        with np.errstate(over="ignore"):
+            want = arr.groupby("time.year").std("time").transpose(*grouped["std"].dims)
+        np.testing.assert_allclose(grouped["std"].values, want.values, rtol=1e-12)
+        assert np.isinf(grouped["std"].values[0]).all()
+
+
 def test_a_dataset_keeps_dims_coords_and_says_what_each_value_is() -> None:
     ds = make_dataset(chunks={"time": 7, "y": 5})
     ds["name"] = ("time", np.array([f"s{i}" for i in range(ds.sizes["time"])]))

@@ -227,14 +227,18 @@ class Moments:
             flat = d.ndim == 1  # a whole-array reduction: sums of products are dots
             d2 = d if flat and self.order < 3 else d * d  # (d itself: unused)
             s2 = np.dot(d, d) if flat else np.add.reduce(d2, axis=slab.axes)
-            out: Partial = {"n": n, "mean": mean, "mean_lo": c, "m2": s2 - s1 * c, "inf": inf}
+            s3 = s4 = None
             if self.order >= 3:
                 s3 = np.dot(d2, d) if flat else np.add.reduce(d2 * d, axis=slab.axes)
-                out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
             if self.order >= 4:
                 s4 = np.dot(d2, d2) if flat else np.add.reduce(d2 * d2, axis=slab.axes)
-                out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
-        return out
+            return {
+                "n": n,
+                "mean": mean,
+                "mean_lo": c,
+                "inf": inf,
+                **_about_centre(n, c, s1, s2, s3, s4, self.order),
+            }
 
     def combine(self, parts: Sequence[Partial]) -> Partial:  # noqa: D102
         ns = [p["n"] for p in parts]
@@ -1175,11 +1179,7 @@ def _cells_moments(
             s1, s2, s3, s4 = sums if sums is not None else _kernels.cells_moments(v, mean, order)
             c = np.where(n > 0, s1 / nz, 0.0)
             out["mean_lo"] = c
-            out["m2"] = s2 - s1 * c
-            if order >= 3:
-                out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
-            if order >= 4:
-                out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
+            out.update(_about_centre(n, c, s1, s2, s3, s4, order))
     return {k: np.asarray(a).reshape(shape) for k, a in out.items()}
 
 
@@ -1195,12 +1195,27 @@ def _fused_moments(x: np.ndarray, order: int, n: Any, total: float, inf: np.uint
         s1, s2, s3, s4 = (_F8(v) for v in _kernels.moments_pass(x, float(mean), order))
         c = s1 / n if n else _F8(0.0)
         m["mean_lo"] = np.asarray(c)
-        m["m2"] = np.asarray(s2 - s1 * c)
-        if order >= 3:
-            m["m3"] = np.asarray(s3 - 3 * c * s2 + 2 * n * c**3)
-        if order >= 4:
-            m["m4"] = np.asarray(s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4)
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = _about_centre(n, c, s1, s2, s3, s4, order)
+        m.update({k: np.asarray(v) for k, v in sums.items()})
     return m
+
+
+def _about_centre(n: Any, c: Any, s1: Any, s2: Any, s3: Any, s4: Any, order: int) -> dict[str, Any]:
+    """Central sums about the exact centre ``mean + c`` from the sums of ``d`` about ``mean``.
+
+    ``s1`` .. ``s4``: sums of ``d``, ``d**2`` .. ``d**4`` (``s3``, ``s4`` from
+    ``order`` 3 and 4). Where ``d**2`` overflows (finite values past ~1e154),
+    ``s2`` is inf and so is ``s1 * c``: the sum of squares is inf, as numpy's
+    is (``s2 - s1 * c`` would be ``inf - inf``, a NaN variance and std).
+    """
+    m2 = s2 - s1 * c
+    out = {"m2": np.where(np.isinf(s2), s2, m2)}
+    if order >= 3:
+        out["m3"] = s3 - 3 * c * s2 + 2 * n * c**3
+    if order >= 4:
+        out["m4"] = s4 - 4 * c * s3 + 6 * c * c * s2 - 3 * n * c**4
+    return out
 
 
 def combine(parts: Sequence[Partial], aggs: Sequence[Aggregation]) -> Partial:
