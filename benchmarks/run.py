@@ -813,6 +813,46 @@ def _flox() -> str:
     return f" + flox {flox.__version__}" if xr.get_options()["use_flox"] else ""
 
 
+def _bare_count() -> Callable[[np.ndarray], None] | None:
+    """The least work a quantile sketch of every cell can do after decoding, compiled.
+
+    Each float32 value adds one to a slot of its cell's table, picked by six
+    of its bits (no bucket arithmetic at all: no sketch's mapping is cheaper),
+    cells in tiles of 256 so that the tables stay in cache, each tile's table
+    read and reset once. A sketch does this and more (its buckets' mapping,
+    their range per cell, its state out and merged), so ``floor + this`` is
+    below any sketch's time. None without numba.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True)
+    def count(bits: np.ndarray, table: np.ndarray) -> int:  # pragma: no cover - compiled
+        size, ncells = bits.shape
+        slots = np.empty(256, np.int64)
+        seen = 0
+        for c0 in range(0, ncells, 256):
+            width = min(256, ncells - c0)
+            for t in range(size):
+                row = bits[t, c0 : c0 + width]
+                for cc in range(width):
+                    slots[cc] = cc * 64 + ((np.int64(row[cc]) >> 17) & 63)
+                for cc in range(width):
+                    table[slots[cc]] += 1
+            for j in range(table.size):
+                seen += table[j] != 0
+                table[j] = 0
+        return seen
+
+    def run(block: np.ndarray) -> None:
+        rows = np.ascontiguousarray(block, dtype=np.float32).reshape(block.shape[0], -1)
+        count(rows.view(np.uint32), np.zeros(256 * 64, np.int32))
+
+    return run
+
+
 def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     """Monthly climatology and daily resample of hourly float32 zstd data, 6 statistics.
 
@@ -847,9 +887,18 @@ def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     five = ["count", "mean", "std", "min", "max"]
     tile = max(1, (64 << 20) // (nt * nx * 4))  # rows of y per whole-time-series chunk
 
-    def floor() -> None:
+    def floor(work: Callable[[np.ndarray], None] | None = None) -> None:
+        def block(b: np.ndarray) -> np.ndarray:
+            if work is not None:
+                work(b)
+            return np.zeros((1,) * b.ndim)
+
         d = toolkit.open_zarr(path).v.data
-        d.map_blocks(lambda b: np.zeros((1,) * b.ndim), chunks=(1,) * d.ndim).sum().compute()
+        d.map_blocks(block, chunks=(1,) * d.ndim).sum().compute()
+
+    bare = _bare_count()
+    if bare is not None:
+        bare(np.zeros((2, 256), np.float32))  # compiled before it is timed
 
     cases: list[tuple[str, Any, Callable[[xr.DataArray], Any], Callable[[xr.DataArray], Any]]] = [
         (
@@ -867,6 +916,7 @@ def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
     ]
     rows = []
     floor_s = timed(floor, repeat)
+    bare_s = timed(lambda: floor(bare), repeat) if bare is not None else 0.0
     for label, groupby, group, qgroup in cases:
 
         def tk(groupby: Any = groupby) -> xr.Dataset:
@@ -904,6 +954,17 @@ def bench_groupby(tmp: Path, nbytes: int, repeat: int) -> list[Row]:
         ngroups = got.sizes["month" if "month" in got.sizes else "time"]
         rows += [
             Row(case, "floor: read + decode every chunk", floor_s),
+            *(
+                [
+                    Row(
+                        case,
+                        "floor + one count a value in a table per cell (below any sketch)",
+                        bare_s,
+                    )
+                ]
+                if bare is not None
+                else []
+            ),
             Row(
                 case,
                 f"xarray{_flox()}, one dask.compute (+ rechunk for quantile)",
