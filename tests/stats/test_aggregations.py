@@ -298,7 +298,8 @@ def test_sketch_keeps_infinities_out_of_the_finite_buckets(
     aggs = components(["quantiles"], alpha=alpha)
     sketch = QuantileSketch(alpha)
     alone = partial(finite, (0,), aggs)["sketch"]
-    mixed = combine([partial(p, (0,), aggs) for p in np.array_split(x, 3)], aggs)["sketch"]
+    state = combine([partial(p, (0,), aggs) for p in np.array_split(x, 3)], aggs)
+    mixed = state["sketch"]
     # The finite values' buckets and counts are as without the infinities ...
     top = sketch.span - 1  # +inf's code (cell 0); -inf's is 0
     keep = (mixed["codes"] != 0) & (mixed["codes"] != top)
@@ -315,7 +316,7 @@ def test_sketch_keeps_infinities_out_of_the_finite_buckets(
     ctx = Context(dtype=x.dtype, shape=(), quantiles=tuple(qs), alpha=alpha)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = finalize({"sketch": mixed}, ["quantiles"], ctx)["quantiles"]
+        got = finalize(state, ["quantiles"], ctx)["quantiles"]
     check_quantiles(got, x, qs, alpha)
 
 

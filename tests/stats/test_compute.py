@@ -161,6 +161,48 @@ def test_squares_past_float64_give_numpys_infinite_std_in_every_chunking(
         assert np.isinf(grouped["std"].values[0]).all()
 
 
+@pytest.mark.parametrize("kernels", ["1", "0"])
+@pytest.mark.parametrize("dtype", ["bool", "int16", "float32", "float64"])
+def test_sketch_quantiles_stay_within_each_cells_min_and_max(
+    dtype: str, kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bucket's value may lie past the data (a median of booleans was 1.0099, a max of
+    # integers 10.09): every order statistic lies between the min and the max, so the
+    # estimates do, and quantiles 0 and 1 are exactly numpy's min and max.
+    monkeypatch.setenv("TOOLKIT_KERNELS", kernels)
+    rng = np.random.default_rng(3)
+    raw = rng.normal(5.0, 3.0, (3, 120))
+    x = (raw > 5).astype(dtype) if dtype == "bool" else raw.round(0).astype(dtype)
+    if dtype.startswith("float"):
+        x[1, ::7] = np.nan
+    arr = xr.DataArray(
+        x,
+        dims=("c", "time"),
+        coords={"time": pd.date_range("2000-01-01", periods=x.shape[1], freq="D")},
+    )
+    qs = [0.0, 0.25, 0.5, 0.75, 1.0]
+    f8 = arr.astype("f8")  # numpy has no quantile of booleans
+    for got, want in (
+        (toolkit.stats(arr.chunk({"time": 25}), "time", quantiles=qs, progress=False), f8),
+        (
+            toolkit.stats(
+                arr.chunk({"time": 10}), "time", groupby="time.month", quantiles=qs, progress=False
+            ),
+            f8.groupby("time.month"),
+        ),
+    ):
+        q = got["quantiles"].values
+        lo = np.asarray(want.min("time").transpose(*got["quantiles"].dims[:-1]), "f8")
+        hi = np.asarray(want.max("time").transpose(*got["quantiles"].dims[:-1]), "f8")
+        np.testing.assert_array_equal(q[..., 0], lo)
+        np.testing.assert_array_equal(q[..., -1], hi)
+        assert ((q >= lo[..., None]) & (q <= hi[..., None])).all()
+        exact = np.asarray(want.quantile(qs, "time").transpose(*got["quantiles"].dims).astype("f8"))
+        assert (np.abs(q - exact) <= 0.01 * np.abs(exact) + 1e-12).all()
+    if dtype == "bool":
+        assert set(np.unique(q)) <= {0.0, 1.0}
+
+
 def test_a_dataset_keeps_dims_coords_and_says_what_each_value_is() -> None:
     ds = make_dataset(chunks={"time": 7, "y": 5})
     ds["name"] = ("time", np.array([f"s{i}" for i in range(ds.sizes["time"])]))

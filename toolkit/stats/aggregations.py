@@ -676,18 +676,44 @@ class QuantileSketch:
         first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         return {"codes": codes[first], "counts": np.add.reduceat(counts, first), "cells": ncells}
 
-    def quantiles(self, p: Partial, qs: Sequence[float], shape: tuple[int, ...]) -> np.ndarray:
+    def quantiles(
+        self,
+        p: Partial,
+        qs: Sequence[float],
+        shape: tuple[int, ...],
+        extrema: Partial | None = None,
+    ) -> np.ndarray:
         """Estimates of quantiles ``qs`` per cell (NaN for empty cells), shape ``shape + (q,)``.
 
         numpy.quantile's default ("linear") ranks are used: rank ``q (n - 1)``
         interpolated between the two order statistics around it, each taken
-        from the bucket that holds it.
+        from the bucket that holds it. With the cells' ``extrema``
+        (:class:`Extrema`'s state), the first and last order statistics are
+        the exact min and max, and the others are kept between them, where
+        every order statistic lies and a bucket's value need not (a median of
+        booleans would be 1.0099 at 1%): quantiles 0 and 1 are exact, and no
+        estimate is moved away from the truth.
         """
         ncells = math.prod(shape)
         codes, counts = p["codes"], p["counts"]
         out = np.full((ncells, len(qs)), np.nan)
         if codes.size == 0:
             return out.reshape(*shape, len(qs))
+        lows = highs = None
+        if extrema is not None:
+            lows = np.asarray(extrema["min"], _F8).reshape(ncells)
+            highs = np.asarray(extrema["max"], _F8).reshape(ncells)
+
+        def pinned(v: np.ndarray, k: np.ndarray, n: np.ndarray, has: Any) -> np.ndarray:
+            """Order statistics ``k`` of cells ``has`` (``n`` values each): the extrema's."""
+            if lows is None or highs is None:
+                return v
+            lo, hi = lows[has], highs[has]
+            if v.ndim == 2:
+                lo, hi, n = lo[:, None], hi[:, None], n[:, None]
+            v = np.fmin(np.fmax(v, lo), hi)
+            return np.where(k == 0, lo, np.where(k == n - 1, hi, v))
+
         if _kernels.enabled():
             # One walk over each cell's codes for every quantile.
             lo_b, hi_b, t, n = _kernels.sketch_ranks(
@@ -698,9 +724,12 @@ class QuantileSketch:
                 np.asarray(qs, _F8),
             )
             has = n > 0
-            lo_v = self.value(lo_b[has] - self._inf)
-            hi_v = self.value(hi_b[has] - self._inf)
-            out[has] = _lerp(np.asarray(lo_v, _F8), np.asarray(hi_v, _F8), t[has])
+            rank = np.asarray(qs, _F8) * (n[has, None] - 1).astype(_F8)
+            lo_v = np.asarray(self.value(lo_b[has] - self._inf), _F8)
+            hi_v = np.asarray(self.value(hi_b[has] - self._inf), _F8)
+            lo_v = pinned(lo_v, np.floor(rank), n[has], has)
+            hi_v = pinned(hi_v, np.ceil(rank), n[has], has)
+            out[has] = _lerp(lo_v, hi_v, t[has])
             return out.reshape(*shape, len(qs))
         cum = np.cumsum(counts)
         # Codes are sorted, cell by cell: each cell's first code is found by
@@ -717,7 +746,8 @@ class QuantileSketch:
                 pos = np.searchsorted(cum, start[has] + r.astype(_I8), side="right")
                 return np.asarray(self.value(codes[pos] % self.span - self._inf), dtype=_F8)
 
-            out[has, j] = _lerp(at(lo), at(hi), rank - lo)
+            a = pinned(at(lo), lo, n[has], has)
+            out[has, j] = _lerp(a, pinned(at(hi), hi, n[has], has), rank - lo)
         return out.reshape(*shape, len(qs))
 
 
@@ -926,7 +956,7 @@ def _sum(p: Mapping[str, Partial], c: Context) -> np.ndarray:
 
 
 def _quantile(p: Mapping[str, Partial], c: Context) -> np.ndarray:
-    return QuantileSketch(c.alpha).quantiles(p["sketch"], c.quantiles, c.shape)
+    return QuantileSketch(c.alpha).quantiles(p["sketch"], c.quantiles, c.shape, p["extrema"])
 
 
 STATISTICS: Mapping[str, Statistic] = MappingProxyType(
@@ -967,7 +997,13 @@ STATISTICS: Mapping[str, Statistic] = MappingProxyType(
                 nan_propagates=False,
                 doc="counts per bin",
             ),
-            Statistic("quantiles", ("sketch",), _quantile, "quantile", doc="approximate quantiles"),
+            Statistic(
+                "quantiles",
+                ("sketch", "extrema"),
+                _quantile,
+                "quantile",
+                doc="approximate quantiles",
+            ),
         ]
     }
 )
