@@ -30,6 +30,7 @@ from toolkit.stats.aggregations import (
     QuantileSketch,
     combine,
     components,
+    exact_quantiles,
     finalize,
     partial,
     quantile_bound,
@@ -522,3 +523,36 @@ def test_compiled_sketch_of_cells_spanning_every_magnitude_is_numpys() -> None:
     for key, state in apart.items():
         for part, want in state.items():
             np.testing.assert_array_equal(fused[key][part], want, err_msg=f"{key} {part}")
+
+
+@pytest.mark.skipif(not _kernels.AVAILABLE, reason="the compiled kernels need numba")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_sorting_network_gives_the_sorts_exact_quantiles(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whole groups' quantiles from the compiled network (values down, cells across)
+    # against numpy's sort of each cell: every size up to a few powers of two and
+    # around them, NaN (cells of NaN only too) and both infinities, and the sizes on
+    # both sides of where the network hands over to the sort.
+    rng = np.random.default_rng(7)
+    qs = [0.0, 0.05, 1 / 3, 0.5, 0.95, 1.0]
+    sizes = [*range(0, 40), 63, 64, 65, 127, 128, 129, 744, aggregations._NETWORK_MAX + 1]
+    for size in sizes:
+        for kind in range(3):
+            x = rng.standard_normal((size, 3, 100)).astype(dtype)
+            if kind >= 1:
+                x[rng.random(x.shape) < 0.3] = np.nan
+                x[:, 0, :4] = np.nan
+            if kind == 2:
+                x[rng.random(x.shape) < 0.05] = np.inf
+                x[rng.random(x.shape) < 0.05] = -np.inf
+            monkeypatch.setenv("TOOLKIT_KERNELS", "1")
+            got = exact_quantiles(x, (0,), qs)
+            monkeypatch.setenv("TOOLKIT_KERNELS", "0")
+            want = exact_quantiles(x, (0,), qs)
+            np.testing.assert_array_equal(got, want, err_msg=f"{size} values, case {kind}")
+            if kind < 2 and size:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
+                    ref = np.nanquantile(x.astype("f8"), qs, axis=0)
+                np.testing.assert_allclose(got, np.moveaxis(ref, 0, -1).reshape(-1, len(qs)))

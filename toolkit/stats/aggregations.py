@@ -768,6 +768,12 @@ def _contiguous(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows)
 
 
+# Values per cell up to which the compiled sorting network beats numpy's sort of each
+# cell (one core, float32 maps of 8,192 cells: 24 values 1.3 against 3.6 ns a value, 744
+# values 3.5 against 4.4); its exchanges grow as n log(n)**2.
+_NETWORK_MAX = 1024
+
+
 def exact_quantiles(x: np.ndarray, axes: tuple[int, ...], qs: Sequence[float]) -> np.ndarray:
     """The ``"linear"`` quantiles ``qs`` (numpy's) of the non-NaN values per cell, (cells, q).
 
@@ -780,8 +786,13 @@ def exact_quantiles(x: np.ndarray, axes: tuple[int, ...], qs: Sequence[float]) -
     out = np.full((ncells, len(qs)), np.nan)
     if rows.size == 0 or not qs:
         return out
+    compiled = _kernels.enabled() and rows.dtype in (np.float32, np.float64)
+    if compiled and rows.shape[1] <= _NETWORK_MAX:
+        # The block as it lies (values down, cells across), sorted by a network.
+        columns = np.ascontiguousarray(rows.T)
+        return np.asarray(_kernels.exact_columns(columns, np.asarray(qs, _F8)))
     srt = np.sort(_contiguous(rows), axis=-1)  # NaN last
-    if _kernels.enabled() and srt.dtype in (np.float32, np.float64):
+    if compiled:
         return np.asarray(_kernels.exact_rows(srt, np.asarray(qs, _F8)))
     size = srt.shape[1]
     n = size - np.count_nonzero(np.isnan(srt), axis=1) if srt.dtype.kind == "f" else None
