@@ -155,11 +155,24 @@ def test_a_step_file_spanning_units_and_unsorted_names(tmp_path):
 
 _KILLABLE = textwrap.dedent(
     """
-    import sys, toolkit
+    import asyncio, pathlib, sys, toolkit
     from zarr.storage import LocalStore
     from toolkit.testing import FaultStore
-    # Slow chunk writes: the last tasks must not all land between two looks of the test.
-    store = FaultStore(LocalStore(sys.argv[2]), latency=0.1, match=r"/c/")
+    markers = pathlib.Path(sys.argv[2]) / ".toolkit" / "resume"
+    landed = int(sys.argv[4])
+
+    class Gate(FaultStore):
+        # Once `landed` tasks have their markers, chunk writes wait for the kill: the job
+        # cannot finish between two looks of the test, however load spaces them (slow
+        # writes alone left that to timing: a loaded run finished before its kill).
+        async def _call(self, op, key, fn, size=0):
+            if op == "set" and "/c/" in key:
+                done = [m for m in markers.glob("*/t2m/*") if m.suffix != ".partial"]
+                if len(done) >= landed:
+                    await asyncio.Event().wait()
+            return await super()._call(op, key, fn, size)
+
+    store = Gate(LocalStore(sys.argv[2]), latency=0.1, match=r"/c/")
     toolkit.ingest(sys.argv[1], store, concat_dim="time", chunks={"time": 8},
                    max_task_bytes=int(sys.argv[3]), progress=False)
     print("finished")
@@ -177,6 +190,7 @@ def test_killed_ingest_resumes_to_the_same_store_writing_only_what_is_missing(
     out = tmp_path / "out.zarr"
     per_task = 8 * NY * NX * 4 * 2  # one 8-step unit of t2m per task: 20 tasks to kill among
     args = [sys.executable, "-c", _KILLABLE, str(src / "*.nc"), str(out), str(per_task)]
+    args.append(str(landed))
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     markers = out / ".toolkit" / "resume"
     try:
