@@ -720,9 +720,9 @@ def _exact_columns(x: Any, qs: Any) -> Any:  # pragma: no cover - compiled
     the exchanges that reach past ``size`` left out (values there would be
     the largest, which every exchange leaves in place). The order statistics
     below a cell's count are its values sorted; +inf in place of a NaN only
-    sorts among the infinities and after them. Equal values keep their
-    order (0.0 and -0.0 too, which numpy's sort may swap: a quantile that is
-    a zero may differ from numpy's in its sign alone).
+    sorts among the infinities and after them. Neither this nor numpy's sort
+    is stable: 0.0 and -0.0 may end in either order, so a quantile that is a
+    zero may differ from numpy's in its sign alone.
     """
     size, ncells = x.shape
     nq = qs.size
