@@ -759,6 +759,17 @@ def _rows(x: np.ndarray, axes: tuple[int, ...]) -> tuple[int, np.ndarray]:
     return ncells, np.moveaxis(x, kept, list(range(len(kept)))).reshape(ncells, size)
 
 
+def _columns(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """The values reduced down the rows, the cells kept across, C-contiguous.
+
+    A view, not a copy, for a block of whole maps (time, y, x) reduced over time.
+    """
+    size = math.prod(x.shape[a] for a in axes)
+    ncells = math.prod(n for a, n in enumerate(x.shape) if a not in axes)
+    moved = np.moveaxis(x, list(axes), list(range(len(axes))))
+    return np.ascontiguousarray(moved.reshape(size, ncells))
+
+
 def _contiguous(rows: np.ndarray) -> np.ndarray:
     """``rows`` C-contiguous: a transposed array is copied in tiles by the kernel."""
     if rows.flags.c_contiguous:
@@ -789,7 +800,7 @@ def exact_quantiles(x: np.ndarray, axes: tuple[int, ...], qs: Sequence[float]) -
     compiled = _kernels.enabled() and rows.dtype in (np.float32, np.float64)
     if compiled and rows.shape[1] <= _NETWORK_MAX:
         # The block as it lies (values down, cells across), sorted by a network.
-        columns = np.ascontiguousarray(rows.T)
+        columns = _columns(np.asarray(x), axes)
         return np.asarray(_kernels.exact_columns(columns, np.asarray(qs, _F8)))
     srt = np.sort(_contiguous(rows), axis=-1)  # NaN last
     if compiled:
@@ -1177,8 +1188,7 @@ def _fused_cells(
     size = math.prod(x.shape[a] for a in axes)
     if size == 0 or ncells == 0:
         return {}
-    v = np.moveaxis(x, list(axes), list(range(len(axes)))).reshape(size, ncells)
-    v = np.ascontiguousarray(v)  # a view for a block of whole maps (time, y, x)
+    v = _columns(x, axes)
     out: dict[str, Partial] = {}
     sums = None
     if len(sketches) == 1 and sketches[0].compiled:
